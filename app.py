@@ -1,0 +1,12 @@
+"""Preflight dashboard entry point: `streamlit run app.py` (or `make run`)."""
+
+import streamlit as st
+
+st.set_page_config(page_title="Preflight", page_icon=":material/flight_takeoff:", layout="wide")
+
+PAGES = [
+    st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
+    st.Page("pages/engine_page.py", title="Engine", icon=":material/memory:", url_path="engine"),
+]
+
+st.navigation(PAGES).run()

@@ -1,0 +1,156 @@
+"""`python -m engine ...`: generate, info and study from a shell.
+
+Every engine error becomes one line on stderr and exit code 1; bad
+arguments exit 2 (argparse's convention). No tracebacks for user mistakes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.errors import EngineError
+
+FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="PATH.gguf", default=None, help="GGUF file (default: the bundled SmolLM2)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--no-weight-cache", action="store_true", help="convert from the GGUF, skip the disk cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Preflight's bundled inference engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate text for one prompt")
+    _add_model_args(gen)
+    gen.add_argument("--quant", choices=FORMATS, default="int4", help="weight format (default: int4)")
+    gen.add_argument("--prompt", required=True, help="prompt text (with --chat: the user message)")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    gen.add_argument("--system", default=None, help="system message for --chat")
+    gen.add_argument("--max-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-k", type=int, default=0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--min-p", type=float, default=0.0)
+    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--logprobs", action="store_true", help="record the chosen tokens' logprobs")
+    gen.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
+    gen.add_argument("--no-kv-cache", action="store_true", help="recompute the whole sequence every step")
+    gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings)")
+
+    info = sub.add_parser("info", help="architecture, sizes and weight formats of a model file")
+    _add_model_args(info)
+    info.add_argument("--json", action="store_true")
+
+    study = sub.add_parser("study", help="run a measured optimization study: kv, quant or batch")
+    _add_model_args(study)
+    study.add_argument("name", choices=("kv", "quant", "batch"))
+    study.add_argument("--quant", choices=FORMATS, default="int4", help="format for the kv and batch studies")
+    study.add_argument("--json", metavar="OUT", type=Path, default=None, help="also write the result as JSON")
+    return parser
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from engine.runtime import Engine, LoadOptions
+    from engine.sampling import SamplingParams
+
+    params = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+        logprobs=args.logprobs,
+        ignore_eos=args.ignore_eos,
+    )
+    engine = Engine.load(LoadOptions(args.quant, args.model, args.device, not args.no_weight_cache))
+    prompt: str | list[dict] = args.prompt
+    if args.chat:
+        prompt = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}
+        ]
+    gen = engine.stream(prompt, params, chat=args.chat, use_kv_cache=not args.no_kv_cache)
+    for delta in gen:
+        if not args.json:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+    result = gen.result
+    if result is None:
+        raise EngineError("generation ended without a result")
+    if args.json:
+        out = result.to_dict() | {"load": _load_dict(engine)}
+        print(json.dumps(out, ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        rate = lambda v: f"{v:.1f}" if v is not None else "n/a"  # noqa: E731
+        print(
+            f"[{engine.info.quant} on {engine.info.device}, load {engine.info.load_s:.2f}s ({engine.info.source}), "
+            f"prompt {result.prompt_tokens} tok at {rate(result.prefill_tok_s)} tok/s, "
+            f"output {result.completion_tokens} tok at {rate(result.decode_tok_s)} tok/s, "
+            f"finish {result.finish_reason}]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _load_dict(engine: object) -> dict[str, object]:
+    info = engine.info  # type: ignore[attr-defined]
+    return {
+        "quant": info.quant,
+        "device": info.device,
+        "source": info.source,
+        "load_s": info.load_s,
+        "weight_bytes": info.weight_bytes,
+        "gguf_bytes": info.gguf_bytes,
+        "kernel_notes": list(info.kernel_notes),
+    }
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from engine.model_info import describe_model
+
+    info = describe_model(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        from engine.model_info import format_model_info
+
+        print(format_model_info(info))
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from engine.studies import STUDIES, StudyOptions, format_study
+
+    options = StudyOptions(model_path=args.model, quant=args.quant, device=args.device)
+    result = STUDIES[args.name](options, progress=lambda msg: print(msg, file=sys.stderr))
+    print(format_study(result))
+    if args.json:
+        args.json.write_text(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+COMMANDS = {"generate": _cmd_generate, "info": _cmd_info, "study": _cmd_study}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (EngineError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

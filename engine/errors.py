@@ -1,0 +1,27 @@
+"""The engine's named exceptions.
+
+Callers (CLI, server, pages) catch these to show one clear line instead of a
+traceback; anything else escaping the engine is a bug.
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class: every error the engine raises on purpose."""
+
+
+class ModelFileError(EngineError):
+    """The model file is missing, unreadable, truncated or not a GGUF file."""
+
+
+class UnsupportedModelError(EngineError):
+    """The file is valid GGUF but holds an architecture or tensor type we cannot run."""
+
+
+class PromptError(EngineError):
+    """The prompt cannot be run: empty, or longer than the model's context."""
+
+
+class WeightCacheError(EngineError):
+    """A converted-weights cache entry is corrupt; callers rebuild it."""

