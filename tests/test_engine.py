@@ -29,10 +29,13 @@ def test_greedy_answer_is_paris(int4: Engine) -> None:
     assert result.prefill_tok_s is not None and result.decode_tok_s is not None
 
 
-def test_kv_cache_off_gives_the_same_tokens(int4: Engine) -> None:
+def test_kv_cache_off_gives_the_same_tokens() -> None:
+    # fp32: the bf16 formats' kernels round differently for 1 row than for many, which can
+    # flip a near-tie; in fp32 the two paths must agree token for token.
+    fp32 = Engine.load(LoadOptions(quant="fp32", device="cpu"))
     prompt = "List three colours:"
-    with_cache = int4.generate(prompt, GREEDY)
-    without = int4.generate(prompt, GREEDY, use_kv_cache=False)
+    with_cache = fp32.generate(prompt, GREEDY)
+    without = fp32.generate(prompt, GREEDY, use_kv_cache=False)
     assert with_cache.token_ids == without.token_ids
     assert not without.kv_cache
 
