@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engine.errors import EngineError
@@ -55,7 +55,45 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("name", choices=("kv", "quant", "batch"))
     study.add_argument("--quant", choices=FORMATS, default="int4", help="format for the kv and batch studies")
     study.add_argument("--json", metavar="OUT", type=Path, default=None, help="also write the result as JSON")
+    _add_study_size_args(study)
     return parser
+
+
+# Study size flags -> StudyOptions fields; the help text comes from the field.
+STUDY_SIZE_FLAGS = {
+    "--lengths": ("kv_lengths", "N,N,..."),
+    "--tokens": ("kv_tokens", "N"),
+    "--batch-sizes": ("batch_sizes", "N,N,..."),
+    "--batch-prompt-tokens": ("batch_prompt_tokens", "N"),
+    "--steps": ("batch_steps", "N"),
+    "--formats": ("quant_formats", "FMT,FMT,..."),
+    "--prompt-tokens": ("quant_prompt_tokens", "N"),
+    "--decode-tokens": ("quant_decode_tokens", "N"),
+    "--eval-tokens": ("eval_max_tokens", "N"),
+    "--eval-window": ("eval_window", "N"),
+}
+
+
+def _arg_type(parse: Callable[[str], object]) -> Callable[[str], object]:
+    """Wrap a parser so argparse prints its ValueError message as the usage error."""
+
+    def parse_arg(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    return parse_arg
+
+
+def _add_study_size_args(p: argparse.ArgumentParser) -> None:
+    from engine.studies_base import option_help, parse_formats, parse_sizes
+
+    types = {"kv_lengths": _arg_type(parse_sizes), "batch_sizes": _arg_type(parse_sizes)}
+    types["quant_formats"] = _arg_type(parse_formats)
+    for flag, (name, metavar) in STUDY_SIZE_FLAGS.items():
+        p.add_argument(flag, dest=name, metavar=metavar, type=types.get(name, int), help=option_help(name))
+    p.add_argument("--no-cold-load", action="store_true", help="quant: skip the cold (GGUF conversion) load timing")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -133,7 +171,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from engine.studies import STUDIES, StudyOptions, format_study
 
-    options = StudyOptions(model_path=args.model, quant=args.quant, device=args.device)
+    sizes = {name: getattr(args, name) for name, _ in STUDY_SIZE_FLAGS.values() if getattr(args, name) is not None}
+    options = StudyOptions(
+        model_path=args.model,
+        quant=args.quant,
+        device=args.device,
+        use_cache=not args.no_weight_cache,
+        quant_cold_load=not args.no_cold_load,
+        **sizes,
+    )
     result = STUDIES[args.name](options, progress=lambda msg: print(msg, file=sys.stderr))
     print(format_study(result))
     if args.json:

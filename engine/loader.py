@@ -21,7 +21,7 @@ from engine.embedding import Embedding
 from engine.errors import WeightCacheError
 from engine.gguf_file import GGUFModelFile, Q41Blocks, resolve_model_path
 from engine.model import Transformer
-from engine.quant import WEIGHT_FORMATS, activation_dtype, empty_linear, make_linear, module_weight_bytes
+from engine.quant import WEIGHT_FORMATS, compute_dtype, empty_linear, make_linear, module_weight_bytes
 from engine.tokenizer import Tokenizer
 from engine.weight_cache import CACHE_VERSION, CacheEntry, entry_key, file_sha256, load_entry, save_entry
 
@@ -112,7 +112,7 @@ def _kernel_notes(model: nn.Module) -> list[str]:
 
 def build_from_gguf(mf: GGUFModelFile, fmt: str, device: torch.device) -> Transformer:
     """Convert every weight of the file into `fmt` on `device`."""
-    act = activation_dtype(fmt, device)
+    act = compute_dtype(fmt, device)
     sources = _gguf_linear_sources(mf, fmt)
     modules = {name: make_linear(w, fmt, device=str(device)) for name, w in sources.items()}
     del sources
@@ -132,7 +132,7 @@ def build_from_state(
     config: ModelConfig, fmt: str, state: dict[str, torch.Tensor], device: torch.device
 ) -> Transformer:
     """Rebuild on meta with the format's empty modules, then adopt the cached tensors."""
-    act = activation_dtype(fmt, device)
+    act = compute_dtype(fmt, device)
     embedding = Embedding.empty(config.vocab_size, config.hidden_size, fmt, act, device="meta")
     model = Transformer(
         config,

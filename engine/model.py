@@ -23,23 +23,40 @@ from engine.kv_cache import KVCache
 LinearFactory = Callable[[str, int, int], nn.Module]
 """(parameter name, in_features, out_features) -> an empty linear module of the chosen format."""
 
+RopeArgs = tuple[torch.Tensor, torch.Tensor, int]
+"""(cos, sin, half) for the positions of one forward call, computed once and shared by every layer."""
+
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm computed in fp32, returned in the input dtype."""
+    """Root-mean-square norm as one fused op (`F.rms_norm` accumulates in fp32 for bf16 input).
+
+    The weight stays fp32 (the GGUF's own precision); its cast to the activation
+    dtype is made once and reused, not redone on each of the 61 calls per token.
+    """
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
+        self.shape = (dim,)
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+        self._cast: torch.Tensor | None = None
+
+    def post_load(self) -> None:
+        self._cast = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * self.weight).to(x.dtype)
+        w = self._cast
+        if w is None or w.dtype != x.dtype:
+            w = self._cast = self.weight.detach().to(x.dtype)
+        return F.rms_norm(x, self.shape, w, self.eps)
 
 
 class Rotary(nn.Module):
-    """Precomputed cos/sin tables for every position of the context."""
+    """Precomputed RoPE tables for every position of the context (rotate-half form).
+
+    `sin` carries the sign of rotate-half (-sin on the first half), so a rotation
+    is x * cos + roll(x, half) * sin: four ops instead of seven.
+    """
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype, device: torch.device | str) -> None:
         super().__init__()
@@ -47,17 +64,19 @@ class Rotary(nn.Module):
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, half, dtype=torch.float64, device=device) / half))
         pos = torch.arange(config.context_length, dtype=torch.float64, device=device)
         angles = torch.outer(pos, inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
-        self.register_buffer("cos", angles.cos().to(dtype), persistent=False)
-        self.register_buffer("sin", angles.sin().to(dtype), persistent=False)
+        sin = angles.sin()
+        self.half = half
+        self.register_buffer("cos", torch.cat([angles.cos()] * 2, dim=-1).to(dtype), persistent=False)
+        self.register_buffer("sin", torch.cat([-sin, sin], dim=-1).to(dtype), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Rotate x (batch, heads, tokens, head_dim) for positions start..start+tokens."""
-        n = x.shape[-2]
-        cos, sin = self.cos[start : start + n], self.sin[start : start + n]
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def tables(self, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for positions start..start+n, shaped (n, 1, head_dim) to broadcast over heads."""
+        return self.cos[start : start + n, None], self.sin[start : start + n, None]
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
+        """Rotate x (batch, tokens, heads, head_dim)."""
+        return x * cos + x.roll(half, dims=-1) * sin
 
 
 def _causal_mask(n_new: int, start: int, device: torch.device) -> torch.Tensor:
@@ -67,32 +86,45 @@ def _causal_mask(n_new: int, start: int, device: torch.device) -> torch.Tensor:
     return k_pos <= q_pos
 
 
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query token per sequence against the whole filled cache, GQA without repeating K/V.
+
+    q (b, kv_heads, group, head_dim); k, v (b, kv_heads, length, head_dim).
+    Three small ops beat SDPA's flash kernel here, whose per-call set-up cost
+    dominated a 64-position decode step.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(v.dtype), v)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int, make_linear: LinearFactory) -> None:
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.scale = config.head_dim**-0.5
         q_dim, kv_dim = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
-        self.split = (q_dim, kv_dim, kv_dim)
         self.wqkv = make_linear(f"layers.{layer}.attention.wqkv", config.hidden_size, q_dim + 2 * kv_dim)
         self.wo = make_linear(f"layers.{layer}.attention.wo", q_dim, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, start: int, rope: Rotary, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start: int, rope: RopeArgs, cache: KVCache | None) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.wqkv(x).split(self.split, dim=-1)
-        q = rope(q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2), start)
-        k = rope(k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2), start)
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        h, kv = self.n_heads, self.n_kv_heads
+        qkv = self.wqkv(x).view(b, t, h + 2 * kv, self.head_dim)
+        qk = Rotary.rotate(qkv[:, :, : h + kv], *rope)
+        q = qk[:, :, :h].transpose(1, 2)
+        k = qk[:, :, h:].transpose(1, 2)
+        v = qkv[:, :, h + kv :].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         if t == 1:
-            y = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+            y = _decode_attention(q.reshape(b, kv, h // kv, self.head_dim), k, v, self.scale)
         elif k.shape[2] == t:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
         else:
             mask = _causal_mask(t, k.shape[2] - t, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1) if t > 1 else y.reshape(b, 1, -1))
 
 
 class FeedForward(nn.Module):
@@ -117,7 +149,7 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_eps)
         self.feed_forward = FeedForward(config, layer, make_linear)
 
-    def forward(self, x: torch.Tensor, start: int, rope: Rotary, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start: int, rope: RopeArgs, cache: KVCache | None) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), start, rope, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -163,8 +195,10 @@ class Transformer(nn.Module):
                 f"positions up to {start + ids.shape[1]} exceed the model context of {self.config.context_length}"
             )
         h = self.embedding.lookup(ids).to(self.act_dtype)
+        cos, sin = self.rope.tables(start, ids.shape[1])
+        rope = (cos, sin, self.rope.half)
         for block in self.layers:
-            h = block(h, start, self.rope, cache)
+            h = block(h, start, rope, cache)
         if last_only:
             h = h[:, -1:]
         h = self.norm(h)

@@ -15,12 +15,12 @@ import torch
 from engine.embedding import Embedding
 from engine.gguf_file import GGUFModelFile
 from engine.model import Transformer
-from engine.quant import WEIGHT_FORMATS, activation_dtype, empty_linear, module_weight_bytes
+from engine.quant import WEIGHT_FORMATS, compute_dtype, empty_linear, module_weight_bytes
 
 
 def format_weight_bytes(config: Any, fmt: str) -> int:
     """Resident weight bytes of the whole model in `fmt` on CPU, computed on the meta device."""
-    act = activation_dtype(fmt, torch.device("cpu"))
+    act = compute_dtype(fmt, torch.device("cpu"))
     embedding = Embedding.empty(config.vocab_size, config.hidden_size, fmt, act, device="meta")
     model = Transformer(config, embedding, lambda _n, i, o: empty_linear(fmt, i, o, device="meta"), act, "meta")
     return module_weight_bytes(model)

@@ -103,6 +103,12 @@ class DenseLinear(nn.Linear, QuantLinear):
         _no_options("dense", fmt_options)
         return cls(in_features, out_features, device=device, dtype=dtype)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Accepts any float input (the model may keep its residual stream in fp32) and returns its dtype."""
+        if x.dtype == self.weight.dtype:
+            return F.linear(x, self.weight)
+        return F.linear(x.to(self.weight.dtype), self.weight).to(x.dtype)
+
     extra_repr = QuantLinear.extra_repr
 
 
