@@ -194,13 +194,14 @@ class GGUFModelFile:
         t = self._get(name)
         qtype = t.tensor_type
         try:
-            if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
-                arr = np.asarray(dequantize(t.data, qtype) if qtype == GGMLQuantizationType.BF16 else t.data)
-                arr = arr.astype(np.float32)
+            if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+                arr = np.asarray(t.data, dtype=np.float32)
             else:
                 arr = dequantize(t.data, qtype)
         except NotImplementedError as exc:
-            raise UnsupportedModelError(f"tensor {name} has GGML type {qtype.name}, which cannot be dequantized") from exc
+            raise UnsupportedModelError(
+                f"tensor {name} has GGML type {qtype.name}, which cannot be dequantized"
+            ) from exc
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists the fastest dim first
         w = torch.from_numpy(np.ascontiguousarray(arr)).reshape(shape)
         heads = self._rows_permutation_heads(name)

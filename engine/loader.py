@@ -106,7 +106,7 @@ def _post_load(model: nn.Module) -> None:
 
 
 def _kernel_notes(model: nn.Module) -> list[str]:
-    notes = {getattr(m, "kernel") for m in model.modules() if isinstance(getattr(m, "kernel", None), str)}
+    notes = {m.kernel for m in model.modules() if isinstance(getattr(m, "kernel", None), str)}
     return sorted(notes)
 
 
