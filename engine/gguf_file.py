@@ -195,7 +195,7 @@ class GGUFModelFile:
         qtype = t.tensor_type
         try:
             if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
-                arr = np.asarray(t.data, dtype=np.float32)
+                arr = np.array(t.data, dtype=np.float32)  # a writable copy, not a view of the read-only map
             else:
                 arr = dequantize(t.data, qtype)
         except NotImplementedError as exc:

@@ -9,8 +9,27 @@ whole pre-allocated buffer cost 46% of a decode step on this model.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from engine.config import ModelConfig
+
+
+def causal_mask(n_new: int, start: int, device: torch.device) -> torch.Tensor:
+    """Boolean mask (n_new, start + n_new): query i sees keys 0..start+i."""
+    q_pos = torch.arange(start, start + n_new, device=device)[:, None]
+    k_pos = torch.arange(start + n_new, device=device)[None, :]
+    return k_pos <= q_pos
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """One query token per sequence against its cached keys, GQA without repeating K/V.
+
+    q (b, kv_heads, group, head_dim); k, v (b, kv_heads, length, head_dim).
+    Three small ops beat SDPA's flash kernel here, whose per-call set-up cost
+    dominated a 64-position decode step.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(v.dtype), v)
 
 
 class KVCache:
@@ -40,6 +59,22 @@ class KVCache:
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """Append k, v (batch, new, kv_heads, dim) and attend q (batch, new, heads, dim) over the filled part."""
+        b, t, n_heads, dim = q.shape
+        keys, values = self.update(layer, k.transpose(1, 2), v.transpose(1, 2))
+        if t == 1:
+            n_kv = keys.shape[1]
+            y = decode_attention(q.reshape(b, n_kv, n_heads // n_kv, dim), keys, values, scale)
+            return y.reshape(b, 1, n_heads * dim)
+        qt = q.transpose(1, 2)
+        if keys.shape[2] == t:
+            y = F.scaled_dot_product_attention(qt, keys, values, is_causal=True, enable_gqa=True)
+        else:
+            mask = causal_mask(t, keys.shape[2] - t, q.device)
+            y = F.scaled_dot_product_attention(qt, keys, values, attn_mask=mask, enable_gqa=True)
+        return y.transpose(1, 2).reshape(b, t, n_heads * dim)
 
     def advance(self, n: int) -> None:
         """Commit n positions after every layer has been updated for this step."""

@@ -12,13 +12,13 @@ permutation so that this matches the reference (HF transformers) exactly.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.kv_cache import KVCache
 
 LinearFactory = Callable[[str, int, int], nn.Module]
 """(parameter name, in_features, out_features) -> an empty linear module of the chosen format."""
@@ -73,28 +73,14 @@ class Rotary(nn.Module):
         """cos, sin for positions start..start+n, shaped (n, 1, head_dim) to broadcast over heads."""
         return self.cos[start : start + n, None], self.sin[start : start + n, None]
 
+    def gather(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin at arbitrary positions (tokens,), shaped (tokens, 1, head_dim)."""
+        return self.cos[positions, None], self.sin[positions, None]
+
     @staticmethod
     def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
         """Rotate x (batch, tokens, heads, head_dim)."""
         return x * cos + x.roll(half, dims=-1) * sin
-
-
-def _causal_mask(n_new: int, start: int, device: torch.device) -> torch.Tensor:
-    """Boolean mask (n_new, start + n_new): query i sees keys 0..start+i."""
-    q_pos = torch.arange(start, start + n_new, device=device)[:, None]
-    k_pos = torch.arange(start + n_new, device=device)[None, :]
-    return k_pos <= q_pos
-
-
-def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """One query token per sequence against the whole filled cache, GQA without repeating K/V.
-
-    q (b, kv_heads, group, head_dim); k, v (b, kv_heads, length, head_dim).
-    Three small ops beat SDPA's flash kernel here, whose per-call set-up cost
-    dominated a 64-position decode step.
-    """
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
-    return torch.matmul(scores.softmax(-1, dtype=torch.float32).to(v.dtype), v)
 
 
 class Attention(nn.Module):
@@ -107,24 +93,31 @@ class Attention(nn.Module):
         self.wqkv = make_linear(f"layers.{layer}.attention.wqkv", config.hidden_size, q_dim + 2 * kv_dim)
         self.wo = make_linear(f"layers.{layer}.attention.wo", q_dim, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, start: int, rope: RopeArgs, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: RopeArgs, cache: AttentionCache | None) -> torch.Tensor:
         b, t, _ = x.shape
         h, kv = self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x).view(b, t, h + 2 * kv, self.head_dim)
         qk = Rotary.rotate(qkv[:, :, : h + kv], *rope)
-        q = qk[:, :, :h].transpose(1, 2)
-        k = qk[:, :, h:].transpose(1, 2)
-        v = qkv[:, :, h + kv :].transpose(1, 2)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)
-        if t == 1:
-            y = _decode_attention(q.reshape(b, kv, h // kv, self.head_dim), k, v, self.scale)
-        elif k.shape[2] == t:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        else:
-            mask = _causal_mask(t, k.shape[2] - t, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-        return self.wo(y.transpose(1, 2).reshape(b, t, -1) if t > 1 else y.reshape(b, 1, -1))
+        q, k, v = qk[:, :, :h], qk[:, :, h:], qkv[:, :, h + kv :]
+        y = _causal_attention(q, k, v) if cache is None else cache.attend(self.layer, q, k, v, self.scale)
+        return self.wo(y)
+
+
+def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """No cache: every position of (b, t, heads, dim) attends causally to the sequence itself."""
+    b, t = q.shape[:2]
+    y = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True
+    )
+    return y.transpose(1, 2).reshape(b, t, -1)
+
+
+class AttentionCache(Protocol):
+    """Where K/V live between steps: the contiguous `KVCache` or the paged cache of the server."""
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        """Store k, v (b, t, kv_heads, dim) for `layer` and return attention output (b, t, heads * dim)."""
+        ...
 
 
 class FeedForward(nn.Module):
@@ -149,8 +142,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.hidden_size, config.rms_eps)
         self.feed_forward = FeedForward(config, layer, make_linear)
 
-    def forward(self, x: torch.Tensor, start: int, rope: RopeArgs, cache: KVCache | None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), start, rope, cache)
+    def forward(self, x: torch.Tensor, rope: RopeArgs, cache: AttentionCache | None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -182,25 +175,46 @@ class Transformer(nn.Module):
         self,
         ids: torch.Tensor,
         start: int = 0,
-        cache: KVCache | None = None,
+        cache: AttentionCache | None = None,
         last_only: bool = True,
     ) -> torch.Tensor:
         """Logits (batch, tokens or 1, vocab) in fp32 for ids (batch, tokens) at positions start.. .
 
-        With a cache, K/V of the new tokens are appended and attention reads
-        the cached prefix; the caller commits them with `cache.advance()`.
+        With a contiguous `KVCache`, K/V of the new tokens are appended and
+        attention reads the cached prefix; the caller commits them with
+        `cache.advance()`. Without a cache the sequence attends to itself.
         """
         if start + ids.shape[1] > self.config.context_length:
             raise ValueError(
                 f"positions up to {start + ids.shape[1]} exceed the model context of {self.config.context_length}"
             )
-        h = self.embedding.lookup(ids).to(self.act_dtype)
         cos, sin = self.rope.tables(start, ids.shape[1])
-        rope = (cos, sin, self.rope.half)
+        h = self._blocks(ids, (cos, sin, self.rope.half), cache)
+        return self._logits(h[:, -1:] if last_only else h)
+
+    def forward_flat(self, ids: torch.Tensor, positions: torch.Tensor, cache: AttentionCache) -> torch.Tensor:
+        """Hidden states (tokens, hidden) for a flattened batch: ids and positions (tokens,).
+
+        The continuous-batching path: tokens of many sequences side by side,
+        each at its own position; the paged cache knows which tokens belong
+        to which sequence. Pick the rows to sample, then call `logits()`.
+        """
+        if int(positions.max()) >= self.config.context_length:
+            raise ValueError(f"a position exceeds the model context of {self.config.context_length}")
+        cos, sin = self.rope.gather(positions)
+        return self._blocks(ids[None], (cos, sin, self.rope.half), cache)[0]
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """fp32 logits for final hidden states of any leading shape."""
+        return self._logits(h)
+
+    def _blocks(self, ids: torch.Tensor, rope: RopeArgs, cache: AttentionCache | None) -> torch.Tensor:
+        h = self.embedding.lookup(ids).to(self.act_dtype)
         for block in self.layers:
-            h = block(h, start, rope, cache)
-        if last_only:
-            h = h[:, -1:]
+            h = block(h, rope, cache)
+        return h
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
         h = self.norm(h)
         logits = self.embedding.project(h) if self.output is None else self.output(h)
         return logits.float()
