@@ -7,6 +7,7 @@ st.set_page_config(page_title="Preflight", page_icon=":material/flight_takeoff:"
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
     st.Page("pages/engine_page.py", title="Engine", icon=":material/memory:", url_path="engine"),
+    st.Page("pages/studies.py", title="Engine studies", icon=":material/query_stats:", url_path="studies"),
 ]
 
 st.navigation(PAGES).run()

@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Study size flags -> StudyOptions fields; the help text comes from the field.
 STUDY_SIZE_FLAGS = {
+    "--threads": ("threads", "N"),
     "--lengths": ("kv_lengths", "N,N,..."),
     "--tokens": ("kv_tokens", "N"),
     "--batch-sizes": ("batch_sizes", "N,N,..."),

@@ -9,15 +9,14 @@ functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
 
 from engine.studies_base import (
-    Progress,
     StudyOptions,
     StudyResult,
+    StudyRun,
     eval_text,
     option_help,
     parse_formats,
@@ -39,7 +38,7 @@ __all__ = [
     "study_frame",
 ]
 
-STUDIES: dict[str, Callable[[StudyOptions, Progress | None], StudyResult]] = {
+STUDIES: dict[str, StudyRun] = {
     "kv": run_kv_study,
     "quant": run_quant_study,
     "batch": run_batch_study,

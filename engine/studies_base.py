@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, wraps
 from importlib import resources
 from typing import Any
 
@@ -40,6 +40,7 @@ class StudyOptions:
     model_path: str | None = None
     quant: str = _opt("int4", "weight format of the kv and batch studies")
     device: str = "auto"
+    threads: int | None = _opt(None, "CPU threads for torch during the study (default: torch's own choice)")
     use_cache: bool = _opt(True, "load converted weights from the disk cache when present")
     kv_lengths: tuple[int, ...] = _opt((32, 64, 128, 256, 512), "kv: sequence lengths (prompt + generated tokens)")
     kv_tokens: int = _opt(16, "kv: tokens generated at each length")
@@ -68,6 +69,8 @@ class StudyOptions:
                 f"every kv length must exceed kv tokens ({self.kv_tokens}) so the prompt is not empty, "
                 f"got {self.kv_lengths}"
             )
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1 (or unset for torch's default), got {self.threads}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes must be positive, got {self.batch_sizes}")
         for name in ("batch_prompt_tokens", "batch_steps", "quant_prompt_tokens"):
@@ -118,29 +121,28 @@ def eval_ids(tokenizer: object, needed: int) -> list[int]:
 
 
 def _cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo on Linux, else what `platform` knows."""
+    fallback = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
     except OSError:
-        pass  # not Linux: fall back to what platform knows
-    return platform.processor() or platform.machine()
+        return fallback
+    return names[0] if names else fallback
 
 
-def machine_conditions(engine: object, options: StudyOptions, name: str) -> dict[str, object]:
+def machine_conditions(engine: object, name: str) -> dict[str, object]:
     """Hardware, software, model and date: what every table must state."""
     info = engine.info  # type: ignore[attr-defined]
     device = torch.device(info.device)
     accelerator = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    load_1m = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
         "study": name,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "logical_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "load_avg_1m": round(load_1m, 2) if load_1m is not None else None,
+        "load_avg_1m": load_average(),
         "accelerator": accelerator,
         "os": platform.platform(),
         "python": platform.python_version(),
@@ -150,6 +152,35 @@ def machine_conditions(engine: object, options: StudyOptions, name: str) -> dict
         "format": info.quant,
         "device": info.device,
     }
+
+
+StudyRun = Callable[[StudyOptions, Progress | None], StudyResult]
+
+
+def study_run(run: StudyRun) -> StudyRun:
+    """Run a study with `options.threads` torch threads (restored afterwards) and record the load at the end.
+
+    The 1-minute load average at the start and the end tells a reader whether other work shared the CPU.
+    """
+
+    @wraps(run)
+    def wrapper(options: StudyOptions, progress: Progress | None = None) -> StudyResult:
+        before = torch.get_num_threads()
+        if options.threads is not None:
+            torch.set_num_threads(options.threads)
+        try:
+            result = run(options, progress)
+        finally:
+            torch.set_num_threads(before)
+        result.conditions["load_avg_1m_end"] = load_average()
+        return result
+
+    return wrapper
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (runnable processes), where the OS reports one."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def report(progress: Progress | None, message: str) -> None:
@@ -243,6 +274,8 @@ def sample_memory(device: torch.device) -> Iterator[MemoryPeak]:
 def option_help(name: str) -> str:
     """The description of one StudyOptions field, with its default."""
     f = next(f for f in fields(StudyOptions) if f.name == name)
+    if f.default is None:
+        return f.metadata["help"]
     default = ",".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
     return f"{f.metadata['help']} (default: {default})"
 

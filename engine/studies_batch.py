@@ -28,6 +28,7 @@ from engine.studies_base import (
     rate_text,
     report,
     sample_memory,
+    study_run,
 )
 
 
@@ -95,6 +96,7 @@ def _rss_method_text(result: StudyResult) -> str:
     return "psutil RSS read at the start, after every decode step and at the end"
 
 
+@study_run
 def run_batch_study(options: StudyOptions, progress: Progress | None = None) -> StudyResult:
     length, steps = options.batch_prompt_tokens, options.batch_steps
     report(progress, f"batch: loading {options.quant}")
@@ -103,7 +105,7 @@ def run_batch_study(options: StudyOptions, progress: Progress | None = None) -> 
     ids = eval_ids(engine.loaded.tokenizer, length + max(options.batch_sizes) - 1)
     for size in options.batch_sizes:  # fail before measuring anything if the text cannot supply a batch
         batch_prompts(ids, size, length)
-    conditions = machine_conditions(engine, options, "batch") | options_dict(
+    conditions = machine_conditions(engine, "batch") | options_dict(
         options, "batch_sizes", "batch_prompt_tokens", "batch_steps"
     )
     conditions["sampling"] = "greedy"

@@ -20,6 +20,7 @@ from engine.studies_base import (
     options_dict,
     rate_text,
     report,
+    study_run,
 )
 
 WARMUP_TOKENS = 4
@@ -38,12 +39,13 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+@study_run
 def run_kv_study(options: StudyOptions, progress: Progress | None = None) -> StudyResult:
     n = options.kv_tokens
     report(progress, f"kv: loading {options.quant}")
     engine = Engine.load(LoadOptions(options.quant, options.model_path, options.device, options.use_cache))
     ids = eval_ids(engine.loaded.tokenizer, max(options.kv_lengths))
-    conditions = machine_conditions(engine, options, "kv") | options_dict(options, "kv_lengths", "kv_tokens")
+    conditions = machine_conditions(engine, "kv") | options_dict(options, "kv_lengths", "kv_tokens")
     conditions["sampling"] = "greedy, ignore_eos"
     result = StudyResult("kv", conditions)
 

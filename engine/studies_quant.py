@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from engine.model_info import describe_model
 from engine.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 from engine.studies_base import (
@@ -27,6 +28,7 @@ from engine.studies_base import (
     options_dict,
     rate_text,
     report,
+    study_run,
 )
 
 REFERENCE = "fp32"
@@ -55,15 +57,24 @@ def scored_targets(ids: list[int], window: int) -> torch.Tensor:
     return torch.cat([torch.tensor(ids[s + 1 : e], dtype=torch.long) for s, e in eval_windows(len(ids), window)])
 
 
-def quality(logprobs: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Perplexity of `targets`, mean KL(reference || logprobs) in nats, top-1 agreement with the reference."""
-    nll = -logprobs.gather(1, targets[:, None]).squeeze(1)
-    kl = (reference.exp() * (reference - logprobs)).sum(-1)
-    agree = (logprobs.argmax(-1) == reference.argmax(-1)).float()
+def quality(
+    logprobs: torch.Tensor, reference: torch.Tensor, targets: torch.Tensor, chunk: int = 256
+) -> dict[str, float]:
+    """Perplexity of `targets`, mean KL(reference || logprobs) in nats, top-1 agreement with the reference.
+
+    Computed `chunk` positions at a time so the temporaries stay small beside the (positions, vocab) inputs.
+    """
+    nll = kl = agree = 0.0
+    for i in range(0, targets.numel(), chunk):
+        lp, ref, tgt = logprobs[i : i + chunk], reference[i : i + chunk], targets[i : i + chunk]
+        nll -= float(lp.gather(1, tgt[:, None]).double().sum())
+        kl += float((ref.exp() * (ref - lp)).sum(-1).double().sum())
+        agree += float((lp.argmax(-1) == ref.argmax(-1)).sum())
+    n = targets.numel()
     return {
-        "perplexity": math.exp(float(nll.double().mean())),
-        "mean_kl_nats": max(float(kl.double().mean()), 0.0),  # rounding can leave -1e-9 where they are equal
-        "top1_agreement": float(agree.mean()),
+        "perplexity": math.exp(nll / n),
+        "mean_kl_nats": max(kl / n, 0.0),  # rounding can leave -1e-9 where the distributions are equal
+        "top1_agreement": agree / n,
     }
 
 
@@ -105,6 +116,12 @@ def _speed(engine: Engine, prompt: list[int], tokens: int) -> tuple[float | None
     return run(prompt, tokens)
 
 
+def _tensor_types(engine: Engine) -> str:
+    """The model file's tensor types and counts, e.g. 'F32 x61, Q4_1 x210, Q8_0 x1'."""
+    types = describe_model(engine.info.gguf_path)["tensor_types"]
+    return ", ".join(f"{name} x{count}" for name, count in types.items())
+
+
 def _measure(engine: Engine, options: StudyOptions, prompt: list[int], ids: list[int]) -> dict[str, object]:
     """Speed on the fixed prompt, then the log-probabilities over the evaluation text (kept for scoring)."""
     prefill_tok_s, decode_tok_s = _speed(engine, prompt, options.quant_decode_tokens)
@@ -119,6 +136,7 @@ def _measure(engine: Engine, options: StudyOptions, prompt: list[int], ids: list
     }
 
 
+@study_run
 def run_quant_study(options: StudyOptions, progress: Progress | None = None) -> StudyResult:
     formats = (REFERENCE, *[f for f in options.quant_formats if f != REFERENCE])
     conditions: dict[str, object] = {}
@@ -137,20 +155,31 @@ def run_quant_study(options: StudyOptions, progress: Progress | None = None) -> 
         if not conditions:
             all_ids = eval_ids(engine.loaded.tokenizer, options.quant_prompt_tokens)
             prompt, ids = all_ids[: options.quant_prompt_tokens], all_ids[: options.eval_max_tokens]
-            conditions = machine_conditions(engine, options, "quant") | options_dict(
+            conditions = machine_conditions(engine, "quant") | options_dict(
                 options, "quant_formats", "quant_prompt_tokens", "quant_decode_tokens", "eval_window"
             )
-            conditions |= {"format": ", ".join(formats), "reference": REFERENCE, "eval_tokens": len(ids)}
+            del conditions["format"]  # one row per format instead
+            conditions |= {
+                "reference": REFERENCE,
+                "eval_tokens": len(ids),
+                "file_tensor_types": _tensor_types(engine),
+            }
         report(progress, f"quant: {fmt}: speed, then quality over {len(ids)} tokens of the evaluation text")
         measured = _measure(engine, options, prompt, ids)
         del engine
         logprobs = measured.pop("logprobs")
         if reference is None:
             reference = logprobs
-        scores = quality(logprobs, reference, scored_targets(ids, options.eval_window))
+        targets = scored_targets(ids, options.eval_window)
+        scores = quality(logprobs, reference, targets)
         del logprobs
         free_memory(device)
-        rows.append({"format": fmt, "cold_load_s": cold_s, "warm_load_s": warm_s} | measured | scores)
+        rows.append(
+            {"format": fmt, "cold_load_s": cold_s, "warm_load_s": warm_s}
+            | measured
+            | scores
+            | {"scored_tokens": int(targets.numel())}
+        )
         report(
             progress,
             f"quant: {fmt}: decode {rate_text(measured['decode_tok_s'])} tok/s, perplexity "
@@ -166,6 +195,13 @@ def run_quant_study(options: StudyOptions, progress: Progress | None = None) -> 
         f"Speed: prompt of the first {options.quant_prompt_tokens} eval tokens, {options.quant_decode_tokens} "
         "tokens decoded greedily (ignore_eos); a short warm-up run is excluded.",
     ]
+    if "Q4_1" in str(conditions["file_tensor_types"]):
+        notes.append(
+            "The model file already stores its linear weights as Q4_1, so the fp32 reference is those 4-bit "
+            "weights dequantized: the figures measure loss against this file, not against the original "
+            "checkpoint. int4 keeps the file's own Q4_1 codes (only its scales and the activations entering its "
+            "matmuls are rounded to bf16), while int8 and fp8 re-quantize the dequantized weights."
+        )
     if not options.quant_cold_load:
         notes.append("Cold loads were not measured (quant_cold_load off): cold_load_s is null.")
     if not options.use_cache:
