@@ -133,3 +133,10 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
     shot = tmp_path / "engine.png"
     page.screenshot(path=shot, full_page=True)
     assert shot.stat().st_size > 0
+
+    # Every page renders in the real browser: the studies page from the sidebar navigation.
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Engine studies").click()
+    expect(page.get_by_role("heading", name="Engine studies")).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("button", name=re.compile("Run"))).to_be_visible()
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    page.screenshot(path=tmp_path / "studies.png", full_page=True)
