@@ -1,32 +1,118 @@
-"""`python -m planner detect [--json]`: print what this machine offers for inference."""
+"""`python -m planner detect | recommend | compare`: what this machine offers, what to serve
+a model with, and how the planner's CPU prediction compares with a measured run.
+
+Planner errors become one line on stderr and exit 1; bad arguments exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
+from pydantic import ValidationError
+
+from planner.errors import PlannerError
 from planner.hardware import detect, summary_lines
+from planner.workload import RecommendOptions
+
+# CLI flag -> RecommendOptions field; help text comes from the field's description.
+RECOMMEND_FLAGS = {
+    "--model": ("model", str),
+    "--gpu": ("gpu", str),
+    "--gpus": ("gpus", int),
+    "--context": ("context", int),
+    "--concurrency": ("concurrency", int),
+    "--input-tokens": ("input_tokens", int),
+    "--output-tokens": ("output_tokens", int),
+    "--slo": ("slo", str),
+    "--qps": ("qps", float),
+    "--price-per-hour": ("price_per_hour", float),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m planner", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_detect = sub.add_parser("detect", help="detect CPU, ISA, RAM, disk, NVIDIA GPUs (NVML) and torch backends")
+    p_detect.add_argument("--json", action="store_true", help="print the Hardware record as JSON")
+
+    p_rec = sub.add_parser("recommend", help="ranked serving options for a model on some hardware")
+    fields = RecommendOptions.model_fields
+    for flag, (name, kind) in RECOMMEND_FLAGS.items():
+        f = fields[name]
+        default = None if f.is_required() else f.default
+        shown = "" if default is None else f" (default: {default})"
+        p_rec.add_argument(flag, dest=name, type=kind, required=f.is_required(), default=default,
+                           help=f"{f.description}{shown}")
+    p_rec.add_argument("--top", type=int, default=10, help="table rows to print (default: 10)")
+    p_rec.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+
+    p_cmp = sub.add_parser("compare", help="predicted vs measured for a bundled-engine run on this CPU")
+    p_cmp.add_argument("--measured", required=True, metavar="RUN.json",
+                       help="output of `python -m engine generate --json --device cpu ...` ('-' reads stdin)")
+    p_cmp.add_argument("--model", default="smollm2-135m", help="model the run used (default: smollm2-135m)")
+    p_cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    return parser
+
+
+def _cmd_detect(args: argparse.Namespace) -> int:
+    hw = detect()
+    if args.json:
+        print(json.dumps(hw.to_dict(), indent=2))
+        return 0
+    for line in summary_lines(hw):
+        print(line)
+    for note in hw.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from planner.api import make_plan
+    from planner.report import format_plan
+
+    values = {name: getattr(args, name) for name, _ in RECOMMEND_FLAGS.values() if getattr(args, name) is not None}
+    opts = RecommendOptions(**values)
+    plan = make_plan(opts)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2, default=str))
+    else:
+        print("\n".join(format_plan(plan, top=args.top)))
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from planner.api import compare_run
+    from planner.compare import format_comparison
+
+    try:
+        text = sys.stdin.read() if args.measured == "-" else Path(args.measured).read_text()
+        data = json.loads(text)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PlannerError(f"cannot read the measured run {args.measured}: {exc}") from exc
+    result = compare_run(data, args.model)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print("\n".join(format_comparison(result)))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m planner", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_detect = sub.add_parser("detect", help="detect CPU, ISA, RAM, disk and torch backends")
-    p_detect.add_argument("--json", action="store_true", help="print the Hardware record as JSON")
-    args = parser.parse_args(argv)
-
-    if args.command == "detect":
-        hw = detect()
-        if args.json:
-            json.dump(hw.to_dict(), sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        else:
-            for line in summary_lines(hw):
-                print(line)
-            for note in hw.notes:
-                print(f"note: {note}")
-    return 0
+    args = build_parser().parse_args(argv)
+    commands = {"detect": _cmd_detect, "recommend": _cmd_recommend, "compare": _cmd_compare}
+    try:
+        return commands[args.command](args)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        print(f"error: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    except PlannerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""What this machine offers for inference: CPU, ISA features, memory, disk, torch backends.
+"""What this machine offers for inference: CPU, ISA features, memory, disk, NVIDIA GPUs, torch backends.
 
 `detect()` never raises: a probe that fails leaves its field as None (not measured),
-never as 0, and says why in `notes`.
+never as 0, and says why in `notes`. NVIDIA GPUs come from NVML (driver, memory,
+compute capability); without NVML (no driver, as on a CPU-only machine) the reason
+is kept in `nvml_reason` and torch's CUDA view, if any, is used instead.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
+
+from planner import nvml
 
 # cpuinfo flag -> our name. ARM kernels report NEON as "asimd" (64-bit) or "neon" (32-bit).
 ISA_FLAGS: dict[str, tuple[str, ...]] = {
@@ -27,11 +31,14 @@ ISA_FLAGS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True, slots=True)
 class GpuInfo:
-    """One accelerator as torch sees it."""
+    """One accelerator, from NVML when it works, else from torch (`source`)."""
 
     index: int
     name: str
     total_memory_bytes: int | None
+    used_memory_bytes: int | None = None
+    compute_capability: str | None = None
+    source: str = "torch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +59,15 @@ class Hardware:
     cuda_device_count: int
     mps_available: bool
     gpus: tuple[GpuInfo, ...] = ()
+    nvml_status: str = "unavailable"
+    nvml_reason: str | None = None
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self.gpus)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,7 +133,8 @@ def _torch_backends(notes: list[str]) -> dict:
         gpus = []
         for i in range(found["cuda_device_count"]):
             props = torch.cuda.get_device_properties(i)
-            gpus.append(GpuInfo(index=i, name=props.name, total_memory_bytes=int(props.total_memory)))
+            cc = f"{props.major}.{props.minor}"
+            gpus.append(GpuInfo(i, props.name, int(props.total_memory), None, cc, "torch"))
         found["gpus"] = tuple(gpus)
     except Exception as exc:  # a broken driver must not break detection
         notes.append(f"CUDA probe failed: {type(exc).__name__}: {exc}")
@@ -127,8 +143,27 @@ def _torch_backends(notes: list[str]) -> dict:
     return found
 
 
-def detect() -> Hardware:
-    """Probe the machine. Never raises; failed probes are None and explained in `notes`."""
+def _nvml_fields(torch_gpus: tuple[GpuInfo, ...], nvml_loader: object = None) -> dict:
+    """GPUs and driver from NVML; torch's list stays when NVML has none to give."""
+    report = nvml.probe(nvml_loader)  # type: ignore[arg-type]
+    gpus = tuple(
+        GpuInfo(g.index, g.name, g.total_memory_bytes, g.used_memory_bytes, g.compute_capability, "nvml")
+        for g in report.gpus
+    )
+    return {
+        "gpus": gpus or torch_gpus,
+        "nvml_status": report.status,
+        "nvml_reason": report.reason,
+        "driver_version": report.driver_version,
+        "cuda_driver_version": report.cuda_driver_version,
+    }
+
+
+def detect(nvml_loader: object = None) -> Hardware:
+    """Probe the machine. Never raises; failed probes are None and explained in `notes`.
+
+    `nvml_loader` returns the pynvml module; tests pass one that fails or fakes devices.
+    """
     notes: list[str] = []
     cpuinfo = _read_cpuinfo()
     try:
@@ -146,6 +181,8 @@ def detect() -> Hardware:
     free = _free_bytes(disk)
     if free is None:
         notes.append(f"disk free space unreadable at {disk}")
+    backends = _torch_backends(notes)
+    gpu_fields = _nvml_fields(backends.pop("gpus", ()), nvml_loader)
     return Hardware(
         cpu_model=_cpu_model(cpuinfo),
         physical_cores=physical,
@@ -156,7 +193,8 @@ def detect() -> Hardware:
         disk_path=str(disk),
         disk_free_bytes=free,
         os=platform.platform(),
-        **_torch_backends(notes),
+        **backends,
+        **gpu_fields,
         notes=tuple(notes),
     )
 
@@ -167,8 +205,10 @@ def gib(n: int | None) -> str:
 
 
 def describe_accelerator(hw: Hardware) -> str:
+    if hw.gpus:
+        return ", ".join(f"cuda:{g.index} {g.name} ({gib(g.total_memory_bytes)})" for g in hw.gpus)
     if hw.cuda_available:
-        return ", ".join(f"cuda:{g.index} {g.name} ({gib(g.total_memory_bytes)})" for g in hw.gpus) or "CUDA"
+        return "CUDA"
     if hw.mps_available:
         return "Apple MPS"
     return "none (CPU only)"
@@ -184,4 +224,12 @@ def summary_lines(hw: Hardware) -> list[str]:
         f"Disk free at {hw.disk_path}: {gib(hw.disk_free_bytes)}",
         f"OS: {hw.os}",
         f"torch: {hw.torch_version or 'not installed'}; accelerator: {describe_accelerator(hw)}",
+        describe_nvml(hw),
     ]
+
+
+def describe_nvml(hw: Hardware) -> str:
+    """One line on the NVIDIA driver as NVML sees it, or why there is none."""
+    if hw.nvml_status == "ok":
+        return f"NVML: driver {hw.driver_version}, CUDA {hw.cuda_driver_version}, {hw.gpu_count} GPU(s)"
+    return f"NVML: {hw.nvml_status}: {hw.nvml_reason}"

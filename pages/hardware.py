@@ -1,0 +1,88 @@
+"""Hardware: what `planner.hardware.detect()` found, the GPU/NVML story, and this CPU measured."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from planner.api import compare_run
+from planner.errors import PlannerError
+from planner.hardware import Hardware, describe_accelerator, describe_nvml, detect, gib
+
+
+@st.cache_data(ttl=60, show_spinner="Detecting hardware...")
+def _hardware() -> Hardware:
+    return detect()
+
+
+st.title("Hardware")
+hw = _hardware()
+st.caption("The same record as `python -m planner detect --json`. A probe that failed shows as not measured.")
+
+cols = st.columns(4)
+cols[0].metric("Cores (physical / logical)", f"{hw.physical_cores or '?'} / {hw.logical_cores or '?'}")
+cols[1].metric("RAM total", gib(hw.ram_total_bytes))
+cols[2].metric("RAM available", gib(hw.ram_available_bytes))
+cols[3].metric("Disk free (weights cache)", gib(hw.disk_free_bytes), help=hw.disk_path)
+st.markdown(
+    f"**CPU:** {hw.cpu_model}  \n"
+    f"**ISA features for inference:** {', '.join(hw.isa) or 'none detected'}  \n"
+    f"**OS:** {hw.os}  \n"
+    f"**torch:** {hw.torch_version or 'not installed'} (CUDA {'yes' if hw.cuda_available else 'no'}, "
+    f"MPS {'yes' if hw.mps_available else 'no'})"
+)
+
+st.subheader("GPUs")
+if hw.gpus:
+    st.success(describe_nvml(hw))
+    st.dataframe(
+        pd.DataFrame([{
+            "index": g.index, "name": g.name, "memory total": gib(g.total_memory_bytes),
+            "memory used": gib(g.used_memory_bytes), "compute capability": g.compute_capability or "not measured",
+            "source": g.source,
+        } for g in hw.gpus]),
+        hide_index=True,
+    )
+else:
+    st.info(
+        f"No GPU: {describe_accelerator(hw)}. {describe_nvml(hw)}.  \n"
+        "NVIDIA GPUs are read through NVML (`nvidia-ml-py`), which needs the NVIDIA driver's library; "
+        "AMD GPUs are not visible to NVML. The planner still works: pick a GPU from the catalog on the "
+        "Plan page, or plan for this CPU, whose bandwidth and FLOP/s it measures."
+    )
+for note in hw.notes:
+    st.warning(note)
+
+st.subheader("This CPU, measured")
+st.caption("STREAM-like copy/triad, a timed matmul, per-op dispatch and weight-only kernel rates, with torch.")
+if st.button("Measure this CPU", key="hardware_measure"):
+    from planner.cpu_probe import measure
+
+    with st.spinner("Measuring bandwidth, FLOP/s and dispatch (a few seconds)..."):
+        st.session_state["hardware_cpu"] = measure()
+m = st.session_state.get("hardware_cpu")
+if m is None:
+    st.info("Press **Measure this CPU** to time it (the Plan page does this when you plan for this CPU).")
+else:
+    cols = st.columns(4)
+    cols[0].metric("Bandwidth (largest working set)", f"{m.bandwidth_bytes_s / 1e9:.1f} GB/s")
+    cols[1].metric("fp32 matmul", f"{m.fp32_flops / 1e9:.0f} GFLOP/s")
+    cols[2].metric("bf16 matmul", f"{m.bf16_flops / 1e9:.0f} GFLOP/s")
+    cols[3].metric("Dispatch per op", f"{m.op_overhead_s * 1e6:.1f} us")
+    st.caption(m.describe())
+
+st.subheader("Predicted vs measured")
+st.caption("Upload what `python -m engine generate --json --device cpu ...` printed; the planner predicts the same "
+           "run from this CPU's measurements and shows its error per metric.")
+run = st.file_uploader("Bundled-engine run (JSON)", type="json", key="hardware_run")
+if run is not None:
+    try:
+        with st.spinner("Measuring this CPU and predicting the run..."):
+            comparison = compare_run(json.loads(run.getvalue()))
+    except (PlannerError, json.JSONDecodeError) as exc:
+        st.error(str(exc))
+    else:
+        st.dataframe(pd.DataFrame([{"metric": r.metric, "unit": r.unit, "predicted": r.predicted,
+                                    "measured": r.measured, "error %": None if r.error is None else 100 * r.error}
+                                   for r in comparison.rows]), hide_index=True)
+        st.caption(comparison.conditions)

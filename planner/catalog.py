@@ -1,0 +1,371 @@
+"""The catalogs under planner/data: models, GPUs, weight formats, engines, SLO profiles.
+
+Each JSON file is validated by a pydantic schema with extra="forbid" (an unknown or
+misspelt field is an error), then turned into the frozen specs the math uses.
+Every figure in the files carries its source.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from planner.errors import CatalogError, UnknownNameError
+from planner.model_spec import ModelSpec, MoeSpec, build_model_spec
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+QualityTier = Literal["none", "negligible", "small", "moderate", "large"]
+ComputeKind = Literal["fp32", "bf16", "fp16", "fp8", "int8"]
+CC_PATTERN = r"^\d+\.\d+$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- models -------------------------------------------------------------------------
+
+
+class MoeEntry(_Strict):
+    n_experts: PositiveInt
+    experts_per_token: PositiveInt
+    expert_intermediate_size: PositiveInt
+    moe_layers: PositiveInt
+    shared_experts: int = Field(0, ge=0)
+
+
+class MlaEntry(_Strict):
+    kv_lora_rank: PositiveInt
+    qk_rope_head_dim: PositiveInt
+
+
+class ModelEntry(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9.\-]+$")
+    name: str
+    hf_repo: str | None = None
+    architecture: str
+    n_layers: PositiveInt
+    hidden_size: PositiveInt
+    n_heads: PositiveInt
+    n_kv_heads: PositiveInt
+    head_dim: PositiveInt
+    intermediate_size: PositiveInt
+    vocab_size: PositiveInt
+    max_context: PositiveInt
+    tied_embeddings: bool
+    qkv_bias: bool = False
+    sliding_window: PositiveInt | None = None
+    sliding_window_layers: PositiveInt | None = None
+    mla: MlaEntry | None = None
+    moe: MoeEntry | None = None
+    params_total: PositiveInt | None = None
+    params_active: PositiveInt | None = None
+    source: str = Field(min_length=1)
+
+    def to_spec(self) -> ModelSpec:
+        fields = self.model_dump(exclude={"mla", "moe", "params_total", "params_active"})
+        fields["moe"] = MoeSpec(**self.moe.model_dump()) if self.moe else None
+        if self.mla:
+            fields.update(self.mla.model_dump())
+        try:
+            return build_model_spec(fields, self.params_total, self.params_active)
+        except ValueError as exc:
+            raise CatalogError(f"models.json: {exc}") from exc
+
+
+class ModelsFile(_Strict):
+    about: str
+    models: list[ModelEntry]
+
+
+# -- GPUs ---------------------------------------------------------------------------
+
+
+class Tflops(_Strict):
+    fp16: PositiveFloat | None
+    bf16: PositiveFloat | None
+    fp8: PositiveFloat | None
+    int8: PositiveFloat | None
+
+
+class GpuEntry(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9.\-]+$")
+    name: str
+    vendor: Literal["nvidia", "amd"]
+    memory_gb: PositiveFloat
+    usable_mib: PositiveInt
+    bandwidth_gb_s: PositiveFloat
+    tflops: Tflops
+    compute_capability: str | None = Field(pattern=CC_PATTERN)
+    interconnect: Literal["nvlink", "pcie", "infinity-fabric"]
+    price_per_hour: float = Field(ge=0)
+    nvml_names: list[str]
+    source: str = Field(min_length=1)
+
+
+class GpusFile(_Strict):
+    about: str
+    price_source: str
+    gpus: list[GpuEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class GpuSpec:
+    """One accelerator model: per-GPU memory, bandwidth and dense FLOP/s by compute kind."""
+
+    id: str
+    name: str
+    vendor: str
+    memory_bytes: int
+    bandwidth_bytes_s: float
+    flops: dict[str, float | None]
+    compute_capability: str | None
+    interconnect: str
+    price_per_hour: float
+    nvml_names: tuple[str, ...] = ()
+    source: str = ""
+
+
+def _gpu_spec(e: GpuEntry) -> GpuSpec:
+    flops = {k: (v * 1e12 if v is not None else None) for k, v in e.tflops.model_dump().items()}
+    return GpuSpec(
+        e.id, e.name, e.vendor, e.usable_mib * 2**20, e.bandwidth_gb_s * 1e9, flops,
+        e.compute_capability, e.interconnect, e.price_per_hour, tuple(e.nvml_names), e.source,
+    )
+
+
+# -- formats, engines, SLO profiles --------------------------------------------------
+
+
+class FormatSpec(_Strict):
+    id: str
+    label: str
+    family: Literal["hf", "gguf", "bundled"]
+    bits_per_weight: PositiveFloat
+    embedding_bits: PositiveFloat | None
+    compute: ComputeKind
+    min_cc: str | None = Field(pattern=CC_PATTERN)
+    weight_only_below_cc: str | None = Field(None, pattern=CC_PATTERN)
+    quality: QualityTier
+    quality_note: str
+    vllm_quantization: str | None = None
+    engine_quant: str | None = None
+    cpu_kernel: Literal["int4", "int8"] | None = None  # the weight-only GEMV the bundled engine calls on CPU
+    cpu_embedding_kernel: Literal["int4", "int8"] | None = None
+    source: str = Field(min_length=1)
+
+
+class QualityTiers(_Strict):
+    about: str
+    none: float = Field(gt=0, le=1)
+    negligible: float = Field(gt=0, le=1)
+    small: float = Field(gt=0, le=1)
+    moderate: float = Field(gt=0, le=1)
+    large: float = Field(gt=0, le=1)
+
+
+class FormatsFile(_Strict):
+    about: str
+    quality_tiers: QualityTiers
+    formats: list[FormatSpec]
+
+
+class Efficiency(_Strict):
+    decode_bandwidth: float = Field(gt=0, le=1)
+    prefill_flops: float = Field(gt=0, le=1)
+
+
+class EngineSpec(_Strict):
+    id: str
+    label: str
+    vendors: list[Literal["nvidia", "amd"]]
+    cpu: bool
+    formats: list[str]
+    batching: Literal["continuous", "slots", "single"]
+    memory_model: Literal["utilization", "free_fraction", "plain"]
+    efficiency: dict[Literal["gpu", "cpu"], Efficiency]
+    note: str
+    source: str = Field(min_length=1)
+    architectures: list[str] | None = None
+    format_min_cc: dict[str, str] | None = None  # this engine's own floor for a format
+    dispatch_ops_per_layer: PositiveInt | None = None
+    gpu_op_overhead_us: PositiveFloat | None = None
+
+
+class DistributedSpec(_Strict):
+    engine: str
+    gpus_per_node: PositiveInt
+    label: str
+    note: str
+    source: str
+
+
+class VllmMemory(_Strict):
+    block_size: PositiveInt
+    gpu_memory_utilization: float = Field(gt=0, le=1)
+    max_num_batched_tokens: PositiveInt
+    max_num_seqs: PositiveInt
+    overhead_min_gib: float = Field(ge=0)
+    overhead_fraction: float = Field(ge=0, lt=1)
+    tp_overhead_gib: float = Field(ge=0)
+    kv_free_fraction: float = Field(gt=0, le=1)
+    source: str
+
+
+class TpEfficiency(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    nvlink: float = Field(gt=0, le=1)
+    infinity_fabric: float = Field(gt=0, le=1, alias="infinity-fabric")
+    pcie: float = Field(gt=0, le=1)
+    multi_node: float = Field(gt=0, le=1)
+    source: str
+
+    def for_link(self, interconnect: str) -> float:
+        return {"nvlink": self.nvlink, "infinity-fabric": self.infinity_fabric, "pcie": self.pcie}[interconnect]
+
+
+class EnginesFile(_Strict):
+    about: str
+    engines: list[EngineSpec]
+    distributed: DistributedSpec
+    vllm_memory: VllmMemory
+    tensor_parallel_efficiency: TpEfficiency
+    cpu_runtime_overhead_gib: float = Field(ge=0)
+
+
+class SloProfile(_Strict):
+    id: str
+    label: str
+    ttft_ms: PositiveFloat | None
+    tpot_ms: PositiveFloat | None
+    e2e_ms: PositiveFloat | None
+    percentile: int = Field(ge=50, le=100)
+    source: str = Field(min_length=1)
+
+
+class SloFile(_Strict):
+    about: str
+    profiles: list[SloProfile]
+
+
+# -- the catalog ----------------------------------------------------------------------
+
+
+class Catalog(_Strict):
+    """All five files, cross-checked; look-ups raise UnknownNameError with suggestions."""
+
+    models_file: ModelsFile
+    gpus_file: GpusFile
+    formats_file: FormatsFile
+    engines_file: EnginesFile
+    slo_file: SloFile
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Catalog:
+        for kind, items in (
+            ("model", self.models_file.models), ("gpu", self.gpus_file.gpus),
+            ("format", self.formats_file.formats), ("engine", self.engines_file.engines),
+            ("SLO profile", self.slo_file.profiles),
+        ):
+            ids = [i.id for i in items]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} ids: {', '.join(dupes)}")
+        known = {f.id for f in self.formats_file.formats}
+        for e in self.engines_file.engines:
+            missing = [f for f in e.formats if f not in known]
+            if missing:
+                raise ValueError(f"engine {e.id} lists unknown formats: {', '.join(missing)}")
+        return self
+
+    @cached_property
+    def models(self) -> dict[str, ModelSpec]:
+        return {m.id: m.to_spec() for m in self.models_file.models}
+
+    @cached_property
+    def gpus(self) -> dict[str, GpuSpec]:
+        return {g.id: _gpu_spec(g) for g in self.gpus_file.gpus}
+
+    @cached_property
+    def formats(self) -> dict[str, FormatSpec]:
+        return {f.id: f for f in self.formats_file.formats}
+
+    @cached_property
+    def engines(self) -> dict[str, EngineSpec]:
+        return {e.id: e for e in self.engines_file.engines}
+
+    @cached_property
+    def slo_profiles(self) -> dict[str, SloProfile]:
+        return {p.id: p for p in self.slo_file.profiles}
+
+    def quality_weight(self, tier: str) -> float:
+        return float(getattr(self.formats_file.quality_tiers, tier))
+
+    def model(self, name: str) -> ModelSpec:
+        return _lookup("model", name, self.models, lambda m: (m.name, m.hf_repo or ""))
+
+    def gpu(self, name: str) -> GpuSpec:
+        return _lookup("GPU", name, self.gpus, lambda g: (g.name,))
+
+    def format(self, name: str) -> FormatSpec:
+        return _lookup("weight format", name, self.formats, lambda f: (f.label,))
+
+    def slo(self, name: str) -> SloProfile:
+        return _lookup("SLO profile", name, self.slo_profiles, lambda p: (p.label,))
+
+
+def _lookup(kind: str, name: str, items: dict, aliases) -> object:  # noqa: ANN001
+    """By id, or case-insensitively by id, display name or alias; else suggest close ids."""
+    if name in items:
+        return items[name]
+    wanted = name.strip().lower()
+    dashed = re.sub(r"[\s_]+", "-", wanted)
+    for key, item in items.items():
+        if dashed == key.lower() or wanted in (a.lower() for a in aliases(item) if a):
+            return item
+    suggestions = difflib.get_close_matches(wanted, list(items), n=3, cutoff=0.5)
+    suggestions += [k for k in items if wanted and wanted in k and k not in suggestions][:3]
+    raise UnknownNameError(kind, name, suggestions, sorted(items))
+
+
+def _read(path: Path, schema: type[BaseModel]) -> BaseModel:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CatalogError(f"cannot read catalog file {path}: {exc}") from exc
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CatalogError(f"{path.name}: {where}: {first['msg']} ({exc.error_count()} error(s))") from exc
+
+
+@lru_cache(maxsize=4)
+def load_catalog(data_dir: Path = DATA_DIR) -> Catalog:
+    """Read and validate every file under `data_dir` (cached per directory)."""
+    parts = {
+        "models_file": _read(data_dir / "models.json", ModelsFile),
+        "gpus_file": _read(data_dir / "gpus.json", GpusFile),
+        "formats_file": _read(data_dir / "formats.json", FormatsFile),
+        "engines_file": _read(data_dir / "engines.json", EnginesFile),
+        "slo_file": _read(data_dir / "slo_profiles.json", SloFile),
+    }
+    try:
+        cat = Catalog(**parts)
+    except ValidationError as exc:
+        raise CatalogError(f"catalog under {data_dir}: {exc.errors()[0]['msg']}") from exc
+    cat.models  # noqa: B018 - build (and so validate) every ModelSpec now, not at first use
+    return cat
+
+
+def load_slo_profiles(path: Path = DATA_DIR / "slo_profiles.json") -> dict[str, SloProfile]:
+    """Just the SLO profiles (checks/ reads these without the rest of the catalog)."""
+    return {p.id: p for p in _read(path, SloFile).profiles}  # type: ignore[attr-defined]

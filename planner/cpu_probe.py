@@ -1,0 +1,191 @@
+"""Measure this CPU for the roofline: memory bandwidth, matmul FLOP/s, per-op dispatch time.
+
+Nothing about the CPU is hard-coded. `measure()` runs, once per process and thread
+count (about a second), with torch:
+- bandwidth: STREAM-like copy (a = b, 2 x bytes moved) and triad (a = b + s*c, 3 x bytes)
+  at two working-set sizes, 3 x 8 MiB and 3 x 128 MiB float32 arrays; the best of copy and
+  triad at each size gives a curve, read at the bytes a decode step touches (a server CPU's
+  large last-level cache serves a small model faster than DRAM serves a big one);
+- FLOP/s: a timed 1024^3 fp32 and bf16 matmul (2 x n^3 FLOPs);
+- dispatch: the time of one small ATen op issued from Python (reshape, slice, add, mul,
+  a 64x64 linear, rms_norm, to), which bounds a pure-PyTorch engine at small model sizes;
+- weight-only kernels: weight-rows/s through torch's packed int4 (group 32) and int8 CPU
+  kernels at 1 row (decode) and 64 rows (prefill), over ~50 MiB of weights. Unpacking, not
+  DRAM, can bound these on few cores. None when this torch build lacks the kernel.
+Each figure is the median of several repeats (after a warm-up), so other load on the
+machine slows it the way it slows a run of the engine being predicted.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+
+ARRAY_SIZES = (8 * 2**20, 128 * 2**20)
+MATMUL_N = 1024
+REPEATS = 5
+DISPATCH_LOOPS = 50
+DISPATCH_OPS_PER_LOOP = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CpuMeasurement:
+    """What this CPU achieved just now; rates in bytes/s and FLOP/s."""
+
+    threads: int
+    copy_bytes_s: float  # at the largest working set
+    triad_bytes_s: float
+    bandwidth_curve: tuple[tuple[int, float], ...]  # (working-set bytes, best bytes/s), ascending
+    fp32_flops: float
+    bf16_flops: float
+    op_overhead_s: float
+    int4_gemv_weights_s: float | None = None  # weight-rows/s at 1 row
+    int8_gemv_weights_s: float | None = None
+    int4_gemm_weights_s: float | None = None  # weight-rows/s at GEMM_ROWS rows
+    int8_gemm_weights_s: float | None = None
+    matmul_n: int = MATMUL_N
+    repeats: int = REPEATS
+
+    @property
+    def bandwidth_bytes_s(self) -> float:
+        """At the largest working set (DRAM on most machines)."""
+        return max(self.copy_bytes_s, self.triad_bytes_s)
+
+    @property
+    def kernel_weights_s(self) -> dict[str, float]:
+        rates = {
+            "int4": self.int4_gemv_weights_s, "int8": self.int8_gemv_weights_s,
+            f"int4@{GEMM_ROWS}": self.int4_gemm_weights_s, f"int8@{GEMM_ROWS}": self.int8_gemm_weights_s,
+        }
+        return {k: v for k, v in rates.items() if v}
+
+    def bandwidth_at(self, working_set_bytes: float) -> float:
+        """Bandwidth for a working set, interpolated in log size between the measured points."""
+        from planner.roofline import interpolate_bandwidth
+
+        return interpolate_bandwidth(self.bandwidth_curve, working_set_bytes)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"bandwidth_bytes_s": self.bandwidth_bytes_s}
+
+    def describe(self) -> str:
+        return (
+            f"measured with torch on {self.threads} thread(s): bandwidth "
+            + ", ".join(f"{b / 1e9:.1f} GB/s at {ws // 2**20} MiB" for ws, b in self.bandwidth_curve)
+            + " (best of copy/triad), "
+            f"fp32 matmul {self.fp32_flops / 1e9:.0f} GFLOP/s, bf16 {self.bf16_flops / 1e9:.0f} GFLOP/s "
+            f"(n={self.matmul_n}), {self.op_overhead_s * 1e6:.1f} us per dispatched op, "
+            + ", ".join(f"{k} {v / 1e9:.1f} G weight-rows/s" for k, v in self.kernel_weights_s.items())
+            + f"; median of {self.repeats}"
+        )
+
+
+def _median_s(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up: page faults, thread-pool start
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _bandwidth(array_bytes: int, repeats: int) -> tuple[float, float]:
+    """(copy, triad) bytes/s over three float32 arrays of `array_bytes` each."""
+    n = array_bytes // 4
+    a, b, c = torch.empty(n), torch.rand(n), torch.rand(n)
+    copy_s = _median_s(lambda: a.copy_(b), repeats)
+    triad_s = _median_s(lambda: torch.add(b, c, alpha=3.0, out=a), repeats)
+    return 2 * array_bytes / copy_s, 3 * array_bytes / triad_s
+
+
+def _matmul_flops(dtype: torch.dtype, repeats: int) -> float:
+    x = torch.rand(MATMUL_N, MATMUL_N).to(dtype)
+    y = torch.rand(MATMUL_N, MATMUL_N).to(dtype)
+    return 2 * MATMUL_N**3 / _median_s(lambda: x @ y, repeats)
+
+
+def _dispatch_s(repeats: int) -> float:
+    x, w, v = torch.rand(1, 1, 576), torch.rand(64, 64), torch.rand(1, 64)
+    norm = torch.ones(576)
+
+    def ops() -> None:
+        with torch.inference_mode():
+            for _ in range(DISPATCH_LOOPS):
+                a = x.reshape(1, 9, 64).transpose(0, 1)
+                _ = a[:, :, :32]
+                d = (x + x) * 0.5
+                _ = F.linear(v, w)
+                _ = F.rms_norm(d, (576,), norm, 1e-5).to(torch.float32)
+
+    return _median_s(ops, repeats) / (DISPATCH_LOOPS * DISPATCH_OPS_PER_LOOP)
+
+
+GEMV_N, GEMV_K, GEMV_MATS = 12288, 576, 8  # 57M weights: ~35 MiB as int4, ~54 MiB as int8
+GEMM_ROWS = 64  # a prefill-sized activation block
+
+
+def _int4_mats() -> tuple[list, Callable]:
+    mats = []
+    for _ in range(GEMV_MATS):
+        q = torch.randint(0, 16, (GEMV_N, GEMV_K), dtype=torch.int32)
+        mats.append((torch._convert_weight_to_int4pack_for_cpu(q, 1),
+                     torch.rand(GEMV_K // 32, GEMV_N, 2).to(torch.bfloat16)))
+    return mats, lambda x, m: torch._weight_int4pack_mm_for_cpu(x, m[0], 32, m[1])
+
+
+def _int8_mats() -> tuple[list, Callable]:
+    scales = torch.rand(GEMV_N).to(torch.bfloat16)
+    mats = [torch.randint(-127, 128, (GEMV_N, GEMV_K), dtype=torch.int8) for _ in range(GEMV_MATS)]
+    return mats, lambda x, m: torch._weight_int8pack_mm(x, m, scales)
+
+
+def _kernel_rates(make: Callable[[], tuple[list, Callable]], repeats: int) -> tuple[float | None, float | None]:
+    """Weight-rows/s of a weight-only kernel at 1 row (decode) and GEMM_ROWS rows (prefill);
+    (None, None) when this torch build or CPU lacks it."""
+    try:
+        mats, call = make()
+        rates = []
+        for rows in (1, GEMM_ROWS):
+            x = torch.rand(rows, GEMV_K).to(torch.bfloat16)
+
+            def run(x: torch.Tensor = x) -> None:
+                for m in mats:
+                    call(x, m)
+
+            rates.append(rows * GEMV_MATS * GEMV_N * GEMV_K / _median_s(run, repeats))
+        return rates[0], rates[1]
+    except (AttributeError, RuntimeError):  # no such kernel in this torch build or on this CPU
+        return None, None
+
+
+@lru_cache(maxsize=8)
+def measure(threads: int | None = None, repeats: int = REPEATS) -> CpuMeasurement:
+    """Measure once per process (per thread count); later calls return the cached result."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        curve = []
+        for size in ARRAY_SIZES:
+            copy_bw, triad_bw = _bandwidth(size, repeats)
+            curve.append((3 * size, max(copy_bw, triad_bw)))
+        fp32 = _matmul_flops(torch.float32, max(2, repeats // 2))
+        bf16 = _matmul_flops(torch.bfloat16, 2)
+        dispatch = _dispatch_s(repeats)
+        int4_gemv, int4_gemm = _kernel_rates(_int4_mats, repeats)
+        int8_gemv, int8_gemm = _kernel_rates(_int8_mats, repeats)
+        return CpuMeasurement(
+            threads=torch.get_num_threads(), copy_bytes_s=copy_bw, triad_bytes_s=triad_bw,
+            bandwidth_curve=tuple(curve), fp32_flops=fp32, bf16_flops=bf16, op_overhead_s=dispatch,
+            int4_gemv_weights_s=int4_gemv, int8_gemv_weights_s=int8_gemv,
+            int4_gemm_weights_s=int4_gemm, int8_gemm_weights_s=int8_gemm, repeats=repeats,
+        )
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,397 @@
+"""Ranked serving options (format x engine x parallelism) for a model, hardware and workload.
+
+For each engine that runs on the device and each weight format it supports, the plan
+sizes memory (planner.sizing), picks the smallest tensor-parallel size that holds the
+workload, predicts TTFT / TPOT / throughput (planner.roofline) and capacity, checks the
+SLO profile, and writes the launch command. Ranking: options that meet the SLO first;
+among those, near-lossless formats (quality none/negligible) first; then predicted
+throughput x the format's quality weight. Options that cannot run are kept with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from planner.capacity import Capacity, Replica, plan_capacity
+from planner.catalog import Catalog, EngineSpec, FormatSpec
+from planner.errors import WorkloadError
+from planner.launch import LaunchSpec, launch_command
+from planner.model_files import model_from_file
+from planner.model_spec import ModelSpec
+from planner.roofline import Device, Parallel, cc_at_least, decode_step, prefill, ridge_point
+from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
+from planner.workload import Workload
+
+NEAR_LOSSLESS = ("none", "negligible")
+TIE_FRACTION = 0.10
+MAX_NODES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Predicted means for one replica decoding `batch` sequences; throughput covers all replicas."""
+
+    batch: int
+    ttft_ms: float
+    tpot_ms: float
+    e2e_ms: float
+    throughput_tok_s: float
+    decode_bound: str
+    prefill_bound: str
+    decode_bytes: float
+    decode_flops: float
+    arithmetic_intensity: float
+    ridge_point: float
+
+
+@dataclass(slots=True)
+class PlanOption:
+    """One way to serve the model; `reason` says why it cannot when `fits` is False."""
+
+    engine: str
+    engine_label: str
+    format: str
+    format_label: str
+    fits: bool
+    reason: str | None = None
+    tp: int = 1
+    pp: int = 1
+    replicas: int = 1
+    memory: MemoryPlan | None = None
+    prediction: Prediction | None = None
+    capacity: Capacity | None = None
+    meets_slo: bool = False
+    queues: bool = False  # holds fewer sequences than the requested concurrency
+    slo_misses: list[str] = field(default_factory=list)
+    quality: str = ""
+    quality_note: str = ""
+    score: float = 0.0
+    rank: int | None = None
+    why: list[str] = field(default_factory=list)
+    launch: str = ""
+
+    @property
+    def devices_per_replica(self) -> int:
+        return self.tp * self.pp
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class Plan:
+    """The ranked options (fitting first) and those that cannot run, with notes on assumptions."""
+
+    model: ModelSpec
+    device: Device
+    workload: Workload
+    options: list[PlanOption]
+    unfit: list[PlanOption]
+    notes: list[str]
+
+    @property
+    def best(self) -> PlanOption | None:
+        return self.options[0] if self.options else None
+
+    def bundled_option(self) -> PlanOption | None:
+        """The best bundled-engine option: what "benchmark this plan" hands to the Benchmark page."""
+        return next((o for o in self.options if o.engine == "bundled"), None)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": asdict(self.model), "device": asdict(self.device),
+            "workload": asdict(self.workload) | {"slo": self.workload.slo.model_dump()},
+            "options": [o.to_dict() for o in self.options], "unfit": [o.to_dict() for o in self.unfit],
+            "notes": self.notes,
+        }
+
+
+def resolve_model(name: str, catalog: Catalog) -> ModelSpec:
+    """A catalog id/name, or a path to a config.json or GGUF file."""
+    looks_like_path = name.endswith((".json", ".gguf")) or ("/" in name and Path(name).expanduser().exists())
+    return model_from_file(name) if looks_like_path else catalog.model(name)
+
+
+def _memory_config(engine: EngineSpec, device: Device, catalog: Catalog) -> MemoryConfig:
+    vm = catalog.engines_file.vllm_memory
+    kv_bytes = kv_dtype_bytes(engine, device)
+    plain_overhead = (
+        int(catalog.engines_file.cpu_runtime_overhead_gib * GIB) if device.kind == "cpu"
+        else max(int(vm.overhead_min_gib * GIB), int(vm.overhead_fraction * device.memory_bytes))
+    )
+    return MemoryConfig(
+        mode=engine.memory_model, utilization=vm.gpu_memory_utilization, kv_free_fraction=vm.kv_free_fraction,
+        block_size=vm.block_size, max_num_batched_tokens=vm.max_num_batched_tokens, max_num_seqs=vm.max_num_seqs,
+        overhead_min_bytes=int(vm.overhead_min_gib * GIB), overhead_fraction=vm.overhead_fraction,
+        tp_overhead_bytes=int(vm.tp_overhead_gib * GIB), fixed_overhead_bytes=plain_overhead, kv_dtype_bytes=kv_bytes,
+    )
+
+
+def dispatch_overhead_s(engine: EngineSpec, device: Device, model: ModelSpec) -> float:
+    """Per-forward time a pure-PyTorch engine spends issuing ops: layers x ops per layer x time per op
+    (measured on CPU; an assumed launch cost on GPU). Zero for engines without the figure."""
+    if not engine.dispatch_ops_per_layer:
+        return 0.0
+    per_op = device.op_overhead_s if device.kind == "cpu" else (engine.gpu_op_overhead_us or 0) * 1e-6
+    return model.n_layers * engine.dispatch_ops_per_layer * (per_op or 0.0)
+
+
+def kv_dtype_bytes(engine: EngineSpec, device: Device) -> int:
+    """Bytes per cached K/V element: the bundled engine's CPU path computes (and caches) in fp32."""
+    return 4 if engine.id == "bundled" and device.kind == "cpu" else 2
+
+
+def _cannot_run(engine: EngineSpec, fmt: FormatSpec, model: ModelSpec, device: Device) -> str | None:
+    if engine.architectures and (
+        model.architecture not in engine.architectures or model.moe or model.uses_mla or model.sliding_window
+    ):
+        return f"{engine.label} runs dense {'/'.join(engine.architectures)}-architecture models only"
+    if device.kind == "gpu" and fmt.compute == "bf16" and device.flops.get("bf16") is None:
+        return f"{device.name} has no BF16: use FP16"
+    needed = (engine.format_min_cc or {}).get(fmt.id, fmt.min_cc)
+    if device.kind == "gpu" and not cc_at_least(device, needed):
+        return (f"{fmt.label} on {engine.label} needs compute capability >= {needed}; "
+                f"{device.name} has {device.compute_capability}")
+    return None
+
+
+def _tp_candidates(engine: EngineSpec, model: ModelSpec, limit: int) -> list[int]:
+    if engine.batching == "single":
+        return [1]
+    out, tp = [], 1
+    while tp <= limit:
+        if model.n_heads % tp == 0 and (model.n_kv_heads % tp == 0 or tp % model.n_kv_heads == 0):
+            out.append(tp)
+        tp *= 2
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    model: ModelSpec
+    device: Device
+    workload: Workload
+    catalog: Catalog
+
+
+def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, engine_id: str) -> PlanOption:
+    """Memory, prediction, SLO check and capacity for one engine x format x parallelism."""
+    m, dev, w = ctx.model, ctx.device, ctx.workload
+    mem = plan_memory(m, fmt, dev.memory_bytes, w.context, w.seq_tokens, _memory_config(engine, dev, ctx.catalog),
+                      par.tp, par.pp)
+    label = ctx.catalog.engines_file.distributed.label if engine_id == "vllm-ray" else engine.label
+    opt = PlanOption(engine_id, label, fmt.id, fmt.label, mem.fits, tp=par.tp, pp=par.pp, memory=mem,
+                     quality=fmt.quality, quality_note=fmt.quality_note)
+    if not mem.fits:
+        short = mem.shortfall_bytes() / GIB
+        opt.reason = (f"does not fit: {mem.weights_bytes / GIB:.1f} GiB of weights per device leaves "
+                      f"{mem.kv_budget_bytes / GIB:.1f} GiB for KV; one {w.context}-token sequence needs "
+                      f"{short:.1f} GiB more per device")
+        return opt
+    opt.replicas = max(1, dev.count // par.devices) if dev.kind == "gpu" else 1
+    per_replica = math.ceil(w.concurrency / opt.replicas)
+    cap = {"single": 1, "slots": mem.max_seqs_at_context}.get(engine.batching, mem.max_seqs_at_workload)
+    batch = max(1, min(per_replica, cap))
+    eff = engine.efficiency["cpu" if dev.kind == "cpu" else "gpu"]
+    overhead = dispatch_overhead_s(engine, dev, m)
+    kv_bytes = kv_dtype_bytes(engine, dev)
+
+    def step(b: int) -> float:
+        return decode_step(m, fmt, dev, b, w.decode_context, bandwidth_efficiency=eff.decode_bandwidth,
+                           flops_efficiency=eff.prefill_flops, parallel=par, overhead_s=overhead,
+                           kv_dtype_bytes=kv_bytes).seconds
+
+    dec = decode_step(m, fmt, dev, batch, w.decode_context, bandwidth_efficiency=eff.decode_bandwidth,
+                      flops_efficiency=eff.prefill_flops, parallel=par, overhead_s=overhead, kv_dtype_bytes=kv_bytes)
+    pre = prefill(m, fmt, dev, w.input_tokens, bandwidth_efficiency=eff.decode_bandwidth,
+                  flops_efficiency=eff.prefill_flops, parallel=par, overhead_s=overhead)
+    tpot_s, ttft_s = dec.seconds, pre.seconds
+    opt.prediction = Prediction(
+        batch=batch, ttft_ms=ttft_s * 1e3, tpot_ms=tpot_s * 1e3, e2e_ms=(ttft_s + (w.output_tokens - 1) * tpot_s) * 1e3,
+        throughput_tok_s=opt.replicas * batch / tpot_s, decode_bound=dec.bound, prefill_bound=pre.bound,
+        decode_bytes=dec.bytes_read, decode_flops=dec.flops, arithmetic_intensity=dec.flops / dec.bytes_read,
+        ridge_point=ridge_point(dev, fmt),
+    )
+    slo = w.slo
+    p = opt.prediction
+    misses = []
+    if slo.ttft_ms is not None and p.ttft_ms > slo.ttft_ms:
+        misses.append(f"TTFT {p.ttft_ms:.0f} ms > {slo.ttft_ms:g} ms")
+    if slo.tpot_ms is not None and p.tpot_ms > slo.tpot_ms:
+        misses.append(f"TPOT {p.tpot_ms:.1f} ms > {slo.tpot_ms:g} ms")
+    if slo.e2e_ms is not None and p.e2e_ms > slo.e2e_ms:
+        misses.append(f"E2E {p.e2e_ms:.0f} ms > {slo.e2e_ms:g} ms")
+    if batch < per_replica:
+        opt.queues = True
+        misses.append(f"holds {batch} of {per_replica} concurrent requests per replica; the rest queue")
+    opt.slo_misses, opt.meets_slo = misses, not misses
+    replica = Replica(step, ttft_s, cap if engine.batching != "single" else 1, par.devices)
+    tpot_target = slo.tpot_ms / 1e3 if slo.tpot_ms else None
+    opt.capacity = plan_capacity(replica, w.output_tokens, dev.price_per_hour or None, tpot_target, w.qps)
+    opt.score = p.throughput_tok_s * ctx.catalog.quality_weight(fmt.quality)
+    opt.launch = launch_command(LaunchSpec(
+        engine_id, fmt, m, dev.kind, par.tp, par.pp, w.context, batch,
+        ctx.catalog.engines_file.vllm_memory.gpu_memory_utilization, dev.threads,
+    ))
+    opt.why = _why(ctx, opt, engine, mem, p)
+    return opt
+
+
+def _why(ctx: _Ctx, opt: PlanOption, engine: EngineSpec, mem: MemoryPlan, p: Prediction) -> list[str]:
+    w = ctx.workload
+    unit = "GPU" if ctx.device.kind == "gpu" else "CPU RAM"
+    lines = [
+        f"memory per {unit}: {mem.weights_bytes / GIB:.1f} GiB weights + {mem.kv_budget_bytes / GIB:.1f} GiB KV cache "
+        f"-> {mem.max_seqs_at_context} sequence(s) at {w.context} tokens, {mem.max_seqs_at_workload} at {w.seq_tokens}",
+        f"decode is {p.decode_bound}-bound at batch {p.batch}: {p.decode_bytes / 1e9:.2f} GB read per step, "
+        f"{p.arithmetic_intensity:.0f} FLOP/byte vs the device's ridge at {p.ridge_point:.0f}",
+        f"quality ({opt.quality}): {opt.quality_note}",
+    ]
+    if opt.tp > 1 or opt.pp > 1:
+        split = f"TP {opt.tp}" + (f" x PP {opt.pp} across {opt.pp} nodes" if opt.pp > 1 else "")
+        lines.append(f"{split}: of the splits that hold the weights and this workload's KV cache, the one "
+                     "with the best predicted throughput")
+    if opt.replicas > 1:
+        lines.append(f"{opt.replicas} replicas (data parallel) over {ctx.device.count} GPUs")
+    lines.append(f"{engine.label}: {engine.note}")
+    return lines
+
+
+def _best_parallel(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption:
+    """The TP size with the best score among those meeting the SLO, else among those holding the
+    concurrency, else among those that fit; unfit at every size: the largest tried, with the reason."""
+    dev = ctx.device
+    node = ctx.catalog.engines_file.distributed.gpus_per_node
+    link_eff = ctx.catalog.engines_file.tensor_parallel_efficiency
+    limit = min(dev.count, node) if dev.kind == "gpu" else 1
+    tried: list[PlanOption] = []
+    for tp in _tp_candidates(engine, ctx.model, limit):
+        eff = 1.0 if tp == 1 else (1.0 / tp if engine.id == "llama.cpp" else link_eff.for_link(dev.interconnect))
+        tried.append(_evaluate(ctx, engine, fmt, Parallel(tp, 1, eff), engine.id))
+    fitting = [o for o in tried if o.fits]
+    for wanted in (lambda o: o.meets_slo, lambda o: not o.queues, lambda o: True):
+        group = [o for o in fitting if wanted(o)]
+        if group:
+            return max(group, key=lambda o: (o.score, -o.tp))
+    last = tried[-1]
+    if dev.kind == "gpu" and limit < node and engine.batching != "single":
+        need = _gpus_needed(ctx, engine, fmt, node)
+        if need:
+            last.reason = f"needs {need} GPUs with tensor parallel (TP {need}); you have {dev.count}"
+    return last
+
+
+def _gpus_needed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, node: int) -> int | None:
+    cfg = _memory_config(engine, ctx.device, ctx.catalog)
+    w = ctx.workload
+    for tp in _tp_candidates(engine, ctx.model, node):
+        if plan_memory(ctx.model, fmt, ctx.device.memory_bytes, w.context, w.seq_tokens, cfg, tp).fits:
+            return tp
+    return None
+
+
+def _distributed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption | None:
+    """vLLM + Ray over several nodes when one node of this GPU cannot hold the model."""
+    dist = ctx.catalog.engines_file.distributed
+    node = dist.gpus_per_node
+    if node not in _tp_candidates(engine, ctx.model, node):
+        return None
+    effs = ctx.catalog.engines_file.tensor_parallel_efficiency
+    eff = effs.for_link(ctx.device.interconnect) * effs.multi_node
+    cfg = _memory_config(engine, ctx.device, ctx.catalog)
+    w = ctx.workload
+    for nodes in range(2, MAX_NODES + 1):
+        if plan_memory(ctx.model, fmt, ctx.device.memory_bytes, w.context, w.seq_tokens, cfg, node, nodes).fits:
+            if ctx.device.count >= node * nodes:
+                return _evaluate(ctx, engine, fmt, Parallel(node, nodes, eff), "vllm-ray")
+            return PlanOption("vllm-ray", dist.label, fmt.id, fmt.label, False, quality=fmt.quality,
+                              reason=f"needs {nodes} nodes x {node} GPUs = {nodes * node} GPUs (vLLM + Ray: TP {node} "
+                                     f"x PP {nodes}); you have {ctx.device.count}")
+    return None
+
+
+def _rank(options: list[PlanOption], ctx: _Ctx) -> list[PlanOption]:
+    def slots_only(o: PlanOption) -> bool:
+        """Concurrent GPU serving on an engine without continuous batching (llama.cpp slots, bundled)."""
+        engine = ctx.catalog.engines.get(o.engine)
+        return (ctx.device.kind == "gpu" and ctx.workload.concurrency > 1
+                and engine is not None and engine.batching != "continuous")
+
+    def key(o: PlanOption) -> tuple:
+        near = o.quality in NEAR_LOSSLESS
+        return (not o.meets_slo, slots_only(o), o.meets_slo and not near, -o.score)
+
+    ranked = sorted(options, key=key)
+    for i, o in enumerate(ranked, 1):
+        o.rank = i
+        if i == 1:
+            o.why.insert(0, "ranked 1st: " + ("meets the SLO" if o.meets_slo else "nothing meets the SLO; closest")
+                         + " with the highest predicted throughput x quality weight"
+                         + (" among near-lossless formats" if o.meets_slo and o.quality in NEAR_LOSSLESS else ""))
+            continue
+        first, prev = ranked[0], ranked[i - 2]
+        if first.meets_slo and not o.meets_slo:
+            reason = "misses the SLO: " + "; ".join(o.slo_misses)
+        elif key(o)[1] != key(first)[1]:
+            reason = ("no continuous batching or paged KV cache: behind the servers built for concurrent GPU "
+                      "traffic whatever its roofline says")
+        elif key(o)[:3] != key(first)[:3]:
+            reason = f"meets the SLO but costs more quality ({o.quality}) than the options above"
+        else:
+            reason = f"{(1 - o.score / first.score) * 100:.0f}% below #1 in throughput x quality weight"
+        if prev.score and abs(prev.score - o.score) / prev.score < TIE_FRACTION and key(prev)[:3] == key(o)[:3]:
+            reason += f"; within {TIE_FRACTION:.0%} of #{i - 1}, a tie within this model's error"
+        o.why.insert(0, f"ranked {i}: {reason}")
+    return ranked
+
+
+def recommend(model: ModelSpec, device: Device, workload: Workload, catalog: Catalog) -> Plan:
+    """Every option for this model on this device, ranked, plus the ones that cannot run."""
+    if workload.context > model.max_context:
+        raise WorkloadError(
+            f"context {workload.context} exceeds {model.name}'s maximum of {model.max_context} tokens: "
+            f"use --context {model.max_context} or less"
+        )
+    ctx = _Ctx(model, device, workload, catalog)
+    fitting, unfit, skipped = [], [], []
+    dist = catalog.engines_file.distributed
+    for engine in catalog.engines.values():
+        runs = engine.cpu if device.kind == "cpu" else device.vendor in engine.vendors
+        if not runs:
+            skipped.append(engine.label)
+            continue
+        for fmt_id in engine.formats:
+            fmt = catalog.format(fmt_id)
+            if fmt.id == "fp16" and device.flops.get("bf16") is not None:
+                continue  # same bytes and speed as BF16, which is listed
+            why_not = _cannot_run(engine, fmt, model, device)
+            if why_not:
+                unfit.append(
+                    PlanOption(engine.id, engine.label, fmt.id, fmt.label, False, why_not, quality=fmt.quality)
+                )
+                continue
+            opt = _best_parallel(ctx, engine, fmt)
+            one_node = device.kind == "gpu" and _gpus_needed(ctx, engine, fmt, dist.gpus_per_node) is not None
+            if not opt.fits and device.kind == "gpu" and engine.id == dist.engine and not one_node:
+                opt = _distributed(ctx, engine, fmt) or opt
+            (fitting if opt.fits else unfit).append(opt)
+    if not fitting and not unfit:
+        raise WorkloadError(f"no engine in the catalog runs on {device.name}")
+    notes = _notes(device, workload, skipped)
+    return Plan(model, device, workload, _rank(fitting, ctx), unfit, notes)
+
+
+def _notes(device: Device, workload: Workload, skipped: list[str]) -> list[str]:
+    notes = [
+        f"TTFT is one {workload.input_tokens}-token prompt on an idle replica; TPOT at the batch shown with "
+        f"{workload.decode_context} cached tokens per sequence; means, while the {workload.slo.label} SLO "
+        f"targets are p{workload.slo.percentile}",
+        "engine efficiencies (fractions of peak bandwidth and FLOP/s) are assumptions in planner/data/engines.json",
+    ]
+    if device.measured:
+        notes.append(f"CPU figures {device.measured}")
+    if skipped:
+        notes.append(f"not considered on {device.name}: {', '.join(skipped)} (need a GPU of another kind)")
+    return notes

@@ -1,0 +1,195 @@
+"""Memory: weights per format, KV cache per token and per sequence, and how many
+sequences fit, in vLLM's block arithmetic.
+
+vLLM (REFERENCE.md [V-wk][V-blk][V-kv]):
+    available_kv = total x gpu_memory_utilization - (weights + peak activations + non-torch)
+    num_blocks   = available_kv // (block_size x KV bytes per token, all layers)
+    a sequence of n tokens holds ceil(n / block_size) blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.catalog import FormatSpec
+from planner.model_spec import ModelSpec
+
+GIB = 2**30
+
+
+@dataclass(frozen=True, slots=True)
+class WeightBytes:
+    """Weights in a format: transformer body (experts included) and token table + head."""
+
+    body: int
+    embedding: int
+
+    @property
+    def total(self) -> int:
+        return self.body + self.embedding
+
+
+def weight_bytes(model: ModelSpec, fmt: FormatSpec) -> WeightBytes:
+    """params x bits / 8, with the table and untied head at the format's embedding bits."""
+    emb_bits = fmt.embedding_bits or fmt.bits_per_weight
+    body_params = model.params_total - model.embedding_params
+    return WeightBytes(
+        body=math.ceil(body_params * fmt.bits_per_weight / 8),
+        embedding=math.ceil(model.embedding_params * emb_bits / 8),
+    )
+
+
+def kv_bytes_per_token(model: ModelSpec, kv_dtype_bytes: int = 2) -> int:
+    """K and V of one token over all layers: 2 x layers x KV heads x head dim x bytes.
+
+    MLA (DeepSeek) caches one latent of kv_lora_rank plus the shared RoPE key per layer
+    instead: layers x (kv_lora_rank + qk_rope_head_dim) x bytes.
+    """
+    if model.uses_mla:
+        return model.n_layers * (model.kv_lora_rank + model.qk_rope_head_dim) * kv_dtype_bytes  # type: ignore[operator]
+    return 2 * model.n_layers * model.n_kv_heads * model.head_dim * kv_dtype_bytes
+
+
+def kv_bytes_per_token_per_device(model: ModelSpec, kv_dtype_bytes: int = 2, tp: int = 1) -> int:
+    """One GPU's share under tensor parallelism.
+
+    KV heads split across ranks; with more ranks than KV heads each rank keeps one head
+    (vLLM replicates). The MLA latent is not split by heads, so every rank keeps it all.
+    """
+    per_token = kv_bytes_per_token(model, kv_dtype_bytes)
+    if model.uses_mla or tp == 1:
+        return per_token
+    heads_per_rank = max(1, model.n_kv_heads // tp)
+    return per_token * heads_per_rank // model.n_kv_heads
+
+
+def _blocks(tokens: int, block_size: int) -> int:
+    return math.ceil(tokens / block_size)
+
+
+def kv_bytes_per_sequence(
+    model: ModelSpec, tokens: int, kv_dtype_bytes: int = 2, block_size: int = 1, tp: int = 1
+) -> int:
+    """KV held by one sequence of `tokens`, block-rounded; sliding-window layers keep only the window."""
+    per_layer = kv_bytes_per_token_per_device(model, kv_dtype_bytes, tp) // model.n_layers
+    swa = model.swa_layers
+    full_tokens = _blocks(tokens, block_size) * block_size
+    window_tokens = _blocks(min(tokens, model.sliding_window or tokens), block_size) * block_size
+    return per_layer * ((model.n_layers - swa) * full_tokens + swa * window_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    """How an engine budgets memory. `mode`:
+    utilization (vLLM, SGLang): KV = total x utilization - weights - activations - overhead;
+    free_fraction (TensorRT-LLM): KV = fraction x (total - weights - activations - overhead);
+    plain (llama.cpp, bundled): KV = total - weights - fixed overhead, no blocks."""
+
+    mode: str = "utilization"
+    utilization: float = 0.9
+    kv_free_fraction: float = 0.9
+    block_size: int = 16
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    overhead_min_bytes: int = GIB
+    overhead_fraction: float = 0.02
+    tp_overhead_bytes: int = GIB // 4
+    fixed_overhead_bytes: int = GIB // 2
+    kv_dtype_bytes: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """Per-device memory for one replica, and how many sequences its KV cache holds."""
+
+    device_bytes: int
+    budget_bytes: int
+    weights_bytes: int
+    activation_bytes: int
+    overhead_bytes: int
+    kv_budget_bytes: int
+    kv_bytes_per_token: int
+    block_size: int
+    num_blocks: int
+    context: int
+    max_seqs_at_context: int
+    seq_tokens: int
+    max_seqs_at_workload: int
+
+    @property
+    def kv_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+    @property
+    def fits(self) -> bool:
+        """Weights fit and at least one full-context sequence has KV room."""
+        return self.kv_budget_bytes > 0 and self.max_seqs_at_context >= 1
+
+    def shortfall_bytes(self) -> int:
+        """How much more memory per device one full-context sequence would need (0 when it fits)."""
+        if self.fits:
+            return 0
+        one_seq = _blocks(self.context, self.block_size) * self.block_size * self.kv_bytes_per_token
+        return max(0, one_seq - self.kv_budget_bytes)
+
+
+def activation_bytes(model: ModelSpec, tp: int, cfg: MemoryConfig) -> int:
+    """Peak activations of vLLM's profiling forward pass (an estimate).
+
+    max_num_batched_tokens x (gate+up output 2 x ffn / TP + ~4 hidden-sized buffers) x 2 bytes,
+    plus fp32 logits for max_num_seqs sequences.
+    """
+    per_token = 2 * model.intermediate_size // tp + 4 * model.hidden_size
+    return cfg.max_num_batched_tokens * per_token * 2 + cfg.max_num_seqs * model.vocab_size * 4
+
+
+def overhead_bytes(device_bytes: int, tp: int, cfg: MemoryConfig) -> int:
+    """Non-torch memory (CUDA context, cuBLAS, NCCL): max(1 GiB, 2% of VRAM) + 0.25 GiB x (TP-1) [VW]."""
+    base = max(cfg.overhead_min_bytes, int(cfg.overhead_fraction * device_bytes))
+    return base + cfg.tp_overhead_bytes * (tp - 1)
+
+
+def plan_memory(
+    model: ModelSpec,
+    fmt: FormatSpec,
+    device_bytes: int,
+    context: int,
+    seq_tokens: int,
+    cfg: MemoryConfig,
+    tp: int = 1,
+    pp: int = 1,
+) -> MemoryPlan:
+    """Fit one replica (TP x PP devices of `device_bytes` each) and count sequences.
+
+    `context` is --max-model-len (the worst case every sequence could reach);
+    `seq_tokens` is a typical request (input + output), what the scheduler really holds.
+    """
+    weights = math.ceil(weight_bytes(model, fmt).total / (tp * pp))
+    kv_per_token = kv_bytes_per_token_per_device(model, cfg.kv_dtype_bytes, tp) // pp
+    if cfg.mode == "plain":
+        budget, act, over = device_bytes, 0, cfg.fixed_overhead_bytes
+        kv_budget = budget - weights - over
+        block = 1
+    else:
+        act = activation_bytes(model, tp, cfg)
+        over = overhead_bytes(device_bytes, tp, cfg)
+        if cfg.mode == "utilization":
+            budget = int(device_bytes * cfg.utilization)
+            kv_budget = budget - weights - act - over
+        else:
+            budget = device_bytes
+            kv_budget = int(cfg.kv_free_fraction * (device_bytes - weights - act - over))
+        block = cfg.block_size
+    num_blocks = max(0, kv_budget) // (block * kv_per_token)
+
+    def seqs(tokens: int) -> int:
+        per_seq = kv_bytes_per_sequence(model, tokens, cfg.kv_dtype_bytes, block, tp) // pp
+        return max(0, kv_budget) // per_seq if per_seq else 0
+
+    return MemoryPlan(
+        device_bytes=device_bytes, budget_bytes=budget, weights_bytes=weights, activation_bytes=act,
+        overhead_bytes=over, kv_budget_bytes=kv_budget, kv_bytes_per_token=kv_per_token, block_size=block,
+        num_blocks=num_blocks, context=context, max_seqs_at_context=seqs(context), seq_tokens=seq_tokens,
+        max_seqs_at_workload=seqs(seq_tokens),
+    )

@@ -1,0 +1,88 @@
+"""A Plan as data frames for the Plan page: options, memory breakdown, roofline, capacity."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from planner.recommend import Plan, PlanOption
+from planner.sizing import GIB
+
+
+def option_label(o: PlanOption) -> str:
+    split = f" TP{o.tp}" + (f"xPP{o.pp}" if o.pp > 1 else "") if o.tp * o.pp > 1 else ""
+    return f"#{o.rank} {o.engine_label} {o.format_label}{split}"
+
+
+def options_frame(plan: Plan) -> pd.DataFrame:
+    rows = []
+    for o in plan.options:
+        p, m = o.prediction, o.memory
+        if p is None or m is None:
+            continue
+        rows.append({
+            "rank": o.rank, "engine": o.engine_label, "format": o.format_label,
+            "TP x PP": f"{o.tp} x {o.pp}", "replicas": o.replicas, "GiB per device": round(m.weights_bytes / GIB, 1),
+            "batch": p.batch, "TTFT ms": round(p.ttft_ms, 1), "TPOT ms": round(p.tpot_ms, 2),
+            "output tok/s": round(p.throughput_tok_s), "meets SLO": o.meets_slo, "quality": o.quality,
+        })
+    return pd.DataFrame(rows)
+
+
+def unfit_frame(plan: Plan) -> pd.DataFrame:
+    return pd.DataFrame([{"engine": o.engine_label, "format": o.format_label, "why not": o.reason} for o in plan.unfit])
+
+
+def memory_frame(plan: Plan, top: int = 8) -> pd.DataFrame:
+    """Per-device memory of the top options, stacked: weights, activations, overhead, KV cache, unused."""
+    rows = []
+    for o in plan.options[:top]:
+        m = o.memory
+        if m is None:
+            continue
+        kv = max(0, m.kv_budget_bytes)
+        used = m.weights_bytes + m.activation_bytes + m.overhead_bytes + kv
+        parts = {"weights": m.weights_bytes, "activations": m.activation_bytes, "runtime overhead": m.overhead_bytes,
+                 "KV cache": kv, "unused": max(0, m.device_bytes - used)}
+        rows += [{"option": option_label(o), "part": k, "GiB": v / GIB} for k, v in parts.items()]
+    return pd.DataFrame(rows)
+
+
+def roofline_frames(plan: Plan, top: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(roof, points): the device's attainable TFLOP/s over arithmetic intensity for each compute
+    rate the top options use, and each option's decode step placed on it."""
+    d = plan.device
+    points, ridges = [], {}
+    for o in plan.options[:top]:
+        p = o.prediction
+        if p is None:
+            continue
+        peak = p.ridge_point * d.bandwidth_bytes_s
+        ridges[f"roof at {peak / 1e12:.3g} TFLOP/s"] = peak
+        achieved = p.decode_flops / (p.tpot_ms / 1e3) / max(1, o.tp * o.pp)
+        points.append({"option": option_label(o), "FLOP/byte": p.arithmetic_intensity,
+                       "TFLOP/s per device": achieved / 1e12, "bound": p.decode_bound})
+    roof = []
+    for name, peak in ridges.items():
+        for e in range(-1, 5):
+            for x in (1, 3):
+                ai = x * 10.0**e
+                attainable = min(peak, ai * d.bandwidth_bytes_s)
+                roof.append({"roof": name, "FLOP/byte": ai, "TFLOP/s per device": attainable / 1e12})
+    return pd.DataFrame(roof), pd.DataFrame(points)
+
+
+def capacity_frame(plan: Plan) -> pd.DataFrame:
+    rows = []
+    for o in plan.options:
+        c = o.capacity
+        if c is None:
+            continue
+        rows.append({
+            "option": option_label(o), "batch within TPOT target": c.batch, "TPOT ms": round(c.tpot_ms, 2),
+            "req/s per replica": round(c.rps_per_replica, 3), "devices per replica": c.devices_per_replica,
+            "replicas": c.replicas, "devices": c.devices,
+            "$ per hour": None if c.cost_per_hour is None else round(c.cost_per_hour, 2),
+            "$ per M output tokens": None if c.cost_per_m_output_tokens is None
+            else round(c.cost_per_m_output_tokens, 4),
+        })
+    return pd.DataFrame(rows)

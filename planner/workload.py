@@ -1,0 +1,72 @@
+"""What the user asks the planner: the options (pydantic, shared by the CLI and the Plan
+page, their descriptions drive --help and tooltips) and the Workload the math uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from planner.catalog import SloProfile
+
+DEFAULT_INPUT_TOKENS = 1024
+DEFAULT_OUTPUT_TOKENS = 256
+
+
+class RecommendOptions(BaseModel):
+    """One planning request. Unknown fields are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="catalog model id (e.g. llama-3.1-8b), or a path to a config.json or .gguf file")
+    gpu: str = Field("detected", description="catalog GPU id (e.g. h100-sxm), 'cpu', or 'detected' for this machine")
+    gpus: int = Field(1, ge=1, le=1024, description="how many of those GPUs you have (ignored on CPU)")
+    context: int = Field(8192, ge=16, description="--max-model-len: the longest request (prompt + output) allowed")
+    concurrency: int = Field(1, ge=1, le=100_000, description="requests in flight at once, across all replicas")
+    input_tokens: int | None = Field(
+        None, ge=1, description=f"typical prompt length (default: {DEFAULT_INPUT_TOKENS}, at most 3/4 of the context)"
+    )
+    output_tokens: int | None = Field(
+        None, ge=1, description=f"typical output length (default: {DEFAULT_OUTPUT_TOKENS}, within the context)"
+    )
+    slo: str = Field("chat", description="SLO profile id from planner/data/slo_profiles.json")
+    qps: float | None = Field(None, gt=0, description="target requests per second, for the capacity table")
+    price_per_hour: float | None = Field(None, ge=0, description="$ per GPU-hour (default: the catalog's figure)")
+
+    @model_validator(mode="after")
+    def _lengths_fit(self) -> RecommendOptions:
+        inp, out = self.lengths()
+        if inp + out > self.context:
+            raise ValueError(
+                f"input_tokens + output_tokens = {inp + out} exceeds context {self.context}: "
+                "raise the context or shorten the request"
+            )
+        return self
+
+    def lengths(self) -> tuple[int, int]:
+        """(input, output) tokens with the defaults applied."""
+        inp = self.input_tokens or min(DEFAULT_INPUT_TOKENS, self.context * 3 // 4)
+        out = self.output_tokens or max(1, min(DEFAULT_OUTPUT_TOKENS, self.context - inp))
+        return inp, out
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Lengths, concurrency and latency targets for one deployment."""
+
+    context: int
+    concurrency: int
+    input_tokens: int
+    output_tokens: int
+    slo: SloProfile
+    qps: float | None = None
+
+    @property
+    def seq_tokens(self) -> int:
+        """Tokens a finished request holds in the KV cache."""
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def decode_context(self) -> int:
+        """Mean tokens cached while decoding: the prompt plus half the output."""
+        return self.input_tokens + self.output_tokens // 2

@@ -1,0 +1,91 @@
+"""The Hardware and Plan pages in Streamlit's AppTest (real planner, no mocks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from planner.hardware import detect
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+@pytest.fixture
+def app() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_hardware_page_tells_the_gpu_story(app: AppTest) -> None:
+    app.switch_page("pages/hardware.py").run()
+    assert not app.exception
+    assert app.title[0].value == "Hardware"
+    assert [m.label for m in app.metric] == [
+        "Cores (physical / logical)", "RAM total", "RAM available", "Disk free (weights cache)"]
+    hw = detect()
+    if not hw.gpus:
+        story = app.info[0].value
+        assert story.startswith("No GPU: none (CPU only). NVML: unavailable: ")
+        assert "nvidia-ml-py" in story and "Plan page" in story
+    app.button(key="hardware_measure").click().run()
+    assert not app.exception
+    labels = [m.label for m in app.metric]
+    assert labels[4:] == ["Bandwidth (largest working set)", "fp32 matmul", "bf16 matmul", "Dispatch per op"]
+    assert app.metric[4].value.endswith("GB/s")
+    assert any(c.value.startswith("measured with torch on ") for c in app.caption)
+    assert app.subheader[-1].value == "Predicted vs measured"  # upload a `python -m engine generate --json` run
+
+
+def test_plan_page_default_is_8b_on_one_h100(app: AppTest) -> None:
+    app.switch_page("pages/plan.py").run()
+    assert not app.exception and not app.error
+    assert app.subheader[0].value == "Best: TensorRT-LLM, FP8 (W8A8)"
+    assert [m.label for m in app.metric] == ["TTFT", "TPOT", "Output throughput", "Meets SLO"]
+    assert app.metric[3].value == "yes"
+    table = app.dataframe[0].value
+    assert list(table["engine"][:2]) == ["TensorRT-LLM", "vLLM"] and table["meets SLO"][0]
+    assert app.code[0].value.splitlines()[-1].startswith('trtllm-serve "$FP8_CHECKPOINT" --backend pytorch')
+    app.selectbox(key="plan_option").set_value(app.selectbox(key="plan_option").options[1]).run()
+    assert app.code[0].value.startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8")
+    assert len(app.get("vega_lite_chart")) == 2  # memory breakdown and roofline
+
+
+def test_plan_page_405b_on_8_h100s_lists_what_cannot_run(app: AppTest) -> None:
+    app.switch_page("pages/plan.py").run()
+    app.selectbox(key="plan_model").set_value("llama-3.1-405b")
+    app.number_input(key="plan_gpus").set_value(8)
+    app.selectbox(key="plan_slo").set_value("large-model").run()
+    assert not app.exception and not app.error
+    unfit = app.dataframe[-1].value
+    reasons = dict(zip(unfit["engine"] + " " + unfit["format"], unfit["why not"], strict=True))
+    assert reasons["vLLM + Ray (multi-node) BF16"].startswith("needs 2 nodes x 8 GPUs = 16 GPUs")
+    capacity = app.dataframe[1].value
+    assert capacity["devices per replica"][0] == 8
+
+
+def test_plan_page_bad_input_is_shown_not_raised(app: AppTest) -> None:
+    app.switch_page("pages/plan.py").run()
+    app.number_input(key="plan_input").set_value(8000)
+    app.number_input(key="plan_output").set_value(1000).run()
+    assert not app.exception
+    assert app.error[0].value == (
+        "input_tokens + output_tokens = 9000 exceeds context 8192: raise the context or shorten the request")
+    app.number_input(key="plan_input").set_value(1024)
+    app.text_input(key="plan_model_path").set_value("/nonexistent/model.gguf").run()
+    assert not app.exception
+    assert app.error[0].value == "model file not found: /nonexistent/model.gguf"
+
+
+def test_plan_page_for_this_cpu(app: AppTest) -> None:
+    app.switch_page("pages/plan.py").run()
+    app.selectbox(key="plan_model").set_value("smollm2-135m")
+    app.selectbox(key="plan_gpu").set_value("cpu")
+    app.number_input(key="plan_concurrency").set_value(1).run()
+    assert not app.exception and not app.error
+    engines = set(app.dataframe[0].value["engine"])
+    assert engines <= {"llama.cpp (llama-server)", "Preflight bundled engine"}
+    assert any(c.value.startswith("CPU figures measured with torch") for c in app.caption)

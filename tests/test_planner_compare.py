@@ -1,0 +1,115 @@
+"""Predicted vs measured: the planner's CPU path against the real bundled engine on this machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from planner.__main__ import main
+from planner.api import compare_run
+from planner.catalog import load_catalog
+from planner.compare import MeasuredRun, MetricError, format_comparison
+from planner.cpu_probe import measure
+from planner.errors import PlannerError
+
+PROMPT = "Write a short poem about the sea and the wind over the hills."
+# One torch thread on both sides: on a shared 2-core machine, 2-thread OpenMP runs swing
+# several-fold with other load, which a prediction cannot know about.
+THREADS = 1
+
+
+def engine_json(result: object, info: object) -> dict:
+    """What `python -m engine generate --json` prints, built from the same objects."""
+    return result.to_dict() | {  # type: ignore[attr-defined]
+        "load": {"quant": info.quant, "device": info.device, "weight_bytes": info.weight_bytes}}  # type: ignore[attr-defined]
+
+
+SAMPLE = {
+    "prompt_tokens": 44, "completion_tokens": 32,
+    "timings": {"prefill_s": 0.25, "decode_s": 0.5, "prefill_tok_s": 176.0, "decode_tok_s": 62.0},
+    "load": {"quant": "int4", "device": "cpu", "weight_bytes": 99_198_208},
+}
+
+
+def test_measured_run_from_engine_json() -> None:
+    run = MeasuredRun.from_engine_json(SAMPLE)
+    assert (run.quant, run.prompt_tokens, run.decode_tok_s, run.weight_bytes) == ("int4", 44, 62.0, 99_198_208)
+    with pytest.raises(PlannerError, match="not a `python -m engine generate --json` result"):
+        MeasuredRun.from_engine_json({"text": "hi"})
+
+
+def test_metric_error_arithmetic() -> None:
+    row = MetricError("decode", "tok/s", predicted=90.0, measured=60.0)
+    assert (row.ratio, row.error, row.within(2.0), row.within(1.4)) == (1.5, 0.5, True, False)
+    assert MetricError("decode", "tok/s", 1.0, None).within(2.0) is None  # not measured is not a pass
+
+
+def test_gpu_run_is_refused_for_the_cpu_prediction() -> None:
+    with pytest.raises(PlannerError, match="needs a run with --device cpu"):
+        compare_run(SAMPLE | {"load": SAMPLE["load"] | {"device": "cuda:0"}}, measure=lambda: measure(THREADS))
+
+
+@pytest.fixture(scope="module")
+def engine():  # noqa: ANN201
+    from engine.runtime import Engine, LoadOptions
+
+    return Engine.load(LoadOptions(quant="int4", device="cpu"))
+
+
+def test_cpu_prediction_within_2x_of_the_bundled_engine(engine) -> None:  # noqa: ANN001
+    from engine.sampling import SamplingParams
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        runs = [engine.generate(PROMPT, SamplingParams(max_tokens=32, ignore_eos=True), chat=True) for _ in range(2)]
+        cpu = measure.__wrapped__(THREADS)  # measured now, under the same load as the runs
+    finally:
+        torch.set_num_threads(before)
+    best = max(runs, key=lambda r: r.decode_tok_s or 0)
+    comparison = compare_run(engine_json(best, engine.info), measure=lambda: cpu)
+    print("\n".join(format_comparison(comparison)))
+    rows = {r.metric: r for r in comparison.rows}
+    assert rows["decode"].measured == best.decode_tok_s and best.completion_tokens == 32
+    assert rows["decode"].within(2.0), f"decode predicted {rows['decode'].predicted:.1f} vs {best.decode_tok_s:.1f}"
+    assert rows["weight memory"].within(1.1)
+
+
+def test_dispatch_calibration_still_holds(engine) -> None:  # noqa: ANN001
+    """engines.json's ops per layer for the bundled engine, recounted over one int4 decode step."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from engine.kv_cache import KVCache
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    model = engine.loaded.model
+    ids = engine.encode_prompt(PROMPT, chat=True)
+    cache = KVCache(model.config, 1, len(ids) + 4, model.act_dtype, "cpu")
+    with torch.inference_mode():
+        model(torch.tensor([ids]), 0, cache)
+        cache.advance(len(ids))
+        with Count():
+            model(torch.tensor([[ids[-1]]]), cache.length, cache)
+    per_layer = Count.ops / model.config.n_layers
+    assert per_layer == pytest.approx(load_catalog().engines["bundled"].dispatch_ops_per_layer, rel=0.25)
+
+
+def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(SAMPLE))
+    assert main(["compare", "--measured", str(run), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["metric"] for r in data["rows"]] == ["weight memory", "prefill", "decode"]
+    assert data["rows"][2]["measured"] == 62.0 and data["rows"][2]["error"] == pytest.approx(
+        data["rows"][2]["predicted"] / 62.0 - 1)
+    assert main(["compare", "--measured", str(tmp_path / "missing.json")]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot read the measured run")
