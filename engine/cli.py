@@ -1,4 +1,4 @@
-"""`python -m engine ...`: generate, info and study from a shell.
+"""`python -m engine ...`: generate, info, study and serve from a shell.
 
 Every engine error becomes one line on stderr and exit code 1; bad
 arguments exit 2 (argparse's convention). No tracebacks for user mistakes.
@@ -56,7 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quant", choices=FORMATS, default="int4", help="format for the kv and batch studies")
     study.add_argument("--json", metavar="OUT", type=Path, default=None, help="also write the result as JSON")
     _add_study_size_args(study)
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (continuous batching)")
+    _add_model_args(serve)
+    _add_serve_args(serve)
     return parser
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    """Flags of `serve`; the help text comes from ServerOptions' field descriptions."""
+    from engine.server_options import option_help as h
+
+    p.add_argument("--quant", choices=FORMATS, default="int4", help=h("quant"))
+    p.add_argument("--host", default="127.0.0.1", help=h("host"))
+    p.add_argument("--port", type=int, default=8000, help=h("port"))
+    p.add_argument("--api-key", default=None, metavar="KEY", help=h("api_key"))
+    p.add_argument("--insecure", action="store_true", help=h("insecure"))
+    p.add_argument("--served-model-name", default=None, metavar="NAME", help=h("served_model_name"))
+    p.add_argument("--max-num-seqs", type=int, default=16, metavar="N", help=h("max_num_seqs"))
+    p.add_argument("--max-model-len", type=int, default=None, metavar="N", help=h("max_model_len"))
+    p.add_argument("--max-queue", type=int, default=64, metavar="N", help=h("max_queue"))
+    p.add_argument("--kv-cache-bytes", type=int, default=None, metavar="N", help=h("kv_cache_bytes"))
+    p.add_argument("--rate-limit", dest="rate_limit_rpm", type=int, default=None, metavar="RPM",
+                   help=h("rate_limit_rpm") + " (default: off)")  # fmt: skip
+    p.add_argument("--rate-limit-burst", type=int, default=None, metavar="N", help=h("rate_limit_burst"))
+    p.add_argument("--max-body-bytes", type=int, default=1024 * 1024, metavar="N", help=h("max_body_bytes"))
+    p.add_argument("--speculative", choices=("ngram", "none"), default="none", help=h("speculative"))
+    p.add_argument("--num-speculative-tokens", type=int, default=4, metavar="N", help=h("num_speculative_tokens"))
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
+                   help=h("cors_origins"))  # fmt: skip
+    p.add_argument("--log-prompts", action="store_true", help=h("log_prompts"))
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=h("threads"))
+    p.add_argument("--grace-period", dest="grace_period_s", type=float, default=30.0, metavar="S",
+                   help=h("grace_period_s"))  # fmt: skip
 
 
 # Study size flags -> StudyOptions fields; the help text comes from the field.
@@ -188,7 +220,35 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": _cmd_generate, "info": _cmd_info, "study": _cmd_study}
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from pydantic import ValidationError
+
+    from engine.server_options import ServerOptions, describe_options_error
+
+    fields = ("quant", "host", "port", "insecure", "served_model_name", "max_num_seqs", "max_model_len", "max_queue",
+              "kv_cache_bytes", "rate_limit_rpm", "rate_limit_burst", "max_body_bytes", "speculative",
+              "num_speculative_tokens", "log_prompts", "threads", "grace_period_s")  # fmt: skip
+    try:
+        options = ServerOptions(
+            model=args.model,
+            device=args.device,
+            use_weight_cache=not args.no_weight_cache,
+            api_key=args.api_key if args.api_key is not None else os.environ.get("PREFLIGHT_API_KEY"),
+            cors_origins=tuple(args.cors_origins),
+            **{name: getattr(args, name) for name in fields},
+        )
+    except ValidationError as exc:
+        raise ValueError(describe_options_error(exc)) from None
+    from engine.gguf_file import resolve_model_path
+    from engine.server import run_server
+
+    resolve_model_path(options.model)  # a missing file is one line now, not after binding the port
+    return run_server(options)
+
+
+COMMANDS = {"generate": _cmd_generate, "info": _cmd_info, "study": _cmd_study, "serve": _cmd_serve}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

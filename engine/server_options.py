@@ -1,0 +1,103 @@
+"""Options of `python -m engine serve`, validated with pydantic; no server imports.
+
+Kept apart from `engine.server` so that building the CLI parser (which takes
+its --help text from these descriptions) does not import torch or FastAPI.
+The bind check lives here too: a non-loopback host needs an API key unless
+`--insecure` is given, and the error says why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
+    """Refuse to listen beyond loopback without a key, saying why and what to do."""
+    if api_key or insecure or is_loopback(host):
+        return
+    raise ValueError(
+        f"refusing to listen on {host} without an API key: anyone who can reach this address could use the "
+        "model. Set --api-key or PREFLIGHT_API_KEY, bind 127.0.0.1, or pass --insecure to accept the risk"
+    )
+
+
+class ServerOptions(BaseModel):
+    """Everything `python -m engine serve` takes; the descriptions are its --help."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str | None = Field(None, description="GGUF file (default: the bundled SmolLM2)")
+    quant: Literal["fp32", "bf16", "int8", "int4", "fp8"] = Field("int4", description="weight format")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    use_weight_cache: bool = True
+    host: str = Field("127.0.0.1", description="address to bind; beyond loopback an API key is required")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    api_key: SecretStr | None = Field(None, description="require 'Authorization: Bearer KEY' (or PREFLIGHT_API_KEY)")
+    insecure: bool = Field(False, description="allow a non-loopback host without an API key")
+    served_model_name: str | None = Field(None, description="model id in /v1/models (default: from the file name)")
+    max_num_seqs: int = Field(16, ge=1, description="sequences decoded together")
+    max_model_len: int | None = Field(None, ge=2, description="prompt + output limit (default: the model context)")
+    max_queue: int = Field(64, ge=1, description="waiting requests before 503 (backpressure)")
+    kv_cache_bytes: int | None = Field(
+        None, ge=1, description="KV cache pool size (default: 256 MiB, or one max-model-len sequence if larger)"
+    )
+    rate_limit_rpm: int | None = Field(None, ge=1, description="requests per minute per API key or client IP")
+    rate_limit_burst: int | None = Field(None, ge=1, description="bucket size for --rate-limit (default: RPM/6)")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body (413 above it)")
+    speculative: Literal["ngram", "none"] = Field("none", description="n-gram (prompt lookup) speculative decoding")
+    num_speculative_tokens: int = Field(4, ge=1, le=16, description="drafts per step with --speculative ngram")
+    cors_origins: tuple[str, ...] = Field((), description="allowed browser origin (repeatable); none: CORS off")
+    log_prompts: bool = Field(False, description="log prompts and outputs (off: never logged)")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    grace_period_s: float = Field(30.0, ge=0, description="seconds in-flight requests get to finish on SIGTERM")
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerOptions:
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            raise ValueError("the API key is empty: give a non-empty --api-key or PREFLIGHT_API_KEY")
+        check_exposure(self.host, self.key, self.insecure)
+        return self
+
+    @property
+    def key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    @property
+    def rate_limit_bucket(self) -> int | None:
+        if self.rate_limit_rpm is None:
+            return None
+        return self.rate_limit_burst or max(1, self.rate_limit_rpm // 6)
+
+
+def model_id(path: Path) -> str:
+    """A stable id from the file name: 'SmolLM2-135M-Instruct.Q4_1.gguf' -> 'smollm2-135m-instruct'."""
+    stem = re.sub(r"[.\-_](i?q\d\w*|f16|f32|bf16|fp16|fp32)$", "", path.stem, flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-") or "model"
+
+
+def option_help(name: str) -> str | None:
+    return ServerOptions.model_fields[name].description
+
+
+def describe_options_error(exc: ValidationError) -> str:
+    """One line per problem, without pydantic's URLs or the input values (a key may be among them)."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)

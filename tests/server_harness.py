@@ -1,0 +1,149 @@
+"""A real `python -m engine serve` child process on loopback, for the server tests.
+
+Like vLLM's `RemoteOpenAIServer`: pick a free port, start the child, poll
+`/health` with a deadline, fail at once (with the log tail) if the child
+dies, and on teardown terminate, then kill. fp32 weights, so a batched
+greedy decode equals the same request run alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "smollm2-135m-instruct"
+START_DEADLINE_S = 180.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RemoteServer:
+    """One server child; `url`, `headers`, `client()` and `metric()` for the tests."""
+
+    def __init__(self, args: Sequence[str], log_path: Path, api_key: str | None = "test-key") -> None:
+        self.port = free_port()
+        self.api_key = api_key
+        self.log_path = log_path
+        # One torch thread: on a shared 2-core machine, two spinning OpenMP threads per server
+        # (and one more in pytest) make every step 10-20x slower.
+        cmd = [sys.executable, "-m", "engine", "serve", "--port", str(self.port), "--device", "cpu", "--threads", "1",
+               *args]  # fmt: skip
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("PREFLIGHT_API_KEY", None)
+        if api_key is not None:
+            env["PREFLIGHT_API_KEY"] = api_key  # not on the command line: keys stay out of `ps`
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def log_tail(self, n: int = 40) -> str:
+        self._log.flush()
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+    def wait_ready(self, deadline_s: float = START_DEADLINE_S) -> None:
+        end = time.monotonic() + deadline_s
+        last = "no answer yet"
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+            try:
+                r = httpx.get(self.url + "/health", timeout=2.0)
+                if r.status_code == 200:
+                    return
+                last = f"HTTP {r.status_code}: {r.text[:200]}"
+            except httpx.HTTPError as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.2)
+        raise RuntimeError(f"server not ready within {deadline_s:.0f} s (last: {last}):\n{self.log_tail()}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "none", max_retries=0, timeout=60)
+
+    def post(self, path: str, body: dict, timeout: float | httpx.Timeout = 60) -> httpx.Response:
+        return httpx.post(self.url + path, json=body, headers=self.headers, timeout=timeout)
+
+    def metrics(self) -> dict[str, float]:
+        """Sample name (with labels other than model_name) -> value, from GET /metrics."""
+        r = httpx.get(self.url + "/metrics", headers=self.headers, timeout=10)
+        r.raise_for_status()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(r.text):
+            for s in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "model_name")
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return out
+
+    def wait_metric(self, name: str, predicate: object, deadline_s: float = 10.0) -> float:
+        end = time.monotonic() + deadline_s
+        value = float("nan")
+        while time.monotonic() < end:
+            value = self.metrics().get(name, float("nan"))
+            if predicate(value):  # type: ignore[operator]
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"{name} stayed at {value} for {deadline_s} s")
+
+
+def start_server(args: Sequence[str], log_path: Path, api_key: str | None = "test-key") -> RemoteServer:
+    server = RemoteServer(args, log_path, api_key)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[dict | str]:
+    """Parsed `data:` payloads of an SSE stream; the string "[DONE]" ends it."""
+    for line in lines:
+        if not line.startswith("data: "):
+            continue
+        data = line[len("data: ") :]
+        if data == "[DONE]":
+            yield data
+            return
+        yield json.loads(data)
+
+
+def stream_text(events: list[dict | str], chat: bool) -> str:
+    parts = []
+    for e in events:
+        if isinstance(e, dict):
+            for c in e.get("choices", []):
+                parts.append((c["delta"].get("content") or "") if chat else c["text"])
+    return "".join(parts)
