@@ -140,3 +140,9 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
     expect(page.get_by_role("button", name=re.compile("Run"))).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     page.screenshot(path=tmp_path / "studies.png", full_page=True)
+
+    for name in ("Hardware", "Plan"):
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
+        expect(page.get_by_role("heading", name=re.compile(name)).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        page.screenshot(path=tmp_path / f"{name.lower()}.png", full_page=True)
