@@ -51,7 +51,7 @@ chromium:
 
 ## make bench: install the peers and run every benchmark script under bench/
 bench: $(VENV)/.installed-bench
-	@scripts="$$(ls bench/*.py 2>/dev/null)"; \
+	@scripts="$$(ls bench/[!_]*.py 2>/dev/null)"; \
 	if [ -z "$$scripts" ]; then echo "make bench: no bench/*.py scripts found"; exit 1; fi; \
 	for s in $$scripts; do echo "== $$s"; $(PY) $$s || exit $$?; done
 

@@ -110,7 +110,9 @@ def load_entry(entry: CacheEntry, device: str = "cpu") -> tuple[dict[str, torch.
     if size != manifest.get("tensors_bytes") or file_sha256(entry.tensors) != manifest.get("tensors_sha256"):
         raise WeightCacheError(f"cache entry {entry.tensors.name} is corrupt (size or checksum mismatch)")
     try:
-        state = load_file(entry.tensors, device=device)
+        # Own copies, not views of the mapped file: otherwise the small tensors keep the
+        # whole entry mapped and resident beside the repacked weights (measured: +96 MiB).
+        state = {name: t.clone() for name, t in load_file(entry.tensors, device=device).items()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightCacheError(f"cache tensors {entry.tensors} cannot be read: {exc}") from exc
     return state, manifest
