@@ -15,6 +15,7 @@ import json
 import logging
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
@@ -83,7 +84,7 @@ def _token_text(tok: Tokenizer, token_id: int) -> tuple[str, bytes]:
     return raw.decode("utf-8", errors="replace"), raw
 
 
-class _Format:
+class _Format(ABC):
     """How one API shapes its chunks and its final response."""
 
     object_name = ""
@@ -102,14 +103,17 @@ class _Format:
     def opening_chunks(self) -> list[dict]:
         return []
 
+    @abstractmethod
     def choice_chunk(self, delta: Delta) -> dict:
-        raise NotImplementedError
+        """Implemented per API (completions / chat)."""
 
+    @abstractmethod
     def choice_final(self, deltas: list[Delta], finish_reason: str) -> dict:
-        raise NotImplementedError
+        """Implemented per API (completions / chat)."""
 
+    @abstractmethod
     def logprobs(self, deltas: list[Delta]) -> dict | None:
-        raise NotImplementedError
+        """Implemented per API (completions / chat)."""
 
 
 class CompletionFormat(_Format):
