@@ -42,6 +42,7 @@ CPU_ALIGNMENT_BYTES = 64  # torch's CPU allocator alignment; clone() always meet
 INT8_DYNAMIC_MIN_ROWS = 8  # from this many rows dynamic int8 beats weight-only int8 (engine/quant.py)
 INT8_DYNAMIC_MIN_OUT = 8192  # ... and at any row count for outputs this wide (the lm_head)
 FP8_MM_MULTIPLE = 16  # torch._scaled_mm needs K and N multiples of 16
+FP8_CPU_ROW_BLOCK = 2048  # rows dequantized at a time on CPU (~4.5 MiB of fp32 at K = 576)
 FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper and newer have FP8 tensor cores
 
 
@@ -371,7 +372,14 @@ class Fp8Linear(QuantLinear):
             y = torch._scaled_mm(xq, self.weight.T, scale_a=x_scale, scale_b=w_scale, out_dtype=torch.bfloat16)
         elif self.weight.device.type == "cpu":
             # A 256-entry table beats the fp8 cast ~3x, and the f32 GEMM beats bf16 (table in quant.py).
-            y = (x2.float() @ fp8_to_float(self.weight).T).mul_(self.scale)
+            # Row blocks keep each dequantized fp32 slice cache-sized instead of one 113 MB
+            # temporary for the 49152-row head.
+            xf = x2.float()
+            y = xf.new_empty(xf.shape[0], self.out_features)
+            for r in range(0, self.out_features, FP8_CPU_ROW_BLOCK):
+                block = slice(r, r + FP8_CPU_ROW_BLOCK)
+                torch.matmul(xf, fp8_to_float(self.weight[block]).T, out=y[:, block])
+            y.mul_(self.scale)
         else:
             y = (x2 @ self.weight.to(x.dtype).T) * self.scale.to(x.dtype)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)

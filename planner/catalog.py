@@ -157,8 +157,8 @@ class FormatSpec(_Strict):
     quality_note: str
     vllm_quantization: str | None = None
     engine_quant: str | None = None
-    cpu_kernel: Literal["int4", "int8"] | None = None  # the weight-only GEMV the bundled engine calls on CPU
-    cpu_embedding_kernel: Literal["int4", "int8"] | None = None
+    cpu_kernel: Literal["int4", "int8", "fp8"] | None = None  # the weight-only GEMV the bundled engine calls on CPU
+    cpu_embedding_kernel: Literal["int4", "int8", "fp8"] | None = None
     source: str = Field(min_length=1)
 
 

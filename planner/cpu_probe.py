@@ -10,7 +10,8 @@ count (about a second), with torch:
 - dispatch: the time of one small ATen op issued from Python (reshape, slice, add, mul,
   a 64x64 linear, rms_norm, to), which bounds a pure-PyTorch engine at small model sizes;
 - weight-only kernels: weight-rows/s through torch's packed int4 (group 32) and int8 CPU
-  kernels at 1 row (decode) and 64 rows (prefill), over ~50 MiB of weights. Unpacking, not
+  kernels, and the bundled engine's fp8 dequantize-on-the-fly path, at 1 row (decode) and
+  64 rows (prefill), over ~50 MiB of weights. Unpacking, not
   DRAM, can bound these on few cores. None when this torch build lacks the kernel.
 Each figure is the median of several repeats (after a warm-up), so other load on the
 machine slows it the way it slows a run of the engine being predicted.
@@ -49,6 +50,8 @@ class CpuMeasurement:
     int8_gemv_weights_s: float | None = None
     int4_gemm_weights_s: float | None = None  # weight-rows/s at GEMM_ROWS rows
     int8_gemm_weights_s: float | None = None
+    fp8_gemv_weights_s: float | None = None  # dequantize-on-the-fly: no FP8 matmul units on a CPU
+    fp8_gemm_weights_s: float | None = None
     matmul_n: int = MATMUL_N
     repeats: int = REPEATS
 
@@ -62,6 +65,7 @@ class CpuMeasurement:
         rates = {
             "int4": self.int4_gemv_weights_s, "int8": self.int8_gemv_weights_s,
             f"int4@{GEMM_ROWS}": self.int4_gemm_weights_s, f"int8@{GEMM_ROWS}": self.int8_gemm_weights_s,
+            "fp8": self.fp8_gemv_weights_s, f"fp8@{GEMM_ROWS}": self.fp8_gemm_weights_s,
         }
         return {k: v for k, v in rates.items() if v}
 
@@ -146,6 +150,21 @@ def _int8_mats() -> tuple[list, Callable]:
     return mats, lambda x, m: torch._weight_int8pack_mm(x, m, scales)
 
 
+def _fp8_mats() -> tuple[list, Callable]:
+    """The bundled engine's CPU fp8 path: a 256-entry table turns the codes into fp32 on every
+    call (no FP8 units on a CPU), then an fp32 matmul and the row scale."""
+    table = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn).float()
+    table = torch.nan_to_num(table)
+    scale = torch.rand(GEMV_N)
+    mats = [torch.randint(0, 256, (GEMV_N, GEMV_K), dtype=torch.int32).to(torch.uint8) for _ in range(GEMV_MATS)]
+
+    def call(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        w = table.index_select(0, m.reshape(-1).to(torch.int32)).view(m.shape)
+        return (x.float() @ w.T).mul_(scale)
+
+    return mats, call
+
+
 def _kernel_rates(make: Callable[[], tuple[list, Callable]], repeats: int) -> tuple[float | None, float | None]:
     """Weight-rows/s of a weight-only kernel at 1 row (decode) and GEMM_ROWS rows (prefill);
     (None, None) when this torch build or CPU lacks it."""
@@ -181,11 +200,13 @@ def measure(threads: int | None = None, repeats: int = REPEATS) -> CpuMeasuremen
         dispatch = _dispatch_s(repeats)
         int4_gemv, int4_gemm = _kernel_rates(_int4_mats, repeats)
         int8_gemv, int8_gemm = _kernel_rates(_int8_mats, repeats)
+        fp8_gemv, fp8_gemm = _kernel_rates(_fp8_mats, repeats)
         return CpuMeasurement(
             threads=torch.get_num_threads(), copy_bytes_s=copy_bw, triad_bytes_s=triad_bw,
             bandwidth_curve=tuple(curve), fp32_flops=fp32, bf16_flops=bf16, op_overhead_s=dispatch,
             int4_gemv_weights_s=int4_gemv, int8_gemv_weights_s=int8_gemv,
-            int4_gemm_weights_s=int4_gemm, int8_gemm_weights_s=int8_gemm, repeats=repeats,
+            int4_gemm_weights_s=int4_gemm, int8_gemm_weights_s=int8_gemm,
+            fp8_gemv_weights_s=fp8_gemv, fp8_gemm_weights_s=fp8_gemm, repeats=repeats,
         )
     finally:
         torch.set_num_threads(before)
