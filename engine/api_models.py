@@ -14,6 +14,7 @@ Defaults follow OpenAI: temperature 1.0, top_p 1.0, completions
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -33,7 +34,7 @@ class StreamOptions(_Body):
     include_obfuscation: bool | None = None  # OpenAI's field; accepted, nothing to obfuscate here
 
 
-class _GenerationFields(_Body):
+class _GenerationFields(_Body, ABC):
     """What both APIs share: model, limits, sampling and streaming."""
 
     model: str
@@ -95,8 +96,9 @@ class _GenerationFields(_Body):
         return bool(self.stream_options and self.stream_options.include_usage)
 
     @property
+    @abstractmethod
     def wants_logprobs(self) -> bool:
-        raise NotImplementedError
+        """Whether chosen-token logprobs were asked for (each API spells it differently)."""
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens

@@ -10,6 +10,7 @@ The timings behind each module's kernel choice are at the top of `engine/quant.p
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
@@ -60,7 +61,7 @@ def _unique_bytes(tensors: list[torch.Tensor]) -> dict[tuple[Any, ...], int]:
     return seen
 
 
-class QuantLinear(nn.Module):
+class QuantLinear(nn.Module, ABC):
     """Common base: a bias-free linear layer whose weight lives in `fmt`."""
 
     fmt: str
@@ -69,8 +70,9 @@ class QuantLinear(nn.Module):
     kernel: str
 
     @classmethod
+    @abstractmethod
     def empty(cls, in_features: int, out_features: int, *, device: Any = "meta", **fmt_options: Any) -> QuantLinear:
-        raise NotImplementedError
+        """An instance with correctly shaped, unfilled buffers (on `meta` for the warm-load path)."""
 
     def post_load(self) -> None:
         """Prepack after `load_state_dict`; safe to call more than once."""
