@@ -7,23 +7,14 @@ import streamlit as st
 
 from planner.api import compare_run
 from planner.errors import PlannerError
-from planner.hardware import Hardware, describe_accelerator, describe_nvml, detect, gib
-
-
-@st.cache_data(ttl=60, show_spinner="Detecting hardware...")
-def _hardware() -> Hardware:
-    return detect()
-
+from planner.hardware import describe_accelerator, describe_nvml, gib
+from widgets import cached_hardware, machine_metrics
 
 st.title("Hardware")
-hw = _hardware()
+hw = cached_hardware()
 st.caption("The same record as `python -m planner detect --json`. A probe that failed shows as not measured.")
 
-cols = st.columns(4)
-cols[0].metric("Cores (physical / logical)", f"{hw.physical_cores or '?'} / {hw.logical_cores or '?'}")
-cols[1].metric("RAM total", gib(hw.ram_total_bytes))
-cols[2].metric("RAM available", gib(hw.ram_available_bytes))
-cols[3].metric("Disk free (weights cache)", gib(hw.disk_free_bytes), help=hw.disk_path)
+machine_metrics(hw)
 st.markdown(
     f"**CPU:** {hw.cpu_model}  \n"
     f"**ISA features for inference:** {', '.join(hw.isa) or 'none detected'}  \n"

@@ -2,13 +2,8 @@
 
 import streamlit as st
 
-from planner.hardware import Hardware, describe_accelerator, detect, gib
-
-
-@st.cache_data(ttl=60, show_spinner="Detecting hardware...")
-def _hardware() -> Hardware:
-    return detect()
-
+from planner.hardware import describe_accelerator
+from widgets import cached_hardware, machine_metrics
 
 st.title("Preflight")
 st.markdown(
@@ -16,14 +11,10 @@ st.markdown(
     "how the endpoint performs and whether it is safe."
 )
 
-hw = _hardware()
+hw = cached_hardware()
 st.subheader("This machine")
 st.markdown(f"**CPU:** {hw.cpu_model}")
-cols = st.columns(4)
-cols[0].metric("Cores (physical / logical)", f"{hw.physical_cores or '?'} / {hw.logical_cores or '?'}")
-cols[1].metric("RAM total", gib(hw.ram_total_bytes))
-cols[2].metric("RAM available", gib(hw.ram_available_bytes))
-cols[3].metric("Disk free (weights cache)", gib(hw.disk_free_bytes), help=hw.disk_path)
+machine_metrics(hw)
 st.markdown(
     f"**ISA features for inference:** {', '.join(hw.isa) or 'none detected'}  \n"
     f"**Accelerator:** {describe_accelerator(hw)}  \n"
