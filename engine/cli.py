@@ -11,8 +11,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from engine.runtime import Engine
 
 FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
 
@@ -175,8 +179,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_dict(engine: object) -> dict[str, object]:
-    info = engine.info  # type: ignore[attr-defined]
+def _load_dict(engine: Engine) -> dict[str, object]:
+    info = engine.info
     return {
         "quant": info.quant,
         "device": info.device,

@@ -23,7 +23,7 @@ from engine.embedding import Embedding
 from engine.errors import WeightCacheError
 from engine.gguf_file import GGUFModelFile, Q41Blocks, resolve_model_path
 from engine.model import Transformer
-from engine.quant import WEIGHT_FORMATS, compute_dtype, empty_linear, make_linear, module_weight_bytes
+from engine.quant import WEIGHT_FORMATS, compute_dtype, dequantize_q4_1, empty_linear, make_linear, module_weight_bytes
 from engine.tokenizer import Tokenizer
 from engine.weight_cache import CACHE_VERSION, CacheEntry, entry_key, file_sha256, load_entry, save_entry
 
@@ -62,15 +62,7 @@ def _concat(parts: list[torch.Tensor | Q41Blocks]) -> torch.Tensor | Q41Blocks:
             scale=torch.cat([p.scale for p in parts]),
             min=torch.cat([p.min for p in parts]),
         )
-    return torch.cat([_to_float(p) for p in parts])
-
-
-def _to_float(w: torch.Tensor | Q41Blocks) -> torch.Tensor:
-    if isinstance(w, Q41Blocks):
-        groups = w.q.shape[1] // 32
-        q = w.q.float().reshape(w.q.shape[0], groups, 32)
-        return (q * w.scale[..., None] + w.min[..., None]).reshape(w.q.shape)
-    return w
+    return torch.cat([dequantize_q4_1(p) if isinstance(p, Q41Blocks) else p for p in parts])
 
 
 def _source_weight(mf: GGUFModelFile, name: str, fmt: str) -> torch.Tensor | Q41Blocks:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.config import ModelConfig
-from engine.errors import PromptError
+from engine.errors import EngineError, PromptError
 from engine.kv_cache import KVCache
 from engine.loader import LoadedModel, load_model
 from engine.sampling import SamplingParams, make_generator, sample_token
@@ -256,5 +256,6 @@ class Engine:
         gen = self.stream(prompt, params, chat, use_kv_cache)
         for _ in gen:
             pass
-        assert gen.result is not None
+        if gen.result is None:
+            raise EngineError("generation ended without a result")
         return gen.result
