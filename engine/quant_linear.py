@@ -45,6 +45,8 @@ INT8_DYNAMIC_MIN_OUT = 8192  # ... and at any row count for outputs this wide (t
 FP8_MM_MULTIPLE = 16  # torch._scaled_mm needs K and N multiples of 16
 FP8_CPU_ROW_BLOCK = 2048  # rows dequantized at a time on CPU (~4.5 MiB of fp32 at K = 576)
 FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper and newer have FP8 tensor cores
+INT4_CUDA_MIN_CAPABILITY = (8, 0)  # the tinygemm int4 kernel needs Ampere or newer
+INT4_CUDA_INNER_K_TILES = (8, 4, 2)  # the CUDA packer's choices; K must be a multiple of 16 x tiles
 
 
 def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
@@ -204,8 +206,8 @@ class Int4Linear(QuantLinear):
     dtype. N16 is N rounded up to 16 and Kg is K rounded up to the group size; padded rows
     have scale = zero = 0 and padded columns meet zero-padded activations.
 
-    On CPU `post_load` repacks `qweight` in place into the kernel's ISA-specific layout
-    (same byte count, no second copy); saving the state dict unpacks it again.
+    On CPU and on CUDA (capability >= 8.0) `post_load` repacks `qweight` into that device's
+    packed-kernel layout (same byte count); saving the state dict unpacks it again.
     """
 
     fmt = "int4"
@@ -228,7 +230,7 @@ class Int4Linear(QuantLinear):
             )
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
-        self._cpu_packed = False
+        self._packed_for: str | None = None  # "cpu" / "cuda" once repacked for that device's kernel
         self.kernel = "int4: not prepared (call post_load)"
 
     @classmethod
@@ -255,14 +257,18 @@ class Int4Linear(QuantLinear):
 
     def codes(self) -> torch.Tensor:
         """The (N16, Kg) codes in 0..15, whatever layout `qweight` is in now."""
-        kg = self.qweight.shape[1] * 2
-        if not self._cpu_packed:
-            return unpack_int4(self.qweight, kg)
-        # Let the kernel itself read its layout back: identity activations, scale 1, zero 8.
-        n16 = self.qweight.shape[0]
-        eye = torch.eye(kg, dtype=torch.bfloat16)
-        ident = torch.tensor([1.0, 8.0], dtype=torch.bfloat16).expand(kg // self.group_size, n16, 2).contiguous()
-        codes_t = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.qweight, self.group_size, ident)
+        if self._packed_for is None:
+            return unpack_int4(self.qweight, self.qweight.shape[1] * 2)
+        return self._read_back_codes(self.qweight, self._packed_for)
+
+    def _read_back_codes(self, packed: torch.Tensor, device_type: str) -> torch.Tensor:
+        """Let the kernel itself read its private layout back: identity activations, scale 1, zero 8."""
+        kg = self.scales_and_zeros.shape[0] * self.group_size
+        n16 = self.scales_and_zeros.shape[1]
+        eye = torch.eye(kg, dtype=torch.bfloat16, device=packed.device)
+        ident = torch.tensor([1.0, 8.0], dtype=torch.bfloat16, device=packed.device)
+        ident = ident.expand(kg // self.group_size, n16, 2).contiguous()
+        codes_t = _int4_kernel(device_type)(eye, packed, self.group_size, ident)
         return codes_t.T.to(torch.uint8)
 
     def dequantized(self) -> torch.Tensor:
@@ -272,24 +278,60 @@ class Int4Linear(QuantLinear):
         return w[: self.out_features, : self.in_features]
 
     def post_load(self) -> None:
-        if self.qweight.device.type != "cpu":
-            self.kernel = f"int4: dequantize-on-the-fly (no packed int4 kernel wired for {self.qweight.device.type})"
+        reason = self._pack() if self._packed_for is None else None
+        if reason is not None:
+            self.kernel = f"int4: dequantize-on-the-fly ({reason})"
             return
-        if not self._cpu_packed:
+        act = str(self.scales_and_zeros.dtype).removeprefix("torch.")
+        name = "_weight_int4pack_mm_for_cpu" if self._packed_for == "cpu" else "_weight_int4pack_mm (tinygemm)"
+        self.kernel = f"int4: {name} (group {self.group_size}, {act} activations)"
+
+    def _pack(self) -> str | None:
+        """Repack `qweight` for this device's packed kernel; None on success, else why not."""
+        device = self.qweight.device
+        if device.type == "cpu":
             codes = unpack_int4(self.qweight, self.qweight.shape[1] * 2).to(torch.int32)
             self.qweight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-            self._cpu_packed = True
-        act = str(self.scales_and_zeros.dtype).removeprefix("torch.")
-        self.kernel = f"int4: _weight_int4pack_mm_for_cpu (group {self.group_size}, {act} activations)"
+            self._packed_for = "cpu"
+            return None
+        if device.type == "cuda":
+            return self._pack_for_cuda()
+        return f"no packed int4 kernel wired for {device.type}"
+
+    def _pack_for_cuda(self) -> str | None:
+        """Repack `qweight` for CUDA's tinygemm kernel; None on success, else why it cannot run.
+
+        The packer takes (N, Kg / 2) bytes whose nibble order PyTorch does not document, so
+        both orders are tried and the one the kernel reads back as the original codes is
+        kept: a layout mistake falls back to dequantizing, never to wrong numbers.
+        """
+        cap = torch.cuda.get_device_capability(self.qweight.device)
+        if cap < INT4_CUDA_MIN_CAPABILITY:
+            return f"GPU compute capability {cap[0]}.{cap[1]} < 8.0 for the tinygemm kernel"
+        if self.scales_and_zeros.dtype != torch.bfloat16:
+            return f"tinygemm needs bfloat16 scales, these are {self.scales_and_zeros.dtype}"
+        kg = self.qweight.shape[1] * 2
+        tiles = next((t for t in INT4_CUDA_INNER_K_TILES if kg % (16 * t) == 0), None)
+        if tiles is None:
+            return f"K={kg} is not a multiple of 32"
+        codes = unpack_int4(self.qweight, kg)
+        for high_first in (True, False):
+            lo, hi = (codes[:, 1::2], codes[:, 0::2]) if high_first else (codes[:, 0::2], codes[:, 1::2])
+            packed = torch.ops.aten._convert_weight_to_int4pack((hi << 4) | lo, tiles)
+            if torch.equal(self._read_back_codes(packed, "cuda"), codes):
+                self.qweight = packed
+                self._packed_for = "cuda"
+                return None
+        return "the tinygemm packer's layout did not read back the codes"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != self.scales_and_zeros.dtype:
             x2 = x2.to(self.scales_and_zeros.dtype)
-        if self._cpu_packed:
-            pad_k = self.qweight.shape[1] * 2 - self.in_features
+        if self._packed_for is not None:
+            pad_k = self.scales_and_zeros.shape[0] * self.group_size - self.in_features
             x2 = F.pad(x2, (0, pad_k)) if pad_k else x2.contiguous()
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.qweight, self.group_size, self.scales_and_zeros)
+            y = _int4_kernel(self._packed_for)(x2, self.qweight, self.group_size, self.scales_and_zeros)
             if y.shape[1] != self.out_features:
                 y = y[:, : self.out_features]
         elif self.qweight.device.type == "cpu":
@@ -300,12 +342,19 @@ class Int4Linear(QuantLinear):
 
     def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self._cpu_packed:
+        if self._packed_for is not None:
             destination[prefix + "qweight"] = pack_int4(self.codes())
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._cpu_packed = False  # freshly loaded buffers are in the portable layout
+        self._packed_for = None  # freshly loaded buffers are in the portable layout
+
+
+def _int4_kernel(device_type: str) -> Any:
+    """PyTorch's packed int4 matmul for a device: (x, packed, group_size, scales_and_zeros) -> y."""
+    if device_type == "cpu":
+        return torch.ops.aten._weight_int4pack_mm_for_cpu
+    return torch.ops.aten._weight_int4pack_mm
 
 
 # -- fp8 --------------------------------------------------------------------------------

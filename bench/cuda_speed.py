@@ -1,0 +1,116 @@
+"""Our engine on a CUDA GPU, against the GPU's own memory-bandwidth bound.
+
+    python bench/cuda_speed.py [--formats fp32,bf16,int8,int4,fp8] [--tokens 128]
+        [--prompt-tokens 256] [--batch-sizes 1,8,32] [--json OUT]
+
+No peer engine runs on the GPU machines we borrow, so the yardstick is physics: a
+decode step must read every weight once, so one stream cannot beat
+(measured copy bandwidth) / (resident weight bytes) tokens per second. The table gives
+single-stream decode and prefill tok/s per format beside that bound, then continuous
+batching (LLMEngine, paged KV) aggregate decode tok/s at several batch sizes. On a
+machine without CUDA it says so and exits 0, so `make bench` runs it anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import conditions, fmt_num, fmt_ratio, format_table  # noqa: E402
+from engine.llm_engine import EngineConfig, LLMEngine  # noqa: E402
+from engine.runtime import Engine, GenerationResult, LoadOptions  # noqa: E402
+from engine.sampling import SamplingParams  # noqa: E402
+from engine.studies_base import eval_ids  # noqa: E402
+
+
+def copy_bandwidth_bytes_s(n_bytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Device-to-device copy rate, counting bytes read plus bytes written (the decode bound's yardstick)."""
+    src = torch.empty(n_bytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * n_bytes * repeats / (time.perf_counter() - t0)
+
+
+def single_stream(engine: Engine, prompt: list[int], tokens: int) -> dict[str, float | None]:
+    def run(ids: list[int], n: int) -> GenerationResult:
+        gen = engine.stream_ids(ids, SamplingParams(max_tokens=n, ignore_eos=True))
+        for _ in gen:
+            pass
+        if gen.result is None:
+            raise RuntimeError("generation ended without a result")
+        return gen.result
+
+    run(prompt[:32], 8)  # warm-up: CUDA context, kernels, allocator
+    result = run(prompt, tokens)
+    return {"prefill_tok_s": result.prefill_tok_s, "decode_tok_s": result.decode_tok_s}
+
+
+def batched(engine: Engine, prompt: list[int], batch: int, tokens: int) -> float:
+    """Aggregate generated tok/s of `batch` streams decoding together (prefill included in the window)."""
+    config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(512, batch), max_model_len=1024)
+    llm = LLMEngine(engine.loaded, config)
+    params = SamplingParams(max_tokens=tokens, ignore_eos=True)
+    for i in range(batch):
+        llm.add_request(prompt[i : i + 64], params)  # distinct prompts: no prefix-cache shortcut
+    produced = 0
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    while llm.has_unfinished:
+        produced += sum(len(o.new_token_ids) for o in llm.step().outputs)
+    torch.cuda.synchronize()
+    return produced / (time.perf_counter() - t0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--formats", default="fp32,bf16,int8,int4,fp8")
+    parser.add_argument("--tokens", type=int, default=128, help="decode tokens per single-stream run")
+    parser.add_argument("--prompt-tokens", type=int, default=256, help="prompt length for prefill")
+    parser.add_argument("--batch-sizes", default="1,8,32")
+    parser.add_argument("--json", help="also write every figure here")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("cuda_speed: no CUDA GPU on this machine; nothing to measure (skipped)")
+        return 0
+    cond = {**conditions(), "gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    bandwidth = copy_bandwidth_bytes_s()
+    cond["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
+    print("\n".join(f"{k}: {v}" for k, v in cond.items()))
+    rows, results = [], {}
+    for fmt in args.formats.split(","):
+        engine = Engine.load(LoadOptions(quant=fmt, device="cuda"))
+        info = engine.load_info()
+        prompt = eval_ids(engine.loaded.tokenizer, args.prompt_tokens + 64)
+        one = single_stream(engine, prompt[: args.prompt_tokens], args.tokens)
+        bound = bandwidth / info.weight_bytes
+        agg = {b: batched(engine, prompt, b, 64) for b in (int(x) for x in args.batch_sizes.split(","))}
+        results[fmt] = {**one, "bound_tok_s": bound, "weight_bytes": info.weight_bytes, "batched_tok_s": agg,
+                        "kernels": list(info.kernel_notes)}
+        rows.append([fmt, fmt_num(info.weight_bytes / 2**20), fmt_num(one["prefill_tok_s"]),
+                     fmt_num(one["decode_tok_s"]), fmt_num(bound, 0), fmt_ratio(one["decode_tok_s"], bound),
+                     *(fmt_num(v) for v in agg.values())])
+        del engine
+        torch.cuda.empty_cache()
+    batch_cols = [f"agg tok/s @{b}" for b in args.batch_sizes.split(",")]
+    header = ["format", "weights MiB", "prefill tok/s", "decode tok/s", "bound tok/s", "decode/bound", *batch_cols]
+    print()
+    print(format_table(header, rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"conditions": cond, "results": results}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

