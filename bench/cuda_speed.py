@@ -52,13 +52,18 @@ def single_stream(engine: Engine, prompt: list[int], tokens: int) -> dict[str, f
             raise RuntimeError("generation ended without a result")
         return gen.result
 
-    run(prompt[:32], 8)  # warm-up: CUDA context, kernels, allocator
+    run(prompt, 8)  # warm-up at the measured shapes: CUDA loads each kernel lazily on first use
     result = run(prompt, tokens)
     return {"prefill_tok_s": result.prefill_tok_s, "decode_tok_s": result.decode_tok_s}
 
 
 def batched(engine: Engine, prompt: list[int], batch: int, tokens: int) -> float:
     """Aggregate generated tok/s of `batch` streams decoding together (prefill included in the window)."""
+    _batched_once(engine, prompt, batch, 4)  # warm-up at this batch's shapes
+    return _batched_once(engine, prompt, batch, tokens)
+
+
+def _batched_once(engine: Engine, prompt: list[int], batch: int, tokens: int) -> float:
     config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(512, batch), max_model_len=1024)
     llm = LLMEngine(engine.loaded, config)
     params = SamplingParams(max_tokens=tokens, ignore_eos=True)
@@ -91,7 +96,7 @@ def main() -> int:
     rows, results = [], {}
     for fmt in args.formats.split(","):
         engine = Engine.load(LoadOptions(quant=fmt, device="cuda"))
-        info = engine.load_info()
+        info = engine.load_info
         prompt = eval_ids(engine.loaded.tokenizer, args.prompt_tokens + 64)
         one = single_stream(engine, prompt[: args.prompt_tokens], args.tokens)
         bound = bandwidth / info.weight_bytes

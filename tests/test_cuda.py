@@ -86,7 +86,7 @@ def test_fp32_on_cuda_agrees_with_cpu() -> None:
 def test_every_format_runs_on_cuda_and_tracks_fp32(fmt: str) -> None:
     reference = Engine.load(LoadOptions(quant="fp32", device="cuda"))
     engine = Engine.load(LoadOptions(quant=fmt, device="cuda"))
-    info = engine.load_info()
+    info = engine.load_info
     assert info.device.startswith("cuda") and info.weight_bytes > 0
     if fmt == "int4":
         assert any("tinygemm" in note for note in info.kernel_notes), info.kernel_notes
@@ -105,7 +105,7 @@ def test_every_format_runs_on_cuda_and_tracks_fp32(fmt: str) -> None:
 def test_warm_cuda_load_from_the_weight_cache_is_identical() -> None:
     cold = Engine.load(LoadOptions(quant="int4", device="cuda", use_cache=True))
     warm = Engine.load(LoadOptions(quant="int4", device="cuda", use_cache=True))
-    assert warm.load_info().source == "cache"
+    assert warm.load_info.source == "cache"
     ids = torch.tensor([cold.encode_prompt(PROMPTS[2])], device="cuda")
     with torch.no_grad():
         assert torch.equal(cold.loaded.model(ids), warm.loaded.model(ids))
