@@ -1,0 +1,312 @@
+"""Metric definitions: pure functions from `RequestRecord`s to a `BenchmarkSummary`.
+
+No I/O and no clocks: every figure here is recomputed from the records alone
+(STYLE.md §6), following DESIGN.md "Metric definitions", which match vLLM's
+`bench serve`. Summary keys match vLLM's result JSON where one exists.
+
+Two rules set this module apart from its peers (STYLE.md §4):
+- A value that cannot be measured is None, never 0 (no empty list averages to 0 ms).
+- Failures are counted by kind and kept out of the latency figures, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from checks.records import ErrorKind, RequestRecord, TokenSource
+
+PERCENTILES = (50, 90, 95, 99)
+FEW_SAMPLES_FOR_P99 = 100  # below this many values, p99 is close to the maximum and a warning says so
+FIRST_ERRORS_KEPT = 5
+PEAK_WINDOW_S = 1.0
+_BOOTSTRAP_BATCH_ELEMENTS = 4_000_000  # resample in batches of about this many values (~32 MB of float64)
+
+
+def _check_q(q: float) -> None:
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be within 0..100 (a percent, e.g. 99), got {q}")
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (q in percent) with linear interpolation, numpy's default; None for no values."""
+    _check_q(q)
+    if len(values) == 0:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def bootstrap_ci(
+    values: Sequence[float], q: float, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval for the q-th percentile; None for no values. Same seed, same interval."""
+    _check_q(q)
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_resamples)
+    batch = max(1, _BOOTSTRAP_BATCH_ELEMENTS // data.size)
+    for start in range(0, n_resamples, batch):
+        stop = min(start + batch, n_resamples)
+        picks = rng.integers(0, data.size, size=(stop - start, data.size))
+        stats[start:stop] = np.percentile(data[picks], q, axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+@dataclass(frozen=True, slots=True)
+class Slo:
+    """Per-request latency limits in milliseconds; None leaves that limit out."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            limit = getattr(self, f.name)
+            if limit is not None and not (math.isfinite(limit) and limit > 0):
+                raise ValueError(f"SLO {f.name} must be a positive number of milliseconds or None, got {limit}")
+
+    def met_by(self, record: RequestRecord) -> bool:
+        """Whether a request met every limit that is set. A failed request never does, and neither does
+        one whose TTFT or E2E cannot be measured. TPOT is vacuous for a response of fewer than 2 tokens
+        (there is no time per output token to exceed), but an unknown token count fails it."""
+        if not record.ok:
+            return False
+        for limit_ms, value_s in ((self.ttft_ms, record.ttft_s), (self.e2e_ms, record.e2e_s)):
+            if limit_ms is not None and (value_s is None or value_s * 1000 > limit_ms):
+                return False
+        if self.tpot_ms is None or (record.output_tokens is not None and record.output_tokens < 2):
+            return True
+        tpot_s = record.tpot_s
+        return tpot_s is not None and tpot_s * 1000 <= self.tpot_ms
+
+
+class ErrorSample(NamedTuple):
+    """One of the first failures of a run, for the console and the report."""
+
+    request_id: int
+    kind: str  # the errors_by_kind key, e.g. "http_500", "timeout"
+    excerpt: str | None
+
+
+Interval = tuple[float, float]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchmarkSummary:
+    """Figures for the measured window. Latencies in ms over successful requests; None = not measurable."""
+
+    completed: int
+    failed: int
+    total_input_tokens: int | None
+    total_output_tokens: int | None
+    duration_s: float | None
+    request_throughput: float | None
+    output_throughput: float | None  # tok/s
+    total_token_throughput: float | None  # tok/s, input + output
+    request_goodput: float | None  # req/s that met the SLO; None when no SLO was given
+    peak_output_throughput: float | None  # most output tokens in one 1-s window aligned to the first send
+    mean_ttft_ms: float | None
+    median_ttft_ms: float | None
+    std_ttft_ms: float | None
+    p50_ttft_ms: float | None
+    p90_ttft_ms: float | None
+    p95_ttft_ms: float | None
+    p99_ttft_ms: float | None
+    p50_ttft_ms_ci95: Interval | None
+    p99_ttft_ms_ci95: Interval | None
+    mean_tpot_ms: float | None
+    median_tpot_ms: float | None
+    std_tpot_ms: float | None
+    p50_tpot_ms: float | None
+    p90_tpot_ms: float | None
+    p95_tpot_ms: float | None
+    p99_tpot_ms: float | None
+    p50_tpot_ms_ci95: Interval | None
+    p99_tpot_ms_ci95: Interval | None
+    mean_itl_ms: float | None
+    median_itl_ms: float | None
+    std_itl_ms: float | None
+    p50_itl_ms: float | None
+    p90_itl_ms: float | None
+    p95_itl_ms: float | None
+    p99_itl_ms: float | None
+    mean_e2el_ms: float | None
+    median_e2el_ms: float | None
+    std_e2el_ms: float | None
+    p50_e2el_ms: float | None
+    p90_e2el_ms: float | None
+    p95_e2el_ms: float | None
+    p99_e2el_ms: float | None
+    errors_by_kind: dict[str, int] = field(default_factory=dict)
+    first_errors: list[ErrorSample] = field(default_factory=list)
+    token_sources: dict[str, int] = field(default_factory=dict)  # over successful requests
+    max_schedule_lag_ms: float | None = None
+    p99_schedule_lag_ms: float | None = None
+    mean_queue_ms: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with the field names as keys: intervals as [low, high], errors as dicts."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "first_errors":
+                value = [e._asdict() for e in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, dict | list):
+                value = value.copy()
+            out[f.name] = value
+        return out
+
+
+def _distribution(name: str, values_ms: list[float], with_ci: bool) -> dict[str, Any]:
+    """mean/median/std/pXX fields for one metric (std with ddof=0, as vLLM), plus p50/p99 intervals."""
+    data = np.asarray(values_ms, dtype=float)
+    empty = data.size == 0
+    out: dict[str, Any] = {
+        f"mean_{name}_ms": None if empty else float(data.mean()),
+        f"median_{name}_ms": percentile(values_ms, 50),
+        f"std_{name}_ms": None if empty else float(data.std()),
+    }
+    for q in PERCENTILES:
+        out[f"p{q}_{name}_ms"] = percentile(values_ms, q)
+    if with_ci:
+        out[f"p50_{name}_ms_ci95"] = bootstrap_ci(values_ms, 50)
+        out[f"p99_{name}_ms_ci95"] = bootstrap_ci(values_ms, 99)
+    return out
+
+
+def _error_key(record: RequestRecord) -> str:
+    if record.error_kind is ErrorKind.HTTP and record.http_status is not None:
+        return f"http_{record.http_status}"
+    return str(record.error_kind)
+
+
+def _total(records: list[RequestRecord], attr: str, warnings: list[str]) -> int | None:
+    """Sum of a token count over records; None (and a warning) when any record lacks it."""
+    counts = [getattr(r, attr) for r in records]
+    unknown = sum(c is None for c in counts)
+    if unknown:
+        warnings.append(f"{attr} unknown for {unknown} successful request(s), so its total is not measurable")
+        return None
+    return sum(counts)
+
+
+def _peak_output_throughput(records: list[RequestRecord], start_s: float | None) -> float | None:
+    """Most output tokens arriving in one 1-second window; windows start at the first send."""
+    times = np.array([t for r in records for t in r.chunk_times_s], dtype=float)
+    if start_s is None or times.size == 0:
+        return None
+    tokens = np.array([n for r in records for n in r.chunk_tokens], dtype=float)
+    offsets = times - start_s
+    if offsets.min() < 0:
+        raise ValueError(f"a content chunk arrived {-offsets.min():.6f} s before the first send; check the run clock")
+    per_window = np.bincount((offsets // PEAK_WINDOW_S).astype(np.int64), weights=tokens)
+    return float(per_window.max()) / PEAK_WINDOW_S
+
+
+_NO_VALUE_REASONS = {
+    "TTFT": "no successful request recorded a first token",
+    "TPOT": "no successful request has 2 or more counted output tokens",
+    "ITL": "no successful request streamed 2 or more content chunks",
+    "E2E latency": "no successful request recorded its last byte",
+}
+
+
+def _sample_warnings(samples: dict[str, tuple[int, str]], completed: int) -> list[str]:
+    """One line per latency metric resting on too few values, or on none although requests succeeded."""
+    out = []
+    for label, (n, unit) in samples.items():
+        if 0 < n < FEW_SAMPLES_FOR_P99:
+            out.append(f"p99 {label} rests on {n} {unit} (fewer than {FEW_SAMPLES_FOR_P99})")
+        elif n == 0 and completed:
+            out.append(f"{label} not measurable: {_NO_VALUE_REASONS[label]}")
+    return out
+
+
+def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> BenchmarkSummary:
+    """The summary of a run's measured (non-warm-up) records; failures are counted, not timed."""
+    measured = [r for r in records if not r.warmup]
+    good = [r for r in measured if r.ok]
+    bad = [r for r in measured if not r.ok]
+    warnings: list[str] = []
+    if not measured:
+        warnings.append("no measured requests (none ran, or all were warm-up)")
+    if not good:
+        warnings.append("no successful requests")
+
+    start_s = min((r.send_s for r in measured), default=None)
+    end_s = max((r.end_s for r in measured if r.end_s is not None), default=None)
+    duration_s = None if start_s is None or end_s is None or end_s <= start_s else end_s - start_s
+    if measured and duration_s is None:
+        warnings.append("duration not measurable: no measured request ended after the first send")
+
+    def per_s(count: float | None) -> float | None:
+        return None if count is None or duration_s is None else count / duration_s
+
+    total_in = _total(good, "input_tokens", warnings)
+    total_out = _total(good, "output_tokens", warnings)
+    goodput = None if slo is None else per_s(sum(slo.met_by(r) for r in good))
+
+    ttft = [r.ttft_s * 1000 for r in good if r.ttft_s is not None]
+    tpot = [r.tpot_s * 1000 for r in good if r.tpot_s is not None]
+    itl = [gap * 1000 for r in good for gap in r.itl_s]
+    e2el = [r.e2e_s * 1000 for r in good if r.e2e_s is not None]
+    samples = {
+        "TTFT": (len(ttft), "requests"),
+        "TPOT": (len(tpot), "requests"),
+        "ITL": (len(itl), "chunk gaps"),
+        "E2E latency": (len(e2el), "requests"),
+    }
+    warnings += _sample_warnings(samples, len(good))
+
+    errors = Counter(_error_key(r) for r in bad)
+    if bad:
+        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(errors.items()))
+        warnings.append(f"{len(bad)} of {len(measured)} requests failed ({kinds})")
+    first_bad = sorted(bad, key=lambda r: (r.send_s, r.request_id))[:FIRST_ERRORS_KEPT]
+    sources = Counter(str(r.token_source) for r in good if r.token_source is not None)
+    if sources.get(TokenSource.CHUNKS):
+        n_chunked = sources[TokenSource.CHUNKS]
+        warnings.append(f"output tokens of {n_chunked} request(s) counted one per chunk (no usage, no tokenizer)")
+
+    lags = [r.schedule_lag_s * 1000 for r in measured if r.schedule_lag_s is not None]
+    queues = [r.queue_s * 1000 for r in measured]
+    return BenchmarkSummary(
+        completed=len(good),
+        failed=len(bad),
+        total_input_tokens=total_in,
+        total_output_tokens=total_out,
+        duration_s=duration_s,
+        request_throughput=per_s(len(good)),
+        output_throughput=per_s(total_out),
+        total_token_throughput=None if total_in is None or total_out is None else per_s(total_in + total_out),
+        request_goodput=goodput,
+        peak_output_throughput=_peak_output_throughput(good, start_s),
+        **_distribution("ttft", ttft, with_ci=True),
+        **_distribution("tpot", tpot, with_ci=True),
+        **_distribution("itl", itl, with_ci=False),
+        **_distribution("e2el", e2el, with_ci=False),
+        errors_by_kind=dict(sorted(errors.items())),
+        first_errors=[ErrorSample(r.request_id, _error_key(r), r.error_excerpt) for r in first_bad],
+        token_sources=dict(sorted(sources.items())),
+        max_schedule_lag_ms=max(lags, default=None),
+        p99_schedule_lag_ms=percentile(lags, 99),
+        mean_queue_ms=None if not queues else float(np.mean(queues)),
+        warnings=warnings,
+    )
