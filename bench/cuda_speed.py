@@ -6,7 +6,8 @@
 No peer engine runs on the GPU machines we borrow, so the yardstick is physics: a
 decode step must read every weight once, so one stream cannot beat
 (measured copy bandwidth) / (resident weight bytes) tokens per second. The table gives
-single-stream decode and prefill tok/s per format beside that bound, then continuous
+single-stream prefill tok/s and decode tok/s per format, eager and replayed as a CUDA
+graph (engine/cuda_graph.py), beside that bound, then continuous
 batching (LLMEngine, paged KV) aggregate decode tok/s at several batch sizes. On a
 machine without CUDA it says so and exits 0, so `make bench` runs it anywhere.
 """
@@ -98,18 +99,25 @@ def main() -> int:
         engine = Engine.load(LoadOptions(quant=fmt, device="cuda"))
         info = engine.load_info
         prompt = eval_ids(engine.loaded.tokenizer, args.prompt_tokens + 64)
+        engine.cuda_graphs = False
+        eager = single_stream(engine, prompt[: args.prompt_tokens], args.tokens)
+        engine.cuda_graphs = True
         one = single_stream(engine, prompt[: args.prompt_tokens], args.tokens)
+        one["eager_decode_tok_s"] = eager["decode_tok_s"]
         bound = bandwidth / info.weight_bytes
         agg = {b: batched(engine, prompt, b, 64) for b in (int(x) for x in args.batch_sizes.split(","))}
         results[fmt] = {**one, "bound_tok_s": bound, "weight_bytes": info.weight_bytes, "batched_tok_s": agg,
                         "kernels": list(info.kernel_notes)}
         rows.append([fmt, fmt_num(info.weight_bytes / 2**20), fmt_num(one["prefill_tok_s"]),
-                     fmt_num(one["decode_tok_s"]), fmt_num(bound, 0), fmt_ratio(one["decode_tok_s"], bound),
+                     fmt_num(eager["decode_tok_s"]), fmt_num(one["decode_tok_s"]),
+                     fmt_ratio(one["decode_tok_s"], eager["decode_tok_s"]), fmt_num(bound, 0),
+                     fmt_ratio(one["decode_tok_s"], bound),
                      *(fmt_num(v) for v in agg.values())])
         del engine
         torch.cuda.empty_cache()
     batch_cols = [f"agg tok/s @{b}" for b in args.batch_sizes.split(",")]
-    header = ["format", "weights MiB", "prefill tok/s", "decode tok/s", "bound tok/s", "decode/bound", *batch_cols]
+    header = ["format", "weights MiB", "prefill tok/s", "decode eager", "decode graph", "graph/eager",
+              "bound tok/s", "graph/bound", *batch_cols]
     print()
     print(format_table(header, rows))
     if args.json:

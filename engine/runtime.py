@@ -7,6 +7,7 @@ CLI, the dashboard and the studies all go through here.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +15,16 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.config import ModelConfig
+from engine.cuda_graph import CudaGraphDecoder, graph_capacity
 from engine.errors import EngineError, PromptError
 from engine.kv_cache import KVCache
 from engine.loader import LoadedModel, load_model
 from engine.sampling import SamplingParams, make_generator, sample_token
+
+
+def cuda_graphs_enabled() -> bool:
+    """On by default; `PREFLIGHT_CUDA_GRAPHS=0` turns graph capture off (eager decode) for comparison."""
+    return os.environ.get("PREFLIGHT_CUDA_GRAPHS", "1") != "0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,10 +126,10 @@ class Generation:
         stop_ids = frozenset() if params.ignore_eos else tok.stop_token_ids
         decoder = tok.stream_decoder()
         rng = make_generator(params.seed, device)
+        needed = len(self._prompt) + params.max_tokens
+        graphed = eng.graph_decoder(needed) if self._use_kv else None
         cache = (
-            KVCache(model.config, 1, len(self._prompt) + params.max_tokens, model.act_dtype, device)
-            if self._use_kv
-            else None
+            KVCache(model.config, 1, needed, model.act_dtype, device) if self._use_kv and graphed is None else None
         )
         ids: list[int] = []
         logprobs: list[float] = []
@@ -133,7 +140,9 @@ class Generation:
         prefill_s = 0.0
         for step in range(params.max_tokens):
             with torch.inference_mode():
-                if cache is None:
+                if graphed is not None:
+                    logits = graphed.forward(seq)
+                elif cache is None:
                     logits = model(seq, 0, None)
                 else:
                     start = cache.length
@@ -158,7 +167,7 @@ class Generation:
                 yield text[emitted:safe]
                 emitted = safe
             new = torch.tensor([[token]], dtype=torch.long, device=device)
-            seq = new if cache is not None else torch.cat([seq, new], dim=1)
+            seq = new if self._use_kv else torch.cat([seq, new], dim=1)
         else:
             text += decoder.flush()
         if len(text) > emitted:
@@ -181,7 +190,9 @@ class Engine:
     """A loaded model plus its tokenizer; one request at a time (the server adds batching)."""
 
     loaded: LoadedModel
+    cuda_graphs: bool = field(default_factory=cuda_graphs_enabled)
     info: LoadInfo = field(init=False)
+    _decoders: dict[int, CudaGraphDecoder] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         lm = self.loaded
@@ -206,6 +217,20 @@ class Engine:
     @property
     def load_info(self) -> LoadInfo:
         return self.info
+
+    def graph_decoder(self, needed: int) -> CudaGraphDecoder | None:
+        """A reset CUDA-graph decoder with room for `needed` positions, or None off CUDA / when disabled.
+
+        Decoders are kept per capacity (powers of two), so a graph is captured once per size.
+        """
+        if not self.cuda_graphs or self.loaded.device.type != "cuda":
+            return None
+        capacity = graph_capacity(needed, self.loaded.config.context_length)
+        decoder = self._decoders.get(capacity)
+        if decoder is None:
+            decoder = self._decoders[capacity] = CudaGraphDecoder(self.loaded.model, capacity)
+        decoder.reset()
+        return decoder
 
     def encode_prompt(self, prompt: str | list[dict], chat: bool = False) -> list[int]:
         """Token ids for a raw prompt, or for messages rendered with the model's chat template."""

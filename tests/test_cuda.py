@@ -129,3 +129,20 @@ def test_continuous_batching_on_cuda_matches_running_alone(speculative: int) -> 
     for seq_id, prompt in ids.items():
         assert outputs[seq_id] == engine.generate(prompt, GREEDY).token_ids, prompt
     assert llm.scheduler.block_manager.usage == 0.0
+
+
+@needs_model
+@pytest.mark.parametrize("fmt", ["fp32", "int4"])
+def test_cuda_graph_decode_matches_eager_decode(fmt: str) -> None:
+    engine = Engine.load(LoadOptions(quant=fmt, device="cuda"))
+    cases = [("The capital of France is", 24), ("Hi", 24), (PROMPTS[3], 300)]  # 300 crosses into a 512 graph
+    eager = []
+    engine.cuda_graphs = False
+    for prompt, n in cases:
+        eager.append(engine.generate(prompt, SamplingParams(max_tokens=n, ignore_eos=True)).token_ids)
+    engine.cuda_graphs = True
+    for (prompt, n), want in zip(cases * 2, eager * 2, strict=True):  # twice: replays reuse the captured graphs
+        got = engine.generate(prompt, SamplingParams(max_tokens=n, ignore_eos=True)).token_ids
+        agree = sum(a == b for a, b in zip(got, want, strict=True)) / n
+        assert got == want if fmt == "fp32" else agree >= 0.9, (prompt, agree)
+    assert sorted(engine._decoders) == [256, 512]
