@@ -1,0 +1,1 @@
+"""Everything that measures a target: workloads, load generation, metrics, readiness checks."""
