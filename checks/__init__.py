@@ -1,2 +1,2 @@
-"""Everything that measures a target: request records, metric definitions, the load
+"""Everything that measures a target: workloads, request records, metric definitions, the load
 generator, readiness checks and their CLI (python -m checks ...)."""
