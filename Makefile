@@ -30,6 +30,7 @@ $(VENV)/.installed-test: requirements.txt requirements-dev.txt | $(PY)
 
 $(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed-run
 	$(PIP) install -r requirements-bench.txt
+	$(PY) bench/_llama_server.py
 	touch $@
 
 ## make run: set up and start the dashboard on the bundled engine (http://$(ADDRESS):$(PORT));
