@@ -1,0 +1,303 @@
+"""The streaming request function: one OpenAI-style request in, one `RequestRecord` out.
+
+Timing follows DESIGN.md "Metric definitions": the clock starts when the request
+is handed to the connection (`send_s`), a chunk counts as the first token only when
+it carries non-empty content or reasoning (role-only and empty chunks do not), and
+every content chunk's arrival is kept with its token count. Nothing here raises for
+a bad server: a non-200 status, a timeout, a dropped connection, bytes that are not
+SSE, an error event inside a 200 stream, or a stream with no content each become a
+failed record with its kind, HTTP status and a short excerpt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from checks.endpoint import Endpoint
+from checks.prompts import PromptRequest
+from checks.records import ErrorKind, RequestRecord, TokenSource, excerpt
+from checks.sse import DONE, SSEParser
+from checks.tokenizer import TextTokenizer
+
+ERROR_BODY_BYTES = 4096  # read at most this much of a failed response
+HEAD_BYTES = 256  # the start of every body is kept to explain a malformed stream
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """Sampling fields sent with every request (None leaves the server's default)."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+
+class _StreamFault(Exception):
+    """A 200 stream that broke the protocol; becomes a failed record, never escapes the client."""
+
+    def __init__(self, kind: ErrorKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def build_payload(endpoint: Endpoint, request: PromptRequest, options: RequestOptions) -> dict[str, Any]:
+    """The JSON body for `request` on `endpoint`'s API, asking for a stream with usage when supported."""
+    body: dict[str, Any] = {"model": endpoint.model, "max_tokens": request.max_tokens, "stream": True}
+    if endpoint.api == "chat":
+        if request.messages is None:
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+        else:
+            body["messages"] = list(request.messages)
+    else:
+        if request.prompt is None:
+            raise ValueError(
+                f"{request.source}: chat messages cannot go to the completions API; use --api chat or a prompt dataset"
+            )
+        body["prompt"] = request.prompt
+    if endpoint.supports_stream_usage:
+        body["stream_options"] = {"include_usage": True}
+    if request.ignore_eos and endpoint.supports_ignore_eos:
+        body["ignore_eos"] = True
+    for name in ("temperature", "top_p", "seed"):
+        value = getattr(options, name)
+        if value is not None:
+            body[name] = value
+    return body
+
+
+@dataclass(slots=True)
+class _Stream:
+    """What one response stream delivered so far."""
+
+    chunk_times: list[float] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+    finished: bool = False  # a finish_reason was seen
+    done: bool = False  # [DONE] was seen
+    head: bytes = b""
+
+
+def _chunk_text(choice: Any, api: str) -> str:
+    if not isinstance(choice, dict):
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"a choice is not an object: {str(choice)[:80]}")
+    if api == "completions":
+        text = choice.get("text")
+    else:
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict):
+            raise _StreamFault(ErrorKind.MALFORMED_STREAM, "a chat chunk's delta is not an object")
+        text = delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning")
+    return text if isinstance(text, str) else ""
+
+
+def _take_event(stream: _Stream, data: str, at: float, api: str) -> None:
+    if data == DONE:
+        stream.done = True
+        return
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"not JSON: {data}") from None
+    if not isinstance(obj, dict):
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"not a JSON object: {data}")
+    if "error" in obj:
+        err = obj["error"]
+        message = err.get("message", err) if isinstance(err, dict) else err
+        raise _StreamFault(ErrorKind.STREAM_ERROR, f"error event in the stream: {message}")
+    if isinstance(obj.get("usage"), dict):
+        stream.usage = obj["usage"]
+    choices = obj.get("choices") or []
+    if not isinstance(choices, list):
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, "choices is not a list")
+    for choice in choices[:1]:
+        text = _chunk_text(choice, api)
+        if text:
+            stream.chunk_times.append(at)
+            stream.texts.append(text)
+        if choice.get("finish_reason"):
+            stream.finished = True
+
+
+class StreamClient:
+    """One HTTP session for a whole run; `send()` is safe to call from many tasks at once.
+
+    `origin` is the run clock's zero (a `time.perf_counter()` value): every time in a
+    record is seconds since it. Token counts come from the server's `usage`, else
+    from `tokenizer`, else one per content chunk, and each record says which.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        origin: float,
+        tokenizer: TextTokenizer | None = None,
+        options: RequestOptions | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.origin = origin
+        self.tokenizer = tokenizer
+        self.options = options or RequestOptions()
+        self._session: aiohttp.ClientSession | None = None
+        self._headers = endpoint.headers()
+
+    async def __aenter__(self) -> StreamClient:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=self.endpoint.request_timeout_s, sock_connect=30)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def now(self) -> float:
+        return time.perf_counter() - self.origin
+
+    async def send(
+        self,
+        request_id: int,
+        request: PromptRequest,
+        ready_s: float,
+        scheduled_s: float | None = None,
+        warmup: bool = False,
+    ) -> RequestRecord:
+        """Send one streaming request and return its record (a failure is a record, not an exception).
+
+        Cancellation (the run was stopped) propagates; the caller records it.
+        """
+        if self._session is None:
+            raise RuntimeError("StreamClient.send() outside `async with StreamClient(...)`")
+        data = json.dumps(build_payload(self.endpoint, request, self.options)).encode()
+        stream = _Stream()
+        base = dict(request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, warmup=warmup)
+        send_s = self.now()
+        status: int | None = None
+        try:
+            async with self._session.post(self.endpoint.url, data=data, headers=self._headers) as resp:
+                status = resp.status
+                if status != 200:
+                    body = await resp.content.read(ERROR_BODY_BYTES)
+                    return self._failed(base, send_s, ErrorKind.HTTP, status, body.decode("utf-8", "replace"))
+                await self._read_stream(resp, stream)
+        except _StreamFault as fault:
+            return self._failed(base, send_s, fault.kind, status, fault.detail, stream)
+        except TimeoutError:
+            timeout = self.endpoint.request_timeout_s
+            return self._failed(base, send_s, ErrorKind.TIMEOUT, status, f"no complete answer within {timeout:g} s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return self._failed(base, send_s, ErrorKind.CONNECTION, status, f"{type(exc).__name__}: {exc}", stream)
+        end_s = self.now()
+        if not stream.texts:
+            detail = "the stream carried no content"
+            if stream.head and not stream.chunk_times and not (stream.done or stream.finished or stream.usage):
+                detail = f"not an SSE stream of OpenAI chunks: {stream.head.decode('utf-8', 'replace')}"
+                return self._failed(base, send_s, ErrorKind.MALFORMED_STREAM, status, detail)
+            return self._failed(base, send_s, ErrorKind.EMPTY_STREAM, status, detail)
+        if not (stream.done or stream.finished):
+            return self._failed(
+                base, send_s, ErrorKind.MALFORMED_STREAM, status, "the stream ended without [DONE] or a finish_reason",
+                stream,
+            )
+        return self._succeeded(base, send_s, end_s, request, stream)
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, stream: _Stream) -> None:
+        parser = SSEParser()
+        api = self.endpoint.api
+        async for piece in resp.content.iter_any():
+            at = self.now()
+            if len(stream.head) < HEAD_BYTES:
+                stream.head += piece[: HEAD_BYTES - len(stream.head)]
+            for event in parser.feed(piece):
+                _take_event(stream, event, at, api)
+            if stream.done:
+                return
+        at = self.now()
+        for event in parser.close():
+            _take_event(stream, event, at, api)
+
+    def _succeeded(
+        self, base: dict[str, Any], send_s: float, end_s: float, request: PromptRequest, stream: _Stream
+    ) -> RequestRecord:
+        usage = stream.usage or {}
+        text = "".join(stream.texts)
+        n_chunks = len(stream.texts)
+        out_tokens = usage.get("completion_tokens")
+        if isinstance(out_tokens, int):
+            source = TokenSource.USAGE
+        elif self.tokenizer is not None:
+            out_tokens, source = len(self.tokenizer.encode(text)), TokenSource.TOKENIZER
+        else:
+            out_tokens, source = n_chunks, TokenSource.CHUNKS
+        if out_tokens == n_chunks or self.tokenizer is None:
+            chunk_tokens = [1] * n_chunks
+        else:
+            chunk_tokens = [max(1, len(self.tokenizer.encode(t))) for t in stream.texts]
+        in_tokens = usage.get("prompt_tokens")
+        return RequestRecord(
+            **base,
+            send_s=send_s,
+            first_token_s=stream.chunk_times[0],
+            chunk_times_s=stream.chunk_times,
+            chunk_tokens=chunk_tokens,
+            end_s=end_s,
+            input_tokens=in_tokens if isinstance(in_tokens, int) else request.input_tokens,
+            output_tokens=out_tokens,
+            token_source=source,
+            ok=True,
+            http_status=200,
+            error_kind=None,
+            error_excerpt=None,
+            output_chars=len(text),
+        )
+
+    def _failed(
+        self,
+        base: dict[str, Any],
+        send_s: float,
+        kind: ErrorKind,
+        status: int | None,
+        detail: str,
+        stream: _Stream | None = None,
+    ) -> RequestRecord:
+        return RequestRecord(
+            **base,
+            send_s=send_s,
+            first_token_s=None,
+            chunk_times_s=[],
+            chunk_tokens=[],
+            end_s=self.now(),
+            input_tokens=None,
+            output_tokens=None,
+            token_source=None,
+            ok=False,
+            http_status=status,
+            error_kind=kind,
+            error_excerpt=excerpt(detail),
+            output_chars=len("".join(stream.texts)) if stream else 0,
+        )
+
+    def cancelled(self, request_id: int, ready_s: float, scheduled_s: float | None, warmup: bool) -> RequestRecord:
+        """The record of a request the run stopped before it finished (counted apart from failures)."""
+        now = self.now()
+        return RequestRecord(
+            request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, send_s=now, first_token_s=None,
+            chunk_times_s=[], chunk_tokens=[], end_s=now, input_tokens=None, output_tokens=None, token_source=None,
+            ok=False, http_status=None, error_kind=ErrorKind.CANCELLED, error_excerpt="the run was stopped",
+            warmup=warmup,
+        )
+
+
+async def wait_cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel a task and wait until it has really finished."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

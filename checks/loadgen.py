@@ -1,0 +1,323 @@
+"""The load generator: drive an endpoint with a workload under one load profile.
+
+Order of a run: warm-up requests (recorded, flagged, excluded from the summary), then
+the measured window, bounded by a request count and/or a duration. Concurrency
+profiles keep N requests in flight; rate profiles send on a precomputed schedule
+(`checks.profiles`), optionally capped by `max_concurrency`, and the wait for a slot
+is queue time, never latency. While it runs the generator watches itself: how late it
+became ready against the schedule, and how late its event loop wakes up. A run whose
+client could not keep up is marked invalid rather than reported as the server's
+latency. A rate run whose queue and latency grow without bound is stopped early,
+and says so. Cancel (a `threading.Event`, so a dashboard thread can set it) stops
+cleanly: in-flight requests become CANCELLED records, finished ones are kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from checks.client import RequestOptions, StreamClient
+from checks.endpoint import Endpoint
+from checks.profiles import LoadProfile, arrival_offsets
+from checks.prompts import PromptRequest
+from checks.records import RequestRecord
+from checks.tokenizer import TextTokenizer
+
+LOOP_PROBE_INTERVAL_S = 0.01
+SCHEDULE_LAG_LIMIT_S = 0.05  # p99 lateness against the schedule that invalidates a rate run
+LOOP_LAG_LIMIT_S = 0.025  # p99 event-loop oversleep that invalidates any run (timestamps that late)
+SATURATION_WINDOW = 5  # consecutive 1-s samples of growing backlog before stopping early
+PROGRESS_INTERVAL_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """When the measured window ends, plus warm-up. At least one bound is required."""
+
+    requests: int | None = None
+    duration_s: float | None = None
+    warmup_requests: int = 0
+    seed: int = 0
+    stop_when_saturated: bool = True
+
+    def __post_init__(self) -> None:
+        if self.requests is None and self.duration_s is None:
+            raise ValueError("bound the run: give a request count, a duration, or both")
+        if self.requests is not None and self.requests < 1:
+            raise ValueError("requests must be at least 1")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise ValueError("duration must be above 0 seconds")
+        if self.warmup_requests < 0:
+            raise ValueError("warm-up requests cannot be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What a progress callback sees: the CLI draws a bar from it, the dashboard a live panel."""
+
+    phase: str  # "warmup" | "measure" | "drain"
+    completed: int
+    failed: int
+    in_flight: int
+    total: int | None
+    elapsed_s: float
+    output_tokens: int
+
+
+@dataclass(slots=True)
+class SelfCheck:
+    """The client's own health during the run."""
+
+    schedule_lag_p99_ms: float | None = None
+    schedule_lag_max_ms: float | None = None
+    loop_lag_p99_ms: float | None = None
+    loop_lag_max_ms: float | None = None
+    valid: bool = True
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RunResult:
+    """Every record of one run plus how the run went."""
+
+    profile: LoadProfile
+    records: list[RequestRecord]
+    wall_s: float
+    self_check: SelfCheck
+    stopped_early: str | None = None
+    cancelled: bool = False
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class _Run:
+    """The mutable state of one run (one event loop)."""
+
+    def __init__(self, client: StreamClient, requests: list[PromptRequest], limits: RunLimits,
+                 progress: ProgressCallback | None, cancel: threading.Event | None) -> None:
+        self.client = client
+        self.requests = requests
+        self.limits = limits
+        self.progress = progress
+        self.cancel = cancel or threading.Event()
+        self.records: list[RequestRecord] = []
+        self.in_flight: dict[asyncio.Task[RequestRecord], tuple[int, float, float | None, bool]] = {}
+        self.next_id = 0
+        self.phase = "warmup"
+        self.measure_start = 0.0
+        self.loop_lags: list[float] = []
+        self.stopped_early: str | None = None
+        self._last_progress = 0.0
+
+    def request(self, i: int) -> PromptRequest:
+        return self.requests[i % len(self.requests)]
+
+    def window_open(self) -> bool:
+        lim = self.limits
+        measured = self.next_id - lim.warmup_requests
+        if lim.requests is not None and measured >= lim.requests:
+            return False
+        if lim.duration_s is not None and self.client.now() - self.measure_start >= lim.duration_s:
+            return False
+        return not self.cancel.is_set() and self.stopped_early is None
+
+    def launch(self, ready_s: float, scheduled_s: float | None, gate: asyncio.Semaphore | None) -> None:
+        rid = self.next_id
+        self.next_id += 1
+        warm = rid < self.limits.warmup_requests
+        task = asyncio.ensure_future(self._one(rid, ready_s, scheduled_s, warm, gate))
+        self.in_flight[task] = (rid, ready_s, scheduled_s, warm)
+        task.add_done_callback(self._done)
+
+    async def _one(self, rid: int, ready_s: float, scheduled_s: float | None, warm: bool,
+                   gate: asyncio.Semaphore | None) -> RequestRecord:
+        if gate is None:
+            return await self.client.send(rid, self.request(rid), ready_s, scheduled_s, warm)
+        async with gate:
+            return await self.client.send(rid, self.request(rid), ready_s, scheduled_s, warm)
+
+    def _done(self, task: asyncio.Task[RequestRecord]) -> None:
+        rid, ready_s, scheduled_s, warm = self.in_flight.pop(task)
+        if task.cancelled():
+            self.records.append(self.client.cancelled(rid, ready_s, scheduled_s, warm))
+        else:
+            self.records.append(task.result())
+        self.report()
+
+    def report(self, force: bool = False) -> None:
+        now = self.client.now()
+        if self.progress is None or (not force and now - self._last_progress < PROGRESS_INTERVAL_S):
+            return
+        self._last_progress = now
+        measured = [r for r in self.records if not r.warmup]
+        self.progress(Progress(
+            phase=self.phase,
+            completed=sum(r.ok for r in measured),
+            failed=sum(not r.ok for r in measured),
+            in_flight=len(self.in_flight),
+            total=self.limits.requests,
+            elapsed_s=max(0.0, now - self.measure_start) if self.phase != "warmup" else 0.0,
+            output_tokens=sum(r.output_tokens or 0 for r in measured if r.ok),
+        ))
+
+    async def probe_loop(self) -> None:
+        """Measure event-loop oversleep: the error bound on every timestamp the client takes."""
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(LOOP_PROBE_INTERVAL_S)
+            self.loop_lags.append(max(0.0, time.perf_counter() - t0 - LOOP_PROBE_INTERVAL_S))
+
+    async def watch_cancel(self) -> None:
+        while not self.cancel.is_set():
+            await asyncio.sleep(0.05)
+
+    async def watch_saturation(self) -> None:
+        """Stop a rate run whose backlog and TTFT both keep growing (the server cannot keep up)."""
+        backlog: list[int] = []
+        while True:
+            await asyncio.sleep(1.0)
+            backlog.append(len(self.in_flight))
+            recent = backlog[-(SATURATION_WINDOW + 1):]
+            growing = len(recent) > SATURATION_WINDOW and all(b > a for a, b in zip(recent, recent[1:], strict=False))
+            ttfts = [r.ttft_s for r in self.records if r.ok and not r.warmup and r.ttft_s is not None]
+            if growing and len(ttfts) >= 8:
+                early = statistics.median(ttfts[: len(ttfts) // 4 or 1])
+                late = statistics.median(ttfts[-(len(ttfts) // 4 or 1):])
+                if late > 3 * early:
+                    self.stopped_early = (
+                        f"over-saturated: {recent[-1]} requests in flight and growing for {SATURATION_WINDOW} s, "
+                        f"median TTFT rose from {early * 1000:.0f} ms to {late * 1000:.0f} ms"
+                    )
+                    return
+
+
+async def _drive_concurrency(run: _Run, limit: int, total_warmup: int) -> None:
+    """Keep `limit` requests in flight; warm-up first (same concurrency), then the measured window."""
+    async def fill(open_: Callable[[], bool]) -> None:
+        while open_():
+            while len(run.in_flight) >= limit:
+                await asyncio.wait(list(run.in_flight), return_when=asyncio.FIRST_COMPLETED)
+            if open_():
+                run.launch(run.client.now(), None, None)
+
+    await fill(lambda: run.next_id < total_warmup and not run.cancel.is_set())
+    if run.in_flight:
+        await asyncio.wait(list(run.in_flight))
+    run.phase, run.measure_start = "measure", run.client.now()
+    await fill(run.window_open)
+
+
+async def _drive_schedule(run: _Run, profile: LoadProfile, total_warmup: int) -> None:
+    """Warm-up one at a time, then send on the precomputed schedule; lateness is measured, not hidden."""
+    while run.next_id < total_warmup and not run.cancel.is_set():
+        run.launch(run.client.now(), None, None)
+        await asyncio.wait(list(run.in_flight))
+    run.phase, run.measure_start = "measure", run.client.now()
+    gate = asyncio.Semaphore(profile.max_concurrency) if profile.max_concurrency else None
+    n = run.limits.requests
+    if n is None:  # duration-bound: schedule enough arrivals to outlast the window
+        n = int((run.limits.duration_s or 0) * (profile.rate or 0) * 2) + 16
+    for offset in arrival_offsets(profile, n, run.limits.seed):
+        due = run.measure_start + offset
+        delay = due - run.client.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if not run.window_open():
+            break
+        run.launch(run.client.now(), due, gate)
+
+
+async def run_load(
+    endpoint: Endpoint,
+    requests: list[PromptRequest],
+    profile: LoadProfile,
+    limits: RunLimits,
+    *,
+    tokenizer: TextTokenizer | None = None,
+    options: RequestOptions | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    origin: float | None = None,
+) -> RunResult:
+    """Run one profile against `endpoint` and return every record (warm-up included, flagged)."""
+    if not requests:
+        raise ValueError("the workload has no requests")
+    if profile.kind == "sweep":
+        raise ValueError("a sweep is several runs: use checks.sweep.run_sweep")
+    origin = time.perf_counter() if origin is None else origin
+    async with StreamClient(endpoint, origin, tokenizer, options) as client:
+        run = _Run(client, requests, limits, progress, cancel)
+        helpers = [asyncio.ensure_future(run.probe_loop())]
+        if profile.is_rate and limits.stop_when_saturated:
+            helpers.append(asyncio.ensure_future(run.watch_saturation()))
+        t0 = time.perf_counter()
+        limit = profile.in_flight_limit()
+        if profile.is_rate:
+            driver = asyncio.ensure_future(_drive_schedule(run, profile, limits.warmup_requests))
+        else:
+            driver = asyncio.ensure_future(_drive_concurrency(run, limit or 1, limits.warmup_requests))
+        canceller = asyncio.ensure_future(run.watch_cancel())
+        await asyncio.wait([driver, canceller], return_when=asyncio.FIRST_COMPLETED)
+        run.phase = "drain"
+        while run.in_flight and not run.cancel.is_set():
+                await asyncio.wait([canceller, *run.in_flight], return_when=asyncio.FIRST_COMPLETED)
+        for task in [driver, canceller, *helpers, *run.in_flight]:
+            task.cancel()
+        await asyncio.gather(driver, canceller, *helpers, *list(run.in_flight), return_exceptions=True)
+        driver_error = None if driver.cancelled() else driver.exception()
+        if driver_error is not None:
+            raise driver_error
+        run.report(force=True)
+        records = sorted(run.records, key=lambda r: r.request_id)
+        return RunResult(
+            profile=profile,
+            records=records,
+            wall_s=time.perf_counter() - t0,
+            self_check=self_check(records, run.loop_lags, profile),
+            stopped_early=run.stopped_early,
+            cancelled=run.cancel.is_set(),
+        )
+
+
+def _p99(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * (len(ordered) - 1) + 0.5))]
+
+
+def self_check(records: list[RequestRecord], loop_lags_s: list[float], profile: LoadProfile) -> SelfCheck:
+    """Whether the client kept up: schedule lag (rate profiles) and event-loop lag, with reasons."""
+    check = SelfCheck()
+    lags = [r.schedule_lag_s for r in records if not r.warmup and r.schedule_lag_s is not None]
+    if lags:
+        p99 = _p99(lags) or 0.0
+        check.schedule_lag_p99_ms, check.schedule_lag_max_ms = p99 * 1000, max(lags) * 1000
+        if p99 > SCHEDULE_LAG_LIMIT_S:
+            check.valid = False
+            check.reasons.append(
+                f"the client sent late against the {profile.label} schedule: p99 lag {p99 * 1000:.0f} ms "
+                f"(limit {SCHEDULE_LAG_LIMIT_S * 1000:.0f} ms)"
+            )
+    if loop_lags_s:
+        p99 = _p99(loop_lags_s) or 0.0
+        check.loop_lag_p99_ms, check.loop_lag_max_ms = p99 * 1000, max(loop_lags_s) * 1000
+        if p99 > LOOP_LAG_LIMIT_S:
+            check.valid = False
+            check.reasons.append(
+                f"the client's event loop woke {p99 * 1000:.0f} ms late at p99 "
+                f"(limit {LOOP_LAG_LIMIT_S * 1000:.0f} ms): its timestamps are that coarse, "
+                "so the latencies are not the server's"
+            )
+    return check
+
+
+def run_load_sync(*args: object, **kwargs: object) -> RunResult:
+    """`run_load` from synchronous code (CLI, a dashboard worker thread): its own event loop."""
+    return asyncio.run(run_load(*args, **kwargs))  # type: ignore[arg-type]

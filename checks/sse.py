@@ -1,0 +1,65 @@
+"""Incremental Server-Sent Events parsing for OpenAI-style streams.
+
+Bytes arrive in arbitrary pieces: an event may be split across reads, a read may
+hold several events, and a multi-byte UTF-8 character may straddle two reads.
+`SSEParser.feed()` takes whatever arrived and returns the complete events' data
+payloads; the caller stamps them all with that read's arrival time. Comments
+(lines starting with ':') and fields other than `data` are skipped; several
+`data:` lines of one event are joined with newlines, as the SSE spec says.
+"""
+
+from __future__ import annotations
+
+import codecs
+
+DONE = "[DONE]"
+
+
+class SSEParser:
+    """Buffer bytes until a blank line ends an event; yield each event's data string."""
+
+    __slots__ = ("_decoder", "_buffer", "_data", "bytes_seen", "non_sse_lines")
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+        self._data: list[str] = []
+        self.bytes_seen = 0
+        self.non_sse_lines = 0  # lines that are neither a field nor a comment: a sign the body is not SSE
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """Data payloads of the events completed by `chunk`, in order."""
+        self.bytes_seen += len(chunk)
+        self._buffer += self._decoder.decode(chunk)
+        return self._drain()
+
+    def close(self) -> list[str]:
+        """Events left when the stream ends without a final blank line (lenient, as clients are)."""
+        self._buffer += self._decoder.decode(b"", final=True)
+        if not self._buffer.strip() and not self._data:
+            return []
+        self._buffer += "\n\n"
+        return self._drain()
+
+    def _drain(self) -> list[str]:
+        if "\n" not in self._buffer and "\r" not in self._buffer:
+            return []
+        lines = self._buffer.splitlines(keepends=True)
+        self._buffer = "" if lines[-1].endswith(("\n", "\r")) else lines.pop()
+        events: list[str] = []
+        for raw in lines:
+            line = raw.rstrip("\r\n")
+            if not line:
+                if self._data:
+                    events.append("\n".join(self._data))
+                    self._data = []
+                continue
+            if line.startswith(":"):
+                continue
+            name, sep, value = line.partition(":")
+            if not sep:
+                self.non_sse_lines += 1
+                continue
+            if name == "data":
+                self._data.append(value[1:] if value.startswith(" ") else value)
+        return events

@@ -1,0 +1,248 @@
+"""Targets: the bundled engine server (started here) or any remote OpenAI-compatible endpoint.
+
+Either one ends in an `Endpoint` only after a probe has shown it works: `/v1/models`
+answers (and names the model when none was given) and one tiny streaming request
+comes back as well-formed SSE with content. A target that is down, refuses the key,
+has no such route or model, or streams garbage is a `TargetError` with a message
+that says what to fix, before any load is sent. The probe also finds out whether
+the server accepts `ignore_eos` and `stream_options` (OpenAI itself rejects both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from checks.client import StreamClient
+from checks.endpoint import Api, Endpoint, root_url
+from checks.prompts import PromptRequest
+from checks.records import ErrorKind, RequestRecord
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROBE_TIMEOUT_S = 60.0
+HEALTH_POLL_S = 0.25
+PROBE_PROMPT = PromptRequest("Say hello.", None, max_tokens=4, input_tokens=None, ignore_eos=True, source="probe")
+
+
+class TargetError(Exception):
+    """The target cannot be benchmarked; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class BundledOptions:
+    """How to start the bundled engine server (`python -m engine serve`)."""
+
+    quant: str = "int4"
+    device: str = "cpu"
+    threads: int | None = None
+    max_num_seqs: int = 16
+    api: Api = "chat"
+    extra_args: tuple[str, ...] = ()
+    startup_timeout_s: float = 300.0
+    log_dir: Path | None = None  # where the server log is kept (default: a new temp dir)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _get_models(base_url: str, api_key: str | None) -> list[str]:
+    url = root_url(base_url) + "/v1/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url, headers=headers) as resp:
+            body = await resp.text(errors="replace")
+            status = resp.status
+    except TimeoutError:
+        raise TargetError(f"{url} did not answer within {PROBE_TIMEOUT_S:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        hint = "check the URL and that the server runs"
+        raise TargetError(f"cannot connect to {root_url(base_url)}: {exc}; {hint}") from None
+    if status in (401, 403):
+        what = "no API key was given" if not api_key else "the API key was refused"
+        raise TargetError(f"{url} answered HTTP {status}: {what}; pass the endpoint's key with --api-key")
+    if status == 404:
+        raise TargetError(f"{url} answered HTTP 404: is {base_url} the base URL of an OpenAI-compatible server?")
+    if status != 200:
+        raise TargetError(f"{url} answered HTTP {status}: {body[:200]}")
+    try:
+        data = json.loads(body)
+        return [str(m["id"]) for m in data["data"]]
+    except (ValueError, KeyError, TypeError):
+        raise TargetError(f"{url} did not answer with an OpenAI model list: {body[:200]!r}") from None
+
+
+async def _probe_stream(endpoint: Endpoint) -> RequestRecord:
+    async with StreamClient(replace(endpoint, request_timeout_s=PROBE_TIMEOUT_S), time.perf_counter()) as client:
+        return await client.send(0, PROBE_PROMPT, 0.0)
+
+
+def _rejects_option(record: RequestRecord, option: str) -> bool:
+    return record.http_status in (400, 422) and option in (record.error_excerpt or "")
+
+
+async def probe(base_url: str, api_key: str | None, model: str | None, api: Api, server_pid: int | None) -> Endpoint:
+    """Check the endpoint end to end and return what it supports; TargetError otherwise."""
+    models = await _get_models(base_url, api_key)
+    if model is None:
+        if not models:
+            raise TargetError(f"{root_url(base_url)}/v1/models lists no models; name one with --model")
+        model = models[0]
+    elif models and model not in models:
+        raise TargetError(f"model {model!r} is not served at {base_url}; it serves: {', '.join(models)}")
+    endpoint = Endpoint(base_url, model, api, api_key, server_pid=server_pid)
+    record = await _probe_stream(endpoint)
+    if _rejects_option(record, "ignore_eos"):
+        endpoint = replace(endpoint, supports_ignore_eos=False)
+        record = await _probe_stream(endpoint)
+    if _rejects_option(record, "stream_options"):
+        endpoint = replace(endpoint, supports_stream_usage=False)
+        record = await _probe_stream(endpoint)
+    if not record.ok:
+        raise TargetError(_probe_failure(endpoint, record))
+    return endpoint
+
+
+def _probe_failure(endpoint: Endpoint, record: RequestRecord) -> str:
+    where = f"the probe request to {endpoint.url}"
+    detail = record.error_excerpt or ""
+    if record.error_kind == ErrorKind.HTTP:
+        if record.http_status in (401, 403):
+            return f"{where} answered HTTP {record.http_status}: the API key was refused ({detail})"
+        if record.http_status == 404:
+            return f"{where} answered HTTP 404: no {endpoint.api} API there? try --api completions|chat ({detail})"
+        return f"{where} answered HTTP {record.http_status}: {detail}"
+    return f"{where} failed ({record.error_kind}): {detail}"
+
+
+@dataclass(slots=True)
+class RemoteTarget:
+    """Any OpenAI-compatible endpoint (vLLM, TGI, llama.cpp, Ollama, a gateway); nothing is started."""
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None
+    api: Api = "chat"
+
+    def connect(self) -> Endpoint:
+        return asyncio.run(probe(self.base_url, self.api_key, self.model, self.api, None))
+
+    def __enter__(self) -> Endpoint:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "remote", "base_url": self.base_url, "model": self.model, "api": self.api,
+                "api_key_set": bool(self.api_key)}  # fmt: skip
+
+
+class BundledTarget:
+    """`python -m engine serve` on 127.0.0.1, a free port and a generated key; stopped on exit.
+
+    The key travels in the child's environment, never on its command line (`ps` shows
+    that). The server's log is kept in `log_path` for the report. Stopping sends
+    SIGTERM to this child only, waits for its graceful shutdown, then kills it.
+    """
+
+    def __init__(self, options: BundledOptions | None = None) -> None:
+        self.options = options or BundledOptions()
+        self.api_key = secrets.token_urlsafe(24)
+        self.port = free_port()
+        log_dir = self.options.log_dir or Path(tempfile.mkdtemp(prefix="preflight-bundled-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"engine-serve-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        o = self.options
+        cmd = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--quant", o.quant, "--device", o.device, "--max-num-seqs", str(o.max_num_seqs)]  # fmt: skip
+        if o.threads is not None:
+            cmd += ["--threads", str(o.threads)]
+        return cmd + list(o.extra_args)
+
+    def start(self) -> Endpoint:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PREFLIGHT_API_KEY=self.api_key)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_healthy()
+            return asyncio.run(probe(self.base_url, self.api_key, None, self.options.api, self.proc.pid))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_healthy(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.monotonic() + self.options.startup_timeout_s
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise TargetError(f"the bundled server exited ({code}) while starting:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/health", timeout=2.0) as resp:
+                    if resp.status == 200:
+                        return
+            except urllib.error.HTTPError as exc:
+                last = f"HTTP {exc.code}"
+            except (urllib.error.URLError, OSError) as exc:
+                last = str(exc)
+            time.sleep(HEALTH_POLL_S)
+        raise TargetError(
+            f"the bundled server was not ready within {self.options.startup_timeout_s:g} s "
+            f"(last: {last}):\n{self.log_tail()}"
+        )
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no server log)"
+
+    def stop(self, grace_s: float = 20.0) -> int | None:
+        """Stop the child (only it) and return its exit code."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(timeout=10)
+
+    def __enter__(self) -> Endpoint:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def describe(self) -> dict[str, Any]:
+        o = self.options
+        return {"kind": "bundled", "quant": o.quant, "device": o.device, "threads": o.threads,
+                "max_num_seqs": o.max_num_seqs, "api": o.api, "log_path": str(self.log_path)}  # fmt: skip
