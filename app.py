@@ -10,6 +10,7 @@ PAGES = [
     st.Page("pages/plan.py", title="Plan", icon=":material/route:", url_path="plan"),
     st.Page("pages/engine_page.py", title="Engine", icon=":material/memory:", url_path="engine"),
     st.Page("pages/studies.py", title="Engine studies", icon=":material/query_stats:", url_path="studies"),
+    st.Page("pages/benchmark.py", title="Benchmark", icon=":material/speed:", url_path="benchmark"),
 ]
 
 st.navigation(PAGES).run()

@@ -111,6 +111,7 @@ class BenchmarkSummary:
 
     completed: int
     failed: int
+    cancelled: int  # stopped by a cancel before they finished: neither timed nor counted as failures
     total_input_tokens: int | None
     total_output_tokens: int | None
     duration_s: float | None
@@ -241,7 +242,9 @@ def _sample_warnings(samples: dict[str, tuple[int, str]], completed: int) -> lis
 
 def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> BenchmarkSummary:
     """The summary of a run's measured (non-warm-up) records; failures are counted, not timed."""
-    measured = [r for r in records if not r.warmup]
+    records = list(records)
+    cancelled = [r for r in records if not r.warmup and r.error_kind == ErrorKind.CANCELLED]
+    measured = [r for r in records if not r.warmup and r.error_kind != ErrorKind.CANCELLED]
     good = [r for r in measured if r.ok]
     bad = [r for r in measured if not r.ok]
     warnings: list[str] = []
@@ -249,6 +252,8 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
         warnings.append("no measured requests (none ran, or all were warm-up)")
     if not good:
         warnings.append("no successful requests")
+    if cancelled:
+        warnings.append(f"{len(cancelled)} requests were cancelled when the run was stopped (not counted as failures)")
 
     start_s = min((r.send_s for r in measured), default=None)
     end_s = max((r.end_s for r in measured if r.end_s is not None), default=None)
@@ -290,6 +295,7 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
     return BenchmarkSummary(
         completed=len(good),
         failed=len(bad),
+        cancelled=len(cancelled),
         total_input_tokens=total_in,
         total_output_tokens=total_out,
         duration_s=duration_s,

@@ -1,0 +1,7 @@
+"""`python -m checks ...`: see checks/cli.py."""
+
+import sys
+
+from checks.cli import main
+
+sys.exit(main())

@@ -1,0 +1,250 @@
+"""One benchmark, end to end: target -> workload -> load profile -> records -> summary -> result JSON.
+
+`BenchmarkConfig` is the boundary object the CLI and the Benchmark page both fill
+(pydantic, unknown fields rejected). `run_benchmark()` starts or probes the target,
+builds the workload, runs the profile (or the sweep ladder) while a resource monitor
+samples the host and the bundled server, and returns a JSON-ready dict holding the
+config with secrets redacted, the summary, the client self-check, the resource
+timeline and every per-request record, so any figure can be recomputed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from checks.client import RequestOptions
+from checks.datasets import load_dataset
+from checks.endpoint import Endpoint
+from checks.loadgen import ProgressCallback, RunLimits, RunResult, run_load
+from checks.metrics import Slo, summarize
+from checks.profiles import PROFILE_HELP, LoadProfile
+from checks.prompts import PromptRequest
+from checks.resources import ResourceMonitor, summarize_resources
+from checks.scenarios import SCENARIOS, scenario_requests
+from checks.sweep import SweepOptions, SweepResult, run_sweep
+from checks.targets import BundledOptions, BundledTarget, RemoteTarget
+from checks.tokenizer import TextTokenizer, bundled_tokenizer
+from checks.version import __version__
+from checks.workloads import SyntheticSpec, synthetic_requests
+
+RESULT_SCHEMA = "preflight.benchmark/1"
+Distribution = Literal["fixed", "uniform", "normal"]
+
+
+class BenchmarkConfig(BaseModel):
+    """Everything a benchmark run needs; the field descriptions drive the CLI help and page tooltips."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field("bundled", description="'bundled', 'bundled:QUANT' (int4, int8, bf16, fp32, fp8) or a URL")
+    api_key: SecretStr | None = Field(None, description="API key of a remote endpoint (never stored in results)")
+    model: str | None = Field(None, description="model name; default: the first one /v1/models lists")
+    api: Literal["chat", "completions"] = Field("chat", description="which OpenAI API to drive")
+    profile: str = Field("concurrency:4", description=PROFILE_HELP)
+    max_concurrency: int | None = Field(None, ge=1, description="cap on in-flight requests of a rate profile")
+    requests: int | None = Field(50, ge=1, description="measured requests (per sweep step)")
+    duration_s: float | None = Field(None, gt=0, description="measured seconds (per sweep step)")
+    warmup_requests: int = Field(2, ge=0, description="requests sent first and left out of the figures")
+    input_len: int = Field(256, ge=1, description="synthetic prompt tokens")
+    output_len: int = Field(128, ge=1, description="synthetic output tokens (max_tokens)")
+    input_dist: Distribution = Field("fixed", description="spread of the input lengths")
+    output_dist: Distribution = Field("fixed", description="spread of the output lengths")
+    range_ratio: float = Field(0.0, ge=0, le=1, description="width of a uniform/normal length spread")
+    shared_prefix_len: int = Field(0, ge=0, description="tokens every synthetic prompt shares (prefix cache test)")
+    dataset: str | None = Field(None, description="JSONL or ShareGPT JSON prompt file instead of synthetic prompts")
+    scenario: str | None = Field(None, description=f"built-in scenario: {', '.join(SCENARIOS)}")
+    slo_ttft_ms: float | None = Field(None, gt=0, description="TTFT limit for goodput")
+    slo_tpot_ms: float | None = Field(None, gt=0, description="TPOT limit for goodput")
+    slo_e2e_ms: float | None = Field(None, gt=0, description="end-to-end latency limit for goodput")
+    temperature: float | None = Field(None, ge=0, description="sampling temperature sent with every request")
+    seed: int = Field(0, description="seed of the workload and of Poisson arrivals")
+    threads: int | None = Field(None, ge=1, description="bundled target: torch threads of the server")
+    device: str = Field("cpu", description="bundled target: cpu, cuda or auto")
+    max_num_seqs: int = Field(16, ge=1, description="bundled target: sequences batched together")
+    sweep_rates: int = Field(5, ge=1, description="sweep: Poisson rates between sync and saturation")
+    sweep_concurrency: int = Field(32, ge=2, description="sweep: concurrency of the saturation step")
+    monitor_interval_s: float = Field(0.5, gt=0, description="resource sampling interval")
+
+    @model_validator(mode="after")
+    def _check(self) -> BenchmarkConfig:
+        if self.requests is None and self.duration_s is None:
+            raise ValueError("bound the run: set requests, duration_s, or both")
+        if self.dataset and self.scenario:
+            raise ValueError("choose a dataset or a scenario, not both")
+        if self.scenario and self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
+        LoadProfile.parse(self.profile, self.max_concurrency)
+        self.bundled_quant()  # validates the target form
+        return self
+
+    def bundled_quant(self) -> str | None:
+        """The weight format of a bundled target, None for a URL."""
+        if self.target.startswith(("http://", "https://")):
+            return None
+        name, _, quant = self.target.partition(":")
+        if name != "bundled":
+            raise ValueError(f"target {self.target!r}: use 'bundled', 'bundled:QUANT' or an http(s):// URL")
+        quant = quant or "int4"
+        if quant not in ("fp32", "bf16", "int8", "int4", "fp8"):
+            raise ValueError(f"bundled weight format {quant!r}: choose int4, int8, bf16, fp32 or fp8")
+        return quant
+
+    def slo(self) -> Slo | None:
+        ttft, tpot = self.slo_ttft_ms, self.slo_tpot_ms
+        if self.scenario and ttft is None and tpot is None:
+            sc = SCENARIOS[self.scenario]
+            ttft, tpot = sc.ttft_target_ms, sc.tpot_target_ms
+        if ttft is None and tpot is None and self.slo_e2e_ms is None:
+            return None
+        return Slo(ttft_ms=ttft, tpot_ms=tpot, e2e_ms=self.slo_e2e_ms)
+
+    def redacted(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json", exclude={"api_key"})
+        data["api_key_set"] = self.api_key is not None
+        return data
+
+
+def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[list[PromptRequest], str]:
+    """The workload's requests and a one-line description of where they came from."""
+    n = (config.requests or 64) + config.warmup_requests
+    if config.dataset:
+        ds = load_dataset(Path(config.dataset), config.output_len, tokenizer)
+        return list(ds.requests), f"{ds.format} file {ds.path.name}: {len(ds.requests)} prompts"
+    if config.scenario:
+        return scenario_requests(config.scenario, n, tokenizer, config.seed), f"scenario {config.scenario}"
+    spec = SyntheticSpec(config.input_len, config.output_len, config.input_dist, config.output_dist,
+                         config.range_ratio, config.shared_prefix_len, config.seed)  # fmt: skip
+    return synthetic_requests(spec, n, tokenizer), (
+        f"synthetic: {config.input_len} in / {config.output_len} out tokens ({config.input_dist}/{config.output_dist})"
+    )
+
+
+def client_conditions() -> dict[str, Any]:
+    """The machine the load generator ran on (the client side of every figure)."""
+    return {
+        "host": platform.node(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+    }
+
+
+def _run_json(run: RunResult, summary: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "profile": run.profile.label,
+        "summary": summary,
+        "self_check": {
+            "valid": run.self_check.valid,
+            "reasons": run.self_check.reasons,
+            "schedule_lag_p99_ms": run.self_check.schedule_lag_p99_ms,
+            "schedule_lag_max_ms": run.self_check.schedule_lag_max_ms,
+            "loop_lag_p99_ms": run.self_check.loop_lag_p99_ms,
+            "loop_lag_max_ms": run.self_check.loop_lag_max_ms,
+        },
+        "stopped_early": run.stopped_early,
+        "cancelled": run.cancelled,
+        "wall_s": run.wall_s,
+        **(extra or {}),
+        "records": [r.to_dict() for r in run.records],
+    }
+
+
+async def _drive(
+    config: BenchmarkConfig, endpoint: Endpoint, requests: list[PromptRequest], tokenizer: TextTokenizer,
+    progress: ProgressCallback | None, cancel: threading.Event, origin: float,
+) -> RunResult | SweepResult:  # fmt: skip
+    limits = RunLimits(config.requests, config.duration_s, config.warmup_requests, config.seed)
+    options = RequestOptions(temperature=config.temperature, seed=None)
+    profile = LoadProfile.parse(config.profile, config.max_concurrency)
+    if profile.kind == "sweep":
+        sweep = SweepOptions(config.sweep_rates, config.sweep_concurrency)
+        return await run_sweep(endpoint, requests, limits, config.slo(), sweep, tokenizer=tokenizer,
+                               request_options=options, progress=progress, cancel=cancel, origin=origin)  # fmt: skip
+    return await run_load(endpoint, requests, profile, limits, tokenizer=tokenizer, options=options,
+                          progress=progress, cancel=cancel, origin=origin)  # fmt: skip
+
+
+def run_benchmark(
+    config: BenchmarkConfig,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark `config` describes and return the result document (see module docstring).
+
+    Raises TargetError before any load when the target cannot be reached or used.
+    """
+    status = on_status or (lambda _msg: None)
+    cancel = cancel or threading.Event()
+    started = datetime.now(UTC)
+    tokenizer = bundled_tokenizer()
+    requests, workload = build_requests(config, tokenizer)
+    quant = config.bundled_quant()
+    if quant is not None:
+        target: BundledTarget | RemoteTarget = BundledTarget(BundledOptions(
+            quant=quant, device=config.device, threads=config.threads, max_num_seqs=config.max_num_seqs, api=config.api,
+        ))  # fmt: skip
+        status(f"starting the bundled engine ({quant}) and waiting for /health")
+    else:
+        key = config.api_key.get_secret_value() if config.api_key else None
+        target = RemoteTarget(config.target, key, config.model, config.api)
+        status(f"probing {config.target}")
+    warnings: list[str] = []
+    with target as endpoint:
+        if quant is None and not config.dataset:
+            warnings.append(
+                "prompts were sized with the bundled SmolLM2 tokenizer; the server's usage gives the real lengths"
+            )
+        status(f"running {config.profile} on {endpoint.model}")
+        origin = time.perf_counter()
+        monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)
+        monitor.start()
+        try:
+            outcome = asyncio.run(_drive(config, endpoint, requests, tokenizer, progress, cancel, origin))
+        finally:
+            samples = monitor.stop()
+        server_log = target.log_tail(60) if isinstance(target, BundledTarget) else None
+    slo = config.slo()
+    if isinstance(outcome, SweepResult):
+        runs = [_run_json(s.run, s.summary.to_dict(), {"meets_slo": s.meets_slo, "why_not": s.why_not})
+                for s in outcome.steps]  # fmt: skip
+        sweep = {"max_rate_meeting_slo": outcome.max_rate_meeting_slo, "stopped": outcome.stopped,
+                 "attainment": SweepOptions().attainment}  # fmt: skip
+        valid = all(s.run.self_check.valid for s in outcome.steps)
+    else:
+        runs = [_run_json(outcome, summarize(outcome.records, slo).to_dict())]
+        sweep = None
+        valid = outcome.self_check.valid
+    return {
+        "schema": RESULT_SCHEMA,
+        "tool": {"name": "preflight", "version": __version__},
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": config.redacted(),
+        "target": target.describe(),
+        "endpoint": endpoint.redacted(),
+        "workload": workload,
+        "slo": None if slo is None else {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms, "e2e_ms": slo.e2e_ms},
+        "client": client_conditions(),
+        "valid": valid,
+        "cancelled": cancel.is_set(),
+        "warnings": warnings,
+        "runs": runs,
+        "sweep": sweep,
+        "resources": {"summary": summarize_resources(samples), "samples": [s.to_dict() for s in samples],
+                      "gpu_note": monitor.gpu_note},  # fmt: skip
+        "server_log_tail": server_log,
+    }

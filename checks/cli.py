@@ -1,0 +1,114 @@
+"""`python -m checks bench ...`: benchmark the bundled engine or any OpenAI-compatible endpoint.
+
+Flags come from `BenchmarkConfig`'s fields (their descriptions are the help text), so
+the CLI and the Benchmark page cannot drift apart. Errors are one stderr line and exit
+code 1 (a target that cannot be used, a bad file) or 2 (bad flags); no tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from checks.benchmark import BenchmarkConfig, run_benchmark
+from checks.console import format_result
+from checks.loadgen import Progress
+from checks.targets import TargetError
+
+API_KEY_ENV = "PREFLIGHT_TARGET_API_KEY"
+SKIP_FLAGS = {"api_key", "duration_s"}  # spelled by hand below
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """'90', '90s', '1.5m', '2h', '500ms' -> seconds."""
+    m = DURATION.match(text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad duration {text!r}: use e.g. 60s, 2m or 500ms")
+    scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m checks", description="Preflight measurements.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="benchmark a target under load and write the records as JSON")
+    for name, field in BenchmarkConfig.model_fields.items():
+        if name in SKIP_FLAGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = field.default
+        kind = {int: int, float: float}.get(type(default)) if default is not None else None
+        if kind is None:
+            ann = str(field.annotation)
+            kind = int if "int" in ann and "str" not in ann else float if "float" in ann else str
+        help_text = (field.description or "") + (f" (default: {default})" if default is not None else "")
+        bench.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text)
+    bench.add_argument("--duration", dest="duration_s", type=parse_duration, default=argparse.SUPPRESS,
+                       help="measured time per run, e.g. 60s or 2m (with --requests, whichever ends first)")
+    bench.add_argument("--api-key", dest="api_key", default=argparse.SUPPRESS,
+                       help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to results)")
+    bench.add_argument("--out", type=Path, default=None, help="write the result JSON (with every record) here")
+    bench.add_argument("--quiet", action="store_true", help="no progress line")
+    return parser
+
+
+def _progress_printer(stream: Any) -> Any:
+    def show(p: Progress) -> None:
+        total = f"/{p.total}" if p.total else ""
+        stream.write(
+            f"\r[{p.phase}] {p.completed}{total} done, {p.failed} failed, {p.in_flight} in flight, "
+            f"{p.output_tokens} tokens, {p.elapsed_s:.1f} s   "
+        )
+        stream.flush()
+
+    return show
+
+
+def bench(args: argparse.Namespace) -> int:
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "quiet")}
+    if "api_key" not in values and os.environ.get(API_KEY_ENV):
+        values["api_key"] = os.environ[API_KEY_ENV]
+    if "duration_s" in values and "requests" not in values:
+        values["requests"] = None  # a duration alone bounds the run
+    try:
+        config = BenchmarkConfig(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "config"
+        print(f"error: {where}: {first['msg']}", file=sys.stderr)
+        return 2
+    cancel = threading.Event()
+    progress = None if args.quiet else _progress_printer(sys.stderr)
+    status = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    try:
+        result = run_benchmark(config, progress=progress, cancel=cancel, on_status=status)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except (TargetError, ValueError, OSError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    if progress is not None:
+        sys.stderr.write("\n")
+    print(format_result(result))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "bench":
+        return bench(args)
+    return 2

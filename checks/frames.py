@@ -1,0 +1,85 @@
+"""Tables for charts, computed from a result document's raw records (nothing re-measured).
+
+The Benchmark page draws these with Altair; they are plain pandas so tests check them
+without Streamlit. Every row comes from the per-request records, in the same units
+as the summary (ms, tok/s).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from checks.records import RequestRecord
+
+SUMMARY_ROWS = [
+    ("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E latency", "e2el"),
+]  # fmt: skip
+
+
+def _records(run: dict[str, Any]) -> list[RequestRecord]:
+    return [RequestRecord.from_dict(r) for r in run["records"]]
+
+
+def request_frame(result: dict[str, Any]) -> pd.DataFrame:
+    """One row per measured successful request: run, TTFT, TPOT, E2E (ms), output tokens."""
+    rows = []
+    for run in result["runs"]:
+        for r in _records(run):
+            if r.warmup or not r.ok:
+                continue
+            rows.append({
+                "run": run["profile"],
+                "request_id": r.request_id,
+                "ttft_ms": None if r.ttft_s is None else r.ttft_s * 1000,
+                "tpot_ms": None if r.tpot_s is None else r.tpot_s * 1000,
+                "e2e_ms": None if r.e2e_s is None else r.e2e_s * 1000,
+                "output_tokens": r.output_tokens,
+            })  # fmt: skip
+    return pd.DataFrame(rows, columns=["run", "request_id", "ttft_ms", "tpot_ms", "e2e_ms", "output_tokens"])
+
+
+def throughput_frame(result: dict[str, Any], window_s: float = 1.0) -> pd.DataFrame:
+    """Output tokens per second in consecutive windows from each run's first measured send."""
+    rows = []
+    for run in result["runs"]:
+        records = [r for r in _records(run) if not r.warmup]
+        if not records:
+            continue
+        start = min(r.send_s for r in records)
+        counts: dict[int, int] = {}
+        for r in records:
+            if not r.ok:
+                continue
+            for t, n in zip(r.chunk_times_s, r.chunk_tokens, strict=True):
+                slot = math.floor((t - start) / window_s)
+                counts[slot] = counts.get(slot, 0) + n
+        last = max(counts, default=-1)
+        rows += [{"run": run["profile"], "t_s": i * window_s, "output_tok_s": counts.get(i, 0) / window_s}
+                 for i in range(last + 1)]  # fmt: skip
+    return pd.DataFrame(rows, columns=["run", "t_s", "output_tok_s"])
+
+
+def summary_frame(run: dict[str, Any]) -> pd.DataFrame:
+    """Mean / median / p90 / p99 (ms) of each latency metric of one run, for a table."""
+    s = run["summary"]
+    rows = [{"metric": label, **{stat: s.get(f"{stat}_{key}_ms") for stat in ("mean", "median", "p90", "p99")}}
+            for label, key in SUMMARY_ROWS]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def sweep_frame(result: dict[str, Any]) -> pd.DataFrame:
+    """Latency against achieved request rate, one row per sweep step (empty for a single run)."""
+    if not result.get("sweep"):
+        return pd.DataFrame(columns=["run", "request_rate", "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "meets_slo"])
+    rows = []
+    for run in result["runs"]:
+        s = run["summary"]
+        rows.append({
+            "run": run["profile"], "request_rate": s.get("request_throughput"),
+            "p50_ttft_ms": s.get("p50_ttft_ms"), "p99_ttft_ms": s.get("p99_ttft_ms"),
+            "p50_tpot_ms": s.get("p50_tpot_ms"), "meets_slo": run.get("meets_slo"),
+        })  # fmt: skip
+    return pd.DataFrame(rows).sort_values("request_rate")
