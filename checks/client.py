@@ -195,7 +195,6 @@ class StreamClient:
             return self._failed(base, send_s, ErrorKind.TIMEOUT, status, f"no complete answer within {timeout:g} s")
         except (aiohttp.ClientError, OSError) as exc:
             return self._failed(base, send_s, ErrorKind.CONNECTION, status, f"{type(exc).__name__}: {exc}", stream)
-        end_s = self.now()
         if not stream.texts:
             detail = "the stream carried no content"
             if stream.head and not stream.chunk_times and not (stream.done or stream.finished or stream.usage):
@@ -207,7 +206,9 @@ class StreamClient:
                 base, send_s, ErrorKind.MALFORMED_STREAM, status, "the stream ended without [DONE] or a finish_reason",
                 stream,
             )
-        return self._succeeded(base, send_s, end_s, request, stream)
+        # E2E ends at the last content chunk, as vLLM's does: the usage chunk and [DONE] that follow
+        # do not stretch latency, and E2E = TTFT + the sum of the ITLs exactly.
+        return self._succeeded(base, send_s, stream.chunk_times[-1], request, stream)
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, stream: _Stream) -> None:
         parser = SSEParser()
