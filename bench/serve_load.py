@@ -1,0 +1,158 @@
+"""Our server against llama-server on the same GGUF, same threads, same streaming load.
+
+    .venv/bin/python bench/serve_load.py [--threads N] [--levels 1,4,16,32]
+        [--input-len 128] [--output-len 64] [--requests-per-stream 2] [--peer llama-server|none] [--json OUT]
+
+Starts `python -m engine serve` (int4) and then llama-server (built from the
+llama-cpp-python sdist, bench/_llama_server.py), one at a time, never together, and
+drives each with Preflight's own load generator (checks/loadgen.py) at every
+concurrency level: synthetic prompts of --input-len tokens, --output-len tokens out
+with EOS ignored, max(16, requests-per-stream x level) measured requests after a
+warm-up of min(level, 4). One table gives aggregate output tok/s, TTFT p50/p99 and
+TPOT p50 of both, with ratios ours/theirs, and the issue's targets:
+aggregate tok/s at 16 >= 1.5x llama-server, TTFT p50 <= llama-server's at every level,
+and one stream through the server within 10% of the engine's own `generate` decode
+speed (measured in a fresh worker process with the same threads). The load generator
+shares the cores with the server under test: both servers pay that equally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import conditions, emit_result, fmt_num, fmt_ratio, format_table, physical_cores, run_worker  # noqa: E402
+from checks.endpoint import Endpoint  # noqa: E402
+from checks.loadgen import RunLimits, run_load  # noqa: E402
+from checks.metrics import summarize  # noqa: E402
+from checks.profiles import LoadProfile  # noqa: E402
+from checks.targets import BundledOptions, BundledTarget, probe  # noqa: E402
+from checks.tokenizer import bundled_tokenizer  # noqa: E402
+from checks.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
+
+
+def generate_worker(threads: int, input_len: int, output_len: int) -> dict:
+    """The engine's own single-stream decode speed, in this (fresh) process."""
+    import torch
+
+    from engine.runtime import Engine, LoadOptions
+    from engine.sampling import SamplingParams
+    from engine.studies_base import eval_ids
+
+    torch.set_num_threads(threads)
+    engine = Engine.load(LoadOptions(quant="int4", device="cpu"))
+    prompt = eval_ids(engine.loaded.tokenizer, input_len)[:input_len]
+    rates = []
+    for _ in range(3):  # first run warms up
+        gen = engine.stream_ids(prompt, SamplingParams(max_tokens=output_len, ignore_eos=True))
+        for _ in gen:
+            pass
+        if gen.result is not None:
+            rates.append(gen.result.decode_tok_s)
+    return {"decode_tok_s": sorted(rates[1:])[len(rates[1:]) // 2]}
+
+
+async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace) -> dict[int, dict]:
+    tokenizer = bundled_tokenizer()
+    out: dict[int, dict] = {}
+    for level in levels:
+        n = max(16, args.requests_per_stream * level)
+        warm = min(level, 4)
+        spec = SyntheticSpec(args.input_len, args.output_len, seed=level)
+        requests = synthetic_requests(spec, n + warm, tokenizer)
+        run = await run_load(endpoint, requests, LoadProfile("concurrency", concurrency=level),
+                             RunLimits(requests=n, warmup_requests=warm))  # fmt: skip
+        s = summarize(run.records)
+        out[level] = {
+            "requests": n, "completed": s.completed, "failed": s.failed,
+            "output_tok_s": s.output_throughput, "ttft_p50_ms": s.p50_ttft_ms, "ttft_p99_ms": s.p99_ttft_ms,
+            "tpot_p50_ms": s.p50_tpot_ms, "valid": run.self_check.valid, "self_check": run.self_check.reasons,
+            "errors": s.errors_by_kind,
+        }  # fmt: skip
+        print(f"  concurrency {level}: {fmt_num(s.output_throughput)} tok/s, TTFT p50 {fmt_num(s.p50_ttft_ms)} ms,"
+              f" {s.failed} failed", file=sys.stderr, flush=True)  # fmt: skip
+        for error in s.first_errors:
+            print(f"    request {error.request_id}: {error.kind}: {error.excerpt}", file=sys.stderr)
+    return out
+
+
+def run_ours(levels: list[int], args: argparse.Namespace) -> dict[int, dict]:
+    opts = BundledOptions(quant="int4", threads=args.threads, max_num_seqs=max(levels), startup_timeout_s=300)
+    with BundledTarget(opts) as endpoint:
+        return asyncio.run(drive(endpoint, levels, args))
+
+
+def run_theirs(levels: list[int], args: argparse.Namespace) -> tuple[dict[int, dict], str]:
+    from bench._llama_server import LlamaServerOptions, LlamaServerProcess, server_version
+    from engine.gguf_file import bundled_model_path
+
+    per_slot = args.input_len + args.output_len + 64  # chat template overhead
+    opts = LlamaServerOptions(bundled_model_path(), args.threads, ctx=per_slot * max(levels), slots=max(levels))
+    with LlamaServerProcess(opts) as server:
+        endpoint = asyncio.run(probe(server.base_url, None, None, "chat", None))
+        return asyncio.run(drive(endpoint, levels, args)), server_version(server.binary)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=physical_cores())
+    parser.add_argument("--levels", default="1,4,16,32")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--requests-per-stream", type=int, default=2)
+    parser.add_argument("--peer", choices=("llama-server", "none"), default="llama-server")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--worker-generate", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker_generate:
+        emit_result(generate_worker(args.threads, args.input_len, args.output_len))
+        return 0
+    levels = [int(x) for x in args.levels.split(",")]
+    cond = {**conditions(), "threads": args.threads, "input_len": args.input_len, "output_len": args.output_len}
+    print("\n".join(f"{k}: {v}" for k, v in cond.items()), flush=True)
+    gen = run_worker([__file__, "--worker-generate", "--threads", str(args.threads), "--input-len",
+                      str(args.input_len), "--output-len", str(args.output_len)])  # fmt: skip
+    t0 = time.perf_counter()
+    print("ours (python -m engine serve, int4):", file=sys.stderr)
+    ours = run_ours(levels, args)
+    theirs: dict[int, dict] = {}
+    peer_version = "-"
+    if args.peer == "llama-server":
+        print("theirs (llama-server):", file=sys.stderr)
+        theirs, peer_version = run_theirs(levels, args)
+    print(f"peer: llama-server {peer_version}; wall {time.perf_counter() - t0:.0f} s\n")
+    rows = []
+    for level in levels:
+        a, b = ours[level], theirs.get(level, {})
+        rows.append([str(level), fmt_num(a["output_tok_s"]), fmt_num(b.get("output_tok_s")),
+                     fmt_ratio(a["output_tok_s"], b.get("output_tok_s")),
+                     fmt_num(a["ttft_p50_ms"], 0), fmt_num(b.get("ttft_p50_ms"), 0),
+                     fmt_ratio(a["ttft_p50_ms"], b.get("ttft_p50_ms")),
+                     fmt_num(a["ttft_p99_ms"], 0), fmt_num(b.get("ttft_p99_ms"), 0),
+                     fmt_num(a["tpot_p50_ms"], 1), fmt_num(b.get("tpot_p50_ms"), 1),
+                     f"{a['failed']}/{b.get('failed', '-')}"])  # fmt: skip
+    header = ["conc", "ours tok/s", "llama tok/s", "ratio", "ours TTFT p50", "llama TTFT p50", "ratio",
+              "ours TTFT p99", "llama TTFT p99", "ours TPOT p50", "llama TPOT p50", "failed o/l"]  # fmt: skip
+    print(format_table(header, rows))
+    print()
+    single = 1000 / ours[levels[0]]["tpot_p50_ms"] if levels[0] == 1 and ours[1]["tpot_p50_ms"] else None
+    own = gen["decode_tok_s"]
+    print(f"single stream through the server: {fmt_num(single)} tok/s (1000 / TPOT p50) vs generate "
+          f"{fmt_num(own)} tok/s: {fmt_ratio(single, own)} (target >= 0.90x)")  # fmt: skip
+    if 16 in ours and 16 in theirs:
+        print(f"aggregate tok/s at 16: {fmt_ratio(ours[16]['output_tok_s'], theirs[16]['output_tok_s'])}"
+              " (target >= 1.50x)")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps({"conditions": cond, "generate": gen, "ours": ours, "theirs": theirs,
+                                         "peer_version": peer_version}, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
