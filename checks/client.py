@@ -126,6 +126,19 @@ def _take_event(stream: _Stream, data: str, at: float, api: str) -> None:
             stream.finished = True
 
 
+def _spread(total: int, weights: list[int]) -> list[int]:
+    """`total` split over len(weights) parts in proportion to `weights` (largest remainder), summing to `total`."""
+    if sum(weights) <= 0:
+        weights = [1] * len(weights)
+    scale = sum(weights)
+    parts = [divmod(total * w, scale) for w in weights]
+    counts = [q for q, _ in parts]
+    by_remainder = sorted(range(len(parts)), key=lambda i: -parts[i][1])
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
 class StreamClient:
     """One HTTP session for a whole run; `send()` is safe to call from many tasks at once.
 
@@ -232,16 +245,18 @@ class StreamClient:
         text = "".join(stream.texts)
         n_chunks = len(stream.texts)
         out_tokens = usage.get("completion_tokens")
-        if isinstance(out_tokens, int):
+        if isinstance(out_tokens, int) and out_tokens >= 0:
             source = TokenSource.USAGE
         elif self.tokenizer is not None:
             out_tokens, source = len(self.tokenizer.encode(text)), TokenSource.TOKENIZER
         else:
             out_tokens, source = n_chunks, TokenSource.CHUNKS
-        if out_tokens == n_chunks or self.tokenizer is None:
+        if out_tokens == n_chunks:
             chunk_tokens = [1] * n_chunks
-        else:
-            chunk_tokens = [max(1, len(self.tokenizer.encode(t))) for t in stream.texts]
+        else:  # the per-chunk counts always add up to the request's output tokens (peak throughput sums them)
+            tokenizer = self.tokenizer
+            weights = [1] * n_chunks if tokenizer is None else [len(tokenizer.encode(t)) for t in stream.texts]
+            chunk_tokens = _spread(out_tokens, weights)
         in_tokens = usage.get("prompt_tokens")
         return RequestRecord(
             **base,

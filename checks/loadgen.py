@@ -113,6 +113,7 @@ class _Run:
         self.measure_start = 0.0
         self.loop_lags: list[float] = []
         self.stopped_early: str | None = None
+        self.error: BaseException | None = None  # a request task that raised (a bug, not a server fault)
         self._last_progress = 0.0
 
     def request(self, i: int) -> PromptRequest:
@@ -125,7 +126,7 @@ class _Run:
             return False
         if lim.duration_s is not None and self.client.now() - self.measure_start >= lim.duration_s:
             return False
-        return not self.cancel.is_set() and self.stopped_early is None
+        return not self.cancel.is_set() and self.stopped_early is None and self.error is None
 
     def launch(self, ready_s: float, scheduled_s: float | None, gate: asyncio.Semaphore | None) -> None:
         rid = self.next_id
@@ -146,6 +147,8 @@ class _Run:
         rid, ready_s, scheduled_s, warm = self.in_flight.pop(task)
         if task.cancelled():
             self.records.append(self.client.cancelled(rid, ready_s, scheduled_s, warm))
+        elif task.exception() is not None:
+            self.error = self.error or task.exception()  # re-raised by run_load: a lost record must not pass
         else:
             self.records.append(task.result())
         self.report()
@@ -206,7 +209,7 @@ async def _drive_concurrency(run: _Run, limit: int, total_warmup: int) -> None:
             if open_():
                 run.launch(run.client.now(), None, None)
 
-    await fill(lambda: run.next_id < total_warmup and not run.cancel.is_set())
+    await fill(lambda: run.next_id < total_warmup and not run.cancel.is_set() and run.error is None)
     if run.in_flight:
         await asyncio.wait(list(run.in_flight))
     run.phase, run.measure_start = "measure", run.client.now()
@@ -215,7 +218,7 @@ async def _drive_concurrency(run: _Run, limit: int, total_warmup: int) -> None:
 
 async def _drive_schedule(run: _Run, profile: LoadProfile, total_warmup: int) -> None:
     """Warm-up one at a time, then send on the precomputed schedule; lateness is measured, not hidden."""
-    while run.next_id < total_warmup and not run.cancel.is_set():
+    while run.next_id < total_warmup and not run.cancel.is_set() and run.error is None:
         run.launch(run.client.now(), None, None)
         await asyncio.wait(list(run.in_flight))
     run.phase, run.measure_start = "measure", run.client.now()
@@ -223,9 +226,11 @@ async def _drive_schedule(run: _Run, profile: LoadProfile, total_warmup: int) ->
     n = run.limits.requests
     if n is None:  # duration-bound: schedule enough arrivals to outlast the window
         n = int((run.limits.duration_s or 0) * (profile.rate or 0) * 2) + 16
+    window_end = None if run.limits.duration_s is None else run.measure_start + run.limits.duration_s
     for offset in arrival_offsets(profile, n, run.limits.seed):
         due = run.measure_start + offset
-        delay = due - run.client.now()
+        # never sleep past the end of a duration-bound window waiting for an arrival that will not be sent
+        delay = (due if window_end is None else min(due, window_end)) - run.client.now()
         if delay > 0:
             await asyncio.sleep(delay)
         if not run.window_open():
@@ -265,14 +270,16 @@ async def run_load(
         canceller = asyncio.ensure_future(run.watch_cancel())
         await asyncio.wait([driver, canceller], return_when=asyncio.FIRST_COMPLETED)
         run.phase = "drain"
-        while run.in_flight and not run.cancel.is_set():
-                await asyncio.wait([canceller, *run.in_flight], return_when=asyncio.FIRST_COMPLETED)
+        while run.in_flight and not run.cancel.is_set() and run.error is None:
+            await asyncio.wait([canceller, *run.in_flight], return_when=asyncio.FIRST_COMPLETED)
         for task in [driver, canceller, *helpers, *run.in_flight]:
             task.cancel()
         await asyncio.gather(driver, canceller, *helpers, *list(run.in_flight), return_exceptions=True)
         driver_error = None if driver.cancelled() else driver.exception()
         if driver_error is not None:
             raise driver_error
+        if run.error is not None:
+            raise run.error
         run.report(force=True)
         records = sorted(run.records, key=lambda r: r.request_id)
         return RunResult(

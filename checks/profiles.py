@@ -10,6 +10,7 @@ seed, so the schedule never depends on how fast the client happens to be.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -32,10 +33,10 @@ class LoadProfile:
     def __post_init__(self) -> None:
         if self.kind == "concurrency" and (self.concurrency is None or self.concurrency < 1):
             raise ValueError("concurrency:N needs N >= 1 requests in flight")
-        if self.kind in ("constant", "poisson") and (self.rate is None or not self.rate > 0):
-            raise ValueError(f"{self.kind}:RPS needs a rate above 0 requests per second")
-        if not self.burstiness > 0:
-            raise ValueError("burstiness must be above 0 (1 = Poisson arrivals)")
+        if self.kind in ("constant", "poisson") and (self.rate is None or not 0 < self.rate < math.inf):
+            raise ValueError(f"{self.kind}:RPS needs a finite rate above 0 requests per second")
+        if not 0 < self.burstiness < math.inf:
+            raise ValueError("burstiness must be finite and above 0 (1 = Poisson arrivals)")
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
 

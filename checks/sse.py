@@ -11,8 +11,12 @@ payloads; the caller stamps them all with that read's arrival time. Comments
 from __future__ import annotations
 
 import codecs
+import re
 
 DONE = "[DONE]"
+# The only line ends SSE knows. str.splitlines() would also break at U+0085, U+2028, U+2029 and a few
+# control characters, which JSON may carry unescaped inside a string (model output), cutting an event.
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 class SSEParser:
@@ -42,13 +46,13 @@ class SSEParser:
         return self._drain()
 
     def _drain(self) -> list[str]:
-        if "\n" not in self._buffer and "\r" not in self._buffer:
-            return []
-        lines = self._buffer.splitlines(keepends=True)
-        self._buffer = "" if lines[-1].endswith(("\n", "\r")) else lines.pop()
+        buffer, start = self._buffer, 0
         events: list[str] = []
-        for raw in lines:
-            line = raw.rstrip("\r\n")
+        for end in _LINE_END.finditer(buffer):
+            if end.group() == "\r" and end.end() == len(buffer):
+                break  # maybe the first half of a CRLF split across reads: wait for the next byte
+            line = buffer[start : end.start()]
+            start = end.end()
             if not line:
                 if self._data:
                     events.append("\n".join(self._data))
@@ -62,4 +66,5 @@ class SSEParser:
                 continue
             if name == "data":
                 self._data.append(value[1:] if value.startswith(" ") else value)
+        self._buffer = buffer[start:]
         return events

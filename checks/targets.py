@@ -124,7 +124,9 @@ def _probe_failure(endpoint: Endpoint, record: RequestRecord) -> str:
     detail = record.error_excerpt or ""
     if record.error_kind == ErrorKind.HTTP:
         if record.http_status in (401, 403):
-            return f"{where} answered HTTP {record.http_status}: the API key was refused ({detail})"
+            what = "no API key was given" if not endpoint.api_key else "the API key was refused"
+            hint = "pass the endpoint's key with --api-key"
+            return f"{where} answered HTTP {record.http_status}: {what}; {hint} ({detail})"
         if record.http_status == 404:
             return f"{where} answered HTTP 404: no {endpoint.api} API there? try --api completions|chat ({detail})"
         return f"{where} answered HTTP {record.http_status}: {detail}"
