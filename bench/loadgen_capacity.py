@@ -1,0 +1,142 @@
+"""How much streamed load our client sustains, next to guidellm's, against a server that is never the limit.
+
+    .venv/bin/python bench/loadgen_capacity.py [--levels 16,64,256] [--output-len 256]
+        [--requests-per-stream 4] [--peer guidellm|none] [--json OUT]
+
+bench/_stream_server.py (its own process) streams `max_tokens` one-token chunks with no
+model and no delay. At each concurrency level both clients send the same number of
+requests; the figure is streamed output tokens per second received, and for ours
+whether the run's self-check stayed valid (event-loop lag p99 under 25 ms: the
+timestamps still mean something). guidellm runs from its own virtualenv
+(.venv-guidellm, made by `make bench`: its pins conflict with ours) as a CLI, with its
+synthetic data sized by the bundled model's tokenizer exported to a local folder.
+Target (issue 5): our sustained tok/s >= 2x guidellm's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import REPO_ROOT, conditions, fmt_num, fmt_ratio, format_table  # noqa: E402
+from checks.loadgen import RunLimits, run_load  # noqa: E402
+from checks.metrics import summarize  # noqa: E402
+from checks.profiles import LoadProfile  # noqa: E402
+from checks.prompts import PromptRequest  # noqa: E402
+from checks.targets import free_port, probe  # noqa: E402
+
+GUIDELLM = REPO_ROOT / ".venv-guidellm" / "bin" / "guidellm"
+
+
+class StreamServer:
+    """bench/_stream_server.py in a child process for the length of a `with` block."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> StreamServer:
+        script = Path(__file__).with_name("_stream_server.py")
+        self.proc = subprocess.Popen([sys.executable, str(script), "--port", str(self.port)], cwd=REPO_ROOT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                asyncio.run(probe(self.base_url, None, None, "chat", None))
+                return self
+            except Exception:  # noqa: BLE001 - not up yet; the deadline bounds the wait
+                if self.proc.poll() is not None:
+                    raise RuntimeError("the stream server exited while starting") from None
+                time.sleep(0.2)
+        raise RuntimeError("the stream server did not start within 30 s")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+
+def ours(base_url: str, level: int, n: int, output_len: int) -> dict:
+    endpoint = asyncio.run(probe(base_url, None, None, "chat", None))
+    request = PromptRequest("hi", None, output_len, 1, True, "capacity")
+    run = asyncio.run(run_load(endpoint, [request], LoadProfile("concurrency", concurrency=level),
+                               RunLimits(requests=n, warmup_requests=0)))  # fmt: skip
+    s = summarize(run.records)
+    return {"output_tok_s": s.output_throughput, "completed": s.completed, "failed": s.failed,
+            "valid": run.self_check.valid, "loop_lag_p99_ms": run.self_check.loop_lag_p99_ms}  # fmt: skip
+
+
+def export_tokenizer(folder: Path) -> Path:
+    """The bundled model's tokenizer as a local Hugging Face folder (guidellm needs one; nothing is downloaded)."""
+    from transformers import AutoTokenizer
+
+    from engine.gguf_file import bundled_model_path
+
+    gguf = bundled_model_path()
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(folder)
+    return folder
+
+
+def theirs(base_url: str, level: int, n: int, output_len: int, tokenizer_dir: Path) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="guidellm-"))
+    cmd = [str(GUIDELLM), "run", "--target", base_url, "--model", "stream-server",
+           "--profile", "concurrent", "--rate", str(level), "--max-requests", str(n),
+           "--data", f"prompt_tokens=8,output_tokens={output_len}", "--processor", str(tokenizer_dir),
+           "--output-dir", str(out), "--outputs", "json", "--disable-console-interactive"]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, check=False)
+    reports = list(out.glob("*.json"))
+    if proc.returncode != 0 or not reports:
+        raise RuntimeError(f"guidellm failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
+    doc = json.loads(reports[0].read_text())
+    bench = doc["benchmarks"][0]
+    tok_s = bench["metrics"]["output_tokens_per_second"]["successful"]["mean"]
+    return {"output_tok_s": tok_s, "raw_keys": sorted(bench["metrics"])[:20]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levels", default="16,64,256")
+    parser.add_argument("--output-len", type=int, default=256)
+    parser.add_argument("--requests-per-stream", type=int, default=4)
+    parser.add_argument("--peer", choices=("guidellm", "none"), default="guidellm")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    print("\n".join(f"{k}: {v}" for k, v in conditions().items()), flush=True)
+    if args.peer == "guidellm" and not GUIDELLM.exists():
+        print(f"guidellm not found at {GUIDELLM}: run `make bench` (it makes .venv-guidellm) or pass --peer none")
+        return 1
+    levels = [int(x) for x in args.levels.split(",")]
+    results: dict[int, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp, StreamServer() as server:
+        tok_dir = export_tokenizer(Path(tmp) / "tokenizer") if args.peer == "guidellm" else None
+        for level in levels:
+            n = args.requests_per_stream * level
+            row = {"ours": ours(server.base_url, level, n, args.output_len)}
+            if tok_dir is not None:
+                row["theirs"] = theirs(server.base_url, level, n, args.output_len, tok_dir)
+            results[level] = row
+            print(f"  {level}: ours {fmt_num(row['ours']['output_tok_s'])} tok/s"
+                  f" theirs {fmt_num(row.get('theirs', {}).get('output_tok_s'))}", file=sys.stderr)  # fmt: skip
+    rows = [[str(level), fmt_num(r["ours"]["output_tok_s"], 0), "yes" if r["ours"]["valid"] else "NO",
+             fmt_num(r["ours"]["loop_lag_p99_ms"]), fmt_num(r.get("theirs", {}).get("output_tok_s"), 0),
+             fmt_ratio(r["ours"]["output_tok_s"], r.get("theirs", {}).get("output_tok_s"))]
+            for level, r in results.items()]  # fmt: skip
+    print(format_table(["streams", "ours tok/s", "ours valid", "loop lag p99 ms", "guidellm tok/s", "ratio"], rows))
+    print("target: ours >= 2.00x guidellm at the level each sustains best")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
