@@ -1,0 +1,124 @@
+"""Preflight's measurement next to guidellm's, same server, same load, one after the other.
+
+    .venv/bin/python bench/loadgen_accuracy.py [--server llama-server|ours] [--threads N]
+        [--concurrency 4] [--requests 32] [--input-len 128] [--output-len 64] [--json OUT]
+
+Both clients drive the same server (llama-server built by bench/_llama_server.py, or our
+`python -m engine serve`) at the same concurrency with synthetic prompts of the same
+lengths, guidellm first, then Preflight. Figures are matched by definition, not by name
+(DESIGN.md): guidellm's "ITL" is (last - first token) / (N - 1), our TPOT; its "TPOT"
+includes TTFT, so it is not compared. The table gives median TTFT, median TPOT, output
+tok/s and request rate from each, and the ratio ours/theirs. Target (issue 5): within 5%.
+Two runs of one tool differ by their own noise too, so the script repeats Preflight's
+run and prints that spread beside the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import REPO_ROOT, conditions, fmt_num, fmt_ratio, format_table, physical_cores  # noqa: E402
+from bench.loadgen_capacity import export_tokenizer  # noqa: E402
+from checks.endpoint import Endpoint  # noqa: E402
+from checks.loadgen import RunLimits, run_load  # noqa: E402
+from checks.metrics import summarize  # noqa: E402
+from checks.profiles import LoadProfile  # noqa: E402
+from checks.targets import BundledOptions, BundledTarget, probe  # noqa: E402
+from checks.tokenizer import bundled_tokenizer  # noqa: E402
+from checks.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
+
+GUIDELLM = REPO_ROOT / ".venv-guidellm" / "bin" / "guidellm"
+
+
+def preflight(endpoint: Endpoint, args: argparse.Namespace, seed: int) -> dict:
+    requests = synthetic_requests(SyntheticSpec(args.input_len, args.output_len, seed=seed), args.requests + 2,
+                                  bundled_tokenizer())  # fmt: skip
+    run = asyncio.run(run_load(endpoint, requests, LoadProfile("concurrency", concurrency=args.concurrency),
+                               RunLimits(requests=args.requests, warmup_requests=2)))  # fmt: skip
+    s = summarize(run.records)
+    return {"ttft_ms": s.median_ttft_ms, "tpot_ms": s.median_tpot_ms, "output_tok_s": s.output_throughput,
+            "req_s": s.request_throughput, "failed": s.failed}  # fmt: skip
+
+
+def guidellm(endpoint: Endpoint, args: argparse.Namespace, tokenizer_dir: Path) -> dict:
+    report = Path(tempfile.mkdtemp(prefix="guidellm-")) / "report.json"
+    cmd = [str(GUIDELLM), "run", "--backend", f"kind=openai_http,target={endpoint.base_url},model={endpoint.model}",
+           "--profile", f"kind=concurrent,streams={args.concurrency}",
+           "--constraint", f"kind=max_requests,count={args.requests}",
+           "--tokenizer", f"kind=hf_auto,model={tokenizer_dir}",
+           "--data", f"kind=synthetic_text,prompt_tokens={args.input_len},output_tokens={args.output_len}",
+           "--output", f"kind=json,path={report}", "--disable-console-interactive"]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if endpoint.api_key:
+        env["GUIDELLM__OPENAI__API_KEY"] = endpoint.api_key
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env, check=False)
+    if proc.returncode != 0 or not report.exists():
+        raise RuntimeError(f"guidellm failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
+    m = json.loads(report.read_text())["benchmarks"][0]["metrics"]
+    ok = "successful"
+    return {"ttft_ms": m["time_to_first_token_ms"][ok]["median"], "tpot_ms": m["inter_token_latency_ms"][ok]["median"],
+            "output_tok_s": m["output_tokens_per_second"][ok]["mean"], "req_s": m["requests_per_second"][ok]["mean"],
+            "failed": m["request_totals"].get("errored")}  # fmt: skip
+
+
+def measure(endpoint: Endpoint, args: argparse.Namespace, tokenizer_dir: Path) -> dict:
+    theirs = guidellm(endpoint, args, tokenizer_dir)
+    ours = [preflight(endpoint, args, seed) for seed in (1, 2)]
+    return {"theirs": theirs, "ours": ours}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=("llama-server", "ours"), default="llama-server")
+    parser.add_argument("--threads", type=int, default=physical_cores())
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    print("\n".join(f"{k}: {v}" for k, v in {**conditions(), **vars(args)}.items()), flush=True)
+    if not GUIDELLM.exists():
+        print(f"guidellm not found at {GUIDELLM}: run `make bench` (it makes .venv-guidellm)")
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir = export_tokenizer(Path(tmp) / "tokenizer")
+        if args.server == "ours":
+            opts = BundledOptions(quant="int4", threads=args.threads, max_num_seqs=args.concurrency)
+            with BundledTarget(opts) as endpoint:
+                result = measure(endpoint, args, tok_dir)
+        else:
+            from bench._llama_server import LlamaServerOptions, LlamaServerProcess
+            from engine.gguf_file import bundled_model_path
+
+            ctx = (args.input_len + args.output_len + 64) * args.concurrency
+            opts = LlamaServerOptions(bundled_model_path(), args.threads, ctx=ctx, slots=args.concurrency)
+            with LlamaServerProcess(opts) as server:
+                endpoint = asyncio.run(probe(server.base_url, None, None, "chat", None))
+                result = measure(endpoint, args, tok_dir)
+    theirs, ours = result["theirs"], result["ours"]
+    rows = []
+    for label, key, digits in (("TTFT median (ms)", "ttft_ms", 1), ("TPOT median (ms) [guidellm: ITL]", "tpot_ms", 2),
+                               ("output tok/s", "output_tok_s", 1), ("requests/s", "req_s", 2)):  # fmt: skip
+        a, b = ours[0][key], ours[1][key]
+        spread = fmt_ratio(b, a)
+        rows.append([label, fmt_num(a, digits), fmt_num(b, digits), fmt_num(theirs[key], digits),
+                     fmt_ratio(a, theirs[key]), spread])  # fmt: skip
+    print(format_table(["metric", "ours run 1", "ours run 2", "guidellm", "ours1/guidellm", "ours2/ours1"], rows))
+    print("target: ours/guidellm within 0.95x-1.05x on each metric")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
