@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from checks.client import RequestOptions
 from checks.datasets import load_dataset
@@ -80,6 +80,8 @@ class BenchmarkConfig(BaseModel):
     def _check(self) -> BenchmarkConfig:
         if self.requests is None and self.duration_s is None:
             raise ValueError("bound the run: set requests, duration_s, or both")
+        if self.dataset is not None and not self.dataset.strip():
+            raise ValueError("no prompt file given: choose a JSONL or ShareGPT JSON file")
         if self.dataset and self.scenario:
             raise ValueError("choose a dataset or a scenario, not both")
         if self.scenario and self.scenario not in SCENARIOS:
@@ -113,6 +115,14 @@ class BenchmarkConfig(BaseModel):
         data = self.model_dump(mode="json", exclude={"api_key"})
         data["api_key_set"] = self.api_key is not None
         return data
+
+
+def config_error(exc: ValidationError) -> str:
+    """The first problem of a rejected BenchmarkConfig as one line: 'field: message', or the message alone."""
+    first = exc.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {message}" if where else message
 
 
 def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[list[PromptRequest], str]:

@@ -14,11 +14,11 @@ import re
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from checks.benchmark import BenchmarkConfig, run_benchmark
+from checks.benchmark import BenchmarkConfig, config_error, run_benchmark
 from checks.console import format_result
 from checks.loadgen import Progress
 from checks.targets import TargetError
@@ -37,8 +37,19 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * scale
 
 
+class UsageError(Exception):
+    """A bad command line; `main` prints it as one `error:` line and returns 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse prints the whole usage and exits; here a bad flag is one line and an exit code."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m checks", description="Preflight measurements.")
+    parser = _Parser(prog="python -m checks", description="Preflight measurements.")
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="benchmark a target under load and write the records as JSON")
     for name, field in BenchmarkConfig.model_fields.items():
@@ -61,16 +72,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_printer(stream: Any) -> Any:
-    def show(p: Progress) -> None:
+class _ProgressLine:
+    """One progress line redrawn in place on stderr; `end()` moves past it, if it was drawn at all."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.drawn = False
+
+    def __call__(self, p: Progress) -> None:
         total = f"/{p.total}" if p.total else ""
-        stream.write(
+        self.stream.write(
             f"\r[{p.phase}] {p.completed}{total} done, {p.failed} failed, {p.in_flight} in flight, "
             f"{p.output_tokens} tokens, {p.elapsed_s:.1f} s   "
         )
-        stream.flush()
+        self.stream.flush()
+        self.drawn = True
 
-    return show
+    def end(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.drawn = False
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -82,23 +103,28 @@ def bench(args: argparse.Namespace) -> int:
     try:
         config = BenchmarkConfig(**values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "config"
-        print(f"error: {where}: {first['msg']}", file=sys.stderr)
+        print(f"error: {config_error(exc)}", file=sys.stderr)
         return 2
     cancel = threading.Event()
-    progress = None if args.quiet else _progress_printer(sys.stderr)
-    status = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    line = _ProgressLine(sys.stderr)
+    progress = None if args.quiet else line
+
+    def show_status(message: str) -> None:
+        line.end()
+        print(message, file=sys.stderr)
+
+    status = None if args.quiet else show_status
     try:
         result = run_benchmark(config, progress=progress, cancel=cancel, on_status=status)
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        line.end()
+        print("interrupted", file=sys.stderr)
         return 130
     except (TargetError, ValueError, OSError) as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+        line.end()
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    if progress is not None:
-        sys.stderr.write("\n")
+    line.end()
     print(format_result(result))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +134,11 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "bench":
         return bench(args)
     return 2

@@ -24,7 +24,7 @@ from checks.endpoint import Endpoint
 from checks.prompts import PromptRequest
 from checks.records import ErrorKind, RequestRecord, TokenSource, excerpt
 from checks.sse import DONE, SSEParser
-from checks.tokenizer import TextTokenizer
+from checks.tokenizer import TextTokenizer, count_tokens
 
 ERROR_BODY_BYTES = 4096  # read at most this much of a failed response
 HEAD_BYTES = 256  # the start of every body is kept to explain a malformed stream
@@ -245,19 +245,20 @@ class StreamClient:
         text = "".join(stream.texts)
         n_chunks = len(stream.texts)
         out_tokens = usage.get("completion_tokens")
+        per_chunk = None if self.tokenizer is None else [max(1, len(self.tokenizer.encode(t))) for t in stream.texts]
         if isinstance(out_tokens, int) and out_tokens >= 0:
             source = TokenSource.USAGE
-        elif self.tokenizer is not None:
-            out_tokens, source = len(self.tokenizer.encode(text)), TokenSource.TOKENIZER
+        elif per_chunk is not None:
+            # Chunk by chunk: re-encoding the joined text merges tokens the model emitted apart
+            # ("\n" + "\n" -> "\n\n"), and the total must equal the sum the throughput windows use.
+            out_tokens, source = sum(per_chunk), TokenSource.TOKENIZER
         else:
             out_tokens, source = n_chunks, TokenSource.CHUNKS
-        if out_tokens == n_chunks:
-            chunk_tokens = [1] * n_chunks
-        else:  # the per-chunk counts always add up to the request's output tokens (peak throughput sums them)
-            tokenizer = self.tokenizer
-            weights = [1] * n_chunks if tokenizer is None else [len(tokenizer.encode(t)) for t in stream.texts]
-            chunk_tokens = _spread(out_tokens, weights)
+        # The per-chunk counts always add up to the request's output tokens (peak throughput sums them).
+        chunk_tokens = [1] * n_chunks if out_tokens == n_chunks else _spread(out_tokens, per_chunk or [1] * n_chunks)
         in_tokens = usage.get("prompt_tokens")
+        if not isinstance(in_tokens, int):
+            in_tokens = self._prompt_tokens(request)
         return RequestRecord(
             **base,
             send_s=send_s,
@@ -265,7 +266,7 @@ class StreamClient:
             chunk_times_s=stream.chunk_times,
             chunk_tokens=chunk_tokens,
             end_s=end_s,
-            input_tokens=in_tokens if isinstance(in_tokens, int) else request.input_tokens,
+            input_tokens=in_tokens,
             output_tokens=out_tokens,
             token_source=source,
             ok=True,
@@ -274,6 +275,15 @@ class StreamClient:
             error_excerpt=None,
             output_chars=len(text),
         )
+
+    def _prompt_tokens(self, request: PromptRequest) -> int | None:
+        """Prompt tokens as sent, when the server gave no usage. A plain prompt sent to the chat API went
+        inside a user message, so the chat template's tokens count too (None without a chat tokenizer)."""
+        if self.endpoint.api == "chat" and request.messages is None:
+            if self.tokenizer is None:
+                return None
+            return count_tokens(self.tokenizer, None, [{"role": "user", "content": request.prompt}])
+        return request.input_tokens
 
     def _failed(
         self,

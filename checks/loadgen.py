@@ -8,8 +8,10 @@ is queue time, never latency. While it runs the generator watches itself: how la
 became ready against the schedule, and how late its event loop wakes up. A run whose
 client could not keep up is marked invalid rather than reported as the server's
 latency. A rate run whose queue and latency grow without bound is stopped early,
-and says so. Cancel (a `threading.Event`, so a dashboard thread can set it) stops
-cleanly: in-flight requests become CANCELLED records, finished ones are kept.
+and says so, as is a run whose server stops accepting connections (a run of
+connection failures, with no success between them). Cancel (a `threading.Event`, so a
+dashboard thread can set it) stops cleanly: in-flight requests become CANCELLED
+records, finished ones are kept.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from checks.client import RequestOptions, StreamClient
 from checks.endpoint import Endpoint
 from checks.profiles import LoadProfile, arrival_offsets
 from checks.prompts import PromptRequest
-from checks.records import RequestRecord
+from checks.records import ErrorKind, RequestRecord
 from checks.tokenizer import TextTokenizer
 
 LOOP_PROBE_INTERVAL_S = 0.01
@@ -33,6 +35,7 @@ SCHEDULE_LAG_LIMIT_S = 0.05  # p99 lateness against the schedule that invalidate
 LOOP_LAG_LIMIT_S = 0.025  # p99 event-loop oversleep that invalidates any run (timestamps that late)
 SATURATION_WINDOW = 5  # consecutive 1-s samples of growing backlog before stopping early
 PROGRESS_INTERVAL_S = 0.25
+CONNECTION_FAILURE_LIMIT = 16  # connection failures in a row (no success between) that end a run
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,8 @@ class _Run:
         self.measure_start = 0.0
         self.loop_lags: list[float] = []
         self.stopped_early: str | None = None
-        self.error: BaseException | None = None  # a request task that raised (a bug, not a server fault)
+        self.error: BaseException | None = None  # a bug in a request task: re-raised by run_load
+        self.connection_failures = 0  # in a row
         self._last_progress = 0.0
 
     def request(self, i: int) -> PromptRequest:
@@ -147,11 +151,25 @@ class _Run:
         rid, ready_s, scheduled_s, warm = self.in_flight.pop(task)
         if task.cancelled():
             self.records.append(self.client.cancelled(rid, ready_s, scheduled_s, warm))
-        elif task.exception() is not None:
-            self.error = self.error or task.exception()  # re-raised by run_load: a lost record must not pass
+        elif task.exception() is not None:  # the client records every server fault, so this is our bug
+            self.error = self.error or task.exception()
         else:
             self.records.append(task.result())
+            self.watch_connections(self.records[-1])
         self.report()
+
+    def watch_connections(self, record: RequestRecord) -> None:
+        """Stop a run whose server no longer accepts connections: each failure comes back at once, so
+        a concurrency run would otherwise send thousands of them per second until its window ends."""
+        if record.error_kind != ErrorKind.CONNECTION:
+            self.connection_failures = 0
+            return
+        self.connection_failures += 1
+        if self.connection_failures >= CONNECTION_FAILURE_LIMIT and self.stopped_early is None:
+            self.stopped_early = (
+                f"the server stopped accepting connections: {self.connection_failures} requests in a row "
+                f"failed to connect (last: {record.error_excerpt})"
+            )
 
     def report(self, force: bool = False) -> None:
         now = self.client.now()
@@ -255,6 +273,12 @@ async def run_load(
         raise ValueError("the workload has no requests")
     if profile.kind == "sweep":
         raise ValueError("a sweep is several runs: use checks.sweep.run_sweep")
+    chat = next((r for r in requests if r.is_chat), None) if endpoint.api == "completions" else None
+    if chat is not None:
+        raise ValueError(
+            f"{chat.source}: the workload has chat messages, which cannot go to the completions API; "
+            "use the chat API, or a workload of plain prompts"
+        )
     origin = time.perf_counter() if origin is None else origin
     async with StreamClient(endpoint, origin, tokenizer, options) as client:
         run = _Run(client, requests, limits, progress, cancel)
@@ -276,10 +300,8 @@ async def run_load(
             task.cancel()
         await asyncio.gather(driver, canceller, *helpers, *list(run.in_flight), return_exceptions=True)
         driver_error = None if driver.cancelled() else driver.exception()
-        if driver_error is not None:
-            raise driver_error
-        if run.error is not None:
-            raise run.error
+        if driver_error is not None or run.error is not None:
+            raise driver_error or run.error
         run.report(force=True)
         records = sorted(run.records, key=lambda r: r.request_id)
         return RunResult(

@@ -8,7 +8,7 @@ import altair as alt
 import streamlit as st
 from pydantic import ValidationError
 
-from checks.benchmark import BenchmarkConfig
+from checks.benchmark import BenchmarkConfig, config_error
 from checks.console import format_result
 from checks.frames import request_frame, summary_frame, sweep_frame, throughput_frame
 from checks.jobs import BenchmarkJob, JobState
@@ -116,13 +116,12 @@ config, problem = None, None
 try:
     config = BenchmarkConfig(**values)
 except ValidationError as exc:
-    first = exc.errors()[0]
-    problem = f"{'.'.join(str(p) for p in first['loc']) or 'settings'}: {first['msg']}"
+    problem = config_error(exc)
 if problem:
     st.error(problem)
 if st.button("Run benchmark", type="primary", disabled=config is None or running, key="bench_run"):
-    st.session_state["bench_job"] = job = BenchmarkJob(config).start()
-    running = True
+    st.session_state["bench_job"] = BenchmarkJob(config).start()
+    st.rerun()  # redraw the whole page with Run disabled: the live fragment below redraws only itself
 if job is None:
     st.info("Choose a target, a workload and a load profile, then press Run benchmark.")
     st.stop()

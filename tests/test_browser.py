@@ -141,8 +141,11 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
     expect(page.get_by_test_id("stException")).to_have_count(0)
     page.screenshot(path=tmp_path / "studies.png", full_page=True)
 
-    for name in ("Hardware", "Plan"):
+    for name in ("Hardware", "Plan", "Benchmark"):
         page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
         expect(page.get_by_role("heading", name=re.compile(name)).first).to_be_visible(timeout=60_000)
         expect(page.get_by_test_id("stException")).to_have_count(0)
         page.screenshot(path=tmp_path / f"{name.lower()}.png", full_page=True)
+    # The Benchmark page stops at its hint until a run is started; its form and Run button are there.
+    expect(main.get_by_text("press Run benchmark", exact=False)).to_be_visible()
+    expect(page.get_by_role("button", name="Run benchmark")).to_be_enabled()

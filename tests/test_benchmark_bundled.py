@@ -1,0 +1,344 @@
+"""The load generator against the real bundled engine server on loopback: few, short requests.
+
+One `BundledTarget` (int4, one torch thread) serves the whole module; the server-death
+test starts a second one and kills it mid-run. Sizes stay tiny (32 prompt tokens, 8
+output tokens, a handful of requests) because the machine's two cores are shared.
+Nothing here asserts a latency: only what was sent, what came back and how it was counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from checks.benchmark import BenchmarkConfig, run_benchmark
+from checks.client import RequestOptions
+from checks.console import format_result
+from checks.datasets import load_dataset
+from checks.endpoint import Endpoint
+from checks.frames import request_frame
+from checks.loadgen import CONNECTION_FAILURE_LIMIT, Progress, RunLimits, RunResult, run_load
+from checks.metrics import summarize
+from checks.profiles import LoadProfile, arrival_offsets
+from checks.prompts import PromptRequest
+from checks.records import ErrorKind, RequestRecord, TokenSource
+from checks.scenarios import scenario_requests
+from checks.targets import BundledOptions, BundledTarget
+from checks.tokenizer import EngineTokenizer, bundled_tokenizer, count_tokens
+from checks.workloads import SyntheticSpec, synthetic_requests
+
+INPUT_LEN, OUTPUT_LEN = 32, 8
+GREEDY = RequestOptions(temperature=0.0)
+WAIT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    """The shared server. Teardown checks that stopping it ended that process and nothing else."""
+    target = BundledTarget(BundledOptions(threads=1, log_dir=tmp_path_factory.mktemp("bundled")))
+    ep = target.start()
+    assert target.proc is not None and ep.server_pid == target.proc.pid
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        yield ep
+    finally:
+        pid = ep.server_pid
+        code = target.stop()
+        try:
+            assert code is not None, "stop() did not report the server's exit code"
+            assert target.proc is None
+            assert not psutil.pid_exists(pid), f"the bundled server (pid {pid}) still runs after stop()"
+            assert bystander.poll() is None, "stop() ended a process other than the bundled server"
+        finally:
+            bystander.kill()
+            bystander.wait(10)
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> EngineTokenizer:
+    return bundled_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def synthetic(tokenizer: EngineTokenizer) -> list[PromptRequest]:
+    requests = synthetic_requests(SyntheticSpec(INPUT_LEN, OUTPUT_LEN), 6, tokenizer)
+    assert [r.input_tokens for r in requests] == [INPUT_LEN] * 6
+    return requests
+
+
+def _run(endpoint: Endpoint, requests: list[PromptRequest], profile: str, limits: RunLimits,
+         max_concurrency: int | None = None, **kwargs: Any) -> RunResult:  # fmt: skip
+    parsed = LoadProfile.parse(profile, max_concurrency)
+    return asyncio.run(run_load(endpoint, requests, parsed, limits, **kwargs))
+
+
+def _measured(result: RunResult) -> list[RequestRecord]:
+    return [r for r in result.records if not r.warmup]
+
+
+def _chat_prompt_tokens(tokenizer: EngineTokenizer, prompt: str) -> int:
+    """What the chat API feeds the model for a plain prompt: one user message in the chat template."""
+    count = count_tokens(tokenizer, None, [{"role": "user", "content": prompt}])
+    assert count is not None
+    return count
+
+
+def _max_in_flight(records: list[RequestRecord]) -> int:
+    """Most requests on the wire at one send. end_s is the last content chunk, before the response
+    closes, so this is a lower bound of what the client really had in flight."""
+    return max(sum(o.send_s <= r.send_s < (o.end_s or o.send_s) for o in records) for r in records)
+
+
+def _assert_all_ok(records: list[RequestRecord]) -> None:
+    failed = [(r.request_id, r.error_kind, r.error_excerpt) for r in records if not r.ok]
+    assert not failed, failed
+
+
+@pytest.mark.parametrize("profile", ["sync", "concurrency:4", "constant:4", "poisson:50"])
+def test_profile_runs_every_request_to_its_length(
+    endpoint: Endpoint, synthetic: list[PromptRequest], tokenizer: EngineTokenizer, profile: str
+) -> None:
+    cap = 2 if profile.startswith("poisson") else None
+    result = _run(endpoint, synthetic, profile, RunLimits(requests=4, warmup_requests=1), tokenizer=tokenizer,
+                  max_concurrency=cap)  # fmt: skip
+    assert [r.request_id for r in result.records] == [0, 1, 2, 3, 4]
+    assert [r.warmup for r in result.records] == [True, False, False, False, False]
+    measured = _measured(result)
+    _assert_all_ok(result.records)
+    assert {r.token_source for r in measured} == {TokenSource.USAGE}
+    assert [r.output_tokens for r in measured] == [OUTPUT_LEN] * 4  # ignore_eos: run to max_tokens
+    # The chat API wraps each synthetic prompt in the template, and usage counts those tokens too.
+    expected_in = [_chat_prompt_tokens(tokenizer, synthetic[r.request_id].prompt or "") for r in measured]
+    assert [r.input_tokens for r in measured] == expected_in
+    assert all(n > INPUT_LEN for n in expected_in)
+    summary = summarize(result.records)
+    assert (summary.completed, summary.failed, summary.cancelled) == (4, 0, 0)
+    assert summary.total_output_tokens == 4 * OUTPUT_LEN
+    assert summary.total_input_tokens == sum(expected_in)
+    assert result.stopped_early is None and not result.cancelled
+
+    if profile == "sync":
+        assert _max_in_flight(measured) == 1
+        for before, after in zip(measured, measured[1:], strict=False):
+            assert after.send_s >= (before.end_s or 0.0)
+    elif profile == "concurrency:4":
+        assert _max_in_flight(measured) == 4  # all four go at once, none finishes in between
+        assert all(r.scheduled_s is None for r in measured)
+    else:
+        parsed = LoadProfile.parse(profile, cap)
+        offsets = arrival_offsets(parsed, 4, 0)
+        start = measured[0].scheduled_s
+        assert start is not None
+        assert [r.scheduled_s for r in measured] == pytest.approx([start + o for o in offsets])
+        assert all(r.ready_s >= (r.scheduled_s or 0.0) for r in measured)
+    if cap is not None:
+        assert _max_in_flight(measured) <= cap
+        # A request that arrived while `cap` were on the wire was sent only after one of them ended.
+        by_ready = sorted(measured, key=lambda r: r.ready_s)
+        third = by_ready[cap]
+        assert third.send_s >= min(r.end_s or 0.0 for r in by_ready[:cap])
+
+
+def test_completions_api_counts_the_prompt_exactly(
+    endpoint: Endpoint, synthetic: list[PromptRequest], tokenizer: EngineTokenizer
+) -> None:
+    result = _run(replace(endpoint, api="completions"), synthetic, "concurrency:2", RunLimits(requests=2),
+                  tokenizer=tokenizer)  # fmt: skip
+    _assert_all_ok(result.records)
+    assert [(r.input_tokens, r.output_tokens) for r in result.records] == [(INPUT_LEN, OUTPUT_LEN)] * 2
+
+
+def test_jsonl_file_of_prompts_and_messages(endpoint: Endpoint, tokenizer: EngineTokenizer, tmp_path: Path) -> None:
+    lines = [
+        {"prompt": "Name three colours.", "max_tokens": 6},
+        {"messages": [{"role": "system", "content": "You answer briefly."},
+                      {"role": "user", "content": "What is two plus two?"}]},  # fmt: skip
+        {"prompt": "Write one word about the sea."},
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
+    dataset = load_dataset(path, 5, tokenizer)
+    assert dataset.format == "jsonl"
+    requests = list(dataset.requests)
+    assert [r.max_tokens for r in requests] == [6, 5, 5]
+    result = _run(endpoint, requests, "concurrency:3", RunLimits(requests=3), tokenizer=tokenizer, options=GREEDY)
+    _assert_all_ok(result.records)
+    for record, request in zip(result.records, requests, strict=True):
+        assert 1 <= (record.output_tokens or 0) <= request.max_tokens  # no ignore_eos: EOS may end it early
+        if request.messages is not None:
+            assert record.input_tokens == request.input_tokens  # the same template on both sides
+        else:
+            assert record.input_tokens == _chat_prompt_tokens(tokenizer, request.prompt or "")
+
+
+def test_sharegpt_file_sets_output_length_from_the_reply(
+    endpoint: Endpoint, tokenizer: EngineTokenizer, tmp_path: Path
+) -> None:
+    conversations = [
+        {"id": "a", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi there!"}]},
+        {"id": "b", "conversations": [{"from": "gpt", "value": "No human turn here."}]},
+        {"id": "c", "conversations": [{"from": "human", "value": "Count to three."},
+                                      {"from": "gpt", "value": "One, two, three."}]},  # fmt: skip
+    ]
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps(conversations))
+    dataset = load_dataset(path, 16, tokenizer)
+    assert (dataset.format, dataset.skipped) == ("sharegpt", 1)
+    requests = list(dataset.requests)
+    assert [r.max_tokens for r in requests] == [len(tokenizer.encode("Hi there!")),
+                                                len(tokenizer.encode("One, two, three."))]  # fmt: skip
+    completions = replace(endpoint, api="completions")
+    result = _run(completions, requests, "sync", RunLimits(requests=2), tokenizer=tokenizer, options=GREEDY)
+    _assert_all_ok(result.records)
+    for record, request in zip(result.records, requests, strict=True):
+        assert record.input_tokens == request.input_tokens == len(tokenizer.encode(request.prompt or ""))
+        assert 1 <= (record.output_tokens or 0) <= request.max_tokens
+
+
+def test_code_completion_scenario_on_the_completions_api(endpoint: Endpoint, tokenizer: EngineTokenizer) -> None:
+    requests = [replace(r, max_tokens=OUTPUT_LEN) for r in scenario_requests("code_completion", 2, tokenizer)]
+    assert all(r.source.startswith("scenario:code_completion#") and r.prompt for r in requests)
+    completions = replace(endpoint, api="completions")
+    result = _run(completions, requests, "concurrency:2", RunLimits(requests=2), tokenizer=tokenizer)
+    _assert_all_ok(result.records)
+    assert [r.input_tokens for r in result.records] == [r.input_tokens for r in requests]
+    assert all(1 <= (r.output_tokens or 0) <= OUTPUT_LEN for r in result.records)
+
+
+def test_chat_messages_on_the_completions_api_fail_before_any_load(
+    endpoint: Endpoint, tokenizer: EngineTokenizer
+) -> None:
+    requests = scenario_requests("dialogue", 2, tokenizer)
+    assert all(r.is_chat for r in requests)
+    with pytest.raises(ValueError, match="chat messages, which cannot go to the completions API"):
+        _run(replace(endpoint, api="completions"), requests, "sync", RunLimits(requests=2))
+
+
+def test_counts_without_usage_match_the_servers_usage(endpoint: Endpoint, tokenizer: EngineTokenizer) -> None:
+    requests = [PromptRequest("The three primary colours are", None, OUTPUT_LEN, None, True, "fixed#0"),
+                PromptRequest("def fibonacci(n):", None, OUTPUT_LEN, None, True, "fixed#1")]  # fmt: skip
+    limits = RunLimits(requests=2)
+    with_usage = _run(endpoint, requests, "sync", limits, tokenizer=tokenizer, options=GREEDY)
+    no_usage = replace(endpoint, supports_stream_usage=False)
+    counted = _run(no_usage, requests, "sync", limits, tokenizer=tokenizer, options=GREEDY)
+    chunked = _run(no_usage, requests, "sync", limits, options=GREEDY)
+    for run in (with_usage, counted, chunked):
+        _assert_all_ok(run.records)
+    assert {r.token_source for r in with_usage.records} == {TokenSource.USAGE}
+    assert {r.token_source for r in counted.records} == {TokenSource.TOKENIZER}
+    assert {r.token_source for r in chunked.records} == {TokenSource.CHUNKS}
+    # Greedy decoding: the same text both times, so the tokenizer's counts are the server's.
+    assert [r.output_chars for r in counted.records] == [r.output_chars for r in with_usage.records]
+    assert [r.output_tokens for r in counted.records] == [r.output_tokens for r in with_usage.records]
+    assert [r.input_tokens for r in counted.records] == [r.input_tokens for r in with_usage.records]
+    assert all(r.output_tokens == sum(r.chunk_tokens) for r in counted.records)  # one count, two uses
+    assert [r.output_tokens for r in with_usage.records] == [OUTPUT_LEN] * 2
+    # No usage and no tokenizer: one token per chunk, and a chat prompt's length is not known.
+    assert [r.output_tokens for r in chunked.records] == [len(r.chunk_times_s) for r in chunked.records]
+    assert [r.input_tokens for r in chunked.records] == [None, None]
+    assert summarize(chunked.records).total_input_tokens is None
+
+
+def test_server_killed_mid_run_ends_the_run_with_connection_failures(
+    synthetic: list[PromptRequest], tokenizer: EngineTokenizer, tmp_path: Path
+) -> None:
+    target = BundledTarget(BundledOptions(threads=1, log_dir=tmp_path))
+    try:
+        doomed = target.start()
+        first_done = threading.Event()
+        outcome: dict[str, object] = {}
+        origin = time.perf_counter()
+
+        def on_progress(p: Progress) -> None:
+            if p.completed:
+                first_done.set()
+
+        def drive() -> None:
+            try:
+                outcome["result"] = _run(doomed, synthetic, "concurrency:2", RunLimits(duration_s=60.0),
+                                         tokenizer=tokenizer, progress=on_progress, origin=origin)  # fmt: skip
+            except BaseException as exc:  # handed to the test thread, which fails with it
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=drive, daemon=True)
+        worker.start()
+        assert first_done.wait(WAIT_S), "no request completed before the server was killed"
+        assert target.proc is not None
+        killed_s = time.perf_counter() - origin  # on the run clock; taken first, as the run races on
+        target.proc.kill()
+        target.proc.wait(10)
+        worker.join(WAIT_S)
+        assert not worker.is_alive(), "the run kept going after its server died"
+    finally:
+        code = target.stop()
+    assert code == -9
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert isinstance(result, RunResult)
+    records = result.records
+    assert sum(r.ok for r in records) >= 1
+    later = [r for r in records if r.send_s > killed_s]
+    assert later, "no request was sent after the kill"
+    assert {r.error_kind for r in later} == {ErrorKind.CONNECTION}
+    assert all(r.error_excerpt for r in records if not r.ok)
+    # The run stops itself rather than sending thousands of doomed requests until its window closes.
+    assert result.stopped_early is not None and "stopped accepting connections" in result.stopped_early
+    assert len(later) <= CONNECTION_FAILURE_LIMIT + 2
+    summary = summarize(records)
+    assert summary.failed == sum(not r.ok for r in records)
+    assert set(summary.errors_by_kind) == {"connection"}
+
+
+def _remote_config(endpoint: Endpoint, **fields: object) -> BenchmarkConfig:
+    """The shared server driven as a remote target, with its generated key."""
+    base = {"target": endpoint.base_url, "api_key": endpoint.api_key, "warmup_requests": 0, "input_len": 16,
+            "output_len": 4, "monitor_interval_s": 0.25}  # fmt: skip
+    return BenchmarkConfig(**{**base, **fields})
+
+
+def test_sweep_on_tiny_settings(endpoint: Endpoint) -> None:
+    config = _remote_config(endpoint, profile="sweep", requests=3, sweep_rates=1, sweep_concurrency=2,
+                            slo_e2e_ms=600_000)  # fmt: skip
+    result = run_benchmark(config)
+    profiles = [run["profile"] for run in result["runs"]]
+    assert profiles[:2] == ["sync", "concurrency:2"]
+    assert len(profiles) == 3 and profiles[2].startswith("poisson:"), (profiles, result["sweep"])
+    sync, saturated, middle = (run["summary"] for run in result["runs"])
+    rate = float(profiles[2].removeprefix("poisson:"))
+    assert sync["request_throughput"] < rate < saturated["request_throughput"]
+    for run in result["runs"]:
+        assert (run["summary"]["completed"], run["summary"]["failed"]) == (3, 0)
+        assert len(run["records"]) == 3
+        assert run["meets_slo"] is not None
+    assert set(result["sweep"]) == {"max_rate_meeting_slo", "stopped", "attainment"}
+    assert result["sweep"]["stopped"] is None
+    assert "Sweep: highest rate meeting the SLO" in format_result(result)
+
+
+def test_result_json_round_trips_without_the_key(endpoint: Endpoint) -> None:
+    assert endpoint.api_key
+    result = run_benchmark(_remote_config(endpoint, profile="concurrency:2", requests=3))
+    text = json.dumps(result)
+    assert endpoint.api_key not in text
+    loaded = json.loads(text)
+    assert loaded == result
+    assert loaded["config"]["api_key_set"] is True and "api_key" not in loaded["config"]
+    assert loaded["endpoint"]["api_key_set"] is True
+    assert loaded["target"]["api_key_set"] is True
+    (run,) = loaded["runs"]
+    assert run["summary"]["completed"] == 3 and run["summary"]["total_output_tokens"] == 12
+    records = [RequestRecord.from_dict(r) for r in run["records"]]
+    assert summarize(records).to_dict() == run["summary"]  # every figure recomputes from the records
+    assert len(request_frame(loaded)) == 3
+    assert loaded["resources"]["samples"], "the resource monitor took no samples"

@@ -1,0 +1,132 @@
+"""The Benchmark page in Streamlit's AppTest: its form, its validation, and one tiny real run.
+
+The run starts the bundled engine server (one torch thread) from the page's background
+job, and the test reruns the page until the job ends, as the page's live fragment would.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from checks.jobs import BenchmarkJob, JobState
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/benchmark.py"
+TIMEOUT_S = 120
+RUN_DEADLINE_S = 180.0
+
+
+@pytest.fixture
+def page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception
+    return at
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def test_renders_the_form_and_asks_for_a_run(page: AppTest) -> None:
+    assert page.title[0].value == "Benchmark"
+    assert page.radio(key="bench_target_kind").value == "Bundled engine"
+    assert page.selectbox(key="bench_quant").value == "int4"
+    assert page.selectbox(key="bench_profile").value == "concurrency"
+    assert not _errors(page)
+    assert "press Run benchmark" in page.info[0].value
+    assert not page.button(key="bench_run").disabled
+
+
+@pytest.mark.parametrize("url", ["", "not a url", "ftp://127.0.0.1:8000"])
+def test_invalid_remote_url_shows_an_error_and_disables_run(page: AppTest, url: str) -> None:
+    page.radio(key="bench_target_kind").set_value("Remote endpoint").run()
+    page.text_input(key="bench_target_url").input(url).run()
+    assert not page.exception
+    assert _errors(page) == [f"target {url!r}: use 'bundled', 'bundled:QUANT' or an http(s):// URL"]
+    assert page.button(key="bench_run").disabled
+    page.text_input(key="bench_target_url").input("http://127.0.0.1:8000/v1").run()
+    assert not _errors(page)
+    assert not page.button(key="bench_run").disabled
+
+
+def test_prompt_file_source_without_a_file_disables_run(page: AppTest) -> None:
+    page.radio(key="bench_source").set_value("Prompt file").run()
+    assert not page.exception
+    assert _errors(page) == ["no prompt file given: choose a JSONL or ShareGPT JSON file"]
+    assert page.button(key="bench_run").disabled
+
+
+def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
+    page.number_input(key="bench_threads").set_value(1)
+    page.number_input(key="bench_input_len").set_value(16)
+    page.number_input(key="bench_output_len").set_value(4)
+    page.number_input(key="bench_concurrency").set_value(2)
+    page.number_input(key="bench_requests").set_value(2)
+    page.number_input(key="bench_warmup").set_value(0)
+    page.run()
+    assert not page.exception and not _errors(page)
+    page.button(key="bench_run").click().run()
+    assert not page.exception
+    assert page.button(key="bench_run").disabled  # at once, not only when the job ends
+    assert page.get("progress"), "no live progress while the job runs"
+    job = page.session_state["bench_job"]
+    assert isinstance(job, BenchmarkJob)
+    assert job.config.profile == "concurrency:2" and job.config.threads == 1
+    assert (job.config.requests, job.config.input_len, job.config.output_len) == (2, 16, 4)
+    deadline = time.monotonic() + RUN_DEADLINE_S
+    while job.snapshot().state == JobState.RUNNING and time.monotonic() < deadline:
+        assert page.button(key="bench_run").disabled  # one run at a time
+        time.sleep(1.0)
+        page.run()
+        assert not page.exception
+    snap = job.snapshot()
+    assert snap.state == JobState.DONE, (snap.state, snap.error)
+    page.run()
+    assert not page.exception
+    assert not _errors(page)
+    assert not page.info, "the 'press Run' hint stays after a run"
+    assert page.subheader[0].value == "concurrency:2"
+    metrics = {m.label: m.value for m in page.metric}
+    assert metrics["Completed / failed"] == "2 / 0"
+    assert metrics["Output tok/s"] != "-" and metrics["Median TTFT ms"] != "-"
+    assert metrics["Goodput req/s"] == "-"  # no SLO set: not measured, never 0
+    table = page.dataframe[0].value
+    assert list(table["metric"]) == ["TTFT", "TPOT", "ITL", "E2E latency"]
+    assert table["median"].notna().all()
+    (download,) = page.get("download_button")
+    assert download.proto.label == "Download JSON (every record)"
+    assert not page.button(key="bench_run").disabled
+
+
+def test_stop_keeps_what_finished(page: AppTest) -> None:
+    for key, value in (("bench_threads", 1), ("bench_input_len", 16), ("bench_output_len", 4),
+                       ("bench_concurrency", 2), ("bench_requests", 500), ("bench_warmup", 0)):  # fmt: skip
+        page.number_input(key=key).set_value(value)
+    page.run()
+    page.button(key="bench_run").click().run()
+    job = page.session_state["bench_job"]
+    deadline = time.monotonic() + RUN_DEADLINE_S
+    while time.monotonic() < deadline:
+        snap = job.snapshot()
+        if snap.state != JobState.RUNNING or (snap.progress is not None and snap.progress.completed >= 2):
+            break
+        time.sleep(0.5)
+    page.run()
+    page.button(key="bench_stop").click().run()
+    assert not page.exception
+    assert job.wait(RUN_DEADLINE_S)
+    snap = job.snapshot()
+    assert snap.state == JobState.CANCELLED, (snap.state, snap.error)
+    page.run()
+    assert not page.exception and not _errors(page)
+    assert [w.value for w in page.warning] == ["Stopped: the figures cover the requests that finished before the stop."]
+    summary = snap.result["runs"][0]["summary"]
+    assert 2 <= summary["completed"] < 500 and summary["failed"] == 0
+    completed = page.metric[0]
+    assert (completed.label, completed.value) == ("Completed / failed", f"{summary['completed']} / 0")
