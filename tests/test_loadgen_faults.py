@@ -176,5 +176,5 @@ def test_a_request_that_raises_is_not_silently_dropped() -> None:
                          ignore_eos=False, source="test#chat")  # fmt: skip
     with FaultServer(FAST) as server:
         endpoint = Endpoint(server.base_url, "fault-model", api="completions", request_timeout_s=5.0)
-        with pytest.raises(ValueError, match="chat messages cannot go to the completions API"):
+        with pytest.raises(ValueError, match="chat messages, which cannot go to the completions API"):
             run_load_sync(endpoint, [PROMPT, chat], LoadProfile.parse("concurrency:2"), RunLimits(requests=6))
