@@ -72,8 +72,12 @@ class BenchmarkJob:
                 cancel=self._cancel,
                 on_status=lambda msg: self._set(_status=msg),
             )
-        except (TargetError, ValueError, OSError, RuntimeError) as exc:
+        except (TargetError, ValueError, OSError) as exc:  # the user's input or the target: say it plainly
             self._set(_state=JobState.FAILED, _error=str(exc), _status="failed", _ended=time.monotonic())
+            return
+        except Exception as exc:  # noqa: BLE001 - a worker thread must never leave the page "running" forever
+            message = f"the benchmark stopped on an unexpected {type(exc).__name__}: {exc}"
+            self._set(_state=JobState.FAILED, _error=message, _status="failed", _ended=time.monotonic())
             return
         state = JobState.CANCELLED if result["cancelled"] else JobState.DONE
         self._set(_state=state, _result=result, _status=str(state), _ended=time.monotonic())

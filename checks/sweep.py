@@ -110,13 +110,14 @@ async def run_sweep(
     low, high = sync.summary.request_throughput, saturated.summary.request_throughput
     if cancel.is_set() or not low or not high:
         return _result(steps, "cancelled" if cancel.is_set() else "no throughput measured at sync or saturation")
-    if high > low:
-        for i in range(1, opts.rates + 1):
-            rate = low + (high - low) * i / (opts.rates + 1)
-            step_limits = RunLimits(limits.requests, limits.duration_s, 0, limits.seed + i)
-            await step(LoadProfile("poisson", rate=rate), step_limits)
-            if cancel.is_set():
-                return _result(steps, "cancelled")
+    if high <= low:
+        return _result(steps, f"saturation ({high:.2f} req/s) was not above sync ({low:.2f} req/s): no rates between")
+    for i in range(1, opts.rates + 1):
+        rate = low + (high - low) * i / (opts.rates + 1)
+        step_limits = RunLimits(limits.requests, limits.duration_s, 0, limits.seed + i)
+        await step(LoadProfile("poisson", rate=rate), step_limits)
+        if cancel.is_set():
+            return _result(steps, "cancelled")
     return _result(steps, None)
 
 

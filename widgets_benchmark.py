@@ -1,0 +1,119 @@
+"""The Benchmark page's widgets: the target / workload / load form, live progress and result views.
+
+Kept beside `widgets.py` so that pages/benchmark.py stays a short running order; every
+value is handed to `checks.benchmark.BenchmarkConfig`, which validates it.
+"""
+
+import tempfile
+from pathlib import Path
+
+import altair as alt
+import streamlit as st
+
+from checks.frames import request_frame, summary_frame, sweep_frame, throughput_frame
+from checks.jobs import BenchmarkJob, JobState
+from checks.scenarios import SCENARIOS
+
+FORMATS = ["int4", "int8", "bf16", "fp32", "fp8"]
+PROFILES = ["sync", "concurrency", "constant", "poisson", "sweep"]
+
+
+def target_inputs() -> dict:
+    kind = st.radio("Target", ["Bundled engine", "Remote endpoint"], horizontal=True, key="bench_target_kind")
+    if kind == "Bundled engine":
+        c1, c2 = st.columns(2)
+        quant = c1.selectbox("Weight format", FORMATS, key="bench_quant")
+        threads = c2.number_input("Server threads (0 = torch default)", 0, 64, 1, key="bench_threads")
+        return {"target": f"bundled:{quant}", "threads": int(threads) or None}
+    c1, c2, c3 = st.columns([3, 2, 1])
+    url = c1.text_input("Base URL", placeholder="http://127.0.0.1:8000/v1", key="bench_target_url")
+    key = c2.text_input("API key", type="password", key="bench_api_key")
+    api = c3.selectbox("API", ["chat", "completions"], key="bench_api")
+    model = st.text_input("Model (empty: first one /v1/models lists)", key="bench_model")
+    return {"target": url.strip(), "api_key": key or None, "api": api, "model": model.strip() or None}
+
+
+def workload_inputs() -> dict:
+    source = st.radio("Workload", ["Synthetic", "Scenario", "Prompt file"], horizontal=True, key="bench_source")
+    if source == "Scenario":
+        name = st.selectbox("Scenario", list(SCENARIOS), key="bench_scenario",
+                            format_func=lambda n: f"{n}: {SCENARIOS[n].description}")  # fmt: skip
+        return {"scenario": name}
+    if source == "Prompt file":
+        upload = st.file_uploader("JSONL or ShareGPT JSON", type=["jsonl", "json"], key="bench_dataset")
+        if upload is None:
+            return {"dataset": ""}
+        path = Path(tempfile.gettempdir()) / f"preflight-upload-{upload.file_id}-{upload.name}"
+        path.write_bytes(upload.getvalue())
+        return {"dataset": str(path)}
+    c1, c2, c3 = st.columns(3)
+    return {
+        "input_len": int(c1.number_input("Input tokens", 1, 8000, 256, key="bench_input_len")),
+        "output_len": int(c2.number_input("Output tokens", 1, 4000, 64, key="bench_output_len")),
+        "shared_prefix_len": int(c3.number_input("Shared prefix tokens", 0, 7999, 0, key="bench_prefix")),
+    }
+
+
+def load_inputs() -> dict:
+    c1, c2, c3, c4 = st.columns(4)
+    kind = c1.selectbox("Load profile", PROFILES, index=1, key="bench_profile")
+    profile = kind
+    if kind == "concurrency":
+        profile = f"concurrency:{int(c2.number_input('Concurrency', 1, 1024, 4, key='bench_concurrency'))}"
+    elif kind in ("constant", "poisson"):
+        profile = f"{kind}:{c2.number_input('Requests/s', 0.01, 10000.0, 1.0, key='bench_rate'):g}"
+    requests = int(c3.number_input("Requests (per run)", 1, 100000, 20, key="bench_requests"))
+    warmup = int(c4.number_input("Warm-up requests", 0, 1000, 1, key="bench_warmup"))
+    s1, s2 = st.columns(2)
+    ttft = s1.number_input("SLO TTFT ms (0 = none)", 0.0, 600000.0, 0.0, key="bench_slo_ttft")
+    tpot = s2.number_input("SLO TPOT ms (0 = none)", 0.0, 600000.0, 0.0, key="bench_slo_tpot")
+    return {"profile": profile, "requests": requests, "warmup_requests": warmup,
+            "slo_ttft_ms": ttft or None, "slo_tpot_ms": tpot or None}  # fmt: skip
+
+
+@st.fragment(run_every=1.0)
+def live_progress(job: BenchmarkJob) -> None:
+    snap = job.snapshot()
+    if snap.state != JobState.RUNNING:
+        st.rerun()  # the whole page redraws with the result
+    p = snap.progress
+    done = 0.0 if p is None or not p.total else min(1.0, (p.completed + p.failed) / p.total)
+    st.progress(done, text=f"{snap.status} ({snap.elapsed_s:.0f} s)")
+    if p is not None:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Completed", p.completed)
+        c2.metric("Failed", p.failed)
+        c3.metric("In flight", p.in_flight)
+        c4.metric("Output tokens", p.output_tokens)
+    if st.button("Stop", key="bench_stop"):
+        job.cancel()
+
+
+def result_charts(result: dict) -> None:
+    requests = request_frame(result)
+    left, right = st.columns(2)
+    for col, metric, title in ((left, "ttft_ms", "TTFT (ms)"), (right, "tpot_ms", "TPOT (ms)")):
+        chart = alt.Chart(requests.dropna(subset=[metric])).mark_bar().encode(
+            x=alt.X(metric, bin=alt.Bin(maxbins=30), title=title), y="count()", color="run")
+        col.altair_chart(chart.properties(title=f"{title} distribution", height=240))
+    tput = throughput_frame(result)
+    line = alt.Chart(tput).mark_line().encode(x=alt.X("t_s", title="seconds"), y="output_tok_s", color="run")
+    st.altair_chart(line.properties(title="Output tokens per second", height=240))
+    sweep = sweep_frame(result)
+    if not sweep.empty:
+        melted = sweep.melt("request_rate", ["p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms"], "metric", "ms")
+        chart = alt.Chart(melted).mark_line(point=True).encode(x="request_rate", y="ms", color="metric")
+        st.altair_chart(chart.properties(title="Latency vs load (sweep)", height=260))
+
+
+def run_summaries(result: dict) -> None:
+    """Headline metrics and the latency table of each run (one for a profile, several for a sweep)."""
+    for run in result["runs"]:
+        s = run["summary"]
+        st.subheader(run["profile"])
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Completed / failed", f"{s['completed']} / {s['failed']}")
+        c2.metric("Output tok/s", "-" if s["output_throughput"] is None else f"{s['output_throughput']:.1f}")
+        c3.metric("Median TTFT ms", "-" if s["median_ttft_ms"] is None else f"{s['median_ttft_ms']:.0f}")
+        c4.metric("Goodput req/s", "-" if s["request_goodput"] is None else f"{s['request_goodput']:.2f}")
+        st.dataframe(summary_frame(run), hide_index=True)
