@@ -101,6 +101,8 @@ def format_result(result: dict[str, Any]) -> str:
     if result.get("sweep"):
         best = result["sweep"]["max_rate_meeting_slo"]
         tail.append("Sweep: highest rate meeting the SLO: " + ("-" if best is None else f"{best:.2f} req/s"))
+        if result["sweep"].get("stopped"):
+            tail.append(f"Sweep ended early: {result['sweep']['stopped']}")
     tail += [f"* {w}" for w in result["warnings"]]
     if not result["valid"]:
         tail.append("! INVALID: the client could not keep up; these latencies are not the server's (see self-check)")
