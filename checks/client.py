@@ -27,7 +27,8 @@ from checks.sse import DONE, SSEParser
 from checks.tokenizer import TextTokenizer, count_tokens
 
 ERROR_BODY_BYTES = 4096  # read at most this much of a failed response
-HEAD_BYTES = 256  # the start of every body is kept to explain a malformed stream
+HEAD_BYTES = 256
+KEEPALIVE_S = 4.0  # the start of every body is kept to explain a malformed stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +163,9 @@ class StreamClient:
         self._headers = endpoint.headers()
 
     async def __aenter__(self) -> StreamClient:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        # Idle connections are dropped after 4 s, under the 5 s idle timeout common in servers
+        # (llama.cpp's among them), so a reused connection is rarely one the server just closed.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S)
         timeout = aiohttp.ClientTimeout(total=self.endpoint.request_timeout_s, sock_connect=30)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         return self
@@ -194,20 +197,30 @@ class StreamClient:
         base = dict(request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, warmup=warmup)
         send_s = self.now()
         status: int | None = None
-        try:
-            async with self._session.post(self.endpoint.url, data=data, headers=self._headers) as resp:
-                status = resp.status
-                if status != 200:
-                    body = await resp.content.read(ERROR_BODY_BYTES)
-                    return self._failed(base, send_s, ErrorKind.HTTP, status, body.decode("utf-8", "replace"))
-                await self._read_stream(resp, stream)
-        except _StreamFault as fault:
-            return self._failed(base, send_s, fault.kind, status, fault.detail, stream)
-        except TimeoutError:
-            timeout = self.endpoint.request_timeout_s
-            return self._failed(base, send_s, ErrorKind.TIMEOUT, status, f"no complete answer within {timeout:g} s")
-        except (aiohttp.ClientError, OSError) as exc:
-            return self._failed(base, send_s, ErrorKind.CONNECTION, status, f"{type(exc).__name__}: {exc}", stream)
+        for attempt in (1, 2):
+            try:
+                async with self._session.post(self.endpoint.url, data=data, headers=self._headers) as resp:
+                    status = resp.status
+                    if status != 200:
+                        body = await resp.content.read(ERROR_BODY_BYTES)
+                        return self._failed(base, send_s, ErrorKind.HTTP, status, body.decode("utf-8", "replace"))
+                    await self._read_stream(resp, stream)
+                break
+            except aiohttp.ServerDisconnectedError as exc:
+                if attempt == 1 and status is None:
+                    # A kept-alive connection the server closed just as we reused it (servers time idle
+                    # connections out): it never saw the request, so it goes again on a fresh connection
+                    # and latency starts at that send. A server that is really gone fails the retry too.
+                    send_s = self.now()
+                    continue
+                return self._failed(base, send_s, ErrorKind.CONNECTION, status, f"{type(exc).__name__}: {exc}", stream)
+            except _StreamFault as fault:
+                return self._failed(base, send_s, fault.kind, status, fault.detail, stream)
+            except TimeoutError:
+                timeout = self.endpoint.request_timeout_s
+                return self._failed(base, send_s, ErrorKind.TIMEOUT, status, f"no complete answer within {timeout:g} s")
+            except (aiohttp.ClientError, OSError) as exc:
+                return self._failed(base, send_s, ErrorKind.CONNECTION, status, f"{type(exc).__name__}: {exc}", stream)
         if not stream.texts:
             detail = "the stream carried no content"
             if stream.head and not stream.chunk_times and not (stream.done or stream.finished or stream.usage):
