@@ -206,11 +206,12 @@ class StreamClient:
                         return self._failed(base, send_s, ErrorKind.HTTP, status, body.decode("utf-8", "replace"))
                     await self._read_stream(resp, stream)
                 break
-            except aiohttp.ServerDisconnectedError as exc:
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                 if attempt == 1 and status is None:
-                    # A kept-alive connection the server closed just as we reused it (servers time idle
-                    # connections out): it never saw the request, so it goes again on a fresh connection
-                    # and latency starts at that send. A server that is really gone fails the retry too.
+                    # A kept-alive connection the server closed just as we reused it (servers cap requests
+                    # per connection and time idle ones out; llama.cpp's does both): no answer began, so
+                    # the request goes again on a fresh connection and latency starts at that send.
+                    # A server that is really gone fails the retry too.
                     send_s = self.now()
                     continue
                 return self._failed(base, send_s, ErrorKind.CONNECTION, status, f"{type(exc).__name__}: {exc}", stream)
