@@ -5,7 +5,8 @@
 
 Both clients drive the same server (llama-server built by bench/_llama_server.py, or our
 `python -m engine serve`) at the same concurrency with synthetic prompts of the same
-lengths, guidellm first, then Preflight. Figures are matched by definition, not by name
+lengths, after one untimed wave of requests warms the server up: guidellm first, then
+Preflight twice, neither with a warm-up of its own. Figures are matched by definition, not by name
 (DESIGN.md): guidellm's "ITL" is (last - first token) / (N - 1), our TPOT; its "TPOT"
 includes TTFT, so it is not compared. The table gives median TTFT, median TPOT, output
 tok/s and request rate from each, and the ratio ours/theirs. Target (issue 5): within 5%.
@@ -39,11 +40,12 @@ from checks.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
 GUIDELLM = REPO_ROOT / ".venv-guidellm" / "bin" / "guidellm"
 
 
-def preflight(endpoint: Endpoint, args: argparse.Namespace, seed: int) -> dict:
-    requests = synthetic_requests(SyntheticSpec(args.input_len, args.output_len, seed=seed), args.requests + 2,
-                                  bundled_tokenizer())  # fmt: skip
+def preflight(endpoint: Endpoint, args: argparse.Namespace, seed: int, n: int | None = None) -> dict:
+    """One Preflight run with no warm-up of its own (guidellm has none): `prime()` warms the server for both."""
+    n = n or args.requests
+    requests = synthetic_requests(SyntheticSpec(args.input_len, args.output_len, seed=seed), n, bundled_tokenizer())
     run = asyncio.run(run_load(endpoint, requests, LoadProfile("concurrency", concurrency=args.concurrency),
-                               RunLimits(requests=args.requests, warmup_requests=2)))  # fmt: skip
+                               RunLimits(requests=n, warmup_requests=0)))  # fmt: skip
     s = summarize(run.records)
     return {"ttft_ms": s.median_ttft_ms, "tpot_ms": s.median_tpot_ms, "output_tok_s": s.output_throughput,
             "req_s": s.request_throughput, "failed": s.failed}  # fmt: skip
@@ -71,6 +73,7 @@ def guidellm(endpoint: Endpoint, args: argparse.Namespace, tokenizer_dir: Path) 
 
 
 def measure(endpoint: Endpoint, args: argparse.Namespace, tokenizer_dir: Path) -> dict:
+    preflight(endpoint, args, seed=0, n=args.concurrency)  # warm the server up before either tool measures
     theirs = guidellm(endpoint, args, tokenizer_dir)
     ours = [preflight(endpoint, args, seed) for seed in (1, 2)]
     return {"theirs": theirs, "ours": ours}
