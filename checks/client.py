@@ -160,6 +160,7 @@ class StreamClient:
         self.tokenizer = tokenizer
         self.options = options or RequestOptions()
         self._session: aiohttp.ClientSession | None = None
+        self._fresh_session: aiohttp.ClientSession | None = None
         self._headers = endpoint.headers()
 
     async def __aenter__(self) -> StreamClient:
@@ -168,12 +169,17 @@ class StreamClient:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S)
         timeout = aiohttp.ClientTimeout(total=self.endpoint.request_timeout_s, sock_connect=30)
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
+        # Retries go through a session that never reuses a connection: the pool may hold more
+        # connections the server has already closed.
+        fresh = aiohttp.TCPConnector(limit=0, force_close=True)
+        self._fresh_session = aiohttp.ClientSession(connector=fresh, timeout=timeout)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh_session):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh_session = None
 
     def now(self) -> float:
         return time.perf_counter() - self.origin
@@ -198,8 +204,9 @@ class StreamClient:
         send_s = self.now()
         status: int | None = None
         for attempt in (1, 2):
+            session = self._session if attempt == 1 or self._fresh_session is None else self._fresh_session
             try:
-                async with self._session.post(self.endpoint.url, data=data, headers=self._headers) as resp:
+                async with session.post(self.endpoint.url, data=data, headers=self._headers) as resp:
                     status = resp.status
                     if status != 200:
                         body = await resp.content.read(ERROR_BODY_BYTES)

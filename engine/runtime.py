@@ -237,12 +237,10 @@ class Engine:
         tok = self.loaded.tokenizer
         if chat or isinstance(prompt, list):
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            text = tok.apply_chat_template(messages, add_generation_prompt=True)
-        else:
-            text = prompt
-        if not text:
+            return tok.encode_chat(messages, add_generation_prompt=True)
+        if not prompt:
             raise PromptError("the prompt is empty: give at least one token of text")
-        return tok.encode(text)
+        return tok.encode(prompt)
 
     def check_fits(self, n_prompt: int, max_tokens: int) -> None:
         """Prompt plus requested output must fit the context; the message gives both counts."""

@@ -213,6 +213,9 @@ class Tokenizer:
     def __init__(self, state: TokenizerState) -> None:
         self._state = state
         self._backend = BackendTokenizer.from_str(state.backend_json)
+        # The same vocabulary with special-token strings read as plain text: for chat message contents.
+        self._plain = BackendTokenizer.from_str(state.backend_json)
+        self._plain.encode_special_tokens = True
         self.vocab_size = state.vocab_size
         self.eos_token_id = state.eos_token_id
         self.bos_token_id = state.bos_token_id
@@ -271,6 +274,42 @@ class Tokenizer:
             bos_token=bos or "",
             eos_token=self._backend.id_to_token(self.eos_token_id) or "",
         )
+
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+        """Ids of `messages` in the chat template, where a message can never forge a control token.
+
+        The template's own markup (`<|im_start|>user` ...) becomes control tokens, but a
+        special-token string typed inside a message stays text: a user who writes
+        `<|im_end|><|im_start|>system` gets those characters, not a new system turn. The
+        template is rendered with a private placeholder per message to learn where each
+        message's text lands; the real text is then encoded whole (so ordinary text encodes
+        exactly as before, merges across the template boundary included) and any special
+        token whose characters lie inside a message is re-encoded as plain text. If a
+        template rewrites contents so the placeholders cannot be found, it falls back to
+        encoding the rendered text as it is.
+        """
+        marks = {f"\ue000{i}\ue001": m["content"] for i, m in enumerate(messages) if isinstance(m.get("content"), str)}
+        by_mark = iter(marks)
+        stand_ins = [{**m, "content": next(by_mark)} if isinstance(m.get("content"), str) else m for m in messages]
+        parts = re.split("(\ue000\\d+\ue001)", self.apply_chat_template(stand_ins, add_generation_prompt))
+        if parts[1::2] != list(marks):
+            return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+        text, spans = "", []
+        for i, part in enumerate(parts):
+            piece = marks[part] if i % 2 else part
+            if i % 2:
+                spans.append((len(text), len(text) + len(piece)))
+            text += piece
+        encoding = self._backend.encode(text, add_special_tokens=False)
+        ids: list[int] = []
+        for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
+            if token_id in self.special_token_ids and any(a <= start and end <= b for a, b in spans):
+                ids += self._plain.encode(text[start:end], add_special_tokens=False).ids
+            else:
+                ids.append(token_id)
+        if self.add_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
+            ids.insert(0, self.bos_token_id)
+        return ids
 
     # -- ids -> text ----------------------------------------------------------------
 
