@@ -11,7 +11,8 @@ Preflight twice, neither with a warm-up of its own. Figures are matched by defin
 includes TTFT, so it is not compared. The table gives median TTFT, median TPOT, output
 tok/s and request rate from each, and the ratio ours/theirs. Target (issue 5): within 5%.
 Two runs of one tool differ by their own noise too, so the script repeats Preflight's
-run and prints that spread beside the ratio.
+run and prints that spread beside the ratio. With --server-cpus / --client-cpus the server
+and the clients run on separate cores, so a client's own CPU use cannot slow the server.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def measure(endpoint: Endpoint, args: argparse.Namespace, tokenizer_dir: Path) -
     return {"theirs": theirs, "ours": ours}
 
 
+def pin(cpus: str | None) -> None:
+    """Restrict this process (and the children it starts from now on) to a CPU list like '0' or '2,3'."""
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", choices=("llama-server", "ours"), default="llama-server")
@@ -88,6 +95,8 @@ def main() -> int:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--server-cpus", default=None, help="pin the server to these CPUs, e.g. 1 (Linux)")
+    parser.add_argument("--client-cpus", default=None, help="pin both clients to these CPUs, e.g. 0 (Linux)")
     args = parser.parse_args()
     print("\n".join(f"{k}: {v}" for k, v in {**conditions(), **vars(args)}.items()), flush=True)
     if not GUIDELLM.exists():
@@ -105,7 +114,9 @@ def main() -> int:
 
             ctx = (args.input_len + args.output_len + 64) * args.concurrency
             opts = LlamaServerOptions(bundled_model_path(), args.threads, ctx=ctx, slots=args.concurrency)
+            pin(args.server_cpus)  # the server's threads inherit this process's CPUs when it starts...
             with LlamaServerProcess(opts) as server:
+                pin(args.client_cpus)  # ...then this process and guidellm (its child) move to the client's
                 endpoint = asyncio.run(probe(server.base_url, None, None, "chat", None))
                 result = measure(endpoint, args, tok_dir)
     theirs, ours = result["theirs"], result["ours"]
