@@ -21,15 +21,14 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO_ROOT, conditions, fmt_num, fmt_ratio, format_table, physical_cores  # noqa: E402
-from bench.loadgen_capacity import export_tokenizer  # noqa: E402
+from bench._common import conditions, fmt_num, fmt_ratio, format_table, physical_cores  # noqa: E402
+from bench._guidellm import GUIDELLM, GuidellmRun, export_tokenizer, run_guidellm  # noqa: E402
 from checks.endpoint import Endpoint  # noqa: E402
 from checks.loadgen import RunLimits, run_load  # noqa: E402
 from checks.metrics import summarize  # noqa: E402
@@ -37,8 +36,6 @@ from checks.profiles import LoadProfile  # noqa: E402
 from checks.targets import BundledOptions, BundledTarget, probe  # noqa: E402
 from checks.tokenizer import bundled_tokenizer  # noqa: E402
 from checks.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
-
-GUIDELLM = REPO_ROOT / ".venv-guidellm" / "bin" / "guidellm"
 
 
 def preflight(endpoint: Endpoint, args: argparse.Namespace, seed: int, n: int | None = None) -> dict:
@@ -53,21 +50,9 @@ def preflight(endpoint: Endpoint, args: argparse.Namespace, seed: int, n: int | 
 
 
 def guidellm(endpoint: Endpoint, args: argparse.Namespace, tokenizer_dir: Path) -> dict:
-    report = Path(tempfile.mkdtemp(prefix="guidellm-")) / "report.json"
-    cmd = [str(GUIDELLM), "run", "--backend", f"kind=openai_http,target={endpoint.base_url},model={endpoint.model}",
-           "--profile", f"kind=concurrent,streams={args.concurrency}",
-           "--constraint", f"kind=max_requests,count={args.requests}",
-           "--tokenizer", f"kind=hf_auto,model={tokenizer_dir}",
-           "--data", f"kind=synthetic_text,prompt_tokens={args.input_len},output_tokens={args.output_len}",
-           "--output", f"kind=json,path={report}", "--disable-console-interactive"]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    if endpoint.api_key:
-        env["GUIDELLM__OPENAI__API_KEY"] = endpoint.api_key
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env, check=False)
-    if proc.returncode != 0 or not report.exists():
-        raise RuntimeError(f"guidellm failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
-    m = json.loads(report.read_text())["benchmarks"][0]["metrics"]
-    ok = "successful"
+    run = GuidellmRun(endpoint.base_url, endpoint.model, args.concurrency, args.requests, args.input_len,
+                      args.output_len, tokenizer_dir, endpoint.api_key)  # fmt: skip
+    m, ok = run_guidellm(run), "successful"
     return {"ttft_ms": m["time_to_first_token_ms"][ok]["median"], "tpot_ms": m["inter_token_latency_ms"][ok]["median"],
             "output_tok_s": m["output_tokens_per_second"][ok]["mean"], "req_s": m["requests_per_second"][ok]["mean"],
             "failed": m["request_totals"].get("errored")}  # fmt: skip

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import REPO_ROOT, conditions, fmt_num, fmt_ratio, format_table  # noqa: E402
+from bench._guidellm import GUIDELLM, GuidellmRun, export_tokenizer, run_guidellm  # noqa: E402
 from checks.loadgen import RunLimits, run_load  # noqa: E402
 from checks.metrics import summarize  # noqa: E402
 from checks.profiles import LoadProfile  # noqa: E402
 from checks.prompts import PromptRequest  # noqa: E402
 from checks.targets import free_port, probe  # noqa: E402
-
-GUIDELLM = REPO_ROOT / ".venv-guidellm" / "bin" / "guidellm"
 
 
 class StreamServer:
@@ -75,30 +73,9 @@ def ours(base_url: str, level: int, n: int, output_len: int) -> dict:
             "valid": run.self_check.valid, "loop_lag_p99_ms": run.self_check.loop_lag_p99_ms}  # fmt: skip
 
 
-def export_tokenizer(folder: Path) -> Path:
-    """The bundled model's tokenizer as a local Hugging Face folder (guidellm needs one; nothing is downloaded)."""
-    from transformers import AutoTokenizer
-
-    from engine.gguf_file import bundled_model_path
-
-    gguf = bundled_model_path()
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(folder)
-    return folder
-
-
 def theirs(base_url: str, level: int, n: int, output_len: int, tokenizer_dir: Path) -> dict:
-    """guidellm 0.8's CLI at `level` concurrent streams; its own mean output tok/s over the run."""
-    report = Path(tempfile.mkdtemp(prefix="guidellm-")) / "report.json"
-    cmd = [str(GUIDELLM), "run", "--backend", f"kind=openai_http,target={base_url},model=stream-server",
-           "--profile", f"kind=concurrent,streams={level}", "--constraint", f"kind=max_requests,count={n}",
-           "--tokenizer", f"kind=hf_auto,model={tokenizer_dir}",
-           "--data", f"kind=synthetic_text,prompt_tokens=8,output_tokens={output_len}",
-           "--output", f"kind=json,path={report}", "--disable-console-interactive"]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env, check=False)
-    if proc.returncode != 0 or not report.exists():
-        raise RuntimeError(f"guidellm failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-1500:]}")
-    metrics = json.loads(report.read_text())["benchmarks"][0]["metrics"]
+    """guidellm at `level` concurrent streams; its own mean output tok/s over the run."""
+    metrics = run_guidellm(GuidellmRun(base_url, "stream-server", level, n, 8, output_len, tokenizer_dir))
     return {"output_tok_s": metrics["output_tokens_per_second"]["successful"]["mean"],
             "completed": metrics["request_totals"]["successful"]}  # fmt: skip
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from checks.client import RequestOptions, StreamClient
 from checks.endpoint import Endpoint
+from checks.metrics import percentile
 from checks.profiles import LoadProfile, arrival_offsets
 from checks.prompts import PromptRequest
 from checks.records import ErrorKind, RequestRecord
@@ -314,19 +315,12 @@ async def run_load(
         )
 
 
-def _p99(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * (len(ordered) - 1) + 0.5))]
-
-
 def self_check(records: list[RequestRecord], loop_lags_s: list[float], profile: LoadProfile) -> SelfCheck:
     """Whether the client kept up: schedule lag (rate profiles) and event-loop lag, with reasons."""
     check = SelfCheck()
     lags = [r.schedule_lag_s for r in records if not r.warmup and r.schedule_lag_s is not None]
     if lags:
-        p99 = _p99(lags) or 0.0
+        p99 = percentile(lags, 99) or 0.0
         check.schedule_lag_p99_ms, check.schedule_lag_max_ms = p99 * 1000, max(lags) * 1000
         if p99 > SCHEDULE_LAG_LIMIT_S:
             check.valid = False
@@ -335,7 +329,7 @@ def self_check(records: list[RequestRecord], loop_lags_s: list[float], profile: 
                 f"(limit {SCHEDULE_LAG_LIMIT_S * 1000:.0f} ms)"
             )
     if loop_lags_s:
-        p99 = _p99(loop_lags_s) or 0.0
+        p99 = percentile(loop_lags_s, 99) or 0.0
         check.loop_lag_p99_ms, check.loop_lag_max_ms = p99 * 1000, max(loop_lags_s) * 1000
         if p99 > LOOP_LAG_LIMIT_S:
             check.valid = False
