@@ -161,6 +161,7 @@ class StreamClient:
         self.options = options or RequestOptions()
         self._session: aiohttp.ClientSession | None = None
         self._fresh_session: aiohttp.ClientSession | None = None
+        self._sent_at: dict[int, float] = {}  # requests on the wire now: their send times, for cancelled()
         self._headers = endpoint.headers()
 
     async def __aenter__(self) -> StreamClient:
@@ -199,9 +200,20 @@ class StreamClient:
         if self._session is None:
             raise RuntimeError("StreamClient.send() outside `async with StreamClient(...)`")
         data = json.dumps(build_payload(self.endpoint, request, self.options)).encode()
-        stream = _Stream()
         base = dict(request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, warmup=warmup)
-        send_s = self.now()
+        send_s = self._sent_at[request_id] = self.now()
+        # A cancel propagates from here with _sent_at kept: cancelled() reads the real send time.
+        record = await self._exchange(request_id, request, data, base, send_s)
+        self._sent_at.pop(request_id, None)
+        return record
+
+    async def _exchange(
+        self, request_id: int, request: PromptRequest, data: bytes, base: dict[str, Any], send_s: float
+    ) -> RequestRecord:
+        """The HTTP exchange of `send()`: one retry on a closed kept-alive connection, then the record."""
+        if self._session is None:
+            raise RuntimeError("StreamClient used outside `async with StreamClient(...)`")
+        stream = _Stream()
         status: int | None = None
         for attempt in (1, 2):
             session = self._session if attempt == 1 or self._fresh_session is None else self._fresh_session
@@ -219,7 +231,7 @@ class StreamClient:
                     # per connection and time idle ones out; llama.cpp's does both): no answer began, so
                     # the request goes again on a fresh connection and latency starts at that send.
                     # A server that is really gone fails the retry too.
-                    send_s = self.now()
+                    send_s = self._sent_at[request_id] = self.now()
                     continue
                 return self._failed(base, send_s, ErrorKind.CONNECTION, status, f"{type(exc).__name__}: {exc}", stream)
             except _StreamFault as fault:
@@ -333,10 +345,14 @@ class StreamClient:
         )
 
     def cancelled(self, request_id: int, ready_s: float, scheduled_s: float | None, warmup: bool) -> RequestRecord:
-        """The record of a request the run stopped before it finished (counted apart from failures)."""
+        """The record of a request the run stopped before it finished (counted apart from failures).
+
+        `send_s` is when it went on the wire, or the cancel time if it never did.
+        """
         now = self.now()
+        send_s = self._sent_at.pop(request_id, now)
         return RequestRecord(
-            request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, send_s=now, first_token_s=None,
+            request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, send_s=send_s, first_token_s=None,
             chunk_times_s=[], chunk_tokens=[], end_s=now, input_tokens=None, output_tokens=None, token_source=None,
             ok=False, http_status=None, error_kind=ErrorKind.CANCELLED, error_excerpt="the run was stopped",
             warmup=warmup,

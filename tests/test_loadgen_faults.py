@@ -92,6 +92,9 @@ def test_cancel_while_requests_stall(profile: str) -> None:
     assert 1 <= len(result.records) < 10  # the stalled ones; nothing launched after the cancel
     assert all(r.error_kind is ErrorKind.CANCELLED and not r.ok for r in result.records)
     assert [r.request_id for r in result.records] == list(range(len(result.records)))
+    # send_s is when each went on the wire, not the cancel time: the first went out at once, 0.3 s before it.
+    assert all(r.send_s <= r.end_s for r in result.records)
+    assert result.records[0].end_s - result.records[0].send_s > 0.2
     summary = summarize(result.records)
     assert (summary.completed, summary.failed, summary.cancelled) == (0, 0, len(result.records))
 
