@@ -10,7 +10,7 @@ from pathlib import Path
 import altair as alt
 import streamlit as st
 
-from checks.frames import request_frame, summary_frame, sweep_frame, throughput_frame
+from checks.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.jobs import BenchmarkJob, JobState
 from checks.scenarios import SCENARIOS
 
@@ -96,8 +96,8 @@ def result_charts(result: dict) -> None:
         chart = alt.Chart(requests.dropna(subset=[metric])).mark_bar().encode(
             x=alt.X(metric, bin=alt.Bin(maxbins=30), title=title), y="count()", color="run")
         col.altair_chart(chart.properties(title=f"{title} distribution", height=240))
-    tput = throughput_frame(result)
-    line = alt.Chart(tput).mark_line().encode(x=alt.X("t_s", title="seconds"), y="output_tok_s", color="run")
+    tput = throughput_frame(result, window_s=throughput_window_s(result))
+    line = alt.Chart(tput).mark_line(point=True).encode(x=alt.X("t_s", title="seconds"), y="output_tok_s", color="run")
     st.altair_chart(line.properties(title="Output tokens per second", height=240))
     sweep = sweep_frame(result)
     if not sweep.empty:

@@ -62,6 +62,14 @@ def throughput_frame(result: dict[str, Any], window_s: float = 1.0) -> pd.DataFr
     return pd.DataFrame(rows, columns=["run", "t_s", "output_tok_s"])
 
 
+def throughput_window_s(result: dict[str, Any], points: int = 20) -> float:
+    """1-s windows for runs of 20 s or more; shorter runs get `points` windows (at least 0.1 s) so the
+    throughput line has points to draw rather than a single sample."""
+    durations = [run["summary"].get("duration_s") or 0.0 for run in result["runs"]]
+    longest = max(durations, default=0.0)
+    return 1.0 if longest >= points else max(0.1, round(longest / points, 2))
+
+
 def summary_frame(run: dict[str, Any]) -> pd.DataFrame:
     """Mean / median / p90 / p99 (ms) of each latency metric of one run, for a table."""
     s = run["summary"]

@@ -1,13 +1,22 @@
-"""A benchmark running in a background thread, for the dashboard.
+"""A benchmark running in a child process, for the dashboard.
 
 Streamlit reruns the page script on every interaction, so a run cannot live in the
 script: it lives in a `BenchmarkJob` kept in the session state (one per browser
 session, never a module global), and the page polls `snapshot()` from a fragment.
-`cancel()` sets the loadgen's cancel event; what was measured is kept.
+
+The load generator runs in its own process, not a thread of the Streamlit server:
+in a thread it shares the server's GIL with every rerun and fragment, its event loop
+wakes late, and the self-check rightly marks the run invalid (seen on the 2-core
+machine: a 4-request run came out INVALID from a thread). The child reports progress,
+status lines and the result over a queue; a reader thread here keeps the latest.
+`cancel()` sets an event the child turns into the loadgen's cancel; what was measured
+is kept. A child that dies is a FAILED job with its exit code, never one left running.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,6 +26,9 @@ from typing import Any
 from checks.benchmark import BenchmarkConfig, run_benchmark
 from checks.loadgen import Progress
 from checks.targets import TargetError
+
+PROGRESS_EVERY_S = 0.25  # the child sends at most this often; the page polls once a second
+_CONTEXT = mp.get_context("spawn")  # a fresh interpreter: no inherited server threads or locks
 
 
 class JobState(StrEnum):
@@ -38,12 +50,39 @@ class JobSnapshot:
     error: str | None
 
 
+def _child(config: BenchmarkConfig, out: Any, cancel_flag: Any) -> None:
+    """The child process: run the benchmark, send ("progress" | "status" | "result" | "error", payload)."""
+    cancel = threading.Event()
+
+    def watch() -> None:
+        cancel_flag.wait()
+        cancel.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    last = 0.0
+
+    def progress(p: Progress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S or p.in_flight == 0:
+            last = now
+            out.put(("progress", p))
+
+    try:
+        result = run_benchmark(config, progress=progress, cancel=cancel, on_status=lambda m: out.put(("status", m)))
+    except (TargetError, ValueError, OSError) as exc:  # the user's input or the target: say it plainly
+        out.put(("error", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - the page must learn why, not wait forever
+        out.put(("error", f"the benchmark stopped on an unexpected {type(exc).__name__}: {exc}"))
+    else:
+        out.put(("result", result))
+
+
 @dataclass(slots=True)
 class BenchmarkJob:
-    """One `run_benchmark` call on a daemon thread."""
+    """One `run_benchmark` call in a child process."""
 
     config: BenchmarkConfig
-    _cancel: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _state: JobState = JobState.RUNNING
     _status: str = "starting"
@@ -52,11 +91,19 @@ class BenchmarkJob:
     _error: str | None = None
     _started: float = field(default_factory=time.monotonic)
     _ended: float | None = None
-    _thread: threading.Thread | None = None
+    _process: Any = None
+    _queue: Any = None
+    _cancel: Any = None
+    _reader: threading.Thread | None = None
 
     def start(self) -> BenchmarkJob:
-        self._thread = threading.Thread(target=self._run, name="preflight-benchmark", daemon=True)
-        self._thread.start()
+        self._queue, self._cancel = _CONTEXT.Queue(), _CONTEXT.Event()
+        self._process = _CONTEXT.Process(
+            target=_child, args=(self.config, self._queue, self._cancel), name="preflight-benchmark", daemon=True
+        )
+        self._process.start()
+        self._reader = threading.Thread(target=self._read, name="preflight-benchmark-reader", daemon=True)
+        self._reader.start()
         return self
 
     def _set(self, **changes: Any) -> None:
@@ -64,32 +111,41 @@ class BenchmarkJob:
             for name, value in changes.items():
                 setattr(self, name, value)
 
-    def _run(self) -> None:
-        try:
-            result = run_benchmark(
-                self.config,
-                progress=lambda p: self._set(_progress=p),
-                cancel=self._cancel,
-                on_status=lambda msg: self._set(_status=msg),
-            )
-        except (TargetError, ValueError, OSError) as exc:  # the user's input or the target: say it plainly
-            self._set(_state=JobState.FAILED, _error=str(exc), _status="failed", _ended=time.monotonic())
-            return
-        except Exception as exc:  # noqa: BLE001 - a worker thread must never leave the page "running" forever
-            message = f"the benchmark stopped on an unexpected {type(exc).__name__}: {exc}"
-            self._set(_state=JobState.FAILED, _error=message, _status="failed", _ended=time.monotonic())
-            return
-        state = JobState.CANCELLED if result["cancelled"] else JobState.DONE
-        self._set(_state=state, _result=result, _status=str(state), _ended=time.monotonic())
+    def _read(self) -> None:
+        """Keep the latest message; end the job on a result, an error, or the child's death."""
+        while True:
+            try:
+                kind, payload = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    code = self._process.exitcode
+                    self._finish(JobState.FAILED, error=f"the benchmark process exited ({code}) without a result")
+                    return
+                continue
+            if kind == "progress":
+                self._set(_progress=payload)
+            elif kind == "status":
+                self._set(_status=payload)
+            elif kind == "error":
+                self._finish(JobState.FAILED, error=payload)
+                return
+            else:
+                self._finish(JobState.CANCELLED if payload["cancelled"] else JobState.DONE, result=payload)
+                return
+
+    def _finish(self, state: JobState, result: dict[str, Any] | None = None, error: str | None = None) -> None:
+        self._set(_state=state, _result=result, _error=error, _status=str(state), _ended=time.monotonic())
+        self._process.join(timeout=10)
 
     def cancel(self) -> None:
-        self._cancel.set()
+        if self._cancel is not None:
+            self._cancel.set()
         self._set(_status="stopping: in-flight requests are being cancelled")
 
     def wait(self, timeout_s: float) -> bool:
         """Block until the job ends (tests and the CLI); True when it did."""
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if self._reader is not None:
+            self._reader.join(timeout_s)
         return self.snapshot().state != JobState.RUNNING
 
     def snapshot(self) -> JobSnapshot:
