@@ -11,8 +11,9 @@ Preflight twice, neither with a warm-up of its own. Figures are matched by defin
 includes TTFT, so it is not compared. The table gives median TTFT, median TPOT, output
 tok/s and request rate from each, and the ratio ours/theirs. Target (issue 5): within 5%.
 Two runs of one tool differ by their own noise too, so the script repeats Preflight's
-run and prints that spread beside the ratio. With --server-cpus / --client-cpus the server
-and the clients run on separate cores, so a client's own CPU use cannot slow the server.
+run and prints that spread beside the ratio. By default the server runs on the upper half of
+the CPUs and both clients on the lower half (--server-cpus / --client-cpus, 'none' to share),
+so a client's own CPU use cannot slow the server it measures.
 """
 
 from __future__ import annotations
@@ -65,6 +66,24 @@ def measure(endpoint: Endpoint, args: argparse.Namespace, tokenizer_dir: Path) -
     return {"theirs": theirs, "ours": ours}
 
 
+def split_cpus(server: str, client: str) -> tuple[str | None, str | None]:
+    """Resolve 'auto' (halves of the CPUs this process may use) and 'none' into CPU lists or None.
+
+    Separate cores by default: on shared cores guidellm's multi-process client slows the
+    server it measures (docs/BENCHMARKS.md), which is not a difference in measuring.
+    """
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    half = len(cpus) // 2
+    auto = {"server": ",".join(map(str, cpus[half:])), "client": ",".join(map(str, cpus[:half]))}
+    if half == 0:
+        auto = {"server": None, "client": None}
+
+    def resolve(value: str, side: str) -> str | None:
+        return None if value == "none" else auto[side] if value == "auto" else value
+
+    return resolve(server, "server"), resolve(client, "client")
+
+
 def pin(cpus: str | None) -> None:
     """Restrict this process (and the children it starts from now on) to a CPU list like '0' or '2,3'."""
     if cpus:
@@ -74,15 +93,20 @@ def pin(cpus: str | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--server", choices=("llama-server", "ours"), default="llama-server")
-    parser.add_argument("--threads", type=int, default=physical_cores())
+    parser.add_argument("--threads", type=int, default=None, help="server threads (default: its CPUs' count)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--server-cpus", default=None, help="pin the server to these CPUs, e.g. 1 (Linux)")
-    parser.add_argument("--client-cpus", default=None, help="pin both clients to these CPUs, e.g. 0 (Linux)")
+    parser.add_argument("--server-cpus", default="auto",
+                        help="pin the server to these CPUs, e.g. 1; 'auto' = the upper half; 'none' = no pinning")
+    parser.add_argument("--client-cpus", default="auto",
+                        help="pin both clients to these CPUs, e.g. 0; 'auto' = the lower half; 'none' = no pinning")
     args = parser.parse_args()
+    args.server_cpus, args.client_cpus = split_cpus(args.server_cpus, args.client_cpus)
+    if args.threads is None:
+        args.threads = len(args.server_cpus.split(",")) if args.server_cpus else physical_cores()
     print("\n".join(f"{k}: {v}" for k, v in {**conditions(), **vars(args)}.items()), flush=True)
     if not GUIDELLM.exists():
         print(f"guidellm not found at {GUIDELLM}: run `make bench` (it makes .venv-guidellm)")
