@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
@@ -28,11 +27,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import REPO_ROOT  # noqa: E402
+from checks.targets import TargetError, free_port, wait_healthy  # noqa: E402
 
 ENV_VAR = "PREFLIGHT_LLAMA_SERVER"
 DIST_NAME = "llama-cpp-python"
@@ -241,13 +239,6 @@ def supported_flags(binary: Path, candidates: tuple[str, ...]) -> set[str]:
     return {flag for flag in candidates if flag in words}
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (another process could take it before the server binds)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass(frozen=True, slots=True)
 class LlamaServerOptions:
     """How one llama-server run is started; `threads` applies to decode and to batch (prefill) alike."""
@@ -316,29 +307,12 @@ class LlamaServerProcess:
         return _file_tail(self.log_path, lines) if self.log_path else "(not started)"
 
     def _wait_healthy(self) -> None:
-        proc = self._proc
-        if proc is None:
+        if self._proc is None:
             raise LlamaServerError("llama-server was not started")
-        deadline = time.perf_counter() + self.options.startup_timeout_s
-        last_error = "no answer yet"
-        with httpx.Client(timeout=2.0) as client:
-            while True:
-                rc = proc.poll()
-                if rc is not None:
-                    raise LlamaServerError(f"llama-server exited {rc} while starting; last output:\n{self.log_tail()}")
-                try:
-                    resp = client.get(f"{self.base_url}/health")
-                    if resp.status_code == 200:
-                        return
-                    last_error = f"HTTP {resp.status_code}: {resp.text[:200]}"
-                except httpx.HTTPError as exc:
-                    last_error = f"{type(exc).__name__}: {exc}"
-                if time.perf_counter() >= deadline:
-                    raise LlamaServerError(
-                        f"llama-server not healthy within {self.options.startup_timeout_s:.0f} s "
-                        f"(last: {last_error}); last output:\n{self.log_tail()}"
-                    )
-                time.sleep(0.2)
+        try:
+            wait_healthy(self.base_url, self._proc, self.options.startup_timeout_s, "llama-server", self.log_tail)
+        except TargetError as exc:
+            raise LlamaServerError(str(exc)) from None
 
     def stop(self) -> None:
         """Terminate our own child, kill it if it outlives the grace period, then drop its log."""

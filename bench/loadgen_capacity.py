@@ -21,7 +21,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,7 +31,7 @@ from checks.loadgen import RunLimits, run_load  # noqa: E402
 from checks.metrics import summarize  # noqa: E402
 from checks.profiles import LoadProfile  # noqa: E402
 from checks.prompts import PromptRequest  # noqa: E402
-from checks.targets import free_port, probe  # noqa: E402
+from checks.targets import free_port, probe, wait_healthy  # noqa: E402
 
 
 class StreamServer:
@@ -46,16 +45,8 @@ class StreamServer:
     def __enter__(self) -> StreamServer:
         script = Path(__file__).with_name("_stream_server.py")
         self.proc = subprocess.Popen([sys.executable, str(script), "--port", str(self.port)], cwd=REPO_ROOT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                asyncio.run(probe(self.base_url, None, None, "chat", None))
-                return self
-            except Exception:  # noqa: BLE001 - not up yet; the deadline bounds the wait
-                if self.proc.poll() is not None:
-                    raise RuntimeError("the stream server exited while starting") from None
-                time.sleep(0.2)
-        raise RuntimeError("the stream server did not start within 30 s")
+        wait_healthy(self.base_url, self.proc, 30.0, "the stream server", lambda: "(its output is on this console)")
+        return self
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:

@@ -11,8 +11,6 @@ failed record with its kind, HTTP status and a short excerpt.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -349,18 +347,6 @@ class StreamClient:
 
         `send_s` is when it went on the wire, or the cancel time if it never did.
         """
-        now = self.now()
-        send_s = self._sent_at.pop(request_id, now)
-        return RequestRecord(
-            request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, send_s=send_s, first_token_s=None,
-            chunk_times_s=[], chunk_tokens=[], end_s=now, input_tokens=None, output_tokens=None, token_source=None,
-            ok=False, http_status=None, error_kind=ErrorKind.CANCELLED, error_excerpt="the run was stopped",
-            warmup=warmup,
-        )
-
-
-async def wait_cancelled(task: asyncio.Task[Any]) -> None:
-    """Cancel a task and wait until it has really finished."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+        base = dict(request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, warmup=warmup)
+        send_s = self._sent_at.pop(request_id, self.now())
+        return self._failed(base, send_s, ErrorKind.CANCELLED, None, "the run was stopped")

@@ -315,29 +315,32 @@ async def run_load(
         )
 
 
+def _lag_ms(values_s: list[float], limit_s: float) -> tuple[float | None, float | None, bool]:
+    """(p99 ms, max ms, over the limit) of a list of lags in seconds; (None, None, False) when empty."""
+    if not values_s:
+        return None, None, False
+    p99 = percentile(values_s, 99) or 0.0
+    return p99 * 1000, max(values_s) * 1000, p99 > limit_s
+
+
 def self_check(records: list[RequestRecord], loop_lags_s: list[float], profile: LoadProfile) -> SelfCheck:
     """Whether the client kept up: schedule lag (rate profiles) and event-loop lag, with reasons."""
     check = SelfCheck()
-    lags = [r.schedule_lag_s for r in records if not r.warmup and r.schedule_lag_s is not None]
-    if lags:
-        p99 = percentile(lags, 99) or 0.0
-        check.schedule_lag_p99_ms, check.schedule_lag_max_ms = p99 * 1000, max(lags) * 1000
-        if p99 > SCHEDULE_LAG_LIMIT_S:
-            check.valid = False
-            check.reasons.append(
-                f"the client sent late against the {profile.label} schedule: p99 lag {p99 * 1000:.0f} ms "
-                f"(limit {SCHEDULE_LAG_LIMIT_S * 1000:.0f} ms)"
-            )
-    if loop_lags_s:
-        p99 = percentile(loop_lags_s, 99) or 0.0
-        check.loop_lag_p99_ms, check.loop_lag_max_ms = p99 * 1000, max(loop_lags_s) * 1000
-        if p99 > LOOP_LAG_LIMIT_S:
-            check.valid = False
-            check.reasons.append(
-                f"the client's event loop woke {p99 * 1000:.0f} ms late at p99 "
-                f"(limit {LOOP_LAG_LIMIT_S * 1000:.0f} ms): its timestamps are that coarse, "
-                "so the latencies are not the server's"
-            )
+    schedule = [r.schedule_lag_s for r in records if not r.warmup and r.schedule_lag_s is not None]
+    check.schedule_lag_p99_ms, check.schedule_lag_max_ms, late = _lag_ms(schedule, SCHEDULE_LAG_LIMIT_S)
+    if late:
+        check.reasons.append(
+            f"the client sent late against the {profile.label} schedule: p99 lag {check.schedule_lag_p99_ms:.0f} ms "
+            f"(limit {SCHEDULE_LAG_LIMIT_S * 1000:.0f} ms)"
+        )
+    check.loop_lag_p99_ms, check.loop_lag_max_ms, slow = _lag_ms(loop_lags_s, LOOP_LAG_LIMIT_S)
+    if slow:
+        check.reasons.append(
+            f"the client's event loop woke {check.loop_lag_p99_ms:.0f} ms late at p99 "
+            f"(limit {LOOP_LAG_LIMIT_S * 1000:.0f} ms): its timestamps are that coarse, "
+            "so the latencies are not the server's"
+        )
+    check.valid = not check.reasons
     return check
 
 

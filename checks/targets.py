@@ -20,6 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +62,35 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_healthy(
+    base_url: str,
+    proc: subprocess.Popen[bytes],
+    deadline_s: float,
+    what: str,
+    log_tail: Callable[[], str],
+    path: str = "/health",
+) -> None:
+    """Poll `base_url + path` until 200; TargetError at once if `proc` exits, or at the deadline.
+
+    Both errors carry the child's last log lines: a server that cannot start says why there.
+    """
+    deadline = time.monotonic() + deadline_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise TargetError(f"{what} exited ({proc.returncode}) while starting:\n{log_tail()}")
+        try:
+            with urllib.request.urlopen(base_url + path, timeout=2.0) as resp:
+                if resp.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(HEALTH_POLL_S)  # the poll interval of a bounded wait, not a stand-in for work
+    raise TargetError(f"{what} was not ready within {deadline_s:g} s (last: {last}):\n{log_tail()}")
 
 
 async def _get_models(base_url: str, api_key: str | None) -> list[str]:
@@ -197,28 +229,9 @@ class BundledTarget:
             raise
 
     def _wait_healthy(self) -> None:
-        import urllib.error
-        import urllib.request
-
-        deadline = time.monotonic() + self.options.startup_timeout_s
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise TargetError(f"the bundled server exited ({code}) while starting:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.base_url + "/health", timeout=2.0) as resp:
-                    if resp.status == 200:
-                        return
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-            except (urllib.error.URLError, OSError) as exc:
-                last = str(exc)
-            time.sleep(HEALTH_POLL_S)
-        raise TargetError(
-            f"the bundled server was not ready within {self.options.startup_timeout_s:g} s "
-            f"(last: {last}):\n{self.log_tail()}"
-        )
+        if self.proc is None:
+            raise TargetError("the bundled server was not started")
+        wait_healthy(self.base_url, self.proc, self.options.startup_timeout_s, "the bundled server", self.log_tail)
 
     def log_tail(self, n: int = 30) -> str:
         try:

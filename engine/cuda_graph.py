@@ -90,10 +90,6 @@ class CudaGraphDecoder:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._logits: torch.Tensor | None = None
 
-    @property
-    def capacity(self) -> int:
-        return self.cache.capacity
-
     def reset(self) -> None:
         self.cache.length = 0
 

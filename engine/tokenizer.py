@@ -213,9 +213,7 @@ class Tokenizer:
     def __init__(self, state: TokenizerState) -> None:
         self._state = state
         self._backend = BackendTokenizer.from_str(state.backend_json)
-        # The same vocabulary with special-token strings read as plain text: for chat message contents.
-        self._plain = BackendTokenizer.from_str(state.backend_json)
-        self._plain.encode_special_tokens = True
+        self._plain_backend: BackendTokenizer | None = None  # built on first use (~0.1 s): see _plain
         self.vocab_size = state.vocab_size
         self.eos_token_id = state.eos_token_id
         self.bos_token_id = state.bos_token_id
@@ -274,6 +272,18 @@ class Tokenizer:
             bos_token=bos or "",
             eos_token=self._backend.id_to_token(self.eos_token_id) or "",
         )
+
+    @property
+    def _plain(self) -> BackendTokenizer:
+        """The same vocabulary reading special-token strings as plain text (for forged ones in messages).
+
+        Built only when a message contains one, so loading a model does not pay for it.
+        """
+        if self._plain_backend is None:
+            plain = BackendTokenizer.from_str(self._state.backend_json)
+            plain.encode_special_tokens = True
+            self._plain_backend = plain
+        return self._plain_backend
 
     def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
         """Ids of `messages` in the chat template, where a message can never forge a control token.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,11 @@ import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
+from checks.targets import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
 START_DEADLINE_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RemoteServer:

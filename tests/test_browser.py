@@ -6,18 +6,15 @@ The real engine, no mocks. `make test` installs /usr/bin/chromium when it is mis
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from checks.targets import free_port, wait_healthy
 from planner.hardware import detect
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,33 +34,9 @@ MODEL_DEADLINE_MS = 180_000
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
-    """Poll Streamlit's health route until it answers, the child dies, or the deadline passes."""
-    deadline = time.monotonic() + START_DEADLINE_S
-    last_error = "no attempt yet"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with {proc.returncode} while starting:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-                last_error = f"HTTP {resp.status}"
-        except (urllib.error.URLError, OSError) as exc:
-            last_error = repr(exc)
-        time.sleep(0.5)
-    pytest.fail(f"streamlit not healthy after {START_DEADLINE_S} s (last error: {last_error}):\n{log.read_text()}")
-
-
 @pytest.fixture
 def server_url(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "streamlit.log"
     cmd = [
         sys.executable,
@@ -86,7 +59,7 @@ def server_url(tmp_path: Path) -> Iterator[str]:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(proc, url, log)
+        wait_healthy(url, proc, START_DEADLINE_S, "streamlit", log.read_text, path="/_stcore/health")
         yield url
     finally:
         proc.terminate()
