@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/serve_load.py [--threads N] [--levels 1,4,16,32]
         [--input-len 128] [--output-len 64] [--requests-per-stream 2] [--peer llama-server|none] [--json OUT]
+        [--compile]
 
 Starts `python -m engine serve` (int4) and then llama-server (built from the
 llama-cpp-python sdist, bench/_llama_server.py), one at a time, never together, and
@@ -15,6 +16,8 @@ aggregate tok/s at 16 >= 1.5x llama-server, TTFT p50 <= llama-server's at every 
 and one stream through the server within 10% of the engine's own `generate` decode
 speed (measured in a fresh worker process with the same threads). The load generator
 shares the cores with the server under test: both servers pay that equally.
+With --compile, our server and the `generate` reference both run torch.compile'd
+(engine/compiled.py); the compile happens before timing starts on both.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from checks.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
 GREEDY = RequestOptions(temperature=0.0)
 
 
-def generate_worker(threads: int, input_len: int, output_len: int) -> dict:
+def generate_worker(threads: int, input_len: int, output_len: int, compile: bool) -> dict:
     """The engine's own single-stream decode speed, in this (fresh) process."""
     import torch
 
@@ -50,7 +53,7 @@ def generate_worker(threads: int, input_len: int, output_len: int) -> dict:
     from engine.studies_base import eval_ids
 
     torch.set_num_threads(threads)
-    engine = Engine.load(LoadOptions(quant="int4", device="cpu"))
+    engine = Engine.load(LoadOptions(quant="int4", device="cpu", compile=compile))
     prompt = eval_ids(engine.loaded.tokenizer, input_len)[:input_len]
     rates = []
     for _ in range(3):  # first run warms up
@@ -88,7 +91,9 @@ async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace)
 
 
 def run_ours(levels: list[int], args: argparse.Namespace) -> dict[int, dict]:
-    opts = BundledOptions(quant="int4", threads=args.threads, max_num_seqs=max(levels), startup_timeout_s=300)
+    extra = ("--compile",) if args.compile else ()
+    opts = BundledOptions(quant="int4", threads=args.threads, max_num_seqs=max(levels), extra_args=extra,
+                          startup_timeout_s=900 if args.compile else 300)  # fmt: skip
     with BundledTarget(opts) as endpoint:
         return asyncio.run(drive(endpoint, levels, args))
 
@@ -113,16 +118,19 @@ def main() -> int:
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--peer", choices=("llama-server", "none"), default="llama-server")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile our server and generate (both)")
     parser.add_argument("--worker-generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker_generate:
-        emit_result(generate_worker(args.threads, args.input_len, args.output_len))
+        emit_result(generate_worker(args.threads, args.input_len, args.output_len, args.compile))
         return 0
     levels = [int(x) for x in args.levels.split(",")]
-    cond = {**conditions(), "threads": args.threads, "input_len": args.input_len, "output_len": args.output_len}
+    cond = {**conditions(), "threads": args.threads, "input_len": args.input_len, "output_len": args.output_len,
+            "ours": "int4, torch.compile (--compile)" if args.compile else "int4, eager"}  # fmt: skip
     print("\n".join(f"{k}: {v}" for k, v in cond.items()), flush=True)
     gen = run_worker([__file__, "--worker-generate", "--threads", str(args.threads), "--input-len",
-                      str(args.input_len), "--output-len", str(args.output_len)])  # fmt: skip
+                      str(args.input_len), "--output-len", str(args.output_len)]
+                     + (["--compile"] if args.compile else []))  # fmt: skip
     t0 = time.perf_counter()
     print("ours (python -m engine serve, int4):", file=sys.stderr)
     ours = run_ours(levels, args)

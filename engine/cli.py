@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
     gen.add_argument("--no-kv-cache", action="store_true", help="recompute the whole sequence every step")
     gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings)")
+    gen.add_argument("--compile", action="store_true", help="torch.compile the model first (slow start, fast decode)")
 
     info = sub.add_parser("info", help="architecture, sizes and weight formats of a model file")
     _add_model_args(info)
@@ -91,6 +92,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help=h("cors_origins"))  # fmt: skip
     p.add_argument("--log-prompts", action="store_true", help=h("log_prompts"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help=h("threads"))
+    p.add_argument("--compile", action="store_true", help=h("compile"))
     p.add_argument("--grace-period", dest="grace_period_s", type=float, default=30.0, metavar="S",
                    help=h("grace_period_s"))  # fmt: skip
 
@@ -149,7 +151,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         logprobs=args.logprobs,
         ignore_eos=args.ignore_eos,
     )
-    engine = Engine.load(LoadOptions(args.quant, args.model, args.device, not args.no_weight_cache))
+    engine = Engine.load(LoadOptions(args.quant, args.model, args.device, not args.no_weight_cache, args.compile))
     prompt: str | list[dict] = args.prompt
     if args.chat:
         prompt = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -171,7 +173,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         rate = lambda v: f"{v:.1f}" if v is not None else "n/a"  # noqa: E731
         print(
             f"[{engine.info.quant} on {engine.info.device}, load {engine.info.load_s:.2f}s ({engine.info.source}), "
-            f"prompt {result.prompt_tokens} tok at {rate(result.prefill_tok_s)} tok/s, "
+            + (f"compile {engine.info.compile_s:.1f}s, " if engine.info.compile_s is not None else "")
+            + f"prompt {result.prompt_tokens} tok at {rate(result.prefill_tok_s)} tok/s, "
             f"output {result.completion_tokens} tok at {rate(result.decode_tok_s)} tok/s, "
             f"finish {result.finish_reason}]",
             file=sys.stderr,
@@ -186,6 +189,7 @@ def _load_dict(engine: Engine) -> dict[str, object]:
         "device": info.device,
         "source": info.source,
         "load_s": info.load_s,
+        "compile_s": info.compile_s,
         "weight_bytes": info.weight_bytes,
         "gguf_bytes": info.gguf_bytes,
         "kernel_notes": list(info.kernel_notes),
@@ -233,7 +237,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     fields = ("quant", "host", "port", "insecure", "served_model_name", "max_num_seqs", "max_model_len", "max_queue",
               "kv_cache_bytes", "rate_limit_rpm", "rate_limit_burst", "max_body_bytes", "speculative",
-              "num_speculative_tokens", "log_prompts", "threads", "grace_period_s")  # fmt: skip
+              "num_speculative_tokens", "log_prompts", "threads", "grace_period_s", "compile")  # fmt: skip
     try:
         options = ServerOptions(
             model=args.model,

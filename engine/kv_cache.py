@@ -35,6 +35,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 class KVCache:
     """Per-layer K/V buffers plus the number of filled positions."""
 
+    compilable = True  # every step is (1, tokens) over a growing prefix: regular shapes
+
     def __init__(
         self,
         config: ModelConfig,

@@ -184,6 +184,26 @@ class LLMEngine:
         }
 
 
+def warm_up_compiled(loaded: LoadedModel) -> None:
+    """Trace the compiled decode-only graphs (one sequence, then several) before serving.
+
+    Runs on a throwaway LLMEngine with a small pool of its own, so the real engine's
+    prefix cache and statistics never see the warm-up. The pool size is a dynamic
+    dimension of the compiled graphs, so they are reused by the real pool.
+    """
+    if not loaded.model.compiled:
+        return
+    block = EngineConfig().block_size
+    pool = 8 * PagedKVCache.bytes_per_block(loaded.config, block, loaded.model.act_dtype)
+    engine = LLMEngine(loaded, EngineConfig(max_num_seqs=2, max_model_len=64, kv_cache_bytes=pool, block_size=block))
+    params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    for batch in (1, 2):
+        for i in range(batch):
+            engine.add_request([16 + i, 17, 18, 19, 20, 21, 22, 23], params)
+        while engine.has_unfinished:
+            engine.step()
+
+
 def _sample_rows(items: list[ScheduledSeq]) -> tuple[list[int], dict[ScheduledSeq, tuple[int, int]]]:
     """Rows of the flattened step whose logits are needed, and which item owns which slice.
 
@@ -201,4 +221,3 @@ def _sample_rows(items: list[ScheduledSeq]) -> tuple[list[int], dict[ScheduledSe
             rows.extend(range(end - count, end))
         offset = end
     return rows, owners
-

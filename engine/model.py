@@ -44,6 +44,10 @@ class RMSNorm(nn.Module):
     def post_load(self) -> None:
         self._cast = None
 
+    def prepare(self, dtype: torch.dtype) -> None:
+        """Make the cast now: a compiled graph must not mutate the module it traces (it would recompile)."""
+        self._cast = self.weight.detach().to(dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self._cast
         if w is None or w.dtype != x.dtype:
@@ -113,7 +117,13 @@ def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 
 
 class AttentionCache(Protocol):
-    """Where K/V live between steps: the contiguous `KVCache` or the paged cache of the server."""
+    """Where K/V live between steps: the contiguous `KVCache` or the paged cache of the server.
+
+    `compilable` says whether a step over this cache has regular enough shapes for
+    the torch.compile'd blocks (engine/compiled.py); the others run eagerly.
+    """
+
+    compilable: bool
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """Store k, v (b, t, kv_heads, dim) for `layer` and return attention output (b, t, heads * dim)."""
@@ -170,6 +180,25 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_eps)
         self.output = None if config.tied_embeddings else make_linear("output", config.hidden_size, config.vocab_size)
         self.rope = Rotary(config, act_dtype, device)
+        self._compiled_blocks: Callable[..., torch.Tensor] | None = None
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled_blocks is not None
+
+    def enable_compile(self) -> None:
+        """Run steps over a compilable cache through a torch.compile'd copy of the blocks.
+
+        Compilation itself happens on the first such step (see engine/compiled.py);
+        callers warm up before they measure or serve.
+        """
+        from engine.compiled import compile_function
+
+        if self._compiled_blocks is None:
+            for module in self.modules():
+                if isinstance(module, RMSNorm):
+                    module.prepare(self.act_dtype)
+            self._compiled_blocks = compile_function(self._run_blocks, self.rope.cos.device)
 
     def forward(
         self,
@@ -209,6 +238,11 @@ class Transformer(nn.Module):
         return self._logits(h)
 
     def _blocks(self, ids: torch.Tensor, rope: RopeArgs, cache: AttentionCache | None) -> torch.Tensor:
+        if self._compiled_blocks is not None and cache is not None and cache.compilable:
+            return self._compiled_blocks(ids, rope, cache)
+        return self._run_blocks(ids, rope, cache)
+
+    def _run_blocks(self, ids: torch.Tensor, rope: RopeArgs, cache: AttentionCache | None) -> torch.Tensor:
         h = self.embedding.lookup(ids).to(self.act_dtype)
         for block in self.layers:
             h = block(h, rope, cache)

@@ -71,6 +71,11 @@ class PagedBatch:
     segments: list[Segment]
     decode_only: bool = False  # every token is a single-token decode, in row order (no scatter needed)
 
+    @property
+    def compilable(self) -> bool:
+        """Decode-only steps have one regular shape; mixed steps loop over a varying list of segments."""
+        return self.decode_only
+
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         _, n_tok, n_heads, dim = q.shape
         k_pool, v_pool = self.cache.keys[layer], self.cache.values[layer]

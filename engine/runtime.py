@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -20,6 +20,8 @@ from engine.errors import EngineError, PromptError
 from engine.kv_cache import KVCache
 from engine.loader import LoadedModel, load_model
 from engine.sampling import SamplingParams, make_generator, sample_token
+
+WARMUP_PROMPT_IDS = list(range(16, 24))  # any 8 in-vocabulary ids: warm-up traces shapes, not text
 
 
 def cuda_graphs_enabled() -> bool:
@@ -35,6 +37,7 @@ class LoadOptions:
     model_path: str | None = None
     device: str = "auto"
     use_cache: bool = True
+    compile: bool = False  # torch.compile the blocks (engine/compiled.py); Engine.load warms it up
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class LoadInfo:
     kernel_notes: tuple[str, ...]
     model_name: str
     config: ModelConfig
+    compile_s: float | None = None  # warm-up time of --compile (None: eager)
 
 
 @dataclass(slots=True)
@@ -128,9 +132,7 @@ class Generation:
         rng = make_generator(params.seed, device)
         needed = len(self._prompt) + params.max_tokens
         graphed = eng.graph_decoder(needed) if self._use_kv else None
-        cache = (
-            KVCache(model.config, 1, needed, model.act_dtype, device) if self._use_kv and graphed is None else None
-        )
+        cache = KVCache(model.config, 1, needed, model.act_dtype, device) if self._use_kv and graphed is None else None
         ids: list[int] = []
         logprobs: list[float] = []
         text, emitted = "", 0
@@ -212,7 +214,25 @@ class Engine:
     @classmethod
     def load(cls, options: LoadOptions | None = None) -> Engine:
         opts = options or LoadOptions()
-        return cls(load_model(opts.model_path, opts.quant, opts.device, opts.use_cache))
+        engine = cls(load_model(opts.model_path, opts.quant, opts.device, opts.use_cache))
+        if opts.compile:
+            engine.compile()
+        return engine
+
+    def compile(self) -> float:
+        """Switch to the torch.compile'd blocks and compile them now; returns the seconds it took.
+
+        A short generation traces the prefill and the decode graphs, so the first real
+        request (and any timing of it) runs compiled code, not the compiler.
+        """
+        t0 = time.perf_counter()
+        self.loaded.model.enable_compile()
+        warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+        for _ in self.stream_ids(WARMUP_PROMPT_IDS, warm):
+            pass
+        seconds = time.perf_counter() - t0
+        self.info = replace(self.info, compile_s=seconds)
+        return seconds
 
     @property
     def load_info(self) -> LoadInfo:

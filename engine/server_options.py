@@ -63,6 +63,9 @@ class ServerOptions(BaseModel):
     cors_origins: tuple[str, ...] = Field((), description="allowed browser origin (repeatable); none: CORS off")
     log_prompts: bool = Field(False, description="log prompts and outputs (off: never logged)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
+    compile: bool = Field(
+        False, description="torch.compile the decode step before /health turns 200 (about 1 min cold, faster decode)"
+    )
     grace_period_s: float = Field(30.0, ge=0, description="seconds in-flight requests get to finish on SIGTERM")
 
     @model_validator(mode="after")

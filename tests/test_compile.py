@@ -1,0 +1,133 @@
+"""`--compile` (torch.compile of the blocks): same model, fewer dispatches.
+
+Compiling the 30-layer graph costs minutes on a 2-core machine (tracing time
+grows with depth), so these tests run the real model cut to its first
+LAYERS blocks: the same code, weights and kernels, a fraction of the trace. The
+full-depth figures (speed, quality against fp32) are in docs/BENCHMARKS.md.
+Four graphs are traced in all: int4 prefill and decode, fp32 paged decode for
+one and for two sequences.
+
+What must hold:
+- fp32 arithmetic is reproduced exactly enough that batched greedy outputs are
+  token-for-token those of eager mode;
+- int4 (bf16 activations) differs only by rounding: Inductor's fused norm sums
+  in another order, and a one-ulp change can flip a later bf16 cast. Its next-token
+  distributions stay within a small KL of eager's on the shipped evaluation text;
+- a new prompt length or context length never recompiles (that would stall a
+  request for tens of seconds).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.utils import counters
+
+from engine.compiled import compile_function, compile_unavailable_reason
+from engine.errors import EngineError
+from engine.kv_cache import KVCache
+from engine.llm_engine import EngineConfig, LLMEngine, warm_up_compiled
+from engine.runtime import Engine, LoadOptions
+from engine.sampling import SamplingParams
+from engine.studies_base import eval_ids
+from engine.studies_quant import eval_windows, quality, scored_targets
+
+pytestmark = pytest.mark.skipif(
+    compile_unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler for Inductor"
+)
+
+WINDOW = 128
+LAYERS = 4
+
+
+def _shallow(engine: Engine) -> Engine:
+    """The engine with only its first LAYERS blocks (the caches keep room for all of them)."""
+    model = engine.loaded.model
+    model.layers = nn.ModuleList(list(model.layers)[:LAYERS])
+    return engine
+
+
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def _teacher_forced(engine: Engine, ids: list[int]) -> torch.Tensor:
+    """Next-token log-probabilities over windows, each prefilled through a KV cache (the compiled path)."""
+    model = engine.loaded.model
+    parts = []
+    with torch.inference_mode():
+        for start, end in eval_windows(len(ids), WINDOW):
+            cache = KVCache(model.config, 1, WINDOW, model.act_dtype, "cpu")
+            logits = model(torch.tensor([ids[start:end]]), 0, cache, last_only=False)[0, :-1]
+            parts.append(torch.log_softmax(logits.float(), dim=-1))
+    return torch.cat(parts)
+
+
+@pytest.fixture(scope="module")
+def int4_pair() -> tuple[Engine, torch.Tensor, torch.Tensor, list[int]]:
+    engine = _shallow(Engine.load(LoadOptions(quant="int4", device="cpu")))
+    ids = eval_ids(engine.loaded.tokenizer, 2 * WINDOW)[: 2 * WINDOW]
+    eager = _teacher_forced(engine, ids)
+    engine.compile()
+    return engine, eager, _teacher_forced(engine, ids), ids
+
+
+def test_int4_compiled_keeps_eager_quality(int4_pair: tuple[Engine, torch.Tensor, torch.Tensor, list[int]]) -> None:
+    engine, eager, compiled, ids = int4_pair
+    assert engine.loaded.model.compiled
+    assert engine.info.compile_s is not None and engine.info.compile_s > 0
+    q = quality(compiled, eager, scored_targets(ids, WINDOW))
+    assert q["mean_kl_nats"] < 0.02, q
+    assert q["top1_agreement"] >= 0.9, q
+
+
+def test_int4_compiled_generates_without_recompiling(
+    int4_pair: tuple[Engine, torch.Tensor, torch.Tensor, list[int]],
+) -> None:
+    engine = int4_pair[0]
+    before = _graphs()
+    for prompt, n in (("The capital of France is", 24), ("Write a haiku about launch day, please.", 40)):
+        result = engine.generate(prompt, SamplingParams(max_tokens=n, ignore_eos=True))
+        assert result.completion_tokens == n
+        assert result.text.strip()
+    assert _graphs() == before, "a new prompt or context length recompiled the model"
+
+
+def test_no_kv_cache_path_stays_eager(int4_pair: tuple[Engine, torch.Tensor, torch.Tensor, list[int]]) -> None:
+    """The with/without-cache study must measure the model as written, so cache=None never compiles."""
+    engine = int4_pair[0]
+    before = _graphs()
+    result = engine.generate("Hello", SamplingParams(max_tokens=4, ignore_eos=True), use_kv_cache=False)
+    assert result.completion_tokens == 4 and not result.kv_cache
+    assert _graphs() == before
+
+
+def test_fp32_compiled_batches_match_eager_token_for_token() -> None:
+    engine = _shallow(Engine.load(LoadOptions(quant="fp32", device="cpu")))
+    prompts = ["The capital of France is", "def add(a, b):\n    ", "Three primary colours are"]
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+
+    def run() -> list[list[int]]:
+        llm = LLMEngine(engine.loaded, EngineConfig(max_num_seqs=4, max_num_batched_tokens=64))
+        ids = [llm.add_request(engine.encode_prompt(p), params) for p in prompts]
+        out: dict[int, list[int]] = {i: [] for i in ids}
+        while llm.has_unfinished:
+            for step in llm.step().outputs:
+                out[step.seq_id].extend(step.new_token_ids)
+        return [out[i] for i in ids]
+
+    eager = run()
+    engine.loaded.model.enable_compile()
+    warm_up_compiled(engine.loaded)
+    before = _graphs()
+    assert run() == eager
+    assert _graphs() == before, "the serving pool or batch size recompiled the decode step"
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    reason = compile_unavailable_reason(torch.device("cpu"))
+    assert reason is not None and "C++ compiler" in reason
+    with pytest.raises(EngineError, match="C\\+\\+ compiler"):
+        compile_function(lambda x: x, torch.device("cpu"))
