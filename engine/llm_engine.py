@@ -16,7 +16,7 @@ import torch
 from engine.loader import LoadedModel
 from engine.ngram_drafter import NgramDrafter, accept_drafts
 from engine.paged_cache import PagedKVCache, build_batch
-from engine.sampling import SamplingParams, make_generator, sample_token
+from engine.sampling import SamplingParams, argmax_ids, make_generator, sample_token
 from engine.scheduler import Scheduler, SchedulerConfig
 from engine.scheduler_types import ScheduledSeq
 from engine.sequence import Sequence
@@ -162,7 +162,7 @@ class LLMEngine:
         """Sample one token, or verify drafts greedily (accepted prefix + the target's next token)."""
         seq, params = item.seq, item.seq.params
         if item.draft_token_ids:
-            tokens = accept_drafts(list(item.draft_token_ids), rows.argmax(-1).tolist())
+            tokens = accept_drafts(list(item.draft_token_ids), argmax_ids(rows))
             if not params.logprobs:
                 return tokens, []
             lps = torch.log_softmax(rows[: len(tokens)], -1)

