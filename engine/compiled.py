@@ -6,10 +6,10 @@ which the int4 matmuls are ~4 ms). Inductor fuses the norms, RoPE, SwiGLU and
 residual adds into a few generated C++ loops and calls the int4 kernel
 directly: the same step took 7.1 ms (see docs/BENCHMARKS.md).
 
-Why opt-in: compiling costs 2-3 minutes on 2 cores the first time (two graphs:
-prefill and decode; the server traces single- and multi-sequence decode) and
-~45 s in a later process, which reuses Inductor's on-disk cache under
-Preflight's cache directory but must still trace the model. The dashboard's
+Why opt-in: compiling costs 3-4 minutes on 2 cores the first time (two graphs:
+prefill and decode for `generate`; decode of one and of several sequences for
+the server) and ~50 s in a later process, which reuses Inductor's on-disk cache
+under Preflight's cache directory but must still trace the model. The dashboard's
 default engine and the studies stay eager.
 
 What is compiled: the embedding lookup and the 30 blocks (`Transformer._run_blocks`),
@@ -51,6 +51,24 @@ def inductor_cache_dir() -> str:
     return str(cache_dir() / "inductor")
 
 
+def _use_preflight_cache_dir() -> None:
+    """Point Inductor at Preflight's cache unless the user chose a directory.
+
+    Torch writes its default into the environment variable the first time anything
+    asks for the cache directory (importing `torch._dynamo.utils` does), so a value
+    equal to that default is torch's, not the user's, and is replaced.
+    """
+    current = os.environ.get(CACHE_ENV)
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        torch_default = os.path.abspath(default_cache_dir())
+    except ImportError:  # a torch without this helper: only fill an unset variable
+        torch_default = None
+    if current is None or os.path.abspath(current) == torch_default:
+        os.environ[CACHE_ENV] = inductor_cache_dir()
+
+
 def compile_unavailable_reason(device: torch.device) -> str | None:
     """Why `--compile` cannot work here, or None. CPU kernels need a C++ compiler on PATH."""
     if device.type != "cpu":
@@ -73,5 +91,5 @@ def compile_function(fn: Callable[..., Any], device: torch.device) -> Callable[.
     reason = compile_unavailable_reason(device)
     if reason is not None:
         raise EngineError(reason)
-    os.environ.setdefault(CACHE_ENV, inductor_cache_dir())
+    _use_preflight_cache_dir()
     return torch.compile(fn, dynamic=True, fullgraph=True, options={"cpp_wrapper": True})

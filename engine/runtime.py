@@ -219,17 +219,24 @@ class Engine:
             engine.compile()
         return engine
 
-    def compile(self) -> float:
+    def compile(self, serving: bool = False) -> float:
         """Switch to the torch.compile'd blocks and compile them now; returns the seconds it took.
 
-        A short generation traces the prefill and the decode graphs, so the first real
-        request (and any timing of it) runs compiled code, not the compiler.
+        Tracing happens on a graph's first run, so a short warm-up runs every graph
+        the caller will use: prefill and decode for `generate`, or, with `serving`,
+        decode-only batches of one and of several sequences (LLMEngine). The first
+        real request, and any timing of it, then runs compiled code, not the compiler.
         """
+        from engine.llm_engine import warm_up_compiled
+
         t0 = time.perf_counter()
         self.loaded.model.enable_compile()
-        warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
-        for _ in self.stream_ids(WARMUP_PROMPT_IDS, warm):
-            pass
+        if serving:
+            warm_up_compiled(self.loaded)
+        else:
+            warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+            for _ in self.stream_ids(WARMUP_PROMPT_IDS, warm):
+                pass
         seconds = time.perf_counter() - t0
         self.info = replace(self.info, compile_s=seconds)
         return seconds

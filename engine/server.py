@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 from fastapi import APIRouter, FastAPI, Request
@@ -31,7 +31,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from engine.async_engine import EngineLoop
 from engine.gguf_file import resolve_model_path
-from engine.llm_engine import EngineConfig, LLMEngine, warm_up_compiled
+from engine.llm_engine import EngineConfig, LLMEngine
 from engine.loader import LoadedModel
 from engine.paged_cache import PagedKVCache
 from engine.runtime import Engine, LoadOptions
@@ -110,8 +110,8 @@ class ServerState:
         t0 = time.perf_counter()
         try:
             engine = self._load()
-            if self.options.compile:
-                self._compile(engine)
+            if self.options.compile:  # before /health turns 200, so no request waits on the compiler
+                logger.info("compiled the decode step in %.1f s", engine.compile(serving=True))
             llm = LLMEngine(engine.loaded, engine_config(self.options, engine.loaded))
             loop = EngineLoop(llm, self.metrics.on_step)
             loop.start()
@@ -129,15 +129,6 @@ class ServerState:
             self.model_name, info.quant, info.device, llm.max_model_len,
             llm.scheduler.config.num_kv_blocks, time.perf_counter() - t0,
         )  # fmt: skip
-
-    @staticmethod
-    def _compile(engine: Engine) -> None:
-        """torch.compile the decode-only batch step and trace it now, while /health still says 503."""
-        t0 = time.perf_counter()
-        engine.loaded.model.enable_compile()
-        warm_up_compiled(engine.loaded)
-        engine.info = replace(engine.info, compile_s=time.perf_counter() - t0)
-        logger.info("compiled the decode step in %.1f s", engine.info.compile_s)
 
     def require(self) -> Serving:
         """The loaded engine, or a 503 that says why there is none."""

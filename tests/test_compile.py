@@ -19,17 +19,26 @@ What must hold:
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
+import httpx
 import pytest
 import torch
+import uvicorn
+from server_harness import free_port
 from torch import nn
 from torch._dynamo.utils import counters
 
-from engine.compiled import compile_function, compile_unavailable_reason
+from engine.compiled import CACHE_ENV, compile_function, compile_unavailable_reason, inductor_cache_dir
 from engine.errors import EngineError
 from engine.kv_cache import KVCache
-from engine.llm_engine import EngineConfig, LLMEngine, warm_up_compiled
+from engine.llm_engine import EngineConfig, LLMEngine
 from engine.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
+from engine.server import create_app
+from engine.server_options import ServerOptions
 from engine.studies_base import eval_ids
 from engine.studies_quant import eval_windows, quality, scored_targets
 
@@ -119,13 +128,49 @@ def test_fp32_compiled_batches_match_eager_token_for_token() -> None:
         return [out[i] for i in ids]
 
     eager = run()
-    engine.loaded.model.enable_compile()
-    warm_up_compiled(engine.loaded)
+    assert engine.compile(serving=True) > 0
     before = _graphs()
     assert run() == eager
     # n-gram speculation: verification steps run eagerly, plain decode steps compiled; still exact
     assert run(speculative_tokens=4) == eager
     assert _graphs() == before, "the serving pool, batch size or speculation recompiled the decode step"
+
+
+def test_server_with_compile_serves_only_after_compiling() -> None:
+    """`serve --compile`: the load thread compiles before /health turns 200, then requests are exact.
+
+    The app runs under a real uvicorn on loopback; its load function hands over the
+    4-block fp32 engine (a fresh one: compilation is per model object).
+    """
+    engine = _shallow(Engine.load(LoadOptions(quant="fp32", device="cpu")))
+    expected = engine.generate("The capital of France is", SamplingParams(max_tokens=8, ignore_eos=True)).token_ids
+    app = create_app(ServerOptions(compile=True), load=lambda: engine)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                status = httpx.get(f"{base}/health", timeout=5).status_code
+            except httpx.TransportError:
+                status = None
+            if status == 200:
+                break
+            assert time.monotonic() < deadline and thread.is_alive(), f"server not ready (last status {status})"
+            time.sleep(0.2)
+        assert engine.loaded.model.compiled and engine.info.compile_s is not None
+        body = {"model": app.state.server.model_name, "prompt": "The capital of France is", "max_tokens": 8,
+                "temperature": 0, "ignore_eos": True, "logprobs": 0}  # fmt: skip
+        r = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        text = r.json()["choices"][0]["text"]
+        assert text == engine.loaded.tokenizer.decode(expected)
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -134,3 +179,17 @@ def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
     assert reason is not None and "C++ compiler" in reason
     with pytest.raises(EngineError, match="C\\+\\+ compiler"):
         compile_function(lambda x: x, torch.device("cpu"))
+
+
+def test_inductor_cache_goes_beside_the_weight_cache_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv(CACHE_ENV, default_cache_dir())  # what torch writes on first use
+    compile_function(lambda x: x, torch.device("cpu"))
+    assert os.environ[CACHE_ENV] == inductor_cache_dir()
+    assert inductor_cache_dir().startswith(os.environ["PREFLIGHT_CACHE_DIR"])
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+    compile_function(lambda x: x, torch.device("cpu"))
+    assert os.environ[CACHE_ENV] == str(tmp_path / "mine")
