@@ -24,7 +24,11 @@ def target_inputs() -> dict:
         c1, c2 = st.columns(2)
         quant = c1.selectbox("Weight format", FORMATS, key="bench_quant")
         threads = c2.number_input("Server threads (0 = torch default)", 0, 64, 1, key="bench_threads")
-        return {"target": f"bundled:{quant}", "threads": int(threads) or None}
+        compiled = st.checkbox(
+            "torch.compile the server (CPU; its first start takes 3-4 minutes, later ones about 1)",
+            key="bench_compile",
+        )
+        return {"target": f"bundled:{quant}", "threads": int(threads) or None, "compile": compiled}
     c1, c2, c3 = st.columns([3, 2, 1])
     url = c1.text_input("Base URL", placeholder="http://127.0.0.1:8000/v1", key="bench_target_url")
     key = c2.text_input("API key", type="password", key="bench_api_key")

@@ -16,6 +16,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +40,7 @@ from checks.version import __version__
 from checks.workloads import SyntheticSpec, synthetic_requests
 
 RESULT_SCHEMA = "preflight.benchmark/1"
+COMPILE_STARTUP_TIMEOUT_S = 900.0  # a cold --compile takes 3-4 minutes on 2 cores, more on a busy machine
 Distribution = Literal["fixed", "uniform", "normal"]
 
 
@@ -72,6 +74,9 @@ class BenchmarkConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="bundled target: torch threads of the server")
     device: str = Field("cpu", description="bundled target: cpu, cuda or auto")
     max_num_seqs: int = Field(16, ge=1, description="bundled target: sequences batched together")
+    compile: bool = Field(
+        False, description="bundled target: serve --compile (torch.compile; 3-4 min first start, faster decode)"
+    )
     sweep_rates: int = Field(5, ge=1, description="sweep: Poisson rates between sync and saturation")
     sweep_concurrency: int = Field(32, ge=2, description="sweep: concurrency of the saturation step")
     monitor_interval_s: float = Field(0.5, gt=0, description="resource sampling interval")
@@ -204,10 +209,14 @@ def run_benchmark(
     requests, workload = build_requests(config, tokenizer)
     quant = config.bundled_quant()
     if quant is not None:
-        target: BundledTarget | RemoteTarget = BundledTarget(BundledOptions(
+        options = BundledOptions(
             quant=quant, device=config.device, threads=config.threads, max_num_seqs=config.max_num_seqs, api=config.api,
-        ))  # fmt: skip
-        status(f"starting the bundled engine ({quant}) and waiting for /health")
+        )  # fmt: skip
+        if config.compile:
+            options = replace(options, extra_args=("--compile",), startup_timeout_s=COMPILE_STARTUP_TIMEOUT_S)
+        target: BundledTarget | RemoteTarget = BundledTarget(options)
+        how = f"{quant}, compiling first" if config.compile else quant
+        status(f"starting the bundled engine ({how}) and waiting for /health")
     else:
         key = config.api_key.get_secret_value() if config.api_key else None
         target = RemoteTarget(config.target, key, config.model, config.api)

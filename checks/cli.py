@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + name.replace("_", "-")
         default = field.default
+        if isinstance(default, bool):  # an off-by-default switch: the flag alone turns it on
+            bench.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=field.description)
+            continue
         kind = {int: int, float: float}.get(type(default)) if default is not None else None
         if kind is None:
             ann = str(field.annotation)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from checks.benchmark import RESULT_SCHEMA
+from checks.benchmark import RESULT_SCHEMA, BenchmarkConfig
 from checks.cli import build_parser, main, parse_duration
 from checks.console import format_result
 from checks.profiles import PROFILE_HELP
@@ -97,3 +97,10 @@ def test_duration_alone_bounds_the_run(capsys: pytest.CaptureFixture[str]) -> No
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["bench", "--duration", "2s", "--target", url, "--quiet"]) == 1
     assert capsys.readouterr().err.startswith(f"error: cannot connect to {url}")
+
+
+def test_switches_are_bare_flags() -> None:
+    """A bool field of BenchmarkConfig is a flag without a value; left out, the config default (off) holds."""
+    assert build_parser().parse_args(["bench", "--compile"]).compile is True
+    assert "compile" not in vars(build_parser().parse_args(["bench"]))
+    assert BenchmarkConfig().compile is False
