@@ -200,6 +200,10 @@ class Transformer(nn.Module):
                     module.prepare(self.act_dtype)
             self._compiled_blocks = compile_function(self._run_blocks, self.rope.cos.device)
 
+    def disable_compile(self) -> None:
+        """Back to eager blocks (after a failed compile: the model must keep working)."""
+        self._compiled_blocks = None
+
     def forward(
         self,
         ids: torch.Tensor,

@@ -230,13 +230,19 @@ class Engine:
         from engine.llm_engine import warm_up_compiled
 
         t0 = time.perf_counter()
-        self.loaded.model.enable_compile()
-        if serving:
-            warm_up_compiled(self.loaded)
-        else:
-            warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
-            for _ in self.stream_ids(WARMUP_PROMPT_IDS, warm):
-                pass
+        model = self.loaded.model
+        model.enable_compile()
+        try:
+            if serving:
+                warm_up_compiled(self.loaded)
+            else:
+                warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+                for _ in self.stream_ids(WARMUP_PROMPT_IDS, warm):
+                    pass
+        except Exception as exc:  # Dynamo/Inductor failures are long; the engine stays usable, eager
+            model.disable_compile()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EngineError(f"torch.compile failed ({first[:300]}); run without --compile") from exc
         seconds = time.perf_counter() - t0
         self.info = replace(self.info, compile_s=seconds)
         return seconds

@@ -193,3 +193,27 @@ def test_inductor_cache_goes_beside_the_weight_cache_unless_the_user_chose(
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
     compile_function(lambda x: x, torch.device("cpu"))
     assert os.environ[CACHE_ENV] == str(tmp_path / "mine")
+
+
+def test_a_broken_toolchain_is_one_error_and_the_engine_stays_eager(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """A compiler that exists but fails (a real broken install): EngineError, then eager generation still works.
+
+    bf16 is compiled nowhere else in this file, so nothing cached in this process can
+    stand in for the compiler; an empty Inductor cache does the same on disk.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("g++", "c++", "gcc", "cc"):
+        fake = bin_dir / name
+        fake.write_text("#!/bin/sh\necho 'broken toolchain' >&2\nexit 1\n")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "inductor"))
+    engine = _shallow(Engine.load(LoadOptions(quant="bf16", device="cpu")))
+    with pytest.raises(EngineError, match="torch.compile failed .*run without --compile"):
+        engine.compile()
+    assert not engine.loaded.model.compiled and engine.info.compile_s is None
+    result = engine.generate("Hello", SamplingParams(max_tokens=4, ignore_eos=True))
+    assert result.completion_tokens == 4
