@@ -310,7 +310,7 @@ class LlamaServerProcess:
         if self._proc is None:
             raise LlamaServerError("llama-server was not started")
         try:
-            wait_healthy(self.base_url, self._proc, self.options.startup_timeout_s, "llama-server", self.log_tail)
+            wait_healthy(self.base_url, self._proc.poll, self.options.startup_timeout_s, "llama-server", self.log_tail)
         except TargetError as exc:
             raise LlamaServerError(str(exc)) from None
 

@@ -45,7 +45,8 @@ class StreamServer:
     def __enter__(self) -> StreamServer:
         script = Path(__file__).with_name("_stream_server.py")
         self.proc = subprocess.Popen([sys.executable, str(script), "--port", str(self.port)], cwd=REPO_ROOT)
-        wait_healthy(self.base_url, self.proc, 30.0, "the stream server", lambda: "(its output is on this console)")
+        no_log = lambda: "(its output is on this console)"  # noqa: E731
+        wait_healthy(self.base_url, self.proc.poll, 30.0, "the stream server", no_log)
         return self
 
     def __exit__(self, *exc: object) -> None:

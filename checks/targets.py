@@ -66,21 +66,24 @@ def free_port() -> int:
 
 def wait_healthy(
     base_url: str,
-    proc: subprocess.Popen[bytes],
+    exit_code: Callable[[], int | None],
     deadline_s: float,
     what: str,
     log_tail: Callable[[], str],
     path: str = "/health",
 ) -> None:
-    """Poll `base_url + path` until 200; TargetError at once if `proc` exits, or at the deadline.
+    """Poll `base_url + path` until 200; TargetError at once if the server ends, or at the deadline.
 
-    Both errors carry the child's last log lines: a server that cannot start says why there.
+    `exit_code` says whether the server has ended (a child's `Popen.poll`, or a check on
+    an in-process server's thread). Both errors carry the server's last log lines: a
+    server that cannot start says why there.
     """
     deadline = time.monotonic() + deadline_s
     last = "no answer yet"
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise TargetError(f"{what} exited ({proc.returncode}) while starting:\n{log_tail()}")
+        code = exit_code()
+        if code is not None:
+            raise TargetError(f"{what} exited ({code}) while starting:\n{log_tail()}")
         try:
             with urllib.request.urlopen(base_url + path, timeout=2.0) as resp:
                 if resp.status == 200:
@@ -231,7 +234,7 @@ class BundledTarget:
     def _wait_healthy(self) -> None:
         if self.proc is None:
             raise TargetError("the bundled server was not started")
-        wait_healthy(self.base_url, self.proc, self.options.startup_timeout_s, "the bundled server", self.log_tail)
+        wait_healthy(self.base_url, self.proc.poll, self.options.startup_timeout_s, "the bundled server", self.log_tail)
 
     def log_tail(self, n: int = 30) -> str:
         try:

@@ -42,6 +42,7 @@ import torch
 from engine.errors import EngineError
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+WARMUP_PROMPT_IDS = list(range(16, 24))  # any 8 in-vocabulary ids: a warm-up traces shapes, not text
 
 
 def inductor_cache_dir() -> str:

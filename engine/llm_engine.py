@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.compiled import WARMUP_PROMPT_IDS
 from engine.loader import LoadedModel
 from engine.ngram_drafter import NgramDrafter, accept_drafts
 from engine.paged_cache import PagedKVCache, build_batch
@@ -191,15 +192,13 @@ def warm_up_compiled(loaded: LoadedModel) -> None:
     prefix cache and statistics never see the warm-up. The pool size is a dynamic
     dimension of the compiled graphs, so they are reused by the real pool.
     """
-    if not loaded.model.compiled:
-        return
     block = EngineConfig().block_size
     pool = 8 * PagedKVCache.bytes_per_block(loaded.config, block, loaded.model.act_dtype)
     engine = LLMEngine(loaded, EngineConfig(max_num_seqs=2, max_model_len=64, kv_cache_bytes=pool, block_size=block))
     params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
     for batch in (1, 2):
         for i in range(batch):
-            engine.add_request([16 + i, 17, 18, 19, 20, 21, 22, 23], params)
+            engine.add_request([WARMUP_PROMPT_IDS[0] + i, *WARMUP_PROMPT_IDS[1:]], params)
         while engine.has_unfinished:
             engine.step()
 

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from engine.compiled import WARMUP_PROMPT_IDS
 from engine.config import ModelConfig
 from engine.cuda_graph import CudaGraphDecoder, graph_capacity
 from engine.errors import EngineError, PromptError
 from engine.kv_cache import KVCache
+from engine.llm_engine import warm_up_compiled
 from engine.loader import LoadedModel, load_model
 from engine.sampling import SamplingParams, make_generator, sample_token
-
-WARMUP_PROMPT_IDS = list(range(16, 24))  # any 8 in-vocabulary ids: warm-up traces shapes, not text
 
 
 def cuda_graphs_enabled() -> bool:
@@ -227,8 +227,6 @@ class Engine:
         decode-only batches of one and of several sequences (LLMEngine). The first
         real request, and any timing of it, then runs compiled code, not the compiler.
         """
-        from engine.llm_engine import warm_up_compiled
-
         t0 = time.perf_counter()
         model = self.loaded.model
         model.enable_compile()

@@ -1,4 +1,5 @@
-"""A real `python -m engine serve` child process on loopback, for the server tests.
+"""A real `python -m engine serve` child process on loopback, for the server tests;
+and `in_process_server` for tests that hand the app their own load function.
 
 Like vLLM's `RemoteOpenAIServer`: pick a free port, start the child, poll
 `/health` with a deadline, fail at once (with the log tail) if the child
@@ -12,15 +13,18 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import openai
+import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from checks.targets import free_port
+from checks.targets import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -59,20 +63,7 @@ class RemoteServer:
         return "\n".join(lines[-n:])
 
     def wait_ready(self, deadline_s: float = START_DEADLINE_S) -> None:
-        end = time.monotonic() + deadline_s
-        last = "no answer yet"
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
-            try:
-                r = httpx.get(self.url + "/health", timeout=2.0)
-                if r.status_code == 200:
-                    return
-                last = f"HTTP {r.status_code}: {r.text[:200]}"
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready within {deadline_s:.0f} s (last: {last}):\n{self.log_tail()}")
+        wait_healthy(self.url, self.proc.poll, deadline_s, "the server", self.log_tail)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -142,3 +133,25 @@ def stream_text(events: list[dict | str], chat: bool) -> str:
             for c in e.get("choices", []):
                 parts.append((c["delta"].get("content") or "") if chat else c["text"])
     return "".join(parts)
+
+
+@contextmanager
+def in_process_server(app: object) -> Iterator[tuple[str, threading.Thread]]:
+    """Run an ASGI app under a real uvicorn on a free loopback port in a thread; yields (base URL, thread).
+
+    Returns once uvicorn listens (the app's own load may still be running: poll /health).
+    """
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("in-process server did not start")
+        time.sleep(0.05)  # the poll interval of a bounded wait
+    try:
+        yield f"http://127.0.0.1:{port}", thread
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -59,7 +59,7 @@ def server_url(tmp_path: Path) -> Iterator[str]:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, proc, START_DEADLINE_S, "streamlit", log.read_text, path="/_stcore/health")
+        wait_healthy(url, proc.poll, START_DEADLINE_S, "streamlit", log.read_text, path="/_stcore/health")
         yield url
     finally:
         proc.terminate()

@@ -20,17 +20,15 @@ What must hold:
 from __future__ import annotations
 
 import os
-import threading
-import time
 
 import httpx
 import pytest
 import torch
-import uvicorn
-from server_harness import free_port
+from server_harness import in_process_server
 from torch import nn
 from torch._dynamo.utils import counters
 
+from checks.targets import wait_healthy
 from engine.compiled import CACHE_ENV, compile_function, compile_unavailable_reason, inductor_cache_dir
 from engine.errors import EngineError
 from engine.kv_cache import KVCache
@@ -145,22 +143,9 @@ def test_server_with_compile_serves_only_after_compiling() -> None:
     engine = _shallow(Engine.load(LoadOptions(quant="fp32", device="cpu")))
     expected = engine.generate("The capital of France is", SamplingParams(max_tokens=8, ignore_eos=True)).token_ids
     app = create_app(ServerOptions(compile=True), load=lambda: engine)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                status = httpx.get(f"{base}/health", timeout=5).status_code
-            except httpx.TransportError:
-                status = None
-            if status == 200:
-                break
-            assert time.monotonic() < deadline and thread.is_alive(), f"server not ready (last status {status})"
-            time.sleep(0.2)
+    with in_process_server(app) as (base, thread):
+        alive = lambda: None if thread.is_alive() else 1  # noqa: E731
+        wait_healthy(base, alive, 600, "the in-process server", lambda: "(in-process: see the test output)")
         assert engine.loaded.model.compiled and engine.info.compile_s is not None
         body = {"model": app.state.server.model_name, "prompt": "The capital of France is", "max_tokens": 8,
                 "temperature": 0, "ignore_eos": True, "logprobs": 0}  # fmt: skip
@@ -168,9 +153,6 @@ def test_server_with_compile_serves_only_after_compiling() -> None:
         assert r.status_code == 200, r.text
         text = r.json()["choices"][0]["text"]
         assert text == engine.loaded.tokenizer.decode(expected)
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
-from server_harness import MODEL, REPO, free_port
+from server_harness import MODEL, REPO, free_port, in_process_server
 
 from engine.runtime import Engine
 from engine.server import create_app
@@ -41,19 +40,9 @@ class BlockedLoad:
 def loading_server() -> Iterator[tuple[str, BlockedLoad]]:
     load = BlockedLoad()
     app = create_app(ServerOptions(api_key="k", rate_limit_rpm=600, rate_limit_burst=100), load=load)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("in-process server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", load
-    load.release.set()
-    server.should_exit = True
-    thread.join(30)
+    with in_process_server(app) as (url, _thread):
+        yield url, load
+        load.release.set()
 
 
 def _error(r: httpx.Response, status: int, code: str) -> None:
