@@ -1,7 +1,7 @@
 """The Benchmark page's widgets: the target / workload / load form, live progress and result views.
 
 Kept beside `widgets.py` so that pages/benchmark.py stays a short running order; every
-value is handed to `checks.benchmark.BenchmarkConfig`, which validates it.
+value is handed to `checks.load.benchmark.BenchmarkConfig`, which validates it.
 """
 
 import tempfile
@@ -10,9 +10,9 @@ from pathlib import Path
 import altair as alt
 import streamlit as st
 
-from checks.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
+from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.jobs import BenchmarkJob, JobState
-from checks.scenarios import SCENARIOS
+from checks.load.scenarios import SCENARIOS
 
 FORMATS = ["int4", "int8", "bf16", "fp32", "fp8"]
 PROFILES = ["sync", "concurrency", "constant", "poisson", "sweep"]

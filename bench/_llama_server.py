@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import REPO_ROOT  # noqa: E402
-from checks.targets import TargetError, free_port, wait_healthy  # noqa: E402
+from checks.load.targets import TargetError, free_port, wait_healthy  # noqa: E402
 
 ENV_VAR = "PREFLIGHT_LLAMA_SERVER"
 DIST_NAME = "llama-cpp-python"

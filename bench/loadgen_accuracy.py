@@ -30,13 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import conditions, fmt_num, fmt_ratio, format_table, physical_cores  # noqa: E402
 from bench._guidellm import GUIDELLM, GuidellmRun, export_tokenizer, run_guidellm  # noqa: E402
-from checks.endpoint import Endpoint  # noqa: E402
-from checks.loadgen import RunLimits, run_load  # noqa: E402
-from checks.metrics import summarize  # noqa: E402
-from checks.profiles import LoadProfile  # noqa: E402
-from checks.targets import BundledOptions, BundledTarget, probe  # noqa: E402
-from checks.tokenizer import bundled_tokenizer  # noqa: E402
-from checks.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
+from checks.load.endpoint import Endpoint  # noqa: E402
+from checks.load.loadgen import RunLimits, run_load  # noqa: E402
+from checks.load.metrics import summarize  # noqa: E402
+from checks.load.profiles import LoadProfile  # noqa: E402
+from checks.load.targets import BundledOptions, BundledTarget, probe  # noqa: E402
+from checks.load.tokenizer import bundled_tokenizer  # noqa: E402
+from checks.load.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
 
 
 def preflight(endpoint: Endpoint, args: argparse.Namespace, seed: int, n: int | None = None) -> dict:

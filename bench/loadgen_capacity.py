@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import REPO_ROOT, conditions, fmt_num, fmt_ratio, format_table  # noqa: E402
 from bench._guidellm import GUIDELLM, GuidellmRun, export_tokenizer, run_guidellm  # noqa: E402
-from checks.loadgen import RunLimits, run_load  # noqa: E402
-from checks.metrics import summarize  # noqa: E402
-from checks.profiles import LoadProfile  # noqa: E402
-from checks.prompts import PromptRequest  # noqa: E402
-from checks.targets import free_port, probe, wait_healthy  # noqa: E402
+from checks.load.loadgen import RunLimits, run_load  # noqa: E402
+from checks.load.metrics import summarize  # noqa: E402
+from checks.load.profiles import LoadProfile  # noqa: E402
+from checks.load.prompts import PromptRequest  # noqa: E402
+from checks.load.targets import free_port, probe, wait_healthy  # noqa: E402
 
 
 class StreamServer:

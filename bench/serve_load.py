@@ -6,7 +6,7 @@
 
 Starts `python -m engine serve` (int4) and then llama-server (built from the
 llama-cpp-python sdist, bench/_llama_server.py), one at a time, never together, and
-drives each with Preflight's own load generator (checks/loadgen.py) at every
+drives each with Preflight's own load generator (checks/load/loadgen.py) at every
 concurrency level: synthetic prompts of --input-len tokens, --output-len tokens out
 with EOS ignored and greedy decoding (temperature 0, like `generate`),
 max(16, requests-per-stream x level) measured requests after a warm-up of min(level, 4).
@@ -32,14 +32,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import conditions, emit_result, fmt_num, fmt_ratio, format_table, physical_cores, run_worker  # noqa: E402
-from checks.client import RequestOptions  # noqa: E402
-from checks.endpoint import Endpoint  # noqa: E402
-from checks.loadgen import RunLimits, run_load  # noqa: E402
-from checks.metrics import summarize  # noqa: E402
-from checks.profiles import LoadProfile  # noqa: E402
-from checks.targets import BundledOptions, BundledTarget, probe  # noqa: E402
-from checks.tokenizer import bundled_tokenizer  # noqa: E402
-from checks.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
+from checks.load.client import RequestOptions  # noqa: E402
+from checks.load.endpoint import Endpoint  # noqa: E402
+from checks.load.loadgen import RunLimits, run_load  # noqa: E402
+from checks.load.metrics import summarize  # noqa: E402
+from checks.load.profiles import LoadProfile  # noqa: E402
+from checks.load.targets import BundledOptions, BundledTarget, probe  # noqa: E402
+from checks.load.tokenizer import bundled_tokenizer  # noqa: E402
+from checks.load.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
 
 GREEDY = RequestOptions(temperature=0.0)
 

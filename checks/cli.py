@@ -18,10 +18,10 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
-from checks.benchmark import BenchmarkConfig, config_error, run_benchmark
-from checks.console import format_result
-from checks.loadgen import Progress
-from checks.targets import TargetError
+from checks.load.benchmark import BenchmarkConfig, config_error, run_benchmark
+from checks.load.console import format_result
+from checks.load.loadgen import Progress
+from checks.load.targets import TargetError
 
 API_KEY_ENV = "PREFLIGHT_TARGET_API_KEY"
 SKIP_FLAGS = {"api_key", "duration_s"}  # spelled by hand below

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from checks.benchmark import BenchmarkConfig, run_benchmark
-from checks.loadgen import Progress
-from checks.targets import TargetError
+from checks.load.benchmark import BenchmarkConfig, run_benchmark
+from checks.load.loadgen import Progress
+from checks.load.targets import TargetError
 
 PROGRESS_EVERY_S = 0.25  # the child sends at most this often; the page polls once a second
 _CONTEXT = mp.get_context("spawn")  # a fresh interpreter: no inherited server threads or locks

@@ -5,8 +5,8 @@ import json
 import streamlit as st
 from pydantic import ValidationError
 
-from checks.benchmark import BenchmarkConfig, config_error
-from checks.console import format_result
+from checks.load.benchmark import BenchmarkConfig, config_error
+from checks.load.console import format_result
 from checks.jobs import BenchmarkJob, JobState
 from widgets_benchmark import live_progress, load_inputs, result_charts, run_summaries, target_inputs, workload_inputs
 

@@ -24,7 +24,7 @@ import openai
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from checks.targets import free_port, wait_healthy
+from checks.load.targets import free_port, wait_healthy
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"

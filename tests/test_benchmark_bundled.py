@@ -22,21 +22,21 @@ from typing import Any
 import psutil
 import pytest
 
-from checks.benchmark import BenchmarkConfig, run_benchmark
-from checks.client import RequestOptions
-from checks.console import format_result
-from checks.datasets import load_dataset
-from checks.endpoint import Endpoint
-from checks.frames import request_frame
-from checks.loadgen import CONNECTION_FAILURE_LIMIT, Progress, RunLimits, RunResult, run_load
-from checks.metrics import summarize
-from checks.profiles import LoadProfile, arrival_offsets
-from checks.prompts import PromptRequest
-from checks.records import ErrorKind, RequestRecord, TokenSource
-from checks.scenarios import scenario_requests
-from checks.targets import BundledOptions, BundledTarget
-from checks.tokenizer import EngineTokenizer, bundled_tokenizer, count_tokens
-from checks.workloads import SyntheticSpec, synthetic_requests
+from checks.load.benchmark import BenchmarkConfig, run_benchmark
+from checks.load.client import RequestOptions
+from checks.load.console import format_result
+from checks.load.datasets import load_dataset
+from checks.load.endpoint import Endpoint
+from checks.load.frames import request_frame
+from checks.load.loadgen import CONNECTION_FAILURE_LIMIT, Progress, RunLimits, RunResult, run_load
+from checks.load.metrics import summarize
+from checks.load.profiles import LoadProfile, arrival_offsets
+from checks.load.prompts import PromptRequest
+from checks.load.records import ErrorKind, RequestRecord, TokenSource
+from checks.load.scenarios import scenario_requests
+from checks.load.targets import BundledOptions, BundledTarget
+from checks.load.tokenizer import EngineTokenizer, bundled_tokenizer, count_tokens
+from checks.load.workloads import SyntheticSpec, synthetic_requests
 
 INPUT_LEN, OUTPUT_LEN = 32, 8
 GREEDY = RequestOptions(temperature=0.0)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from checks.targets import free_port, wait_healthy
+from checks.load.targets import free_port, wait_healthy
 from planner.hardware import detect
 
 ROOT = Path(__file__).resolve().parent.parent

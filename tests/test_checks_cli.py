@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from checks.benchmark import RESULT_SCHEMA, BenchmarkConfig
+from checks.load.benchmark import RESULT_SCHEMA, BenchmarkConfig
 from checks.cli import build_parser, main, parse_duration
-from checks.console import format_result
-from checks.profiles import PROFILE_HELP
-from checks.targets import free_port
+from checks.load.console import format_result
+from checks.load.profiles import PROFILE_HELP
+from checks.load.targets import free_port
 
 TINY = ["--requests", "2", "--warmup-requests", "0", "--input-len", "16", "--output-len", "4", "--threads", "1"]
 

@@ -17,12 +17,12 @@ from dataclasses import replace
 import pytest
 from fault_server import Behaviour, FaultServer, Script
 
-from checks.client import RequestOptions, StreamClient, build_payload
-from checks.endpoint import Endpoint
-from checks.prompts import PromptRequest
-from checks.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource
-from checks.targets import free_port
-from checks.tokenizer import TextTokenizer, bundled_tokenizer
+from checks.load.client import RequestOptions, StreamClient, build_payload
+from checks.load.endpoint import Endpoint
+from checks.load.prompts import PromptRequest
+from checks.load.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource
+from checks.load.targets import free_port
+from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 
 PROMPT = PromptRequest("say three words", None, max_tokens=8, input_tokens=99, ignore_eos=True, source="test#0")
 CHAT = PromptRequest(

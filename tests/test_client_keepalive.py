@@ -12,10 +12,10 @@ import asyncio
 import json
 import time
 
-from checks.client import StreamClient
-from checks.endpoint import Endpoint
-from checks.prompts import PromptRequest
-from checks.records import ErrorKind
+from checks.load.client import StreamClient
+from checks.load.endpoint import Endpoint
+from checks.load.prompts import PromptRequest
+from checks.load.records import ErrorKind
 
 PROMPT = PromptRequest("hi", None, 4, 1, False, "test")
 

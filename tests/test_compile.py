@@ -28,7 +28,7 @@ from server_harness import in_process_server
 from torch import nn
 from torch._dynamo.utils import counters
 
-from checks.targets import wait_healthy
+from checks.load.targets import wait_healthy
 from engine.compiled import CACHE_ENV, compile_function, compile_unavailable_reason, inductor_cache_dir
 from engine.errors import EngineError
 from engine.kv_cache import KVCache

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from checks.frames import request_frame, throughput_frame, throughput_window_s
-from checks.records import RequestRecord, TokenSource
+from checks.load.frames import request_frame, throughput_frame, throughput_window_s
+from checks.load.records import RequestRecord, TokenSource
 
 
 def _record(rid: int, send: float, chunks: list[float], warmup: bool = False) -> dict:

@@ -12,12 +12,12 @@ import time
 import pytest
 from fault_server import Behaviour, FaultServer, Script
 
-from checks.endpoint import Endpoint
-from checks.loadgen import Progress, RunLimits, RunResult, run_load_sync
-from checks.metrics import summarize
-from checks.profiles import LoadProfile
-from checks.prompts import PromptRequest
-from checks.records import ErrorKind, RequestRecord
+from checks.load.endpoint import Endpoint
+from checks.load.loadgen import Progress, RunLimits, RunResult, run_load_sync
+from checks.load.metrics import summarize
+from checks.load.profiles import LoadProfile
+from checks.load.prompts import PromptRequest
+from checks.load.records import ErrorKind, RequestRecord
 
 PROMPT = PromptRequest("say three words", None, max_tokens=8, input_tokens=3, ignore_eos=True, source="test#0")
 FAST = Script(chunks=4, chunk_delay_s=0.01)

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from checks.metrics import PERCENTILES, BenchmarkSummary, ErrorSample, Slo, bootstrap_ci, percentile, summarize
-from checks.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource, excerpt
+from checks.load.metrics import PERCENTILES, BenchmarkSummary, ErrorSample, Slo, bootstrap_ci, percentile, summarize
+from checks.load.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource, excerpt
 
 LATENCY_KEYS = [f"{stat}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for stat in ("mean", "median", "std")]
 LATENCY_KEYS += [f"p{q}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for q in PERCENTILES]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from checks.profiles import PROFILE_HELP, LoadProfile, arrival_offsets
+from checks.load.profiles import PROFILE_HELP, LoadProfile, arrival_offsets
 
 
 @pytest.mark.parametrize(

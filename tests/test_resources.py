@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pynvml
 import pytest
 
-from checks.resources import GpuSample, ResourceMonitor, ResourceSample, summarize_resources
+from checks.load.resources import GpuSample, ResourceMonitor, ResourceSample, summarize_resources
 
 MB = 1_000_000
 # Holds 60 MB of written (so resident) bytes, then sleeps; a parent that spawns it, for the tree test.

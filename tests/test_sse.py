@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from checks.sse import DONE, SSEParser
+from checks.load.sse import DONE, SSEParser
 
 
 def parse_split(data: bytes, *cuts: int) -> tuple[list[str], SSEParser]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from fault_server import MODEL, Behaviour, FaultServer, Script
 
-from checks.endpoint import Endpoint
-from checks.targets import RemoteTarget, TargetError, free_port
+from checks.load.endpoint import Endpoint
+from checks.load.targets import RemoteTarget, TargetError, free_port
 
 
 def test_ok_stream_picks_the_served_model() -> None:

@@ -15,9 +15,9 @@ from statistics import mean
 
 import pytest
 
-from checks.datasets import DatasetError
-from checks.tokenizer import ChatTokenizer, TextTokenizer, count_tokens
-from checks.workloads import (
+from checks.load.datasets import DatasetError
+from checks.load.tokenizer import ChatTokenizer, TextTokenizer, count_tokens
+from checks.load.workloads import (
     SCENARIOS,
     PromptRequest,
     SyntheticSpec,

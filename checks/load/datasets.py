@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from checks.prompts import PromptRequest
-from checks.tokenizer import TextTokenizer, count_tokens
+from checks.load.prompts import PromptRequest
+from checks.load.tokenizer import TextTokenizer, count_tokens
 
 DatasetFormat = Literal["jsonl", "sharegpt"]
 # ShareGPT speakers: the first of HUMAN_ROLES is the prompt; a reply right after it sets max_tokens.

@@ -4,7 +4,7 @@ A profile says when requests become due: `sync` (one at a time), `concurrency:N`
 (N in flight, the next sent as one finishes), `constant:RPS` (evenly spaced),
 `poisson:RPS[:BURSTINESS]` (gamma-distributed gaps; burstiness 1 is Poisson, below 1
 burstier, above 1 more regular, as in vLLM's `--burstiness`), and `sweep` (a ladder of
-rates, run by `checks.sweep`). Arrival offsets are computed before the run from a
+rates, run by `checks.load.sweep`). Arrival offsets are computed before the run from a
 seed, so the schedule never depends on how fast the client happens to be.
 """
 

@@ -85,7 +85,7 @@ class RequestRecord:
         if self.error_excerpt is not None and len(self.error_excerpt) > ERROR_EXCERPT_CHARS:
             raise ValueError(
                 f"request {self.request_id}: error_excerpt has {len(self.error_excerpt)} characters "
-                f"(at most {ERROR_EXCERPT_CHARS}); build it with checks.records.excerpt()"
+                f"(at most {ERROR_EXCERPT_CHARS}); build it with checks.load.records.excerpt()"
             )
 
     @property

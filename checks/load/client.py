@@ -18,11 +18,11 @@ from typing import Any
 
 import aiohttp
 
-from checks.endpoint import Endpoint
-from checks.prompts import PromptRequest
-from checks.records import ErrorKind, RequestRecord, TokenSource, excerpt
-from checks.sse import DONE, SSEParser
-from checks.tokenizer import TextTokenizer, count_tokens
+from checks.load.endpoint import Endpoint
+from checks.load.prompts import PromptRequest
+from checks.load.records import ErrorKind, RequestRecord, TokenSource, excerpt
+from checks.load.sse import DONE, SSEParser
+from checks.load.tokenizer import TextTokenizer, count_tokens
 
 ERROR_BODY_BYTES = 4096  # read at most this much of a failed response
 HEAD_BYTES = 256

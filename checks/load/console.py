@@ -1,6 +1,6 @@
 """The fixed-width console block a benchmark prints (label column, value column, a rule per section).
 
-Pure formatting of a result document from `checks.benchmark.run_benchmark`; the CLI
+Pure formatting of a result document from `checks.load.benchmark.run_benchmark`; the CLI
 prints it and tests compare it. Not-measured figures print as '-', never 0.
 """
 

@@ -24,20 +24,20 @@ from typing import Any, Literal
 import psutil
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from checks.client import RequestOptions
-from checks.datasets import load_dataset
-from checks.endpoint import Endpoint
-from checks.loadgen import ProgressCallback, RunLimits, RunResult, run_load
-from checks.metrics import Slo, summarize
-from checks.profiles import PROFILE_HELP, LoadProfile
-from checks.prompts import PromptRequest
-from checks.resources import ResourceMonitor, summarize_resources
-from checks.scenarios import SCENARIOS, scenario_requests
-from checks.sweep import SweepOptions, SweepResult, run_sweep
-from checks.targets import BundledOptions, BundledTarget, RemoteTarget
-from checks.tokenizer import TextTokenizer, bundled_tokenizer
+from checks.load.client import RequestOptions
+from checks.load.datasets import load_dataset
+from checks.load.endpoint import Endpoint
+from checks.load.loadgen import ProgressCallback, RunLimits, RunResult, run_load
+from checks.load.metrics import Slo, summarize
+from checks.load.profiles import PROFILE_HELP, LoadProfile
+from checks.load.prompts import PromptRequest
+from checks.load.resources import ResourceMonitor, summarize_resources
+from checks.load.scenarios import SCENARIOS, scenario_requests
+from checks.load.sweep import SweepOptions, SweepResult, run_sweep
+from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
+from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 from checks.version import __version__
-from checks.workloads import SyntheticSpec, synthetic_requests
+from checks.load.workloads import SyntheticSpec, synthetic_requests
 
 RESULT_SCHEMA = "preflight.benchmark/1"
 COMPILE_STARTUP_TIMEOUT_S = 900.0  # a cold --compile takes 3-4 minutes on 2 cores, more on a busy machine

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from checks.records import ErrorKind, RequestRecord, TokenSource
+from checks.load.records import ErrorKind, RequestRecord, TokenSource
 
 PERCENTILES = (50, 90, 95, 99)
 FEW_SAMPLES_FOR_P99 = 100  # below this many values, p99 is close to the maximum and a warning says so

@@ -29,12 +29,12 @@ from typing import Any
 
 import aiohttp
 
-from checks.client import StreamClient
-from checks.endpoint import Api, Endpoint, root_url
-from checks.prompts import PromptRequest
-from checks.records import ErrorKind, RequestRecord
+from checks.load.client import StreamClient
+from checks.load.endpoint import Api, Endpoint, root_url
+from checks.load.prompts import PromptRequest
+from checks.load.records import ErrorKind, RequestRecord
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_S = 60.0
 HEALTH_POLL_S = 0.25
 PROBE_PROMPT = PromptRequest("Say hello.", None, max_tokens=4, input_tokens=None, ignore_eos=True, source="probe")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from checks.records import RequestRecord
+from checks.load.records import RequestRecord
 
 SUMMARY_ROWS = [
     ("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E latency", "e2el"),

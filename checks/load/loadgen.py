@@ -3,7 +3,7 @@
 Order of a run: warm-up requests (recorded, flagged, excluded from the summary), then
 the measured window, bounded by a request count and/or a duration. Concurrency
 profiles keep N requests in flight; rate profiles send on a precomputed schedule
-(`checks.profiles`), optionally capped by `max_concurrency`, and the wait for a slot
+(`checks.load.profiles`), optionally capped by `max_concurrency`, and the wait for a slot
 is queue time, never latency. While it runs the generator watches itself: how late it
 became ready against the schedule, and how late its event loop wakes up. A run whose
 client could not keep up is marked invalid rather than reported as the server's
@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from checks.client import RequestOptions, StreamClient
-from checks.endpoint import Endpoint
-from checks.metrics import percentile
-from checks.profiles import LoadProfile, arrival_offsets
-from checks.prompts import PromptRequest
-from checks.records import ErrorKind, RequestRecord
-from checks.tokenizer import TextTokenizer
+from checks.load.client import RequestOptions, StreamClient
+from checks.load.endpoint import Endpoint
+from checks.load.metrics import percentile
+from checks.load.profiles import LoadProfile, arrival_offsets
+from checks.load.prompts import PromptRequest
+from checks.load.records import ErrorKind, RequestRecord
+from checks.load.tokenizer import TextTokenizer
 
 LOOP_PROBE_INTERVAL_S = 0.01
 SCHEDULE_LAG_LIMIT_S = 0.05  # p99 lateness against the schedule that invalidates a rate run
@@ -273,7 +273,7 @@ async def run_load(
     if not requests:
         raise ValueError("the workload has no requests")
     if profile.kind == "sweep":
-        raise ValueError("a sweep is several runs: use checks.sweep.run_sweep")
+        raise ValueError("a sweep is several runs: use checks.load.sweep.run_sweep")
     chat = next((r for r in requests if r.is_chat), None) if endpoint.api == "completions" else None
     if chat is not None:
         raise ValueError(

@@ -4,8 +4,8 @@ Three kinds, one request type:
 
 - synthetic (here): random text of an exact token length, run to a set output
   length with `ignore_eos`;
-- prompt files (`checks.datasets`): JSONL of prompts or chat messages, and ShareGPT;
-- built-in scenarios (`checks.scenarios`): prompts the project ships, each
+- prompt files (`checks.load.datasets`): JSONL of prompts or chat messages, and ShareGPT;
+- built-in scenarios (`checks.load.scenarios`): prompts the project ships, each
   scenario with its latency targets.
 
 Prefix-cache honesty: a server with prefix caching serves a repeated opening
@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from checks.datasets import DatasetError, PromptDataset, load_dataset, load_jsonl, load_sharegpt
-from checks.prompts import PromptRequest
-from checks.scenarios import SCENARIOS, Scenario, scenario_requests
-from checks.tokenizer import TextTokenizer, bundled_tokenizer
+from checks.load.datasets import DatasetError, PromptDataset, load_dataset, load_jsonl, load_sharegpt
+from checks.load.prompts import PromptRequest
+from checks.load.scenarios import SCENARIOS, Scenario, scenario_requests
+from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 
 __all__ = [
     "DISTRIBUTIONS",

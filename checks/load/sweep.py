@@ -13,13 +13,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from checks.client import RequestOptions
-from checks.endpoint import Endpoint
-from checks.loadgen import ProgressCallback, RunLimits, RunResult, run_load
-from checks.metrics import BenchmarkSummary, Slo, summarize
-from checks.profiles import LoadProfile
-from checks.prompts import PromptRequest
-from checks.tokenizer import TextTokenizer
+from checks.load.client import RequestOptions
+from checks.load.endpoint import Endpoint
+from checks.load.loadgen import ProgressCallback, RunLimits, RunResult, run_load
+from checks.load.metrics import BenchmarkSummary, Slo, summarize
+from checks.load.profiles import LoadProfile
+from checks.load.prompts import PromptRequest
+from checks.load.tokenizer import TextTokenizer
 
 DEFAULT_SWEEP_RATES = 5  # Poisson steps between the sync and the saturation rate
 DEFAULT_SATURATION_CONCURRENCY = 32

@@ -5,7 +5,7 @@ dialogue 200 ms, search 100 ms, translation 500 ms, code completion 50 ms.
 TPOT targets follow how the output is consumed: text a person reads as it
 streams needs about 10 tokens/s or more (100 ms), a completion shown in the
 editor must finish while the user waits (30 ms). The prompts live as JSONL
-under checks/data/scenarios/ and load through `checks.datasets.load_jsonl`.
+under checks/load/data/scenarios/ and load through `checks.load.datasets.load_jsonl`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from checks.datasets import load_jsonl
-from checks.prompts import PromptRequest
-from checks.tokenizer import TextTokenizer
+from checks.load.datasets import load_jsonl
+from checks.load.prompts import PromptRequest
+from checks.load.tokenizer import TextTokenizer
 
 DATA_DIR = Path(__file__).parent / "data" / "scenarios"
 
