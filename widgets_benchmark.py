@@ -10,8 +10,8 @@ from pathlib import Path
 import altair as alt
 import streamlit as st
 
-from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.jobs import BenchmarkJob, JobState
+from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.load.scenarios import SCENARIOS
 
 FORMATS = ["int4", "int8", "bf16", "fp32", "fp8"]

@@ -5,9 +5,9 @@ import json
 import streamlit as st
 from pydantic import ValidationError
 
+from checks.jobs import BenchmarkJob, JobState
 from checks.load.benchmark import BenchmarkConfig, config_error
 from checks.load.console import format_result
-from checks.jobs import BenchmarkJob, JobState
 from widgets_benchmark import live_progress, load_inputs, result_charts, run_summaries, target_inputs, workload_inputs
 
 st.title("Benchmark")

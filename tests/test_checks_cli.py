@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from checks.load.benchmark import RESULT_SCHEMA, BenchmarkConfig
 from checks.cli import build_parser, main, parse_duration
+from checks.load.benchmark import RESULT_SCHEMA, BenchmarkConfig
 from checks.load.console import format_result
 from checks.load.profiles import PROFILE_HELP
 from checks.load.targets import free_port

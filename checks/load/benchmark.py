@@ -36,8 +36,8 @@ from checks.load.scenarios import SCENARIOS, scenario_requests
 from checks.load.sweep import SweepOptions, SweepResult, run_sweep
 from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
-from checks.version import __version__
 from checks.load.workloads import SyntheticSpec, synthetic_requests
+from checks.version import __version__
 
 RESULT_SCHEMA = "preflight.benchmark/1"
 COMPILE_STARTUP_TIMEOUT_S = 900.0  # a cold --compile takes 3-4 minutes on 2 cores, more on a busy machine
