@@ -1,0 +1,144 @@
+"""Saving and loading Preflight's documents: atomic writes, one clear line for every bad file.
+
+Every saved document is a pydantic model with two class-level identifiers, `KIND`
+(what it is, e.g. "preflight.readiness-report") and `SCHEMA_VERSION` (an integer),
+which it also writes as the fields `kind` and `schema_version`. Loading checks both
+before validating, so a benchmark result handed where a report is expected, or a file
+from a newer Preflight, is named as such instead of failing on a missing field.
+
+Writes go to a temporary file in the same folder and are then moved into place, so
+a crash never leaves half a report; an existing file is kept unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+MAX_DOCUMENT_BYTES = 512 * 1024 * 1024  # a report with every record of a long run stays far below this
+
+
+class DocumentError(Exception):
+    """A document cannot be saved or loaded; the message is one line that says why."""
+
+
+class Versioned(Protocol):
+    KIND: ClassVar[str]
+    SCHEMA_VERSION: ClassVar[int]
+
+
+D = TypeVar("D", bound=BaseModel)
+
+
+def to_json(doc: BaseModel) -> str:
+    return doc.model_dump_json(indent=1)
+
+
+def save(doc: BaseModel, path: Path, *, overwrite: bool = False) -> Path:
+    """Write `doc` as JSON to `path` atomically; DocumentError if it exists (unless overwrite) or cannot be written."""
+    path = Path(path)
+    text = to_json(doc)
+    if not overwrite and path.exists():
+        raise DocumentError(f"{path} exists; choose another file or allow overwriting")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DocumentError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _link_new(Path(tmp), path)
+    except OSError as exc:
+        raise DocumentError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def _link_new(tmp: Path, path: Path) -> None:
+    """Move tmp to path only if path does not exist, atomically where the file system has hard links."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise DocumentError(f"{path} exists; choose another file or allow overwriting") from None
+    except OSError:  # no hard links here (some network and FUSE file systems): exclusive create, then replace
+        with open(path, "x", encoding="utf-8"):
+            pass
+        os.replace(tmp, path)
+
+
+def check_writable(path: Path, *, overwrite: bool = False) -> None:
+    """Fail before a long run, not after it: the folder must be writable and the file absent unless overwrite."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise DocumentError(f"{path} exists; choose another file or allow overwriting")
+    if path.is_dir():
+        raise DocumentError(f"{path} is a folder; give a file name")
+    folder = path.parent
+    probe_dir = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if probe_dir is None or not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise DocumentError(f"cannot write {path}: {probe_dir or folder} is not writable")
+
+
+def parse(text: str | bytes, model: type[D], source: str = "document") -> D:
+    """Validate JSON text as `model` (which must carry KIND and SCHEMA_VERSION); DocumentError otherwise."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise DocumentError(f"{source}: JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DocumentError(f"{source}: not a JSON document ({exc})") from None
+    return from_data(data, model, source)
+
+
+def from_data(data: Any, model: type[D], source: str = "document") -> D:
+    kind, version = getattr(model, "KIND"), getattr(model, "SCHEMA_VERSION")  # noqa: B009 - Protocol members
+    if not isinstance(data, dict):
+        raise DocumentError(f"{source}: expected a JSON object (a {kind}), found {type(data).__name__}")
+    found_kind = data.get("kind")
+    if found_kind != kind:
+        what = f"a {found_kind!r} document" if isinstance(found_kind, str) else "not a Preflight document (no 'kind')"
+        raise DocumentError(f"{source} is {what}, not a {kind}")
+    found = data.get("schema_version")
+    if not isinstance(found, int) or isinstance(found, bool) or found < 1:
+        raise DocumentError(f"{source}: schema_version must be a positive integer, found {found!r}")
+    if found > version:
+        raise DocumentError(
+            f"{source} has schema_version {found}, written by a newer Preflight; this one reads up to {version}"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise DocumentError(f"{source}: {where}: {first['msg']}{more}") from None
+
+
+def load(path: Path, model: type[D]) -> D:
+    """Read and validate a saved document; DocumentError with one line for a missing, corrupt or foreign file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_DOCUMENT_BYTES:
+            raise DocumentError(f"{path}: {size} bytes is larger than any Preflight document ({MAX_DOCUMENT_BYTES})")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DocumentError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DocumentError(f"{path} is a folder, not a document") from None
+    except OSError as exc:
+        raise DocumentError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse(raw, model, str(path))
