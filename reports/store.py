@@ -41,8 +41,12 @@ def to_json(doc: BaseModel) -> str:
 
 def save(doc: BaseModel, path: Path, *, overwrite: bool = False) -> Path:
     """Write `doc` as JSON to `path` atomically; DocumentError if it exists (unless overwrite) or cannot be written."""
+    return write_text(path, to_json(doc), overwrite=overwrite)
+
+
+def write_text(path: Path, text: str, *, overwrite: bool = False) -> Path:
+    """Write `text` to `path` atomically (an export, or a document's JSON); same rules as `save`."""
     path = Path(path)
-    text = to_json(doc)
     if not overwrite and path.exists():
         raise DocumentError(f"{path} exists; choose another file or allow overwriting")
     try:
