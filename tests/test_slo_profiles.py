@@ -116,13 +116,19 @@ def test_a_saved_profile_reads_back(tmp_path: Path) -> None:
         ("nosource.json", '{"name": "x", "e2e_p99_ms": 5}', "nosource.json: source: Field required"),
         ("rate.yaml", GOOD_YAML.replace("0.005", "1.5"), "rate.yaml: max_error_rate: Input should be less than or"),
         ("kind.json", '{"kind": "preflight.readiness-report", "name": "x"}', "is a 'preflight.readiness-report'"),
-        ("new.json", '{"schema_version": 9, "name": "x", "source": "s", "e2e_p99_ms": 5}',
-         "new.json: schema_version: schema_version 9 is not one this Preflight reads"),
+        (
+            "new.json",
+            '{"schema_version": 9, "name": "x", "source": "s", "e2e_p99_ms": 5}',
+            "new.json: schema_version: schema_version 9 is not one this Preflight reads",
+        ),
         ("list.yaml", "- 1\n- 2\n", "list.yaml: expected a mapping of profile fields, found list"),
         ("broken.yaml", "name: [unclosed\n", "broken.yaml: not valid YAML"),
         ("broken.json", "{", "broken.json: not valid JSON"),
-        ("goodput.yaml", "name: g\nsource: s\nttft_p50_ms: 5\nmin_goodput_fraction: 0.9\n",
-         "min_goodput_fraction needs a per-request limit"),
+        (
+            "goodput.yaml",
+            "name: g\nsource: s\nttft_p50_ms: 5\nmin_goodput_fraction: 0.9\n",
+            "min_goodput_fraction needs a per-request limit",
+        ),
     ],
 )
 def test_bad_files_give_one_line_naming_the_problem(tmp_path: Path, name, text, error) -> None:

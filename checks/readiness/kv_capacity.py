@@ -137,7 +137,10 @@ async def _kv_capacity(ctx: CheckContext, check: Check) -> CheckResult:
 
 
 KV_CAPACITY = Check(
-    "resources.kv_capacity", Category.RESOURCES, "KV cache holds the declared concurrency x context", _kv_capacity,
+    "resources.kv_capacity",
+    Category.RESOURCES,
+    "KV cache holds the declared concurrency x context",
+    _kv_capacity,
     remediation="Give the KV cache more memory (higher gpu_memory_utilization, lower-bit weights or KV), add "
     "replicas, or lower the concurrency or context the deployment promises.",
 )
