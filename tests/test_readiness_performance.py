@@ -6,6 +6,7 @@ import pytest
 from readiness_helpers import benchmark_doc, context, failure, record, run_check, run_doc, spread
 
 from checks.load.metrics import Slo, summarize
+from checks.load.records import ErrorKind
 from checks.readiness.check import Declared
 from checks.readiness.measured import choose_step
 from checks.readiness.performance import judge_percentile, min_samples, performance_checks, wilson_interval
@@ -252,3 +253,14 @@ def test_a_sweep_is_judged_at_the_step_that_reached_the_target() -> None:
     assert "sweep step 1 of 2 (poisson:1)" in result.evidence[1]
     result = run_check(check_named(CHAT, "performance.ttft_p95"), context(doc))
     assert result.status == FAIL  # no declared rate: judged at the heaviest step
+
+
+def test_error_kinds_use_the_summary_keys() -> None:
+    """An error event inside a 200 stream is a stream_error, not http_200."""
+    broken = failure(1)
+    broken.error_kind, broken.http_status = ErrorKind.STREAM_ERROR, 200
+    records = [record(0, 100), broken, failure(2, status=429)]
+    result = run_check(check_named(profile(ttft_p95_ms=500), "performance.error_rate"),
+                       context(benchmark_doc([run_doc(records)])))  # fmt: skip
+    assert result.status == FAIL
+    assert {"stream_error: 1", "http_429: 1"} <= set(result.evidence)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from checks.load.metrics import Slo, bootstrap_ci, percentile
-from checks.load.records import RequestRecord
+from checks.load.records import ErrorKind, RequestRecord
 from checks.readiness.check import Check, CheckContext, CheckFn
 from checks.readiness.measured import Measurement, measurement
 from checks.readiness.slo import goodput_slo
@@ -188,7 +188,8 @@ def _error_rate_fn(limit: float) -> CheckFn:
         failed = [r for r in m.records if not r.ok]
         rate = len(failed) / n
         low, high = wilson_interval(len(failed), n)
-        kinds = Counter(f"http_{r.http_status}" if r.http_status else str(r.error_kind) for r in failed)
+        kinds = Counter(f"http_{r.http_status}" if r.error_kind == ErrorKind.HTTP and r.http_status else
+                        str(r.error_kind) for r in failed)  # the summary's errors_by_kind keys  # fmt: skip
         status = CheckStatus.PASS if rate <= limit else CheckStatus.FAIL
         return check.result(
             status, f"{len(failed)} of {n} requests failed ({rate:.2%}; at most {limit:.2%} allowed)",
