@@ -2,13 +2,14 @@
 
 Flags come from `BenchmarkConfig`'s fields (their descriptions are the help text), so
 the CLI and the Benchmark page cannot drift apart. Errors are one stderr line and exit
-code 1 (a target that cannot be used, a bad file) or 2 (bad flags); no tracebacks.
+code 1 (a target that cannot be used, a bad file) or 2 (bad flags, an `--out` that
+cannot be written, found before the run rather than after it); no tracebacks.
+`--out` writes a `reports.BenchmarkResult` atomically through `reports.store`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -22,6 +23,7 @@ from checks.load.benchmark import BenchmarkConfig, config_error, run_benchmark
 from checks.load.console import format_result
 from checks.load.loadgen import Progress
 from checks.load.targets import TargetError
+from reports import store
 
 API_KEY_ENV = "PREFLIGHT_TARGET_API_KEY"
 SKIP_FLAGS = {"api_key", "duration_s"}  # spelled by hand below
@@ -108,6 +110,12 @@ def bench(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: {config_error(exc)}", file=sys.stderr)
         return 2
+    if args.out is not None:
+        try:  # a long run must not end in a path it cannot write
+            store.check_writable(args.out, overwrite=True)
+        except store.DocumentError as exc:
+            print(f"error: --out: {exc}", file=sys.stderr)
+            return 2
     cancel = threading.Event()
     line = _ProgressLine(sys.stderr)
     progress = None if args.quiet else line
@@ -130,8 +138,11 @@ def bench(args: argparse.Namespace) -> int:
     line.end()
     print(format_result(result))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        try:
+            store.save(result, args.out, overwrite=True)
+        except store.DocumentError as exc:  # checked at start, but the disk can fill or the folder go meanwhile
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
