@@ -4,7 +4,7 @@ Flags come from `BenchmarkConfig`'s fields (their descriptions are the help text
 the CLI and the Benchmark page cannot drift apart. Errors are one stderr line and exit
 code 1 (a target that cannot be used, a bad file) or 2 (bad flags, an `--out` that
 cannot be written, found before the run rather than after it); no tracebacks.
-`--out` writes a `reports.BenchmarkResult` atomically through `reports.store`.
+`--out` writes the `BenchmarkResult` document atomically through `reports.store`.
 """
 
 from __future__ import annotations

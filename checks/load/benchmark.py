@@ -3,9 +3,10 @@
 `BenchmarkConfig` is the boundary object the CLI and the Benchmark page both fill
 (pydantic, unknown fields rejected). `run_benchmark()` starts or probes the target,
 builds the workload, runs the profile (or the sweep ladder) while a resource monitor
-samples the host and the bundled server, and returns a `reports.BenchmarkResult`
-holding the config with secrets redacted, the summary, the client self-check, the
-resource timeline and every per-request record, so any figure can be recomputed.
+samples the host and the bundled server, and returns a `BenchmarkResult` (the typed
+document in reports/benchmark_result.py) holding the config with secrets redacted, the
+summary, the client self-check, the resource timeline and every per-request record,
+so any figure can be recomputed.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ class BenchmarkConfig(BaseModel):
 
     def redacted(self) -> dict[str, Any]:
         """The config as a result keeps it: no key (only whether one was set), and a target URL without
-        userinfo or query string, where gateways put keys too."""
+        userinfo or query string (gateways take keys in both)."""
         data = self.model_dump(mode="json", exclude={"api_key"})
         data["api_key_set"] = self.api_key is not None
         data["target"] = redact_url(self.target)

@@ -1,7 +1,7 @@
 """The fixed-width console block a benchmark prints (label column, value column, a rule per section).
 
-Pure formatting of a `reports.BenchmarkResult` (from `run_benchmark` or a saved file); the
-CLI prints it and tests compare it. Not-measured figures print as '-', never 0.
+Pure formatting of a `BenchmarkResult` (from `run_benchmark` or a saved file); the CLI
+prints it and tests compare it. Not-measured figures print as '-', never 0.
 """
 
 from __future__ import annotations
