@@ -2,13 +2,14 @@
 
 Flags come from `BenchmarkConfig`'s fields (their descriptions are the help text), so
 the CLI and the Benchmark page cannot drift apart. Errors are one stderr line and exit
-code 1 (a target that cannot be used, a bad file) or 2 (bad flags); no tracebacks.
+code 1 (a target that cannot be used, a bad file) or 2 (bad flags, an `--out` that
+cannot be written, found before the run rather than after it); no tracebacks.
+`--out` writes the `BenchmarkResult` document atomically through `reports.store`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -25,6 +26,7 @@ from checks.load.targets import TargetError
 from checks.readiness.config import ChecklistConfig
 from checks.readiness.console import format_report
 from checks.readiness.runner import Checklist, ChecklistProgress
+from reports import store
 from reports.junit import to_junit
 from reports.markdown import to_markdown
 from reports.store import DocumentError, check_writable, save, write_text
@@ -130,6 +132,12 @@ def bench(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: {config_error(exc)}", file=sys.stderr)
         return 2
+    if args.out is not None:
+        try:  # a long run must not end in a path it cannot write
+            store.check_writable(args.out, overwrite=True)
+        except store.DocumentError as exc:
+            print(f"error: --out: {exc}", file=sys.stderr)
+            return 2
     cancel = threading.Event()
     line = _ProgressLine(sys.stderr)
     progress = None if args.quiet else line
@@ -152,8 +160,11 @@ def bench(args: argparse.Namespace) -> int:
     line.end()
     print(format_result(result))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        try:
+            store.save(result, args.out, overwrite=True)
+        except store.DocumentError as exc:  # checked at start, but the disk can fill or the folder go meanwhile
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
 
