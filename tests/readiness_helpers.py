@@ -1,7 +1,8 @@
 """Real records and real benchmark documents for the readiness tests: no server, no clock.
 
-Run documents are built by `checks.load.benchmark._run_json`, the function `run_benchmark`
-uses, so the checks read exactly the shape a real run hands them.
+Run documents are built by `checks.load.benchmark.run_doc`, the function `run_benchmark`
+uses, and wrapped by `tests.result_docs.result_of`, so the checks read exactly the typed
+document a real run hands them.
 """
 
 from __future__ import annotations
@@ -10,14 +11,17 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from checks.load.benchmark import _run_json
+from checks.load.benchmark import run_doc as build_run_doc
 from checks.load.endpoint import Endpoint
 from checks.load.loadgen import RunResult, SelfCheck
 from checks.load.metrics import Slo, summarize
 from checks.load.profiles import LoadProfile
-from checks.load.records import ErrorKind, RequestRecord, TokenSource
 from checks.readiness.check import Check, CheckContext, Declared
+from reports.benchmark_result import BenchmarkResult, RunDoc, SloDoc, SweepDoc
 from reports.check_result import CheckResult, Exposure
+from reports.records import ErrorKind, RequestRecord, TokenSource
+from reports.resources import ResourceSample
+from tests.result_docs import result_of
 
 
 def record(
@@ -51,31 +55,30 @@ def spread(n: int, low_ms: float, high_ms: float) -> list[float]:
 
 def run_doc(
     records: Sequence[RequestRecord], profile: str = "concurrency:4", valid: bool = True, slo: Slo | None = None
-) -> dict[str, Any]:
+) -> RunDoc:
     reasons = [] if valid else ["schedule lag p99 120 ms exceeds 50 ms"]
     run = RunResult(LoadProfile.parse(profile), list(records), wall_s=10.0, self_check=SelfCheck(valid=valid,
                     reasons=reasons))  # fmt: skip
-    return _run_json(run, summarize(run.records, slo).to_dict())
+    return build_run_doc(run, summarize(run.records, slo))
 
 
 def benchmark_doc(
-    runs: Sequence[dict[str, Any]],
+    runs: Sequence[RunDoc],
     sweep_max_rate: float | None = None,
     sweep: bool = False,
     slo: Slo | None = None,
-    samples: Sequence[dict[str, Any]] = (),
-) -> dict[str, Any]:
-    """The parts of run_benchmark's result the checks read, in its shape."""
-    return {
-        "valid": all(r["self_check"]["valid"] for r in runs),
-        "runs": list(runs),
-        "sweep": {"max_rate_meeting_slo": sweep_max_rate, "stopped": None, "attainment": 0.95} if sweep else None,
-        "slo": None if slo is None else {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms, "e2e_ms": slo.e2e_ms},
-        "resources": {"summary": {}, "samples": list(samples), "gpu_note": None},
-    }
+    samples: Sequence[ResourceSample] = (),
+) -> BenchmarkResult:
+    """A whole typed result around `runs`."""
+    return result_of(
+        list(runs),
+        sweep=SweepDoc(max_rate_meeting_slo=sweep_max_rate, stopped=None, attainment=0.95) if sweep else None,
+        slo=None if slo is None else SloDoc(ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms, e2e_ms=slo.e2e_ms),
+        samples=list(samples),
+    )
 
 
-def context(benchmark: dict[str, Any] | None = None, declared: Declared | None = None, **kw: Any) -> CheckContext:
+def context(benchmark: BenchmarkResult | None = None, declared: Declared | None = None, **kw: Any) -> CheckContext:
     return CheckContext(
         endpoint=Endpoint("http://127.0.0.1:9", "m"), exposure=Exposure.LOCAL, slo=None,
         declared=declared or Declared(), benchmark=benchmark, **kw,

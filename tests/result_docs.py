@@ -20,10 +20,12 @@ from reports.benchmark_result import (
     RemoteTargetDoc,
     ResourcesDoc,
     RunDoc,
+    SloDoc,
     SweepDoc,
     ToolDoc,
 )
 from reports.records import RequestRecord, TokenSource
+from reports.resources import ResourceSample
 from reports.summary import BenchmarkSummary
 
 BASE_URL = "http://127.0.0.1:8000/v1"
@@ -46,7 +48,8 @@ def run_of(records: list[RequestRecord], profile: str = "concurrency:2",
     return run_doc(run, summary if summary is not None else summarize(records))
 
 
-def result_of(runs: list[RunDoc], sweep: SweepDoc | None = None) -> BenchmarkResult:
+def result_of(runs: list[RunDoc], sweep: SweepDoc | None = None, slo: SloDoc | None = None,
+              samples: list[ResourceSample] | None = None) -> BenchmarkResult:  # fmt: skip
     """A whole result around `runs`, as a run against a remote server at BASE_URL would leave it."""
     now = datetime.now(UTC).replace(microsecond=0)
     return BenchmarkResult(
@@ -58,11 +61,11 @@ def result_of(runs: list[RunDoc], sweep: SweepDoc | None = None) -> BenchmarkRes
         endpoint=EndpointDoc(base_url=BASE_URL, model="m", api="chat", api_key_set=False, supports_ignore_eos=True,
                              supports_stream_usage=True),  # fmt: skip
         workload="synthetic: 8 in / 3 out tokens (fixed/fixed)",
-        slo=None,
+        slo=slo,
         client=client_conditions(),
         valid=all(run.self_check.valid for run in runs),
         cancelled=False,
         runs=runs,
         sweep=sweep,
-        resources=ResourcesDoc(summary=summarize_resources([]), samples=[]),
+        resources=ResourcesDoc(summary=summarize_resources(samples or []), samples=samples or []),
     )

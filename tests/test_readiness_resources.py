@@ -41,7 +41,7 @@ def with_samples(samples: list[ResourceSample], **kw: object):
     """A benchmark whose measured requests start at t=1 s, with this resource timeline (as the result stores it)."""
     records = [record(i, 100, send_s=1.0 + i * 0.01) for i in range(20)]
     records.insert(0, record(99, 100, send_s=0.0, warmup=True))
-    return context(benchmark_doc([run_doc(records)], samples=[s.to_dict() for s in samples]), **kw)
+    return context(benchmark_doc([run_doc(records)], samples=list(samples)), **kw)
 
 
 # --- where the server is ------------------------------------------------------------------------------

@@ -208,50 +208,64 @@ async def _drive(
                           progress=progress, cancel=cancel, origin=origin)  # fmt: skip
 
 
+def make_target(config: BenchmarkConfig, status: Callable[[str], None]) -> BundledTarget | RemoteTarget:
+    """The target `config` names, not yet started or probed."""
+    quant = config.bundled_quant()
+    if quant is None:
+        key = config.api_key.get_secret_value() if config.api_key else None
+        status(f"probing {redact_url(config.target)}")
+        return RemoteTarget(config.target, key, config.model, config.api)
+    options = BundledOptions(
+        quant=quant, device=config.device, threads=config.threads, max_num_seqs=config.max_num_seqs, api=config.api,
+    )  # fmt: skip
+    if config.compile:
+        options = replace(options, extra_args=("--compile",), startup_timeout_s=COMPILE_STARTUP_TIMEOUT_S)
+    how = f"{quant}, compiling first" if config.compile else quant
+    status(f"starting the bundled engine ({how}) and waiting for /health")
+    return BundledTarget(options)
+
+
 def run_benchmark(
     config: BenchmarkConfig,
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     on_status: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
-    """Run the benchmark `config` describes and return the result document (see module docstring).
+    """Start or probe the target `config` names, measure it, stop it; return the result document.
 
     Raises TargetError before any load when the target cannot be reached or used.
     """
+    target = make_target(config, on_status or (lambda _msg: None))
+    with target as endpoint:
+        return measure(config, endpoint, target, progress, cancel, on_status)
+
+
+def measure(
+    config: BenchmarkConfig,
+    endpoint: Endpoint,
+    target: BundledTarget | RemoteTarget,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> BenchmarkResult:
+    """Measure an endpoint that is already up and probed (the readiness checklist shares one target)."""
     status = on_status or (lambda _msg: None)
     cancel = cancel or threading.Event()
     started = datetime.now(UTC).replace(microsecond=0)
     tokenizer = bundled_tokenizer()
     requests, workload = build_requests(config, tokenizer)
-    quant = config.bundled_quant()
-    if quant is not None:
-        options = BundledOptions(
-            quant=quant, device=config.device, threads=config.threads, max_num_seqs=config.max_num_seqs, api=config.api,
-        )  # fmt: skip
-        if config.compile:
-            options = replace(options, extra_args=("--compile",), startup_timeout_s=COMPILE_STARTUP_TIMEOUT_S)
-        target: BundledTarget | RemoteTarget = BundledTarget(options)
-        how = f"{quant}, compiling first" if config.compile else quant
-        status(f"starting the bundled engine ({how}) and waiting for /health")
-    else:
-        key = config.api_key.get_secret_value() if config.api_key else None
-        target = RemoteTarget(config.target, key, config.model, config.api)
-        status(f"probing {config.target}")
     warnings: list[str] = []
-    with target as endpoint:
-        if quant is None and not config.dataset:
-            warnings.append(
-                "prompts were sized with the bundled SmolLM2 tokenizer; the server's usage gives the real lengths"
-            )
-        status(f"running {config.profile} on {endpoint.model}")
-        origin = time.perf_counter()
-        monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)
-        monitor.start()
-        try:
-            outcome = asyncio.run(_drive(config, endpoint, requests, tokenizer, progress, cancel, origin))
-        finally:
-            samples = monitor.stop()
-        server_log = target.log_tail(60) if isinstance(target, BundledTarget) else None
+    if config.bundled_quant() is None and not config.dataset:
+        warnings.append("prompts were sized with the bundled SmolLM2 tokenizer; the server's usage gives the real lengths")
+    status(f"running {config.profile} on {endpoint.model}")
+    origin = time.perf_counter()
+    monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)
+    monitor.start()
+    try:
+        outcome = asyncio.run(_drive(config, endpoint, requests, tokenizer, progress, cancel, origin))
+    finally:
+        samples = monitor.stop()
+    server_log = target.log_tail(60) if isinstance(target, BundledTarget) else None
     slo = config.slo()
     if isinstance(outcome, SweepResult):
         runs = [run_doc(s.run, s.summary, s.meets_slo, s.why_not) for s in outcome.steps]

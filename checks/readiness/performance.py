@@ -31,11 +31,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from checks.load.metrics import Slo, bootstrap_ci, percentile
-from checks.load.records import ErrorKind, RequestRecord
 from checks.readiness.check import Check, CheckContext, CheckFn
 from checks.readiness.measured import Measurement, measurement
 from checks.readiness.slo import goodput_slo
 from reports.check_result import Category, CheckResult, CheckStatus
+from reports.records import ErrorKind, RequestRecord
 from reports.slo_profile import SloProfile
 
 SUMMARY_SEED = 0  # the seed summarize() gives bootstrap_ci, so p50/p99 intervals match the summary's

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from checks.load.benchmark import BenchmarkConfig, measure
-from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget, TargetError
+from checks.load.benchmark import BenchmarkConfig, make_target, measure
+from checks.load.targets import BundledTarget, RemoteTarget, TargetError
 from checks.readiness.check import Check, CheckContext, Declared
 from checks.readiness.config import ChecklistConfig
 from checks.readiness.metrics_scrape import MetricsScraper
@@ -39,7 +39,6 @@ from planner.hardware import detect
 from reports.benchmark_result import BenchmarkResult, load_benchmark_result
 from reports.check_result import Category, CheckResult
 from reports.readiness_report import DeclaredInfo, ReadinessReport, TargetInfo, ToolInfo
-from reports.redaction import redact_url
 from reports.slo_profile import SloProfile
 from reports.verdict import decide
 
@@ -109,14 +108,6 @@ def _target_info(config: ChecklistConfig, target: BundledTarget | RemoteTarget, 
                       api_key_set=config.api_key is not None)  # fmt: skip
 
 
-def make_target(config: ChecklistConfig) -> BundledTarget | RemoteTarget:
-    if config.is_bundled():
-        quant = BenchmarkConfig(target=config.target).bundled_quant() or "int4"
-        return BundledTarget(BundledOptions(quant=quant, threads=config.threads, api=config.api))  # type: ignore[arg-type]
-    key = config.api_key.get_secret_value() if config.api_key else None
-    return RemoteTarget(config.target, key, config.model, config.api)  # type: ignore[arg-type]
-
-
 class Checklist:
     """One readiness run; `run()` returns the report. Use a new one per run."""
 
@@ -139,9 +130,7 @@ class Checklist:
 
     def run(self) -> ReadinessReport:
         started = datetime.now(UTC)
-        target = make_target(self.config)
-        bundled = isinstance(target, BundledTarget)
-        self.status("starting the bundled engine" if bundled else f"probing {redact_url(target.base_url)}")
+        target = make_target(benchmark_config(self.config, self.slo), self.status)
         ctx: CheckContext | None = None
         try:
             try:
