@@ -11,6 +11,7 @@ PAGES = [
     st.Page("pages/engine_page.py", title="Engine", icon=":material/memory:", url_path="engine"),
     st.Page("pages/studies.py", title="Engine studies", icon=":material/query_stats:", url_path="studies"),
     st.Page("pages/benchmark.py", title="Benchmark", icon=":material/speed:", url_path="benchmark"),
+    st.Page("pages/checklist.py", title="Checklist", icon=":material/checklist:", url_path="checklist"),
 ]
 
 st.navigation(PAGES).run()

@@ -89,8 +89,9 @@ def results_by_category(report: ReadinessReport) -> None:
         rows = [r for r in report.checks if r.category == category]
         if not rows:
             continue
-        worst = next((s for s in (CheckStatus.FAIL, CheckStatus.ERROR, CheckStatus.WARN) if any(r.status == s for r in rows)),
-                     CheckStatus.PASS)  # fmt: skip
+        seen = {r.status for r in rows}
+        order = (CheckStatus.FAIL, CheckStatus.ERROR, CheckStatus.WARN)
+        worst = next((s for s in order if s in seen), CheckStatus.PASS)
         st.subheader(f"{category.value.capitalize()} :{STATUS_COLOURS[worst]}-badge[{worst.value}]")
         for r in rows:
             _line(r)

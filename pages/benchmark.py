@@ -3,7 +3,7 @@
 import streamlit as st
 from pydantic import ValidationError
 
-from checks.jobs import BenchmarkJob, JobState
+from checks.jobs import Job, JobState, benchmark_job
 from checks.load.benchmark import BenchmarkConfig, config_error
 from checks.load.console import format_result
 from widgets_benchmark import (
@@ -19,7 +19,7 @@ from widgets_benchmark import (
 st.title("Benchmark")
 st.caption("Real streaming load; every figure comes from per-request records you can download. "
            "Definitions follow vLLM's bench serve (TTFT, TPOT, ITL, E2E, goodput).")  # fmt: skip
-job: BenchmarkJob | None = st.session_state.get("bench_job")
+job: Job | None = st.session_state.get("bench_job")
 running = job is not None and job.snapshot().state == JobState.RUNNING
 values = {**target_inputs(), **workload_inputs(), **load_inputs()}
 config, problem = None, None
@@ -30,7 +30,7 @@ except ValidationError as exc:
 if problem:
     st.error(problem)
 if st.button("Run benchmark", type="primary", disabled=config is None or running, key="bench_run"):
-    st.session_state["bench_job"] = BenchmarkJob(config).start()
+    st.session_state["bench_job"] = benchmark_job(config).start()
     st.rerun()  # redraw the whole page with Run disabled: the live fragment below redraws only itself
 if job is None:
     st.info("Choose a target, a workload and a load profile, then press Run benchmark.")

@@ -18,7 +18,6 @@ st.caption("Performance against an SLO profile, resources, security, monitoring 
 job: Job | None = st.session_state.get("check_job")
 running = job is not None and job.snapshot().state == JobState.RUNNING
 values = {**target_inputs("check"), **judging_inputs()}
-values.pop("compile", None)
 config, problem = None, None
 try:
     config = ChecklistConfig(**values)

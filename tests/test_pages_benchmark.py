@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from checks.jobs import BenchmarkJob, JobState
+from checks.jobs import Job, JobState
 from reports.benchmark_result import parse_benchmark_result
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -77,7 +77,7 @@ def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
     assert page.button(key="bench_run").disabled  # at once, not only when the job ends
     assert page.get("progress"), "no live progress while the job runs"
     job = page.session_state["bench_job"]
-    assert isinstance(job, BenchmarkJob)
+    assert isinstance(job, Job)
     assert job.config.profile == "concurrency:2" and job.config.threads == 1
     assert (job.config.requests, job.config.input_len, job.config.output_len) == (2, 16, 4)
     deadline = time.monotonic() + RUN_DEADLINE_S

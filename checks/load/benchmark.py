@@ -256,7 +256,9 @@ def measure(
     requests, workload = build_requests(config, tokenizer)
     warnings: list[str] = []
     if config.bundled_quant() is None and not config.dataset:
-        warnings.append("prompts were sized with the bundled SmolLM2 tokenizer; the server's usage gives the real lengths")
+        warnings.append(
+            "prompts were sized with the bundled SmolLM2 tokenizer; the server's usage gives the real lengths"
+        )
     status(f"running {config.profile} on {endpoint.model}")
     origin = time.perf_counter()
     monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)
