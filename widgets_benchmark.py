@@ -13,6 +13,8 @@ import streamlit as st
 from checks.jobs import BenchmarkJob, JobState
 from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.load.scenarios import SCENARIOS
+from reports import store
+from reports.benchmark_result import BenchmarkResult
 
 FORMATS = ["int4", "int8", "bf16", "fp32", "fp8"]
 PROFILES = ["sync", "concurrency", "constant", "poisson", "sweep"]
@@ -93,7 +95,7 @@ def live_progress(job: BenchmarkJob) -> None:
         job.cancel()
 
 
-def result_charts(result: dict) -> None:
+def result_charts(result: BenchmarkResult) -> None:
     requests = request_frame(result)
     left, right = st.columns(2)
     for col, metric, title in ((left, "ttft_ms", "TTFT (ms)"), (right, "tpot_ms", "TPOT (ms)")):
@@ -110,14 +112,28 @@ def result_charts(result: dict) -> None:
         st.altair_chart(chart.properties(title="Latency vs load (sweep)", height=260))
 
 
-def run_summaries(result: dict) -> None:
+def run_summaries(result: BenchmarkResult) -> None:
     """Headline metrics and the latency table of each run (one for a profile, several for a sweep)."""
-    for run in result["runs"]:
-        s = run["summary"]
-        st.subheader(run["profile"])
+    for run in result.runs:
+        s = run.summary
+        st.subheader(run.profile)
         c1, c2, c3, c4 = st.columns(4)
-        c1.metric("Completed / failed", f"{s['completed']} / {s['failed']}")
-        c2.metric("Output tok/s", "-" if s["output_throughput"] is None else f"{s['output_throughput']:.1f}")
-        c3.metric("Median TTFT ms", "-" if s["median_ttft_ms"] is None else f"{s['median_ttft_ms']:.0f}")
-        c4.metric("Goodput req/s", "-" if s["request_goodput"] is None else f"{s['request_goodput']:.2f}")
+        c1.metric("Completed / failed", f"{s.completed} / {s.failed}")
+        c2.metric("Output tok/s", "-" if s.output_throughput is None else f"{s.output_throughput:.1f}")
+        c3.metric("Median TTFT ms", "-" if s.median_ttft_ms is None else f"{s.median_ttft_ms:.0f}")
+        c4.metric("Goodput req/s", "-" if s.request_goodput is None else f"{s.request_goodput:.2f}")
         st.dataframe(summary_frame(run), hide_index=True)
+
+
+def result_download(job_id: str, result: BenchmarkResult) -> None:
+    """The download button for the result file, the same JSON `--out` writes.
+
+    A result with every record can be megabytes of JSON, and the page reruns on every
+    click, so the text is built once per job and kept in the session.
+    """
+    cached = st.session_state.get("bench_result_json")
+    if cached is None or cached[0] != job_id:
+        cached = (job_id, store.to_json(result))
+        st.session_state["bench_result_json"] = cached
+    st.download_button("Download JSON (every record)", cached[1], file_name="preflight-benchmark.json",
+                       mime="application/json", key="bench_download")  # fmt: skip

@@ -2,13 +2,14 @@
 
 Flags come from `BenchmarkConfig`'s fields (their descriptions are the help text), so
 the CLI and the Benchmark page cannot drift apart. Errors are one stderr line and exit
-code 1 (a target that cannot be used, a bad file) or 2 (bad flags); no tracebacks.
+code 1 (a target that cannot be used, a bad file) or 2 (bad flags, an `--out` that
+cannot be written, found before the run rather than after it); no tracebacks.
+`--out` writes the `BenchmarkResult` document atomically through `reports.store`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -16,12 +17,20 @@ import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from checks.load.benchmark import BenchmarkConfig, config_error, run_benchmark
 from checks.load.console import format_result
 from checks.load.loadgen import Progress
 from checks.load.targets import TargetError
+from checks.readiness.config import ChecklistConfig
+from checks.readiness.console import format_report
+from checks.readiness.runner import Checklist, ChecklistProgress
+from reports import store
+from reports.junit import to_junit
+from reports.markdown import to_markdown
+from reports.store import DocumentError, check_writable, save, write_text
+from reports.verdict import exit_code
 
 API_KEY_ENV = "PREFLIGHT_TARGET_API_KEY"
 SKIP_FLAGS = {"api_key", "duration_s"}  # spelled by hand below
@@ -48,30 +57,45 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m checks", description="Preflight measurements.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="benchmark a target under load and write the records as JSON")
-    for name, field in BenchmarkConfig.model_fields.items():
-        if name in SKIP_FLAGS:
+def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], skip: set[str],
+                    renames: dict[str, str] | None = None) -> None:
+    """One flag per field of a boundary model, its description as the help: CLI and page share one definition."""
+    for name, field in model.model_fields.items():
+        if name in skip:
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = (renames or {}).get(name) or "--" + name.replace("_", "-")
         default = field.default
         if isinstance(default, bool):  # an off-by-default switch: the flag alone turns it on
-            bench.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=field.description)
+            parser.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=field.description)
             continue
         kind = {int: int, float: float}.get(type(default)) if default is not None else None
         if kind is None:
             ann = str(field.annotation)
             kind = int if "int" in ann and "str" not in ann else float if "float" in ann else str
         help_text = (field.description or "") + (f" (default: {default})" if default is not None else "")
-        bench.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text)
+        parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m checks", description="Preflight measurements and readiness checks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="benchmark a target under load and write the records as JSON")
+    add_model_flags(bench, BenchmarkConfig, SKIP_FLAGS)
     bench.add_argument("--duration", dest="duration_s", type=parse_duration, default=argparse.SUPPRESS,
                        help="measured time per run, e.g. 60s or 2m (with --requests, whichever ends first)")
     bench.add_argument("--api-key", dest="api_key", default=argparse.SUPPRESS,
                        help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to results)")
     bench.add_argument("--out", type=Path, default=None, help="write the result JSON (with every record) here")
     bench.add_argument("--quiet", action="store_true", help="no progress line")
+    run = sub.add_parser("run", help="run the readiness checklist and give a verdict (exit 0 ready, 1 not, 2 unknown)")
+    add_model_flags(run, ChecklistConfig, {"api_key"}, {"from_path": "--from"})
+    run.add_argument("--api-key", dest="api_key", default=argparse.SUPPRESS,
+                     help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to reports)")
+    run.add_argument("--out", type=Path, default=None, help="write the readiness report (JSON) here")
+    run.add_argument("--junit", type=Path, default=None, help="also write the checks as JUnit XML")
+    run.add_argument("--markdown", type=Path, default=None, help="also write the report as Markdown")
+    run.add_argument("--force", action="store_true", help="overwrite existing output files")
+    run.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
 
@@ -108,6 +132,12 @@ def bench(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: {config_error(exc)}", file=sys.stderr)
         return 2
+    if args.out is not None:
+        try:  # a long run must not end in a path it cannot write
+            store.check_writable(args.out, overwrite=True)
+        except store.DocumentError as exc:
+            print(f"error: --out: {exc}", file=sys.stderr)
+            return 2
     cancel = threading.Event()
     line = _ProgressLine(sys.stderr)
     progress = None if args.quiet else line
@@ -130,10 +160,62 @@ def bench(args: argparse.Namespace) -> int:
     line.end()
     print(format_result(result))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
+        try:
+            store.save(result, args.out, overwrite=True)
+        except store.DocumentError as exc:  # checked at start, but the disk can fill or the folder go meanwhile
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
+
+
+def readiness(args: argparse.Namespace) -> int:
+    """`python -m checks run`: the checklist, its console view, the files; the exit code is the verdict's."""
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "junit", "markdown", "force", "quiet")}
+    if "api_key" not in values and os.environ.get(API_KEY_ENV):
+        values["api_key"] = os.environ[API_KEY_ENV]
+    try:
+        config = ChecklistConfig(**values)
+        outputs = [p for p in (args.out, args.junit, args.markdown) if p is not None]
+        for path in outputs:
+            check_writable(path, overwrite=args.force)
+        checklist = Checklist(config, progress=None if args.quiet else _checklist_line,
+                              on_status=None if args.quiet else _say)  # fmt: skip
+    except ValidationError as exc:
+        print(f"error: {config_error(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, DocumentError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = checklist.run()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    try:
+        if args.out is not None:
+            save(report, args.out, overwrite=args.force)
+        if args.junit is not None:
+            write_text(args.junit, to_junit(report), overwrite=args.force)
+        if args.markdown is not None:
+            write_text(args.markdown, to_markdown(report), overwrite=args.force)
+    except DocumentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in outputs:
+        print(f"wrote {path}", file=sys.stderr)
+    return exit_code(report.verdict)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _checklist_line(p: ChecklistProgress) -> None:
+    """What runs now; the console block after the run lists every result."""
+    if p.current:
+        print(f"[{p.done + 1}/{p.total}] {p.phase}: {p.current}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,4 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "bench":
         return bench(args)
+    if args.command == "run":
+        return readiness(args)
     return 2

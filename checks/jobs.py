@@ -8,7 +8,8 @@ The load generator runs in its own process, not a thread of the Streamlit server
 in a thread it shares the server's GIL with every rerun and fragment, its event loop
 wakes late, and the self-check rightly marks the run invalid (seen on the 2-core
 machine: a 4-request run came out INVALID from a thread). The child reports progress,
-status lines and the result over a queue; a reader thread here keeps the latest.
+status lines and the result (a `BenchmarkResult`, pickled by the queue) over a queue;
+a reader thread here keeps the latest.
 `cancel()` sets an event the child turns into the loadgen's cancel; what was measured
 is kept. A child that dies is a FAILED job with its exit code, never one left running.
 """
@@ -19,6 +20,7 @@ import multiprocessing as mp
 import queue
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -26,6 +28,7 @@ from typing import Any
 from checks.load.benchmark import BenchmarkConfig, run_benchmark
 from checks.load.loadgen import Progress
 from checks.load.targets import TargetError
+from reports.benchmark_result import BenchmarkResult
 
 PROGRESS_EVERY_S = 0.25  # the child sends at most this often; the page polls once a second
 _CONTEXT = mp.get_context("spawn")  # a fresh interpreter: no inherited server threads or locks
@@ -46,7 +49,7 @@ class JobSnapshot:
     status: str
     progress: Progress | None
     elapsed_s: float
-    result: dict[str, Any] | None
+    result: BenchmarkResult | None
     error: str | None
 
 
@@ -83,11 +86,12 @@ class BenchmarkJob:
     """One `run_benchmark` call in a child process."""
 
     config: BenchmarkConfig
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what the page keys per-job caches on
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _state: JobState = JobState.RUNNING
     _status: str = "starting"
     _progress: Progress | None = None
-    _result: dict[str, Any] | None = None
+    _result: BenchmarkResult | None = None
     _error: str | None = None
     _started: float = field(default_factory=time.monotonic)
     _ended: float | None = None
@@ -130,10 +134,10 @@ class BenchmarkJob:
                 self._finish(JobState.FAILED, error=payload)
                 return
             else:
-                self._finish(JobState.CANCELLED if payload["cancelled"] else JobState.DONE, result=payload)
+                self._finish(JobState.CANCELLED if payload.cancelled else JobState.DONE, result=payload)
                 return
 
-    def _finish(self, state: JobState, result: dict[str, Any] | None = None, error: str | None = None) -> None:
+    def _finish(self, state: JobState, result: BenchmarkResult | None = None, error: str | None = None) -> None:
         self._set(_state=state, _result=result, _error=error, _status=str(state), _ended=time.monotonic())
         self._process.join(timeout=10)
 

@@ -1,14 +1,20 @@
 """Benchmark: drive the bundled engine or any OpenAI-compatible endpoint with real load."""
 
-import json
-
 import streamlit as st
 from pydantic import ValidationError
 
 from checks.jobs import BenchmarkJob, JobState
 from checks.load.benchmark import BenchmarkConfig, config_error
 from checks.load.console import format_result
-from widgets_benchmark import live_progress, load_inputs, result_charts, run_summaries, target_inputs, workload_inputs
+from widgets_benchmark import (
+    live_progress,
+    load_inputs,
+    result_charts,
+    result_download,
+    run_summaries,
+    target_inputs,
+    workload_inputs,
+)
 
 st.title("Benchmark")
 st.caption("Real streaming load; every figure comes from per-request records you can download. "
@@ -39,11 +45,10 @@ if snap.state == JobState.FAILED:
 result = snap.result
 if snap.state == JobState.CANCELLED:
     st.warning("Stopped: the figures cover the requests that finished before the stop.")
-if not result["valid"]:
+if not result.valid:
     st.error("The client could not keep up: these latencies are not the server's. See the self-check below.")
 run_summaries(result)
 result_charts(result)
 with st.expander("Console summary, warnings and self-check"):
     st.code(format_result(result), language=None)
-st.download_button("Download JSON (every record)", json.dumps(result, indent=1), file_name="preflight-benchmark.json",
-                   mime="application/json", key="bench_download")  # fmt: skip
+result_download(job.job_id, result)

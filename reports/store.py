@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar
 
@@ -33,6 +34,7 @@ class Versioned(Protocol):
 
 
 D = TypeVar("D", bound=BaseModel)
+Upgrade = Callable[[Any], Any]  # parsed JSON of an older layout -> the current layout (see load's docstring)
 
 
 def to_json(doc: BaseModel) -> str:
@@ -96,15 +98,18 @@ def check_writable(path: Path, *, overwrite: bool = False) -> None:
         raise DocumentError(f"cannot write {path}: {probe_dir or folder} is not writable")
 
 
-def parse(text: str | bytes, model: type[D], source: str = "document") -> D:
-    """Validate JSON text as `model` (which must carry KIND and SCHEMA_VERSION); DocumentError otherwise."""
+def parse(text: str | bytes, model: type[D], source: str = "document", *, upgrade: Upgrade | None = None) -> D:
+    """Validate JSON text as `model` (which must carry KIND and SCHEMA_VERSION); DocumentError otherwise.
+
+    `upgrade`, when given, sees the parsed JSON first; see `load`.
+    """
     try:
         data = json.loads(text)
     except RecursionError:
         raise DocumentError(f"{source}: JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise DocumentError(f"{source}: not a JSON document ({exc})") from None
-    return from_data(data, model, source)
+    return from_data(data if upgrade is None else upgrade(data), model, source)
 
 
 def from_data(data: Any, model: type[D], source: str = "document") -> D:
@@ -131,8 +136,13 @@ def from_data(data: Any, model: type[D], source: str = "document") -> D:
         raise DocumentError(f"{source}: {where}: {first['msg']}{more}") from None
 
 
-def load(path: Path, model: type[D]) -> D:
-    """Read and validate a saved document; DocumentError with one line for a missing, corrupt or foreign file."""
+def load(path: Path, model: type[D], *, upgrade: Upgrade | None = None) -> D:
+    """Read and validate a saved document; DocumentError with one line for a missing, corrupt or foreign file.
+
+    `upgrade` rewrites the parsed JSON of an older layout into the current one before
+    the kind and version checks. It must return anything it does not recognise as is,
+    so that from_data can say what is wrong with it.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -145,4 +155,4 @@ def load(path: Path, model: type[D]) -> D:
         raise DocumentError(f"{path} is a folder, not a document") from None
     except OSError as exc:
         raise DocumentError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse(raw, model, str(path))
+    return parse(raw, model, str(path), upgrade=upgrade)

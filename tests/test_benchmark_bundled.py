@@ -32,11 +32,14 @@ from checks.load.loadgen import CONNECTION_FAILURE_LIMIT, Progress, RunLimits, R
 from checks.load.metrics import summarize
 from checks.load.profiles import LoadProfile, arrival_offsets
 from checks.load.prompts import PromptRequest
-from checks.load.records import ErrorKind, RequestRecord, TokenSource
 from checks.load.scenarios import scenario_requests
+from checks.load.sweep import SweepOptions
 from checks.load.targets import BundledOptions, BundledTarget
 from checks.load.tokenizer import EngineTokenizer, bundled_tokenizer, count_tokens
 from checks.load.workloads import SyntheticSpec, synthetic_requests
+from reports import store
+from reports.benchmark_result import RemoteTargetDoc, load_benchmark_result
+from reports.records import ErrorKind, RequestRecord, TokenSource
 
 INPUT_LEN, OUTPUT_LEN = 32, 8
 GREEDY = RequestOptions(temperature=0.0)
@@ -311,34 +314,34 @@ def test_sweep_on_tiny_settings(endpoint: Endpoint) -> None:
     config = _remote_config(endpoint, profile="sweep", requests=3, sweep_rates=1, sweep_concurrency=2,
                             slo_e2e_ms=600_000)  # fmt: skip
     result = run_benchmark(config)
-    profiles = [run["profile"] for run in result["runs"]]
+    profiles = [run.profile for run in result.runs]
     assert profiles[:2] == ["sync", "concurrency:2"]
-    assert len(profiles) == 3 and profiles[2].startswith("poisson:"), (profiles, result["sweep"])
-    sync, saturated, middle = (run["summary"] for run in result["runs"])
+    assert len(profiles) == 3 and profiles[2].startswith("poisson:"), (profiles, result.sweep)
+    sync, saturated, middle = (run.summary for run in result.runs)
     rate = float(profiles[2].removeprefix("poisson:"))
-    assert sync["request_throughput"] < rate < saturated["request_throughput"]
-    for run in result["runs"]:
-        assert (run["summary"]["completed"], run["summary"]["failed"]) == (3, 0)
-        assert len(run["records"]) == 3
-        assert run["meets_slo"] is not None
-    assert set(result["sweep"]) == {"max_rate_meeting_slo", "stopped", "attainment"}
-    assert result["sweep"]["stopped"] is None
+    assert sync.request_throughput < rate < saturated.request_throughput
+    for run in result.runs:
+        assert (run.summary.completed, run.summary.failed) == (3, 0)
+        assert len(run.records) == 3
+        assert run.meets_slo is not None
+    assert result.sweep is not None and result.sweep.stopped is None
+    assert result.sweep.attainment == SweepOptions().attainment
     assert "Sweep: highest rate meeting the SLO" in format_result(result)
 
 
-def test_result_json_round_trips_without_the_key(endpoint: Endpoint) -> None:
+def test_result_file_round_trips_without_the_key(endpoint: Endpoint, tmp_path: Path) -> None:
     assert endpoint.api_key
     result = run_benchmark(_remote_config(endpoint, profile="concurrency:2", requests=3))
-    text = json.dumps(result)
-    assert endpoint.api_key not in text
-    loaded = json.loads(text)
+    path = store.save(result, tmp_path / "bench.json")
+    assert endpoint.api_key not in path.read_text()
+    loaded = load_benchmark_result(path)
     assert loaded == result
-    assert loaded["config"]["api_key_set"] is True and "api_key" not in loaded["config"]
-    assert loaded["endpoint"]["api_key_set"] is True
-    assert loaded["target"]["api_key_set"] is True
-    (run,) = loaded["runs"]
-    assert run["summary"]["completed"] == 3 and run["summary"]["total_output_tokens"] == 12
-    records = [RequestRecord.from_dict(r) for r in run["records"]]
-    assert summarize(records).to_dict() == run["summary"]  # every figure recomputes from the records
+    assert loaded.config["api_key_set"] is True and "api_key" not in loaded.config
+    assert loaded.endpoint.api_key_set is True
+    assert isinstance(loaded.target, RemoteTargetDoc) and loaded.target.api_key_set is True
+    (run,) = loaded.runs
+    assert run.summary.completed == 3 and run.summary.total_output_tokens == 12
+    assert summarize(run.records) == run.summary  # every figure recomputes from the records
     assert len(request_frame(loaded)) == 3
-    assert loaded["resources"]["samples"], "the resource monitor took no samples"
+    assert loaded.resources.samples, "the resource monitor took no samples"
+    assert loaded.resources.summary.sample_count == len(loaded.resources.samples)

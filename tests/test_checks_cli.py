@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from checks.cli import build_parser, main, parse_duration
-from checks.load.benchmark import RESULT_SCHEMA, BenchmarkConfig
+from checks.load.benchmark import BenchmarkConfig
 from checks.load.console import format_result
 from checks.load.profiles import PROFILE_HELP
 from checks.load.targets import free_port
+from reports.benchmark_result import BundledTargetDoc, load_benchmark_result
 
 TINY = ["--requests", "2", "--warmup-requests", "0", "--input-len", "16", "--output-len", "4", "--threads", "1"]
 
@@ -23,13 +23,12 @@ def test_bundled_run_prints_the_console_block_and_writes_json(
     code = main(["bench", *TINY, "--profile", "concurrency:2", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    result = json.loads(out.read_text())
-    assert result["schema"] == RESULT_SCHEMA
-    assert result["target"]["kind"] == "bundled" and result["target"]["threads"] == 1
-    (run,) = result["runs"]
-    assert run["profile"] == "concurrency:2"
-    assert (run["summary"]["completed"], run["summary"]["failed"]) == (2, 0)
-    assert run["summary"]["total_output_tokens"] == 8
+    result = load_benchmark_result(out)
+    assert isinstance(result.target, BundledTargetDoc) and result.target.threads == 1
+    (run,) = result.runs
+    assert run.profile == "concurrency:2"
+    assert (run.summary.completed, run.summary.failed) == (2, 0)
+    assert run.summary.total_output_tokens == 8
     assert captured.out == format_result(result) + "\n"  # the block printed is the file's
     assert captured.out.startswith("Target: http://127.0.0.1:")
     assert " Profile: concurrency:2 " in captured.out
@@ -64,6 +63,20 @@ def test_bad_flags_are_one_error_line_and_exit_2(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == line + "\n"
+
+
+def test_unwritable_out_fails_before_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The target is never started: the bad path is found in milliseconds, not after the benchmark."""
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        (tmp_path, f"error: --out: {tmp_path} is a folder; give a file name"),
+        (tmp_path / "a-file" / "bench.json", f"error: --out: cannot write {tmp_path / 'a-file' / 'bench.json'}: "
+                                              f"{tmp_path / 'a-file'} is not writable"),
+    ]  # fmt: skip
+    for out, line in cases:
+        assert main(["bench", *TINY, "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert (captured.out, captured.err) == ("", line + "\n")
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -20,9 +20,9 @@ from fault_server import Behaviour, FaultServer, Script
 from checks.load.client import RequestOptions, StreamClient, build_payload
 from checks.load.endpoint import Endpoint
 from checks.load.prompts import PromptRequest
-from checks.load.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource
 from checks.load.targets import free_port
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
+from reports.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource
 
 PROMPT = PromptRequest("say three words", None, max_tokens=8, input_tokens=99, ignore_eos=True, source="test#0")
 CHAT = PromptRequest(
@@ -191,7 +191,7 @@ def test_authorization_header_carries_the_key() -> None:
     assert record.ok
     assert sent.headers["authorization"] == "Bearer sk-test-123"
     assert "sk-test-123" not in repr(ep)
-    assert "sk-test-123" not in str(ep.redacted())
+    assert "sk-test-123" not in ep.redacted().model_dump_json()
 
 
 def test_no_authorization_header_without_a_key() -> None:

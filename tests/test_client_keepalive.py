@@ -15,7 +15,7 @@ import time
 from checks.load.client import StreamClient
 from checks.load.endpoint import Endpoint
 from checks.load.prompts import PromptRequest
-from checks.load.records import ErrorKind
+from reports.records import ErrorKind
 
 PROMPT = PromptRequest("hi", None, 4, 1, False, "test")
 

@@ -17,7 +17,7 @@ from checks.load.loadgen import Progress, RunLimits, RunResult, run_load_sync
 from checks.load.metrics import summarize
 from checks.load.profiles import LoadProfile
 from checks.load.prompts import PromptRequest
-from checks.load.records import ErrorKind, RequestRecord
+from reports.records import ErrorKind, RequestRecord
 
 PROMPT = PromptRequest("say three words", None, max_tokens=8, input_tokens=3, ignore_eos=True, source="test#0")
 FAST = Script(chunks=4, chunk_delay_s=0.01)

@@ -6,9 +6,13 @@ import json
 import math
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from checks.load.metrics import PERCENTILES, BenchmarkSummary, ErrorSample, Slo, bootstrap_ci, percentile, summarize
-from checks.load.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource, excerpt
+from checks.load.metrics import PERCENTILES, Slo, bootstrap_ci, percentile, summarize
+from reports.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource, excerpt
+from reports.summary import BenchmarkSummary, ErrorSample
+
+RECORD = TypeAdapter(RequestRecord)  # how a saved result reads and writes its records
 
 LATENCY_KEYS = [f"{stat}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for stat in ("mean", "median", "std")]
 LATENCY_KEYS += [f"p{q}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for q in PERCENTILES]
@@ -115,9 +119,10 @@ def test_excerpt_collapses_whitespace_and_fits_a_record() -> None:
     ],
 )
 def test_record_round_trips_through_json(record) -> None:
-    data = json.loads(json.dumps(record.to_dict()))
+    data = json.loads(RECORD.dump_json(record))
     assert data["error_kind"] is None or isinstance(data["error_kind"], str)
-    back = RequestRecord.from_dict(data)
+    assert "ttft_s" not in data  # derived properties are recomputed, not stored
+    back = RECORD.validate_python(data)
     assert back == record
     assert type(back.token_source) is type(record.token_source)
     assert type(back.error_kind) is type(record.error_kind)
@@ -126,16 +131,17 @@ def test_record_round_trips_through_json(record) -> None:
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda d: d.update(latency_ms=3), "unknown RequestRecord field.*latency_ms"),
-        (lambda d: d.pop("send_s"), "missing field.*send_s"),
-        (lambda d: d.update(error_kind="timeout", ok=False, token_source="guess"), "'guess' is not a valid"),
+        (lambda d: d.update(latency_ms=3), "latency_ms\n  Unexpected keyword argument"),
+        (lambda d: d.pop("send_s"), "send_s\n  Field required"),
+        (lambda d: d.update(error_kind="timeout", ok=False, token_source="guess"), "token_source\n  Input should be"),
+        (lambda d: d.update(chunk_tokens=[]), "chunk_times_s has 1 entries but chunk_tokens has 0"),  # __post_init__
     ],
 )
-def test_record_from_dict_rejects_bad_input(change, match) -> None:
-    data = ok().to_dict()
+def test_record_validation_rejects_bad_input(change, match) -> None:
+    data = json.loads(RECORD.dump_json(ok()))
     change(data)
-    with pytest.raises(ValueError, match=match):
-        RequestRecord.from_dict(data)
+    with pytest.raises(ValidationError, match=match):
+        RECORD.validate_python(data)
 
 
 # --- percentiles and bootstrap ---------------------------------------------------------------------
@@ -271,7 +277,8 @@ def test_failures_counted_by_kind_and_kept_out_of_latency() -> None:
     assert s.errors_by_kind == {
         "http": 1, "http_429": 1, "http_500": 2, "malformed_stream": 1, "stream_error": 1, "timeout": 1,
     }  # fmt: skip
-    assert s.first_errors[:2] == [ErrorSample(16, "http", "http body"), ErrorSample(10, "http_500", "internal error")]
+    assert s.first_errors[:2] == [ErrorSample(request_id=16, kind="http", excerpt="http body"),
+                                  ErrorSample(request_id=10, kind="http_500", excerpt="internal error")]  # fmt: skip
     assert [e.request_id for e in s.first_errors] == [16, 10, 11, 12, 13]
     assert (s.mean_ttft_ms, s.p99_ttft_ms, s.mean_e2el_ms, s.mean_itl_ms, s.p99_itl_ms) == (500, 500, 1000, 500, 500)
     assert s.total_output_tokens == 6
@@ -289,7 +296,7 @@ def test_warmup_records_are_excluded() -> None:
 
 @pytest.mark.parametrize("records", [[], [ok(warmup=True), failed(1, ErrorKind.TIMEOUT, warmup=True)]])
 def test_nothing_measured_gives_none_not_zero(records) -> None:
-    d = summarize(records, Slo(ttft_ms=100)).to_dict()
+    d = summarize(records, Slo(ttft_ms=100)).model_dump()
     assert (d["completed"], d["failed"]) == (0, 0)
     measured = ["duration_s", "request_throughput", "output_throughput", "total_token_throughput",
                 "request_goodput", "peak_output_throughput", "mean_queue_ms", *LATENCY_KEYS, *CI_KEYS]  # fmt: skip
@@ -354,15 +361,15 @@ def test_schedule_lag_and_queue_time() -> None:
     assert s.mean_queue_ms == 250
 
 
-def test_summary_cis_match_bootstrap_and_to_dict_is_json_ready() -> None:
+def test_summary_cis_match_bootstrap_and_round_trip_through_json() -> None:
     records = [ok(i, send=float(i), chunks=(i + 0.1 + (i % 5) / 10, i + 0.9)) for i in range(50)]
     s = summarize(records)
     ttft_ms = [r.ttft_s * 1000 for r in records]
     assert s.p99_ttft_ms_ci95 == bootstrap_ci(ttft_ms, 99)
     assert s.p50_ttft_ms_ci95[0] <= s.p50_ttft_ms <= s.p50_ttft_ms_ci95[1]
-    d = s.to_dict()
-    assert json.loads(json.dumps(d)) == d
-    assert list(d) == [f.name for f in BenchmarkSummary.__dataclass_fields__.values()]
+    d = json.loads(s.model_dump_json())
+    assert BenchmarkSummary.model_validate(d) == s  # intervals come back as tuples, errors as ErrorSamples
+    assert list(d) == list(BenchmarkSummary.model_fields)
     for key in ("completed", "failed", "request_throughput", "output_throughput", "total_token_throughput",
                 "request_goodput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms",
                 "mean_itl_ms", "mean_e2el_ms", "p99_itl_ms"):  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from checks.jobs import BenchmarkJob, JobState
+from reports.benchmark_result import parse_benchmark_result
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/benchmark.py"
@@ -101,6 +102,10 @@ def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
     assert table["median"].notna().all()
     (download,) = page.get("download_button")
     assert download.proto.label == "Download JSON (every record)"
+    job_id, text = page.session_state["bench_result_json"]
+    assert job_id == job.job_id and parse_benchmark_result(text) == snap.result  # the file --out would write
+    page.run()
+    assert page.session_state["bench_result_json"][1] is text  # built once per job, not on every rerun
     assert not page.button(key="bench_run").disabled
 
 
@@ -126,7 +131,7 @@ def test_stop_keeps_what_finished(page: AppTest) -> None:
     page.run()
     assert not page.exception and not _errors(page)
     assert [w.value for w in page.warning] == ["Stopped: the figures cover the requests that finished before the stop."]
-    summary = snap.result["runs"][0]["summary"]
-    assert 2 <= summary["completed"] < 500 and summary["failed"] == 0
+    summary = snap.result.runs[0].summary
+    assert 2 <= summary.completed < 500 and summary.failed == 0
     completed = page.metric[0]
-    assert (completed.label, completed.value) == ("Completed / failed", f"{summary['completed']} / 0")
+    assert (completed.label, completed.value) == ("Completed / failed", f"{summary.completed} / 0")

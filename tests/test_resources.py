@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 
 import pynvml
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from checks.load.resources import GpuSample, ResourceMonitor, ResourceSample, summarize_resources
+from checks.load.resources import ResourceMonitor, summarize_resources
+from reports.resources import GpuSample, ResourceSample
 
 MB = 1_000_000
 # Holds 60 MB of written (so resident) bytes, then sleeps; a parent that spawns it, for the tree test.
@@ -168,7 +170,7 @@ def test_unsupported_gpu_utilisation_is_none() -> None:
     with ResourceMonitor(interval_s=0.02, nvml_loader=lambda: fake_pynvml(util_supported=False)) as monitor:
         wait_for(lambda: len(monitor.samples) >= 1)
     assert {g.utilization_percent for g in monitor.samples[0].gpus} == {None}
-    assert summarize_resources(monitor.samples)["gpus"][0]["mean_utilization_percent"] is None
+    assert summarize_resources(monitor.samples).gpus[0].mean_utilization_percent is None
 
 
 def missing_nvml() -> types.ModuleType:
@@ -202,7 +204,7 @@ def test_summary_arithmetic() -> None:
         sample(1.5, 40.0, 350, None, None, [g(0, "a", 20, 80, 90.0), g(1, "b", 6, 80, None)]),
     ]
     summary = summarize_resources(samples)
-    assert summary == {
+    assert summary.model_dump() == {
         "sample_count": 3,
         "peak_host_cpu_percent": 90.0,
         "peak_host_ram_used_bytes": 400,
@@ -219,17 +221,21 @@ def test_summary_arithmetic() -> None:
 
 
 def test_summary_of_nothing_is_none_not_zero() -> None:
-    assert summarize_resources([]) == {
+    assert summarize_resources([]).model_dump() == {
         "sample_count": 0, "peak_host_cpu_percent": None, "peak_host_ram_used_bytes": None,
         "host_ram_total_bytes": None, "peak_proc_rss_bytes": None, "mean_proc_cpu_percent": None, "gpus": [],
     }  # fmt: skip
     no_process = summarize_resources([sample(0.5, 1.0, 2, None, None)])
-    assert no_process["peak_proc_rss_bytes"] is None and no_process["mean_proc_cpu_percent"] is None
+    assert no_process.peak_proc_rss_bytes is None and no_process.mean_proc_cpu_percent is None
 
 
 def test_samples_round_trip_through_json() -> None:
+    """A saved result holds samples as pydantic serialises them; loading gives equal samples back."""
     s = sample(0.5, 10.0, 400, 100, 50.0, [GpuSample(0, "a", 10, 80, None)])
-    data = json.loads(json.dumps(s.to_dict()))
+    adapter = TypeAdapter(ResourceSample)
+    data = json.loads(adapter.dump_json(s))
     assert data["gpus"] == [{"index": 0, "name": "a", "memory_used_bytes": 10, "memory_total_bytes": 80,
                              "utilization_percent": None}]  # fmt: skip
-    assert ResourceSample.from_dict(data) == s
+    assert adapter.validate_python(data) == s
+    with pytest.raises(ValidationError, match="Unexpected keyword argument"):
+        adapter.validate_python({**data, "gpu_temp_c": 70})

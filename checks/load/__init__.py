@@ -1,2 +1,3 @@
-"""Measuring load: targets, workloads, the async client, load profiles, per-request records,
-metric definitions, the sweep and the resource timeline (python -m checks bench)."""
+"""Measuring load: targets, workloads, the async client, load profiles, metric definitions, the
+sweep and the resource timeline (python -m checks bench). The records, summaries and result
+they produce are typed documents in `reports`."""

@@ -3,9 +3,10 @@
 `BenchmarkConfig` is the boundary object the CLI and the Benchmark page both fill
 (pydantic, unknown fields rejected). `run_benchmark()` starts or probes the target,
 builds the workload, runs the profile (or the sweep ladder) while a resource monitor
-samples the host and the bundled server, and returns a JSON-ready dict holding the
-config with secrets redacted, the summary, the client self-check, the resource
-timeline and every per-request record, so any figure can be recomputed.
+samples the host and the bundled server, and returns a `BenchmarkResult` (the typed
+document in reports/benchmark_result.py) holding the config with secrets redacted, the
+summary, the client self-check, the resource timeline and every per-request record,
+so any figure can be recomputed.
 """
 
 from __future__ import annotations
@@ -38,8 +39,19 @@ from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 from checks.load.workloads import SyntheticSpec, synthetic_requests
 from checks.version import __version__
+from reports.benchmark_result import (
+    BenchmarkResult,
+    ClientDoc,
+    ResourcesDoc,
+    RunDoc,
+    SelfCheckDoc,
+    SloDoc,
+    SweepDoc,
+    ToolDoc,
+)
+from reports.redaction import redact_url
+from reports.summary import BenchmarkSummary
 
-RESULT_SCHEMA = "preflight.benchmark/1"
 COMPILE_STARTUP_TIMEOUT_S = 900.0  # a cold --compile takes 3-4 minutes on 2 cores, more on a busy machine
 Distribution = Literal["fixed", "uniform", "normal"]
 
@@ -117,8 +129,11 @@ class BenchmarkConfig(BaseModel):
         return Slo(ttft_ms=ttft, tpot_ms=tpot, e2e_ms=self.slo_e2e_ms)
 
     def redacted(self) -> dict[str, Any]:
+        """The config as a result keeps it: no key (only whether one was set), and a target URL without
+        userinfo or query string (gateways take keys in both)."""
         data = self.model_dump(mode="json", exclude={"api_key"})
         data["api_key_set"] = self.api_key is not None
+        data["target"] = redact_url(self.target)
         return data
 
 
@@ -145,36 +160,37 @@ def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[l
     )
 
 
-def client_conditions() -> dict[str, Any]:
+def client_conditions() -> ClientDoc:
     """The machine the load generator ran on (the client side of every figure)."""
-    return {
-        "host": platform.node(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.release()}",
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-    }
+    return ClientDoc(
+        host=platform.node(),
+        cpu_count=os.cpu_count(),
+        python=platform.python_version(),
+        os=f"{platform.system()} {platform.release()}",
+        load_avg_1m=round(os.getloadavg()[0], 2),
+        memory_gib=round(psutil.virtual_memory().total / 2**30, 1),
+    )
 
 
-def _run_json(run: RunResult, summary: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "profile": run.profile.label,
-        "summary": summary,
-        "self_check": {
-            "valid": run.self_check.valid,
-            "reasons": run.self_check.reasons,
-            "schedule_lag_p99_ms": run.self_check.schedule_lag_p99_ms,
-            "schedule_lag_max_ms": run.self_check.schedule_lag_max_ms,
-            "loop_lag_p99_ms": run.self_check.loop_lag_p99_ms,
-            "loop_lag_max_ms": run.self_check.loop_lag_max_ms,
-        },
-        "stopped_early": run.stopped_early,
-        "cancelled": run.cancelled,
-        "wall_s": run.wall_s,
-        **(extra or {}),
-        "records": [r.to_dict() for r in run.records],
-    }
+def run_doc(run: RunResult, summary: BenchmarkSummary, meets_slo: bool | None = None,
+            why_not: str | None = None) -> RunDoc:  # fmt: skip
+    """One run as the result keeps it: its summary, the client self-check and every record."""
+    check = run.self_check
+    return RunDoc(
+        profile=run.profile.label,
+        summary=summary,
+        self_check=SelfCheckDoc(
+            valid=check.valid, reasons=list(check.reasons),
+            schedule_lag_p99_ms=check.schedule_lag_p99_ms, schedule_lag_max_ms=check.schedule_lag_max_ms,
+            loop_lag_p99_ms=check.loop_lag_p99_ms, loop_lag_max_ms=check.loop_lag_max_ms,
+        ),  # fmt: skip
+        stopped_early=run.stopped_early,
+        cancelled=run.cancelled,
+        wall_s=run.wall_s,
+        meets_slo=meets_slo,
+        why_not=why_not,
+        records=run.records,
+    )
 
 
 async def _drive(
@@ -197,14 +213,14 @@ def run_benchmark(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     on_status: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> BenchmarkResult:
     """Run the benchmark `config` describes and return the result document (see module docstring).
 
     Raises TargetError before any load when the target cannot be reached or used.
     """
     status = on_status or (lambda _msg: None)
     cancel = cancel or threading.Event()
-    started = datetime.now(UTC)
+    started = datetime.now(UTC).replace(microsecond=0)
     tokenizer = bundled_tokenizer()
     requests, workload = build_requests(config, tokenizer)
     quant = config.bundled_quant()
@@ -238,32 +254,29 @@ def run_benchmark(
         server_log = target.log_tail(60) if isinstance(target, BundledTarget) else None
     slo = config.slo()
     if isinstance(outcome, SweepResult):
-        runs = [_run_json(s.run, s.summary.to_dict(), {"meets_slo": s.meets_slo, "why_not": s.why_not})
-                for s in outcome.steps]  # fmt: skip
-        sweep = {"max_rate_meeting_slo": outcome.max_rate_meeting_slo, "stopped": outcome.stopped,
-                 "attainment": SweepOptions().attainment}  # fmt: skip
+        runs = [run_doc(s.run, s.summary, s.meets_slo, s.why_not) for s in outcome.steps]
+        sweep = SweepDoc(max_rate_meeting_slo=outcome.max_rate_meeting_slo, stopped=outcome.stopped,
+                         attainment=SweepOptions().attainment)  # fmt: skip
         valid = all(s.run.self_check.valid for s in outcome.steps)
     else:
-        runs = [_run_json(outcome, summarize(outcome.records, slo).to_dict())]
+        runs = [run_doc(outcome, summarize(outcome.records, slo))]
         sweep = None
         valid = outcome.self_check.valid
-    return {
-        "schema": RESULT_SCHEMA,
-        "tool": {"name": "preflight", "version": __version__},
-        "started_at": started.isoformat(timespec="seconds"),
-        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": config.redacted(),
-        "target": target.describe(),
-        "endpoint": endpoint.redacted(),
-        "workload": workload,
-        "slo": None if slo is None else {"ttft_ms": slo.ttft_ms, "tpot_ms": slo.tpot_ms, "e2e_ms": slo.e2e_ms},
-        "client": client_conditions(),
-        "valid": valid,
-        "cancelled": cancel.is_set(),
-        "warnings": warnings,
-        "runs": runs,
-        "sweep": sweep,
-        "resources": {"summary": summarize_resources(samples), "samples": [s.to_dict() for s in samples],
-                      "gpu_note": monitor.gpu_note},  # fmt: skip
-        "server_log_tail": server_log,
-    }
+    return BenchmarkResult(
+        tool=ToolDoc(name="preflight", version=__version__),
+        started_at=started,
+        finished_at=datetime.now(UTC).replace(microsecond=0),
+        config=config.redacted(),
+        target=target.describe(),
+        endpoint=endpoint.redacted(),
+        workload=workload,
+        slo=None if slo is None else SloDoc(ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms, e2e_ms=slo.e2e_ms),
+        client=client_conditions(),
+        valid=valid,
+        cancelled=cancel.is_set(),
+        warnings=warnings,
+        runs=runs,
+        sweep=sweep,
+        resources=ResourcesDoc(summary=summarize_resources(samples), samples=samples, gpu_note=monitor.gpu_note),
+        server_log_tail=server_log,
+    )

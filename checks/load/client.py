@@ -20,9 +20,9 @@ import aiohttp
 
 from checks.load.endpoint import Endpoint
 from checks.load.prompts import PromptRequest
-from checks.load.records import ErrorKind, RequestRecord, TokenSource, excerpt
 from checks.load.sse import DONE, SSEParser
 from checks.load.tokenizer import TextTokenizer, count_tokens
+from reports.records import ErrorKind, RequestRecord, TokenSource, excerpt
 
 ERROR_BODY_BYTES = 4096  # read at most this much of a failed response
 HEAD_BYTES = 256

@@ -1,12 +1,15 @@
 """The fixed-width console block a benchmark prints (label column, value column, a rule per section).
 
-Pure formatting of a result document from `checks.load.benchmark.run_benchmark`; the CLI
+Pure formatting of a `BenchmarkResult` (from `run_benchmark` or a saved file); the CLI
 prints it and tests compare it. Not-measured figures print as '-', never 0.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import BaseModel
+
+from reports.benchmark_result import BenchmarkResult, RunDoc
+from reports.summary import BenchmarkSummary
 
 WIDTH = 60
 
@@ -43,22 +46,21 @@ SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
 ]  # fmt: skip
 
 
-def _value(summary: dict[str, Any], key: str, fmt: str) -> str:
-    value = summary.get(key)
-    if value is None:
-        return "-"
-    return fmt.format(value)
+def _value(part: BaseModel, name: str, fmt: str) -> str:
+    """A figure of a summary or self-check by field name (the SECTIONS table names them); '-' when None."""
+    value = getattr(part, name)
+    return "-" if value is None else fmt.format(value)
 
 
-def _ci(summary: dict[str, Any], key: str) -> str:
-    ci = summary.get(key)
-    return "-" if not ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+def _ci(summary: BenchmarkSummary, name: str) -> str:
+    ci = getattr(summary, name)
+    return "-" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
-def format_run(run: dict[str, Any]) -> str:
+def format_run(run: RunDoc) -> str:
     """One run's summary block."""
-    s = run["summary"]
-    lines = [f" Profile: {run['profile']} ".center(WIDTH, "=")]
+    s = run.summary
+    lines = [f" Profile: {run.profile} ".center(WIDTH, "=")]
     for title, rows in SECTIONS:
         lines.append(f" {title} ".center(WIDTH, "-"))
         lines += [f"{label:<44}{_value(s, key, fmt):>16}" for label, key, fmt in rows]
@@ -66,44 +68,44 @@ def format_run(run: dict[str, Any]) -> str:
     for label, key in (("P50 TTFT (ms)", "p50_ttft_ms_ci95"), ("P99 TTFT (ms)", "p99_ttft_ms_ci95"),
                        ("P50 TPOT (ms)", "p50_tpot_ms_ci95"), ("P99 TPOT (ms)", "p99_tpot_ms_ci95")):  # fmt: skip
         lines.append(f"{label:<36}{_ci(s, key):>24}")
-    check = run["self_check"]
+    check = run.self_check
     lines.append(" Client self-check ".center(WIDTH, "-"))
-    lines.append(f"{'Valid':<44}{'yes' if check['valid'] else 'NO':>16}")
+    lines.append(f"{'Valid':<44}{'yes' if check.valid else 'NO':>16}")
     for label, key in (("Schedule lag p99 (ms)", "schedule_lag_p99_ms"),
                        ("Event-loop lag p99 (ms)", "loop_lag_p99_ms")):  # fmt: skip
         lines.append(f"{label:<44}{_value(check, key, '{:.2f}'):>16}")
-    lines += [f"  ! {reason}" for reason in check["reasons"]]
-    if run.get("meets_slo") is not None:
-        lines.append(f"{'Meets SLO':<44}{'yes' if run['meets_slo'] else 'no':>16}")
-        if run.get("why_not"):
-            lines.append(f"  - {run['why_not']}")
-    if run.get("stopped_early"):
-        lines.append(f"  ! stopped early: {run['stopped_early']}")
-    for error in s.get("first_errors") or []:
-        lines.append(f"  x request {error['request_id']}: {error['kind']}: {error['excerpt']}")
-    lines += [f"  * {w}" for w in s.get("warnings") or []]
+    lines += [f"  ! {reason}" for reason in check.reasons]
+    if run.meets_slo is not None:
+        lines.append(f"{'Meets SLO':<44}{'yes' if run.meets_slo else 'no':>16}")
+        if run.why_not:
+            lines.append(f"  - {run.why_not}")
+    if run.stopped_early:
+        lines.append(f"  ! stopped early: {run.stopped_early}")
+    for error in s.first_errors:
+        lines.append(f"  x request {error.request_id}: {error.kind}: {error.excerpt}")
+    lines += [f"  * {w}" for w in s.warnings]
     lines.append("=" * WIDTH)
     return "\n".join(lines)
 
 
-def format_result(result: dict[str, Any]) -> str:
+def format_result(result: BenchmarkResult) -> str:
     """The whole console output for a result document."""
+    endpoint = result.endpoint
     head = [
-        f"Target: {result['endpoint']['base_url']} ({result['target']['kind']}), model {result['endpoint']['model']}, "
-        f"{result['endpoint']['api']} API",
-        f"Workload: {result['workload']}",
+        f"Target: {endpoint.base_url} ({result.target.kind}), model {endpoint.model}, {endpoint.api} API",
+        f"Workload: {result.workload}",
     ]
-    if result["slo"]:
-        slo = ", ".join(f"{k} <= {v:g}" for k, v in result["slo"].items() if v is not None)
-        head.append(f"SLO: {slo}")
-    blocks = [format_run(run) for run in result["runs"]]
+    if result.slo is not None:
+        limits = result.slo.model_dump(exclude_none=True)
+        head.append("SLO: " + ", ".join(f"{name} <= {limit:g}" for name, limit in limits.items()))
+    blocks = [format_run(run) for run in result.runs]
     tail: list[str] = []
-    if result.get("sweep"):
-        best = result["sweep"]["max_rate_meeting_slo"]
+    if result.sweep is not None:
+        best = result.sweep.max_rate_meeting_slo
         tail.append("Sweep: highest rate meeting the SLO: " + ("-" if best is None else f"{best:.2f} req/s"))
-        if result["sweep"].get("stopped"):
-            tail.append(f"Sweep ended early: {result['sweep']['stopped']}")
-    tail += [f"* {w}" for w in result["warnings"]]
-    if not result["valid"]:
+        if result.sweep.stopped:
+            tail.append(f"Sweep ended early: {result.sweep.stopped}")
+    tail += [f"* {w}" for w in result.warnings]
+    if not result.valid:
         tail.append("! INVALID: the client could not keep up; these latencies are not the server's (see self-check)")
     return "\n".join([*head, *blocks, *tail])

@@ -8,7 +8,9 @@ the load generator only ever see this. The API key never appears in `repr` or in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
+
+from reports.benchmark_result import EndpointDoc
 
 Api = Literal["chat", "completions"]
 API_PATHS: dict[str, str] = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
@@ -46,16 +48,17 @@ class Endpoint:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
 
-    def redacted(self) -> dict[str, Any]:
-        """What a report may keep: everything but the key, and whether one was set."""
-        return {
-            "base_url": self.base_url,
-            "model": self.model,
-            "api": self.api,
-            "api_key_set": bool(self.api_key),
-            "supports_ignore_eos": self.supports_ignore_eos,
-            "supports_stream_usage": self.supports_stream_usage,
-        }
+    def redacted(self) -> EndpointDoc:
+        """What a report may keep: everything but the key (and the URL's userinfo and query), and whether a key
+        was set."""
+        return EndpointDoc(
+            base_url=self.base_url,
+            model=self.model,
+            api=self.api,
+            api_key_set=bool(self.api_key),
+            supports_ignore_eos=self.supports_ignore_eos,
+            supports_stream_usage=self.supports_stream_usage,
+        )
 
 
 def root_url(base_url: str) -> str:

@@ -1,4 +1,4 @@
-"""Tables for charts, computed from a result document's raw records (nothing re-measured).
+"""Tables for charts, computed from a `BenchmarkResult`'s raw records (nothing re-measured).
 
 The Benchmark page draws these with Altair; they are plain pandas so tests check them
 without Streamlit. Every row comes from the per-request records, in the same units
@@ -8,30 +8,25 @@ as the summary (ms, tok/s).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import pandas as pd
 
-from checks.load.records import RequestRecord
+from reports.benchmark_result import BenchmarkResult, RunDoc
 
 SUMMARY_ROWS = [
     ("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E latency", "e2el"),
 ]  # fmt: skip
 
 
-def _records(run: dict[str, Any]) -> list[RequestRecord]:
-    return [RequestRecord.from_dict(r) for r in run["records"]]
-
-
-def request_frame(result: dict[str, Any]) -> pd.DataFrame:
+def request_frame(result: BenchmarkResult) -> pd.DataFrame:
     """One row per measured successful request: run, TTFT, TPOT, E2E (ms), output tokens."""
     rows = []
-    for run in result["runs"]:
-        for r in _records(run):
+    for run in result.runs:
+        for r in run.records:
             if r.warmup or not r.ok:
                 continue
             rows.append({
-                "run": run["profile"],
+                "run": run.profile,
                 "request_id": r.request_id,
                 "ttft_ms": None if r.ttft_s is None else r.ttft_s * 1000,
                 "tpot_ms": None if r.tpot_s is None else r.tpot_s * 1000,
@@ -41,11 +36,11 @@ def request_frame(result: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "request_id", "ttft_ms", "tpot_ms", "e2e_ms", "output_tokens"])
 
 
-def throughput_frame(result: dict[str, Any], window_s: float = 1.0) -> pd.DataFrame:
+def throughput_frame(result: BenchmarkResult, window_s: float = 1.0) -> pd.DataFrame:
     """Output tokens per second in consecutive windows from each run's first measured send."""
     rows = []
-    for run in result["runs"]:
-        records = [r for r in _records(run) if not r.warmup]
+    for run in result.runs:
+        records = [r for r in run.records if not r.warmup]
         if not records:
             continue
         start = min(r.send_s for r in records)
@@ -57,37 +52,37 @@ def throughput_frame(result: dict[str, Any], window_s: float = 1.0) -> pd.DataFr
                 slot = math.floor((t - start) / window_s)
                 counts[slot] = counts.get(slot, 0) + n
         last = max(counts, default=-1)
-        rows += [{"run": run["profile"], "t_s": i * window_s, "output_tok_s": counts.get(i, 0) / window_s}
+        rows += [{"run": run.profile, "t_s": i * window_s, "output_tok_s": counts.get(i, 0) / window_s}
                  for i in range(last + 1)]  # fmt: skip
     return pd.DataFrame(rows, columns=["run", "t_s", "output_tok_s"])
 
 
-def throughput_window_s(result: dict[str, Any], points: int = 20) -> float:
+def throughput_window_s(result: BenchmarkResult, points: int = 20) -> float:
     """1-s windows for runs of 20 s or more; shorter runs get `points` windows (at least 0.1 s) so the
     throughput line has points to draw rather than a single sample."""
-    durations = [run["summary"].get("duration_s") or 0.0 for run in result["runs"]]
+    durations = [run.summary.duration_s or 0.0 for run in result.runs]
     longest = max(durations, default=0.0)
     return 1.0 if longest >= points else max(0.1, round(longest / points, 2))
 
 
-def summary_frame(run: dict[str, Any]) -> pd.DataFrame:
+def summary_frame(run: RunDoc) -> pd.DataFrame:
     """Mean / median / p90 / p99 (ms) of each latency metric of one run, for a table."""
-    s = run["summary"]
-    rows = [{"metric": label, **{stat: s.get(f"{stat}_{key}_ms") for stat in ("mean", "median", "p90", "p99")}}
+    s = run.summary
+    rows = [{"metric": label, **{stat: getattr(s, f"{stat}_{key}_ms") for stat in ("mean", "median", "p90", "p99")}}
             for label, key in SUMMARY_ROWS]  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def sweep_frame(result: dict[str, Any]) -> pd.DataFrame:
+def sweep_frame(result: BenchmarkResult) -> pd.DataFrame:
     """Latency against achieved request rate, one row per sweep step (empty for a single run)."""
-    if not result.get("sweep"):
+    if result.sweep is None:
         return pd.DataFrame(columns=["run", "request_rate", "p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms", "meets_slo"])
     rows = []
-    for run in result["runs"]:
-        s = run["summary"]
+    for run in result.runs:
+        s = run.summary
         rows.append({
-            "run": run["profile"], "request_rate": s.get("request_throughput"),
-            "p50_ttft_ms": s.get("p50_ttft_ms"), "p99_ttft_ms": s.get("p99_ttft_ms"),
-            "p50_tpot_ms": s.get("p50_tpot_ms"), "meets_slo": run.get("meets_slo"),
+            "run": run.profile, "request_rate": s.request_throughput,
+            "p50_ttft_ms": s.p50_ttft_ms, "p99_ttft_ms": s.p99_ttft_ms,
+            "p50_tpot_ms": s.p50_tpot_ms, "meets_slo": run.meets_slo,
         })  # fmt: skip
     return pd.DataFrame(rows).sort_values("request_rate")

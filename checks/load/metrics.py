@@ -1,5 +1,7 @@
 """Metric definitions: pure functions from `RequestRecord`s to a `BenchmarkSummary`.
 
+The two types are parts of the saved result and live in `reports`; the arithmetic is here.
+
 No I/O and no clocks: every figure here is recomputed from the records alone
 (STYLE.md §6), following DESIGN.md "Metric definitions", which match vLLM's
 `bench serve`. Summary keys match vLLM's result JSON where one exists.
@@ -14,12 +16,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, NamedTuple
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
-from checks.load.records import ErrorKind, RequestRecord, TokenSource
+from reports.records import ErrorKind, RequestRecord, TokenSource
+from reports.summary import BenchmarkSummary, ErrorSample
 
 PERCENTILES = (50, 90, 95, 99)
 FEW_SAMPLES_FOR_P99 = 100  # below this many values, p99 is close to the maximum and a warning says so
@@ -92,87 +95,6 @@ class Slo:
             return True
         tpot_s = record.tpot_s
         return tpot_s is not None and tpot_s * 1000 <= self.tpot_ms
-
-
-class ErrorSample(NamedTuple):
-    """One of the first failures of a run, for the console and the report."""
-
-    request_id: int
-    kind: str  # the errors_by_kind key, e.g. "http_500", "timeout"
-    excerpt: str | None
-
-
-Interval = tuple[float, float]
-
-
-@dataclass(frozen=True, slots=True)
-class BenchmarkSummary:
-    """Figures for the measured window. Latencies in ms over successful requests; None = not measurable."""
-
-    completed: int
-    failed: int
-    cancelled: int  # stopped by a cancel before they finished: neither timed nor counted as failures
-    total_input_tokens: int | None
-    total_output_tokens: int | None
-    duration_s: float | None
-    request_throughput: float | None
-    output_throughput: float | None  # tok/s
-    total_token_throughput: float | None  # tok/s, input + output
-    request_goodput: float | None  # req/s that met the SLO; None when no SLO was given
-    peak_output_throughput: float | None  # most output tokens in one 1-s window aligned to the first send
-    mean_ttft_ms: float | None
-    median_ttft_ms: float | None
-    std_ttft_ms: float | None
-    p50_ttft_ms: float | None
-    p90_ttft_ms: float | None
-    p95_ttft_ms: float | None
-    p99_ttft_ms: float | None
-    p50_ttft_ms_ci95: Interval | None
-    p99_ttft_ms_ci95: Interval | None
-    mean_tpot_ms: float | None
-    median_tpot_ms: float | None
-    std_tpot_ms: float | None
-    p50_tpot_ms: float | None
-    p90_tpot_ms: float | None
-    p95_tpot_ms: float | None
-    p99_tpot_ms: float | None
-    p50_tpot_ms_ci95: Interval | None
-    p99_tpot_ms_ci95: Interval | None
-    mean_itl_ms: float | None
-    median_itl_ms: float | None
-    std_itl_ms: float | None
-    p50_itl_ms: float | None
-    p90_itl_ms: float | None
-    p95_itl_ms: float | None
-    p99_itl_ms: float | None
-    mean_e2el_ms: float | None
-    median_e2el_ms: float | None
-    std_e2el_ms: float | None
-    p50_e2el_ms: float | None
-    p90_e2el_ms: float | None
-    p95_e2el_ms: float | None
-    p99_e2el_ms: float | None
-    errors_by_kind: dict[str, int] = field(default_factory=dict)
-    first_errors: list[ErrorSample] = field(default_factory=list)
-    token_sources: dict[str, int] = field(default_factory=dict)  # over successful requests
-    max_schedule_lag_ms: float | None = None
-    p99_schedule_lag_ms: float | None = None
-    mean_queue_ms: float | None = None
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict with the field names as keys: intervals as [low, high], errors as dicts."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "first_errors":
-                value = [e._asdict() for e in value]
-            elif isinstance(value, tuple):
-                value = list(value)
-            elif isinstance(value, dict | list):
-                value = value.copy()
-            out[f.name] = value
-        return out
 
 
 def _distribution(name: str, values_ms: list[float], with_ci: bool) -> dict[str, Any]:
@@ -309,7 +231,8 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
         **_distribution("itl", itl, with_ci=False),
         **_distribution("e2el", e2el, with_ci=False),
         errors_by_kind=dict(sorted(errors.items())),
-        first_errors=[ErrorSample(r.request_id, _error_key(r), r.error_excerpt) for r in first_bad],
+        first_errors=[ErrorSample(request_id=r.request_id, kind=_error_key(r), excerpt=r.error_excerpt)
+                      for r in first_bad],  # fmt: skip
         token_sources=dict(sorted(sources.items())),
         max_schedule_lag_ms=max(lags, default=None),
         p99_schedule_lag_ms=percentile(lags, 99),

@@ -24,7 +24,8 @@ clock the request records use when `origin` is the run's start).
   `error`; `stop()` still returns the samples taken before it.
 
 Not measured is None, never 0 (STYLE.md §4): `summarize_resources` gives None
-for a figure that no sample measured.
+for a figure that no sample measured. The sample and summary types are parts of the
+saved benchmark result and live in `reports.resources`.
 """
 
 from __future__ import annotations
@@ -32,51 +33,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import psutil
 
+from reports.resources import GpuSample, GpuSummary, ResourceSample, ResourceSummary
+
 T = TypeVar("T")
 
 STOP_DEADLINE_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class GpuSample:
-    """One GPU at one instant. None where the device does not report the field."""
-
-    index: int
-    name: str
-    memory_used_bytes: int | None
-    memory_total_bytes: int | None
-    utilization_percent: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class ResourceSample:
-    """Host, watched-process and GPU readings at run-clock time `t_s`."""
-
-    t_s: float
-    host_cpu_percent: float
-    host_ram_used_bytes: int
-    host_ram_total_bytes: int
-    proc_rss_bytes: int | None  # watched process + descendants; None without a pid or once it has exited
-    proc_cpu_percent: float | None  # same tree, percent of one core
-    gpus: tuple[GpuSample, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; `gpus` is a list of dicts."""
-        out = asdict(self)
-        out["gpus"] = [asdict(g) for g in self.gpus]
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ResourceSample:
-        """The inverse of to_dict. An unknown or missing key is a TypeError from the constructor."""
-        values = dict(data)
-        values["gpus"] = tuple(GpuSample(**g) for g in data.get("gpus", ()))
-        return cls(**values)
 
 
 def _text(value: Any) -> str:
@@ -327,30 +292,30 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(measured) / len(measured) if measured else None
 
 
-def summarize_resources(samples: Iterable[ResourceSample]) -> dict[str, Any]:
-    """Peaks and means over a timeline; None for a figure no sample measured. `gpus` is one dict per GPU index."""
+def summarize_resources(samples: Iterable[ResourceSample]) -> ResourceSummary:
+    """Peaks and means over a timeline; None for a figure no sample measured. One GpuSummary per GPU index."""
     samples = list(samples)
     gpu_index: dict[int, list[GpuSample]] = {}
     for s in samples:
         for g in s.gpus:
             gpu_index.setdefault(g.index, []).append(g)
     gpus = [
-        {
-            "index": index,
-            "name": readings[-1].name,
-            "peak_memory_used_bytes": _peak(g.memory_used_bytes for g in readings),
-            "memory_total_bytes": _peak(g.memory_total_bytes for g in readings),
-            "mean_utilization_percent": _mean(g.utilization_percent for g in readings),
-            "sample_count": len(readings),
-        }
+        GpuSummary(
+            index=index,
+            name=readings[-1].name,
+            peak_memory_used_bytes=_peak(g.memory_used_bytes for g in readings),
+            memory_total_bytes=_peak(g.memory_total_bytes for g in readings),
+            mean_utilization_percent=_mean(g.utilization_percent for g in readings),
+            sample_count=len(readings),
+        )
         for index, readings in sorted(gpu_index.items())
     ]
-    return {
-        "sample_count": len(samples),
-        "peak_host_cpu_percent": _peak(s.host_cpu_percent for s in samples),
-        "peak_host_ram_used_bytes": _peak(s.host_ram_used_bytes for s in samples),
-        "host_ram_total_bytes": _peak(s.host_ram_total_bytes for s in samples),
-        "peak_proc_rss_bytes": _peak(s.proc_rss_bytes for s in samples),
-        "mean_proc_cpu_percent": _mean(s.proc_cpu_percent for s in samples),
-        "gpus": gpus,
-    }
+    return ResourceSummary(
+        sample_count=len(samples),
+        peak_host_cpu_percent=_peak(s.host_cpu_percent for s in samples),
+        peak_host_ram_used_bytes=_peak(s.host_ram_used_bytes for s in samples),
+        host_ram_total_bytes=_peak(s.host_ram_total_bytes for s in samples),
+        peak_proc_rss_bytes=_peak(s.proc_rss_bytes for s in samples),
+        mean_proc_cpu_percent=_mean(s.proc_cpu_percent for s in samples),
+        gpus=gpus,
+    )

@@ -25,14 +25,14 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from checks.load.client import StreamClient
 from checks.load.endpoint import Api, Endpoint, root_url
 from checks.load.prompts import PromptRequest
-from checks.load.records import ErrorKind, RequestRecord
+from reports.benchmark_result import BundledTargetDoc, RemoteTargetDoc
+from reports.records import ErrorKind, RequestRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_S = 60.0
@@ -186,9 +186,9 @@ class RemoteTarget:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "remote", "base_url": self.base_url, "model": self.model, "api": self.api,
-                "api_key_set": bool(self.api_key)}  # fmt: skip
+    def describe(self) -> RemoteTargetDoc:
+        """What a result keeps: the URL as redact_url shows it, and whether a key was set."""
+        return RemoteTargetDoc(base_url=self.base_url, model=self.model, api=self.api, api_key_set=bool(self.api_key))
 
 
 class BundledTarget:
@@ -260,7 +260,7 @@ class BundledTarget:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> BundledTargetDoc:
         o = self.options
-        return {"kind": "bundled", "quant": o.quant, "device": o.device, "threads": o.threads,
-                "max_num_seqs": o.max_num_seqs, "api": o.api, "log_path": str(self.log_path)}  # fmt: skip
+        return BundledTargetDoc(quant=o.quant, device=o.device, threads=o.threads, max_num_seqs=o.max_num_seqs,
+                                api=o.api, log_path=str(self.log_path))  # fmt: skip

@@ -8,13 +8,18 @@ The latency properties follow DESIGN.md "Metric definitions": latency starts at
 `send_s` (the request is on the wire), not at `ready_s` (eligible to send); the
 gap between the two is queue time, and lag behind a rate schedule is
 `ready_s - scheduled_s`. A value that cannot be measured is None, never 0.
+
+The definition lives in `reports` because a record is part of the saved benchmark
+result (`reports.benchmark_result`); the client in `checks.load` creates them.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import ClassVar
+
+from pydantic import ConfigDict
 
 ERROR_EXCERPT_CHARS = 200
 
@@ -47,7 +52,14 @@ def excerpt(text: str) -> str:
 
 @dataclass(slots=True)
 class RequestRecord:
-    """What happened to one request. Times are run-clock seconds; see the module docstring."""
+    """What happened to one request. Times are run-clock seconds; see the module docstring.
+
+    A stdlib dataclass, not a pydantic model: the client builds one per request in its
+    hot path. Pydantic still validates it as a field of a saved document (running
+    `__post_init__`), and the config below makes an unknown key in a file an error.
+    """
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
 
     request_id: int
     scheduled_s: float | None  # planned send offset for rate profiles; None for concurrency / sync
@@ -85,7 +97,7 @@ class RequestRecord:
         if self.error_excerpt is not None and len(self.error_excerpt) > ERROR_EXCERPT_CHARS:
             raise ValueError(
                 f"request {self.request_id}: error_excerpt has {len(self.error_excerpt)} characters "
-                f"(at most {ERROR_EXCERPT_CHARS}); build it with checks.load.records.excerpt()"
+                f"(at most {ERROR_EXCERPT_CHARS}); build it with reports.records.excerpt()"
             )
 
     @property
@@ -121,35 +133,3 @@ class RequestRecord:
     def schedule_lag_s(self) -> float | None:
         """How late the client became ready against the rate schedule; None without a schedule."""
         return None if self.scheduled_s is None else self.ready_s - self.scheduled_s
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: enums as their string values, lists copied."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, StrEnum):
-                value = value.value
-            elif isinstance(value, list):
-                value = list(value)
-            out[f.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
-        """The inverse of to_dict. Unknown or missing keys are a ValueError, as is a bad enum value."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown RequestRecord field(s): {', '.join(unknown)}")
-        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-        missing = sorted(required - set(data))
-        if missing:
-            raise ValueError(f"RequestRecord is missing field(s): {', '.join(missing)}")
-        values = dict(data)
-        values["chunk_times_s"] = [float(t) for t in data["chunk_times_s"]]
-        values["chunk_tokens"] = [int(n) for n in data["chunk_tokens"]]
-        if data["token_source"] is not None:
-            values["token_source"] = TokenSource(data["token_source"])
-        if data["error_kind"] is not None:
-            values["error_kind"] = ErrorKind(data["error_kind"])
-        return cls(**values)

@@ -1,0 +1,73 @@
+"""`ChecklistConfig`: everything `python -m checks run` and the Checklist page hand the runner.
+
+One pydantic boundary object, as for benchmarks (checks/load/benchmark.py), so the CLI
+flags and the page's widgets cannot drift apart: the field descriptions are the help.
+The load the checklist runs for its performance lines is a `BenchmarkConfig` built
+from these fields plus the SLO profile's per-request limits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from reports.check_result import Category, Exposure
+
+CATEGORY_NAMES = ", ".join(c.value for c in Category)
+
+
+class ChecklistConfig(BaseModel):
+    """A readiness run: which target, judged against what, and how hard to push it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field("bundled", description="'bundled', 'bundled:QUANT' (int4, int8, bf16, fp32, fp8) or a URL")
+    api_key: SecretStr | None = Field(None, description="API key of a remote endpoint (never stored in reports)")
+    model: str | None = Field(None, description="model name; default: the first one /v1/models lists")
+    api: str = Field("chat", description="which OpenAI API to drive: chat or completions")
+    slo: str = Field("chat", description="SLO profile: a shipped name or a YAML/JSON profile file")
+    exposure: Exposure = Field(Exposure.LOCAL, description="who can reach the endpoint: local, internal or public")
+    only: list[Category] | None = Field(None, description=f"check only these categories ({CATEGORY_NAMES})")
+    from_path: Path | None = Field(None, description="judge performance from this benchmark result instead of a run")
+    target_qps: float | None = Field(None, gt=0, description="requests/s the deployment must sustain within the SLO")
+    rate_limit_rpm: int | None = Field(None, ge=1, description="declared rate limit: a burst above it must get 429")
+    max_queue: int | None = Field(None, ge=1, description="declared queue limit: a burst above it must get 429/503")
+    concurrency: int | None = Field(None, ge=1, description="streams the deployment must hold at once (KV check)")
+    context_tokens: int | None = Field(None, ge=1, description="tokens per stream for the KV check")
+    server_pid: int | None = Field(None, ge=1, description="a local server's PID, for RSS growth")
+    server_log: Path | None = Field(None, description="the server's log, searched for prompts")
+    profile: str | None = Field(None, description="load profile of the measured run (default concurrency:4, "
+                                                  "sweep with --target-qps)")  # fmt: skip
+    requests: int = Field(40, ge=1, description="measured requests of the run (per sweep step)")
+    input_len: int = Field(128, ge=1, description="synthetic prompt tokens")
+    output_len: int = Field(64, ge=2, description="synthetic output tokens")
+    threads: int | None = Field(None, ge=1, description="bundled target: torch threads of the server")
+
+    @field_validator("api")
+    @classmethod
+    def _api(cls, api: str) -> str:
+        if api not in ("chat", "completions"):
+            raise ValueError(f"api {api!r}: choose chat or completions")
+        return api
+
+    @field_validator("only", mode="before")
+    @classmethod
+    def _only(cls, value: object) -> object:
+        """'security,monitoring' from a command line is a list of categories."""
+        if isinstance(value, str):
+            names = [n.strip() for n in value.split(",") if n.strip()]
+            unknown = [n for n in names if n not in {c.value for c in Category}]
+            if unknown:
+                raise ValueError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                                 f"choose from {CATEGORY_NAMES}")  # fmt: skip
+            return names
+        return value
+
+    def categories(self) -> list[Category]:
+        """The categories to check, in report order."""
+        chosen = set(self.only or Category)
+        return [c for c in Category if c in chosen]
+
+    def is_bundled(self) -> bool:
+        return not self.target.startswith(("http://", "https://"))
