@@ -30,7 +30,6 @@ DEFAULT_INTERVAL_S = 1.0
 SCRAPE_TIMEOUT_S = 5.0
 MAX_METRICS_BYTES = 4 * 1024 * 1024  # vLLM's full exposition is a few hundred KiB
 MAX_SAMPLES = 3600  # an hour at 1 s; a longer run is thinned to every other sample, interval doubled
-STOP_JOIN_S = SCRAPE_TIMEOUT_S + 2.0
 UNKNOWN_NAMES = "no metric names of vLLM, llama.cpp's server or Preflight's engine"
 
 
@@ -113,10 +112,10 @@ class MetricsScraper:
         self._thread.start()
 
     def stop(self) -> MetricsTimeline:
-        """Stop scraping (waiting at most one scrape's timeout) and return the timeline."""
+        """Take a last scrape, stop (waiting at most one scrape's timeout) and return the timeline."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(STOP_JOIN_S)
+            self._thread.join(2 * self.timeout_s + 1.0)  # the scrape under way, then the last one
         return self.timeline
 
     def __enter__(self) -> MetricsScraper:
@@ -138,7 +137,10 @@ class MetricsScraper:
             )
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        """Scrape until stopped, and once more on the way out: the counters then span the whole run."""
+        last = False
+        while not last:
+            last = self._stop.is_set()
             began = time.perf_counter()
             sample, final_note = self._scrape(began - (self.origin or began))
             with self._lock:
@@ -147,7 +149,8 @@ class MetricsScraper:
                 if final_note is not None:
                     self._note = final_note
                     return
-            self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - began)))
+            if not last:
+                self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - began)))
 
     def _scrape(self, t_s: float) -> tuple[MetricsSample | None, str | None]:
         """One scrape as (sample, None), or (None, note) when scraping should end."""
