@@ -149,10 +149,20 @@ class SlowRead:
 
 
 async def slow_read(
-    endpoint: Endpoint, body: bytes, *, read_bytes: int, pause_s: float, until: asyncio.Event, budget_s: float
+    endpoint: Endpoint,
+    body: bytes,
+    *,
+    read_bytes: int,
+    pause_s: float,
+    until: asyncio.Event,
+    budget_s: float,
+    started: asyncio.Event | None = None,
 ) -> SlowRead:
     """POST `body` over a socket with a tiny receive buffer, then read `read_bytes` at a time with
-    `pause_s` between reads, until `until` is set, `budget_s` passes or the reply ends; then close."""
+    `pause_s` between reads, until `until` is set, `budget_s` passes or the reply ends; then close.
+
+    `started` is set when the first bytes of the answer arrive (or when the read ends without any).
+    """
     out = SlowRead()
     url = urlsplit(endpoint.url)
     host = url.hostname or "127.0.0.1"
@@ -181,6 +191,8 @@ async def slow_read(
                 break
             if out.bytes_read == 0:
                 out.status = _status(piece)
+                if started is not None:
+                    started.set()
             out.bytes_read += len(piece)
             out.reads += 1
             await asyncio.sleep(pause_s)
@@ -193,6 +205,8 @@ async def slow_read(
             writer.close()
         elif sock is not None:
             sock.close()
+        if started is not None:
+            started.set()
     return out
 
 
@@ -202,3 +216,10 @@ def _status(first_bytes: bytes) -> int | None:
     if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
         return int(parts[1])
     return None
+
+
+def new_session(timeout_s: float) -> aiohttp.ClientSession:
+    """A session whose connections are never reused: a dropped stream's socket must really close,
+    and no check's requests may ride on a connection another check left behind."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=30))
