@@ -99,6 +99,29 @@ def test_health_that_agrees_with_a_loading_server_cannot_pass() -> None:
     assert result.status == CheckStatus.ERROR, result
 
 
+def test_a_saturated_server_is_not_judged_unready() -> None:
+    # One slot, no queue, held by a long stream: the check's 1-token request gets "queue full".
+    with PlantedServer(Faults(), max_running=1, max_queue=0, token_delay_s=0.05) as planted:
+        ctx = _ctx(planted.base_url, MODEL, planted.api_key)
+
+        async def while_busy() -> CheckResult:
+            started = asyncio.Event()
+            async with new_session(60) as session:
+                hog = asyncio.ensure_future(
+                    run_stream(session, ctx.endpoint, stream_body(ctx.endpoint, 400), first_chunk=started)
+                )
+                await started.wait()
+                try:
+                    return await HEALTH.run(ctx, HEALTH)
+                finally:
+                    hog.cancel()
+                    await asyncio.gather(hog, return_exceptions=True)
+
+        result = asyncio.run(while_busy())
+    assert result.status == CheckStatus.ERROR, result
+    assert "for load" in result.message
+
+
 def test_planted_clean_server_passes_health_and_metrics() -> None:
     with PlantedServer(Faults()) as planted:
         ctx = _ctx(planted.base_url, MODEL, planted.api_key)

@@ -4,7 +4,8 @@
   a 1-token generation must agree with it. vLLM, llama.cpp's server and TGI all have
   `/health`; NIM and KServe's `/v1/health/ready` and `/v2/health/ready` are tried when
   it is missing. A 200 while generation answers 503 ("loading") is the fault that sends
-  traffic to a replica that cannot serve it.
+  traffic to a replica that cannot serve it; a 429, or a 503 that names capacity, is load,
+  not readiness, and leaves the line ERROR (not judged) rather than a false FAIL.
 - `monitoring.metrics`: `/metrics` parses as Prometheus text and holds latency (TTFT and
   E2E histograms), token (prompt and generation counters) and queue (running and waiting
   gauges) metrics, named in a dialect `checks.readiness.metrics_names` knows. Read with
@@ -29,11 +30,18 @@ HEALTH_TIMEOUT_S = 10.0
 PROBE_DEFAULT_TIMEOUT_S = 1.0  # Kubernetes' default timeoutSeconds for a probe
 GENERATION_TIMEOUT_S = 60.0
 MAX_SCRAPE_FAILURES = 0.1  # a larger share of failed scrapes leaves gaps a dashboard would show
+BUSY_WORDS = ("capacity", "queue", "overload", "busy", "rate limit")
 METRIC_GROUPS = {
     "latency (TTFT and E2E histograms)": ("ttft_seconds", "e2e_seconds"),
     "tokens (prompt and generation counters)": ("prompt_tokens_total", "generation_tokens_total"),
     "queue (running and waiting gauges)": ("running", "waiting"),
 }
+
+
+def _busy(resp: ProbeResponse) -> bool:
+    """A refusal for load, not readiness (429, or a 503 that names capacity): health 200 is then right."""
+    text = resp.text.lower()
+    return resp.status == 429 or (resp.status == 503 and any(w in text for w in BUSY_WORDS) and "loading" not in text)
 
 
 def _not_ready(resp: ProbeResponse) -> bool:
@@ -70,7 +78,10 @@ async def check_health(ctx: CheckContext, check: Check) -> CheckResult:
     evidence.append(gen.evidence())
     if gen.status is None and not (gen.error or "").startswith("timeout"):
         return check.error(f"the 1-token generation got no answer ({gen.error}): the target went away", evidence)
-    if gen.status is not None and 400 <= gen.status < 500 and not _not_ready(gen) and gen.status != 429:
+    if _busy(gen):
+        return check.error(f"the server refused the 1-token generation for load (HTTP {gen.status}): readiness "
+                           "not judged; run this check when the server is not saturated", evidence)  # fmt: skip
+    if gen.status is not None and 400 <= gen.status < 500 and not _not_ready(gen):
         why = f"the 1-token generation was refused (HTTP {gen.status}): check the key and model; readiness not judged"
         return check.error(why, evidence)
     serving = _completion(gen)
