@@ -99,9 +99,10 @@ async def request(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     start = time.perf_counter()
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-            method, url, data=body, headers=send_headers, params=params, allow_redirects=False
-        ) as resp:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(method, url, data=body, headers=send_headers, params=params, allow_redirects=False) as resp,
+        ):
             out.status = resp.status
             out.headers = {k.lower(): v for k, v in resp.headers.items()}
             chunks, size = [], 0
