@@ -25,6 +25,7 @@ from checks.readiness.resources import (
 from planner.api import make_plan
 from planner.workload import RecommendOptions
 from reports.check_result import CheckStatus
+from reports.metrics_timeline import MetricsSample, MetricsTimeline
 
 PASS, WARN, FAIL, ERROR, SKIP = (CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.ERROR,
                                  CheckStatus.SKIP)  # fmt: skip
@@ -202,18 +203,15 @@ def kv_context(declared: Declared, timeline: dict | None = None, plan: dict | No
     return ctx
 
 
-def usage_timeline(usage: float, running: int) -> dict:
-    return {"samples": [{"t_s": 0.5, "kv_cache_usage": 0.01, "num_requests_running": 1},
-                        {"t_s": 1.0, "kv_cache_usage": usage, "num_requests_running": running},
-                        {"t_s": 1.5, "kv_cache_usage": None, "num_requests_running": None}],
-            "kv_capacity_tokens": None}  # fmt: skip
+def usage_timeline(usage: float, running: int) -> MetricsTimeline:
+    return MetricsTimeline(source="preflight", interval_s=0.5, samples=[
+        MetricsSample(t_s=0.5, kv_cache_usage=0.01, running=1), MetricsSample(t_s=1.0, kv_cache_usage=usage,
+        running=running), MetricsSample(t_s=1.5, error="HTTP 503")])  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("timeline", "declared", "status"),
     [
-        ({"samples": [], "kv_capacity_tokens": 50_000}, Declared(concurrency=8, context_tokens=4096), PASS),
-        ({"samples": [], "kv_capacity_tokens": 20_000}, Declared(concurrency=8, context_tokens=4096), FAIL),
         # 10 streams at 50% usage: capacity 2,000 (prompts only) to 2,220 tokens (prompts + outputs)
         (usage_timeline(0.5, 10), Declared(concurrency=4, context_tokens=400), PASS),  # 1,600 needed
         (usage_timeline(0.5, 10), Declared(concurrency=7, context_tokens=300), WARN),  # 2,100: inside the range
@@ -232,7 +230,8 @@ def test_capacity_range_from_usage() -> None:
     assert cap is not None
     assert (cap.low_tokens, cap.high_tokens) == (1600, 2400)
     assert [capacity_status(cap, need) for need in (1600, 2000, 2401)] == [PASS, WARN, FAIL]
-    idle = {"samples": [{"t_s": 1.0, "kv_cache_usage": 0.0, "num_requests_running": 0}], "kv_capacity_tokens": None}
+    idle = MetricsTimeline(source="preflight", interval_s=1.0, samples=[MetricsSample(t_s=1.0, kv_cache_usage=0.0,
+                                                                                      running=0)])  # fmt: skip
     assert capacity_from_metrics(idle, 100.0, 50.0) is None  # nothing held: no estimate
     assert capacity_from_metrics(usage_timeline(0.25, 4), None, None) is None  # token counts unknown
 

@@ -29,15 +29,11 @@ from typing import Any
 from checks.readiness.check import Check, CheckContext
 from checks.readiness.measured import measurement
 from reports.check_result import Category, CheckResult, CheckStatus
+from reports.metrics_timeline import MetricsTimeline
 
 METRICS_TIMELINE_KEY = "metrics_timeline"
-"""`ctx.scratch` key of the target's /metrics readings during the load: a mapping
-
-    {"samples": [{"t_s": float, "kv_cache_usage": float | None,  # fraction 0..1 of the KV pool in use
-                  "num_requests_running": float | None}, ...],
-     "kv_capacity_tokens": int | None}  # the pool's size in tokens when the server states it
-
-Plain data, so the check does not depend on how it was scraped."""
+"""`ctx.scratch` key of the target's /metrics readings during the load: a
+`reports.metrics_timeline.MetricsTimeline` (checks/readiness/metrics_scrape.py takes it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,20 +46,13 @@ class KvCapacity:
     evidence: list[str] = field(default_factory=list)
 
 
-def _get(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
-
-
 def capacity_from_metrics(
-    timeline: Any, mean_prompt_tokens: float | None, mean_output_tokens: float | None
+    timeline: MetricsTimeline | None, mean_prompt_tokens: float | None, mean_output_tokens: float | None
 ) -> KvCapacity | None:
     """Capacity from /metrics readings (see the module docstring); None when they cannot give one."""
     if timeline is None:
         return None
-    stated = _get(timeline, "kv_capacity_tokens")
-    if stated:
-        return KvCapacity(stated, stated, "the target's /metrics (stated KV pool size)", [f"pool: {stated} tokens"])
-    readings = [(_get(s, "kv_cache_usage"), _get(s, "num_requests_running")) for s in _get(timeline, "samples") or ()]
+    readings = [(s.kv_cache_usage, s.running) for s in timeline.samples]
     busy = [(usage, running) for usage, running in readings if usage and running]  # both measured and above 0
     if not busy or not mean_prompt_tokens or mean_output_tokens is None:
         return None
