@@ -26,6 +26,7 @@ from checks.load.targets import TargetError
 from checks.readiness.config import ChecklistConfig
 from checks.readiness.console import format_report
 from checks.readiness.runner import Checklist, ChecklistProgress
+from checks.readiness.slo import SloProfileError
 from reports import store
 from reports.junit import to_junit
 from reports.markdown import to_markdown
@@ -184,7 +185,7 @@ def readiness(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: {config_error(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, DocumentError) as exc:
+    except (ValueError, DocumentError, SloProfileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:

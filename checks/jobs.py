@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from checks.load.benchmark import BenchmarkConfig, run_benchmark
 from checks.load.targets import TargetError
+from checks.readiness.slo import SloProfileError
 from reports.store import DocumentError
 
 PROGRESS_EVERY_S = 0.25  # the child sends at most this often; the page polls once a second
@@ -80,7 +81,7 @@ def _child(work: Work, config: BaseModel, out: Any, cancel_flag: Any) -> None:
 
     try:
         result = work(config, progress=progress, cancel=cancel, on_status=lambda m: out.put(("status", m)))
-    except (TargetError, DocumentError, ValueError, OSError) as exc:  # the user's input or the target: say it plainly
+    except (TargetError, DocumentError, SloProfileError, ValueError, OSError) as exc:  # the input or the target
         out.put(("error", str(exc)))
     except Exception as exc:  # noqa: BLE001 - the page must learn why, not wait forever
         out.put(("error", f"the run stopped on an unexpected {type(exc).__name__}: {exc}"))

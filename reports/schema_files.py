@@ -16,10 +16,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from reports.benchmark_result import BenchmarkResult
+from reports.readiness_report import ReadinessReport
+from reports.slo_profile import SloProfile
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 REGENERATE = "python -m reports schema"
-DOCUMENTS: list[type[BaseModel]] = [BenchmarkResult]
+DOCUMENTS: list[type[BaseModel]] = [BenchmarkResult, ReadinessReport, SloProfile]
 
 
 def schema_name(model: type[BaseModel]) -> str:

@@ -1,0 +1,154 @@
+"""`python -m checks run` end to end against planted-fault servers: verdicts, exit codes, files, redaction.
+
+The planted server answers fast (2 ms a token), so a whole checklist takes seconds;
+the bundled engine's own PASS/FAIL lines are covered check by check in the
+tests/test_readiness_*.py files.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from checks.cli import main
+from checks.readiness.config import ChecklistConfig
+from checks.readiness.runner import Checklist, ChecklistProgress
+from reports import store
+from reports.check_result import CheckStatus
+from reports.readiness_report import ReadinessReport
+from reports.verdict import Verdict
+from tests.planted_server import Faults, PlantedServer
+from tests.result_docs import record, result_of, run_of
+
+SECRET = "sk-planted-SECRET-7f3a9c"
+FAST = {"token_delay_s": 0.002, "max_running": 8, "max_queue": 16, "rate_limit_rpm": 6000, "rate_limit_burst": 200}
+SMALL = ["--requests", "6", "--input-len", "16", "--output-len", "8"]
+
+
+def _run(args: list[str]) -> int:
+    return main(["run", *args])
+
+
+def _report(path: Path) -> ReadinessReport:
+    return store.load(path, ReadinessReport)
+
+
+def test_clean_server_is_ready_and_every_file_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, junit, md = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.md"
+    with PlantedServer(api_key=SECRET, log_path=tmp_path / "server.log", **FAST) as server:
+        code = _run(["--target", server.base_url + "/v1", "--api-key", SECRET, *SMALL, "--rate-limit-rpm", "6000",
+                     "--server-log", str(server.log_path), "--out", str(out), "--junit", str(junit),
+                     "--markdown", str(md)])  # fmt: skip
+    printed = capsys.readouterr()
+    report = _report(out)
+    assert code == 0, printed.out
+    assert report.verdict in (Verdict.READY, Verdict.READY_WITH_WARNINGS)
+    assert printed.out.splitlines()[0].startswith(f"Verdict: {report.verdict.value} (")
+    assert not [r for r in report.checks if r.status in (CheckStatus.FAIL, CheckStatus.ERROR)]
+    assert report.benchmark is not None and report.benchmark_source == "measured by this run"
+    assert report.metrics_timeline is not None and report.metrics_timeline.source == "preflight"
+    assert len(ET.fromstring(junit.read_text()).findall(".//testcase")) == len(report.checks)
+    assert md.read_text().startswith(f"# Preflight readiness: **{report.verdict.value}**")
+    everything = out.read_text() + junit.read_text() + md.read_text() + printed.out + printed.err
+    assert SECRET not in everything  # redaction: the key is in no file, no console line
+    assert report.target.api_key_set
+
+
+def test_a_planted_fault_is_not_ready_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with PlantedServer(Faults(no_auth=True, docs_exposed=True), **FAST) as server:
+        code = _run(["--target", server.base_url, "--api-key", "planted-key", "--only", "security",
+                     "--exposure", "public", "--out", str(tmp_path / "r.json")])  # fmt: skip
+    report = _report(tmp_path / "r.json")
+    assert code == 1 and report.verdict == Verdict.NOT_READY
+    failed = {r.id for r in report.checks if r.status == CheckStatus.FAIL}
+    assert {"security.auth", "security.exposed_routes", "security.tls"} <= failed
+    assert report.categories == ["security"] and report.benchmark is None
+
+
+def test_dead_target_is_incomplete_with_exit_2_and_a_report(tmp_path: Path) -> None:
+    with PlantedServer(**FAST) as server:
+        url = server.base_url
+    code = _run(["--target", url, "--only", "security,monitoring", "--out", str(tmp_path / "r.json")])
+    report = _report(tmp_path / "r.json")
+    assert code == 2 and report.verdict == Verdict.INCOMPLETE
+    assert report.checks and all(r.status == CheckStatus.ERROR for r in report.checks)
+    assert "could not be used" in report.notes[0]
+
+
+def test_target_dying_mid_run_fails_closed(tmp_path: Path) -> None:
+    """The server stops after the first security checks: what follows is ERROR, and nothing turns into a PASS."""
+    server = PlantedServer(**FAST).__enter__()
+    seen: list[str] = []
+
+    def progress(p: ChecklistProgress) -> None:
+        seen.append(p.current or "")
+        if p.done == 3 and server.base_url:
+            server.__exit__(None, None, None)
+            server.base_url = ""
+
+    config = ChecklistConfig(target=server.base_url, api_key="planted-key", only=["security", "monitoring"])
+    try:
+        report = Checklist(config, progress=progress).run()
+    finally:
+        if server.base_url:
+            server.__exit__(None, None, None)
+    after = report.checks[3:]
+    assert after and all(r.status in (CheckStatus.ERROR, CheckStatus.SKIP) for r in after), [
+        (r.id, r.status) for r in after
+    ]
+    assert report.verdict == Verdict.INCOMPLETE
+
+
+def test_from_a_saved_result_runs_no_load(tmp_path: Path) -> None:
+    records = [record(i, i * 0.1, [i * 0.1 + 0.05 + k * 0.01 for k in range(5)]) for i in range(40)]
+    saved = store.save(result_of([run_of(records)]), tmp_path / "bench.json")
+    with PlantedServer(**FAST) as server:
+        code = _run(["--target", server.base_url, "--api-key", "planted-key", "--only", "performance",
+                     "--from", str(saved), "--out", str(tmp_path / "r.json")])  # fmt: skip
+    report = _report(tmp_path / "r.json")
+    assert report.benchmark_source == str(saved) and report.metrics_timeline is None
+    ttft = next(r for r in report.checks if r.id == "performance.ttft_p95")
+    assert ttft.value == pytest.approx(50.0) and ttft.status in (CheckStatus.PASS, CheckStatus.WARN)
+    assert code == (1 if report.verdict == Verdict.NOT_READY else 0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--only", "speed"], "error: only: unknown category speed; choose from performance"),
+        (["--slo", "no-such-profile"], "error: unknown SLO profile 'no-such-profile'"),
+        (["--exposure", "galactic"], "error: exposure: Input should be 'local', 'internal' or 'public'"),
+        (["--from", "/no/such/result.json"], "error: /no/such/result.json: no such file"),
+        (["--bogus"], "error: unrecognized arguments: --bogus"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _run(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_existing_output_is_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    out.write_text("{}")
+    assert _run(["--target", "http://127.0.0.1:9", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"error: {out} exists; choose another file or allow overwriting\n"
+    assert out.read_text() == "{}"
+
+
+def test_corrupt_from_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"kind": "preflight.readiness-report", "schema_version": 1}))
+    assert _run(["--target", "http://127.0.0.1:9", "--from", str(bad)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {bad} is a 'preflight.readiness-report' document, not a preflight.benchmark-result\n"
+    )
+
+
+def test_report_round_trips_and_schema_is_committed() -> None:
+    from reports.schema_files import stale_schemas
+
+    assert not [p for p in stale_schemas() if "readiness" in p.name or "slo" in p.name]
