@@ -16,6 +16,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from checks.load.targets import free_port, wait_healthy
 from planner.hardware import detect
+from tests.planted_server import PlantedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -30,6 +31,7 @@ CHROMIUM_ARGS = [
 ]
 START_DEADLINE_S = 60
 MODEL_DEADLINE_MS = 180_000
+PLANTED_FAST = {"token_delay_s": 0.002, "max_running": 8, "rate_limit_rpm": 6000, "rate_limit_burst": 200}
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -122,3 +124,21 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
     # The Benchmark page stops at its hint until a run is started; its form and Run button are there.
     expect(main.get_by_text("press Run benchmark", exact=False)).to_be_visible()
     expect(page.get_by_role("button", name="Run benchmark")).to_be_enabled()
+
+    # The Checklist page runs the whole checklist on a planted-fault server (fast fake generation) and shows
+    # the verdict, the results by category and the downloads.
+    with PlantedServer(**PLANTED_FAST) as planted:
+        page.get_by_test_id("stSidebarNav").get_by_role("link", name="Checklist").click()
+        expect(page.get_by_role("heading", name="Readiness checklist")).to_be_visible(timeout=60_000)
+        main.get_by_text("Remote endpoint").click()
+        main.get_by_label("Base URL").fill(planted.base_url + "/v1")
+        main.get_by_label("API key").fill(planted.api_key)
+        main.get_by_label("API key").press("Enter")
+        page.get_by_role("button", name="Run checklist").click()
+        expect(main.get_by_text(re.compile(r"^(READY|READY WITH WARNINGS|NOT READY|INCOMPLETE):"))).to_be_visible(
+            timeout=MODEL_DEADLINE_MS
+        )
+        expect(main.get_by_role("heading", name=re.compile("^Security"))).to_be_visible()
+        expect(page.get_by_role("button", name="Download report (Markdown)")).to_be_visible()
+        expect(page.get_by_test_id("stException")).to_have_count(0)
+        page.screenshot(path=tmp_path / "checklist.png", full_page=True)

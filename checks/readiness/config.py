@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from checks.load.benchmark import BenchmarkConfig
 from reports.check_result import Category, Exposure
 
 CATEGORY_NAMES = ", ".join(c.value for c in Category)
@@ -44,6 +45,13 @@ class ChecklistConfig(BaseModel):
     output_len: int = Field(64, ge=2, description="synthetic output tokens")
     threads: int | None = Field(None, ge=1, description="bundled target: torch threads of the server")
 
+    @field_validator("target")
+    @classmethod
+    def _target(cls, target: str) -> str:
+        """The Benchmark's rule for a target: 'bundled[:QUANT]' or an http(s) URL."""
+        BenchmarkConfig.model_construct(target=target).bundled_quant()
+        return target
+
     @field_validator("api")
     @classmethod
     def _api(cls, api: str) -> str:
@@ -69,5 +77,3 @@ class ChecklistConfig(BaseModel):
         chosen = set(self.only or Category)
         return [c for c in Category if c in chosen]
 
-    def is_bundled(self) -> bool:
-        return not self.target.startswith(("http://", "https://"))
