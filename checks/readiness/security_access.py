@@ -14,6 +14,8 @@ import uuid
 from checks.readiness.check import Check, CheckContext
 from checks.readiness.probe import ProbeResponse
 from checks.readiness.security_probe import (
+    LLM02,
+    LLM10,
     api_path,
     evidence,
     send,
@@ -23,8 +25,6 @@ from checks.readiness.security_probe import (
 )
 from reports.check_result import Category, CheckResult, CheckStatus, Exposure
 
-LLM10 = "OWASP LLM10:2025 Unbounded Consumption"
-LLM02 = "OWASP LLM02:2025 Sensitive Information Disclosure"
 EVIL_ORIGIN = "https://evil.example"
 DOC_ROUTES = ("/docs", "/redoc", "/openapi.json")
 DEV_ROUTES = ("/server_info", "/reset_prefix_cache")  # vLLM's dev mode: server internals, cache control

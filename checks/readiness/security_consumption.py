@@ -19,6 +19,7 @@ import time
 from checks.readiness.check import Check, CheckContext
 from checks.readiness.probe import ProbeResponse
 from checks.readiness.security_probe import (
+    LLM10,
     api_path,
     connect_failed,
     context_tokens,
@@ -32,7 +33,6 @@ from checks.readiness.security_probe import (
 )
 from reports.check_result import Category, CheckResult, CheckStatus
 
-LLM10 = "OWASP LLM10:2025 Unbounded Consumption"
 MAX_BURST = 60  # requests, whatever the declared limit
 BURST_WAVE = 8  # requests in flight at once during the burst
 BURST_TIMEOUT_S = 20.0

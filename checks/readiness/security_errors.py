@@ -21,6 +21,8 @@ from checks.readiness.check import Check, CheckContext
 from checks.readiness.probe import ProbeResponse
 from checks.readiness.security_probe import (
     ERROR_ANSWERS,
+    LLM02,
+    LLM10,
     api_path,
     connect_failed,
     evidence,
@@ -33,8 +35,6 @@ from checks.readiness.security_probe import (
 )
 from reports.check_result import Category, CheckResult, CheckStatus
 
-LLM10 = "OWASP LLM10:2025 Unbounded Consumption"
-LLM02 = "OWASP LLM02:2025 Sensitive Information Disclosure"
 MALFORMED_TIMEOUT_S = 10.0
 NESTING_DEPTH = 5_000  # 10 KB, under any body limit; far past the 1000 frames Python's json recurses through
 CLEAN = frozenset({400, 413, 422})

@@ -27,6 +27,9 @@ from pathlib import Path
 
 from checks.readiness.check import Check, CheckContext
 from checks.readiness.security_probe import (
+    LLM01,
+    LLM02,
+    LLM07,
     answer_text,
     api_path,
     evidence,
@@ -242,7 +245,7 @@ CANARY = Check(
     Category.SECURITY,
     "A secret in the system prompt is not revealed by injection prompts",
     check_canary,
-    "OWASP LLM07:2025 System Prompt Leakage; LLM01:2025 Prompt Injection",
+    f"{LLM07}; {LLM01.removeprefix('OWASP ')}",
     "Keep secrets, keys and access rules out of system prompts (OWASP LLM07); enforce them outside the model, and "
     "filter replies for known secrets if a prompt must hold one.",
 )
@@ -251,7 +254,7 @@ PROMPT_LOG = Check(
     Category.SECURITY,
     "Prompts are not written to the server log",
     check_prompt_log,
-    "OWASP LLM02:2025 Sensitive Information Disclosure",
+    LLM02,
     "Turn off prompt logging (ours: drop --log-prompts; vLLM: leave request logging off), or send prompts only to "
     "a store with access control and a retention limit.",
 )

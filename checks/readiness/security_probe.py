@@ -22,6 +22,12 @@ from checks.readiness.check import CheckContext
 from checks.readiness.probe import DEFAULT_TIMEOUT_S, Auth, ProbeResponse, request
 from reports.check_result import CheckStatus
 
+# The OWASP Top 10 for LLM Applications, 2025 edition: the reference of every security line.
+LLM01 = "OWASP LLM01:2025 Prompt Injection"
+LLM02 = "OWASP LLM02:2025 Sensitive Information Disclosure"
+LLM07 = "OWASP LLM07:2025 System Prompt Leakage"
+LLM10 = "OWASP LLM10:2025 Unbounded Consumption"
+
 ERROR_ANSWERS = "security.error_answers"  # ctx.scratch key: list[ProbeResponse] with status >= 400
 RETRY_BUDGET_S = 12.0  # the longest a probe waits out 429s before it reports the 429 itself
 MAX_RETRY_WAIT_S = 5.0  # one Retry-After longer than this is capped (the bucket refills meanwhile)

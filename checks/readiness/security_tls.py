@@ -16,11 +16,11 @@ import time
 from urllib.parse import urlsplit
 
 from checks.readiness.check import Check, CheckContext
+from checks.readiness.security_probe import LLM02
 from reports.check_result import Category, CheckResult, CheckStatus, Exposure
 
 HANDSHAKE_TIMEOUT_S = 10.0
 EXPIRY_WARN_DAYS = 30.0
-LLM02 = "OWASP LLM02:2025 Sensitive Information Disclosure"
 
 
 def _host_port(base_url: str) -> tuple[str, int, str]:
