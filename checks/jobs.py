@@ -32,6 +32,8 @@ from pydantic import BaseModel
 
 from checks.load.benchmark import BenchmarkConfig, run_benchmark
 from checks.load.targets import TargetError
+from checks.readiness.config import ChecklistConfig
+from checks.readiness.runner import run_checklist
 from checks.readiness.slo import SloProfileError
 from reports.store import DocumentError
 
@@ -170,3 +172,8 @@ class Job:
 def benchmark_job(config: BenchmarkConfig) -> Job:
     """A job that runs `run_benchmark(config)`; call `.start()`."""
     return Job(run_benchmark, config)
+
+
+def checklist_job(config: ChecklistConfig) -> Job:
+    """A job that runs `run_checklist(config)`; call `.start()`."""
+    return Job(run_checklist, config)
