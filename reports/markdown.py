@@ -26,7 +26,7 @@ def figure(value: object, unit: str | None) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        value = f"{value:.4g}"
+        value = f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return f"{value} {unit}" if unit else str(value)
 
 
