@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from checks.load.endpoint import Endpoint
+from checks.load.targets import BundledTarget
+from reports.benchmark_result import BenchmarkResult
 from reports.check_result import Category, CheckResult, CheckStatus, Exposure, Scalar
+from reports.slo_profile import SloProfile
 
 CheckFn = Callable[["CheckContext", "Check"], Awaitable[CheckResult]]
 
@@ -88,10 +91,10 @@ class CheckContext:
 
     endpoint: Endpoint
     exposure: Exposure
-    slo: Any  # reports.slo_profile.SloProfile
+    slo: SloProfile
     declared: Declared = field(default_factory=Declared)
-    benchmark: Any = None  # reports.benchmark_result.BenchmarkResult | None
-    bundled: Any = None  # checks.load.targets.BundledTarget | None
+    benchmark: BenchmarkResult | None = None
+    bundled: BundledTarget | None = None
     plan: dict[str, Any] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     scratch: dict[str, Any] = field(default_factory=dict)
@@ -99,8 +102,8 @@ class CheckContext:
     @property
     def server_pid(self) -> int | None:
         """The server's process when we can see it: the bundled child, or --server-pid for a local one."""
-        if self.bundled is not None and getattr(self.bundled, "proc", None) is not None:
-            return int(self.bundled.proc.pid)
+        if self.bundled is not None and self.bundled.proc is not None:
+            return self.bundled.proc.pid
         return self.declared.server_pid
 
     def open_door(self) -> CheckStatus:

@@ -35,6 +35,7 @@ from checks.readiness.check import Check, CheckContext, CheckFn
 from checks.readiness.measured import Measurement, measurement
 from checks.readiness.slo import goodput_slo
 from reports.check_result import Category, CheckResult, CheckStatus
+from reports.markdown import figure
 from reports.records import ErrorKind, RequestRecord
 from reports.slo_profile import SloProfile
 
@@ -152,9 +153,9 @@ def _interval_check(
                            f"({len(m.records)} measured requests)")  # fmt: skip
     word = "at most" if upper else "at least"
     return check.result(
-        j.status, f"{label} is {j.value:.4g} {unit} ({word} {limit:g} {unit}): {j.verdict}",
+        j.status, f"{label} is {figure(j.value, unit)} ({word} {figure(float(limit), unit)}): {j.verdict}",
         value=j.value, threshold=limit, unit=unit,
-        evidence=[f"95% bootstrap interval {j.interval[0]:.4g}-{j.interval[1]:.4g} {unit} "
+        evidence=[f"95% bootstrap interval {figure(j.interval[0], None)}-{figure(j.interval[1], unit)} "
                   f"(seed {SUMMARY_SEED}, 1000 resamples)", f"{j.n} values from {m.run_label}"],
     )  # fmt: skip
 

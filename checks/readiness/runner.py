@@ -20,10 +20,12 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from pathlib import Path
 
 from checks.load.benchmark import BenchmarkConfig, make_target, measure
+from checks.load.endpoint import Endpoint
 from checks.load.targets import BundledTarget, RemoteTarget, TargetError
 from checks.readiness.check import Check, CheckContext, Declared
 from checks.readiness.config import ChecklistConfig
@@ -96,6 +98,11 @@ async def run_one(check: Check, ctx: CheckContext) -> CheckResult:
     return result.model_copy(update={"duration_s": round(time.perf_counter() - start, 3)})
 
 
+def declared_limits(config: ChecklistConfig) -> Declared:
+    """What the operator declared, as the checks read it (the report keeps the same fields)."""
+    return Declared(**{f.name: getattr(config, f.name) for f in fields(Declared)})
+
+
 def _not_run(check: Check, why: str) -> CheckResult:
     return check.error(f"not run: {why}").model_copy(update={"duration_s": 0.0})
 
@@ -147,14 +154,12 @@ class Checklist:
             target.__exit__(None, None, None)
         return self._report(started, target, ctx)
 
-    def _context(self, endpoint: object, target: BundledTarget | RemoteTarget) -> CheckContext:
+    def _context(self, endpoint: Endpoint, target: BundledTarget | RemoteTarget) -> CheckContext:
         c = self.config
-        declared = Declared(rate_limit_rpm=c.rate_limit_rpm, max_queue=c.max_queue, concurrency=c.concurrency,
-                            context_tokens=c.context_tokens, target_qps=c.target_qps, server_log=c.server_log,
-                            server_pid=c.server_pid)  # fmt: skip
+        declared = declared_limits(c)
         if isinstance(target, BundledTarget) and declared.server_log is None:
             declared.server_log = target.log_path  # the bundled server's own log: where prompts would leak
-        return CheckContext(endpoint=endpoint, exposure=c.exposure, slo=self.slo, declared=declared,  # type: ignore[arg-type]
+        return CheckContext(endpoint=endpoint, exposure=c.exposure, slo=self.slo, declared=declared,
                             benchmark=self.given, bundled=target if isinstance(target, BundledTarget) else None,
                             cancel=self.cancel)  # fmt: skip
 
@@ -200,10 +205,8 @@ class Checklist:
             tool=ToolInfo(version=__version__), started_at=started, finished_at=datetime.now(UTC),
             environment=detect().to_dict(), target=_target_info(c, target, model), slo=self.slo,
             exposure=c.exposure, categories=self.categories,
-            declared=DeclaredInfo(rate_limit_rpm=c.rate_limit_rpm, max_queue=c.max_queue, concurrency=c.concurrency,
-                                  context_tokens=c.context_tokens, target_qps=c.target_qps,
-                                  server_log=None if c.server_log is None else str(c.server_log),
-                                  server_pid=c.server_pid),
+            declared=DeclaredInfo(**{k: str(v) if isinstance(v, Path) else v
+                                     for k, v in asdict(ctx.declared if ctx else declared_limits(c)).items()}),
             benchmark=benchmark,
             benchmark_source=source,
             metrics_timeline=None if ctx is None else ctx.scratch.get("metrics_timeline"),
