@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=None, help="write the result JSON (with every record) here")
     bench.add_argument("--quiet", action="store_true", help="no progress line")
     run = sub.add_parser("run", help="run the readiness checklist and give a verdict (exit 0 ready, 1 not, 2 unknown)")
-    add_model_flags(run, ChecklistConfig, {"api_key"}, {"from_path": "--from"})
+    add_model_flags(run, ChecklistConfig, {"api_key"}, {"from_path": "--from", "plan_path": "--plan"})
     run.add_argument("--api-key", dest="api_key", default=argparse.SUPPRESS,
                      help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to reports)")
     run.add_argument("--out", type=Path, default=None, help="write the readiness report (JSON) here")

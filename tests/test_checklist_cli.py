@@ -7,6 +7,8 @@ tests/test_readiness_*.py files.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from checks.cli import main
 from checks.readiness.config import ChecklistConfig
 from checks.readiness.runner import Checklist, ChecklistProgress
+from planner.__main__ import main as planner_main
 from reports import store
 from reports.check_result import CheckStatus
 from reports.readiness_report import ReadinessReport
@@ -152,3 +155,28 @@ def test_report_round_trips_and_schema_is_committed() -> None:
     from reports.schema_files import stale_schemas
 
     assert not [p for p in stale_schemas() if "readiness" in p.name or "slo" in p.name]
+
+
+def test_a_handed_over_plan_is_kept_and_sizes_the_kv_line(tmp_path: Path) -> None:
+    """A plan from the planner's own CLI: the report keeps it and the KV line says it used the plan."""
+    plan = tmp_path / "plan.json"
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert planner_main(["recommend", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--json"]) == 0
+    plan.write_text(buffer.getvalue())
+    with PlantedServer(Faults(no_metrics=True), **FAST) as server:
+        _run(["--target", server.base_url, "--api-key", "planted-key", "--only", "resources", *SMALL,
+              "--plan", str(plan), "--concurrency", "4", "--context-tokens", "4096", "--out", str(tmp_path / "r.json")])
+    report = _report(tmp_path / "r.json")
+    assert report.plan is not None and report.plan["model"] == json.loads(plan.read_text())["model"]
+    kv = next(r for r in report.checks if r.id == "resources.kv_capacity")
+    assert kv.status == CheckStatus.PASS and "plan" in " ".join([kv.message, *kv.evidence])
+
+
+def test_a_plan_that_is_not_a_plan_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "plan.json"
+    bad.write_text("[1]")
+    assert _run(["--target", "http://127.0.0.1:9", "--plan", str(bad)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: the plan {bad} has no 'options' list; write it with python -m planner recommend --json\n"
+    )

@@ -31,6 +31,8 @@ class ChecklistConfig(BaseModel):
     exposure: Exposure = Field(Exposure.LOCAL, description="who can reach the endpoint: local, internal or public")
     only: list[Category] | None = Field(None, description=f"check only these categories ({CATEGORY_NAMES})")
     from_path: Path | None = Field(None, description="judge performance from this benchmark result instead of a run")
+    plan_path: Path | None = Field(None, description="a plan from `python -m planner recommend --json`: kept in the "
+                                                     "report, and the KV check's fallback")  # fmt: skip
     target_qps: float | None = Field(None, gt=0, description="requests/s the deployment must sustain within the SLO")
     rate_limit_rpm: int | None = Field(None, ge=1, description="declared rate limit: a burst above it must get 429")
     max_queue: int | None = Field(None, ge=1, description="declared queue limit: a burst above it must get 429/503")

@@ -17,12 +17,14 @@ not measured.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from checks.load.benchmark import BenchmarkConfig, make_target, measure
 from checks.load.endpoint import Endpoint
@@ -98,6 +100,19 @@ async def run_one(check: Check, ctx: CheckContext) -> CheckResult:
     return result.model_copy(update={"duration_s": round(time.perf_counter() - start, 3)})
 
 
+def load_plan(path: Path) -> dict[str, Any]:
+    """A plan the planner wrote as JSON (`recommend --json`); ValueError with one line for anything else."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"cannot read the plan {path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError):
+        raise ValueError(f"the plan {path} is not JSON; write it with python -m planner recommend --json") from None
+    if not isinstance(data, dict) or not isinstance(data.get("options"), list):
+        raise ValueError(f"the plan {path} has no 'options' list; write it with python -m planner recommend --json")
+    return data
+
+
 def declared_limits(config: ChecklistConfig) -> Declared:
     """What the operator declared, as the checks read it (the report keeps the same fields)."""
     return Declared(**{f.name: getattr(config, f.name) for f in fields(Declared)})
@@ -126,6 +141,7 @@ class Checklist:
         self.status = on_status or (lambda _m: None)
         self.slo = load_profile(config.slo)  # a bad profile is the user's input: ValueError before anything runs
         self.given: BenchmarkResult | None = load_benchmark_result(config.from_path) if config.from_path else None
+        self.plan = load_plan(config.plan_path) if config.plan_path else None
         self.categories = config.categories()
         self.checks = checks_for(self.categories, self.slo)
         self.results: list[CheckResult] = []
@@ -161,6 +177,7 @@ class Checklist:
             declared.server_log = target.log_path  # the bundled server's own log: where prompts would leak
         return CheckContext(endpoint=endpoint, exposure=c.exposure, slo=self.slo, declared=declared,
                             benchmark=self.given, bundled=target if isinstance(target, BundledTarget) else None,
+                            plan=self.plan,
                             cancel=self.cancel)  # fmt: skip
 
     def _measure(self, ctx: CheckContext, target: BundledTarget | RemoteTarget) -> None:
@@ -204,7 +221,7 @@ class Checklist:
         return ReadinessReport(
             tool=ToolInfo(version=__version__), started_at=started, finished_at=datetime.now(UTC),
             environment=detect().to_dict(), target=_target_info(c, target, model), slo=self.slo,
-            exposure=c.exposure, categories=self.categories,
+            exposure=c.exposure, categories=self.categories, plan=self.plan,
             declared=DeclaredInfo(**{k: str(v) if isinstance(v, Path) else v
                                      for k, v in asdict(ctx.declared if ctx else declared_limits(c)).items()}),
             benchmark=benchmark,
