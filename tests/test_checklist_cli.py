@@ -45,6 +45,7 @@ def test_clean_server_is_ready_and_every_file_is_written(tmp_path: Path, capsys:
         code = _run(["--target", server.base_url + "/v1", "--api-key", SECRET, *SMALL, "--rate-limit-rpm", "6000",
                      "--server-log", str(server.log_path), "--out", str(out), "--junit", str(junit),
                      "--markdown", str(md)])  # fmt: skip
+        server_log = server.log_path.read_text()
     printed = capsys.readouterr()
     report = _report(out)
     assert code == 0, printed.out
@@ -55,8 +56,9 @@ def test_clean_server_is_ready_and_every_file_is_written(tmp_path: Path, capsys:
     assert report.metrics_timeline is not None and report.metrics_timeline.source == "preflight"
     assert len(ET.fromstring(junit.read_text()).findall(".//testcase")) == len(report.checks)
     assert md.read_text().startswith(f"# Preflight readiness: **{report.verdict.value}**")
-    everything = out.read_text() + junit.read_text() + md.read_text() + printed.out + printed.err
-    assert SECRET not in everything  # redaction: the key is in no file, no console line
+    everything = out.read_text() + junit.read_text() + md.read_text() + printed.out + printed.err + server_log
+    assert "POST /v1/chat/completions 200" in server_log  # the log is real and saw the checklist's requests
+    assert SECRET not in everything  # redaction: the key is in no file, no console line, no log line
     assert report.target.api_key_set
 
 
