@@ -114,7 +114,8 @@ def _distribution(name: str, values_ms: list[float], with_ci: bool) -> dict[str,
     return out
 
 
-def _error_key(record: RequestRecord) -> str:
+def error_key(record: RequestRecord) -> str:
+    """The errors_by_kind key of a failed request: "http_500" for an HTTP status, else the error kind."""
     if record.error_kind is ErrorKind.HTTP and record.http_status is not None:
         return f"http_{record.http_status}"
     return str(record.error_kind)
@@ -202,7 +203,7 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
     }
     warnings += _sample_warnings(samples, len(good))
 
-    errors = Counter(_error_key(r) for r in bad)
+    errors = Counter(error_key(r) for r in bad)
     if bad:
         kinds = ", ".join(f"{k}: {n}" for k, n in sorted(errors.items()))
         warnings.append(f"{len(bad)} of {len(measured)} requests failed ({kinds})")
@@ -231,7 +232,7 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
         **_distribution("itl", itl, with_ci=False),
         **_distribution("e2el", e2el, with_ci=False),
         errors_by_kind=dict(sorted(errors.items())),
-        first_errors=[ErrorSample(request_id=r.request_id, kind=_error_key(r), excerpt=r.error_excerpt)
+        first_errors=[ErrorSample(request_id=r.request_id, kind=error_key(r), excerpt=r.error_excerpt)
                       for r in first_bad],  # fmt: skip
         token_sources=dict(sorted(sources.items())),
         max_schedule_lag_ms=max(lags, default=None),

@@ -30,13 +30,13 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from checks.load.metrics import Slo, bootstrap_ci, percentile
+from checks.load.metrics import Slo, bootstrap_ci, error_key, percentile
 from checks.readiness.check import Check, CheckContext, CheckFn
 from checks.readiness.measured import Measurement, measurement
 from checks.readiness.slo import goodput_slo
 from reports.check_result import Category, CheckResult, CheckStatus
 from reports.markdown import figure
-from reports.records import ErrorKind, RequestRecord
+from reports.records import RequestRecord
 from reports.slo_profile import SloProfile
 
 SUMMARY_SEED = 0  # the seed summarize() gives bootstrap_ci, so p50/p99 intervals match the summary's
@@ -189,8 +189,7 @@ def _error_rate_fn(limit: float) -> CheckFn:
         failed = [r for r in m.records if not r.ok]
         rate = len(failed) / n
         low, high = wilson_interval(len(failed), n)
-        kinds = Counter(f"http_{r.http_status}" if r.error_kind == ErrorKind.HTTP and r.http_status else
-                        str(r.error_kind) for r in failed)  # the summary's errors_by_kind keys  # fmt: skip
+        kinds = Counter(error_key(r) for r in failed)  # the summary's errors_by_kind keys
         status = CheckStatus.PASS if rate <= limit else CheckStatus.FAIL
         return check.result(
             status, f"{len(failed)} of {n} requests failed ({rate:.2%}; at most {limit:.2%} allowed)",
