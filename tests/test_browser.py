@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -48,8 +49,6 @@ def server_url(tmp_path: Path) -> Iterator[str]:
         "app.py",
         "--server.headless",
         "true",
-        "--server.address",
-        "127.0.0.1",
         "--server.port",
         str(port),
         "--server.fileWatcherType",
@@ -82,7 +81,14 @@ def page() -> Iterator[Page]:
             browser.close()
 
 
+def _listening_addresses(port: int) -> set[str]:
+    listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    return {c.laddr.ip for c in listening if c.laddr.port == port}
+
+
 def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> None:
+    # Started without --server.address: .streamlit/config.toml keeps it on loopback (issue 16, item 12).
+    assert _listening_addresses(int(server_url.rsplit(":", 1)[1])) == {"127.0.0.1"}
     page.goto(server_url)
     main = page.get_by_test_id("stMainBlockContainer")
     expect(main.get_by_text(detect().cpu_model, exact=False).first).to_be_visible(timeout=60_000)
