@@ -15,6 +15,7 @@ from statistics import mean
 
 import pytest
 
+from checks.load.benchmark import BenchmarkConfig, build_requests
 from checks.load.datasets import DatasetError
 from checks.load.tokenizer import ChatTokenizer, TextTokenizer, count_tokens
 from checks.load.workloads import (
@@ -393,3 +394,34 @@ def test_unknown_scenario_lists_the_names() -> None:
         scenario_requests("chat", 3)
     with pytest.raises(ValueError, match="n is 0"):
         scenario_requests("search", 0)
+
+
+def test_jsonl_keeps_line_separators_inside_strings(tmp_path: Path) -> None:
+    """U+2028, U+2029 and U+0085 are legal inside JSON strings; only '\\n' ends a JSONL line (issue 16, item 10)."""
+    prompts = ["one\u2028two", "three\u2029four", "five\u0085six"]
+    path = tmp_path / "seps.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}, ensure_ascii=False) + "\r\n" for p in prompts), encoding="utf-8")
+    assert [r.prompt for r in load_dataset(path, 8).requests] == prompts
+
+
+def test_deeply_nested_lines_are_a_dataset_error(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    jsonl = tmp_path / "deep.jsonl"
+    jsonl.write_text('{"prompt": "ok"}\n{"prompt": ' + deep + "}\n")
+    with pytest.raises(DatasetError, match=r"deep.jsonl:2: JSON nested too deeply"):
+        load_dataset(jsonl, 8)
+    sharegpt = tmp_path / "deep.json"
+    sharegpt.write_text(deep)
+    with pytest.raises(DatasetError, match="nested too deeply"):
+        load_dataset(sharegpt, 8)
+
+
+def test_a_benchmark_reads_only_the_prompts_it_sends(tmp_path: Path, tok: TextTokenizer) -> None:
+    """A bad line after the last prompt a run needs is never parsed, so it cannot stop the run."""
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"prompt {i}"}) + "\n" for i in range(5)) + "{broken\n")
+    config = BenchmarkConfig(target="http://127.0.0.1:9", dataset=str(path), requests=3, warmup_requests=2)
+    requests, where = build_requests(config, tok)
+    assert [r.prompt for r in requests] == [f"prompt {i}" for i in range(5)] and "5 prompts" in where
+    with pytest.raises(DatasetError, match="long.jsonl:6: not valid JSON"):
+        build_requests(config.model_copy(update={"requests": 10}), tok)

@@ -149,7 +149,7 @@ def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[l
     """The workload's requests and a one-line description of where they came from."""
     n = (config.requests or 64) + config.warmup_requests
     if config.dataset:
-        ds = load_dataset(Path(config.dataset), config.output_len, tokenizer)
+        ds = load_dataset(Path(config.dataset), config.output_len, tokenizer, limit=n if config.requests else None)
         return list(ds.requests), f"{ds.format} file {ds.path.name}: {len(ds.requests)} prompts"
     if config.scenario:
         return scenario_requests(config.scenario, n, tokenizer, config.seed), f"scenario {config.scenario}"

@@ -103,7 +103,7 @@ def _parse_jsonl(
     file: Path, text: str, default_max_tokens: int, tokenizer: TextTokenizer | None, limit: int | None
 ) -> PromptDataset:
     requests: list[PromptRequest] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may sit inside a string
         if limit is not None and len(requests) >= limit:
             break
         if not line.strip():
@@ -113,6 +113,8 @@ def _parse_jsonl(
             raw: Any = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        except RecursionError:
+            raise DatasetError(f"{where}: JSON nested too deeply to be a prompt") from None
         if not isinstance(raw, dict):
             raise DatasetError(f"{where}: expected a JSON object with 'prompt' or 'messages', got {type(raw).__name__}")
         try:
@@ -166,6 +168,8 @@ def _parse_sharegpt(
         raw: Any = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    except RecursionError:
+        raise DatasetError(f"{file}: JSON nested too deeply to be a conversation list") from None
     if not isinstance(raw, list):
         raise DatasetError(f"{file}: ShareGPT is a JSON array of conversations, got {type(raw).__name__}")
     requests: list[PromptRequest] = []
