@@ -128,6 +128,7 @@ def test_from_a_saved_result_runs_no_load(tmp_path: Path) -> None:
         (["--exposure", "galactic"], "error: exposure: Input should be 'local', 'internal' or 'public'"),
         (["--from", "/no/such/result.json"], "error: /no/such/result.json: no such file"),
         (["--bogus"], "error: unrecognized arguments: --bogus"),
+        (["--profile", "bursty:9"], "error: unknown load profile 'bursty:9'; use sync"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

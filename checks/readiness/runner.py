@@ -142,6 +142,7 @@ class Checklist:
         self.slo = load_profile(config.slo)  # a bad profile is the user's input: ValueError before anything runs
         self.given: BenchmarkResult | None = load_benchmark_result(config.from_path) if config.from_path else None
         self.plan = load_plan(config.plan_path) if config.plan_path else None
+        self.load = benchmark_config(config, self.slo)  # a bad --profile is a ValidationError here, before any run
         self.categories = config.categories()
         self.checks = checks_for(self.categories, self.slo)
         self.results: list[CheckResult] = []
@@ -153,7 +154,7 @@ class Checklist:
 
     def run(self) -> ReadinessReport:
         started = datetime.now(UTC)
-        target = make_target(benchmark_config(self.config, self.slo), self.status)
+        target = make_target(self.load, self.status)
         ctx: CheckContext | None = None
         try:
             try:
@@ -187,7 +188,7 @@ class Checklist:
             return
         if not {Category.PERFORMANCE, Category.RESOURCES} & set(self.categories):
             return
-        bench = benchmark_config(self.config, self.slo)
+        bench = self.load
         self.status(f"measuring: {bench.profile}, {bench.requests} requests of {bench.input_len} in / "
                     f"{bench.output_len} out tokens")  # fmt: skip
         scraper = MetricsScraper(ctx.endpoint)
