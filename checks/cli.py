@@ -214,8 +214,9 @@ def _say(message: str) -> None:
 
 
 def _checklist_line(p: ChecklistProgress) -> None:
-    """What runs now; the console block after the run lists every result."""
-    if p.current:
+    """What runs now; the console block after the run lists every result. The load's many ticks are not printed:
+    its status lines say when it starts and what it runs."""
+    if p.current and p.phase != "load":
         print(f"[{p.done + 1}/{p.total}] {p.phase}: {p.current}", file=sys.stderr)
 
 

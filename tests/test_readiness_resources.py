@@ -11,7 +11,8 @@ from readiness_helpers import benchmark_doc, context, record, run_check, run_doc
 from checks.load.endpoint import Endpoint
 from checks.load.resources import GpuSample, ResourceSample, open_nvml
 from checks.readiness.check import Declared
-from checks.readiness.kv_capacity import METRICS_TIMELINE_KEY, capacity_from_metrics, capacity_status
+from checks.readiness.kv_capacity import capacity_from_metrics, capacity_status
+from checks.readiness.metrics_scrape import TIMELINE_KEY
 from checks.readiness.resources import (
     GIB,
     MIB,
@@ -199,7 +200,7 @@ def kv_context(declared: Declared, timeline: dict | None = None, plan: dict | No
     """Measured requests of 100 prompt + 11 output tokens, and the given /metrics timeline and plan."""
     ctx = context(benchmark_doc([run_doc([record(i, 100) for i in range(20)])]), declared, plan=plan)
     if timeline is not None:
-        ctx.scratch[METRICS_TIMELINE_KEY] = timeline
+        ctx.scratch[TIMELINE_KEY] = timeline
     return ctx
 
 

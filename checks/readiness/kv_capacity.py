@@ -3,7 +3,7 @@
 Two sources, best first, and the result always says which was used:
 
 1. The target's own /metrics, as scraped during the load into
-   `ctx.scratch[METRICS_TIMELINE_KEY]` (see its docstring for the shape). When the
+   `ctx.scratch[TIMELINE_KEY]` (a MetricsTimeline). When the
    server states its pool size (vLLM's `cache_config_info` gives num_gpu_blocks x
    block_size), capacity is that. When it exposes only the usage fraction (vLLM's
    `kv_cache_usage_perc`, our server's `preflight:kv_cache_usage_perc`), capacity is
@@ -28,12 +28,9 @@ from typing import Any
 
 from checks.readiness.check import Check, CheckContext
 from checks.readiness.measured import measurement
+from checks.readiness.metrics_scrape import TIMELINE_KEY
 from reports.check_result import Category, CheckResult, CheckStatus
 from reports.metrics_timeline import MetricsTimeline
-
-METRICS_TIMELINE_KEY = "metrics_timeline"
-"""`ctx.scratch` key of the target's /metrics readings during the load: a
-`reports.metrics_timeline.MetricsTimeline` (checks/readiness/metrics_scrape.py takes it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +104,7 @@ async def _kv_capacity(ctx: CheckContext, check: Check) -> CheckResult:
     required = conc * context
     m = measurement(ctx)
     prompt, output = _mean_tokens(m.records) if m is not None else (None, None)
-    cap = capacity_from_metrics(ctx.scratch.get(METRICS_TIMELINE_KEY), prompt, output)
+    cap = capacity_from_metrics(ctx.scratch.get(TIMELINE_KEY), prompt, output)
     if cap is None:
         cap = capacity_from_plan(ctx.plan, ctx.bundled is not None)
     if cap is None:

@@ -33,6 +33,8 @@ MAX_SAMPLES = 3600  # an hour at 1 s; a longer run is thinned to every other sam
 UNKNOWN_NAMES = "no metric names of vLLM, llama.cpp's server or Preflight's engine"
 
 
+TIMELINE_KEY = "metrics_timeline"  # where the runner leaves the MetricsTimeline in CheckContext.scratch
+
 class ScrapeError(Exception):
     """One scrape failed; the message is short enough for a timeline sample."""
 

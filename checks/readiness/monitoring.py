@@ -19,12 +19,11 @@
 from __future__ import annotations
 
 from checks.readiness.check import Check, CheckContext
-from checks.readiness.metrics_scrape import read_target_metrics
+from checks.readiness.metrics_scrape import TIMELINE_KEY, read_target_metrics
 from checks.readiness.probe import ProbeResponse, request, tiny_request
 from reports.check_result import Category, CheckResult, CheckStatus
 from reports.metrics_timeline import MetricsTimeline
 
-TIMELINE_KEY = "metrics_timeline"  # where the runner leaves the MetricsTimeline in ctx.scratch
 HEALTH_PATHS = ("/health", "/v1/health/ready", "/v2/health/ready")
 HEALTH_TIMEOUT_S = 10.0
 PROBE_DEFAULT_TIMEOUT_S = 1.0  # Kubernetes' default timeoutSeconds for a probe

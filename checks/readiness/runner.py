@@ -28,10 +28,11 @@ from typing import Any
 
 from checks.load.benchmark import BenchmarkConfig, make_target, measure
 from checks.load.endpoint import Endpoint
+from checks.load.loadgen import Progress
 from checks.load.targets import BundledTarget, RemoteTarget, TargetError
 from checks.readiness.check import Check, CheckContext, Declared
 from checks.readiness.config import ChecklistConfig
-from checks.readiness.metrics_scrape import MetricsScraper
+from checks.readiness.metrics_scrape import TIMELINE_KEY, MetricsScraper
 from checks.readiness.monitoring import MONITORING_CHECKS
 from checks.readiness.performance import performance_checks
 from checks.readiness.reliability import FINAL_CHECKS, RELIABILITY_CHECKS
@@ -194,11 +195,17 @@ class Checklist:
         scraper = MetricsScraper(ctx.endpoint)
         scraper.start()
         try:
-            ctx.benchmark = measure(bench, ctx.endpoint, target, cancel=self.cancel, on_status=self.status)
+            ctx.benchmark = measure(bench, ctx.endpoint, target, progress=self._load_progress, cancel=self.cancel,
+                                    on_status=self.status)  # fmt: skip
         except (ValueError, OSError) as exc:
             self.notes.append(f"the benchmark could not run: {exc}")
         finally:
-            ctx.scratch["metrics_timeline"] = scraper.stop()
+            ctx.scratch[TIMELINE_KEY] = scraper.stop()
+
+    def _load_progress(self, p: Progress) -> None:
+        total = f"/{p.total}" if p.total else ""
+        self.progress(ChecklistProgress("load", 0, len(self.checks), f"measuring: {p.completed}{total} requests done, "
+                                        f"{p.failed} failed, {p.in_flight} in flight", None))  # fmt: skip
 
     def _run_checks(self, ctx: CheckContext, target: BundledTarget | RemoteTarget) -> None:
         for check in self.checks:
@@ -227,7 +234,7 @@ class Checklist:
                                      for k, v in asdict(ctx.declared if ctx else declared_limits(c)).items()}),
             benchmark=benchmark,
             benchmark_source=source,
-            metrics_timeline=None if ctx is None else ctx.scratch.get("metrics_timeline"),
+            metrics_timeline=None if ctx is None else ctx.scratch.get(TIMELINE_KEY),
             checks=self.results, verdict=decide(self.results), notes=self.notes,
         )  # fmt: skip
 
