@@ -128,24 +128,27 @@ def stream_rates_tok_s(records: Sequence[RequestRecord]) -> list[float]:
     return [1 / r.tpot_s for r in records if r.ok and r.tpot_s is not None and r.tpot_s > 0]
 
 
-def _not_measurable(ctx: CheckContext, check: Check) -> tuple[Measurement | None, CheckResult | None]:
-    """The measurement, or the ERROR every performance line gives without a valid one."""
+def _measured(ctx: CheckContext, check: Check, need_records: bool = False) -> Measurement | CheckResult:
+    """The measurement, or the ERROR every performance line gives without a valid one (or, when the line counts
+    requests, without any measured request)."""
     m = measurement(ctx)
     if m is None:
-        return None, check.error(NO_MEASUREMENT)
+        return check.error(NO_MEASUREMENT)
     if not m.valid:
         why = "the benchmark run is INVALID (client self-check failed), so its figures cannot show readiness"
-        return None, check.error(f"{why}: fix the client side and rerun", evidence=m.invalid_reasons)
-    return m, None
+        return check.error(f"{why}: fix the client side and rerun", evidence=m.invalid_reasons)
+    if need_records and not m.records:
+        return check.error(f"no measured requests in {m.run_label}")
+    return m
 
 
 def _interval_check(
     ctx: CheckContext, check: Check, label: str, q: float, limit: float, unit: str, upper: bool,
     values_of: Callable[[Measurement], list[float]],
 ) -> CheckResult:  # fmt: skip
-    m, early = _not_measurable(ctx, check)
-    if m is None:
-        return early  # type: ignore[return-value]
+    m = _measured(ctx, check)
+    if isinstance(m, CheckResult):
+        return m
     values = values_of(m)
     j = judge_percentile(values, q, limit, upper=upper)
     if j is None:
@@ -180,12 +183,10 @@ def _stream_rate_fn(limit: float) -> CheckFn:
 
 def _error_rate_fn(limit: float) -> CheckFn:
     async def run(ctx: CheckContext, check: Check) -> CheckResult:
-        m, early = _not_measurable(ctx, check)
-        if m is None:
-            return early  # type: ignore[return-value]
+        m = _measured(ctx, check, need_records=True)
+        if isinstance(m, CheckResult):
+            return m
         n = len(m.records)
-        if n == 0:
-            return check.error(f"no measured requests in {m.run_label}")
         failed = [r for r in m.records if not r.ok]
         rate = len(failed) / n
         low, high = wilson_interval(len(failed), n)
@@ -203,12 +204,10 @@ def _error_rate_fn(limit: float) -> CheckFn:
 
 def _goodput_fn(slo: Slo, limit: float) -> CheckFn:
     async def run(ctx: CheckContext, check: Check) -> CheckResult:
-        m, early = _not_measurable(ctx, check)
-        if m is None:
-            return early  # type: ignore[return-value]
+        m = _measured(ctx, check, need_records=True)
+        if isinstance(m, CheckResult):
+            return m
         n = len(m.records)
-        if n == 0:
-            return check.error(f"no measured requests in {m.run_label}")
         met = sum(slo.met_by(r) for r in m.records)
         share = met / n
         low, high = wilson_interval(met, n)
@@ -232,9 +231,9 @@ def _same_limits(a: dict[str, float | None], b: dict[str, float]) -> bool:
 
 def _capacity_fn(profile: SloProfile) -> CheckFn:
     async def run(ctx: CheckContext, check: Check) -> CheckResult:
-        m, early = _not_measurable(ctx, check)  # first: an invalid or missing run is ERROR on every line
-        if m is None:
-            return early  # type: ignore[return-value]
+        m = _measured(ctx, check)  # first: an invalid or missing run is ERROR on every line
+        if isinstance(m, CheckResult):
+            return m
         target = ctx.declared.target_qps
         if target is None:
             return check.skip("no target rate declared: pass --target-qps to check capacity")
