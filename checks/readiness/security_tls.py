@@ -108,18 +108,12 @@ async def _check_https(check: Check, host: str, port: int) -> CheckResult:
         return check.error(f"the TLS handshake with {host}:{port} gave no certificate to read")
     days_left = (ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400
     shown = [f"TLS handshake with {host}:{port} -> {version}, certificate verified, notAfter {cert['notAfter']}"]
-    if days_left < EXPIRY_WARN_DAYS:
-        return check.result(
-            CheckStatus.WARN,
-            f"{version}; the certificate expires in {days_left:.1f} days",
-            value=round(days_left, 1),
-            threshold=EXPIRY_WARN_DAYS,
-            unit="days",
-            evidence=shown,
-        )
+    expiring = days_left < EXPIRY_WARN_DAYS
+    finding = (f"the certificate expires in {days_left:.1f} days" if expiring
+               else f"the certificate verifies and is valid for {days_left:.0f} more days")  # fmt: skip
     return check.result(
-        CheckStatus.PASS,
-        f"{version}; the certificate verifies and is valid for {days_left:.0f} more days",
+        CheckStatus.WARN if expiring else CheckStatus.PASS,
+        f"{version}; {finding}",
         value=round(days_left, 1),
         threshold=EXPIRY_WARN_DAYS,
         unit="days",
