@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -183,3 +184,21 @@ def test_a_plan_that_is_not_a_plan_is_one_line(tmp_path: Path, capsys: pytest.Ca
     assert capsys.readouterr().err == (
         f"error: the plan {bad} has no 'options' list; write it with python -m planner recommend --json\n"
     )
+
+
+def test_server_pid_of_a_url_target_is_watched_by_the_measured_run(tmp_path: Path) -> None:
+    """--server-pid with a URL: the run's timeline follows that process, so the RSS line judges it.
+
+    Found on a GPU run against `engine serve --device cuda`: the line said the timeline "did not
+    watch process N" although --server-pid N was given. The planted server runs in this process.
+    """
+    out = tmp_path / "r.json"
+    with PlantedServer(Faults(), **FAST) as server:
+        _run(["--target", server.base_url, "--api-key", "planted-key", "--only", "resources", *SMALL,
+              "--server-pid", str(os.getpid()), "--out", str(out)])  # fmt: skip
+    report = _report(out)
+    rss = next(r for r in report.checks if r.id == "resources.rss_growth")
+    assert "did not watch" not in rss.message, rss.message
+    assert report.benchmark is not None
+    samples = report.benchmark.resources.samples
+    assert any(s.proc_rss_bytes for s in samples), "the timeline must carry the watched process's RSS"

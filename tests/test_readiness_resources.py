@@ -86,6 +86,25 @@ def test_gpu_memory_skips_without_an_nvidia_gpu() -> None:
     assert result.message == f"no NVIDIA GPU readable on this machine: {note}"
 
 
+def test_gpu_memory_reads_a_real_gpu_through_nvml() -> None:
+    """The counterpart of the SKIP test: where NVML opens, the line is judged from the live reading."""
+    reader, _ = open_nvml()
+    if reader is None:
+        pytest.skip("no NVIDIA GPU readable through NVML on this machine")
+    try:
+        gpus = [g for g in reader.read() if g.memory_used_bytes is not None and g.memory_total_bytes]
+    finally:
+        reader.close()
+    if not gpus:
+        pytest.skip("NVML opened but reports no memory figures")
+    result = run_check(CHECKS["resources.gpu_memory"], context(None))
+    assert result.status in (PASS, WARN, FAIL), result.message
+    assert "NVML now" in result.message
+    assert len([line for line in result.evidence if line.startswith("GPU ")]) == len(gpus)
+    assert all(g.name in " ".join(result.evidence) for g in gpus)
+    assert 0 <= result.value <= 100
+
+
 @pytest.mark.parametrize(("used_gib", "status"), [(40, PASS), (67, PASS), (69, WARN), (76, FAIL)])
 def test_gpu_memory_from_the_timeline_peak(used_gib, status) -> None:
     """80 GiB GPU: 85% is 68 GiB, 95% is 76 GiB. The peak of the run is judged, not the last reading."""

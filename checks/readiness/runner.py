@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -165,6 +165,10 @@ class Checklist:
                 self.notes.append(why)
                 self.results = [_not_run(c, why) for c in self.checks]
             else:
+                if endpoint.server_pid is None and self.config.server_pid is not None:
+                    # --server-pid names a local server we did not start: the measured run watches it too,
+                    # or the RSS line has no timeline to judge (seen on a GPU run against `engine serve`).
+                    endpoint = replace(endpoint, server_pid=self.config.server_pid)
                 ctx = self._context(endpoint, target)
                 self._measure(ctx, target)
                 self._run_checks(ctx, target)
