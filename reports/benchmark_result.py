@@ -22,6 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from reports import store
+from reports.identity import DocumentId, Label, add_identity, new_document_id
 from reports.records import RequestRecord
 from reports.redaction import redact_url
 from reports.resources import ResourceSample, ResourceSummary
@@ -133,11 +134,14 @@ class BenchmarkResult(BaseModel):
     """A whole benchmark: conditions, runs with records, resources. See the module docstring."""
 
     KIND: ClassVar[str] = "preflight.benchmark-result"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+    MIGRATIONS: ClassVar[dict[int, store.Migration]] = {1: add_identity}
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["preflight.benchmark-result"] = "preflight.benchmark-result"
-    schema_version: int = 1
+    schema_version: int = 2
+    id: DocumentId = Field(default_factory=new_document_id, description="names this result in the history")
+    label: Label | None = Field(None, description="the user's name for this run, e.g. 'after the driver update'")
     tool: ToolDoc
     started_at: AwareDatetime
     finished_at: AwareDatetime

@@ -14,8 +14,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from reports import store
 from reports.benchmark_result import BenchmarkResult
 from reports.check_result import Category, CheckResult, CheckStatus, Exposure
+from reports.identity import DocumentId, Label, add_identity, new_document_id
 from reports.metrics_timeline import MetricsTimeline
 from reports.redaction import redact_url
 from reports.slo_profile import SloProfile
@@ -62,15 +64,26 @@ class DeclaredInfo(BaseModel):
     server_pid: int | None = None
 
 
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Identity for the report and for the benchmark result it carries (a v1 report holds a v1 result)."""
+    bench = data.get("benchmark")
+    if isinstance(bench, dict) and bench.get("schema_version") == 1:
+        data = {**data, "benchmark": store.migrate(bench, BenchmarkResult, "its benchmark")}
+    return add_identity(data)
+
+
 class ReadinessReport(BaseModel):
     """One readiness run (see the module docstring)."""
 
     model_config = ConfigDict(extra="forbid")
     KIND: ClassVar[str] = "preflight.readiness-report"
-    SCHEMA_VERSION: ClassVar[int] = 1
+    SCHEMA_VERSION: ClassVar[int] = 2
+    MIGRATIONS: ClassVar[dict[int, store.Migration]] = {1: _v1_to_v2}
 
     kind: Literal["preflight.readiness-report"] = "preflight.readiness-report"
-    schema_version: int = 1
+    schema_version: int = 2
+    id: DocumentId = Field(default_factory=new_document_id, description="names this report in the history")
+    label: Label | None = Field(None, description="the user's name for this run, e.g. 'rc2 on the staging pool'")
     tool: ToolInfo
     started_at: datetime
     finished_at: datetime

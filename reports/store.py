@@ -28,9 +28,13 @@ class DocumentError(Exception):
     """A document cannot be saved or loaded; the message is one line that says why."""
 
 
+Migration = Callable[[dict[str, Any]], dict[str, Any]]  # version n's JSON -> version n + 1's
+
+
 class Versioned(Protocol):
     KIND: ClassVar[str]
     SCHEMA_VERSION: ClassVar[int]
+    MIGRATIONS: ClassVar[dict[int, Migration]]  # from-version -> its step to the next; one per older version
 
 
 D = TypeVar("D", bound=BaseModel)
@@ -127,6 +131,8 @@ def from_data(data: Any, model: type[D], source: str = "document") -> D:
         raise DocumentError(
             f"{source} has schema_version {found}, written by a newer Preflight; this one reads up to {version}"
         )
+    if found < version:
+        data = migrate(data, model, source)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -134,6 +140,29 @@ def from_data(data: Any, model: type[D], source: str = "document") -> D:
         where = ".".join(str(p) for p in first["loc"]) or "(top level)"
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise DocumentError(f"{source}: {where}: {first['msg']}{more}") from None
+
+
+def migrate(data: dict[str, Any], model: type[BaseModel], source: str = "document") -> dict[str, Any]:
+    """Bring an older version's JSON up to `model`'s SCHEMA_VERSION, one ordered step at a time.
+
+    Each step is a plain function from version n's layout to n + 1's, registered in the
+    model's MIGRATIONS and tested with a committed file of version n
+    (tests/fixtures/*.vN.json). A missing step is an error that names the version, never
+    a silent best effort.
+    """
+    kind, version = getattr(model, "KIND"), getattr(model, "SCHEMA_VERSION")  # noqa: B009 - Protocol members
+    steps: dict[int, Migration] = getattr(model, "MIGRATIONS", {})
+    found = data.get("schema_version")
+    if not isinstance(found, int) or isinstance(found, bool) or not 1 <= found <= version:
+        raise DocumentError(f"{source}: cannot migrate schema_version {found!r} of a {kind}")
+    for step_from in range(found, version):
+        step = steps.get(step_from)
+        if step is None:
+            raise DocumentError(f"{source}: no migration of a {kind} from schema_version {step_from}")
+        data = step(data)
+        if data.get("schema_version") != step_from + 1:
+            raise DocumentError(f"{source}: migrating from schema_version {step_from} did not reach {step_from + 1}")
+    return data
 
 
 def load(path: Path, model: type[D], *, upgrade: Upgrade | None = None) -> D:

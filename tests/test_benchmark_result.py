@@ -83,7 +83,7 @@ def test_save_then_load_gives_the_same_result(result: BenchmarkResult, tmp_path:
     assert run.summary.first_errors[0].excerpt == "internal error"
     assert isinstance(run.records[2].error_kind, ErrorKind)
     data = json.loads(path.read_text())
-    assert (data["kind"], data["schema_version"]) == ("preflight.benchmark-result", 1)
+    assert (data["kind"], data["schema_version"]) == (BenchmarkResult.KIND, BenchmarkResult.SCHEMA_VERSION)
     assert parse_benchmark_result(path.read_text()) == result
 
 
@@ -97,8 +97,10 @@ def test_legacy_file_is_upgraded(result: BenchmarkResult, tmp_path: Path) -> Non
     upgraded = upgrade_legacy_benchmark(legacy)
     assert "schema" not in upgraded and (upgraded["kind"], upgraded["schema_version"]) == (BenchmarkResult.KIND, 1)
     assert legacy["schema"] == LEGACY_SCHEMA  # the input is left as it was
-    assert load_benchmark_result(_saved(tmp_path, legacy)) == result
-    assert parse_benchmark_result(json.dumps(legacy)) == result
+    loaded = load_benchmark_result(_saved(tmp_path, legacy))
+    assert loaded.id.startswith("v1-") and loaded.label is None  # legacy files predate ids: one from the content
+    assert loaded.model_copy(update={"id": result.id}) == result
+    assert parse_benchmark_result(json.dumps(legacy)) == loaded
 
 
 @pytest.mark.parametrize(
@@ -112,8 +114,8 @@ def test_upgrade_leaves_other_data_alone(data: Any) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.update(schema_version=2),
-         "{path} has schema_version 2, written by a newer Preflight; this one reads up to 1"),
+        (lambda d: d.update(schema_version=3),
+         "{path} has schema_version 3, written by a newer Preflight; this one reads up to 2"),
         (lambda d: d.update(kind="preflight.readiness-report"),
          "{path} is a 'preflight.readiness-report' document, not a preflight.benchmark-result"),
         (lambda d: d.pop("kind"), "{path} is not a Preflight document (no 'kind'), not a preflight.benchmark-result"),
@@ -169,23 +171,23 @@ def test_urls_lose_userinfo_and_query_everywhere(result: BenchmarkResult) -> Non
 def test_committed_schema_matches_the_model() -> None:
     stale = stale_schemas()
     assert not stale, f"JSON Schema out of date: {', '.join(map(str, stale))}; regenerate with `{REGENERATE}`"
-    schema = json.loads((SCHEMA_DIR / "benchmark-result.v1.json").read_text())
+    schema = json.loads((SCHEMA_DIR / schema_name(BenchmarkResult)).read_text())
     assert schema["properties"]["kind"]["const"] == BenchmarkResult.KIND
     assert schema["additionalProperties"] is False
 
 
 def test_schema_files_are_written_where_asked(tmp_path: Path) -> None:
     expected = [tmp_path / schema_name(model) for model in DOCUMENTS]
-    assert tmp_path / "benchmark-result.v1.json" in expected
+    assert tmp_path / schema_name(BenchmarkResult) in expected
     assert stale_schemas(tmp_path) == expected
     assert write_schemas(tmp_path) == expected
     assert stale_schemas(tmp_path) == []
-    assert (tmp_path / "benchmark-result.v1.json").read_text().endswith("}\n")
-    assert schema_text(BenchmarkResult) == (SCHEMA_DIR / "benchmark-result.v1.json").read_text()
+    assert (tmp_path / schema_name(BenchmarkResult)).read_text().endswith("}\n")
+    assert schema_text(BenchmarkResult) == (SCHEMA_DIR / schema_name(BenchmarkResult)).read_text()
 
 
 def test_reports_schema_command_writes_the_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Into a temporary folder: rewriting the committed files here would hide a stale one from the test above."""
     assert reports_main(["schema", "--dir", str(tmp_path)]) == 0
-    assert f"wrote {tmp_path / 'benchmark-result.v1.json'}\n" in capsys.readouterr().err
-    assert (tmp_path / "benchmark-result.v1.json").read_text() == schema_text(BenchmarkResult)
+    assert f"wrote {tmp_path / schema_name(BenchmarkResult)}\n" in capsys.readouterr().err
+    assert (tmp_path / schema_name(BenchmarkResult)).read_text() == schema_text(BenchmarkResult)

@@ -8,8 +8,9 @@ import math
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from checks.load.metrics import PERCENTILES, Slo, bootstrap_ci, percentile, summarize
+from checks.load.metrics import PERCENTILES, Slo, summarize
 from reports.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource, excerpt
+from reports.stats import bootstrap_ci, percentile
 from reports.summary import BenchmarkSummary, ErrorSample
 
 RECORD = TypeAdapter(RequestRecord)  # how a saved result reads and writes its records

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 
 from checks.load.client import RequestOptions, StreamClient
 from checks.load.endpoint import Endpoint
-from checks.load.metrics import percentile
 from checks.load.profiles import LoadProfile, arrival_offsets
 from checks.load.prompts import PromptRequest
 from checks.load.tokenizer import TextTokenizer
 from reports.records import ErrorKind, RequestRecord
+from reports.stats import percentile
 
 LOOP_PROBE_INTERVAL_S = 0.01
 SCHEDULE_LAG_LIMIT_S = 0.05  # p99 lateness against the schedule that invalidates a rate run

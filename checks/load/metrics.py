@@ -15,57 +15,20 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
 from reports.records import ErrorKind, RequestRecord, TokenSource
+from reports.stats import bootstrap_ci, percentile
 from reports.summary import BenchmarkSummary, ErrorSample
 
 PERCENTILES = (50, 90, 95, 99)
 FEW_SAMPLES_FOR_P99 = 100  # below this many values, p99 is close to the maximum and a warning says so
 FIRST_ERRORS_KEPT = 5
 PEAK_WINDOW_S = 1.0
-_BOOTSTRAP_BATCH_ELEMENTS = 4_000_000  # resample in batches of about this many values (~32 MB of float64)
-
-
-def _check_q(q: float) -> None:
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile q must be within 0..100 (a percent, e.g. 99), got {q}")
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (q in percent) with linear interpolation, numpy's default; None for no values."""
-    _check_q(q)
-    if len(values) == 0:
-        return None
-    return float(np.percentile(np.asarray(values, dtype=float), q))
-
-
-def bootstrap_ci(
-    values: Sequence[float], q: float, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float] | None:
-    """Percentile-bootstrap interval for the q-th percentile; None for no values. Same seed, same interval."""
-    _check_q(q)
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
-    data = np.asarray(values, dtype=float)
-    if data.size == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_resamples)
-    batch = max(1, _BOOTSTRAP_BATCH_ELEMENTS // data.size)
-    for start in range(0, n_resamples, batch):
-        stop = min(start + batch, n_resamples)
-        picks = rng.integers(0, data.size, size=(stop - start, data.size))
-        stats[start:stop] = np.percentile(data[picks], q, axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(stats, [tail, 100 - tail])
-    return float(low), float(high)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ The rules, which are the point of the checklist:
   the client as much as the server) makes every line ERROR too, never PASS.
 - Percentile lines (TTFT p50/p95/p99, TPOT p50/p99, E2E p99, per-stream output rate)
   are judged on the bootstrap 95% interval of that percentile, computed by
-  `checks.load.metrics.bootstrap_ci` with the summary's seed, so a p50 or p99 interval
+  `reports.stats.bootstrap_ci` with the summary's seed, so a p50 or p99 interval
   here is the one the benchmark summary shows. PASS when the whole interval is inside
   the limit, FAIL when it is wholly outside, WARN when the limit falls inside it (not
   enough evidence: run more requests). A tail percentile also needs enough requests to
@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from checks.load.metrics import Slo, bootstrap_ci, error_key, percentile
+from checks.load.metrics import Slo, error_key
 from checks.readiness.check import Check, CheckContext, CheckFn
 from checks.readiness.measured import Measurement, measurement
 from checks.readiness.slo import goodput_slo
@@ -38,6 +38,7 @@ from reports.check_result import Category, CheckResult, CheckStatus
 from reports.markdown import figure
 from reports.records import RequestRecord
 from reports.slo_profile import SloProfile
+from reports.stats import bootstrap_ci, percentile
 
 SUMMARY_SEED = 0  # the seed summarize() gives bootstrap_ci, so p50/p99 intervals match the summary's
 WILSON_Z = 1.959964  # two-sided 95%

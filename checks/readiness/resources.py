@@ -39,6 +39,7 @@ from checks.readiness.check import Check, CheckContext
 from checks.readiness.kv_capacity import KV_CAPACITY
 from checks.readiness.measured import measurement
 from reports.check_result import Category, CheckResult, CheckStatus
+from reports.paths import data_dir
 
 MIB, GIB = 2**20, 2**30
 USED_WARN, USED_FAIL = 0.85, 0.95
@@ -160,16 +161,6 @@ def weights_cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("preflight"))
 
 
-def preflight_home() -> Path:
-    """$PREFLIGHT_HOME, else the user data folder: where reports and logs are written."""
-    env = os.environ.get("PREFLIGHT_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("preflight"))
-
-
 def disk_status(free: int, total: int) -> CheckStatus:
     if free < DISK_FAIL_BYTES:
         return CheckStatus.FAIL
@@ -192,7 +183,7 @@ def _usage(path: Path) -> tuple[Path, int, int] | None:
 
 async def _disk(ctx: CheckContext, check: Check) -> CheckResult:
     rows = []
-    for label, path in (("weights cache", weights_cache_root()), ("Preflight home", preflight_home())):
+    for label, path in (("weights cache", weights_cache_root()), ("Preflight home", data_dir())):
         usage = _usage(path)
         if usage is None:
             return check.error(f"cannot read free space of the {label} {path}")

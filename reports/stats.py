@@ -1,0 +1,99 @@
+"""Order statistics and their bootstrap intervals: the arithmetic both measuring and comparing use.
+
+It lives in `reports` because comparing two saved documents (`reports.compare`) needs
+the same percentile and the same resampling as the run that produced them
+(`checks.load.metrics`), and `reports` imports nothing else of ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+_BOOTSTRAP_BATCH_ELEMENTS = 4_000_000  # resample in batches of about this many values (~32 MB of float64)
+
+
+def _check_q(q: float) -> None:
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile q must be within 0..100 (a percent, e.g. 99), got {q}")
+
+
+def _check_resampling(n_resamples: int, confidence: float) -> None:
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1 (e.g. 0.95), got {confidence}")
+
+
+def _central(stats: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central `confidence` share of resampled statistics: the percentile-bootstrap interval."""
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(stats, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (q in percent) with linear interpolation, numpy's default; None for no values."""
+    _check_q(q)
+    if len(values) == 0:
+        return None
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def bootstrap_ci(
+    values: Sequence[float], q: float, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval for the q-th percentile; None for no values. Same seed, same interval."""
+    _check_q(q)
+    _check_resampling(n_resamples, confidence)
+    data = np.asarray(values, dtype=float)
+    if data.size == 0:
+        return None
+    stats = _resampled(data, row_percentile(q), n_resamples, np.random.default_rng(seed))
+    return _central(stats, confidence)
+
+
+RowStatistic = Callable[[np.ndarray], np.ndarray]  # (resamples, n) -> (resamples,): one statistic per row
+
+
+def row_percentile(q: float) -> RowStatistic:
+    """The q-th percentile of each resample (numpy's linear interpolation, as `percentile`)."""
+    _check_q(q)
+    return lambda rows: np.percentile(rows, q, axis=1)
+
+
+def row_mean(rows: np.ndarray) -> np.ndarray:
+    return rows.mean(axis=1)
+
+
+def _resampled(data: np.ndarray, statistic: RowStatistic, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    out = np.empty(n_resamples)
+    batch = max(1, _BOOTSTRAP_BATCH_ELEMENTS // data.size)
+    for start in range(0, n_resamples, batch):
+        stop = min(start + batch, n_resamples)
+        out[start:stop] = statistic(data[rng.integers(0, data.size, size=(stop - start, data.size))])
+    return out
+
+
+def bootstrap_change_pct(
+    a: Sequence[float], b: Sequence[float], statistic: RowStatistic,
+    n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
+) -> tuple[float, float] | None:  # fmt: skip
+    """Interval of the relative change 100 * (stat(b) - stat(a)) / stat(a), in percent.
+
+    The two samples are resampled independently (two runs share no requests), each
+    pair of resamples gives one change, and the interval is the central `confidence`
+    share of those changes. A change whose interval holds 0 is not evidence of a
+    difference. None when either side is empty or stat(a) is 0 in most resamples.
+    """
+    _check_resampling(n_resamples, confidence)
+    xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if xa.size == 0 or xb.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    sa, sb = _resampled(xa, statistic, n_resamples, rng), _resampled(xb, statistic, n_resamples, rng)
+    usable = sa != 0
+    if usable.sum() < n_resamples / 2:
+        return None
+    return _central(100.0 * (sb[usable] - sa[usable]) / sa[usable], confidence)
