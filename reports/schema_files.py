@@ -16,12 +16,13 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from reports.benchmark_result import BenchmarkResult
+from reports.compare import Comparison
 from reports.readiness_report import ReadinessReport
 from reports.slo_profile import SloProfile
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 REGENERATE = "python -m reports schema"
-DOCUMENTS: list[type[BaseModel]] = [BenchmarkResult, ReadinessReport, SloProfile]
+DOCUMENTS: list[type[BaseModel]] = [BenchmarkResult, ReadinessReport, SloProfile, Comparison]
 
 
 def schema_name(model: type[BaseModel]) -> str:

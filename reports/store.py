@@ -45,13 +45,16 @@ def to_json(doc: BaseModel) -> str:
     return doc.model_dump_json(indent=1)
 
 
-def save(doc: BaseModel, path: Path, *, overwrite: bool = False) -> Path:
+def save(doc: BaseModel, path: Path, *, overwrite: bool = False, mode: int = 0o644) -> Path:
     """Write `doc` as JSON to `path` atomically; DocumentError if it exists (unless overwrite) or cannot be written."""
-    return write_text(path, to_json(doc), overwrite=overwrite)
+    return write_text(path, to_json(doc), overwrite=overwrite, mode=mode)
 
 
-def write_text(path: Path, text: str, *, overwrite: bool = False) -> Path:
-    """Write `text` to `path` atomically (an export, or a document's JSON); same rules as `save`."""
+def write_text(path: Path, text: str, *, overwrite: bool = False, mode: int = 0o644) -> Path:
+    """Write `text` to `path` atomically (an export, or a document's JSON); same rules as `save`.
+
+    `mode` is set before the file appears under its name, so a private file (0600) is
+    never readable by others, not even for a moment."""
     path = Path(path)
     if not overwrite and path.exists():
         raise DocumentError(f"{path} exists; choose another file or allow overwriting")
@@ -65,7 +68,7 @@ def write_text(path: Path, text: str, *, overwrite: bool = False) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -107,13 +110,18 @@ def parse(text: str | bytes, model: type[D], source: str = "document", *, upgrad
 
     `upgrade`, when given, sees the parsed JSON first; see `load`.
     """
+    data = loads(text, source)
+    return from_data(data if upgrade is None else upgrade(data), model, source)
+
+
+def loads(text: str | bytes, source: str = "document") -> Any:
+    """Parsed JSON, or DocumentError with one line (a deep nesting is an error, not a crash)."""
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except RecursionError:
         raise DocumentError(f"{source}: JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise DocumentError(f"{source}: not a JSON document ({exc})") from None
-    return from_data(data if upgrade is None else upgrade(data), model, source)
 
 
 def from_data(data: Any, model: type[D], source: str = "document") -> D:
@@ -172,16 +180,20 @@ def load(path: Path, model: type[D], *, upgrade: Upgrade | None = None) -> D:
     the kind and version checks. It must return anything it does not recognise as is,
     so that from_data can say what is wrong with it.
     """
+    return parse(read_bytes(path), model, str(path), upgrade=upgrade)
+
+
+def read_bytes(path: Path) -> bytes:
+    """A document file's bytes, refusing what no document is (a folder, a file over MAX_DOCUMENT_BYTES)."""
     path = Path(path)
     try:
         size = path.stat().st_size
         if size > MAX_DOCUMENT_BYTES:
             raise DocumentError(f"{path}: {size} bytes is larger than any Preflight document ({MAX_DOCUMENT_BYTES})")
-        raw = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise DocumentError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DocumentError(f"{path} is a folder, not a document") from None
     except OSError as exc:
         raise DocumentError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse(raw, model, str(path), upgrade=upgrade)

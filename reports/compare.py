@@ -1,0 +1,279 @@
+"""Comparing two runs, saying whether each difference is real.
+
+Every figure is recomputed from the raw records of both documents, and each difference
+gets a bootstrap 95% interval of its relative change (`reports.stats`): a metric is
+"changed" only when that interval excludes 0, otherwise it is "no significant change"
+with the interval shown. A changed metric that moved the wrong way by at least the
+threshold is a regression, which `--fail-on-regression` turns into exit 1.
+
+Throughput is a property of the run, not of a request, so its samples are the output
+tokens that arrived in each of equal time bins of the measured window; resampling bins
+keeps the run's own ups and downs in the interval.
+
+Two runs that differ in what was asked (workload, load profile, model, SLO) or where
+either is INVALID are marked not comparable, with the reasons; the figures are still
+shown, since a person may want them, but a gate does not trust them. Differences in the
+environment (versions, machine, weight format, threads) are listed, since they explain
+results, without making the runs incomparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from reports.benchmark_result import BenchmarkResult, RunDoc
+from reports.check_result import CheckStatus
+from reports.documents import SHORT_KIND, Document
+from reports.readiness_report import ReadinessReport
+from reports.records import RequestRecord
+from reports.stats import RowStatistic, bootstrap_change_pct, row_mean, row_percentile
+
+THRESHOLD_PCT = 5.0  # a significant change smaller than this is reported, but is not a regression
+THROUGHPUT_BINS = (10, 60)  # bins of the measured window: at least, at most
+THROUGHPUT_BIN_S = 1.0  # preferred bin width within those bounds
+RESAMPLES = 2000
+SEED = 0
+
+
+class DocRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    kind: Literal["readiness", "benchmark"]
+    label: str | None
+    started_at: str
+
+
+class MetricDelta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    unit: str
+    higher_is_better: bool
+    a: float | None
+    b: float | None
+    delta_pct: float | None
+    ci95_pct: tuple[float, float] | None = Field(description="bootstrap 95% interval of delta_pct")
+    n: tuple[int, int] = Field(description="samples behind a and b (requests, or time bins for throughput)")
+    changed: bool = Field(description="the interval excludes 0")
+    regression: bool = Field(description="changed the wrong way by at least the threshold")
+
+
+class CheckChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    a: CheckStatus | None = Field(description="None: the check is new in b")
+    b: CheckStatus | None = Field(description="None: the check disappeared in b")
+
+
+class EnvDifference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    a: str | None
+    b: str | None
+
+
+class VerdictChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    a: str
+    b: str
+
+
+class Comparison(BaseModel):
+    """`python -m reports compare A B`: the result, as printed, written with --json and rendered to Markdown."""
+
+    model_config = ConfigDict(extra="forbid")
+    KIND: ClassVar[str] = "preflight.comparison"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    kind: Literal["preflight.comparison"] = "preflight.comparison"
+    schema_version: int = 1
+    a_doc: DocRef
+    b_doc: DocRef
+    threshold_pct: float
+    comparable: bool
+    reasons: list[str] = Field(description="why the runs are not comparable (empty when they are)")
+    metrics: list[MetricDelta]
+    checks: list[CheckChange] = Field(description="checks whose status changed, appeared or disappeared")
+    verdict: VerdictChange | None = Field(description="readiness verdicts, when both are reports")
+    environment: list[EnvDifference]
+
+    def regressions(self) -> list[str]:
+        """What `--fail-on-regression` fails on: significant regressions and checks that went PASS -> FAIL."""
+        out = [f"{m.name} {m.delta_pct:+.1f}%" for m in self.metrics if m.regression and m.delta_pct is not None]
+        out += [f"{c.id} PASS -> FAIL" for c in self.checks if (c.a, c.b) == (CheckStatus.PASS, CheckStatus.FAIL)]
+        return out
+
+
+# --- metrics from records -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Metric:
+    name: str
+    unit: str
+    higher_is_better: bool
+    samples: Callable[[list[RequestRecord]], list[float]]
+    statistic: RowStatistic
+
+
+def _ms(values: Sequence[float | None]) -> list[float]:
+    return [v * 1000 for v in values if v is not None]
+
+
+def _ttft(records: list[RequestRecord]) -> list[float]:
+    return _ms([r.ttft_s for r in records if r.ok])
+
+
+def _tpot(records: list[RequestRecord]) -> list[float]:
+    return _ms([r.tpot_s for r in records if r.ok])
+
+
+def _e2e(records: list[RequestRecord]) -> list[float]:
+    return _ms([r.e2e_s for r in records if r.ok])
+
+
+def throughput_bins(records: list[RequestRecord]) -> list[float]:
+    """Output tokens per second in each equal time bin of the measured window (first send to last byte)."""
+    starts = [r.send_s for r in records]
+    ends = [r.end_s for r in records if r.end_s is not None]
+    if not starts or not ends:
+        return []
+    t0, t1 = min(starts), max(ends)
+    if t1 <= t0:
+        return []
+    low, high = THROUGHPUT_BINS
+    bins = int(min(high, max(low, round((t1 - t0) / THROUGHPUT_BIN_S))))
+    width = (t1 - t0) / bins
+    times = np.array([t for r in records for t in r.chunk_times_s], dtype=float)
+    tokens = np.array([n for r in records for n in r.chunk_tokens], dtype=float)
+    index = np.clip(((times - t0) / width).astype(np.int64), 0, bins - 1)
+    return list(np.bincount(index, weights=tokens, minlength=bins) / width)
+
+
+METRICS: tuple[_Metric, ...] = (
+    *(_Metric(f"ttft_p{q}_ms", "ms", False, _ttft, row_percentile(q)) for q in (50, 95, 99)),
+    *(_Metric(f"tpot_p{q}_ms", "ms", False, _tpot, row_percentile(q)) for q in (50, 95, 99)),
+    _Metric("e2e_mean_ms", "ms", False, _e2e, row_mean),
+    _Metric("output_throughput_tok_s", "tok/s", True, throughput_bins, row_mean),
+)
+
+
+def _measured(run: RunDoc) -> list[RequestRecord]:
+    return [r for r in run.records if not r.warmup]
+
+
+def _point(values: list[float], statistic: RowStatistic) -> float | None:
+    return float(statistic(np.asarray([values], dtype=float))[0]) if values else None
+
+
+def compare_metric(metric: _Metric, a: list[RequestRecord], b: list[RequestRecord], name: str,
+                   threshold_pct: float = THRESHOLD_PCT, seed: int = SEED) -> MetricDelta:  # fmt: skip
+    """One metric of two runs: both points, the relative change and its interval, and what it means."""
+    xa, xb = metric.samples(a), metric.samples(b)
+    pa, pb = _point(xa, metric.statistic), _point(xb, metric.statistic)
+    delta = None if pa is None or pb is None or pa == 0 else 100.0 * (pb - pa) / pa
+    ci = bootstrap_change_pct(xa, xb, metric.statistic, n_resamples=RESAMPLES, seed=seed)
+    changed = ci is not None and (ci[0] > 0 or ci[1] < 0)
+    worse = delta is not None and (delta < 0 if metric.higher_is_better else delta > 0)
+    return MetricDelta(name=name, unit=metric.unit, higher_is_better=metric.higher_is_better, a=pa, b=pb,
+                       delta_pct=delta, ci95_pct=ci, n=(len(xa), len(xb)), changed=changed,
+                       regression=changed and worse and abs(delta or 0.0) >= threshold_pct)  # fmt: skip
+
+
+# --- what the documents asked for, and where they ran -------------------------------------------------
+
+
+def _benchmark(doc: Document) -> BenchmarkResult | None:
+    return doc.benchmark if isinstance(doc, ReadinessReport) else doc
+
+
+# Beyond the workload line (prompt source and lengths): settings that change what each request asks for.
+WORKLOAD_KEYS = ("range_ratio", "shared_prefix_len", "temperature", "api")
+ENVIRONMENT_KEYS = ("cpu_model", "physical_cores", "torch_version", "driver_version", "os")
+
+
+def _not_comparable(a: Document, b: Document) -> list[str]:
+    reasons: list[str] = []
+    ba, bb = _benchmark(a), _benchmark(b)
+    for side, bench in (("A", ba), ("B", bb)):
+        if bench is None:
+            reasons.append(f"{side} has no benchmark run: nothing measured to compare")
+        elif not bench.valid:
+            reasons.append(f"{side} is INVALID: the load generator did not keep up ({'; '.join(bench.warnings[:1])})")
+    if ba is not None and bb is not None:
+        if ba.workload != bb.workload:
+            reasons.append(f"different workload: {ba.workload!r} vs {bb.workload!r}")
+        for key in WORKLOAD_KEYS:
+            if key in ba.config and key in bb.config and ba.config[key] != bb.config[key]:
+                reasons.append(f"different {key}: {ba.config[key]!r} vs {bb.config[key]!r}")
+        pa, pb = [r.profile for r in ba.runs], [r.profile for r in bb.runs]
+        if pa != pb:
+            reasons.append(f"different load profile: {', '.join(pa)} vs {', '.join(pb)}")
+        if ba.endpoint.model != bb.endpoint.model:
+            reasons.append(f"different model: {ba.endpoint.model} vs {bb.endpoint.model}")
+        if ba.slo != bb.slo:
+            reasons.append("different SLO in the benchmark config")
+    if isinstance(a, ReadinessReport) and isinstance(b, ReadinessReport) and a.slo != b.slo:
+        reasons.append(f"different SLO profile: {a.slo.name} vs {b.slo.name}")
+    return reasons
+
+
+def _environment(a: Document, b: Document) -> list[EnvDifference]:
+    pairs: list[tuple[str, Any, Any]] = [("preflight version", a.tool.version, b.tool.version)]
+    ba, bb = _benchmark(a), _benchmark(b)
+    if ba is not None and bb is not None:
+        pairs += [(f"client {k}", getattr(ba.client, k, None), getattr(bb.client, k, None))
+                  for k in ("host", "cpu_count", "python", "os")]  # fmt: skip
+        pairs += [(k, ba.config.get(k), bb.config.get(k)) for k in ("threads", "device", "max_num_seqs", "compile")]
+        pairs.append(("weight format", getattr(ba.target, "quant", None), getattr(bb.target, "quant", None)))
+        pairs.append(("target", ba.target.base_url if ba.target.kind == "remote" else "bundled",
+                      bb.target.base_url if bb.target.kind == "remote" else "bundled"))  # fmt: skip
+    if isinstance(a, ReadinessReport) and isinstance(b, ReadinessReport):
+        pairs += [(k, a.environment.get(k), b.environment.get(k)) for k in ENVIRONMENT_KEYS]
+        gpus = [", ".join(str(g.get("name")) for g in doc.environment.get("gpus") or []) or None for doc in (a, b)]
+        pairs.append(("gpus", gpus[0], gpus[1]))
+    return [EnvDifference(name=n, a=None if x is None else str(x), b=None if y is None else str(y))
+            for n, x, y in pairs if x != y]  # fmt: skip
+
+
+def _checks(a: Document, b: Document) -> tuple[list[CheckChange], VerdictChange | None]:
+    if not (isinstance(a, ReadinessReport) and isinstance(b, ReadinessReport)):
+        return [], None
+    sa, sb = {c.id: c.status for c in a.checks}, {c.id: c.status for c in b.checks}
+    ids = list(sa) + [i for i in sb if i not in sa]
+    changes = [CheckChange(id=i, a=sa.get(i), b=sb.get(i)) for i in ids if sa.get(i) != sb.get(i)]
+    return changes, VerdictChange(a=a.verdict.value, b=b.verdict.value)
+
+
+def _ref(doc: Document) -> DocRef:
+    return DocRef(id=doc.id, kind=SHORT_KIND[doc.KIND], label=doc.label, started_at=doc.started_at.isoformat())
+
+
+def compare(a: Document, b: Document, threshold_pct: float = THRESHOLD_PCT) -> Comparison:
+    """A against B (B is the newer run, by convention): see the module docstring."""
+    if not threshold_pct >= 0:
+        raise ValueError(f"threshold_pct must be 0 or more, got {threshold_pct}")
+    metrics: list[MetricDelta] = []
+    ba, bb = _benchmark(a), _benchmark(b)
+    if ba is not None and bb is not None:
+        by_profile = {r.profile: r for r in bb.runs}
+        pairs = [(r, by_profile[r.profile]) for r in ba.runs if r.profile in by_profile]
+        for run_a, run_b in pairs:
+            prefix = f"{run_a.profile} " if len(pairs) > 1 else ""
+            ra, rb = _measured(run_a), _measured(run_b)
+            metrics += [compare_metric(m, ra, rb, prefix + m.name, threshold_pct) for m in METRICS]
+    checks, verdict = _checks(a, b)
+    reasons = _not_comparable(a, b)
+    return Comparison(a_doc=_ref(a), b_doc=_ref(b), threshold_pct=threshold_pct, comparable=not reasons,
+                      reasons=reasons, metrics=metrics, checks=checks, verdict=verdict,
+                      environment=_environment(a, b))  # fmt: skip
+

@@ -1,0 +1,44 @@
+"""Any saved Preflight document, by its `kind`: the one place that maps kinds to models.
+
+`python -m reports show|export|compare` and the history take a file without being told
+what it holds; this reads its `kind` and hands it to the right model (with the legacy
+benchmark upgrade and the schema migrations that `store` applies).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from reports import store
+from reports.benchmark_result import BenchmarkResult, upgrade_legacy_benchmark
+from reports.readiness_report import ReadinessReport
+
+Document = ReadinessReport | BenchmarkResult
+MODELS: dict[str, type[ReadinessReport] | type[BenchmarkResult]] = {
+    ReadinessReport.KIND: ReadinessReport,
+    BenchmarkResult.KIND: BenchmarkResult,
+}
+ShortKind = Literal["readiness", "benchmark"]
+SHORT_KIND: dict[str, ShortKind] = {ReadinessReport.KIND: "readiness", BenchmarkResult.KIND: "benchmark"}
+
+
+def from_data(data: Any, source: str = "document") -> Document:
+    """The document `data` (parsed JSON) is, by its kind; DocumentError with one line otherwise."""
+    data = upgrade_legacy_benchmark(data)
+    kind = data.get("kind") if isinstance(data, dict) else None
+    model = MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        known = ", ".join(MODELS)
+        what = f"a {kind!r} document" if isinstance(kind, str) else "not a Preflight document (no 'kind')"
+        raise store.DocumentError(f"{source} is {what}; expected one of {known}")
+    return store.from_data(data, model, source)
+
+
+def parse(text: str | bytes, source: str = "document") -> Document:
+    return from_data(store.loads(text, source), source)
+
+
+def load(path: Path) -> Document:
+    """A saved report or benchmark result, whichever the file holds."""
+    return parse(store.read_bytes(path), str(path))
