@@ -2,14 +2,19 @@
 
 The verdict comes first, then a table per category: status, what was checked, the
 measured value against its limit, and the finding. Evidence and remediation follow
-each non-PASS line, because those are what a reviewer acts on. Pure text from the
-report: nothing is re-measured, and no secret can appear that the report does not hold.
+each non-PASS line, because those are what a reviewer acts on. Then the key metrics
+with their bootstrap intervals, the machine, and the command that runs the same
+checklist again. Pure text from the report: nothing is re-measured, and no secret can
+appear that the report does not hold (the command reads a key from PREFLIGHT_TARGET_API_KEY).
 """
 
 from __future__ import annotations
 
+import shlex
+
+from reports.benchmark_result import RunDoc
 from reports.check_result import Category, CheckResult, CheckStatus
-from reports.readiness_report import ReadinessReport
+from reports.readiness_report import MEASURED_HERE, ReadinessReport
 
 STATUS_MARK = {
     CheckStatus.PASS: "✅ PASS", CheckStatus.WARN: "⚠️ WARN", CheckStatus.FAIL: "❌ FAIL",
@@ -74,4 +79,75 @@ def to_markdown(report: ReadinessReport) -> str:
         lines += ["", "## Findings and evidence", ""]
         for r in findings:
             lines += _details(r)
+    lines += _key_metrics(report) + _environment(report)
+    key = ["# the target needs its key: export PREFLIGHT_TARGET_API_KEY first"] if report.target.api_key_set else []
+    lines += ["", "## Reproduce", "", "```bash", *key, reproduce_command(report), "```"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _ms(value: float | None, ci: tuple[float, float] | None = None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0f}" + (f" ({ci[0]:.0f}-{ci[1]:.0f})" if ci is not None else "")
+
+
+def _metric_row(run: RunDoc) -> str:
+    s = run.summary
+    tput = "-" if s.output_throughput is None else f"{s.output_throughput:.1f}"
+    cells = [cell(run.profile), f"{s.completed} / {s.failed}", _ms(s.p50_ttft_ms, s.p50_ttft_ms_ci95),
+             _ms(s.p95_ttft_ms), _ms(s.p99_ttft_ms, s.p99_ttft_ms_ci95), _ms(s.p50_tpot_ms, s.p50_tpot_ms_ci95),
+             _ms(s.p99_tpot_ms, s.p99_tpot_ms_ci95), _ms(s.p99_e2el_ms), tput]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
+
+
+def _key_metrics(report: ReadinessReport) -> list[str]:
+    bench = report.benchmark
+    if bench is None or not bench.runs:
+        return []
+    state = "" if bench.valid else " **INVALID: the load generator did not keep up**"
+    return ["", f"## Key metrics ({cell(report.benchmark_source or 'measured')}; ms, 95% bootstrap interval){state}",
+            "", f"Workload: {cell(bench.workload)}", "",
+            "| Profile | ok / failed | TTFT p50 | TTFT p95 | TTFT p99 | TPOT p50 | TPOT p99 | E2E p99 | out tok/s |",
+            "|---|---|---|---|---|---|---|---|---|", *(_metric_row(run) for run in bench.runs)]  # fmt: skip
+
+
+ENVIRONMENT_LINES = (("cpu_model", "CPU"), ("physical_cores", "cores"), ("torch_version", "torch"),
+                     ("driver_version", "NVIDIA driver"), ("os", "OS"))  # fmt: skip
+
+
+def _environment(report: ReadinessReport) -> list[str]:
+    env = report.environment
+    lines = [f"- {label}: {cell(env[key])}" for key, label in ENVIRONMENT_LINES if env.get(key) is not None]
+    if isinstance(env.get("ram_total_bytes"), int):
+        lines.append(f"- RAM: {env['ram_total_bytes'] / 2**30:.1f} GiB")
+    gpus = [g for g in env.get("gpus") or [] if isinstance(g, dict)]
+    lines += [f"- GPU {g.get('index')}: {cell(g.get('name'))}" for g in gpus]
+    if report.target.quant:
+        lines.append(f"- Weight format: {report.target.quant}")
+    return ["", "## Environment", "", *lines] if lines else []
+
+
+def reproduce_command(report: ReadinessReport) -> str:
+    """The `python -m checks run` that repeats this checklist, from what the report kept."""
+    t, d = report.target, report.declared
+    target = f"bundled:{t.quant}" if t.kind == "bundled" and t.quant else t.base_url
+    args = ["python", "-m", "checks", "run", "--target", target, "--slo", report.slo.name,
+            "--exposure", report.exposure.value]  # fmt: skip
+    if t.kind == "remote" and t.model:
+        args += ["--model", t.model]
+    if t.api != "chat":
+        args += ["--api", t.api]
+    if sorted(report.categories) != sorted(Category):
+        args += [x for c in report.categories for x in ("--only", c.value)]
+    flags = (("--target-qps", d.target_qps), ("--rate-limit-rpm", d.rate_limit_rpm), ("--max-queue", d.max_queue),
+             ("--concurrency", d.concurrency), ("--context-tokens", d.context_tokens))  # fmt: skip
+    args += [x for flag, value in flags if value is not None for x in (flag, str(value))]
+    bench = report.benchmark
+    if bench is not None and report.benchmark_source not in (None, MEASURED_HERE):
+        args += ["--from", report.benchmark_source]
+    elif bench is not None:
+        c = bench.config
+        args += [x for flag, key in (("--profile", "profile"), ("--requests", "requests"), ("--input-len", "input_len"),
+                                     ("--output-len", "output_len"), ("--threads", "threads"))
+                 if c.get(key) is not None for x in (flag, str(c[key]))]  # fmt: skip
+    return shlex.join(args)

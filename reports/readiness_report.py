@@ -23,6 +23,8 @@ from reports.redaction import redact_url
 from reports.slo_profile import SloProfile
 from reports.verdict import Verdict
 
+MEASURED_HERE = "measured by this run"  # benchmark_source when the checklist ran the load itself
+
 
 class ToolInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -58,3 +58,24 @@ def test_junit_marks_fail_error_skip_and_keeps_warn_as_a_pass() -> None:
     assert warn.find("failure") is None and warn.find("system-out").text.startswith("WARN: finding 1")
     assert {s.get("name") for s in root.iter("testsuite")} == {f"preflight.{c.value}" for c in Category
                                                               if c != Category.RELIABILITY}  # fmt: skip
+
+
+def test_markdown_ends_with_key_metrics_environment_and_a_command_the_cli_accepts() -> None:
+    """The launch-review page of a real report (an H200 run): intervals, the machine, and how to run it again."""
+    import shlex
+    from pathlib import Path
+
+    from checks.cli import build_parser
+    from reports import store
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "readiness-report.v1.json"
+    text = to_markdown(store.load(fixture, ReadinessReport))
+    assert "| concurrency:16 | 64 / 0 | 202 (135-244) |" in text  # p50 TTFT with its bootstrap interval
+    assert "- GPU 0: NVIDIA H200" in text
+    command = text.split("## Reproduce")[1].split("```bash\n")[1].split("\n```")[0].splitlines()[-1]
+    argv = shlex.split(command)
+    assert argv[:4] == ["python", "-m", "checks", "run"]
+    args = build_parser().parse_args(argv[3:])
+    assert (args.target, args.profile, args.requests, args.concurrency) == (
+        "http://127.0.0.1:8123/v1", "concurrency:16", 64, 32)
+    assert "PREFLIGHT_TARGET_API_KEY" in to_markdown(_report())  # a keyed target says where the key comes from

@@ -43,7 +43,7 @@ from checks.version import __version__
 from planner.hardware import detect
 from reports.benchmark_result import BenchmarkResult, load_benchmark_result
 from reports.check_result import Category, CheckResult
-from reports.readiness_report import DeclaredInfo, ReadinessReport, TargetInfo, ToolInfo
+from reports.readiness_report import MEASURED_HERE, DeclaredInfo, ReadinessReport, TargetInfo, ToolInfo
 from reports.slo_profile import SloProfile
 from reports.verdict import decide
 
@@ -228,7 +228,7 @@ class Checklist:
     ) -> ReadinessReport:
         c = self.config
         benchmark = ctx.benchmark if ctx is not None else self.given
-        source = None if benchmark is None else (str(c.from_path) if self.given else "measured by this run")
+        source = None if benchmark is None else (str(c.from_path) if self.given else MEASURED_HERE)
         model = ctx.endpoint.model if ctx is not None else c.model
         return ReadinessReport(
             tool=ToolInfo(version=__version__), started_at=started, finished_at=datetime.now(UTC),
