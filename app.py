@@ -12,6 +12,7 @@ PAGES = [
     st.Page("pages/studies.py", title="Engine studies", icon=":material/query_stats:", url_path="studies"),
     st.Page("pages/benchmark.py", title="Benchmark", icon=":material/speed:", url_path="benchmark"),
     st.Page("pages/checklist.py", title="Checklist", icon=":material/checklist:", url_path="checklist"),
+    st.Page("pages/reports.py", title="Reports", icon=":material/history:", url_path="reports"),
 ]
 
 st.navigation(PAGES).run()

@@ -258,22 +258,40 @@ def _ref(doc: Document) -> DocRef:
     return DocRef(id=doc.id, kind=SHORT_KIND[doc.KIND], label=doc.label, started_at=doc.started_at.isoformat())
 
 
+def paired_runs(a: Document, b: Document) -> list[tuple[RunDoc, RunDoc]]:
+    """The runs of A and B measured under the same load profile, in A's order."""
+    ba, bb = _benchmark(a), _benchmark(b)
+    if ba is None or bb is None:
+        return []
+    by_profile = {r.profile: r for r in bb.runs}
+    return [(r, by_profile[r.profile]) for r in ba.runs if r.profile in by_profile]
+
+
 def compare(a: Document, b: Document, threshold_pct: float = THRESHOLD_PCT) -> Comparison:
     """A against B (B is the newer run, by convention): see the module docstring."""
     if not threshold_pct >= 0:
         raise ValueError(f"threshold_pct must be 0 or more, got {threshold_pct}")
     metrics: list[MetricDelta] = []
-    ba, bb = _benchmark(a), _benchmark(b)
-    if ba is not None and bb is not None:
-        by_profile = {r.profile: r for r in bb.runs}
-        pairs = [(r, by_profile[r.profile]) for r in ba.runs if r.profile in by_profile]
-        for run_a, run_b in pairs:
-            prefix = f"{run_a.profile} " if len(pairs) > 1 else ""
-            ra, rb = _measured(run_a), _measured(run_b)
-            metrics += [compare_metric(m, ra, rb, prefix + m.name, threshold_pct) for m in METRICS]
+    pairs = paired_runs(a, b)
+    for run_a, run_b in pairs:
+        prefix = f"{run_a.profile} " if len(pairs) > 1 else ""
+        ra, rb = _measured(run_a), _measured(run_b)
+        metrics += [compare_metric(m, ra, rb, prefix + m.name, threshold_pct) for m in METRICS]
     checks, verdict = _checks(a, b)
     reasons = _not_comparable(a, b)
     return Comparison(a_doc=_ref(a), b_doc=_ref(b), threshold_pct=threshold_pct, comparable=not reasons,
                       reasons=reasons, metrics=metrics, checks=checks, verdict=verdict,
                       environment=_environment(a, b))  # fmt: skip
 
+
+
+def latency_samples(a: Document, b: Document) -> list[tuple[str, str, float]]:
+    """(side, metric, ms) rows of TTFT and TPOT for the runs `compare` pairs: the overlaid distributions."""
+    pairs = paired_runs(a, b)
+    if not pairs:
+        return []
+    rows: list[tuple[str, str, float]] = []
+    for side, run in zip(("A", "B"), pairs[0], strict=True):
+        records = _measured(run)
+        rows += [(side, "TTFT ms", v) for v in _ttft(records)] + [(side, "TPOT ms", v) for v in _tpot(records)]
+    return rows

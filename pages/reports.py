@@ -1,0 +1,60 @@
+"""Reports: every saved checklist report and benchmark result, opened, compared and exported."""
+
+from datetime import UTC, datetime, time
+
+import streamlit as st
+
+from reports.compare import compare
+from reports.history import Filters, History
+from reports.paths import history_dir
+from reports.store import DocumentError
+from widgets_reports import comparison_view, document_view, downloads, history_table, unreadable_files
+
+st.title("Reports")
+history = History(history_dir())
+st.caption(f"Saved runs in `{history.root}` (set PREFLIGHT_HOME to keep them elsewhere). "
+           "`python -m reports list` shows the same history.")  # fmt: skip
+
+c1, c2, c3 = st.columns(3)
+target = c1.text_input("Target contains", key="reports_target") or None
+kind = c2.selectbox("Kind", ["all", "readiness", "benchmark"], key="reports_kind")
+since_day = c3.date_input("Since", value=None, key="reports_since")
+since = None if since_day is None else datetime.combine(since_day, time.min, tzinfo=UTC)
+filters = Filters(target=target, since=since, kind=None if kind == "all" else kind)
+entries = history.entries(filters)
+readable = [e for e in entries if e.unreadable is None]
+unreadable_files([e for e in entries if e.unreadable is not None])
+if not readable and filters != Filters() and any(e.unreadable is None for e in history.entries()):
+    st.info("No saved run matches these filters.")
+    st.stop()
+if not readable:
+    st.info("No saved runs yet. Every checklist and benchmark run is saved here; run one from the Checklist or "
+            "Benchmark page, or with `python -m checks run`.")  # fmt: skip
+    st.stop()
+
+history_table(readable)
+ids = [e.id for e in readable if e.id is not None]
+names = {e.id: f"{e.id} · {e.kind} · {e.verdict} · {e.label or e.target}" for e in readable}
+
+tab_open, tab_compare = st.tabs(["Open", "Compare"])
+with tab_open:
+    chosen = st.selectbox("Report", ids, format_func=names.get, key="reports_open")
+    try:
+        doc = history.load(chosen)
+    except DocumentError as exc:
+        st.error(str(exc))
+    else:
+        downloads(doc, "reports_open")
+        document_view(doc)
+with tab_compare:
+    if len(ids) < 2:
+        st.info("Save a second run to compare two.")
+    else:
+        a_id = st.selectbox("A (baseline)", ids, index=1, format_func=names.get, key="reports_a")
+        b_id = st.selectbox("B (candidate)", ids, index=0, format_func=names.get, key="reports_b")
+        try:
+            a, b = history.load(a_id), history.load(b_id)
+        except DocumentError as exc:
+            st.error(str(exc))
+        else:
+            comparison_view(compare(a, b), a, b)

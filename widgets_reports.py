@@ -1,0 +1,101 @@
+"""Pieces of the Reports page: the history table, one document, and a comparison. Logic lives in `reports`."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from reports import store
+from reports.compare import Comparison, latency_samples
+from reports.compare_markdown import comparison_to_markdown
+from reports.documents import Document
+from reports.history import HistoryEntry
+from reports.junit import to_junit
+from reports.markdown import to_markdown
+from reports.readiness_report import ReadinessReport
+from widgets_benchmark import result_charts, run_summaries
+from widgets_checklist import results_by_category, verdict_banner
+
+GREEN, AMBER, RED = "#1a7f37", "#9a6700", "#cf222e"
+VERDICT_COLOURS = {"READY": GREEN, "READY_WITH_WARNINGS": AMBER, "NOT_READY": RED, "INCOMPLETE": RED,
+                   "VALID": GREEN, "INVALID": RED, "CANCELLED": AMBER}  # fmt: skip
+
+
+def history_table(entries: list[HistoryEntry]) -> None:
+    """The readable documents, newest first, the verdict cell in its colour."""
+    rows = [{"id": e.id, "kind": e.kind, "started (UTC)": e.started_at, "verdict": e.verdict, "target": e.target,
+             "model": e.model, "label": e.label, "headline": e.headline} for e in entries]  # fmt: skip
+    frame = pd.DataFrame(rows)
+    styled = frame.style.map(lambda v: f"color: {VERDICT_COLOURS.get(v, 'inherit')}; font-weight: 600",
+                             subset=["verdict"])  # fmt: skip
+    st.dataframe(styled, hide_index=True, key="reports_table")
+
+
+def unreadable_files(entries: list[HistoryEntry]) -> None:
+    if entries:
+        with st.expander(f"{len(entries)} file(s) in the history could not be read (kept, not deleted)"):
+            for e in entries:
+                st.markdown(f"- `{e.file}`: {e.unreadable}")
+
+
+def document_view(doc: Document) -> None:
+    """The same views the Checklist and Benchmark pages show for a fresh run."""
+    if isinstance(doc, ReadinessReport):
+        verdict_banner(doc)
+        results_by_category(doc)
+        if doc.benchmark is not None and doc.benchmark.runs:
+            with st.expander("The measured run"):
+                run_summaries(doc.benchmark)
+        return
+    run_summaries(doc)
+    if any(run.records for run in doc.runs):
+        result_charts(doc)
+
+
+def downloads(doc: Document, key: str) -> None:
+    """Every export of one document; built once per document id, not on every rerun."""
+    cache_key = f"{key}_exports"
+    cached = st.session_state.get(cache_key)
+    if cached is None or cached[0] != doc.id:
+        files = {"JSON": (store.to_json(doc), "application/json", "json")}
+        if isinstance(doc, ReadinessReport):
+            files["Markdown"] = (to_markdown(doc), "text/markdown", "md")
+            files["JUnit XML"] = (to_junit(doc), "application/xml", "xml")
+        cached = (doc.id, files)
+        st.session_state[cache_key] = cached
+    columns = st.columns(len(cached[1]))
+    for col, (label, (text, mime, ext)) in zip(columns, cached[1].items(), strict=True):
+        col.download_button(f"Download {label}", text, file_name=f"preflight-{doc.id}.{ext}", mime=mime,
+                            key=f"{key}_download_{ext}")  # fmt: skip
+
+
+def comparison_view(result: Comparison, a: Document, b: Document) -> None:
+    if result.comparable:
+        st.success("Comparable runs: the same workload, profile, model and SLO.")
+    else:
+        st.warning("Not comparable: " + "; ".join(result.reasons))
+    if result.verdict is not None:
+        st.markdown(f"**Verdict:** {result.verdict.a} → {result.verdict.b}")
+    if result.metrics:
+        rows = [{"metric": m.name, "A": m.a, "B": m.b, "change %": m.delta_pct,
+                 "95% interval": "-" if m.ci95_pct is None else f"{m.ci95_pct[0]:+.1f}% .. {m.ci95_pct[1]:+.1f}%",
+                 "meaning": ("regression" if m.regression else "changed" if m.changed else "no significant change")}
+                for m in result.metrics]  # fmt: skip
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="reports_compare_table")
+    if result.checks:
+        st.dataframe(pd.DataFrame([{"check": c.id, "A": c.a.value if c.a else "new", "B": c.b.value if c.b else "gone"}
+                                   for c in result.checks]), hide_index=True)  # fmt: skip
+    if result.environment:
+        st.caption("Environment differences: " + "; ".join(f"{e.name}: {e.a} → {e.b}" for e in result.environment))
+    samples = pd.DataFrame(latency_samples(a, b), columns=["run", "metric", "ms"])
+    if not samples.empty:
+        chart = alt.Chart(samples).transform_window(
+            cdf="cume_dist()", sort=[{"field": "ms"}], groupby=["run", "metric"],
+        ).mark_line(interpolate="step-after").encode(
+            x=alt.X("ms:Q", title="ms"), y=alt.Y("cdf:Q", title="share of requests"), color="run:N",
+        ).properties(height=220).facet(column="metric:N").resolve_scale(x="independent")
+        st.altair_chart(chart)
+    st.download_button("Download comparison (Markdown)", comparison_to_markdown(result),
+                       file_name=f"preflight-compare-{a.id}-{b.id}.md", mime="text/markdown",
+                       key="reports_compare_download")  # fmt: skip
