@@ -288,6 +288,8 @@ def test_browser_opens_the_file_offline_and_draws_the_charts(tmp_path: Path) -> 
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             requests: list[str] = []
             page.on("request", lambda request: requests.append(request.url))
+            errors: list[str] = []  # a blocked fetch also shows here, as a CSP violation
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
             page.goto(path.as_uri())
             page.wait_for_load_state("load")
             assert page.title() == "Preflight readiness: NOT_READY"
@@ -301,4 +303,4 @@ def test_browser_opens_the_file_offline_and_draws_the_charts(tmp_path: Path) -> 
             page.screenshot(path=tmp_path / "report.png", full_page=True)
         finally:
             browser.close()
-    assert requests == [path.as_uri()]
+    assert requests == [path.as_uri()] and errors == []
