@@ -1,0 +1,268 @@
+"""Chart primitives for the HTML export: a histogram and a line/step chart, drawn as inline SVG text.
+
+Why our own: the export has to open offline from a file, so it cannot load a chart
+library, a font or an image, and it should run no script at all. Two chart kinds with
+axes, ticks, labels, percentile marks and a legend are a few dozen lines of SVG each.
+
+Nothing here knows about documents. Callers bin or thin their data first (`bin_values`,
+`thin`), so a chart's size depends on its bins and points, never on how many requests a
+run sent. Every piece of text goes through `html.escape`, because titles and labels may
+come from a report (a model name, a server's error text).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+
+LEFT, RIGHT, TOP, BOTTOM = 60, 16, 30, 44  # plot-area margins in px: room for tick labels and axis titles
+LABEL_CHAR_PX = 6  # about how wide one character of an 11 px label is
+FONT = 'font-family="system-ui, sans-serif" font-size="11"'
+AXIS_COLOUR, GRID_COLOUR, TEXT_COLOUR = "#555", "#e3e3e3", "#222"
+Point = tuple[float, float | None]  # (x, y); y None breaks the line (a gap, e.g. a failed scrape)
+
+
+@dataclass(frozen=True, slots=True)
+class Chart:
+    """What every chart has: a title (drawn and read out as the SVG's <title>), axis titles and a size."""
+
+    title: str
+    x_label: str
+    y_label: str
+    width: int = 520
+    height: int = 260
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One line. With `step`, each y holds from its x until the next point's x (give a last point to end it)."""
+
+    label: str
+    points: Sequence[Point]
+    colour: str
+    step: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A labelled vertical line at x, e.g. p99 of the values a histogram shows."""
+
+    x: float
+    label: str
+    colour: str = "#b3261e"
+
+
+@dataclass(frozen=True, slots=True)
+class Bins:
+    """Equal-width bins: len(edges) == len(counts) + 1."""
+
+    edges: list[float]
+    counts: list[int]
+
+
+def nice_step(span: float, target: int) -> float:
+    """A 1, 2 or 5 times a power of ten close to span / target: ticks and bins people can read."""
+    raw = span / max(1, target) if span > 0 else 1.0
+    if not math.isfinite(raw) or raw < 1e-300:  # an overflowing or subnormal span: any positive step draws
+        return 1.0
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
+def tick_text(value: float, step: float) -> str:
+    """A tick label with as many decimals as the step needs, so 0.1 + 0.2 prints as 0.3."""
+    decimals = max(0, -math.floor(math.log10(step))) if step > 0 else 0
+    return f"{value:.{decimals}f}"
+
+
+def ticks(lo: float, hi: float, target: int = 5) -> tuple[list[float], float]:
+    """Round tick values covering lo..hi (the last at or above hi), and their step."""
+    step = nice_step(hi - lo, target)
+    first = math.floor(lo / step) * step
+    count = max(1, math.ceil((hi - first) / step - 1e-9))
+    return [first + i * step for i in range(count + 1)], step
+
+
+def bin_values(values: Sequence[float], max_bins: int = 40) -> Bins:
+    """Values into roughly sqrt(n) to 2 sqrt(n) equal bins (at most max_bins) with round edges.
+
+    Non-finite values (NaN, inf from a hand-edited file) are left out; no values, no bins."""
+    values = [v for v in values if math.isfinite(v)]
+    if not values:
+        return Bins([], [])
+    lo, hi = min(values), max(values)
+    target = min(max_bins, max(5, math.ceil(2 * math.sqrt(len(values)))))  # nice_step rounds up: ask for more
+    step = nice_step(hi - lo if hi > lo else max(abs(lo), 1.0) / 2, target)
+    start = math.floor(lo / step) * step
+    n = max(1, math.floor((hi - start) / step) + 1)
+    counts = [0] * n
+    for v in values:
+        counts[min(n - 1, int((v - start) // step))] += 1
+    return Bins([start + i * step for i in range(n + 1)], counts)
+
+
+def thin(points: Sequence[Point], max_points: int) -> list[Point]:
+    """At most about max_points points, keeping each bucket's lowest and highest y so peaks survive."""
+    if len(points) <= max_points:
+        return list(points)
+    size = math.ceil(len(points) / max(1, max_points // 2))
+    out: list[Point] = []
+    for start in range(0, len(points), size):
+        bucket = points[start : start + size]
+        measured = [p for p in bucket if p[1] is not None]
+        if not measured:
+            out.append(bucket[0])  # keep the gap visible
+            continue
+        low = min(measured, key=lambda p: p[1] or 0.0)
+        high = max(measured, key=lambda p: p[1] or 0.0)
+        out += sorted({low, high}, key=lambda p: p[0])
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """Data ranges mapped onto the plot area of a chart."""
+
+    chart: Chart
+    x0: float
+    x1: float
+    y1: float
+
+    def x(self, value: float) -> float:
+        span = self.x1 - self.x0 or 1.0
+        return LEFT + (value - self.x0) / span * (self.chart.width - LEFT - RIGHT)
+
+    def y(self, value: float) -> float:
+        return self.chart.height - BOTTOM - value / (self.y1 or 1.0) * (self.chart.height - TOP - BOTTOM)
+
+
+def _num(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def _text(x: float, y: float, text: str, anchor: str = "middle", extra: str = "") -> str:
+    return (f'<text x="{_num(x)}" y="{_num(y)}" text-anchor="{anchor}" fill="{TEXT_COLOUR}" {FONT}{extra}>'
+            f"{escape(text)}</text>")  # fmt: skip
+
+
+def _axes(frame: _Frame, x_ticks: list[float], x_step: float, y_ticks: list[float], y_step: float) -> list[str]:
+    """Grid, axis lines, tick labels and the three titles."""
+    c = frame.chart
+    bottom, right = c.height - BOTTOM, c.width - RIGHT
+    out = [f"<title>{escape(c.title)}</title>", _text(c.width / 2, 18, c.title, extra=' font-weight="600"')]
+    for v in y_ticks:
+        y = frame.y(v)
+        out.append(f'<line x1="{LEFT}" y1="{_num(y)}" x2="{right}" y2="{_num(y)}" stroke="{GRID_COLOUR}"/>')
+        out.append(_text(LEFT - 6, y + 4, tick_text(v, y_step), anchor="end"))
+    for v in x_ticks:
+        if frame.x0 - 1e-9 <= v <= frame.x1 + 1e-9:
+            x = frame.x(v)
+            out.append(f'<line x1="{_num(x)}" y1="{bottom}" x2="{_num(x)}" y2="{bottom + 4}" stroke="{AXIS_COLOUR}"/>')
+            out.append(_text(x, bottom + 16, tick_text(v, x_step)))
+    out.append(f'<path d="M{LEFT} {TOP} V{bottom} H{right}" fill="none" stroke="{AXIS_COLOUR}"/>')
+    out.append(_text((LEFT + right) / 2, c.height - 6, c.x_label))
+    mid = (TOP + bottom) / 2
+    out.append(_text(14, mid, c.y_label, extra=f' transform="rotate(-90 14 {_num(mid)})"'))
+    return out
+
+
+def _markers(frame: _Frame, markers: Sequence[Marker]) -> list[str]:
+    """Dashed verticals with their labels staggered downwards, so close marks (p95, p99) stay legible."""
+    out = []
+    for i, m in enumerate(sorted(markers, key=lambda m: m.x)):
+        x = frame.x(m.x)
+        out.append(f'<line x1="{_num(x)}" y1="{TOP}" x2="{_num(x)}" y2="{frame.chart.height - BOTTOM}" '
+                   f'stroke="{escape(m.colour)}" stroke-dasharray="4 3"/>')  # fmt: skip
+        room = frame.chart.width - RIGHT - x
+        fits = room > LABEL_CHAR_PX * len(m.label) + 3  # else the label goes to the line's left
+        out.append(_text(x + 3 if fits else x - 3, TOP + 10 + 12 * (i % 3), m.label, anchor="start" if fits else "end"))
+    return out
+
+
+def _svg(chart: Chart, body: list[str]) -> str:
+    return (f'<svg class="chart" viewBox="0 0 {chart.width} {chart.height}" width="{chart.width}" '
+            f'height="{chart.height}" role="img" aria-label="{escape(chart.title)}">'
+            + "".join(body) + "</svg>")  # fmt: skip
+
+
+def histogram(chart: Chart, bins: Bins, markers: Sequence[Marker] = (), colour: str = "#3b6fb6") -> str:
+    """Bars of counts over equal bins, with optional vertical markers; each bar says its range and count."""
+    if not bins.counts:
+        raise ValueError("a histogram needs at least one bin; show a note instead when there are no values")
+    markers = [m for m in markers if math.isfinite(m.x)]
+    x0 = min([bins.edges[0], *(m.x for m in markers)])
+    x1 = max([bins.edges[-1], *(m.x for m in markers)])
+    y_ticks, y_step = ticks(0, max(max(bins.counts), 1))
+    frame = _Frame(chart, x0, x1, y_ticks[-1])
+    x_ticks, x_step = ticks(x0, x1, 6)
+    body = _axes(frame, x_ticks, x_step, y_ticks, y_step)
+    for lo, hi, n in zip(bins.edges, bins.edges[1:], bins.counts, strict=False):
+        if n:
+            left, top = frame.x(lo), frame.y(n)
+            tip = f"{tick_text(lo, x_step / 10)} to {tick_text(hi, x_step / 10)}: {n}"
+            body.append(f'<rect x="{_num(left)}" y="{_num(top)}" width="{_num(max(frame.x(hi) - left - 1, 1))}" '
+                        f'height="{_num(frame.y(0) - top)}" fill="{escape(colour)}"><title>{escape(tip)}</title>'
+                        "</rect>")  # fmt: skip
+    return _svg(chart, body + _markers(frame, markers))
+
+
+def _path(frame: _Frame, series: Series) -> str:
+    """SVG path data; a None y starts a new segment, so a gap shows as a gap."""
+    parts: list[str] = []
+    pen_down = False
+    for x, y in series.points:
+        if y is None:
+            pen_down = False
+            continue
+        px, py = _num(frame.x(x)), _num(frame.y(y))
+        if not pen_down:
+            parts.append(f"M{px} {py}")
+        elif series.step:
+            parts.append(f"H{px} V{py}")
+        else:
+            parts.append(f"L{px} {py}")
+        pen_down = True
+    return " ".join(parts)
+
+
+def _legend(chart: Chart, series: Sequence[Series]) -> list[str]:
+    """Swatches and labels in the top-right corner, on a light backing so lines under it stay readable."""
+    width = 20 + LABEL_CHAR_PX * max(len(s.label) for s in series)
+    x = chart.width - RIGHT - width
+    out = [f'<rect x="{x - 4}" y="{TOP}" width="{width + 4}" height="{14 * len(series) + 6}" fill="#fff" '
+           'fill-opacity="0.85"/>']  # fmt: skip
+    for i, s in enumerate(series):
+        y = TOP + 4 + 14 * i
+        out.append(f'<rect x="{x}" y="{y}" width="10" height="3" fill="{escape(s.colour)}"/>')
+        out.append(_text(x + 14, y + 5, s.label, anchor="start"))
+    return out
+
+
+def _finite(series: Series) -> Series:
+    """The series without points it cannot place: a non-finite x is dropped, a non-finite y becomes a gap."""
+    points = [(x, y if y is not None and math.isfinite(y) else None) for x, y in series.points if math.isfinite(x)]
+    return Series(series.label, points, series.colour, series.step)
+
+
+def line_chart(chart: Chart, series: Sequence[Series], markers: Sequence[Marker] = (),
+               y_max: float | None = None) -> str:  # fmt: skip
+    """Lines (or steps) over a shared x axis from 0 up on y; y_max fixes the top, e.g. 100 for a percentage."""
+    series = [_finite(s) for s in series]
+    xs = [x for s in series for x, _ in s.points]
+    ys = [y for s in series for _, y in s.points if y is not None]
+    markers = [m for m in markers if math.isfinite(m.x)]
+    if not ys:
+        raise ValueError("a line chart needs at least one measured point; show a note instead")
+    x0, x1 = min(xs), max(xs)
+    x1 = x1 if x1 > x0 else x0 + 1.0  # one instant: give the axis a width
+    y_ticks, y_step = ticks(0, y_max if y_max is not None else max(max(ys), 1e-9))
+    frame = _Frame(chart, x0, x1, y_ticks[-1])
+    x_ticks, x_step = ticks(x0, x1, 6)
+    body = _axes(frame, x_ticks, x_step, y_ticks, y_step)
+    for s in series:
+        body.append(f'<path d="{_path(frame, s)}" fill="none" stroke="{escape(s.colour)}" stroke-width="1.6"/>')
+    if len(series) > 1:
+        body += _legend(chart, series)
+    return _svg(chart, body + _markers(frame, markers))
