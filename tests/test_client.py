@@ -22,6 +22,7 @@ from checks.load.endpoint import Endpoint
 from checks.load.prompts import PromptRequest
 from checks.load.targets import free_port
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
+from checks.readiness.streams import StreamEnd, new_session, run_stream, stream_body
 from reports.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource
 
 PROMPT = PromptRequest("say three words", None, max_tokens=8, input_tokens=99, ignore_eos=True, source="test#0")
@@ -412,3 +413,27 @@ def test_a_deeply_nested_event_is_a_malformed_stream() -> None:
     record = send_one(Script(Behaviour.DEEP_NESTING, depth=100_000))
     assert_failed(record, ErrorKind.MALFORMED_STREAM, 200)
     assert "nested too deeply" in record.error_excerpt
+
+
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        (Script(Behaviour.ENDLESS_LINE, line_bytes=4 * 2**20), f"an SSE line or event passed {2**20} bytes"),
+        (Script(Behaviour.DEEP_NESTING), "an event nested too deeply to parse"),
+        (Script(Behaviour.HTTP_STATUS, status=502, html_error=True), "a text/html body of "),
+    ],
+    ids=["endless-line", "deep-nesting", "html-error"],
+)
+def test_the_checklists_stream_reader_is_bounded_the_same_way(script: Script, error: str) -> None:
+    """checks/readiness/streams.py reads streams with the same parser: a hostile answer is its StreamEnd's error,
+    never an exception out of run_stream, and a non-JSON body is not echoed."""
+    with FaultServer(script) as server:
+        ep = endpoint(server)
+
+        async def go() -> StreamEnd:
+            async with new_session(TIMEOUT_S) as session:
+                return await run_stream(session, ep, stream_body(ep, 8))
+
+        end = asyncio.run(go())
+    assert end.error is not None and end.error.startswith(error)
+    assert not end.completed
