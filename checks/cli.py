@@ -5,6 +5,11 @@ the CLI and the Benchmark page cannot drift apart. Errors are one stderr line an
 code 1 (a target that cannot be used, a bad file) or 2 (bad flags, an `--out` that
 cannot be written, found before the run rather than after it); no tracebacks.
 `--out` writes the `BenchmarkResult` document atomically through `reports.store`.
+
+Ctrl-C (SIGINT) never throws away a measurement: once the load runs, the first one
+stops it cleanly and the records measured so far are printed and saved, marked
+cancelled (`bench` then exits 130; `run` writes its report, whose unrun checks make it
+INCOMPLETE). A second Ctrl-C, or one while the target is still starting, aborts.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -19,7 +25,7 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 
-from checks.load.benchmark import BenchmarkConfig, config_error, run_benchmark
+from checks.load.benchmark import BenchmarkConfig, config_error, make_target, measure
 from checks.load.console import format_result
 from checks.load.loadgen import Progress
 from checks.load.targets import TargetError
@@ -58,8 +64,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
-def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], skip: set[str],
-                    renames: dict[str, str] | None = None) -> None:
+def add_model_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], skip: set[str], renames: dict[str, str] | None = None
+) -> None:
     """One flag per field of a boundary model, its description as the help: CLI and page share one definition."""
     for name, field in model.model_fields.items():
         if name in skip:
@@ -82,16 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="benchmark a target under load and write the records as JSON")
     add_model_flags(bench, BenchmarkConfig, SKIP_FLAGS)
-    bench.add_argument("--duration", dest="duration_s", type=parse_duration, default=argparse.SUPPRESS,
-                       help="measured time per run, e.g. 60s or 2m (with --requests, whichever ends first)")
-    bench.add_argument("--api-key", dest="api_key", default=argparse.SUPPRESS,
-                       help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to results)")
+    bench.add_argument(
+        "--duration",
+        dest="duration_s",
+        type=parse_duration,
+        default=argparse.SUPPRESS,
+        help="measured time per run, e.g. 60s or 2m (with --requests, whichever ends first)",
+    )
+    bench.add_argument(
+        "--api-key",
+        dest="api_key",
+        default=argparse.SUPPRESS,
+        help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to results)",
+    )
     bench.add_argument("--out", type=Path, default=None, help="write the result JSON (with every record) here")
     bench.add_argument("--quiet", action="store_true", help="no progress line")
     run = sub.add_parser("run", help="run the readiness checklist and give a verdict (exit 0 ready, 1 not, 2 unknown)")
     add_model_flags(run, ChecklistConfig, {"api_key"}, {"from_path": "--from", "plan_path": "--plan"})
-    run.add_argument("--api-key", dest="api_key", default=argparse.SUPPRESS,
-                     help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to reports)")
+    run.add_argument(
+        "--api-key",
+        dest="api_key",
+        default=argparse.SUPPRESS,
+        help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to reports)",
+    )
     run.add_argument("--out", type=Path, default=None, help="write the readiness report (JSON) here")
     run.add_argument("--junit", type=Path, default=None, help="also write the checks as JUnit XML")
     run.add_argument("--markdown", type=Path, default=None, help="also write the report as Markdown")
@@ -122,6 +142,39 @@ class _ProgressLine:
             self.drawn = False
 
 
+class _Interrupts:
+    """The SIGINT policy of a CLI run (see the module docstring), for the life of a `with` block.
+
+    Until `graceful` is set a Ctrl-C aborts, as Python's default does: nothing is measured yet.
+    Then the first one only sets `cancel`, which the load generator and the checklist watch, and
+    a second one aborts. The handler prints nothing: a write from a signal handler can land in
+    the middle of the progress line's write to the same stream, which Python refuses.
+    """
+
+    def __init__(self, cancel: threading.Event, graceful: bool = False) -> None:
+        self.cancel = cancel
+        self.graceful = graceful
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, _signum: int, _frame: object) -> None:
+        if not self.graceful or self.cancel.is_set():
+            raise KeyboardInterrupt
+        self.cancel.set()
+
+
+STOPPED = "stopped by Ctrl-C: the requests measured until then are kept, marked cancelled"
+
+
 def bench(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "quiet")}
     if "api_key" not in values and os.environ.get(API_KEY_ENV):
@@ -149,7 +202,11 @@ def bench(args: argparse.Namespace) -> int:
 
     status = None if args.quiet else show_status
     try:
-        result = run_benchmark(config, progress=progress, cancel=cancel, on_status=status)
+        with _Interrupts(cancel) as interrupts:
+            target = make_target(config, status or (lambda _msg: None))
+            with target as endpoint:
+                interrupts.graceful = True  # from here on there is something to save
+                result = measure(config, endpoint, target, progress=progress, cancel=cancel, on_status=status)
     except KeyboardInterrupt:
         line.end()
         print("interrupted", file=sys.stderr)
@@ -167,6 +224,9 @@ def bench(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(f"wrote {args.out}", file=sys.stderr)
+    if cancel.is_set():
+        print(STOPPED, file=sys.stderr)
+        return 130
     return 0
 
 
@@ -180,7 +240,8 @@ def readiness(args: argparse.Namespace) -> int:
         outputs = [p for p in (args.out, args.junit, args.markdown) if p is not None]
         for path in outputs:
             check_writable(path, overwrite=args.force)
-        checklist = Checklist(config, progress=None if args.quiet else _checklist_line,
+        cancel = threading.Event()
+        checklist = Checklist(config, progress=None if args.quiet else _checklist_line, cancel=cancel,
                               on_status=None if args.quiet else _say)  # fmt: skip
     except ValidationError as exc:
         print(f"error: {config_error(exc)}", file=sys.stderr)
@@ -189,7 +250,8 @@ def readiness(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        report = checklist.run()
+        with _Interrupts(cancel, graceful=True):  # the checklist turns a cancel into unrun checks and still reports
+            report = checklist.run()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 2
@@ -206,6 +268,8 @@ def readiness(args: argparse.Namespace) -> int:
         return 2
     for path in outputs:
         print(f"wrote {path}", file=sys.stderr)
+    if cancel.is_set():
+        print(STOPPED, file=sys.stderr)
     return exit_code(report.verdict)
 
 

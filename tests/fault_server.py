@@ -23,7 +23,8 @@ behaviour applies to `POST /v1/chat/completions` and `POST /v1/completions`
 - HTTP_500_EVERY_K: completion request k, 2k, ... gets a 500 with an
   OpenAI-shaped JSON error body; the others are OK_STREAM.
 - HTTP_STATUS: every completion request gets `status` with an OpenAI-shaped
-  JSON error body (429 adds `Retry-After: 1`).
+  JSON error body (429 adds `Retry-After: 1`), or with `HOSTILE_PAGE` (HTML
+  holding terminal escape codes) when `html_error` is set.
 - GARBAGE_SSE: 200 text/event-stream whose data lines are not JSON, then [DONE].
 - NOT_SSE: 200 text/html with an HTML page.
 - ERROR_EVENT: 200 stream: opening chunk, `chunks_before_fault` content chunks,
@@ -36,6 +37,11 @@ behaviour applies to `POST /v1/chat/completions` and `POST /v1/completions`
   reset at once, GETs included, as if the server had died mid-run.
 - DROP_MID_STREAM: opening chunk and `chunks_before_fault` content chunks, then
   the socket is closed without the terminating zero-length chunk.
+- ENDLESS_LINE: 200 stream whose body is `data: ` and then `line_bytes` bytes of
+  "x" with no line end, in 64 KiB HTTP chunks, then the end of the body: a hostile
+  server that never lets an event end.
+- DEEP_NESTING: 200 stream: opening chunk, then one event whose data is a JSON array
+  nested `depth` levels deep (`[[[...]]]`), then [DONE].
 
 The fault behaviours other than HTTP_500_EVERY_K, SLOW_FIRST_BYTE and
 DIE_AFTER_N answer the same way whether or not the request set `stream`.
@@ -64,6 +70,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
                404: "not_found_error", 429: "rate_limit_error"}  # fmt: skip
 GARBAGE_EVENTS = ("this is not json", '{"choices": [{"delta": {"content": "tok', "<html><body>oops</body></html>")
 HTML_PAGE = "<!DOCTYPE html><html><head><title>Gateway</title></head><body><h1>Welcome</h1></body></html>"
+HOSTILE_PAGE = "<html><body>\x1b[2J\x1b]0;owned\x07Bad gateway</body></html>"  # clears a terminal, retitles it
 
 
 class Behaviour(StrEnum):
@@ -80,6 +87,8 @@ class Behaviour(StrEnum):
     STALL = "stall"
     DIE_AFTER_N = "die_after_n"
     DROP_MID_STREAM = "drop_mid_stream"
+    ENDLESS_LINE = "endless_line"
+    DEEP_NESTING = "deep_nesting"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,13 +102,16 @@ class Script:
     usage_delay_s: float = 0.0  # pause before the usage chunk
     every_k: int = 2  # HTTP_500_EVERY_K
     status: int = 500  # HTTP_STATUS
+    html_error: bool = False  # HTTP_STATUS
     first_byte_delay_s: float = 1.0  # SLOW_FIRST_BYTE
     stall_s: float = 60.0  # STALL
     ok_requests: int = 1  # DIE_AFTER_N
     chunks_before_fault: int = 2  # ERROR_EVENT, DROP_MID_STREAM
+    line_bytes: int = 50 * 2**20  # ENDLESS_LINE
+    depth: int = 100_000  # DEEP_NESTING
 
     def __post_init__(self) -> None:
-        for name in ("chunks", "tokens_per_chunk", "ok_requests", "chunks_before_fault"):
+        for name in ("chunks", "tokens_per_chunk", "ok_requests", "chunks_before_fault", "line_bytes", "depth"):
             if getattr(self, name) < 0:
                 raise ValueError(f"Script.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("chunk_delay_s", "usage_delay_s", "first_byte_delay_s", "stall_s"):
@@ -311,7 +323,10 @@ class FaultServer:
         elif b is Behaviour.HTTP_STATUS:
             extra = {"Retry-After": "1"} if s.status == 429 else {}
             message = f"planted fault: HTTP {s.status} {_phrase(s.status)}"
-            await _send_json(writer, s.status, error_body(s.status, message), extra)
+            if s.html_error:
+                await _send(writer, s.status, "text/html; charset=utf-8", HOSTILE_PAGE.encode(), extra)
+            else:
+                await _send_json(writer, s.status, error_body(s.status, message), extra)
         elif b is Behaviour.NOT_SSE:
             await _send(writer, 200, "text/html; charset=utf-8", HTML_PAGE.encode())
         elif b is Behaviour.STALL:
@@ -322,7 +337,12 @@ class FaultServer:
             await _write(writer, answer.opening())
             await self._contents(writer, answer, s.chunks_before_fault)
             # no terminating chunk: returning lets _connection close the socket mid-body
-        elif b in (Behaviour.GARBAGE_SSE, Behaviour.ERROR_EVENT, Behaviour.EMPTY_STREAM) or body.get("stream"):
+        elif b is Behaviour.ENDLESS_LINE:
+            await _stream_head(writer)
+            await _endless_line(writer, s.line_bytes)
+        elif b in (Behaviour.GARBAGE_SSE, Behaviour.ERROR_EVENT, Behaviour.EMPTY_STREAM, Behaviour.DEEP_NESTING) or (
+            body.get("stream")
+        ):
             await _stream_head(writer)
             await self._stream_body(writer, answer)
             writer.write(b"0\r\n\r\n")
@@ -336,6 +356,8 @@ class FaultServer:
             await _write(writer, *GARBAGE_EVENTS, "[DONE]")
         elif b is Behaviour.EMPTY_STREAM:
             await _write(writer, answer.opening(), "[DONE]")
+        elif b is Behaviour.DEEP_NESTING:
+            await _write(writer, answer.opening(), "[" * s.depth + "]" * s.depth, "[DONE]")
         elif b is Behaviour.ERROR_EVENT:
             await _write(writer, answer.opening())
             await self._contents(writer, answer, s.chunks_before_fault)
@@ -410,6 +432,19 @@ async def _stream_head(writer: asyncio.StreamWriter) -> None:
     head = ("Content-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
             "Cache-Control: no-cache\r\nConnection: close\r\n\r\n")  # fmt: skip
     writer.write(_status_line(200) + head.encode())
+    await writer.drain()
+
+
+async def _endless_line(writer: asyncio.StreamWriter, size: int) -> None:
+    """`data: ` and `size` bytes of "x" in 64 KiB HTTP chunks, never a line end, then the body's end."""
+    piece = 64 * 1024
+    first = b"data: "
+    writer.write(f"{len(first):x}\r\n".encode() + first + b"\r\n")
+    for start in range(0, size, piece):
+        n = min(piece, size - start)
+        writer.write(f"{n:x}\r\n".encode() + b"x" * n + b"\r\n")
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
     await writer.drain()
 
 

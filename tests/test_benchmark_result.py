@@ -24,6 +24,7 @@ from reports.__main__ import main as reports_main
 from reports.benchmark_result import (
     LEGACY_SCHEMA,
     BenchmarkResult,
+    EndpointDoc,
     load_benchmark_result,
     parse_benchmark_result,
     upgrade_legacy_benchmark,
@@ -149,10 +150,19 @@ def test_corrupt_and_missing_files_are_one_line(result: BenchmarkResult, tmp_pat
 
 
 def test_urls_lose_userinfo_and_query_everywhere(result: BenchmarkResult) -> None:
-    """Gateways put keys in userinfo and in the query; neither reaches a result, built or loaded."""
-    endpoint = Endpoint(base_url=SECRET_URL, model="m", api_key="sk-secret-3")
-    config = BenchmarkConfig(target=SECRET_URL, api_key="sk-secret-3")
-    doc = result.model_copy(update={"config": config.redacted(), "endpoint": endpoint.redacted(),
+    """Gateways put keys in userinfo and in the query; neither reaches a result, built or loaded.
+
+    A live run refuses such a target outright (issue 16, item 11: checks.load.endpoint.check_target_url); the
+    documents still redact every URL, for files written elsewhere or before that rule."""
+    with pytest.raises(ValueError, match="holds a user name or key"):
+        Endpoint(base_url=SECRET_URL, model="m", api_key="sk-secret-3")
+    with pytest.raises(ValueError, match="holds a user name or key"):
+        BenchmarkConfig(target=SECRET_URL, api_key="sk-secret-3")
+    endpoint = EndpointDoc(base_url=SECRET_URL, model="m", api="chat", api_key_set=True, supports_ignore_eos=True,
+                           supports_stream_usage=True)  # fmt: skip
+    config = BenchmarkConfig.model_construct(**{**BenchmarkConfig().model_dump(), "target": SECRET_URL,
+                                                "api_key": "sk-secret-3"})  # fmt: skip
+    doc = result.model_copy(update={"config": config.redacted(), "endpoint": endpoint,
                                     "target": RemoteTarget(SECRET_URL, "sk-secret-3", "m").describe()})  # fmt: skip
     text = store.to_json(doc)
     assert "sk-secret" not in text and "alice" not in text and "frag" not in text

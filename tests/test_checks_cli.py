@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from fault_server import Behaviour, FaultServer, Script
+from pydantic import ValidationError
 
-from checks.cli import build_parser, main, parse_duration
+from checks.cli import STOPPED, _Interrupts, build_parser, main, parse_duration
 from checks.load.benchmark import BenchmarkConfig
 from checks.load.console import format_result
 from checks.load.profiles import PROFILE_HELP
-from checks.load.targets import free_port
+from checks.load.targets import REPO_ROOT, free_port
+from checks.readiness.config import ChecklistConfig
+from reports import store
 from reports.benchmark_result import BundledTargetDoc, load_benchmark_result
+from reports.readiness_report import ReadinessReport
+from reports.verdict import Verdict
 
 TINY = ["--requests", "2", "--warmup-requests", "0", "--input-len", "16", "--output-len", "4", "--threads", "1"]
 
@@ -117,3 +129,136 @@ def test_switches_are_bare_flags() -> None:
     assert build_parser().parse_args(["bench", "--compile"]).compile is True
     assert "compile" not in vars(build_parser().parse_args(["bench"]))
     assert BenchmarkConfig().compile is False
+
+
+# ---- target URLs: one rule for the CLI, the pages and the Endpoint (issue 16, item 11) -------------
+
+SECRET = "sk-in-the-url"
+HELD_KEY = (
+    "target URL 'http://127.0.0.1:8000/v1' holds a user name or key before '@': remove it and pass the key with "
+    "--api-key (or the API key field)"
+)
+QUERY = (
+    "target URL 'http://127.0.0.1:8000/v1' has a query string ('?...'): remove it; a key goes in --api-key "
+    "(or the API key field), and the API paths are appended to the URL"
+)
+BAD_URLS = [
+    (f"http://user:{SECRET}@127.0.0.1:8000/v1", HELD_KEY),
+    (f"http://{SECRET}@127.0.0.1:8000/v1", HELD_KEY),
+    (f"http://127.0.0.1:8000/v1?api_key={SECRET}", QUERY),
+    ("http://127.0.0.1:8000/v1?", QUERY),
+    ("http://127.0.0.1:8000/v1#models", "target URL 'http://127.0.0.1:8000/v1' has a fragment ('#...'): remove it"),
+    ("http://127.0.0.1:99999/v1", "the target URL is not a valid URL: Port out of range 0-65535"),
+    ("http:///v1", "target URL 'http:///v1' must be http:// or https:// and name a host"),
+]
+
+
+@pytest.mark.parametrize(("url", "message"), BAD_URLS)
+def test_a_target_url_with_userinfo_query_or_fragment_is_exit_2(
+    url: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refused before anything starts, and the key typed into the URL is not echoed."""
+    assert main(["bench", "--target", url]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"error: {message}\n")
+    assert main(["run", "--target", url]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: target: {message}\n" and SECRET not in err
+
+
+@pytest.mark.parametrize(("url", "message"), BAD_URLS)
+def test_the_pages_models_refuse_the_same_urls(url: str, message: str) -> None:
+    """The Benchmark and Checklist pages hand their form to these models, which share the CLI's rule."""
+    for model in (BenchmarkConfig, ChecklistConfig):
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            model(target=url)
+
+
+def test_a_plain_target_url_is_accepted() -> None:
+    for url in ("http://127.0.0.1:8000", "https://gateway.example:8443/v1/", "http://[::1]:8000/v1"):
+        assert BenchmarkConfig(target=url).bundled_quant() is None
+
+
+# ---- Ctrl-C keeps what was measured (issue 16, item 9) ------------------------------------------
+
+STOP_DEADLINE_S = 60.0  # hang detectors: generous, never a speed figure
+
+
+def _completions(server: FaultServer) -> int:
+    return sum(r.method == "POST" for r in server.requests)
+
+
+def _interrupt_after(proc: subprocess.Popen[str], server: FaultServer, posts: int) -> tuple[str, str]:
+    """SIGINT once the server has seen `posts` completion requests; the process's stdout and stderr after it ends."""
+    deadline = time.monotonic() + STOP_DEADLINE_S
+    while _completions(server) < posts and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    assert _completions(server) >= posts, "the run never got going"
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=STOP_DEADLINE_S)
+
+
+def _checks(*args: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "checks", *args]
+    return subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_during_a_bench_saves_the_records_measured_so_far(tmp_path: Path) -> None:
+    """Before the fix the cancel event was never set: Ctrl-C printed 'interrupted' and no file was written."""
+    out = tmp_path / "bench.json"
+    with FaultServer(Script(chunks=3, chunk_delay_s=0.05)) as server:
+        sizes = ["--warmup-requests", "0", "--input-len", "16", "--output-len", "4"]
+        proc = _checks("bench", "--target", server.base_url, "--profile", "concurrency:2", "--duration", "10m",
+                       *sizes, "--out", str(out))  # fmt: skip
+        stdout, stderr = _interrupt_after(proc, server, posts=8)
+    assert proc.returncode == 130, stderr
+    assert stderr.splitlines()[-2:] == [f"wrote {out}", STOPPED]
+    result = load_benchmark_result(out)
+    assert result.cancelled
+    (run,) = result.runs
+    assert run.cancelled and run.summary.completed >= 6
+    assert stdout == format_result(result) + "\n"
+    assert all(r.ok or r.error_kind == "cancelled" for r in run.records)
+
+
+def test_ctrl_c_before_the_load_starts_aborts_at_once(tmp_path: Path) -> None:
+    """Nothing is measured while the target is probed: Ctrl-C aborts as it always did, and no file is written."""
+    out = tmp_path / "bench.json"
+    with FaultServer(Script(Behaviour.SLOW_FIRST_BYTE, first_byte_delay_s=120.0)) as server:
+        proc = _checks("bench", "--target", server.base_url, "--out", str(out))
+        _, stderr = _interrupt_after(proc, server, posts=1)  # the probe's request, answered two minutes later
+    assert proc.returncode == 130
+    assert stderr.splitlines()[-1] == "interrupted"
+    assert not out.exists()
+
+
+def test_ctrl_c_during_a_checklist_still_writes_its_report(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    with FaultServer(Script(chunks=3, chunk_delay_s=0.05)) as server:
+        proc = _checks("run", "--target", server.base_url, "--only", "performance", "--requests", "400",
+                       "--input-len", "16", "--output-len", "4", "--out", str(out))  # fmt: skip
+        _, stderr = _interrupt_after(proc, server, posts=8)
+    assert proc.returncode == 2, stderr  # INCOMPLETE: the checks after the stop did not run
+    assert stderr.splitlines()[-1] == STOPPED
+    report = store.load(out, ReadinessReport)
+    assert report.verdict is Verdict.INCOMPLETE
+    assert report.benchmark is not None and report.benchmark.cancelled
+    assert report.benchmark.runs[0].summary.completed >= 4
+
+
+def test_the_second_ctrl_c_aborts() -> None:
+    """Real SIGINTs to this process: before the load (not graceful) the first one aborts; during it the first one
+    only sets the cancel event and the second aborts. The previous handler comes back after the block."""
+    before = signal.getsignal(signal.SIGINT)
+    cancel = threading.Event()
+    with _Interrupts(cancel), pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+    assert not cancel.is_set()
+    with _Interrupts(cancel) as interrupts:
+        interrupts.graceful = True
+        signal.raise_signal(signal.SIGINT)
+        assert cancel.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before

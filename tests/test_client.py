@@ -15,13 +15,14 @@ import time
 from dataclasses import replace
 
 import pytest
-from fault_server import Behaviour, FaultServer, Script
+from fault_server import HOSTILE_PAGE, Behaviour, FaultServer, Script
 
 from checks.load.client import RequestOptions, StreamClient, build_payload
 from checks.load.endpoint import Endpoint
 from checks.load.prompts import PromptRequest
 from checks.load.targets import free_port
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
+from checks.readiness.streams import StreamEnd, new_session, run_stream, stream_body
 from reports.records import ERROR_EXCERPT_CHARS, ErrorKind, RequestRecord, TokenSource
 
 PROMPT = PromptRequest("say three words", None, max_tokens=8, input_tokens=99, ignore_eos=True, source="test#0")
@@ -290,10 +291,19 @@ def test_garbage_sse_is_a_malformed_stream() -> None:
     assert "not JSON" in record.error_excerpt
 
 
-def test_not_sse_is_a_malformed_stream_with_the_body_head() -> None:
+def test_not_sse_is_a_malformed_stream_naming_the_body_but_not_echoing_it() -> None:
+    """Only a JSON body is echoed (issue 16, item 11): an HTML page is named by type and size."""
     record = send_one(Behaviour.NOT_SSE)
     assert_failed(record, ErrorKind.MALFORMED_STREAM, 200)
-    assert "<!DOCTYPE html><html><head><title>Gateway</title>" in record.error_excerpt
+    assert record.error_excerpt.startswith("not an SSE stream of OpenAI chunks: a text/html body of ")
+    assert "<" not in record.error_excerpt
+
+
+def test_a_non_json_error_body_is_not_echoed() -> None:
+    """A gateway's HTML error page with terminal escape codes: the record names it, the bytes stay out."""
+    record = send_one(Script(Behaviour.HTTP_STATUS, status=502, html_error=True))
+    assert_failed(record, ErrorKind.HTTP, 502)
+    assert record.error_excerpt == f"a text/html body of {len(HOSTILE_PAGE.encode())} bytes, not shown (only JSON is)"
 
 
 def test_error_event_in_a_200_stream() -> None:
@@ -361,3 +371,69 @@ def test_concurrent_sends_on_one_client() -> None:
             assert_failed(record, ErrorKind.HTTP, 500)
         else:
             assert record.output_tokens == 4
+
+
+# ---- a hostile server is bounded (issue 16, items 7 and 8) ------------------------------------------
+
+
+def test_a_line_that_never_ends_is_a_malformed_stream_at_the_event_limit() -> None:
+    """50 MiB without a line end: the request fails once 1 MiB is buffered; the old client read all 50 MiB and spent
+    53 s of CPU rescanning it. The CPU bound is a generous hang detector on this thread, which runs the client."""
+    started = time.thread_time()
+    record = send_one(Script(Behaviour.ENDLESS_LINE, line_bytes=50 * 2**20))
+    assert time.thread_time() - started < 10.0
+    assert_failed(record, ErrorKind.MALFORMED_STREAM, 200)
+    assert f"passed {2**20} bytes (--max-event-bytes)" in record.error_excerpt
+
+
+def test_the_event_limit_is_an_option() -> None:
+    record = send_one(Script(Behaviour.ENDLESS_LINE, line_bytes=5000), max_event_bytes=4096)
+    assert_failed(record, ErrorKind.MALFORMED_STREAM, 200)
+    assert "passed 4096 bytes" in record.error_excerpt
+    ok = send_one(Script(tokens_per_chunk=50), max_event_bytes=4096)
+    assert ok.ok, ok.error_excerpt
+
+
+def test_an_answer_past_the_response_limit_is_a_malformed_stream() -> None:
+    record = send_one(Script(chunks=200), max_response_bytes=4096)
+    assert_failed(record, ErrorKind.MALFORMED_STREAM, 200)
+    assert "the response passed 4096 bytes (--max-response-bytes)" in record.error_excerpt
+
+
+def test_no_byte_for_the_read_timeout_is_a_timeout_before_the_total_one() -> None:
+    started = time.perf_counter()
+    record = send_one(Script(Behaviour.STALL, stall_s=30.0), request_timeout_s=20.0, read_timeout_s=0.5)
+    assert time.perf_counter() - started < 10.0  # the read timeout fired; neither the stall nor the total was waited
+    assert_failed(record, ErrorKind.TIMEOUT, 200)
+    assert record.error_excerpt == "no byte of the answer for 0.5 s (the read timeout)"
+
+
+def test_a_deeply_nested_event_is_a_malformed_stream() -> None:
+    """json.loads raises RecursionError here, which escaped the client and cost the run every record."""
+    record = send_one(Script(Behaviour.DEEP_NESTING, depth=100_000))
+    assert_failed(record, ErrorKind.MALFORMED_STREAM, 200)
+    assert "nested too deeply" in record.error_excerpt
+
+
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        (Script(Behaviour.ENDLESS_LINE, line_bytes=4 * 2**20), f"an SSE line or event passed {2**20} bytes"),
+        (Script(Behaviour.DEEP_NESTING), "an event nested too deeply to parse"),
+        (Script(Behaviour.HTTP_STATUS, status=502, html_error=True), "a text/html body of "),
+    ],
+    ids=["endless-line", "deep-nesting", "html-error"],
+)
+def test_the_checklists_stream_reader_is_bounded_the_same_way(script: Script, error: str) -> None:
+    """checks/readiness/streams.py reads streams with the same parser: a hostile answer is its StreamEnd's error,
+    never an exception out of run_stream, and a non-JSON body is not echoed."""
+    with FaultServer(script) as server:
+        ep = endpoint(server)
+
+        async def go() -> StreamEnd:
+            async with new_session(TIMEOUT_S) as session:
+                return await run_stream(session, ep, stream_body(ep, 8))
+
+        end = asyncio.run(go())
+    assert end.error is not None and end.error.startswith(error)
+    assert not end.completed

@@ -194,3 +194,24 @@ def test_bad_scripts_are_value_errors() -> None:
         Script(Behaviour.HTTP_500_EVERY_K, every_k=0)
     with pytest.raises(ValueError, match="HTTP status"):
         Script(Behaviour.HTTP_STATUS, status=42)
+
+
+def test_endless_line_sends_one_line_without_an_end() -> None:
+    with FaultServer(Script(Behaviour.ENDLESS_LINE, line_bytes=300_000)) as server:
+        response = httpx.post(server.base_url + CHAT_PATH, json=CHAT, timeout=5.0)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == b"data: " + b"x" * 300_000
+
+
+def test_deep_nesting_sends_one_deeply_nested_event() -> None:
+    with FaultServer(Script(Behaviour.DEEP_NESTING, depth=5000)) as server:
+        _, data = post_events(server, CHAT)
+    assert len(data) == 3 and data[-1] == "[DONE]"
+    assert data[1] == "[" * 5000 + "]" * 5000
+
+
+def test_html_error_page_instead_of_json() -> None:
+    with FaultServer(Script(Behaviour.HTTP_STATUS, status=502, html_error=True)) as server:
+        response = httpx.post(server.base_url + CHAT_PATH, json=CHAT)
+    assert response.status_code == 502 and response.headers["content-type"].startswith("text/html")
+    assert "\x1b[2J" in response.text

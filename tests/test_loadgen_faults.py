@@ -181,3 +181,11 @@ def test_a_request_that_raises_is_not_silently_dropped() -> None:
         endpoint = Endpoint(server.base_url, "fault-model", api="completions", request_timeout_s=5.0)
         with pytest.raises(ValueError, match="chat messages, which cannot go to the completions API"):
             run_load_sync(endpoint, [PROMPT, chat], LoadProfile.parse("concurrency:2"), RunLimits(requests=6))
+
+
+def test_a_deeply_nested_event_costs_one_record_not_the_run() -> None:
+    """Issue 16, item 8: RecursionError from one answer escaped the client, the run re-raised it and kept nothing."""
+    result = run(Script(Behaviour.DEEP_NESTING, depth=100_000), "concurrency:2", RunLimits(requests=4))
+    assert [r.request_id for r in result.records] == list(range(4))
+    assert all(r.error_kind is ErrorKind.MALFORMED_STREAM for r in result.records)
+    assert summarize(result.records).errors_by_kind == {"malformed_stream": 4}

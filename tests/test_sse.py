@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from checks.load.sse import DONE, SSEParser
+from checks.load.sse import DONE, SSELimitError, SSEParser
 
 
 def parse_split(data: bytes, *cuts: int) -> tuple[list[str], SSEParser]:
@@ -69,12 +71,13 @@ def test_split_inside_a_four_byte_character_at_every_offset() -> None:
 
 
 def test_crlf_split_between_cr_and_lf_does_not_end_the_event() -> None:
-    """A CR at the end of a read may be half a CRLF: it must not count as a line end plus a blank line."""
+    """A CR at the end of a read may be half a CRLF: it ends its line at once, and the LF that follows in the next
+    read is not a second line end (a blank line that would end the event early)."""
     parser = SSEParser()
     assert parser.feed(b"data: a\r") == []
     assert parser.feed(b"\ndata: b\r") == []
-    assert parser.feed(b"\n\r") == []
-    assert parser.feed(b"\n") == ["a\nb"]
+    assert parser.feed(b"\n\r") == ["a\nb"]  # that CR ends the blank line: the event is complete now
+    assert parser.feed(b"\n") == []
     assert parser.close() == []
 
 
@@ -171,3 +174,49 @@ def test_non_sse_lines_among_events_are_counted_and_skipped() -> None:
 def test_a_plain_json_body_yields_no_events() -> None:
     events, _ = parse_split(b'{"error": {"message": "nope"}}\n')
     assert events == []
+
+
+# ---- bounds against a hostile server (issue 16, item 7) -----------------------------------------
+
+
+def test_a_line_without_an_end_past_the_event_limit_is_an_error() -> None:
+    parser = SSEParser(max_event_bytes=100)
+    assert parser.feed(b"data: " + b"x" * 90) == []
+    with pytest.raises(SSELimitError, match="passed 100 bytes"):
+        parser.feed(b"x" * 10)
+
+
+def test_data_lines_adding_up_past_the_event_limit_are_an_error() -> None:
+    parser = SSEParser(max_event_bytes=100)
+    parser.feed(b"data: " + b"a" * 40 + b"\n")
+    parser.feed(b"data: " + b"b" * 40 + b"\n")
+    with pytest.raises(SSELimitError, match="line or event"):
+        parser.feed(b"data: " + b"c" * 40 + b"\n")
+
+
+def test_events_under_the_limit_pass_and_the_count_restarts_per_event() -> None:
+    parser = SSEParser(max_event_bytes=100)
+    event = b"data: " + b"x" * 90 + b"\n\n"
+    assert parser.feed(event * 50) == ["x" * 90] * 50
+
+
+def test_a_response_past_its_limit_is_an_error() -> None:
+    parser = SSEParser(max_response_bytes=1000)
+    for _ in range(9):
+        parser.feed(b"data: " + b"x" * 94 + b"\n\n")
+    with pytest.raises(SSELimitError, match="response passed 1000 bytes"):
+        parser.feed(b"data: " + b"x" * 94 + b"\n\n")
+
+
+def test_a_long_line_costs_linear_time() -> None:
+    """50 MiB that never ends a line, in 64 KiB reads: the old parser rescanned its whole buffer per read and took
+    53 s of CPU here; scanning only the new bytes takes a fraction of a second. The bound is a generous hang detector
+    on this thread's CPU time, not a speed figure."""
+    parser = SSEParser(max_event_bytes=2**30, max_response_bytes=2**30)
+    piece = b"x" * 65536
+    started = time.thread_time()
+    parser.feed(b"data: ")
+    for _ in range(50 * 16):
+        assert parser.feed(piece) == []
+    assert time.thread_time() - started < 5.0
+    assert parser.close() == ["x" * (50 * 2**20)]

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from fault_server import MODEL, Behaviour, FaultServer, Script
 
+from checks.load.client import StreamClient
 from checks.load.endpoint import Endpoint
-from checks.load.targets import RemoteTarget, TargetError, free_port
+from checks.load.prompts import PromptRequest
+from checks.load.targets import RemoteTarget, TargetError, free_port, wait_healthy
+from reports.records import RequestRecord
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 
 def test_ok_stream_picks_the_served_model() -> None:
@@ -102,3 +110,38 @@ def test_a_server_that_dies_before_the_probe_cannot_connect() -> None:
     with FaultServer(Script(Behaviour.DIE_AFTER_N, ok_requests=0)) as server, pytest.raises(TargetError) as info:
         RemoteTarget(server.base_url).connect()
     assert "cannot connect" in str(info.value)
+
+
+def test_a_non_json_error_page_is_named_not_echoed() -> None:
+    """Issue 16, item 11: a body reaches the error only when it is JSON; an HTML page with escape codes does not."""
+    with (
+        FaultServer(Script(Behaviour.HTTP_STATUS, status=502, html_error=True)) as server,
+        pytest.raises(TargetError) as info,
+    ):
+        RemoteTarget(server.base_url).connect()
+    message = str(info.value)
+    assert "answered HTTP 502: a text/html body of " in message
+    assert "\x1b" not in message and "<html>" not in message
+
+
+def test_proxy_variables_are_ignored_by_the_health_poll_and_the_load_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16, item 11: one proxy rule. urllib's health poll used to honour HTTP_PROXY (so a bundled server was
+    polled through the proxy and never seen healthy) while aiohttp's probe and load ignored it. Both go direct now."""
+    dead_proxy = f"http://127.0.0.1:{free_port()}"
+    for name in PROXY_VARIABLES:
+        monkeypatch.setenv(name, dead_proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    prompt = PromptRequest("hi", None, max_tokens=4, input_tokens=1, ignore_eos=True, source="test#0")
+
+    async def one(endpoint: Endpoint) -> RequestRecord:
+        async with StreamClient(endpoint, time.perf_counter()) as client:
+            return await client.send(0, prompt, 0.0)
+
+    with FaultServer(Script()) as server:
+        wait_healthy(server.base_url, lambda: None, 5.0, "the fault server", lambda: "(no log)")
+        endpoint = RemoteTarget(server.base_url).connect()
+        record = asyncio.run(one(endpoint))
+        paths = [r.path for r in server.requests]
+    assert record.ok, record.error_excerpt
+    assert paths == ["/health", "/v1/models", "/v1/chat/completions", "/v1/chat/completions"]

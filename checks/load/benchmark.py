@@ -27,13 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from checks.load.client import RequestOptions
 from checks.load.datasets import load_dataset
-from checks.load.endpoint import Endpoint
+from checks.load.endpoint import READ_TIMEOUT_S, Endpoint, check_target_url
 from checks.load.loadgen import ProgressCallback, RunLimits, RunResult, run_load
 from checks.load.metrics import Slo, summarize
 from checks.load.profiles import PROFILE_HELP, LoadProfile
 from checks.load.prompts import PromptRequest
 from checks.load.resources import ResourceMonitor, summarize_resources
 from checks.load.scenarios import SCENARIOS, scenario_requests
+from checks.load.sse import MAX_EVENT_BYTES, MAX_RESPONSE_BYTES
 from checks.load.sweep import SweepOptions, SweepResult, run_sweep
 from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
@@ -92,6 +93,15 @@ class BenchmarkConfig(BaseModel):
     sweep_rates: int = Field(5, ge=1, description="sweep: Poisson rates between sync and saturation")
     sweep_concurrency: int = Field(32, ge=2, description="sweep: concurrency of the saturation step")
     monitor_interval_s: float = Field(0.5, gt=0, description="resource sampling interval")
+    read_timeout_s: float = Field(
+        READ_TIMEOUT_S, gt=0, description="a request fails (timeout) when no byte of its answer comes for this long"
+    )
+    max_event_bytes: int = Field(
+        MAX_EVENT_BYTES, ge=1, description="longest SSE line or event; a longer one fails its request (malformed)"
+    )
+    max_response_bytes: int = Field(
+        MAX_RESPONSE_BYTES, ge=1, description="most bytes one streamed answer may send; more fails it (malformed)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> BenchmarkConfig:
@@ -110,6 +120,7 @@ class BenchmarkConfig(BaseModel):
     def bundled_quant(self) -> str | None:
         """The weight format of a bundled target, None for a URL."""
         if self.target.startswith(("http://", "https://")):
+            check_target_url(self.target)
             return None
         name, _, quant = self.target.partition(":")
         if name != "bundled":
@@ -180,9 +191,12 @@ def run_doc(run: RunResult, summary: BenchmarkSummary, meets_slo: bool | None = 
         profile=run.profile.label,
         summary=summary,
         self_check=SelfCheckDoc(
-            valid=check.valid, reasons=list(check.reasons),
-            schedule_lag_p99_ms=check.schedule_lag_p99_ms, schedule_lag_max_ms=check.schedule_lag_max_ms,
-            loop_lag_p99_ms=check.loop_lag_p99_ms, loop_lag_max_ms=check.loop_lag_max_ms,
+            valid=check.valid,
+            reasons=list(check.reasons),
+            schedule_lag_p99_ms=check.schedule_lag_p99_ms,
+            schedule_lag_max_ms=check.schedule_lag_max_ms,
+            loop_lag_p99_ms=check.loop_lag_p99_ms,
+            loop_lag_max_ms=check.loop_lag_max_ms,
         ),  # fmt: skip
         stopped_early=run.stopped_early,
         cancelled=run.cancelled,
@@ -259,6 +273,8 @@ def measure(
         warnings.append(
             "prompts were sized with the bundled SmolLM2 tokenizer; the server's usage gives the real lengths"
         )
+    endpoint = replace(endpoint, read_timeout_s=config.read_timeout_s, max_event_bytes=config.max_event_bytes,
+                       max_response_bytes=config.max_response_bytes)  # fmt: skip
     status(f"running {config.profile} on {endpoint.model}")
     origin = time.perf_counter()
     monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)

@@ -6,27 +6,38 @@ it carries non-empty content or reasoning (role-only and empty chunks do not), a
 every content chunk's arrival is kept with its token count. Nothing here raises for
 a bad server: a non-200 status, a timeout, a dropped connection, bytes that are not
 SSE, an error event inside a 200 stream, or a stream with no content each become a
-failed record with its kind, HTTP status and a short excerpt.
+failed record with its kind, HTTP status and a short excerpt. A hostile server is
+bounded too: no byte for `read_timeout_s` is a timeout, a line, event or answer past
+the endpoint's byte limits is a malformed stream, and so is any event that cannot be
+parsed (nested too deeply, say), so one bad answer never costs a run its records.
+A body is echoed into an error only when it is JSON, and only as an excerpt
+(`body_excerpt`): the server chooses those bytes, and errors reach the terminal.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
 
 from checks.load.endpoint import Endpoint
 from checks.load.prompts import PromptRequest
-from checks.load.sse import DONE, SSEParser
+from checks.load.sse import DONE, SSELimitError, SSEParser
 from checks.load.tokenizer import TextTokenizer, count_tokens
 from reports.records import ErrorKind, RequestRecord, TokenSource, excerpt
 
 ERROR_BODY_BYTES = 4096  # read at most this much of a failed response
 HEAD_BYTES = 256
 KEEPALIVE_S = 4.0  # the start of every body is kept to explain a malformed stream
+# What reading a hostile event can raise besides our own _StreamFault; each is that request's malformed stream.
+_PARSE_FAILURES = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
+_MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,35 @@ class _StreamFault(Exception):
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+
+
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most `limit` bytes of a response body: a hostile server can make a body endless."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        piece = await resp.content.read(limit - size)
+        if not piece:
+            break
+        parts.append(piece)
+        size += len(piece)
+    return b"".join(parts)
+
+
+def body_excerpt(body: bytes, content_type: str | None = None) -> str:
+    """What an error may show of a response body: a short excerpt when the body is JSON, else its type and size.
+
+    OpenAI-style servers explain errors in JSON. Anything else (an HTML page, binary, terminal escape
+    codes) is the server's choice of bytes that would reach the console, result files and the page;
+    parsing is the check, since valid JSON holds no raw control characters.
+    """
+    text = body.decode("utf-8", "replace")
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        media = content_type if content_type and _MEDIA_TYPE.match(content_type) else "untyped"
+        return f"a {media} body of {len(body)} bytes, not shown (only JSON is)"
+    return excerpt(text)
 
 
 def build_payload(endpoint: Endpoint, request: PromptRequest, options: RequestOptions) -> dict[str, Any]:
@@ -82,11 +122,12 @@ class _Stream:
     finished: bool = False  # a finish_reason was seen
     done: bool = False  # [DONE] was seen
     head: bytes = b""
+    content_type: str | None = None
 
 
 def _chunk_text(choice: Any, api: str) -> str:
     if not isinstance(choice, dict):
-        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"a choice is not an object: {str(choice)[:80]}")
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"a choice is not an object but {type(choice).__name__}")
     if api == "completions":
         text = choice.get("text")
     else:
@@ -103,10 +144,13 @@ def _take_event(stream: _Stream, data: str, at: float, api: str) -> None:
         return
     try:
         obj = json.loads(data)
+    except RecursionError:
+        detail = f"an event is nested too deeply to parse ({len(data)} chars)"
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, detail) from None
     except ValueError:
-        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"not JSON: {data}") from None
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"an event is not JSON ({len(data)} chars)") from None
     if not isinstance(obj, dict):
-        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"not a JSON object: {data}")
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"an event is not a JSON object: {data[:200]}")
     if "error" in obj:
         err = obj["error"]
         message = err.get("message", err) if isinstance(err, dict) else err
@@ -123,6 +167,18 @@ def _take_event(stream: _Stream, data: str, at: float, api: str) -> None:
             stream.texts.append(text)
         if choice.get("finish_reason"):
             stream.finished = True
+
+
+def _take_events(stream: _Stream, parse: Callable[[], list[str]], at: float, api: str) -> None:
+    """Parse what arrived and take each event. Every failure to read hostile bytes (a limit passed, an event nested
+    past the recursion limit, a shape nobody expected) is this request's malformed stream, never the run's error."""
+    try:
+        for event in parse():
+            _take_event(stream, event, at, api)
+    except SSELimitError as exc:
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, str(exc)) from None
+    except _PARSE_FAILURES as exc:
+        raise _StreamFault(ErrorKind.MALFORMED_STREAM, f"an event could not be read ({type(exc).__name__})") from None
 
 
 def _spread(total: int, weights: list[int]) -> list[int]:
@@ -166,7 +222,9 @@ class StreamClient:
         # Idle connections are dropped after 4 s, under the 5 s idle timeout common in servers
         # (llama.cpp's among them), so a reused connection is rarely one the server just closed.
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S)
-        timeout = aiohttp.ClientTimeout(total=self.endpoint.request_timeout_s, sock_connect=30)
+        timeout = aiohttp.ClientTimeout(
+            total=self.endpoint.request_timeout_s, sock_connect=30, sock_read=self.endpoint.read_timeout_s
+        )
         self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
         # Retries go through a session that never reuses a connection: the pool may hold more
         # connections the server has already closed.
@@ -219,8 +277,8 @@ class StreamClient:
                 async with session.post(self.endpoint.url, data=data, headers=self._headers) as resp:
                     status = resp.status
                     if status != 200:
-                        body = await resp.content.read(ERROR_BODY_BYTES)
-                        return self._failed(base, send_s, ErrorKind.HTTP, status, body.decode("utf-8", "replace"))
+                        body = await read_body(resp, ERROR_BODY_BYTES)
+                        return self._failed(base, send_s, ErrorKind.HTTP, status, body_excerpt(body, resp.content_type))
                     await self._read_stream(resp, stream)
                 break
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
@@ -234,20 +292,27 @@ class StreamClient:
                 return self._failed(base, send_s, ErrorKind.CONNECTION, status, f"{type(exc).__name__}: {exc}", stream)
             except _StreamFault as fault:
                 return self._failed(base, send_s, fault.kind, status, fault.detail, stream)
-            except TimeoutError:
-                timeout = self.endpoint.request_timeout_s
-                return self._failed(base, send_s, ErrorKind.TIMEOUT, status, f"no complete answer within {timeout:g} s")
+            except TimeoutError as exc:
+                ep = self.endpoint
+                detail = f"no complete answer within {ep.request_timeout_s:g} s"
+                if isinstance(exc, aiohttp.SocketTimeoutError):
+                    detail = f"no byte of the answer for {ep.read_timeout_s:g} s (the read timeout)"
+                return self._failed(base, send_s, ErrorKind.TIMEOUT, status, detail)
             except (aiohttp.ClientError, OSError) as exc:
                 return self._failed(base, send_s, ErrorKind.CONNECTION, status, f"{type(exc).__name__}: {exc}", stream)
         if not stream.texts:
             detail = "the stream carried no content"
             if stream.head and not stream.chunk_times and not (stream.done or stream.finished or stream.usage):
-                detail = f"not an SSE stream of OpenAI chunks: {stream.head.decode('utf-8', 'replace')}"
+                detail = f"not an SSE stream of OpenAI chunks: {body_excerpt(stream.head, stream.content_type)}"
                 return self._failed(base, send_s, ErrorKind.MALFORMED_STREAM, status, detail)
             return self._failed(base, send_s, ErrorKind.EMPTY_STREAM, status, detail)
         if not (stream.done or stream.finished):
             return self._failed(
-                base, send_s, ErrorKind.MALFORMED_STREAM, status, "the stream ended without [DONE] or a finish_reason",
+                base,
+                send_s,
+                ErrorKind.MALFORMED_STREAM,
+                status,
+                "the stream ended without [DONE] or a finish_reason",
                 stream,
             )
         # E2E ends at the last content chunk, as vLLM's does: the usage chunk and [DONE] that follow
@@ -255,19 +320,17 @@ class StreamClient:
         return self._succeeded(base, send_s, stream.chunk_times[-1], request, stream)
 
     async def _read_stream(self, resp: aiohttp.ClientResponse, stream: _Stream) -> None:
-        parser = SSEParser()
+        parser = SSEParser(self.endpoint.max_event_bytes, self.endpoint.max_response_bytes)
         api = self.endpoint.api
+        stream.content_type = resp.content_type
         async for piece in resp.content.iter_any():
             at = self.now()
             if len(stream.head) < HEAD_BYTES:
                 stream.head += piece[: HEAD_BYTES - len(stream.head)]
-            for event in parser.feed(piece):
-                _take_event(stream, event, at, api)
+            _take_events(stream, partial(parser.feed, piece), at, api)
             if stream.done:
                 return
-        at = self.now()
-        for event in parser.close():
-            _take_event(stream, event, at, api)
+        _take_events(stream, parser.close, self.now(), api)
 
     def _succeeded(
         self, base: dict[str, Any], send_s: float, end_s: float, request: PromptRequest, stream: _Stream

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
-from checks.load.client import StreamClient
+from checks.load.client import StreamClient, body_excerpt, read_body
 from checks.load.endpoint import Api, Endpoint, root_url
 from checks.load.prompts import PromptRequest
 from reports.benchmark_result import BundledTargetDoc, RemoteTargetDoc
@@ -37,6 +37,9 @@ from reports.records import ErrorKind, RequestRecord
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_S = 60.0
 HEALTH_POLL_S = 0.25
+MODEL_LIST_BYTES = 4 * 2**20  # a /v1/models answer larger than this is not a model list
+# The health poll ignores HTTP(S)_PROXY as aiohttp (probe and load) does: one rule, see checks/load/endpoint.py.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 PROBE_PROMPT = PromptRequest("Say hello.", None, max_tokens=4, input_tokens=None, ignore_eos=True, source="probe")
 
 
@@ -85,7 +88,7 @@ def wait_healthy(
         if code is not None:
             raise TargetError(f"{what} exited ({code}) while starting:\n{log_tail()}")
         try:
-            with urllib.request.urlopen(base_url + path, timeout=2.0) as resp:
+            with _DIRECT.open(base_url + path, timeout=2.0) as resp:
                 if resp.status == 200:
                     return
         except urllib.error.HTTPError as exc:
@@ -102,8 +105,8 @@ async def _get_models(base_url: str, api_key: str | None) -> list[str]:
     timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url, headers=headers) as resp:
-            body = await resp.text(errors="replace")
-            status = resp.status
+            body = await read_body(resp, MODEL_LIST_BYTES + 1)
+            status, content_type = resp.status, resp.content_type
     except TimeoutError:
         raise TargetError(f"{url} did not answer within {PROBE_TIMEOUT_S:g} s") from None
     except (aiohttp.ClientError, OSError) as exc:
@@ -115,12 +118,15 @@ async def _get_models(base_url: str, api_key: str | None) -> list[str]:
     if status == 404:
         raise TargetError(f"{url} answered HTTP 404: is {base_url} the base URL of an OpenAI-compatible server?")
     if status != 200:
-        raise TargetError(f"{url} answered HTTP {status}: {body[:200]}")
+        raise TargetError(f"{url} answered HTTP {status}: {body_excerpt(body, content_type)}")
+    if len(body) > MODEL_LIST_BYTES:
+        raise TargetError(f"{url} answered with more than {MODEL_LIST_BYTES} bytes: not an OpenAI model list")
     try:
         data = json.loads(body)
         return [str(m["id"]) for m in data["data"]]
-    except (ValueError, KeyError, TypeError):
-        raise TargetError(f"{url} did not answer with an OpenAI model list: {body[:200]!r}") from None
+    except (ValueError, KeyError, TypeError, RecursionError):
+        detail = body_excerpt(body, content_type)
+        raise TargetError(f"{url} did not answer with an OpenAI model list: {detail}") from None
 
 
 async def _probe_stream(endpoint: Endpoint) -> RequestRecord:

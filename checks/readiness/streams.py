@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from checks.load.client import RequestOptions, build_payload
+from checks.load.client import ERROR_BODY_BYTES, RequestOptions, body_excerpt, build_payload, read_body
 from checks.load.endpoint import Endpoint
 from checks.load.prompts import PromptRequest
-from checks.load.sse import DONE, SSEParser
+from checks.load.sse import DONE, SSELimitError, SSEParser
 
 STORY_PROMPT = "Write a long story about a lighthouse keeper and the sea."
 SLOW_RCVBUF_BYTES = 4096  # the kernel doubles it; the smallest window that still moves bytes
@@ -70,8 +70,11 @@ def _take(end: StreamEnd, data: str, api: str) -> None:
         return
     try:
         obj = json.loads(data)
+    except RecursionError:
+        end.error = "an event nested too deeply to parse"
+        return
     except ValueError:
-        end.error = f"not JSON: {data[:80]}"
+        end.error = "an event that is not JSON"
         return
     if not isinstance(obj, dict):
         end.error = f"not a JSON object: {data[:80]}"
@@ -111,7 +114,7 @@ async def run_stream(
         async with session.post(endpoint.url, data=body, headers=endpoint.headers()) as resp:
             end.status = resp.status
             if resp.status != 200:
-                end.error = (await resp.content.read(300)).decode("utf-8", "replace")
+                end.error = body_excerpt(await read_body(resp, ERROR_BODY_BYTES), resp.content_type)
                 return end
             async for piece in resp.content.iter_any():
                 for event in parser.feed(piece):
@@ -128,6 +131,10 @@ async def run_stream(
                 _take(end, event, endpoint.api)
     except TimeoutError:
         end.error = "timeout"
+    except SSELimitError as exc:  # a hostile stream, bounded as the load generator's client bounds it
+        end.error = str(exc)
+    except RecursionError:  # an event nested just under json's limit can still overflow when shown
+        end.error = "an event nested too deeply to read"
     except (aiohttp.ClientError, OSError) as exc:
         end.error = f"{type(exc).__name__}: {exc}"[:200]
     finally:
