@@ -21,7 +21,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -34,8 +34,12 @@ from checks.readiness.console import format_report
 from checks.readiness.runner import Checklist, ChecklistProgress
 from checks.readiness.slo import SloProfileError
 from reports import store
-from reports.junit import to_junit
-from reports.markdown import to_markdown
+from reports.benchmark_result import BenchmarkResult
+from reports.exports import export
+from reports.history import History
+from reports.identity import LABEL_MAX_CHARS
+from reports.paths import history_dir
+from reports.readiness_report import ReadinessReport
 from reports.store import DocumentError, check_writable, save, write_text
 from reports.verdict import exit_code
 
@@ -84,6 +88,42 @@ def add_model_flags(
         parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 
+HISTORY_FLAGS = ("history", "no_history", "label")
+D = TypeVar("D", BenchmarkResult, ReadinessReport)
+EXPORT_FLAGS = {"junit": "junit", "markdown": "md", "html": "html"}  # `run` flag -> reports.exports format
+
+
+def _label(text: str) -> str:
+    text = text.strip()
+    if not 1 <= len(text) <= LABEL_MAX_CHARS:
+        raise argparse.ArgumentTypeError(f"a label is 1 to {LABEL_MAX_CHARS} characters")
+    return text
+
+
+def add_history_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--label", type=_label, default=None, help="your name for this run, shown in the history")
+    parser.add_argument("--history", type=Path, default=None,
+                        help="history folder (default: $PREFLIGHT_HOME/history, else the user data dir)")  # fmt: skip
+    parser.add_argument("--no-history", action="store_true", help="do not save this run in the history")
+
+
+def save_to_history(doc: BenchmarkResult | ReadinessReport, args: argparse.Namespace) -> None:
+    """Every run is kept (issue 18) unless --no-history; a history that cannot be written is a warning only,
+    since the run itself succeeded and --out, if given, holds it."""
+    if args.no_history:
+        return
+    try:
+        path = History(history_dir(args.history)).save(doc)
+    except DocumentError as exc:
+        print(f"warning: not saved in the history: {exc}", file=sys.stderr)
+        return
+    print(f"saved in the history as {doc.id} ({path})", file=sys.stderr)
+
+
+def _labelled(doc: D, args: argparse.Namespace) -> D:
+    return doc if args.label is None else doc.model_copy(update={"label": args.label})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m checks", description="Preflight measurements and readiness checks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to results)",
     )
     bench.add_argument("--out", type=Path, default=None, help="write the result JSON (with every record) here")
+    add_history_flags(bench)
     bench.add_argument("--quiet", action="store_true", help="no progress line")
     run = sub.add_parser("run", help="run the readiness checklist and give a verdict (exit 0 ready, 1 not, 2 unknown)")
     add_model_flags(run, ChecklistConfig, {"api_key"}, {"from_path": "--from", "plan_path": "--plan"})
@@ -115,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=None, help="write the readiness report (JSON) here")
     run.add_argument("--junit", type=Path, default=None, help="also write the checks as JUnit XML")
     run.add_argument("--markdown", type=Path, default=None, help="also write the report as Markdown")
+    run.add_argument("--html", type=Path, default=None, help="also write the report as one offline HTML page")
+    add_history_flags(run)
     run.add_argument("--force", action="store_true", help="overwrite existing output files")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
@@ -176,7 +219,7 @@ STOPPED = "stopped by Ctrl-C: the requests measured until then are kept, marked 
 
 
 def bench(args: argparse.Namespace) -> int:
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "quiet")}
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "quiet", *HISTORY_FLAGS)}
     if "api_key" not in values and os.environ.get(API_KEY_ENV):
         values["api_key"] = os.environ[API_KEY_ENV]
     if "duration_s" in values and "requests" not in values:
@@ -216,7 +259,9 @@ def bench(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     line.end()
+    result = _labelled(result, args)
     print(format_result(result))
+    save_to_history(result, args)
     if args.out is not None:
         try:
             store.save(result, args.out, overwrite=True)
@@ -232,12 +277,13 @@ def bench(args: argparse.Namespace) -> int:
 
 def readiness(args: argparse.Namespace) -> int:
     """`python -m checks run`: the checklist, its console view, the files; the exit code is the verdict's."""
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "junit", "markdown", "force", "quiet")}
+    skip = ("command", "out", "force", "quiet", *EXPORT_FLAGS, *HISTORY_FLAGS)
+    values = {k: v for k, v in vars(args).items() if k not in skip}
     if "api_key" not in values and os.environ.get(API_KEY_ENV):
         values["api_key"] = os.environ[API_KEY_ENV]
     try:
         config = ChecklistConfig(**values)
-        outputs = [p for p in (args.out, args.junit, args.markdown) if p is not None]
+        outputs = [p for p in (args.out, *(getattr(args, flag) for flag in EXPORT_FLAGS)) if p is not None]
         for path in outputs:
             check_writable(path, overwrite=args.force)
         cancel = threading.Event()
@@ -255,14 +301,15 @@ def readiness(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 2
+    report = _labelled(report, args)
     print(format_report(report))
+    save_to_history(report, args)
     try:
         if args.out is not None:
             save(report, args.out, overwrite=args.force)
-        if args.junit is not None:
-            write_text(args.junit, to_junit(report), overwrite=args.force)
-        if args.markdown is not None:
-            write_text(args.markdown, to_markdown(report), overwrite=args.force)
+        for flag, fmt in EXPORT_FLAGS.items():
+            if getattr(args, flag) is not None:
+                write_text(getattr(args, flag), export(report, fmt), overwrite=args.force)
     except DocumentError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

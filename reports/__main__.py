@@ -18,14 +18,13 @@ from reports import store
 from reports.compare import THRESHOLD_PCT, compare
 from reports.compare_markdown import comparison_to_markdown
 from reports.documents import Document
+from reports.exports import FORMATS, export
 from reports.history import Filters, History, HistoryEntry, dump_entries, entry_for
-from reports.junit import to_junit
 from reports.markdown import to_markdown
 from reports.paths import history_dir
 from reports.readiness_report import ReadinessReport
 from reports.schema_files import SCHEMA_DIR, write_schemas
 
-EXPORTERS: dict[str, Callable[[ReadinessReport], str]] = {"md": to_markdown, "junit": to_junit}
 _RELATIVE = re.compile(r"^(\d+)([hdw])$")
 
 
@@ -101,10 +100,8 @@ def _cmd_delete(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     doc = _load(args, args.ref)
-    if not isinstance(doc, ReadinessReport):
-        raise store.DocumentError(f"{args.ref} is a benchmark result; --format {args.format} exports readiness reports")
     store.check_writable(args.out, overwrite=args.force)
-    print(f"wrote {store.write_text(args.out, EXPORTERS[args.format](doc), overwrite=args.force)}", file=sys.stderr)
+    print(f"wrote {store.write_text(args.out, export(doc, args.format), overwrite=args.force)}", file=sys.stderr)
     return 0
 
 
@@ -152,11 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("ref", metavar="ID")
     delete.add_argument("--yes", action="store_true", help="do not ask")
 
-    export = sub.add_parser("export", parents=[home], help="write a report as Markdown or JUnit XML")
-    export.add_argument("ref", metavar="ID|FILE")
-    export.add_argument("--format", choices=sorted(EXPORTERS), required=True)
-    export.add_argument("--out", type=Path, required=True)
-    export.add_argument("--force", action="store_true", help="overwrite --out")
+    out = sub.add_parser("export", parents=[home], help="write a document as HTML, Markdown, JUnit XML or JSON")
+    out.add_argument("ref", metavar="ID|FILE")
+    out.add_argument("--format", choices=list(FORMATS), required=True,
+                     help="html (self-contained, opens offline), md and junit (reports), json")  # fmt: skip
+    out.add_argument("--out", type=Path, required=True)
+    out.add_argument("--force", action="store_true", help="overwrite --out")
 
     cmp_ = sub.add_parser("compare", parents=[home], help="A against B, with significance from the raw records")
     cmp_.add_argument("a", metavar="A", help="the baseline: an id, id prefix or file")

@@ -30,7 +30,7 @@ from reports.benchmark_result import BenchmarkResult, RunDoc
 from reports.check_result import CheckStatus
 from reports.documents import SHORT_KIND, Document
 from reports.readiness_report import ReadinessReport
-from reports.records import RequestRecord
+from reports.records import RequestRecord, is_measured
 from reports.stats import RowStatistic, bootstrap_change_pct, row_mean, row_percentile
 
 THRESHOLD_PCT = 5.0  # a significant change smaller than this is reported, but is not a regression
@@ -168,7 +168,7 @@ METRICS: tuple[_Metric, ...] = (
 
 
 def _measured(run: RunDoc) -> list[RequestRecord]:
-    return [r for r in run.records if not r.warmup]
+    return [r for r in run.records if is_measured(r)]
 
 
 def _point(values: list[float], statistic: RowStatistic) -> float | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from reports.benchmark_result import ResourcesDoc, RunDoc
 from reports.metrics_timeline import MetricsSample, MetricsTimeline
-from reports.records import RequestRecord
+from reports.records import RequestRecord, is_measured
 from reports.resources import ResourceSample
 from reports.svg_charts import Chart, Marker, Point, Series, bin_values, histogram, line_chart, nice_step, thin
 
@@ -42,7 +42,7 @@ def measured_successes(records: Sequence[RequestRecord]) -> list[RequestRecord]:
     The same selection as `checks.load.metrics.summarize` (a successful record is never a
     cancelled one), so the distributions drawn are the ones the summary's percentiles describe.
     """
-    return [r for r in records if r.ok and not r.warmup]
+    return [r for r in records if r.ok and is_measured(r)]
 
 
 def latency_figure(name: str, values_ms: Sequence[float], marks_ms: Sequence[float | None]) -> Figure:

@@ -133,3 +133,11 @@ class RequestRecord:
     def schedule_lag_s(self) -> float | None:
         """How late the client became ready against the rate schedule; None without a schedule."""
         return None if self.scheduled_s is None else self.ready_s - self.scheduled_s
+
+
+def is_measured(record: RequestRecord) -> bool:
+    """In the measured window: not warm-up, and not cancelled by a stop (those are neither timed nor failures).
+
+    The one rule every figure uses: the summary, the checklist's lines, the comparison and the charts.
+    """
+    return not record.warmup and record.error_kind != ErrorKind.CANCELLED

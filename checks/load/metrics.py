@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from reports.records import ErrorKind, RequestRecord, TokenSource
+from reports.records import ErrorKind, RequestRecord, TokenSource, is_measured
 from reports.stats import bootstrap_ci, percentile
 from reports.summary import BenchmarkSummary, ErrorSample
 
@@ -130,7 +130,7 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
     """The summary of a run's measured (non-warm-up) records; failures are counted, not timed."""
     records = list(records)
     cancelled = [r for r in records if not r.warmup and r.error_kind == ErrorKind.CANCELLED]
-    measured = [r for r in records if not r.warmup and r.error_kind != ErrorKind.CANCELLED]
+    measured = [r for r in records if is_measured(r)]
     good = [r for r in measured if r.ok]
     bad = [r for r in measured if not r.ok]
     warnings: list[str] = []

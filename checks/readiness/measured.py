@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from checks.readiness.check import CheckContext
 from reports.benchmark_result import BenchmarkResult, SloDoc
-from reports.records import ErrorKind, RequestRecord
+from reports.records import RequestRecord, is_measured
 from reports.resources import ResourceSample
 
 
@@ -36,11 +36,6 @@ class Measurement:
     sweep_slo_ms: dict[str, float | None] | None = None  # the limits the sweep judged its steps by; None: none
     resource_samples: list[ResourceSample] = field(default_factory=list)
     measured_start_s: float | None = None  # run clock: the first measured send of the whole benchmark
-
-
-def is_measured(record: RequestRecord) -> bool:
-    """In the measured window: not warm-up, and not cancelled by a stop (those are neither timed nor failures)."""
-    return not record.warmup and record.error_kind != ErrorKind.CANCELLED
 
 
 def choose_step(throughputs: Sequence[float | None], target_qps: float | None) -> int:
