@@ -1,7 +1,7 @@
 """`python -m planner detect | recommend | compare`: what this machine offers, what to serve
 a model with, and how the planner's CPU prediction compares with a measured run.
 
-Planner errors become one line on stderr and exit 1; bad arguments exit 2.
+Planner errors become one line on stderr and exit 1; bad arguments and unreadable model files exit 2.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ RECOMMEND_FLAGS = {
     "--slo": ("slo", str),
     "--qps": ("qps", float),
     "--price-per-hour": ("price_per_hour", float),
+    "--max-config-bytes": ("max_config_bytes", int),
 }
 
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PlannerError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
 
 
 if __name__ == "__main__":

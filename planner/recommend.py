@@ -18,7 +18,7 @@ from planner.capacity import Capacity, Replica, plan_capacity
 from planner.catalog import Catalog, EngineSpec, FormatSpec
 from planner.errors import WorkloadError
 from planner.launch import LaunchSpec, launch_command
-from planner.model_files import model_from_file
+from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
 from planner.roofline import Device, Parallel, cc_at_least, decode_step, prefill, ridge_point
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
@@ -108,10 +108,10 @@ class Plan:
         }
 
 
-def resolve_model(name: str, catalog: Catalog) -> ModelSpec:
+def resolve_model(name: str, catalog: Catalog, max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES) -> ModelSpec:
     """A catalog id/name, or a path to a config.json or GGUF file."""
     looks_like_path = name.endswith((".json", ".gguf")) or ("/" in name and Path(name).expanduser().exists())
-    return model_from_file(name) if looks_like_path else catalog.model(name)
+    return model_from_file(name, max_config_bytes) if looks_like_path else catalog.model(name)
 
 
 def _memory_config(engine: EngineSpec, device: Device, catalog: Catalog) -> MemoryConfig:
@@ -379,7 +379,7 @@ def recommend(model: ModelSpec, device: Device, workload: Workload, catalog: Cat
             (fitting if opt.fits else unfit).append(opt)
     if not fitting and not unfit:
         raise WorkloadError(f"no engine in the catalog runs on {device.name}")
-    notes = _notes(device, workload, skipped)
+    notes = [*model.notes, *_notes(device, workload, skipped)]
     return Plan(model, device, workload, _rank(fitting, ctx), unfit, notes)
 
 

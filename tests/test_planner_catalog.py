@@ -142,7 +142,7 @@ def test_gguf_metadata_of_the_bundled_model() -> None:
 
 @pytest.mark.parametrize(("content", "message"), [
     (b"not json at all", "cannot read .* as a config.json"),
-    (b'{"model_type": "llama"}', "config.json lacks num_hidden_layers or n_layer"),
+    (b'{"model_type": "llama"}', "model.bin: lacks num_hidden_layers or n_layer; lacks hidden_size or n_embd"),
     (b"GGUF\x03\x00\x00\x00", "cannot read GGUF file .*: truncated or corrupt"),
 ])
 def test_bad_model_files(tmp_path: Path, content: bytes, message: str) -> None:
