@@ -136,8 +136,17 @@ class GpuSpec:
 def _gpu_spec(e: GpuEntry) -> GpuSpec:
     flops = {k: (v * 1e12 if v is not None else None) for k, v in e.tflops.model_dump().items()}
     return GpuSpec(
-        e.id, e.name, e.vendor, e.usable_mib * 2**20, e.bandwidth_gb_s * 1e9, flops,
-        e.compute_capability, e.interconnect, e.price_per_hour, tuple(e.nvml_names), e.source,
+        e.id,
+        e.name,
+        e.vendor,
+        e.usable_mib * 2**20,
+        e.bandwidth_gb_s * 1e9,
+        flops,
+        e.compute_capability,
+        e.interconnect,
+        e.price_per_hour,
+        tuple(e.nvml_names),
+        e.source,
     )
 
 
@@ -270,8 +279,10 @@ class Catalog(_Strict):
     @model_validator(mode="after")
     def _cross_check(self) -> Catalog:
         for kind, items in (
-            ("model", self.models_file.models), ("gpu", self.gpus_file.gpus),
-            ("format", self.formats_file.formats), ("engine", self.engines_file.engines),
+            ("model", self.models_file.models),
+            ("gpu", self.gpus_file.gpus),
+            ("format", self.formats_file.formats),
+            ("engine", self.engines_file.engines),
             ("SLO profile", self.slo_file.profiles),
         ):
             ids = [i.id for i in items]

@@ -158,13 +158,17 @@ def estimate_params(
     return attn + mlp_total + norms + emb, attn + mlp_active + norms + emb
 
 
-def build_model_spec(
-    fields: dict, params_total: int | None = None, params_active: int | None = None
-) -> ModelSpec:
+def build_model_spec(fields: dict, params_total: int | None = None, params_active: int | None = None) -> ModelSpec:
     """A ModelSpec from shape fields; params counted from the shape unless given."""
     shape_keys = (
-        "n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim",
-        "intermediate_size", "vocab_size", "tied_embeddings",
+        "n_layers",
+        "hidden_size",
+        "n_heads",
+        "n_kv_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "tied_embeddings",
     )
     total, active = estimate_params(
         **{k: fields[k] for k in shape_keys}, qkv_bias=fields.get("qkv_bias", False), moe=fields.get("moe")

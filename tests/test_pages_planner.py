@@ -26,7 +26,11 @@ def test_hardware_page_tells_the_gpu_story(app: AppTest) -> None:
     assert not app.exception
     assert app.title[0].value == "Hardware"
     assert [m.label for m in app.metric] == [
-        "Cores (physical / logical)", "RAM total", "RAM available", "Disk free (weights cache)"]
+        "Cores (physical / logical)",
+        "RAM total",
+        "RAM available",
+        "Disk free (weights cache)",
+    ]
     hw = detect()
     if not hw.gpus:
         story = app.info[0].value
@@ -74,7 +78,8 @@ def test_plan_page_bad_input_is_shown_not_raised(app: AppTest) -> None:
     app.number_input(key="plan_output").set_value(1000).run()
     assert not app.exception
     assert app.error[0].value == (
-        "input_tokens + output_tokens = 9000 exceeds context 8192: raise the context or shorten the request")
+        "input_tokens + output_tokens = 9000 exceeds context 8192: raise the context or shorten the request"
+    )
     app.number_input(key="plan_input").set_value(1024)
     app.text_input(key="plan_model_path").set_value("/nonexistent/model.gguf").run()
     assert not app.exception
