@@ -1,7 +1,7 @@
 """`python -m planner detect | recommend | compare`: what this machine offers, what to serve
 a model with, and how the planner's CPU prediction compares with a measured run.
 
-Planner errors become one line on stderr and exit 1; bad arguments exit 2.
+Planner errors become one line on stderr and exit 1; bad arguments and unreadable model files exit 2.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ RECOMMEND_FLAGS = {
     "--slo": ("slo", str),
     "--qps": ("qps", float),
     "--price-per-hour": ("price_per_hour", float),
+    "--max-config-bytes": ("max_config_bytes", int),
 }
 
 
@@ -44,14 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
         f = fields[name]
         default = None if f.is_required() else f.default
         shown = "" if default is None else f" (default: {default})"
-        p_rec.add_argument(flag, dest=name, type=kind, required=f.is_required(), default=default,
-                           help=f"{f.description}{shown}")
+        p_rec.add_argument(
+            flag, dest=name, type=kind, required=f.is_required(), default=default, help=f"{f.description}{shown}"
+        )
     p_rec.add_argument("--top", type=int, default=10, help="table rows to print (default: 10)")
     p_rec.add_argument("--json", action="store_true", help="print the whole plan as JSON")
 
     p_cmp = sub.add_parser("compare", help="predicted vs measured for a bundled-engine run on this CPU")
-    p_cmp.add_argument("--measured", required=True, metavar="RUN.json",
-                       help="output of `python -m engine generate --json --device cpu ...` ('-' reads stdin)")
+    p_cmp.add_argument(
+        "--measured",
+        required=True,
+        metavar="RUN.json",
+        help="output of `python -m engine generate --json --device cpu ...` ('-' reads stdin)",
+    )
     p_cmp.add_argument("--model", default="smollm2-135m", help="model the run used (default: smollm2-135m)")
     p_cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
     return parser
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except PlannerError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def make_plan(
 ) -> Plan:
     """Resolve the model, hardware and SLO named in `opts`, then rank every option."""
     cat = catalog or load_catalog()
-    model = resolve_model(opts.model, cat)
+    model = resolve_model(opts.model, cat, opts.max_config_bytes)
     device = resolve_device(opts.gpu, opts.gpus, cat, opts.price_per_hour, hw, measure)
     inp, out = opts.lengths()
     workload = Workload(opts.context, opts.concurrency, inp, out, cat.slo(opts.slo), opts.qps)

@@ -18,7 +18,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from planner.errors import CatalogError, UnknownNameError
-from planner.model_spec import ModelSpec, MoeSpec, build_model_spec
+from planner.model_spec import Count, ModelSpec, MoeSpec, Size, build_model_spec
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 QualityTier = Literal["none", "negligible", "small", "moderate", "large"]
@@ -34,16 +34,16 @@ class _Strict(BaseModel):
 
 
 class MoeEntry(_Strict):
-    n_experts: PositiveInt
-    experts_per_token: PositiveInt
-    expert_intermediate_size: PositiveInt
-    moe_layers: PositiveInt
-    shared_experts: int = Field(0, ge=0)
+    n_experts: Size
+    experts_per_token: Size
+    expert_intermediate_size: Size
+    moe_layers: Size
+    shared_experts: Count = 0
 
 
 class MlaEntry(_Strict):
-    kv_lora_rank: PositiveInt
-    qk_rope_head_dim: PositiveInt
+    kv_lora_rank: Size
+    qk_rope_head_dim: Size
 
 
 class ModelEntry(_Strict):
@@ -51,18 +51,18 @@ class ModelEntry(_Strict):
     name: str
     hf_repo: str | None = None
     architecture: str
-    n_layers: PositiveInt
-    hidden_size: PositiveInt
-    n_heads: PositiveInt
-    n_kv_heads: PositiveInt
-    head_dim: PositiveInt
-    intermediate_size: PositiveInt
-    vocab_size: PositiveInt
-    max_context: PositiveInt
+    n_layers: Size
+    hidden_size: Size
+    n_heads: Size
+    n_kv_heads: Size
+    head_dim: Size
+    intermediate_size: Size
+    vocab_size: Size
+    max_context: Size
     tied_embeddings: bool
     qkv_bias: bool = False
-    sliding_window: PositiveInt | None = None
-    sliding_window_layers: PositiveInt | None = None
+    sliding_window: Size | None = None
+    sliding_window_layers: Size | None = None
     mla: MlaEntry | None = None
     moe: MoeEntry | None = None
     params_total: PositiveInt | None = None
@@ -136,8 +136,17 @@ class GpuSpec:
 def _gpu_spec(e: GpuEntry) -> GpuSpec:
     flops = {k: (v * 1e12 if v is not None else None) for k, v in e.tflops.model_dump().items()}
     return GpuSpec(
-        e.id, e.name, e.vendor, e.usable_mib * 2**20, e.bandwidth_gb_s * 1e9, flops,
-        e.compute_capability, e.interconnect, e.price_per_hour, tuple(e.nvml_names), e.source,
+        e.id,
+        e.name,
+        e.vendor,
+        e.usable_mib * 2**20,
+        e.bandwidth_gb_s * 1e9,
+        flops,
+        e.compute_capability,
+        e.interconnect,
+        e.price_per_hour,
+        tuple(e.nvml_names),
+        e.source,
     )
 
 
@@ -270,8 +279,10 @@ class Catalog(_Strict):
     @model_validator(mode="after")
     def _cross_check(self) -> Catalog:
         for kind, items in (
-            ("model", self.models_file.models), ("gpu", self.gpus_file.gpus),
-            ("format", self.formats_file.formats), ("engine", self.engines_file.engines),
+            ("model", self.models_file.models),
+            ("gpu", self.gpus_file.gpus),
+            ("format", self.formats_file.formats),
+            ("engine", self.engines_file.engines),
             ("SLO profile", self.slo_file.profiles),
         ):
             ids = [i.id for i in items]

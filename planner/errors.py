@@ -1,10 +1,25 @@
-"""The planner's named errors. The CLI prints one line and exits 1; pages show st.error."""
+"""The planner's named errors. The CLI prints one line and exits with the error's `exit_code`; pages show st.error."""
 
 from __future__ import annotations
+
+import reprlib
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+_SHOWN = reprlib.Repr()  # a bad value is echoed, but never more than a short excerpt of it
+_SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = 40
+_SHOWN.maxlist = _SHOWN.maxdict = 4
+_MAX_PROBLEMS = 3
 
 
 class PlannerError(Exception):
     """Base class: a message a person can act on."""
+
+    exit_code = 1
 
 
 class CatalogError(PlannerError):
@@ -21,7 +36,28 @@ class UnknownNameError(PlannerError):
 
 
 class ModelFileError(PlannerError):
-    """A config.json or GGUF file that cannot be read as a model."""
+    """A config.json or GGUF file that cannot be read as a model: bad input, so exit 2 like a bad argument."""
+
+    exit_code = 2
+
+    @classmethod
+    def from_validation(cls, path: Path, exc: ValidationError, prefix: str = "", aliases: dict | None = None) -> Self:
+        """One line naming the file and each bad field as the file spells it (`prefix` + key).
+
+        `aliases` maps a key to the words a missing key is reported with (e.g. "num_hidden_layers or n_layer").
+        """
+        problems = []
+        for err in exc.errors()[:_MAX_PROBLEMS]:
+            key = ".".join(str(part) for part in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "missing":
+                problems.append(f"lacks {prefix}{(aliases or {}).get(key, key)}")
+            elif key:
+                problems.append(f"{prefix}{key}: {msg}, got {_SHOWN.repr(err['input'])}")
+            else:  # a rule across fields: its message names them, prefix included
+                problems.append(msg)
+        more = exc.error_count() - _MAX_PROBLEMS
+        return cls(f"{path}: {'; '.join(problems)}" + (f" (and {more} more)" if more > 0 else ""))
 
 
 class WorkloadError(PlannerError):

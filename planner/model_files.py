@@ -1,8 +1,11 @@
 """A ModelSpec from a file: a Hugging Face `config.json`, or a GGUF file's metadata.
 
-The GGUF path reads metadata and tensor shapes with the `gguf` package (llama.cpp's
-reader, memory-mapped), so the parameter count is exact and nothing is dequantized.
-The planner does not import the bundled engine.
+Every way a file can be wrong ends as one `ModelFileError` naming the file and the field: the field
+rules are the schemas in planner.hf_config and planner.gguf_meta, and this module turns what they
+refuse, and what cannot be read at all, into that error. A config.json is read only up to
+`max_config_bytes`. The GGUF path reads metadata and tensor shapes with the `gguf` package (llama.cpp's
+reader, memory-mapped), so the parameter count is exact, nothing is dequantized and tensor data is
+never read. The planner does not import the bundled engine.
 """
 
 from __future__ import annotations
@@ -12,83 +15,72 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from planner.errors import ModelFileError
-from planner.model_spec import ModelSpec, MoeSpec, build_model_spec
+from planner.gguf_meta import MAX_PER_LAYER, GgufShape
+from planner.hf_config import MISSING_WORDS, HfConfig, HfWrapper
+from planner.model_spec import ModelSpec, build_model_spec
 
-QKV_BIAS_TYPES = ("qwen2", "qwen2_moe")
-
-
-def _need(cfg: dict, *keys: str) -> Any:
-    for k in keys:
-        if cfg.get(k) is not None:
-            return cfg[k]
-    raise ModelFileError(f"config.json lacks {' or '.join(keys)}")
+GGUF_MAGIC = b"GGUF"
+DEFAULT_MAX_CONFIG_BYTES = 16 * 2**20  # real config.json files are a few KiB; this bounds memory and parse time
+# What the gguf reader raises on a truncated or corrupt file (it checks little itself).
+GGUF_READ_ERRORS = (ValueError, IndexError, OSError, KeyError, TypeError, OverflowError, MemoryError)
 
 
-def _hf_moe(cfg: dict, n_layers: int) -> MoeSpec | None:
-    n_experts = cfg.get("num_local_experts") or cfg.get("n_routed_experts") or cfg.get("num_experts")
-    if not n_experts:
-        return None
-    dense = int(cfg.get("first_k_dense_replace", 0))
-    return MoeSpec(
-        n_experts=int(n_experts),
-        experts_per_token=int(_need(cfg, "num_experts_per_tok")),
-        expert_intermediate_size=int(cfg.get("moe_intermediate_size") or _need(cfg, "intermediate_size")),
-        moe_layers=n_layers - dense,
-        shared_experts=int(cfg.get("n_shared_experts") or 0),
-    )
+def _build(p: Path, fields: dict[str, Any], params_total: int | None = None) -> ModelSpec:
+    try:
+        return build_model_spec(fields, params_total=params_total)
+    except ValueError as exc:  # the cross-field rules of ModelSpec and MoeSpec
+        raise ModelFileError(f"{p}: {exc}") from exc
 
 
-def _hf_sliding(cfg: dict, n_layers: int) -> tuple[int | None, int | None]:
-    window = cfg.get("sliding_window")
-    if not window or cfg.get("use_sliding_window") is False:
-        return None, None
-    layer_types = cfg.get("layer_types")
-    if layer_types:
-        return int(window), sum(1 for t in layer_types if t == "sliding_attention")
-    return int(window), None
+def _read_json_object(p: Path, max_bytes: int) -> dict[str, Any]:
+    try:
+        with p.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise ModelFileError(f"cannot open {p}: {exc.strerror}") from exc
+    if len(data) > max_bytes:
+        raise ModelFileError(
+            f"{p} is over {max_bytes:,} bytes, too big for a config.json (raise --max-config-bytes if it is one)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ModelFileError(f"{p} is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})") from exc
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"cannot read {p} as a config.json: {exc}") from exc
+    except (RecursionError, ValueError) as exc:  # nesting too deep; an integer literal over 4300 digits
+        raise ModelFileError(f"cannot read {p} as a config.json: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelFileError(f"{p} holds a JSON {type(raw).__name__}, not an object: not a config.json")
+    return raw
 
 
-def model_from_hf_config(path: str | os.PathLike[str], model_id: str | None = None) -> ModelSpec:
+def model_from_hf_config(
+    path: str | os.PathLike[str], model_id: str | None = None, max_bytes: int = DEFAULT_MAX_CONFIG_BYTES
+) -> ModelSpec:
     """Read a transformers `config.json` (Llama, Mistral, Qwen2, Mixtral, DeepSeek-V3 style)."""
     p = Path(path).expanduser()
+    raw = _read_json_object(p, max_bytes)
     try:
-        cfg = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"cannot read {p} as a config.json: {exc}") from exc
-    if not isinstance(cfg, dict):
-        raise ModelFileError(f"{p} is not a JSON object")
-    cfg = cfg.get("text_config", cfg)  # multimodal wrappers keep the decoder here
-    n_layers = int(_need(cfg, "num_hidden_layers", "n_layer"))
-    hidden = int(_need(cfg, "hidden_size", "n_embd"))
-    n_heads = int(_need(cfg, "num_attention_heads", "n_head"))
-    window, swa_layers = _hf_sliding(cfg, n_layers)
-    fields: dict[str, Any] = {
-        "id": model_id or p.parent.name or "custom",
-        "name": cfg.get("_name_or_path") or p.parent.name or "custom model",
-        "architecture": str(cfg.get("model_type", "unknown")),
-        "n_layers": n_layers,
-        "hidden_size": hidden,
-        "n_heads": n_heads,
-        "n_kv_heads": int(cfg.get("num_key_value_heads") or n_heads),
-        "head_dim": int(cfg.get("head_dim") or hidden // n_heads),
-        "intermediate_size": int(_need(cfg, "intermediate_size")),
-        "vocab_size": int(_need(cfg, "vocab_size")),
-        "max_context": int(_need(cfg, "max_position_embeddings")),
-        "tied_embeddings": bool(cfg.get("tie_word_embeddings", False)),
-        "qkv_bias": bool(cfg.get("attention_bias", cfg.get("model_type") in QKV_BIAS_TYPES)),
-        "sliding_window": window,
-        "sliding_window_layers": swa_layers,
-        "moe": _hf_moe(cfg, n_layers),
-        "source": str(p),
-    }
-    if cfg.get("kv_lora_rank"):
-        fields["kv_lora_rank"] = int(cfg["kv_lora_rank"])
-        fields["qk_rope_head_dim"] = int(_need(cfg, "qk_rope_head_dim"))
+        inner = HfWrapper.model_validate(raw).text_config
+    except ValidationError as exc:
+        raise ModelFileError.from_validation(p, exc) from exc
+    prefix = "text_config." if inner is not None else ""
     try:
-        return build_model_spec(fields)
+        cfg = HfConfig.model_validate(raw if inner is None else inner, context={"prefix": prefix})
+    except ValidationError as exc:
+        raise ModelFileError.from_validation(p, exc, prefix, MISSING_WORDS) from exc
+    name = cfg.name_or_path or p.parent.name or "custom model"
+    try:
+        shape = cfg.spec_fields()
     except ValueError as exc:
         raise ModelFileError(f"{p}: {exc}") from exc
+    return _build(p, shape | {"id": model_id or p.parent.name or "custom", "name": name, "source": str(p)})
 
 
 def _gguf_reader(p: Path) -> Any:
@@ -97,77 +89,69 @@ def _gguf_reader(p: Path) -> Any:
             magic = fh.read(4)
     except OSError as exc:
         raise ModelFileError(f"cannot open {p}: {exc.strerror}") from exc
-    if magic != b"GGUF":
-        raise ModelFileError(f"{p} is not a GGUF file (magic {magic!r})")
+    if magic != GGUF_MAGIC:
+        raise ModelFileError(f"{p} is not a GGUF file (magic {magic!r}, expected {GGUF_MAGIC!r})")
     from gguf import GGUFReader
 
     try:
         return GGUFReader(p, "r")
-    except (ValueError, IndexError, OSError, KeyError, TypeError) as exc:
+    except GGUF_READ_ERRORS as exc:
         raise ModelFileError(f"cannot read GGUF file {p}: truncated or corrupt ({exc})") from exc
+
+
+def _gguf_value(p: Path, reader: Any, key: str) -> Any:
+    """One metadata value as Python, None when absent; a long array is refused before it is decoded."""
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    if len(field.data) > MAX_PER_LAYER:
+        raise ModelFileError(f"{p}: {key} is an array of {len(field.data):,} values, not a model size")
+    try:
+        return field.contents()
+    except GGUF_READ_ERRORS as exc:  # UnicodeDecodeError is a ValueError
+        raise ModelFileError(f"{p}: cannot decode {key}: {exc}") from exc
 
 
 def model_from_gguf(path: str | os.PathLike[str], model_id: str | None = None) -> ModelSpec:
     """Read shape and exact parameter count from GGUF metadata and tensor shapes."""
     p = Path(path).expanduser()
     reader = _gguf_reader(p)
-
-    def meta(key: str, default: Any = None) -> Any:
-        field = reader.fields.get(key)
-        return default if field is None else field.contents()
-
-    arch = str(meta("general.architecture", ""))
-    if not arch:
-        raise ModelFileError(f"{p}: GGUF metadata lacks general.architecture")
-
-    def arch_key(suffix: str, default: Any = None, required: bool = False) -> Any:
-        value = meta(f"{arch}.{suffix}", default)
-        if value is None and required:
-            raise ModelFileError(f"{p}: GGUF metadata lacks {arch}.{suffix}")
-        return value
-
-    n_layers = int(arch_key("block_count", required=True))
-    hidden = int(arch_key("embedding_length", required=True))
-    n_heads = int(arch_key("attention.head_count", required=True))
-    n_experts = int(arch_key("expert_count", 0) or 0)
-    tensors = {t.name for t in reader.tensors}
-    vocab = arch_key("vocab_size") or len(meta("tokenizer.ggml.tokens", []) or [])
-    fields: dict[str, Any] = {
-        "id": model_id or p.stem.lower(),
-        "name": str(meta("general.name", p.stem)),
-        "architecture": arch,
-        "n_layers": n_layers,
-        "hidden_size": hidden,
-        "n_heads": n_heads,
-        "n_kv_heads": int(arch_key("attention.head_count_kv", n_heads)),
-        "head_dim": int(arch_key("attention.key_length", hidden // n_heads)),
-        "intermediate_size": int(arch_key("feed_forward_length", required=True)),
-        "vocab_size": int(vocab),
-        "max_context": int(arch_key("context_length", required=True)),
-        "tied_embeddings": "output.weight" not in tensors,
-        "qkv_bias": "blk.0.attn_q.bias" in tensors,
-        "sliding_window": arch_key("attention.sliding_window"),
-        "moe": MoeSpec(
-            n_experts, int(arch_key("expert_used_count", required=True)),
-            int(arch_key("expert_feed_forward_length", 0) or arch_key("feed_forward_length")), n_layers,
-        ) if n_experts else None,
-        "source": str(p),
-    }
-    if arch_key("attention.kv_lora_rank"):
-        fields["kv_lora_rank"] = int(arch_key("attention.kv_lora_rank"))
-        fields["qk_rope_head_dim"] = int(arch_key("rope.dimension_count", required=True))
-    counted = sum(int(t.n_elements) for t in reader.tensors)
+    arch = _gguf_value(p, reader, "general.architecture")
+    if not arch or not isinstance(arch, str):
+        raise ModelFileError(f"{p}: GGUF metadata lacks general.architecture (a string)")
+    keys = [f.alias for f in GgufShape.model_fields.values()]
+    meta = {k: v for k in keys if (v := _gguf_value(p, reader, f"{arch}.{k}")) is not None}
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    token_count = len(tokens.data) if tokens is not None else 0
+    if "vocab_size" not in meta and not token_count:
+        raise ModelFileError(f"{p}: GGUF metadata lacks {arch}.vocab_size and tokenizer.ggml.tokens")
     try:
-        return build_model_spec(fields, params_total=counted)
+        shape = GgufShape.model_validate(meta, context={"arch": arch})
+    except ValidationError as exc:
+        raise ModelFileError.from_validation(p, exc, f"{arch}.") from exc
+    tensors = {t.name for t in reader.tensors}
+    name = _gguf_value(p, reader, "general.name")
+    fields = {"id": model_id or p.stem.lower(), "name": str(name or p.stem), "source": str(p)}
+    try:
+        fields |= shape.spec_fields(arch, tensors, token_count)
     except ValueError as exc:
         raise ModelFileError(f"{p}: {exc}") from exc
+    counted = sum(int(t.n_elements) for t in reader.tensors)
+    return _build(p, fields, params_total=counted or None)
 
 
-def model_from_file(path: str | os.PathLike[str]) -> ModelSpec:
-    """GGUF by magic, else a config.json."""
+def model_from_file(path: str | os.PathLike[str], max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES) -> ModelSpec:
+    """GGUF by magic or a .gguf name (so a wrong magic says so), else a config.json."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise ModelFileError(f"model file not found: {p}")
-    with p.open("rb") as fh:
-        is_gguf = fh.read(4) == b"GGUF"
-    return model_from_gguf(p) if is_gguf else model_from_hf_config(p)
+    if not p.is_file():
+        raise ModelFileError(f"model path is not a regular file: {p}")
+    try:
+        with p.open("rb") as fh:
+            is_gguf = fh.read(4) == GGUF_MAGIC
+    except OSError as exc:
+        raise ModelFileError(f"cannot open {p}: {exc.strerror}") from exc
+    if is_gguf or p.suffix.lower() == ".gguf":
+        return model_from_gguf(p)
+    return model_from_hf_config(p, max_bytes=max_config_bytes)

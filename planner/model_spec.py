@@ -9,6 +9,15 @@ shared experts are not worth re-deriving).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+# One home for "a size in a model's shape": a true integer (no float, bool or string), at least 1,
+# and small enough that the sizing math stays in float range. Catalog entries and model files use it.
+MAX_SIZE = 2**31 - 1
+Size = Annotated[int, Field(strict=True, gt=0, le=MAX_SIZE)]
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_SIZE)]  # a size where 0 means "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +33,8 @@ class MoeSpec:
     def __post_init__(self) -> None:
         if not 0 < self.experts_per_token <= self.n_experts:
             raise ValueError(f"experts_per_token {self.experts_per_token} must be in 1..{self.n_experts}")
+        if self.moe_layers <= 0:
+            raise ValueError(f"moe_layers must be positive, got {self.moe_layers} (dense layers cover the model)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +63,7 @@ class ModelSpec:
     qk_rope_head_dim: int | None = None  # ... plus the shared RoPE key, per layer
     moe: MoeSpec | None = None
     source: str = ""
+    notes: tuple[str, ...] = ()  # how the shape was read, when it is an approximation (shown with the plan)
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim", "vocab_size", "max_context"):
@@ -61,6 +73,10 @@ class ModelSpec:
             raise ValueError(f"model {self.id}: {self.n_heads} heads are not a multiple of {self.n_kv_heads} KV heads")
         if (self.kv_lora_rank is None) != (self.qk_rope_head_dim is None):
             raise ValueError(f"model {self.id}: MLA needs both kv_lora_rank and qk_rope_head_dim")
+        if self.moe is not None and self.moe.moe_layers > self.n_layers:
+            raise ValueError(f"model {self.id}: {self.moe.moe_layers} MoE layers but {self.n_layers} layers")
+        if (self.sliding_window_layers or 0) > self.n_layers:
+            raise ValueError(f"model {self.id}: {self.sliding_window_layers} sliding layers but {self.n_layers} layers")
 
     @property
     def uses_mla(self) -> bool:
@@ -142,13 +158,17 @@ def estimate_params(
     return attn + mlp_total + norms + emb, attn + mlp_active + norms + emb
 
 
-def build_model_spec(
-    fields: dict, params_total: int | None = None, params_active: int | None = None
-) -> ModelSpec:
+def build_model_spec(fields: dict, params_total: int | None = None, params_active: int | None = None) -> ModelSpec:
     """A ModelSpec from shape fields; params counted from the shape unless given."""
     shape_keys = (
-        "n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim",
-        "intermediate_size", "vocab_size", "tied_embeddings",
+        "n_layers",
+        "hidden_size",
+        "n_heads",
+        "n_kv_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "tied_embeddings",
     )
     total, active = estimate_params(
         **{k: fields[k] for k in shape_keys}, qkv_bias=fields.get("qkv_bias", False), moe=fields.get("moe")

@@ -18,7 +18,7 @@ from planner.capacity import Capacity, Replica, plan_capacity
 from planner.catalog import Catalog, EngineSpec, FormatSpec
 from planner.errors import WorkloadError
 from planner.launch import LaunchSpec, launch_command
-from planner.model_files import model_from_file
+from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
 from planner.roofline import Device, Parallel, cc_at_least, decode_step, prefill, ridge_point
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
@@ -101,31 +101,41 @@ class Plan:
 
     def to_dict(self) -> dict:
         return {
-            "model": asdict(self.model), "device": asdict(self.device),
+            "model": asdict(self.model),
+            "device": asdict(self.device),
             "workload": asdict(self.workload) | {"slo": self.workload.slo.model_dump()},
-            "options": [o.to_dict() for o in self.options], "unfit": [o.to_dict() for o in self.unfit],
+            "options": [o.to_dict() for o in self.options],
+            "unfit": [o.to_dict() for o in self.unfit],
             "notes": self.notes,
         }
 
 
-def resolve_model(name: str, catalog: Catalog) -> ModelSpec:
+def resolve_model(name: str, catalog: Catalog, max_config_bytes: int = DEFAULT_MAX_CONFIG_BYTES) -> ModelSpec:
     """A catalog id/name, or a path to a config.json or GGUF file."""
     looks_like_path = name.endswith((".json", ".gguf")) or ("/" in name and Path(name).expanduser().exists())
-    return model_from_file(name) if looks_like_path else catalog.model(name)
+    return model_from_file(name, max_config_bytes) if looks_like_path else catalog.model(name)
 
 
 def _memory_config(engine: EngineSpec, device: Device, catalog: Catalog) -> MemoryConfig:
     vm = catalog.engines_file.vllm_memory
     kv_bytes = kv_dtype_bytes(engine, device)
     plain_overhead = (
-        int(catalog.engines_file.cpu_runtime_overhead_gib * GIB) if device.kind == "cpu"
+        int(catalog.engines_file.cpu_runtime_overhead_gib * GIB)
+        if device.kind == "cpu"
         else max(int(vm.overhead_min_gib * GIB), int(vm.overhead_fraction * device.memory_bytes))
     )
     return MemoryConfig(
-        mode=engine.memory_model, utilization=vm.gpu_memory_utilization, kv_free_fraction=vm.kv_free_fraction,
-        block_size=vm.block_size, max_num_batched_tokens=vm.max_num_batched_tokens, max_num_seqs=vm.max_num_seqs,
-        overhead_min_bytes=int(vm.overhead_min_gib * GIB), overhead_fraction=vm.overhead_fraction,
-        tp_overhead_bytes=int(vm.tp_overhead_gib * GIB), fixed_overhead_bytes=plain_overhead, kv_dtype_bytes=kv_bytes,
+        mode=engine.memory_model,
+        utilization=vm.gpu_memory_utilization,
+        kv_free_fraction=vm.kv_free_fraction,
+        block_size=vm.block_size,
+        max_num_batched_tokens=vm.max_num_batched_tokens,
+        max_num_seqs=vm.max_num_seqs,
+        overhead_min_bytes=int(vm.overhead_min_gib * GIB),
+        overhead_fraction=vm.overhead_fraction,
+        tp_overhead_bytes=int(vm.tp_overhead_gib * GIB),
+        fixed_overhead_bytes=plain_overhead,
+        kv_dtype_bytes=kv_bytes,
     )
 
 
@@ -152,8 +162,10 @@ def _cannot_run(engine: EngineSpec, fmt: FormatSpec, model: ModelSpec, device: D
         return f"{device.name} has no BF16: use FP16"
     needed = (engine.format_min_cc or {}).get(fmt.id, fmt.min_cc)
     if device.kind == "gpu" and not cc_at_least(device, needed):
-        return (f"{fmt.label} on {engine.label} needs compute capability >= {needed}; "
-                f"{device.name} has {device.compute_capability}")
+        return (
+            f"{fmt.label} on {engine.label} needs compute capability >= {needed}; "
+            f"{device.name} has {device.compute_capability}"
+        )
     return None
 
 
@@ -179,16 +191,29 @@ class _Ctx:
 def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, engine_id: str) -> PlanOption:
     """Memory, prediction, SLO check and capacity for one engine x format x parallelism."""
     m, dev, w = ctx.model, ctx.device, ctx.workload
-    mem = plan_memory(m, fmt, dev.memory_bytes, w.context, w.seq_tokens, _memory_config(engine, dev, ctx.catalog),
-                      par.tp, par.pp)
+    mem = plan_memory(
+        m, fmt, dev.memory_bytes, w.context, w.seq_tokens, _memory_config(engine, dev, ctx.catalog), par.tp, par.pp
+    )
     label = ctx.catalog.engines_file.distributed.label if engine_id == "vllm-ray" else engine.label
-    opt = PlanOption(engine_id, label, fmt.id, fmt.label, mem.fits, tp=par.tp, pp=par.pp, memory=mem,
-                     quality=fmt.quality, quality_note=fmt.quality_note)
+    opt = PlanOption(
+        engine_id,
+        label,
+        fmt.id,
+        fmt.label,
+        mem.fits,
+        tp=par.tp,
+        pp=par.pp,
+        memory=mem,
+        quality=fmt.quality,
+        quality_note=fmt.quality_note,
+    )
     if not mem.fits:
         short = mem.shortfall_bytes() / GIB
-        opt.reason = (f"does not fit: {mem.weights_bytes / GIB:.1f} GiB of weights per device leaves "
-                      f"{mem.kv_budget_bytes / GIB:.1f} GiB for KV; one {w.context}-token sequence needs "
-                      f"{short:.1f} GiB more per device")
+        opt.reason = (
+            f"does not fit: {mem.weights_bytes / GIB:.1f} GiB of weights per device leaves "
+            f"{mem.kv_budget_bytes / GIB:.1f} GiB for KV; one {w.context}-token sequence needs "
+            f"{short:.1f} GiB more per device"
+        )
         return opt
     opt.replicas = max(1, dev.count // par.devices) if dev.kind == "gpu" else 1
     per_replica = math.ceil(w.concurrency / opt.replicas)
@@ -199,19 +224,53 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
     kv_bytes = kv_dtype_bytes(engine, dev)
 
     def step(b: int) -> float:
-        return decode_step(m, fmt, dev, b, w.decode_context, bandwidth_efficiency=eff.decode_bandwidth,
-                           flops_efficiency=eff.prefill_flops, parallel=par, overhead_s=overhead,
-                           kv_dtype_bytes=kv_bytes).seconds
+        return decode_step(
+            m,
+            fmt,
+            dev,
+            b,
+            w.decode_context,
+            bandwidth_efficiency=eff.decode_bandwidth,
+            flops_efficiency=eff.prefill_flops,
+            parallel=par,
+            overhead_s=overhead,
+            kv_dtype_bytes=kv_bytes,
+        ).seconds
 
-    dec = decode_step(m, fmt, dev, batch, w.decode_context, bandwidth_efficiency=eff.decode_bandwidth,
-                      flops_efficiency=eff.prefill_flops, parallel=par, overhead_s=overhead, kv_dtype_bytes=kv_bytes)
-    pre = prefill(m, fmt, dev, w.input_tokens, bandwidth_efficiency=eff.decode_bandwidth,
-                  flops_efficiency=eff.prefill_flops, parallel=par, overhead_s=overhead)
+    dec = decode_step(
+        m,
+        fmt,
+        dev,
+        batch,
+        w.decode_context,
+        bandwidth_efficiency=eff.decode_bandwidth,
+        flops_efficiency=eff.prefill_flops,
+        parallel=par,
+        overhead_s=overhead,
+        kv_dtype_bytes=kv_bytes,
+    )
+    pre = prefill(
+        m,
+        fmt,
+        dev,
+        w.input_tokens,
+        bandwidth_efficiency=eff.decode_bandwidth,
+        flops_efficiency=eff.prefill_flops,
+        parallel=par,
+        overhead_s=overhead,
+    )
     tpot_s, ttft_s = dec.seconds, pre.seconds
     opt.prediction = Prediction(
-        batch=batch, ttft_ms=ttft_s * 1e3, tpot_ms=tpot_s * 1e3, e2e_ms=(ttft_s + (w.output_tokens - 1) * tpot_s) * 1e3,
-        throughput_tok_s=opt.replicas * batch / tpot_s, decode_bound=dec.bound, prefill_bound=pre.bound,
-        decode_bytes=dec.bytes_read, decode_flops=dec.flops, arithmetic_intensity=dec.flops / dec.bytes_read,
+        batch=batch,
+        ttft_ms=ttft_s * 1e3,
+        tpot_ms=tpot_s * 1e3,
+        e2e_ms=(ttft_s + (w.output_tokens - 1) * tpot_s) * 1e3,
+        throughput_tok_s=opt.replicas * batch / tpot_s,
+        decode_bound=dec.bound,
+        prefill_bound=pre.bound,
+        decode_bytes=dec.bytes_read,
+        decode_flops=dec.flops,
+        arithmetic_intensity=dec.flops / dec.bytes_read,
         ridge_point=ridge_point(dev, fmt),
     )
     slo = w.slo
@@ -231,10 +290,20 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
     tpot_target = slo.tpot_ms / 1e3 if slo.tpot_ms else None
     opt.capacity = plan_capacity(replica, w.output_tokens, dev.price_per_hour or None, tpot_target, w.qps)
     opt.score = p.throughput_tok_s * ctx.catalog.quality_weight(fmt.quality)
-    opt.launch = launch_command(LaunchSpec(
-        engine_id, fmt, m, dev.kind, par.tp, par.pp, w.context, batch,
-        ctx.catalog.engines_file.vllm_memory.gpu_memory_utilization, dev.threads,
-    ))
+    opt.launch = launch_command(
+        LaunchSpec(
+            engine_id,
+            fmt,
+            m,
+            dev.kind,
+            par.tp,
+            par.pp,
+            w.context,
+            batch,
+            ctx.catalog.engines_file.vllm_memory.gpu_memory_utilization,
+            dev.threads,
+        )
+    )
     opt.why = _why(ctx, opt, engine, mem, p)
     return opt
 
@@ -251,8 +320,10 @@ def _why(ctx: _Ctx, opt: PlanOption, engine: EngineSpec, mem: MemoryPlan, p: Pre
     ]
     if opt.tp > 1 or opt.pp > 1:
         split = f"TP {opt.tp}" + (f" x PP {opt.pp} across {opt.pp} nodes" if opt.pp > 1 else "")
-        lines.append(f"{split}: of the splits that hold the weights and this workload's KV cache, the one "
-                     "with the best predicted throughput")
+        lines.append(
+            f"{split}: of the splits that hold the weights and this workload's KV cache, the one "
+            "with the best predicted throughput"
+        )
     if opt.replicas > 1:
         lines.append(f"{opt.replicas} replicas (data parallel) over {ctx.device.count} GPUs")
     lines.append(f"{engine.label}: {engine.note}")
@@ -306,9 +377,16 @@ def _distributed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption |
         if plan_memory(ctx.model, fmt, ctx.device.memory_bytes, w.context, w.seq_tokens, cfg, node, nodes).fits:
             if ctx.device.count >= node * nodes:
                 return _evaluate(ctx, engine, fmt, Parallel(node, nodes, eff), "vllm-ray")
-            return PlanOption("vllm-ray", dist.label, fmt.id, fmt.label, False, quality=fmt.quality,
-                              reason=f"needs {nodes} nodes x {node} GPUs = {nodes * node} GPUs (vLLM + Ray: TP {node} "
-                                     f"x PP {nodes}); you have {ctx.device.count}")
+            return PlanOption(
+                "vllm-ray",
+                dist.label,
+                fmt.id,
+                fmt.label,
+                False,
+                quality=fmt.quality,
+                reason=f"needs {nodes} nodes x {node} GPUs = {nodes * node} GPUs (vLLM + Ray: TP {node} "
+                f"x PP {nodes}); you have {ctx.device.count}",
+            )
     return None
 
 
@@ -316,8 +394,12 @@ def _rank(options: list[PlanOption], ctx: _Ctx) -> list[PlanOption]:
     def slots_only(o: PlanOption) -> bool:
         """Concurrent GPU serving on an engine without continuous batching (llama.cpp slots, bundled)."""
         engine = ctx.catalog.engines.get(o.engine)
-        return (ctx.device.kind == "gpu" and ctx.workload.concurrency > 1
-                and engine is not None and engine.batching != "continuous")
+        return (
+            ctx.device.kind == "gpu"
+            and ctx.workload.concurrency > 1
+            and engine is not None
+            and engine.batching != "continuous"
+        )
 
     def key(o: PlanOption) -> tuple:
         near = o.quality in NEAR_LOSSLESS
@@ -327,16 +409,22 @@ def _rank(options: list[PlanOption], ctx: _Ctx) -> list[PlanOption]:
     for i, o in enumerate(ranked, 1):
         o.rank = i
         if i == 1:
-            o.why.insert(0, "ranked 1st: " + ("meets the SLO" if o.meets_slo else "nothing meets the SLO; closest")
-                         + " with the highest predicted throughput x quality weight"
-                         + (" among near-lossless formats" if o.meets_slo and o.quality in NEAR_LOSSLESS else ""))
+            o.why.insert(
+                0,
+                "ranked 1st: "
+                + ("meets the SLO" if o.meets_slo else "nothing meets the SLO; closest")
+                + " with the highest predicted throughput x quality weight"
+                + (" among near-lossless formats" if o.meets_slo and o.quality in NEAR_LOSSLESS else ""),
+            )
             continue
         first, prev = ranked[0], ranked[i - 2]
         if first.meets_slo and not o.meets_slo:
             reason = "misses the SLO: " + "; ".join(o.slo_misses)
         elif key(o)[1] != key(first)[1]:
-            reason = ("no continuous batching or paged KV cache: behind the servers built for concurrent GPU "
-                      "traffic whatever its roofline says")
+            reason = (
+                "no continuous batching or paged KV cache: behind the servers built for concurrent GPU "
+                "traffic whatever its roofline says"
+            )
         elif key(o)[:3] != key(first)[:3]:
             reason = f"meets the SLO but costs more quality ({o.quality}) than the options above"
         else:
@@ -379,7 +467,7 @@ def recommend(model: ModelSpec, device: Device, workload: Workload, catalog: Cat
             (fitting if opt.fits else unfit).append(opt)
     if not fitting and not unfit:
         raise WorkloadError(f"no engine in the catalog runs on {device.name}")
-    notes = _notes(device, workload, skipped)
+    notes = [*model.notes, *_notes(device, workload, skipped)]
     return Plan(model, device, workload, _rank(fitting, ctx), unfit, notes)
 
 

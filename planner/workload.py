@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner.catalog import SloProfile
+from planner.model_files import DEFAULT_MAX_CONFIG_BYTES
 
 DEFAULT_INPUT_TOKENS = 1024
 DEFAULT_OUTPUT_TOKENS = 256
@@ -32,6 +33,9 @@ class RecommendOptions(BaseModel):
     slo: str = Field("chat", description="SLO profile id from planner/data/slo_profiles.json")
     qps: float | None = Field(None, gt=0, description="target requests per second, for the capacity table")
     price_per_hour: float | None = Field(None, ge=0, description="$ per GPU-hour (default: the catalog's figure)")
+    max_config_bytes: int = Field(
+        DEFAULT_MAX_CONFIG_BYTES, ge=1, description="the largest config.json read as --model (a GGUF is memory-mapped)"
+    )
 
     @model_validator(mode="after")
     def _lengths_fit(self) -> RecommendOptions:

@@ -8,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from planner.hardware import detect
+from tests.model_file_cases import CASES, assert_message, write_gguf
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -25,7 +26,11 @@ def test_hardware_page_tells_the_gpu_story(app: AppTest) -> None:
     assert not app.exception
     assert app.title[0].value == "Hardware"
     assert [m.label for m in app.metric] == [
-        "Cores (physical / logical)", "RAM total", "RAM available", "Disk free (weights cache)"]
+        "Cores (physical / logical)",
+        "RAM total",
+        "RAM available",
+        "Disk free (weights cache)",
+    ]
     hw = detect()
     if not hw.gpus:
         story = app.info[0].value
@@ -73,7 +78,8 @@ def test_plan_page_bad_input_is_shown_not_raised(app: AppTest) -> None:
     app.number_input(key="plan_output").set_value(1000).run()
     assert not app.exception
     assert app.error[0].value == (
-        "input_tokens + output_tokens = 9000 exceeds context 8192: raise the context or shorten the request")
+        "input_tokens + output_tokens = 9000 exceeds context 8192: raise the context or shorten the request"
+    )
     app.number_input(key="plan_input").set_value(1024)
     app.text_input(key="plan_model_path").set_value("/nonexistent/model.gguf").run()
     assert not app.exception
@@ -89,3 +95,27 @@ def test_plan_page_for_this_cpu(app: AppTest) -> None:
     engines = set(app.dataframe[0].value["engine"])
     assert engines <= {"llama.cpp (llama-server)", "Preflight bundled engine"}
     assert any(c.value.startswith("CPU figures measured with torch") for c in app.caption)
+
+
+def test_plan_page_shows_each_bad_model_file_as_one_error(app: AppTest, tmp_path: Path) -> None:
+    """Issue 16, item 16: the page shows the CLI's message in st.error, never a traceback."""
+    app.switch_page("pages/plan.py").run()
+    for name, write, expected in CASES:
+        folder = tmp_path / name
+        folder.mkdir()
+        path = write(folder)
+        app.text_input(key="plan_model_path").set_value(str(path)).run()
+        assert not app.exception, name
+        assert len(app.error) == 1, name
+        assert_message(app.error[0].value, expected, path)
+
+
+def test_plan_page_notes_a_gguf_sized_by_its_largest_layer(app: AppTest, tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "varied.gguf", **{"attention.head_count_kv": [2, 2, 0, 1]})
+    app.switch_page("pages/plan.py").run()
+    app.number_input(key="plan_context").set_value(128)
+    app.number_input(key="plan_input").set_value(64)
+    app.number_input(key="plan_output").set_value(32)
+    app.text_input(key="plan_model_path").set_value(str(path)).run()
+    assert not app.exception and not app.error
+    assert any(c.value.startswith("llama.attention.head_count_kv varies by layer (0 to 2)") for c in app.caption)

@@ -14,21 +14,57 @@ from planner.model_files import model_from_file, model_from_gguf, model_from_hf_
 
 # Published parameter counts (model cards), in billions, and our count from the shapes.
 PUBLISHED_B = {
-    "smollm2-135m": 0.135, "llama-3.2-1b": 1.24, "llama-3.2-3b": 3.21, "llama-3.1-8b": 8.03,
-    "llama-3.1-70b": 70.6, "llama-3.1-405b": 406, "qwen2.5-7b": 7.61, "qwen2.5-72b": 72.7,
-    "mistral-7b": 7.24, "mixtral-8x7b": 46.7,
+    "smollm2-135m": 0.135,
+    "llama-3.2-1b": 1.24,
+    "llama-3.2-3b": 3.21,
+    "llama-3.1-8b": 8.03,
+    "llama-3.1-70b": 70.6,
+    "llama-3.1-405b": 406,
+    "qwen2.5-7b": 7.61,
+    "qwen2.5-72b": 72.7,
+    "mistral-7b": 7.24,
+    "mixtral-8x7b": 46.7,
 }
 
 
 def test_catalog_validates_and_every_entry_cites_a_source() -> None:
     cat = load_catalog()
     assert set(PUBLISHED_B) | {"deepseek-v3"} == set(cat.models)
-    assert {"t4", "l4", "l40s", "a10g", "a100-40", "a100-80", "h100-sxm", "h100-pcie", "h200", "rtx-4090",
-            "mi300x"} <= set(cat.gpus)
-    assert {"bf16", "fp16", "fp8", "int8", "awq", "gptq", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0", "q3_k_m",
-            "q2_k"} <= set(cat.formats)
-    for item in [*cat.models_file.models, *cat.gpus_file.gpus, *cat.formats.values(), *cat.engines.values(),
-                 *cat.slo_profiles.values()]:
+    assert {
+        "t4",
+        "l4",
+        "l40s",
+        "a10g",
+        "a100-40",
+        "a100-80",
+        "h100-sxm",
+        "h100-pcie",
+        "h200",
+        "rtx-4090",
+        "mi300x",
+    } <= set(cat.gpus)
+    assert {
+        "bf16",
+        "fp16",
+        "fp8",
+        "int8",
+        "awq",
+        "gptq",
+        "q8_0",
+        "q6_k",
+        "q5_k_m",
+        "q4_k_m",
+        "q4_0",
+        "q3_k_m",
+        "q2_k",
+    } <= set(cat.formats)
+    for item in [
+        *cat.models_file.models,
+        *cat.gpus_file.gpus,
+        *cat.formats.values(),
+        *cat.engines.values(),
+        *cat.slo_profiles.values(),
+    ]:
         assert item.source.strip(), item.id
 
 
@@ -51,7 +87,11 @@ def test_slo_profiles_load_on_their_own() -> None:
     assert (profiles["chat"].ttft_ms, profiles["chat"].tpot_ms, profiles["chat"].percentile) == (2000, 100, 99)
     assert (profiles["interactive"].ttft_ms, profiles["interactive"].tpot_ms) == (450, 40)
     assert {p: profiles[p].ttft_ms for p in ("dialogue", "search", "translation", "code-completion")} == {
-        "dialogue": 200, "search": 100, "translation": 500, "code-completion": 50}
+        "dialogue": 200,
+        "search": 100,
+        "translation": 500,
+        "code-completion": 50,
+    }
 
 
 def _copy_data(tmp_path: Path) -> Path:
@@ -95,9 +135,16 @@ def test_unknown_model_suggests_close_ids() -> None:
 
 def _llama_config(**extra: object) -> dict:
     return {
-        "model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
-        "max_position_embeddings": 131072, "tie_word_embeddings": False, **extra,
+        "model_type": "llama",
+        "num_hidden_layers": 32,
+        "hidden_size": 4096,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": False,
+        **extra,
     }
 
 
@@ -112,8 +159,17 @@ def test_hf_config_matches_the_catalog(tmp_path: Path) -> None:
 
 def test_hf_config_moe_mla_and_sliding_window(tmp_path: Path) -> None:
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps(_llama_config(model_type="mixtral", vocab_size=32000, num_local_experts=8,
-                                            num_experts_per_tok=2, max_position_embeddings=32768)))
+    cfg.write_text(
+        json.dumps(
+            _llama_config(
+                model_type="mixtral",
+                vocab_size=32000,
+                num_local_experts=8,
+                num_experts_per_tok=2,
+                max_position_embeddings=32768,
+            )
+        )
+    )
     mixtral = model_from_hf_config(cfg)
     assert (mixtral.params_total, mixtral.params_active) == (46_702_792_704, 12_879_925_248)
 
@@ -134,17 +190,29 @@ def test_gguf_metadata_of_the_bundled_model() -> None:
 
     spec = model_from_gguf(bundled_model_path())
     ref = load_catalog().models["smollm2-135m"]
-    shape = ("n_layers", "hidden_size", "n_heads", "n_kv_heads", "head_dim", "intermediate_size", "vocab_size",
-             "max_context", "tied_embeddings")
+    shape = (
+        "n_layers",
+        "hidden_size",
+        "n_heads",
+        "n_kv_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+        "max_context",
+        "tied_embeddings",
+    )
     assert [getattr(spec, k) for k in shape] == [getattr(ref, k) for k in shape]
     assert spec.params_total == ref.params_total == 134_515_008  # counted from the file's tensor shapes
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"not json at all", "cannot read .* as a config.json"),
-    (b'{"model_type": "llama"}', "config.json lacks num_hidden_layers or n_layer"),
-    (b"GGUF\x03\x00\x00\x00", "cannot read GGUF file .*: truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not json at all", "cannot read .* as a config.json"),
+        (b'{"model_type": "llama"}', "model.bin: lacks num_hidden_layers or n_layer; lacks hidden_size or n_embd"),
+        (b"GGUF\x03\x00\x00\x00", "cannot read GGUF file .*: truncated or corrupt"),
+    ],
+)
 def test_bad_model_files(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "model.bin"
     path.write_bytes(content)
