@@ -6,13 +6,11 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from reports import store
 from reports.compare import Comparison, latency_samples
 from reports.compare_markdown import comparison_to_markdown
 from reports.documents import Document
+from reports.exports import export, formats_for
 from reports.history import HistoryEntry
-from reports.junit import to_junit
-from reports.markdown import to_markdown
 from reports.readiness_report import ReadinessReport
 from widgets_benchmark import result_charts, run_summaries
 from widgets_checklist import results_by_category, verdict_banner
@@ -54,15 +52,11 @@ def document_view(doc: Document) -> None:
 
 
 def downloads(doc: Document, key: str) -> None:
-    """Every export of one document; built once per document id, not on every rerun."""
+    """Every export of one document (reports.exports); built once per document id, not on every rerun."""
     cache_key = f"{key}_exports"
     cached = st.session_state.get(cache_key)
     if cached is None or cached[0] != doc.id:
-        files = {"JSON": (store.to_json(doc), "application/json", "json")}
-        if isinstance(doc, ReadinessReport):
-            files["Markdown"] = (to_markdown(doc), "text/markdown", "md")
-            files["JUnit XML"] = (to_junit(doc), "application/xml", "xml")
-        cached = (doc.id, files)
+        cached = (doc.id, {f.label: (export(doc, f.name), f.mime, f.extension) for f in formats_for(doc)})
         st.session_state[cache_key] = cached
     columns = st.columns(len(cached[1]))
     for col, (label, (text, mime, ext)) in zip(columns, cached[1].items(), strict=True):

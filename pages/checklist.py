@@ -4,11 +4,10 @@ import streamlit as st
 
 from checks.jobs import JobState, checklist_job
 from checks.readiness.config import ChecklistConfig
-from reports.markdown import to_markdown
-from reports.store import to_json
 from widgets import run_panel
 from widgets_benchmark import target_inputs
 from widgets_checklist import judging_inputs, live_progress, results_by_category, verdict_banner
+from widgets_reports import downloads
 
 st.title("Readiness checklist")
 st.caption("Performance against an SLO profile, resources, security, monitoring and reliability. A check that "
@@ -21,12 +20,4 @@ if snap.state == JobState.CANCELLED:
     st.warning("Stopped: the checks that had not run are ERROR, so the verdict is INCOMPLETE.")
 verdict_banner(report)
 results_by_category(report)
-job_id = st.session_state["check_job"].job_id
-if st.session_state.get("check_downloads", (None,))[0] != job_id:  # serialise once per report, not every rerun
-    st.session_state["check_downloads"] = (job_id, to_json(report), to_markdown(report))
-_, report_json, report_md = st.session_state["check_downloads"]
-c1, c2 = st.columns(2)
-c1.download_button("Download report (JSON)", report_json, file_name="preflight-readiness.json",
-                   mime="application/json", key="check_download_json")  # fmt: skip
-c2.download_button("Download report (Markdown)", report_md, file_name="preflight-readiness.md",
-                   mime="text/markdown", key="check_download_md")  # fmt: skip
+downloads(report, "check")

@@ -22,6 +22,7 @@ from checks.readiness.runner import Checklist, ChecklistProgress
 from planner.__main__ import main as planner_main
 from reports import store
 from reports.check_result import CheckStatus
+from reports.history import History
 from reports.readiness_report import ReadinessReport
 from reports.verdict import Verdict
 from tests.planted_server import Faults, PlantedServer
@@ -40,12 +41,14 @@ def _report(path: Path) -> ReadinessReport:
     return store.load(path, ReadinessReport)
 
 
-def test_clean_server_is_ready_and_every_file_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out, junit, md = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.md"
+def test_clean_server_is_ready_and_every_file_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], preflight_env: Path
+) -> None:
+    out, junit, md, html = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.md", tmp_path / "r.html"
     with PlantedServer(api_key=SECRET, log_path=tmp_path / "server.log", **FAST) as server:
         code = _run(["--target", server.base_url + "/v1", "--api-key", SECRET, *SMALL, "--rate-limit-rpm", "6000",
                      "--server-log", str(server.log_path), "--out", str(out), "--junit", str(junit),
-                     "--markdown", str(md)])  # fmt: skip
+                     "--markdown", str(md), "--html", str(html), "--label", "  release candidate 2 "])  # fmt: skip
         server_log = server.log_path.read_text()
     printed = capsys.readouterr()
     report = _report(out)
@@ -57,7 +60,13 @@ def test_clean_server_is_ready_and_every_file_is_written(tmp_path: Path, capsys:
     assert report.metrics_timeline is not None and report.metrics_timeline.source == "preflight"
     assert len(ET.fromstring(junit.read_text()).findall(".//testcase")) == len(report.checks)
     assert md.read_text().startswith(f"# Preflight readiness: **{report.verdict.value}**")
-    everything = out.read_text() + junit.read_text() + md.read_text() + printed.out + printed.err + server_log
+    assert html.read_text().startswith("<!DOCTYPE html>") and report.verdict.value in html.read_text()
+    assert report.label == "release candidate 2"
+    saved = History(preflight_env / "history").entries()  # every run is kept in the history, labelled
+    assert [(e.id, e.label, e.verdict) for e in saved] == [(report.id, report.label, report.verdict.value)]
+    assert f"saved in the history as {report.id}" in printed.err
+    everything = (out.read_text() + junit.read_text() + md.read_text() + html.read_text() + printed.out + printed.err
+                  + server_log + (preflight_env / "history" / f"{report.id}.json").read_text())  # fmt: skip
     assert "POST /v1/chat/completions 200" in server_log  # the log is real and saw the checklist's requests
     assert SECRET not in everything  # redaction: the key is in no file, no console line, no log line
     assert report.target.api_key_set
@@ -202,3 +211,19 @@ def test_server_pid_of_a_url_target_is_watched_by_the_measured_run(tmp_path: Pat
     assert report.benchmark is not None
     samples = report.benchmark.resources.samples
     assert any(s.proc_rss_bytes for s in samples), "the timeline must carry the watched process's RSS"
+
+
+
+def test_no_history_and_an_unwritable_history(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              preflight_env: Path) -> None:  # fmt: skip
+    """--no-history saves nothing; a history that cannot be written warns but keeps the verdict's exit code."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with PlantedServer(**FAST) as server:
+        base = ["--target", server.base_url, "--api-key", "planted-key", "--only", "monitoring"]
+        quiet = _run([*base, "--no-history"])
+        capsys.readouterr()
+        blocked = _run([*base, "--history", str(blocker / "sub")])
+    assert not (preflight_env / "history").exists()
+    assert blocked == quiet
+    assert "warning: not saved in the history: cannot create the history folder" in capsys.readouterr().err

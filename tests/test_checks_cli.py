@@ -22,6 +22,7 @@ from checks.load.targets import REPO_ROOT, free_port
 from checks.readiness.config import ChecklistConfig
 from reports import store
 from reports.benchmark_result import BundledTargetDoc, load_benchmark_result
+from reports.history import History
 from reports.readiness_report import ReadinessReport
 from reports.verdict import Verdict
 
@@ -29,10 +30,10 @@ TINY = ["--requests", "2", "--warmup-requests", "0", "--input-len", "16", "--out
 
 
 def test_bundled_run_prints_the_console_block_and_writes_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], preflight_env: Path
 ) -> None:
     out = tmp_path / "reports" / "bench.json"
-    code = main(["bench", *TINY, "--profile", "concurrency:2", "--out", str(out)])
+    code = main(["bench", *TINY, "--profile", "concurrency:2", "--out", str(out), "--label", "tiny"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     result = load_benchmark_result(out)
@@ -49,6 +50,8 @@ def test_bundled_run_prints_the_console_block_and_writes_json(
     assert err[0] == "starting the bundled engine (int4) and waiting for /health"
     assert err[-1] == f"wrote {out}"
     assert not any(line.startswith("error") for line in err)
+    (entry,) = History(preflight_env / "history").entries()  # kept in the history too, with its label
+    assert (entry.id, entry.label, entry.kind) == (result.id, "tiny", "benchmark")
 
 
 @pytest.mark.parametrize(

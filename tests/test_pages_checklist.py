@@ -56,7 +56,9 @@ def test_a_real_run_shows_verdict_results_and_downloads(page: AppTest) -> None:
     banner = [e.value for e in (*page.success, *page.warning, *page.error)]
     assert any(report.verdict.value.replace("_", " ") in text for text in banner), banner
     assert [s.value.split(" :")[0] for s in page.subheader] == ["Security", "Monitoring"]
-    _, json_text, markdown = page.session_state["check_downloads"]
+    doc_id, files = page.session_state["check_exports"]
+    assert doc_id == report.id and set(files) == {"JSON", "HTML", "Markdown", "JUnit XML"}
+    json_text, markdown = files["JSON"][0], files["Markdown"][0]
     assert report.verdict.value in markdown and '"kind": "preflight.readiness-report"' in json_text
     page.run()  # a rerun reuses the serialised downloads
-    assert page.session_state["check_downloads"][1] is json_text
+    assert page.session_state["check_exports"][1]["JSON"][0] is json_text

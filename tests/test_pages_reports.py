@@ -49,7 +49,7 @@ def test_history_open_compare_and_unreadable(monkeypatch: pytest.MonkeyPatch, tm
     banner = [e.value for e in at.error]
     assert any("NOT READY" in text or "NOT_READY" in text for text in banner), banner
     downloads = at.session_state["reports_open_exports"][1]
-    assert set(downloads) == {"JSON", "Markdown", "JUnit XML"}
+    assert set(downloads) == {"JSON", "HTML", "Markdown", "JUnit XML"}
     # Compare: A is the older report, B the newer benchmark; same records, so nothing changed.
     assert at.selectbox(key="reports_a").value == report.id
     compare_table = next(d.value for d in at.dataframe if "meaning" in d.value.columns)

@@ -164,3 +164,6 @@ def test_export_writes_markdown_and_junit(home: Path, tmp_path: Path, capsys: py
     assert "exists" in capsys.readouterr().err
     bench = History(home).save(_bench())
     assert main(["export", bench.stem, "--format", "junit", "--out", str(tmp_path / "b.xml")]) == 2
+    assert "has no junit export; it has json, html" in capsys.readouterr().err
+    assert main(["export", bench.stem, "--format", "html", "--out", str(tmp_path / "b.html")]) == 0
+    assert "<svg" in (tmp_path / "b.html").read_text()
