@@ -136,6 +136,23 @@ class GGUFModelFile:
     def _arch_key(self, suffix: str, default: Any = None) -> Any:
         return self.metadata(f"{self.architecture}.{suffix}", default)
 
+    def _size(self, suffix: str, default: int | None = None) -> int:
+        """One architecture size: a scalar positive integer, or ModelFileError naming the key.
+
+        Some GGUFs store per-layer arrays (one head count per layer); the engine runs uniform
+        layers only, so it refuses them by name instead of failing in `int(list)`.
+        """
+        key = f"{self.architecture}.{suffix}"
+        value = self._arch_key(suffix, default)
+        if value is None:
+            raise ModelFileError(f"GGUF metadata lacks {key}")
+        if isinstance(value, list):
+            raise ModelFileError(f"{self.path.name}: {key} is a per-layer array ({len(value)} values); the bundled "
+                                 "engine runs models whose layers all have the same shape")  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
+            raise ModelFileError(f"{self.path.name}: {key} must be a positive integer, found {value!r:.40}")
+        return value
+
     def _read_config(self) -> ModelConfig:
         required = {
             "block_count": "n_layers",
@@ -144,24 +161,22 @@ class GGUFModelFile:
             "feed_forward_length": "ffn_size",
             "context_length": "context_length",
         }
-        values: dict[str, Any] = {}
-        for key, name in required.items():
-            value = self._arch_key(key)
-            if value is None:
-                raise ModelFileError(f"GGUF metadata lacks {self.architecture}.{key}")
-            values[name] = int(value)
-        values["n_kv_heads"] = int(self._arch_key("attention.head_count_kv", values["n_heads"]))
+        values: dict[str, Any] = {name: self._size(key) for key, name in required.items()}
+        values["n_kv_heads"] = self._size("attention.head_count_kv", values["n_heads"])
         vocab = self._arch_key("vocab_size")
         if vocab is None:
             vocab = len(self.metadata("tokenizer.ggml.tokens", []))
-        return ModelConfig(
-            **values,
-            vocab_size=int(vocab),
-            rope_theta=float(self._arch_key("rope.freq_base", 10000.0)),
-            rms_eps=float(self._arch_key("attention.layer_norm_rms_epsilon", 1e-5)),
-            tied_embeddings="output.weight" not in self._tensors,
-            name=str(self.metadata("general.name", self.path.stem)),
-        )
+        try:
+            return ModelConfig(
+                **values,
+                vocab_size=self._size("vocab_size", vocab),
+                rope_theta=float(self._arch_key("rope.freq_base", 10000.0)),
+                rms_eps=float(self._arch_key("attention.layer_norm_rms_epsilon", 1e-5)),
+                tied_embeddings="output.weight" not in self._tensors,
+                name=str(self.metadata("general.name", self.path.stem)),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"{self.path.name}: {exc}") from None
 
     # -- tensors --------------------------------------------------------------------
 
