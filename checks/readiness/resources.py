@@ -39,6 +39,7 @@ from checks.readiness.check import Check, CheckContext
 from checks.readiness.kv_capacity import KV_CAPACITY
 from checks.readiness.measured import measurement
 from reports.check_result import Category, CheckResult, CheckStatus
+from reports.home import preflight_home
 
 MIB, GIB = 2**20, 2**30
 USED_WARN, USED_FAIL = 0.85, 0.95
@@ -158,16 +159,6 @@ def weights_cache_root() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("preflight"))
-
-
-def preflight_home() -> Path:
-    """$PREFLIGHT_HOME, else the user data folder: where reports and logs are written."""
-    env = os.environ.get("PREFLIGHT_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("preflight"))
 
 
 def disk_status(free: int, total: int) -> CheckStatus:
