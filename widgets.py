@@ -5,7 +5,7 @@ from collections.abc import Callable
 import streamlit as st
 from pydantic import BaseModel, ValidationError
 
-from checks.jobs import Job, JobSnapshot, JobState
+from checks.jobs import REGISTRY, Job, JobBusy, JobKind, JobSnapshot, JobState, new_job
 from checks.load.benchmark import config_error
 from planner.hardware import Hardware, detect, gib
 
@@ -30,30 +30,44 @@ def run_panel(
     model: type[BaseModel],
     values: dict,
     label: str,
-    start: Callable[[BaseModel], Job],
+    kind: JobKind,
     hint: str,
     live: Callable[[Job], None],
 ) -> JobSnapshot:
-    """The run cycle both job pages share: validate the form into `model`, Run (disabled while invalid or
-    running), then a hint, the live view, or the failure; returns the finished job's snapshot, else stops."""
+    """The run cycle both job pages share: validate the form into `model`, Run (disabled while invalid or while
+    any job runs), then a hint, the live view, or the failure; returns the finished job's snapshot, else stops.
+
+    The running job comes from the process-wide registry, so a reloaded page or a second tab shows it and can
+    stop it; a job of the other page blocks Run with a note."""
+    busy = REGISTRY.running()
+    if busy is not None and busy.kind == kind:
+        st.session_state[f"{prefix}_job"] = busy  # reattach: this session may be a reload or another tab
     job: Job | None = st.session_state.get(f"{prefix}_job")
-    running = job is not None and job.snapshot().state == JobState.RUNNING
     config = None
     try:
         config = model(**values)
     except ValidationError as exc:
         st.error(config_error(exc))
-    if st.button(label, type="primary", disabled=config is None or running, key=f"{prefix}_run"):
-        st.session_state[f"{prefix}_job"] = start(config).start()
+    if busy is not None and busy.kind != kind:
+        st.info(f"A {busy.kind} is running ({busy.snapshot().elapsed_s:.0f} s so far); Run is available when it ends.")
+    if st.button(label, type="primary", disabled=config is None or busy is not None, key=f"{prefix}_run"):
+        try:
+            st.session_state[f"{prefix}_job"] = REGISTRY.start(new_job(kind, config))
+        except JobBusy as exc:  # another tab pressed Run first
+            st.error(str(exc))
+            st.stop()
         st.rerun()  # redraw the whole page with Run disabled: the live fragment redraws only itself
     if job is None:
         st.info(hint)
         st.stop()
-    if running:
+    if job is busy:
         live(job)
         st.stop()
     snap = job.snapshot()
     if snap.state == JobState.FAILED:
         st.error(snap.error)
+        st.stop()
+    if snap.result is None:  # stopped before the target was ready
+        st.warning("Stopped before the target was ready: nothing was measured.")
         st.stop()
     return snap

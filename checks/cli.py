@@ -37,8 +37,8 @@ from reports import store
 from reports.benchmark_result import BenchmarkResult
 from reports.exports import export
 from reports.history import History
+from reports.home import history_dir
 from reports.identity import LABEL_MAX_CHARS
-from reports.paths import history_dir
 from reports.readiness_report import ReadinessReport
 from reports.store import DocumentError, check_writable, save, write_text
 from reports.verdict import exit_code

@@ -1,10 +1,14 @@
 """A benchmark or a readiness checklist running in a child process, for the dashboard.
 
 Streamlit reruns the page script on every interaction, so a run cannot live in the
-script: it lives in a `Job` kept in the session state (one per browser session, never
-a module global), and the page polls `snapshot()` from a fragment. A job runs one
-work function, `run_benchmark` or `run_checklist`, which both take
+script: it lives in a `Job`, and the page polls `snapshot()` from a fragment. A job runs
+one work function, `run_benchmark` or `run_checklist`, which both take
 `(config, progress=, cancel=, on_status=)` and return a document.
+
+Jobs are started through `REGISTRY`, one per dashboard process and shared by every
+browser session: a reloaded page (a new session) or a second tab finds the running job
+there and can stop it, and a second job is refused while one runs (`JobBusy`): two runs
+would share the CPUs and skew each other's figures.
 
 The load generator runs in its own process, not a thread of the Streamlit server:
 in a thread it shares the server's GIL with every rerun and fragment, its event loop
@@ -13,13 +17,22 @@ machine: a 4-request run came out INVALID from a thread). The child reports prog
 status lines and the result (a `BenchmarkResult` or `ReadinessReport`, pickled) over a queue;
 a reader thread here keeps the latest.
 `cancel()` sets an event the child turns into the loadgen's cancel; what was measured
-is kept. A child that dies is a FAILED job with its exit code, never one left running.
+is kept. A Stop before the target was ready is CANCELLED with no result. A child that
+dies is a FAILED job with its exit code, never one left running.
+
+The child never outlives the dashboard with a server behind it: SIGTERM (which
+multiprocessing sends to a daemon child when the dashboard exits) becomes SystemExit,
+so the `with target` blocks stop the bundled server; and a dashboard that dies without
+a word (SIGKILL) is seen through the parent's sentinel and handled the same way.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
+import os
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -30,15 +43,23 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from checks.load.benchmark import BenchmarkConfig, run_benchmark
-from checks.load.targets import TargetError
-from checks.readiness.config import ChecklistConfig
+from checks.load.benchmark import run_benchmark
+from checks.load.targets import TargetCancelled, TargetError
 from checks.readiness.runner import run_checklist
 from checks.readiness.slo import SloProfileError
 from reports.store import DocumentError
 
 PROGRESS_EVERY_S = 0.25  # the child sends at most this often; the page polls once a second
 _CONTEXT = mp.get_context("spawn")  # a fresh interpreter: no inherited server threads or locks
+
+
+class JobKind(StrEnum):
+    BENCHMARK = "benchmark"
+    CHECKLIST = "checklist"
+
+
+class JobBusy(Exception):
+    """A job already runs in this dashboard process; the message names it and what to do."""
 
 
 class JobState(StrEnum):
@@ -63,8 +84,30 @@ class JobSnapshot:
 Work = Callable[..., BaseModel]
 
 
+def _exit_on_sigterm(out: Any) -> None:
+    """SIGTERM in the child raises SystemExit in its main thread, so every `finally` and `with` runs."""
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the cleanup that follows must not be cut short
+        out.cancel_join_thread()  # nobody may be reading any more: never block the exit on the queue
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _exit_with_parent() -> None:
+    """Wait until the dashboard process is gone (its sentinel turns ready), then exit as on SIGTERM."""
+    parent = mp.parent_process()
+    if parent is None or parent.sentinel is None:
+        return
+    multiprocessing.connection.wait([parent.sentinel])
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _child(work: Work, config: BaseModel, out: Any, cancel_flag: Any) -> None:
-    """The child process: run the work, send ("progress" | "status" | "result" | "error", payload)."""
+    """The child process: run the work, send ("progress" | "status" | "result" | "error" | "cancelled", payload)."""
+    _exit_on_sigterm(out)
+    threading.Thread(target=_exit_with_parent, name="preflight-parent-watch", daemon=True).start()
     cancel = threading.Event()
 
     def watch() -> None:
@@ -83,6 +126,8 @@ def _child(work: Work, config: BaseModel, out: Any, cancel_flag: Any) -> None:
 
     try:
         result = work(config, progress=progress, cancel=cancel, on_status=lambda m: out.put(("status", m)))
+    except TargetCancelled as exc:
+        out.put(("cancelled", str(exc)))
     except (TargetError, DocumentError, SloProfileError, ValueError, OSError) as exc:  # the input or the target
         out.put(("error", str(exc)))
     except Exception as exc:  # noqa: BLE001 - the page must learn why, not wait forever
@@ -95,6 +140,7 @@ def _child(work: Work, config: BaseModel, out: Any, cancel_flag: Any) -> None:
 class Job:
     """One call of `work(config, ...)` in a child process."""
 
+    kind: JobKind
     work: Work
     config: BaseModel
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex)  # what the page keys per-job caches on
@@ -143,6 +189,9 @@ class Job:
             elif kind == "error":
                 self._finish(JobState.FAILED, error=payload)
                 return
+            elif kind == "cancelled":
+                self._finish(JobState.CANCELLED)
+                return
             else:
                 self._finish(JobState.CANCELLED if self._cancel.is_set() else JobState.DONE, result=payload)
                 return
@@ -169,11 +218,46 @@ class Job:
                                self._error)  # fmt: skip
 
 
-def benchmark_job(config: BenchmarkConfig) -> Job:
-    """A job that runs `run_benchmark(config)`; call `.start()`."""
-    return Job(run_benchmark, config)
+WORK: dict[JobKind, Work] = {JobKind.BENCHMARK: run_benchmark, JobKind.CHECKLIST: run_checklist}
 
 
-def checklist_job(config: ChecklistConfig) -> Job:
-    """A job that runs `run_checklist(config)`; call `.start()`."""
-    return Job(run_checklist, config)
+def new_job(kind: JobKind, config: BaseModel) -> Job:
+    """A job of `kind` on `config`, not started: start it with `REGISTRY.start` (or `.start()` outside a dashboard)."""
+    return Job(kind, WORK[kind], config)
+
+
+class JobRegistry:
+    """The jobs of one dashboard process, seen from every session: at most one runs at a time.
+
+    Only the running job needs finding (a session keeps its own finished job in its
+    state), so the registry holds the latest one; the lock makes "is one running? then
+    start this one" a single step, so two tabs that press Run together start one job.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: Job | None = None
+
+    def start(self, job: Job) -> Job:
+        """Start `job`; JobBusy while another one runs."""
+        with self._lock:
+            busy = self._running()
+            if busy is not None:
+                raise JobBusy(
+                    f"a {busy.kind} is already running ({busy.snapshot().elapsed_s:.0f} s so far): stop it or wait "
+                    "until it ends; runs go one at a time so that they do not share the CPUs"
+                )
+            self._latest = job.start()
+            return job
+
+    def running(self) -> Job | None:
+        """The job running now, whichever session started it; None when idle."""
+        with self._lock:
+            return self._running()
+
+    def _running(self) -> Job | None:
+        job = self._latest
+        return job if job is not None and job.snapshot().state == JobState.RUNNING else None
+
+
+REGISTRY = JobRegistry()  # one per process: the dashboard's Streamlit server is one process

@@ -95,6 +95,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help=h("compile"))
     p.add_argument("--grace-period", dest="grace_period_s", type=float, default=30.0, metavar="S",
                    help=h("grace_period_s"))  # fmt: skip
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID", help=h("parent_pid"))
 
 
 # Study size flags -> StudyOptions fields; the help text comes from the field.
@@ -237,7 +238,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     fields = ("quant", "host", "port", "insecure", "served_model_name", "max_num_seqs", "max_model_len", "max_queue",
               "kv_cache_bytes", "rate_limit_rpm", "rate_limit_burst", "max_body_bytes", "speculative",
-              "num_speculative_tokens", "log_prompts", "threads", "grace_period_s", "compile")  # fmt: skip
+              "num_speculative_tokens", "log_prompts", "threads", "grace_period_s", "compile",
+              "parent_pid")  # fmt: skip
     try:
         options = ServerOptions(
             model=args.model,

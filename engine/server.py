@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -34,6 +35,7 @@ from engine.gguf_file import resolve_model_path
 from engine.llm_engine import EngineConfig, LLMEngine
 from engine.loader import LoadedModel
 from engine.paged_cache import PagedKVCache
+from engine.parent_watch import watch_parent
 from engine.runtime import Engine, LoadOptions
 from engine.server_errors import APIError, install_error_handlers
 from engine.server_metrics import ServerMetrics
@@ -238,6 +240,12 @@ def create_app(
     return app
 
 
+def _parent_ended(parent_pid: int | None) -> None:
+    """The process that started us is gone: stop as SIGTERM would (graceful, exit 0), so nothing is orphaned."""
+    logger.warning("the parent process %s has exited: stopping", parent_pid)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_server(options: ServerOptions) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a graceful stop, 1 when the model failed to load."""
     import uvicorn
@@ -265,5 +273,7 @@ def run_server(options: ServerOptions) -> int:
     # handler that would kill us with -15. Ours only asks uvicorn to stop (also before it
     # installs its own handlers), so a graceful stop exits 0.
     signal.signal(signal.SIGTERM, lambda _sig, _frame: setattr(server, "should_exit", True))
+    if options.parent_pid is not None:
+        watch_parent(options.parent_pid, lambda: _parent_ended(options.parent_pid))
     server.run()
     return 1 if failed.is_set() else 0

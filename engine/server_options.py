@@ -67,6 +67,9 @@ class ServerOptions(BaseModel):
         False, description="torch.compile the decode step before /health turns 200 (about 1 min cold, faster decode)"
     )
     grace_period_s: float = Field(30.0, ge=0, description="seconds in-flight requests get to finish on SIGTERM")
+    parent_pid: int | None = Field(
+        None, ge=1, description="pid of the process starting the server: stop gracefully when it ends (bundled target)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServerOptions:

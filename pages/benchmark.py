@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from checks.jobs import JobState, benchmark_job
+from checks.jobs import JobKind, JobState
 from checks.load.benchmark import BenchmarkConfig
 from checks.load.console import format_result
 from widgets import run_panel
@@ -21,7 +21,7 @@ st.caption("Real streaming load; every figure comes from per-request records you
            "Definitions follow vLLM's bench serve (TTFT, TPOT, ITL, E2E, goodput).")  # fmt: skip
 values = {**target_inputs(), **workload_inputs(), **load_inputs()}
 HINT = "Choose a target, a workload and a load profile, then press Run benchmark."
-snap = run_panel("bench", BenchmarkConfig, values, "Run benchmark", benchmark_job, HINT, live_progress)
+snap = run_panel("bench", BenchmarkConfig, values, "Run benchmark", JobKind.BENCHMARK, HINT, live_progress)
 result = snap.result
 if snap.state == JobState.CANCELLED:
     st.warning("Stopped: the figures cover the requests that finished before the stop.")

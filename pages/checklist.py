@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from checks.jobs import JobState, checklist_job
+from checks.jobs import JobKind, JobState
 from checks.readiness.config import ChecklistConfig
 from widgets import run_panel
 from widgets_benchmark import target_inputs
@@ -14,7 +14,7 @@ st.caption("Performance against an SLO profile, resources, security, monitoring 
            "cannot measure says ERROR or SKIP, never PASS.")  # fmt: skip
 values = {**target_inputs("check"), **judging_inputs()}
 HINT = "Choose a target, an SLO profile and the exposure, then press Run checklist."
-snap = run_panel("check", ChecklistConfig, values, "Run checklist", checklist_job, HINT, live_progress)
+snap = run_panel("check", ChecklistConfig, values, "Run checklist", JobKind.CHECKLIST, HINT, live_progress)
 report = snap.result
 if snap.state == JobState.CANCELLED:
     st.warning("Stopped: the checks that had not run are ERROR, so the verdict is INCOMPLETE.")

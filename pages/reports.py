@@ -6,7 +6,7 @@ import streamlit as st
 
 from reports.compare import compare
 from reports.history import Filters, History
-from reports.paths import history_dir
+from reports.home import history_dir
 from reports.store import DocumentError
 from widgets_reports import comparison_view, document_view, downloads, history_table, unreadable_files
 

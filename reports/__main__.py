@@ -20,8 +20,8 @@ from reports.compare_markdown import comparison_to_markdown
 from reports.documents import Document
 from reports.exports import FORMATS, export
 from reports.history import Filters, History, HistoryEntry, dump_entries, entry_for
+from reports.home import history_dir
 from reports.markdown import to_markdown
-from reports.paths import history_dir
 from reports.readiness_report import ReadinessReport
 from reports.schema_files import SCHEMA_DIR, write_schemas
 

@@ -26,14 +26,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from reports import documents, store
+from reports.home import DIR_MODE, FILE_MODE
 from reports.identity import ID_PATTERN
 from reports.readiness_report import ReadinessReport
 from reports.redaction import redact_url
 
 INDEX_NAME = ".index.json"
 INDEX_VERSION = 1
-FILE_MODE = 0o600
-DIR_MODE = 0o700
 
 
 class HistoryEntry(BaseModel):

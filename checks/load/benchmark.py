@@ -222,8 +222,10 @@ async def _drive(
                           progress=progress, cancel=cancel, origin=origin)  # fmt: skip
 
 
-def make_target(config: BenchmarkConfig, status: Callable[[str], None]) -> BundledTarget | RemoteTarget:
-    """The target `config` names, not yet started or probed."""
+def make_target(
+    config: BenchmarkConfig, status: Callable[[str], None], cancel: threading.Event | None = None
+) -> BundledTarget | RemoteTarget:
+    """The target `config` names, not yet started or probed; `cancel` stops a bundled server's start."""
     quant = config.bundled_quant()
     if quant is None:
         key = config.api_key.get_secret_value() if config.api_key else None
@@ -236,7 +238,7 @@ def make_target(config: BenchmarkConfig, status: Callable[[str], None]) -> Bundl
         options = replace(options, extra_args=("--compile",), startup_timeout_s=COMPILE_STARTUP_TIMEOUT_S)
     how = f"{quant}, compiling first" if config.compile else quant
     status(f"starting the bundled engine ({how}) and waiting for /health")
-    return BundledTarget(options)
+    return BundledTarget(options, cancel)
 
 
 def run_benchmark(
@@ -249,7 +251,7 @@ def run_benchmark(
 
     Raises TargetError before any load when the target cannot be reached or used.
     """
-    target = make_target(config, on_status or (lambda _msg: None))
+    target = make_target(config, on_status or (lambda _msg: None), cancel)
     with target as endpoint:
         return measure(config, endpoint, target, progress, cancel, on_status)
 

@@ -11,6 +11,7 @@ the server accepts `ignore_eos` and `stream_options` (OpenAI itself rejects both
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -18,7 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,9 +33,11 @@ from checks.load.client import StreamClient, body_excerpt, read_body
 from checks.load.endpoint import Api, Endpoint, root_url
 from checks.load.prompts import PromptRequest
 from reports.benchmark_result import BundledTargetDoc, RemoteTargetDoc
+from reports.home import open_private, private_dir, prune
 from reports.records import ErrorKind, RequestRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+LOG_DIR = "logs"  # the bundled server's logs: a private folder under reports.home.preflight_home()
 PROBE_TIMEOUT_S = 60.0
 HEALTH_POLL_S = 0.25
 MODEL_LIST_BYTES = 4 * 2**20  # a /v1/models answer larger than this is not a model list
@@ -45,6 +48,10 @@ PROBE_PROMPT = PromptRequest("Say hello.", None, max_tokens=4, input_tokens=None
 
 class TargetError(Exception):
     """The target cannot be benchmarked; the message says why and what to do."""
+
+
+class TargetCancelled(TargetError):
+    """The user stopped the run before the target was ready: nothing was measured, nothing went wrong."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +65,14 @@ class BundledOptions:
     api: Api = "chat"
     extra_args: tuple[str, ...] = ()
     startup_timeout_s: float = 300.0
-    log_dir: Path | None = None  # where the server log is kept (default: a new temp dir)
+    log_dir: Path | None = None  # where the server log is kept (default: LOG_DIR under Preflight's home, pruned)
+    keep_logs: int = 20  # server logs kept in the default log folder; older ones are deleted at each start
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    """Signal the process group the bundled server leads; one that has already ended is not an error."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
 
 
 def free_port() -> int:
@@ -74,16 +88,21 @@ def wait_healthy(
     what: str,
     log_tail: Callable[[], str],
     path: str = "/health",
+    cancel: threading.Event | None = None,
 ) -> None:
-    """Poll `base_url + path` until 200; TargetError at once if the server ends, or at the deadline.
+    """Poll `base_url + path` until 200; TargetError at once if the server ends or `cancel` is set,
+    or at the deadline.
 
     `exit_code` says whether the server has ended (a child's `Popen.poll`, or a check on
     an in-process server's thread). Both errors carry the server's last log lines: a
-    server that cannot start says why there.
+    server that cannot start says why there. A Stop pressed while a server starts
+    (a cold --compile takes minutes) ends the wait at once: `TargetCancelled`.
     """
     deadline = time.monotonic() + deadline_s
     last = "no answer yet"
     while time.monotonic() < deadline:
+        if cancel is not None and cancel.is_set():
+            raise TargetCancelled(f"stopped while waiting for {what} to be ready")
         code = exit_code()
         if code is not None:
             raise TargetError(f"{what} exited ({code}) while starting:\n{log_tail()}")
@@ -95,7 +114,10 @@ def wait_healthy(
             last = f"HTTP {exc.code}"
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
-        time.sleep(HEALTH_POLL_S)  # the poll interval of a bounded wait, not a stand-in for work
+        if cancel is not None:
+            cancel.wait(HEALTH_POLL_S)  # the poll interval of a bounded wait; a Stop ends it early
+        else:
+            time.sleep(HEALTH_POLL_S)  # the poll interval of a bounded wait, not a stand-in for work
     raise TargetError(f"{what} was not ready within {deadline_s:g} s (last: {last}):\n{log_tail()}")
 
 
@@ -201,17 +223,31 @@ class BundledTarget:
     """`python -m engine serve` on 127.0.0.1, a free port and a generated key; stopped on exit.
 
     The key travels in the child's environment, never on its command line (`ps` shows
-    that). The server's log is kept in `log_path` for the report. Stopping sends
-    SIGTERM to this child only, waits for its graceful shutdown, then kills it.
+    that). The server's log is kept in `log_path` for the report: by default in the
+    private `logs` folder of Preflight's home (0700, the file 0600, the newest
+    `keep_logs` kept), never in a shared temp folder.
+
+    The server runs in its own process group (session), so a Ctrl-C meant for the
+    caller's terminal does not reach it, and stopping it reaches whatever it started
+    (Inductor's compile workers): SIGTERM to the group, a wait for the graceful
+    shutdown, then SIGKILL. It gets `--parent-pid` with this process's pid, so it stops
+    itself if this process dies without stopping it (see engine/parent_watch.py).
+    `cancel`, when set, ends the wait for the server's /health early.
     """
 
-    def __init__(self, options: BundledOptions | None = None) -> None:
+    def __init__(self, options: BundledOptions | None = None, cancel: threading.Event | None = None) -> None:
         self.options = options or BundledOptions()
+        self.cancel = cancel
         self.api_key = secrets.token_urlsafe(24)
         self.port = free_port()
-        log_dir = self.options.log_dir or Path(tempfile.mkdtemp(prefix="preflight-bundled-"))
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"engine-serve-{self.port}.log"
+        if self.options.log_dir is not None:
+            log_dir = self.options.log_dir
+            log_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            log_dir = private_dir(LOG_DIR)
+            prune(log_dir, "engine-serve-*.log", keep=max(0, self.options.keep_logs - 1))  # room for this one
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.log_path = log_dir / f"engine-serve-{stamp}-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -221,15 +257,17 @@ class BundledTarget:
     def command(self) -> list[str]:
         o = self.options
         cmd = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--quant", o.quant, "--device", o.device, "--max-num-seqs", str(o.max_num_seqs)]  # fmt: skip
+               "--quant", o.quant, "--device", o.device, "--max-num-seqs", str(o.max_num_seqs),
+               "--parent-pid", str(os.getpid())]  # fmt: skip
         if o.threads is not None:
             cmd += ["--threads", str(o.threads)]
         return cmd + list(o.extra_args)
 
     def start(self) -> Endpoint:
         env = dict(os.environ, PYTHONUNBUFFERED="1", PREFLIGHT_API_KEY=self.api_key)
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        with os.fdopen(open_private(self.log_path), "wb") as log:
+            self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
         try:
             self._wait_healthy()
             return asyncio.run(probe(self.base_url, self.api_key, None, self.options.api, self.proc.pid))
@@ -240,7 +278,8 @@ class BundledTarget:
     def _wait_healthy(self) -> None:
         if self.proc is None:
             raise TargetError("the bundled server was not started")
-        wait_healthy(self.base_url, self.proc.poll, self.options.startup_timeout_s, "the bundled server", self.log_tail)
+        wait_healthy(self.base_url, self.proc.poll, self.options.startup_timeout_s, "the bundled server", self.log_tail,
+                     cancel=self.cancel)  # fmt: skip
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -249,16 +288,19 @@ class BundledTarget:
             return "(no server log)"
 
     def stop(self, grace_s: float = 20.0) -> int | None:
-        """Stop the child (only it) and return its exit code."""
+        """Stop the server's process group and return the server's exit code."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return None if proc is None else proc.returncode
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait(timeout=10)
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        _signal_group(proc.pid, signal.SIGKILL)  # anything the server started and left behind
+        return proc.returncode
 
     def __enter__(self) -> Endpoint:
         return self.start()

@@ -39,7 +39,7 @@ from checks.readiness.check import Check, CheckContext
 from checks.readiness.kv_capacity import KV_CAPACITY
 from checks.readiness.measured import measurement
 from reports.check_result import Category, CheckResult, CheckStatus
-from reports.paths import data_dir
+from reports.home import preflight_home
 
 MIB, GIB = 2**20, 2**30
 USED_WARN, USED_FAIL = 0.85, 0.95
@@ -183,7 +183,7 @@ def _usage(path: Path) -> tuple[Path, int, int] | None:
 
 async def _disk(ctx: CheckContext, check: Check) -> CheckResult:
     rows = []
-    for label, path in (("weights cache", weights_cache_root()), ("Preflight home", data_dir())):
+    for label, path in (("weights cache", weights_cache_root()), ("Preflight home", preflight_home())):
         usage = _usage(path)
         if usage is None:
             return check.error(f"cannot read free space of the {label} {path}")

@@ -155,7 +155,7 @@ class Checklist:
 
     def run(self) -> ReadinessReport:
         started = datetime.now(UTC)
-        target = make_target(self.load, self.status)
+        target = make_target(self.load, self.status, self.cancel)
         ctx: CheckContext | None = None
         try:
             try:
