@@ -15,7 +15,8 @@ in a thread it shares the server's GIL with every rerun and fragment, its event 
 wakes late, and the self-check rightly marks the run invalid (seen on the 2-core
 machine: a 4-request run came out INVALID from a thread). The child reports progress,
 status lines and the result (a `BenchmarkResult` or `ReadinessReport`, pickled) over a queue;
-a reader thread here keeps the latest.
+a reader thread here keeps the latest. The child saves the result in the reports
+history before handing it over, so a run is kept even if no page is watching.
 `cancel()` sets an event the child turns into the loadgen's cancel; what was measured
 is kept. A Stop before the target was ready is CANCELLED with no result. A child that
 dies is a FAILED job with its exit code, never one left running.
@@ -47,6 +48,8 @@ from checks.load.benchmark import run_benchmark
 from checks.load.targets import TargetCancelled, TargetError
 from checks.readiness.runner import run_checklist
 from checks.readiness.slo import SloProfileError
+from reports.history import History
+from reports.home import history_dir
 from reports.store import DocumentError
 
 PROGRESS_EVERY_S = 0.25  # the child sends at most this often; the page polls once a second
@@ -133,6 +136,10 @@ def _child(work: Work, config: BaseModel, out: Any, cancel_flag: Any) -> None:
     except Exception as exc:  # noqa: BLE001 - the page must learn why, not wait forever
         out.put(("error", f"the run stopped on an unexpected {type(exc).__name__}: {exc}"))
     else:
+        try:  # every run is kept, as from the CLI; a history that cannot be written costs the run nothing
+            History(history_dir()).save(result)
+        except DocumentError as exc:
+            out.put(("status", f"not saved in the history: {exc}"))
         out.put(("result", result))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from reports.history import History
 from tests.planted_server import PlantedServer
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -40,7 +41,7 @@ def test_bad_url_disables_run(page: AppTest) -> None:
     assert page.error
 
 
-def test_a_real_run_shows_verdict_results_and_downloads(page: AppTest) -> None:
+def test_a_real_run_shows_verdict_results_and_downloads(page: AppTest, preflight_env: Path) -> None:
     with PlantedServer(**FAST) as server:
         page.radio(key="check_target_kind").set_value("Remote endpoint").run()
         page.text_input(key="check_target_url").input(server.base_url).run()
@@ -60,5 +61,6 @@ def test_a_real_run_shows_verdict_results_and_downloads(page: AppTest) -> None:
     assert doc_id == report.id and set(files) == {"JSON", "HTML", "Markdown", "JUnit XML"}
     json_text, markdown = files["JSON"][0], files["Markdown"][0]
     assert report.verdict.value in markdown and '"kind": "preflight.readiness-report"' in json_text
+    assert [e.id for e in History(preflight_env / "history").entries()] == [report.id]  # kept in the history
     page.run()  # a rerun reuses the serialised downloads
     assert page.session_state["check_exports"][1]["JSON"][0] is json_text
