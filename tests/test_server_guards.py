@@ -16,10 +16,12 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from server_harness import BlockedLoad, in_process_server
 
 from engine.server import create_app
 from engine.server_options import ServerOptions
+from engine.server_security import TokenBucketLimiter, allowed_host_names, host_allowed, host_name
 
 
 @contextmanager
@@ -102,7 +104,7 @@ def test_a_key_read_with_whitespace_still_matches(configured: str) -> None:
 
 
 def test_with_a_key_the_rate_limit_is_per_client_address() -> None:
-    with serve(ServerOptions(api_key="k", rate_limit_rpm=60, rate_limit_burst=2)) as url:
+    with serve(ServerOptions(api_key="k", rate_limit_rpm=1, rate_limit_burst=2)) as url:
         first = [httpx.get(url + "/version", headers=bearer("k")).status_code for _ in range(3)]
         assert first == [200, 200, 429]
         with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
@@ -143,3 +145,86 @@ def test_with_a_key_the_host_is_not_checked() -> None:
 def test_a_star_allows_any_host() -> None:
     with serve(ServerOptions(allowed_hosts=("*",))) as url:
         assert httpx.get(url + "/version", headers={"Host": "proxy.example"}).status_code == 200
+
+
+# ---- the pieces, without a socket ----------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_flood_of_new_clients_does_not_reset_known_ones() -> None:
+    clock = FakeClock()
+    limiter = TokenBucketLimiter(rpm=60, burst=2, clock=clock)
+    limiter.MAX_CLIENTS = 4
+    for name in "abcd":
+        assert [limiter.acquire(name) for _ in range(2)] == [0.0, 0.0]
+    flood = [limiter.acquire(f"new-{i}") for i in range(50)]
+    assert flood[:2] == [0.0, 0.0] and all(w > 0 for w in flood[2:])  # the newcomers share one bucket
+    assert limiter.acquire("a") > 0  # still limited: its bucket was not thrown away
+    assert limiter.clients == 4
+    clock.now += limiter.full_after_s  # every known bucket is full again: the same as none
+    assert limiter.acquire("new-0") == 0.0 and limiter.clients == 1
+
+
+def test_idle_buckets_are_dropped_oldest_first_and_only_when_full() -> None:
+    clock = FakeClock()
+    limiter = TokenBucketLimiter(rpm=60, burst=2, clock=clock)
+    limiter.acquire("old")
+    clock.now += 1.5
+    limiter.acquire("recent")
+    clock.now += 0.6  # "old" is full again (2.1 s > 2 s), "recent" is not (0.6 s)
+    limiter.acquire("third")
+    assert limiter.clients == 2
+    assert limiter.wait_s("recent") == 0.0 and limiter.acquire("recent") == 0.0
+    assert limiter.acquire("recent") > 0
+
+
+def test_wait_s_looks_without_taking_or_adding() -> None:
+    limiter = TokenBucketLimiter(rpm=60, burst=1, clock=FakeClock())
+    assert limiter.wait_s("x") == 0.0 and limiter.clients == 0
+    limiter.acquire("x")
+    assert limiter.wait_s("x") == pytest.approx(1.0)
+    assert limiter.wait_s("x") == pytest.approx(1.0)  # looking twice takes nothing
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [(b"127.0.0.1:8000", "127.0.0.1"), (b"LocalHost", "localhost"), (b"[::1]:8000", "::1"), (b"[::1]", "::1"),
+     (b"box.lan:80", "box.lan"), (b"a:b:c", None), (b"host:", None), (b"[::1]x", None), (b"", None), (None, None)],
+)  # fmt: skip
+def test_host_name_of_a_header(header: bytes | None, name: str | None) -> None:
+    assert host_name(header) == name
+
+
+def test_allowed_names_are_localhost_the_bound_host_and_the_configured_ones() -> None:
+    names = allowed_host_names("MyBox.lan", ("extra.lan",))
+    assert names == {"localhost", "mybox.lan", "extra.lan"}
+    assert host_allowed(b"192.168.1.5:8000", names)  # an IP literal is never a rebinding
+    assert not host_allowed(b"evil.example", names)
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [(" \n", "the API key is empty"), ("a" * 513, "longer than 512"), ("two words", "visible ASCII"),
+     ("clé", "visible ASCII")],
+)  # fmt: skip
+def test_keys_no_client_could_send_are_refused(key: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ServerOptions(api_key=key)
+
+
+def test_the_configured_key_is_normalized_once() -> None:
+    assert ServerOptions(api_key="  k-1\n").key == "k-1"
+
+
+@pytest.mark.parametrize("host", ["box.lan:80", "http://box.lan", "a b", "-x"])
+def test_allowed_hosts_are_bare_names(host: str) -> None:
+    with pytest.raises(ValidationError, match="is not a host name"):
+        ServerOptions(allowed_hosts=(host,))
+    assert ServerOptions(allowed_hosts=(" Box.LAN ",)).allowed_hosts == ("box.lan",)
