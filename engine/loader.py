@@ -2,7 +2,8 @@
 
 Cold path: read the GGUF, dequantize (or keep Q4_1 blocks as they are for
 int4), fuse Q/K/V and gate/up, quantize into the target format, and write the
-result to the weight cache. Warm path: build the model on the `meta` device,
+result to the weight cache (a cache that cannot be written is a logged
+warning and a note, never a failed load). Warm path: build the model on the `meta` device,
 then `load_state_dict(assign=True)` straight from the verified cache entry,
 so there is one copy of the weights and no quantization work.
 """
@@ -10,6 +11,7 @@ so there is one copy of the weights and no quantization work.
 from __future__ import annotations
 
 import ctypes
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,8 @@ from engine.model import Transformer
 from engine.quant import WEIGHT_FORMATS, compute_dtype, dequantize_q4_1, empty_linear, make_linear, module_weight_bytes
 from engine.tokenizer import Tokenizer
 from engine.weight_cache import CACHE_VERSION, CacheEntry, entry_key, file_sha256, load_entry, save_entry
+
+logger = logging.getLogger("preflight.engine")
 
 
 @dataclass(slots=True)
@@ -189,21 +193,26 @@ def load_model(
             model = build_from_state(config, fmt, state, dev)
             tokenizer = Tokenizer.from_state(manifest["tokenizer"])
         except (WeightCacheError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-            entry.remove()
+            # Not removed here: the save below replaces it under the entry's lock, and another
+            # process may be writing a good one right now.
             notes.append(f"weight cache entry was invalid and has been rebuilt ({exc})")
         else:
             release_freed_memory()
             return LoadedModel(
                 model, tokenizer, config, fmt, dev, "cache", time.perf_counter() - t0,
                 module_weight_bytes(model), gguf_bytes, str(path), _kernel_notes(model),
-            )
+            )  # fmt: skip
     mf = GGUFModelFile(path)
     tokenizer = Tokenizer.from_gguf(mf)
     model = build_from_gguf(mf, fmt, dev)
     if use_cache:
-        save_entry(entry, model.state_dict(), _manifest(source_hash, fmt, mf.config, tokenizer, gguf_bytes))
+        try:
+            save_entry(entry, model.state_dict(), _manifest(source_hash, fmt, mf.config, tokenizer, gguf_bytes))
+        except WeightCacheError as exc:  # the model is converted and runs; only the next load is slower
+            logger.warning("%s; the model runs from the GGUF conversion, and the next load converts again", exc)
+            notes.append(f"weight cache not written ({exc})")
     release_freed_memory()
     return LoadedModel(
         model, tokenizer, mf.config, fmt, dev, "gguf", time.perf_counter() - t0,
         module_weight_bytes(model), gguf_bytes, str(path), _kernel_notes(model) + notes,
-    )
+    )  # fmt: skip

@@ -8,8 +8,11 @@ within `--grace-period`, stops the engine thread and exits 0.
 
 Routes: /health, /version, /metrics, /v1/models (and /v1/models/{id}) here;
 /v1/completions and /v1/chat/completions in `engine.server_openai`.
-Middleware (outermost first): access log, CORS (only with --cors-origin),
-API key, rate limit, body size; see `engine.server_security`.
+Middleware (outermost first): access log, Host check (only without a key),
+CORS (only with --cors-origin), API key, rate limit, body size; see
+`engine.server_security`. Open connections are capped by uvicorn's
+`limit_concurrency` (`--max-connections`): above it a request gets 503 before
+any of its body is buffered.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -44,9 +48,14 @@ from engine.server_security import (
     AccessLogMiddleware,
     AuthMiddleware,
     BodyLimitMiddleware,
+    HostCheckMiddleware,
     RateLimitMiddleware,
     TokenBucketLimiter,
+    allowed_host_names,
 )
+
+if TYPE_CHECKING:
+    import uvicorn
 
 SERVER_VERSION = "0.1.0"
 logger = logging.getLogger("preflight.server")
@@ -228,14 +237,17 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=options.max_body_bytes)
     if options.rate_limit_rpm is not None:
         limiter = TokenBucketLimiter(options.rate_limit_rpm, options.rate_limit_bucket or 1)
-        app.add_middleware(RateLimitMiddleware, limiter=limiter, per_key=options.key is not None)
+        app.add_middleware(RateLimitMiddleware, limiter=limiter)
     if options.key is not None:
-        app.add_middleware(AuthMiddleware, api_key=options.key)
+        failures = TokenBucketLimiter(options.auth_failure_limit, options.auth_failure_limit)
+        app.add_middleware(AuthMiddleware, api_key=options.key, failures=failures)
     if options.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=list(options.cors_origins), allow_credentials=False,
             allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
         )  # fmt: skip
+    if options.key is None:  # with a key, a rebinding page has nothing to send
+        app.add_middleware(HostCheckMiddleware, names=allowed_host_names(options.host, options.allowed_hosts))
     app.add_middleware(AccessLogMiddleware)
     return app
 
@@ -244,6 +256,16 @@ def _parent_ended(parent_pid: int | None) -> None:
     """The process that started us is gone: stop as SIGTERM would (graceful, exit 0), so nothing is orphaned."""
     logger.warning("the parent process %s has exited: stopping", parent_pid)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def uvicorn_config(app: FastAPI, options: ServerOptions) -> uvicorn.Config:
+    """How uvicorn runs the app; `limit_concurrency` bounds open connections (each may hold a body being read)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=options.host, port=options.port, log_config=None, access_log=False, server_header=False,
+        timeout_graceful_shutdown=options.grace_period_s, lifespan="on", limit_concurrency=options.max_connections,
+    )  # fmt: skip
 
 
 def run_server(options: ServerOptions) -> int:
@@ -264,11 +286,7 @@ def run_server(options: ServerOptions) -> int:
             server.should_exit = True
 
     app = create_app(options, on_load_failed=load_failed)
-    config = uvicorn.Config(
-        app, host=options.host, port=options.port, log_config=None, access_log=False, server_header=False,
-        timeout_graceful_shutdown=options.grace_period_s, lifespan="on",
-    )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config(app, options))
     # uvicorn re-raises the signal it caught after a graceful stop; with the default SIGTERM
     # handler that would kill us with -15. Ours only asks uvicorn to stop (also before it
     # installs its own handlers), so a graceful stop exits 0.

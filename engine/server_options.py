@@ -3,7 +3,10 @@
 Kept apart from `engine.server` so that building the CLI parser (which takes
 its --help text from these descriptions) does not import torch or FastAPI.
 The bind check lives here too: a non-loopback host needs an API key unless
-`--insecure` is given, and the error says why.
+`--insecure` is given, and the error says why. So does the one rule for what
+an API key is (`normalize_api_key`): the configured key and the presented
+token both go through it, so a key read from a file with its newline still
+matches what a client sends.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+MAX_API_KEY_CHARS = 512
+"""Longer configured keys are refused and longer presented tokens fail unhashed (a cheap 401)."""
+HOST_NAME = re.compile(r"^(\*|[a-z0-9]([a-z0-9.-]*[a-z0-9])?)$")
 
 
 def is_loopback(host: str) -> bool:
@@ -23,6 +30,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def normalize_api_key(text: str) -> str:
+    """The one rule for both sides of a key comparison: surrounding whitespace is not part of a key."""
+    return text.strip()
+
+
+def check_api_key(key: str) -> None:
+    """A key every HTTP client can send: non-empty, visible ASCII, at most MAX_API_KEY_CHARS."""
+    if not key:
+        raise ValueError("the API key is empty: give a non-empty --api-key or PREFLIGHT_API_KEY")
+    if len(key) > MAX_API_KEY_CHARS:
+        raise ValueError(f"the API key is longer than {MAX_API_KEY_CHARS} characters")
+    if not all("!" <= ch <= "~" for ch in key):
+        raise ValueError("the API key may hold only visible ASCII characters (no spaces): clients send it in a header")
 
 
 def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
@@ -55,9 +77,21 @@ class ServerOptions(BaseModel):
     kv_cache_bytes: int | None = Field(
         None, ge=1, description="KV cache pool size (default: 256 MiB, or one max-model-len sequence if larger)"
     )
-    rate_limit_rpm: int | None = Field(None, ge=1, description="requests per minute per API key or client IP")
+    rate_limit_rpm: int | None = Field(
+        None, ge=1, description="requests per minute per client address (one shared key names no client)"
+    )
     rate_limit_burst: int | None = Field(None, ge=1, description="bucket size for --rate-limit (default: RPM/6)")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body (413 above it)")
+    max_connections: int = Field(
+        256, ge=2, description="open connections and requests in progress; a request above it gets 503 at once"
+    )
+    auth_failure_limit: int = Field(
+        10, ge=1, description="wrong API keys one client address may send per minute before 429 (with a key)"
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        (), description="extra Host name accepted without an API key (repeatable; '*': any); "
+        "localhost, IP addresses and the bound host always are",
+    )  # fmt: skip
     speculative: Literal["ngram", "none"] = Field("none", description="n-gram (prompt lookup) speculative decoding")
     num_speculative_tokens: int = Field(4, ge=1, le=16, description="drafts per step with --speculative ngram")
     cors_origins: tuple[str, ...] = Field((), description="allowed browser origin (repeatable); none: CORS off")
@@ -71,10 +105,26 @@ class ServerOptions(BaseModel):
         None, ge=1, description="pid of the process starting the server: stop gracefully when it ends (bundled target)"
     )
 
+    @field_validator("api_key")
+    @classmethod
+    def _normalize_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        key = normalize_api_key(value.get_secret_value())
+        check_api_key(key)
+        return SecretStr(key)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        hosts = tuple(h.strip().lower() for h in value)
+        for host in hosts:
+            if not HOST_NAME.match(host):
+                raise ValueError(f"{host[:100]!r} is not a host name: give a name such as 'box.lan', without port")
+        return hosts
+
     @model_validator(mode="after")
     def _check(self) -> ServerOptions:
-        if self.api_key is not None and not self.api_key.get_secret_value().strip():
-            raise ValueError("the API key is empty: give a non-empty --api-key or PREFLIGHT_API_KEY")
         check_exposure(self.host, self.key, self.insecure)
         return self
 

@@ -10,14 +10,29 @@ cache version, so a new file, format or converter never reuses an old entry.
 The manifest is written last (atomically), and the tensors file is hashed on
 every read: a truncated or bit-flipped entry raises `WeightCacheError`, and
 the loader rebuilds it rather than run on it.
+
+Several processes may share one cache (a dashboard and the servers it starts,
+two test runs). Each entry has a `<key>.lock` file: writers hold it exclusively
+and readers shared (`fcntl.flock`), so a reader never sees one writer's tensors
+beside another's manifest, and nobody deletes an entry another process is
+writing. Writes go through uniquely named temp files and an atomic rename;
+nothing is removed first, since the rename replaces. Lock files stay (deleting
+one while another process waits on it would split the lock in two).
+
+A cache that cannot be written (read-only, full, a path through a file) raises
+`WeightCacheError` from `save_entry`, with the temp files removed; the loader
+logs it and runs on the weights it has just converted.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,41 +77,96 @@ class CacheEntry:
 
     tensors: Path
     manifest: Path
+    lock: Path
 
     @classmethod
     def for_key(cls, key: str, root: Path | None = None) -> CacheEntry:
         base = root or cache_dir()
-        return cls(tensors=base / f"{key}.safetensors", manifest=base / f"{key}.json")
+        return cls(tensors=base / f"{key}.safetensors", manifest=base / f"{key}.json", lock=base / f"{key}.lock")
+
+    @property
+    def temp_prefix(self) -> str:
+        """Temp files of this entry are `<key>.<random>.tmp`, so a writer can find a crashed writer's leftovers."""
+        return self.manifest.stem + "."
 
     def exists(self) -> bool:
-        return self.manifest.exists()
+        try:
+            return self.manifest.is_file()
+        except OSError:  # an unreadable directory holds no entry we could use
+            return False
 
-    def remove(self) -> None:
-        for p in (self.manifest, self.tensors):
-            p.unlink(missing_ok=True)
+
+def _open_lock(entry: CacheEntry, exclusive: bool) -> int | None:
+    """The lock file's descriptor; None for a reader of a cache it cannot write that has no lock file."""
+    try:
+        return os.open(entry.lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        if exclusive:
+            raise
+    try:
+        return os.open(entry.lock, os.O_RDONLY)
+    except OSError:
+        return None  # nobody can write this directory, so there is no writer to wait for
+
+
+@contextmanager
+def _locked(entry: CacheEntry, exclusive: bool) -> Iterator[None]:
+    """Hold the entry's lock: exclusive to write, shared to read."""
+    fd = _open_lock(entry, exclusive)
+    if fd is None:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _new_temp(entry: CacheEntry, temps: list[Path]) -> Path:
+    """A new uniquely named temp file beside the entry, recorded in `temps` so the caller removes it on failure."""
+    fd, name = tempfile.mkstemp(dir=entry.tensors.parent, prefix=entry.temp_prefix, suffix=".tmp")
+    os.close(fd)
+    temps.append(Path(name))
+    return temps[-1]
 
 
 def save_entry(entry: CacheEntry, state: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
-    """Write tensors then manifest, each via a temp file + rename, so readers never see half an entry."""
-    entry.tensors.parent.mkdir(parents=True, exist_ok=True)
-    entry.remove()
+    """Write tensors then manifest under the entry's exclusive lock; WeightCacheError if the cache cannot be written.
+
+    The manifest carries the hash of the bytes this process wrote (taken from its own temp
+    file, not from the shared path), and no temp file outlives a failure.
+    """
     contiguous = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    fd, tmp = tempfile.mkstemp(dir=entry.tensors.parent, suffix=".tmp")
-    os.close(fd)
     try:
-        save_file(contiguous, tmp)
-        os.replace(tmp, entry.tensors)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    full = {**manifest, "tensors_sha256": file_sha256(entry.tensors), "tensors_bytes": entry.tensors.stat().st_size}
-    fd, tmp = tempfile.mkstemp(dir=entry.manifest.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(full, fh)
-    os.replace(tmp, entry.manifest)
+        entry.tensors.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(entry, exclusive=True):
+            for stale in entry.tensors.parent.glob(entry.temp_prefix + "*.tmp"):  # a killed writer's leftovers
+                stale.unlink(missing_ok=True)
+            temps: list[Path] = []
+            try:
+                tensors_tmp = _new_temp(entry, temps)
+                save_file(contiguous, tensors_tmp)
+                full = {**manifest, "tensors_sha256": file_sha256(tensors_tmp),
+                        "tensors_bytes": tensors_tmp.stat().st_size}  # fmt: skip
+                manifest_tmp = _new_temp(entry, temps)
+                manifest_tmp.write_text(json.dumps(full))
+                os.replace(tensors_tmp, entry.tensors)
+                os.replace(manifest_tmp, entry.manifest)
+            finally:
+                for tmp in temps:  # after the renames these are already gone
+                    tmp.unlink(missing_ok=True)
+    except (OSError, SafetensorError) as exc:
+        raise WeightCacheError(f"cannot write the weight cache entry in {entry.tensors.parent}: {exc}") from exc
 
 
 def load_entry(entry: CacheEntry, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Verified state dict and manifest of an entry; WeightCacheError when anything is off."""
+    with _locked(entry, exclusive=False):
+        return _read_entry(entry, device)
+
+
+def _read_entry(entry: CacheEntry, device: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     try:
         manifest = json.loads(entry.manifest.read_text())
     except (OSError, ValueError) as exc:

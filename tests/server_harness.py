@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import openai
@@ -25,6 +26,10 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from checks.load.targets import free_port, wait_healthy
+from engine.server_options import ServerOptions
+
+if TYPE_CHECKING:
+    from engine.runtime import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -135,14 +140,36 @@ def stream_text(events: list[dict | str], chat: bool) -> str:
     return "".join(parts)
 
 
+class BlockedLoad:
+    """Stands in for Engine.load: waits for `release`, then fails like a broken model file would.
+
+    Until then the server answers every route but the model's, with no model loaded.
+    """
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def __call__(self) -> Engine:
+        if not self.release.wait(60):
+            raise TimeoutError("the test never released the load")
+        raise RuntimeError("cannot read /secret/models/broken.gguf")
+
+
 @contextmanager
-def in_process_server(app: object) -> Iterator[tuple[str, threading.Thread]]:
+def in_process_server(app: object, options: ServerOptions | None = None) -> Iterator[tuple[str, threading.Thread]]:
     """Run an ASGI app under a real uvicorn on a free loopback port in a thread; yields (base URL, thread).
 
-    Returns once uvicorn listens (the app's own load may still be running: poll /health).
+    With `options`, uvicorn is configured as `python -m engine serve` configures it (connection
+    limit included). Returns once uvicorn listens (the app's own load may still be running: poll /health).
     """
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    if options is not None:
+        from engine.server import uvicorn_config  # torch and FastAPI: only for the tests that run an app
+
+        config = uvicorn_config(app, options.model_copy(update={"host": "127.0.0.1", "port": port}))  # type: ignore[arg-type]
+    else:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -23,7 +23,9 @@ MAX_BODY_BYTES = 64 * 1024
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
     log = Path(tmp_path_factory.mktemp("server")) / "server.log"
-    args = ["--quant", "fp32", "--max-model-len", str(MAX_MODEL_LEN), "--max-body-bytes", str(MAX_BODY_BYTES)]
+    # The auth tests send dozens of wrong keys from one address: above the default --auth-failure-limit.
+    args = ["--quant", "fp32", "--max-model-len", str(MAX_MODEL_LEN), "--max-body-bytes", str(MAX_BODY_BYTES),
+            "--auth-failure-limit", "1000"]  # fmt: skip
     srv = start_server(args, log)
     yield srv
     srv.stop()

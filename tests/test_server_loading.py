@@ -9,31 +9,17 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from server_harness import MODEL, REPO, free_port, in_process_server
+from server_harness import MODEL, REPO, BlockedLoad, free_port, in_process_server
 
-from engine.runtime import Engine
 from engine.server import create_app
 from engine.server_options import ServerOptions
 
 KEY = {"Authorization": "Bearer k"}
-
-
-class BlockedLoad:
-    """Stands in for Engine.load: waits for `release`, then fails like a broken model file would."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    def __call__(self) -> Engine:
-        if not self.release.wait(60):
-            raise TimeoutError("the test never released the load")
-        raise RuntimeError("cannot read /secret/models/broken.gguf")
 
 
 @pytest.fixture(scope="module")
