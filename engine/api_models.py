@@ -10,6 +10,11 @@ Extensions, named as vLLM names them: `top_k`, `min_p`,
 
 Defaults follow OpenAI: temperature 1.0, top_p 1.0, completions
 `max_tokens` 16; chat without a limit may use the rest of the context.
+
+The server's per-request limits (`RequestLimits`: messages per request,
+characters per stop string) come in as the validation context, so
+`model_validate(data, context=limits)` checks them beside every other rule;
+without a context the defaults apply.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from engine.sampling import SamplingParams
+from engine.server_options import RequestLimits
 
 MAX_STOP_STRINGS = 16
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
@@ -27,6 +33,10 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _limits(info: ValidationInfo) -> RequestLimits:
+    return info.context if isinstance(info.context, RequestLimits) else RequestLimits()
 
 
 class StreamOptions(_Body):
@@ -79,12 +89,15 @@ class _GenerationFields(_Body, ABC):
 
     @field_validator("stop")
     @classmethod
-    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+    def _stops(cls, v: str | list[str] | None, info: ValidationInfo) -> str | list[str] | None:
         stops = [v] if isinstance(v, str) else (v or [])
         if len(stops) > MAX_STOP_STRINGS:
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
+        longest = _limits(info).max_stop_chars
+        if any(len(s) > longest for s in stops):
+            raise ValueError(f"a stop string may be at most {longest} characters long (the server's --max-stop-chars)")
         return v
 
     @property
@@ -199,6 +212,15 @@ class ChatCompletionRequest(_GenerationFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool | None = False
     top_logprobs: int | None = None
+
+    @field_validator("messages", mode="before")
+    @classmethod
+    def _few_enough(cls, v: object, info: ValidationInfo) -> object:
+        """Counted before each message is parsed, so an oversized list costs nothing more."""
+        most = _limits(info).max_messages
+        if isinstance(v, list) and len(v) > most:
+            raise ValueError(f"at most {most} messages are allowed per request (the server's --max-messages)")
+        return v
 
     @field_validator("top_logprobs")
     @classmethod

@@ -8,7 +8,7 @@ request's `asyncio.Queue` with `loop.call_soon_threadsafe`, and sleep on a
 
 Each handler holds a `RequestStream`: it detokenizes its own tokens with the
 tokenizer's `StreamDecoder`, applies stop strings (holding back text that may
-still become one, with `engine.runtime._hold_back`), and tells the engine to
+still become one, with `engine.stop_strings.StopMatcher`), and tells the engine to
 `finish` on a match or `abort` when the client goes away, so the KV blocks
 are freed at once.
 """
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 from engine.errors import EngineError
 from engine.llm_engine import LLMEngine, StepResult, TokenOutput
-from engine.runtime import _hold_back
 from engine.sampling import SamplingParams
+from engine.stop_strings import StopMatcher
 from engine.tokenizer import Tokenizer
 
 logger = logging.getLogger("preflight.server")
@@ -302,8 +302,7 @@ class RequestStream:
 
     async def deltas(self) -> AsyncIterator[Delta]:
         decoder = self.tokenizer.stream_decoder()
-        stops = self.params.stop
-        longest_stop = max((len(s) for s in stops), default=0)
+        stops = StopMatcher(self.params.stop)
         try:
             while not self.done:
                 item = await self.queue.get()
@@ -314,9 +313,9 @@ class RequestStream:
                 lps = item.logprobs or []
                 for i, token in enumerate(item.new_token_ids):
                     self._take(token, lps[i] if i < len(lps) else None, now)
-                    before = len(self.text)
-                    self.text += decoder.push(token)
-                    hit = self._find_stop(stops, max(0, before - longest_stop + 1))
+                    piece = decoder.push(token)
+                    self.text += piece
+                    hit = stops.feed(piece)
                     if hit >= 0:
                         self.text = self.text[:hit]
                         self.loop.finish(self.seq_id)
@@ -328,7 +327,7 @@ class RequestStream:
                     self.done = True
                     yield self._flush(item.finish_reason or "stop")
                     return
-                safe = len(self.text) - _hold_back(self.text, stops)
+                safe = len(self.text) - stops.hold_back
                 if safe > self._emitted:
                     yield self._flush(None, upto=safe)
         finally:
@@ -342,10 +341,6 @@ class RequestStream:
         self._pending_ids.append(token)
         if logprob is not None:
             self._pending_lps.append(logprob)
-
-    def _find_stop(self, stops: tuple[str, ...], start: int) -> int:
-        hits = [i for i in (self.text.find(s, start) for s in stops) if i >= 0]
-        return min(hits, default=-1)
 
     def _flush(self, finish_reason: str | None, upto: int | None = None) -> Delta:
         end = len(self.text) if upto is None else upto

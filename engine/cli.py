@@ -86,10 +86,15 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
                    help=h("rate_limit_rpm") + " (default: off)")  # fmt: skip
     p.add_argument("--rate-limit-burst", type=int, default=None, metavar="N", help=h("rate_limit_burst"))
     p.add_argument("--max-body-bytes", type=int, default=1024 * 1024, metavar="N", help=h("max_body_bytes"))
-    p.add_argument("--max-connections", type=int, default=256, metavar="N", help=h("max_connections"))
-    p.add_argument("--auth-failure-limit", type=int, default=10, metavar="N", help=h("auth_failure_limit"))
+    p.add_argument("--max-connections", type=int, default=None, metavar="N", help=h("max_connections"))
+    p.add_argument("--auth-failure-limit", type=int, default=None, metavar="N", help=h("auth_failure_limit"))
     p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
                    help=h("allowed_hosts"))  # fmt: skip
+    p.add_argument("--max-messages", type=int, default=None, metavar="N", help=h("max_messages"))
+    p.add_argument("--max-stop-chars", type=int, default=None, metavar="N", help=h("max_stop_chars"))
+    p.add_argument("--max-template-chars", type=int, default=None, metavar="N", help=h("max_template_chars"))
+    p.add_argument("--template-timeout", dest="template_timeout_s", type=float, default=None, metavar="S",
+                   help=h("template_timeout_s"))  # fmt: skip
     p.add_argument("--speculative", choices=("ngram", "none"), default="none", help=h("speculative"))
     p.add_argument("--num-speculative-tokens", type=int, default=4, metavar="N", help=h("num_speculative_tokens"))
     p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
@@ -241,9 +246,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from engine.server_options import ServerOptions, describe_options_error
 
     fields = ("quant", "host", "port", "insecure", "served_model_name", "max_num_seqs", "max_model_len", "max_queue",
-              "kv_cache_bytes", "rate_limit_rpm", "rate_limit_burst", "max_body_bytes", "max_connections",
-              "auth_failure_limit", "speculative", "num_speculative_tokens", "log_prompts", "threads",
-              "grace_period_s", "compile", "parent_pid")  # fmt: skip
+              "kv_cache_bytes", "rate_limit_rpm", "rate_limit_burst", "max_body_bytes", "speculative",
+              "num_speculative_tokens", "log_prompts", "threads", "grace_period_s", "compile",
+              "parent_pid")  # fmt: skip
+    # Limits default to None here, so that ServerOptions (and RequestLimits, TemplateLimits) own the defaults.
+    limits = ("max_messages", "max_stop_chars", "max_template_chars", "template_timeout_s", "max_connections",
+              "auth_failure_limit")  # fmt: skip
     try:
         options = ServerOptions(
             model=args.model,
@@ -253,6 +261,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             cors_origins=tuple(args.cors_origins),
             allowed_hosts=tuple(args.allowed_hosts),
             **{name: getattr(args, name) for name in fields},
+            **{name: getattr(args, name) for name in limits if getattr(args, name) is not None},
         )
     except ValidationError as exc:
         raise ValueError(describe_options_error(exc)) from None

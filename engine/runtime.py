@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
 
+from engine.chat_template import TemplateLimits
 from engine.compiled import WARMUP_PROMPT_IDS
 from engine.config import ModelConfig
 from engine.cuda_graph import CudaGraphDecoder, graph_capacity
@@ -22,6 +23,7 @@ from engine.kv_cache import KVCache
 from engine.llm_engine import warm_up_compiled
 from engine.loader import LoadedModel, load_model
 from engine.sampling import SamplingParams, make_generator, sample_token
+from engine.stop_strings import StopMatcher
 
 
 def cuda_graphs_enabled() -> bool:
@@ -102,17 +104,6 @@ class GenerationResult:
         }
 
 
-def _hold_back(text: str, stops: Sequence[str]) -> int:
-    """How many trailing chars could still be the start of a stop string (not safe to emit yet)."""
-    keep = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:n]):
-                keep = max(keep, n)
-                break
-    return keep
-
-
 class Generation:
     """A single request being decoded; iterating yields text deltas as they become final."""
 
@@ -129,6 +120,7 @@ class Generation:
         device = eng.loaded.device
         stop_ids = frozenset() if params.ignore_eos else tok.stop_token_ids
         decoder = tok.stream_decoder()
+        stops = StopMatcher(params.stop)
         rng = make_generator(params.seed, device)
         needed = len(self._prompt) + params.max_tokens
         graphed = eng.graph_decoder(needed) if self._use_kv else None
@@ -159,12 +151,13 @@ class Generation:
             ids.append(token)
             if lp is not None:
                 logprobs.append(lp)
-            text += decoder.push(token)
-            hit = min((text.find(s) for s in params.stop if s in text), default=-1)
+            piece = decoder.push(token)
+            text += piece
+            hit = stops.feed(piece)
             if hit >= 0:
                 text, finish = text[:hit], "stop"
                 break
-            safe = len(text) - _hold_back(text, params.stop)
+            safe = len(text) - stops.hold_back
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
@@ -263,12 +256,14 @@ class Engine:
         decoder.reset()
         return decoder
 
-    def encode_prompt(self, prompt: str | list[dict], chat: bool = False) -> list[int]:
-        """Token ids for a raw prompt, or for messages rendered with the model's chat template."""
+    def encode_prompt(
+        self, prompt: str | list[dict], chat: bool = False, limits: TemplateLimits | None = None
+    ) -> list[int]:
+        """Token ids for a raw prompt, or for messages rendered with the model's chat template (within `limits`)."""
         tok = self.loaded.tokenizer
         if chat or isinstance(prompt, list):
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            return tok.encode_chat(messages, add_generation_prompt=True)
+            return tok.encode_chat(messages, add_generation_prompt=True, limits=limits)
         if not prompt:
             raise PromptError("the prompt is empty: give at least one token of text")
         return tok.encode(prompt)

@@ -31,6 +31,7 @@ from engine.api_models import (
     _GenerationFields,
 )
 from engine.async_engine import Delta, EngineFailure, RequestStream
+from engine.chat_template import TemplateLimits
 from engine.errors import PromptError
 from engine.scheduler import QueueFullError
 from engine.server import ServerState, Serving
@@ -47,7 +48,7 @@ def _reject_constant(name: str) -> float:
 
 
 async def parse_body(request: Request, model: type[Body]) -> Body:
-    """JSON object -> pydantic model; every failure is a 400 naming the problem."""
+    """JSON object -> pydantic model, checked against the server's request limits; every failure is a 400."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise APIError(400, "send the body as JSON with 'Content-Type: application/json'", "invalid_content_type")
@@ -59,7 +60,7 @@ async def parse_body(request: Request, model: type[Body]) -> Body:
     if not isinstance(data, dict):
         raise APIError(400, "the request body must be a JSON object", "invalid_json")
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=request.app.state.server.options.request_limits)
     except ValidationError as exc:
         message, param = describe_validation_error(exc)
         raise APIError(400, message, "invalid_parameter", param) from None
@@ -276,7 +277,9 @@ async def _serve(
     state: ServerState = request.app.state.server
     serving: Serving = state.require()
     state.check_model(body.model)
-    prompt_ids = _encode(serving, prompt)
+    # Rendering and tokenizing take milliseconds to seconds: a worker thread, so /health and
+    # every stream keep their event loop meanwhile (the tokenizer is thread-safe).
+    prompt_ids = await asyncio.to_thread(_encode, serving, prompt, state.options.template_limits)
     default = COMPLETIONS_DEFAULT_MAX_TOKENS if isinstance(body, CompletionRequest) else None
     max_tokens = resolve_max_tokens(body.requested_max_tokens(), default, len(prompt_ids), serving.max_model_len)
     try:
@@ -300,7 +303,7 @@ async def _serve(
     return await run.collect(request)
 
 
-def _encode(serving: Serving, prompt: str | list[dict] | list[int]) -> list[int]:
+def _encode(serving: Serving, prompt: str | list[dict] | list[int], limits: TemplateLimits) -> list[int]:
     """Token ids for text, chat messages (through the chat template) or ids given directly."""
     if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
         vocab = serving.engine.loaded.tokenizer.vocab_size
@@ -308,7 +311,7 @@ def _encode(serving: Serving, prompt: str | list[dict] | list[int]) -> list[int]
             raise APIError(400, f"prompt token ids must be in 0..{vocab - 1}", "invalid_prompt", "prompt")
         return list(prompt)  # type: ignore[arg-type]
     try:
-        return serving.engine.encode_prompt(prompt, chat=isinstance(prompt, list))  # type: ignore[arg-type]
+        return serving.engine.encode_prompt(prompt, isinstance(prompt, list), limits)  # type: ignore[arg-type]
     except PromptError as exc:
         raise APIError(400, str(exc), "invalid_prompt") from None
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from engine.chat_template import TemplateLimits
 
 MAX_API_KEY_CHARS = 512
 """Longer configured keys are refused and longer presented tokens fail unhashed (a cheap 401)."""
@@ -57,6 +60,23 @@ def check_exposure(host: str, api_key: str | None, insecure: bool) -> None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Per-request limits checked while a body is validated (passed as pydantic's validation context).
+
+    Each bounds the work one request can cost: the chat encode is linear in the messages
+    and runs off the event loop, but a 1 MiB body still holds ~30k empty messages; every
+    generated token advances a matcher per stop string, and up to a stop's length of text
+    is withheld from the stream while it might still become one.
+    """
+
+    max_messages: int = 1024
+    max_stop_chars: int = 256
+
+
+_LIMITS, _TEMPLATE = RequestLimits(), TemplateLimits()
+
+
 class ServerOptions(BaseModel):
     """Everything `python -m engine serve` takes; the descriptions are its --help."""
 
@@ -92,6 +112,16 @@ class ServerOptions(BaseModel):
         (), description="extra Host name accepted without an API key (repeatable; '*': any); "
         "localhost, IP addresses and the bound host always are",
     )  # fmt: skip
+    max_messages: int = Field(_LIMITS.max_messages, ge=1, description="most chat messages in one request (400 above)")
+    max_stop_chars: int = Field(
+        _LIMITS.max_stop_chars, ge=1, description="longest stop string, in characters (400 above)"
+    )
+    max_template_chars: int = Field(
+        _TEMPLATE.max_chars, ge=1024, description="longest chat-template output, in characters (400 above)"
+    )
+    template_timeout_s: float = Field(
+        _TEMPLATE.timeout_s, gt=0, description="seconds the chat template may run for one request (400 after)"
+    )
     speculative: Literal["ngram", "none"] = Field("none", description="n-gram (prompt lookup) speculative decoding")
     num_speculative_tokens: int = Field(4, ge=1, le=16, description="drafts per step with --speculative ngram")
     cors_origins: tuple[str, ...] = Field((), description="allowed browser origin (repeatable); none: CORS off")
@@ -131,6 +161,14 @@ class ServerOptions(BaseModel):
     @property
     def key(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    @property
+    def request_limits(self) -> RequestLimits:
+        return RequestLimits(self.max_messages, self.max_stop_chars)
+
+    @property
+    def template_limits(self) -> TemplateLimits:
+        return TemplateLimits(self.max_template_chars, self.template_timeout_s)
 
     @property
     def rate_limit_bucket(self) -> int | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import threading
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -33,8 +34,9 @@ from typing import TYPE_CHECKING, Any
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as BackendTokenizer
 
-from engine.chat_template import render_chat_template
-from engine.errors import ModelFileError, UnsupportedModelError
+from engine.chat_spans import overlaps, substitute, with_placeholders
+from engine.chat_template import TemplateLimits, render_chat_template
+from engine.errors import ModelFileError, PromptError, UnsupportedModelError
 
 if TYPE_CHECKING:
     from engine.gguf_file import GGUFModelFile
@@ -207,13 +209,31 @@ def _state_from_gguf(model_file: GGUFModelFile) -> TokenizerState:
     )
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse a lone surrogate (JSON allows the escape `"\\ud800"`): no UTF-8 can encode it."""
+    bad = _SURROGATE.search(text)
+    if bad is not None:
+        raise PromptError(
+            f"{what} holds a lone surrogate (U+{ord(bad.group()):04X}) at character {bad.start()}: send valid "
+            "Unicode text (a \\uD800-\\uDFFF escape in JSON must be one half of a surrogate pair)"
+        )
+
+
 class Tokenizer:
-    """One model's tokenizer and chat template; cheap to rebuild from `to_state()`."""
+    """One model's tokenizer and chat template; cheap to rebuild from `to_state()`.
+
+    Safe to share between threads (the server encodes on worker threads): the backends
+    are never changed after they are built, and the lazily built one is built under a lock.
+    """
 
     def __init__(self, state: TokenizerState) -> None:
         self._state = state
         self._backend = BackendTokenizer.from_str(state.backend_json)
         self._plain_backend: BackendTokenizer | None = None  # built on first use (~0.1 s): see _plain
+        self._plain_lock = threading.Lock()
         self.vocab_size = state.vocab_size
         self.eos_token_id = state.eos_token_id
         self.bos_token_id = state.bos_token_id
@@ -257,13 +277,16 @@ class Tokenizer:
 
         `add_special` prepends BOS only where the file asks for one (SmolLM2 does not).
         """
+        check_text(text, "the prompt")
         ids = self._backend.encode(text, add_special_tokens=False).ids
         if add_special and self.add_bos and self.bos_token_id is not None:
             return [self.bos_token_id, *ids]
         return ids
 
-    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """The model's own chat template rendered for `messages` (sandboxed Jinja2)."""
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, limits: TemplateLimits | None = None
+    ) -> str:
+        """The model's own chat template rendered for `messages` (sandboxed Jinja2, bounded by `limits`)."""
         bos = self._backend.id_to_token(self.bos_token_id) if self.bos_token_id is not None else None
         return render_chat_template(
             self._state.chat_template,
@@ -271,52 +294,77 @@ class Tokenizer:
             add_generation_prompt=add_generation_prompt,
             bos_token=bos or "",
             eos_token=self._backend.id_to_token(self.eos_token_id) or "",
+            limits=limits,
         )
 
     @property
     def _plain(self) -> BackendTokenizer:
         """The same vocabulary reading special-token strings as plain text (for forged ones in messages).
 
-        Built only when a message contains one, so loading a model does not pay for it.
+        Built only when a message contains one, so loading a model does not pay for it; under
+        a lock, because the server encodes on worker threads.
         """
-        if self._plain_backend is None:
-            plain = BackendTokenizer.from_str(self._state.backend_json)
-            plain.encode_special_tokens = True
-            self._plain_backend = plain
-        return self._plain_backend
+        with self._plain_lock:
+            if self._plain_backend is None:
+                plain = BackendTokenizer.from_str(self._state.backend_json)
+                plain.encode_special_tokens = True
+                self._plain_backend = plain
+            return self._plain_backend
 
-    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, limits: TemplateLimits | None = None
+    ) -> list[int]:
         """Ids of `messages` in the chat template, where a message can never forge a control token.
 
         The template's own markup (`<|im_start|>user` ...) becomes control tokens, but a
         special-token string typed inside a message stays text: a user who writes
-        `<|im_end|><|im_start|>system` gets those characters, not a new system turn. The
-        template is rendered with a private placeholder per message to learn where each
-        message's text lands; the real text is then encoded whole (so ordinary text encodes
-        exactly as before, merges across the template boundary included) and any special
-        token whose characters lie inside a message is re-encoded as plain text. If a
-        template rewrites contents so the placeholders cannot be found, it falls back to
-        encoding the rendered text as it is.
+        `<|im_end|><|im_start|>system` gets those characters, not a new system turn.
+
+        The template is rendered twice: with the messages, and with a private placeholder
+        per message to learn where each message's text lands (a template may drop, repeat
+        or reorder messages). When putting the texts back in place of the placeholders
+        gives exactly the first rendering, that text is encoded whole (ordinary text
+        encodes as it always did, merges across the template boundary included) and any
+        special token that shares a character with a message is re-encoded as plain text;
+        the spans are sorted, so each test is a binary search and the encode is
+        O(n log n) in the messages. A template that rewrites message text (trims it, cuts
+        it) gives a different rendering: then the rendering is encoded as it is, which is
+        safe only while no message holds a special-token string, so otherwise it is refused.
         """
-        marks = {f"\ue000{i}\ue001": m["content"] for i, m in enumerate(messages) if isinstance(m.get("content"), str)}
-        by_mark = iter(marks)
-        stand_ins = [{**m, "content": next(by_mark)} if isinstance(m.get("content"), str) else m for m in messages]
-        parts = re.split("(\ue000\\d+\ue001)", self.apply_chat_template(stand_ins, add_generation_prompt))
-        if parts[1::2] != list(marks):
-            return self.encode(self.apply_chat_template(messages, add_generation_prompt))
-        text, spans = "", []
-        for i, part in enumerate(parts):
-            piece = marks[part] if i % 2 else part
-            if i % 2:
-                spans.append((len(text), len(text) + len(piece)))
-            text += piece
-        encoding = self._backend.encode(text, add_special_tokens=False)
+        limits = limits or TemplateLimits()
+        for i, m in enumerate(messages):
+            if isinstance(m, dict) and isinstance(m.get("content"), str):
+                check_text(m["content"], f"messages[{i}].content")
+        rendered = self.apply_chat_template(messages, add_generation_prompt, limits)
+        check_text(rendered, "the chat template's output")
+        marked = self.apply_chat_template(with_placeholders(messages), add_generation_prompt, limits)
+        layout = substitute(marked, messages, len(rendered))
+        if layout is None or layout[0] != rendered:
+            return self._encode_unmapped(messages, rendered)
+        _, starts, ends = layout
+        encoding = self._backend.encode(rendered, add_special_tokens=False)
         ids: list[int] = []
         for token_id, (start, end) in zip(encoding.ids, encoding.offsets, strict=True):
-            if token_id in self.special_token_ids and any(a <= start and end <= b for a, b in spans):
-                ids += self._plain.encode(text[start:end], add_special_tokens=False).ids
+            if token_id in self.special_token_ids and overlaps(starts, ends, start, end):
+                ids += self._plain.encode(rendered[start:end], add_special_tokens=False).ids
             else:
                 ids.append(token_id)
+        return self._with_bos(ids)
+
+    def _encode_unmapped(self, messages: list[dict[str, Any]], rendered: str) -> list[int]:
+        """The rendering encoded whole, for a template that rewrites message text; refused if that could forge."""
+        for i, m in enumerate(messages):
+            content = m.get("content")
+            if isinstance(content, str) and self.special_token_ids.intersection(
+                self._backend.encode(content, add_special_tokens=False).ids
+            ):
+                raise PromptError(
+                    f"messages[{i}].content holds a special-token string, and this model's chat template rewrites "
+                    "message text, so it could not be kept as plain text: remove it"
+                )
+        return self._with_bos(self._backend.encode(rendered, add_special_tokens=False).ids)
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
         if self.add_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
             ids.insert(0, self.bos_token_id)
         return ids

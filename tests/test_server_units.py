@@ -17,7 +17,7 @@ from engine.cli import main
 from engine.llm_engine import StepResult, TokenOutput
 from engine.sampling import SamplingParams
 from engine.server_errors import describe_validation_error
-from engine.server_options import ServerOptions, check_exposure, is_loopback, model_id
+from engine.server_options import RequestLimits, ServerOptions, check_exposure, is_loopback, model_id
 from engine.server_security import TokenBucketLimiter
 
 
@@ -139,6 +139,46 @@ def test_chat_body_accepts_what_the_sdk_sends() -> None:
     assert body.requested_max_tokens() == 5
     assert body.messages[0].as_template_message() == {"role": "system", "content": "be brief"}
     assert body.sampling_params(5).logprobs
+
+
+def test_messages_over_the_cap_are_refused_before_they_are_parsed() -> None:
+    default = RequestLimits().max_messages
+    messages = [{"role": "user", "content": ""}] * (default + 1)
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
+    text, param = describe_validation_error(info.value)
+    assert text == f"messages: at most {default} messages are allowed per request (the server's --max-messages)"
+    assert param == "messages"
+    body = {"model": "m", "messages": messages}
+    assert len(ChatCompletionRequest.model_validate(body, context=RequestLimits(max_messages=default + 1)).messages)
+    with pytest.raises(ValidationError, match="at most 2 messages"):  # an oversized list of junk: counted first
+        ChatCompletionRequest.model_validate({"model": "m", "messages": [1, 2, 3]}, context=RequestLimits(2))
+
+
+def test_stop_strings_over_the_length_cap_are_refused() -> None:
+    longest = RequestLimits().max_stop_chars
+    ok = CompletionRequest.model_validate({"model": "m", "prompt": "x", "stop": ["\n", "x" * longest]})
+    assert ok.stop_strings == ("\n", "x" * longest)
+    for stop in ("x" * (longest + 1), ["\n", "y" * (longest + 1)]):
+        with pytest.raises(ValidationError) as info:
+            CompletionRequest.model_validate({"model": "m", "prompt": "x", "stop": stop})
+        text, _param = describe_validation_error(info.value)
+        assert text == f"stop: a stop string may be at most {longest} characters long (the server's --max-stop-chars)"
+    tight = RequestLimits(max_stop_chars=3)
+    with pytest.raises(ValidationError, match="at most 3 characters"):
+        ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": "four"}, context=tight
+        )
+
+
+def test_request_limits_are_server_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--max-stop-chars", "0"]) == 1
+    assert capsys.readouterr().err == "error: max_stop_chars: Input should be greater than or equal to 1\n"
+    options = ServerOptions(max_messages=5, max_stop_chars=7, max_template_chars=2048, template_timeout_s=0.5)
+    assert options.request_limits == RequestLimits(5, 7)
+    assert (options.template_limits.max_chars, options.template_limits.timeout_s) == (2048, 0.5)
+    defaults = ServerOptions()
+    assert defaults.request_limits == RequestLimits()
 
 
 def test_cli_refuses_public_bind_without_key(
