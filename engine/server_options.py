@@ -184,7 +184,12 @@ def model_id(path: Path) -> str:
 
 
 def option_help(name: str) -> str | None:
-    return ServerOptions.model_fields[name].description
+    """The field's description, with its default when the flag has one worth saying (one home for defaults)."""
+    field = ServerOptions.model_fields[name]
+    text, default = field.description, field.default
+    if text is None or "default" in text or isinstance(default, bool) or not isinstance(default, int | float | str):
+        return text
+    return f"{text} (default: {default:g})" if isinstance(default, float) else f"{text} (default: {default})"
 
 
 def describe_options_error(exc: ValidationError) -> str:
