@@ -20,7 +20,7 @@ from planner.errors import WorkloadError
 from planner.launch import LaunchSpec, launch_command
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
-from planner.roofline import Device, Parallel, cc_at_least, decode_step, prefill, ridge_point
+from planner.roofline import Device, Parallel, StepTime, cc_at_least, decode_step, prefill, ridge_point
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
 from planner.workload import Workload
 
@@ -223,7 +223,7 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
     overhead = dispatch_overhead_s(engine, dev, m)
     kv_bytes = kv_dtype_bytes(engine, dev)
 
-    def step(b: int) -> float:
+    def decode_at(b: int) -> StepTime:
         return decode_step(
             m,
             fmt,
@@ -235,20 +235,12 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
             parallel=par,
             overhead_s=overhead,
             kv_dtype_bytes=kv_bytes,
-        ).seconds
+        )
 
-    dec = decode_step(
-        m,
-        fmt,
-        dev,
-        batch,
-        w.decode_context,
-        bandwidth_efficiency=eff.decode_bandwidth,
-        flops_efficiency=eff.prefill_flops,
-        parallel=par,
-        overhead_s=overhead,
-        kv_dtype_bytes=kv_bytes,
-    )
+    def step(b: int) -> float:
+        return decode_at(b).seconds
+
+    dec = decode_at(batch)
     pre = prefill(
         m,
         fmt,
