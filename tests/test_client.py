@@ -119,8 +119,10 @@ def test_opening_chunk_without_content_does_not_set_ttft(api: str) -> None:
     record = send_one(Script(chunks=2, chunk_delay_s=delay_s), api=api)
     assert record.ok, record.error_excerpt
     assert len(record.chunk_times_s) == 2  # the opening and finish chunks carry no content
-    assert record.ttft_s >= delay_s
-    assert record.itl_s[0] >= delay_s
+    # The server sleeps delay_s before the first content; an event loop may wake a little early
+    # (its clock resolution), so the bound keeps a margin: an opening chunk taken as TTFT reads ~0.
+    assert record.ttft_s >= 0.9 * delay_s
+    assert record.itl_s[0] >= 0.9 * delay_s
 
 
 # ---- token counts and where they came from ------------------------------------------------------
