@@ -145,6 +145,6 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
             timeout=MODEL_DEADLINE_MS
         )
         expect(main.get_by_role("heading", name=re.compile("^Security"))).to_be_visible()
-        expect(page.get_by_role("button", name="Download report (Markdown)")).to_be_visible()
+        expect(page.get_by_role("button", name="Download Markdown")).to_be_visible()
         expect(page.get_by_test_id("stException")).to_have_count(0)
         page.screenshot(path=tmp_path / "checklist.png", full_page=True)
