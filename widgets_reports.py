@@ -12,8 +12,10 @@ from reports.documents import Document
 from reports.exports import export, formats_for
 from reports.history import HistoryEntry
 from reports.readiness_report import ReadinessReport
+from reports.study_report import StudyReport
 from widgets_benchmark import result_charts, run_summaries
 from widgets_checklist import results_by_category, verdict_banner
+from widgets_studies import study_view
 
 GREEN, AMBER, RED = "#1a7f37", "#9a6700", "#cf222e"
 VERDICT_COLOURS = {"READY": GREEN, "READY_WITH_WARNINGS": AMBER, "NOT_READY": RED, "INCOMPLETE": RED,
@@ -38,7 +40,10 @@ def unreadable_files(entries: list[HistoryEntry]) -> None:
 
 
 def document_view(doc: Document) -> None:
-    """The same views the Checklist and Benchmark pages show for a fresh run."""
+    """The same views the Checklist, Benchmark and Engine studies pages show for a fresh run."""
+    if isinstance(doc, StudyReport):
+        study_view(doc)
+        return
     if isinstance(doc, ReadinessReport):
         verdict_banner(doc)
         results_by_category(doc)

@@ -36,9 +36,7 @@ from checks.readiness.slo import SloProfileError
 from reports import store
 from reports.benchmark_result import BenchmarkResult
 from reports.exports import export
-from reports.history import History
-from reports.home import history_dir
-from reports.identity import LABEL_MAX_CHARS
+from reports.history_flags import HISTORY_FLAGS, add_history_flags, save_to_history
 from reports.readiness_report import ReadinessReport
 from reports.store import DocumentError, check_writable, save, write_text
 from reports.verdict import exit_code
@@ -88,36 +86,8 @@ def add_model_flags(
         parser.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, help=help_text)
 
 
-HISTORY_FLAGS = ("history", "no_history", "label")
 D = TypeVar("D", BenchmarkResult, ReadinessReport)
 EXPORT_FLAGS = {"junit": "junit", "markdown": "md", "html": "html"}  # `run` flag -> reports.exports format
-
-
-def _label(text: str) -> str:
-    text = text.strip()
-    if not 1 <= len(text) <= LABEL_MAX_CHARS:
-        raise argparse.ArgumentTypeError(f"a label is 1 to {LABEL_MAX_CHARS} characters")
-    return text
-
-
-def add_history_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--label", type=_label, default=None, help="your name for this run, shown in the history")
-    parser.add_argument("--history", type=Path, default=None,
-                        help="history folder (default: $PREFLIGHT_HOME/history, else the user data dir)")  # fmt: skip
-    parser.add_argument("--no-history", action="store_true", help="do not save this run in the history")
-
-
-def save_to_history(doc: BenchmarkResult | ReadinessReport, args: argparse.Namespace) -> None:
-    """Every run is kept (issue 18) unless --no-history; a history that cannot be written is a warning only,
-    since the run itself succeeded and --out, if given, holds it."""
-    if args.no_history:
-        return
-    try:
-        path = History(history_dir(args.history)).save(doc)
-    except DocumentError as exc:
-        print(f"warning: not saved in the history: {exc}", file=sys.stderr)
-        return
-    print(f"saved in the history as {doc.id} ({path})", file=sys.stderr)
 
 
 def _labelled(doc: D, args: argparse.Namespace) -> D:

@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
+from reports.history_flags import add_history_flags  # the CLI shell, not the engine core, keeps the history
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from engine.runtime import Engine
+    from engine.studies_base import StudyOptions, StudyResult
+    from reports.study_report import StudyReport
 
 FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
 
@@ -61,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quant", choices=FORMATS, default="int4", help="format for the kv and batch studies")
     study.add_argument("--json", metavar="OUT", type=Path, default=None, help="also write the result as JSON")
     _add_study_size_args(study)
+    add_history_flags(study)
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (continuous batching)")
     _add_model_args(serve)
@@ -219,8 +225,51 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def study_command(name: str, options: StudyOptions) -> str:
+    """The `python -m engine study` command line that repeats a study with these options (defaults left out)."""
+    import shlex
+
+    from engine.studies_base import StudyOptions
+
+    default = StudyOptions()
+    argv = ["python", "-m", "engine", "study", name]
+    if options.model_path is not None:
+        argv += ["--model", options.model_path]
+    if options.device != default.device:
+        argv += ["--device", options.device]
+    if not options.use_cache:
+        argv.append("--no-weight-cache")
+    if name != "quant" and options.quant != default.quant:
+        argv += ["--quant", options.quant]
+    for flag, (field, _) in STUDY_SIZE_FLAGS.items():
+        value = getattr(options, field)
+        if value != getattr(default, field):
+            argv += [flag, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    if name == "quant" and not options.quant_cold_load:
+        argv.append("--no-cold-load")
+    return shlex.join(argv)
+
+
+def study_document(name: str, options: StudyOptions, result: StudyResult, started_at: datetime,
+                   label: str | None = None) -> StudyReport:  # fmt: skip
+    """The history document of a finished study: what the CLI saves and the Engine studies page keeps."""
+    from datetime import UTC, datetime
+
+    from engine.studies import TITLES
+    from reports.study_report import StudyReport
+    from reports.version import __version__
+
+    return StudyReport.from_study(
+        result.to_dict(), title=TITLES[name], command=study_command(name, options), started_at=started_at,
+        finished_at=datetime.now(UTC), label=label, tool_version=__version__,
+    )  # fmt: skip
+
+
 def _cmd_study(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
     from engine.studies import STUDIES, StudyOptions, format_study
+    from reports.history_flags import save_to_history
 
     sizes = {name: getattr(args, name) for name, _ in STUDY_SIZE_FLAGS.values() if getattr(args, name) is not None}
     options = StudyOptions(
@@ -231,10 +280,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
         quant_cold_load=not args.no_cold_load,
         **sizes,
     )
+    started = datetime.now(UTC)
     result = STUDIES[args.name](options, progress=lambda msg: print(msg, file=sys.stderr))
     print(format_study(result))
     if args.json:
         args.json.write_text(json.dumps(result.to_dict(), indent=2))
+    save_to_history(study_document(args.name, options, result, started, args.label), args)
     return 0
 
 

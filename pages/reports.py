@@ -1,10 +1,11 @@
-"""Reports: every saved checklist report and benchmark result, opened, compared and exported."""
+"""Reports: every saved checklist report, benchmark result and engine study, opened, compared and exported."""
 
 from datetime import UTC, datetime, time
 
 import streamlit as st
 
 from reports.compare import compare
+from reports.documents import SHORT_KINDS
 from reports.history import Filters, History
 from reports.home import history_dir
 from reports.store import DocumentError
@@ -17,7 +18,7 @@ st.caption(f"Saved runs in `{history.root}` (set PREFLIGHT_HOME to keep them els
 
 c1, c2, c3 = st.columns(3)
 target = c1.text_input("Target contains", key="reports_target") or None
-kind = c2.selectbox("Kind", ["all", "readiness", "benchmark"], key="reports_kind")
+kind = c2.selectbox("Kind", ["all", *SHORT_KINDS], key="reports_kind")
 since_day = c3.date_input("Since", value=None, key="reports_since")
 since = None if since_day is None else datetime.combine(since_day, time.min, tzinfo=UTC)
 filters = Filters(target=target, since=since, kind=None if kind == "all" else kind)
@@ -28,8 +29,8 @@ if not readable and filters != Filters() and any(e.unreadable is None for e in h
     st.info("No saved run matches these filters.")
     st.stop()
 if not readable:
-    st.info("No saved runs yet. Every checklist and benchmark run is saved here; run one from the Checklist or "
-            "Benchmark page, or with `python -m checks run`.")  # fmt: skip
+    st.info("No saved runs yet. Every checklist, benchmark and engine study run is saved here; run one from the "
+            "Checklist, Benchmark or Engine studies page, or with `python -m checks run`.")  # fmt: skip
     st.stop()
 
 history_table(readable)
@@ -47,11 +48,12 @@ with tab_open:
         downloads(doc, "reports_open")
         document_view(doc)
 with tab_compare:
-    if len(ids) < 2:
-        st.info("Save a second run to compare two.")
+    measured = [e.id for e in readable if e.id is not None and e.kind != "study"]  # a study has no records
+    if len(measured) < 2:
+        st.info("Save a second checklist or benchmark run to compare two.")
     else:
-        a_id = st.selectbox("A (baseline)", ids, index=1, format_func=names.get, key="reports_a")
-        b_id = st.selectbox("B (candidate)", ids, index=0, format_func=names.get, key="reports_b")
+        a_id = st.selectbox("A (baseline)", measured, index=1, format_func=names.get, key="reports_a")
+        b_id = st.selectbox("B (candidate)", measured, index=0, format_func=names.get, key="reports_b")
         try:
             a, b = history.load(a_id), history.load(b_id)
         except DocumentError as exc:

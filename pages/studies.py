@@ -1,23 +1,21 @@
-"""Engine studies: measure the KV cache, the weight formats and batching on this machine."""
+"""Engine studies: measure the KV cache, the weight formats and batching on this machine.
 
-import json
+Every finished study is kept in the reports history, like a checklist or benchmark run."""
 
-import altair as alt
-import pandas as pd
+from datetime import UTC, datetime
+
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from engine.cli import study_document
 from engine.errors import EngineError
 from engine.quant import WEIGHT_FORMATS
-from engine.studies import STUDIES, TITLES, StudyOptions, format_study, option_help, parse_sizes, study_frame
-
-
-def _chart(frame: pd.DataFrame, x: str, y: str, title: str, color: str | None = None) -> alt.Chart:
-    """Bars over weight formats, lines (one per `color` value) over a numeric size."""
-    chart = alt.Chart(frame).mark_bar() if x == "format" else alt.Chart(frame).mark_line(point=True)
-    extra = {"color": color} if color else {}
-    return chart.encode(x=alt.X(x, sort=None), y=y, tooltip=[x, y], **extra).properties(title=title, height=260)
-
+from engine.studies import STUDIES, TITLES, StudyOptions, option_help, parse_sizes
+from reports.history import History
+from reports.home import history_dir
+from reports.store import DocumentError
+from widgets_reports import downloads
+from widgets_studies import study_view
 
 DEFAULTS = StudyOptions()
 
@@ -67,38 +65,24 @@ except ValueError as exc:
 if st.button("Run", key="engine_study_run", type="primary", disabled=options is None):
     with st.status(f"Running the {name} study...", expanded=True) as status:
         try:
-            results[name] = STUDIES[name](options, progress=status.write)
+            started = datetime.now(UTC)
+            doc = study_document(name, options, STUDIES[name](options, progress=status.write), started)
+            results[name] = doc
             status.update(label=f"The {name} study finished", state="complete", expanded=False)
         except (EngineError, ValueError) as exc:
             status.update(label=f"The {name} study failed", state="error")
             st.error(str(exc))
+        else:
+            try:  # kept like every run; a history that cannot be written costs the study nothing
+                History(history_dir()).save(doc)
+                st.caption(f"Saved in the history as {doc.id}.")
+            except DocumentError as exc:
+                st.warning(f"Not saved in the history: {exc}")
 
 if name not in results:
     st.info("Set the sizes (small values run in seconds, the defaults in minutes) and press Run.")
     st.stop()
 
-result = results[name]
-frame = study_frame(result)
-if name == "kv":
-    on_off = frame.melt("seq_len", ["cached_decode_tok_s", "uncached_decode_tok_s"], "kv_cache", "decode_tok_s")
-    on_off["kv_cache"] = on_off["kv_cache"].map({"cached_decode_tok_s": "on", "uncached_decode_tok_s": "off"})
-    st.altair_chart(_chart(on_off, "seq_len", "decode_tok_s", "Decode tok/s vs sequence length", "kv_cache"))
-elif name == "quant":
-    left, right = st.columns(2)
-    left.altair_chart(_chart(frame, "format", "decode_tok_s", "Decode tok/s"))
-    right.altair_chart(_chart(frame, "format", "weight_mib", "Weight memory (MiB)"))
-    st.dataframe(frame[["format", "perplexity", "mean_kl_nats", "top1_agreement", "scored_tokens"]], hide_index=True)
-else:
-    left, right = st.columns(2)
-    left.altair_chart(_chart(frame, "batch_size", "aggregate_tok_s", "Aggregate decode tok/s"))
-    right.altair_chart(_chart(frame, "batch_size", "per_token_latency_ms", "Per-token latency (ms)"))
-st.dataframe(frame, hide_index=True)
-with st.expander("Conditions and console table"):
-    st.code(format_study(result), language=None)
-st.download_button(
-    "Download JSON",
-    json.dumps(result.to_dict(), indent=2),
-    file_name=f"study-{name}.json",
-    mime="application/json",
-    key="engine_study_download",
-)
+doc = results[name]
+downloads(doc, "engine_study")
+study_view(doc)

@@ -17,13 +17,13 @@ from pathlib import Path
 from reports import store
 from reports.compare import THRESHOLD_PCT, compare
 from reports.compare_markdown import comparison_to_markdown
-from reports.documents import Document
+from reports.documents import SHORT_KINDS, Document
 from reports.exports import FORMATS, export
 from reports.history import Filters, History, HistoryEntry, dump_entries, entry_for
 from reports.home import history_dir
-from reports.markdown import to_markdown
 from reports.readiness_report import ReadinessReport
 from reports.schema_files import SCHEMA_DIR, write_schemas
+from reports.study_report import StudyReport
 
 _RELATIVE = re.compile(r"^(\d+)([hdw])$")
 
@@ -77,8 +77,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     doc = _load(args, args.ref)
     if args.json:
         print(store.to_json(doc))
-    elif isinstance(doc, ReadinessReport):
-        print(to_markdown(doc), end="")
+    elif isinstance(doc, ReadinessReport | StudyReport):
+        print(export(doc, "md"), end="")
     else:
         print(_table([entry_for(doc, f"{doc.id}.json")]))
     return 0
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", parents=[home], help="the saved documents, newest first")
     ls.add_argument("--target", default=None, help="only targets containing this text")
     ls.add_argument("--since", type=parse_since, default=None, help="only runs since: 7d, 24h, 2w or an ISO date")
-    ls.add_argument("--kind", choices=("readiness", "benchmark"), default=None)
+    ls.add_argument("--kind", choices=SHORT_KINDS, default=None)
     ls.add_argument("--json", action="store_true", help="print the listing as JSON")
 
     show = sub.add_parser("show", parents=[home], help="print one document (an id, id prefix or file)")

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from reports.benchmark_result import BenchmarkResult, RunDoc
 from reports.check_result import CheckStatus
-from reports.documents import SHORT_KIND, Document
+from reports.documents import SHORT_KIND, Document, Measured, measured
 from reports.readiness_report import ReadinessReport
 from reports.records import RequestRecord, is_measured
 from reports.stats import RowStatistic, bootstrap_change_pct, row_mean, row_percentile
@@ -192,7 +192,7 @@ def compare_metric(metric: _Metric, a: list[RequestRecord], b: list[RequestRecor
 # --- what the documents asked for, and where they ran -------------------------------------------------
 
 
-def _benchmark(doc: Document) -> BenchmarkResult | None:
+def _benchmark(doc: Measured) -> BenchmarkResult | None:
     return doc.benchmark if isinstance(doc, ReadinessReport) else doc
 
 
@@ -201,7 +201,7 @@ WORKLOAD_KEYS = ("range_ratio", "shared_prefix_len", "temperature", "api")
 ENVIRONMENT_KEYS = ("cpu_model", "physical_cores", "torch_version", "driver_version", "os")
 
 
-def _not_comparable(a: Document, b: Document) -> list[str]:
+def _not_comparable(a: Measured, b: Measured) -> list[str]:
     reasons: list[str] = []
     ba, bb = _benchmark(a), _benchmark(b)
     for side, bench in (("A", ba), ("B", bb)):
@@ -227,7 +227,7 @@ def _not_comparable(a: Document, b: Document) -> list[str]:
     return reasons
 
 
-def _environment(a: Document, b: Document) -> list[EnvDifference]:
+def _environment(a: Measured, b: Measured) -> list[EnvDifference]:
     pairs: list[tuple[str, Any, Any]] = [("preflight version", a.tool.version, b.tool.version)]
     ba, bb = _benchmark(a), _benchmark(b)
     if ba is not None and bb is not None:
@@ -245,7 +245,7 @@ def _environment(a: Document, b: Document) -> list[EnvDifference]:
             for n, x, y in pairs if x != y]  # fmt: skip
 
 
-def _checks(a: Document, b: Document) -> tuple[list[CheckChange], VerdictChange | None]:
+def _checks(a: Measured, b: Measured) -> tuple[list[CheckChange], VerdictChange | None]:
     if not (isinstance(a, ReadinessReport) and isinstance(b, ReadinessReport)):
         return [], None
     sa, sb = {c.id: c.status for c in a.checks}, {c.id: c.status for c in b.checks}
@@ -254,11 +254,11 @@ def _checks(a: Document, b: Document) -> tuple[list[CheckChange], VerdictChange 
     return changes, VerdictChange(a=a.verdict.value, b=b.verdict.value)
 
 
-def _ref(doc: Document) -> DocRef:
+def _ref(doc: Measured) -> DocRef:
     return DocRef(id=doc.id, kind=SHORT_KIND[doc.KIND], label=doc.label, started_at=doc.started_at.isoformat())
 
 
-def paired_runs(a: Document, b: Document) -> list[tuple[RunDoc, RunDoc]]:
+def paired_runs(a: Measured, b: Measured) -> list[tuple[RunDoc, RunDoc]]:
     """The runs of A and B measured under the same load profile, in A's order."""
     ba, bb = _benchmark(a), _benchmark(b)
     if ba is None or bb is None:
@@ -268,9 +268,12 @@ def paired_runs(a: Document, b: Document) -> list[tuple[RunDoc, RunDoc]]:
 
 
 def compare(a: Document, b: Document, threshold_pct: float = THRESHOLD_PCT) -> Comparison:
-    """A against B (B is the newer run, by convention): see the module docstring."""
+    """A against B (B is the newer run, by convention): see the module docstring.
+
+    DocumentError when either is an engine study (it has no records to compare)."""
     if not threshold_pct >= 0:
         raise ValueError(f"threshold_pct must be 0 or more, got {threshold_pct}")
+    a, b = measured(a), measured(b)
     metrics: list[MetricDelta] = []
     pairs = paired_runs(a, b)
     for run_a, run_b in pairs:
@@ -285,7 +288,7 @@ def compare(a: Document, b: Document, threshold_pct: float = THRESHOLD_PCT) -> C
 
 
 
-def latency_samples(a: Document, b: Document) -> list[tuple[str, str, float]]:
+def latency_samples(a: Measured, b: Measured) -> list[tuple[str, str, float]]:
     """(side, metric, ms) rows of TTFT and TPOT for the runs `compare` pairs: the overlaid distributions."""
     pairs = paired_runs(a, b)
     if not pairs:

@@ -13,14 +13,29 @@ from typing import Any, Literal
 from reports import store
 from reports.benchmark_result import BenchmarkResult, upgrade_legacy_benchmark
 from reports.readiness_report import ReadinessReport
+from reports.study_report import StudyReport
 
-Document = ReadinessReport | BenchmarkResult
-MODELS: dict[str, type[ReadinessReport] | type[BenchmarkResult]] = {
+Measured = ReadinessReport | BenchmarkResult  # the kinds with request records: what a comparison reads
+Document = ReadinessReport | BenchmarkResult | StudyReport
+MODELS: dict[str, type[ReadinessReport] | type[BenchmarkResult] | type[StudyReport]] = {
     ReadinessReport.KIND: ReadinessReport,
     BenchmarkResult.KIND: BenchmarkResult,
+    StudyReport.KIND: StudyReport,
 }
-ShortKind = Literal["readiness", "benchmark"]
-SHORT_KIND: dict[str, ShortKind] = {ReadinessReport.KIND: "readiness", BenchmarkResult.KIND: "benchmark"}
+ShortKind = Literal["readiness", "benchmark", "study"]
+SHORT_KIND: dict[str, ShortKind] = {
+    ReadinessReport.KIND: "readiness", BenchmarkResult.KIND: "benchmark", StudyReport.KIND: "study",
+}  # fmt: skip
+SHORT_KINDS: tuple[ShortKind, ...] = tuple(SHORT_KIND.values())
+
+
+def measured(doc: Document) -> Measured:
+    """`doc` as a document with request records; DocumentError for an engine study, which has none to compare."""
+    if isinstance(doc, StudyReport):
+        raise store.DocumentError(
+            f"{doc.id} is an engine study: it has no request records to compare; export or show it instead"
+        )
+    return doc
 
 
 def from_data(data: Any, source: str = "document") -> Document:
@@ -40,5 +55,5 @@ def parse(text: str | bytes, source: str = "document") -> Document:
 
 
 def load(path: Path) -> Document:
-    """A saved report or benchmark result, whichever the file holds."""
+    """A saved report, benchmark result or engine study, whichever the file holds."""
     return parse(store.read_bytes(path), str(path))

@@ -17,6 +17,8 @@ from reports.html import to_html
 from reports.junit import to_junit
 from reports.markdown import to_markdown
 from reports.readiness_report import ReadinessReport
+from reports.study_export import study_markdown
+from reports.study_report import StudyReport
 
 
 @dataclass(frozen=True)
@@ -25,21 +27,23 @@ class Format:
     label: str  # what a download button says
     extension: str
     mime: str
-    render: Callable[[Any], str]
-    kinds: tuple[type[ReadinessReport] | type[BenchmarkResult], ...]  # the models it applies to
+    renderers: dict[type[Any], Callable[[Any], str]]  # the models it applies to, each with its renderer
+
+    def applies_to(self, doc: Document) -> bool:
+        return type(doc) in self.renderers
 
 
-BOTH = (ReadinessReport, BenchmarkResult)
+ALL = (ReadinessReport, BenchmarkResult, StudyReport)
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("json", "JSON", "json", "application/json", store.to_json, BOTH),
-    Format("html", "HTML", "html", "text/html", to_html, BOTH),
-    Format("md", "Markdown", "md", "text/markdown", to_markdown, (ReadinessReport,)),
-    Format("junit", "JUnit XML", "xml", "application/xml", to_junit, (ReadinessReport,)),
+    Format("json", "JSON", "json", "application/json", dict.fromkeys(ALL, store.to_json)),
+    Format("html", "HTML", "html", "text/html", dict.fromkeys(ALL, to_html)),
+    Format("md", "Markdown", "md", "text/markdown", {ReadinessReport: to_markdown, StudyReport: study_markdown}),
+    Format("junit", "JUnit XML", "xml", "application/xml", {ReadinessReport: to_junit}),
 )}  # fmt: skip
 
 
 def formats_for(doc: Document) -> list[Format]:
-    return [f for f in FORMATS.values() if isinstance(doc, f.kinds)]
+    return [f for f in FORMATS.values() if f.applies_to(doc)]
 
 
 def export(doc: Document, name: str) -> str:
@@ -47,7 +51,7 @@ def export(doc: Document, name: str) -> str:
     fmt = FORMATS.get(name)
     if fmt is None:
         raise store.DocumentError(f"no export format {name!r}; choose one of {', '.join(FORMATS)}")
-    if not isinstance(doc, fmt.kinds):
+    if not fmt.applies_to(doc):
         have = ", ".join(f.name for f in formats_for(doc))
         raise store.DocumentError(f"a {SHORT_KIND[doc.KIND]} document has no {name} export; it has {have}")
-    return fmt.render(doc)
+    return fmt.renderers[type(doc)](doc)

@@ -1,4 +1,4 @@
-"""The reports history: every report and benchmark result a run saved, in one private folder.
+"""The reports history: every report, benchmark result and engine study a run saved, in one private folder.
 
 The files are the truth. Each document is `<id>.json`, written atomically with mode 0600
 in a 0700 folder (a report can hold a server log tail and error excerpts). Listing reads
@@ -30,6 +30,7 @@ from reports.home import DIR_MODE, FILE_MODE
 from reports.identity import ID_PATTERN
 from reports.readiness_report import ReadinessReport
 from reports.redaction import redact_url
+from reports.study_report import StudyReport
 
 INDEX_NAME = ".index.json"
 INDEX_VERSION = 1
@@ -42,7 +43,7 @@ class HistoryEntry(BaseModel):
 
     file: str
     id: str | None = None
-    kind: Literal["readiness", "benchmark"] | None = None
+    kind: documents.ShortKind | None = None
     started_at: datetime | None = None
     target: str | None = None
     model: str | None = None
@@ -68,6 +69,8 @@ class _Index(BaseModel):
 
 
 def _target_of(doc: documents.Document) -> str:
+    if isinstance(doc, StudyReport):
+        return doc.target
     if isinstance(doc, ReadinessReport):
         t = doc.target
         return f"bundled:{t.quant}" if t.kind == "bundled" and t.quant else redact_url(t.base_url)
@@ -76,7 +79,9 @@ def _target_of(doc: documents.Document) -> str:
 
 
 def _headline(doc: documents.Document) -> tuple[str | None, str]:
-    """(verdict, one-line headline) of a document."""
+    """(verdict, one-line headline) of a document; a study has no verdict, only what it measured."""
+    if isinstance(doc, StudyReport):
+        return None, f"{doc.study} study: {len(doc.rows)} measured points"
     if isinstance(doc, ReadinessReport):
         counts = doc.status_counts()
         return doc.verdict.value, ", ".join(f"{n} {s.value}" for s, n in counts.items() if n)
@@ -93,7 +98,10 @@ def _headline(doc: documents.Document) -> tuple[str | None, str]:
 
 def entry_for(doc: documents.Document, file: str) -> HistoryEntry:
     verdict, headline = _headline(doc)
-    model = doc.target.model if isinstance(doc, ReadinessReport) else doc.endpoint.model
+    if isinstance(doc, StudyReport):
+        model = doc.model
+    else:
+        model = doc.target.model if isinstance(doc, ReadinessReport) else doc.endpoint.model
     return HistoryEntry(
         file=file, id=doc.id, kind=documents.SHORT_KIND[doc.KIND], started_at=doc.started_at,
         target=_target_of(doc), model=model, label=doc.label, verdict=verdict, headline=headline,

@@ -1,4 +1,4 @@
-"""A readiness report or a benchmark result as one self-contained HTML page, for a launch review.
+"""A readiness report, a benchmark result or an engine study as one self-contained HTML page, for a review.
 
 People look at charts rather than read tables, so the page draws the run: TTFT and TPOT
 distributions with the summary's p50/p95/p99, output throughput over time, the server's
@@ -23,6 +23,8 @@ from reports.figures import resource_figures, run_figures, timeline_figures
 from reports.html_parts import Markup, code, figure_html, flatten, listing, pairs, size, status_badge, table, with_ci
 from reports.markdown import figure
 from reports.readiness_report import ReadinessReport
+from reports.study_export import study_html_body
+from reports.study_report import StudyReport
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1100px;padding:1.5rem;
@@ -40,7 +42,7 @@ pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;white-space:pre-wrap;word-b
 .st-SKIP{background:#757575}.v-CANCELLED{background:#b26a00}
 .note{color:#555;font-style:italic}.warn{color:#8a4b00}
 .figures{display:flex;flex-wrap:wrap;gap:1rem}.figure{margin:0;max-width:522px}figcaption{font-size:.8rem;color:#555}
-svg.chart{max-width:100%;height:auto;background:#fff;border:1px solid #eee}
+svg.chart{max-width:100%;height:auto;background:#fff;border:1px solid #eee}.wide{overflow-x:auto}
 """
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 DEFINITIONS = ("TTFT: first streamed content - send. TPOT: (E2E - TTFT) / (output tokens - 1). "
@@ -48,8 +50,10 @@ DEFINITIONS = ("TTFT: first streamed content - send. TPOT: (E2E - TTFT) / (outpu
                "requests; [low, high] is the bootstrap 95% interval.")  # fmt: skip
 
 
-def to_html(doc: ReadinessReport | BenchmarkResult) -> str:
-    """The whole page for a readiness report or a benchmark result (see the module docstring)."""
+def to_html(doc: ReadinessReport | BenchmarkResult | StudyReport) -> str:
+    """The whole page for a readiness report, a benchmark result or an engine study (see the module docstring)."""
+    if isinstance(doc, StudyReport):
+        return _page(f"Preflight engine study: {doc.study}", study_html_body(doc))
     if isinstance(doc, ReadinessReport):
         return _page(f"Preflight readiness: {doc.verdict.value}", _readiness(doc))
     return _page(f"Preflight benchmark: {doc.endpoint.model}", _benchmark_page(doc))

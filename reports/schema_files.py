@@ -19,10 +19,11 @@ from reports.benchmark_result import BenchmarkResult
 from reports.compare import Comparison
 from reports.readiness_report import ReadinessReport
 from reports.slo_profile import SloProfile
+from reports.study_report import StudyReport
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schema"
 REGENERATE = "python -m reports schema"
-DOCUMENTS: list[type[BaseModel]] = [BenchmarkResult, ReadinessReport, SloProfile, Comparison]
+DOCUMENTS: list[type[BaseModel]] = [BenchmarkResult, ReadinessReport, SloProfile, Comparison, StudyReport]
 
 
 def schema_name(model: type[BaseModel]) -> str:

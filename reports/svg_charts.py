@@ -266,3 +266,25 @@ def line_chart(chart: Chart, series: Sequence[Series], markers: Sequence[Marker]
     if len(series) > 1:
         body += _legend(chart, series)
     return _svg(chart, body + _markers(frame, markers))
+
+
+def bar_chart(chart: Chart, bars: Sequence[tuple[str, float | None]], colour: str = "#3b6fb6") -> str:
+    """One bar per named category (e.g. a weight format); a bar that was not measured is left out, its name kept."""
+    measured = [v for _, v in bars if v is not None and math.isfinite(v)]
+    if not measured:
+        raise ValueError("a bar chart needs at least one measured bar; show a note instead")
+    y_ticks, y_step = ticks(0, max(max(measured), 1e-9))
+    frame = _Frame(chart, 0.0, float(len(bars)), y_ticks[-1])
+    body = _axes(frame, [], 1.0, y_ticks, y_step)
+    slot = frame.x(1.0) - frame.x(0.0)
+    bottom = chart.height - BOTTOM
+    for i, (name, value) in enumerate(bars):
+        centre = frame.x(i + 0.5)
+        body.append(_text(centre, bottom + 16, name))
+        if value is None or not math.isfinite(value):
+            continue
+        top = frame.y(value)
+        body.append(f'<rect x="{_num(centre - slot * 0.35)}" y="{_num(top)}" width="{_num(slot * 0.7)}" '
+                    f'height="{_num(bottom - top)}" fill="{escape(colour)}"><title>{escape(name)}: '
+                    f"{escape(tick_text(value, y_step / 10))}</title></rect>")  # fmt: skip
+    return _svg(chart, body)

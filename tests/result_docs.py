@@ -13,7 +13,6 @@ from checks.load.loadgen import RunResult, SelfCheck
 from checks.load.metrics import summarize
 from checks.load.profiles import LoadProfile
 from checks.load.resources import summarize_resources
-from checks.version import __version__
 from reports.benchmark_result import (
     BenchmarkResult,
     EndpointDoc,
@@ -27,6 +26,7 @@ from reports.benchmark_result import (
 from reports.records import RequestRecord, TokenSource
 from reports.resources import ResourceSample
 from reports.summary import BenchmarkSummary
+from reports.version import __version__
 
 BASE_URL = "http://127.0.0.1:8000/v1"
 

@@ -26,6 +26,9 @@ from engine.studies import (
 from engine.studies_batch import batch_prompts
 from engine.studies_quant import eval_windows, quality
 from engine.tokenizer import Tokenizer
+from reports.history import History
+from reports.home import history_dir
+from reports.study_report import StudyReport
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 # One torch thread: on a 2-core machine shared with other jobs, two spinning OpenMP threads per
@@ -241,6 +244,16 @@ def test_cli_kv_study_prints_the_table_and_writes_json(tmp_path: Path, capsys: p
     assert [r["seq_len"] for r in data["rows"]] == [16, 32]
     assert data["conditions"]["kv_tokens"] == 4
 
+    # Kept in the history like every run (issue 18), with the command that repeats it.
+    [entry] = History(history_dir()).entries()
+    assert (entry.kind, entry.target, entry.model) == ("study", "bundled:int4", data["conditions"]["model"])
+    assert f"saved in the history as {entry.id}" in captured.err
+    doc = History(history_dir()).load(entry.id)
+    assert isinstance(doc, StudyReport) and doc.rows == data["rows"]
+    assert doc.command == "python -m engine study kv --device cpu --threads 1 --lengths 16,32 --tokens 4"
+    assert main([*args[:-2], "--no-history", "--label", "x"]) == 0
+    assert len(History(history_dir()).entries()) == 1
+
 
 def _studies_page() -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
@@ -283,4 +296,10 @@ def test_studies_page_runs_kv_and_shows_chart_table_and_download() -> None:
     assert [r["seq_len"] for r in result.rows] == [16, 32]
     assert at.get("vega_lite_chart"), "no chart was drawn"
     assert at.dataframe[0].value["seq_len"].tolist() == [16, 32]
-    assert at.get("download_button"), "no JSON download"
+    assert len(at.get("download_button")) == 3, "JSON, HTML and Markdown downloads"
+    # Saved in the history, and the Reports page opens it with the same view.
+    [entry] = History(history_dir()).entries()
+    assert entry.id == result.id and entry.kind == "study"
+    at.switch_page("pages/reports.py").run()
+    assert not at.exception
+    assert at.get("vega_lite_chart") and at.dataframe[-1].value["seq_len"].tolist() == [16, 32]

@@ -39,7 +39,6 @@ from checks.load.sweep import SweepOptions, SweepResult, run_sweep
 from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 from checks.load.workloads import SyntheticSpec, synthetic_requests
-from checks.version import __version__
 from reports.benchmark_result import (
     BenchmarkResult,
     ClientDoc,
@@ -52,6 +51,7 @@ from reports.benchmark_result import (
 )
 from reports.redaction import redact_url
 from reports.summary import BenchmarkSummary
+from reports.version import __version__
 
 COMPILE_STARTUP_TIMEOUT_S = 900.0  # a cold --compile takes 3-4 minutes on 2 cores, more on a busy machine
 Distribution = Literal["fixed", "uniform", "normal"]

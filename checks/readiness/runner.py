@@ -39,13 +39,13 @@ from checks.readiness.reliability import FINAL_CHECKS, RELIABILITY_CHECKS
 from checks.readiness.resources import RESOURCE_CHECKS
 from checks.readiness.security import SECURITY_CHECKS
 from checks.readiness.slo import goodput_slo, load_profile
-from checks.version import __version__
 from planner.hardware import detect
 from reports.benchmark_result import BenchmarkResult, load_benchmark_result
 from reports.check_result import Category, CheckResult
 from reports.readiness_report import MEASURED_HERE, DeclaredInfo, ReadinessReport, TargetInfo, ToolInfo
 from reports.slo_profile import SloProfile
 from reports.verdict import decide
+from reports.version import __version__
 
 CHECK_DEADLINE_S = 300.0  # one check, however slow the target: past this it is ERROR
 

@@ -1,0 +1,49 @@
+"""How an engine study looks on a page: its charts, tables, conditions and downloads.
+
+The Engine studies page shows a fresh run with it and the Reports page a saved one, so
+both show the same thing. Which charts a study has is `reports.study_report.STUDY_CHARTS`,
+the same list the HTML export draws.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from engine.studies import StudyResult, format_study, study_frame
+from reports.study_report import STUDY_CHARTS, StudyChart, StudyReport
+
+QUALITY_COLUMNS = ["format", "perplexity", "mean_kl_nats", "top1_agreement", "scored_tokens"]
+
+
+def study_result(doc: StudyReport) -> StudyResult:
+    """The engine's view of a saved study, for the console table the CLI prints."""
+    return StudyResult(doc.study, dict(doc.conditions), [dict(r) for r in doc.rows], list(doc.notes))
+
+
+def _chart(doc: StudyReport, spec: StudyChart) -> alt.Chart:
+    """Bars over a categorical x (weight formats), one line per series over a numeric one."""
+    frame = pd.DataFrame([{spec.x: x, spec.y_label: y, "series": label}
+                          for label, points in spec.series(doc) for x, y in points])  # fmt: skip
+    categorical = spec.x == "format"
+    mark = alt.Chart(frame).mark_bar() if categorical else alt.Chart(frame).mark_line(point=True)
+    colour = {"color": alt.Color("series:N", title=None)} if len(spec.ys) > 1 else {}
+    return mark.encode(
+        x=alt.X(spec.x, sort=None, title=spec.x_label), y=alt.Y(spec.y_label), tooltip=[spec.x, spec.y_label], **colour
+    ).properties(title=spec.title, height=260)
+
+
+def study_view(doc: StudyReport) -> None:
+    specs = STUDY_CHARTS.get(doc.study, ())
+    for col, spec in zip(st.columns(len(specs)) if specs else [], specs, strict=True):
+        col.altair_chart(_chart(doc, spec))
+    frame = study_frame(study_result(doc))
+    if doc.study == "quant" and set(QUALITY_COLUMNS) <= set(frame.columns):
+        st.dataframe(frame[QUALITY_COLUMNS], hide_index=True)
+    st.dataframe(frame, hide_index=True)
+    for note in doc.notes:
+        st.caption(note)
+    with st.expander("Conditions, console table and the command that repeats it"):
+        st.code(format_study(study_result(doc)), language=None)
+        st.code(doc.command, language="bash")
