@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
+from pathlib import Path
+
+import xmlschema
+from junitparser import JUnitXml, TestSuite
 
 from checks.readiness.slo import load_profile
 from reports.check_result import Category, CheckResult, CheckStatus, Exposure
@@ -11,6 +14,8 @@ from reports.junit import to_junit
 from reports.markdown import to_markdown
 from reports.readiness_report import ReadinessReport, TargetInfo, ToolInfo
 from reports.verdict import decide
+
+SCHEMA = xmlschema.XMLSchema(Path(__file__).resolve().parent / "fixtures" / "junit-jenkins.xsd")
 
 
 def _check(i: int, status: CheckStatus, category: Category) -> CheckResult:
@@ -46,24 +51,52 @@ def test_markdown_leads_with_the_verdict_and_lists_every_check() -> None:
     assert "sk-x" not in text
 
 
-def test_junit_marks_fail_error_skip_and_keeps_warn_as_a_pass() -> None:
-    root = ET.fromstring(to_junit(_report()))
-    assert root.get("tests") == "5" and root.get("failures") == "1" and root.get("errors") == "1"
-    assert root.get("skipped") == "1"
-    cases = {c.get("name").split(":")[0]: c for c in root.iter("testcase")}
-    assert cases["security.c2"].find("failure") is not None
-    assert cases["monitoring.c4"].find("error") is not None
-    assert cases["resources.c3"].find("skipped") is not None
-    warn = cases["security.c1"]
-    assert warn.find("failure") is None and warn.find("system-out").text.startswith("WARN: finding 1")
-    assert {s.get("name") for s in root.iter("testsuite")} == {f"preflight.{c.value}" for c in Category
-                                                              if c != Category.RELIABILITY}  # fmt: skip
+def _junit_suites(xml: str, tmp_path: Path) -> list[TestSuite]:
+    """The export, validated against the Jenkins/xunit2 layout and parsed back by junitparser (a library CI
+    tools use), not by string matching."""
+    SCHEMA.validate(xml)
+    path = tmp_path / "junit.xml"
+    path.write_text(xml, encoding="utf-8")
+    parsed = JUnitXml.fromfile(str(path))
+    return list(parsed) if isinstance(parsed, JUnitXml) else [parsed]
+
+
+def test_junit_marks_fail_error_skip_and_keeps_warn_as_a_pass(tmp_path: Path) -> None:
+    xml = to_junit(_report())
+    suites = _junit_suites(xml, tmp_path)
+    assert {s.name for s in suites} == {f"preflight.{c.value}" for c in Category if c != Category.RELIABILITY}
+    assert (sum(s.tests for s in suites), sum(s.failures for s in suites), sum(s.errors for s in suites),
+            sum(s.skipped for s in suites)) == (5, 1, 1, 1)  # fmt: skip
+    cases = {c.name.split(":")[0]: c for s in suites for c in s}
+    outcome = {name: [type(r).__name__ for r in case.result] for name, case in cases.items()}
+    assert outcome == {"performance.c0": [], "security.c1": [], "security.c2": ["Failure"],
+                       "resources.c3": ["Skipped"], "monitoring.c4": ["Error"]}  # fmt: skip
+    assert cases["security.c2"].result[0].message == "finding 2"
+    text = cases["security.c2"].result[0].text
+    assert "value: 0.5 ms" in text and "limit: 500.0 ms" in text and "fix: do the fix" in text
+    assert cases["security.c1"].system_out.startswith("WARN: finding 1")  # a WARN passes, its finding kept
+    assert cases["performance.c0"].time == 0.25 and cases["performance.c0"].classname == "preflight.performance"
+
+
+def test_junit_of_a_real_report_and_of_hostile_text_is_valid(tmp_path: Path) -> None:
+    from reports import store
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "readiness-report.v1.json"
+    real = store.load(fixture, ReadinessReport)
+    suites = _junit_suites(to_junit(real), tmp_path)
+    assert sum(s.tests for s in suites) == len(real.checks)
+    hostile = "bad \x1b[31m\x00 bytes ]]> </failure> & <x>"
+    report = _report()
+    report = report.model_copy(update={"checks": [c.model_copy(update={"message": hostile, "evidence": [hostile]})
+                                                  for c in report.checks]})  # fmt: skip
+    cases = [c for s in _junit_suites(to_junit(report), tmp_path) for c in s]
+    failure = next(r for c in cases for r in c.result if type(r).__name__ == "Failure")
+    assert failure.message == "bad \\x1b[31m\\x00 bytes ]]> </failure> & <x>"
 
 
 def test_markdown_ends_with_key_metrics_environment_and_a_command_the_cli_accepts() -> None:
     """The launch-review page of a real report (an H200 run): intervals, the machine, and how to run it again."""
     import shlex
-    from pathlib import Path
 
     from checks.cli import build_parser
     from reports import store
