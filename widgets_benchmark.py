@@ -14,7 +14,6 @@ import streamlit as st
 from checks.jobs import Job, JobState
 from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.load.scenarios import SCENARIOS
-from reports import store
 from reports.benchmark_result import BenchmarkResult
 from reports.home import private_dir, prune, write_private
 
@@ -144,17 +143,3 @@ def run_summaries(result: BenchmarkResult) -> None:
         c3.metric("Median TTFT ms", "-" if s.median_ttft_ms is None else f"{s.median_ttft_ms:.0f}")
         c4.metric("Goodput req/s", "-" if s.request_goodput is None else f"{s.request_goodput:.2f}")
         st.dataframe(summary_frame(run), hide_index=True)
-
-
-def result_download(job_id: str, result: BenchmarkResult) -> None:
-    """The download button for the result file, the same JSON `--out` writes.
-
-    A result with every record can be megabytes of JSON, and the page reruns on every
-    click, so the text is built once per job and kept in the session.
-    """
-    cached = st.session_state.get("bench_result_json")
-    if cached is None or cached[0] != job_id:
-        cached = (job_id, store.to_json(result))
-        st.session_state["bench_result_json"] = cached
-    st.download_button("Download JSON (every record)", cached[1], file_name="preflight-benchmark.json",
-                       mime="application/json", key="bench_download")  # fmt: skip

@@ -9,7 +9,6 @@ import streamlit as st
 from reports.compare import Comparison, latency_samples
 from reports.compare_markdown import comparison_to_markdown
 from reports.documents import Document
-from reports.exports import export, formats_for
 from reports.history import HistoryEntry
 from reports.readiness_report import ReadinessReport
 from reports.study_report import StudyReport
@@ -54,19 +53,6 @@ def document_view(doc: Document) -> None:
     run_summaries(doc)
     if any(run.records for run in doc.runs):
         result_charts(doc)
-
-
-def downloads(doc: Document, key: str) -> None:
-    """Every export of one document (reports.exports); built once per document id, not on every rerun."""
-    cache_key = f"{key}_exports"
-    cached = st.session_state.get(cache_key)
-    if cached is None or cached[0] != doc.id:
-        cached = (doc.id, {f.label: (export(doc, f.name), f.mime, f.extension) for f in formats_for(doc)})
-        st.session_state[cache_key] = cached
-    columns = st.columns(len(cached[1]))
-    for col, (label, (text, mime, ext)) in zip(columns, cached[1].items(), strict=True):
-        col.download_button(f"Download {label}", text, file_name=f"preflight-{doc.id}.{ext}", mime=mime,
-                            key=f"{key}_download_{ext}")  # fmt: skip
 
 
 def comparison_view(result: Comparison, a: Document, b: Document) -> None:

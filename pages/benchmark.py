@@ -10,11 +10,11 @@ from widgets_benchmark import (
     live_progress,
     load_inputs,
     result_charts,
-    result_download,
     run_summaries,
     target_inputs,
     workload_inputs,
 )
+from widgets_exports import downloads
 
 st.title("Benchmark")
 st.caption("Real streaming load; every figure comes from per-request records you can download. "
@@ -31,4 +31,4 @@ run_summaries(result)
 result_charts(result)
 with st.expander("Console summary, warnings and self-check"):
     st.code(format_result(result), language=None)
-result_download(st.session_state["bench_job"].job_id, result)
+downloads(result, "bench")

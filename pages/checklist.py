@@ -7,7 +7,7 @@ from checks.readiness.config import ChecklistConfig
 from widgets import run_panel
 from widgets_benchmark import target_inputs
 from widgets_checklist import judging_inputs, live_progress, results_by_category, verdict_banner
-from widgets_reports import downloads
+from widgets_exports import downloads
 
 st.title("Readiness checklist")
 st.caption("Performance against an SLO profile, resources, security, monitoring and reliability. A check that "

@@ -100,12 +100,13 @@ def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
     table = page.dataframe[0].value
     assert list(table["metric"]) == ["TTFT", "TPOT", "ITL", "E2E latency"]
     assert table["median"].notna().all()
-    (download,) = page.get("download_button")
-    assert download.proto.label == "Download JSON (every record)"
-    job_id, text = page.session_state["bench_result_json"]
-    assert job_id == job.job_id and parse_benchmark_result(text) == snap.result  # the file --out would write
+    assert [d.proto.label for d in page.get("download_button")] == ["Download JSON", "Download HTML"]
+    doc_id, exports = page.session_state["bench_exports"]
+    text = exports["JSON"][0]
+    assert doc_id == snap.result.id and parse_benchmark_result(text) == snap.result  # the file --out would write
+    assert exports["HTML"][0].startswith("<!DOCTYPE html>")
     page.run()
-    assert page.session_state["bench_result_json"][1] is text  # built once per job, not on every rerun
+    assert page.session_state["bench_exports"][1]["JSON"][0] is text  # built once per result, not on every rerun
     assert not page.button(key="bench_run").disabled
 
 
