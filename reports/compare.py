@@ -32,6 +32,7 @@ from reports.documents import SHORT_KIND, Document, Measured, measured
 from reports.readiness_report import ReadinessReport
 from reports.records import RequestRecord, is_measured
 from reports.stats import RowStatistic, bootstrap_change_pct, row_mean, row_percentile
+from reports.throughput import chunks_of, rate_bins
 
 THRESHOLD_PCT = 5.0  # a significant change smaller than this is reported, but is not a regression
 THROUGHPUT_BINS = (10, 60)  # bins of the measured window: at least, at most
@@ -152,11 +153,7 @@ def throughput_bins(records: list[RequestRecord]) -> list[float]:
         return []
     low, high = THROUGHPUT_BINS
     bins = int(min(high, max(low, round((t1 - t0) / THROUGHPUT_BIN_S))))
-    width = (t1 - t0) / bins
-    times = np.array([t for r in records for t in r.chunk_times_s], dtype=float)
-    tokens = np.array([n for r in records for n in r.chunk_tokens], dtype=float)
-    index = np.clip(((times - t0) / width).astype(np.int64), 0, bins - 1)
-    return list(np.bincount(index, weights=tokens, minlength=bins) / width)
+    return rate_bins(chunks_of(records), t0, (t1 - t0) / bins, bins)
 
 
 METRICS: tuple[_Metric, ...] = (

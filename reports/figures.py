@@ -19,6 +19,7 @@ from reports.metrics_timeline import MetricsSample, MetricsTimeline
 from reports.records import RequestRecord, is_measured
 from reports.resources import ResourceSample
 from reports.svg_charts import Chart, Marker, Point, Series, bin_values, histogram, line_chart, nice_step, thin
+from reports.throughput import chunks_of, rate_bins
 
 THROUGHPUT_BINS = 60  # at most this many time bins in the throughput chart
 LINE_POINTS = 600  # at most about this many points per line (timelines of long runs are thinned)
@@ -57,15 +58,10 @@ def latency_figure(name: str, values_ms: Sequence[float], marks_ms: Sequence[flo
 
 
 def throughput_points(records: Sequence[RequestRecord]) -> tuple[list[Point], float] | None:
-    """Output tokens per second in equal time bins from the first measured send, and the bin width in s.
-
-    Tokens count where their chunk arrived, as the summary's peak throughput counts them;
-    each bin is divided by its full width, so a last, partly covered bin reads low rather
-    than spiking. None when no successful request streamed a token after the first send.
-    """
+    """Output tokens per second in round-width time bins from the first measured send (`reports.throughput`),
+    and the bin width in s. None when no successful request streamed a token after the first send."""
     sends = [r.send_s for r in records if not r.warmup and math.isfinite(r.send_s)]
-    good = measured_successes(records)
-    chunks = [(t, n) for r in good for t, n in zip(r.chunk_times_s, r.chunk_tokens, strict=True) if math.isfinite(t)]
+    chunks = chunks_of(measured_successes(records))
     if not sends or not chunks:
         return None
     start = min(sends)
@@ -74,11 +70,9 @@ def throughput_points(records: Sequence[RequestRecord]) -> tuple[list[Point], fl
         return None
     width = nice_step(span, THROUGHPUT_BINS)
     n = max(1, math.ceil(span / width))
-    tokens = [0] * n
-    for t, count in chunks:
-        tokens[min(n - 1, max(0, int((t - start) // width)))] += count
-    points: list[Point] = [(i * width, tokens[i] / width) for i in range(n)]
-    return [*points, (n * width, tokens[-1] / width)], width
+    rates = rate_bins(chunks, start, width, n)
+    points: list[Point] = [(i * width, rate) for i, rate in enumerate(rates)]
+    return [*points, (n * width, rates[-1])], width
 
 
 def run_figures(run: RunDoc) -> list[Figure]:
