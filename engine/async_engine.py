@@ -191,8 +191,10 @@ class EngineLoop:
             logger.error("engine step failed: %s", type(exc).__name__, exc_info=exc)
             self._fail_all("the engine failed while running this request")
             return
-        self._deliver(result.outputs)
+        # Count first, then deliver: once a client has its last token, /metrics already includes it
+        # (a scrape right after a run ends must see every token the clients received).
         self._publish(result)
+        self._deliver(result.outputs)
 
     def _deliver(self, outputs: list[TokenOutput]) -> None:
         """One thread-safe callback per event loop per step, not one per token."""
