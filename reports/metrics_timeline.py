@@ -1,7 +1,7 @@
 """The server's own metrics over a load run: `MetricsTimeline`, a list of `MetricsSample`s.
 
 During the benchmark the checklist scrapes the target's `/metrics` about once a second
-and maps the server's names (vLLM, llama.cpp's server, Preflight's engine) onto one
+and maps the server's names (vLLM, SGLang, TGI, llama.cpp's server, Preflight's engine) onto one
 vocabulary, so a report shows running and waiting requests and KV-cache usage next to
 the client-side latencies whatever served them. A value the server does not export is
 None, never 0 (current llama.cpp builds have no KV-usage gauge). A scrape that failed
@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MetricsSource = Literal["vllm", "llamacpp", "preflight"]
+MetricsSource = Literal["vllm", "sglang", "tgi", "llamacpp", "preflight"]
 
 
 class MetricsSample(BaseModel):

@@ -154,12 +154,62 @@ preflight:prompt_tokens_total{model_name="smollm2-135m-instruct"} 33.0
 preflight:generation_tokens_total{model_name="smollm2-135m-instruct"} 64.0
 """
 
-# TGI: a real server whose names Preflight does not map; it must read as unknown, not as zeros.
+# SGLang with --enable-metrics (names as in its production-metrics documentation), two tensor-parallel
+# ranks' series of one model.
+SGLANG_TEXT = """\
+# HELP sglang:num_running_reqs The number of running requests.
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{model_name="m",tp_rank="0"} 3.0
+# HELP sglang:num_queue_reqs The number of requests in the waiting queue.
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs{model_name="m",tp_rank="0"} 2.0
+# HELP sglang:token_usage The token usage.
+# TYPE sglang:token_usage gauge
+sglang:token_usage{model_name="m",tp_rank="0"} 0.28
+# HELP sglang:prompt_tokens_total Number of prefill tokens processed.
+# TYPE sglang:prompt_tokens_total counter
+sglang:prompt_tokens_total{model_name="m",tp_rank="0"} 8128.0
+# HELP sglang:generation_tokens_total Number of generation tokens processed.
+# TYPE sglang:generation_tokens_total counter
+sglang:generation_tokens_total{model_name="m",tp_rank="0"} 7557.0
+# HELP sglang:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE sglang:time_to_first_token_seconds histogram
+sglang:time_to_first_token_seconds_bucket{le="+Inf",model_name="m",tp_rank="0"} 11.0
+sglang:time_to_first_token_seconds_count{model_name="m",tp_rank="0"} 11.0
+sglang:time_to_first_token_seconds_sum{model_name="m",tp_rank="0"} 2.3
+# HELP sglang:e2e_request_latency_seconds Histogram of End-to-end request latency in seconds
+# TYPE sglang:e2e_request_latency_seconds histogram
+sglang:e2e_request_latency_seconds_bucket{le="+Inf",model_name="m",tp_rank="0"} 11.0
+sglang:e2e_request_latency_seconds_count{model_name="m",tp_rank="0"} 11.0
+sglang:e2e_request_latency_seconds_sum{model_name="m",tp_rank="0"} 40.1
+"""
+
+# TGI's router: gauges for the batch and the queue, per-request histograms whose sums are the token totals.
 TGI_TEXT = """\
 # TYPE tgi_queue_size gauge
-tgi_queue_size 0
+tgi_queue_size 1
 # TYPE tgi_batch_current_size gauge
 tgi_batch_current_size 2
+# TYPE tgi_request_input_length histogram
+tgi_request_input_length_bucket{le="+Inf"} 4
+tgi_request_input_length_sum 512
+tgi_request_input_length_count 4
+# TYPE tgi_request_generated_tokens histogram
+tgi_request_generated_tokens_bucket{le="+Inf"} 4
+tgi_request_generated_tokens_sum 256
+tgi_request_generated_tokens_count 4
+# TYPE tgi_request_duration histogram
+tgi_request_duration_bucket{le="+Inf"} 4
+tgi_request_duration_sum 6.5
+tgi_request_duration_count 4
+"""
+
+# A server whose names Preflight does not map (a plain web app): it must read as unknown, not as zeros.
+UNKNOWN_TEXT = """\
+# TYPE http_requests_total counter
+http_requests_total{code="200"} 10
+# TYPE process_open_fds gauge
+process_open_fds 12
 """
 
 FIELDS_ORDER = ("running", "waiting", "kv_cache_usage", "prompt_tokens_total", "generation_tokens_total",
@@ -174,14 +224,18 @@ FIELDS_ORDER = ("running", "waiting", "kv_cache_usage", "prompt_tokens_total", "
         (LLAMACPP_TEXT, "llamacpp", (2.0, 1.0, None, 6886.0, 3469.0, None), False),
         (LLAMACPP_OLD_TEXT, "llamacpp", (2.0, 1.0, 0.5, 6886.0, 3469.0, None), False),
         (PREFLIGHT_TEXT, "preflight", (1.0, 0.0, 0.125, 33.0, 64.0, 0.0), True),
+        (SGLANG_TEXT, "sglang", (3.0, 2.0, 0.28, 8128.0, 7557.0, None), True),
+        (TGI_TEXT, "tgi", (2.0, 1.0, None, 512.0, 256.0, None), (False, True)),
     ],
-    ids=["vllm-v1", "vllm-v0", "llamacpp", "llamacpp-old", "preflight"],
+    ids=["vllm-v1", "vllm-v0", "llamacpp", "llamacpp-old", "preflight", "sglang", "tgi"],
 )
-def test_each_dialect_maps_onto_one_vocabulary(text: str, source: str, expected: tuple, histograms: bool) -> None:
+def test_each_dialect_maps_onto_one_vocabulary(text: str, source: str, expected: tuple,
+                                               histograms: bool | tuple[bool, bool]) -> None:  # fmt: skip
     reading = read_metrics(text)
     assert reading.source == source
     assert tuple(reading.values[name] for name in FIELDS_ORDER) == expected
-    assert reading.histograms == {"ttft_seconds": histograms, "e2e_seconds": histograms}
+    ttft, e2e = histograms if isinstance(histograms, tuple) else (histograms, histograms)
+    assert reading.histograms == {"ttft_seconds": ttft, "e2e_seconds": e2e}
 
 
 def test_vllm_prefers_the_new_kv_gauge_and_takes_the_fullest_engine() -> None:
@@ -190,7 +244,7 @@ def test_vllm_prefers_the_new_kv_gauge_and_takes_the_fullest_engine() -> None:
 
 
 def test_an_unknown_server_reads_as_unknown_not_as_zeros() -> None:
-    reading = read_metrics(TGI_TEXT)
+    reading = read_metrics(UNKNOWN_TEXT)
     assert reading.source is None
     assert reading.families == 2
     assert all(v is None for v in reading.values.values())
@@ -213,7 +267,8 @@ def test_text_that_is_not_prometheus_is_an_error(text: str) -> None:
 def test_every_dialect_names_every_field() -> None:
     for source, names in DIALECTS.items():
         assert set(names) == set(FIELDS_ORDER) | {"ttft_seconds", "e2e_seconds"}, source
-        assert all(n.startswith(f"{source}:") for group in names.values() for n in group), source
+        prefix = "tgi_" if source == "tgi" else f"{source}:"  # TGI's router names have no colon
+        assert all(n.startswith(prefix) for group in names.values() for n in group), source
 
 
 def test_timeline_document_is_strict_and_summarises() -> None:
@@ -233,7 +288,7 @@ def test_timeline_document_is_strict_and_summarises() -> None:
     with pytest.raises(ValidationError):
         MetricsSample(t_s=0.0, gpu_util=0.5)  # type: ignore[call-arg]
     with pytest.raises(ValidationError):
-        MetricsTimeline(source="tgi", interval_s=1.0)  # type: ignore[arg-type]
+        MetricsTimeline(source="ollama", interval_s=1.0)  # type: ignore[arg-type]
 
 
 # --- the scraper, against real servers on loopback ---

@@ -1,6 +1,6 @@
 """Reading a server's Prometheus `/metrics` in one vocabulary, whoever served it.
 
-vLLM, llama.cpp's server and Preflight's engine export the same facts under different
+vLLM, SGLang, TGI, llama.cpp's server and Preflight's engine export the same facts under different
 names; `DIALECTS` is the one table that says which name means what. Sample names are
 as they appear in the exposition text (counters keep `_total`), checked against the
 servers' sources:
@@ -11,6 +11,13 @@ servers' sources:
 - llama.cpp: `tools/server` (the `/metrics` handler, `--metrics`). Current builds export
   `requests_processing`/`requests_deferred` and the token counters but no KV gauge and
   no latency histograms; older builds also had `llamacpp:kv_cache_usage_ratio`.
+- SGLang: `python/sglang/srt/metrics/collector.py` (`--enable-metrics`): `num_running_reqs`,
+  `num_queue_reqs`, `token_usage` (KV pool in use, 0..1), the token counters and the TTFT /
+  E2E histograms, all prefixed `sglang:`; no preemption counter.
+- TGI: the router's `tgi_*` names: `tgi_batch_current_size` (running), `tgi_queue_size`
+  (waiting) and per-request histograms; token totals are the `_sum` of
+  `tgi_request_input_length` and `tgi_request_generated_tokens`, E2E is
+  `tgi_request_duration`; no KV gauge, no TTFT histogram, no preemption counter.
 - Preflight: `engine/server_metrics.py`, vLLM's names with the `preflight:` prefix.
 
 A field a server does not export reads None, never 0. Parsing goes through
@@ -52,6 +59,26 @@ DIALECTS: dict[MetricsSource, dict[str, tuple[str, ...]]] = {
         "preemptions_total": (),
         "ttft_seconds": (),
         "e2e_seconds": (),
+    },
+    "sglang": {
+        "running": ("sglang:num_running_reqs",),
+        "waiting": ("sglang:num_queue_reqs",),
+        "kv_cache_usage": ("sglang:token_usage",),
+        "prompt_tokens_total": ("sglang:prompt_tokens_total",),
+        "generation_tokens_total": ("sglang:generation_tokens_total",),
+        "preemptions_total": (),
+        "ttft_seconds": ("sglang:time_to_first_token_seconds",),
+        "e2e_seconds": ("sglang:e2e_request_latency_seconds",),
+    },
+    "tgi": {
+        "running": ("tgi_batch_current_size",),
+        "waiting": ("tgi_queue_size",),
+        "kv_cache_usage": (),
+        "prompt_tokens_total": ("tgi_request_input_length_sum",),
+        "generation_tokens_total": ("tgi_request_generated_tokens_sum",),
+        "preemptions_total": (),
+        "ttft_seconds": (),
+        "e2e_seconds": ("tgi_request_duration",),
     },
     "preflight": {
         "running": ("preflight:num_requests_running",),

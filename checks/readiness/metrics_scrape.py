@@ -30,7 +30,7 @@ DEFAULT_INTERVAL_S = 1.0
 SCRAPE_TIMEOUT_S = 5.0
 MAX_METRICS_BYTES = 4 * 1024 * 1024  # vLLM's full exposition is a few hundred KiB
 MAX_SAMPLES = 3600  # an hour at 1 s; a longer run is thinned to every other sample, interval doubled
-UNKNOWN_NAMES = "no metric names of vLLM, llama.cpp's server or Preflight's engine"
+UNKNOWN_NAMES = "no metric names of vLLM, SGLang, TGI, llama.cpp's server or Preflight's engine"
 
 
 TIMELINE_KEY = "metrics_timeline"  # where the runner leaves the MetricsTimeline in CheckContext.scratch
