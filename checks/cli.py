@@ -1,4 +1,5 @@
-"""`python -m checks bench ...`: benchmark the bundled engine or any OpenAI-compatible endpoint.
+"""`python -m checks bench|run|connect`: benchmark, judge or test a connection to the bundled engine
+or any OpenAI-compatible endpoint.
 
 Flags come from `BenchmarkConfig`'s fields (their descriptions are the help text), so
 the CLI and the Benchmark page cannot drift apart. Errors are one stderr line and exit
@@ -25,10 +26,12 @@ from typing import Any, NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from checks.connection import connect, format_connection
 from checks.load.benchmark import BenchmarkConfig, config_error, make_target, measure
 from checks.load.console import format_result
 from checks.load.loadgen import Progress
 from checks.load.targets import TargetError
+from checks.presets import PRESETS
 from checks.readiness.config import ChecklistConfig
 from checks.readiness.console import format_report
 from checks.readiness.runner import Checklist, ChecklistProgress
@@ -130,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_history_flags(run)
     run.add_argument("--force", action="store_true", help="overwrite existing output files")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    conn = sub.add_parser("connect", help="test a target before measuring it: models, key, streaming, /metrics")
+    conn.add_argument("target", nargs="?", default=None, help="the base URL (default: the --preset's local URL)")
+    conn.add_argument("--preset", choices=list(PRESETS), default=None,
+                      help="a server kind: its default local URL, and what it needs for /metrics")  # fmt: skip
+    conn.add_argument("--api-key", dest="api_key", default=None,
+                      help=f"the endpoint's API key (or set {API_KEY_ENV}; never printed)")  # fmt: skip
+    conn.add_argument("--model", default=None, help="model for the probe request (default: the first listed)")
+    conn.add_argument("--api", choices=("chat", "completions"), default="chat")
+    conn.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -311,4 +323,24 @@ def main(argv: list[str] | None = None) -> int:
         return bench(args)
     if args.command == "run":
         return readiness(args)
+    if args.command == "connect":
+        return connect_command(args)
     return 2
+
+
+def connect_command(args: argparse.Namespace) -> int:
+    """`python -m checks connect`: exit 0 when the target is ready to measure, 1 when not, 2 on bad input."""
+    preset = PRESETS[args.preset] if args.preset else None
+    url = args.target or (preset.base_url if preset else None)
+    if url is None:
+        print("error: give a target URL or a --preset", file=sys.stderr)
+        return 2
+    try:
+        report = connect(url, args.api_key or os.environ.get(API_KEY_ENV) or None, args.model, args.api)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.model_dump_json(indent=1) if args.json else format_connection(report))
+    if preset is not None and not args.json:
+        print(f"note          {preset.name}: {preset.metrics_hint}")
+    return 0 if report.ok else 1

@@ -162,6 +162,13 @@ def _rejects_option(record: RequestRecord, option: str) -> bool:
 
 async def probe(base_url: str, api_key: str | None, model: str | None, api: Api, server_pid: int | None) -> Endpoint:
     """Check the endpoint end to end and return what it supports; TargetError otherwise."""
+    endpoint, _record = await probe_stream(base_url, api_key, model, api, server_pid)
+    return endpoint
+
+
+async def probe_stream(base_url: str, api_key: str | None, model: str | None, api: Api,
+                       server_pid: int | None = None) -> tuple[Endpoint, RequestRecord]:  # fmt: skip
+    """`probe`, also returning the record of the last (successful) probe request: its timings."""
     models = await _get_models(base_url, api_key)
     if model is None:
         if not models:
@@ -179,7 +186,7 @@ async def probe(base_url: str, api_key: str | None, model: str | None, api: Api,
         record = await _probe_stream(endpoint)
     if not record.ok:
         raise TargetError(_probe_failure(endpoint, record))
-    return endpoint
+    return endpoint, record
 
 
 def _probe_failure(endpoint: Endpoint, record: RequestRecord) -> str:
