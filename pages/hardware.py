@@ -8,7 +8,7 @@ import streamlit as st
 from planner.api import compare_run
 from planner.errors import PlannerError
 from planner.hardware import describe_accelerator, describe_nvml, gib
-from widgets import cached_hardware, machine_metrics
+from widgets.common import cached_hardware, machine_metrics
 
 st.title("Hardware")
 hw = cached_hardware()

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from planner.hardware import describe_accelerator
-from widgets import cached_hardware, machine_metrics
+from widgets.common import cached_hardware, machine_metrics
 
 st.title("Preflight")
 st.markdown(

@@ -9,8 +9,8 @@ from reports.documents import SHORT_KINDS
 from reports.history import Filters, History
 from reports.home import history_dir
 from reports.store import DocumentError
-from widgets_exports import downloads
-from widgets_reports import comparison_view, document_view, history_table, unreadable_files
+from widgets.exports import downloads
+from widgets.reports import comparison_view, document_view, history_table, unreadable_files
 
 st.title("Reports")
 history = History(history_dir())

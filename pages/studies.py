@@ -14,8 +14,8 @@ from engine.studies import STUDIES, TITLES, StudyOptions, option_help, parse_siz
 from reports.history import History
 from reports.home import history_dir
 from reports.store import DocumentError
-from widgets_exports import downloads
-from widgets_studies import study_view
+from widgets.exports import downloads
+from widgets.studies import study_view
 
 DEFAULTS = StudyOptions()
 
