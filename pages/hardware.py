@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from planner.api import compare_run
+from planner.entrypoints import compare_run
 from planner.errors import PlannerError
 from planner.hardware import describe_accelerator, describe_nvml, gib
 from widgets.common import cached_hardware, machine_metrics

@@ -25,4 +25,4 @@ for note in hw.notes:
     st.warning(note)
 
 st.divider()
-st.page_link("pages/engine_page.py", label="Try the bundled engine", icon=":material/memory:")
+st.page_link("pages/engine_chat.py", label="Try the bundled engine", icon=":material/memory:")

@@ -4,8 +4,8 @@ import altair as alt
 import streamlit as st
 from pydantic import ValidationError
 
-from planner.api import make_plan
 from planner.catalog import load_catalog
+from planner.entrypoints import make_plan
 from planner.errors import PlannerError
 from planner.recommend import Plan
 from planner.tables import capacity_frame, memory_frame, option_label, options_frame, roofline_frames, unfit_frame

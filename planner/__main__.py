@@ -76,7 +76,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from planner.api import make_plan
+    from planner.entrypoints import make_plan
     from planner.report import format_plan
 
     values = {name: getattr(args, name) for name, _ in RECOMMEND_FLAGS.values() if getattr(args, name) is not None}
@@ -90,8 +90,8 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from planner.api import compare_run
     from planner.compare import format_comparison
+    from planner.entrypoints import compare_run
 
     try:
         text = sys.stdin.read() if args.measured == "-" else Path(args.measured).read_text()
