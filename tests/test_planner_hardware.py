@@ -1,5 +1,5 @@
 """planner.hardware: this machine (CPU only, no GPU) and its CLI; NVML absent, failing, or a fake
-with two GPUs."""
+with two GPUs; and the GPU table the Hardware page shows."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from planner.catalog import load_catalog
 from planner.devices import resolve_device
 from planner.errors import PlannerError
 from planner.hardware import Hardware, describe_nvml, detect, summary_lines
+from planner.tables import gpu_frame
 
 
 def test_detect_reports_this_machine(weights_cache_dir: Path) -> None:
@@ -195,3 +196,13 @@ def test_detected_gpu_missing_from_the_catalog() -> None:
     with pytest.raises(PlannerError, match="detected GPU 'NVIDIA B200' is not in planner/data/gpus.json"):
         resolve_device("detected", 1, load_catalog(), hw=hw)
 
+
+def test_gpu_frame_has_one_row_per_gpu_and_says_what_was_not_measured() -> None:
+    second = H100 | {"cc": None, "used": 0}
+    frame = gpu_frame(detect(lambda: fake_pynvml([H100, second])))
+    assert list(frame.columns) == ["index", "name", "memory total", "memory used", "compute capability", "source"]
+    assert list(frame["index"]) == [0, 1]
+    first = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory total": "79.6 GiB", "memory used": "0.5 GiB",
+             "compute capability": "9.0", "source": "nvml"}  # fmt: skip
+    assert frame.iloc[0].to_dict() == first
+    assert frame.iloc[1]["compute capability"] == "not measured"
