@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, first_problem
 from planner.hardware import detect, summary_lines
 from planner.workload import RecommendOptions
 
@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        print(f"error: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        print(f"error: {first_problem(exc)}", file=sys.stderr)
         return 2
     except PlannerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -17,6 +17,7 @@ from planner.errors import PlannerError
 from planner.recommend import Plan
 from planner.tables import capacity_frame, memory_frame, option_label, options_frame, roofline_frames, unfit_frame
 from planner.workload import RecommendOptions
+from reports.validation import pydantic_message
 
 FIELDS = RecommendOptions.model_fields
 DEFAULT_MODEL = "llama-3.1-8b"
@@ -65,7 +66,7 @@ def plan_or_stop(values: dict) -> Plan:
         options = RecommendOptions(**values)
         return _plan(options.model_dump_json())
     except ValidationError as exc:
-        st.error("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors()))
+        st.error("; ".join(pydantic_message(err) for err in exc.errors()))
     except PlannerError as exc:
         st.error(str(exc))
     st.stop()

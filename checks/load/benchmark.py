@@ -51,6 +51,7 @@ from reports.benchmark_result import (
 )
 from reports.redaction import redact_url
 from reports.summary import BenchmarkSummary
+from reports.validation import first_problem
 from reports.version import __version__
 
 COMPILE_STARTUP_TIMEOUT_S = 900.0  # a cold --compile takes 3-4 minutes on 2 cores, more on a busy machine
@@ -150,10 +151,7 @@ class BenchmarkConfig(BaseModel):
 
 def config_error(exc: ValidationError) -> str:
     """The first problem of a rejected BenchmarkConfig as one line: 'field: message', or the message alone."""
-    first = exc.errors()[0]
-    message = first["msg"].removeprefix("Value error, ")
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {message}" if where else message
+    return first_problem(exc)
 
 
 def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[list[PromptRequest], str]:
