@@ -5,8 +5,7 @@ import streamlit as st
 from checks.jobs import JobKind, JobState
 from checks.load.benchmark import BenchmarkConfig
 from checks.load.console import format_result
-from widgets import run_panel
-from widgets_benchmark import (
+from widgets.benchmark import (
     live_progress,
     load_inputs,
     result_charts,
@@ -14,7 +13,8 @@ from widgets_benchmark import (
     target_inputs,
     workload_inputs,
 )
-from widgets_exports import downloads
+from widgets.common import run_panel
+from widgets.exports import downloads
 
 st.title("Benchmark")
 st.caption("Real streaming load; every figure comes from per-request records you can download. "

@@ -4,10 +4,10 @@ import streamlit as st
 
 from checks.jobs import JobKind, JobState
 from checks.readiness.config import ChecklistConfig
-from widgets import run_panel
-from widgets_benchmark import target_inputs
-from widgets_checklist import judging_inputs, live_progress, results_by_category, verdict_banner
-from widgets_exports import downloads
+from widgets.benchmark import target_inputs
+from widgets.checklist import judging_inputs, live_progress, results_by_category, verdict_banner
+from widgets.common import run_panel
+from widgets.exports import downloads
 
 st.title("Readiness checklist")
 st.caption("Performance against an SLO profile, resources, security, monitoring and reliability. A check that "

@@ -2,13 +2,13 @@
 
 import json
 
-import pandas as pd
 import streamlit as st
 
-from planner.api import compare_run
+from planner.entrypoints import compare_run
 from planner.errors import PlannerError
-from planner.hardware import describe_accelerator, describe_nvml, gib
-from widgets import cached_hardware, machine_metrics
+from planner.hardware import describe_accelerator, describe_nvml
+from planner.tables import comparison_frame, gpu_frame
+from widgets.common import cached_hardware, machine_metrics
 
 st.title("Hardware")
 hw = cached_hardware()
@@ -26,14 +26,7 @@ st.markdown(
 st.subheader("GPUs")
 if hw.gpus:
     st.success(describe_nvml(hw))
-    st.dataframe(
-        pd.DataFrame([{
-            "index": g.index, "name": g.name, "memory total": gib(g.total_memory_bytes),
-            "memory used": gib(g.used_memory_bytes), "compute capability": g.compute_capability or "not measured",
-            "source": g.source,
-        } for g in hw.gpus]),
-        hide_index=True,
-    )
+    st.dataframe(gpu_frame(hw), hide_index=True)
 else:
     st.info(
         f"No GPU: {describe_accelerator(hw)}. {describe_nvml(hw)}.  \n"
@@ -51,16 +44,16 @@ if st.button("Measure this CPU", key="hardware_measure"):
 
     with st.spinner("Measuring bandwidth, FLOP/s and dispatch (a few seconds)..."):
         st.session_state["hardware_cpu"] = measure()
-m = st.session_state.get("hardware_cpu")
-if m is None:
+cpu = st.session_state.get("hardware_cpu")
+if cpu is None:
     st.info("Press **Measure this CPU** to time it (the Plan page does this when you plan for this CPU).")
 else:
     cols = st.columns(4)
-    cols[0].metric("Bandwidth (largest working set)", f"{m.bandwidth_bytes_s / 1e9:.1f} GB/s")
-    cols[1].metric("fp32 matmul", f"{m.fp32_flops / 1e9:.0f} GFLOP/s")
-    cols[2].metric("bf16 matmul", f"{m.bf16_flops / 1e9:.0f} GFLOP/s")
-    cols[3].metric("Dispatch per op", f"{m.op_overhead_s * 1e6:.1f} us")
-    st.caption(m.describe())
+    cols[0].metric("Bandwidth (largest working set)", f"{cpu.bandwidth_bytes_s / 1e9:.1f} GB/s")
+    cols[1].metric("fp32 matmul", f"{cpu.fp32_flops / 1e9:.0f} GFLOP/s")
+    cols[2].metric("bf16 matmul", f"{cpu.bf16_flops / 1e9:.0f} GFLOP/s")
+    cols[3].metric("Dispatch per op", f"{cpu.op_overhead_s * 1e6:.1f} us")
+    st.caption(cpu.describe())
 
 st.subheader("Predicted vs measured")
 st.caption("Upload what `python -m engine generate --json --device cpu ...` printed; the planner predicts the same "
@@ -73,7 +66,5 @@ if run is not None:
     except (PlannerError, json.JSONDecodeError) as exc:
         st.error(str(exc))
     else:
-        st.dataframe(pd.DataFrame([{"metric": r.metric, "unit": r.unit, "predicted": r.predicted,
-                                    "measured": r.measured, "error %": None if r.error is None else 100 * r.error}
-                                   for r in comparison.rows]), hide_index=True)
+        st.dataframe(comparison_frame(comparison), hide_index=True)
         st.caption(comparison.conditions)

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from planner.hardware import describe_accelerator
-from widgets import cached_hardware, machine_metrics
+from widgets.common import cached_hardware, machine_metrics
 
 st.title("Preflight")
 st.markdown(
@@ -25,4 +25,4 @@ for note in hw.notes:
     st.warning(note)
 
 st.divider()
-st.page_link("pages/engine_page.py", label="Try the bundled engine", icon=":material/memory:")
+st.page_link("pages/engine_chat.py", label="Try the bundled engine", icon=":material/memory:")

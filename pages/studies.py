@@ -14,8 +14,8 @@ from engine.studies import STUDIES, TITLES, StudyOptions, option_help, parse_siz
 from reports.history import History
 from reports.home import history_dir
 from reports.store import DocumentError
-from widgets_exports import downloads
-from widgets_studies import study_view
+from widgets.exports import downloads
+from widgets.studies import study_view
 
 DEFAULTS = StudyOptions()
 
@@ -55,7 +55,8 @@ def _options(name: str) -> StudyOptions:
 st.title("Engine studies")
 st.caption("Measured on this machine with the bundled engine; nothing is simulated. Each run states its conditions.")
 results = st.session_state.setdefault("engine_study_results", {})
-name = st.selectbox("Study", list(STUDIES), format_func=lambda n: f"{n}: {TITLES[n]}", key="engine_study_name")
+name = st.selectbox("Study", list(STUDIES), key="engine_study_name",
+                    format_func=lambda study: f"{study}: {TITLES[study]}")
 try:
     options = _options(name)
 except ValueError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, first_problem
 from planner.hardware import detect, summary_lines
 from planner.workload import RecommendOptions
 
@@ -76,7 +76,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
-    from planner.api import make_plan
+    from planner.entrypoints import make_plan
     from planner.report import format_plan
 
     values = {name: getattr(args, name) for name, _ in RECOMMEND_FLAGS.values() if getattr(args, name) is not None}
@@ -90,8 +90,8 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from planner.api import compare_run
     from planner.compare import format_comparison
+    from planner.entrypoints import compare_run
 
     try:
         text = sys.stdin.read() if args.measured == "-" else Path(args.measured).read_text()
@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        print(f"error: {where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        print(f"error: {first_problem(exc)}", file=sys.stderr)
         return 2
     except PlannerError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -48,8 +48,8 @@ class MeasuredRun:
 
 
 @dataclass(frozen=True, slots=True)
-class MetricError:
-    """One metric: prediction, measurement (None: not measured) and their ratio."""
+class ComparisonRow:
+    """One row of a Comparison: a metric's prediction, its measurement (None: not measured) and their ratio."""
 
     metric: str
     unit: str
@@ -74,7 +74,7 @@ class MetricError:
 class Comparison:
     """Rows per metric plus the conditions both sides ran under."""
 
-    rows: tuple[MetricError, ...]
+    rows: tuple[ComparisonRow, ...]
     conditions: str
 
     def within(self, factor: float = 2.0) -> bool:
@@ -113,10 +113,10 @@ def compare(run: MeasuredRun, model: ModelSpec, device: Device, catalog: Catalog
         raise PlannerError(f"the run was on {run.device!r}; the CPU prediction needs a run with --device cpu")
     pred = predict_bundled(model, device, run, catalog)
     rows = (
-        MetricError("weight memory", "MiB", pred["weight_bytes"] / 2**20,
-                    run.weight_bytes / 2**20 if run.weight_bytes else None),
-        MetricError("prefill", "tok/s", pred["prefill_tok_s"], run.prefill_tok_s),
-        MetricError("decode", "tok/s", pred["decode_tok_s"], run.decode_tok_s),
+        ComparisonRow("weight memory", "MiB", pred["weight_bytes"] / 2**20,
+                      run.weight_bytes / 2**20 if run.weight_bytes else None),
+        ComparisonRow("prefill", "tok/s", pred["prefill_tok_s"], run.prefill_tok_s),
+        ComparisonRow("decode", "tok/s", pred["decode_tok_s"], run.decode_tok_s),
     )
     conditions = (
         f"{model.name}, bundled {run.quant} on {device.name}, {run.prompt_tokens} prompt + "

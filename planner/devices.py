@@ -17,6 +17,13 @@ if TYPE_CHECKING:  # cpu_probe imports torch; only the CPU path needs it at run 
 CPU_CHOICES = ("cpu", "this-cpu")
 
 
+def device_choices(catalog: Catalog) -> dict[str, str]:
+    """Every `--gpu` choice a form offers, id to label: this machine, this CPU, then each catalog GPU."""
+    return {"detected": "this machine (detected)", "cpu": "this CPU"} | {
+        gpu_id: spec.name for gpu_id, spec in catalog.gpus.items()
+    }
+
+
 def cpu_device(hw: Hardware, m: CpuMeasurement) -> Device:
     """This CPU: RAM available for weights + KV, bandwidth and FLOP/s as measured just now."""
     if hw.ram_available_bytes is None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import reprlib
-from typing import TYPE_CHECKING, Self
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -14,6 +15,21 @@ _SHOWN = reprlib.Repr()  # a bad value is echoed, but never more than a short ex
 _SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = 40
 _SHOWN.maxlist = _SHOWN.maxdict = 4
 _MAX_PROBLEMS = 3
+VALUE_ERROR_PREFIX = "Value error, "
+
+
+def pydantic_message(err: Mapping[str, Any]) -> str:
+    """One pydantic error's message without its "Value error, " prefix, which says nothing to a person.
+
+    The planner's copy of `reports.validation.pydantic_message`: the planner imports nothing of ours."""
+    return str(err.get("msg", "invalid value")).removeprefix(VALUE_ERROR_PREFIX)
+
+
+def first_problem(exc: ValidationError) -> str:
+    """The first error as 'field: message', or the message alone when it is about no one field."""
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {pydantic_message(first)}" if where else pydantic_message(first)
 
 
 class PlannerError(Exception):
@@ -49,7 +65,7 @@ class ModelFileError(PlannerError):
         problems = []
         for err in exc.errors()[:_MAX_PROBLEMS]:
             key = ".".join(str(part) for part in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = pydantic_message(err)
             if err["type"] == "missing":
                 problems.append(f"lacks {prefix}{(aliases or {}).get(key, key)}")
             elif key:

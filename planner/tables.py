@@ -1,9 +1,15 @@
-"""A Plan as data frames for the Plan page: options, memory breakdown, roofline, capacity."""
+"""The planner's results as data frames for the pages, built here so that they are tested without Streamlit.
+
+A Plan for the Plan page (options, memory breakdown, roofline, capacity, what cannot run);
+the detected GPUs and a predicted-vs-measured comparison for the Hardware page.
+"""
 
 from __future__ import annotations
 
 import pandas as pd
 
+from planner.compare import Comparison
+from planner.hardware import Hardware, gib
 from planner.recommend import Plan, PlanOption
 from planner.sizing import GIB
 
@@ -86,3 +92,18 @@ def capacity_frame(plan: Plan) -> pd.DataFrame:
             else round(c.cost_per_m_output_tokens, 4),
         })
     return pd.DataFrame(rows)
+
+
+def gpu_frame(hw: Hardware) -> pd.DataFrame:
+    """One row per detected GPU; memory as GiB text, a figure NVML could not give as "not measured"."""
+    return pd.DataFrame([{
+        "index": g.index, "name": g.name, "memory total": gib(g.total_memory_bytes),
+        "memory used": gib(g.used_memory_bytes), "compute capability": g.compute_capability or "not measured",
+        "source": g.source,
+    } for g in hw.gpus])
+
+
+def comparison_frame(comparison: Comparison) -> pd.DataFrame:
+    """Predicted vs measured per metric; the error in percent, None where the metric was not measured."""
+    return pd.DataFrame([{"metric": r.metric, "unit": r.unit, "predicted": r.predicted, "measured": r.measured,
+                          "error %": None if r.error is None else 100 * r.error} for r in comparison.rows])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = {"planner", "reports", "engine", "checks", "pages", "widgets", "widgets_benchmark", "widgets_checklist"}
+OURS = {"planner", "reports", "engine", "checks", "pages", "widgets"}
 ALLOWED: dict[str, set[str]] = {
     "planner": set(),
     "reports": set(),

@@ -295,7 +295,7 @@ def test_timeline_document_is_strict_and_summarises() -> None:
 
 
 def _endpoint(url: str, key: str | None = None) -> Endpoint:
-    return Endpoint(url, MODEL, "chat", key)
+    return Endpoint(url, MODEL, api="chat", api_key=key)
 
 
 def test_scraper_follows_the_planted_server_in_its_own_thread() -> None:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from planner.__main__ import main
-from planner.api import compare_run
 from planner.catalog import load_catalog
-from planner.compare import MeasuredRun, MetricError, format_comparison
+from planner.compare import ComparisonRow, MeasuredRun, format_comparison
 from planner.cpu_probe import measure
+from planner.entrypoints import compare_run
 from planner.errors import PlannerError
 
 PROMPT = "Write a short poem about the sea and the wind over the hills."
@@ -41,10 +41,10 @@ def test_measured_run_from_engine_json() -> None:
         MeasuredRun.from_engine_json({"text": "hi"})
 
 
-def test_metric_error_arithmetic() -> None:
-    row = MetricError("decode", "tok/s", predicted=90.0, measured=60.0)
+def test_comparison_row_arithmetic() -> None:
+    row = ComparisonRow("decode", "tok/s", predicted=90.0, measured=60.0)
     assert (row.ratio, row.error, row.within(2.0), row.within(1.4)) == (1.5, 0.5, True, False)
-    assert MetricError("decode", "tok/s", 1.0, None).within(2.0) is None  # not measured is not a pass
+    assert ComparisonRow("decode", "tok/s", 1.0, None).within(2.0) is None  # not measured is not a pass
 
 
 def test_gpu_run_is_refused_for_the_cpu_prediction() -> None:

@@ -1,17 +1,101 @@
-"""NVML detection: this machine (no GPU), NVML absent or failing, and a fake NVML with two GPUs."""
+"""planner.hardware: this machine (CPU only, no GPU) and its CLI; NVML absent, failing, or a fake
+with two GPUs; and the GPU table the Hardware page shows."""
 
 from __future__ import annotations
 
+import json
 import types
+from pathlib import Path
 
+import psutil
 import pynvml
 import pytest
+import torch
 
-from planner import nvml
+from planner import hardware, nvml
+from planner.__main__ import main
 from planner.catalog import load_catalog
 from planner.devices import resolve_device
 from planner.errors import PlannerError
-from planner.hardware import describe_nvml, detect, summary_lines
+from planner.hardware import Hardware, describe_nvml, detect, summary_lines
+from planner.tables import gpu_frame
+
+
+def test_detect_reports_this_machine(weights_cache_dir: Path) -> None:
+    hw = detect()
+    assert isinstance(hw, Hardware)
+    assert hw.cpu_model and hw.cpu_model != "unknown CPU"
+    assert hw.logical_cores == psutil.cpu_count(logical=True)
+    assert hw.physical_cores is not None and 1 <= hw.physical_cores <= hw.logical_cores
+    assert hw.ram_total_bytes is not None and hw.ram_total_bytes > 0
+    assert hw.ram_available_bytes is not None and 0 < hw.ram_available_bytes <= hw.ram_total_bytes
+    assert hw.disk_path == str(weights_cache_dir)
+    assert hw.disk_free_bytes is not None and hw.disk_free_bytes > 0
+    assert hw.torch_version == torch.__version__
+    assert hw.cuda_available == torch.cuda.is_available()
+    assert hw.cuda_device_count == len(hw.gpus) == torch.cuda.device_count()
+    assert set(hw.isa) <= set(hardware.ISA_FLAGS)
+    assert hw.notes == ()
+
+
+def test_hardware_is_frozen() -> None:
+    hw = detect()
+    with pytest.raises(AttributeError):
+        hw.cpu_model = "other"  # type: ignore[misc]
+
+
+def test_isa_flags_match_cpuinfo() -> None:
+    flags: set[str] = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    expected = [name for name, aliases in hardware.ISA_FLAGS.items() if flags.intersection(aliases)]
+    assert list(detect().isa) == expected
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "model", "isa"),
+    [
+        (
+            "model name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n",
+            "Test CPU 9000",
+            ("avx2", "avx512f", "avx512_bf16", "amx_tile"),
+        ),
+        ("processor\t: 0\nFeatures\t: fp asimd evtstrm aes\n", None, ("neon",)),
+        ("flags\t\t: fpu sse2\n", None, ()),
+    ],
+)
+def test_parse_cpuinfo(cpuinfo: str, model: str | None, isa: tuple[str, ...]) -> None:
+    assert hardware._isa(cpuinfo) == isa
+    if model is not None:
+        assert hardware._cpu_model(cpuinfo) == model
+    else:
+        assert hardware._cpu_model(cpuinfo)  # falls back to platform, never empty
+
+
+def test_disk_free_for_a_cache_dir_that_does_not_exist_yet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    missing = tmp_path / "not" / "yet" / "made"
+    monkeypatch.setenv("PREFLIGHT_CACHE_DIR", str(missing))
+    hw = detect()
+    assert hw.disk_path == str(missing)
+    assert hw.disk_free_bytes is not None and hw.disk_free_bytes > 0
+
+
+def test_cli_detect_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["detect", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["cpu_model"] == detect().cpu_model
+    assert data["cuda_available"] is torch.cuda.is_available()
+    assert isinstance(data["isa"], list)
+
+
+def test_cli_detect_text(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["detect"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"CPU: {detect().cpu_model}")
+    assert "RAM:" in out and "torch:" in out
+
 
 
 def fake_pynvml(gpus: list[dict], init_error: Exception | None = None, fail_on: str | None = None) -> types.ModuleType:
@@ -111,3 +195,14 @@ def test_detected_gpu_missing_from_the_catalog() -> None:
     hw = detect(lambda: fake_pynvml([{"name": "NVIDIA B200", "total": 1, "used": 0, "cc": (10, 0)}]))
     with pytest.raises(PlannerError, match="detected GPU 'NVIDIA B200' is not in planner/data/gpus.json"):
         resolve_device("detected", 1, load_catalog(), hw=hw)
+
+
+def test_gpu_frame_has_one_row_per_gpu_and_says_what_was_not_measured() -> None:
+    second = H100 | {"cc": None, "used": 0}
+    frame = gpu_frame(detect(lambda: fake_pynvml([H100, second])))
+    assert list(frame.columns) == ["index", "name", "memory total", "memory used", "compute capability", "source"]
+    assert list(frame["index"]) == [0, 1]
+    first = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory total": "79.6 GiB", "memory used": "0.5 GiB",
+             "compute capability": "9.0", "source": "nvml"}  # fmt: skip
+    assert frame.iloc[0].to_dict() == first
+    assert frame.iloc[1]["compute capability"] == "not measured"

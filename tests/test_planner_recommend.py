@@ -7,8 +7,8 @@ import json
 import pytest
 
 from planner.__main__ import main
-from planner.api import make_plan
 from planner.cpu_probe import CpuMeasurement
+from planner.entrypoints import make_plan
 from planner.errors import UnknownNameError, WorkloadError
 from planner.hardware import detect
 from planner.recommend import Plan

@@ -32,7 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
 
 
 def _ctx(url: str, model: str, key: str | None) -> CheckContext:
-    return CheckContext(Endpoint(url, model, "chat", key), Exposure.LOCAL, None)
+    return CheckContext(Endpoint(url, model, api="chat", api_key=key), Exposure.LOCAL, None)
 
 
 def _run(check: Check, ctx: CheckContext) -> CheckResult:

@@ -39,7 +39,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
 
 
 def _ctx(url: str, model: str, key: str | None, declared: Declared | None = None) -> CheckContext:
-    return CheckContext(Endpoint(url, model, "chat", key), Exposure.LOCAL, None, declared=declared or Declared())
+    endpoint = Endpoint(url, model, api="chat", api_key=key)
+    return CheckContext(endpoint, Exposure.LOCAL, None, declared=declared or Declared())
 
 
 def _run(check: Check, ctx: CheckContext) -> CheckResult:

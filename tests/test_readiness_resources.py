@@ -23,7 +23,7 @@ from checks.readiness.resources import (
     server_on_this_machine,
     used_status,
 )
-from planner.api import make_plan
+from planner.entrypoints import make_plan
 from planner.workload import RecommendOptions
 from reports.check_result import CheckStatus
 from reports.metrics_timeline import MetricsSample, MetricsTimeline

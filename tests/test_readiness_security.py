@@ -57,12 +57,12 @@ def run_all(ctx: CheckContext) -> dict[str, CheckResult]:
 
 
 def bundled_ctx(server: RemoteServer, exposure: Exposure = Exposure.LOCAL, **declared: object) -> CheckContext:
-    endpoint = Endpoint(server.url, MODEL, "chat", server.api_key)
+    endpoint = Endpoint(server.url, MODEL, api="chat", api_key=server.api_key)
     return CheckContext(endpoint, exposure, None, Declared(**declared))  # type: ignore[arg-type]
 
 
 def planted_ctx(server: PlantedServer, exposure: Exposure, **declared: object) -> CheckContext:
-    endpoint = Endpoint(server.base_url, PLANTED_MODEL, "chat", server.api_key)
+    endpoint = Endpoint(server.base_url, PLANTED_MODEL, api="chat", api_key=server.api_key)
     declared = {"rate_limit_rpm": server.rate_limit_rpm, "context_tokens": PLANTED_CONTEXT, **declared}
     return CheckContext(endpoint, exposure, None, Declared(**declared))  # type: ignore[arg-type]
 
@@ -292,7 +292,7 @@ def _tls_server(cert: Path, key: Path) -> Iterator[str]:
 
 
 def _tls_ctx(url: str) -> CheckContext:
-    return CheckContext(Endpoint(url, "m", "chat", None), Exposure.PUBLIC, None)
+    return CheckContext(Endpoint(url, "m", api="chat", api_key=None), Exposure.PUBLIC, None)
 
 
 @pytest.mark.parametrize(("cert", "expected"), [("long", CheckStatus.PASS), ("short", CheckStatus.WARN)])
@@ -322,7 +322,7 @@ def test_tls_untrusted_certificate_fails(tls_files: dict[str, Path], monkeypatch
 def test_dead_target_is_error_everywhere(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     log.write_text("an old line\n")
-    endpoint = Endpoint(f"http://127.0.0.1:{free_port()}", "m", "chat", "dead-key")
+    endpoint = Endpoint(f"http://127.0.0.1:{free_port()}", "m", api="chat", api_key="dead-key")
     ctx = CheckContext(endpoint, Exposure.PUBLIC, None, Declared(rate_limit_rpm=60, server_log=log))
     results = run_all(ctx)
     assert {cid: r.status for cid, r in results.items()} == {cid: CheckStatus.ERROR for cid in BY_ID}, results

@@ -90,10 +90,10 @@ def test_a_process_gone_before_start_gives_none() -> None:
 
 
 def test_stop_returns_within_its_deadline_and_takes_a_last_sample() -> None:
-    monitor = ResourceMonitor(interval_s=60.0, origin=time.perf_counter() - 100.0).start()
-    begin = time.monotonic()
-    samples = monitor.stop(deadline_s=5.0)
-    assert time.monotonic() - begin < 5.0  # a generous bound: the wait wakes at once on stop
+    """The sampler sleeps a 600 s interval; stop wakes it at once. Had it not, the thread would outlive the
+    generous 30 s deadline and `error` would say so: the check is the thread's end, not a clock."""
+    monitor = ResourceMonitor(interval_s=600.0, origin=time.perf_counter() - 100.0).start()
+    samples = monitor.stop(deadline_s=30.0)
     assert monitor.error is None
     assert len(samples) == 1 and samples[0].t_s >= 100.0
 

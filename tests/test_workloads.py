@@ -87,7 +87,7 @@ def test_fixed_lengths_are_exact(tok: TextTokenizer, input_len: int) -> None:
 
 @pytest.mark.parametrize("dist", ["uniform", "normal"])
 def test_distributions_stay_in_bounds(tok: TextTokenizer, dist: str) -> None:
-    spec = SyntheticSpec(60, 40, dist, dist, range_ratio=0.5, seed=7)
+    spec = SyntheticSpec(60, 40, input_dist=dist, output_dist=dist, range_ratio=0.5, seed=7)
     requests = synthetic_requests(spec, 120, tok)
     inputs = [len(tok.encode(r.prompt or "")) for r in requests]
     outputs = [r.max_tokens for r in requests]
@@ -103,10 +103,10 @@ def test_distributions_stay_in_bounds(tok: TextTokenizer, dist: str) -> None:
 
 
 def test_same_seed_same_prompts(tok: TextTokenizer) -> None:
-    spec = SyntheticSpec(50, 20, "uniform", "fixed", range_ratio=0.2, seed=11)
+    spec = SyntheticSpec(50, 20, input_dist="uniform", range_ratio=0.2, seed=11)
     first = synthetic_requests(spec, 10, tok)
     assert synthetic_requests(spec, 10, tok) == first
-    other = synthetic_requests(SyntheticSpec(50, 20, "uniform", "fixed", range_ratio=0.2, seed=12), 10, tok)
+    other = synthetic_requests(SyntheticSpec(50, 20, input_dist="uniform", range_ratio=0.2, seed=12), 10, tok)
     assert [r.prompt for r in other] != [r.prompt for r in first]
 
 
@@ -119,7 +119,7 @@ def test_prompts_differ_from_the_first_token(tok: TextTokenizer) -> None:
 @pytest.mark.parametrize("input_dist", ["fixed", "uniform"])
 def test_shared_prefix_is_identical_then_differs(tok: TextTokenizer, input_dist: str) -> None:
     ratio = 0.3 if input_dist == "uniform" else 0.0
-    spec = SyntheticSpec(40, 8, input_dist, "fixed", range_ratio=ratio, shared_prefix_len=24, seed=3)
+    spec = SyntheticSpec(40, 8, input_dist=input_dist, range_ratio=ratio, shared_prefix_len=24, seed=3)
     encoded = [tok.encode(r.prompt or "") for r in synthetic_requests(spec, 30, tok)]
     assert len({tuple(ids[:24]) for ids in encoded}) == 1
     assert len({ids[24] for ids in encoded}) == len(encoded)

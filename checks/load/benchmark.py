@@ -51,6 +51,7 @@ from reports.benchmark_result import (
 )
 from reports.redaction import redact_url
 from reports.summary import BenchmarkSummary
+from reports.validation import first_problem
 from reports.version import __version__
 
 COMPILE_STARTUP_TIMEOUT_S = 900.0  # a cold --compile takes 3-4 minutes on 2 cores, more on a busy machine
@@ -150,10 +151,7 @@ class BenchmarkConfig(BaseModel):
 
 def config_error(exc: ValidationError) -> str:
     """The first problem of a rejected BenchmarkConfig as one line: 'field: message', or the message alone."""
-    first = exc.errors()[0]
-    message = first["msg"].removeprefix("Value error, ")
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {message}" if where else message
+    return first_problem(exc)
 
 
 def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[list[PromptRequest], str]:
@@ -164,8 +162,9 @@ def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[l
         return list(ds.requests), f"{ds.format} file {ds.path.name}: {len(ds.requests)} prompts"
     if config.scenario:
         return scenario_requests(config.scenario, n, tokenizer, config.seed), f"scenario {config.scenario}"
-    spec = SyntheticSpec(config.input_len, config.output_len, config.input_dist, config.output_dist,
-                         config.range_ratio, config.shared_prefix_len, config.seed)  # fmt: skip
+    spec = SyntheticSpec(config.input_len, config.output_len, input_dist=config.input_dist,
+                         output_dist=config.output_dist, range_ratio=config.range_ratio,
+                         shared_prefix_len=config.shared_prefix_len, seed=config.seed)  # fmt: skip
     return synthetic_requests(spec, n, tokenizer), (
         f"synthetic: {config.input_len} in / {config.output_len} out tokens ({config.input_dist}/{config.output_dist})"
     )
@@ -211,11 +210,12 @@ async def _drive(
     config: BenchmarkConfig, endpoint: Endpoint, requests: list[PromptRequest], tokenizer: TextTokenizer,
     progress: ProgressCallback | None, cancel: threading.Event, origin: float,
 ) -> RunResult | SweepResult:  # fmt: skip
-    limits = RunLimits(config.requests, config.duration_s, config.warmup_requests, config.seed)
+    limits = RunLimits(requests=config.requests, duration_s=config.duration_s, warmup_requests=config.warmup_requests,
+                       seed=config.seed)
     options = RequestOptions(temperature=config.temperature, seed=None)
     profile = LoadProfile.parse(config.profile, config.max_concurrency)
     if profile.kind == "sweep":
-        sweep = SweepOptions(config.sweep_rates, config.sweep_concurrency)
+        sweep = SweepOptions(rates=config.sweep_rates, saturation_concurrency=config.sweep_concurrency)
         return await run_sweep(endpoint, requests, limits, config.slo(), sweep, tokenizer=tokenizer,
                                request_options=options, progress=progress, cancel=cancel, origin=origin)  # fmt: skip
     return await run_load(endpoint, requests, profile, limits, tokenizer=tokenizer, options=options,

@@ -40,7 +40,7 @@ _PARSE_FAILURES = (ValueError, TypeError, KeyError, AttributeError, IndexError, 
 _MEDIA_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RequestOptions:
     """Sampling fields sent with every request (None leaves the server's default)."""
 

@@ -13,7 +13,7 @@ urllib health poll is told so). A proxy in the path would be part of every laten
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -32,6 +32,7 @@ class Endpoint:
 
     base_url: str
     model: str
+    _: KW_ONLY  # where and which model read naturally in order; every other option is named
     api: Api = "chat"
     api_key: str | None = field(default=None, repr=False)
     supports_ignore_eos: bool = True  # vLLM, llama.cpp and our engine do; OpenAI itself rejects it

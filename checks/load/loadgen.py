@@ -39,7 +39,7 @@ PROGRESS_INTERVAL_S = 0.25
 CONNECTION_FAILURE_LIMIT = 16  # connection failures in a row (no success between) that end a run
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunLimits:
     """When the measured window ends, plus warm-up. At least one bound is required."""
 

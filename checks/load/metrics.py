@@ -31,7 +31,7 @@ FIRST_ERRORS_KEPT = 5
 PEAK_WINDOW_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Slo:
     """Per-request latency limits in milliseconds; None leaves that limit out."""
 

@@ -11,7 +11,7 @@ bounded like a single run (request count and/or duration).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from checks.load.client import RequestOptions
 from checks.load.endpoint import Endpoint
@@ -26,7 +26,7 @@ DEFAULT_SATURATION_CONCURRENCY = 32
 DEFAULT_ATTAINMENT = 0.95
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SweepOptions:
     rates: int = DEFAULT_SWEEP_RATES
     saturation_concurrency: int = DEFAULT_SATURATION_CONCURRENCY
@@ -54,6 +54,14 @@ class SweepResult:
     steps: list[SweepStep]
     max_rate_meeting_slo: float | None  # requests/s of the best step that met the SLO
     stopped: str | None = None  # why the ladder ended early (cancel), else None
+
+
+def step_limits(limits: RunLimits, step: int) -> RunLimits:
+    """The limits of the sweep's step `step` after the sync one (0: saturation, then each Poisson rate).
+
+    Every option of the sweep's limits carries over; only the warm-up (the sync step had it)
+    and the seed (each rate draws its own arrivals) change."""
+    return replace(limits, warmup_requests=0, seed=limits.seed + step)
 
 
 def step_verdict(
@@ -94,8 +102,8 @@ async def run_sweep(
     cancel = cancel or threading.Event()
     steps: list[SweepStep] = []
 
-    async def step(profile: LoadProfile, step_limits: RunLimits) -> SweepStep:
-        run = await run_load(endpoint, requests, profile, step_limits, tokenizer=tokenizer, options=request_options,
+    async def step(profile: LoadProfile, run_limits: RunLimits) -> SweepStep:
+        run = await run_load(endpoint, requests, profile, run_limits, tokenizer=tokenizer, options=request_options,
                              progress=progress, cancel=cancel, origin=origin)  # fmt: skip
         summary = summarize(run.records, slo)
         meets, why = step_verdict(run, summary, slo, opts.attainment)
@@ -105,8 +113,7 @@ async def run_sweep(
     sync = await step(LoadProfile("sync", concurrency=1), limits)
     if cancel.is_set():
         return _result(steps, "cancelled")
-    quiet = RunLimits(limits.requests, limits.duration_s, 0, limits.seed, limits.stop_when_saturated)
-    saturated = await step(LoadProfile("concurrency", concurrency=opts.saturation_concurrency), quiet)
+    saturated = await step(LoadProfile("concurrency", concurrency=opts.saturation_concurrency), step_limits(limits, 0))
     low, high = sync.summary.request_throughput, saturated.summary.request_throughput
     if cancel.is_set() or not low or not high:
         return _result(steps, "cancelled" if cancel.is_set() else "no throughput measured at sync or saturation")
@@ -114,8 +121,7 @@ async def run_sweep(
         return _result(steps, f"saturation ({high:.2f} req/s) was not above sync ({low:.2f} req/s): no rates between")
     for i in range(1, opts.rates + 1):
         rate = low + (high - low) * i / (opts.rates + 1)
-        step_limits = RunLimits(limits.requests, limits.duration_s, 0, limits.seed + i)
-        await step(LoadProfile("poisson", rate=rate), step_limits)
+        await step(LoadProfile("poisson", rate=rate), step_limits(limits, i))
         if cancel.is_set():
             return _result(steps, "cancelled")
     return _result(steps, None)

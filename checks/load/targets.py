@@ -54,7 +54,7 @@ class TargetCancelled(TargetError):
     """The user stopped the run before the target was ready: nothing was measured, nothing went wrong."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class BundledOptions:
     """How to start the bundled engine server (`python -m engine serve`)."""
 
@@ -176,7 +176,7 @@ async def probe_stream(base_url: str, api_key: str | None, model: str | None, ap
         model = models[0]
     elif models and model not in models:
         raise TargetError(f"model {model!r} is not served at {base_url}; it serves: {', '.join(models)}")
-    endpoint = Endpoint(base_url, model, api, api_key, server_pid=server_pid)
+    endpoint = Endpoint(base_url, model, api=api, api_key=api_key, server_pid=server_pid)
     record = await _probe_stream(endpoint)
     if _rejects_option(record, "ignore_eos"):
         endpoint = replace(endpoint, supports_ignore_eos=False)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 from checks.load.datasets import DatasetError, PromptDataset, load_dataset, load_jsonl, load_sharegpt
@@ -63,6 +63,7 @@ class SyntheticSpec:
 
     input_len: int
     output_len: int
+    _: KW_ONLY  # the two lengths read naturally in order; every other option is named
     input_dist: Distribution = "fixed"
     output_dist: Distribution = "fixed"
     range_ratio: float = 0.0

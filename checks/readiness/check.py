@@ -65,7 +65,7 @@ class Check:
         return self.result(CheckStatus.ERROR, why, evidence=evidence)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Declared:
     """What the operator says the deployment should do; checks hold the target to it. None: not declared."""
 

@@ -22,6 +22,7 @@ from checks.load.metrics import Slo
 from checks.load.scenarios import SCENARIOS, Scenario
 from checks.load.sweep import DEFAULT_ATTAINMENT
 from reports.slo_profile import SloProfile
+from reports.validation import first_problem
 
 DATA_FILE = Path(__file__).parent / "data" / "slo_profiles.json"
 MAX_PROFILE_BYTES = 1024 * 1024  # a profile is a dozen lines; anything this big is the wrong file
@@ -33,11 +34,8 @@ class SloProfileError(Exception):
 
 
 def _validation_line(exc: ValidationError, source: str) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{source}: {where}: {message}{more}" if where else f"{source}: {message}{more}"
+    return f"{source}: {first_problem(exc)}{more}"
 
 
 def _from_data(data: Any, source: str) -> SloProfile:

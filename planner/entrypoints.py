@@ -1,4 +1,4 @@
-"""The two calls the CLI and the pages share: make a plan, and compare a measured run."""
+"""The planner's two entry points, shared by its CLI and the pages: make a plan, and compare a measured run."""
 
 from __future__ import annotations
 

@@ -12,9 +12,9 @@ from reports.documents import Document
 from reports.history import HistoryEntry
 from reports.readiness_report import ReadinessReport
 from reports.study_report import StudyReport
-from widgets_benchmark import result_charts, run_summaries
-from widgets_checklist import results_by_category, verdict_banner
-from widgets_studies import study_view
+from widgets.benchmark import result_charts, run_summaries
+from widgets.checklist import results_by_category, verdict_banner
+from widgets.studies import study_view
 
 GREEN, AMBER, RED = "#1a7f37", "#9a6700", "#cf222e"
 VERDICT_COLOURS = {"READY": GREEN, "READY_WITH_WARNINGS": AMBER, "NOT_READY": RED, "INCOMPLETE": RED,

@@ -13,11 +13,12 @@ def _load(quant: str) -> Engine:
     return Engine.load(LoadOptions(quant=quant))
 
 
-def _stats(r: GenerationResult) -> str:
-    prefill, decode = ("n/a" if x is None else f"{x:.1f} tok/s" for x in (r.prefill_tok_s, r.decode_tok_s))
+def _stats(result: GenerationResult) -> str:
+    rates = (result.prefill_tok_s, result.decode_tok_s)
+    prefill, decode = ("n/a" if rate is None else f"{rate:.1f} tok/s" for rate in rates)
     return (
-        f"prefill {prefill} · decode {decode} · {r.prompt_tokens} prompt + "
-        f"{r.completion_tokens} completion tokens · finish: {r.finish_reason}"
+        f"prefill {prefill} · decode {decode} · {result.prompt_tokens} prompt + "
+        f"{result.completion_tokens} completion tokens · finish: {result.finish_reason}"
     )
 
 
@@ -51,11 +52,11 @@ with st.expander("Kernel notes"):
     st.markdown("\n".join(f"- {note}" for note in info.kernel_notes) or "none")
 
 with st.expander("Sampling"):
-    c1, c2, c3, c4 = st.columns(4)
-    temperature = c1.slider("Temperature", 0.0, 2.0, 0.2, 0.05, key="engine_temperature", help="0 is greedy")
-    top_p = c2.slider("Top-p", 0.05, 1.0, 0.9, 0.05, key="engine_top_p")
-    max_tokens = c3.number_input("Max tokens", 1, 2048, 128, key="engine_max_tokens")
-    seed = c4.number_input("Seed", 0, 2**31 - 1, value=None, key="engine_seed", placeholder="random")
+    temp_col, top_p_col, tokens_col, seed_col = st.columns(4)
+    temperature = temp_col.slider("Temperature", 0.0, 2.0, 0.2, 0.05, key="engine_temperature", help="0 is greedy")
+    top_p = top_p_col.slider("Top-p", 0.05, 1.0, 0.9, 0.05, key="engine_top_p")
+    max_tokens = tokens_col.number_input("Max tokens", 1, 2048, 128, key="engine_max_tokens")
+    seed = seed_col.number_input("Seed", 0, 2**31 - 1, value=None, key="engine_seed", placeholder="random")
     if st.button("Clear chat", key="engine_clear"):
         st.session_state["engine_messages"] = []
 
@@ -73,7 +74,8 @@ if prompt := st.chat_input("Message SmolLM2", key="engine_chat_input"):
     params = SamplingParams(max_tokens=int(max_tokens), temperature=temperature, top_p=top_p, seed=seed)
     with st.chat_message("assistant"):
         try:
-            gen = eng.stream([{"role": m["role"], "content": m["content"]} for m in history], params, chat=True)
+            messages = [{"role": turn["role"], "content": turn["content"]} for turn in history]
+            gen = eng.stream(messages, params, chat=True)
             text = st.write_stream(gen)
         except EngineError as exc:
             history.pop()

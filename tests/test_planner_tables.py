@@ -1,0 +1,122 @@
+"""planner.tables without Streamlit: each frame the Plan and Hardware pages show, checked against the plan it came from.
+
+Plans are for catalog GPUs, so nothing is measured and every figure is the planner's own;
+the checks are that a table says what the plan says, not what the figures are (those are
+test_planner_recommend's and test_planner_sizing's job).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from planner.catalog import load_catalog
+from planner.compare import Comparison, ComparisonRow
+from planner.devices import device_choices
+from planner.entrypoints import make_plan
+from planner.recommend import Plan
+from planner.sizing import GIB
+from planner.tables import (
+    capacity_frame,
+    comparison_frame,
+    memory_frame,
+    option_label,
+    options_frame,
+    roofline_frames,
+    unfit_frame,
+)
+from planner.workload import RecommendOptions
+
+MEMORY_PARTS = ["weights", "activations", "runtime overhead", "KV cache", "unused"]
+
+
+@pytest.fixture(scope="module")
+def plan_8b() -> Plan:
+    """The Plan page's default: an 8B model on one H100, 32 streams, with a target rate for the capacity table."""
+    opts = RecommendOptions(model="llama-3.1-8b", gpu="h100-sxm", concurrency=32, input_tokens=1024,
+                            output_tokens=256, qps=2.0)  # fmt: skip
+    return make_plan(opts)
+
+
+@pytest.fixture(scope="module")
+def plan_405b() -> Plan:
+    """Too big for some options: 405B on eight H100s."""
+    return make_plan(RecommendOptions(model="llama-3.1-405b", gpu="h100-sxm", gpus=8, slo="large-model"))
+
+
+def test_option_label_names_rank_engine_format_and_split(plan_8b: Plan) -> None:
+    option = plan_8b.options[0]
+    assert option_label(option) == f"#1 {option.engine_label} {option.format_label}"
+    assert option_label(replace(option, tp=8)) == f"#1 {option.engine_label} {option.format_label} TP8"
+    assert option_label(replace(option, tp=2, pp=2)) == f"#1 {option.engine_label} {option.format_label} TP2xPP2"
+
+
+def test_options_frame_has_one_row_per_option_in_rank_order(plan_8b: Plan) -> None:
+    frame = options_frame(plan_8b)
+    assert list(frame.columns) == ["rank", "engine", "format", "TP x PP", "replicas", "GiB per device", "batch",
+                                   "TTFT ms", "TPOT ms", "output tok/s", "meets SLO", "quality"]  # fmt: skip
+    assert list(frame["rank"]) == [o.rank for o in plan_8b.options] == list(range(1, len(plan_8b.options) + 1))
+    best, row = plan_8b.options[0], frame.iloc[0]
+    assert (row["engine"], row["format"], row["TP x PP"]) == (best.engine_label, best.format_label, "1 x 1")
+    assert row["TTFT ms"] == round(best.prediction.ttft_ms, 1)
+    assert row["TPOT ms"] == round(best.prediction.tpot_ms, 2)
+    assert row["GiB per device"] == round(best.memory.weights_bytes / GIB, 1)
+    assert bool(row["meets SLO"]) is best.meets_slo
+
+
+def test_memory_frame_stacks_five_parts_that_fill_the_device(plan_8b: Plan) -> None:
+    frame = memory_frame(plan_8b, top=3)
+    assert list(frame["option"].unique()) == [option_label(o) for o in plan_8b.options[:3]]
+    for option in plan_8b.options[:3]:
+        parts = frame[frame["option"] == option_label(option)]
+        assert list(parts["part"]) == MEMORY_PARTS
+        assert (parts["GiB"] >= 0).all()
+        assert parts["GiB"].sum() == pytest.approx(option.memory.device_bytes / GIB)
+
+
+def test_roofline_points_sit_under_their_roof(plan_8b: Plan) -> None:
+    roof, points = roofline_frames(plan_8b, top=4)
+    assert list(points["option"]) == [option_label(o) for o in plan_8b.options[:4]]
+    assert set(points["bound"]) <= {"memory", "compute"}
+    bandwidth_tflops = plan_8b.device.bandwidth_bytes_s / 1e12
+    for _, line in roof.groupby("roof"):
+        peak = line["TFLOP/s per device"].max()
+        assert list(line["FLOP/byte"]) == sorted(line["FLOP/byte"])
+        expected = [min(peak, ai * bandwidth_tflops) for ai in line["FLOP/byte"]]
+        assert list(line["TFLOP/s per device"]) == pytest.approx(expected)
+    highest = roof["TFLOP/s per device"].max()
+    assert (points["TFLOP/s per device"] <= highest).all()
+
+
+def test_capacity_frame_prices_each_option(plan_8b: Plan) -> None:
+    frame = capacity_frame(plan_8b)
+    with_capacity = [o for o in plan_8b.options if o.capacity is not None]
+    assert list(frame["option"]) == [option_label(o) for o in with_capacity]
+    best, row = with_capacity[0].capacity, frame.iloc[0]
+    assert (row["batch within TPOT target"], row["devices"]) == (best.batch, best.devices)
+    assert row["$ per hour"] == round(best.cost_per_hour, 2)  # the catalog's price for an H100
+
+
+def test_unfit_frame_says_why_each_option_cannot_run(plan_405b: Plan) -> None:
+    frame = unfit_frame(plan_405b)
+    assert list(frame.columns) == ["engine", "format", "why not"]
+    assert list(frame["why not"]) == [o.reason for o in plan_405b.unfit]
+    assert len(frame) == len(plan_405b.unfit) > 0
+
+
+def test_comparison_frame_gives_the_error_in_percent_and_none_when_not_measured() -> None:
+    rows = (ComparisonRow("decode", "tok/s", 90.0, 60.0), ComparisonRow("prefill", "tok/s", 100.0, None))
+    frame = comparison_frame(Comparison(rows, "conditions"))
+    assert list(frame.columns) == ["metric", "unit", "predicted", "measured", "error %"]
+    assert frame.iloc[0].to_dict() == {"metric": "decode", "unit": "tok/s", "predicted": 90.0, "measured": 60.0,
+                                       "error %": 50.0}  # fmt: skip
+    assert frame["error %"].isna().tolist() == [False, True]
+
+
+def test_device_choices_offer_this_machine_this_cpu_then_the_catalog() -> None:
+    catalog = load_catalog()
+    choices = device_choices(catalog)
+    assert list(choices)[:2] == ["detected", "cpu"]
+    assert list(choices)[2:] == list(catalog.gpus)
+    assert choices["h100-sxm"] == catalog.gpus["h100-sxm"].name

@@ -1,0 +1,136 @@
+"""The Plan page's widgets: the planning form, the best option, the option details and the charts.
+
+Every value goes to `planner.workload.RecommendOptions`, which validates it; the tables
+are `planner.tables`' builders, so pages/plan.py stays a short running order.
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import streamlit as st
+from pydantic import ValidationError
+
+from planner.catalog import Catalog
+from planner.devices import device_choices
+from planner.entrypoints import make_plan
+from planner.errors import PlannerError
+from planner.recommend import Plan
+from planner.tables import capacity_frame, memory_frame, option_label, options_frame, roofline_frames, unfit_frame
+from planner.workload import RecommendOptions
+from reports.validation import pydantic_message
+
+FIELDS = RecommendOptions.model_fields
+DEFAULT_MODEL = "llama-3.1-8b"
+DEFAULT_HARDWARE = "h100-sxm"
+
+
+@st.cache_data(show_spinner="Planning (measuring this CPU the first time)...")
+def _plan(options_json: str) -> Plan:
+    return make_plan(RecommendOptions.model_validate_json(options_json))
+
+
+def plan_inputs(catalog: Catalog) -> dict:
+    """Model (catalog id or a file path), hardware, SLO and workload, as RecommendOptions' fields."""
+    models, slos, hardware = catalog.models, catalog.slo_profiles, device_choices(catalog)
+    model_col, hardware_col, slo_col = st.columns(3)
+    model = model_col.selectbox("Model", list(models), index=list(models).index(DEFAULT_MODEL), key="plan_model",
+                                format_func=lambda model_id: models[model_id].name, help=FIELDS["model"].description)
+    path = model_col.text_input("...or a config.json / .gguf path", key="plan_model_path")
+    gpu = hardware_col.selectbox("Hardware", list(hardware), index=list(hardware).index(DEFAULT_HARDWARE),
+                                 key="plan_gpu", format_func=hardware.get, help=FIELDS["gpu"].description)
+    gpus = hardware_col.number_input("GPUs", 1, 1024, 1, key="plan_gpus", help=FIELDS["gpus"].description)
+    catalog_price = catalog.gpus[gpu].price_per_hour if gpu in catalog.gpus else 0.0
+    price = hardware_col.number_input("$ per GPU-hour", 0.0, 1000.0, catalog_price, key=f"plan_price_{gpu}",
+                                      help=FIELDS["price_per_hour"].description)
+    slo = slo_col.selectbox("SLO profile", list(slos), key="plan_slo", help=FIELDS["slo"].description,
+                            format_func=lambda slo_id: f"{slos[slo_id].label} (TTFT {slos[slo_id].ttft_ms}, "
+                                                       f"TPOT {slos[slo_id].tpot_ms} ms)")
+    qps = slo_col.number_input("Target req/s (0: none)", 0.0, 1e6, 0.0, key="plan_qps", help=FIELDS["qps"].description)
+    context_col, concurrency_col, input_col, output_col = st.columns(4)
+    context = context_col.number_input("Context", 16, 1_000_000, 8192, key="plan_context",
+                                       help=FIELDS["context"].description)
+    concurrency = concurrency_col.number_input("Concurrency", 1, 100_000, 32, key="plan_concurrency",
+                                               help=FIELDS["concurrency"].description)
+    input_tokens = input_col.number_input("Input tokens", 1, 1_000_000, 1024, key="plan_input",
+                                          help=FIELDS["input_tokens"].description)
+    output_tokens = output_col.number_input("Output tokens", 1, 1_000_000, 256, key="plan_output",
+                                            help=FIELDS["output_tokens"].description)
+    return {"model": path.strip() or model, "gpu": gpu, "gpus": gpus, "context": context, "concurrency": concurrency,
+            "input_tokens": input_tokens, "output_tokens": output_tokens, "slo": slo, "qps": qps or None,
+            "price_per_hour": price if gpu in catalog.gpus else None}  # fmt: skip
+
+
+def plan_or_stop(values: dict) -> Plan:
+    """The plan for the form's values (cached per request); a bad value or a planner error is shown, then stops."""
+    try:
+        options = RecommendOptions(**values)
+        return _plan(options.model_dump_json())
+    except ValidationError as exc:
+        st.error("; ".join(pydantic_message(err) for err in exc.errors()))
+    except PlannerError as exc:
+        st.error(str(exc))
+    st.stop()
+
+
+def best_option(plan: Plan) -> None:
+    """The top option's headline figures and the table of every option; or why nothing fits."""
+    if not plan.options:
+        st.error(f"Nothing fits {plan.model.name} on this hardware; see why below.")
+        return
+    best = plan.options[0]
+    prediction = best.prediction
+    st.subheader(f"Best: {best.engine_label}, {best.format_label}" + (f", TP {best.tp}" if best.tp > 1 else ""))
+    cols = st.columns(4)
+    cols[0].metric("TTFT", f"{prediction.ttft_ms:,.0f} ms")
+    cols[1].metric("TPOT", f"{prediction.tpot_ms:,.1f} ms", help=f"at batch {prediction.batch}")
+    cols[2].metric("Output throughput", f"{prediction.throughput_tok_s:,.0f} tok/s")
+    cols[3].metric("Meets SLO", "yes" if best.meets_slo else "no", help="; ".join(best.slo_misses) or None)
+    st.dataframe(options_frame(plan), hide_index=True)
+    # Extension point: plan.bundled_option() is what a "benchmark this plan" button would hand the Benchmark page.
+
+
+def option_details(plan: Plan) -> None:
+    """One chosen option: why it ranks where it does, its SLO misses, and the command that launches it."""
+    chosen = st.selectbox("Option", plan.options, key="plan_option", format_func=option_label)
+    st.markdown("\n".join(f"- {why}" for why in chosen.why + [f"SLO miss: {miss}" for miss in chosen.slo_misses]))
+    st.code(chosen.launch, language="bash")
+
+
+def memory_chart(plan: Plan) -> alt.Chart:
+    """Per-device memory of the top options as stacked bars (weights, activations, overhead, KV cache, unused)."""
+    return alt.Chart(memory_frame(plan)).mark_bar().encode(
+        x=alt.X("GiB:Q", stack="zero", title="GiB per device"), y=alt.Y("option:N", sort=None, title=None),
+        color="part:N", tooltip=["option", "part", alt.Tooltip("GiB:Q", format=".2f")])
+
+
+def roofline_chart(plan: Plan) -> alt.LayerChart:
+    """The device's roofs on log-log axes, with each top option's decode step placed on them."""
+    roof, points = roofline_frames(plan)
+    log = alt.Scale(type="log")
+    return alt.Chart(roof).mark_line().encode(
+        x=alt.X("FLOP/byte:Q", scale=log), y=alt.Y("TFLOP/s per device:Q", scale=log), color="roof:N"
+    ) + alt.Chart(points).mark_point(filled=True, size=80).encode(
+        x="FLOP/byte:Q", y="TFLOP/s per device:Q", shape="bound:N", tooltip=list(points.columns))
+
+
+def plan_tabs(plan: Plan) -> None:
+    """Why and how to launch, memory, roofline, capacity, and what cannot run here; then the plan's notes."""
+    why, memory, roofline, capacity, unfit = st.tabs(
+        ["Why and how to launch", "Memory", "Roofline", "Capacity", "Cannot run here"]
+    )
+    with why:
+        if plan.options:
+            option_details(plan)
+    with memory:
+        if plan.options:
+            st.altair_chart(memory_chart(plan))
+    with roofline:
+        if plan.options:
+            st.altair_chart(roofline_chart(plan))
+            st.caption("Decode steps at the planned batch: left of the knee they are memory-bound.")
+    with capacity:
+        st.dataframe(capacity_frame(plan), hide_index=True)
+    with unfit:
+        st.dataframe(unfit_frame(plan), hide_index=True)
+    for note in plan.notes:
+        st.caption(note)
