@@ -79,7 +79,7 @@ async def check_connection(base_url: str, api_key: str | None = None, model: str
     """Ask the target the questions of the module docstring; raises only ValueError for a bad URL."""
     check_target_url(base_url)
     report = ConnectionReport(base_url=redact_url(base_url), reachable=False, key_given=bool(api_key))
-    where = Endpoint(base_url, model or "", api, api_key)
+    where = Endpoint(base_url, model or "", api=api, api_key=api_key)
     listed = await request(where, "GET", "/v1/models", timeout_s=CONNECT_TIMEOUT_S)
     if listed.status is None:
         report.problems.append(f"cannot reach {root_url(base_url)}: {listed.error}; check the URL and that it runs")
