@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
-    from engine.runtime import Engine
+    from engine.run.runtime import Engine
 
 FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     """Flags of `serve`; the help text comes from ServerOptions' field descriptions."""
-    from engine.server_options import option_help as h
+    from engine.serving.options import option_help as h
 
     p.add_argument("--quant", choices=FORMATS, default="int4", help=h("quant"))
     p.add_argument("--host", default="127.0.0.1", help=h("host"))
@@ -136,7 +136,7 @@ def _arg_type(parse: Callable[[str], object]) -> Callable[[str], object]:
 
 
 def _add_study_size_args(p: argparse.ArgumentParser) -> None:
-    from engine.studies_base import option_help, parse_formats, parse_sizes
+    from engine.studies.base import option_help, parse_formats, parse_sizes
 
     types = {"kv_lengths": _arg_type(parse_sizes), "batch_sizes": _arg_type(parse_sizes)}
     types["quant_formats"] = _arg_type(parse_formats)
@@ -146,7 +146,7 @@ def _add_study_size_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from engine.runtime import Engine, LoadOptions
+    from engine.run.runtime import Engine, LoadOptions
     from engine.sampling import SamplingParams
 
     params = SamplingParams(
@@ -207,20 +207,20 @@ def _load_dict(engine: Engine) -> dict[str, object]:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from engine.model_info import describe_model
+    from engine.model.info import describe_model
 
     info = describe_model(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        from engine.model_info import format_model_info
+        from engine.model.info import format_model_info
 
         print(format_model_info(info))
     return 0
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from engine.studies import STUDIES, StudyOptions, format_study
+    from engine.studies.registry import STUDIES, StudyOptions, format_study
 
     sizes = {name: getattr(args, name) for name, _ in STUDY_SIZE_FLAGS.values() if getattr(args, name) is not None}
     options = StudyOptions(
@@ -243,7 +243,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from engine.server_options import ServerOptions, describe_options_error
+    from engine.serving.options import ServerOptions, describe_options_error
 
     fields = ("quant", "host", "port", "insecure", "served_model_name", "max_num_seqs", "max_model_len", "max_queue",
               "kv_cache_bytes", "rate_limit_rpm", "rate_limit_burst", "max_body_bytes", "speculative",
@@ -265,8 +265,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         raise ValueError(describe_options_error(exc)) from None
-    from engine.gguf_file import resolve_model_path
-    from engine.server import run_server
+    from engine.model.gguf_file import resolve_model_path
+    from engine.serving.app import run_server
 
     resolve_model_path(options.model)  # a missing file is one line now, not after binding the port
     return run_server(options)

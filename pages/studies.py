@@ -8,8 +8,8 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from engine.errors import EngineError
-from engine.quant import WEIGHT_FORMATS
-from engine.studies import STUDIES, TITLES, StudyOptions, format_study, option_help, parse_sizes, study_frame
+from engine.quant.functions import WEIGHT_FORMATS
+from engine.studies.registry import STUDIES, TITLES, StudyOptions, format_study, option_help, parse_sizes, study_frame
 
 
 def _chart(frame: pd.DataFrame, x: str, y: str, title: str, color: str | None = None) -> alt.Chart:

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from engine.gguf_file import Q41Blocks
-from engine.quant import (
+from engine.model.gguf_file import Q41Blocks
+from engine.quant.functions import (
     FP8_MAX,
     WEIGHT_FORMATS,
     activation_dtype,
@@ -27,7 +27,7 @@ from engine.quant import (
     quantize_int8,
     unpack_int4,
 )
-from engine.quant_linear import DenseLinear, Fp8Linear, Int4Linear, Int8Linear, QuantLinear
+from engine.quant.linear import DenseLinear, Fp8Linear, Int4Linear, Int8Linear, QuantLinear
 
 # (out N, in K): odd N, N not a multiple of 16, K not a multiple of 16 / 32 / 128, model shapes.
 SHAPES = [(5, 64), (17, 96), (16, 40), (3, 63), (192, 576), (48, 1536)]

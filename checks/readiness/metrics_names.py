@@ -11,7 +11,7 @@ servers' sources:
 - llama.cpp: `tools/server` (the `/metrics` handler, `--metrics`). Current builds export
   `requests_processing`/`requests_deferred` and the token counters but no KV gauge and
   no latency histograms; older builds also had `llamacpp:kv_cache_usage_ratio`.
-- Preflight: `engine/server_metrics.py`, vLLM's names with the `preflight:` prefix.
+- Preflight: `engine/serving/metrics.py`, vLLM's names with the `preflight:` prefix.
 
 A field a server does not export reads None, never 0. Parsing goes through
 `prometheus_client`'s own parser: a hand-written one would accept text Prometheus rejects.
