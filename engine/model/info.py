@@ -15,7 +15,8 @@ import torch
 from engine.model.embedding import Embedding
 from engine.model.gguf_file import GGUFModelFile
 from engine.model.transformer import Transformer
-from engine.quant.functions import WEIGHT_FORMATS, compute_dtype, empty_linear, module_weight_bytes
+from engine.quant.functions import WEIGHT_FORMATS, compute_dtype
+from engine.quant.linear import empty_linear, module_weight_bytes
 
 
 def format_weight_bytes(config: Any, fmt: str) -> int:

@@ -1,8 +1,7 @@
 """Weight formats: pure quantize / dequantize functions (no modules, no I/O).
 
-The drop-in Linear modules that hold these low-bit buffers live in
-`engine/quant/linear.py`; `make_linear`, `empty_linear`, `module_weight_bytes` and
-`QuantLinear` are re-exported here, so callers can import everything from `engine.quant.functions`.
+The drop-in Linear modules that hold these low-bit buffers (`make_linear`, `empty_linear`,
+`module_weight_bytes`, `QuantLinear`) live in `engine/quant/linear.py`, which imports this module.
 
 Forms (w is an (N, K) weight: N outputs, K inputs):
 - int8: per-output-channel symmetric, w ~= q * scale, scale = max|w| / 127, q in -127..127.
@@ -63,9 +62,9 @@ What the modules do with this:
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
-from engine.model.gguf_file import Q41Blocks
+import torch
 
 WEIGHT_FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the packed int4 kernels accept (powers of two)
@@ -74,16 +73,19 @@ Q4_1_BLOCK = 32
 INT8_MAX = 127
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
-# Re-exported lazily from engine.quant.linear (which imports this module).
-_LINEAR_EXPORTS = ("QuantLinear", "make_linear", "empty_linear", "module_weight_bytes")
 
 
-def __getattr__(name: str) -> object:
-    if name in _LINEAR_EXPORTS:
-        from engine.quant import linear as quant_linear
+@dataclass(frozen=True, slots=True)
+class Q41Blocks:
+    """A Q4_1 matrix kept in its native form: w = scale * q + min per 32-wide block.
 
-        return getattr(quant_linear, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    Shapes: q (out, in) uint8 in 0..15; scale and min (out, in // 32) float32. It lives with
+    the weight formats, not the GGUF reader, so that quant imports nothing of the model side.
+    """
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    min: torch.Tensor
 
 
 def check_format(fmt: str) -> str:

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.model.gguf_file import Q41Blocks
 from engine.quant.functions import (
     FP8_MAX,
     INT8_MAX,
     Q4_1_BLOCK,
+    Q41Blocks,
     check_format,
     check_group_size,
     dequantize_int4,

@@ -35,8 +35,8 @@ from engine.serving.api_models import (
     CompletionRequest,
     _GenerationFields,
 )
-from engine.serving.app import ServerState, Serving
 from engine.serving.errors import APIError, describe_validation_error, error_body
+from engine.serving.state import ServerState, Serving
 
 logger = logging.getLogger("preflight.server")
 router = APIRouter()
