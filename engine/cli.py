@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
+from engine.formats import WEIGHT_FORMATS
 
 if TYPE_CHECKING:
     from engine.run.runtime import Engine
-
-FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text for one prompt")
     _add_model_args(gen)
-    gen.add_argument("--quant", choices=FORMATS, default="int4", help="weight format (default: int4)")
+    gen.add_argument("--quant", choices=WEIGHT_FORMATS, default="int4", help="weight format (default: int4)")
     gen.add_argument("--prompt", required=True, help="prompt text (with --chat: the user message)")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--system", default=None, help="system message for --chat")
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run a measured optimization study: kv, quant or batch")
     _add_model_args(study)
     study.add_argument("name", choices=("kv", "quant", "batch"))
-    study.add_argument("--quant", choices=FORMATS, default="int4", help="format for the kv and batch studies")
+    study.add_argument("--quant", choices=WEIGHT_FORMATS, default="int4", help="format for the kv and batch studies")
     study.add_argument("--json", metavar="OUT", type=Path, default=None, help="also write the result as JSON")
     _add_study_size_args(study)
 
@@ -72,7 +71,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     """Flags of `serve`; the help text comes from ServerOptions' field descriptions."""
     from engine.serving.options import option_help as h
 
-    p.add_argument("--quant", choices=FORMATS, default="int4", help=h("quant"))
+    p.add_argument("--quant", choices=WEIGHT_FORMATS, default="int4", help=h("quant"))
     p.add_argument("--host", default="127.0.0.1", help=h("host"))
     p.add_argument("--port", type=int, default=8000, help=h("port"))
     p.add_argument("--api-key", default=None, metavar="KEY", help=h("api_key"))

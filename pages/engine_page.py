@@ -3,7 +3,7 @@
 import streamlit as st
 
 from engine.errors import EngineError
-from engine.quant.functions import WEIGHT_FORMATS
+from engine.formats import WEIGHT_FORMATS
 from engine.run.runtime import Engine, GenerationResult, LoadOptions
 from engine.sampling import SamplingParams
 

@@ -8,7 +8,7 @@ import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
 from engine.errors import EngineError
-from engine.quant.functions import WEIGHT_FORMATS
+from engine.formats import WEIGHT_FORMATS
 from engine.studies.registry import STUDIES, TITLES, StudyOptions, format_study, option_help, parse_sizes, study_frame
 
 

@@ -14,8 +14,9 @@ import torch
 
 from engine.batch.llm_engine import EngineConfig, LLMEngine
 from engine.errors import ModelFileError
+from engine.formats import WEIGHT_FORMATS
 from engine.model.gguf_file import bundled_model_path
-from engine.quant.functions import WEIGHT_FORMATS, quantize_int4
+from engine.quant.functions import quantize_int4
 from engine.quant.linear import Int4Linear, make_linear
 from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams

@@ -13,6 +13,8 @@ one under `if TYPE_CHECKING:`: a cycle that only type checkers see still tangles
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -174,3 +176,17 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     assert "engine.run.runtime" in graph["engine.cli"]  # under TYPE_CHECKING
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_engine_public_names_load_on_first_use_and_formats_need_no_torch() -> None:
+    """`engine.formats` is what checks and the widgets import: it must not drag torch in."""
+    code = (
+        "import sys, engine.formats, checks.load.benchmark\n"
+        "assert 'torch' not in sys.modules, 'engine.formats pulled in torch'\n"
+        "from engine import Engine, EngineError, LoadOptions, SamplingParams\n"
+        "from engine.run.runtime import Engine as E\n"
+        "from engine.sampling import SamplingParams as S\n"
+        "assert Engine is E and SamplingParams is S and issubclass(EngineError, Exception)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr

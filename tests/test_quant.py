@@ -7,9 +7,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from engine.formats import WEIGHT_FORMATS
 from engine.quant.functions import (
     FP8_MAX,
-    WEIGHT_FORMATS,
     Q41Blocks,
     activation_dtype,
     dequantize_fp8,

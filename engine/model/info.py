@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
+from engine.formats import WEIGHT_FORMATS
 from engine.model.embedding import Embedding
 from engine.model.gguf_file import GGUFModelFile
 from engine.model.transformer import Transformer
-from engine.quant.functions import WEIGHT_FORMATS, compute_dtype
+from engine.quant.functions import compute_dtype
 from engine.quant.linear import empty_linear, module_weight_bytes
 
 

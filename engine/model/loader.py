@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from engine.errors import WeightCacheError
+from engine.formats import WEIGHT_FORMATS
 from engine.model.config import ModelConfig
 from engine.model.embedding import Embedding
 from engine.model.gguf_file import GGUFModelFile, resolve_model_path
 from engine.model.tokenizer import Tokenizer
 from engine.model.transformer import Transformer
 from engine.model.weight_cache import CACHE_VERSION, CacheEntry, entry_key, file_sha256, load_entry, save_entry
-from engine.quant.functions import WEIGHT_FORMATS, Q41Blocks, compute_dtype, dequantize_q4_1
+from engine.quant.functions import Q41Blocks, compute_dtype, dequantize_q4_1
 from engine.quant.linear import empty_linear, make_linear, module_weight_bytes
 
 logger = logging.getLogger("preflight.engine")

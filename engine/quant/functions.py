@@ -66,7 +66,8 @@ from dataclasses import dataclass
 
 import torch
 
-WEIGHT_FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
+from engine.formats import WEIGHT_FORMATS
+
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the packed int4 kernels accept (powers of two)
 INT4_N_MULTIPLE = 16  # the CPU int4 packer needs N % 16 == 0 (modules pad rows)
 Q4_1_BLOCK = 32

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from engine.formats import WeightFormat
 from engine.model.chat_template import TemplateLimits
 
 MAX_API_KEY_CHARS = 512
@@ -83,7 +84,7 @@ class ServerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str | None = Field(None, description="GGUF file (default: the bundled SmolLM2)")
-    quant: Literal["fp32", "bf16", "int8", "int4", "fp8"] = Field("int4", description="weight format")
+    quant: WeightFormat = Field("int4", description="weight format")
     device: str = Field("auto", description="auto, cpu or cuda")
     use_weight_cache: bool = True
     host: str = Field("127.0.0.1", description="address to bind; beyond loopback an API key is required")

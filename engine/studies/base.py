@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 import torch
 
-from engine.quant.functions import WEIGHT_FORMATS
+from engine.formats import WEIGHT_FORMATS
 
 SCHEMA_VERSION = 1
 Progress = Callable[[str], None]
