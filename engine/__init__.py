@@ -7,8 +7,7 @@ innermost first: `quant` (weight formats), `model` (the GGUF file, tokenizer, tr
 and `studies`, which the first four never import.
 
 `Engine`, `LoadOptions` and `SamplingParams` are imported on first use, not here: checks and
-the widgets import `engine.formats`, and `python -m engine serve --help` builds its parser,
-without paying for torch.
+the widgets import `engine.formats` (and the errors) without paying for torch.
 """
 
 from __future__ import annotations
