@@ -38,7 +38,7 @@ def export_tokenizer(folder: Path) -> Path:
     """The bundled model's tokenizer as a local Hugging Face folder (guidellm needs one)."""
     from transformers import AutoTokenizer
 
-    from engine.gguf_file import bundled_model_path
+    from engine.model.gguf_file import bundled_model_path
 
     gguf = bundled_model_path()
     AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(folder)

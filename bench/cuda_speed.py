@@ -7,7 +7,7 @@ No peer engine runs on the GPU machines we borrow, so the yardstick is physics: 
 decode step must read every weight once, so one stream cannot beat
 (measured copy bandwidth) / (resident weight bytes) tokens per second. The table gives
 single-stream prefill tok/s and decode tok/s per format, eager and replayed as a CUDA
-graph (engine/cuda_graph.py), beside that bound, then continuous
+graph (engine/run/cuda_graph.py), beside that bound, then continuous
 batching (LLMEngine, paged KV) aggregate decode tok/s at several batch sizes. On a
 machine without CUDA it says so and exits 0, so `make bench` runs it anywhere.
 """
@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import conditions, fmt_num, fmt_ratio, format_table  # noqa: E402
-from engine.llm_engine import EngineConfig, LLMEngine  # noqa: E402
-from engine.runtime import Engine, GenerationResult, LoadOptions  # noqa: E402
+from engine.batch.llm_engine import EngineConfig, LLMEngine  # noqa: E402
+from engine.run.runtime import Engine, GenerationResult, LoadOptions  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
-from engine.studies_base import eval_ids  # noqa: E402
+from engine.studies.base import eval_ids  # noqa: E402
 
 
 def copy_bandwidth_bytes_s(n_bytes: int = 1 << 30, repeats: int = 10) -> float:

@@ -67,7 +67,7 @@ def _ours_worker(spec: dict, fmt: str, phase: str) -> dict:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from engine.runtime import Engine, LoadOptions
+    from engine.run.runtime import Engine, LoadOptions
     from engine.sampling import SamplingParams
 
     quant, compiled = fmt.removesuffix(COMPILED), fmt.endswith(COMPILED)
@@ -175,7 +175,7 @@ def _profile_worker(spec: dict) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(spec["threads"])
-    from engine.runtime import Engine, LoadOptions
+    from engine.run.runtime import Engine, LoadOptions
     from engine.sampling import SamplingParams
 
     eng = Engine.load(LoadOptions(quant="int4", model_path=spec["model_path"], device="cpu", use_cache=True))
@@ -214,8 +214,8 @@ def worker_main(args: argparse.Namespace) -> None:
 
 
 def _build_spec(args: argparse.Namespace, threads: int) -> dict:
-    from engine.gguf_file import GGUFModelFile, bundled_model_path
-    from engine.tokenizer import Tokenizer
+    from engine.model.gguf_file import GGUFModelFile, bundled_model_path
+    from engine.model.tokenizer import Tokenizer
 
     path = bundled_model_path()
     tok = Tokenizer.from_gguf(GGUFModelFile(path))

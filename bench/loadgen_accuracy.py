@@ -119,7 +119,7 @@ def main() -> int:
                 result = measure(endpoint, args, tok_dir)
         else:
             from bench._llama_server import LlamaServerOptions, LlamaServerProcess
-            from engine.gguf_file import bundled_model_path
+            from engine.model.gguf_file import bundled_model_path
 
             ctx = (args.input_len + args.output_len + 64) * args.concurrency
             opts = LlamaServerOptions(bundled_model_path(), args.threads, ctx=ctx, slots=args.concurrency)

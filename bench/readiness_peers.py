@@ -23,7 +23,7 @@ from bench._llama_server import LlamaServerOptions, LlamaServerProcess, server_v
 from checks.readiness.config import ChecklistConfig  # noqa: E402
 from checks.readiness.console import format_report  # noqa: E402
 from checks.readiness.runner import run_checklist  # noqa: E402
-from engine.gguf_file import bundled_model_path  # noqa: E402
+from engine.model.gguf_file import bundled_model_path  # noqa: E402
 from reports.markdown import to_markdown  # noqa: E402
 from reports.readiness_report import ReadinessReport  # noqa: E402
 from reports.store import save, write_text  # noqa: E402

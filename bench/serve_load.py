@@ -17,7 +17,7 @@ and one stream through the server within 10% of the engine's own `generate` deco
 speed (measured in a fresh worker process with the same threads). The load generator
 shares the cores with the server under test: both servers pay that equally.
 With --compile, our server and the `generate` reference both run torch.compile'd
-(engine/compiled.py); the compile happens before timing starts on both.
+(engine/model/compiled.py); the compile happens before timing starts on both.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ def generate_worker(threads: int, input_len: int, output_len: int, compile: bool
     """The engine's own single-stream decode speed, in this (fresh) process."""
     import torch
 
-    from engine.runtime import Engine, LoadOptions
+    from engine.run.runtime import Engine, LoadOptions
     from engine.sampling import SamplingParams
-    from engine.studies_base import eval_ids
+    from engine.studies.base import eval_ids
 
     torch.set_num_threads(threads)
     engine = Engine.load(LoadOptions(quant="int4", device="cpu", compile=compile))
@@ -100,7 +100,7 @@ def run_ours(levels: list[int], args: argparse.Namespace) -> dict[int, dict]:
 
 def run_theirs(levels: list[int], args: argparse.Namespace) -> tuple[dict[int, dict], str]:
     from bench._llama_server import LlamaServerOptions, LlamaServerProcess, server_version
-    from engine.gguf_file import bundled_model_path
+    from engine.model.gguf_file import bundled_model_path
 
     per_slot = args.input_len + args.output_len + 64  # chat template overhead
     opts = LlamaServerOptions(bundled_model_path(), args.threads, ctx=per_slot * max(levels), slots=max(levels))

@@ -14,16 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
+from engine.formats import WEIGHT_FORMATS
 from reports.history_flags import add_history_flags  # the CLI shell, not the engine core, keeps the history
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from engine.runtime import Engine
-    from engine.studies_base import StudyOptions, StudyResult
+    from engine.run.runtime import Engine
+    from engine.studies.base import StudyOptions, StudyResult
     from reports.study_report import StudyReport
-
-FORMATS = ("fp32", "bf16", "int8", "int4", "fp8")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -38,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="generate text for one prompt")
     _add_model_args(gen)
-    gen.add_argument("--quant", choices=FORMATS, default="int4", help="weight format (default: int4)")
+    gen.add_argument("--quant", choices=WEIGHT_FORMATS, default="int4", help="weight format (default: int4)")
     gen.add_argument("--prompt", required=True, help="prompt text (with --chat: the user message)")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--system", default=None, help="system message for --chat")
@@ -63,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     study = sub.add_parser("study", help="run a measured optimization study: kv, quant or batch")
     _add_model_args(study)
     study.add_argument("name", choices=("kv", "quant", "batch"))
-    study.add_argument("--quant", choices=FORMATS, default="int4", help="format for the kv and batch studies")
+    study.add_argument("--quant", choices=WEIGHT_FORMATS, default="int4", help="format for the kv and batch studies")
     study.add_argument("--json", metavar="OUT", type=Path, default=None, help="also write the result as JSON")
     _add_study_size_args(study)
     add_history_flags(study)
@@ -76,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_serve_args(p: argparse.ArgumentParser) -> None:
     """Flags of `serve`; the help text comes from ServerOptions' field descriptions."""
-    from engine.server_options import option_help as h
+    from engine.serving.options import option_help as h
 
-    p.add_argument("--quant", choices=FORMATS, default="int4", help=h("quant"))
+    p.add_argument("--quant", choices=WEIGHT_FORMATS, default="int4", help=h("quant"))
     p.add_argument("--host", default="127.0.0.1", help=h("host"))
     p.add_argument("--port", type=int, default=8000, help=h("port"))
     p.add_argument("--api-key", default=None, metavar="KEY", help=h("api_key"))
@@ -142,7 +141,7 @@ def _arg_type(parse: Callable[[str], object]) -> Callable[[str], object]:
 
 
 def _add_study_size_args(p: argparse.ArgumentParser) -> None:
-    from engine.studies_base import option_help, parse_formats, parse_sizes
+    from engine.studies.base import option_help, parse_formats, parse_sizes
 
     types = {"kv_lengths": _arg_type(parse_sizes), "batch_sizes": _arg_type(parse_sizes)}
     types["quant_formats"] = _arg_type(parse_formats)
@@ -152,7 +151,7 @@ def _add_study_size_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from engine.runtime import Engine, LoadOptions
+    from engine.run.runtime import Engine, LoadOptions
     from engine.sampling import SamplingParams
 
     params = SamplingParams(
@@ -213,13 +212,13 @@ def _load_dict(engine: Engine) -> dict[str, object]:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from engine.model_info import describe_model
+    from engine.model.info import describe_model
 
     info = describe_model(args.model)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        from engine.model_info import format_model_info
+        from engine.model.info import format_model_info
 
         print(format_model_info(info))
     return 0
@@ -229,7 +228,7 @@ def study_command(name: str, options: StudyOptions) -> str:
     """The `python -m engine study` command line that repeats a study with these options (defaults left out)."""
     import shlex
 
-    from engine.studies_base import StudyOptions
+    from engine.studies.base import StudyOptions
 
     default = StudyOptions()
     argv = ["python", "-m", "engine", "study", name]
@@ -255,7 +254,7 @@ def study_document(name: str, options: StudyOptions, result: StudyResult, starte
     """The history document of a finished study: what the CLI saves and the Engine studies page keeps."""
     from datetime import UTC, datetime
 
-    from engine.studies import TITLES
+    from engine.studies.registry import TITLES
     from reports.study_report import StudyReport
     from reports.version import __version__
 
@@ -268,7 +267,7 @@ def study_document(name: str, options: StudyOptions, result: StudyResult, starte
 def _cmd_study(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from engine.studies import STUDIES, StudyOptions, format_study
+    from engine.studies.registry import STUDIES, StudyOptions, format_study
     from reports.history_flags import save_to_history
 
     sizes = {name: getattr(args, name) for name, _ in STUDY_SIZE_FLAGS.values() if getattr(args, name) is not None}
@@ -294,7 +293,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from engine.server_options import ServerOptions, describe_options_error
+    from engine.serving.options import ServerOptions, describe_options_error
 
     fields = ("quant", "host", "port", "insecure", "served_model_name", "max_num_seqs", "max_model_len", "max_queue",
               "kv_cache_bytes", "rate_limit_rpm", "rate_limit_burst", "max_body_bytes", "speculative",
@@ -316,8 +315,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     except ValidationError as exc:
         raise ValueError(describe_options_error(exc)) from None
-    from engine.gguf_file import resolve_model_path
-    from engine.server import run_server
+    from engine.model.gguf_file import resolve_model_path
+    from engine.serving.app import run_server
 
     resolve_model_path(options.model)  # a missing file is one line now, not after binding the port
     return run_server(options)

@@ -3,8 +3,8 @@
 import streamlit as st
 
 from engine.errors import EngineError
-from engine.quant import WEIGHT_FORMATS
-from engine.runtime import Engine, GenerationResult, LoadOptions
+from engine.formats import WEIGHT_FORMATS
+from engine.run.runtime import Engine, GenerationResult, LoadOptions
 from engine.sampling import SamplingParams
 
 

@@ -9,8 +9,8 @@ from streamlit.delta_generator import DeltaGenerator
 
 from engine.cli import study_document
 from engine.errors import EngineError
-from engine.quant import WEIGHT_FORMATS
-from engine.studies import STUDIES, TITLES, StudyOptions, option_help, parse_sizes
+from engine.formats import WEIGHT_FORMATS
+from engine.studies.registry import STUDIES, TITLES, StudyOptions, option_help, parse_sizes
 from reports.history import History
 from reports.home import history_dir
 from reports.store import DocumentError

@@ -29,7 +29,7 @@ def probe_unwritable() -> None:
         blocker = Path(tmp) / "a-file"
         blocker.write_text("")
         env = dict(os.environ, PREFLIGHT_CACHE_DIR=str(blocker), PYTHONPATH=str(REPO))
-        code = "from engine.loader import load_model; m = load_model(None, 'fp32', 'cpu'); print(m.source)"
+        code = "from engine.model.loader import load_model; m = load_model(None, 'fp32', 'cpu'); print(m.source)"
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
         last = (done.stderr.strip().splitlines() or [""])[-1][:160]
         print(f"1. unwritable cache: exit {done.returncode}, loaded from: {done.stdout.strip() or '-'}; stderr: {last}")

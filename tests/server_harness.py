@@ -26,10 +26,10 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from checks.load.targets import free_port, wait_healthy
-from engine.server_options import ServerOptions
+from engine.serving.options import ServerOptions
 
 if TYPE_CHECKING:
-    from engine.runtime import Engine
+    from engine.run.runtime import Engine
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "smollm2-135m-instruct"
@@ -164,7 +164,7 @@ def in_process_server(app: object, options: ServerOptions | None = None) -> Iter
     """
     port = free_port()
     if options is not None:
-        from engine.server import uvicorn_config  # torch and FastAPI: only for the tests that run an app
+        from engine.serving.app import uvicorn_config  # torch and FastAPI: only for the tests that run an app
 
         config = uvicorn_config(app, options.model_copy(update={"host": "127.0.0.1", "port": port}))  # type: ignore[arg-type]
     else:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.block_manager import BlockManager, NoFreeBlocksError, hash_block
-from engine.sequence import Sequence
+from engine.batch.block_manager import BlockManager, NoFreeBlocksError, hash_block
+from engine.batch.sequence import Sequence
 
 BS = 4
 

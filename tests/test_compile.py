@@ -29,16 +29,16 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from checks.load.targets import wait_healthy
-from engine.compiled import CACHE_ENV, compile_function, compile_unavailable_reason, inductor_cache_dir
+from engine.batch.llm_engine import EngineConfig, LLMEngine
 from engine.errors import EngineError
-from engine.kv_cache import KVCache
-from engine.llm_engine import EngineConfig, LLMEngine
-from engine.runtime import Engine, LoadOptions
+from engine.model.compiled import CACHE_ENV, compile_function, compile_unavailable_reason, inductor_cache_dir
+from engine.run.kv_cache import KVCache
+from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
-from engine.server import create_app
-from engine.server_options import ServerOptions
-from engine.studies_base import eval_ids
-from engine.studies_quant import eval_windows, quality, scored_targets
+from engine.serving.app import create_app
+from engine.serving.options import ServerOptions
+from engine.studies.base import eval_ids
+from engine.studies.quant import eval_windows, quality, scored_targets
 
 pytestmark = pytest.mark.skipif(
     compile_unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler for Inductor"

@@ -12,12 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from engine.batch.llm_engine import EngineConfig, LLMEngine
 from engine.errors import ModelFileError
-from engine.gguf_file import bundled_model_path
-from engine.llm_engine import EngineConfig, LLMEngine
-from engine.quant import WEIGHT_FORMATS, quantize_int4
-from engine.quant_linear import Int4Linear, make_linear
-from engine.runtime import Engine, LoadOptions
+from engine.formats import WEIGHT_FORMATS
+from engine.model.gguf_file import bundled_model_path
+from engine.quant.functions import quantize_int4
+from engine.quant.linear import Int4Linear, make_linear
+from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ModelFileError, PromptError, UnsupportedModelError
-from engine.gguf_file import GGUFModelFile, bundled_model_path
-from engine.runtime import Engine, LoadOptions
+from engine.model.gguf_file import GGUFModelFile, bundled_model_path
+from engine.model.weight_cache import CacheEntry, cache_dir
+from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
-from engine.weight_cache import CacheEntry, cache_dir
 
 GREEDY = SamplingParams(max_tokens=12)
 

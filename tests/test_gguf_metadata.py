@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import ModelFileError
-from engine.gguf_file import GGUFModelFile
+from engine.model.gguf_file import GGUFModelFile
 from tests.model_file_cases import write_gguf
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.runtime import Engine, LoadOptions
+from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 
 gguf = pytest.importorskip("gguf")

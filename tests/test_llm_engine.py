@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.llm_engine import EngineConfig, LLMEngine
-from engine.runtime import Engine, LoadOptions
+from engine.batch.llm_engine import EngineConfig, LLMEngine
+from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 
 PROMPTS = [

@@ -117,7 +117,7 @@ llamacpp:kv_cache_tokens 1234
 """
 )
 
-# Preflight's engine (engine/server_metrics.py), as `GET /metrics` renders it; NaN for rates not yet measured.
+# Preflight's engine (engine/serving/metrics.py), as `GET /metrics` renders it; NaN for rates not yet measured.
 PREFLIGHT_TEXT = """\
 # HELP preflight:time_to_first_token_seconds Time from request receipt to its first token.
 # TYPE preflight:time_to_first_token_seconds histogram

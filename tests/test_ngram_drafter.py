@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.ngram_drafter import NgramDrafter, SpecDecodeStats, accept_drafts, propose_ngram
+from engine.batch.ngram_drafter import NgramDrafter, SpecDecodeStats, accept_drafts, propose_ngram
 
 
 @pytest.mark.parametrize(

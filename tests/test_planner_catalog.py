@@ -186,7 +186,7 @@ def test_hf_config_moe_mla_and_sliding_window(tmp_path: Path) -> None:
 
 
 def test_gguf_metadata_of_the_bundled_model() -> None:
-    from engine.gguf_file import bundled_model_path  # tests may import the engine; planner does not
+    from engine.model.gguf_file import bundled_model_path  # tests may import the engine; planner does not
 
     spec = model_from_gguf(bundled_model_path())
     ref = load_catalog().models["smollm2-135m"]

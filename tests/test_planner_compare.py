@@ -54,7 +54,7 @@ def test_gpu_run_is_refused_for_the_cpu_prediction() -> None:
 
 @pytest.fixture(scope="module")
 def engine():  # noqa: ANN201
-    from engine.runtime import Engine, LoadOptions
+    from engine.run.runtime import Engine, LoadOptions
 
     return Engine.load(LoadOptions(quant="int4", device="cpu"))
 
@@ -82,7 +82,7 @@ def test_dispatch_calibration_still_holds(engine) -> None:  # noqa: ANN001
     """engines.json's ops per layer for the bundled engine, recounted over one int4 decode step."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from engine.kv_cache import KVCache
+    from engine.run.kv_cache import KVCache
 
     class Count(TorchDispatchMode):
         ops = 0

@@ -7,27 +7,33 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from engine.gguf_file import Q41Blocks
-from engine.quant import (
+from engine.formats import WEIGHT_FORMATS
+from engine.quant.functions import (
     FP8_MAX,
-    WEIGHT_FORMATS,
+    Q41Blocks,
     activation_dtype,
     dequantize_fp8,
     dequantize_int4,
     dequantize_int8,
     dequantize_q4_1,
-    empty_linear,
     fp8_to_float,
     int4_from_q4_1,
-    make_linear,
-    module_weight_bytes,
     pack_int4,
     quantize_fp8,
     quantize_int4,
     quantize_int8,
     unpack_int4,
 )
-from engine.quant_linear import DenseLinear, Fp8Linear, Int4Linear, Int8Linear, QuantLinear
+from engine.quant.linear import (
+    DenseLinear,
+    Fp8Linear,
+    Int4Linear,
+    Int8Linear,
+    QuantLinear,
+    empty_linear,
+    make_linear,
+    module_weight_bytes,
+)
 
 # (out N, in K): odd N, N not a multiple of 16, K not a multiple of 16 / 32 / 128, model shapes.
 SHAPES = [(5, 64), (17, 96), (16, 40), (3, 63), (192, 576), (48, 1536)]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.gguf_file import bundled_model_path
-from engine.runtime import Engine, LoadOptions
+from engine.model.gguf_file import bundled_model_path
+from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 
 PROMPTS = [

@@ -6,11 +6,11 @@ from collections.abc import Callable
 
 import pytest
 
+from engine.batch.ngram_drafter import NgramDrafter, accept_drafts
+from engine.batch.scheduler import QueueFullError, Scheduler, SchedulerConfig, SchedulerOutput
+from engine.batch.sequence import Sequence, SequenceStatus
 from engine.errors import PromptError
-from engine.ngram_drafter import NgramDrafter, accept_drafts
 from engine.sampling import SamplingParams
-from engine.scheduler import QueueFullError, Scheduler, SchedulerConfig, SchedulerOutput
-from engine.sequence import Sequence, SequenceStatus
 
 EOS = 2
 

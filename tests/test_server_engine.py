@@ -17,7 +17,7 @@ import pytest
 import torch
 from server_harness import MODEL, RemoteServer, sse_events, start_server, stream_text
 
-from engine.runtime import Engine, LoadOptions
+from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 
 BLOCK_BYTES = 2 * 30 * 16 * 3 * 64 * 4  # K+V, 30 layers, 16 tokens, 3 KV heads, dim 64, fp32

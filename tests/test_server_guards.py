@@ -19,9 +19,9 @@ import pytest
 from pydantic import ValidationError
 from server_harness import BlockedLoad, in_process_server
 
-from engine.server import create_app
-from engine.server_options import ServerOptions
-from engine.server_security import TokenBucketLimiter, allowed_host_names, host_allowed, host_name
+from engine.serving.app import create_app
+from engine.serving.options import ServerOptions
+from engine.serving.security import TokenBucketLimiter, allowed_host_names, host_allowed, host_name
 
 
 @contextmanager

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from server_harness import MODEL, REPO, BlockedLoad, free_port, in_process_server
 
-from engine.server import create_app
-from engine.server_options import ServerOptions
+from engine.serving.app import create_app
+from engine.serving.options import ServerOptions
 
 KEY = {"Authorization": "Bearer k"}
 

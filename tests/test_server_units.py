@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from engine.api_models import ChatCompletionRequest, CompletionRequest
-from engine.async_engine import Delta, EngineFailure, EngineLoop, RequestStream
+from engine.batch.async_engine import Delta, EngineFailure, EngineLoop, RequestStream
+from engine.batch.llm_engine import StepResult, TokenOutput
 from engine.cli import main
-from engine.llm_engine import StepResult, TokenOutput
 from engine.sampling import SamplingParams
-from engine.server_errors import describe_validation_error
-from engine.server_options import RequestLimits, ServerOptions, check_exposure, is_loopback, model_id
-from engine.server_security import TokenBucketLimiter
+from engine.serving.api_models import ChatCompletionRequest, CompletionRequest
+from engine.serving.errors import describe_validation_error
+from engine.serving.options import RequestLimits, ServerOptions, check_exposure, is_loopback, model_id
+from engine.serving.security import TokenBucketLimiter
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.cuda_graph import CudaGraphDecoder, graph_capacity
-from engine.runtime import Engine, LoadOptions
+from engine.run.cuda_graph import CudaGraphDecoder, graph_capacity
+from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 
 

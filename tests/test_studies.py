@@ -12,8 +12,11 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from engine.cli import main
-from engine.gguf_file import GGUFModelFile, bundled_model_path
-from engine.studies import (
+from engine.model.gguf_file import GGUFModelFile, bundled_model_path
+from engine.model.tokenizer import Tokenizer
+from engine.studies.batch import batch_prompts
+from engine.studies.quant import eval_windows, quality
+from engine.studies.registry import (
     STUDIES,
     StudyOptions,
     StudyResult,
@@ -23,9 +26,6 @@ from engine.studies import (
     parse_sizes,
     study_frame,
 )
-from engine.studies_batch import batch_prompts
-from engine.studies_quant import eval_windows, quality
-from engine.tokenizer import Tokenizer
 from reports.history import History
 from reports.home import history_dir
 from reports.study_report import StudyReport

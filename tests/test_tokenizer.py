@@ -15,10 +15,10 @@ from pathlib import Path
 import gguf
 import pytest
 
-from engine.chat_template import render_chat_template
 from engine.errors import PromptError, UnsupportedModelError
-from engine.gguf_file import GGUFModelFile
-from engine.tokenizer import SPM_SPACE, Tokenizer
+from engine.model.chat_template import render_chat_template
+from engine.model.gguf_file import GGUFModelFile
+from engine.model.tokenizer import SPM_SPACE, Tokenizer
 
 ROUND_TRIP_TEXTS = [
     "",

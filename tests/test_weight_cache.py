@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from engine.errors import WeightCacheError
-from engine.loader import load_model
-from engine.weight_cache import CacheEntry, load_entry, save_entry
+from engine.model.loader import load_model
+from engine.model.weight_cache import CacheEntry, load_entry, save_entry
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = {"w": torch.arange(1024, dtype=torch.float32)}
@@ -96,7 +96,7 @@ import sys, time
 import torch
 from pathlib import Path
 from engine.errors import WeightCacheError
-from engine.weight_cache import CacheEntry, load_entry, save_entry
+from engine.model.weight_cache import CacheEntry, load_entry, save_entry
 
 role, root, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 entry = CacheEntry.for_key("shared", root)

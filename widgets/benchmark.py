@@ -14,10 +14,10 @@ import streamlit as st
 from checks.jobs import Job, JobState
 from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.load.scenarios import SCENARIOS
+from engine.formats import WEIGHT_FORMATS
 from reports.benchmark_result import BenchmarkResult
 from reports.home import private_dir, prune, write_private
 
-FORMATS = ["int4", "int8", "bf16", "fp32", "fp8"]
 PROFILES = ["sync", "concurrency", "constant", "poisson", "sweep"]
 UPLOAD_DIR = "uploads"  # uploaded prompt files: a private folder under Preflight's home
 UPLOAD_KEEP = 10  # uploads kept; a run reads its file when it starts, so only the current ones matter
@@ -44,7 +44,7 @@ def target_inputs(prefix: str = "bench") -> dict:
     kind = st.radio("Target", ["Bundled engine", "Remote endpoint"], horizontal=True, key=f"{prefix}_target_kind")
     if kind == "Bundled engine":
         c1, c2 = st.columns(2)
-        quant = c1.selectbox("Weight format", FORMATS, key=f"{prefix}_quant")
+        quant = c1.selectbox("Weight format", WEIGHT_FORMATS, WEIGHT_FORMATS.index("int4"), key=f"{prefix}_quant")
         threads = c2.number_input("Server threads (0 = torch default)", 0, 64, 1, key=f"{prefix}_threads")
         values = {"target": f"bundled:{quant}", "threads": int(threads) or None}
         if prefix == "bench":  # the checklist judges the engine as `make run` serves it: eager

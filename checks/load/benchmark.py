@@ -39,6 +39,7 @@ from checks.load.sweep import SweepOptions, SweepResult, run_sweep
 from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 from checks.load.workloads import SyntheticSpec, synthetic_requests
+from engine.formats import WEIGHT_FORMATS
 from reports.benchmark_result import (
     BenchmarkResult,
     ClientDoc,
@@ -63,7 +64,7 @@ class BenchmarkConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field("bundled", description="'bundled', 'bundled:QUANT' (int4, int8, bf16, fp32, fp8) or a URL")
+    target: str = Field("bundled", description=f"'bundled', 'bundled:QUANT' ({', '.join(WEIGHT_FORMATS)}) or a URL")
     api_key: SecretStr | None = Field(None, description="API key of a remote endpoint (never stored in results)")
     model: str | None = Field(None, description="model name; default: the first one /v1/models lists")
     api: Literal["chat", "completions"] = Field("chat", description="which OpenAI API to drive")
@@ -127,8 +128,8 @@ class BenchmarkConfig(BaseModel):
         if name != "bundled":
             raise ValueError(f"target {self.target!r}: use 'bundled', 'bundled:QUANT' or an http(s):// URL")
         quant = quant or "int4"
-        if quant not in ("fp32", "bf16", "int8", "int4", "fp8"):
-            raise ValueError(f"bundled weight format {quant!r}: choose int4, int8, bf16, fp32 or fp8")
+        if quant not in WEIGHT_FORMATS:
+            raise ValueError(f"bundled weight format {quant!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
         return quant
 
     def slo(self) -> Slo | None:

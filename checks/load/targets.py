@@ -238,7 +238,7 @@ class BundledTarget:
     caller's terminal does not reach it, and stopping it reaches whatever it started
     (Inductor's compile workers): SIGTERM to the group, a wait for the graceful
     shutdown, then SIGKILL. It gets `--parent-pid` with this process's pid, so it stops
-    itself if this process dies without stopping it (see engine/parent_watch.py).
+    itself if this process dies without stopping it (see engine/serving/parent_watch.py).
     `cancel`, when set, ends the wait for the server's /health early.
     """
 

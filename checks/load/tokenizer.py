@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from engine.tokenizer import Tokenizer
+    from engine.model.tokenizer import Tokenizer
 
 
 @runtime_checkable
@@ -74,8 +74,8 @@ class EngineTokenizer:
 def bundled_tokenizer() -> EngineTokenizer:
     """The bundled SmolLM2 GGUF's tokenizer, built once per process (about half a second)."""
     # Imported here: the engine pulls in torch, which a workload that brings its own tokenizer never needs.
-    from engine.gguf_file import GGUFModelFile
-    from engine.tokenizer import Tokenizer
+    from engine.model.gguf_file import GGUFModelFile
+    from engine.model.tokenizer import Tokenizer
 
     model_file = GGUFModelFile()
     return EngineTokenizer(Tokenizer.from_gguf(model_file), name=model_file.path.stem)

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from checks.load.benchmark import BenchmarkConfig
+from engine.formats import WEIGHT_FORMATS
 from reports.check_result import Category, Exposure
 
 CATEGORY_NAMES = ", ".join(c.value for c in Category)
@@ -23,7 +24,7 @@ class ChecklistConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    target: str = Field("bundled", description="'bundled', 'bundled:QUANT' (int4, int8, bf16, fp32, fp8) or a URL")
+    target: str = Field("bundled", description=f"'bundled', 'bundled:QUANT' ({', '.join(WEIGHT_FORMATS)}) or a URL")
     api_key: SecretStr | None = Field(None, description="API key of a remote endpoint (never stored in reports)")
     model: str | None = Field(None, description="model name; default: the first one /v1/models lists")
     api: str = Field("chat", description="which OpenAI API to drive: chat or completions")

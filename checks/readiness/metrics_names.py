@@ -18,7 +18,7 @@ servers' sources:
   (waiting) and per-request histograms; token totals are the `_sum` of
   `tgi_request_input_length` and `tgi_request_generated_tokens`, E2E is
   `tgi_request_duration`; no KV gauge, no TTFT histogram, no preemption counter.
-- Preflight: `engine/server_metrics.py`, vLLM's names with the `preflight:` prefix.
+- Preflight: `engine/serving/metrics.py`, vLLM's names with the `preflight:` prefix.
 
 A field a server does not export reads None, never 0. Parsing goes through
 `prometheus_client`'s own parser: a hand-written one would accept text Prometheus rejects.

@@ -151,7 +151,7 @@ async def _host_ram(ctx: CheckContext, check: Check) -> CheckResult:
 
 
 def weights_cache_root() -> Path:
-    """$PREFLIGHT_CACHE_DIR, else the user cache folder: where engine/weight_cache.py and the planner look.
+    """$PREFLIGHT_CACHE_DIR, else the user cache folder: where engine/model/weight_cache.py and the planner look.
     Mirrored here, not imported: checks import the engine only to start it (DESIGN.md)."""
     env = os.environ.get("PREFLIGHT_CACHE_DIR")
     if env:

@@ -1,0 +1,222 @@
+"""Continuous batching over the paged KV cache: `step()` is the core API.
+
+One call runs one scheduler step: draft (optional n-gram speculation), schedule,
+one model forward over every scheduled token of every sequence, sample, and
+hand the tokens back to the scheduler. The server's loop and tests call it;
+it owns no thread and no I/O, so it is driven the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.batch.ngram_drafter import NgramDrafter, accept_drafts
+from engine.batch.paged_cache import PagedKVCache, build_batch
+from engine.batch.scheduler import Scheduler, SchedulerConfig
+from engine.batch.scheduler_io import ScheduledSeq
+from engine.batch.sequence import Sequence
+from engine.model.compiled import WARMUP_PROMPT_IDS
+from engine.model.loader import LoadedModel
+from engine.sampling import SamplingParams, argmax_ids, make_generator, sample_token
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Serving limits; KV memory is given in bytes and turned into blocks here."""
+
+    max_num_seqs: int = 16
+    max_model_len: int = 2048
+    max_num_batched_tokens: int = 512
+    prefill_chunk_size: int = 256
+    max_queue: int = 64
+    block_size: int = 16
+    kv_cache_bytes: int = 256 * 1024 * 1024
+    speculative_tokens: int = 0  # 0 disables n-gram speculation
+
+    def num_blocks(self, loaded: LoadedModel) -> int:
+        per_block = PagedKVCache.bytes_per_block(loaded.config, self.block_size, loaded.model.act_dtype)
+        return max(1, self.kv_cache_bytes // per_block)
+
+
+@dataclass(slots=True)
+class TokenOutput:
+    """What one sequence produced in a step."""
+
+    seq_id: int
+    new_token_ids: list[int]
+    logprobs: list[float] | None
+    finished: bool
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
+class StepResult:
+    outputs: list[TokenOutput] = field(default_factory=list)
+    num_prefill_tokens: int = 0
+    num_decode_tokens: int = 0
+    num_preempted: int = 0
+    forward_s: float = 0.0
+
+
+class LLMEngine:
+    """Many sequences sharing one model and one paged KV pool."""
+
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+        self.loaded = loaded
+        self.config = cfg = config or EngineConfig()
+        model_len = min(cfg.max_model_len, loaded.config.context_length)
+        self.scheduler = Scheduler(
+            SchedulerConfig(
+                max_num_seqs=cfg.max_num_seqs,
+                max_num_batched_tokens=cfg.max_num_batched_tokens,
+                prefill_chunk_size=cfg.prefill_chunk_size,
+                max_queue=cfg.max_queue,
+                max_model_len=model_len,
+                block_size=cfg.block_size,
+                num_kv_blocks=cfg.num_blocks(loaded),
+                stop_token_ids=loaded.tokenizer.stop_token_ids,
+            )
+        )
+        sc = self.scheduler.config
+        self.cache = PagedKVCache(loaded.config, sc.num_kv_blocks, sc.block_size, loaded.model.act_dtype, loaded.device)
+        self.drafter = NgramDrafter(cfg.speculative_tokens) if cfg.speculative_tokens > 0 else None
+        self._next_id = 0
+        self._rngs: dict[int, torch.Generator] = {}
+
+    @property
+    def max_model_len(self) -> int:
+        return self.scheduler.config.max_model_len
+
+    def add_request(self, prompt_ids: list[int], params: SamplingParams) -> int:
+        """Queue a request; QueueFullError / PromptError come from the scheduler."""
+        seq_id = self._next_id
+        self._next_id += 1
+        self.scheduler.add(Sequence(seq_id, list(prompt_ids), params, time.monotonic()))
+        self._rngs[seq_id] = make_generator(params.seed, self.loaded.device)
+        return seq_id
+
+    def abort(self, seq_id: int) -> None:
+        """Stop a sequence and free its KV blocks now (a client went away)."""
+        self.scheduler.abort(seq_id)
+        self._forget(seq_id)
+
+    def finish(self, seq_id: int) -> None:
+        """End a sequence that matched a stop string (the caller detokenizes)."""
+        self.scheduler.finish(seq_id)
+        self._forget(seq_id)
+
+    def _forget(self, seq_id: int) -> None:
+        self._rngs.pop(seq_id, None)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished
+
+    def _drafts(self) -> dict[int, list[int]] | None:
+        """Prompt-lookup drafts for greedy decoding sequences; sampling ones decode normally."""
+        if self.drafter is None:
+            return None
+        drafts = {}
+        for seq in self.scheduler.running:
+            if seq.is_decoding and seq.params.greedy:
+                room = seq.params.max_tokens - seq.num_output_tokens - 1
+                proposal = self.drafter.propose(seq.all_token_ids, max_tokens=max(room, 0))
+                if proposal:
+                    drafts[seq.seq_id] = proposal
+        return drafts
+
+    def step(self) -> StepResult:
+        """Run one scheduler step; returns per-sequence new tokens and what finished."""
+        out = self.scheduler.schedule(self._drafts())
+        result = StepResult(num_preempted=len(out.preempted))
+        if out.is_empty:
+            return result
+        result.num_prefill_tokens, result.num_decode_tokens = out.num_prefill_tokens, out.num_decode_tokens
+        t0 = time.perf_counter()
+        batch = build_batch(out, self.cache, self.loaded.device)
+        model = self.loaded.model
+        with torch.inference_mode():
+            hidden = model.forward_flat(batch.ids, batch.positions, batch)
+            rows, owners = _sample_rows(out.items)
+            logits = model.logits(hidden[torch.tensor(rows, dtype=torch.long)]) if rows else None
+        result.forward_s = time.perf_counter() - t0
+        sampled: dict[int, list[int]] = {}
+        logprobs: dict[int, list[float]] = {}
+        for item, (first, count) in owners.items():
+            sampled[item.seq.seq_id], logprobs[item.seq.seq_id] = self._pick(item, logits[first : first + count])
+        before = {item.seq.seq_id: item.seq.num_output_tokens for item in owners}
+        finished = {s.seq_id: s for s in self.scheduler.postprocess(out, sampled)}
+        for item in owners:
+            seq = item.seq
+            new = seq.output_token_ids[before[seq.seq_id] :]
+            lps = logprobs[seq.seq_id][: len(new)] if seq.params.logprobs else None
+            done = seq.seq_id in finished
+            result.outputs.append(TokenOutput(seq.seq_id, new, lps, done, seq.finish_reason if done else None))
+            if done:
+                self._forget(seq.seq_id)
+        return result
+
+    def _pick(self, item: ScheduledSeq, rows: torch.Tensor) -> tuple[list[int], list[float]]:
+        """Sample one token, or verify drafts greedily (accepted prefix + the target's next token)."""
+        seq, params = item.seq, item.seq.params
+        if item.draft_token_ids:
+            tokens = accept_drafts(list(item.draft_token_ids), argmax_ids(rows))
+            if not params.logprobs:
+                return tokens, []
+            lps = torch.log_softmax(rows[: len(tokens)], -1)
+            return tokens, [float(lps[i, t]) for i, t in enumerate(tokens)]
+        token, lp = sample_token(rows[-1], params, self._rngs.get(seq.seq_id), seq.all_token_ids)
+        return [token], [lp] if lp is not None else []
+
+    def kv_stats(self) -> dict[str, float | int | None]:
+        s = self.scheduler.stats()
+        return {
+            "num_running": s.num_running,
+            "num_waiting": s.num_waiting,
+            "kv_cache_usage": s.kv_cache_usage,
+            "num_free_blocks": s.num_free_blocks,
+            "prefix_cache_hit_rate": s.prefix_cache_hit_rate,
+            "num_preemptions": s.num_preemptions,
+            "spec_acceptance_rate": s.spec_acceptance_rate,
+            "kv_cache_bytes": self.cache.nbytes,
+        }
+
+
+def warm_up_compiled(loaded: LoadedModel) -> None:
+    """Trace the compiled decode-only graphs (one sequence, then several) before serving.
+
+    Runs on a throwaway LLMEngine with a small pool of its own, so the real engine's
+    prefix cache and statistics never see the warm-up. The pool size is a dynamic
+    dimension of the compiled graphs, so they are reused by the real pool.
+    """
+    block = EngineConfig().block_size
+    pool = 8 * PagedKVCache.bytes_per_block(loaded.config, block, loaded.model.act_dtype)
+    engine = LLMEngine(loaded, EngineConfig(max_num_seqs=2, max_model_len=64, kv_cache_bytes=pool, block_size=block))
+    params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    for batch in (1, 2):
+        for i in range(batch):
+            engine.add_request([WARMUP_PROMPT_IDS[0] + i, *WARMUP_PROMPT_IDS[1:]], params)
+        while engine.has_unfinished:
+            engine.step()
+
+
+def _sample_rows(items: list[ScheduledSeq]) -> tuple[list[int], dict[ScheduledSeq, tuple[int, int]]]:
+    """Rows of the flattened step whose logits are needed, and which item owns which slice.
+
+    A plain item needs its last row; a speculative one its last 1 + k rows
+    (the last known token and every draft position).
+    """
+    rows: list[int] = []
+    owners: dict[ScheduledSeq, tuple[int, int]] = {}
+    offset = 0
+    for item in items:
+        end = offset + item.num_tokens
+        if item.samples:
+            count = 1 + len(item.draft_token_ids)
+            owners[item] = (len(rows), count)
+            rows.extend(range(end - count, end))
+        offset = end
+    return rows, owners

@@ -1,0 +1,180 @@
+"""The paged KV cache and the per-step batch layout that reads and writes it.
+
+K and V of every layer live in one pool of `num_blocks x block_size` slots;
+a sequence owns whichever blocks the block manager gave it (its block
+table), so memory is handed out in small fixed pieces and freed the moment a
+sequence ends or is preempted. A step's tokens of many sequences are
+flattened side by side; `PagedBatch.attend` writes their K/V into their slots
+and computes attention per sequence:
+
+- single-token decodes are batched together: their cached keys are gathered
+  by slot index into one padded tensor and masked past each length;
+- multi-token chunks (prefill pieces, speculative verification) run one SDPA
+  each, causal within the chunk and over the sequence's cached prefix.
+
+Reads gather rows of one head (head_dim values), not whole slots: the pool is
+viewed as (slots x kv_heads, head_dim) and the row index of (sequence, head,
+position) is slot * kv_heads + head, so the gather lands directly in the
+(sequence, head, position, dim) layout the matmuls want. Gathering whole slots
+left K/V head-interleaved, and torch.matmul copied them again before every
+product: 0.82 ms vs 0.49 ms per layer for 16 sequences of ~200 positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from engine.batch.scheduler_io import SchedulerOutput
+from engine.model.config import ModelConfig
+from engine.run.kv_cache import causal_mask, decode_attention
+
+
+class PagedKVCache:
+    """Per-layer K and V pools shaped (slots, kv_heads, head_dim)."""
+
+    def __init__(
+        self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device | str
+    ) -> None:
+        slots = num_blocks * block_size
+        shape = (slots, config.n_kv_heads, config.head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        self.num_blocks, self.block_size = num_blocks, block_size
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    @staticmethod
+    def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+        """K + V of one block across all layers: what one unit of the pool costs."""
+        element = torch.empty((), dtype=dtype).element_size()
+        return 2 * config.n_layers * block_size * config.n_kv_heads * config.head_dim * element
+
+
+def head_rows(slots: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """Row indices into a pool viewed as (slots x n_kv, dim), ordered (..., head, position).
+
+    `slots` is (..., positions); the result is (..., n_kv, positions) flattened.
+    """
+    heads = torch.arange(n_kv, device=slots.device)[:, None]
+    return (slots.unsqueeze(-2) * n_kv + heads).reshape(-1)
+
+
+@dataclass(slots=True)
+class Segment:
+    """A multi-token chunk of one sequence: rows [row, row + n) of the step, keys at `key_rows`."""
+
+    row: int
+    n: int
+    context: int  # keys this chunk attends to (its cached prefix and itself)
+    key_rows: torch.Tensor  # (kv_heads x context,) pool rows of those keys, head-major (see head_rows)
+
+
+@dataclass(slots=True)
+class PagedBatch:
+    """One step's layout over a `PagedKVCache`; implements the model's `AttentionCache`."""
+
+    cache: PagedKVCache
+    ids: torch.Tensor  # (tokens,)
+    positions: torch.Tensor  # (tokens,)
+    slot_mapping: torch.Tensor  # (tokens,) where each token's K/V is written
+    decode_rows: torch.Tensor | None  # (decodes,) rows of single-token decodes
+    decode_keys: torch.Tensor | None  # (decodes x kv_heads x max_len,) pool rows of their keys (head_rows), 0-padded
+    decode_padding: torch.Tensor | None  # (decodes, 1, 1, max_len) True past a context's end; None for one decode
+    segments: list[Segment]
+    decode_only: bool = False  # every token is a single-token decode, in row order (no scatter needed)
+
+    @property
+    def compilable(self) -> bool:
+        """Decode-only steps have one regular shape; mixed steps loop over a varying list of segments."""
+        return self.decode_only
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        _, n_tok, n_heads, dim = q.shape
+        k_pool, v_pool = self.cache.keys[layer], self.cache.values[layer]
+        k_pool.index_copy_(0, self.slot_mapping, k[0].to(k_pool.dtype))
+        v_pool.index_copy_(0, self.slot_mapping, v[0].to(v_pool.dtype))
+        q0 = q[0]
+        n_kv = k_pool.shape[1]
+        k_rows, v_rows = k_pool.view(-1, dim), v_pool.view(-1, dim)
+        if self.decode_rows is not None and self.decode_keys is not None:
+            # sizes from tensor shapes, not Python ints: a compiled step then stays dynamic in them
+            bd = self.decode_rows.shape[0]
+            width = self.decode_keys.shape[0] // (bd * n_kv)
+            q_rows = q0 if self.decode_only else q0.index_select(0, self.decode_rows)
+            qd = q_rows.view(bd, n_kv, n_heads // n_kv, dim)
+            kd = k_rows.index_select(0, self.decode_keys).view(bd, n_kv, width, dim)
+            vd = v_rows.index_select(0, self.decode_keys).view(bd, n_kv, width, dim)
+            scores = torch.matmul(qd, kd.transpose(-1, -2)).mul_(scale)
+            if self.decode_padding is not None:
+                scores.masked_fill_(self.decode_padding, float("-inf"))
+            yd = torch.matmul(scores.softmax(-1, dtype=torch.float32).to(vd.dtype), vd)
+            if self.decode_only:
+                return yd.reshape(1, n_tok, n_heads * dim).to(q.dtype)
+            out = q0.new_empty(n_tok, n_heads, dim)
+            out.index_copy_(0, self.decode_rows, yd.reshape(bd, n_heads, dim).to(out.dtype))
+        else:
+            out = q0.new_empty(n_tok, n_heads, dim)
+        for seg in self.segments:
+            qs = q0[seg.row : seg.row + seg.n].transpose(0, 1)[None]
+            ks = k_rows.index_select(0, seg.key_rows).view(1, n_kv, seg.context, dim)
+            vs = v_rows.index_select(0, seg.key_rows).view(1, n_kv, seg.context, dim)
+            if seg.n == 1:
+                y = decode_attention(qs.reshape(1, n_kv, n_heads // n_kv, dim), ks, vs, scale)
+            else:
+                mask = causal_mask(seg.n, seg.context - seg.n, q.device)
+                y = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
+            out[seg.row : seg.row + seg.n] = y.reshape(n_heads, seg.n, dim).transpose(0, 1).to(out.dtype)
+        return out.reshape(1, n_tok, n_heads * dim)
+
+
+def _slots(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
+    return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]
+
+
+def build_batch(out: SchedulerOutput, cache: PagedKVCache, device: torch.device | str) -> PagedBatch:
+    """Flatten a scheduler step into tensors: ids, positions, write slots and read layouts."""
+    bs, n_kv = cache.block_size, cache.keys[0].shape[1]
+    ids: list[int] = []
+    positions: list[int] = []
+    slot_mapping: list[int] = []
+    decode_rows: list[int] = []
+    decode_keys: list[list[int]] = []
+    segments: list[Segment] = []
+    for item in out.items:
+        row, end = len(ids), item.start + item.num_tokens
+        table = item.seq.block_table
+        ids.extend(item.token_ids)
+        positions.extend(range(item.start, end))
+        slot_mapping.extend(_slots(table, item.start, end, bs))
+        keys = _slots(table, 0, end, bs)
+        if item.num_tokens == 1:
+            decode_rows.append(row)
+            decode_keys.append(keys)
+        else:
+            key_rows = head_rows(torch.tensor(keys, dtype=torch.long, device=device), n_kv)
+            segments.append(Segment(row, item.num_tokens, end, key_rows))
+    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+    dec_rows = dec_keys = dec_padding = None
+    if decode_rows:
+        width = max(len(k) for k in decode_keys)
+        dec_rows = as_long(decode_rows)
+        dec_keys = head_rows(as_long([k + [0] * (width - len(k)) for k in decode_keys]), n_kv)
+        if len(decode_rows) > 1:  # by count, not by "any padding": a compiled step must not switch graphs
+            lengths = as_long([len(k) for k in decode_keys])
+            dec_padding = (torch.arange(width, device=device)[None, :] >= lengths[:, None])[:, None, None, :]
+    return PagedBatch(
+        cache=cache,
+        ids=as_long(ids),
+        positions=as_long(positions),
+        slot_mapping=as_long(slot_mapping),
+        decode_rows=dec_rows,
+        decode_keys=dec_keys,
+        decode_padding=dec_padding,
+        segments=segments,
+        decode_only=not segments and len(decode_rows) == len(ids),
+    )

@@ -1,0 +1,220 @@
+"""Building a ready-to-run Transformer in a chosen weight format.
+
+Cold path: read the GGUF, dequantize (or keep Q4_1 blocks as they are for
+int4), fuse Q/K/V and gate/up, quantize into the target format, and write the
+result to the weight cache (a cache that cannot be written is a logged
+warning and a note, never a failed load). Warm path: build the model on the `meta` device,
+then `load_state_dict(assign=True)` straight from the verified cache entry,
+so there is one copy of the weights and no quantization work.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import WeightCacheError
+from engine.formats import WEIGHT_FORMATS
+from engine.model.config import ModelConfig
+from engine.model.embedding import Embedding
+from engine.model.gguf_file import GGUFModelFile, resolve_model_path
+from engine.model.tokenizer import Tokenizer
+from engine.model.transformer import Transformer
+from engine.model.weight_cache import CACHE_VERSION, CacheEntry, entry_key, file_sha256, load_entry, save_entry
+from engine.quant.functions import Q41Blocks, compute_dtype, dequantize_q4_1
+from engine.quant.linear import empty_linear, make_linear, module_weight_bytes
+
+logger = logging.getLogger("preflight.engine")
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    """What a load produced, with the evidence the dashboard shows."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    config: ModelConfig
+    fmt: str
+    device: torch.device
+    source: str  # "gguf" (cold: converted from the file) or "cache" (warm)
+    load_s: float
+    weight_bytes: int
+    gguf_bytes: int
+    gguf_path: str
+    kernel_notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but PyTorch sees no CUDA GPU on this machine")
+    return torch.device(device)
+
+
+def _concat(parts: list[torch.Tensor | Q41Blocks]) -> torch.Tensor | Q41Blocks:
+    """Stack weights along the output dim; Q4_1 blocks stay blocks when every part has them."""
+    if all(isinstance(p, Q41Blocks) for p in parts):
+        return Q41Blocks(
+            q=torch.cat([p.q for p in parts]),
+            scale=torch.cat([p.scale for p in parts]),
+            min=torch.cat([p.min for p in parts]),
+        )
+    return torch.cat([dequantize_q4_1(p) if isinstance(p, Q41Blocks) else p for p in parts])
+
+
+def _source_weight(mf: GGUFModelFile, name: str, fmt: str) -> torch.Tensor | Q41Blocks:
+    """The int4 format keeps the file's own 4-bit codes; every other format starts from fp32."""
+    if fmt == "int4":
+        blocks = mf.q4_1_blocks(name)
+        if blocks is not None:
+            return blocks
+    return mf.tensor(name)
+
+
+def _gguf_linear_sources(mf: GGUFModelFile, fmt: str) -> dict[str, torch.Tensor | Q41Blocks]:
+    """Map our fused parameter names to their GGUF tensors."""
+    sources: dict[str, torch.Tensor | Q41Blocks] = {}
+    for i in range(mf.config.n_layers):
+        blk = f"blk.{i}"
+        sources[f"layers.{i}.attention.wqkv"] = _concat(
+            [_source_weight(mf, f"{blk}.attn_{x}.weight", fmt) for x in ("q", "k", "v")]
+        )
+        sources[f"layers.{i}.attention.wo"] = _source_weight(mf, f"{blk}.attn_output.weight", fmt)
+        sources[f"layers.{i}.feed_forward.w13"] = _concat(
+            [_source_weight(mf, f"{blk}.ffn_{x}.weight", fmt) for x in ("gate", "up")]
+        )
+        sources[f"layers.{i}.feed_forward.w2"] = _source_weight(mf, f"{blk}.ffn_down.weight", fmt)
+    if not mf.config.tied_embeddings:
+        sources["output"] = _source_weight(mf, "output.weight", fmt)
+    return sources
+
+
+def _post_load(model: nn.Module) -> None:
+    for module in model.modules():
+        hook = getattr(module, "post_load", None)
+        if callable(hook):
+            hook()
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed during conversion back to the OS (glibc keeps it otherwise).
+
+    Repacking int4 on load allocates int32 temporaries; without this the process
+    kept ~150 MiB of freed heap after a warm load (bench/engine_speed.py measured it).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            return  # not glibc: nothing to trim, nothing lost
+
+
+def _kernel_notes(model: nn.Module) -> list[str]:
+    notes = {m.kernel for m in model.modules() if isinstance(getattr(m, "kernel", None), str)}
+    return sorted(notes)
+
+
+def build_from_gguf(mf: GGUFModelFile, fmt: str, device: torch.device) -> Transformer:
+    """Convert every weight of the file into `fmt` on `device`."""
+    act = compute_dtype(fmt, device)
+    sources = _gguf_linear_sources(mf, fmt)
+    modules = {name: make_linear(w, fmt, device=str(device)) for name, w in sources.items()}
+    del sources
+    embedding = Embedding.from_float(mf.tensor("token_embd.weight").to(device), fmt, act)
+    model = Transformer(mf.config, embedding, lambda name, _i, _o: modules.pop(name), act, device)
+    with torch.no_grad():
+        for i, block in enumerate(model.layers):
+            block.attention_norm.weight.copy_(mf.tensor(f"blk.{i}.attn_norm.weight"))
+            block.ffn_norm.weight.copy_(mf.tensor(f"blk.{i}.ffn_norm.weight"))
+        model.norm.weight.copy_(mf.tensor("output_norm.weight"))
+    model.to(device)
+    _post_load(model)
+    return model.eval()
+
+
+def build_from_state(
+    config: ModelConfig, fmt: str, state: dict[str, torch.Tensor], device: torch.device
+) -> Transformer:
+    """Rebuild on meta with the format's empty modules, then adopt the cached tensors."""
+    act = compute_dtype(fmt, device)
+    embedding = Embedding.empty(config.vocab_size, config.hidden_size, fmt, act, device="meta")
+    model = Transformer(
+        config,
+        embedding,
+        lambda _name, i, o: empty_linear(fmt, i, o, device="meta"),
+        act,
+        device,
+    )
+    model.load_state_dict(state, strict=True, assign=True)
+    model.to(device)
+    _post_load(model)
+    return model.eval()
+
+
+def _manifest(mf_hash: str, fmt: str, config: ModelConfig, tokenizer: Tokenizer, gguf_bytes: int) -> dict[str, Any]:
+    cfg = {k: v for k, v in asdict(config).items() if k != "head_dim"}
+    return {
+        "cache_version": CACHE_VERSION,
+        "format": fmt,
+        "source_sha256": mf_hash,
+        "source_bytes": gguf_bytes,
+        "config": cfg,
+        "tokenizer": tokenizer.to_state(),
+    }
+
+
+def load_model(
+    model_path: str | None = None,
+    fmt: str = "int4",
+    device: str = "auto",
+    use_cache: bool = True,
+) -> LoadedModel:
+    """Load a GGUF model in `fmt`, from the weight cache when a valid entry exists."""
+    if fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    path = resolve_model_path(model_path)
+    gguf_bytes = path.stat().st_size
+    source_hash = file_sha256(path)
+    entry = CacheEntry.for_key(entry_key(source_hash, fmt, dev.type))
+    notes: list[str] = []
+    if use_cache and entry.exists():
+        try:
+            state, manifest = load_entry(entry)
+            config = ModelConfig(**manifest["config"])
+            model = build_from_state(config, fmt, state, dev)
+            tokenizer = Tokenizer.from_state(manifest["tokenizer"])
+        except (WeightCacheError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            # Not removed here: the save below replaces it under the entry's lock, and another
+            # process may be writing a good one right now.
+            notes.append(f"weight cache entry was invalid and has been rebuilt ({exc})")
+        else:
+            release_freed_memory()
+            return LoadedModel(
+                model, tokenizer, config, fmt, dev, "cache", time.perf_counter() - t0,
+                module_weight_bytes(model), gguf_bytes, str(path), _kernel_notes(model),
+            )  # fmt: skip
+    mf = GGUFModelFile(path)
+    tokenizer = Tokenizer.from_gguf(mf)
+    model = build_from_gguf(mf, fmt, dev)
+    if use_cache:
+        try:
+            save_entry(entry, model.state_dict(), _manifest(source_hash, fmt, mf.config, tokenizer, gguf_bytes))
+        except WeightCacheError as exc:  # the model is converted and runs; only the next load is slower
+            logger.warning("%s; the model runs from the GGUF conversion, and the next load converts again", exc)
+            notes.append(f"weight cache not written ({exc})")
+    release_freed_memory()
+    return LoadedModel(
+        model, tokenizer, mf.config, fmt, dev, "gguf", time.perf_counter() - t0,
+        module_weight_bytes(model), gguf_bytes, str(path), _kernel_notes(model) + notes,
+    )  # fmt: skip

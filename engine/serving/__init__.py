@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server (`python -m engine serve`): app, load state, routes, options and guards."""

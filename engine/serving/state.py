@@ -1,0 +1,139 @@
+"""The server's load state: loading, ready or failed, and what handlers need once it is ready.
+
+Apart from the app and the routes so that both route modules (control and OpenAI) can read it
+without importing each other or the app that includes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from engine.batch.async_engine import EngineLoop
+from engine.batch.llm_engine import EngineConfig, LLMEngine
+from engine.batch.paged_cache import PagedKVCache
+from engine.model.loader import LoadedModel
+from engine.run.runtime import Engine
+from engine.serving.errors import APIError
+from engine.serving.metrics import ServerMetrics
+from engine.serving.options import ServerOptions
+
+logger = logging.getLogger("preflight.server")
+
+
+def engine_config(options: ServerOptions, loaded: LoadedModel) -> EngineConfig:
+    """Serving limits for LLMEngine; the default KV pool always holds one full-length sequence."""
+    ctx = loaded.config.context_length
+    max_len = min(options.max_model_len or ctx, ctx)
+    defaults = EngineConfig()
+    block_size = defaults.block_size
+    per_block = PagedKVCache.bytes_per_block(loaded.config, block_size, loaded.model.act_dtype)
+    kv_bytes = options.kv_cache_bytes or max(defaults.kv_cache_bytes, math.ceil(max_len / block_size) * per_block)
+    return EngineConfig(
+        max_num_seqs=options.max_num_seqs,
+        max_model_len=max_len,
+        max_num_batched_tokens=max(512, options.max_num_seqs),
+        max_queue=options.max_queue,
+        block_size=block_size,
+        kv_cache_bytes=kv_bytes,
+        speculative_tokens=options.num_speculative_tokens if options.speculative == "ngram" else 0,
+    )
+
+
+class ServerStatus(Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Serving:
+    """What handlers need once the model is loaded."""
+
+    engine: Engine
+    loop: EngineLoop
+    max_model_len: int
+
+
+class ServerState:
+    """Load status, the engine loop once loaded, and the per-app metrics."""
+
+    def __init__(
+        self,
+        options: ServerOptions,
+        model_name: str,
+        load: Callable[[], Engine],
+        on_load_failed: Callable[[], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.model_name = model_name
+        self.metrics = ServerMetrics(model_name)
+        self.created = int(time.time())
+        self.status = ServerStatus.LOADING
+        self.serving: Serving | None = None
+        self._load = load
+        self._on_load_failed = on_load_failed
+
+    def start_loading(self) -> None:
+        threading.Thread(target=self._load_model, name="preflight-load", daemon=True).start()
+
+    def _load_model(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            engine = self._load()
+            if self.options.compile:  # before /health turns 200, so no request waits on the compiler
+                logger.info("compiled the decode step in %.1f s", engine.compile(serving=True))
+            llm = LLMEngine(engine.loaded, engine_config(self.options, engine.loaded))
+            loop = EngineLoop(llm, self.metrics.on_step)
+            loop.start()
+        except Exception as exc:  # any load failure: one line, then the server exits non-zero
+            self.status = ServerStatus.FAILED
+            logger.error("error: the model failed to load: %s", exc)
+            if self._on_load_failed is not None:
+                self._on_load_failed()
+            return
+        self.serving = Serving(engine, loop, llm.max_model_len)
+        self.status = ServerStatus.READY
+        info = engine.info
+        logger.info(
+            "model %s ready: %s on %s, max_model_len %d, %d KV blocks, loaded in %.1f s",
+            self.model_name, info.quant, info.device, llm.max_model_len,
+            llm.scheduler.config.num_kv_blocks, time.perf_counter() - t0,
+        )  # fmt: skip
+
+    def require(self) -> Serving:
+        """The loaded engine, or a 503 that says why there is none."""
+        if self.status is ServerStatus.LOADING:
+            raise APIError(503, "the model is still loading: retry when GET /health answers 200", "model_loading",
+                           headers={"Retry-After": "5"})  # fmt: skip
+        if self.status is ServerStatus.FAILED or self.serving is None:
+            raise APIError(503, "the model failed to load; see the server log", "model_load_failed")
+        if not self.serving.loop.alive:
+            raise APIError(503, "the engine has stopped; restart the server", "engine_stopped")
+        return self.serving
+
+    def check_model(self, requested: str) -> None:
+        if requested != self.model_name:
+            raise APIError(
+                404, f"model {requested[:100]!r} does not exist: this server serves {self.model_name!r}",
+                "model_not_found", "model",
+            )  # fmt: skip
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        if self.serving is not None and not self.serving.loop.stop(timeout_s):
+            logger.warning("the engine thread did not stop within %.0f s", timeout_s)
+
+    def model_card(self) -> dict[str, object]:
+        serving = self.require()
+        return {
+            "id": self.model_name,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "preflight",
+            "max_model_len": serving.max_model_len,
+        }
