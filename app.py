@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from widgets.target import keep_target
+
 st.set_page_config(page_title="Preflight", page_icon=":material/flight_takeoff:", layout="wide")
 
 PAGES = [
@@ -15,4 +17,5 @@ PAGES = [
     st.Page("pages/reports.py", title="Reports", icon=":material/history:", url_path="reports"),
 ]
 
+keep_target()  # the sidebar's target survives pages that do not draw its picker (widgets/target.py)
 st.navigation(PAGES).run()

@@ -10,17 +10,20 @@ from widgets.benchmark import (
     load_inputs,
     result_charts,
     run_summaries,
-    target_inputs,
     workload_inputs,
 )
 from widgets.common import run_panel
 from widgets.exports import downloads
+from widgets.target import current_target, target_line, target_sidebar
 
 st.title("Benchmark")
 st.caption("Real streaming load; every figure comes from per-request records you can download. "
            "Definitions follow vLLM's bench serve (TTFT, TPOT, ITL, E2E, goodput).")  # fmt: skip
-values = {**target_inputs(), **workload_inputs(), **load_inputs()}
-HINT = "Choose a target, a workload and a load profile, then press Run benchmark."
+target_sidebar()
+target = current_target(benchmark=True)
+target_line(target)
+values = {**target, **workload_inputs(), **load_inputs()}
+HINT = "Choose a workload and a load profile (the target is in the sidebar), then press Run benchmark."
 snap = run_panel("bench", BenchmarkConfig, values, "Run benchmark", JobKind.BENCHMARK, HINT, live_progress)
 result = snap.result
 if snap.state == JobState.CANCELLED:

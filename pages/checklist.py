@@ -4,16 +4,19 @@ import streamlit as st
 
 from checks.jobs import JobKind, JobState
 from checks.readiness.config import ChecklistConfig
-from widgets.benchmark import target_inputs
 from widgets.checklist import judging_inputs, live_progress, results_by_category, verdict_banner
 from widgets.common import run_panel
 from widgets.exports import downloads
+from widgets.target import current_target, target_line, target_sidebar
 
 st.title("Readiness checklist")
 st.caption("Performance against an SLO profile, resources, security, monitoring and reliability. A check that "
            "cannot measure says ERROR or SKIP, never PASS.")  # fmt: skip
-values = {**target_inputs("check"), **judging_inputs()}
-HINT = "Choose a target, an SLO profile and the exposure, then press Run checklist."
+target_sidebar()
+target = current_target(benchmark=False)
+target_line(target)
+values = {**target, **judging_inputs()}
+HINT = "Choose an SLO profile and the exposure (the target is in the sidebar), then press Run checklist."
 snap = run_panel("check", ChecklistConfig, values, "Run checklist", JobKind.CHECKLIST, HINT, live_progress)
 report = snap.result
 if snap.state == JobState.CANCELLED:

@@ -4,7 +4,9 @@ import streamlit as st
 
 from planner.hardware import describe_accelerator
 from widgets.common import cached_hardware, machine_metrics
+from widgets.target import target_sidebar
 
+target_sidebar()
 st.title("Preflight")
 st.markdown(
     "Tells you, before launch, whether an LLM deployment is ready: what this hardware can serve, "

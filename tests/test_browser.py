@@ -136,10 +136,14 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
     with PlantedServer(**PLANTED_FAST) as planted:
         page.get_by_test_id("stSidebarNav").get_by_role("link", name="Checklist").click()
         expect(page.get_by_role("heading", name="Readiness checklist")).to_be_visible(timeout=60_000)
-        main.get_by_text("Remote endpoint").click()
-        main.get_by_label("Base URL").fill(planted.base_url + "/v1")
-        main.get_by_label("API key").fill(planted.api_key)
-        main.get_by_label("API key").press("Enter")
+        sidebar = page.get_by_test_id("stSidebar")  # the one target of every measuring page (widgets/target.py)
+        sidebar.get_by_text("Remote endpoint").click()
+        sidebar.get_by_label("Base URL").fill(planted.base_url + "/v1")
+        sidebar.get_by_label("Base URL").press("Enter")
+        sidebar.get_by_label("API key").fill(planted.api_key)
+        sidebar.get_by_label("API key").press("Enter")
+        sidebar.get_by_role("button", name="Test connection").click()
+        expect(sidebar.get_by_text(re.compile(r"^Ready to measure: "))).to_be_visible(timeout=60_000)
         page.get_by_role("button", name="Run checklist").click()
         expect(main.get_by_text(re.compile(r"^(READY|READY WITH WARNINGS|NOT READY|INCOMPLETE):"))).to_be_visible(
             timeout=MODEL_DEADLINE_MS

@@ -22,7 +22,7 @@ from checks.readiness.config import ChecklistConfig
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT_S = 120
 RUN_DEADLINE_S = 240.0
-TINY = {"bench_threads": 1, "bench_input_len": 16, "bench_output_len": 4, "bench_concurrency": 2,
+TINY = {"target_threads": 1, "bench_input_len": 16, "bench_output_len": 4, "bench_concurrency": 2,
         "bench_requests": 500, "bench_warmup": 0}  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from checks.jobs import Job, JobState
 from reports.benchmark_result import parse_benchmark_result
+from widgets.target import TARGET_NEEDED
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/benchmark.py"
@@ -36,24 +37,31 @@ def _errors(at: AppTest) -> list[str]:
 
 def test_renders_the_form_and_asks_for_a_run(page: AppTest) -> None:
     assert page.title[0].value == "Benchmark"
-    assert page.radio(key="bench_target_kind").value == "Bundled engine"
-    assert page.selectbox(key="bench_quant").value == "int4"
+    assert page.radio(key="target_kind").value == "Bundled engine"
+    assert page.selectbox(key="target_quant").value == "int4"
     assert page.selectbox(key="bench_profile").value == "concurrency"
     assert not _errors(page)
     assert "press Run benchmark" in page.info[0].value
     assert not page.button(key="bench_run").disabled
 
 
-@pytest.mark.parametrize("url", ["", "not a url", "ftp://127.0.0.1:8000"])
+@pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1:8000"])
 def test_invalid_remote_url_shows_an_error_and_disables_run(page: AppTest, url: str) -> None:
-    page.radio(key="bench_target_kind").set_value("Remote endpoint").run()
-    page.text_input(key="bench_target_url").input(url).run()
+    page.radio(key="target_kind").set_value("Remote endpoint").run()
+    page.text_input(key="target_url").input(url).run()
     assert not page.exception
     assert _errors(page) == [f"target {url!r}: use 'bundled', 'bundled:QUANT' or an http(s):// URL"]
     assert page.button(key="bench_run").disabled
-    page.text_input(key="bench_target_url").input("http://127.0.0.1:8000/v1").run()
+    page.text_input(key="target_url").input("http://127.0.0.1:8000/v1").run()
     assert not _errors(page)
     assert not page.button(key="bench_run").disabled
+
+
+def test_an_empty_remote_url_asks_for_one_without_an_error(page: AppTest) -> None:
+    page.radio(key="target_kind").set_value("Remote endpoint").run()
+    assert not page.exception and not _errors(page)  # nothing typed yet: a hint, not a red error
+    assert TARGET_NEEDED in [i.value for i in page.info]
+    assert page.button(key="bench_run").disabled
 
 
 def test_prompt_file_source_without_a_file_disables_run(page: AppTest) -> None:
@@ -64,7 +72,7 @@ def test_prompt_file_source_without_a_file_disables_run(page: AppTest) -> None:
 
 
 def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
-    page.number_input(key="bench_threads").set_value(1)
+    page.number_input(key="target_threads").set_value(1)
     page.number_input(key="bench_input_len").set_value(16)
     page.number_input(key="bench_output_len").set_value(4)
     page.number_input(key="bench_concurrency").set_value(2)
@@ -111,7 +119,7 @@ def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
 
 
 def test_stop_keeps_what_finished(page: AppTest) -> None:
-    for key, value in (("bench_threads", 1), ("bench_input_len", 16), ("bench_output_len", 4),
+    for key, value in (("target_threads", 1), ("bench_input_len", 16), ("bench_output_len", 4),
                        ("bench_concurrency", 2), ("bench_requests", 500), ("bench_warmup", 0)):  # fmt: skip
         page.number_input(key=key).set_value(value)
     page.run()

@@ -26,7 +26,7 @@ def page() -> AppTest:
 
 def test_renders_the_form(page: AppTest) -> None:
     assert page.title[0].value == "Readiness checklist"
-    assert page.radio(key="check_target_kind").value == "Bundled engine"
+    assert page.radio(key="target_kind").value == "Bundled engine"
     assert page.selectbox(key="check_slo").value == "chat"
     assert page.radio(key="check_exposure").value == "local"
     assert "press Run checklist" in page.info[0].value
@@ -34,8 +34,8 @@ def test_renders_the_form(page: AppTest) -> None:
 
 
 def test_bad_url_disables_run(page: AppTest) -> None:
-    page.radio(key="check_target_kind").set_value("Remote endpoint").run()
-    page.text_input(key="check_target_url").input("ftp://nowhere").run()
+    page.radio(key="target_kind").set_value("Remote endpoint").run()
+    page.text_input(key="target_url").input("ftp://nowhere").run()
     assert not page.exception
     assert page.button(key="check_run").disabled
     assert page.error
@@ -43,9 +43,9 @@ def test_bad_url_disables_run(page: AppTest) -> None:
 
 def test_a_real_run_shows_verdict_results_and_downloads(page: AppTest, preflight_env: Path) -> None:
     with PlantedServer(**FAST) as server:
-        page.radio(key="check_target_kind").set_value("Remote endpoint").run()
-        page.text_input(key="check_target_url").input(server.base_url).run()
-        page.text_input(key="check_api_key").input(server.api_key).run()
+        page.radio(key="target_kind").set_value("Remote endpoint").run()
+        page.text_input(key="target_url").input(server.base_url).run()
+        page.text_input(key="target_api_key").input(server.api_key).run()
         page.multiselect(key="check_categories").set_value(["security", "monitoring"]).run()
         page.button(key="check_run").click().run()
         job = page.session_state["check_job"]
@@ -56,7 +56,7 @@ def test_a_real_run_shows_verdict_results_and_downloads(page: AppTest, preflight
     assert report.categories == ["security", "monitoring"]
     banner = [e.value for e in (*page.success, *page.warning, *page.error)]
     assert any(report.verdict.value.replace("_", " ") in text for text in banner), banner
-    assert [s.value.split(" :")[0] for s in page.subheader] == ["Security", "Monitoring"]
+    assert [s.value.split(" :")[0] for s in page.main.subheader] == ["Security", "Monitoring"]
     doc_id, files = page.session_state["check_exports"]
     assert doc_id == report.id and set(files) == {"JSON", "HTML", "Markdown", "JUnit XML"}
     json_text, markdown = files["JSON"][0], files["Markdown"][0]

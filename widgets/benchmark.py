@@ -14,7 +14,6 @@ import streamlit as st
 from checks.jobs import Job, JobState
 from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.load.scenarios import SCENARIOS
-from engine.formats import WEIGHT_FORMATS
 from reports.benchmark_result import BenchmarkResult
 from reports.home import private_dir, prune, write_private
 
@@ -37,28 +36,6 @@ def save_upload(data: bytes, name: str) -> Path:
         write_private(path, data)
     prune(folder, "*.json*", keep=UPLOAD_KEEP, max_age_s=UPLOAD_MAX_AGE_S)
     return path
-
-
-def target_inputs(prefix: str = "bench") -> dict:
-    """Bundled engine or remote endpoint; the Benchmark and Checklist pages share it, keys carry the page prefix."""
-    kind = st.radio("Target", ["Bundled engine", "Remote endpoint"], horizontal=True, key=f"{prefix}_target_kind")
-    if kind == "Bundled engine":
-        c1, c2 = st.columns(2)
-        quant = c1.selectbox("Weight format", WEIGHT_FORMATS, WEIGHT_FORMATS.index("int4"), key=f"{prefix}_quant")
-        threads = c2.number_input("Server threads (0 = torch default)", 0, 64, 1, key=f"{prefix}_threads")
-        values = {"target": f"bundled:{quant}", "threads": int(threads) or None}
-        if prefix == "bench":  # the checklist judges the engine as `make run` serves it: eager
-            values["compile"] = st.checkbox(
-                "torch.compile the server (CPU; its first start takes 3-4 minutes, later ones about 1)",
-                key="bench_compile",
-            )
-        return values
-    c1, c2, c3 = st.columns([3, 2, 1])
-    url = c1.text_input("Base URL", placeholder="http://127.0.0.1:8000/v1", key=f"{prefix}_target_url")
-    key = c2.text_input("API key", type="password", key=f"{prefix}_api_key")
-    api = c3.selectbox("API", ["chat", "completions"], key=f"{prefix}_api")
-    model = st.text_input("Model (empty: first one /v1/models lists)", key=f"{prefix}_model")
-    return {"target": url.strip(), "api_key": key or None, "api": api, "model": model.strip() or None}
 
 
 def workload_inputs() -> dict:

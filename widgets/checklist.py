@@ -1,8 +1,7 @@
 """The Checklist page's widgets: the judging inputs, live progress, the verdict and the results.
 
 Every value goes to `checks.readiness.config.ChecklistConfig`, which validates it; the
-target widgets are the Benchmark page's own (widgets.benchmark.target_inputs), so the two
-pages pick a target the same way.
+target is the sidebar's (widgets.target), the same one the Benchmark page measures.
 """
 
 from __future__ import annotations

@@ -44,10 +44,13 @@ def run_panel(
         st.session_state[f"{prefix}_job"] = busy  # reattach: this session may be a reload or another tab
     job: Job | None = st.session_state.get(f"{prefix}_job")
     config = None
-    try:
-        config = model(**values)
-    except ValidationError as exc:
-        st.error(config_error(exc))
+    if "target" in values and not values["target"]:
+        pass  # no remote URL yet: `target_line` already says where to enter it; not an error before any typing
+    else:
+        try:
+            config = model(**values)
+        except ValidationError as exc:
+            st.error(config_error(exc))
     if busy is not None and busy.kind != kind:
         st.info(f"A {busy.kind} is running ({busy.snapshot().elapsed_s:.0f} s so far); Run is available when it ends.")
     if st.button(label, type="primary", disabled=config is None or busy is not None, key=f"{prefix}_run"):
