@@ -11,7 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from engine.studies import StudyResult, format_study, study_frame
+from engine.studies.registry import StudyResult, format_study, study_frame
 from reports.study_report import STUDY_CHARTS, StudyChart, StudyReport
 
 QUALITY_COLUMNS = ["format", "perplexity", "mean_kl_nats", "top1_agreement", "scored_tokens"]
