@@ -1,19 +1,26 @@
-"""Home: what Preflight is and what this machine offers for inference."""
+"""Home: the start of the pre-launch flow, what this machine offers, and a one-click Quick check."""
 
 import streamlit as st
 
 from planner.hardware import describe_accelerator
 from widgets.common import cached_hardware, machine_metrics
-from widgets.target import target_sidebar
+from widgets.home import flow, quick_check
+from widgets.target import current_target, target_sidebar
 
 target_sidebar()
 st.title("Preflight")
 st.markdown(
     "Tells you, before launch, whether an LLM deployment is ready: what this hardware can serve, "
-    "how the endpoint performs and whether it is safe."
+    "how the endpoint performs and whether it is safe. Every figure is measured."
 )
-
 hw = cached_hardware()
+
+st.subheader("Quick check")
+quick_check()
+
+st.subheader("The pre-launch flow")
+flow(current_target(benchmark=False), hw)
+
 st.subheader("This machine")
 st.markdown(f"**CPU:** {hw.cpu_model}")
 machine_metrics(hw)

@@ -211,6 +211,10 @@ class History:
             raise store.DocumentError(f"{ref!r} matches {len(matches)} documents: {', '.join(sorted(_ids(matches)))}")
         raise store.DocumentError(f"no document {ref!r} in the history at {self.root}")
 
+    def latest(self, target: str, kind: documents.ShortKind) -> HistoryEntry | None:
+        """The newest readable document of `kind` for exactly `target` ('bundled:int4', a redacted URL)."""
+        return next((e for e in self.entries(Filters(kind=kind)) if e.unreadable is None and e.target == target), None)
+
     def load(self, ref: str) -> documents.Document:
         return documents.load(self.resolve(ref))
 

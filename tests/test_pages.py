@@ -7,9 +7,15 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from checks.readiness.config import quick_check_command
 from planner.hardware import detect
+from reports import store
+from reports.history import History
+from reports.home import history_dir
+from reports.readiness_report import ReadinessReport
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TIMEOUT_S = 120
 
 
@@ -67,3 +73,39 @@ def test_engine_page_loads_int4_and_chats(app: AppTest) -> None:
     history = app.session_state["engine_messages"]
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert history[1]["content"] == assistant.markdown[0].value
+
+
+def test_home_lists_the_flow_and_offers_the_quick_check(app: AppTest) -> None:
+    markdown = "\n".join(m.value for m in app.markdown)
+    assert "**4. Benchmark**: not run on this target yet" in markdown
+    assert "**5. Checklist**: no verdict for this target yet" in markdown
+    assert "`bundled:int4`, started by Preflight" in markdown
+    assert not app.button(key="home_quick_check").disabled
+    assert any(quick_check_command() in c.value for c in app.caption)
+
+
+def test_home_shows_the_last_verdict_of_the_sidebars_target(app: AppTest) -> None:
+    report = store.load(FIXTURES / "readiness-report.v1.json", ReadinessReport)
+    History(history_dir()).save(report)
+    app.radio(key="target_kind").set_value("Remote endpoint").run()
+    app.text_input(key="target_url").input(report.target.base_url).run()
+    markdown = "\n".join(m.value for m in app.markdown)
+    assert f"**5. Checklist**: **{report.verdict.value}**" in markdown
+    assert f"saved as `{report.id}`" in markdown
+    assert History(history_dir()).latest(report.target.base_url, "readiness").id == report.id
+    assert History(history_dir()).latest(report.target.base_url, "benchmark") is None
+
+
+@pytest.mark.slow
+def test_the_quick_check_ends_in_a_verdict_and_a_saved_report(app: AppTest) -> None:
+    app.button(key="home_quick_check").click().run()
+    job = app.session_state["check_job"]
+    assert job.wait(600), "the Quick check did not end"
+    app.run()
+    assert not app.exception
+    report = job.snapshot().result
+    assert report is not None and report.target.quant == "int4"
+    assert len(report.categories) == 5  # every category
+    banner = [e.value for e in (*app.success, *app.warning, *app.error)]
+    assert any(report.verdict.value.replace("_", " ") in text for text in banner), banner
+    assert History(history_dir()).latest("bundled:int4", "readiness").id == report.id

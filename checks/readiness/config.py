@@ -80,3 +80,20 @@ class ChecklistConfig(BaseModel):
         chosen = set(self.only or Category)
         return [c for c in Category if c in chosen]
 
+
+
+# The Quick check: a newcomer's first minute. The bundled engine in its default format, a small load and
+# every category, so it ends in a verdict and a saved report in about a minute on a 2-core machine
+# (74 s measured, docs/READINESS.md). Its figures are real; it is small, not simulated.
+QUICK_CHECK: dict[str, object] = {"target": "bundled:int4", "requests": 16, "input_len": 64, "output_len": 32,
+                                  "profile": "concurrency:2"}  # fmt: skip
+
+
+def quick_check_config() -> ChecklistConfig:
+    return ChecklistConfig(**QUICK_CHECK)  # type: ignore[arg-type]
+
+
+def quick_check_command() -> str:
+    """The CLI run the Quick check equals."""
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK_CHECK.items())
+    return f"python -m checks run {flags}"
