@@ -2,9 +2,10 @@
 
 import streamlit as st
 
+from widgets.icon import page_icon
 from widgets.target import keep_target
 
-st.set_page_config(page_title="Preflight", page_icon=":material/flight_takeoff:", layout="wide")
+st.set_page_config(page_title="Preflight", page_icon=page_icon(), layout="wide")  # drawn locally: no CDN
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),

@@ -66,12 +66,18 @@ for msg in st.session_state["engine_messages"]:
         if msg.get("stats"):
             st.caption(msg["stats"])
 
-if prompt := st.chat_input("Message SmolLM2", key="engine_chat_input"):
+# A reply is generated on the run after the message was sent, with the input disabled meanwhile: a
+# message sent while a reply streams would otherwise rerun the page and silently drop that reply. If a
+# run is interrupted anyway (another widget), the pending turn is answered on the next run, not lost.
+pending = st.session_state.get("engine_pending", False)
+if prompt := st.chat_input("Message SmolLM2", key="engine_chat_input", disabled=pending):
+    st.session_state["engine_messages"].append({"role": "user", "content": prompt})
+    st.session_state["engine_pending"] = True
+    st.rerun()
+if pending:
     history = st.session_state["engine_messages"]
-    history.append({"role": "user", "content": prompt})
-    with st.chat_message("user"):
-        st.markdown(prompt)
     params = SamplingParams(max_tokens=int(max_tokens), temperature=temperature, top_p=top_p, seed=seed)
+    fmt = st.session_state["engine_loaded"]
     with st.chat_message("assistant"):
         try:
             messages = [{"role": turn["role"], "content": turn["content"]} for turn in history]
@@ -79,8 +85,11 @@ if prompt := st.chat_input("Message SmolLM2", key="engine_chat_input"):
             text = st.write_stream(gen)
         except EngineError as exc:
             history.pop()
+            st.session_state["engine_pending"] = False
             st.error(str(exc))
             st.stop()
-        stats = _stats(gen.result)
+        stats = f"{fmt} · {_stats(gen.result)}"  # each answer says which format produced it
         st.caption(stats)
     history.append({"role": "assistant", "content": text, "stats": stats})
+    st.session_state["engine_pending"] = False
+    st.rerun()  # enable the input again

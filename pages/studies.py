@@ -10,6 +10,7 @@ from streamlit.delta_generator import DeltaGenerator
 from engine.cli import study_document
 from engine.errors import EngineError
 from engine.formats import WEIGHT_FORMATS
+from engine.studies.base import MIN_COUNTS
 from engine.studies.registry import STUDIES, TITLES, StudyOptions, option_help, parse_sizes
 from reports.history import History
 from reports.home import history_dir
@@ -27,7 +28,8 @@ def _sizes(col: DeltaGenerator, label: str, field: str) -> tuple[int, ...]:
 
 def _count(col: DeltaGenerator, label: str, field: str) -> int:
     default = getattr(DEFAULTS, field)
-    return int(col.number_input(label, 1, 8192, default, key=f"engine_study_{field}", help=option_help(field)))
+    low = MIN_COUNTS.get(field, 1)  # the box never offers a count the study refuses
+    return int(col.number_input(label, low, 8192, default, key=f"engine_study_{field}", help=option_help(field)))
 
 
 def _options(name: str) -> StudyOptions:

@@ -71,12 +71,22 @@ def server_url(tmp_path: Path) -> Iterator[str]:
             proc.wait()
 
 
+LOCAL = re.compile(r"^(https?|wss?)://(127\.0\.0\.1|localhost)(:\d+)?/|^(data|blob|about):")
+
+
 @pytest.fixture
 def page() -> Iterator[Page]:
+    """A page whose every request is logged: the dashboard must make no outside request (issue 21: offline)."""
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            yield browser.new_page(viewport={"width": 1400, "height": 1000})
+            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+            requests: list[str] = []
+            tab.on("request", lambda request: requests.append(request.url))
+            tab.on("websocket", lambda ws: requests.append(ws.url))
+            yield tab
+            outside = sorted({url for url in requests if not LOCAL.match(url)})
+            assert requests and not outside, f"requests that left this machine: {outside}"
         finally:
             browser.close()
 

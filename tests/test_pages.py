@@ -73,6 +73,16 @@ def test_engine_page_loads_int4_and_chats(app: AppTest) -> None:
     history = app.session_state["engine_messages"]
     assert [m["role"] for m in history] == ["user", "assistant"]
     assert history[1]["content"] == assistant.markdown[0].value
+    assert caption.startswith("int4 · ")  # each answer names the format that produced it
+    assert not app.chat_input(key="engine_chat_input").disabled  # enabled again once the reply is in
+
+    # A run cut short while a reply streamed (a message sent meanwhile, another widget) leaves the turn
+    # pending: the next run answers it, so no reply is silently dropped and no two user turns follow.
+    history.append({"role": "user", "content": "And of Italy?"})
+    app.session_state["engine_pending"] = True
+    app.run()
+    assert [m["role"] for m in app.session_state["engine_messages"]] == ["user", "assistant"] * 2
+    assert not app.session_state["engine_pending"]
 
 
 def test_home_lists_the_flow_and_offers_the_quick_check(app: AppTest) -> None:

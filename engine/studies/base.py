@@ -33,6 +33,11 @@ def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+# Counts below these cannot be measured (a decode speed needs two tokens, a perplexity window two); one home
+# for the rule, which the Engine studies page also uses as its input boxes' minimum.
+MIN_COUNTS = {"kv_tokens": 2, "quant_decode_tokens": 2, "eval_window": 2, "eval_max_tokens": 2}
+
+
 @dataclass(frozen=True, slots=True)
 class StudyOptions:
     """Which model to study and how big each study is; the defaults are the documented full runs."""
@@ -62,7 +67,7 @@ class StudyOptions:
         unknown = [f for f in self.quant_formats if f not in WEIGHT_FORMATS]
         if unknown or not self.quant_formats:
             raise ValueError(f"quant formats must be some of {', '.join(WEIGHT_FORMATS)}, got {self.quant_formats}")
-        if self.kv_tokens < 2:
+        if self.kv_tokens < MIN_COUNTS['kv_tokens']:
             raise ValueError(f"kv tokens must be at least 2 (decode speed needs two tokens), got {self.kv_tokens}")
         if not self.kv_lengths or min(self.kv_lengths) <= self.kv_tokens:
             raise ValueError(
@@ -76,9 +81,9 @@ class StudyOptions:
         for name in ("batch_prompt_tokens", "batch_steps", "quant_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if self.quant_decode_tokens < 2:
+        if self.quant_decode_tokens < MIN_COUNTS['quant_decode_tokens']:
             raise ValueError(f"quant decode tokens must be at least 2, got {self.quant_decode_tokens}")
-        if self.eval_window < 2 or self.eval_max_tokens < 2:
+        if self.eval_window < MIN_COUNTS['eval_window'] or self.eval_max_tokens < MIN_COUNTS['eval_max_tokens']:
             raise ValueError(
                 f"eval window and eval max tokens must be at least 2, got {self.eval_window} and {self.eval_max_tokens}"
             )
