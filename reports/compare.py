@@ -31,7 +31,7 @@ from reports.check_result import CheckStatus
 from reports.documents import SHORT_KIND, Document, Measured, measured
 from reports.readiness_report import ReadinessReport
 from reports.records import RequestRecord, is_measured
-from reports.stats import RowStatistic, bootstrap_change_pct, row_mean, row_percentile
+from reports.stats import RowStatistic, bootstrap_change_pct, min_samples, row_mean, row_percentile
 from reports.throughput import chunks_of, rate_bins
 
 THRESHOLD_PCT = 5.0  # a significant change smaller than this is reported, but is not a regression
@@ -61,6 +61,11 @@ class MetricDelta(BaseModel):
     delta_pct: float | None
     ci95_pct: tuple[float, float] | None = Field(description="bootstrap 95% interval of delta_pct")
     n: tuple[int, int] = Field(description="samples behind a and b (requests, or time bins for throughput)")
+    blocks: tuple[int, int] = Field((1, 1), description="resampling block length of a and b: the requests in flight "
+                                                        "together (or the time bins one request spans)")  # fmt: skip
+    enough_samples: bool = Field(True, description="both runs have a tail for this percentile (reports.stats."
+                                                   "min_samples: 100 values for p99, 20 for p95); if not, it "
+                                                   "is never 'changed'")  # fmt: skip
     changed: bool = Field(description="the interval excludes 0")
     regression: bool = Field(description="changed the wrong way by at least the threshold")
 
@@ -122,8 +127,35 @@ class _Metric:
     name: str
     unit: str
     higher_is_better: bool
-    samples: Callable[[list[RequestRecord]], list[float]]
+    samples: Callable[[list[RequestRecord]], list[float]]  # in time order: neighbours are resampled together
     statistic: RowStatistic
+    block: Callable[[list[RequestRecord]], int]  # how many neighbouring samples move together
+    q: float | None = None  # the percentile, for a percentile metric: it needs min_samples(q) values per run
+
+
+def in_flight(records: list[RequestRecord]) -> int:
+    """Requests in flight on average over the run (Little's law: summed E2E over the window), at least 1.
+
+    Requests served in the same batches share their latencies, so they are resampled as a block
+    together (see `request_block`); a sync run (one at a time) gives 1."""
+    done = [r for r in records if r.ok and r.e2e_s is not None]
+    if not done:
+        return 1
+    window = max(r.send_s + (r.e2e_s or 0.0) for r in done) - min(r.send_s for r in done)
+    return max(1, round(sum(r.e2e_s or 0.0 for r in done) / window)) if window > 0 else 1
+
+
+def request_block(records: list[RequestRecord]) -> int:
+    """The resampling block of per-request metrics: two rounds of requests in flight, so that a block holds a
+    whole round of batch-mates wherever its random start falls (one round would mostly straddle two)."""
+    return 2 * in_flight(records)
+
+
+def bins_per_request(records: list[RequestRecord]) -> int:
+    """Time bins one request spans on average, at least 1: the throughput bins it feeds move together."""
+    width = throughput_bin_width(records)
+    e2e = [r.e2e_s for r in records if r.ok and r.e2e_s is not None]
+    return max(1, round(sum(e2e) / len(e2e) / width)) if width and e2e else 1
 
 
 def _ms(values: Sequence[float | None]) -> list[float]:
@@ -142,30 +174,42 @@ def _e2e(records: list[RequestRecord]) -> list[float]:
     return _ms([r.e2e_s for r in records if r.ok])
 
 
-def throughput_bins(records: list[RequestRecord]) -> list[float]:
-    """Output tokens per second in each equal time bin of the measured window (first send to last byte)."""
+def _bins(records: list[RequestRecord]) -> tuple[float, float, int] | None:
+    """(start, width, count) of the equal time bins over the measured window (first send to last byte)."""
     starts = [r.send_s for r in records]
     ends = [r.end_s for r in records if r.end_s is not None]
     if not starts or not ends:
-        return []
+        return None
     t0, t1 = min(starts), max(ends)
     if t1 <= t0:
-        return []
+        return None
     low, high = THROUGHPUT_BINS
     bins = int(min(high, max(low, round((t1 - t0) / THROUGHPUT_BIN_S))))
-    return rate_bins(chunks_of(records), t0, (t1 - t0) / bins, bins)
+    return t0, (t1 - t0) / bins, bins
+
+
+def throughput_bin_width(records: list[RequestRecord]) -> float | None:
+    found = _bins(records)
+    return None if found is None else found[1]
+
+
+def throughput_bins(records: list[RequestRecord]) -> list[float]:
+    """Output tokens per second in each equal time bin of the measured window (first send to last byte)."""
+    found = _bins(records)
+    return [] if found is None else rate_bins(chunks_of(records), *found)
 
 
 METRICS: tuple[_Metric, ...] = (
-    *(_Metric(f"ttft_p{q}_ms", "ms", False, _ttft, row_percentile(q)) for q in (50, 95, 99)),
-    *(_Metric(f"tpot_p{q}_ms", "ms", False, _tpot, row_percentile(q)) for q in (50, 95, 99)),
-    _Metric("e2e_mean_ms", "ms", False, _e2e, row_mean),
-    _Metric("output_throughput_tok_s", "tok/s", True, throughput_bins, row_mean),
+    *(_Metric(f"ttft_p{q}_ms", "ms", False, _ttft, row_percentile(q), request_block, q) for q in (50, 95, 99)),
+    *(_Metric(f"tpot_p{q}_ms", "ms", False, _tpot, row_percentile(q), request_block, q) for q in (50, 95, 99)),
+    _Metric("e2e_mean_ms", "ms", False, _e2e, row_mean, request_block),
+    _Metric("output_throughput_tok_s", "tok/s", True, throughput_bins, row_mean, bins_per_request),
 )
 
 
 def _measured(run: RunDoc) -> list[RequestRecord]:
-    return [r for r in run.records if is_measured(r)]
+    """The measured records in the order they were sent, so a resampling block holds neighbours."""
+    return sorted((r for r in run.records if is_measured(r)), key=lambda r: r.send_s)
 
 
 def _point(values: list[float], statistic: RowStatistic) -> float | None:
@@ -178,12 +222,15 @@ def compare_metric(metric: _Metric, a: list[RequestRecord], b: list[RequestRecor
     xa, xb = metric.samples(a), metric.samples(b)
     pa, pb = _point(xa, metric.statistic), _point(xb, metric.statistic)
     delta = None if pa is None or pb is None or pa == 0 else 100.0 * (pb - pa) / pa
-    ci = bootstrap_change_pct(xa, xb, metric.statistic, n_resamples=RESAMPLES, seed=seed)
-    changed = ci is not None and (ci[0] > 0 or ci[1] < 0)
+    blocks = (metric.block(a), metric.block(b))
+    ci = bootstrap_change_pct(xa, xb, metric.statistic, n_resamples=RESAMPLES, seed=seed, blocks=blocks)
+    enough = metric.q is None or min(len(xa), len(xb)) >= min_samples(metric.q)
+    changed = enough and ci is not None and (ci[0] > 0 or ci[1] < 0)
     worse = delta is not None and (delta < 0 if metric.higher_is_better else delta > 0)
+    regression = changed and worse and abs(delta or 0.0) >= threshold_pct
     return MetricDelta(name=name, unit=metric.unit, higher_is_better=metric.higher_is_better, a=pa, b=pb,
-                       delta_pct=delta, ci95_pct=ci, n=(len(xa), len(xb)), changed=changed,
-                       regression=changed and worse and abs(delta or 0.0) >= threshold_pct)  # fmt: skip
+                       delta_pct=delta, ci95_pct=ci, n=(len(xa), len(xb)), blocks=blocks, enough_samples=enough,
+                       changed=changed, regression=regression)  # fmt: skip
 
 
 # --- what the documents asked for, and where they ran -------------------------------------------------

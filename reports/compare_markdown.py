@@ -10,9 +10,12 @@ from reports.compare import Comparison, MetricDelta
 from reports.markdown import cell, figure
 
 
-def _meaning(m: MetricDelta) -> str:
+def meaning(m: MetricDelta) -> str:
+    """What a metric's change means, in words (the Markdown export and the Reports page both say it)."""
     if m.ci95_pct is None:
         return "not measurable"
+    if not m.enough_samples:
+        return "too few requests to judge this percentile"
     if not m.changed:
         return "no significant change"
     better = (m.delta_pct or 0) > 0 if m.higher_is_better else (m.delta_pct or 0) < 0
@@ -23,7 +26,7 @@ def _row(m: MetricDelta) -> str:
     ci = "-" if m.ci95_pct is None else f"{m.ci95_pct[0]:+.1f}% .. {m.ci95_pct[1]:+.1f}%"
     delta = "-" if m.delta_pct is None else f"{m.delta_pct:+.1f}%"
     return (f"| {cell(m.name)} | {figure(m.a, m.unit)} | {figure(m.b, m.unit)} | {delta} | {ci} "
-            f"| {m.n[0]} / {m.n[1]} | {_meaning(m)} |")  # fmt: skip
+            f"| {m.n[0]} / {m.n[1]} | {meaning(m)} |")  # fmt: skip
 
 
 def comparison_to_markdown(c: Comparison) -> str:

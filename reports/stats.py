@@ -7,6 +7,7 @@ the same percentile and the same resampling as the run that produced them
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,6 +32,15 @@ def _central(stats: np.ndarray, confidence: float) -> tuple[float, float]:
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(stats, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def min_samples(q: float) -> int:
+    """Values needed before the q-th percentile has a tail to estimate (at least one value beyond it):
+    100 for p99, 20 for p95, 2 for p50. Below it, p99 is close to the maximum of a small sample, and a
+    bootstrap of it says more about the resampling than about the server."""
+    if not 0 <= q < 100:
+        raise ValueError(f"q must be a percent below 100 (e.g. 99), got {q}")
+    return math.ceil(100 / (100 - q) - 1e-9)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -67,18 +77,30 @@ def row_mean(rows: np.ndarray) -> np.ndarray:
     return rows.mean(axis=1)
 
 
-def _resampled(data: np.ndarray, statistic: RowStatistic, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+def _indices(n: int, rows: int, block: int, rng: np.random.Generator) -> np.ndarray:
+    """`rows` resamples of n positions: single draws (block 1), or runs of `block` neighbours from random
+    starts (the moving-block bootstrap), cut to n. Neighbours move together, so values that were
+    correlated in the run (requests served in the same batches) stay correlated in every resample."""
+    block = max(1, min(block, n))
+    if block == 1:
+        return rng.integers(0, n, size=(rows, n))
+    starts = rng.integers(0, n - block + 1, size=(rows, -(-n // block)))
+    return (starts[:, :, None] + np.arange(block)).reshape(rows, -1)[:, :n]
+
+
+def _resampled(data: np.ndarray, statistic: RowStatistic, n_resamples: int, rng: np.random.Generator,
+               block: int = 1) -> np.ndarray:  # fmt: skip
     out = np.empty(n_resamples)
     batch = max(1, _BOOTSTRAP_BATCH_ELEMENTS // data.size)
     for start in range(0, n_resamples, batch):
         stop = min(start + batch, n_resamples)
-        out[start:stop] = statistic(data[rng.integers(0, data.size, size=(stop - start, data.size))])
+        out[start:stop] = statistic(data[_indices(data.size, stop - start, block, rng)])
     return out
 
 
 def bootstrap_change_pct(
     a: Sequence[float], b: Sequence[float], statistic: RowStatistic,
-    n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0,
+    n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0, blocks: tuple[int, int] = (1, 1),
 ) -> tuple[float, float] | None:  # fmt: skip
     """Interval of the relative change 100 * (stat(b) - stat(a)) / stat(a), in percent.
 
@@ -86,13 +108,18 @@ def bootstrap_change_pct(
     pair of resamples gives one change, and the interval is the central `confidence`
     share of those changes. A change whose interval holds 0 is not evidence of a
     difference. None when either side is empty or stat(a) is 0 in most resamples.
+
+    `blocks` > 1 resamples a side in runs of that many neighbours (values in time order):
+    requests served together are not independent, and treating them as if they were makes
+    the interval too narrow (see `_indices`).
     """
     _check_resampling(n_resamples, confidence)
     xa, xb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if xa.size == 0 or xb.size == 0:
         return None
     rng = np.random.default_rng(seed)
-    sa, sb = _resampled(xa, statistic, n_resamples, rng), _resampled(xb, statistic, n_resamples, rng)
+    sa = _resampled(xa, statistic, n_resamples, rng, blocks[0])
+    sb = _resampled(xb, statistic, n_resamples, rng, blocks[1])
     usable = sa != 0
     if usable.sum() < n_resamples / 2:
         return None

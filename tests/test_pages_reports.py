@@ -53,7 +53,8 @@ def test_history_open_compare_and_unreadable(monkeypatch: pytest.MonkeyPatch, tm
     # Compare: A is the older report, B the newer benchmark; same records, so nothing changed.
     assert at.selectbox(key="reports_a").value == report.id
     compare_table = next(d.value for d in at.dataframe if "meaning" in d.value.columns)
-    assert set(compare_table["meaning"]) == {"no significant change"}
+    # (the fixture's run is 64 requests: too few for a p99, which the table says rather than guessing)
+    assert set(compare_table["meaning"]) == {"no significant change", "too few requests to judge this percentile"}
 
 
 def test_filters_narrow_the_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

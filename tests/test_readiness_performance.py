@@ -8,11 +8,12 @@ from readiness_helpers import benchmark_doc, context, failure, record, run_check
 from checks.load.metrics import Slo, summarize
 from checks.readiness.check import Declared
 from checks.readiness.measured import choose_step
-from checks.readiness.performance import judge_percentile, min_samples, performance_checks, wilson_interval
+from checks.readiness.performance import judge_percentile, performance_checks, wilson_interval
 from checks.readiness.slo import goodput_slo, load_profile
 from reports.check_result import CheckStatus
 from reports.records import ErrorKind
 from reports.slo_profile import SloProfile
+from reports.stats import min_samples
 
 PASS, WARN, FAIL, ERROR, SKIP = (CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.ERROR,
                                  CheckStatus.SKIP)  # fmt: skip

@@ -7,8 +7,10 @@ the same distribution must show no significant change in at least 90% of seeded 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 from planted_records import planted_records
 from result_docs import result_of, run_of
@@ -16,11 +18,13 @@ from result_docs import result_of, run_of
 from reports import store
 from reports.__main__ import main
 from reports.check_result import CheckStatus
-from reports.compare import METRICS, compare, compare_metric, throughput_bins
+from reports.compare import METRICS, compare, compare_metric, in_flight, throughput_bins
 from reports.compare_markdown import comparison_to_markdown
 from reports.readiness_report import ReadinessReport
+from reports.stats import _indices
 
 TRIALS = 20
+CORRELATED_TRIALS = 60  # a false-change rate near 10% needs more trials than 20 to be told from 15%
 
 
 def _result(records, profile: str = "concurrency:4", **update):
@@ -44,6 +48,38 @@ def test_same_distribution_is_no_significant_change_in_90_percent_of_trials() ->
         for m in METRICS:
             changed[m.name] += compare_metric(m, a, b, m.name, seed=trial).changed
     assert all(n <= TRIALS // 10 for n in changed.values()), changed
+
+
+def test_requests_served_together_are_resampled_together() -> None:
+    """Batched requests share their slowdowns. Resampled one by one they look like 4x more evidence than they
+    are, and identical deployments read as 'changed'; resampled in blocks of the requests in flight, they do not."""
+    for name in ("tpot_p50_ms", "e2e_mean_ms"):
+        metric = next(m for m in METRICS if m.name == name)
+        plain = replace(metric, block=lambda _records: 1)
+        false_changes = {"blocks": 0, "one by one": 0}
+        for trial in range(CORRELATED_TRIALS):
+            a = planted_records(7000 + trial, n=80, sigma=0.05, shared_sigma=0.3)
+            b = planted_records(9000 + trial, n=80, sigma=0.05, shared_sigma=0.3)
+            false_changes["blocks"] += compare_metric(metric, a, b, name, seed=trial).changed
+            false_changes["one by one"] += compare_metric(plain, a, b, name, seed=trial).changed
+        assert false_changes["blocks"] <= CORRELATED_TRIALS // 10 < false_changes["one by one"], (name, false_changes)
+    assert in_flight(planted_records(1)) == 4 and in_flight(planted_records(1, concurrency=1)) == 1
+
+
+def test_a_tail_percentile_of_too_few_requests_is_never_changed() -> None:
+    """p99 of 60 requests is about their maximum: no bootstrap makes that evidence (reports.stats.min_samples)."""
+    c = compare(_result(planted_records(1, n=60)), _result(planted_records(2, n=60, ttft_ms=200)))
+    by = {m.name: m for m in c.metrics}
+    assert not by["ttft_p99_ms"].enough_samples and not by["ttft_p99_ms"].changed
+    assert by["ttft_p95_ms"].enough_samples and by["ttft_p95_ms"].changed  # 60 >= 20: p95 has a tail
+    assert "too few requests to judge this percentile" in comparison_to_markdown(c)
+
+
+def test_block_resampling_keeps_neighbours_and_the_sample_size() -> None:
+    rows = _indices(10, 50, 4, np.random.default_rng(0))
+    assert rows.shape == (50, 10) and rows.min() >= 0 and rows.max() <= 9
+    assert all((np.diff(row[:4]) == 1).all() and (np.diff(row[4:8]) == 1).all() for row in rows)
+    assert _indices(3, 2, 8, np.random.default_rng(0)).shape == (2, 3)  # a block longer than the sample
 
 
 def test_an_improvement_is_changed_but_not_a_regression() -> None:

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from reports.compare import Comparison, latency_samples
-from reports.compare_markdown import comparison_to_markdown
+from reports.compare_markdown import comparison_to_markdown, meaning
 from reports.documents import Document
 from reports.history import HistoryEntry
 from reports.readiness_report import ReadinessReport
@@ -65,7 +65,7 @@ def comparison_view(result: Comparison, a: Document, b: Document) -> None:
     if result.metrics:
         rows = [{"metric": m.name, "A": m.a, "B": m.b, "change %": m.delta_pct,
                  "95% interval": "-" if m.ci95_pct is None else f"{m.ci95_pct[0]:+.1f}% .. {m.ci95_pct[1]:+.1f}%",
-                 "meaning": ("regression" if m.regression else "changed" if m.changed else "no significant change")}
+                 "meaning": meaning(m).replace("**", "")}
                 for m in result.metrics]  # fmt: skip
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="reports_compare_table")
     if result.checks:

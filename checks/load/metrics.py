@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from reports.records import ErrorKind, RequestRecord, TokenSource, is_measured
-from reports.stats import bootstrap_ci, percentile
+from reports.stats import bootstrap_ci, min_samples, percentile
 from reports.summary import BenchmarkSummary, ErrorSample
 
 PERCENTILES = (50, 90, 95, 99)
-FEW_SAMPLES_FOR_P99 = 100  # below this many values, p99 is close to the maximum and a warning says so
+FEW_SAMPLES_FOR_P99 = min_samples(99)  # below this many values, p99 is close to the maximum: a warning says so
 FIRST_ERRORS_KEPT = 5
 PEAK_WINDOW_S = 1.0
 

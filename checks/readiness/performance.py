@@ -38,7 +38,7 @@ from reports.check_result import Category, CheckResult, CheckStatus
 from reports.markdown import figure
 from reports.records import RequestRecord
 from reports.slo_profile import SloProfile
-from reports.stats import bootstrap_ci, percentile
+from reports.stats import bootstrap_ci, min_samples, percentile
 
 SUMMARY_SEED = 0  # the seed summarize() gives bootstrap_ci, so p50/p99 intervals match the summary's
 WILSON_Z = 1.959964  # two-sided 95%
@@ -71,13 +71,6 @@ METRICS: dict[str, Metric] = {
                "Shorten whole requests: cap max_tokens, fix TTFT and TPOT first, add replicas."),
     )
 }  # fmt: skip
-
-
-def min_samples(q: float) -> int:
-    """Values needed before the q-th percentile has a tail to estimate: 100 for p99, 20 for p95, 2 for p50."""
-    if not 0 <= q < 100:
-        raise ValueError(f"q must be a percent below 100 (e.g. 99), got {q}")
-    return math.ceil(100 / (100 - q) - 1e-9)
 
 
 @dataclass(frozen=True, slots=True)
