@@ -6,7 +6,7 @@ import streamlit as st
 
 from planner.entrypoints import compare_run
 from planner.errors import PlannerError
-from planner.hardware import describe_accelerator, describe_nvml
+from planner.hardware import describe_nvml, gpu_story
 from planner.tables import comparison_frame, gpu_frame
 from widgets.common import cached_hardware, machine_metrics
 
@@ -29,11 +29,12 @@ if hw.gpus:
     st.dataframe(gpu_frame(hw), hide_index=True)
 else:
     st.info(
-        f"No GPU: {describe_accelerator(hw)}. {describe_nvml(hw)}.  \n"
+        f"{gpu_story(hw)}  \n"
         "NVIDIA GPUs are read through NVML (`nvidia-ml-py`), which needs the NVIDIA driver's library; "
         "AMD GPUs are not visible to NVML. The planner still works: pick a GPU from the catalog on the "
         "Plan page, or plan for this CPU, whose bandwidth and FLOP/s it measures."
     )
+    st.caption(f"Details: {describe_nvml(hw)}")
 for note in hw.notes:
     st.warning(note)
 

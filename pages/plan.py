@@ -7,6 +7,7 @@ from widgets.plan import best_option, plan_inputs, plan_or_stop, plan_tabs
 
 st.title("Plan")
 st.caption("Every number is computed from the model's shape and the hardware's figures; each option shows its working.")
-plan = plan_or_stop(plan_inputs(load_catalog()))
+catalog = load_catalog()
+plan = plan_or_stop(plan_inputs(catalog))
 best_option(plan)
-plan_tabs(plan)
+plan_tabs(plan, catalog)

@@ -228,6 +228,25 @@ def summary_lines(hw: Hardware) -> list[str]:
     ]
 
 
+def gpu_story(hw: Hardware) -> str:
+    """Why there is no GPU to use, as a sentence for a person (the NVML details are `describe_nvml`'s)."""
+    if hw.gpus:
+        return f"{len(hw.gpus)} GPU(s): {describe_accelerator(hw)}."
+    if hw.cuda_available or hw.mps_available:
+        return f"torch can use {describe_accelerator(hw)}, but NVML reports no NVIDIA GPU, so its memory is not read."
+    reason = hw.nvml_reason or ""
+    if hw.nvml_status == "ok":
+        why = f"the NVIDIA driver {hw.driver_version} is installed but reports no GPU"
+    elif "LibraryNotFound" in reason:
+        why = "no NVIDIA driver is installed, so no NVIDIA GPU can be used"
+    elif "not installed" in reason:
+        why = "nvidia-ml-py, the library that reads NVIDIA GPUs, is not installed"
+    else:
+        why = "the NVIDIA driver did not answer"
+    return (f"This machine has no GPU that Preflight can use: {why}, and torch sees no CUDA or Apple MPS device. "
+            "That is expected on a CPU server; the bundled engine runs on the CPU.")  # fmt: skip
+
+
 def describe_nvml(hw: Hardware) -> str:
     """One line on the NVIDIA driver as NVML sees it, or why there is none."""
     if hw.nvml_status == "ok":

@@ -140,6 +140,20 @@ BUILDERS = {
 }
 
 
+# Where each launch command serves the OpenAI API on the machine that runs it: the port it sets
+# (llama.cpp, the bundled engine) or the server's own default (vLLM and trtllm-serve 8000, SGLang 30000).
+SERVE_PORTS = {"vllm": 8000, "vllm-ray": 8000, "sglang": 30000, "tensorrt-llm": 8000, "llama.cpp": 8080,
+               "bundled": 8000}  # fmt: skip
+
+
+def serve_url(engine: str, host: str = "127.0.0.1") -> str:
+    """The base URL an option's launch command serves on: what "benchmark this" pre-fills as the target."""
+    try:
+        return f"http://{host}:{SERVE_PORTS[engine]}/v1"
+    except KeyError:
+        raise ValueError(f"no serving port known for engine {engine!r}") from None
+
+
 def launch_command(spec: LaunchSpec) -> str:
     """Shell lines to start the option (comments first); the last line is the command."""
     try:

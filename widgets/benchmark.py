@@ -14,6 +14,7 @@ import streamlit as st
 from checks.jobs import Job, JobState
 from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.load.scenarios import SCENARIOS
+from checks.readiness.slo import goodput_slo, load_profile, profile_names
 from reports.benchmark_result import BenchmarkResult
 from reports.home import private_dir, prune, write_private
 
@@ -67,11 +68,35 @@ def load_inputs() -> dict:
         profile = f"{kind}:{c2.number_input('Requests/s', 0.01, 10000.0, 1.0, key='bench_rate'):g}"
     requests = int(c3.number_input("Requests (per run)", 1, 100000, 20, key="bench_requests"))
     warmup = int(c4.number_input("Warm-up requests", 0, 1000, 1, key="bench_warmup"))
-    s1, s2 = st.columns(2)
-    ttft = s1.number_input("SLO TTFT ms (0 = none)", 0.0, 600000.0, 0.0, key="bench_slo_ttft")
-    tpot = s2.number_input("SLO TPOT ms (0 = none)", 0.0, 600000.0, 0.0, key="bench_slo_tpot")
-    return {"profile": profile, "requests": requests, "warmup_requests": warmup,
-            "slo_ttft_ms": ttft or None, "slo_tpot_ms": tpot or None}  # fmt: skip
+    slo_inputs = _slo_inputs()
+    return {"profile": profile, "requests": requests, "warmup_requests": warmup, **slo_inputs}
+
+
+SLO_FIELDS = {"ttft": "bench_slo_ttft", "tpot": "bench_slo_tpot", "e2e": "bench_slo_e2e"}
+NO_PROFILE = "none (no goodput)"
+
+
+def _apply_slo_profile() -> None:
+    """Fill the per-request limits from the chosen profile (checks.readiness.slo.goodput_slo: the limits the
+    checklist's goodput uses too); 'none' clears them."""
+    name = st.session_state.get("bench_slo_profile", "chat")
+    slo = None if name == NO_PROFILE else goodput_slo(load_profile(name))
+    for kind, key in SLO_FIELDS.items():
+        st.session_state[key] = float(getattr(slo, f"{kind}_ms", None) or 0.0) if slo else 0.0
+
+
+def _slo_inputs() -> dict:
+    """Goodput's per-request limits, defaulting to the chat profile's, so a first run has a pass/fail figure."""
+    if "bench_slo_profile" not in st.session_state:
+        st.session_state["bench_slo_profile"] = "chat"
+        _apply_slo_profile()
+    s0, s1, s2, s3 = st.columns(4)
+    s0.selectbox("SLO profile (goodput limits)", [*profile_names(), NO_PROFILE], key="bench_slo_profile",
+                 on_change=_apply_slo_profile)  # fmt: skip
+    ttft = s1.number_input("SLO TTFT ms (0 = none)", 0.0, 600000.0, key=SLO_FIELDS["ttft"])
+    tpot = s2.number_input("SLO TPOT ms (0 = none)", 0.0, 600000.0, key=SLO_FIELDS["tpot"])
+    e2e = s3.number_input("SLO E2E ms (0 = none)", 0.0, 3600000.0, key=SLO_FIELDS["e2e"])
+    return {"slo_ttft_ms": ttft or None, "slo_tpot_ms": tpot or None, "slo_e2e_ms": e2e or None}
 
 
 @st.fragment(run_every=1.0)

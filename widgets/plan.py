@@ -10,14 +10,20 @@ import altair as alt
 import streamlit as st
 from pydantic import ValidationError
 
+from checks.presets import PRESETS
 from planner.catalog import Catalog
 from planner.devices import device_choices
 from planner.entrypoints import make_plan
 from planner.errors import PlannerError
-from planner.recommend import Plan
+from planner.launch import serve_url
+from planner.recommend import Plan, PlanOption
 from planner.tables import capacity_frame, memory_frame, option_label, options_frame, roofline_frames, unfit_frame
 from planner.workload import RecommendOptions
 from reports.validation import pydantic_message
+from widgets.target import CUSTOM, KINDS
+
+# The plan's engines that Preflight has a server preset for (checks/presets.py): "benchmark this" picks it.
+PRESET_FOR_ENGINE = {"vllm": "vllm", "vllm-ray": "vllm", "sglang": "sglang", "llama.cpp": "llamacpp"}
 
 FIELDS = RecommendOptions.model_fields
 DEFAULT_MODEL = "llama-3.1-8b"
@@ -86,14 +92,34 @@ def best_option(plan: Plan) -> None:
     cols[2].metric("Output throughput", f"{prediction.throughput_tok_s:,.0f} tok/s")
     cols[3].metric("Meets SLO", "yes" if best.meets_slo else "no", help="; ".join(best.slo_misses) or None)
     st.dataframe(options_frame(plan), hide_index=True)
-    # Extension point: plan.bundled_option() is what a "benchmark this plan" button would hand the Benchmark page.
 
 
-def option_details(plan: Plan) -> None:
-    """One chosen option: why it ranks where it does, its SLO misses, and the command that launches it."""
+def _measure(option: PlanOption, formats: dict[str, str | None], page: str) -> None:
+    """Make this option the sidebar's target, then open `page`: the bundled engine in the option's format, or
+    the URL the option's launch command serves on (with its server preset, where Preflight has one)."""
+    quant = formats.get(option.format)
+    if option.engine == "bundled" and quant:
+        st.session_state.update(target_kind=KINDS[0], target_quant=quant)
+    else:
+        preset = PRESET_FOR_ENGINE.get(option.engine)
+        st.session_state.update(target_kind=KINDS[1], target_url=serve_url(option.engine),
+                                target_preset=PRESETS[preset].name if preset else CUSTOM)  # fmt: skip
+    st.switch_page(page)
+
+
+def option_details(plan: Plan, formats: dict[str, str | None]) -> None:
+    """One chosen option: why it ranks where it does, its SLO misses, the command that launches it, and the
+    way on: benchmark it or check it (`formats`: format id -> the bundled engine's --quant, or None)."""
     chosen = st.selectbox("Option", plan.options, key="plan_option", format_func=option_label)
     st.markdown("\n".join(f"- {why}" for why in chosen.why + [f"SLO miss: {miss}" for miss in chosen.slo_misses]))
     st.code(chosen.launch, language="bash")
+    if chosen.engine != "bundled":
+        st.caption(f"Start it with the command above; Preflight will then measure {serve_url(chosen.engine)}.")
+    left, right = st.columns(2)
+    if left.button("Benchmark this", key="plan_benchmark", icon=":material/speed:"):
+        _measure(chosen, formats, "pages/benchmark.py")
+    if right.button("Check this", key="plan_check", icon=":material/checklist:"):
+        _measure(chosen, formats, "pages/checklist.py")
 
 
 def memory_chart(plan: Plan) -> alt.Chart:
@@ -113,14 +139,15 @@ def roofline_chart(plan: Plan) -> alt.LayerChart:
         x="FLOP/byte:Q", y="TFLOP/s per device:Q", shape="bound:N", tooltip=list(points.columns))
 
 
-def plan_tabs(plan: Plan) -> None:
+def plan_tabs(plan: Plan, catalog: Catalog) -> None:
     """Why and how to launch, memory, roofline, capacity, and what cannot run here; then the plan's notes."""
+    formats = {fid: spec.engine_quant for fid, spec in catalog.formats.items()}
     why, memory, roofline, capacity, unfit = st.tabs(
         ["Why and how to launch", "Memory", "Roofline", "Capacity", "Cannot run here"]
     )
     with why:
         if plan.options:
-            option_details(plan)
+            option_details(plan, formats)
     with memory:
         if plan.options:
             st.altair_chart(memory_chart(plan))
