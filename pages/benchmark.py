@@ -13,7 +13,7 @@ from widgets.benchmark import (
     workload_inputs,
 )
 from widgets.common import run_panel
-from widgets.exports import downloads
+from widgets.exports import downloads, saved_note
 from widgets.target import current_target, target_line, target_sidebar
 
 st.title("Benchmark")
@@ -27,7 +27,10 @@ HINT = "Choose a workload and a load profile (the target is in the sidebar), the
 snap = run_panel("bench", BenchmarkConfig, values, "Run benchmark", JobKind.BENCHMARK, HINT, live_progress)
 result = snap.result
 if snap.state == JobState.CANCELLED:
-    st.warning("Stopped: the figures cover the requests that finished before the stop.")
+    done = sum(r.summary.completed + r.summary.failed for r in result.runs)
+    stopped = sum(r.summary.cancelled for r in result.runs)
+    st.warning(f"Stopped: the figures cover the {done} requests that finished before the stop; "
+               f"the {stopped} in flight then were cancelled and are not counted.")  # fmt: skip
 if not result.valid:
     st.error("The client could not keep up: these latencies are not the server's. See the self-check below.")
 run_summaries(result)
@@ -35,3 +38,4 @@ result_charts(result)
 with st.expander("Console summary, warnings and self-check"):
     st.code(format_result(result), language=None)
 downloads(result, "bench")
+saved_note(result)

@@ -6,7 +6,7 @@ from checks.jobs import JobKind, JobState
 from checks.readiness.config import ChecklistConfig
 from widgets.checklist import judging_inputs, live_progress, results_by_category, verdict_banner
 from widgets.common import run_panel
-from widgets.exports import downloads
+from widgets.exports import downloads, saved_note
 from widgets.target import current_target, target_line, target_sidebar
 
 st.title("Readiness checklist")
@@ -24,3 +24,4 @@ if snap.state == JobState.CANCELLED:
 verdict_banner(report)
 results_by_category(report)
 downloads(report, "check")
+saved_note(report)

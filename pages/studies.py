@@ -15,7 +15,7 @@ from engine.studies.registry import STUDIES, TITLES, StudyOptions, option_help, 
 from reports.history import History
 from reports.home import history_dir
 from reports.store import DocumentError
-from widgets.exports import downloads
+from widgets.exports import downloads, saved_note
 from widgets.studies import study_view
 
 DEFAULTS = StudyOptions()
@@ -78,7 +78,6 @@ if st.button("Run", key="engine_study_run", type="primary", disabled=options is 
         else:
             try:  # kept like every run; a history that cannot be written costs the study nothing
                 History(history_dir()).save(doc)
-                st.caption(f"Saved in the history as {doc.id}.")
             except DocumentError as exc:
                 st.warning(f"Not saved in the history: {exc}")
 
@@ -88,4 +87,5 @@ if name not in results:
 
 doc = results[name]
 downloads(doc, "engine_study")
+saved_note(doc)
 study_view(doc)

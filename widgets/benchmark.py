@@ -140,7 +140,8 @@ def run_summaries(result: BenchmarkResult) -> None:
         s = run.summary
         st.subheader(run.profile)
         c1, c2, c3, c4 = st.columns(4)
-        c1.metric("Completed / failed", f"{s.completed} / {s.failed}")
+        stopped = f" (+{s.cancelled} stopped in flight)" if s.cancelled else ""  # the live view's "in flight"
+        c1.metric("Completed / failed", f"{s.completed} / {s.failed}", help=f"measured requests{stopped}")
         c2.metric("Output tok/s", "-" if s.output_throughput is None else f"{s.output_throughput:.1f}")
         c3.metric("Median TTFT ms", "-" if s.median_ttft_ms is None else f"{s.median_ttft_ms:.0f}")
         c4.metric("Goodput req/s", "-" if s.request_goodput is None else f"{s.request_goodput:.2f}")

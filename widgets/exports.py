@@ -11,6 +11,8 @@ import streamlit as st
 
 from reports.documents import Document
 from reports.exports import export, formats_for
+from reports.history import History
+from reports.home import history_dir
 
 
 def downloads(doc: Document, key: str) -> None:
@@ -24,3 +26,13 @@ def downloads(doc: Document, key: str) -> None:
     for col, (label, (text, mime, ext)) in zip(columns, cached[1].items(), strict=True):
         col.download_button(f"Download {label}", text, file_name=f"preflight-{doc.id}.{ext}", mime=mime,
                             key=f"{key}_download_{ext}")  # fmt: skip
+
+
+def saved_note(doc: Document) -> None:
+    """Where the run went: its id in the history, when the file is there, and the way to the Reports page,
+    where earlier runs stay side by side (a new run never replaces an old one)."""
+    if (History(history_dir()).root / f"{doc.id}.json").is_file():
+        st.caption(f"Saved in the history as `{doc.id}`; earlier runs stay there to open, compare and export.")
+    else:
+        st.caption(f"Not in the history (`{doc.id}`): the history folder could not be written; download it above.")
+    st.page_link("pages/reports.py", label="Open the Reports page", icon=":material/history:")
