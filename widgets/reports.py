@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -12,7 +11,7 @@ from reports.documents import Document
 from reports.history import HistoryEntry
 from reports.readiness_report import ReadinessReport
 from reports.study_report import StudyReport
-from widgets.benchmark import result_charts, run_summaries
+from widgets.benchmark import latency_cdf, result_charts, run_summaries
 from widgets.checklist import results_by_category, verdict_banner
 from widgets.studies import study_view
 
@@ -74,13 +73,9 @@ def comparison_view(result: Comparison, a: Document, b: Document) -> None:
     if result.environment:
         st.caption("Environment differences: " + "; ".join(f"{e.name}: {e.a} → {e.b}" for e in result.environment))
     samples = pd.DataFrame(latency_samples(a, b), columns=["run", "metric", "ms"])
-    if not samples.empty:
-        chart = alt.Chart(samples).transform_window(
-            cdf="cume_dist()", sort=[{"field": "ms"}], groupby=["run", "metric"],
-        ).mark_line(interpolate="step-after").encode(
-            x=alt.X("ms:Q", title="ms"), y=alt.Y("cdf:Q", title="share of requests"), color="run:N",
-        ).properties(height=220).facet(column="metric:N").resolve_scale(x="independent")
-        st.altair_chart(chart)
+    if not samples.empty:  # A and B overlaid, one chart per metric: the same CDF the Benchmark page draws
+        for col, (metric, frame) in zip(st.columns(2), samples.groupby("metric", sort=False), strict=False):
+            col.altair_chart(latency_cdf(frame, "ms", f"{str(metric).removesuffix(' ms')} (ms)"))
     st.download_button("Download comparison (Markdown)", comparison_to_markdown(result),
                        file_name=f"preflight-compare-{a.id}-{b.id}.md", mime="text/markdown",
                        key="reports_compare_download")  # fmt: skip
