@@ -30,7 +30,7 @@ from reports.history import History
 from reports.home import history_dir
 from reports.study_report import StudyReport
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 # One torch thread: on a 2-core machine shared with other jobs, two spinning OpenMP threads per
 # process oversubscribe the cores and a tiny study takes 10x longer. Tests check behaviour, not speed.
 KV = StudyOptions(device="cpu", threads=1, kv_lengths=(16, 32), kv_tokens=4)

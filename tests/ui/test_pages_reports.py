@@ -12,9 +12,9 @@ from reports.benchmark_result import load_benchmark_result
 from reports.history import History
 from reports.readiness_report import ReadinessReport
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "pages/reports.py"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _open(monkeypatch: pytest.MonkeyPatch, home: Path) -> AppTest:

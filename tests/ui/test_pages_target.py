@@ -11,7 +11,7 @@ from checks.load.targets import free_port
 from checks.presets import PRESETS
 from tests.planted_server import MODEL, PlantedServer
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 def _app(page: str = "pages/benchmark.py") -> AppTest:

@@ -16,7 +16,7 @@ from checks.jobs import Job, JobState
 from reports.benchmark_result import parse_benchmark_result
 from widgets.target import TARGET_NEEDED
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "pages/benchmark.py"
 TIMEOUT_S = 120
 RUN_DEADLINE_S = 180.0

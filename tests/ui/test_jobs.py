@@ -19,7 +19,7 @@ from checks.jobs import REGISTRY, Job, JobBusy, JobKind, JobState, new_job
 from checks.load.benchmark import BenchmarkConfig
 from checks.readiness.config import ChecklistConfig
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 TIMEOUT_S = 120
 RUN_DEADLINE_S = 240.0
 TINY = {"target_threads": 1, "bench_input_len": 16, "bench_output_len": 4, "bench_concurrency": 2,

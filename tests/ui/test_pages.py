@@ -14,8 +14,8 @@ from reports.history import History
 from reports.home import history_dir
 from reports.readiness_report import ReadinessReport
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TIMEOUT_S = 120
 
 

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from planner.hardware import detect
 from tests.model_file_cases import CASES, assert_message, write_gguf
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
 
 @pytest.fixture
