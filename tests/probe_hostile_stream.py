@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
+from pathlib import Path
 
-from fault_server import Behaviour, FaultServer, Script
+# Run as a script, Python puts tests/ first on the path, where tests/checks/ would hide the real `checks`.
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from checks.load.client import StreamClient
-from checks.load.endpoint import Endpoint
-from checks.load.loadgen import RunLimits, run_load_sync
-from checks.load.profiles import LoadProfile
-from checks.load.prompts import PromptRequest
+from checks.load.client import StreamClient  # noqa: E402
+from checks.load.endpoint import Endpoint  # noqa: E402
+from checks.load.loadgen import RunLimits, run_load_sync  # noqa: E402
+from checks.load.profiles import LoadProfile  # noqa: E402
+from checks.load.prompts import PromptRequest  # noqa: E402
+from tests.fault_server import Behaviour, FaultServer, Script  # noqa: E402
 
 PROMPT = PromptRequest("say three words", None, max_tokens=8, input_tokens=3, ignore_eos=True, source="probe")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from test_weight_cache import WORKER  # noqa: E402 - the same worker the regression test runs
+from tests.engine.test_weight_cache import WORKER  # noqa: E402 - the same worker the regression test runs
 
 ROUNDS = 5
 ROLES = [("write", 16), ("write", 16), ("write", 16), ("read", 40)]

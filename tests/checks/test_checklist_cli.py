@@ -2,7 +2,7 @@
 
 The planted server answers fast (2 ms a token), so a whole checklist takes seconds;
 the bundled engine's own PASS/FAIL lines are covered check by check in the
-tests/test_readiness_*.py files.
+tests/checks/test_readiness_*.py files.
 """
 
 from __future__ import annotations

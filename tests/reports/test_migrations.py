@@ -22,7 +22,7 @@ from reports.identity import ID_PATTERN, id_from_content, new_document_id
 from reports.readiness_report import ReadinessReport
 from reports.schema_files import DOCUMENTS
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 IDENTITY_FIELDS = {"schema_version", "id", "label"}
 
 

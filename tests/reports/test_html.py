@@ -278,7 +278,7 @@ CHROMIUM = "/usr/bin/chromium"
 def test_browser_opens_the_file_offline_and_draws_the_charts(tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.test_browser import CHROMIUM_ARGS
+    from tests.ui.test_browser import CHROMIUM_ARGS
 
     path = tmp_path / "report.html"
     path.write_text(to_html(_report(benchmark=_benchmark(), timeline=_timeline())), encoding="utf-8")

@@ -19,7 +19,7 @@ from checks.load.targets import free_port, wait_healthy
 from planner.hardware import detect
 from tests.planted_server import PlantedServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",

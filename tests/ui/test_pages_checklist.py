@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 from reports.history import History
 from tests.planted_server import PlantedServer
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/checklist.py"
 FAST = {"token_delay_s": 0.002, "max_running": 8, "max_queue": 16, "rate_limit_rpm": 6000, "rate_limit_burst": 200}
-
-
-@pytest.fixture
-def page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page(PAGE).run()
-    assert not at.exception
-    return at
 
 
 def test_renders_the_form(page: AppTest) -> None:

@@ -16,7 +16,7 @@ from reports.benchmark_result import BenchmarkResult
 from reports.history import INDEX_NAME, Filters, History
 from reports.readiness_report import ReadinessReport
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
@@ -18,8 +17,8 @@ from streamlit.testing.v1 import AppTest
 from checks.jobs import REGISTRY, Job, JobBusy, JobKind, JobState, new_job
 from checks.load.benchmark import BenchmarkConfig
 from checks.readiness.config import ChecklistConfig
+from tests.ui.app_session import open_app
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT_S = 120
 RUN_DEADLINE_S = 240.0
 TINY = {"target_threads": 1, "bench_input_len": 16, "bench_output_len": 4, "bench_concurrency": 2,
@@ -36,11 +35,7 @@ def no_job_left_running() -> Iterator[None]:
 
 
 def _session(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception
-    return at
+    return open_app(page, TIMEOUT_S)
 
 
 def _engine_servers(job: Job) -> list[psutil.Process]:

@@ -14,17 +14,7 @@ from reports.history import History
 from reports.home import history_dir
 from reports.readiness_report import ReadinessReport
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-TIMEOUT_S = 120
-
-
-@pytest.fixture
-def app() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
-    at.run()
-    assert not at.exception
-    return at
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def test_home_shows_this_machine(app: AppTest) -> None:

@@ -22,7 +22,7 @@ from reports.study_export import chart_figure, study_markdown, value_text
 from reports.study_report import STUDY_CHARTS, StudyReport
 from reports.svg_charts import Chart, bar_chart
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "engine-study.v1.json"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "engine-study.v1.json"
 HOSTILE = "<script>alert(1)</script>"
 
 

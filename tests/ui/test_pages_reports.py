@@ -11,19 +11,15 @@ from reports import store
 from reports.benchmark_result import load_benchmark_result
 from reports.history import History
 from reports.readiness_report import ReadinessReport
+from tests.ui.app_session import open_app
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/reports.py"
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def _open(monkeypatch: pytest.MonkeyPatch, home: Path) -> AppTest:
     monkeypatch.setenv("PREFLIGHT_HOME", str(home))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page(PAGE).run()
-    assert not at.exception, at.exception
-    return at
+    return open_app(PAGE, timeout_s=60)
 
 
 def test_an_empty_history_says_how_to_fill_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

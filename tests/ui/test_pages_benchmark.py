@@ -7,7 +7,6 @@ job, and the test reruns the page until the job ends, as the page's live fragmen
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -16,19 +15,8 @@ from checks.jobs import Job, JobState
 from reports.benchmark_result import parse_benchmark_result
 from widgets.target import TARGET_NEEDED
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/benchmark.py"
-TIMEOUT_S = 120
 RUN_DEADLINE_S = 180.0
-
-
-@pytest.fixture
-def page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT_S)
-    at.run()
-    at.switch_page(PAGE).run()
-    assert not at.exception
-    return at
 
 
 def _errors(at: AppTest) -> list[str]:

@@ -21,7 +21,7 @@ from engine.errors import WeightCacheError
 from engine.model.loader import load_model
 from engine.model.weight_cache import CacheEntry, load_entry, save_entry
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 STATE = {"w": torch.arange(1024, dtype=torch.float32)}
 MANIFEST = {"cache_version": "3", "format": "fp32"}
 

@@ -15,7 +15,7 @@ from reports.markdown import to_markdown
 from reports.readiness_report import ReadinessReport, TargetInfo, ToolInfo
 from reports.verdict import decide
 
-SCHEMA = xmlschema.XMLSchema(Path(__file__).resolve().parent / "fixtures" / "junit-jenkins.xsd")
+SCHEMA = xmlschema.XMLSchema(Path(__file__).resolve().parents[1] / "fixtures" / "junit-jenkins.xsd")
 
 
 def _check(i: int, status: CheckStatus, category: Category) -> CheckResult:
@@ -81,7 +81,7 @@ def test_junit_marks_fail_error_skip_and_keeps_warn_as_a_pass(tmp_path: Path) ->
 def test_junit_of_a_real_report_and_of_hostile_text_is_valid(tmp_path: Path) -> None:
     from reports import store
 
-    fixture = Path(__file__).resolve().parent / "fixtures" / "readiness-report.v1.json"
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "readiness-report.v1.json"
     real = store.load(fixture, ReadinessReport)
     suites = _junit_suites(to_junit(real), tmp_path)
     assert sum(s.tests for s in suites) == len(real.checks)
@@ -101,7 +101,7 @@ def test_markdown_ends_with_key_metrics_environment_and_a_command_the_cli_accept
     from checks.cli import build_parser
     from reports import store
 
-    fixture = Path(__file__).resolve().parent / "fixtures" / "readiness-report.v1.json"
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "readiness-report.v1.json"
     text = to_markdown(store.load(fixture, ReadinessReport))
     assert "| concurrency:16 | 64 / 0 | 202 (135-244) |" in text  # p50 TTFT with its bootstrap interval
     assert "- GPU 0: NVIDIA H200" in text

@@ -25,9 +25,9 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from checks.load.targets import free_port, wait_healthy
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MARK = "PREFLIGHT_TEST_MARK"
 START_DEADLINE_S = 60
 RUN_DEADLINE_MS = 240_000

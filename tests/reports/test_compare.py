@@ -121,7 +121,7 @@ def test_different_profiles_and_models_are_named() -> None:
 
 
 def test_check_changes_and_verdicts_between_two_reports() -> None:
-    fixture = Path(__file__).resolve().parent / "fixtures" / "readiness-report.v1.json"
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "readiness-report.v1.json"
     a = store.load(fixture, ReadinessReport)
     checks = [c.model_copy(update={"status": CheckStatus.FAIL}) if c.id == "monitoring.health" else c
               for c in a.checks if c.id != "security.cors"]  # fmt: skip

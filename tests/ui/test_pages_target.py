@@ -3,23 +3,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from streamlit.testing.v1 import AppTest
 
 from checks.load.targets import free_port
 from checks.presets import PRESETS
 from tests.planted_server import MODEL, PlantedServer
-
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
+from tests.ui.app_session import open_app
 
 
 def _app(page: str = "pages/benchmark.py") -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception
-    return at
+    return open_app(page)
 
 
 def _target_line(at: AppTest) -> str:

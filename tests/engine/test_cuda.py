@@ -1,6 +1,6 @@
 """The CUDA path of the engine: skipped on machines without a GPU (CI has none).
 
-Run it where a GPU exists with `python -m pytest tests/test_cuda.py`. It checks what the
+Run it where a GPU exists with `python -m pytest tests/engine/test_cuda.py`. It checks what the
 CPU suite cannot: each weight format's CUDA kernel (tinygemm int4, FP8 `_scaled_mm`)
 gives the numbers its dequantized weights give, the weight cache round-trips a CUDA
 model, the model on CUDA agrees with the CPU model, and continuous batching on CUDA

@@ -29,8 +29,8 @@ from engine.studies.registry import (
 from reports.history import History
 from reports.home import history_dir
 from reports.study_report import StudyReport
+from tests.ui.app_session import open_app
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 # One torch thread: on a 2-core machine shared with other jobs, two spinning OpenMP threads per
 # process oversubscribe the cores and a tiny study takes 10x longer. Tests check behaviour, not speed.
 KV = StudyOptions(device="cpu", threads=1, kv_lengths=(16, 32), kv_tokens=4)
@@ -256,11 +256,7 @@ def test_cli_kv_study_prints_the_table_and_writes_json(tmp_path: Path, capsys: p
 
 
 def _studies_page() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    at.switch_page("pages/studies.py").run()
-    assert not at.exception
-    return at
+    return open_app("pages/studies.py")
 
 
 def test_studies_page_rejects_bad_sizes_and_disables_run() -> None:

@@ -1,6 +1,6 @@
 """Malformed model files (issue 16, item 16): each one is a single `ModelFileError` that names the file and
 the field, one `error:` line with exit 2 from `python -m planner recommend`, never a traceback. The Plan
-page shows the same message (tests/test_pages_planner.py)."""
+page shows the same message (tests/ui/test_pages_planner.py)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Tests of `engine`; a package so that test modules named alike in other folders do not clash."""
