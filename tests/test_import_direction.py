@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "checks", "planner", "reports", "widgets")
 TOP_MODULES = ("app",)
-OURS = {*PACKAGES, *TOP_MODULES, "pages"}
+OURS = {*PACKAGES, *TOP_MODULES, "app_pages"}
 ALLOWED: dict[str, set[str]] = {
     "planner": set(),
     "reports": set(),
@@ -56,7 +56,7 @@ def _module_name(path: Path) -> str:
 def _sources() -> dict[str, Path]:
     """Every module of ours by dotted name: the packages, the pages and the top-level UI files."""
     found = {_module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
-    found.update({_module_name(p): p for p in sorted((ROOT / "pages").glob("*.py"))})
+    found.update({_module_name(p): p for p in sorted((ROOT / "app_pages").glob("*.py"))})
     found.update({name: ROOT / f"{name}.py" for name in TOP_MODULES})
     return found
 

@@ -1,6 +1,6 @@
 """The Benchmark page's widgets: the target / workload / load form, live progress and result views.
 
-Kept beside `widgets.common` so that pages/benchmark.py stays a short running order; every
+Kept beside `widgets.common` so that app_pages/benchmark.py stays a short running order; every
 value is handed to `checks.load.benchmark.BenchmarkConfig`, which validates it.
 """
 

@@ -35,4 +35,4 @@ def saved_note(doc: Document) -> None:
         st.caption(f"Saved in the history as `{doc.id}`; earlier runs stay there to open, compare and export.")
     else:
         st.caption(f"Not in the history (`{doc.id}`): the history folder could not be written; download it above.")
-    st.page_link("pages/reports.py", label="Open the Reports page", icon=":material/history:")
+    st.page_link("app_pages/reports.py", label="Open the Reports page", icon=":material/history:")

@@ -48,9 +48,9 @@ def flow(values: dict, hw: Hardware) -> None:
     history = History(history_dir())
     bench = history.latest(target, "benchmark") if target else None
     report = history.latest(target, "readiness") if target else None
-    _step(True, "1. This machine", f"{hw.cpu_model}; {describe_accelerator(hw)}", "pages/hardware.py", "Hardware")
+    _step(True, "1. This machine", f"{hw.cpu_model}; {describe_accelerator(hw)}", "app_pages/hardware.py", "Hardware")
     _step(False, "2. Plan", "pick a model and a GPU to see what fits, how fast, and the launch command",
-          "pages/plan.py", "Plan")  # fmt: skip
+          "app_pages/plan.py", "Plan")  # fmt: skip
     tested = st.session_state.get(CONNECTION_KEY)
     if target is None:
         _step(False, "3. Target", "enter the endpoint's URL in the sidebar, or pick the bundled engine")
@@ -61,17 +61,17 @@ def flow(values: dict, hw: Hardware) -> None:
         checked = "" if conn is None else (" - connection tested: ready" if conn.ok else " - connection: not ready")
         _step(conn is not None and conn.ok, "3. Target", f"`{target}`{checked} (sidebar: Test connection)")
     if bench is not None:
-        _step(True, "4. Benchmark", f"{bench.headline} ({_when(bench)})", "pages/benchmark.py", "Benchmark again")
+        _step(True, "4. Benchmark", f"{bench.headline} ({_when(bench)})", "app_pages/benchmark.py", "Benchmark again")
     else:
-        _step(False, "4. Benchmark", "not run on this target yet", "pages/benchmark.py", "Benchmark")
+        _step(False, "4. Benchmark", "not run on this target yet", "app_pages/benchmark.py", "Benchmark")
     if report is not None:
         _step(True, "5. Checklist", f"**{report.verdict}**: {report.headline} ({_when(report)})",
-              "pages/checklist.py", "Checklist again")  # fmt: skip
+              "app_pages/checklist.py", "Checklist again")  # fmt: skip
         _step(True, "6. Report", f"saved as `{report.id}`: open, compare and export it on Reports",
-              "pages/reports.py", "Reports")  # fmt: skip
+              "app_pages/reports.py", "Reports")  # fmt: skip
     else:
-        _step(False, "5. Checklist", "no verdict for this target yet", "pages/checklist.py", "Checklist")
-        _step(False, "6. Report", "every run is saved; they appear on Reports", "pages/reports.py", "Reports")
+        _step(False, "5. Checklist", "no verdict for this target yet", "app_pages/checklist.py", "Checklist")
+        _step(False, "6. Report", "every run is saved; they appear on Reports", "app_pages/reports.py", "Reports")
 
 
 def quick_check() -> None:
@@ -104,5 +104,5 @@ def quick_check() -> None:
         st.warning("Stopped before the bundled engine was ready: nothing was measured.")
     else:
         verdict_banner(snap.result)
-        st.page_link("pages/checklist.py", label="See every check, its evidence and the downloads",
+        st.page_link("app_pages/checklist.py", label="See every check, its evidence and the downloads",
                      icon=":material/checklist:")  # fmt: skip

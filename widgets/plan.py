@@ -1,7 +1,7 @@
 """The Plan page's widgets: the planning form, the best option, the option details and the charts.
 
 Every value goes to `planner.workload.RecommendOptions`, which validates it; the tables
-are `planner.tables`' builders, so pages/plan.py stays a short running order.
+are `planner.tables`' builders, so app_pages/plan.py stays a short running order.
 """
 
 from __future__ import annotations
@@ -110,16 +110,19 @@ def _measure(option: PlanOption, formats: dict[str, str | None], page: str) -> N
 def option_details(plan: Plan, formats: dict[str, str | None]) -> None:
     """One chosen option: why it ranks where it does, its SLO misses, the command that launches it, and the
     way on: benchmark it or check it (`formats`: format id -> the bundled engine's --quant, or None)."""
-    chosen = st.selectbox("Option", plan.options, key="plan_option", format_func=option_label)
+    # The options are picked by position: a plain int survives reruns and test drivers, a dataclass does not.
+    index = st.selectbox("Option", range(len(plan.options)), key="plan_option",
+                         format_func=lambda i: option_label(plan.options[i]))  # fmt: skip
+    chosen = plan.options[index or 0]
     st.markdown("\n".join(f"- {why}" for why in chosen.why + [f"SLO miss: {miss}" for miss in chosen.slo_misses]))
     st.code(chosen.launch, language="bash")
     if chosen.engine != "bundled":
         st.caption(f"Start it with the command above; Preflight will then measure {serve_url(chosen.engine)}.")
     left, right = st.columns(2)
     if left.button("Benchmark this", key="plan_benchmark", icon=":material/speed:"):
-        _measure(chosen, formats, "pages/benchmark.py")
+        _measure(chosen, formats, "app_pages/benchmark.py")
     if right.button("Check this", key="plan_check", icon=":material/checklist:"):
-        _measure(chosen, formats, "pages/checklist.py")
+        _measure(chosen, formats, "app_pages/checklist.py")
 
 
 def memory_chart(plan: Plan) -> alt.Chart:

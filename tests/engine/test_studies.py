@@ -256,7 +256,7 @@ def test_cli_kv_study_prints_the_table_and_writes_json(tmp_path: Path, capsys: p
 
 
 def _studies_page() -> AppTest:
-    return open_app("pages/studies.py")
+    return open_app("app_pages/studies.py")
 
 
 def test_studies_page_rejects_bad_sizes_and_disables_run() -> None:
@@ -296,6 +296,6 @@ def test_studies_page_runs_kv_and_shows_chart_table_and_download() -> None:
     # Saved in the history, and the Reports page opens it with the same view.
     [entry] = History(history_dir()).entries()
     assert entry.id == result.id and entry.kind == "study"
-    at.switch_page("pages/reports.py").run()
+    at.switch_page("app_pages/reports.py").run()
     assert not at.exception
     assert at.get("vega_lite_chart") and at.dataframe[-1].value["seq_len"].tolist() == [16, 32]

@@ -17,7 +17,7 @@ from planner.__main__ import main
 from planner.catalog import load_catalog
 from planner.devices import resolve_device
 from planner.errors import PlannerError
-from planner.hardware import Hardware, describe_nvml, detect, summary_lines
+from planner.hardware import Hardware, describe_accelerator, describe_nvml, detect, gpu_story, summary_lines
 from planner.tables import gpu_frame
 
 
@@ -206,3 +206,20 @@ def test_gpu_frame_has_one_row_per_gpu_and_says_what_was_not_measured() -> None:
              "compute capability": "9.0", "source": "nvml"}  # fmt: skip
     assert frame.iloc[0].to_dict() == first
     assert frame.iloc[1]["compute capability"] == "not measured"
+
+
+def test_the_gpu_story_is_a_sentence_for_each_case() -> None:
+    """The Hardware page's words (planner.hardware.gpu_story); NVML's own message stays in describe_nvml."""
+    no_driver = detect(lambda: fake_pynvml([], init_error=pynvml.NVMLError_LibraryNotFound()))
+    no_gpu = detect(lambda: fake_pynvml([]))
+    broken = detect(lambda: fake_pynvml([H100], fail_on="name"))
+    two = detect(lambda: fake_pynvml([H100, H100]))
+    if no_driver.cuda_available or no_driver.mps_available:
+        pytest.skip("torch sees an accelerator on this machine")
+    expected = ("This machine has no GPU that Preflight can use: no NVIDIA driver is installed, so no NVIDIA GPU "
+                "can be used, and torch sees no CUDA")  # fmt: skip
+    assert gpu_story(no_driver).startswith(expected)
+    assert "the NVIDIA driver 550.54.15 is installed but reports no GPU" in gpu_story(no_gpu)
+    assert "the NVIDIA driver did not answer" in gpu_story(broken)
+    assert gpu_story(two) == f"2 GPU(s): {describe_accelerator(two)}."
+    assert all("NVMLError" not in gpu_story(hw) for hw in (no_driver, no_gpu, broken, two))

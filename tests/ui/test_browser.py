@@ -162,3 +162,15 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
         expect(page.get_by_role("button", name="Download Markdown")).to_be_visible()
         expect(page.get_by_test_id("stException")).to_have_count(0)
         page.screenshot(path=tmp_path / "checklist.png", full_page=True)
+
+
+def test_a_deep_link_on_a_fresh_server_gets_the_real_navigation(server_url: str, page: Page) -> None:
+    """The first request after a start is a deep link: it must get the app's navigation (titles, icons), not
+    Streamlit's file-name navigation of a `pages/` folder (issue 21)."""
+    page.goto(server_url + "/benchmark")
+    expect(page.get_by_role("heading", name="Benchmark").first).to_be_visible(timeout=60_000)
+    nav = page.get_by_test_id("stSidebarNav")
+    for title in ("Home", "Engine studies", "Checklist", "Reports"):
+        expect(nav.get_by_role("link", name=title)).to_be_visible()
+    expect(nav.get_by_role("link", name=re.compile("^(app|engine chat|studies)$"))).to_have_count(0)
+    expect(page.get_by_test_id("stException")).to_have_count(0)

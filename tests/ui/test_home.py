@@ -54,7 +54,7 @@ def test_an_uploaded_prompt_file_is_private_and_not_in_the_shared_temp_folder(
 ) -> None:
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
-    at.switch_page("pages/benchmark.py").run()
+    at.switch_page("app_pages/benchmark.py").run()
     at.radio(key="bench_source").set_value("Prompt file").run()
     at.file_uploader(key="bench_dataset").set_value(("prompts.jsonl", PROMPTS, "application/jsonl")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]

@@ -57,7 +57,7 @@ def test_stop_while_the_bundled_server_starts_ends_the_job_at_once() -> None:
 
 
 def test_a_reloaded_page_sees_and_stops_the_running_job_and_a_second_one_is_refused() -> None:
-    first = _session("pages/benchmark.py")
+    first = _session("app_pages/benchmark.py")
     for key, value in TINY.items():
         first.number_input(key=key).set_value(value)
     first.run()
@@ -72,12 +72,12 @@ def test_a_reloaded_page_sees_and_stops_the_running_job_and_a_second_one_is_refu
         time.sleep(0.5)
     assert job.snapshot().state == JobState.RUNNING, job.snapshot()
 
-    reloaded = _session("pages/benchmark.py")  # a new session: what a reload or a second tab gets
+    reloaded = _session("app_pages/benchmark.py")  # a new session: what a reload or a second tab gets
     assert not reloaded.info, "the reloaded page asks for a run while one is running"
     assert reloaded.button(key="bench_run").disabled
     assert reloaded.session_state["bench_job"] is job
 
-    other = _session("pages/checklist.py")
+    other = _session("app_pages/checklist.py")
     assert other.button(key="check_run").disabled
     assert any("A benchmark is running" in i.value for i in other.info), [i.value for i in other.info]
     with pytest.raises(JobBusy, match=r"^a benchmark is already running .*: stop it or wait until it ends"):
@@ -90,8 +90,10 @@ def test_a_reloaded_page_sees_and_stops_the_running_job_and_a_second_one_is_refu
     assert snap.state == JobState.CANCELLED and snap.result is not None, (snap.state, snap.error)
     assert snap.result.runs[0].summary.completed < 500
     reloaded.run()
+    s = snap.result.runs[0].summary
     assert [w.value for w in reloaded.warning] == [
-        "Stopped: the figures cover the requests that finished before the stop."
+        f"Stopped: the figures cover the {s.completed + s.failed} requests that finished before the stop; "
+        f"the {s.cancelled} in flight then were cancelled and are not counted."
     ]
     assert not reloaded.button(key="bench_run").disabled
     assert REGISTRY.running() is None

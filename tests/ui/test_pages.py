@@ -29,7 +29,7 @@ def test_home_shows_this_machine(app: AppTest) -> None:
 
 
 def test_engine_page_asks_to_load_first(app: AppTest) -> None:
-    app.switch_page("pages/engine_chat.py").run()
+    app.switch_page("app_pages/engine_chat.py").run()
     assert not app.exception
     assert app.title[0].value == "Engine"
     assert app.selectbox(key="engine_quant").value == "int4"
@@ -39,7 +39,7 @@ def test_engine_page_asks_to_load_first(app: AppTest) -> None:
 
 @pytest.mark.slow
 def test_engine_page_loads_int4_and_chats(app: AppTest) -> None:
-    app.switch_page("pages/engine_chat.py").run()
+    app.switch_page("app_pages/engine_chat.py").run()
     app.selectbox(key="engine_quant").set_value("int4")
     app.button(key="engine_load").click().run()
     assert not app.exception

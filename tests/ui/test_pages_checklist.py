@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 from reports.history import History
 from tests.planted_server import PlantedServer
 
-PAGE = "pages/checklist.py"
+PAGE = "app_pages/checklist.py"
 FAST = {"token_delay_s": 0.002, "max_running": 8, "max_queue": 16, "rate_limit_rpm": 6000, "rate_limit_burst": 200}
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from planner.hardware import detect
+from planner.hardware import describe_nvml, detect, gpu_story
 from tests.model_file_cases import CASES, assert_message, write_gguf
 
 
 def test_hardware_page_tells_the_gpu_story(app: AppTest) -> None:
-    app.switch_page("pages/hardware.py").run()
+    app.switch_page("app_pages/hardware.py").run()
     assert not app.exception
     assert app.title[0].value == "Hardware"
     assert [m.label for m in app.metric] == [
@@ -22,9 +22,10 @@ def test_hardware_page_tells_the_gpu_story(app: AppTest) -> None:
     ]
     hw = detect()
     if not hw.gpus:
-        story = app.info[0].value
-        assert story.startswith("No GPU: none (CPU only). NVML: unavailable: ")
+        story = app.info[0].value  # a sentence for a person; NVML's own words go in the details line
+        assert story.startswith(gpu_story(hw)) and story.startswith("This machine has no GPU that Preflight can use: ")
         assert "nvidia-ml-py" in story and "Plan page" in story
+        assert any(c.value == f"Details: {describe_nvml(hw)}" for c in app.caption)
     app.button(key="hardware_measure").click().run()
     assert not app.exception
     labels = [m.label for m in app.metric]
@@ -35,7 +36,7 @@ def test_hardware_page_tells_the_gpu_story(app: AppTest) -> None:
 
 
 def test_plan_page_default_is_8b_on_one_h100(app: AppTest) -> None:
-    app.switch_page("pages/plan.py").run()
+    app.switch_page("app_pages/plan.py").run()
     assert not app.exception and not app.error
     assert app.subheader[0].value == "Best: TensorRT-LLM, FP8 (W8A8)"
     assert [m.label for m in app.metric] == ["TTFT", "TPOT", "Output throughput", "Meets SLO"]
@@ -43,13 +44,13 @@ def test_plan_page_default_is_8b_on_one_h100(app: AppTest) -> None:
     table = app.dataframe[0].value
     assert list(table["engine"][:2]) == ["TensorRT-LLM", "vLLM"] and table["meets SLO"][0]
     assert app.code[0].value.splitlines()[-1].startswith('trtllm-serve "$FP8_CHECKPOINT" --backend pytorch')
-    app.selectbox(key="plan_option").set_value(app.selectbox(key="plan_option").options[1]).run()
+    app.selectbox(key="plan_option").set_value(1).run()  # the second option, by position
     assert app.code[0].value.startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8")
     assert len(app.get("vega_lite_chart")) == 2  # memory breakdown and roofline
 
 
 def test_plan_page_405b_on_8_h100s_lists_what_cannot_run(app: AppTest) -> None:
-    app.switch_page("pages/plan.py").run()
+    app.switch_page("app_pages/plan.py").run()
     app.selectbox(key="plan_model").set_value("llama-3.1-405b")
     app.number_input(key="plan_gpus").set_value(8)
     app.selectbox(key="plan_slo").set_value("large-model").run()
@@ -62,7 +63,7 @@ def test_plan_page_405b_on_8_h100s_lists_what_cannot_run(app: AppTest) -> None:
 
 
 def test_plan_page_bad_input_is_shown_not_raised(app: AppTest) -> None:
-    app.switch_page("pages/plan.py").run()
+    app.switch_page("app_pages/plan.py").run()
     app.number_input(key="plan_input").set_value(8000)
     app.number_input(key="plan_output").set_value(1000).run()
     assert not app.exception
@@ -76,7 +77,7 @@ def test_plan_page_bad_input_is_shown_not_raised(app: AppTest) -> None:
 
 
 def test_plan_page_for_this_cpu(app: AppTest) -> None:
-    app.switch_page("pages/plan.py").run()
+    app.switch_page("app_pages/plan.py").run()
     app.selectbox(key="plan_model").set_value("smollm2-135m")
     app.selectbox(key="plan_gpu").set_value("cpu")
     app.number_input(key="plan_concurrency").set_value(1).run()
@@ -88,7 +89,7 @@ def test_plan_page_for_this_cpu(app: AppTest) -> None:
 
 def test_plan_page_shows_each_bad_model_file_as_one_error(app: AppTest, tmp_path: Path) -> None:
     """Issue 16, item 16: the page shows the CLI's message in st.error, never a traceback."""
-    app.switch_page("pages/plan.py").run()
+    app.switch_page("app_pages/plan.py").run()
     for name, write, expected in CASES:
         folder = tmp_path / name
         folder.mkdir()
@@ -101,10 +102,32 @@ def test_plan_page_shows_each_bad_model_file_as_one_error(app: AppTest, tmp_path
 
 def test_plan_page_notes_a_gguf_sized_by_its_largest_layer(app: AppTest, tmp_path: Path) -> None:
     path = write_gguf(tmp_path / "varied.gguf", **{"attention.head_count_kv": [2, 2, 0, 1]})
-    app.switch_page("pages/plan.py").run()
+    app.switch_page("app_pages/plan.py").run()
     app.number_input(key="plan_context").set_value(128)
     app.number_input(key="plan_input").set_value(64)
     app.number_input(key="plan_output").set_value(32)
     app.text_input(key="plan_model_path").set_value(str(path)).run()
     assert not app.exception and not app.error
     assert any(c.value.startswith("llama.attention.head_count_kv varies by layer (0 to 2)") for c in app.caption)
+
+
+def test_a_plan_option_becomes_the_target_of_a_benchmark_or_a_checklist(app: AppTest) -> None:
+    """Plan -> target (issue 21): a remote option pre-fills the URL its launch command serves on, with its
+    server preset; a bundled option sets the bundled engine in its format."""
+    app.switch_page("app_pages/plan.py").run()
+    options = app.selectbox(key="plan_option").options  # the labels; the values are the options' positions
+    app.selectbox(key="plan_option").set_value(next(i for i, o in enumerate(options) if " SGLang " in o)).run()
+    assert any("http://127.0.0.1:30000/v1" in c.value for c in app.caption)
+    app.button(key="plan_check").click().run()
+    assert not app.exception and app.title[0].value == "Readiness checklist"
+    assert (app.session_state["target_kind"], app.session_state["target_preset"]) == ("Remote endpoint", "SGLang")
+    assert any(m.value.startswith("**Target:** `http://127.0.0.1:30000/v1`") for m in app.markdown)
+
+    app.switch_page("app_pages/plan.py").run()
+    app.selectbox(key="plan_gpu").set_value("cpu").run()
+    options = app.selectbox(key="plan_option").options
+    app.selectbox(key="plan_option").set_value(next(i for i, o in enumerate(options) if "Preflight" in o)).run()
+    app.button(key="plan_benchmark").click().run()
+    assert not app.exception and app.title[0].value == "Benchmark"
+    assert app.session_state["target_kind"] == "Bundled engine"
+    assert any(m.value.startswith(f"**Target:** `bundled:{app.session_state['target_quant']}") for m in app.markdown)

@@ -13,7 +13,7 @@ from reports.history import History
 from reports.readiness_report import ReadinessReport
 from tests.ui.app_session import open_app
 
-PAGE = "pages/reports.py"
+PAGE = "app_pages/reports.py"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 

@@ -11,7 +11,7 @@ from tests.planted_server import MODEL, PlantedServer
 from tests.ui.app_session import open_app
 
 
-def _app(page: str = "pages/benchmark.py") -> AppTest:
+def _app(page: str = "app_pages/benchmark.py") -> AppTest:
     return open_app(page)
 
 
@@ -25,7 +25,7 @@ def test_one_target_for_benchmark_and_checklist_kept_across_kind_switches() -> N
     at.radio(key="target_kind").set_value("Remote endpoint").run()
     at.text_input(key="target_url").input("http://127.0.0.1:8000/v1").run()
     at.text_input(key="target_api_key").input("sk-in-memory-only").run()
-    at.switch_page("pages/checklist.py").run()
+    at.switch_page("app_pages/checklist.py").run()
     assert not at.exception
     assert _target_line(at) == "**Target:** `http://127.0.0.1:8000/v1` (change it in the sidebar)"
     at.radio(key="target_kind").set_value("Bundled engine").run()

@@ -34,4 +34,4 @@ for note in hw.notes:
     st.warning(note)
 
 st.divider()
-st.page_link("pages/engine_chat.py", label="Try the bundled engine", icon=":material/memory:")
+st.page_link("app_pages/engine_chat.py", label="Try the bundled engine", icon=":material/memory:")

