@@ -5,12 +5,14 @@ The real engine, no mocks. `make test` installs /usr/bin/chromium when it is mis
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import psutil
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
@@ -32,6 +34,7 @@ CHROMIUM_ARGS = [
 ]
 START_DEADLINE_S = 60
 MODEL_DEADLINE_MS = 180_000
+SCREENSHOTS = ROOT / "docs" / "screenshots"  # each page as the browser test saw it (README shows Home)
 PLANTED_FAST = {"token_delay_s": 0.002, "max_running": 8, "rate_limit_rpm": 6000, "rate_limit_burst": 200}
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -96,14 +99,15 @@ def _listening_addresses(port: int) -> set[str]:
     return {c.laddr.ip for c in listening if c.laddr.port == port}
 
 
-def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> None:
+def test_home_then_engine_chat(server_url: str, page: Page) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     # Started without --server.address: .streamlit/config.toml keeps it on loopback (issue 16, item 12).
     assert _listening_addresses(int(server_url.rsplit(":", 1)[1])) == {"127.0.0.1"}
     page.goto(server_url)
     main = page.get_by_test_id("stMainBlockContainer")
     expect(main.get_by_text(detect().cpu_model, exact=False).first).to_be_visible(timeout=60_000)
     expect(main.get_by_text("RAM total")).to_be_visible()
-    page.screenshot(path=tmp_path / "home.png", full_page=True)
+    page.screenshot(path=SCREENSHOTS / "home.png", full_page=True)
 
     main.get_by_role("link", name=re.compile("Try the bundled engine")).click()
     expect(page.get_by_role("heading", name="Engine")).to_be_visible(timeout=30_000)
@@ -121,7 +125,7 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
     expect(reply.get_by_test_id("stMarkdownContainer").first).not_to_be_empty()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     expect(page.get_by_role("dialog")).to_have_count(0)
-    shot = tmp_path / "engine.png"
+    shot = SCREENSHOTS / "engine.png"
     page.screenshot(path=shot, full_page=True)
     assert shot.stat().st_size > 0
 
@@ -130,18 +134,42 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
     expect(page.get_by_role("heading", name="Engine studies")).to_be_visible(timeout=30_000)
     expect(page.get_by_role("button", name=re.compile("Run"))).to_be_visible()
     expect(page.get_by_test_id("stException")).to_have_count(0)
-    page.screenshot(path=tmp_path / "studies.png", full_page=True)
+    page.screenshot(path=SCREENSHOTS / "studies.png", full_page=True)
 
     for name in ("Hardware", "Plan", "Benchmark"):
         page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
         expect(page.get_by_role("heading", name=re.compile(name)).first).to_be_visible(timeout=60_000)
         expect(page.get_by_test_id("stException")).to_have_count(0)
-        page.screenshot(path=tmp_path / f"{name.lower()}.png", full_page=True)
+        page.screenshot(path=SCREENSHOTS / f"{name.lower()}.png", full_page=True)
     # The Benchmark page stops at its hint until a run is started; its form and Run button are there.
     expect(main.get_by_text("press Run benchmark", exact=False)).to_be_visible()
     expect(page.get_by_role("button", name="Run benchmark")).to_be_enabled()
 
-    # The Checklist page runs the whole checklist on a planted-fault server (fast fake generation) and shows
+
+def test_the_pre_launch_flow_from_quick_check_to_a_compared_report(server_url: str, page: Page) -> None:
+    """Issue 21's flow in a real browser: the Quick check from Home ends in a verdict; its report downloads as
+    a document that validates against the committed JSON Schema; a second run (the checklist on a planted-fault
+    server) follows; the Reports page opens and compares the two."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(server_url)
+    main = page.get_by_test_id("stMainBlockContainer")
+    page.get_by_role("button", name="Quick check").click()
+    verdict = re.compile(r"^(READY|READY WITH WARNINGS|NOT READY|INCOMPLETE):")
+    expect(main.get_by_text(verdict)).to_be_visible(timeout=MODEL_DEADLINE_MS * 2)
+    expect(main.get_by_text(re.compile(r"5\. Checklist: (READY|READY_WITH_WARNINGS|NOT_READY|INCOMPLETE)"))
+           ).to_be_visible()  # the flow's status shows the new verdict  # fmt: skip
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    page.screenshot(path=SCREENSHOTS / "home.png", full_page=True)
+
+    main.get_by_role("link", name=re.compile("See every check")).click()
+    expect(page.get_by_role("heading", name="Readiness checklist")).to_be_visible(timeout=60_000)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download JSON").click()
+    document = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    jsonschema.validate(document, json.loads((ROOT / "reports/schema/readiness-report.v2.json").read_text()))
+    assert document["target"]["quant"] == "int4" and len(document["categories"]) == 5
+
+    # The second run: the whole checklist on a planted-fault server (fast fake generation) and shows
     # the verdict, the results by category and the downloads.
     with PlantedServer(**PLANTED_FAST) as planted:
         page.get_by_test_id("stSidebarNav").get_by_role("link", name="Checklist").click()
@@ -161,7 +189,17 @@ def test_home_then_engine_chat(server_url: str, page: Page, tmp_path: Path) -> N
         expect(main.get_by_role("heading", name=re.compile("^Security"))).to_be_visible()
         expect(page.get_by_role("button", name="Download Markdown")).to_be_visible()
         expect(page.get_by_test_id("stException")).to_have_count(0)
-        page.screenshot(path=tmp_path / "checklist.png", full_page=True)
+        page.screenshot(path=SCREENSHOTS / "checklist.png", full_page=True)
+
+
+
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="Reports").click()
+    expect(page.get_by_role("heading", name="Reports")).to_be_visible(timeout=60_000)
+    expect(main.get_by_text(document["id"]).first).to_be_visible()
+    page.get_by_role("tab", name="Compare").click()
+    expect(main.get_by_text(re.compile(r"^(Comparable runs|Not comparable)"))).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+    page.screenshot(path=SCREENSHOTS / "reports.png", full_page=True)
 
 
 def test_a_deep_link_on_a_fresh_server_gets_the_real_navigation(server_url: str, page: Page) -> None:
