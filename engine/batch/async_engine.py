@@ -6,11 +6,10 @@ drain the inbox (add / abort / finish commands sent by handlers), call
 request's `asyncio.Queue` with `loop.call_soon_threadsafe`, and sleep on a
 `threading.Event` when idle (no busy spin).
 
-Each handler holds a `RequestStream`: it detokenizes its own tokens with the
-tokenizer's `StreamDecoder`, applies stop strings (holding back text that may
-still become one, with `engine.stop_strings.StopMatcher`), and tells the engine to
-`finish` on a match or `abort` when the client goes away, so the KV blocks
-are freed at once.
+Each handler holds a `RequestStream`: it turns its own tokens into text with a
+`engine.text_stream.TextStream` (detokenize, hold back text that may still become
+a stop string, cut at one), and tells the engine to `finish` on a match or `abort`
+when the client goes away, so the KV blocks are freed at once.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from engine.batch.llm_engine import LLMEngine, StepResult, TokenOutput
 from engine.errors import EngineError
 from engine.model.tokenizer import Tokenizer
 from engine.sampling import SamplingParams
-from engine.stop_strings import StopMatcher
+from engine.text_stream import TextStream
 
 logger = logging.getLogger("preflight.server")
 
@@ -276,10 +275,17 @@ class RequestStream:
     first_token_s: float | None = None
     last_token_s: float | None = None
     done: bool = False
-    text: str = ""
-    _emitted: int = 0
+    _text: TextStream = field(init=False)
     _pending_ids: list[int] = field(default_factory=list)
     _pending_lps: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._text = TextStream(self.tokenizer.stream_decoder(), self.params.stop)
+
+    @property
+    def text(self) -> str:
+        """The text so far (cut where a stop string began), streamed or still held back."""
+        return self._text.text
 
     @classmethod
     async def open(
@@ -303,8 +309,7 @@ class RequestStream:
             self.loop.abort(self.seq_id)
 
     async def deltas(self) -> AsyncIterator[Delta]:
-        decoder = self.tokenizer.stream_decoder()
-        stops = StopMatcher(self.params.stop)
+        text = self._text
         try:
             while not self.done:
                 item = await self.queue.get()
@@ -315,23 +320,18 @@ class RequestStream:
                 lps = item.logprobs or []
                 for i, token in enumerate(item.new_token_ids):
                     self._take(token, lps[i] if i < len(lps) else None, now)
-                    piece = decoder.push(token)
-                    self.text += piece
-                    hit = stops.feed(piece)
-                    if hit >= 0:
-                        self.text = self.text[:hit]
+                    if text.push(token):
                         self.loop.finish(self.seq_id)
                         self.done = True
-                        yield self._flush("stop")
+                        yield self._flush(text.rest(), "stop")
                         return
                 if item.finished:
-                    self.text += decoder.flush()
+                    text.flush()
                     self.done = True
-                    yield self._flush(item.finish_reason or "stop")
+                    yield self._flush(text.rest(), item.finish_reason or "stop")
                     return
-                safe = len(self.text) - stops.hold_back
-                if safe > self._emitted:
-                    yield self._flush(None, upto=safe)
+                if final := text.take():
+                    yield self._flush(final, None)
         finally:
             self.close()
 
@@ -344,15 +344,14 @@ class RequestStream:
         if logprob is not None:
             self._pending_lps.append(logprob)
 
-    def _flush(self, finish_reason: str | None, upto: int | None = None) -> Delta:
-        end = len(self.text) if upto is None else upto
+    def _flush(self, text: str, finish_reason: str | None) -> Delta:
+        """A delta of `text` with the tokens (and logprobs) taken since the last one."""
         delta = Delta(
-            text=self.text[self._emitted : end],
+            text=text,
             token_ids=self._pending_ids,
             logprobs=self._pending_lps if self.params.logprobs else None,
             finish_reason=finish_reason,
         )
-        self._emitted = end
         self._pending_ids, self._pending_lps = [], []
         if finish_reason is not None:
             self.finish_reason = finish_reason

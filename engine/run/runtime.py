@@ -23,7 +23,7 @@ from engine.model.loader import LoadedModel, load_model
 from engine.run.cuda_graph import CudaGraphDecoder, graph_capacity
 from engine.run.kv_cache import KVCache
 from engine.sampling import SamplingParams, make_generator, sample_token
-from engine.stop_strings import StopMatcher
+from engine.text_stream import TextStream
 
 
 def cuda_graphs_enabled() -> bool:
@@ -119,15 +119,13 @@ class Generation:
         model, tok = eng.loaded.model, eng.loaded.tokenizer
         device = eng.loaded.device
         stop_ids = frozenset() if params.ignore_eos else tok.stop_token_ids
-        decoder = tok.stream_decoder()
-        stops = StopMatcher(params.stop)
+        text = TextStream(tok.stream_decoder(), params.stop)
         rng = make_generator(params.seed, device)
         needed = len(self._prompt) + params.max_tokens
         graphed = eng.graph_decoder(needed) if self._use_kv else None
         cache = KVCache(model.config, 1, needed, model.act_dtype, device) if self._use_kv and graphed is None else None
         ids: list[int] = []
         logprobs: list[float] = []
-        text, emitted = "", 0
         finish = "length"
         seq = torch.tensor([self._prompt], dtype=torch.long, device=device)
         t0 = time.perf_counter()
@@ -151,25 +149,20 @@ class Generation:
             ids.append(token)
             if lp is not None:
                 logprobs.append(lp)
-            piece = decoder.push(token)
-            text += piece
-            hit = stops.feed(piece)
-            if hit >= 0:
-                text, finish = text[:hit], "stop"
+            if text.push(token):
+                finish = "stop"
                 break
-            safe = len(text) - stops.hold_back
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
+            if final := text.take():
+                yield final
             new = torch.tensor([[token]], dtype=torch.long, device=device)
             seq = new if self._use_kv else torch.cat([seq, new], dim=1)
         else:
-            text += decoder.flush()
-        if len(text) > emitted:
-            yield text[emitted:]
+            text.flush()
+        if tail := text.rest():
+            yield tail
         total = time.perf_counter() - t0
         self.result = GenerationResult(
-            text=text,
+            text=text.text,
             token_ids=ids,
             prompt_tokens=len(self._prompt),
             finish_reason=finish,
