@@ -46,12 +46,7 @@ def copy_bandwidth_bytes_s(n_bytes: int = 1 << 30, repeats: int = 10) -> float:
 
 def single_stream(engine: Engine, prompt: list[int], tokens: int) -> dict[str, float | None]:
     def run(ids: list[int], n: int) -> GenerationResult:
-        gen = engine.stream_ids(ids, SamplingParams(max_tokens=n, ignore_eos=True))
-        for _ in gen:
-            pass
-        if gen.result is None:
-            raise RuntimeError("generation ended without a result")
-        return gen.result
+        return engine.stream_ids(ids, SamplingParams(max_tokens=n, ignore_eos=True)).drain()
 
     run(prompt, 8)  # warm-up at the measured shapes: CUDA loads each kernel lazily on first use
     result = run(prompt, tokens)

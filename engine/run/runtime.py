@@ -114,6 +114,19 @@ class Generation:
         self._use_kv = use_kv_cache
         self.result: GenerationResult | None = None
 
+    def drain(self) -> GenerationResult:
+        """Run the generation to its end without showing the text, and return its result.
+
+        For callers that want only the result (`Engine.generate`, the studies, benchmarks).
+        Each iteration decodes from the start, so drain a fresh `Generation`, not one
+        already partly iterated.
+        """
+        for _ in self:
+            pass
+        if self.result is None:
+            raise EngineError("generation ended without a result")
+        return self.result
+
     def __iter__(self) -> Iterator[str]:
         eng, params = self._engine, self._params
         model, tok = eng.loaded.model, eng.loaded.tokenizer
@@ -221,8 +234,7 @@ class Engine:
                 warm_up_compiled(self.loaded)
             else:
                 warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
-                for _ in self.stream_ids(WARMUP_PROMPT_IDS, warm):
-                    pass
+                self.stream_ids(WARMUP_PROMPT_IDS, warm).drain()
         except Exception as exc:  # Dynamo/Inductor failures are long; the engine stays usable, eager
             model.disable_compile()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -295,9 +307,4 @@ class Engine:
         chat: bool = False,
         use_kv_cache: bool = True,
     ) -> GenerationResult:
-        gen = self.stream(prompt, params, chat, use_kv_cache)
-        for _ in gen:
-            pass
-        if gen.result is None:
-            raise EngineError("generation ended without a result")
-        return gen.result
+        return self.stream(prompt, params, chat, use_kv_cache).drain()
