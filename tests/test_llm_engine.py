@@ -69,7 +69,7 @@ def test_speculative_decoding_is_exact_and_accepts_drafts(engine: Engine) -> Non
     seq_id = llm.add_request(engine.encode_prompt(prompt), params)
     outputs = _run(llm, {seq_id: []})
     assert outputs[seq_id] == _alone(engine, prompt, params)
-    rate = llm.kv_stats()["spec_acceptance_rate"]
+    rate = llm.kv_stats().spec_acceptance_rate
     assert rate is not None and rate > 0
 
 
@@ -80,7 +80,7 @@ def test_shared_prefix_hits_the_cache(engine: Engine) -> None:
     _run(llm, {first: []})
     second = llm.add_request(engine.encode_prompt(system + "Question two?"), SamplingParams(max_tokens=2))
     _run(llm, {second: []})
-    rate = llm.kv_stats()["prefix_cache_hit_rate"]
+    rate = llm.kv_stats().prefix_cache_hit_rate
     assert rate is not None and rate > 0.3
 
 

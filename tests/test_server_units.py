@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from engine.batch.async_engine import Delta, EngineFailure, EngineLoop, RequestStream
-from engine.batch.llm_engine import StepResult, TokenOutput
+from engine.batch.llm_engine import KvStats, StepResult, TokenOutput
 from engine.cli import main
 from engine.sampling import SamplingParams
 from engine.serving.api_models import ChatCompletionRequest, CompletionRequest
@@ -244,9 +244,17 @@ class ScriptedLLM:
             outputs.append(TokenOutput(seq_id, [token], [-0.5], not rest, None if rest else "length"))
         return StepResult(outputs=outputs)
 
-    def kv_stats(self) -> dict[str, float | int | None]:
-        return {"num_running": len(self.live), "num_waiting": 0, "kv_cache_usage": 0.0,
-                "prefix_cache_hit_rate": None, "spec_acceptance_rate": None, "num_preemptions": 0}  # fmt: skip
+    def kv_stats(self) -> KvStats:
+        return KvStats(
+            num_running=len(self.live),
+            num_waiting=0,
+            kv_cache_usage=0.0,
+            num_free_blocks=0,
+            prefix_cache_hit_rate=None,
+            num_preemptions=0,
+            spec_acceptance_rate=None,
+            kv_cache_bytes=0,
+        )
 
 
 class CharDecoder:

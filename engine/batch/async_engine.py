@@ -233,12 +233,12 @@ class EngineLoop:
     def _publish(self, result: StepResult) -> None:
         s = self.llm.kv_stats()
         self.snapshot = EngineSnapshot(
-            num_running=int(s["num_running"] or 0),
-            num_waiting=int(s["num_waiting"] or 0),
-            kv_cache_usage=float(s["kv_cache_usage"] or 0.0),
-            prefix_cache_hit_rate=s["prefix_cache_hit_rate"],
-            spec_acceptance_rate=s["spec_acceptance_rate"],
-            num_preemptions=int(s["num_preemptions"] or 0),
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            kv_cache_usage=s.kv_cache_usage,
+            prefix_cache_hit_rate=s.prefix_cache_hit_rate,
+            spec_acceptance_rate=s.spec_acceptance_rate,
+            num_preemptions=s.num_preemptions,
         )
         if self._on_step is not None:
             self._on_step(result, self.snapshot)

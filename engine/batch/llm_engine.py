@@ -52,6 +52,20 @@ class TokenOutput:
     finish_reason: str | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KvStats:
+    """The scheduler's and KV pool's state after a step, for /metrics; rates are None until measured."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of the KV blocks in use
+    num_free_blocks: int
+    prefix_cache_hit_rate: float | None
+    num_preemptions: int
+    spec_acceptance_rate: float | None
+    kv_cache_bytes: int
+
+
 @dataclass(slots=True)
 class StepResult:
     outputs: list[TokenOutput] = field(default_factory=list)
@@ -171,18 +185,18 @@ class LLMEngine:
         token, lp = sample_token(rows[-1], params, self._rngs.get(seq.seq_id), seq.all_token_ids)
         return [token], [lp] if lp is not None else []
 
-    def kv_stats(self) -> dict[str, float | int | None]:
+    def kv_stats(self) -> KvStats:
         s = self.scheduler.stats()
-        return {
-            "num_running": s.num_running,
-            "num_waiting": s.num_waiting,
-            "kv_cache_usage": s.kv_cache_usage,
-            "num_free_blocks": s.num_free_blocks,
-            "prefix_cache_hit_rate": s.prefix_cache_hit_rate,
-            "num_preemptions": s.num_preemptions,
-            "spec_acceptance_rate": s.spec_acceptance_rate,
-            "kv_cache_bytes": self.cache.nbytes,
-        }
+        return KvStats(
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            kv_cache_usage=s.kv_cache_usage,
+            num_free_blocks=s.num_free_blocks,
+            prefix_cache_hit_rate=s.prefix_cache_hit_rate,
+            num_preemptions=s.num_preemptions,
+            spec_acceptance_rate=s.spec_acceptance_rate,
+            kv_cache_bytes=self.cache.nbytes,
+        )
 
 
 def warm_up_compiled(loaded: LoadedModel) -> None:
