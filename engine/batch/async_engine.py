@@ -1,6 +1,6 @@
-"""The engine thread and per-request streams: how asyncio handlers share one LLMEngine.
+"""The engine thread and per-request streams: how asyncio handlers share one BatchEngine.
 
-One thread owns the `LLMEngine` (the scheduler is not thread-safe). It loops:
+One thread owns the `BatchEngine` (the scheduler is not thread-safe). It loops:
 drain the inbox (add / abort / finish commands sent by handlers), call
 `step()` while anything is unfinished, hand each `TokenOutput` to its
 request's `asyncio.Queue` with `loop.call_soon_threadsafe`, and sleep on a
@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from engine.batch.llm_engine import LLMEngine, StepResult, TokenOutput
+from engine.batch.llm_engine import BatchEngine, StepResult, TokenOutput
 from engine.errors import EngineError
 from engine.model.tokenizer import Tokenizer
 from engine.sampling import SamplingParams
@@ -82,10 +82,10 @@ class EngineSnapshot:
 StepObserver = Callable[[StepResult, EngineSnapshot], None]
 
 
-class EngineLoop:
-    """Runs `LLMEngine.step()` on its own thread; handlers talk to it only through commands."""
+class BatchLoop:
+    """The server's loop thread: runs `BatchEngine.step()`; handlers talk to it only through commands."""
 
-    def __init__(self, llm: LLMEngine, on_step: StepObserver | None = None) -> None:
+    def __init__(self, llm: BatchEngine, on_step: StepObserver | None = None) -> None:
         self.llm = llm
         self._on_step = on_step
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -263,7 +263,7 @@ class Delta:
 class RequestStream:
     """One admitted request: iterate for deltas; `close()` aborts it if it is still running."""
 
-    loop: EngineLoop
+    loop: BatchLoop
     seq_id: int
     prompt_tokens: int
     params: SamplingParams
@@ -289,7 +289,7 @@ class RequestStream:
 
     @classmethod
     async def open(
-        cls, loop: EngineLoop, tokenizer: Tokenizer, prompt_ids: list[int], params: SamplingParams, arrival_s: float
+        cls, loop: BatchLoop, tokenizer: Tokenizer, prompt_ids: list[int], params: SamplingParams, arrival_s: float
     ) -> RequestStream:
         """Admit a request; raises QueueFullError / PromptError / EngineFailure before anything streams."""
         q: asyncio.Queue = asyncio.Queue()
@@ -358,6 +358,6 @@ class RequestStream:
         return delta
 
 
-def _abort_if_admitted(loop: EngineLoop, reply: concurrent.futures.Future) -> None:
+def _abort_if_admitted(loop: BatchLoop, reply: concurrent.futures.Future) -> None:
     if not reply.cancelled() and reply.exception() is None:
         loop.abort(reply.result())

@@ -24,7 +24,7 @@ from engine.sampling import SamplingParams, argmax_ids, make_generator, sample_t
 
 
 @dataclass(frozen=True, slots=True)
-class EngineConfig:
+class BatchConfig:
     """Serving limits; KV memory is given in bytes and turned into blocks here."""
 
     max_num_seqs: int = 16
@@ -75,12 +75,16 @@ class StepResult:
     forward_s: float = 0.0
 
 
-class LLMEngine:
-    """Many sequences sharing one model and one paged KV pool."""
+class BatchEngine:
+    """Many sequences sharing one model and one paged KV pool (the server's engine).
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+    `engine.run.runtime.Engine` is the single-stream one; `BatchLoop` (batch/async_engine.py)
+    drives this one from its own thread.
+    """
+
+    def __init__(self, loaded: LoadedModel, config: BatchConfig | None = None) -> None:
         self.loaded = loaded
-        self.config = cfg = config or EngineConfig()
+        self.config = cfg = config or BatchConfig()
         model_len = min(cfg.max_model_len, loaded.config.context_length)
         self.scheduler = Scheduler(
             SchedulerConfig(
@@ -202,13 +206,13 @@ class LLMEngine:
 def warm_up_compiled(loaded: LoadedModel) -> None:
     """Trace the compiled decode-only graphs (one sequence, then several) before serving.
 
-    Runs on a throwaway LLMEngine with a small pool of its own, so the real engine's
+    Runs on a throwaway BatchEngine with a small pool of its own, so the real engine's
     prefix cache and statistics never see the warm-up. The pool size is a dynamic
     dimension of the compiled graphs, so they are reused by the real pool.
     """
-    block = EngineConfig().block_size
+    block = BatchConfig().block_size
     pool = 8 * PagedKVCache.bytes_per_block(loaded.config, block, loaded.model.act_dtype)
-    engine = LLMEngine(loaded, EngineConfig(max_num_seqs=2, max_model_len=64, kv_cache_bytes=pool, block_size=block))
+    engine = BatchEngine(loaded, BatchConfig(max_num_seqs=2, max_model_len=64, kv_cache_bytes=pool, block_size=block))
     params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
     for batch in (1, 2):
         for i in range(batch):

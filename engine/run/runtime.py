@@ -223,7 +223,7 @@ class Engine:
 
         Tracing happens on a graph's first run, so a short warm-up runs every graph
         the caller will use: prefill and decode for `generate`, or, with `serving`,
-        decode-only batches of one and of several sequences (LLMEngine). The first
+        decode-only batches of one and of several sequences (BatchEngine). The first
         real request, and any timing of it, then runs compiled code, not the compiler.
         """
         t0 = time.perf_counter()
