@@ -8,7 +8,7 @@ decode step must read every weight once, so one stream cannot beat
 (measured copy bandwidth) / (resident weight bytes) tokens per second. The table gives
 single-stream prefill tok/s and decode tok/s per format, eager and replayed as a CUDA
 graph (engine/run/cuda_graph.py), beside that bound, then continuous
-batching (LLMEngine, paged KV) aggregate decode tok/s at several batch sizes. On a
+batching (BatchEngine, paged KV) aggregate decode tok/s at several batch sizes. On a
 machine without CUDA it says so and exits 0, so `make bench` runs it anywhere.
 """
 
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import conditions, fmt_num, fmt_ratio, format_table  # noqa: E402
-from engine.batch.llm_engine import EngineConfig, LLMEngine  # noqa: E402
+from engine.batch.llm_engine import BatchConfig, BatchEngine  # noqa: E402
 from engine.run.runtime import Engine, GenerationResult, LoadOptions  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
 from engine.studies.base import eval_ids  # noqa: E402
@@ -46,12 +46,7 @@ def copy_bandwidth_bytes_s(n_bytes: int = 1 << 30, repeats: int = 10) -> float:
 
 def single_stream(engine: Engine, prompt: list[int], tokens: int) -> dict[str, float | None]:
     def run(ids: list[int], n: int) -> GenerationResult:
-        gen = engine.stream_ids(ids, SamplingParams(max_tokens=n, ignore_eos=True))
-        for _ in gen:
-            pass
-        if gen.result is None:
-            raise RuntimeError("generation ended without a result")
-        return gen.result
+        return engine.stream_ids(ids, SamplingParams(max_tokens=n, ignore_eos=True)).drain()
 
     run(prompt, 8)  # warm-up at the measured shapes: CUDA loads each kernel lazily on first use
     result = run(prompt, tokens)
@@ -65,8 +60,8 @@ def batched(engine: Engine, prompt: list[int], batch: int, tokens: int) -> float
 
 
 def _batched_once(engine: Engine, prompt: list[int], batch: int, tokens: int) -> float:
-    config = EngineConfig(max_num_seqs=batch, max_num_batched_tokens=max(512, batch), max_model_len=1024)
-    llm = LLMEngine(engine.loaded, config)
+    config = BatchConfig(max_num_seqs=batch, max_num_batched_tokens=max(512, batch), max_model_len=1024)
+    llm = BatchEngine(engine.loaded, config)
     params = SamplingParams(max_tokens=tokens, ignore_eos=True)
     for i in range(batch):
         llm.add_request(prompt[i : i + 64], params)  # distinct prompts: no prefix-cache shortcut

@@ -91,10 +91,7 @@ def _ours_worker(spec: dict, fmt: str, phase: str) -> dict:
         return out
 
     def run(ids: list[int], max_tokens: int):
-        gen = eng.stream_ids(ids, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
-        for _ in gen:
-            pass
-        return gen.result
+        return eng.stream_ids(ids, SamplingParams(max_tokens=max_tokens, ignore_eos=True)).drain()
 
     run(spec["decode_ids"], WARMUP_TOKENS)
     run(spec["prefill_ids"], 1)
@@ -182,8 +179,7 @@ def _profile_worker(spec: dict) -> dict:
     one = spec["decode_ids"][:1]  # a 1-token prompt: every forward is then a decode-shaped step
 
     def run(ids: list[int], max_tokens: int) -> None:
-        for _ in eng.stream_ids(ids, SamplingParams(max_tokens=max_tokens, ignore_eos=True)):
-            pass
+        eng.stream_ids(ids, SamplingParams(max_tokens=max_tokens, ignore_eos=True)).drain()
 
     run(one, WARMUP_TOKENS)
     run(spec["prefill_ids"], 1)

@@ -55,13 +55,10 @@ def generate_worker(threads: int, input_len: int, output_len: int, compile: bool
     torch.set_num_threads(threads)
     engine = Engine.load(LoadOptions(quant="int4", device="cpu", compile=compile))
     prompt = eval_ids(engine.loaded.tokenizer, input_len)[:input_len]
+    params = SamplingParams(max_tokens=output_len, ignore_eos=True)
     rates = []
     for _ in range(3):  # first run warms up
-        gen = engine.stream_ids(prompt, SamplingParams(max_tokens=output_len, ignore_eos=True))
-        for _ in gen:
-            pass
-        if gen.result is not None:
-            rates.append(gen.result.decode_tok_s)
+        rates.append(engine.stream_ids(prompt, params).drain().decode_tok_s)
     return {"decode_tok_s": sorted(rates[1:])[len(rates[1:]) // 2]}
 
 

@@ -3,7 +3,8 @@
 pydantic starts the message of a ValueError raised in a validator with "Value error, ", which
 says nothing to a person; every message shown goes through `pydantic_message`, so the prefix
 is dropped in one place. (The planner, which imports nothing of ours, and the engine keep
-their own copy of this rule: see tests/test_import_direction.py.)
+their own copy of this rule, the engine's in `engine.serving.validation`: see
+tests/test_import_direction.py.)
 """
 
 from __future__ import annotations

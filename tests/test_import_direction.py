@@ -36,7 +36,8 @@ ALLOWED: dict[str, set[str]] = {
 # in the history, so it (and only it) may use reports.
 SHELLS: dict[str, set[str]] = {"engine/cli.py": {"reports"}}
 ENGINE_CORE = ("engine.model", "engine.quant", "engine.run", "engine.batch",
-               "engine.errors", "engine.formats", "engine.sampling", "engine.stop_strings")  # fmt: skip
+               "engine.errors", "engine.formats", "engine.sampling", "engine.stop_strings",
+               "engine.text_stream")  # fmt: skip
 ENGINE_OUTER = ("engine.serving", "engine.studies", "engine.cli", "engine.__main__")
 CORE_FORBIDDEN_LIBRARIES = ("pandas",)
 

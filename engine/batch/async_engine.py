@@ -1,16 +1,15 @@
-"""The engine thread and per-request streams: how asyncio handlers share one LLMEngine.
+"""The engine thread and per-request streams: how asyncio handlers share one BatchEngine.
 
-One thread owns the `LLMEngine` (the scheduler is not thread-safe). It loops:
+One thread owns the `BatchEngine` (the scheduler is not thread-safe). It loops:
 drain the inbox (add / abort / finish commands sent by handlers), call
 `step()` while anything is unfinished, hand each `TokenOutput` to its
 request's `asyncio.Queue` with `loop.call_soon_threadsafe`, and sleep on a
 `threading.Event` when idle (no busy spin).
 
-Each handler holds a `RequestStream`: it detokenizes its own tokens with the
-tokenizer's `StreamDecoder`, applies stop strings (holding back text that may
-still become one, with `engine.stop_strings.StopMatcher`), and tells the engine to
-`finish` on a match or `abort` when the client goes away, so the KV blocks
-are freed at once.
+Each handler holds a `RequestStream`: it turns its own tokens into text with a
+`engine.text_stream.TextStream` (detokenize, hold back text that may still become
+a stop string, cut at one), and tells the engine to `finish` on a match or `abort`
+when the client goes away, so the KV blocks are freed at once.
 """
 
 from __future__ import annotations
@@ -26,11 +25,11 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from engine.batch.llm_engine import LLMEngine, StepResult, TokenOutput
+from engine.batch.llm_engine import BatchEngine, StepResult, TokenOutput
 from engine.errors import EngineError
 from engine.model.tokenizer import Tokenizer
 from engine.sampling import SamplingParams
-from engine.stop_strings import StopMatcher
+from engine.text_stream import TextStream
 
 logger = logging.getLogger("preflight.server")
 
@@ -83,10 +82,10 @@ class EngineSnapshot:
 StepObserver = Callable[[StepResult, EngineSnapshot], None]
 
 
-class EngineLoop:
-    """Runs `LLMEngine.step()` on its own thread; handlers talk to it only through commands."""
+class BatchLoop:
+    """The server's loop thread: runs `BatchEngine.step()`; handlers talk to it only through commands."""
 
-    def __init__(self, llm: LLMEngine, on_step: StepObserver | None = None) -> None:
+    def __init__(self, llm: BatchEngine, on_step: StepObserver | None = None) -> None:
         self.llm = llm
         self._on_step = on_step
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -234,12 +233,12 @@ class EngineLoop:
     def _publish(self, result: StepResult) -> None:
         s = self.llm.kv_stats()
         self.snapshot = EngineSnapshot(
-            num_running=int(s["num_running"] or 0),
-            num_waiting=int(s["num_waiting"] or 0),
-            kv_cache_usage=float(s["kv_cache_usage"] or 0.0),
-            prefix_cache_hit_rate=s["prefix_cache_hit_rate"],
-            spec_acceptance_rate=s["spec_acceptance_rate"],
-            num_preemptions=int(s["num_preemptions"] or 0),
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            kv_cache_usage=s.kv_cache_usage,
+            prefix_cache_hit_rate=s.prefix_cache_hit_rate,
+            spec_acceptance_rate=s.spec_acceptance_rate,
+            num_preemptions=s.num_preemptions,
         )
         if self._on_step is not None:
             self._on_step(result, self.snapshot)
@@ -264,7 +263,7 @@ class Delta:
 class RequestStream:
     """One admitted request: iterate for deltas; `close()` aborts it if it is still running."""
 
-    loop: EngineLoop
+    loop: BatchLoop
     seq_id: int
     prompt_tokens: int
     params: SamplingParams
@@ -276,14 +275,21 @@ class RequestStream:
     first_token_s: float | None = None
     last_token_s: float | None = None
     done: bool = False
-    text: str = ""
-    _emitted: int = 0
+    _text: TextStream = field(init=False)
     _pending_ids: list[int] = field(default_factory=list)
     _pending_lps: list[float] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self._text = TextStream(self.tokenizer.stream_decoder(), self.params.stop)
+
+    @property
+    def text(self) -> str:
+        """The text so far (cut where a stop string began), streamed or still held back."""
+        return self._text.text
+
     @classmethod
     async def open(
-        cls, loop: EngineLoop, tokenizer: Tokenizer, prompt_ids: list[int], params: SamplingParams, arrival_s: float
+        cls, loop: BatchLoop, tokenizer: Tokenizer, prompt_ids: list[int], params: SamplingParams, arrival_s: float
     ) -> RequestStream:
         """Admit a request; raises QueueFullError / PromptError / EngineFailure before anything streams."""
         q: asyncio.Queue = asyncio.Queue()
@@ -303,8 +309,7 @@ class RequestStream:
             self.loop.abort(self.seq_id)
 
     async def deltas(self) -> AsyncIterator[Delta]:
-        decoder = self.tokenizer.stream_decoder()
-        stops = StopMatcher(self.params.stop)
+        text = self._text
         try:
             while not self.done:
                 item = await self.queue.get()
@@ -315,23 +320,18 @@ class RequestStream:
                 lps = item.logprobs or []
                 for i, token in enumerate(item.new_token_ids):
                     self._take(token, lps[i] if i < len(lps) else None, now)
-                    piece = decoder.push(token)
-                    self.text += piece
-                    hit = stops.feed(piece)
-                    if hit >= 0:
-                        self.text = self.text[:hit]
+                    if text.push(token):
                         self.loop.finish(self.seq_id)
                         self.done = True
-                        yield self._flush("stop")
+                        yield self._flush(text.rest(), "stop")
                         return
                 if item.finished:
-                    self.text += decoder.flush()
+                    text.flush()
                     self.done = True
-                    yield self._flush(item.finish_reason or "stop")
+                    yield self._flush(text.rest(), item.finish_reason or "stop")
                     return
-                safe = len(self.text) - stops.hold_back
-                if safe > self._emitted:
-                    yield self._flush(None, upto=safe)
+                if final := text.take():
+                    yield self._flush(final, None)
         finally:
             self.close()
 
@@ -344,21 +344,20 @@ class RequestStream:
         if logprob is not None:
             self._pending_lps.append(logprob)
 
-    def _flush(self, finish_reason: str | None, upto: int | None = None) -> Delta:
-        end = len(self.text) if upto is None else upto
+    def _flush(self, text: str, finish_reason: str | None) -> Delta:
+        """A delta of `text` with the tokens (and logprobs) taken since the last one."""
         delta = Delta(
-            text=self.text[self._emitted : end],
+            text=text,
             token_ids=self._pending_ids,
             logprobs=self._pending_lps if self.params.logprobs else None,
             finish_reason=finish_reason,
         )
-        self._emitted = end
         self._pending_ids, self._pending_lps = [], []
         if finish_reason is not None:
             self.finish_reason = finish_reason
         return delta
 
 
-def _abort_if_admitted(loop: EngineLoop, reply: concurrent.futures.Future) -> None:
+def _abort_if_admitted(loop: BatchLoop, reply: concurrent.futures.Future) -> None:
     if not reply.cancelled() and reply.exception() is None:
         loop.abort(reply.result())

@@ -24,7 +24,7 @@ from engine.sampling import SamplingParams, argmax_ids, make_generator, sample_t
 
 
 @dataclass(frozen=True, slots=True)
-class EngineConfig:
+class BatchConfig:
     """Serving limits; KV memory is given in bytes and turned into blocks here."""
 
     max_num_seqs: int = 16
@@ -52,6 +52,20 @@ class TokenOutput:
     finish_reason: str | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KvStats:
+    """The scheduler's and KV pool's state after a step, for /metrics; rates are None until measured."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float  # fraction of the KV blocks in use
+    num_free_blocks: int
+    prefix_cache_hit_rate: float | None
+    num_preemptions: int
+    spec_acceptance_rate: float | None
+    kv_cache_bytes: int
+
+
 @dataclass(slots=True)
 class StepResult:
     outputs: list[TokenOutput] = field(default_factory=list)
@@ -61,12 +75,16 @@ class StepResult:
     forward_s: float = 0.0
 
 
-class LLMEngine:
-    """Many sequences sharing one model and one paged KV pool."""
+class BatchEngine:
+    """Many sequences sharing one model and one paged KV pool (the server's engine).
 
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+    `engine.run.runtime.Engine` is the single-stream one; `BatchLoop` (batch/async_engine.py)
+    drives this one from its own thread.
+    """
+
+    def __init__(self, loaded: LoadedModel, config: BatchConfig | None = None) -> None:
         self.loaded = loaded
-        self.config = cfg = config or EngineConfig()
+        self.config = cfg = config or BatchConfig()
         model_len = min(cfg.max_model_len, loaded.config.context_length)
         self.scheduler = Scheduler(
             SchedulerConfig(
@@ -171,30 +189,30 @@ class LLMEngine:
         token, lp = sample_token(rows[-1], params, self._rngs.get(seq.seq_id), seq.all_token_ids)
         return [token], [lp] if lp is not None else []
 
-    def kv_stats(self) -> dict[str, float | int | None]:
+    def kv_stats(self) -> KvStats:
         s = self.scheduler.stats()
-        return {
-            "num_running": s.num_running,
-            "num_waiting": s.num_waiting,
-            "kv_cache_usage": s.kv_cache_usage,
-            "num_free_blocks": s.num_free_blocks,
-            "prefix_cache_hit_rate": s.prefix_cache_hit_rate,
-            "num_preemptions": s.num_preemptions,
-            "spec_acceptance_rate": s.spec_acceptance_rate,
-            "kv_cache_bytes": self.cache.nbytes,
-        }
+        return KvStats(
+            num_running=s.num_running,
+            num_waiting=s.num_waiting,
+            kv_cache_usage=s.kv_cache_usage,
+            num_free_blocks=s.num_free_blocks,
+            prefix_cache_hit_rate=s.prefix_cache_hit_rate,
+            num_preemptions=s.num_preemptions,
+            spec_acceptance_rate=s.spec_acceptance_rate,
+            kv_cache_bytes=self.cache.nbytes,
+        )
 
 
 def warm_up_compiled(loaded: LoadedModel) -> None:
     """Trace the compiled decode-only graphs (one sequence, then several) before serving.
 
-    Runs on a throwaway LLMEngine with a small pool of its own, so the real engine's
+    Runs on a throwaway BatchEngine with a small pool of its own, so the real engine's
     prefix cache and statistics never see the warm-up. The pool size is a dynamic
     dimension of the compiled graphs, so they are reused by the real pool.
     """
-    block = EngineConfig().block_size
+    block = BatchConfig().block_size
     pool = 8 * PagedKVCache.bytes_per_block(loaded.config, block, loaded.model.act_dtype)
-    engine = LLMEngine(loaded, EngineConfig(max_num_seqs=2, max_model_len=64, kv_cache_bytes=pool, block_size=block))
+    engine = BatchEngine(loaded, BatchConfig(max_num_seqs=2, max_model_len=64, kv_cache_bytes=pool, block_size=block))
     params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
     for batch in (1, 2):
         for i in range(batch):

@@ -11,42 +11,10 @@ Forms (w is an (N, K) weight: N outputs, K inputs):
 - fp8: float8_e4m3fn with a per-row scale = max|w| / 448, w ~= q * scale; out-of-range
   values saturate at +-448 (e4m3fn has no inf: an unclamped cast would give NaN).
 
-Kernel timings (ms; min of 5-60 runs; 2-core AMD EPYC with AVX512-BF16, torch 2.13.0 CPU,
-set_num_threads(2), other jobs on the host; bf16 activations unless marked; W is N x K):
+Kernel timings that decided the choices below (int8, int4 and fp8 kernels at decode and prefill
+shapes on a 2-core CPU) are in docs/BENCHMARKS.md, "Quantized matmul kernels on CPU".
 
-    decode, M = 1                        576x576  192x576  1536x576  576x1536  49152x576
-    fp32 dense (fp32 activations)          0.014    0.007     0.036     0.034      2.65
-    bf16 dense                             0.027    0.011     0.065     0.060      2.32
-    int8 _weight_int8pack_mm               0.013    0.007     0.028     0.027      0.93
-    int8 dynamic, fbgemm linear_dynamic    0.025    0.024     0.028     0.029      0.55
-    int8 dynamic, _int_mm + per-token q    0.034    0.028     0.036     0.037      0.55
-    int8 dequantize + bf16 matmul          0.097    0.041     0.246     0.237     38
-    int4 _weight_int4pack_mm_for_cpu g32   0.015    0.008     0.030     0.032      0.84
-    int4 same kernel, fp32 activations     0.362    0.147     0.864     0.958     28
-    int4 dequantize + bf16 matmul          0.230    0.096     0.589     0.561     72
-    fp8 cast to bf16 + bf16 matmul         0.916    0.314     2.43      2.43     196
-    fp8 256-entry table + f32 matmul       0.252    0.094     0.635     0.635     93
-    fp8 torch._scaled_mm (runs on CPU)     1.02     0.359     2.82      2.79     150
-
-    prefill, M = 256
-    fp32 dense (fp32 activations)          0.485    0.175     1.53      1.40      68
-    bf16 dense                             2.7      0.900     7.24      7.21     249
-    int8 _weight_int8pack_mm               1.22     0.402     3.35      3.08     123
-    int8 dynamic, fbgemm linear_dynamic    0.255    0.142     0.611     0.594     47
-    int8 dynamic, _int_mm + per-token q    0.302    0.180     0.671     0.717     72
-    int4 _weight_int4pack_mm_for_cpu g32   1.16     0.377     3.11      3.08     101
-    int4 dequantize (f32) + f32 matmul(2)  0.996    0.380     2.69      3.45     149
-    fp8 256-entry table + f32 matmul       0.814    0.292     2.34(1)   2.15      294
-    fp8 torch._scaled_mm (runs on CPU)     2.34     1.05      5.82      5.82     220
-    (1) the module gives 2.3-2.4; one kernel-only run gave 4.4
-    (2) separate run, unpacking the kernel's own layout; there the kernel gave 1.17 0.40 3.11 3.12 289
-
-    int8 crossover, M = 1 / 4 / 8 / 16 / 64 (ms):
-    1536x576   _weight_int8pack_mm 0.030 0.055 0.107 0.209 0.825   _int_mm 0.037 0.059 0.068 0.096 0.198
-    576x576    _weight_int8pack_mm 0.017 0.023 0.043 0.084 0.315   _int_mm 0.031 0.041 0.053 0.069 0.111
-    49152x576  _weight_int8pack_mm 0.99  1.84  4.05  7.98  32.7    _int_mm 0.59  1.37  1.60  4.36  13.8
-
-What the modules do with this:
+What the modules do with those timings:
 - int8: `_weight_int8pack_mm` below 8 rows when N < 8192; dynamic int8 (`torch._int_mm` on
   per-token int8 activations) otherwise, lm_head included. fbgemm's dynamic linear is 10-50%
   faster at M = 256, but it needs an opaque prepacked copy of the weight beside the plain
@@ -56,7 +24,7 @@ What the modules do with this:
 - int4: the packed kernel at every M. Dequantizing to f32 for the fast f32 GEMM wins by at
   most ~1.2x at M = 256 and loses below, and needs the kernel's private, ISA-specific layout.
 - fp8 on CPU: the table lookup + f32 GEMM at every M (no FP8 units; "dequantize-on-the-fly").
-- Dense bf16 is slower than fp32 at M = 256 on this CPU (no AMX); that is the dense format's
+- Dense bf16 is slower than fp32 at M = 256 on the measured CPU (no AMX); that is the dense format's
   business, not this module's.
 """
 

@@ -23,7 +23,7 @@ from engine.model.loader import LoadedModel, load_model
 from engine.run.cuda_graph import CudaGraphDecoder, graph_capacity
 from engine.run.kv_cache import KVCache
 from engine.sampling import SamplingParams, make_generator, sample_token
-from engine.stop_strings import StopMatcher
+from engine.text_stream import TextStream
 
 
 def cuda_graphs_enabled() -> bool:
@@ -114,20 +114,31 @@ class Generation:
         self._use_kv = use_kv_cache
         self.result: GenerationResult | None = None
 
+    def drain(self) -> GenerationResult:
+        """Run the generation to its end without showing the text, and return its result.
+
+        For callers that want only the result (`Engine.generate`, the studies, benchmarks).
+        Each iteration decodes from the start, so drain a fresh `Generation`, not one
+        already partly iterated.
+        """
+        for _ in self:
+            pass
+        if self.result is None:
+            raise EngineError("generation ended without a result")
+        return self.result
+
     def __iter__(self) -> Iterator[str]:
         eng, params = self._engine, self._params
         model, tok = eng.loaded.model, eng.loaded.tokenizer
         device = eng.loaded.device
         stop_ids = frozenset() if params.ignore_eos else tok.stop_token_ids
-        decoder = tok.stream_decoder()
-        stops = StopMatcher(params.stop)
+        text = TextStream(tok.stream_decoder(), params.stop)
         rng = make_generator(params.seed, device)
         needed = len(self._prompt) + params.max_tokens
         graphed = eng.graph_decoder(needed) if self._use_kv else None
         cache = KVCache(model.config, 1, needed, model.act_dtype, device) if self._use_kv and graphed is None else None
         ids: list[int] = []
         logprobs: list[float] = []
-        text, emitted = "", 0
         finish = "length"
         seq = torch.tensor([self._prompt], dtype=torch.long, device=device)
         t0 = time.perf_counter()
@@ -151,25 +162,20 @@ class Generation:
             ids.append(token)
             if lp is not None:
                 logprobs.append(lp)
-            piece = decoder.push(token)
-            text += piece
-            hit = stops.feed(piece)
-            if hit >= 0:
-                text, finish = text[:hit], "stop"
+            if text.push(token):
+                finish = "stop"
                 break
-            safe = len(text) - stops.hold_back
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
+            if final := text.take():
+                yield final
             new = torch.tensor([[token]], dtype=torch.long, device=device)
             seq = new if self._use_kv else torch.cat([seq, new], dim=1)
         else:
-            text += decoder.flush()
-        if len(text) > emitted:
-            yield text[emitted:]
+            text.flush()
+        if tail := text.rest():
+            yield tail
         total = time.perf_counter() - t0
         self.result = GenerationResult(
-            text=text,
+            text=text.text,
             token_ids=ids,
             prompt_tokens=len(self._prompt),
             finish_reason=finish,
@@ -217,7 +223,7 @@ class Engine:
 
         Tracing happens on a graph's first run, so a short warm-up runs every graph
         the caller will use: prefill and decode for `generate`, or, with `serving`,
-        decode-only batches of one and of several sequences (LLMEngine). The first
+        decode-only batches of one and of several sequences (BatchEngine). The first
         real request, and any timing of it, then runs compiled code, not the compiler.
         """
         t0 = time.perf_counter()
@@ -228,8 +234,7 @@ class Engine:
                 warm_up_compiled(self.loaded)
             else:
                 warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
-                for _ in self.stream_ids(WARMUP_PROMPT_IDS, warm):
-                    pass
+                self.stream_ids(WARMUP_PROMPT_IDS, warm).drain()
         except Exception as exc:  # Dynamo/Inductor failures are long; the engine stays usable, eager
             model.disable_compile()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -302,9 +307,4 @@ class Engine:
         chat: bool = False,
         use_kv_cache: bool = True,
     ) -> GenerationResult:
-        gen = self.stream(prompt, params, chat, use_kv_cache)
-        for _ in gen:
-            pass
-        if gen.result is None:
-            raise EngineError("generation ended without a result")
-        return gen.result
+        return self.stream(prompt, params, chat, use_kv_cache).drain()

@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.serving.validation import pydantic_message
+
 logger = logging.getLogger("preflight.server")
 
 # OpenAI's `type` word for each status we send.
@@ -87,7 +89,7 @@ def describe_validation_error(exc: ValidationError | RequestValidationError) -> 
     elif kind == "missing":
         msg = "this field is required"
     else:
-        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+        msg = pydantic_message(first)
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return (f"{param}: {msg}{more}" if param else f"{msg}{more}"), param
 

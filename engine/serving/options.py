@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from engine.formats import WeightFormat
 from engine.model.chat_template import TemplateLimits
+from engine.serving.validation import pydantic_message
 
 MAX_API_KEY_CHARS = 512
 """Longer configured keys are refused and longer presented tokens fail unhashed (a cheap 401)."""
@@ -198,6 +199,6 @@ def describe_options_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err.get("loc", ()))
-        msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+        msg = pydantic_message(err)
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from engine.batch.async_engine import EngineLoop
-from engine.batch.llm_engine import EngineConfig, LLMEngine
+from engine.batch.async_engine import BatchLoop
+from engine.batch.llm_engine import BatchConfig, BatchEngine
 from engine.batch.paged_cache import PagedKVCache
 from engine.model.loader import LoadedModel
 from engine.run.runtime import Engine
@@ -26,15 +26,15 @@ from engine.serving.options import ServerOptions
 logger = logging.getLogger("preflight.server")
 
 
-def engine_config(options: ServerOptions, loaded: LoadedModel) -> EngineConfig:
-    """Serving limits for LLMEngine; the default KV pool always holds one full-length sequence."""
+def batch_config(options: ServerOptions, loaded: LoadedModel) -> BatchConfig:
+    """Serving limits for BatchEngine; the default KV pool always holds one full-length sequence."""
     ctx = loaded.config.context_length
     max_len = min(options.max_model_len or ctx, ctx)
-    defaults = EngineConfig()
+    defaults = BatchConfig()
     block_size = defaults.block_size
     per_block = PagedKVCache.bytes_per_block(loaded.config, block_size, loaded.model.act_dtype)
     kv_bytes = options.kv_cache_bytes or max(defaults.kv_cache_bytes, math.ceil(max_len / block_size) * per_block)
-    return EngineConfig(
+    return BatchConfig(
         max_num_seqs=options.max_num_seqs,
         max_model_len=max_len,
         max_num_batched_tokens=max(512, options.max_num_seqs),
@@ -56,7 +56,7 @@ class Serving:
     """What handlers need once the model is loaded."""
 
     engine: Engine
-    loop: EngineLoop
+    loop: BatchLoop
     max_model_len: int
 
 
@@ -88,8 +88,8 @@ class ServerState:
             engine = self._load()
             if self.options.compile:  # before /health turns 200, so no request waits on the compiler
                 logger.info("compiled the decode step in %.1f s", engine.compile(serving=True))
-            llm = LLMEngine(engine.loaded, engine_config(self.options, engine.loaded))
-            loop = EngineLoop(llm, self.metrics.on_step)
+            llm = BatchEngine(engine.loaded, batch_config(self.options, engine.loaded))
+            loop = BatchLoop(llm, self.metrics.on_step)
             loop.start()
         except Exception as exc:  # any load failure: one line, then the server exits non-zero
             self.status = ServerStatus.FAILED

@@ -27,12 +27,8 @@ WARMUP_TOKENS = 4
 
 
 def _generate(engine: Engine, prompt: list[int], tokens: int, use_kv_cache: bool) -> GenerationResult:
-    gen = engine.stream_ids(prompt, SamplingParams(max_tokens=tokens, ignore_eos=True), use_kv_cache=use_kv_cache)
-    for _ in gen:
-        pass
-    if gen.result is None:
-        raise RuntimeError("generation ended without a result")
-    return gen.result
+    params = SamplingParams(max_tokens=tokens, ignore_eos=True)
+    return engine.stream_ids(prompt, params, use_kv_cache=use_kv_cache).drain()
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -105,12 +105,8 @@ def _warm_engine(options: StudyOptions, fmt: str) -> tuple[Engine, float | None]
 
 def _speed(engine: Engine, prompt: list[int], tokens: int) -> tuple[float | None, float | None]:
     def run(p: list[int], n: int) -> tuple[float | None, float | None]:
-        gen = engine.stream_ids(p, SamplingParams(max_tokens=n, ignore_eos=True))
-        for _ in gen:
-            pass
-        if gen.result is None:
-            raise RuntimeError("generation ended without a result")
-        return gen.result.prefill_tok_s, gen.result.decode_tok_s
+        result = engine.stream_ids(p, SamplingParams(max_tokens=n, ignore_eos=True)).drain()
+        return result.prefill_tok_s, result.decode_tok_s
 
     run(prompt[:16], 4)  # warm-up, excluded
     return run(prompt, tokens)

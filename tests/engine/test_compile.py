@@ -29,7 +29,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from checks.load.targets import wait_healthy
-from engine.batch.llm_engine import EngineConfig, LLMEngine
+from engine.batch.llm_engine import BatchConfig, BatchEngine
 from engine.errors import EngineError
 from engine.model.compiled import CACHE_ENV, compile_function, compile_unavailable_reason, inductor_cache_dir
 from engine.run.kv_cache import KVCache
@@ -116,8 +116,8 @@ def test_fp32_compiled_batches_match_eager_token_for_token() -> None:
     params = SamplingParams(max_tokens=12, ignore_eos=True)
 
     def run(speculative_tokens: int = 0) -> list[list[int]]:
-        config = EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, speculative_tokens=speculative_tokens)
-        llm = LLMEngine(engine.loaded, config)
+        config = BatchConfig(max_num_seqs=4, max_num_batched_tokens=64, speculative_tokens=speculative_tokens)
+        llm = BatchEngine(engine.loaded, config)
         ids = [llm.add_request(engine.encode_prompt(p), params) for p in prompts]
         out: dict[int, list[int]] = {i: [] for i in ids}
         while llm.has_unfinished:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.batch.llm_engine import EngineConfig, LLMEngine
+from engine.batch.llm_engine import BatchConfig, BatchEngine
 from engine.errors import ModelFileError
 from engine.formats import WEIGHT_FORMATS
 from engine.model.gguf_file import bundled_model_path
@@ -116,9 +116,9 @@ def test_warm_cuda_load_from_the_weight_cache_is_identical() -> None:
 @pytest.mark.parametrize("speculative", [0, 4])
 def test_continuous_batching_on_cuda_matches_running_alone(speculative: int) -> None:
     engine = Engine.load(LoadOptions(quant="fp32", device="cuda"))
-    llm = LLMEngine(
+    llm = BatchEngine(
         engine.loaded,
-        EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, prefill_chunk_size=8, speculative_tokens=speculative),
+        BatchConfig(max_num_seqs=4, max_num_batched_tokens=64, prefill_chunk_size=8, speculative_tokens=speculative),
     )
     ids = {llm.add_request(engine.encode_prompt(p), GREEDY): p for p in PROMPTS}
     outputs: dict[int, list[int]] = {seq_id: [] for seq_id in ids}

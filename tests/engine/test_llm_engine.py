@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.batch.llm_engine import EngineConfig, LLMEngine
+from engine.batch.llm_engine import BatchConfig, BatchEngine
 from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 
@@ -30,7 +30,7 @@ def _alone(engine: Engine, prompt: str, params: SamplingParams = GREEDY) -> list
     return engine.generate(prompt, params).token_ids
 
 
-def _run(llm: LLMEngine, requests: dict[int, list[int]], max_steps: int = 2000) -> dict[int, list[int]]:
+def _run(llm: BatchEngine, requests: dict[int, list[int]], max_steps: int = 2000) -> dict[int, list[int]]:
     outputs: dict[int, list[int]] = {seq_id: [] for seq_id in requests}
     for _ in range(max_steps):
         if not llm.has_unfinished:
@@ -41,7 +41,7 @@ def _run(llm: LLMEngine, requests: dict[int, list[int]], max_steps: int = 2000) 
 
 
 def test_concurrent_sequences_match_running_alone(engine: Engine) -> None:
-    llm = LLMEngine(engine.loaded, EngineConfig(max_num_seqs=4, max_num_batched_tokens=64, prefill_chunk_size=8))
+    llm = BatchEngine(engine.loaded, BatchConfig(max_num_seqs=4, max_num_batched_tokens=64, prefill_chunk_size=8))
     ids = {llm.add_request(engine.encode_prompt(p), GREEDY): p for p in PROMPTS}
     outputs = _run(llm, ids)
     for seq_id, prompt in ids.items():
@@ -52,8 +52,8 @@ def test_concurrent_sequences_match_running_alone(engine: Engine) -> None:
 def test_preemption_under_a_tiny_block_pool(engine: Engine) -> None:
     params = SamplingParams(max_tokens=24, ignore_eos=True)
     block_bytes = 2 * 30 * 16 * 3 * 64 * 4  # K+V, 30 layers, 16 tokens, 3 KV heads, dim 64, fp32
-    config = EngineConfig(max_num_seqs=4, max_model_len=64, block_size=16, kv_cache_bytes=5 * block_bytes)
-    llm = LLMEngine(engine.loaded, config)
+    config = BatchConfig(max_num_seqs=4, max_model_len=64, block_size=16, kv_cache_bytes=5 * block_bytes)
+    llm = BatchEngine(engine.loaded, config)
     assert llm.scheduler.config.num_kv_blocks == 5
     ids = {llm.add_request(engine.encode_prompt(p), params): p for p in PROMPTS}
     outputs = _run(llm, ids)
@@ -65,27 +65,27 @@ def test_preemption_under_a_tiny_block_pool(engine: Engine) -> None:
 def test_speculative_decoding_is_exact_and_accepts_drafts(engine: Engine) -> None:
     prompt = "Repeat after me: one two three four five, one two three four five, one two three"
     params = SamplingParams(max_tokens=24, ignore_eos=True)
-    llm = LLMEngine(engine.loaded, EngineConfig(speculative_tokens=4))
+    llm = BatchEngine(engine.loaded, BatchConfig(speculative_tokens=4))
     seq_id = llm.add_request(engine.encode_prompt(prompt), params)
     outputs = _run(llm, {seq_id: []})
     assert outputs[seq_id] == _alone(engine, prompt, params)
-    rate = llm.kv_stats()["spec_acceptance_rate"]
+    rate = llm.kv_stats().spec_acceptance_rate
     assert rate is not None and rate > 0
 
 
 def test_shared_prefix_hits_the_cache(engine: Engine) -> None:
     system = "You are a meticulous assistant. " * 8
-    llm = LLMEngine(engine.loaded, EngineConfig(block_size=16))
+    llm = BatchEngine(engine.loaded, BatchConfig(block_size=16))
     first = llm.add_request(engine.encode_prompt(system + "Question one?"), SamplingParams(max_tokens=2))
     _run(llm, {first: []})
     second = llm.add_request(engine.encode_prompt(system + "Question two?"), SamplingParams(max_tokens=2))
     _run(llm, {second: []})
-    rate = llm.kv_stats()["prefix_cache_hit_rate"]
+    rate = llm.kv_stats().prefix_cache_hit_rate
     assert rate is not None and rate > 0.3
 
 
 def test_abort_frees_blocks_at_once(engine: Engine) -> None:
-    llm = LLMEngine(engine.loaded, EngineConfig())
+    llm = BatchEngine(engine.loaded, BatchConfig())
     seq_id = llm.add_request(engine.encode_prompt(PROMPTS[0]), SamplingParams(max_tokens=100, ignore_eos=True))
     llm.step()
     llm.step()
@@ -99,7 +99,7 @@ def test_sampled_requests_are_reproducible_with_a_seed(engine: Engine) -> None:
     params = SamplingParams(max_tokens=12, temperature=0.8, top_p=0.9, seed=7, logprobs=True)
     runs = []
     for _ in range(2):
-        llm = LLMEngine(engine.loaded, EngineConfig())
+        llm = BatchEngine(engine.loaded, BatchConfig())
         seq_id = llm.add_request(engine.encode_prompt(PROMPTS[2]), params)
         runs.append(_run(llm, {seq_id: []})[seq_id])
     assert runs[0] == runs[1]

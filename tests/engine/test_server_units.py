@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from engine.batch.async_engine import Delta, EngineFailure, EngineLoop, RequestStream
-from engine.batch.llm_engine import StepResult, TokenOutput
+from engine.batch.async_engine import BatchLoop, Delta, EngineFailure, RequestStream
+from engine.batch.llm_engine import KvStats, StepResult, TokenOutput
 from engine.cli import main
 from engine.sampling import SamplingParams
 from engine.serving.api_models import ChatCompletionRequest, CompletionRequest
@@ -204,7 +204,7 @@ VOCAB = {0: "a", 1: "b", 2: "c", 3: " ", 4: "d"}
 
 
 class ScriptedLLM:
-    """Duck-types LLMEngine: every request emits `tokens`, one per step, then finishes with "length"."""
+    """Duck-types BatchEngine: every request emits `tokens`, one per step, then finishes with "length"."""
 
     def __init__(self, tokens: list[int], fail_steps: int = 0) -> None:
         self.tokens = tokens
@@ -244,9 +244,17 @@ class ScriptedLLM:
             outputs.append(TokenOutput(seq_id, [token], [-0.5], not rest, None if rest else "length"))
         return StepResult(outputs=outputs)
 
-    def kv_stats(self) -> dict[str, float | int | None]:
-        return {"num_running": len(self.live), "num_waiting": 0, "kv_cache_usage": 0.0,
-                "prefix_cache_hit_rate": None, "spec_acceptance_rate": None, "num_preemptions": 0}  # fmt: skip
+    def kv_stats(self) -> KvStats:
+        return KvStats(
+            num_running=len(self.live),
+            num_waiting=0,
+            kv_cache_usage=0.0,
+            num_free_blocks=0,
+            prefix_cache_hit_rate=None,
+            num_preemptions=0,
+            spec_acceptance_rate=None,
+            kv_cache_bytes=0,
+        )
 
 
 class CharDecoder:
@@ -262,18 +270,18 @@ class CharTokenizer:
         return CharDecoder()
 
 
-async def _run_stream(loop: EngineLoop, params: SamplingParams) -> tuple[list[Delta], RequestStream]:
+async def _run_stream(loop: BatchLoop, params: SamplingParams) -> tuple[list[Delta], RequestStream]:
     stream = await RequestStream.open(loop, CharTokenizer(), [1, 2], params, 0.0)  # type: ignore[arg-type]
     return [d async for d in stream.deltas()], stream
 
 
 @pytest.fixture
-def scripted() -> Iterator[Callable[..., tuple[ScriptedLLM, EngineLoop]]]:
-    loops: list[EngineLoop] = []
+def scripted() -> Iterator[Callable[..., tuple[ScriptedLLM, BatchLoop]]]:
+    loops: list[BatchLoop] = []
 
-    def make(tokens: list[int], fail_steps: int = 0) -> tuple[ScriptedLLM, EngineLoop]:
+    def make(tokens: list[int], fail_steps: int = 0) -> tuple[ScriptedLLM, BatchLoop]:
         llm = ScriptedLLM(tokens, fail_steps)
-        loop = EngineLoop(llm)  # type: ignore[arg-type]
+        loop = BatchLoop(llm)  # type: ignore[arg-type]
         loop.start()
         loops.append(loop)
         return llm, loop
