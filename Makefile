@@ -63,9 +63,10 @@ bench: $(VENV)/.installed-bench
 	if [ -z "$$scripts" ]; then echo "make bench: no bench/*.py scripts found"; exit 1; fi; \
 	for s in $$scripts; do echo "== $$s"; $(PY) $$s || exit $$?; done
 
-## make lint: ruff over the repository
+## make lint: ruff's checks and its formatter (check only; `ruff format .` applies it) over the repository
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -57,8 +57,10 @@ else:
     st.caption(cpu.describe())
 
 st.subheader("Predicted vs measured")
-st.caption("Upload what `python -m engine generate --json --device cpu ...` printed; the planner predicts the same "
-           "run from this CPU's measurements and shows its error per metric.")
+st.caption(
+    "Upload what `python -m engine generate --json --device cpu ...` printed; the planner predicts the same "
+    "run from this CPU's measurements and shows its error per metric."
+)
 run = st.file_uploader("Bundled-engine run (JSON)", type="json", key="hardware_run")
 if run is not None:
     try:

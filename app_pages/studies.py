@@ -57,8 +57,9 @@ def _options(name: str) -> StudyOptions:
 st.title("Engine studies")
 st.caption("Measured on this machine with the bundled engine; nothing is simulated. Each run states its conditions.")
 results = st.session_state.setdefault("engine_study_results", {})
-name = st.selectbox("Study", list(STUDIES), key="engine_study_name",
-                    format_func=lambda study: f"{study}: {TITLES[study]}")
+name = st.selectbox(
+    "Study", list(STUDIES), key="engine_study_name", format_func=lambda study: f"{study}: {TITLES[study]}"
+)
 try:
     options = _options(name)
 except ValueError as exc:

@@ -101,18 +101,40 @@ def main() -> int:
         one["eager_decode_tok_s"] = eager["decode_tok_s"]
         bound = bandwidth / info.weight_bytes
         agg = {b: batched(engine, prompt, b, 64) for b in (int(x) for x in args.batch_sizes.split(","))}
-        results[fmt] = {**one, "bound_tok_s": bound, "weight_bytes": info.weight_bytes, "batched_tok_s": agg,
-                        "kernels": list(info.kernel_notes)}
-        rows.append([fmt, fmt_num(info.weight_bytes / 2**20), fmt_num(one["prefill_tok_s"]),
-                     fmt_num(eager["decode_tok_s"]), fmt_num(one["decode_tok_s"]),
-                     fmt_ratio(one["decode_tok_s"], eager["decode_tok_s"]), fmt_num(bound, 0),
-                     fmt_ratio(one["decode_tok_s"], bound),
-                     *(fmt_num(v) for v in agg.values())])
+        results[fmt] = {
+            **one,
+            "bound_tok_s": bound,
+            "weight_bytes": info.weight_bytes,
+            "batched_tok_s": agg,
+            "kernels": list(info.kernel_notes),
+        }
+        rows.append(
+            [
+                fmt,
+                fmt_num(info.weight_bytes / 2**20),
+                fmt_num(one["prefill_tok_s"]),
+                fmt_num(eager["decode_tok_s"]),
+                fmt_num(one["decode_tok_s"]),
+                fmt_ratio(one["decode_tok_s"], eager["decode_tok_s"]),
+                fmt_num(bound, 0),
+                fmt_ratio(one["decode_tok_s"], bound),
+                *(fmt_num(v) for v in agg.values()),
+            ]
+        )
         del engine
         torch.cuda.empty_cache()
     batch_cols = [f"agg tok/s @{b}" for b in args.batch_sizes.split(",")]
-    header = ["format", "weights MiB", "prefill tok/s", "decode eager", "decode graph", "graph/eager",
-              "bound tok/s", "graph/bound", *batch_cols]
+    header = [
+        "format",
+        "weights MiB",
+        "prefill tok/s",
+        "decode eager",
+        "decode graph",
+        "graph/eager",
+        "bound tok/s",
+        "graph/bound",
+        *batch_cols,
+    ]
     print()
     print(format_table(header, rows))
     if args.json:

@@ -99,10 +99,16 @@ def main() -> int:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--server-cpus", default="auto",
-                        help="pin the server to these CPUs, e.g. 1; 'auto' = the upper half; 'none' = no pinning")
-    parser.add_argument("--client-cpus", default="auto",
-                        help="pin both clients to these CPUs, e.g. 0; 'auto' = the lower half; 'none' = no pinning")
+    parser.add_argument(
+        "--server-cpus",
+        default="auto",
+        help="pin the server to these CPUs, e.g. 1; 'auto' = the upper half; 'none' = no pinning",
+    )
+    parser.add_argument(
+        "--client-cpus",
+        default="auto",
+        help="pin both clients to these CPUs, e.g. 0; 'auto' = the lower half; 'none' = no pinning",
+    )
     args = parser.parse_args()
     args.server_cpus, args.client_cpus = split_cpus(args.server_cpus, args.client_cpus)
     if args.threads is None:

@@ -126,6 +126,7 @@ def connect(base_url: str, api_key: str | None = None, model: str | None = None,
 
 def format_connection(report: ConnectionReport) -> str:
     """The report as lines for a terminal: one fact per line, problems last."""
+
     def ms(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.0f} ms"
 

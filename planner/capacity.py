@@ -79,8 +79,10 @@ def plan_capacity(
     if target_rps and priced:
         cost_h = devices * price_per_device_hour  # type: ignore[operator]
         per_m = cost_h / (target_rps * output_tokens * 3600 / 1e6)
-        note = (f"{replicas} replica(s) of {devices_per_replica} device(s) for {target_rps:g} req/s "
-                f"(each serves up to {rps:.2f} req/s, at batch {b})")
+        note = (
+            f"{replicas} replica(s) of {devices_per_replica} device(s) for {target_rps:g} req/s "
+            f"(each serves up to {rps:.2f} req/s, at batch {b})"
+        )
     elif priced:
         cost_h = devices_per_replica * price_per_device_hour  # type: ignore[operator]
         per_m = cost_h / (tok_s * 3600 / 1e6)
@@ -92,7 +94,16 @@ def plan_capacity(
     if not meets:
         note = f"TPOT target missed even at batch 1 ({tpot * 1e3:.0f} ms); " + note
     return Capacity(
-        batch=b, tpot_ms=tpot * 1e3, meets_tpot=meets, rps_per_replica=rps, output_tok_s_per_replica=tok_s,
-        devices_per_replica=devices_per_replica, target_rps=target_rps, replicas=replicas, devices=devices,
-        cost_per_hour=cost_h, cost_per_m_output_tokens=per_m, note=note,
+        batch=b,
+        tpot_ms=tpot * 1e3,
+        meets_tpot=meets,
+        rps_per_replica=rps,
+        output_tok_s_per_replica=tok_s,
+        devices_per_replica=devices_per_replica,
+        target_rps=target_rps,
+        replicas=replicas,
+        devices=devices,
+        cost_per_hour=cost_h,
+        cost_per_m_output_tokens=per_m,
+        note=note,
     )

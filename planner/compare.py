@@ -36,9 +36,13 @@ class MeasuredRun:
         try:
             timings, load = data["timings"], data["load"]
             return cls(
-                quant=str(load["quant"]), device=str(load["device"]), prompt_tokens=int(data["prompt_tokens"]),
-                completion_tokens=int(data["completion_tokens"]), prefill_tok_s=timings.get("prefill_tok_s"),
-                decode_tok_s=timings.get("decode_tok_s"), weight_bytes=load.get("weight_bytes"),
+                quant=str(load["quant"]),
+                device=str(load["device"]),
+                prompt_tokens=int(data["prompt_tokens"]),
+                completion_tokens=int(data["completion_tokens"]),
+                prefill_tok_s=timings.get("prefill_tok_s"),
+                decode_tok_s=timings.get("decode_tok_s"),
+                weight_bytes=load.get("weight_bytes"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlannerError(
@@ -92,12 +96,27 @@ def predict_bundled(model: ModelSpec, device: Device, run: MeasuredRun, catalog:
     fmt = catalog.format(f"bundled-{run.quant}")
     eff = engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
     overhead = dispatch_overhead_s(engine, device, model)
-    pre = prefill(model, fmt, device, run.prompt_tokens, bandwidth_efficiency=eff.decode_bandwidth,
-                  flops_efficiency=eff.prefill_flops, overhead_s=overhead)
+    pre = prefill(
+        model,
+        fmt,
+        device,
+        run.prompt_tokens,
+        bandwidth_efficiency=eff.decode_bandwidth,
+        flops_efficiency=eff.prefill_flops,
+        overhead_s=overhead,
+    )
     context = run.prompt_tokens + run.completion_tokens // 2
-    dec = decode_step(model, fmt, device, 1, context, bandwidth_efficiency=eff.decode_bandwidth,
-                      flops_efficiency=eff.prefill_flops, overhead_s=overhead,
-                      kv_dtype_bytes=kv_dtype_bytes(engine, device))
+    dec = decode_step(
+        model,
+        fmt,
+        device,
+        1,
+        context,
+        bandwidth_efficiency=eff.decode_bandwidth,
+        flops_efficiency=eff.prefill_flops,
+        overhead_s=overhead,
+        kv_dtype_bytes=kv_dtype_bytes(engine, device),
+    )
     return {
         "weight_bytes": float(weight_bytes(model, fmt).total),
         "prefill_tok_s": run.prompt_tokens / pre.seconds,
@@ -113,8 +132,9 @@ def compare(run: MeasuredRun, model: ModelSpec, device: Device, catalog: Catalog
         raise PlannerError(f"the run was on {run.device!r}; the CPU prediction needs a run with --device cpu")
     pred = predict_bundled(model, device, run, catalog)
     rows = (
-        ComparisonRow("weight memory", "MiB", pred["weight_bytes"] / 2**20,
-                      run.weight_bytes / 2**20 if run.weight_bytes else None),
+        ComparisonRow(
+            "weight memory", "MiB", pred["weight_bytes"] / 2**20, run.weight_bytes / 2**20 if run.weight_bytes else None
+        ),
         ComparisonRow("prefill", "tok/s", pred["prefill_tok_s"], run.prefill_tok_s),
         ComparisonRow("decode", "tok/s", pred["decode_tok_s"], run.decode_tok_s),
     )

@@ -63,9 +63,12 @@ class CpuMeasurement:
     @property
     def kernel_weights_s(self) -> dict[str, float]:
         rates = {
-            "int4": self.int4_gemv_weights_s, "int8": self.int8_gemv_weights_s,
-            f"int4@{GEMM_ROWS}": self.int4_gemm_weights_s, f"int8@{GEMM_ROWS}": self.int8_gemm_weights_s,
-            "fp8": self.fp8_gemv_weights_s, f"fp8@{GEMM_ROWS}": self.fp8_gemm_weights_s,
+            "int4": self.int4_gemv_weights_s,
+            "int8": self.int8_gemv_weights_s,
+            f"int4@{GEMM_ROWS}": self.int4_gemm_weights_s,
+            f"int8@{GEMM_ROWS}": self.int8_gemm_weights_s,
+            "fp8": self.fp8_gemv_weights_s,
+            f"fp8@{GEMM_ROWS}": self.fp8_gemm_weights_s,
         }
         return {k: v for k, v in rates.items() if v}
 
@@ -139,8 +142,9 @@ def _int4_mats() -> tuple[list, Callable]:
     mats = []
     for _ in range(GEMV_MATS):
         q = torch.randint(0, 16, (GEMV_N, GEMV_K), dtype=torch.int32)
-        mats.append((torch._convert_weight_to_int4pack_for_cpu(q, 1),
-                     torch.rand(GEMV_K // 32, GEMV_N, 2).to(torch.bfloat16)))
+        mats.append(
+            (torch._convert_weight_to_int4pack_for_cpu(q, 1), torch.rand(GEMV_K // 32, GEMV_N, 2).to(torch.bfloat16))
+        )
     return mats, lambda x, m: torch._weight_int4pack_mm_for_cpu(x, m[0], 32, m[1])
 
 
@@ -202,11 +206,20 @@ def measure(threads: int | None = None, repeats: int = REPEATS) -> CpuMeasuremen
         int8_gemv, int8_gemm = _kernel_rates(_int8_mats, repeats)
         fp8_gemv, fp8_gemm = _kernel_rates(_fp8_mats, repeats)
         return CpuMeasurement(
-            threads=torch.get_num_threads(), copy_bytes_s=copy_bw, triad_bytes_s=triad_bw,
-            bandwidth_curve=tuple(curve), fp32_flops=fp32, bf16_flops=bf16, op_overhead_s=dispatch,
-            int4_gemv_weights_s=int4_gemv, int8_gemv_weights_s=int8_gemv,
-            int4_gemm_weights_s=int4_gemm, int8_gemm_weights_s=int8_gemm,
-            fp8_gemv_weights_s=fp8_gemv, fp8_gemm_weights_s=fp8_gemm, repeats=repeats,
+            threads=torch.get_num_threads(),
+            copy_bytes_s=copy_bw,
+            triad_bytes_s=triad_bw,
+            bandwidth_curve=tuple(curve),
+            fp32_flops=fp32,
+            bf16_flops=bf16,
+            op_overhead_s=dispatch,
+            int4_gemv_weights_s=int4_gemv,
+            int8_gemv_weights_s=int8_gemv,
+            int4_gemm_weights_s=int4_gemm,
+            int8_gemm_weights_s=int8_gemm,
+            fp8_gemv_weights_s=fp8_gemv,
+            fp8_gemm_weights_s=fp8_gemm,
+            repeats=repeats,
         )
     finally:
         torch.set_num_threads(before)

@@ -29,10 +29,17 @@ def cpu_device(hw: Hardware, m: CpuMeasurement) -> Device:
     if hw.ram_available_bytes is None:
         raise PlannerError("cannot plan for this CPU: available RAM could not be read (see `python -m planner detect`)")
     return Device(
-        name=hw.cpu_model, kind="cpu", vendor="cpu", memory_bytes=hw.ram_available_bytes,
-        bandwidth_bytes_s=m.bandwidth_bytes_s, flops={"fp32": m.fp32_flops, "bf16": m.bf16_flops},
-        op_overhead_s=m.op_overhead_s, measured=m.describe(), threads=m.threads,
-        bandwidth_curve=m.bandwidth_curve, kernel_weights_s=m.kernel_weights_s,
+        name=hw.cpu_model,
+        kind="cpu",
+        vendor="cpu",
+        memory_bytes=hw.ram_available_bytes,
+        bandwidth_bytes_s=m.bandwidth_bytes_s,
+        flops={"fp32": m.fp32_flops, "bf16": m.bf16_flops},
+        op_overhead_s=m.op_overhead_s,
+        measured=m.describe(),
+        threads=m.threads,
+        bandwidth_curve=m.bandwidth_curve,
+        kernel_weights_s=m.kernel_weights_s,
     )
 
 

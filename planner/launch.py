@@ -55,9 +55,12 @@ def _vllm(spec: LaunchSpec, extra: list[str]) -> list[str]:
     if spec.fmt.id == "fp16":
         args += ["--dtype", "float16"]
     args += [
-        "--max-model-len", str(spec.context),
-        "--gpu-memory-utilization", f"{spec.gpu_memory_utilization:g}",
-        "--tensor-parallel-size", str(spec.tp),
+        "--max-model-len",
+        str(spec.context),
+        "--gpu-memory-utilization",
+        f"{spec.gpu_memory_utilization:g}",
+        "--tensor-parallel-size",
+        str(spec.tp),
     ]
     if spec.pp > 1:
         args += ["--pipeline-parallel-size", str(spec.pp)]
@@ -79,10 +82,14 @@ def _sglang(spec: LaunchSpec) -> list[str]:
     if spec.fmt.id in ("fp8", "awq"):
         args += ["--quantization", spec.fmt.id]
     args += [
-        "--context-length", str(spec.context),
-        "--mem-fraction-static", f"{spec.gpu_memory_utilization:g}",
-        "--tp-size", str(spec.tp),
-        "--max-running-requests", str(spec.max_seqs),
+        "--context-length",
+        str(spec.context),
+        "--mem-fraction-static",
+        f"{spec.gpu_memory_utilization:g}",
+        "--tp-size",
+        str(spec.tp),
+        "--max-running-requests",
+        str(spec.max_seqs),
     ]
     return comments + [" ".join(args)]
 
@@ -90,10 +97,20 @@ def _sglang(spec: LaunchSpec) -> list[str]:
 def _trtllm(spec: LaunchSpec) -> list[str]:
     model, comments = _checkpoint(spec)
     args = [
-        "trtllm-serve", model, "--backend", "pytorch",
-        "--tp_size", str(spec.tp), "--pp_size", str(spec.pp),
-        "--max_seq_len", str(spec.context), "--max_batch_size", str(spec.max_seqs),
-        "--kv_cache_free_gpu_memory_fraction", f"{spec.gpu_memory_utilization:g}",
+        "trtllm-serve",
+        model,
+        "--backend",
+        "pytorch",
+        "--tp_size",
+        str(spec.tp),
+        "--pp_size",
+        str(spec.pp),
+        "--max_seq_len",
+        str(spec.context),
+        "--max_batch_size",
+        str(spec.max_seqs),
+        "--kv_cache_free_gpu_memory_fraction",
+        f"{spec.gpu_memory_utilization:g}",
     ]
     return comments + [" ".join(args)]
 
@@ -123,9 +140,16 @@ def _bundled(spec: LaunchSpec) -> list[str]:
         args += ["--model", '"$GGUF_FILE"']
         comments = [f"# GGUF_FILE: a GGUF of {spec.model.hf_repo or spec.model.name}"]
     args += [
-        "--device", "cuda" if spec.device_kind == "gpu" else "cpu",
-        "--max-model-len", str(spec.context), "--max-num-seqs", str(max(1, spec.max_seqs)),
-        "--host", "127.0.0.1", "--port", "8000",
+        "--device",
+        "cuda" if spec.device_kind == "gpu" else "cpu",
+        "--max-model-len",
+        str(spec.context),
+        "--max-num-seqs",
+        str(max(1, spec.max_seqs)),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8000",
     ]
     return comments + [" ".join(args)]
 

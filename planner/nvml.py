@@ -90,6 +90,11 @@ def probe(loader: Callable[[], Any] | None = None) -> NvmlReport:
         pynvml.nvmlShutdown()
     except pynvml.NVMLError as exc:
         note = f"nvmlShutdown failed: {exc}"
-        report = NvmlReport(report.status, f"{report.reason}; {note}" if report.reason else note,
-                            report.driver_version, report.cuda_driver_version, report.gpus)
+        report = NvmlReport(
+            report.status,
+            f"{report.reason}; {note}" if report.reason else note,
+            report.driver_version,
+            report.cuda_driver_version,
+            report.gpus,
+        )
     return report

@@ -34,13 +34,18 @@ def format_plan(plan: Plan, top: int = 10, details: int = 3) -> list[str]:
     launch commands, what cannot run and why, and the assumptions."""
     w, m = plan.workload, plan.model
     slo = w.slo
-    targets = ", ".join(
-        f"{name} {value:g} ms" for name, value in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms), ("E2E", slo.e2e_ms))
-        if value is not None
-    ) or "no latency targets"
+    targets = (
+        ", ".join(
+            f"{name} {value:g} ms"
+            for name, value in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms), ("E2E", slo.e2e_ms))
+            if value is not None
+        )
+        or "no latency targets"
+    )
     lines = [
         f"{'Model':<14}{m.name} ({m.params_total / 1e9:.2f}B params"
-        + (f", {m.params_active / 1e9:.1f}B active" if m.params_active != m.params_total else "") + ")",
+        + (f", {m.params_active / 1e9:.1f}B active" if m.params_active != m.params_total else "")
+        + ")",
         f"{'Hardware':<14}{_device_line(plan)}",
         f"{'Workload':<14}context {w.context}, {w.concurrency} concurrent, {w.input_tokens} in / {w.output_tokens} out"
         + (f", target {w.qps:g} req/s" if w.qps else ""),

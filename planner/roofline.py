@@ -61,10 +61,17 @@ def interpolate_bandwidth(curve: tuple[tuple[int, float], ...], working_set_byte
 
 def gpu_device(spec: GpuSpec, count: int = 1, price_per_hour: float | None = None) -> Device:
     return Device(
-        name=spec.name, kind="gpu", vendor=spec.vendor, memory_bytes=spec.memory_bytes,
-        bandwidth_bytes_s=spec.bandwidth_bytes_s, flops=dict(spec.flops), count=count,
-        compute_capability=spec.compute_capability, interconnect=spec.interconnect,
-        price_per_hour=spec.price_per_hour if price_per_hour is None else price_per_hour, gpu_id=spec.id,
+        name=spec.name,
+        kind="gpu",
+        vendor=spec.vendor,
+        memory_bytes=spec.memory_bytes,
+        bandwidth_bytes_s=spec.bandwidth_bytes_s,
+        flops=dict(spec.flops),
+        count=count,
+        compute_capability=spec.compute_capability,
+        interconnect=spec.interconnect,
+        price_per_hour=spec.price_per_hour if price_per_hour is None else price_per_hour,
+        gpu_id=spec.id,
     )
 
 
@@ -209,7 +216,10 @@ def decode_step(
         compute = max(compute, kernel_s(model, fmt, device))
     return StepTime(
         memory_s=read / (device.bandwidth_at(read) * bandwidth_efficiency * scale),
-        compute_s=compute, overhead_s=overhead_s, flops=flops, bytes_read=read,
+        compute_s=compute,
+        overhead_s=overhead_s,
+        flops=flops,
+        bytes_read=read,
     )
 
 
@@ -234,7 +244,9 @@ def prefill(
     return StepTime(
         memory_s=read / (device.bandwidth_at(read) * bandwidth_efficiency * scale),
         compute_s=compute,
-        overhead_s=overhead_s, flops=flops, bytes_read=read,
+        overhead_s=overhead_s,
+        flops=flops,
+        bytes_read=read,
     )
 
 

@@ -188,8 +188,17 @@ def plan_memory(
         return max(0, kv_budget) // per_seq if per_seq else 0
 
     return MemoryPlan(
-        device_bytes=device_bytes, budget_bytes=budget, weights_bytes=weights, activation_bytes=act,
-        overhead_bytes=over, kv_budget_bytes=kv_budget, kv_bytes_per_token=kv_per_token, block_size=block,
-        num_blocks=num_blocks, context=context, max_seqs_at_context=seqs(context), seq_tokens=seq_tokens,
+        device_bytes=device_bytes,
+        budget_bytes=budget,
+        weights_bytes=weights,
+        activation_bytes=act,
+        overhead_bytes=over,
+        kv_budget_bytes=kv_budget,
+        kv_bytes_per_token=kv_per_token,
+        block_size=block,
+        num_blocks=num_blocks,
+        context=context,
+        max_seqs_at_context=seqs(context),
+        seq_tokens=seq_tokens,
         max_seqs_at_workload=seqs(seq_tokens),
     )

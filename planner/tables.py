@@ -25,12 +25,22 @@ def options_frame(plan: Plan) -> pd.DataFrame:
         p, m = o.prediction, o.memory
         if p is None or m is None:
             continue
-        rows.append({
-            "rank": o.rank, "engine": o.engine_label, "format": o.format_label,
-            "TP x PP": f"{o.tp} x {o.pp}", "replicas": o.replicas, "GiB per device": round(m.weights_bytes / GIB, 1),
-            "batch": p.batch, "TTFT ms": round(p.ttft_ms, 1), "TPOT ms": round(p.tpot_ms, 2),
-            "output tok/s": round(p.throughput_tok_s), "meets SLO": o.meets_slo, "quality": o.quality,
-        })
+        rows.append(
+            {
+                "rank": o.rank,
+                "engine": o.engine_label,
+                "format": o.format_label,
+                "TP x PP": f"{o.tp} x {o.pp}",
+                "replicas": o.replicas,
+                "GiB per device": round(m.weights_bytes / GIB, 1),
+                "batch": p.batch,
+                "TTFT ms": round(p.ttft_ms, 1),
+                "TPOT ms": round(p.tpot_ms, 2),
+                "output tok/s": round(p.throughput_tok_s),
+                "meets SLO": o.meets_slo,
+                "quality": o.quality,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -47,8 +57,13 @@ def memory_frame(plan: Plan, top: int = 8) -> pd.DataFrame:
             continue
         kv = max(0, m.kv_budget_bytes)
         used = m.weights_bytes + m.activation_bytes + m.overhead_bytes + kv
-        parts = {"weights": m.weights_bytes, "activations": m.activation_bytes, "runtime overhead": m.overhead_bytes,
-                 "KV cache": kv, "unused": max(0, m.device_bytes - used)}
+        parts = {
+            "weights": m.weights_bytes,
+            "activations": m.activation_bytes,
+            "runtime overhead": m.overhead_bytes,
+            "KV cache": kv,
+            "unused": max(0, m.device_bytes - used),
+        }
         rows += [{"option": option_label(o), "part": k, "GiB": v / GIB} for k, v in parts.items()]
     return pd.DataFrame(rows)
 
@@ -65,8 +80,14 @@ def roofline_frames(plan: Plan, top: int = 8) -> tuple[pd.DataFrame, pd.DataFram
         peak = p.ridge_point * d.bandwidth_bytes_s
         ridges[f"roof at {peak / 1e12:.3g} TFLOP/s"] = peak
         achieved = p.decode_flops / (p.tpot_ms / 1e3) / max(1, o.tp * o.pp)
-        points.append({"option": option_label(o), "FLOP/byte": p.arithmetic_intensity,
-                       "TFLOP/s per device": achieved / 1e12, "bound": p.decode_bound})
+        points.append(
+            {
+                "option": option_label(o),
+                "FLOP/byte": p.arithmetic_intensity,
+                "TFLOP/s per device": achieved / 1e12,
+                "bound": p.decode_bound,
+            }
+        )
     roof = []
     for name, peak in ridges.items():
         for e in range(-1, 5):
@@ -83,27 +104,52 @@ def capacity_frame(plan: Plan) -> pd.DataFrame:
         c = o.capacity
         if c is None:
             continue
-        rows.append({
-            "option": option_label(o), "batch within TPOT target": c.batch, "TPOT ms": round(c.tpot_ms, 2),
-            "req/s per replica": round(c.rps_per_replica, 3), "devices per replica": c.devices_per_replica,
-            "replicas": c.replicas, "devices": c.devices,
-            "$ per hour": None if c.cost_per_hour is None else round(c.cost_per_hour, 2),
-            "$ per M output tokens": None if c.cost_per_m_output_tokens is None
-            else round(c.cost_per_m_output_tokens, 4),
-        })
+        rows.append(
+            {
+                "option": option_label(o),
+                "batch within TPOT target": c.batch,
+                "TPOT ms": round(c.tpot_ms, 2),
+                "req/s per replica": round(c.rps_per_replica, 3),
+                "devices per replica": c.devices_per_replica,
+                "replicas": c.replicas,
+                "devices": c.devices,
+                "$ per hour": None if c.cost_per_hour is None else round(c.cost_per_hour, 2),
+                "$ per M output tokens": None
+                if c.cost_per_m_output_tokens is None
+                else round(c.cost_per_m_output_tokens, 4),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def gpu_frame(hw: Hardware) -> pd.DataFrame:
     """One row per detected GPU; memory as GiB text, a figure NVML could not give as "not measured"."""
-    return pd.DataFrame([{
-        "index": g.index, "name": g.name, "memory total": gib(g.total_memory_bytes),
-        "memory used": gib(g.used_memory_bytes), "compute capability": g.compute_capability or "not measured",
-        "source": g.source,
-    } for g in hw.gpus])
+    return pd.DataFrame(
+        [
+            {
+                "index": g.index,
+                "name": g.name,
+                "memory total": gib(g.total_memory_bytes),
+                "memory used": gib(g.used_memory_bytes),
+                "compute capability": g.compute_capability or "not measured",
+                "source": g.source,
+            }
+            for g in hw.gpus
+        ]
+    )
 
 
 def comparison_frame(comparison: Comparison) -> pd.DataFrame:
     """Predicted vs measured per metric; the error in percent, None where the metric was not measured."""
-    return pd.DataFrame([{"metric": r.metric, "unit": r.unit, "predicted": r.predicted, "measured": r.measured,
-                          "error %": None if r.error is None else 100 * r.error} for r in comparison.rows])
+    return pd.DataFrame(
+        [
+            {
+                "metric": r.metric,
+                "unit": r.unit,
+                "predicted": r.predicted,
+                "measured": r.measured,
+                "error %": None if r.error is None else 100 * r.error,
+            }
+            for r in comparison.rows
+        ]
+    )

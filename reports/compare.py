@@ -331,7 +331,6 @@ def compare(a: Document, b: Document, threshold_pct: float = THRESHOLD_PCT) -> C
                       environment=_environment(a, b))  # fmt: skip
 
 
-
 def latency_samples(a: Measured, b: Measured) -> list[tuple[str, str, float]]:
     """(side, metric, ms) rows of TTFT and TPOT for the runs `compare` pairs: the overlaid distributions."""
     pairs = paired_runs(a, b)

@@ -226,4 +226,3 @@ def _ids(entries: Iterable[HistoryEntry]) -> list[str]:
 def dump_entries(entries: list[HistoryEntry]) -> str:
     """The listing as JSON (`reports list --json`): a list of entries, dates in ISO 8601."""
     return json.dumps([e.model_dump(mode="json") for e in entries], indent=1)
-

@@ -58,8 +58,14 @@ def result_of(runs: list[RunDoc], sweep: SweepDoc | None = None, slo: SloDoc | N
         finished_at=now,
         config=BenchmarkConfig(target=BASE_URL).redacted(),
         target=RemoteTargetDoc(base_url=BASE_URL, model="m", api="chat", api_key_set=False),
-        endpoint=EndpointDoc(base_url=BASE_URL, model="m", api="chat", api_key_set=False, supports_ignore_eos=True,
-                             supports_stream_usage=True),  # fmt: skip
+        endpoint=EndpointDoc(
+            base_url=BASE_URL,
+            model="m",
+            api="chat",
+            api_key_set=False,
+            supports_ignore_eos=True,
+            supports_stream_usage=True,
+        ),  # fmt: skip
         workload="synthetic: 8 in / 3 out tokens (fixed/fixed)",
         slo=slo,
         client=client_conditions(),

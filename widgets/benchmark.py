@@ -120,12 +120,21 @@ def live_progress(job: Job) -> None:
 
 def latency_cdf(frame: pd.DataFrame, metric: str, title: str, colour: str = "run") -> alt.Chart:
     """The share of requests at or below each latency: tails and shifts read off it better than off bins."""
-    return alt.Chart(frame.dropna(subset=[metric])).transform_window(
-        cdf="cume_dist()", sort=[{"field": metric}], groupby=[colour],
-    ).mark_line(interpolate="step-after").encode(
-        x=alt.X(f"{metric}:Q", title=title), y=alt.Y("cdf:Q", title="share of requests", axis=alt.Axis(format="%")),
-        color=alt.Color(f"{colour}:N", title=None),
-    ).properties(title=f"{title.split(' (')[0]}: share of requests at or below", height=240)
+    return (
+        alt.Chart(frame.dropna(subset=[metric]))
+        .transform_window(
+            cdf="cume_dist()",
+            sort=[{"field": metric}],
+            groupby=[colour],
+        )
+        .mark_line(interpolate="step-after")
+        .encode(
+            x=alt.X(f"{metric}:Q", title=title),
+            y=alt.Y("cdf:Q", title="share of requests", axis=alt.Axis(format="%")),
+            color=alt.Color(f"{colour}:N", title=None),
+        )
+        .properties(title=f"{title.split(' (')[0]}: share of requests at or below", height=240)
+    )
 
 
 def result_charts(result: BenchmarkResult) -> None:
@@ -134,22 +143,40 @@ def result_charts(result: BenchmarkResult) -> None:
     requests = request_frame(result)
     left, right = st.columns(2)
     for col, metric, title in ((left, "ttft_ms", "TTFT (ms)"), (right, "tpot_ms", "TPOT (ms)")):
-        chart = alt.Chart(requests.dropna(subset=[metric])).mark_bar().encode(
-            x=alt.X(metric, bin=alt.Bin(maxbins=30), title=title), y=alt.Y("count()", title="requests"),
-            color=alt.Color("run:N", title=None))
+        chart = (
+            alt.Chart(requests.dropna(subset=[metric]))
+            .mark_bar()
+            .encode(
+                x=alt.X(metric, bin=alt.Bin(maxbins=30), title=title),
+                y=alt.Y("count()", title="requests"),
+                color=alt.Color("run:N", title=None),
+            )
+        )
         col.altair_chart(chart.properties(title=f"{title.split(' (')[0]} distribution", height=240))
         col.altair_chart(latency_cdf(requests, metric, title))
     tput = throughput_frame(result, window_s=throughput_window_s(result))
-    line = alt.Chart(tput).mark_line(point=True).encode(
-        x=alt.X("t_s", title="time since the first request (s)"), y=alt.Y("output_tok_s", title="output tok/s"),
-        color=alt.Color("run:N", title=None))
+    line = (
+        alt.Chart(tput)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("t_s", title="time since the first request (s)"),
+            y=alt.Y("output_tok_s", title="output tok/s"),
+            color=alt.Color("run:N", title=None),
+        )
+    )
     st.altair_chart(line.properties(title="Output tokens per second", height=240))
     sweep = sweep_frame(result)
     if not sweep.empty:
         melted = sweep.melt("request_rate", ["p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms"], "metric", "ms")
-        chart = alt.Chart(melted).mark_line(point=True).encode(
-            x=alt.X("request_rate", title="request rate (req/s)"), y=alt.Y("ms", title="latency (ms)"),
-            color=alt.Color("metric:N", title=None))
+        chart = (
+            alt.Chart(melted)
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("request_rate", title="request rate (req/s)"),
+                y=alt.Y("ms", title="latency (ms)"),
+                color=alt.Color("metric:N", title=None),
+            )
+        )
         st.altair_chart(chart.properties(title="Latency vs load (sweep)", height=260))
 
 

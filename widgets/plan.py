@@ -39,28 +39,51 @@ def plan_inputs(catalog: Catalog) -> dict:
     """Model (catalog id or a file path), hardware, SLO and workload, as RecommendOptions' fields."""
     models, slos, hardware = catalog.models, catalog.slo_profiles, device_choices(catalog)
     model_col, hardware_col, slo_col = st.columns(3)
-    model = model_col.selectbox("Model", list(models), index=list(models).index(DEFAULT_MODEL), key="plan_model",
-                                format_func=lambda model_id: models[model_id].name, help=FIELDS["model"].description)
+    model = model_col.selectbox(
+        "Model",
+        list(models),
+        index=list(models).index(DEFAULT_MODEL),
+        key="plan_model",
+        format_func=lambda model_id: models[model_id].name,
+        help=FIELDS["model"].description,
+    )
     path = model_col.text_input("...or a config.json / .gguf path", key="plan_model_path")
-    gpu = hardware_col.selectbox("Hardware", list(hardware), index=list(hardware).index(DEFAULT_HARDWARE),
-                                 key="plan_gpu", format_func=hardware.get, help=FIELDS["gpu"].description)
+    gpu = hardware_col.selectbox(
+        "Hardware",
+        list(hardware),
+        index=list(hardware).index(DEFAULT_HARDWARE),
+        key="plan_gpu",
+        format_func=hardware.get,
+        help=FIELDS["gpu"].description,
+    )
     gpus = hardware_col.number_input("GPUs", 1, 1024, 1, key="plan_gpus", help=FIELDS["gpus"].description)
     catalog_price = catalog.gpus[gpu].price_per_hour if gpu in catalog.gpus else 0.0
-    price = hardware_col.number_input("$ per GPU-hour", 0.0, 1000.0, catalog_price, key=f"plan_price_{gpu}",
-                                      help=FIELDS["price_per_hour"].description)
-    slo = slo_col.selectbox("SLO profile", list(slos), key="plan_slo", help=FIELDS["slo"].description,
-                            format_func=lambda slo_id: f"{slos[slo_id].label} (TTFT {slos[slo_id].ttft_ms}, "
-                                                       f"TPOT {slos[slo_id].tpot_ms} ms)")
+    price = hardware_col.number_input(
+        "$ per GPU-hour", 0.0, 1000.0, catalog_price, key=f"plan_price_{gpu}", help=FIELDS["price_per_hour"].description
+    )
+    slo = slo_col.selectbox(
+        "SLO profile",
+        list(slos),
+        key="plan_slo",
+        help=FIELDS["slo"].description,
+        format_func=lambda slo_id: (
+            f"{slos[slo_id].label} (TTFT {slos[slo_id].ttft_ms}, TPOT {slos[slo_id].tpot_ms} ms)"
+        ),
+    )
     qps = slo_col.number_input("Target req/s (0: none)", 0.0, 1e6, 0.0, key="plan_qps", help=FIELDS["qps"].description)
     context_col, concurrency_col, input_col, output_col = st.columns(4)
-    context = context_col.number_input("Context", 16, 1_000_000, 8192, key="plan_context",
-                                       help=FIELDS["context"].description)
-    concurrency = concurrency_col.number_input("Concurrency", 1, 100_000, 32, key="plan_concurrency",
-                                               help=FIELDS["concurrency"].description)
-    input_tokens = input_col.number_input("Input tokens", 1, 1_000_000, 1024, key="plan_input",
-                                          help=FIELDS["input_tokens"].description)
-    output_tokens = output_col.number_input("Output tokens", 1, 1_000_000, 256, key="plan_output",
-                                            help=FIELDS["output_tokens"].description)
+    context = context_col.number_input(
+        "Context", 16, 1_000_000, 8192, key="plan_context", help=FIELDS["context"].description
+    )
+    concurrency = concurrency_col.number_input(
+        "Concurrency", 1, 100_000, 32, key="plan_concurrency", help=FIELDS["concurrency"].description
+    )
+    input_tokens = input_col.number_input(
+        "Input tokens", 1, 1_000_000, 1024, key="plan_input", help=FIELDS["input_tokens"].description
+    )
+    output_tokens = output_col.number_input(
+        "Output tokens", 1, 1_000_000, 256, key="plan_output", help=FIELDS["output_tokens"].description
+    )
     return {"model": path.strip() or model, "gpu": gpu, "gpus": gpus, "context": context, "concurrency": concurrency,
             "input_tokens": input_tokens, "output_tokens": output_tokens, "slo": slo, "qps": qps or None,
             "price_per_hour": price if gpu in catalog.gpus else None}  # fmt: skip
@@ -127,9 +150,16 @@ def option_details(plan: Plan, formats: dict[str, str | None]) -> None:
 
 def memory_chart(plan: Plan) -> alt.Chart:
     """Per-device memory of the top options as stacked bars (weights, activations, overhead, KV cache, unused)."""
-    return alt.Chart(memory_frame(plan)).mark_bar().encode(
-        x=alt.X("GiB:Q", stack="zero", title="GiB per device"), y=alt.Y("option:N", sort=None, title=None),
-        color="part:N", tooltip=["option", "part", alt.Tooltip("GiB:Q", format=".2f")])
+    return (
+        alt.Chart(memory_frame(plan))
+        .mark_bar()
+        .encode(
+            x=alt.X("GiB:Q", stack="zero", title="GiB per device"),
+            y=alt.Y("option:N", sort=None, title=None),
+            color="part:N",
+            tooltip=["option", "part", alt.Tooltip("GiB:Q", format=".2f")],
+        )
+    )
 
 
 def roofline_chart(plan: Plan) -> alt.LayerChart:
@@ -139,7 +169,8 @@ def roofline_chart(plan: Plan) -> alt.LayerChart:
     return alt.Chart(roof).mark_line().encode(
         x=alt.X("FLOP/byte:Q", scale=log), y=alt.Y("TFLOP/s per device:Q", scale=log), color="roof:N"
     ) + alt.Chart(points).mark_point(filled=True, size=80).encode(
-        x="FLOP/byte:Q", y="TFLOP/s per device:Q", shape="bound:N", tooltip=list(points.columns))
+        x="FLOP/byte:Q", y="TFLOP/s per device:Q", shape="bound:N", tooltip=list(points.columns)
+    )
 
 
 def plan_tabs(plan: Plan, catalog: Catalog) -> None:

@@ -211,8 +211,9 @@ async def _drive(
     config: BenchmarkConfig, endpoint: Endpoint, requests: list[PromptRequest], tokenizer: TextTokenizer,
     progress: ProgressCallback | None, cancel: threading.Event, origin: float,
 ) -> RunResult | SweepResult:  # fmt: skip
-    limits = RunLimits(requests=config.requests, duration_s=config.duration_s, warmup_requests=config.warmup_requests,
-                       seed=config.seed)
+    limits = RunLimits(
+        requests=config.requests, duration_s=config.duration_s, warmup_requests=config.warmup_requests, seed=config.seed
+    )
     options = RequestOptions(temperature=config.temperature, seed=None)
     profile = LoadProfile.parse(config.profile, config.max_concurrency)
     if profile.kind == "sweep":

@@ -103,8 +103,14 @@ ProgressCallback = Callable[[Progress], None]
 class _Run:
     """The mutable state of one run (one event loop)."""
 
-    def __init__(self, client: StreamClient, requests: list[PromptRequest], limits: RunLimits,
-                 progress: ProgressCallback | None, cancel: threading.Event | None) -> None:
+    def __init__(
+        self,
+        client: StreamClient,
+        requests: list[PromptRequest],
+        limits: RunLimits,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> None:
         self.client = client
         self.requests = requests
         self.limits = limits
@@ -141,8 +147,9 @@ class _Run:
         self.in_flight[task] = (rid, ready_s, scheduled_s, warm)
         task.add_done_callback(self._done)
 
-    async def _one(self, rid: int, ready_s: float, scheduled_s: float | None, warm: bool,
-                   gate: asyncio.Semaphore | None) -> RequestRecord:
+    async def _one(
+        self, rid: int, ready_s: float, scheduled_s: float | None, warm: bool, gate: asyncio.Semaphore | None
+    ) -> RequestRecord:
         if gate is None:
             return await self.client.send(rid, self.request(rid), ready_s, scheduled_s, warm)
         async with gate:
@@ -178,15 +185,17 @@ class _Run:
             return
         self._last_progress = now
         measured = [r for r in self.records if not r.warmup]
-        self.progress(Progress(
-            phase=self.phase,
-            completed=sum(r.ok for r in measured),
-            failed=sum(not r.ok for r in measured),
-            in_flight=len(self.in_flight),
-            total=self.limits.requests,
-            elapsed_s=max(0.0, now - self.measure_start) if self.phase != "warmup" else 0.0,
-            output_tokens=sum(r.output_tokens or 0 for r in measured if r.ok),
-        ))
+        self.progress(
+            Progress(
+                phase=self.phase,
+                completed=sum(r.ok for r in measured),
+                failed=sum(not r.ok for r in measured),
+                in_flight=len(self.in_flight),
+                total=self.limits.requests,
+                elapsed_s=max(0.0, now - self.measure_start) if self.phase != "warmup" else 0.0,
+                output_tokens=sum(r.output_tokens or 0 for r in measured if r.ok),
+            )
+        )
 
     async def probe_loop(self) -> None:
         """Measure event-loop oversleep: the error bound on every timestamp the client takes."""
@@ -205,12 +214,12 @@ class _Run:
         while True:
             await asyncio.sleep(1.0)
             backlog.append(len(self.in_flight))
-            recent = backlog[-(SATURATION_WINDOW + 1):]
+            recent = backlog[-(SATURATION_WINDOW + 1) :]
             growing = len(recent) > SATURATION_WINDOW and all(b > a for a, b in zip(recent, recent[1:], strict=False))
             ttfts = [r.ttft_s for r in self.records if r.ok and not r.warmup and r.ttft_s is not None]
             if growing and len(ttfts) >= 8:
                 early = statistics.median(ttfts[: len(ttfts) // 4 or 1])
-                late = statistics.median(ttfts[-(len(ttfts) // 4 or 1):])
+                late = statistics.median(ttfts[-(len(ttfts) // 4 or 1) :])
                 if late > 3 * early:
                     self.stopped_early = (
                         f"over-saturated: {recent[-1]} requests in flight and growing for {SATURATION_WINDOW} s, "
@@ -221,6 +230,7 @@ class _Run:
 
 async def _drive_concurrency(run: _Run, limit: int, total_warmup: int) -> None:
     """Keep `limit` requests in flight; warm-up first (same concurrency), then the measured window."""
+
     async def fill(open_: Callable[[], bool]) -> None:
         while open_():
             while len(run.in_flight) >= limit:

@@ -81,7 +81,6 @@ class ChecklistConfig(BaseModel):
         return [c for c in Category if c in chosen]
 
 
-
 # The Quick check: a newcomer's first minute. The bundled engine in its default format, a small load and
 # every category, so it ends in a verdict and a saved report in about a minute on a 2-core machine
 # (74 s measured, docs/READINESS.md). Its figures are real; it is small, not simulated.

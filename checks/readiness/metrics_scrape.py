@@ -35,6 +35,7 @@ UNKNOWN_NAMES = "no metric names of vLLM, SGLang, TGI, llama.cpp's server or Pre
 
 TIMELINE_KEY = "metrics_timeline"  # where the runner leaves the MetricsTimeline in CheckContext.scratch
 
+
 class ScrapeError(Exception):
     """One scrape failed; the message is short enough for a timeline sample."""
 

@@ -134,8 +134,13 @@ def _target_info(config: ChecklistConfig, target: BundledTarget | RemoteTarget, 
 class Checklist:
     """One readiness run; `run()` returns the report. Use a new one per run."""
 
-    def __init__(self, config: ChecklistConfig, progress: ProgressFn | None = None,
-                 cancel: threading.Event | None = None, on_status: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: ChecklistConfig,
+        progress: ProgressFn | None = None,
+        cancel: threading.Event | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
         self.config = config
         self.progress = progress or (lambda _p: None)
         self.cancel = cancel or threading.Event()
@@ -243,7 +248,11 @@ class Checklist:
         )  # fmt: skip
 
 
-def run_checklist(config: ChecklistConfig, progress: ProgressFn | None = None, cancel: threading.Event | None = None,
-                  on_status: Callable[[str], None] | None = None) -> ReadinessReport:
+def run_checklist(
+    config: ChecklistConfig,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    on_status: Callable[[str], None] | None = None,
+) -> ReadinessReport:
     """Run the readiness checklist `config` describes and return its report (see the module docstring)."""
     return Checklist(config, progress, cancel, on_status).run()

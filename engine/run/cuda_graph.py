@@ -68,7 +68,10 @@ class StaticKVCache:
             )
         else:  # a later chunk of a prompt: same as the eager cache
             y = torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(1, 2), keys[:, :, :end], values[:, :, :end], attn_mask=causal_mask(t, start, q.device),
+                q.transpose(1, 2),
+                keys[:, :, :end],
+                values[:, :, :end],
+                attn_mask=causal_mask(t, start, q.device),
                 enable_gqa=True,
             )
         return y.transpose(1, 2).reshape(b, t, n_heads * dim)

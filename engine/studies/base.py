@@ -67,7 +67,7 @@ class StudyOptions:
         unknown = [f for f in self.quant_formats if f not in WEIGHT_FORMATS]
         if unknown or not self.quant_formats:
             raise ValueError(f"quant formats must be some of {', '.join(WEIGHT_FORMATS)}, got {self.quant_formats}")
-        if self.kv_tokens < MIN_COUNTS['kv_tokens']:
+        if self.kv_tokens < MIN_COUNTS["kv_tokens"]:
             raise ValueError(f"kv tokens must be at least 2 (decode speed needs two tokens), got {self.kv_tokens}")
         if not self.kv_lengths or min(self.kv_lengths) <= self.kv_tokens:
             raise ValueError(
@@ -81,9 +81,9 @@ class StudyOptions:
         for name in ("batch_prompt_tokens", "batch_steps", "quant_prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
-        if self.quant_decode_tokens < MIN_COUNTS['quant_decode_tokens']:
+        if self.quant_decode_tokens < MIN_COUNTS["quant_decode_tokens"]:
             raise ValueError(f"quant decode tokens must be at least 2, got {self.quant_decode_tokens}")
-        if self.eval_window < MIN_COUNTS['eval_window'] or self.eval_max_tokens < MIN_COUNTS['eval_max_tokens']:
+        if self.eval_window < MIN_COUNTS["eval_window"] or self.eval_max_tokens < MIN_COUNTS["eval_max_tokens"]:
             raise ValueError(
                 f"eval window and eval max tokens must be at least 2, got {self.eval_window} and {self.eval_max_tokens}"
             )

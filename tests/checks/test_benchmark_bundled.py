@@ -165,8 +165,12 @@ def test_completions_api_counts_the_prompt_exactly(
 def test_jsonl_file_of_prompts_and_messages(endpoint: Endpoint, tokenizer: EngineTokenizer, tmp_path: Path) -> None:
     lines = [
         {"prompt": "Name three colours.", "max_tokens": 6},
-        {"messages": [{"role": "system", "content": "You answer briefly."},
-                      {"role": "user", "content": "What is two plus two?"}]},  # fmt: skip
+        {
+            "messages": [
+                {"role": "system", "content": "You answer briefly."},
+                {"role": "user", "content": "What is two plus two?"},
+            ]
+        },  # fmt: skip
         {"prompt": "Write one word about the sea."},
     ]
     path = tmp_path / "prompts.jsonl"
@@ -191,8 +195,13 @@ def test_sharegpt_file_sets_output_length_from_the_reply(
     conversations = [
         {"id": "a", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi there!"}]},
         {"id": "b", "conversations": [{"from": "gpt", "value": "No human turn here."}]},
-        {"id": "c", "conversations": [{"from": "human", "value": "Count to three."},
-                                      {"from": "gpt", "value": "One, two, three."}]},  # fmt: skip
+        {
+            "id": "c",
+            "conversations": [
+                {"from": "human", "value": "Count to three."},
+                {"from": "gpt", "value": "One, two, three."},
+            ],
+        },  # fmt: skip
     ]
     path = tmp_path / "sharegpt.json"
     path.write_text(json.dumps(conversations))

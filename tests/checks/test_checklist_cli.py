@@ -178,8 +178,25 @@ def test_a_handed_over_plan_is_kept_and_sizes_the_kv_line(tmp_path: Path) -> Non
         assert planner_main(["recommend", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--json"]) == 0
     plan.write_text(buffer.getvalue())
     with PlantedServer(Faults(no_metrics=True), **FAST) as server:
-        _run(["--target", server.base_url, "--api-key", "planted-key", "--only", "resources", *SMALL,
-              "--plan", str(plan), "--concurrency", "4", "--context-tokens", "4096", "--out", str(tmp_path / "r.json")])
+        _run(
+            [
+                "--target",
+                server.base_url,
+                "--api-key",
+                "planted-key",
+                "--only",
+                "resources",
+                *SMALL,
+                "--plan",
+                str(plan),
+                "--concurrency",
+                "4",
+                "--context-tokens",
+                "4096",
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
     report = _report(tmp_path / "r.json")
     assert report.plan is not None and report.plan["model"] == json.loads(plan.read_text())["model"]
     kv = next(r for r in report.checks if r.id == "resources.kv_capacity")
@@ -211,7 +228,6 @@ def test_server_pid_of_a_url_target_is_watched_by_the_measured_run(tmp_path: Pat
     assert report.benchmark is not None
     samples = report.benchmark.resources.samples
     assert any(s.proc_rss_bytes for s in samples), "the timeline must carry the watched process's RSS"
-
 
 
 def test_no_history_and_an_unwritable_history(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -84,8 +84,17 @@ def test_disconnect_frees_the_slot_unless_leaking(leak: bool) -> None:
 
 
 def test_faults_are_planted(tmp_path: Path) -> None:
-    faults = Faults(no_auth=True, stack_traces=True, error_500_on_bad_json=True, cors_wildcard_credentials=True,
-                    docs_exposed=True, canary_leak=True, log_prompts=True, no_metrics=True, health_always_ok=True)
+    faults = Faults(
+        no_auth=True,
+        stack_traces=True,
+        error_500_on_bad_json=True,
+        cors_wildcard_credentials=True,
+        docs_exposed=True,
+        canary_leak=True,
+        log_prompts=True,
+        no_metrics=True,
+        health_always_ok=True,
+    )
     log = tmp_path / "planted.log"
     with PlantedServer(faults, ready=False, log_path=log) as server, httpx.Client(base_url=server.base_url) as c:
         assert c.get("/health").status_code == 200

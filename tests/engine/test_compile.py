@@ -177,9 +177,7 @@ def test_inductor_cache_goes_beside_the_weight_cache_unless_the_user_chose(
     assert os.environ[CACHE_ENV] == str(tmp_path / "mine")
 
 
-def test_a_broken_toolchain_is_one_error_and_the_engine_stays_eager(
-    monkeypatch: pytest.MonkeyPatch, tmp_path
-) -> None:
+def test_a_broken_toolchain_is_one_error_and_the_engine_stays_eager(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A compiler that exists but fails (a real broken install): EngineError, then eager generation still works.
 
     bf16 is compiled nowhere else in this file, so nothing cached in this process can

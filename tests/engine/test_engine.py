@@ -138,9 +138,10 @@ def test_weight_cache_warm_load_and_corruption_rebuild(int4: Engine) -> None:
     # The module fixture loaded int4 once, so an entry exists now.
     warm = Engine.load(LoadOptions(quant="int4", device="cpu"))
     assert warm.info.source == "cache"
-    assert warm.generate("The capital of France is", GREEDY).token_ids == int4.generate(
-        "The capital of France is", GREEDY
-    ).token_ids
+    assert (
+        warm.generate("The capital of France is", GREEDY).token_ids
+        == int4.generate("The capital of France is", GREEDY).token_ids
+    )
     entries = sorted(cache_dir().glob("*-int4-cpu-*.safetensors"))
     assert entries, "no int4 cache entry was written"
     data = bytearray(entries[0].read_bytes())

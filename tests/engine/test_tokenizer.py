@@ -308,8 +308,11 @@ def _is_utf8(raw: bytes) -> bool:
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi!\n\nTwo lines,  spaces."}],
-    [{"role": "user", "content": "Écris « bonjour » 🙂"}, {"role": "assistant", "content": "bonjour"},
-     {"role": "user", "content": "  leading and trailing  "}],
+    [
+        {"role": "user", "content": "Écris « bonjour » 🙂"},
+        {"role": "assistant", "content": "bonjour"},
+        {"role": "user", "content": "  leading and trailing  "},
+    ],
     [{"role": "user", "content": "def f(x):\n    return x * 2\n"}],
 ]
 

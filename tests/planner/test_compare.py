@@ -24,11 +24,13 @@ THREADS = 1
 def engine_json(result: object, info: object) -> dict:
     """What `python -m engine generate --json` prints, built from the same objects."""
     return result.to_dict() | {  # type: ignore[attr-defined]
-        "load": {"quant": info.quant, "device": info.device, "weight_bytes": info.weight_bytes}}  # type: ignore[attr-defined]
+        "load": {"quant": info.quant, "device": info.device, "weight_bytes": info.weight_bytes}
+    }  # type: ignore[attr-defined]
 
 
 SAMPLE = {
-    "prompt_tokens": 44, "completion_tokens": 32,
+    "prompt_tokens": 44,
+    "completion_tokens": 32,
     "timings": {"prefill_s": 0.25, "decode_s": 0.5, "prefill_tok_s": 176.0, "decode_tok_s": 62.0},
     "load": {"quant": "int4", "device": "cpu", "weight_bytes": 99_198_208},
 }
@@ -110,6 +112,7 @@ def test_cli_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     data = json.loads(capsys.readouterr().out)
     assert [r["metric"] for r in data["rows"]] == ["weight memory", "prefill", "decode"]
     assert data["rows"][2]["measured"] == 62.0 and data["rows"][2]["error"] == pytest.approx(
-        data["rows"][2]["predicted"] / 62.0 - 1)
+        data["rows"][2]["predicted"] / 62.0 - 1
+    )
     assert main(["compare", "--measured", str(tmp_path / "missing.json")]) == 1
     assert capsys.readouterr().err.startswith("error: cannot read the measured run")

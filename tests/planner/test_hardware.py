@@ -97,7 +97,6 @@ def test_cli_detect_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert "RAM:" in out and "torch:" in out
 
 
-
 def fake_pynvml(gpus: list[dict], init_error: Exception | None = None, fail_on: str | None = None) -> types.ModuleType:
     """A stand-in pynvml with the real exception classes and the calls planner.nvml makes."""
     m = types.ModuleType("fake_pynvml")

@@ -16,9 +16,17 @@ from planner.workload import RecommendOptions
 
 # A fixed CPU so that CPU rankings do not depend on this machine's load.
 FIXED_CPU = CpuMeasurement(
-    threads=2, copy_bytes_s=10e9, triad_bytes_s=12e9, bandwidth_curve=((24 * 2**20, 30e9), (384 * 2**20, 12e9)),
-    fp32_flops=100e9, bf16_flops=20e9, op_overhead_s=3e-6, int4_gemv_weights_s=10e9, int8_gemv_weights_s=20e9,
-    int4_gemm_weights_s=25e9, int8_gemm_weights_s=25e9,
+    threads=2,
+    copy_bytes_s=10e9,
+    triad_bytes_s=12e9,
+    bandwidth_curve=((24 * 2**20, 30e9), (384 * 2**20, 12e9)),
+    fp32_flops=100e9,
+    bf16_flops=20e9,
+    op_overhead_s=3e-6,
+    int4_gemv_weights_s=10e9,
+    int8_gemv_weights_s=20e9,
+    int4_gemm_weights_s=25e9,
+    int8_gemm_weights_s=25e9,
 )
 
 
@@ -38,7 +46,8 @@ def test_cpu_only_8b_is_gguf_on_llama_cpp() -> None:
     assert not p.options[0].meets_slo  # 8B on two cores cannot make a 100 ms TPOT
     assert any("need a GPU" in n for n in p.notes)
     assert p.options[0].launch.splitlines()[-1] == (
-        'llama-server -m "$GGUF_FILE" -c 4096 -np 1 -t 2 --host 127.0.0.1 --port 8080')
+        'llama-server -m "$GGUF_FILE" -c 4096 -np 1 -t 2 --host 127.0.0.1 --port 8080'
+    )
 
 
 def test_cpu_only_small_model_meets_chat() -> None:
@@ -47,7 +56,8 @@ def test_cpu_only_small_model_meets_chat() -> None:
     bundled = p.bundled_option()
     assert bundled is not None and bundled.launch == (
         f"python -m engine serve --quant {bundled.format.removeprefix('bundled-')} --device cpu --max-model-len 2048 "
-        "--max-num-seqs 1 --host 127.0.0.1 --port 8000")
+        "--max-num-seqs 1 --host 127.0.0.1 --port 8000"
+    )
 
 
 def test_one_l4_8b_is_fp8() -> None:
@@ -63,8 +73,10 @@ def test_one_h100_8b_is_fp8_with_tensorrt_or_vllm() -> None:
     assert top(p, 3) == [("tensorrt-llm", "fp8"), ("vllm", "fp8"), ("sglang", "fp8")]
     assert all(o.meets_slo for o in p.options[:8])
     vllm = p.options[1]
-    assert vllm.launch == ("vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8 --max-model-len 8192 "
-                           "--gpu-memory-utilization 0.9 --tensor-parallel-size 1 --max-num-seqs 32")
+    assert vllm.launch == (
+        "vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8 --max-model-len 8192 "
+        "--gpu-memory-utilization 0.9 --tensor-parallel-size 1 --max-num-seqs 32"
+    )
     assert "ranked 2" in vllm.why[0] and "tie" in vllm.why[0]
     near_lossless = [o.quality for o in p.options if o.meets_slo][:6]
     assert set(near_lossless) <= {"none", "negligible"}
@@ -92,14 +104,14 @@ def test_8x_h100_405b_needs_fp8_or_two_nodes() -> None:
     p = plan(model="llama-3.1-405b", gpu="h100-sxm", gpus=8, context=8192, concurrency=32, slo="large-model")
     assert top(p, 1) == [("tensorrt-llm", "fp8")] and p.options[0].tp == 8
     reasons = {(o.engine, o.format): o.reason for o in p.unfit}
-    assert reasons[("vllm-ray", "bf16")] == (
-        "needs 2 nodes x 8 GPUs = 16 GPUs (vLLM + Ray: TP 8 x PP 2); you have 8")
+    assert reasons[("vllm-ray", "bf16")] == ("needs 2 nodes x 8 GPUs = 16 GPUs (vLLM + Ray: TP 8 x PP 2); you have 8")
     two_nodes = plan(model="llama-3.1-405b", gpu="h100-sxm", gpus=16, context=8192, concurrency=32, slo="large-model")
     ray = next(o for o in two_nodes.options if o.engine == "vllm-ray")
     assert (ray.format, ray.tp, ray.pp) == ("bf16", 8, 2)
     assert "ray start --head" in ray.launch
     assert ray.launch.splitlines()[-1].endswith(
-        "--tensor-parallel-size 8 --pipeline-parallel-size 2 --max-num-seqs 32 --distributed-executor-backend ray")
+        "--tensor-parallel-size 8 --pipeline-parallel-size 2 --max-num-seqs 32 --distributed-executor-backend ray"
+    )
 
 
 def test_nothing_fits() -> None:
@@ -120,15 +132,28 @@ def test_unknown_model_and_impossible_workload() -> None:
 
 
 def test_cli_recommend_text(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["recommend", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--context", "8192", "--concurrency", "32",
-            "--slo", "chat"]
+    argv = [
+        "recommend",
+        "--model",
+        "llama-3.1-8b",
+        "--gpu",
+        "h100-sxm",
+        "--context",
+        "8192",
+        "--concurrency",
+        "32",
+        "--slo",
+        "chat",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "Model         Llama-3.1-8B-Instruct (8.03B params)"
     assert out[3] == "SLO           Chat (p99): TTFT 2000 ms, TPOT 100 ms"
     assert out[6].split()[:5] == ["1", "TensorRT-LLM", "FP8", "(W8A8)", "TP1"]
-    assert "    vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8 --max-model-len 8192 " \
-           "--gpu-memory-utilization 0.9 --tensor-parallel-size 1 --max-num-seqs 32" in out
+    assert (
+        "    vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8 --max-model-len 8192 "
+        "--gpu-memory-utilization 0.9 --tensor-parallel-size 1 --max-num-seqs 32" in out
+    )
 
 
 def test_cli_recommend_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,21 +164,43 @@ def test_cli_recommend_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert any(o["engine"] == "tensorrt-llm" and "8.9" in o["reason"] for o in data["unfit"])
 
 
-@pytest.mark.parametrize(("argv", "code", "line"), [
-    (["--model", "llama-8b", "--gpu", "h100-sxm"], 1,
-     "error: unknown model 'llama-8b': did you mean llama-3.1-8b, llama-3.2-3b, llama-3.2-1b?"),
-    (["--model", "llama-3.1-8b", "--gpu", "h100"], 1,
-     "error: unknown GPU 'h100': did you mean h200, h100-sxm, h100-pcie?"),
-    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--context", "200000"], 1,
-     "error: context 200000 exceeds Llama-3.1-8B-Instruct's maximum of 131072 tokens: use --context 131072 or less"),
-    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--input-tokens", "8000", "--output-tokens", "1000"], 2,
-     "error: input_tokens + output_tokens = 9000 exceeds context 8192: raise the context or shorten the request"),
-    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--slo", "fast"], 1,
-     "error: unknown SLO profile 'fast': did you mean chat?"),
-    (["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--slo", "zzz"], 1,
-     "error: unknown SLO profile 'zzz': known: batch, chat, code-completion, dialogue, interactive, "
-     "interactive-small, large-model, search, translation"),
-])
+@pytest.mark.parametrize(
+    ("argv", "code", "line"),
+    [
+        (
+            ["--model", "llama-8b", "--gpu", "h100-sxm"],
+            1,
+            "error: unknown model 'llama-8b': did you mean llama-3.1-8b, llama-3.2-3b, llama-3.2-1b?",
+        ),
+        (
+            ["--model", "llama-3.1-8b", "--gpu", "h100"],
+            1,
+            "error: unknown GPU 'h100': did you mean h200, h100-sxm, h100-pcie?",
+        ),
+        (
+            ["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--context", "200000"],
+            1,
+            "error: context 200000 exceeds Llama-3.1-8B-Instruct's maximum of 131072 tokens: "
+            "use --context 131072 or less",
+        ),
+        (
+            ["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--input-tokens", "8000", "--output-tokens", "1000"],
+            2,
+            "error: input_tokens + output_tokens = 9000 exceeds context 8192: raise the context or shorten the request",
+        ),
+        (
+            ["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--slo", "fast"],
+            1,
+            "error: unknown SLO profile 'fast': did you mean chat?",
+        ),
+        (
+            ["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--slo", "zzz"],
+            1,
+            "error: unknown SLO profile 'zzz': known: batch, chat, code-completion, dialogue, interactive, "
+            "interactive-small, large-model, search, translation",
+        ),
+    ],
+)
 def test_cli_bad_input_is_one_line(argv: list[str], code: int, line: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["recommend", *argv]) == code
     captured = capsys.readouterr()

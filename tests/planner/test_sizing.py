@@ -34,21 +34,24 @@ F = CAT.formats
 H100 = gpu_device(CAT.gpus["h100-sxm"])
 
 
-@pytest.mark.parametrize(("model", "expected"), [
-    ("llama-3.1-8b", 131_072),    # 2 x 32 layers x 8 KV heads x 128 x 2 bytes
-    ("llama-3.1-70b", 327_680),   # 2 x 80 x 8 x 128 x 2
-    ("llama-3.1-405b", 516_096),  # 2 x 126 x 8 x 128 x 2
-    ("smollm2-135m", 23_040),     # 2 x 30 x 3 x 64 x 2
-    ("deepseek-v3", 70_272),      # MLA: 61 layers x (512 latent + 64 RoPE key) x 2
-])
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ("llama-3.1-8b", 131_072),  # 2 x 32 layers x 8 KV heads x 128 x 2 bytes
+        ("llama-3.1-70b", 327_680),  # 2 x 80 x 8 x 128 x 2
+        ("llama-3.1-405b", 516_096),  # 2 x 126 x 8 x 128 x 2
+        ("smollm2-135m", 23_040),  # 2 x 30 x 3 x 64 x 2
+        ("deepseek-v3", 70_272),  # MLA: 61 layers x (512 latent + 64 RoPE key) x 2
+    ],
+)
 def test_kv_bytes_per_token(model: str, expected: int) -> None:
     assert kv_bytes_per_token(M[model]) == expected
 
 
 def test_kv_under_tensor_parallel() -> None:
-    assert kv_bytes_per_token_per_device(M["llama-3.1-70b"], tp=2) == 163_840   # 4 of 8 KV heads per rank
-    assert kv_bytes_per_token_per_device(M["llama-3.1-70b"], tp=16) == 40_960   # 1 head per rank, replicated
-    assert kv_bytes_per_token_per_device(M["deepseek-v3"], tp=8) == 70_272      # the MLA latent is not split
+    assert kv_bytes_per_token_per_device(M["llama-3.1-70b"], tp=2) == 163_840  # 4 of 8 KV heads per rank
+    assert kv_bytes_per_token_per_device(M["llama-3.1-70b"], tp=16) == 40_960  # 1 head per rank, replicated
+    assert kv_bytes_per_token_per_device(M["deepseek-v3"], tp=8) == 70_272  # the MLA latent is not split
 
 
 def test_sliding_window_keeps_only_the_window() -> None:
@@ -60,28 +63,31 @@ def test_sliding_window_keeps_only_the_window() -> None:
     assert kv_bytes_per_sequence(M["llama-3.1-8b"], 1000, block_size=16) == 1008 * 131_072  # 63 blocks
 
 
-@pytest.mark.parametrize(("fmt", "expected"), [
-    ("bf16", 16_060_522_496),  # 8,030,261,248 x 2
-    ("fp8", 9_080_934_400),    # body 6,979,588,096 x 1 + table and head 1,050,673,152 x 2
-    ("awq", 5_727_460_432),    # body x 4.15625 / 8 = 3,626,114,128 + 2,101,346,304
-    ("q4_k_m", 4_918_535_015),  # 8,030,261,248 x 4.90 / 8, body and table each rounded up
-])
+@pytest.mark.parametrize(
+    ("fmt", "expected"),
+    [
+        ("bf16", 16_060_522_496),  # 8,030,261,248 x 2
+        ("fp8", 9_080_934_400),  # body 6,979,588,096 x 1 + table and head 1,050,673,152 x 2
+        ("awq", 5_727_460_432),  # body x 4.15625 / 8 = 3,626,114,128 + 2,101,346,304
+        ("q4_k_m", 4_918_535_015),  # 8,030,261,248 x 4.90 / 8, body and table each rounded up
+    ],
+)
 def test_weight_bytes_llama_8b(fmt: str, expected: int) -> None:
     assert weight_bytes(M["llama-3.1-8b"], F[fmt]).total == expected
 
 
 def test_vllm_block_arithmetic_llama_8b_bf16_on_h100() -> None:
     plan = plan_memory(M["llama-3.1-8b"], F["bf16"], H100.memory_bytes, 8192, 1280, MemoryConfig())
-    assert plan.device_bytes == 85_520_809_984               # 81,559 MiB
-    assert plan.budget_bytes == 76_968_728_985               # x 0.9
-    assert plan.activation_bytes == 869_531_648              # 8192 x (2 x 14336 + 4 x 4096) x 2 + 256 x 128256 x 4
-    assert plan.overhead_bytes == 1_710_416_199              # max(1 GiB, 2% of 85.5 GB)
+    assert plan.device_bytes == 85_520_809_984  # 81,559 MiB
+    assert plan.budget_bytes == 76_968_728_985  # x 0.9
+    assert plan.activation_bytes == 869_531_648  # 8192 x (2 x 14336 + 4 x 4096) x 2 + 256 x 128256 x 4
+    assert plan.overhead_bytes == 1_710_416_199  # max(1 GiB, 2% of 85.5 GB)
     # 76,968,728,985 - 16,060,522,496 - 869,531,648 - 1,710,416,199
     assert plan.kv_budget_bytes == 58_328_258_642
-    assert plan.num_blocks == 27_813                         # // (16 x 131,072 = 2,097,152)
+    assert plan.num_blocks == 27_813  # // (16 x 131,072 = 2,097,152)
     assert plan.kv_tokens == 445_008
-    assert plan.max_seqs_at_context == 54                    # 27,813 // (8192 / 16 = 512 blocks)
-    assert plan.max_seqs_at_workload == 347                  # 27,813 // 80
+    assert plan.max_seqs_at_context == 54  # 27,813 // (8192 / 16 = 512 blocks)
+    assert plan.max_seqs_at_workload == 347  # 27,813 // 80
     assert plan.fits
 
 
@@ -105,7 +111,7 @@ def test_prefill_flops_and_ttft() -> None:
 
 def test_decode_is_memory_bound_at_batch_1() -> None:
     step = decode_step(M["llama-3.1-8b"], F["bf16"], H100, batch=1, context=0)
-    assert step.bytes_read == 15_009_849_344                 # 16,060,522,496 less the 128256 x 4096 x 2 B lookup table
+    assert step.bytes_read == 15_009_849_344  # 16,060,522,496 less the 128256 x 4096 x 2 B lookup table
     assert step.memory_s == pytest.approx(15_009_849_344 / 3.35e12)  # 4.48 ms: 223 tok/s
     assert step.bound == "memory"
     kv = decode_step(M["llama-3.1-8b"], F["bf16"], H100, batch=64, context=1000)
@@ -116,7 +122,8 @@ def test_ridge_and_critical_batch() -> None:
     assert ridge_point(H100, F["bf16"]) == pytest.approx(295.22, abs=0.01)  # 989e12 / 3.35e12
     # ridge x weights read / (2 x 7,504,658,432 matmul params): about 2 bytes per 2 FLOPs, so ~ the ridge
     assert critical_batch_dense(M["llama-3.1-8b"], F["bf16"], H100) == pytest.approx(
-        295.2239 * 15_009_849_344 / (2 * 7_504_658_432), rel=1e-4)  # 295.23
+        295.2239 * 15_009_849_344 / (2 * 7_504_658_432), rel=1e-4
+    )  # 295.23
     assert critical_batch(M["llama-3.1-8b"], F["bf16"], H100, 0) == pytest.approx(295.2, abs=1)
     assert critical_batch(M["llama-3.1-8b"], F["bf16"], H100, 100_000) is None  # KV reads outgrow the FLOPs
 
@@ -131,7 +138,7 @@ def test_tensor_parallel_split() -> None:
 
 def test_moe_reads_only_the_experts_it_touches() -> None:
     mixtral = M["mixtral-8x7b"]
-    assert expected_experts(mixtral, 1) == 2                  # 8 x (1 - 6/8)
+    assert expected_experts(mixtral, 1) == 2  # 8 x (1 - 6/8)
     assert expected_experts(mixtral, 2) == pytest.approx(3.5)  # 8 x (1 - (6/8)^2)
     b1 = decode_step(mixtral, F["bf16"], H100, 1, 0)
     # all weights less the lookup table (32000 x 4096 x 2 B) less 6 of 8 experts (32 x 6 x 3 x 4096 x 14336 x 2 B)
@@ -145,8 +152,9 @@ def test_capacity_by_hand() -> None:
 
     assert best_batch(tpot, 64, 0.05) == 40  # 0.010 + 0.001 x 40 = 0.05
     assert best_batch(tpot, 64, 0.005) == 1  # missed even at 1: the least bad
-    cap = plan_capacity(Replica(tpot, 0.1, 64, 2), output_tokens=100, price_per_device_hour=2.0,
-                        tpot_target_s=0.05, target_rps=10)
+    cap = plan_capacity(
+        Replica(tpot, 0.1, 64, 2), output_tokens=100, price_per_device_hour=2.0, tpot_target_s=0.05, target_rps=10
+    )
     assert cap.batch == 40 and cap.tpot_ms == pytest.approx(50)
     assert cap.rps_per_replica == pytest.approx(1 / (0.1 + 100 * 0.05 / 40))  # 4.444 req/s
     assert (cap.replicas, cap.devices) == (3, 6)

@@ -128,7 +128,9 @@ def test_check_changes_and_verdicts_between_two_reports() -> None:
     b = a.model_copy(update={"checks": checks, "id": "b-report"})
     c = compare(a, b)
     assert {(x.id, x.a, x.b) for x in c.checks} == {
-        ("monitoring.health", CheckStatus.PASS, CheckStatus.FAIL), ("security.cors", CheckStatus.PASS, None)}
+        ("monitoring.health", CheckStatus.PASS, CheckStatus.FAIL),
+        ("security.cors", CheckStatus.PASS, None),
+    }
     assert "monitoring.health PASS -> FAIL" in c.regressions()
     assert c.verdict is not None and c.verdict.a == c.verdict.b == "NOT_READY"
     text = comparison_to_markdown(c)
@@ -159,4 +161,3 @@ def test_cli_exit_codes_and_json_layout(tmp_path: Path, capsys: pytest.CaptureFi
     other = _saved(tmp_path, "other.json", planted_records(2), workload="synthetic: 1 in / 1 out tokens (fixed/fixed)")
     assert main(["compare", str(a), str(other), "--fail-on-regression"]) == 2
     assert "not comparable" in capsys.readouterr().err
-

@@ -110,5 +110,9 @@ def test_markdown_ends_with_key_metrics_environment_and_a_command_the_cli_accept
     assert argv[:4] == ["python", "-m", "checks", "run"]
     args = build_parser().parse_args(argv[3:])
     assert (args.target, args.profile, args.requests, args.concurrency) == (
-        "http://127.0.0.1:8123/v1", "concurrency:16", 64, 32)
+        "http://127.0.0.1:8123/v1",
+        "concurrency:16",
+        64,
+        32,
+    )
     assert "PREFLIGHT_TARGET_API_KEY" in to_markdown(_report())  # a keyed target says where the key comes from

@@ -31,7 +31,8 @@ def _report() -> ReadinessReport:
 
 def _bench(label: str | None = None) -> BenchmarkResult:
     return result_of([run_of([record(0, 0.0, [0.1, 0.2, 0.3]), record(1, 0.0, [0.2, 0.3])])]).model_copy(
-        update={"label": label})
+        update={"label": label}
+    )
 
 
 def test_every_kind_round_trips_through_save_list_and_load(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -199,8 +199,6 @@ def test_the_pre_launch_flow_from_quick_check_to_a_compared_report(server_url: s
         expect(page.get_by_test_id("stException")).to_have_count(0)
         page.screenshot(path=SCREENSHOTS / "checklist.png", full_page=True)
 
-
-
     page.get_by_test_id("stSidebarNav").get_by_role("link", name="Reports").click()
     expect(page.get_by_role("heading", name="Reports")).to_be_visible(timeout=60_000)
     expect(main.get_by_test_id("stDataFrame").first).to_be_visible()  # the history table (a canvas grid)

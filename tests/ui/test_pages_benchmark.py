@@ -131,7 +131,8 @@ def test_stop_keeps_what_finished(page: AppTest) -> None:
     # the finished and the cancelled add up to what the live view showed as done and in flight at the Stop
     assert [w.value for w in page.warning] == [
         f"Stopped: the figures cover the {summary.completed + summary.failed} requests that finished before the "
-        f"stop; the {summary.cancelled} in flight then were cancelled and are not counted."]
+        f"stop; the {summary.cancelled} in flight then were cancelled and are not counted."
+    ]
     summary = snap.result.runs[0].summary
     assert 2 <= summary.completed < 500 and summary.failed == 0
     completed = page.metric[0]
