@@ -48,6 +48,12 @@ cols[1].metric("Load time", f"{info.load_s:.2f} s", help="The first load of this
 source = "cold: GGUF" if info.source == "gguf" else f"warm: {info.source}"
 cols[2].metric("Source", source, help="cold = converted from the GGUF file; warm = the converted-weights cache")
 cols[3].metric("Weight memory", f"{info.weight_bytes / 2**20:.1f} MiB", help=f"GGUF file: {info.gguf_path}")
+# A format without a fast kernel on this device (fp8 on a CPU) is slow for a reason the user should read
+# beside the figures, not inside a collapsed list.
+for note in info.kernel_notes:
+    if "dequantize-on-the-fly" in note:
+        st.warning(f"Slow on this device: {note}. Every weight is widened to the compute type on every step, "
+                   "so decode runs at a fraction of int4's or bf16's speed here.")  # fmt: skip
 with st.expander("Kernel notes"):
     st.markdown("\n".join(f"- {note}" for note in info.kernel_notes) or "none")
 
