@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import conditions, fmt_num, fmt_ratio, format_table  # noqa: E402
-from engine.batch.llm_engine import BatchConfig, BatchEngine  # noqa: E402
+from engine.batch.batch_engine import BatchConfig, BatchEngine  # noqa: E402
 from engine.run.runtime import Engine, GenerationResult, LoadOptions  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
 from engine.studies.base import eval_ids  # noqa: E402

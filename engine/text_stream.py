@@ -1,7 +1,7 @@
 """Generated token ids in, the text a caller may show out: detokenize, hold back, cut at a stop string.
 
 Both decode paths stream text by the same rule: the single-stream `Generation`
-(engine/run/runtime.py) and the server's `RequestStream` (engine/batch/async_engine.py).
+(engine/run/runtime.py) and the server's `RequestStream` (engine/batch/loop.py).
 A token may end in the middle of a UTF-8 character (the tokenizer's `StreamDecoder`
 keeps those bytes), and text that may still turn out to be the start of a stop string
 must not be shown yet (`StopMatcher.hold_back`). When a stop string completes, the text

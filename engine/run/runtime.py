@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from engine.batch.llm_engine import warm_up_compiled
+from engine.batch.batch_engine import warm_up_compiled
 from engine.errors import EngineError, PromptError
 from engine.model.chat_template import TemplateLimits
 from engine.model.compiled import WARMUP_PROMPT_IDS

@@ -18,8 +18,8 @@ import math
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from engine.batch.async_engine import EngineSnapshot, RequestStream
-from engine.batch.llm_engine import StepResult
+from engine.batch.batch_engine import StepResult
+from engine.batch.loop import EngineSnapshot, RequestStream
 
 TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                   20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
-from engine.batch.async_engine import Delta, EngineFailure, RequestStream
+from engine.batch.loop import Delta, EngineFailure, RequestStream
 from engine.batch.scheduler import QueueFullError
 from engine.errors import PromptError
 from engine.model.chat_template import TemplateLimits

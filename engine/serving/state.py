@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from engine.batch.async_engine import BatchLoop
-from engine.batch.llm_engine import BatchConfig, BatchEngine
+from engine.batch.batch_engine import BatchConfig, BatchEngine
+from engine.batch.loop import BatchLoop
 from engine.batch.paged_cache import PagedKVCache
 from engine.model.loader import LoadedModel
 from engine.run.runtime import Engine

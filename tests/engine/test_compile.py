@@ -29,7 +29,7 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from checks.load.targets import wait_healthy
-from engine.batch.llm_engine import BatchConfig, BatchEngine
+from engine.batch.batch_engine import BatchConfig, BatchEngine
 from engine.errors import EngineError
 from engine.model.compiled import CACHE_ENV, compile_function, compile_unavailable_reason, inductor_cache_dir
 from engine.run.kv_cache import KVCache

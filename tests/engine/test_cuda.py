@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.batch.llm_engine import BatchConfig, BatchEngine
+from engine.batch.batch_engine import BatchConfig, BatchEngine
 from engine.errors import ModelFileError
 from engine.formats import WEIGHT_FORMATS
 from engine.model.gguf_file import bundled_model_path

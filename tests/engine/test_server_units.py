@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from engine.batch.async_engine import BatchLoop, Delta, EngineFailure, RequestStream
-from engine.batch.llm_engine import KvStats, StepResult, TokenOutput
+from engine.batch.batch_engine import KvStats, StepResult, TokenOutput
+from engine.batch.loop import BatchLoop, Delta, EngineFailure, RequestStream
 from engine.cli import main
 from engine.sampling import SamplingParams
 from engine.serving.api_models import ChatCompletionRequest, CompletionRequest

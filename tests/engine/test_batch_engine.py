@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.batch.llm_engine import BatchConfig, BatchEngine
+from engine.batch.batch_engine import BatchConfig, BatchEngine
 from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 

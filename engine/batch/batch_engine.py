@@ -78,7 +78,7 @@ class StepResult:
 class BatchEngine:
     """Many sequences sharing one model and one paged KV pool (the server's engine).
 
-    `engine.run.runtime.Engine` is the single-stream one; `BatchLoop` (batch/async_engine.py)
+    `engine.run.runtime.Engine` is the single-stream one; `BatchLoop` (batch/loop.py)
     drives this one from its own thread.
     """
 

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from engine.batch.llm_engine import BatchEngine, StepResult, TokenOutput
+from engine.batch.batch_engine import BatchEngine, StepResult, TokenOutput
 from engine.errors import EngineError
 from engine.model.tokenizer import Tokenizer
 from engine.sampling import SamplingParams
