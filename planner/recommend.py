@@ -209,10 +209,13 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
     )
     if not mem.fits:
         short = mem.shortfall_bytes() / GIB
+        if mem.kv_budget_bytes < 0:  # the weights alone overflow: no KV budget to speak of
+            room = f"needs {-mem.kv_budget_bytes / GIB:.1f} GiB more than the device has before any KV cache"
+        else:
+            room = f"leaves {mem.kv_budget_bytes / GIB:.1f} GiB for the KV cache"
         opt.reason = (
-            f"does not fit: {mem.weights_bytes / GIB:.1f} GiB of weights per device leaves "
-            f"{mem.kv_budget_bytes / GIB:.1f} GiB for KV; one {w.context}-token sequence needs "
-            f"{short:.1f} GiB more per device"
+            f"does not fit: {mem.weights_bytes / GIB:.1f} GiB of weights per device {room}; one "
+            f"{w.context}-token sequence needs {short:.1f} GiB more per device"
         )
         return opt
     opt.replicas = max(1, dev.count // par.devices) if dev.kind == "gpu" else 1

@@ -104,7 +104,8 @@ def plan_or_stop(values: dict) -> Plan:
 def best_option(plan: Plan) -> None:
     """The top option's headline figures and the table of every option; or why nothing fits."""
     if not plan.options:
-        st.error(f"Nothing fits {plan.model.name} on this hardware; see why below.")
+        st.error(f"Nothing fits {plan.model.name} on this hardware: the 'Cannot run here' tab below says why "
+                 "for each option.")  # fmt: skip
         return
     best = plan.options[0]
     prediction = best.prediction
@@ -190,7 +191,11 @@ def plan_tabs(plan: Plan, catalog: Catalog) -> None:
             st.altair_chart(roofline_chart(plan))
             st.caption("Decode steps at the planned batch: left of the knee they are memory-bound.")
     with capacity:
-        st.dataframe(capacity_frame(plan), hide_index=True)
+        frame = capacity_frame(plan)
+        if frame.empty:
+            st.info('Capacity answers "how many devices for this load": set a Target req/s above to see it.')
+        else:
+            st.dataframe(frame, hide_index=True)
     with unfit:
         st.dataframe(unfit_frame(plan), hide_index=True)
     for note in plan.notes:
