@@ -118,6 +118,10 @@ def test_nothing_fits() -> None:
     p = plan(model="llama-3.1-405b", gpu="t4", context=4096, concurrency=1)
     assert p.options == [] and p.best is None
     assert p.unfit and all(o.reason for o in p.unfit)
+    # Weights alone overflow the card: the reason says what is missing, not a negative KV budget.
+    memory = [o.reason for o in p.unfit if o.reason and o.reason.startswith("does not fit")]
+    assert memory and all("more than the device has before any KV cache" in r for r in memory)
+    assert not any("leaves -" in r for r in memory)
 
 
 def test_unknown_model_and_impossible_workload() -> None:
