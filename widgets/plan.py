@@ -56,11 +56,14 @@ def plan_inputs(catalog: Catalog) -> dict:
         format_func=hardware.get,
         help=FIELDS["gpu"].description,
     )
-    gpus = hardware_col.number_input("GPUs", 1, 1024, 1, key="plan_gpus", help=FIELDS["gpus"].description)
-    catalog_price = catalog.gpus[gpu].price_per_hour if gpu in catalog.gpus else 0.0
-    price = hardware_col.number_input(
-        "$ per GPU-hour", 0.0, 1000.0, catalog_price, key=f"plan_price_{gpu}", help=FIELDS["price_per_hour"].description
-    )
+    gpus, price = 1, 0.0
+    if gpu != "cpu":  # a GPU count and price mean nothing for this CPU
+        gpus = hardware_col.number_input("GPUs", 1, 1024, 1, key="plan_gpus", help=FIELDS["gpus"].description)
+        catalog_price = catalog.gpus[gpu].price_per_hour if gpu in catalog.gpus else 0.0
+        price = hardware_col.number_input(
+            "$ per GPU-hour", 0.0, 1000.0, catalog_price, key=f"plan_price_{gpu}",
+            help=FIELDS["price_per_hour"].description,
+        )  # fmt: skip
     slo = slo_col.selectbox(
         "SLO profile",
         list(slos),

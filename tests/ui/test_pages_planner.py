@@ -125,6 +125,7 @@ def test_a_plan_option_becomes_the_target_of_a_benchmark_or_a_checklist(app: App
 
     app.switch_page("app_pages/plan.py").run()
     app.selectbox(key="plan_gpu").set_value("cpu").run()
+    assert not [n for n in app.number_input if n.key == "plan_gpus"]  # no GPU count or price for this CPU
     options = app.selectbox(key="plan_option").options
     app.selectbox(key="plan_option").set_value(next(i for i, o in enumerate(options) if "Preflight" in o)).run()
     app.button(key="plan_benchmark").click().run()
