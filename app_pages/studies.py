@@ -2,21 +2,17 @@
 
 Every finished study is kept in the reports history, like a checklist or benchmark run."""
 
-from datetime import UTC, datetime
-
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
-from engine.cli import study_document
-from engine.errors import EngineError
+from checks.jobs import JobKind
+from checks.study_job import StudyConfig
 from engine.formats import WEIGHT_FORMATS
 from engine.studies.base import MIN_COUNTS
 from engine.studies.registry import STUDIES, TITLES, StudyOptions, option_help, parse_sizes
-from reports.history import History
-from reports.home import history_dir
-from reports.store import DocumentError
+from widgets.common import run_panel
 from widgets.exports import downloads, saved_note
-from widgets.studies import study_view
+from widgets.studies import study_progress, study_view
 
 DEFAULTS = StudyOptions()
 
@@ -56,37 +52,21 @@ def _options(name: str) -> StudyOptions:
 
 st.title("Engine studies")
 st.caption("Measured on this machine with the bundled engine; nothing is simulated. Each run states its conditions.")
-results = st.session_state.setdefault("engine_study_results", {})
 name = st.selectbox(
     "Study", list(STUDIES), key="engine_study_name", format_func=lambda study: f"{study}: {TITLES[study]}"
 )
 try:
-    options = _options(name)
-except ValueError as exc:
-    options = None
+    values = StudyConfig.of(name, _options(name)).model_dump()
+except ValueError as exc:  # a size the study refuses: say which, and offer no Run
     st.error(str(exc))
-
-if st.button("Run", key="engine_study_run", type="primary", disabled=options is None):
-    with st.status(f"Running the {name} study...", expanded=True) as status:
-        try:
-            started = datetime.now(UTC)
-            doc = study_document(name, options, STUDIES[name](options, progress=status.write), started)
-            results[name] = doc
-            status.update(label=f"The {name} study finished", state="complete", expanded=False)
-        except (EngineError, ValueError) as exc:
-            status.update(label=f"The {name} study failed", state="error")
-            st.error(str(exc))
-        else:
-            try:  # kept like every run; a history that cannot be written costs the study nothing
-                History(history_dir()).save(doc)
-            except DocumentError as exc:
-                st.warning(f"Not saved in the history: {exc}")
-
-if name not in results:
-    st.info("Set the sizes (small values run in seconds, the defaults in minutes) and press Run.")
+    st.button("Run", key="engine_study_run", type="primary", disabled=True)
     st.stop()
 
-doc = results[name]
+# A study runs as a dashboard job (checks/study_job.py): one at a time, visible from any tab, stoppable,
+# saved to the history by the job, and not lost when the page reloads.
+HINT = "Set the sizes (small values run in seconds, the defaults in minutes) and press Run."
+snap = run_panel("engine_study", StudyConfig, values, "Run", JobKind.STUDY, HINT, study_progress)
+doc = snap.result
 downloads(doc, "engine_study")
 saved_note(doc)
 study_view(doc)

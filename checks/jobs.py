@@ -48,6 +48,8 @@ from checks.load.benchmark import run_benchmark
 from checks.load.targets import TargetCancelled, TargetError
 from checks.readiness.runner import run_checklist
 from checks.readiness.slo import SloProfileError
+from checks.study_job import run_study
+from engine.errors import EngineError
 from reports.history import History
 from reports.home import history_dir
 from reports.store import DocumentError
@@ -59,6 +61,7 @@ _CONTEXT = mp.get_context("spawn")  # a fresh interpreter: no inherited server t
 class JobKind(StrEnum):
     BENCHMARK = "benchmark"
     CHECKLIST = "checklist"
+    STUDY = "study"
 
 
 class JobBusy(Exception):
@@ -131,7 +134,7 @@ def _child(work: Work, config: BaseModel, out: Any, cancel_flag: Any) -> None:
         result = work(config, progress=progress, cancel=cancel, on_status=lambda m: out.put(("status", m)))
     except TargetCancelled as exc:
         out.put(("cancelled", str(exc)))
-    except (TargetError, DocumentError, SloProfileError, ValueError, OSError) as exc:  # the input or the target
+    except (TargetError, DocumentError, SloProfileError, EngineError, ValueError, OSError) as exc:  # input or target
         out.put(("error", str(exc)))
     except Exception as exc:  # noqa: BLE001 - the page must learn why, not wait forever
         out.put(("error", f"the run stopped on an unexpected {type(exc).__name__}: {exc}"))
@@ -197,7 +200,7 @@ class Job:
                 self._finish(JobState.FAILED, error=payload)
                 return
             elif kind == "cancelled":
-                self._finish(JobState.CANCELLED)
+                self._finish(JobState.CANCELLED, error=payload)  # why nothing was kept, in words
                 return
             else:
                 self._finish(JobState.CANCELLED if self._cancel.is_set() else JobState.DONE, result=payload)
@@ -210,7 +213,8 @@ class Job:
     def cancel(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
-        self._set(_status="stopping: in-flight requests are being cancelled, what was measured is kept")
+        self._set(_status="stopping at the next measured point" if self.kind == JobKind.STUDY
+                  else "stopping: in-flight requests are being cancelled, what was measured is kept")  # fmt: skip
 
     def wait(self, timeout_s: float) -> bool:
         """Block until the job ends (tests and the CLI); True when it did."""
@@ -225,7 +229,8 @@ class Job:
                                self._error)  # fmt: skip
 
 
-WORK: dict[JobKind, Work] = {JobKind.BENCHMARK: run_benchmark, JobKind.CHECKLIST: run_checklist}
+WORK: dict[JobKind, Work] = {JobKind.BENCHMARK: run_benchmark, JobKind.CHECKLIST: run_checklist,
+                             JobKind.STUDY: run_study}  # fmt: skip
 
 
 def new_job(kind: JobKind, config: BaseModel) -> Job:

@@ -70,7 +70,8 @@ def run_panel(
     if snap.state == JobState.FAILED:
         st.error(snap.error)
         st.stop()
-    if snap.result is None:  # stopped before the target was ready
-        st.warning("Stopped before the target was ready: nothing was measured.")
+    if snap.result is None:  # stopped before anything could be kept (the target was starting, a study's points)
+        why = snap.error or "stopped: nothing was measured"  # the job's own words, e.g. "stopped while waiting..."
+        st.warning(why[0].upper() + why[1:] + ".")
         st.stop()
     return snap

@@ -11,6 +11,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from checks.jobs import Job, JobState
 from engine.studies.registry import StudyResult, format_study, study_frame
 from reports.study_report import STUDY_CHARTS, StudyChart, StudyReport
 
@@ -47,3 +48,14 @@ def study_view(doc: StudyReport) -> None:
     with st.expander("Conditions, console table and the command that repeats it"):
         st.code(format_study(study_result(doc)), language=None)
         st.code(doc.command, language="bash")
+
+
+@st.fragment(run_every=1.0)
+def study_progress(job: Job) -> None:
+    """A running study: what it measures now (its own progress lines) and Stop."""
+    snap = job.snapshot()
+    if snap.state != JobState.RUNNING:
+        st.rerun()  # the whole page redraws with the study
+    st.info(f"{snap.status} ({snap.elapsed_s:.0f} s)")
+    if st.button("Stop", key="engine_study_stop"):
+        job.cancel()

@@ -286,9 +286,12 @@ def test_studies_page_runs_kv_and_shows_chart_table_and_download() -> None:
     at.text_input(key="engine_study_kv_lengths").set_value("16,32")
     at.number_input(key="engine_study_kv_tokens").set_value(4)
     at.button(key="engine_study_run").click().run()
+    job = at.session_state["engine_study_job"]  # a dashboard job, in a child process (checks/study_job.py)
+    assert job.kind == "study" and job.wait(600), "the study job did not end"
+    at.run()
     assert not at.exception
     assert not at.error, [e.value for e in at.error]
-    result = at.session_state["engine_study_results"]["kv"]
+    result = job.snapshot().result
     assert [r["seq_len"] for r in result.rows] == [16, 32]
     assert at.get("vega_lite_chart"), "no chart was drawn"
     assert at.dataframe[0].value["seq_len"].tolist() == [16, 32]
