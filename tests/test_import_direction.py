@@ -174,6 +174,23 @@ def test_the_engine_core_never_imports_serving_studies_or_pandas() -> None:
     assert not wrong, "the engine core reaches outward:\n" + "\n".join(sorted(set(wrong)))
 
 
+# The core's layers, inner first: a layer may import the ones before it, never one after it.
+CORE_LAYERS = ("engine.quant", "engine.model", "engine.batch", "engine.run")
+
+
+@pytest.mark.parametrize("layer", CORE_LAYERS)
+def test_the_core_layers_only_look_inward(layer: str) -> None:
+    outer = CORE_LAYERS[CORE_LAYERS.index(layer) + 1 :]
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for module, path in sorted(_sources().items())
+        if _within(module, (layer,))
+        for name in _imported_names(path, module)
+        if _within(name, outer)
+    ]
+    assert not wrong, f"{layer} reaches an outer layer:\n" + "\n".join(sorted(set(wrong)))
+
+
 def test_the_graph_sees_every_kind_of_import() -> None:
     """The walk itself: function-level, relative and `from package import module` imports are edges."""
     graph = _graph()

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.batch.scheduler_io import SchedulerOutput
+from engine.model.attention import causal_mask, decode_attention
 from engine.model.config import ModelConfig
-from engine.run.kv_cache import causal_mask, decode_attention
 
 
 class PagedKVCache:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from engine.model.attention import causal_mask
 from engine.model.config import ModelConfig
 from engine.model.transformer import Transformer
-from engine.run.kv_cache import causal_mask
 
 GRAPH_CAPACITY_MIN = 256  # capacities are rounded up to powers of two so a few graphs serve every request
 
