@@ -17,8 +17,10 @@ from widgets.exports import downloads, saved_note
 from widgets.target import current_target, target_line, target_sidebar
 
 st.title("Benchmark")
-st.caption("Real streaming load; every figure comes from per-request records you can download. "
-           "Definitions follow vLLM's bench serve (TTFT, TPOT, ITL, E2E, goodput).")  # fmt: skip
+st.caption(
+    "Real streaming load; every figure comes from per-request records you can download. "
+    "Definitions follow vLLM's bench serve (TTFT, TPOT, ITL, E2E, goodput)."
+)
 target_sidebar()
 target = current_target(benchmark=True)
 target_line(target)
@@ -29,8 +31,10 @@ result = snap.result
 if snap.state == JobState.CANCELLED:
     done = sum(r.summary.completed + r.summary.failed for r in result.runs)
     stopped = sum(r.summary.cancelled for r in result.runs)
-    st.warning(f"Stopped: the figures cover the {done} requests that finished before the stop; "
-               f"the {stopped} in flight then were cancelled and are not counted.")  # fmt: skip
+    st.warning(
+        f"Stopped: the figures cover the {done} requests that finished before the stop; "
+        f"the {stopped} in flight then were cancelled and are not counted."
+    )
 if not result.valid:
     st.error("The client could not keep up: these latencies are not the server's. See the self-check below.")
 run_summaries(result)

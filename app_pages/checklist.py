@@ -10,8 +10,10 @@ from widgets.exports import downloads, saved_note
 from widgets.target import current_target, target_line, target_sidebar
 
 st.title("Readiness checklist")
-st.caption("Performance against an SLO profile, resources, security, monitoring and reliability. A check that "
-           "cannot measure says ERROR or SKIP, never PASS.")  # fmt: skip
+st.caption(
+    "Performance against an SLO profile, resources, security, monitoring and reliability. A check that "
+    "cannot measure says ERROR or SKIP, never PASS."
+)
 target_sidebar()
 target = current_target(benchmark=False)
 target_line(target)

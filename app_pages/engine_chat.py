@@ -52,8 +52,10 @@ cols[3].metric("Weight memory", f"{info.weight_bytes / 2**20:.1f} MiB", help=f"G
 # beside the figures, not inside a collapsed list.
 for note in info.kernel_notes:
     if "dequantize-on-the-fly" in note:
-        st.warning(f"Slow on this device: {note}. Every weight is widened to the compute type on every step, "
-                   "so decode runs at a fraction of int4's or bf16's speed here.")  # fmt: skip
+        st.warning(
+            f"Slow on this device: {note}. Every weight is widened to the compute type on every step, "
+            "so decode runs at a fraction of int4's or bf16's speed here."
+        )
 with st.expander("Kernel notes"):
     st.markdown("\n".join(f"- {note}" for note in info.kernel_notes) or "none")
 

@@ -14,8 +14,10 @@ from widgets.reports import comparison_view, document_view, history_table, unrea
 
 st.title("Reports")
 history = History(history_dir())
-st.caption(f"Saved runs in `{history.root}` (set PREFLIGHT_HOME to keep them elsewhere). "
-           "`python -m reports list` shows the same history.")  # fmt: skip
+st.caption(
+    f"Saved runs in `{history.root}` (set PREFLIGHT_HOME to keep them elsewhere). "
+    "`python -m reports list` shows the same history."
+)
 
 target_col, kind_col, since_col = st.columns(3)
 target = target_col.text_input("Target contains", key="reports_target") or None
@@ -30,8 +32,10 @@ if not readable and filters != Filters() and any(entry.unreadable is None for en
     st.info("No saved run matches these filters.")
     st.stop()
 if not readable:
-    st.info("No saved runs yet. Every checklist, benchmark and engine study run is saved here; run one from the "
-            "Checklist, Benchmark or Engine studies page, or with `python -m checks run`.")  # fmt: skip
+    st.info(
+        "No saved runs yet. Every checklist, benchmark and engine study run is saved here; run one from the "
+        "Checklist, Benchmark or Engine studies page, or with `python -m checks run`."
+    )
     st.stop()
 
 history_table(readable)

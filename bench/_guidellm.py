@@ -48,12 +48,23 @@ def export_tokenizer(folder: Path) -> Path:
 def run_guidellm(run: GuidellmRun) -> dict[str, Any]:
     """guidellm's metrics section for the run (its own definitions; callers match them to ours)."""
     report = Path(tempfile.mkdtemp(prefix="guidellm-")) / "report.json"
-    cmd = [str(GUIDELLM), "run", "--backend", f"kind=openai_http,target={run.base_url},model={run.model}",
-           "--profile", f"kind=concurrent,streams={run.streams}",
-           "--constraint", f"kind=max_requests,count={run.requests}",
-           "--tokenizer", f"kind=hf_auto,model={run.tokenizer_dir}",
-           "--data", f"kind=synthetic_text,prompt_tokens={run.input_len},output_tokens={run.output_len}",
-           "--output", f"kind=json,path={report}", "--disable-console-interactive"]  # fmt: skip
+    cmd = [
+        str(GUIDELLM),
+        "run",
+        "--backend",
+        f"kind=openai_http,target={run.base_url},model={run.model}",
+        "--profile",
+        f"kind=concurrent,streams={run.streams}",
+        "--constraint",
+        f"kind=max_requests,count={run.requests}",
+        "--tokenizer",
+        f"kind=hf_auto,model={run.tokenizer_dir}",
+        "--data",
+        f"kind=synthetic_text,prompt_tokens={run.input_len},output_tokens={run.output_len}",
+        "--output",
+        f"kind=json,path={report}",
+        "--disable-console-interactive",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if run.api_key:
         env["GUIDELLM__OPENAI__API_KEY"] = run.api_key

@@ -49,8 +49,13 @@ def completion_handler(api: str, tokens_per_chunk: int):  # noqa: ANN201 - aioht
             await resp.write(piece)
             sent += tokens_per_chunk
         await resp.write(_chunk(api, None, "length"))
-        usage = {"id": "x", "object": "chunk", "model": MODEL, "choices": [],
-                 "usage": {"prompt_tokens": 16, "completion_tokens": sent, "total_tokens": 16 + sent}}  # fmt: skip
+        usage = {
+            "id": "x",
+            "object": "chunk",
+            "model": MODEL,
+            "choices": [],
+            "usage": {"prompt_tokens": 16, "completion_tokens": sent, "total_tokens": 16 + sent},
+        }
         await resp.write(b"data: " + json.dumps(usage).encode() + b"\n\n" + b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp

@@ -43,20 +43,43 @@ def preflight(endpoint: Endpoint, args: argparse.Namespace, seed: int, n: int | 
     """One Preflight run with no warm-up of its own (guidellm has none): `prime()` warms the server for both."""
     n = n or args.requests
     requests = synthetic_requests(SyntheticSpec(args.input_len, args.output_len, seed=seed), n, bundled_tokenizer())
-    run = asyncio.run(run_load(endpoint, requests, LoadProfile("concurrency", concurrency=args.concurrency),
-                               RunLimits(requests=n, warmup_requests=0)))  # fmt: skip
+    run = asyncio.run(
+        run_load(
+            endpoint,
+            requests,
+            LoadProfile("concurrency", concurrency=args.concurrency),
+            RunLimits(requests=n, warmup_requests=0),
+        )
+    )
     s = summarize(run.records)
-    return {"ttft_ms": s.median_ttft_ms, "tpot_ms": s.median_tpot_ms, "output_tok_s": s.output_throughput,
-            "req_s": s.request_throughput, "failed": s.failed}  # fmt: skip
+    return {
+        "ttft_ms": s.median_ttft_ms,
+        "tpot_ms": s.median_tpot_ms,
+        "output_tok_s": s.output_throughput,
+        "req_s": s.request_throughput,
+        "failed": s.failed,
+    }
 
 
 def guidellm(endpoint: Endpoint, args: argparse.Namespace, tokenizer_dir: Path) -> dict:
-    run = GuidellmRun(endpoint.base_url, endpoint.model, args.concurrency, args.requests, args.input_len,
-                      args.output_len, tokenizer_dir, endpoint.api_key)  # fmt: skip
+    run = GuidellmRun(
+        endpoint.base_url,
+        endpoint.model,
+        args.concurrency,
+        args.requests,
+        args.input_len,
+        args.output_len,
+        tokenizer_dir,
+        endpoint.api_key,
+    )
     m, ok = run_guidellm(run), "successful"
-    return {"ttft_ms": m["time_to_first_token_ms"][ok]["median"], "tpot_ms": m["inter_token_latency_ms"][ok]["median"],
-            "output_tok_s": m["output_tokens_per_second"][ok]["mean"], "req_s": m["requests_per_second"][ok]["mean"],
-            "failed": m["request_totals"].get("errored")}  # fmt: skip
+    return {
+        "ttft_ms": m["time_to_first_token_ms"][ok]["median"],
+        "tpot_ms": m["inter_token_latency_ms"][ok]["median"],
+        "output_tok_s": m["output_tokens_per_second"][ok]["mean"],
+        "req_s": m["requests_per_second"][ok]["mean"],
+        "failed": m["request_totals"].get("errored"),
+    }
 
 
 def measure(endpoint: Endpoint, args: argparse.Namespace, tokenizer_dir: Path) -> dict:
@@ -136,12 +159,24 @@ def main() -> int:
                 result = measure(endpoint, args, tok_dir)
     theirs, ours = result["theirs"], result["ours"]
     rows = []
-    for label, key, digits in (("TTFT median (ms)", "ttft_ms", 1), ("TPOT median (ms) [guidellm: ITL]", "tpot_ms", 2),
-                               ("output tok/s", "output_tok_s", 1), ("requests/s", "req_s", 2)):  # fmt: skip
+    for label, key, digits in (
+        ("TTFT median (ms)", "ttft_ms", 1),
+        ("TPOT median (ms) [guidellm: ITL]", "tpot_ms", 2),
+        ("output tok/s", "output_tok_s", 1),
+        ("requests/s", "req_s", 2),
+    ):
         a, b = ours[0][key], ours[1][key]
         spread = fmt_ratio(b, a)
-        rows.append([label, fmt_num(a, digits), fmt_num(b, digits), fmt_num(theirs[key], digits),
-                     fmt_ratio(a, theirs[key]), spread])  # fmt: skip
+        rows.append(
+            [
+                label,
+                fmt_num(a, digits),
+                fmt_num(b, digits),
+                fmt_num(theirs[key], digits),
+                fmt_ratio(a, theirs[key]),
+                spread,
+            ]
+        )
     print(format_table(["metric", "ours run 1", "ours run 2", "guidellm", "ours1/guidellm", "ours2/ours1"], rows))
     print("target: ours/guidellm within 0.95x-1.05x on each metric")
     if args.json:

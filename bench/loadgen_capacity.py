@@ -58,18 +58,28 @@ class StreamServer:
 def ours(base_url: str, level: int, n: int, output_len: int) -> dict:
     endpoint = asyncio.run(probe(base_url, None, None, "chat", None))
     request = PromptRequest("hi", None, output_len, 1, True, "capacity")
-    run = asyncio.run(run_load(endpoint, [request], LoadProfile("concurrency", concurrency=level),
-                               RunLimits(requests=n, warmup_requests=0)))  # fmt: skip
+    run = asyncio.run(
+        run_load(
+            endpoint, [request], LoadProfile("concurrency", concurrency=level), RunLimits(requests=n, warmup_requests=0)
+        )
+    )
     s = summarize(run.records)
-    return {"output_tok_s": s.output_throughput, "completed": s.completed, "failed": s.failed,
-            "valid": run.self_check.valid, "loop_lag_p99_ms": run.self_check.loop_lag_p99_ms}  # fmt: skip
+    return {
+        "output_tok_s": s.output_throughput,
+        "completed": s.completed,
+        "failed": s.failed,
+        "valid": run.self_check.valid,
+        "loop_lag_p99_ms": run.self_check.loop_lag_p99_ms,
+    }
 
 
 def theirs(base_url: str, level: int, n: int, output_len: int, tokenizer_dir: Path) -> dict:
     """guidellm at `level` concurrent streams; its own mean output tok/s over the run."""
     metrics = run_guidellm(GuidellmRun(base_url, "stream-server", level, n, 8, output_len, tokenizer_dir))
-    return {"output_tok_s": metrics["output_tokens_per_second"]["successful"]["mean"],
-            "completed": metrics["request_totals"]["successful"]}  # fmt: skip
+    return {
+        "output_tok_s": metrics["output_tokens_per_second"]["successful"]["mean"],
+        "completed": metrics["request_totals"]["successful"],
+    }
 
 
 def main() -> int:
@@ -94,12 +104,22 @@ def main() -> int:
             if tok_dir is not None:
                 row["theirs"] = theirs(server.base_url, level, n, args.output_len, tok_dir)
             results[level] = row
-            print(f"  {level}: ours {fmt_num(row['ours']['output_tok_s'])} tok/s"
-                  f" theirs {fmt_num(row.get('theirs', {}).get('output_tok_s'))}", file=sys.stderr)  # fmt: skip
-    rows = [[str(level), fmt_num(r["ours"]["output_tok_s"], 0), "yes" if r["ours"]["valid"] else "NO",
-             fmt_num(r["ours"]["loop_lag_p99_ms"]), fmt_num(r.get("theirs", {}).get("output_tok_s"), 0),
-             fmt_ratio(r["ours"]["output_tok_s"], r.get("theirs", {}).get("output_tok_s"))]
-            for level, r in results.items()]  # fmt: skip
+            print(
+                f"  {level}: ours {fmt_num(row['ours']['output_tok_s'])} tok/s"
+                f" theirs {fmt_num(row.get('theirs', {}).get('output_tok_s'))}",
+                file=sys.stderr,
+            )
+    rows = [
+        [
+            str(level),
+            fmt_num(r["ours"]["output_tok_s"], 0),
+            "yes" if r["ours"]["valid"] else "NO",
+            fmt_num(r["ours"]["loop_lag_p99_ms"]),
+            fmt_num(r.get("theirs", {}).get("output_tok_s"), 0),
+            fmt_ratio(r["ours"]["output_tok_s"], r.get("theirs", {}).get("output_tok_s")),
+        ]
+        for level, r in results.items()
+    ]
     print(format_table(["streams", "ours tok/s", "ours valid", "loop lag p99 ms", "guidellm tok/s", "ratio"], rows))
     print("target: ours >= 2.00x guidellm at the level each sustains best")
     if args.json:

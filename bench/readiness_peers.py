@@ -57,12 +57,14 @@ def main() -> int:
             continue
         key = secrets.token_urlsafe(24) if with_key else None
         extra = ("--metrics", "--api-key", key) if key else ("--metrics",)
-        run_opts = LlamaServerOptions(bundled_model_path(), args.threads, ctx=2048 * SLOTS, slots=SLOTS,
-                                      extra_args=extra)  # fmt: skip
+        run_opts = LlamaServerOptions(
+            bundled_model_path(), args.threads, ctx=2048 * SLOTS, slots=SLOTS, extra_args=extra
+        )
         with LlamaServerProcess(run_opts) as server:
             print(f"llama-server {server_version(server.binary)} at {server.base_url}", file=sys.stderr)
-            config = ChecklistConfig(target=server.base_url, api_key=key, concurrency=SLOTS, context_tokens=2048,
-                                     **common)  # fmt: skip
+            config = ChecklistConfig(
+                target=server.base_url, api_key=key, concurrency=SLOTS, context_tokens=2048, **common
+            )
             results[name] = _judge(name, config, args.out_dir)
     if args.only_target in (None, "bundled"):
         config = ChecklistConfig(target="bundled:int4", threads=args.threads, **common)

@@ -71,17 +71,32 @@ async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace)
         spec = SyntheticSpec(args.input_len, args.output_len, seed=level)
         requests = synthetic_requests(spec, n + warm, tokenizer)
         # Greedy on both servers (temperature 0), as `generate` decodes: the same work per token.
-        run = await run_load(endpoint, requests, LoadProfile("concurrency", concurrency=level),
-                             RunLimits(requests=n, warmup_requests=warm), options=GREEDY)  # fmt: skip
+        run = await run_load(
+            endpoint,
+            requests,
+            LoadProfile("concurrency", concurrency=level),
+            RunLimits(requests=n, warmup_requests=warm),
+            options=GREEDY,
+        )
         s = summarize(run.records)
         out[level] = {
-            "requests": n, "completed": s.completed, "failed": s.failed,
-            "output_tok_s": s.output_throughput, "ttft_p50_ms": s.p50_ttft_ms, "ttft_p99_ms": s.p99_ttft_ms,
-            "tpot_p50_ms": s.p50_tpot_ms, "valid": run.self_check.valid, "self_check": run.self_check.reasons,
+            "requests": n,
+            "completed": s.completed,
+            "failed": s.failed,
+            "output_tok_s": s.output_throughput,
+            "ttft_p50_ms": s.p50_ttft_ms,
+            "ttft_p99_ms": s.p99_ttft_ms,
+            "tpot_p50_ms": s.p50_tpot_ms,
+            "valid": run.self_check.valid,
+            "self_check": run.self_check.reasons,
             "errors": s.errors_by_kind,
-        }  # fmt: skip
-        print(f"  concurrency {level}: {fmt_num(s.output_throughput)} tok/s, TTFT p50 {fmt_num(s.p50_ttft_ms)} ms,"
-              f" {s.failed} failed", file=sys.stderr, flush=True)  # fmt: skip
+        }
+        print(
+            f"  concurrency {level}: {fmt_num(s.output_throughput)} tok/s, TTFT p50 {fmt_num(s.p50_ttft_ms)} ms,"
+            f" {s.failed} failed",
+            file=sys.stderr,
+            flush=True,
+        )
         for error in s.first_errors:
             print(f"    request {error.request_id}: {error.kind}: {error.excerpt}", file=sys.stderr)
     return out
@@ -89,8 +104,13 @@ async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace)
 
 def run_ours(levels: list[int], args: argparse.Namespace) -> dict[int, dict]:
     extra = ("--compile",) if args.compile else ()
-    opts = BundledOptions(quant="int4", threads=args.threads, max_num_seqs=max(levels), extra_args=extra,
-                          startup_timeout_s=900 if args.compile else 300)  # fmt: skip
+    opts = BundledOptions(
+        quant="int4",
+        threads=args.threads,
+        max_num_seqs=max(levels),
+        extra_args=extra,
+        startup_timeout_s=900 if args.compile else 300,
+    )
     with BundledTarget(opts) as endpoint:
         return asyncio.run(drive(endpoint, levels, args))
 
@@ -122,12 +142,27 @@ def main() -> int:
         emit_result(generate_worker(args.threads, args.input_len, args.output_len, args.compile))
         return 0
     levels = [int(x) for x in args.levels.split(",")]
-    cond = {**conditions(), "threads": args.threads, "input_len": args.input_len, "output_len": args.output_len,
-            "ours": "int4, torch.compile (--compile)" if args.compile else "int4, eager"}  # fmt: skip
+    cond = {
+        **conditions(),
+        "threads": args.threads,
+        "input_len": args.input_len,
+        "output_len": args.output_len,
+        "ours": "int4, torch.compile (--compile)" if args.compile else "int4, eager",
+    }
     print("\n".join(f"{k}: {v}" for k, v in cond.items()), flush=True)
-    gen = run_worker([__file__, "--worker-generate", "--threads", str(args.threads), "--input-len",
-                      str(args.input_len), "--output-len", str(args.output_len)]
-                     + (["--compile"] if args.compile else []))  # fmt: skip
+    gen = run_worker(
+        [
+            __file__,
+            "--worker-generate",
+            "--threads",
+            str(args.threads),
+            "--input-len",
+            str(args.input_len),
+            "--output-len",
+            str(args.output_len),
+        ]
+        + (["--compile"] if args.compile else [])
+    )
     t0 = time.perf_counter()
     print("ours (python -m engine serve, int4):", file=sys.stderr)
     ours = run_ours(levels, args)
@@ -140,27 +175,56 @@ def main() -> int:
     rows = []
     for level in levels:
         a, b = ours[level], theirs.get(level, {})
-        rows.append([str(level), fmt_num(a["output_tok_s"]), fmt_num(b.get("output_tok_s")),
-                     fmt_ratio(a["output_tok_s"], b.get("output_tok_s")),
-                     fmt_num(a["ttft_p50_ms"], 0), fmt_num(b.get("ttft_p50_ms"), 0),
-                     fmt_ratio(a["ttft_p50_ms"], b.get("ttft_p50_ms")),
-                     fmt_num(a["ttft_p99_ms"], 0), fmt_num(b.get("ttft_p99_ms"), 0),
-                     fmt_num(a["tpot_p50_ms"], 1), fmt_num(b.get("tpot_p50_ms"), 1),
-                     f"{a['failed']}/{b.get('failed', '-')}"])  # fmt: skip
-    header = ["conc", "ours tok/s", "llama tok/s", "ratio", "ours TTFT p50", "llama TTFT p50", "ratio",
-              "ours TTFT p99", "llama TTFT p99", "ours TPOT p50", "llama TPOT p50", "failed o/l"]  # fmt: skip
+        rows.append(
+            [
+                str(level),
+                fmt_num(a["output_tok_s"]),
+                fmt_num(b.get("output_tok_s")),
+                fmt_ratio(a["output_tok_s"], b.get("output_tok_s")),
+                fmt_num(a["ttft_p50_ms"], 0),
+                fmt_num(b.get("ttft_p50_ms"), 0),
+                fmt_ratio(a["ttft_p50_ms"], b.get("ttft_p50_ms")),
+                fmt_num(a["ttft_p99_ms"], 0),
+                fmt_num(b.get("ttft_p99_ms"), 0),
+                fmt_num(a["tpot_p50_ms"], 1),
+                fmt_num(b.get("tpot_p50_ms"), 1),
+                f"{a['failed']}/{b.get('failed', '-')}",
+            ]
+        )
+    header = [
+        "conc",
+        "ours tok/s",
+        "llama tok/s",
+        "ratio",
+        "ours TTFT p50",
+        "llama TTFT p50",
+        "ratio",
+        "ours TTFT p99",
+        "llama TTFT p99",
+        "ours TPOT p50",
+        "llama TPOT p50",
+        "failed o/l",
+    ]
     print(format_table(header, rows))
     print()
     single = 1000 / ours[levels[0]]["tpot_p50_ms"] if levels[0] == 1 and ours[1]["tpot_p50_ms"] else None
     own = gen["decode_tok_s"]
-    print(f"single stream through the server: {fmt_num(single)} tok/s (1000 / TPOT p50) vs generate "
-          f"{fmt_num(own)} tok/s: {fmt_ratio(single, own)} (target >= 0.90x)")  # fmt: skip
+    print(
+        f"single stream through the server: {fmt_num(single)} tok/s (1000 / TPOT p50) vs generate "
+        f"{fmt_num(own)} tok/s: {fmt_ratio(single, own)} (target >= 0.90x)"
+    )
     if 16 in ours and 16 in theirs:
-        print(f"aggregate tok/s at 16: {fmt_ratio(ours[16]['output_tok_s'], theirs[16]['output_tok_s'])}"
-              " (target >= 1.50x)")  # fmt: skip
+        print(
+            f"aggregate tok/s at 16: {fmt_ratio(ours[16]['output_tok_s'], theirs[16]['output_tok_s'])}"
+            " (target >= 1.50x)"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"conditions": cond, "generate": gen, "ours": ours, "theirs": theirs,
-                                         "peer_version": peer_version}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {"conditions": cond, "generate": gen, "ours": ours, "theirs": theirs, "peer_version": peer_version},
+                indent=2,
+            )
+        )
     return 0
 
 

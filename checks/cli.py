@@ -135,10 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     conn = sub.add_parser("connect", help="test a target before measuring it: models, key, streaming, /metrics")
     conn.add_argument("target", nargs="?", default=None, help="the base URL (default: the --preset's local URL)")
-    conn.add_argument("--preset", choices=list(PRESETS), default=None,
-                      help="a server kind: its default local URL, and what it needs for /metrics")  # fmt: skip
-    conn.add_argument("--api-key", dest="api_key", default=None,
-                      help=f"the endpoint's API key (or set {API_KEY_ENV}; never printed)")  # fmt: skip
+    conn.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="a server kind: its default local URL, and what it needs for /metrics",
+    )
+    conn.add_argument(
+        "--api-key", dest="api_key", default=None, help=f"the endpoint's API key (or set {API_KEY_ENV}; never printed)"
+    )
     conn.add_argument("--model", default=None, help="model for the probe request (default: the first listed)")
     conn.add_argument("--api", choices=("chat", "completions"), default="chat")
     conn.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -269,8 +274,12 @@ def readiness(args: argparse.Namespace) -> int:
         for path in outputs:
             check_writable(path, overwrite=args.force)
         cancel = threading.Event()
-        checklist = Checklist(config, progress=None if args.quiet else _checklist_line, cancel=cancel,
-                              on_status=None if args.quiet else _say)  # fmt: skip
+        checklist = Checklist(
+            config,
+            progress=None if args.quiet else _checklist_line,
+            cancel=cancel,
+            on_status=None if args.quiet else _say,
+        )
     except ValidationError as exc:
         print(f"error: {config_error(exc)}", file=sys.stderr)
         return 2

@@ -74,8 +74,9 @@ def _auth(with_key: ProbeResponse, without_key: ProbeResponse | None, key_given:
     return "required and accepted" if without_key is not None and without_key.status in (401, 403) else "not required"
 
 
-async def check_connection(base_url: str, api_key: str | None = None, model: str | None = None,
-                          api: Api = "chat") -> ConnectionReport:  # fmt: skip
+async def check_connection(
+    base_url: str, api_key: str | None = None, model: str | None = None, api: Api = "chat"
+) -> ConnectionReport:
     """Ask the target the questions of the module docstring; raises only ValueError for a bad URL."""
     check_target_url(base_url)
     report = ConnectionReport(base_url=redact_url(base_url), reachable=False, key_given=bool(api_key))
@@ -136,13 +137,17 @@ def format_connection(report: ConnectionReport) -> str:
     lines = [f"target        {report.base_url}", f"reachable     {yes(report.reachable)}"]
     if report.reachable:
         shown = ", ".join(report.models[:5]) + (f" (+{len(report.models) - 5})" if len(report.models) > 5 else "")
-        lines += [f"models        {shown or 'none listed'} in {ms(report.models_ms)}",
-                  f"API key       {'given' if report.key_given else 'not given'}; {report.auth}",
-                  f"streaming     {yes(report.streaming)}" + (f" ({report.model}, TTFT {ms(report.ttft_ms)})"
-                                                              if report.streaming else ""),
-                  f"stream usage  {yes(report.stream_usage)}", f"ignore_eos    {yes(report.ignore_eos)}",
-                  f"/metrics      {report.metrics or 'not usable'}" + (f" ({report.server})" if report.server else "")
-                  + (f"; {report.metrics_note}" if report.metrics_note else "")]  # fmt: skip
+        lines += [
+            f"models        {shown or 'none listed'} in {ms(report.models_ms)}",
+            f"API key       {'given' if report.key_given else 'not given'}; {report.auth}",
+            f"streaming     {yes(report.streaming)}"
+            + (f" ({report.model}, TTFT {ms(report.ttft_ms)})" if report.streaming else ""),
+            f"stream usage  {yes(report.stream_usage)}",
+            f"ignore_eos    {yes(report.ignore_eos)}",
+            f"/metrics      {report.metrics or 'not usable'}"
+            + (f" ({report.server})" if report.server else "")
+            + (f"; {report.metrics_note}" if report.metrics_note else ""),
+        ]
     lines += [f"problem       {p}" for p in report.problems]
     lines.append("ready to measure" if report.ok else "not ready to measure")
     return "\n".join(lines)

@@ -169,8 +169,9 @@ class Job:
 
     def start(self) -> Job:
         self._queue, self._cancel = _CONTEXT.Queue(), _CONTEXT.Event()
-        self._process = _CONTEXT.Process(target=_child, args=(self.work, self.config, self._queue, self._cancel),
-                                         name="preflight-job", daemon=True)  # fmt: skip
+        self._process = _CONTEXT.Process(
+            target=_child, args=(self.work, self.config, self._queue, self._cancel), name="preflight-job", daemon=True
+        )
         self._process.start()
         self._reader = threading.Thread(target=self._read, name="preflight-job-reader", daemon=True)
         self._reader.start()
@@ -213,8 +214,11 @@ class Job:
     def cancel(self) -> None:
         if self._cancel is not None:
             self._cancel.set()
-        self._set(_status="stopping at the next measured point" if self.kind == JobKind.STUDY
-                  else "stopping: in-flight requests are being cancelled, what was measured is kept")  # fmt: skip
+        self._set(
+            _status="stopping at the next measured point"
+            if self.kind == JobKind.STUDY
+            else "stopping: in-flight requests are being cancelled, what was measured is kept"
+        )
 
     def wait(self, timeout_s: float) -> bool:
         """Block until the job ends (tests and the CLI); True when it did."""
@@ -225,12 +229,16 @@ class Job:
     def snapshot(self) -> JobSnapshot:
         with self._lock:
             end = self._ended if self._ended is not None else time.monotonic()
-            return JobSnapshot(self._state, self._status, self._progress, end - self._started, self._result,
-                               self._error)  # fmt: skip
+            return JobSnapshot(
+                self._state, self._status, self._progress, end - self._started, self._result, self._error
+            )
 
 
-WORK: dict[JobKind, Work] = {JobKind.BENCHMARK: run_benchmark, JobKind.CHECKLIST: run_checklist,
-                             JobKind.STUDY: run_study}  # fmt: skip
+WORK: dict[JobKind, Work] = {
+    JobKind.BENCHMARK: run_benchmark,
+    JobKind.CHECKLIST: run_checklist,
+    JobKind.STUDY: run_study,
+}
 
 
 def new_job(kind: JobKind, config: BaseModel) -> Job:

@@ -26,22 +26,51 @@ class ServerPreset:
     launch: str  # the usual command that starts it (MODEL is the user's model)
 
 
-PRESETS: dict[str, ServerPreset] = {p.key: p for p in (
-    ServerPreset("vllm", "vLLM", "http://127.0.0.1:8000/v1", "vllm",
-                 "/metrics is on by default (names vllm:*)", "vllm serve MODEL --port 8000"),
-    ServerPreset("sglang", "SGLang", "http://127.0.0.1:30000/v1", "sglang",
-                 "start it with --enable-metrics for /metrics (names sglang:*)",
-                 "python -m sglang.launch_server --model-path MODEL --port 30000 --enable-metrics"),
-    ServerPreset("tgi", "Text Generation Inference", "http://127.0.0.1:8080/v1", "tgi",
-                 "/metrics is on by default (names tgi_*; no KV-cache gauge, no TTFT histogram)",
-                 "text-generation-launcher --model-id MODEL --port 8080"),
-    ServerPreset("llamacpp", "llama.cpp server", "http://127.0.0.1:8080/v1", "llamacpp",
-                 "start it with --metrics for /metrics (names llamacpp:*)",
-                 "llama-server -m MODEL.gguf --port 8080 --metrics"),
-    ServerPreset("ollama", "Ollama", "http://127.0.0.1:11434/v1", None,
-                 "Ollama exports no Prometheus /metrics, so the monitoring checks cannot pass",
-                 "ollama serve  (then: ollama pull MODEL)"),
-)}  # fmt: skip
+PRESETS: dict[str, ServerPreset] = {
+    p.key: p
+    for p in (
+        ServerPreset(
+            "vllm",
+            "vLLM",
+            "http://127.0.0.1:8000/v1",
+            "vllm",
+            "/metrics is on by default (names vllm:*)",
+            "vllm serve MODEL --port 8000",
+        ),
+        ServerPreset(
+            "sglang",
+            "SGLang",
+            "http://127.0.0.1:30000/v1",
+            "sglang",
+            "start it with --enable-metrics for /metrics (names sglang:*)",
+            "python -m sglang.launch_server --model-path MODEL --port 30000 --enable-metrics",
+        ),
+        ServerPreset(
+            "tgi",
+            "Text Generation Inference",
+            "http://127.0.0.1:8080/v1",
+            "tgi",
+            "/metrics is on by default (names tgi_*; no KV-cache gauge, no TTFT histogram)",
+            "text-generation-launcher --model-id MODEL --port 8080",
+        ),
+        ServerPreset(
+            "llamacpp",
+            "llama.cpp server",
+            "http://127.0.0.1:8080/v1",
+            "llamacpp",
+            "start it with --metrics for /metrics (names llamacpp:*)",
+            "llama-server -m MODEL.gguf --port 8080 --metrics",
+        ),
+        ServerPreset(
+            "ollama",
+            "Ollama",
+            "http://127.0.0.1:11434/v1",
+            None,
+            "Ollama exports no Prometheus /metrics, so the monitoring checks cannot pass",
+            "ollama serve  (then: ollama pull MODEL)",
+        ),
+    )
+}
 
 
 def preset_for(metrics: MetricsSource | None) -> ServerPreset | None:

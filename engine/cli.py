@@ -87,28 +87,43 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None, metavar="N", help=h("max_model_len"))
     p.add_argument("--max-queue", type=int, default=64, metavar="N", help=h("max_queue"))
     p.add_argument("--kv-cache-bytes", type=int, default=None, metavar="N", help=h("kv_cache_bytes"))
-    p.add_argument("--rate-limit", dest="rate_limit_rpm", type=int, default=None, metavar="RPM",
-                   help=h("rate_limit_rpm") + " (default: off)")  # fmt: skip
+    p.add_argument(
+        "--rate-limit",
+        dest="rate_limit_rpm",
+        type=int,
+        default=None,
+        metavar="RPM",
+        help=h("rate_limit_rpm") + " (default: off)",
+    )
     p.add_argument("--rate-limit-burst", type=int, default=None, metavar="N", help=h("rate_limit_burst"))
     p.add_argument("--max-body-bytes", type=int, default=1024 * 1024, metavar="N", help=h("max_body_bytes"))
     p.add_argument("--max-connections", type=int, default=None, metavar="N", help=h("max_connections"))
     p.add_argument("--auth-failure-limit", type=int, default=None, metavar="N", help=h("auth_failure_limit"))
-    p.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
-                   help=h("allowed_hosts"))  # fmt: skip
+    p.add_argument(
+        "--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME", help=h("allowed_hosts")
+    )
     p.add_argument("--max-messages", type=int, default=None, metavar="N", help=h("max_messages"))
     p.add_argument("--max-stop-chars", type=int, default=None, metavar="N", help=h("max_stop_chars"))
     p.add_argument("--max-template-chars", type=int, default=None, metavar="N", help=h("max_template_chars"))
-    p.add_argument("--template-timeout", dest="template_timeout_s", type=float, default=None, metavar="S",
-                   help=h("template_timeout_s"))  # fmt: skip
+    p.add_argument(
+        "--template-timeout",
+        dest="template_timeout_s",
+        type=float,
+        default=None,
+        metavar="S",
+        help=h("template_timeout_s"),
+    )
     p.add_argument("--speculative", choices=("ngram", "none"), default="none", help=h("speculative"))
     p.add_argument("--num-speculative-tokens", type=int, default=4, metavar="N", help=h("num_speculative_tokens"))
-    p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
-                   help=h("cors_origins"))  # fmt: skip
+    p.add_argument(
+        "--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN", help=h("cors_origins")
+    )
     p.add_argument("--log-prompts", action="store_true", help=h("log_prompts"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help=h("threads"))
     p.add_argument("--compile", action="store_true", help=h("compile"))
-    p.add_argument("--grace-period", dest="grace_period_s", type=float, default=30.0, metavar="S",
-                   help=h("grace_period_s"))  # fmt: skip
+    p.add_argument(
+        "--grace-period", dest="grace_period_s", type=float, default=30.0, metavar="S", help=h("grace_period_s")
+    )
     p.add_argument("--parent-pid", type=int, default=None, metavar="PID", help=h("parent_pid"))
 
 
@@ -249,8 +264,9 @@ def study_command(name: str, options: StudyOptions) -> str:
     return shlex.join(argv)
 
 
-def study_document(name: str, options: StudyOptions, result: StudyResult, started_at: datetime,
-                   label: str | None = None) -> StudyReport:  # fmt: skip
+def study_document(
+    name: str, options: StudyOptions, result: StudyResult, started_at: datetime, label: str | None = None
+) -> StudyReport:
     """The history document of a finished study: what the CLI saves and the Engine studies page keeps."""
     from datetime import UTC, datetime
 
@@ -259,9 +275,14 @@ def study_document(name: str, options: StudyOptions, result: StudyResult, starte
     from reports.version import __version__
 
     return StudyReport.from_study(
-        result.to_dict(), title=TITLES[name], command=study_command(name, options), started_at=started_at,
-        finished_at=datetime.now(UTC), label=label, tool_version=__version__,
-    )  # fmt: skip
+        result.to_dict(),
+        title=TITLES[name],
+        command=study_command(name, options),
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
+        label=label,
+        tool_version=__version__,
+    )
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
@@ -295,13 +316,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from engine.serving.options import ServerOptions, describe_options_error
 
-    fields = ("quant", "host", "port", "insecure", "served_model_name", "max_num_seqs", "max_model_len", "max_queue",
-              "kv_cache_bytes", "rate_limit_rpm", "rate_limit_burst", "max_body_bytes", "speculative",
-              "num_speculative_tokens", "log_prompts", "threads", "grace_period_s", "compile",
-              "parent_pid")  # fmt: skip
+    fields = (
+        "quant",
+        "host",
+        "port",
+        "insecure",
+        "served_model_name",
+        "max_num_seqs",
+        "max_model_len",
+        "max_queue",
+        "kv_cache_bytes",
+        "rate_limit_rpm",
+        "rate_limit_burst",
+        "max_body_bytes",
+        "speculative",
+        "num_speculative_tokens",
+        "log_prompts",
+        "threads",
+        "grace_period_s",
+        "compile",
+        "parent_pid",
+    )
     # Limits default to None here, so that ServerOptions (and RequestLimits, TemplateLimits) own the defaults.
-    limits = ("max_messages", "max_stop_chars", "max_template_chars", "template_timeout_s", "max_connections",
-              "auth_failure_limit")  # fmt: skip
+    limits = (
+        "max_messages",
+        "max_stop_chars",
+        "max_template_chars",
+        "template_timeout_s",
+        "max_connections",
+        "auth_failure_limit",
+    )
     try:
         options = ServerOptions(
             model=args.model,

@@ -243,8 +243,10 @@ def gpu_story(hw: Hardware) -> str:
         why = "nvidia-ml-py, the library that reads NVIDIA GPUs, is not installed"
     else:
         why = "the NVIDIA driver did not answer"
-    return (f"This machine has no GPU that Preflight can use: {why}, and torch sees no CUDA or Apple MPS device. "
-            "That is expected on a CPU server; the bundled engine runs on the CPU.")  # fmt: skip
+    return (
+        f"This machine has no GPU that Preflight can use: {why}, and torch sees no CUDA or Apple MPS device. "
+        "That is expected on a CPU server; the bundled engine runs on the CPU."
+    )
 
 
 def describe_nvml(hw: Hardware) -> str:

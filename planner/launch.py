@@ -166,8 +166,14 @@ BUILDERS = {
 
 # Where each launch command serves the OpenAI API on the machine that runs it: the port it sets
 # (llama.cpp, the bundled engine) or the server's own default (vLLM and trtllm-serve 8000, SGLang 30000).
-SERVE_PORTS = {"vllm": 8000, "vllm-ray": 8000, "sglang": 30000, "tensorrt-llm": 8000, "llama.cpp": 8080,
-               "bundled": 8000}  # fmt: skip
+SERVE_PORTS = {
+    "vllm": 8000,
+    "vllm-ray": 8000,
+    "sglang": 30000,
+    "tensorrt-llm": 8000,
+    "llama.cpp": 8080,
+    "bundled": 8000,
+}
 
 
 def serve_url(engine: str, host: str = "127.0.0.1") -> str:

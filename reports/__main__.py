@@ -52,8 +52,17 @@ def _table(entries: list[HistoryEntry]) -> str:
             rows.append((e.file, "?", "-", "UNREADABLE", "-", "-", e.unreadable))
             continue
         started = e.started_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if e.started_at else "-"
-        rows.append((e.id or e.file, e.kind or "?", started, e.verdict or "-", e.target or "-", e.model or "-",
-                     " / ".join(x for x in (e.label, e.headline) if x)))  # fmt: skip
+        rows.append(
+            (
+                e.id or e.file,
+                e.kind or "?",
+                started,
+                e.verdict or "-",
+                e.target or "-",
+                e.model or "-",
+                " / ".join(x for x in (e.label, e.headline) if x),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
 
@@ -132,8 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reports", description="Preflight's saved reports and results.")
     sub = parser.add_subparsers(dest="command", required=True)
     home = argparse.ArgumentParser(add_help=False)
-    home.add_argument("--history", type=Path, default=None,
-                      help="history folder (default: $PREFLIGHT_HOME/history, else the user data folder)")  # fmt: skip
+    home.add_argument(
+        "--history",
+        type=Path,
+        default=None,
+        help="history folder (default: $PREFLIGHT_HOME/history, else the user data folder)",
+    )
 
     ls = sub.add_parser("list", parents=[home], help="the saved documents, newest first")
     ls.add_argument("--target", default=None, help="only targets containing this text")
@@ -151,18 +164,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = sub.add_parser("export", parents=[home], help="write a document as HTML, Markdown, JUnit XML or JSON")
     out.add_argument("ref", metavar="ID|FILE")
-    out.add_argument("--format", choices=list(FORMATS), required=True,
-                     help="html (self-contained, opens offline), md and junit (reports), json")  # fmt: skip
+    out.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        required=True,
+        help="html (self-contained, opens offline), md and junit (reports), json",
+    )
     out.add_argument("--out", type=Path, required=True)
     out.add_argument("--force", action="store_true", help="overwrite --out")
 
     cmp_ = sub.add_parser("compare", parents=[home], help="A against B, with significance from the raw records")
     cmp_.add_argument("a", metavar="A", help="the baseline: an id, id prefix or file")
     cmp_.add_argument("b", metavar="B", help="the candidate: an id, id prefix or file")
-    cmp_.add_argument("--fail-on-regression", action="store_true",
-                      help="exit 1 on a significant regression past the threshold or a check PASS -> FAIL")  # fmt: skip
-    cmp_.add_argument("--threshold-pct", type=float, default=THRESHOLD_PCT,
-                      help=f"smallest change that counts as a regression (default: {THRESHOLD_PCT:g})")  # fmt: skip
+    cmp_.add_argument(
+        "--fail-on-regression",
+        action="store_true",
+        help="exit 1 on a significant regression past the threshold or a check PASS -> FAIL",
+    )
+    cmp_.add_argument(
+        "--threshold-pct",
+        type=float,
+        default=THRESHOLD_PCT,
+        help=f"smallest change that counts as a regression (default: {THRESHOLD_PCT:g})",
+    )
     cmp_.add_argument("--json", type=Path, default=None, help="also write the comparison as JSON")
     cmp_.add_argument("--markdown", type=Path, default=None, help="also write the comparison as Markdown")
     cmp_.add_argument("--force", action="store_true", help="overwrite --json / --markdown")
@@ -173,9 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "list": _cmd_list, "show": _cmd_show, "delete": _cmd_delete, "export": _cmd_export, "compare": _cmd_compare,
+    "list": _cmd_list,
+    "show": _cmd_show,
+    "delete": _cmd_delete,
+    "export": _cmd_export,
+    "compare": _cmd_compare,
     "schema": _cmd_schema,
-}  # fmt: skip
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,11 +61,17 @@ class MetricDelta(BaseModel):
     delta_pct: float | None
     ci95_pct: tuple[float, float] | None = Field(description="bootstrap 95% interval of delta_pct")
     n: tuple[int, int] = Field(description="samples behind a and b (requests, or time bins for throughput)")
-    blocks: tuple[int, int] = Field((1, 1), description="resampling block length of a and b: the requests in flight "
-                                                        "together (or the time bins one request spans)")  # fmt: skip
-    enough_samples: bool = Field(True, description="both runs have a tail for this percentile (reports.stats."
-                                                   "min_samples: 100 values for p99, 20 for p95); if not, it "
-                                                   "is never 'changed'")  # fmt: skip
+    blocks: tuple[int, int] = Field(
+        (1, 1),
+        description="resampling block length of a and b: the requests in flight "
+        "together (or the time bins one request spans)",
+    )
+    enough_samples: bool = Field(
+        True,
+        description="both runs have a tail for this percentile (reports.stats."
+        "min_samples: 100 values for p99, 20 for p95); if not, it "
+        "is never 'changed'",
+    )
     changed: bool = Field(description="the interval excludes 0")
     regression: bool = Field(description="changed the wrong way by at least the threshold")
 
@@ -216,8 +222,14 @@ def _point(values: list[float], statistic: RowStatistic) -> float | None:
     return float(statistic(np.asarray([values], dtype=float))[0]) if values else None
 
 
-def compare_metric(metric: _Metric, a: list[RequestRecord], b: list[RequestRecord], name: str,
-                   threshold_pct: float = THRESHOLD_PCT, seed: int = SEED) -> MetricDelta:  # fmt: skip
+def compare_metric(
+    metric: _Metric,
+    a: list[RequestRecord],
+    b: list[RequestRecord],
+    name: str,
+    threshold_pct: float = THRESHOLD_PCT,
+    seed: int = SEED,
+) -> MetricDelta:
     """One metric of two runs: both points, the relative change and its interval, and what it means."""
     xa, xb = metric.samples(a), metric.samples(b)
     pa, pb = _point(xa, metric.statistic), _point(xb, metric.statistic)
@@ -228,9 +240,20 @@ def compare_metric(metric: _Metric, a: list[RequestRecord], b: list[RequestRecor
     changed = enough and ci is not None and (ci[0] > 0 or ci[1] < 0)
     worse = delta is not None and (delta < 0 if metric.higher_is_better else delta > 0)
     regression = changed and worse and abs(delta or 0.0) >= threshold_pct
-    return MetricDelta(name=name, unit=metric.unit, higher_is_better=metric.higher_is_better, a=pa, b=pb,
-                       delta_pct=delta, ci95_pct=ci, n=(len(xa), len(xb)), blocks=blocks, enough_samples=enough,
-                       changed=changed, regression=regression)  # fmt: skip
+    return MetricDelta(
+        name=name,
+        unit=metric.unit,
+        higher_is_better=metric.higher_is_better,
+        a=pa,
+        b=pb,
+        delta_pct=delta,
+        ci95_pct=ci,
+        n=(len(xa), len(xb)),
+        blocks=blocks,
+        enough_samples=enough,
+        changed=changed,
+        regression=regression,
+    )
 
 
 # --- what the documents asked for, and where they ran -------------------------------------------------
@@ -275,18 +298,28 @@ def _environment(a: Measured, b: Measured) -> list[EnvDifference]:
     pairs: list[tuple[str, Any, Any]] = [("preflight version", a.tool.version, b.tool.version)]
     ba, bb = _benchmark(a), _benchmark(b)
     if ba is not None and bb is not None:
-        pairs += [(f"client {k}", getattr(ba.client, k, None), getattr(bb.client, k, None))
-                  for k in ("host", "cpu_count", "python", "os")]  # fmt: skip
+        pairs += [
+            (f"client {k}", getattr(ba.client, k, None), getattr(bb.client, k, None))
+            for k in ("host", "cpu_count", "python", "os")
+        ]
         pairs += [(k, ba.config.get(k), bb.config.get(k)) for k in ("threads", "device", "max_num_seqs", "compile")]
         pairs.append(("weight format", getattr(ba.target, "quant", None), getattr(bb.target, "quant", None)))
-        pairs.append(("target", ba.target.base_url if ba.target.kind == "remote" else "bundled",
-                      bb.target.base_url if bb.target.kind == "remote" else "bundled"))  # fmt: skip
+        pairs.append(
+            (
+                "target",
+                ba.target.base_url if ba.target.kind == "remote" else "bundled",
+                bb.target.base_url if bb.target.kind == "remote" else "bundled",
+            )
+        )
     if isinstance(a, ReadinessReport) and isinstance(b, ReadinessReport):
         pairs += [(k, a.environment.get(k), b.environment.get(k)) for k in ENVIRONMENT_KEYS]
         gpus = [", ".join(str(g.get("name")) for g in doc.environment.get("gpus") or []) or None for doc in (a, b)]
         pairs.append(("gpus", gpus[0], gpus[1]))
-    return [EnvDifference(name=n, a=None if x is None else str(x), b=None if y is None else str(y))
-            for n, x, y in pairs if x != y]  # fmt: skip
+    return [
+        EnvDifference(name=n, a=None if x is None else str(x), b=None if y is None else str(y))
+        for n, x, y in pairs
+        if x != y
+    ]
 
 
 def _checks(a: Measured, b: Measured) -> tuple[list[CheckChange], VerdictChange | None]:
@@ -326,9 +359,17 @@ def compare(a: Document, b: Document, threshold_pct: float = THRESHOLD_PCT) -> C
         metrics += [compare_metric(m, ra, rb, prefix + m.name, threshold_pct) for m in METRICS]
     checks, verdict = _checks(a, b)
     reasons = _not_comparable(a, b)
-    return Comparison(a_doc=_ref(a), b_doc=_ref(b), threshold_pct=threshold_pct, comparable=not reasons,
-                      reasons=reasons, metrics=metrics, checks=checks, verdict=verdict,
-                      environment=_environment(a, b))  # fmt: skip
+    return Comparison(
+        a_doc=_ref(a),
+        b_doc=_ref(b),
+        threshold_pct=threshold_pct,
+        comparable=not reasons,
+        reasons=reasons,
+        metrics=metrics,
+        checks=checks,
+        verdict=verdict,
+        environment=_environment(a, b),
+    )
 
 
 def latency_samples(a: Measured, b: Measured) -> list[tuple[str, str, float]]:

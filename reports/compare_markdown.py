@@ -25,8 +25,10 @@ def meaning(m: MetricDelta) -> str:
 def _row(m: MetricDelta) -> str:
     ci = "-" if m.ci95_pct is None else f"{m.ci95_pct[0]:+.1f}% .. {m.ci95_pct[1]:+.1f}%"
     delta = "-" if m.delta_pct is None else f"{m.delta_pct:+.1f}%"
-    return (f"| {cell(m.name)} | {figure(m.a, m.unit)} | {figure(m.b, m.unit)} | {delta} | {ci} "
-            f"| {m.n[0]} / {m.n[1]} | {meaning(m)} |")  # fmt: skip
+    return (
+        f"| {cell(m.name)} | {figure(m.a, m.unit)} | {figure(m.b, m.unit)} | {delta} | {ci} "
+        f"| {m.n[0]} / {m.n[1]} | {meaning(m)} |"
+    )
 
 
 def comparison_to_markdown(c: Comparison) -> str:
@@ -44,9 +46,13 @@ def comparison_to_markdown(c: Comparison) -> str:
     if c.verdict is not None:
         lines.append(f"- Verdict: {c.verdict.a} -> {c.verdict.b}")
     if c.metrics:
-        lines += ["", "## Metrics (bootstrap 95% interval of the change, from the raw records)", "",
-                  "| Metric | A | B | Change | 95% interval | n (A / B) | Meaning |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Metrics (bootstrap 95% interval of the change, from the raw records)",
+            "",
+            "| Metric | A | B | Change | 95% interval | n (A / B) | Meaning |",
+            "|---|---|---|---|---|---|---|",
+        ]
         lines += [_row(m) for m in c.metrics]
     if c.checks:
         lines += ["", "## Checks that changed", "", "| Check | A | B |", "|---|---|---|"]

@@ -24,8 +24,10 @@ MODELS: dict[str, type[ReadinessReport] | type[BenchmarkResult] | type[StudyRepo
 }
 ShortKind = Literal["readiness", "benchmark", "study"]
 SHORT_KIND: dict[str, ShortKind] = {
-    ReadinessReport.KIND: "readiness", BenchmarkResult.KIND: "benchmark", StudyReport.KIND: "study",
-}  # fmt: skip
+    ReadinessReport.KIND: "readiness",
+    BenchmarkResult.KIND: "benchmark",
+    StudyReport.KIND: "study",
+}
 SHORT_KINDS: tuple[ShortKind, ...] = tuple(SHORT_KIND.values())
 
 

@@ -34,12 +34,15 @@ class Format:
 
 
 ALL = (ReadinessReport, BenchmarkResult, StudyReport)
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("json", "JSON", "json", "application/json", dict.fromkeys(ALL, store.to_json)),
-    Format("html", "HTML", "html", "text/html", dict.fromkeys(ALL, to_html)),
-    Format("md", "Markdown", "md", "text/markdown", {ReadinessReport: to_markdown, StudyReport: study_markdown}),
-    Format("junit", "JUnit XML", "xml", "application/xml", {ReadinessReport: to_junit}),
-)}  # fmt: skip
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("json", "JSON", "json", "application/json", dict.fromkeys(ALL, store.to_json)),
+        Format("html", "HTML", "html", "text/html", dict.fromkeys(ALL, to_html)),
+        Format("md", "Markdown", "md", "text/markdown", {ReadinessReport: to_markdown, StudyReport: study_markdown}),
+        Format("junit", "JUnit XML", "xml", "application/xml", {ReadinessReport: to_junit}),
+    )
+}
 
 
 def formats_for(doc: Document) -> list[Format]:

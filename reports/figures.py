@@ -90,10 +90,10 @@ def run_figures(run: RunDoc) -> list[Figure]:
         figures.append(Figure("Output throughput over time", note="No output tokens were streamed in this run."))
     else:
         points, width = binned
-        chart = Chart(f"Output tokens per second ({width:g} s bins)", "seconds since the first measured send",
-                      "tok/s")  # fmt: skip
-        figures.append(line_figure("Output throughput over time", chart, [Series("output tok/s", points, BLUE,
-                                                                                 step=True)]))  # fmt: skip
+        chart = Chart(f"Output tokens per second ({width:g} s bins)", "seconds since the first measured send", "tok/s")
+        figures.append(
+            line_figure("Output throughput over time", chart, [Series("output tok/s", points, BLUE, step=True)])
+        )
     return figures
 
 
@@ -106,8 +106,14 @@ def _points(samples: Sequence[MetricsSample], name: str, scale: float = 1.0) -> 
     return thin(pts, LINE_POINTS)
 
 
-def line_figure(title: str, chart: Chart, series: Sequence[Series], y_max: float | None = None,
-                note: str | None = None, empty: str = "Nothing was measured.") -> Figure:  # fmt: skip
+def line_figure(
+    title: str,
+    chart: Chart,
+    series: Sequence[Series],
+    y_max: float | None = None,
+    note: str | None = None,
+    empty: str = "Nothing was measured.",
+) -> Figure:
     """A line chart of the series with at least one measured point (a gauge the server never exported gets no
     legend entry), or the `empty` note when none has one."""
     drawn = [s for s in series if any(y is not None and math.isfinite(y) for _, y in s.points)]
@@ -118,8 +124,10 @@ def line_figure(title: str, chart: Chart, series: Sequence[Series], y_max: float
 
 def _timeline_note(timeline: MetricsTimeline) -> str:
     errors = timeline.errors
-    parts = [f"{len(timeline.samples)} scrapes of /metrics every {timeline.interval_s:g} s, "
-             f"read as {timeline.source or 'an unrecognised server'}"]  # fmt: skip
+    parts = [
+        f"{len(timeline.samples)} scrapes of /metrics every {timeline.interval_s:g} s, "
+        f"read as {timeline.source or 'an unrecognised server'}"
+    ]
     if errors:
         parts.append(f"{len(errors)} failed (first: {errors[0].error}); failed scrapes are gaps")
     if timeline.note:
@@ -133,15 +141,27 @@ def timeline_figures(timeline: MetricsTimeline | None) -> list[Figure]:
         return [Figure("Server /metrics timeline", note="This report has no /metrics timeline.")]
     note = _timeline_note(timeline)
     x_label = "seconds since the run began"
-    requests = [Series("running", _points(timeline.samples, "running"), BLUE),
-                Series("waiting", _points(timeline.samples, "waiting"), ORANGE)]  # fmt: skip
+    requests = [
+        Series("running", _points(timeline.samples, "running"), BLUE),
+        Series("waiting", _points(timeline.samples, "waiting"), ORANGE),
+    ]
     kv = [Series("KV usage", _points(timeline.samples, "kv_cache_usage", 100.0), PURPLE)]
     return [
-        line_figure("Requests on the server", Chart("Running and waiting requests", x_label, "requests"), requests,
-                    note=note, empty="No running or waiting gauge was read."),
-        line_figure("KV-cache usage", Chart("KV-cache usage", x_label, "% of blocks in use"), kv, y_max=100,
-                    empty="The server exported no KV-cache usage gauge."),
-    ]  # fmt: skip
+        line_figure(
+            "Requests on the server",
+            Chart("Running and waiting requests", x_label, "requests"),
+            requests,
+            note=note,
+            empty="No running or waiting gauge was read.",
+        ),
+        line_figure(
+            "KV-cache usage",
+            Chart("KV-cache usage", x_label, "% of blocks in use"),
+            kv,
+            y_max=100,
+            empty="The server exported no KV-cache usage gauge.",
+        ),
+    ]
 
 
 def _gpu_memory_gib(sample: ResourceSample, index: int) -> float | None:
@@ -154,13 +174,18 @@ def resource_figures(resources: ResourcesDoc) -> list[Figure]:
     samples = resources.samples
     if not samples:
         return [Figure("Resources over time", note=resources.gpu_note or "No resource samples were taken.")]
-    cpu = [Series("host CPU %", thin([(s.t_s, s.host_cpu_percent) for s in samples], LINE_POINTS), BLUE),
-           Series("process CPU % of one core", thin([(s.t_s, s.proc_cpu_percent) for s in samples], LINE_POINTS),
-                  ORANGE)]  # fmt: skip
-    memory = [Series("host RAM used", thin([(s.t_s, s.host_ram_used_bytes / GIB) for s in samples], LINE_POINTS),
-                     BLUE),
-              Series("process RSS", thin([(s.t_s, None if s.proc_rss_bytes is None else s.proc_rss_bytes / GIB)
-                                          for s in samples], LINE_POINTS), ORANGE)]  # fmt: skip
+    cpu = [
+        Series("host CPU %", thin([(s.t_s, s.host_cpu_percent) for s in samples], LINE_POINTS), BLUE),
+        Series("process CPU % of one core", thin([(s.t_s, s.proc_cpu_percent) for s in samples], LINE_POINTS), ORANGE),
+    ]
+    memory = [
+        Series("host RAM used", thin([(s.t_s, s.host_ram_used_bytes / GIB) for s in samples], LINE_POINTS), BLUE),
+        Series(
+            "process RSS",
+            thin([(s.t_s, None if s.proc_rss_bytes is None else s.proc_rss_bytes / GIB) for s in samples], LINE_POINTS),
+            ORANGE,
+        ),
+    ]
     for index in sorted({g.index for s in samples for g in s.gpus}):
         pts = [(s.t_s, _gpu_memory_gib(s, index)) for s in samples]
         memory.append(Series(f"GPU {index} memory", thin(pts, LINE_POINTS), GPU_COLOURS[index % len(GPU_COLOURS)]))

@@ -103,9 +103,16 @@ def entry_for(doc: documents.Document, file: str) -> HistoryEntry:
     else:
         model = doc.target.model if isinstance(doc, ReadinessReport) else doc.endpoint.model
     return HistoryEntry(
-        file=file, id=doc.id, kind=documents.SHORT_KIND[doc.KIND], started_at=doc.started_at,
-        target=_target_of(doc), model=model, label=doc.label, verdict=verdict, headline=headline,
-    )  # fmt: skip
+        file=file,
+        id=doc.id,
+        kind=documents.SHORT_KIND[doc.KIND],
+        started_at=doc.started_at,
+        target=_target_of(doc),
+        model=model,
+        label=doc.label,
+        verdict=verdict,
+        headline=headline,
+    )
 
 
 @dataclass(frozen=True)
@@ -184,8 +191,11 @@ class History:
         if new != old:
             self._write_index(new)
         keep = filters or Filters()
-        readable = sorted((e for e in out if e.unreadable is None and keep.keep(e)),
-                          key=lambda e: (e.started_at is not None, e.started_at), reverse=True)  # fmt: skip
+        readable = sorted(
+            (e for e in out if e.unreadable is None and keep.keep(e)),
+            key=lambda e: (e.started_at is not None, e.started_at),
+            reverse=True,
+        )
         return readable + [e for e in out if e.unreadable is not None]  # always shown: a filter cannot hide them
 
     @staticmethod

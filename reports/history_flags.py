@@ -30,8 +30,12 @@ def label_arg(text: str) -> str:
 
 def add_history_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label", type=label_arg, default=None, help="your name for this run, shown in the history")
-    parser.add_argument("--history", type=Path, default=None,
-                        help="history folder (default: $PREFLIGHT_HOME/history, else the user data dir)")  # fmt: skip
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=None,
+        help="history folder (default: $PREFLIGHT_HOME/history, else the user data dir)",
+    )
     parser.add_argument("--no-history", action="store_true", help="do not save this run in the history")
 
 

@@ -45,9 +45,11 @@ pre{background:#f6f6f6;padding:.5rem;overflow-x:auto;white-space:pre-wrap;word-b
 svg.chart{max-width:100%;height:auto;background:#fff;border:1px solid #eee}.wide{overflow-x:auto}
 """
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-DEFINITIONS = ("TTFT: first streamed content - send. TPOT: (E2E - TTFT) / (output tokens - 1). "
-               "ITL: gap between content chunks. E2E: last byte - send. Percentiles over successful "
-               "requests; [low, high] is the bootstrap 95% interval.")  # fmt: skip
+DEFINITIONS = (
+    "TTFT: first streamed content - send. TPOT: (E2E - TTFT) / (output tokens - 1). "
+    "ITL: gap between content chunks. E2E: last byte - send. Percentiles over successful "
+    "requests; [low, high] is the bootstrap 95% interval."
+)
 
 
 def to_html(doc: ReadinessReport | BenchmarkResult | StudyReport) -> str:
@@ -60,11 +62,13 @@ def to_html(doc: ReadinessReport | BenchmarkResult | StudyReport) -> str:
 
 
 def _page(title: str, body: list[str]) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head>'
-            "<body>" + "\n".join(body) + "</body></html>\n")  # fmt: skip
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head>'
+        "<body>" + "\n".join(body) + "</body></html>\n"
+    )
 
 
 def _verdict(label: str, css: str) -> Markup:
@@ -76,18 +80,29 @@ def _readiness(report: ReadinessReport) -> list[str]:
     tally = ", ".join(f"{n} {s.value}" for s, n in report.status_counts().items() if n)
     overview = [
         ("Target", f"{t.base_url} ({t.kind}), {t.api} API, API key {'set' if t.api_key_set else 'not set'}"),
-        ("Model", t.model), ("Weight format", t.quant),
-        ("SLO profile", f"{report.slo.name} ({report.slo.source})"), ("Exposure", report.exposure.value),
-        ("Checks", tally or "none"), ("Categories", ", ".join(c.value for c in report.categories)),
-        ("Ran", f"{report.started_at.isoformat(timespec='seconds')} to "
-                f"{report.finished_at.isoformat(timespec='seconds')} with Preflight {report.tool.version}"),
+        ("Model", t.model),
+        ("Weight format", t.quant),
+        ("SLO profile", f"{report.slo.name} ({report.slo.source})"),
+        ("Exposure", report.exposure.value),
+        ("Checks", tally or "none"),
+        ("Categories", ", ".join(c.value for c in report.categories)),
+        (
+            "Ran",
+            f"{report.started_at.isoformat(timespec='seconds')} to "
+            f"{report.finished_at.isoformat(timespec='seconds')} with Preflight {report.tool.version}",
+        ),
         ("Benchmark", report.benchmark_source or "none"),
-    ]  # fmt: skip
-    out = [f"<h1>Preflight readiness {_verdict(report.verdict.value, report.verdict.value)}</h1>",
-           pairs((k, v) for k, v in overview if v is not None), listing(report.notes, "warn")]  # fmt: skip
+    ]
+    out = [
+        f"<h1>Preflight readiness {_verdict(report.verdict.value, report.verdict.value)}</h1>",
+        pairs((k, v) for k, v in overview if v is not None),
+        listing(report.notes, "warn"),
+    ]
     out += _checks(report.checks)
-    server = ["<h2>Server /metrics during the load</h2>",
-              _figures([figure_html(f) for f in timeline_figures(report.metrics_timeline)])]  # fmt: skip
+    server = [
+        "<h2>Server /metrics during the load</h2>",
+        _figures([figure_html(f) for f in timeline_figures(report.metrics_timeline)]),
+    ]
     if report.benchmark is None:
         out += ["<h2>Benchmark</h2>", '<p class="note">This report holds no benchmark: no load was measured.</p>']
         out += server
@@ -105,12 +120,24 @@ def _checks(checks: list[CheckResult]) -> list[str]:
     for category in Category:
         rows = [r for r in checks if r.category == category]
         if rows:
-            out += [f"<h3>{escape(category.value.capitalize())}</h3>",
-                    table(("Status", "Check", "Value", "Limit", "Finding", "Remediation"), [
-                        (status_badge(r.status), Markup(f"{escape(r.title)}<br>{code(r.id)}"), figure(r.value, r.unit),
-                         figure(r.threshold, r.unit), r.message,
-                         r.remediation if r.status != CheckStatus.PASS else None)
-                        for r in rows], "checks")]  # fmt: skip
+            out += [
+                f"<h3>{escape(category.value.capitalize())}</h3>",
+                table(
+                    ("Status", "Check", "Value", "Limit", "Finding", "Remediation"),
+                    [
+                        (
+                            status_badge(r.status),
+                            Markup(f"{escape(r.title)}<br>{code(r.id)}"),
+                            figure(r.value, r.unit),
+                            figure(r.threshold, r.unit),
+                            r.message,
+                            r.remediation if r.status != CheckStatus.PASS else None,
+                        )
+                        for r in rows
+                    ],
+                    "checks",
+                ),
+            ]
     findings = [r for r in checks if r.status != CheckStatus.PASS and (r.evidence or r.reference)]
     if findings:
         out.append("<h3>Evidence</h3>")
@@ -122,8 +149,12 @@ def _checks(checks: list[CheckResult]) -> list[str]:
 
 
 def _report_environment(report: ReadinessReport) -> list[str]:
-    out = ["<h2>Environment</h2>", pairs(flatten(report.environment)) if report.environment
-           else '<p class="note">No environment was recorded.</p>']  # fmt: skip
+    out = [
+        "<h2>Environment</h2>",
+        pairs(flatten(report.environment))
+        if report.environment
+        else '<p class="note">No environment was recorded.</p>',
+    ]
     limits = {k: v for k, v in report.slo.model_dump(exclude={"kind", "schema_version"}).items() if v is not None}
     out += ["<h3>SLO profile</h3>", pairs(flatten(limits))]
     declared = {k: v for k, v in report.declared.model_dump().items() if v is not None}
@@ -137,14 +168,20 @@ def _report_environment(report: ReadinessReport) -> list[str]:
 def _benchmark_page(result: BenchmarkResult) -> list[str]:
     state = "INVALID" if not result.valid else "CANCELLED" if result.cancelled else "VALID"
     overview = [
-        ("Endpoint", f"{result.endpoint.base_url}, {result.endpoint.api} API, API key "
-                     f"{'set' if result.endpoint.api_key_set else 'not set'}"),
-        ("Model", result.endpoint.model), ("Workload", result.workload),
-        ("Ran", f"{result.started_at.isoformat(timespec='seconds')} to "
-                f"{result.finished_at.isoformat(timespec='seconds')} with Preflight {result.tool.version}"),
-    ]  # fmt: skip
-    return [f"<h1>Preflight benchmark {_verdict(state, state)}</h1>", pairs(overview),
-            *_benchmark_sections(result)]  # fmt: skip
+        (
+            "Endpoint",
+            f"{result.endpoint.base_url}, {result.endpoint.api} API, API key "
+            f"{'set' if result.endpoint.api_key_set else 'not set'}",
+        ),
+        ("Model", result.endpoint.model),
+        ("Workload", result.workload),
+        (
+            "Ran",
+            f"{result.started_at.isoformat(timespec='seconds')} to "
+            f"{result.finished_at.isoformat(timespec='seconds')} with Preflight {result.tool.version}",
+        ),
+    ]
+    return [f"<h1>Preflight benchmark {_verdict(state, state)}</h1>", pairs(overview), *_benchmark_sections(result)]
 
 
 def _benchmark_sections(result: BenchmarkResult, server: Sequence[str] = ()) -> list[str]:
@@ -153,8 +190,10 @@ def _benchmark_sections(result: BenchmarkResult, server: Sequence[str] = ()) -> 
     out = ["<h2>Key metrics</h2>"]
     if not result.valid:
         reasons = [reason for run in result.runs for reason in run.self_check.reasons]
-        out.append(f'<p class="warn"><strong>INVALID run:</strong> the load generator could not keep up, so these '
-                   f"figures are not trusted. {escape('; '.join(reasons))}</p>")  # fmt: skip
+        out.append(
+            f'<p class="warn"><strong>INVALID run:</strong> the load generator could not keep up, so these '
+            f"figures are not trusted. {escape('; '.join(reasons))}</p>"
+        )
     out.append(listing(result.warnings, "warn"))
     if not result.runs:
         return [*out, '<p class="note">The benchmark has no runs: nothing was measured.</p>', *server]
@@ -185,8 +224,10 @@ def _benchmark_sections(result: BenchmarkResult, server: Sequence[str] = ()) -> 
 def _key_metrics(runs: list[RunDoc]) -> Markup:
     """Metrics as rows, runs as columns (a sweep reads across)."""
     rows: list[tuple[str, ...]] = [
-        ("Requests completed / failed / cancelled",
-         *(f"{r.summary.completed} / {r.summary.failed} / {r.summary.cancelled}" for r in runs)),
+        (
+            "Requests completed / failed / cancelled",
+            *(f"{r.summary.completed} / {r.summary.failed} / {r.summary.cancelled}" for r in runs),
+        ),
         ("Duration", *(figure(r.summary.duration_s, "s") for r in runs)),
         ("Request throughput", *(figure(r.summary.request_throughput, "req/s") for r in runs)),
         ("Output throughput", *(figure(r.summary.output_throughput, "tok/s") for r in runs)),
@@ -199,18 +240,28 @@ def _key_metrics(runs: list[RunDoc]) -> Markup:
         ("TPOT p50", *(with_ci(r.summary.p50_tpot_ms, r.summary.p50_tpot_ms_ci95, "ms") for r in runs)),
         ("TPOT p95", *(figure(r.summary.p95_tpot_ms, "ms") for r in runs)),
         ("TPOT p99", *(with_ci(r.summary.p99_tpot_ms, r.summary.p99_tpot_ms_ci95, "ms") for r in runs)),
-        ("ITL p50 / p99", *(f"{figure(r.summary.p50_itl_ms, 'ms')} / {figure(r.summary.p99_itl_ms, 'ms')}"
-                            for r in runs)),
-        ("E2E p50 / p99", *(f"{figure(r.summary.p50_e2el_ms, 'ms')} / {figure(r.summary.p99_e2el_ms, 'ms')}"
-                            for r in runs)),
+        (
+            "ITL p50 / p99",
+            *(f"{figure(r.summary.p50_itl_ms, 'ms')} / {figure(r.summary.p99_itl_ms, 'ms')}" for r in runs),
+        ),
+        (
+            "E2E p50 / p99",
+            *(f"{figure(r.summary.p50_e2el_ms, 'ms')} / {figure(r.summary.p99_e2el_ms, 'ms')}" for r in runs),
+        ),
         ("Mean queue time", *(figure(r.summary.mean_queue_ms, "ms") for r in runs)),
         ("Schedule lag p99", *(figure(r.summary.p99_schedule_lag_ms, "ms") for r in runs)),
-        ("Client kept up", *("yes" if r.self_check.valid else "no: " + "; ".join(r.self_check.reasons)
-                             for r in runs)),
-    ]  # fmt: skip
+        ("Client kept up", *("yes" if r.self_check.valid else "no: " + "; ".join(r.self_check.reasons) for r in runs)),
+    ]
     if any(r.meets_slo is not None for r in runs):
-        rows.append(("Meets the SLO", *("-" if r.meets_slo is None else "yes" if r.meets_slo
-                                        else f"no: {r.why_not or 'see the figures'}" for r in runs)))  # fmt: skip
+        rows.append(
+            (
+                "Meets the SLO",
+                *(
+                    "-" if r.meets_slo is None else "yes" if r.meets_slo else f"no: {r.why_not or 'see the figures'}"
+                    for r in runs
+                ),
+            )
+        )
     return table(("Metric", *(r.profile for r in runs)), rows, "metrics")
 
 
@@ -230,24 +281,41 @@ def _run_block(run: RunDoc) -> list[str]:
 
 def _resource_peaks(result: BenchmarkResult) -> Markup:
     r = result.resources.summary
-    peaks = [("Samples", r.sample_count), ("Peak host CPU", figure(r.peak_host_cpu_percent, "%")),
-             ("Peak host RAM used", size(r.peak_host_ram_used_bytes)),
-             ("Peak server RSS", size(r.peak_proc_rss_bytes)),
-             ("Mean server CPU (% of one core)", figure(r.mean_proc_cpu_percent, "%"))]  # fmt: skip
-    peaks += [(f"GPU {g.index} {g.name}", f"peak {size(g.peak_memory_used_bytes)}, "
-               f"mean utilisation {figure(g.mean_utilization_percent, '%')}") for g in r.gpus]  # fmt: skip
+    peaks = [
+        ("Samples", r.sample_count),
+        ("Peak host CPU", figure(r.peak_host_cpu_percent, "%")),
+        ("Peak host RAM used", size(r.peak_host_ram_used_bytes)),
+        ("Peak server RSS", size(r.peak_proc_rss_bytes)),
+        ("Mean server CPU (% of one core)", figure(r.mean_proc_cpu_percent, "%")),
+    ]
+    peaks += [
+        (
+            f"GPU {g.index} {g.name}",
+            f"peak {size(g.peak_memory_used_bytes)}, mean utilisation {figure(g.mean_utilization_percent, '%')}",
+        )
+        for g in r.gpus
+    ]
     return pairs(peaks)
 
 
 def _run_conditions(result: BenchmarkResult) -> Markup:
     """Everything needed to run the benchmark again: target, endpoint, workload, client machine and config."""
-    parts = ["<h2>Run conditions</h2>", "<h3>Target</h3>", pairs(flatten(result.target.model_dump())),
-             "<h3>Endpoint</h3>", pairs(flatten(result.endpoint.model_dump())),
-             "<h3>Client machine</h3>", pairs(flatten(result.client.model_dump())),
-             "<h3>Configuration</h3>", pairs(flatten(result.config))]  # fmt: skip
+    parts = [
+        "<h2>Run conditions</h2>",
+        "<h3>Target</h3>",
+        pairs(flatten(result.target.model_dump())),
+        "<h3>Endpoint</h3>",
+        pairs(flatten(result.endpoint.model_dump())),
+        "<h3>Client machine</h3>",
+        pairs(flatten(result.client.model_dump())),
+        "<h3>Configuration</h3>",
+        pairs(flatten(result.config)),
+    ]
     if result.server_log_tail:
-        parts += ["<details><summary>End of the server log</summary>",
-                  f"<pre>{escape(result.server_log_tail)}</pre></details>"]  # fmt: skip
+        parts += [
+            "<details><summary>End of the server log</summary>",
+            f"<pre>{escape(result.server_log_tail)}</pre></details>",
+        ]
     return Markup("".join(parts))
 
 

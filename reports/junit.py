@@ -37,10 +37,16 @@ def _measured(r: CheckResult) -> list[str]:
 
 
 def _case(suite: ET.Element, r: CheckResult) -> tuple[int, int, int]:
-    case = ET.SubElement(suite, "testcase", name=_text(f"{r.id}: {r.title}"),
-                         classname=f"preflight.{r.category.value}", time=f"{r.duration_s or 0.0:.3f}")  # fmt: skip
-    detail = _text("\n".join([r.message, *_measured(r), *([f"fix: {r.remediation}"] if r.remediation else []),
-                              *r.evidence]))  # fmt: skip
+    case = ET.SubElement(
+        suite,
+        "testcase",
+        name=_text(f"{r.id}: {r.title}"),
+        classname=f"preflight.{r.category.value}",
+        time=f"{r.duration_s or 0.0:.3f}",
+    )
+    detail = _text(
+        "\n".join([r.message, *_measured(r), *([f"fix: {r.remediation}"] if r.remediation else []), *r.evidence])
+    )
     if r.status == CheckStatus.SKIP:
         ET.SubElement(case, "skipped", message=_text(r.message))
     elif r.status in OUTCOME:
@@ -60,8 +66,9 @@ def to_junit(report: ReadinessReport) -> str:
         rows = [r for r in report.checks if r.category == category]
         if not rows:
             continue
-        suite = ET.SubElement(root, "testsuite", name=f"preflight.{category.value}",
-                              timestamp=_timestamp(report.started_at))  # fmt: skip
+        suite = ET.SubElement(
+            root, "testsuite", name=f"preflight.{category.value}", timestamp=_timestamp(report.started_at)
+        )
         marks = [_case(suite, r) for r in rows]
         n = [len(rows), *(sum(m[i] for m in marks) for i in range(3))]
         for key, value in zip(("tests", "failures", "errors", "skipped"), n, strict=True):

@@ -17,9 +17,12 @@ from reports.check_result import Category, CheckResult, CheckStatus
 from reports.readiness_report import MEASURED_HERE, ReadinessReport
 
 STATUS_MARK = {
-    CheckStatus.PASS: "✅ PASS", CheckStatus.WARN: "⚠️ WARN", CheckStatus.FAIL: "❌ FAIL",
-    CheckStatus.SKIP: "⏭️ SKIP", CheckStatus.ERROR: "🛑 ERROR",
-}  # fmt: skip
+    CheckStatus.PASS: "✅ PASS",
+    CheckStatus.WARN: "⚠️ WARN",
+    CheckStatus.FAIL: "❌ FAIL",
+    CheckStatus.SKIP: "⏭️ SKIP",
+    CheckStatus.ERROR: "🛑 ERROR",
+}
 
 
 def cell(text: object) -> str:
@@ -36,8 +39,10 @@ def figure(value: object, unit: str | None) -> str:
 
 
 def _line(r: CheckResult) -> str:
-    return (f"| {STATUS_MARK[r.status]} | {cell(r.title)} | {cell(figure(r.value, r.unit))} "
-            f"| {cell(figure(r.threshold, r.unit))} | {cell(r.message)} |")  # fmt: skip
+    return (
+        f"| {STATUS_MARK[r.status]} | {cell(r.title)} | {cell(figure(r.value, r.unit))} "
+        f"| {cell(figure(r.threshold, r.unit))} | {cell(r.message)} |"
+    )
 
 
 def _details(r: CheckResult) -> list[str]:
@@ -71,8 +76,13 @@ def to_markdown(report: ReadinessReport) -> str:
         rows = [r for r in report.checks if r.category == category]
         if not rows:
             continue
-        lines += ["", f"## {category.value.capitalize()}", "",
-                  "| Status | Check | Value | Limit | Finding |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## {category.value.capitalize()}",
+            "",
+            "| Status | Check | Value | Limit | Finding |",
+            "|---|---|---|---|---|",
+        ]
         lines += [_line(r) for r in rows]
     findings = [r for r in report.checks if r.status != CheckStatus.PASS]
     if findings:
@@ -94,9 +104,17 @@ def _ms(value: float | None, ci: tuple[float, float] | None = None) -> str:
 def _metric_row(run: RunDoc) -> str:
     s = run.summary
     tput = "-" if s.output_throughput is None else f"{s.output_throughput:.1f}"
-    cells = [cell(run.profile), f"{s.completed} / {s.failed}", _ms(s.p50_ttft_ms, s.p50_ttft_ms_ci95),
-             _ms(s.p95_ttft_ms), _ms(s.p99_ttft_ms, s.p99_ttft_ms_ci95), _ms(s.p50_tpot_ms, s.p50_tpot_ms_ci95),
-             _ms(s.p99_tpot_ms, s.p99_tpot_ms_ci95), _ms(s.p99_e2el_ms), tput]  # fmt: skip
+    cells = [
+        cell(run.profile),
+        f"{s.completed} / {s.failed}",
+        _ms(s.p50_ttft_ms, s.p50_ttft_ms_ci95),
+        _ms(s.p95_ttft_ms),
+        _ms(s.p99_ttft_ms, s.p99_ttft_ms_ci95),
+        _ms(s.p50_tpot_ms, s.p50_tpot_ms_ci95),
+        _ms(s.p99_tpot_ms, s.p99_tpot_ms_ci95),
+        _ms(s.p99_e2el_ms),
+        tput,
+    ]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -105,14 +123,25 @@ def _key_metrics(report: ReadinessReport) -> list[str]:
     if bench is None or not bench.runs:
         return []
     state = "" if bench.valid else " **INVALID: the load generator did not keep up**"
-    return ["", f"## Key metrics ({cell(report.benchmark_source or 'measured')}; ms, 95% bootstrap interval){state}",
-            "", f"Workload: {cell(bench.workload)}", "",
-            "| Profile | ok / failed | TTFT p50 | TTFT p95 | TTFT p99 | TPOT p50 | TPOT p99 | E2E p99 | out tok/s |",
-            "|---|---|---|---|---|---|---|---|---|", *(_metric_row(run) for run in bench.runs)]  # fmt: skip
+    return [
+        "",
+        f"## Key metrics ({cell(report.benchmark_source or 'measured')}; ms, 95% bootstrap interval){state}",
+        "",
+        f"Workload: {cell(bench.workload)}",
+        "",
+        "| Profile | ok / failed | TTFT p50 | TTFT p95 | TTFT p99 | TPOT p50 | TPOT p99 | E2E p99 | out tok/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *(_metric_row(run) for run in bench.runs),
+    ]
 
 
-ENVIRONMENT_LINES = (("cpu_model", "CPU"), ("physical_cores", "cores"), ("torch_version", "torch"),
-                     ("driver_version", "NVIDIA driver"), ("os", "OS"))  # fmt: skip
+ENVIRONMENT_LINES = (
+    ("cpu_model", "CPU"),
+    ("physical_cores", "cores"),
+    ("torch_version", "torch"),
+    ("driver_version", "NVIDIA driver"),
+    ("os", "OS"),
+)
 
 
 def _environment(report: ReadinessReport) -> list[str]:
@@ -131,23 +160,47 @@ def reproduce_command(report: ReadinessReport) -> str:
     """The `python -m checks run` that repeats this checklist, from what the report kept."""
     t, d = report.target, report.declared
     target = f"bundled:{t.quant}" if t.kind == "bundled" and t.quant else t.base_url
-    args = ["python", "-m", "checks", "run", "--target", target, "--slo", report.slo.name,
-            "--exposure", report.exposure.value]  # fmt: skip
+    args = [
+        "python",
+        "-m",
+        "checks",
+        "run",
+        "--target",
+        target,
+        "--slo",
+        report.slo.name,
+        "--exposure",
+        report.exposure.value,
+    ]
     if t.kind == "remote" and t.model:
         args += ["--model", t.model]
     if t.api != "chat":
         args += ["--api", t.api]
     if sorted(report.categories) != sorted(Category):
         args += [x for c in report.categories for x in ("--only", c.value)]
-    flags = (("--target-qps", d.target_qps), ("--rate-limit-rpm", d.rate_limit_rpm), ("--max-queue", d.max_queue),
-             ("--concurrency", d.concurrency), ("--context-tokens", d.context_tokens))  # fmt: skip
+    flags = (
+        ("--target-qps", d.target_qps),
+        ("--rate-limit-rpm", d.rate_limit_rpm),
+        ("--max-queue", d.max_queue),
+        ("--concurrency", d.concurrency),
+        ("--context-tokens", d.context_tokens),
+    )
     args += [x for flag, value in flags if value is not None for x in (flag, str(value))]
     bench = report.benchmark
     if bench is not None and report.benchmark_source not in (None, MEASURED_HERE):
         args += ["--from", report.benchmark_source]
     elif bench is not None:
         c = bench.config
-        args += [x for flag, key in (("--profile", "profile"), ("--requests", "requests"), ("--input-len", "input_len"),
-                                     ("--output-len", "output_len"), ("--threads", "threads"))
-                 if c.get(key) is not None for x in (flag, str(c[key]))]  # fmt: skip
+        args += [
+            x
+            for flag, key in (
+                ("--profile", "profile"),
+                ("--requests", "requests"),
+                ("--input-len", "input_len"),
+                ("--output-len", "output_len"),
+                ("--threads", "threads"),
+            )
+            if c.get(key) is not None
+            for x in (flag, str(c[key]))
+        ]
     return shlex.join(args)

@@ -26,8 +26,13 @@ PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 LATENCY_LIMITS: tuple[str, ...] = (
-    "ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "e2e_p99_ms",
-)  # fmt: skip
+    "ttft_p50_ms",
+    "ttft_p95_ms",
+    "ttft_p99_ms",
+    "tpot_p50_ms",
+    "tpot_p99_ms",
+    "e2e_p99_ms",
+)
 DEFAULT_MAX_ERROR_RATE = 0.01
 
 
@@ -41,8 +46,12 @@ class SloProfile(BaseModel):
 
     kind: Literal["preflight.slo-profile"] = "preflight.slo-profile"
     schema_version: int = Field(1, description="format version; may be omitted in a hand-written file")
-    name: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
-                      description="short id used with --slo, e.g. 'chat'")  # fmt: skip
+    name: str = Field(
+        min_length=1,
+        max_length=80,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        description="short id used with --slo, e.g. 'chat'",
+    )
     description: str = Field("", description="what kind of deployment the profile is for")
     source: str = Field(min_length=1, description="where each figure comes from (document, version, section)")
     ttft_p50_ms: PositiveNumber | None = Field(None, description="time to first token, median, ms")

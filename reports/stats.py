@@ -88,8 +88,9 @@ def _indices(n: int, rows: int, block: int, rng: np.random.Generator) -> np.ndar
     return (starts[:, :, None] + np.arange(block)).reshape(rows, -1)[:, :n]
 
 
-def _resampled(data: np.ndarray, statistic: RowStatistic, n_resamples: int, rng: np.random.Generator,
-               block: int = 1) -> np.ndarray:  # fmt: skip
+def _resampled(
+    data: np.ndarray, statistic: RowStatistic, n_resamples: int, rng: np.random.Generator, block: int = 1
+) -> np.ndarray:
     out = np.empty(n_resamples)
     batch = max(1, _BOOTSTRAP_BATCH_ELEMENTS // data.size)
     for start in range(0, n_resamples, batch):
@@ -99,9 +100,14 @@ def _resampled(data: np.ndarray, statistic: RowStatistic, n_resamples: int, rng:
 
 
 def bootstrap_change_pct(
-    a: Sequence[float], b: Sequence[float], statistic: RowStatistic,
-    n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0, blocks: tuple[int, int] = (1, 1),
-) -> tuple[float, float] | None:  # fmt: skip
+    a: Sequence[float],
+    b: Sequence[float],
+    statistic: RowStatistic,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    blocks: tuple[int, int] = (1, 1),
+) -> tuple[float, float] | None:
     """Interval of the relative change 100 * (stat(b) - stat(a)) / stat(a), in percent.
 
     The two samples are resampled independently (two runs share no requests), each

@@ -43,10 +43,18 @@ def _rows(doc: StudyReport) -> tuple[list[str], list[list[str]]]:
 
 
 def _overview(doc: StudyReport) -> list[tuple[str, str]]:
-    ran = (f"{doc.started_at.isoformat(timespec='seconds')} to {doc.finished_at.isoformat(timespec='seconds')} "
-           f"with Preflight {doc.tool_version}")  # fmt: skip
-    return [("Study", f"{doc.study}: {doc.title}"), ("Target", doc.target), ("Model", doc.model or "n/a"),
-            ("Label", doc.label or "-"), ("Ran", ran), ("Id", doc.id)]  # fmt: skip
+    ran = (
+        f"{doc.started_at.isoformat(timespec='seconds')} to {doc.finished_at.isoformat(timespec='seconds')} "
+        f"with Preflight {doc.tool_version}"
+    )
+    return [
+        ("Study", f"{doc.study}: {doc.title}"),
+        ("Target", doc.target),
+        ("Model", doc.model or "n/a"),
+        ("Label", doc.label or "-"),
+        ("Ran", ran),
+        ("Id", doc.id),
+    ]
 
 
 def study_markdown(doc: StudyReport) -> str:
@@ -78,8 +86,10 @@ def chart_figure(doc: StudyReport, spec: StudyChart) -> Figure:
     if not numeric_x:
         label, points = series[0]
         return Figure(spec.title, svg=bar_chart(chart, [(str(x), y) for x, y in points]))
-    lines = [Series(label, [(float(x), y) for x, y in points], COLOURS[i % len(COLOURS)])  # type: ignore[arg-type]
-             for i, (label, points) in enumerate(series)]  # fmt: skip
+    lines = [
+        Series(label, [(float(x), y) for x, y in points], COLOURS[i % len(COLOURS)])  # type: ignore[arg-type]
+        for i, (label, points) in enumerate(series)
+    ]
     return Figure(spec.title, svg=line_chart(chart, lines))
 
 
@@ -87,8 +97,11 @@ def study_html_body(doc: StudyReport) -> list[str]:
     """The HTML export's body (the page shell is `reports.html`'s)."""
     heads, rows = _rows(doc)
     figures = [figure_html(chart_figure(doc, spec)) for spec in STUDY_CHARTS.get(doc.study, ())]
-    out = [f"<h1>Preflight engine study: {escape(doc.study)}</h1>", f"<p>{escape(doc.title)}.</p>",
-           pairs(_overview(doc))]  # fmt: skip
+    out = [
+        f"<h1>Preflight engine study: {escape(doc.study)}</h1>",
+        f"<p>{escape(doc.title)}.</p>",
+        pairs(_overview(doc)),
+    ]
     if figures:
         out.append('<div class="figures">' + "".join(figures) + "</div>")
     measured = Markup(f'<div class="wide">{table(heads, rows)}</div>') if rows else '<p class="note">None measured.</p>'

@@ -74,8 +74,9 @@ class StudyReport(BaseModel):
             raise store.DocumentError(
                 f"an engine study of layout {version!r}; this Preflight reads layout {ENGINE_SCHEMA_VERSION}"
             )
-        return cls(study=result["study"], conditions=result["conditions"], rows=result["rows"],
-                   notes=result["notes"], **fields)  # fmt: skip
+        return cls(
+            study=result["study"], conditions=result["conditions"], rows=result["rows"], notes=result["notes"], **fields
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,14 +106,21 @@ class StudyChart:
 
 # The charts the page and the HTML export draw for each study: one home, so both show the same.
 STUDY_CHARTS: dict[str, tuple[StudyChart, ...]] = {
-    "kv": (StudyChart("Decode tok/s vs sequence length", "seq_len", "sequence length (tokens)",
-                      (("cached_decode_tok_s", "KV cache on"), ("uncached_decode_tok_s", "KV cache off")),
-                      "decode tok/s"),),
-    "quant": (StudyChart("Decode tok/s", "format", "weight format", (("decode_tok_s", "decode tok/s"),), "tok/s"),
-              StudyChart("Weight memory", "format", "weight format", (("weight_bytes", "weights"),), "MiB",
-                         scale=1 / 2**20)),
-    "batch": (StudyChart("Aggregate decode tok/s", "batch_size", "batch size", (("aggregate_tok_s", "tok/s"),),
-                         "tok/s"),
-              StudyChart("Per-token latency", "batch_size", "batch size", (("per_token_latency_ms", "ms/token"),),
-                         "ms")),
-}  # fmt: skip
+    "kv": (
+        StudyChart(
+            "Decode tok/s vs sequence length",
+            "seq_len",
+            "sequence length (tokens)",
+            (("cached_decode_tok_s", "KV cache on"), ("uncached_decode_tok_s", "KV cache off")),
+            "decode tok/s",
+        ),
+    ),
+    "quant": (
+        StudyChart("Decode tok/s", "format", "weight format", (("decode_tok_s", "decode tok/s"),), "tok/s"),
+        StudyChart("Weight memory", "format", "weight format", (("weight_bytes", "weights"),), "MiB", scale=1 / 2**20),
+    ),
+    "batch": (
+        StudyChart("Aggregate decode tok/s", "batch_size", "batch size", (("aggregate_tok_s", "tok/s"),), "tok/s"),
+        StudyChart("Per-token latency", "batch_size", "batch size", (("per_token_latency_ms", "ms/token"),), "ms"),
+    ),
+}

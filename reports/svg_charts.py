@@ -143,8 +143,10 @@ def _num(value: float) -> str:
 
 
 def _text(x: float, y: float, text: str, anchor: str = "middle", extra: str = "") -> str:
-    return (f'<text x="{_num(x)}" y="{_num(y)}" text-anchor="{anchor}" fill="{TEXT_COLOUR}" {FONT}{extra}>'
-            f"{escape(text)}</text>")  # fmt: skip
+    return (
+        f'<text x="{_num(x)}" y="{_num(y)}" text-anchor="{anchor}" fill="{TEXT_COLOUR}" {FONT}{extra}>'
+        f"{escape(text)}</text>"
+    )
 
 
 def _axes(frame: _Frame, x_ticks: list[float], x_step: float, y_ticks: list[float], y_step: float) -> list[str]:
@@ -173,8 +175,10 @@ def _markers(frame: _Frame, markers: Sequence[Marker]) -> list[str]:
     out = []
     for i, m in enumerate(sorted(markers, key=lambda m: m.x)):
         x = frame.x(m.x)
-        out.append(f'<line x1="{_num(x)}" y1="{TOP}" x2="{_num(x)}" y2="{frame.chart.height - BOTTOM}" '
-                   f'stroke="{escape(m.colour)}" stroke-dasharray="4 3"/>')  # fmt: skip
+        out.append(
+            f'<line x1="{_num(x)}" y1="{TOP}" x2="{_num(x)}" y2="{frame.chart.height - BOTTOM}" '
+            f'stroke="{escape(m.colour)}" stroke-dasharray="4 3"/>'
+        )
         room = frame.chart.width - RIGHT - x
         fits = room > LABEL_CHAR_PX * len(m.label) + 3  # else the label goes to the line's left
         out.append(_text(x + 3 if fits else x - 3, TOP + 10 + 12 * (i % 3), m.label, anchor="start" if fits else "end"))
@@ -182,9 +186,10 @@ def _markers(frame: _Frame, markers: Sequence[Marker]) -> list[str]:
 
 
 def _svg(chart: Chart, body: list[str]) -> str:
-    return (f'<svg class="chart" viewBox="0 0 {chart.width} {chart.height}" width="{chart.width}" '
-            f'height="{chart.height}" role="img" aria-label="{escape(chart.title)}">'
-            + "".join(body) + "</svg>")  # fmt: skip
+    return (
+        f'<svg class="chart" viewBox="0 0 {chart.width} {chart.height}" width="{chart.width}" '
+        f'height="{chart.height}" role="img" aria-label="{escape(chart.title)}">' + "".join(body) + "</svg>"
+    )
 
 
 def histogram(chart: Chart, bins: Bins, markers: Sequence[Marker] = (), colour: str = "#3b6fb6") -> str:
@@ -202,9 +207,11 @@ def histogram(chart: Chart, bins: Bins, markers: Sequence[Marker] = (), colour: 
         if n:
             left, top = frame.x(lo), frame.y(n)
             tip = f"{tick_text(lo, x_step / 10)} to {tick_text(hi, x_step / 10)}: {n}"
-            body.append(f'<rect x="{_num(left)}" y="{_num(top)}" width="{_num(max(frame.x(hi) - left - 1, 1))}" '
-                        f'height="{_num(frame.y(0) - top)}" fill="{escape(colour)}"><title>{escape(tip)}</title>'
-                        "</rect>")  # fmt: skip
+            body.append(
+                f'<rect x="{_num(left)}" y="{_num(top)}" width="{_num(max(frame.x(hi) - left - 1, 1))}" '
+                f'height="{_num(frame.y(0) - top)}" fill="{escape(colour)}"><title>{escape(tip)}</title>'
+                "</rect>"
+            )
     return _svg(chart, body + _markers(frame, markers))
 
 
@@ -231,8 +238,10 @@ def _legend(chart: Chart, series: Sequence[Series]) -> list[str]:
     """Swatches and labels in the top-right corner, on a light backing so lines under it stay readable."""
     width = 20 + LABEL_CHAR_PX * max(len(s.label) for s in series)
     x = chart.width - RIGHT - width
-    out = [f'<rect x="{x - 4}" y="{TOP}" width="{width + 4}" height="{14 * len(series) + 6}" fill="#fff" '
-           'fill-opacity="0.85"/>']  # fmt: skip
+    out = [
+        f'<rect x="{x - 4}" y="{TOP}" width="{width + 4}" height="{14 * len(series) + 6}" fill="#fff" '
+        'fill-opacity="0.85"/>'
+    ]
     for i, s in enumerate(series):
         y = TOP + 4 + 14 * i
         out.append(f'<rect x="{x}" y="{y}" width="10" height="3" fill="{escape(s.colour)}"/>')
@@ -246,8 +255,9 @@ def _finite(series: Series) -> Series:
     return Series(series.label, points, series.colour, series.step)
 
 
-def line_chart(chart: Chart, series: Sequence[Series], markers: Sequence[Marker] = (),
-               y_max: float | None = None) -> str:  # fmt: skip
+def line_chart(
+    chart: Chart, series: Sequence[Series], markers: Sequence[Marker] = (), y_max: float | None = None
+) -> str:
     """Lines (or steps) over a shared x axis from 0 up on y; y_max fixes the top, e.g. 100 for a percentage."""
     series = [_finite(s) for s in series]
     xs = [x for s in series for x, _ in s.points]
@@ -284,7 +294,9 @@ def bar_chart(chart: Chart, bars: Sequence[tuple[str, float | None]], colour: st
         if value is None or not math.isfinite(value):
             continue
         top = frame.y(value)
-        body.append(f'<rect x="{_num(centre - slot * 0.35)}" y="{_num(top)}" width="{_num(slot * 0.7)}" '
-                    f'height="{_num(bottom - top)}" fill="{escape(colour)}"><title>{escape(name)}: '
-                    f"{escape(tick_text(value, y_step / 10))}</title></rect>")  # fmt: skip
+        body.append(
+            f'<rect x="{_num(centre - slot * 0.35)}" y="{_num(top)}" width="{_num(slot * 0.7)}" '
+            f'height="{_num(bottom - top)}" fill="{escape(colour)}"><title>{escape(name)}: '
+            f"{escape(tick_text(value, y_step / 10))}</title></rect>"
+        )
     return _svg(chart, body)

@@ -66,8 +66,13 @@ COMPLETIONS_PATH = "/v1/completions"
 TOKEN = "tok "
 START_DEADLINE_S = 10.0
 STOP_DEADLINE_S = 10.0
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 429: "rate_limit_error"}  # fmt: skip
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+}
 GARBAGE_EVENTS = ("this is not json", '{"choices": [{"delta": {"content": "tok', "<html><body>oops</body></html>")
 HTML_PAGE = "<!DOCTYPE html><html><head><title>Gateway</title></head><body><h1>Welcome</h1></body></html>"
 HOSTILE_PAGE = "<html><body>\x1b[2J\x1b]0;owned\x07Bad gateway</body></html>"  # clears a terminal, retitles it
@@ -168,8 +173,11 @@ class _Completion:
         self.text = TOKEN * script.tokens_per_chunk
         completion_tokens = script.chunks * script.tokens_per_chunk
         prompt_tokens = _prompt_tokens(body)
-        self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
+        self.usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
         options = body.get("stream_options")
         self.include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         self.full_text = self.text * script.chunks
@@ -199,8 +207,12 @@ class _Completion:
         text = self.full_text
         piece = {"message": {"role": "assistant", "content": text}} if self.chat else {"text": text}
         kind = "chat.completion" if self.chat else "text_completion"
-        return {**self.head, "object": kind, "choices": [{"index": 0, **piece, "finish_reason": "length"}],
-                "usage": self.usage}  # fmt: skip
+        return {
+            **self.head,
+            "object": kind,
+            "choices": [{"index": 0, **piece, "finish_reason": "length"}],
+            "usage": self.usage,
+        }
 
 
 class FaultServer:
@@ -408,8 +420,9 @@ def _status_line(status: int) -> bytes:
     return f"HTTP/1.1 {status} {_phrase(status)}\r\n".encode()
 
 
-async def _send(writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes,
-                extra: dict[str, str] | None = None) -> None:  # fmt: skip
+async def _send(
+    writer: asyncio.StreamWriter, status: int, content_type: str, body: bytes, extra: dict[str, str] | None = None
+) -> None:
     headers = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close", **(extra or {})}
     writer.write(_status_line(status) + "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode() + b"\r\n" + body)
     await writer.drain()
@@ -429,8 +442,10 @@ async def _write(writer: asyncio.StreamWriter, *events: str) -> None:
 
 
 async def _stream_head(writer: asyncio.StreamWriter) -> None:
-    head = ("Content-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
-            "Cache-Control: no-cache\r\nConnection: close\r\n\r\n")  # fmt: skip
+    head = (
+        "Content-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n"
+        "Cache-Control: no-cache\r\nConnection: close\r\n\r\n"
+    )
     writer.write(_status_line(200) + head.encode())
     await writer.drain()
 

@@ -275,8 +275,11 @@ class PlantedServer:
             raise _Reject(400, "temperature must be a number from 0 to 2")
         n_prompt = len(prompt.split())
         if n_prompt + max_tokens > self.max_model_len:
-            raise _Reject(400, f"maximum context length is {self.max_model_len} tokens; asked for "
-                               f"{n_prompt} prompt + {max_tokens} output tokens")  # fmt: skip
+            raise _Reject(
+                400,
+                f"maximum context length is {self.max_model_len} tokens; asked for "
+                f"{n_prompt} prompt + {max_tokens} output tokens",
+            )
         if not self.ready:
             raise _Reject(503, "the model is loading")
         if self.faults.log_prompts:
@@ -298,10 +301,20 @@ class PlantedServer:
             run.close()
         text = " ".join(words)
         usage = {"prompt_tokens": n_prompt, "completion_tokens": len(words), "total_tokens": n_prompt + len(words)}
-        choice = {"index": 0, "finish_reason": "length",
-                  **({"message": {"role": "assistant", "content": text}} if chat else {"text": text})}  # fmt: skip
-        return JSONResponse({"id": "planted-1", "object": "chat.completion" if chat else "text_completion",
-                             "model": MODEL, "choices": [choice], "usage": usage})  # fmt: skip
+        choice = {
+            "index": 0,
+            "finish_reason": "length",
+            **({"message": {"role": "assistant", "content": text}} if chat else {"text": text}),
+        }
+        return JSONResponse(
+            {
+                "id": "planted-1",
+                "object": "chat.completion" if chat else "text_completion",
+                "model": MODEL,
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
 
     def _prompt(self, body: dict[str, Any], chat: bool) -> tuple[str, str | None]:
         if not isinstance(body.get("model"), str):
@@ -400,8 +413,11 @@ class _Run:
         end = {"delta": {}} if chat else {"text": ""}
         yield _sse({"choices": [{"index": 0, **end, "finish_reason": "length"}]})
         if include_usage:
-            usage = {"prompt_tokens": self.n_prompt, "completion_tokens": self.sent,
-                     "total_tokens": self.n_prompt + self.sent}  # fmt: skip
+            usage = {
+                "prompt_tokens": self.n_prompt,
+                "completion_tokens": self.sent,
+                "total_tokens": self.n_prompt + self.sent,
+            }
             yield _sse({"choices": [], "usage": usage})
         self.finished = True
         yield "data: [DONE]\n\n"
@@ -441,8 +457,12 @@ class _Outer:
         origin = request.headers.get("origin")
         cors = {}
         if origin and server.faults.cors_wildcard_credentials:
-            cors = {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true",
-                    "Access-Control-Allow-Methods": "*", "Access-Control-Allow-Headers": "*"}  # fmt: skip
+            cors = {
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Credentials": "true",
+                "Access-Control-Allow-Methods": "*",
+                "Access-Control-Allow-Headers": "*",
+            }
         if scope["method"] == "OPTIONS" and cors:
             response: Response = PlainTextResponse("", headers=cors)
             await response(scope, receive, send)

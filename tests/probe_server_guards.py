@@ -38,8 +38,21 @@ def start(key: str | None, *args: str) -> tuple[subprocess.Popen[bytes], str]:
     env = {k: v for k, v in os.environ.items() if k != "PREFLIGHT_API_KEY"}
     if key is not None:
         env["PREFLIGHT_API_KEY"] = key
-    cmd = [sys.executable, "-m", "engine", "serve", "--port", str(port), "--quant", "fp32", "--device", "cpu",
-           "--threads", "1", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine",
+        "serve",
+        "--port",
+        str(port),
+        "--quant",
+        "fp32",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        *args,
+    ]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -76,8 +89,10 @@ def bearer(key: str) -> dict[str, str]:
 def probe_keys() -> None:
     proc, url = start("probe-key\n")
     try:
-        print(f"1. key configured as 'probe-key\\n', client sends 'probe-key': "
-              f"{httpx.get(url + '/version', headers=bearer('probe-key')).status_code}")  # fmt: skip
+        print(
+            f"1. key configured as 'probe-key\\n', client sends 'probe-key': "
+            f"{httpx.get(url + '/version', headers=bearer('probe-key')).status_code}"
+        )
     finally:
         stop(proc)
     proc, url = start("probe-key", "--rate-limit", "6", "--rate-limit-burst", "5")
@@ -97,8 +112,10 @@ def probe_keys() -> None:
 def hold(url: str) -> socket.socket | None:
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {BODY_BYTES}\r\n\r\n").encode()  # fmt: skip
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {BODY_BYTES}\r\n\r\n"
+    ).encode()
     try:
         sock.sendall(head + b"x" * (BODY_BYTES - 1))
     except OSError:  # refused with 503 and closed while we were still sending
@@ -126,8 +143,10 @@ def probe_open_server() -> None:
         time.sleep(2)
         grown = rss_mib(proc.pid) - before
         refused = sum(sock is None or answered_503(sock) for sock in held)
-        print(f"5. {HELD_CONNECTIONS} connections holding 1 MiB - 1 byte each: server RSS +{grown:.0f} MiB, "
-              f"{refused} refused with 503")  # fmt: skip
+        print(
+            f"5. {HELD_CONNECTIONS} connections holding 1 MiB - 1 byte each: server RSS +{grown:.0f} MiB, "
+            f"{refused} refused with 503"
+        )
         for sock in held:
             if sock is not None:
                 sock.close()

@@ -41,16 +41,22 @@ def probe_race() -> None:
     for _ in range(ROUNDS):
         with tempfile.TemporaryDirectory() as root:
             env = dict(os.environ, PYTHONPATH=str(REPO))
-            procs = [subprocess.Popen([sys.executable, "-c", WORKER, role, root, str(n)], env=env,
-                                      stdout=subprocess.PIPE, text=True) for role, n in ROLES]  # fmt: skip
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, "-c", WORKER, role, root, str(n)], env=env, stdout=subprocess.PIPE, text=True
+                )
+                for role, n in ROLES
+            ]
             for proc in procs:
                 for line in proc.communicate(timeout=600)[0].splitlines():
                     failed[line.split(":")[0]] += 1
             left += len(list(Path(root).glob("*.tmp")))
     saves = ROUNDS * sum(n for role, n in ROLES if role == "write")
     loads = ROUNDS * sum(n for role, n in ROLES if role == "read")
-    print(f"2. shared entry: {failed['write']} of {saves} saves and {failed['read']} of {loads} loads failed, "
-          f"{left} temp files left")  # fmt: skip
+    print(
+        f"2. shared entry: {failed['write']} of {saves} saves and {failed['read']} of {loads} loads failed, "
+        f"{left} temp files left"
+    )
 
 
 if __name__ == "__main__":

@@ -32,20 +32,45 @@ def record(
     first = send + ttft_ms / 1000
     chunks = [first + k * tpot_ms / 1000 for k in range(tokens)]
     return RequestRecord(
-        request_id=i, scheduled_s=None, ready_s=send, send_s=send, first_token_s=first, chunk_times_s=chunks,
-        chunk_tokens=[1] * tokens, end_s=chunks[-1], input_tokens=100, output_tokens=tokens,
-        token_source=TokenSource.USAGE, ok=True, http_status=200, error_kind=None, error_excerpt=None, warmup=warmup,
-    )  # fmt: skip
+        request_id=i,
+        scheduled_s=None,
+        ready_s=send,
+        send_s=send,
+        first_token_s=first,
+        chunk_times_s=chunks,
+        chunk_tokens=[1] * tokens,
+        end_s=chunks[-1],
+        input_tokens=100,
+        output_tokens=tokens,
+        token_source=TokenSource.USAGE,
+        ok=True,
+        http_status=200,
+        error_kind=None,
+        error_excerpt=None,
+        warmup=warmup,
+    )
 
 
 def failure(i: int, status: int = 503) -> RequestRecord:
     """A request the server refused with `status` before streaming anything."""
     send = i * 0.01
     return RequestRecord(
-        request_id=i, scheduled_s=None, ready_s=send, send_s=send, first_token_s=None, chunk_times_s=[],
-        chunk_tokens=[], end_s=send + 0.005, input_tokens=100, output_tokens=None, token_source=None, ok=False,
-        http_status=status, error_kind=ErrorKind.HTTP, error_excerpt=f"HTTP {status}",
-    )  # fmt: skip
+        request_id=i,
+        scheduled_s=None,
+        ready_s=send,
+        send_s=send,
+        first_token_s=None,
+        chunk_times_s=[],
+        chunk_tokens=[],
+        end_s=send + 0.005,
+        input_tokens=100,
+        output_tokens=None,
+        token_source=None,
+        ok=False,
+        http_status=status,
+        error_kind=ErrorKind.HTTP,
+        error_excerpt=f"HTTP {status}",
+    )
 
 
 def spread(n: int, low_ms: float, high_ms: float) -> list[float]:
@@ -57,8 +82,9 @@ def run_doc(
     records: Sequence[RequestRecord], profile: str = "concurrency:4", valid: bool = True, slo: Slo | None = None
 ) -> RunDoc:
     reasons = [] if valid else ["schedule lag p99 120 ms exceeds 50 ms"]
-    run = RunResult(LoadProfile.parse(profile), list(records), wall_s=10.0, self_check=SelfCheck(valid=valid,
-                    reasons=reasons))  # fmt: skip
+    run = RunResult(
+        LoadProfile.parse(profile), list(records), wall_s=10.0, self_check=SelfCheck(valid=valid, reasons=reasons)
+    )
     return build_run_doc(run, summarize(run.records, slo))
 
 
@@ -80,9 +106,13 @@ def benchmark_doc(
 
 def context(benchmark: BenchmarkResult | None = None, declared: Declared | None = None, **kw: Any) -> CheckContext:
     return CheckContext(
-        endpoint=Endpoint("http://127.0.0.1:9", "m"), exposure=Exposure.LOCAL, slo=None,
-        declared=declared or Declared(), benchmark=benchmark, **kw,
-    )  # fmt: skip
+        endpoint=Endpoint("http://127.0.0.1:9", "m"),
+        exposure=Exposure.LOCAL,
+        slo=None,
+        declared=declared or Declared(),
+        benchmark=benchmark,
+        **kw,
+    )
 
 
 def run_check(check: Check, ctx: CheckContext) -> CheckResult:

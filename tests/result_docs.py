@@ -34,22 +34,40 @@ BASE_URL = "http://127.0.0.1:8000/v1"
 def record(rid: int, send: float, chunks: list[float], warmup: bool = False) -> RequestRecord:
     """A successful streamed request: one token per chunk, ending on its last chunk."""
     return RequestRecord(
-        request_id=rid, scheduled_s=None, ready_s=send, send_s=send, first_token_s=chunks[0], chunk_times_s=chunks,
-        chunk_tokens=[1] * len(chunks), end_s=chunks[-1], input_tokens=8, output_tokens=len(chunks),
-        token_source=TokenSource.USAGE, ok=True, http_status=200, error_kind=None, error_excerpt=None, warmup=warmup,
-    )  # fmt: skip
+        request_id=rid,
+        scheduled_s=None,
+        ready_s=send,
+        send_s=send,
+        first_token_s=chunks[0],
+        chunk_times_s=chunks,
+        chunk_tokens=[1] * len(chunks),
+        end_s=chunks[-1],
+        input_tokens=8,
+        output_tokens=len(chunks),
+        token_source=TokenSource.USAGE,
+        ok=True,
+        http_status=200,
+        error_kind=None,
+        error_excerpt=None,
+        warmup=warmup,
+    )
 
 
-def run_of(records: list[RequestRecord], profile: str = "concurrency:2",
-           summary: BenchmarkSummary | None = None) -> RunDoc:  # fmt: skip
+def run_of(
+    records: list[RequestRecord], profile: str = "concurrency:2", summary: BenchmarkSummary | None = None
+) -> RunDoc:
     """One run's document; the summary is computed from the records unless one is given."""
     wall_s = max((r.end_s or r.send_s for r in records), default=0.0)
     run = RunResult(LoadProfile.parse(profile), records, wall_s, SelfCheck())
     return run_doc(run, summary if summary is not None else summarize(records))
 
 
-def result_of(runs: list[RunDoc], sweep: SweepDoc | None = None, slo: SloDoc | None = None,
-              samples: list[ResourceSample] | None = None) -> BenchmarkResult:  # fmt: skip
+def result_of(
+    runs: list[RunDoc],
+    sweep: SweepDoc | None = None,
+    slo: SloDoc | None = None,
+    samples: list[ResourceSample] | None = None,
+) -> BenchmarkResult:
     """A whole result around `runs`, as a run against a remote server at BASE_URL would leave it."""
     now = datetime.now(UTC).replace(microsecond=0)
     return BenchmarkResult(
@@ -65,7 +83,7 @@ def result_of(runs: list[RunDoc], sweep: SweepDoc | None = None, slo: SloDoc | N
             api_key_set=False,
             supports_ignore_eos=True,
             supports_stream_usage=True,
-        ),  # fmt: skip
+        ),
         workload="synthetic: 8 in / 3 out tokens (fixed/fixed)",
         slo=slo,
         client=client_conditions(),

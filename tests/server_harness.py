@@ -45,8 +45,19 @@ class RemoteServer:
         self.log_path = log_path
         # One torch thread: on a shared 2-core machine, two spinning OpenMP threads per server
         # (and one more in pytest) make every step 10-20x slower.
-        cmd = [sys.executable, "-m", "engine", "serve", "--port", str(self.port), "--device", "cpu", "--threads", "1",
-               *args]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "--port",
+            str(self.port),
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            *args,
+        ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("PREFLIGHT_API_KEY", None)
         if api_key is not None:

@@ -35,9 +35,17 @@ ALLOWED: dict[str, set[str]] = {
 # The engine's command line is a shell around the engine, like checks' and the pages: it keeps a study
 # in the history, so it (and only it) may use reports.
 SHELLS: dict[str, set[str]] = {"engine/cli.py": {"reports"}}
-ENGINE_CORE = ("engine.model", "engine.quant", "engine.run", "engine.batch",
-               "engine.errors", "engine.formats", "engine.sampling", "engine.stop_strings",
-               "engine.text_stream")  # fmt: skip
+ENGINE_CORE = (
+    "engine.model",
+    "engine.quant",
+    "engine.run",
+    "engine.batch",
+    "engine.errors",
+    "engine.formats",
+    "engine.sampling",
+    "engine.stop_strings",
+    "engine.text_stream",
+)
 ENGINE_OUTER = ("engine.serving", "engine.studies", "engine.cli", "engine.__main__")
 CORE_FORBIDDEN_LIBRARIES = ("pandas",)
 
@@ -158,8 +166,9 @@ def test_package_imports_follow_the_arrows(package: str) -> None:
 def test_no_module_of_ours_is_in_an_import_cycle() -> None:
     graph = _graph()
     cycles = _cycles(graph)
-    described = [" <-> ".join(c) + ": " + "; ".join(f"{m} -> {', '.join(sorted(graph[m] & set(c)))}" for m in c)
-                 for c in cycles]  # fmt: skip
+    described = [
+        " <-> ".join(c) + ": " + "; ".join(f"{m} -> {', '.join(sorted(graph[m] & set(c)))}" for m in c) for c in cycles
+    ]
     assert not cycles, "import cycles:\n" + "\n".join(described)
 
 

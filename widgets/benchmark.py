@@ -43,8 +43,9 @@ def save_upload(data: bytes, name: str) -> Path:
 def workload_inputs() -> dict:
     source = st.radio("Workload", ["Synthetic", "Scenario", "Prompt file"], horizontal=True, key="bench_source")
     if source == "Scenario":
-        name = st.selectbox("Scenario", list(SCENARIOS), key="bench_scenario",
-                            format_func=lambda n: f"{n}: {SCENARIOS[n].description}")  # fmt: skip
+        name = st.selectbox(
+            "Scenario", list(SCENARIOS), key="bench_scenario", format_func=lambda n: f"{n}: {SCENARIOS[n].description}"
+        )
         return {"scenario": name}
     if source == "Prompt file":
         upload = st.file_uploader("JSONL or ShareGPT JSON", type=["jsonl", "json"], key="bench_dataset")
@@ -92,8 +93,12 @@ def _slo_inputs() -> dict:
         st.session_state["bench_slo_profile"] = "chat"
         _apply_slo_profile()
     s0, s1, s2, s3 = st.columns(4)
-    s0.selectbox("SLO profile (goodput limits)", [*profile_names(), NO_PROFILE], key="bench_slo_profile",
-                 on_change=_apply_slo_profile)  # fmt: skip
+    s0.selectbox(
+        "SLO profile (goodput limits)",
+        [*profile_names(), NO_PROFILE],
+        key="bench_slo_profile",
+        on_change=_apply_slo_profile,
+    )
     ttft = s1.number_input("SLO TTFT ms (0 = none)", 0.0, 600000.0, key=SLO_FIELDS["ttft"])
     tpot = s2.number_input("SLO TPOT ms (0 = none)", 0.0, 600000.0, key=SLO_FIELDS["tpot"])
     e2e = s3.number_input("SLO E2E ms (0 = none)", 0.0, 3600000.0, key=SLO_FIELDS["e2e"])

@@ -15,8 +15,13 @@ from reports.markdown import figure
 from reports.readiness_report import ReadinessReport
 from reports.verdict import Verdict
 
-STATUS_COLOURS = {CheckStatus.PASS: "green", CheckStatus.WARN: "orange", CheckStatus.FAIL: "red",
-                  CheckStatus.SKIP: "gray", CheckStatus.ERROR: "violet"}  # fmt: skip
+STATUS_COLOURS = {
+    CheckStatus.PASS: "green",
+    CheckStatus.WARN: "orange",
+    CheckStatus.FAIL: "red",
+    CheckStatus.SKIP: "gray",
+    CheckStatus.ERROR: "violet",
+}
 VERDICT_TEXT = {
     Verdict.READY: "READY: every check passed or does not apply.",
     Verdict.READY_WITH_WARNINGS: "READY WITH WARNINGS: nothing failed; read the warnings before launch.",
@@ -29,10 +34,16 @@ def judging_inputs() -> dict:
     """SLO profile, exposure, categories, declared limits and the size of the measured run."""
     c1, c2 = st.columns(2)
     slo = c1.selectbox("SLO profile", profile_names(), key="check_slo")
-    exposure = c2.radio("Exposure", [e.value for e in Exposure], horizontal=True, key="check_exposure",
-                        help="local: this machine only; internal: a private network; public: the internet")  # fmt: skip
-    chosen = st.multiselect("Categories", [c.value for c in Category], default=[c.value for c in Category],
-                            key="check_categories")  # fmt: skip
+    exposure = c2.radio(
+        "Exposure",
+        [e.value for e in Exposure],
+        horizontal=True,
+        key="check_exposure",
+        help="local: this machine only; internal: a private network; public: the internet",
+    )
+    chosen = st.multiselect(
+        "Categories", [c.value for c in Category], default=[c.value for c in Category], key="check_categories"
+    )
     with st.expander("Declared limits and load size"):
         d1, d2, d3 = st.columns(3)
         rpm = d1.number_input("Rate limit, requests/min (0 = not declared)", 0, 1_000_000, 0, key="check_rpm")
@@ -42,9 +53,17 @@ def judging_inputs() -> dict:
         requests = l1.number_input("Measured requests", 1, 100_000, 40, key="check_requests")
         input_len = l2.number_input("Input tokens", 1, 8000, 128, key="check_input_len")
         output_len = l3.number_input("Output tokens", 2, 4000, 64, key="check_output_len")
-    return {"slo": slo, "exposure": exposure, "only": chosen, "rate_limit_rpm": int(rpm) or None,
-            "max_queue": int(queue) or None, "target_qps": qps or None, "requests": int(requests),
-            "input_len": int(input_len), "output_len": int(output_len)}  # fmt: skip
+    return {
+        "slo": slo,
+        "exposure": exposure,
+        "only": chosen,
+        "rate_limit_rpm": int(rpm) or None,
+        "max_queue": int(queue) or None,
+        "target_qps": qps or None,
+        "requests": int(requests),
+        "input_len": int(input_len),
+        "output_len": int(output_len),
+    }
 
 
 @st.fragment(run_every=1.0)
@@ -63,8 +82,12 @@ def live_progress(job: Job) -> None:
 def verdict_banner(report: ReadinessReport) -> None:
     tally = ", ".join(f"{n} {s.value}" for s, n in report.status_counts().items() if n)
     text = f"**{VERDICT_TEXT[report.verdict]}** ({tally})"
-    {Verdict.READY: st.success, Verdict.READY_WITH_WARNINGS: st.warning,
-     Verdict.NOT_READY: st.error, Verdict.INCOMPLETE: st.error}[report.verdict](text)  # fmt: skip
+    {
+        Verdict.READY: st.success,
+        Verdict.READY_WITH_WARNINGS: st.warning,
+        Verdict.NOT_READY: st.error,
+        Verdict.INCOMPLETE: st.error,
+    }[report.verdict](text)
     for note in report.notes:
         st.caption(note)
 

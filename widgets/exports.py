@@ -24,8 +24,9 @@ def downloads(doc: Document, key: str) -> None:
         st.session_state[cache_key] = cached
     columns = st.columns(len(cached[1]))
     for col, (label, (text, mime, ext)) in zip(columns, cached[1].items(), strict=True):
-        col.download_button(f"Download {label}", text, file_name=f"preflight-{doc.id}.{ext}", mime=mime,
-                            key=f"{key}_download_{ext}")  # fmt: skip
+        col.download_button(
+            f"Download {label}", text, file_name=f"preflight-{doc.id}.{ext}", mime=mime, key=f"{key}_download_{ext}"
+        )
 
 
 def saved_note(doc: Document) -> None:

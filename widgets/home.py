@@ -49,8 +49,13 @@ def flow(values: dict, hw: Hardware) -> None:
     bench = history.latest(target, "benchmark") if target else None
     report = history.latest(target, "readiness") if target else None
     _step(True, "1. This machine", f"{hw.cpu_model}; {describe_accelerator(hw)}", "app_pages/hardware.py", "Hardware")
-    _step(False, "2. Plan", "pick a model and a GPU to see what fits, how fast, and the launch command",
-          "app_pages/plan.py", "Plan")  # fmt: skip
+    _step(
+        False,
+        "2. Plan",
+        "pick a model and a GPU to see what fits, how fast, and the launch command",
+        "app_pages/plan.py",
+        "Plan",
+    )
     tested = st.session_state.get(CONNECTION_KEY)
     if target is None:
         _step(False, "3. Target", "enter the endpoint's URL in the sidebar, or pick the bundled engine")
@@ -65,10 +70,20 @@ def flow(values: dict, hw: Hardware) -> None:
     else:
         _step(False, "4. Benchmark", "not run on this target yet", "app_pages/benchmark.py", "Benchmark")
     if report is not None:
-        _step(True, "5. Checklist", f"**{report.verdict}**: {report.headline} ({_when(report)})",
-              "app_pages/checklist.py", "Checklist again")  # fmt: skip
-        _step(True, "6. Report", f"saved as `{report.id}`: open, compare and export it on Reports",
-              "app_pages/reports.py", "Reports")  # fmt: skip
+        _step(
+            True,
+            "5. Checklist",
+            f"**{report.verdict}**: {report.headline} ({_when(report)})",
+            "app_pages/checklist.py",
+            "Checklist again",
+        )
+        _step(
+            True,
+            "6. Report",
+            f"saved as `{report.id}`: open, compare and export it on Reports",
+            "app_pages/reports.py",
+            "Reports",
+        )
     else:
         _step(False, "5. Checklist", "no verdict for this target yet", "app_pages/checklist.py", "Checklist")
         _step(False, "6. Report", "every run is saved; they appear on Reports", "app_pages/reports.py", "Reports")
@@ -80,8 +95,9 @@ def quick_check() -> None:
     if busy is not None and busy.kind == JobKind.CHECKLIST:
         st.session_state[JOB_KEY] = busy
     st.caption(f"The bundled engine, 16 requests and every check: about a minute. Same as `{quick_check_command()}`.")
-    if st.button("Quick check", type="primary", disabled=busy is not None, key="home_quick_check",
-                 icon=":material/bolt:"):  # fmt: skip
+    if st.button(
+        "Quick check", type="primary", disabled=busy is not None, key="home_quick_check", icon=":material/bolt:"
+    ):
         try:
             st.session_state[JOB_KEY] = REGISTRY.start(new_job(JobKind.CHECKLIST, quick_check_config()))
             st.session_state["home_quick_started"] = True
@@ -104,5 +120,8 @@ def quick_check() -> None:
         st.warning("Stopped before the bundled engine was ready: nothing was measured.")
     else:
         verdict_banner(snap.result)
-        st.page_link("app_pages/checklist.py", label="See every check, its evidence and the downloads",
-                     icon=":material/checklist:")  # fmt: skip
+        st.page_link(
+            "app_pages/checklist.py",
+            label="See every check, its evidence and the downloads",
+            icon=":material/checklist:",
+        )

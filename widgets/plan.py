@@ -61,9 +61,13 @@ def plan_inputs(catalog: Catalog) -> dict:
         gpus = hardware_col.number_input("GPUs", 1, 1024, 1, key="plan_gpus", help=FIELDS["gpus"].description)
         catalog_price = catalog.gpus[gpu].price_per_hour if gpu in catalog.gpus else 0.0
         price = hardware_col.number_input(
-            "$ per GPU-hour", 0.0, 1000.0, catalog_price, key=f"plan_price_{gpu}",
+            "$ per GPU-hour",
+            0.0,
+            1000.0,
+            catalog_price,
+            key=f"plan_price_{gpu}",
             help=FIELDS["price_per_hour"].description,
-        )  # fmt: skip
+        )
     slo = slo_col.selectbox(
         "SLO profile",
         list(slos),
@@ -87,9 +91,18 @@ def plan_inputs(catalog: Catalog) -> dict:
     output_tokens = output_col.number_input(
         "Output tokens", 1, 1_000_000, 256, key="plan_output", help=FIELDS["output_tokens"].description
     )
-    return {"model": path.strip() or model, "gpu": gpu, "gpus": gpus, "context": context, "concurrency": concurrency,
-            "input_tokens": input_tokens, "output_tokens": output_tokens, "slo": slo, "qps": qps or None,
-            "price_per_hour": price if gpu in catalog.gpus else None}  # fmt: skip
+    return {
+        "model": path.strip() or model,
+        "gpu": gpu,
+        "gpus": gpus,
+        "context": context,
+        "concurrency": concurrency,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "slo": slo,
+        "qps": qps or None,
+        "price_per_hour": price if gpu in catalog.gpus else None,
+    }
 
 
 def plan_or_stop(values: dict) -> Plan:
@@ -107,8 +120,10 @@ def plan_or_stop(values: dict) -> Plan:
 def best_option(plan: Plan) -> None:
     """The top option's headline figures and the table of every option; or why nothing fits."""
     if not plan.options:
-        st.error(f"Nothing fits {plan.model.name} on this hardware: the 'Cannot run here' tab below says why "
-                 "for each option.")  # fmt: skip
+        st.error(
+            f"Nothing fits {plan.model.name} on this hardware: the 'Cannot run here' tab below says why "
+            "for each option."
+        )
         return
     best = plan.options[0]
     prediction = best.prediction
@@ -129,8 +144,11 @@ def _measure(option: PlanOption, formats: dict[str, str | None], page: str) -> N
         st.session_state.update(target_kind=KINDS[0], target_quant=quant)
     else:
         preset = PRESET_FOR_ENGINE.get(option.engine)
-        st.session_state.update(target_kind=KINDS[1], target_url=serve_url(option.engine),
-                                target_preset=PRESETS[preset].name if preset else CUSTOM)  # fmt: skip
+        st.session_state.update(
+            target_kind=KINDS[1],
+            target_url=serve_url(option.engine),
+            target_preset=PRESETS[preset].name if preset else CUSTOM,
+        )
     st.switch_page(page)
 
 
@@ -138,8 +156,9 @@ def option_details(plan: Plan, formats: dict[str, str | None]) -> None:
     """One chosen option: why it ranks where it does, its SLO misses, the command that launches it, and the
     way on: benchmark it or check it (`formats`: format id -> the bundled engine's --quant, or None)."""
     # The options are picked by position: a plain int survives reruns and test drivers, a dataclass does not.
-    index = st.selectbox("Option", range(len(plan.options)), key="plan_option",
-                         format_func=lambda i: option_label(plan.options[i]))  # fmt: skip
+    index = st.selectbox(
+        "Option", range(len(plan.options)), key="plan_option", format_func=lambda i: option_label(plan.options[i])
+    )
     chosen = plan.options[index or 0]
     st.markdown("\n".join(f"- {why}" for why in chosen.why + [f"SLO miss: {miss}" for miss in chosen.slo_misses]))
     st.code(chosen.launch, language="bash")

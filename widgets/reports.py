@@ -16,17 +16,36 @@ from widgets.checklist import results_by_category, verdict_banner
 from widgets.studies import study_view
 
 GREEN, AMBER, RED = "#1a7f37", "#9a6700", "#cf222e"
-VERDICT_COLOURS = {"READY": GREEN, "READY_WITH_WARNINGS": AMBER, "NOT_READY": RED, "INCOMPLETE": RED,
-                   "VALID": GREEN, "INVALID": RED, "CANCELLED": AMBER}  # fmt: skip
+VERDICT_COLOURS = {
+    "READY": GREEN,
+    "READY_WITH_WARNINGS": AMBER,
+    "NOT_READY": RED,
+    "INCOMPLETE": RED,
+    "VALID": GREEN,
+    "INVALID": RED,
+    "CANCELLED": AMBER,
+}
 
 
 def history_table(entries: list[HistoryEntry]) -> None:
     """The readable documents, newest first, the verdict cell in its colour."""
-    rows = [{"id": e.id, "kind": e.kind, "started (UTC)": e.started_at, "verdict": e.verdict, "target": e.target,
-             "model": e.model, "label": e.label, "headline": e.headline} for e in entries]  # fmt: skip
+    rows = [
+        {
+            "id": e.id,
+            "kind": e.kind,
+            "started (UTC)": e.started_at,
+            "verdict": e.verdict,
+            "target": e.target,
+            "model": e.model,
+            "label": e.label,
+            "headline": e.headline,
+        }
+        for e in entries
+    ]
     frame = pd.DataFrame(rows)
-    styled = frame.style.map(lambda v: f"color: {VERDICT_COLOURS.get(v, 'inherit')}; font-weight: 600",
-                             subset=["verdict"])  # fmt: skip
+    styled = frame.style.map(
+        lambda v: f"color: {VERDICT_COLOURS.get(v, 'inherit')}; font-weight: 600", subset=["verdict"]
+    )
     st.dataframe(styled, hide_index=True, key="reports_table")
 
 
@@ -62,20 +81,38 @@ def comparison_view(result: Comparison, a: Document, b: Document) -> None:
     if result.verdict is not None:
         st.markdown(f"**Verdict:** {result.verdict.a} → {result.verdict.b}")
     if result.metrics:
-        rows = [{"metric": m.name, "A": m.a, "B": m.b, "change %": m.delta_pct,
-                 "95% interval": "-" if m.ci95_pct is None else f"{m.ci95_pct[0]:+.1f}% .. {m.ci95_pct[1]:+.1f}%",
-                 "meaning": meaning(m).replace("**", "")}
-                for m in result.metrics]  # fmt: skip
+        rows = [
+            {
+                "metric": m.name,
+                "A": m.a,
+                "B": m.b,
+                "change %": m.delta_pct,
+                "95% interval": "-" if m.ci95_pct is None else f"{m.ci95_pct[0]:+.1f}% .. {m.ci95_pct[1]:+.1f}%",
+                "meaning": meaning(m).replace("**", ""),
+            }
+            for m in result.metrics
+        ]
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="reports_compare_table")
     if result.checks:
-        st.dataframe(pd.DataFrame([{"check": c.id, "A": c.a.value if c.a else "new", "B": c.b.value if c.b else "gone"}
-                                   for c in result.checks]), hide_index=True)  # fmt: skip
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {"check": c.id, "A": c.a.value if c.a else "new", "B": c.b.value if c.b else "gone"}
+                    for c in result.checks
+                ]
+            ),
+            hide_index=True,
+        )
     if result.environment:
         st.caption("Environment differences: " + "; ".join(f"{e.name}: {e.a} → {e.b}" for e in result.environment))
     samples = pd.DataFrame(latency_samples(a, b), columns=["run", "metric", "ms"])
     if not samples.empty:  # A and B overlaid, one chart per metric: the same CDF the Benchmark page draws
         for col, (metric, frame) in zip(st.columns(2), samples.groupby("metric", sort=False), strict=False):
             col.altair_chart(latency_cdf(frame, "ms", f"{str(metric).removesuffix(' ms')} (ms)"))
-    st.download_button("Download comparison (Markdown)", comparison_to_markdown(result),
-                       file_name=f"preflight-compare-{a.id}-{b.id}.md", mime="text/markdown",
-                       key="reports_compare_download")  # fmt: skip
+    st.download_button(
+        "Download comparison (Markdown)",
+        comparison_to_markdown(result),
+        file_name=f"preflight-compare-{a.id}-{b.id}.md",
+        mime="text/markdown",
+        key="reports_compare_download",
+    )

@@ -25,8 +25,9 @@ def study_result(doc: StudyReport) -> StudyResult:
 
 def _chart(doc: StudyReport, spec: StudyChart) -> alt.Chart:
     """Bars over a categorical x (weight formats), one line per series over a numeric one."""
-    frame = pd.DataFrame([{spec.x: x, spec.y_label: y, "series": label}
-                          for label, points in spec.series(doc) for x, y in points])  # fmt: skip
+    frame = pd.DataFrame(
+        [{spec.x: x, spec.y_label: y, "series": label} for label, points in spec.series(doc) for x, y in points]
+    )
     categorical = spec.x == "format"
     mark = alt.Chart(frame).mark_bar() if categorical else alt.Chart(frame).mark_line(point=True)
     colour = {"color": alt.Color("series:N", title=None)} if len(spec.ys) > 1 else {}

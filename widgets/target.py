@@ -47,16 +47,30 @@ def _connection_view(report: ConnectionReport) -> None:
     if report.reachable:
         lines = [f"- models: {', '.join(report.models[:5]) or 'none listed'}", f"- API key: {report.auth}"]
         if report.streaming:
-            lines.append(f"- stream usage: {'yes' if report.stream_usage else 'no'}; "
-                         f"ignore_eos: {'yes' if report.ignore_eos else 'no'}")  # fmt: skip
+            lines.append(
+                f"- stream usage: {'yes' if report.stream_usage else 'no'}; "
+                f"ignore_eos: {'yes' if report.ignore_eos else 'no'}"
+            )
         metrics = report.metrics or "not usable"
-        lines.append(f"- /metrics: {metrics}" + (f" ({report.server})" if report.server else "")
-                     + (f"; {report.metrics_note}" if report.metrics_note else ""))  # fmt: skip
+        lines.append(
+            f"- /metrics: {metrics}"
+            + (f" ({report.server})" if report.server else "")
+            + (f"; {report.metrics_note}" if report.metrics_note else "")
+        )
         st.markdown("\n".join(lines))
 
 
-VALUE_KEYS = ("target_kind", "target_quant", "target_threads", "target_compile", "target_preset", "target_url",
-              "target_api_key", "target_api", "target_model")  # fmt: skip
+VALUE_KEYS = (
+    "target_kind",
+    "target_quant",
+    "target_threads",
+    "target_compile",
+    "target_preset",
+    "target_url",
+    "target_api_key",
+    "target_api",
+    "target_model",
+)
 
 
 def keep_target() -> None:
@@ -77,8 +91,9 @@ def target_sidebar() -> None:
         if kind == KINDS[0]:
             st.selectbox("Weight format", WEIGHT_FORMATS, index=WEIGHT_FORMATS.index("int4"), key="target_quant")
             st.number_input("Server threads (0 = torch default)", 0, 64, 1, key="target_threads")
-            st.checkbox("torch.compile the server (Benchmark only; its first start takes minutes)",
-                        key="target_compile")  # fmt: skip
+            st.checkbox(
+                "torch.compile the server (Benchmark only; its first start takes minutes)", key="target_compile"
+            )
             return
         st.selectbox("Server", [CUSTOM, *PRESET_NAMES], key="target_preset", on_change=_apply_preset)
         preset = PRESET_NAMES.get(st.session_state.get("target_preset", CUSTOM))
@@ -104,14 +119,20 @@ def current_target(benchmark: bool) -> dict:
     "target" when a remote URL is still missing. `benchmark` adds the compile choice, which only it has."""
     state = st.session_state
     if state.get("target_kind", KINDS[0]) == KINDS[0]:
-        values: dict = {"target": f"bundled:{state.get('target_quant', 'int4')}",
-                        "threads": int(state.get("target_threads", 1)) or None}  # fmt: skip
+        values: dict = {
+            "target": f"bundled:{state.get('target_quant', 'int4')}",
+            "threads": int(state.get("target_threads", 1)) or None,
+        }
         if benchmark:
             values["compile"] = bool(state.get("target_compile", False))
         return values
     model = str(state.get("target_model", "")).strip() or None
-    return {"target": str(state.get("target_url", "")).strip(), "api_key": state.get("target_api_key") or None,
-            "api": state.get("target_api", "chat"), "model": model}  # fmt: skip
+    return {
+        "target": str(state.get("target_url", "")).strip(),
+        "api_key": state.get("target_api_key") or None,
+        "api": state.get("target_api", "chat"),
+        "model": model,
+    }
 
 
 def target_line(values: dict) -> None:

@@ -163,9 +163,15 @@ def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[l
         return list(ds.requests), f"{ds.format} file {ds.path.name}: {len(ds.requests)} prompts"
     if config.scenario:
         return scenario_requests(config.scenario, n, tokenizer, config.seed), f"scenario {config.scenario}"
-    spec = SyntheticSpec(config.input_len, config.output_len, input_dist=config.input_dist,
-                         output_dist=config.output_dist, range_ratio=config.range_ratio,
-                         shared_prefix_len=config.shared_prefix_len, seed=config.seed)  # fmt: skip
+    spec = SyntheticSpec(
+        config.input_len,
+        config.output_len,
+        input_dist=config.input_dist,
+        output_dist=config.output_dist,
+        range_ratio=config.range_ratio,
+        shared_prefix_len=config.shared_prefix_len,
+        seed=config.seed,
+    )
     return synthetic_requests(spec, n, tokenizer), (
         f"synthetic: {config.input_len} in / {config.output_len} out tokens ({config.input_dist}/{config.output_dist})"
     )
@@ -183,8 +189,9 @@ def client_conditions() -> ClientDoc:
     )
 
 
-def run_doc(run: RunResult, summary: BenchmarkSummary, meets_slo: bool | None = None,
-            why_not: str | None = None) -> RunDoc:  # fmt: skip
+def run_doc(
+    run: RunResult, summary: BenchmarkSummary, meets_slo: bool | None = None, why_not: str | None = None
+) -> RunDoc:
     """One run as the result keeps it: its summary, the client self-check and every record."""
     check = run.self_check
     return RunDoc(
@@ -197,7 +204,7 @@ def run_doc(run: RunResult, summary: BenchmarkSummary, meets_slo: bool | None = 
             schedule_lag_max_ms=check.schedule_lag_max_ms,
             loop_lag_p99_ms=check.loop_lag_p99_ms,
             loop_lag_max_ms=check.loop_lag_max_ms,
-        ),  # fmt: skip
+        ),
         stopped_early=run.stopped_early,
         cancelled=run.cancelled,
         wall_s=run.wall_s,
@@ -208,9 +215,14 @@ def run_doc(run: RunResult, summary: BenchmarkSummary, meets_slo: bool | None = 
 
 
 async def _drive(
-    config: BenchmarkConfig, endpoint: Endpoint, requests: list[PromptRequest], tokenizer: TextTokenizer,
-    progress: ProgressCallback | None, cancel: threading.Event, origin: float,
-) -> RunResult | SweepResult:  # fmt: skip
+    config: BenchmarkConfig,
+    endpoint: Endpoint,
+    requests: list[PromptRequest],
+    tokenizer: TextTokenizer,
+    progress: ProgressCallback | None,
+    cancel: threading.Event,
+    origin: float,
+) -> RunResult | SweepResult:
     limits = RunLimits(
         requests=config.requests, duration_s=config.duration_s, warmup_requests=config.warmup_requests, seed=config.seed
     )
@@ -218,10 +230,29 @@ async def _drive(
     profile = LoadProfile.parse(config.profile, config.max_concurrency)
     if profile.kind == "sweep":
         sweep = SweepOptions(rates=config.sweep_rates, saturation_concurrency=config.sweep_concurrency)
-        return await run_sweep(endpoint, requests, limits, config.slo(), sweep, tokenizer=tokenizer,
-                               request_options=options, progress=progress, cancel=cancel, origin=origin)  # fmt: skip
-    return await run_load(endpoint, requests, profile, limits, tokenizer=tokenizer, options=options,
-                          progress=progress, cancel=cancel, origin=origin)  # fmt: skip
+        return await run_sweep(
+            endpoint,
+            requests,
+            limits,
+            config.slo(),
+            sweep,
+            tokenizer=tokenizer,
+            request_options=options,
+            progress=progress,
+            cancel=cancel,
+            origin=origin,
+        )
+    return await run_load(
+        endpoint,
+        requests,
+        profile,
+        limits,
+        tokenizer=tokenizer,
+        options=options,
+        progress=progress,
+        cancel=cancel,
+        origin=origin,
+    )
 
 
 def make_target(
@@ -234,8 +265,12 @@ def make_target(
         status(f"probing {redact_url(config.target)}")
         return RemoteTarget(config.target, key, config.model, config.api)
     options = BundledOptions(
-        quant=quant, device=config.device, threads=config.threads, max_num_seqs=config.max_num_seqs, api=config.api,
-    )  # fmt: skip
+        quant=quant,
+        device=config.device,
+        threads=config.threads,
+        max_num_seqs=config.max_num_seqs,
+        api=config.api,
+    )
     if config.compile:
         options = replace(options, extra_args=("--compile",), startup_timeout_s=COMPILE_STARTUP_TIMEOUT_S)
     how = f"{quant}, compiling first" if config.compile else quant
@@ -277,8 +312,12 @@ def measure(
         warnings.append(
             "prompts were sized with the bundled SmolLM2 tokenizer; the server's usage gives the real lengths"
         )
-    endpoint = replace(endpoint, read_timeout_s=config.read_timeout_s, max_event_bytes=config.max_event_bytes,
-                       max_response_bytes=config.max_response_bytes)  # fmt: skip
+    endpoint = replace(
+        endpoint,
+        read_timeout_s=config.read_timeout_s,
+        max_event_bytes=config.max_event_bytes,
+        max_response_bytes=config.max_response_bytes,
+    )
     status(f"running {config.profile} on {endpoint.model}")
     origin = time.perf_counter()
     monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)
@@ -291,8 +330,11 @@ def measure(
     slo = config.slo()
     if isinstance(outcome, SweepResult):
         runs = [run_doc(s.run, s.summary, s.meets_slo, s.why_not) for s in outcome.steps]
-        sweep = SweepDoc(max_rate_meeting_slo=outcome.max_rate_meeting_slo, stopped=outcome.stopped,
-                         attainment=SweepOptions().attainment)  # fmt: skip
+        sweep = SweepDoc(
+            max_rate_meeting_slo=outcome.max_rate_meeting_slo,
+            stopped=outcome.stopped,
+            attainment=SweepOptions().attainment,
+        )
         valid = all(s.run.self_check.valid for s in outcome.steps)
     else:
         runs = [run_doc(outcome, summarize(outcome.records, slo))]

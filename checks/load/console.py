@@ -14,28 +14,37 @@ from reports.summary import BenchmarkSummary
 WIDTH = 60
 
 SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
-    ("Requests", [
-        ("Completed", "completed", "{:d}"),
-        ("Failed", "failed", "{:d}"),
-        ("Cancelled", "cancelled", "{:d}"),
-        ("Duration (s)", "duration_s", "{:.2f}"),
-        ("Request throughput (req/s)", "request_throughput", "{:.2f}"),
-        ("Request goodput (req/s)", "request_goodput", "{:.2f}"),
-    ]),
-    ("Tokens", [
-        ("Total input tokens", "total_input_tokens", "{:d}"),
-        ("Total output tokens", "total_output_tokens", "{:d}"),
-        ("Output throughput (tok/s)", "output_throughput", "{:.1f}"),
-        ("Peak output throughput (tok/s, 1 s)", "peak_output_throughput", "{:.1f}"),
-        ("Total token throughput (tok/s)", "total_token_throughput", "{:.1f}"),
-    ]),
+    (
+        "Requests",
+        [
+            ("Completed", "completed", "{:d}"),
+            ("Failed", "failed", "{:d}"),
+            ("Cancelled", "cancelled", "{:d}"),
+            ("Duration (s)", "duration_s", "{:.2f}"),
+            ("Request throughput (req/s)", "request_throughput", "{:.2f}"),
+            ("Request goodput (req/s)", "request_goodput", "{:.2f}"),
+        ],
+    ),
+    (
+        "Tokens",
+        [
+            ("Total input tokens", "total_input_tokens", "{:d}"),
+            ("Total output tokens", "total_output_tokens", "{:d}"),
+            ("Output throughput (tok/s)", "output_throughput", "{:.1f}"),
+            ("Peak output throughput (tok/s, 1 s)", "peak_output_throughput", "{:.1f}"),
+            ("Total token throughput (tok/s)", "total_token_throughput", "{:.1f}"),
+        ],
+    ),
     *[
-        (title, [
-            (f"Mean {short} (ms)", f"mean_{key}_ms", "{:.2f}"),
-            (f"Median {short} (ms)", f"median_{key}_ms", "{:.2f}"),
-            (f"P90 {short} (ms)", f"p90_{key}_ms", "{:.2f}"),
-            (f"P99 {short} (ms)", f"p99_{key}_ms", "{:.2f}"),
-        ])
+        (
+            title,
+            [
+                (f"Mean {short} (ms)", f"mean_{key}_ms", "{:.2f}"),
+                (f"Median {short} (ms)", f"median_{key}_ms", "{:.2f}"),
+                (f"P90 {short} (ms)", f"p90_{key}_ms", "{:.2f}"),
+                (f"P99 {short} (ms)", f"p99_{key}_ms", "{:.2f}"),
+            ],
+        )
         for title, short, key in [
             ("Time to first token", "TTFT", "ttft"),
             ("Time per output token (excl. 1st token)", "TPOT", "tpot"),
@@ -43,7 +52,7 @@ SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
             ("End-to-end latency", "E2E", "e2el"),
         ]
     ],
-]  # fmt: skip
+]
 
 
 def _value(part: BaseModel, name: str, fmt: str) -> str:
@@ -65,14 +74,20 @@ def format_run(run: RunDoc) -> str:
         lines.append(f" {title} ".center(WIDTH, "-"))
         lines += [f"{label:<44}{_value(s, key, fmt):>16}" for label, key, fmt in rows]
     lines.append(" 95% confidence (bootstrap) ".center(WIDTH, "-"))
-    for label, key in (("P50 TTFT (ms)", "p50_ttft_ms_ci95"), ("P99 TTFT (ms)", "p99_ttft_ms_ci95"),
-                       ("P50 TPOT (ms)", "p50_tpot_ms_ci95"), ("P99 TPOT (ms)", "p99_tpot_ms_ci95")):  # fmt: skip
+    for label, key in (
+        ("P50 TTFT (ms)", "p50_ttft_ms_ci95"),
+        ("P99 TTFT (ms)", "p99_ttft_ms_ci95"),
+        ("P50 TPOT (ms)", "p50_tpot_ms_ci95"),
+        ("P99 TPOT (ms)", "p99_tpot_ms_ci95"),
+    ):
         lines.append(f"{label:<36}{_ci(s, key):>24}")
     check = run.self_check
     lines.append(" Client self-check ".center(WIDTH, "-"))
     lines.append(f"{'Valid':<44}{'yes' if check.valid else 'NO':>16}")
-    for label, key in (("Schedule lag p99 (ms)", "schedule_lag_p99_ms"),
-                       ("Event-loop lag p99 (ms)", "loop_lag_p99_ms")):  # fmt: skip
+    for label, key in (
+        ("Schedule lag p99 (ms)", "schedule_lag_p99_ms"),
+        ("Event-loop lag p99 (ms)", "loop_lag_p99_ms"),
+    ):
         lines.append(f"{label:<44}{_value(check, key, '{:.2f}'):>16}")
     lines += [f"  ! {reason}" for reason in check.reasons]
     if run.meets_slo is not None:

@@ -14,8 +14,11 @@ import pandas as pd
 from reports.benchmark_result import BenchmarkResult, RunDoc
 
 SUMMARY_ROWS = [
-    ("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E latency", "e2el"),
-]  # fmt: skip
+    ("TTFT", "ttft"),
+    ("TPOT", "tpot"),
+    ("ITL", "itl"),
+    ("E2E latency", "e2el"),
+]
 
 
 def request_frame(result: BenchmarkResult) -> pd.DataFrame:
@@ -25,14 +28,16 @@ def request_frame(result: BenchmarkResult) -> pd.DataFrame:
         for r in run.records:
             if r.warmup or not r.ok:
                 continue
-            rows.append({
-                "run": run.profile,
-                "request_id": r.request_id,
-                "ttft_ms": None if r.ttft_s is None else r.ttft_s * 1000,
-                "tpot_ms": None if r.tpot_s is None else r.tpot_s * 1000,
-                "e2e_ms": None if r.e2e_s is None else r.e2e_s * 1000,
-                "output_tokens": r.output_tokens,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "run": run.profile,
+                    "request_id": r.request_id,
+                    "ttft_ms": None if r.ttft_s is None else r.ttft_s * 1000,
+                    "tpot_ms": None if r.tpot_s is None else r.tpot_s * 1000,
+                    "e2e_ms": None if r.e2e_s is None else r.e2e_s * 1000,
+                    "output_tokens": r.output_tokens,
+                }
+            )
     return pd.DataFrame(rows, columns=["run", "request_id", "ttft_ms", "tpot_ms", "e2e_ms", "output_tokens"])
 
 
@@ -52,8 +57,10 @@ def throughput_frame(result: BenchmarkResult, window_s: float = 1.0) -> pd.DataF
                 slot = math.floor((t - start) / window_s)
                 counts[slot] = counts.get(slot, 0) + n
         last = max(counts, default=-1)
-        rows += [{"run": run.profile, "t_s": i * window_s, "output_tok_s": counts.get(i, 0) / window_s}
-                 for i in range(last + 1)]  # fmt: skip
+        rows += [
+            {"run": run.profile, "t_s": i * window_s, "output_tok_s": counts.get(i, 0) / window_s}
+            for i in range(last + 1)
+        ]
     return pd.DataFrame(rows, columns=["run", "t_s", "output_tok_s"])
 
 
@@ -68,8 +75,10 @@ def throughput_window_s(result: BenchmarkResult, points: int = 20) -> float:
 def summary_frame(run: RunDoc) -> pd.DataFrame:
     """Mean / median / p90 / p99 (ms) of each latency metric of one run, for a table."""
     s = run.summary
-    rows = [{"metric": label, **{stat: getattr(s, f"{stat}_{key}_ms") for stat in ("mean", "median", "p90", "p99")}}
-            for label, key in SUMMARY_ROWS]  # fmt: skip
+    rows = [
+        {"metric": label, **{stat: getattr(s, f"{stat}_{key}_ms") for stat in ("mean", "median", "p90", "p99")}}
+        for label, key in SUMMARY_ROWS
+    ]
     return pd.DataFrame(rows)
 
 
@@ -80,9 +89,14 @@ def sweep_frame(result: BenchmarkResult) -> pd.DataFrame:
     rows = []
     for run in result.runs:
         s = run.summary
-        rows.append({
-            "run": run.profile, "request_rate": s.request_throughput,
-            "p50_ttft_ms": s.p50_ttft_ms, "p99_ttft_ms": s.p99_ttft_ms,
-            "p50_tpot_ms": s.p50_tpot_ms, "meets_slo": run.meets_slo,
-        })  # fmt: skip
+        rows.append(
+            {
+                "run": run.profile,
+                "request_rate": s.request_throughput,
+                "p50_ttft_ms": s.p50_ttft_ms,
+                "p99_ttft_ms": s.p99_ttft_ms,
+                "p50_tpot_ms": s.p50_tpot_ms,
+                "meets_slo": run.meets_slo,
+            }
+        )
     return pd.DataFrame(rows).sort_values("request_rate")

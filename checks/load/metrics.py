@@ -197,7 +197,7 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
         errors_by_kind=dict(sorted(errors.items())),
         first_errors=[
             ErrorSample(request_id=r.request_id, kind=error_key(r), excerpt=r.error_excerpt) for r in first_bad
-        ],  # fmt: skip
+        ],
         token_sources=dict(sorted(sources.items())),
         max_schedule_lag_ms=max(lags, default=None),
         p99_schedule_lag_ms=percentile(lags, 99),

@@ -69,13 +69,15 @@ class _NvmlReader:
         for i, (h, name) in enumerate(zip(self._handles, self._names, strict=True)):
             mem = self._field(lambda h=h: nvml.nvmlDeviceGetMemoryInfo(h))
             util = self._field(lambda h=h: nvml.nvmlDeviceGetUtilizationRates(h))
-            out.append(GpuSample(
-                index=i,
-                name=name,
-                memory_used_bytes=int(mem.used) if mem is not None else None,
-                memory_total_bytes=int(mem.total) if mem is not None else None,
-                utilization_percent=float(util.gpu) if util is not None else None,
-            ))  # fmt: skip
+            out.append(
+                GpuSample(
+                    index=i,
+                    name=name,
+                    memory_used_bytes=int(mem.used) if mem is not None else None,
+                    memory_total_bytes=int(mem.total) if mem is not None else None,
+                    utilization_percent=float(util.gpu) if util is not None else None,
+                )
+            )
         return tuple(out)
 
     def close(self) -> str | None:

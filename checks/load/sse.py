@@ -35,8 +35,16 @@ class SSELimitError(ValueError):
 class SSEParser:
     """Collect bytes until a blank line ends an event; return each event's data string."""
 
-    __slots__ = ("_partial", "_data", "_event_bytes", "_after_cr", "max_event_bytes", "max_response_bytes",
-                 "bytes_seen", "non_sse_lines")  # fmt: skip
+    __slots__ = (
+        "_partial",
+        "_data",
+        "_event_bytes",
+        "_after_cr",
+        "max_event_bytes",
+        "max_response_bytes",
+        "bytes_seen",
+        "non_sse_lines",
+    )
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES, max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:
         if max_event_bytes < 1 or max_response_bytes < 1:

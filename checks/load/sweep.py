@@ -103,8 +103,17 @@ async def run_sweep(
     steps: list[SweepStep] = []
 
     async def step(profile: LoadProfile, run_limits: RunLimits) -> SweepStep:
-        run = await run_load(endpoint, requests, profile, run_limits, tokenizer=tokenizer, options=request_options,
-                             progress=progress, cancel=cancel, origin=origin)  # fmt: skip
+        run = await run_load(
+            endpoint,
+            requests,
+            profile,
+            run_limits,
+            tokenizer=tokenizer,
+            options=request_options,
+            progress=progress,
+            cancel=cancel,
+            origin=origin,
+        )
         summary = summarize(run.records, slo)
         meets, why = step_verdict(run, summary, slo, opts.attainment)
         steps.append(SweepStep(run, summary, meets, why))

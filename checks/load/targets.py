@@ -166,8 +166,9 @@ async def probe(base_url: str, api_key: str | None, model: str | None, api: Api,
     return endpoint
 
 
-async def probe_stream(base_url: str, api_key: str | None, model: str | None, api: Api,
-                       server_pid: int | None = None) -> tuple[Endpoint, RequestRecord]:  # fmt: skip
+async def probe_stream(
+    base_url: str, api_key: str | None, model: str | None, api: Api, server_pid: int | None = None
+) -> tuple[Endpoint, RequestRecord]:
     """`probe`, also returning the record of the last (successful) probe request: its timings."""
     models = await _get_models(base_url, api_key)
     if model is None:
@@ -263,9 +264,24 @@ class BundledTarget:
 
     def command(self) -> list[str]:
         o = self.options
-        cmd = [sys.executable, "-m", "engine", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--quant", o.quant, "--device", o.device, "--max-num-seqs", str(o.max_num_seqs),
-               "--parent-pid", str(os.getpid())]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "engine",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--quant",
+            o.quant,
+            "--device",
+            o.device,
+            "--max-num-seqs",
+            str(o.max_num_seqs),
+            "--parent-pid",
+            str(os.getpid()),
+        ]
         if o.threads is not None:
             cmd += ["--threads", str(o.threads)]
         return cmd + list(o.extra_args)
@@ -273,8 +289,9 @@ class BundledTarget:
     def start(self) -> Endpoint:
         env = dict(os.environ, PYTHONUNBUFFERED="1", PREFLIGHT_API_KEY=self.api_key)
         with os.fdopen(open_private(self.log_path), "wb") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # fmt: skip
+            self.proc = subprocess.Popen(
+                self.command(), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             self._wait_healthy()
             return asyncio.run(probe(self.base_url, self.api_key, None, self.options.api, self.proc.pid))
@@ -285,8 +302,14 @@ class BundledTarget:
     def _wait_healthy(self) -> None:
         if self.proc is None:
             raise TargetError("the bundled server was not started")
-        wait_healthy(self.base_url, self.proc.poll, self.options.startup_timeout_s, "the bundled server", self.log_tail,
-                     cancel=self.cancel)  # fmt: skip
+        wait_healthy(
+            self.base_url,
+            self.proc.poll,
+            self.options.startup_timeout_s,
+            "the bundled server",
+            self.log_tail,
+            cancel=self.cancel,
+        )
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -317,5 +340,11 @@ class BundledTarget:
 
     def describe(self) -> BundledTargetDoc:
         o = self.options
-        return BundledTargetDoc(quant=o.quant, device=o.device, threads=o.threads, max_num_seqs=o.max_num_seqs,
-                                api=o.api, log_path=str(self.log_path))  # fmt: skip
+        return BundledTargetDoc(
+            quant=o.quant,
+            device=o.device,
+            threads=o.threads,
+            max_num_seqs=o.max_num_seqs,
+            api=o.api,
+            log_path=str(self.log_path),
+        )

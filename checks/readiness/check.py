@@ -50,11 +50,19 @@ class Check:
         """This check's result; remediation defaults to the check's own and is dropped on PASS and SKIP."""
         fix = remediation or self.remediation
         return CheckResult(
-            id=self.id, category=self.category, title=self.title, status=status, value=value,
-            threshold=threshold, unit=unit, evidence=list(evidence), message=message,
+            id=self.id,
+            category=self.category,
+            title=self.title,
+            status=status,
+            value=value,
+            threshold=threshold,
+            unit=unit,
+            evidence=list(evidence),
+            message=message,
             remediation=None if status in (CheckStatus.PASS, CheckStatus.SKIP) else fix,
-            reference=self.reference, required=self.required,
-        )  # fmt: skip
+            reference=self.reference,
+            required=self.required,
+        )
 
     def skip(self, why: str, evidence: Sequence[str] = ()) -> CheckResult:
         """Does not apply here; `why` says so."""

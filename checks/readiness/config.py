@@ -32,8 +32,10 @@ class ChecklistConfig(BaseModel):
     exposure: Exposure = Field(Exposure.LOCAL, description="who can reach the endpoint: local, internal or public")
     only: list[Category] | None = Field(None, description=f"check only these categories ({CATEGORY_NAMES})")
     from_path: Path | None = Field(None, description="judge performance from this benchmark result instead of a run")
-    plan_path: Path | None = Field(None, description="a plan from `python -m planner recommend --json`: kept in the "
-                                                     "report, and the KV check's fallback")  # fmt: skip
+    plan_path: Path | None = Field(
+        None,
+        description="a plan from `python -m planner recommend --json`: kept in the report, and the KV check's fallback",
+    )
     target_qps: float | None = Field(None, gt=0, description="requests/s the deployment must sustain within the SLO")
     rate_limit_rpm: int | None = Field(None, ge=1, description="declared rate limit: a burst above it must get 429")
     max_queue: int | None = Field(None, ge=1, description="declared queue limit: a burst above it must get 429/503")
@@ -41,8 +43,9 @@ class ChecklistConfig(BaseModel):
     context_tokens: int | None = Field(None, ge=1, description="tokens per stream for the KV check")
     server_pid: int | None = Field(None, ge=1, description="a local server's PID, for RSS growth")
     server_log: Path | None = Field(None, description="the server's log, searched for prompts")
-    profile: str | None = Field(None, description="load profile of the measured run (default concurrency:4, "
-                                                  "sweep with --target-qps)")  # fmt: skip
+    profile: str | None = Field(
+        None, description="load profile of the measured run (default concurrency:4, sweep with --target-qps)"
+    )
     requests: int = Field(40, ge=1, description="measured requests of the run (per sweep step)")
     input_len: int = Field(128, ge=1, description="synthetic prompt tokens")
     output_len: int = Field(64, ge=2, description="synthetic output tokens")
@@ -70,8 +73,10 @@ class ChecklistConfig(BaseModel):
             names = [n.strip() for n in value.split(",") if n.strip()]
             unknown = [n for n in names if n not in {c.value for c in Category}]
             if unknown:
-                raise ValueError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
-                                 f"choose from {CATEGORY_NAMES}")  # fmt: skip
+                raise ValueError(
+                    f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
+                    f"choose from {CATEGORY_NAMES}"
+                )
             return names
         return value
 
@@ -84,8 +89,13 @@ class ChecklistConfig(BaseModel):
 # The Quick check: a newcomer's first minute. The bundled engine in its default format, a small load and
 # every category, so it ends in a verdict and a saved report in about a minute on a 2-core machine
 # (74 s measured, docs/READINESS.md). Its figures are real; it is small, not simulated.
-QUICK_CHECK: dict[str, object] = {"target": "bundled:int4", "requests": 16, "input_len": 64, "output_len": 32,
-                                  "profile": "concurrency:2"}  # fmt: skip
+QUICK_CHECK: dict[str, object] = {
+    "target": "bundled:int4",
+    "requests": 16,
+    "input_len": 64,
+    "output_len": 32,
+    "profile": "concurrency:2",
+}
 
 
 def quick_check_config() -> ChecklistConfig:

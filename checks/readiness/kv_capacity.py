@@ -56,11 +56,16 @@ def capacity_from_metrics(
     usage, running = max(busy)
     low = running * mean_prompt_tokens / usage
     high = running * (mean_prompt_tokens + mean_output_tokens) / usage
-    return KvCapacity(low, high, "the target's /metrics (peak KV usage during the load)", [
-        f"peak KV usage {usage:.1%} with {running:g} requests running, of {len(busy)} busy samples",
-        f"each held {mean_prompt_tokens:.0f}-{mean_prompt_tokens + mean_output_tokens:.0f} tokens "
-        "(benchmark mean prompt, prompt + output)",
-    ])  # fmt: skip
+    return KvCapacity(
+        low,
+        high,
+        "the target's /metrics (peak KV usage during the load)",
+        [
+            f"peak KV usage {usage:.1%} with {running:g} requests running, of {len(busy)} busy samples",
+            f"each held {mean_prompt_tokens:.0f}-{mean_prompt_tokens + mean_output_tokens:.0f} tokens "
+            "(benchmark mean prompt, prompt + output)",
+        ],
+    )
 
 
 def capacity_from_plan(plan: Mapping[str, Any] | None, bundled: bool) -> KvCapacity | None:
@@ -76,12 +81,17 @@ def capacity_from_plan(plan: Mapping[str, Any] | None, bundled: bool) -> KvCapac
     replicas = option.get("replicas") or 1
     tokens = mem["num_blocks"] * mem["block_size"] * replicas
     model = (plan.get("model") or {}).get("name", "the model")
-    return KvCapacity(tokens, tokens, "the plan (predicted, not measured)", [
-        f"{model}, {option.get('engine')} {option.get('format')}: {mem['num_blocks']} blocks of {mem['block_size']} "
-        f"tokens x {replicas} replica(s)",
-        f"{mem['kv_bytes_per_token']} KV bytes per token, {mem['kv_budget_bytes'] / 2**30:.2f} GiB KV budget "
-        "per device",
-    ])  # fmt: skip
+    return KvCapacity(
+        tokens,
+        tokens,
+        "the plan (predicted, not measured)",
+        [
+            f"{model}, {option.get('engine')} {option.get('format')}: {mem['num_blocks']} blocks of "
+            f"{mem['block_size']} tokens x {replicas} replica(s)",
+            f"{mem['kv_bytes_per_token']} KV bytes per token, {mem['kv_budget_bytes'] / 2**30:.2f} GiB KV budget "
+            "per device",
+        ],
+    )
 
 
 def capacity_status(cap: KvCapacity, required_tokens: int) -> CheckStatus:
@@ -108,18 +118,29 @@ async def _kv_capacity(ctx: CheckContext, check: Check) -> CheckResult:
     if cap is None:
         cap = capacity_from_plan(ctx.plan, ctx.bundled is not None)
     if cap is None:
-        return check.error("no KV figures: the target's /metrics gave no KV usage during the load and no plan was "
-                           "given; run the planner for this deployment or expose KV usage on /metrics")  # fmt: skip
+        return check.error(
+            "no KV figures: the target's /metrics gave no KV usage during the load and no plan was "
+            "given; run the planner for this deployment or expose KV usage on /metrics"
+        )
     status = capacity_status(cap, required)
-    shown = f"{cap.low_tokens:,.0f}" if cap.low_tokens == cap.high_tokens else \
-        f"{cap.low_tokens:,.0f}-{cap.high_tokens:,.0f}"  # fmt: skip
-    verdict = {CheckStatus.PASS: "enough", CheckStatus.FAIL: "not enough",
-               CheckStatus.WARN: "cannot tell from the usage fraction alone"}[status]  # fmt: skip
+    shown = (
+        f"{cap.low_tokens:,.0f}"
+        if cap.low_tokens == cap.high_tokens
+        else f"{cap.low_tokens:,.0f}-{cap.high_tokens:,.0f}"
+    )
+    verdict = {
+        CheckStatus.PASS: "enough",
+        CheckStatus.FAIL: "not enough",
+        CheckStatus.WARN: "cannot tell from the usage fraction alone",
+    }[status]
     return check.result(
-        status, f"KV capacity {shown} tokens for {conc} x {context} = {required:,} tokens: {verdict} "
-        f"(from {cap.source})", value=cap.low_tokens, threshold=required, unit="tokens",
+        status,
+        f"KV capacity {shown} tokens for {conc} x {context} = {required:,} tokens: {verdict} (from {cap.source})",
+        value=cap.low_tokens,
+        threshold=required,
+        unit="tokens",
         evidence=[f"source: {cap.source}", *cap.evidence],
-    )  # fmt: skip
+    )
 
 
 KV_CAPACITY = Check(

@@ -33,8 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reports.metrics_timeline import MetricsSample, MetricsSource
 
-FIELDS = ("running", "waiting", "kv_cache_usage", "prompt_tokens_total", "generation_tokens_total",
-          "preemptions_total")  # fmt: skip
+FIELDS = ("running", "waiting", "kv_cache_usage", "prompt_tokens_total", "generation_tokens_total", "preemptions_total")
 HISTOGRAMS = ("ttft_seconds", "e2e_seconds")
 MAX_FIELDS = frozenset({"kv_cache_usage"})  # a fraction: the fullest engine, not a sum over engines
 

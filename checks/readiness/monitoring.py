@@ -78,8 +78,11 @@ async def check_health(ctx: CheckContext, check: Check) -> CheckResult:
     if gen.status is None and not (gen.error or "").startswith("timeout"):
         return check.error(f"the 1-token generation got no answer ({gen.error}): the target went away", evidence)
     if _busy(gen):
-        return check.error(f"the server refused the 1-token generation for load (HTTP {gen.status}): readiness "
-                           "not judged; run this check when the server is not saturated", evidence)  # fmt: skip
+        return check.error(
+            f"the server refused the 1-token generation for load (HTTP {gen.status}): readiness "
+            "not judged; run this check when the server is not saturated",
+            evidence,
+        )
     if gen.status is not None and 400 <= gen.status < 500 and not _not_ready(gen):
         why = f"the 1-token generation was refused (HTTP {gen.status}): check the key and model; readiness not judged"
         return check.error(why, evidence)
@@ -87,8 +90,11 @@ async def check_health(ctx: CheckContext, check: Check) -> CheckResult:
     if health is None:
         tried = ", ".join(HEALTH_PATHS)
         if serving:
-            return check.result(CheckStatus.WARN, f"no health route ({tried} all 404): an orchestrator cannot tell "
-                                "a loading replica from a ready one", evidence=evidence)  # fmt: skip
+            return check.result(
+                CheckStatus.WARN,
+                f"no health route ({tried} all 404): an orchestrator cannot tell a loading replica from a ready one",
+                evidence=evidence,
+            )
         return check.result(
             CheckStatus.FAIL, f"no health route ({tried}) and the server does not serve", evidence=evidence
         )
@@ -96,14 +102,23 @@ async def check_health(ctx: CheckContext, check: Check) -> CheckResult:
         if serving:
             return _health_agrees(check, health, evidence)
         if _not_ready(gen):
-            return check.result(CheckStatus.FAIL, f"health 200 while not ready: {health.path} answers 200 while "
-                                f"generation answers {gen.status} (not loaded)", evidence=evidence)  # fmt: skip
+            return check.result(
+                CheckStatus.FAIL,
+                f"health 200 while not ready: {health.path} answers 200 while "
+                f"generation answers {gen.status} (not loaded)",
+                evidence=evidence,
+            )
         what = f"HTTP {gen.status}" if gen.status is not None else gen.error
-        return check.result(CheckStatus.FAIL, f"health 200 while not serving: a 1-token generation got {what}",
-                            evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.FAIL, f"health 200 while not serving: a 1-token generation got {what}", evidence=evidence
+        )
     if serving:
-        return check.result(CheckStatus.WARN, f"{health.path} answers {health.status} while generation works: an "
-                            "orchestrator would keep a serving replica out of rotation", evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.WARN,
+            f"{health.path} answers {health.status} while generation works: an "
+            "orchestrator would keep a serving replica out of rotation",
+            evidence=evidence,
+        )
     why = f"the server is not serving ({health.path} {health.status}, generation {gen.status or gen.error})"
     return check.error(f"{why}: cannot show that health turns 200 when it serves", evidence)
 
@@ -112,11 +127,23 @@ def _health_agrees(check: Check, health: ProbeResponse, evidence: list[str]) -> 
     elapsed_ms = round(health.elapsed_s * 1000, 1)
     limit_ms = PROBE_DEFAULT_TIMEOUT_S * 1000
     if health.elapsed_s > PROBE_DEFAULT_TIMEOUT_S:
-        return check.result(CheckStatus.WARN, f"{health.path} agrees with generation but took {elapsed_ms:g} ms, over "
-                            "the 1 s default timeout of a Kubernetes probe", value=elapsed_ms, threshold=limit_ms,
-                            unit="ms", evidence=evidence)  # fmt: skip
-    return check.result(CheckStatus.PASS, f"{health.path} answers 200 and the server serves", value=elapsed_ms,
-                        threshold=limit_ms, unit="ms", evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.WARN,
+            f"{health.path} agrees with generation but took {elapsed_ms:g} ms, over "
+            "the 1 s default timeout of a Kubernetes probe",
+            value=elapsed_ms,
+            threshold=limit_ms,
+            unit="ms",
+            evidence=evidence,
+        )
+    return check.result(
+        CheckStatus.PASS,
+        f"{health.path} answers 200 and the server serves",
+        value=elapsed_ms,
+        threshold=limit_ms,
+        unit="ms",
+        evidence=evidence,
+    )
 
 
 async def check_metrics(ctx: CheckContext, check: Check) -> CheckResult:
@@ -124,15 +151,19 @@ async def check_metrics(ctx: CheckContext, check: Check) -> CheckResult:
     resp = got.response
     evidence = [resp.evidence(excerpt_chars=60)]
     if ctx.endpoint.api_key:
-        bare = await request(ctx.endpoint, "GET", "/metrics", auth="none", timeout_s=HEALTH_TIMEOUT_S,
-                             max_body_bytes=1024)  # fmt: skip
+        bare = await request(
+            ctx.endpoint, "GET", "/metrics", auth="none", timeout_s=HEALTH_TIMEOUT_S, max_body_bytes=1024
+        )
         answer = bare.status if bare.status is not None else bare.error
         evidence.append(f"without the key GET /metrics -> {answer} (exposure is judged by the security checks)")
     if resp.status is None:
         return check.error(got.problem or "GET /metrics got no answer", evidence)
     if resp.status == 404:
-        return check.result(CheckStatus.FAIL, "no /metrics: latency, tokens and queue cannot be watched in "
-                            "production", evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.FAIL,
+            "no /metrics: latency, tokens and queue cannot be watched in production",
+            evidence=evidence,
+        )
     if resp.status != 200 or got.reading is None:
         if resp.truncated:
             return check.error(got.problem or "GET /metrics was cut off", evidence)
@@ -141,20 +172,35 @@ async def check_metrics(ctx: CheckContext, check: Check) -> CheckResult:
     if reading.source is None:
         if reading.families == 0:
             return check.result(CheckStatus.FAIL, "/metrics answers 200 with no metrics at all", evidence=evidence)
-        return check.result(CheckStatus.WARN, f"{got.problem}: latency, token and queue metrics could not be "
-                            "identified", value=0, threshold=len(METRIC_GROUPS), unit="metric groups",
-                            evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.WARN,
+            f"{got.problem}: latency, token and queue metrics could not be identified",
+            value=0,
+            threshold=len(METRIC_GROUPS),
+            unit="metric groups",
+            evidence=evidence,
+        )
     missing = set(reading.missing())
     present = [g for g, names in METRIC_GROUPS.items() if not missing & set(names)]
     absent = [g for g in METRIC_GROUPS if g not in present]
     evidence.append(f"{reading.families} families in the {reading.source} dialect; found: {', '.join(present) or '-'}")
     if absent:
-        return check.result(CheckStatus.WARN, f"/metrics ({reading.source}) lacks {'; '.join(absent)}",
-                            value=len(present), threshold=len(METRIC_GROUPS), unit="metric groups",
-                            evidence=evidence)  # fmt: skip
-    return check.result(CheckStatus.PASS, f"/metrics parses ({reading.source}) with latency, token and queue metrics",
-                        value=len(present), threshold=len(METRIC_GROUPS), unit="metric groups",
-                        evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.WARN,
+            f"/metrics ({reading.source}) lacks {'; '.join(absent)}",
+            value=len(present),
+            threshold=len(METRIC_GROUPS),
+            unit="metric groups",
+            evidence=evidence,
+        )
+    return check.result(
+        CheckStatus.PASS,
+        f"/metrics parses ({reading.source}) with latency, token and queue metrics",
+        value=len(present),
+        threshold=len(METRIC_GROUPS),
+        unit="metric groups",
+        evidence=evidence,
+    )
 
 
 def _timeline_evidence(timeline: MetricsTimeline) -> list[str]:
@@ -188,33 +234,56 @@ async def check_metrics_timeline(ctx: CheckContext, check: Check) -> CheckResult
         return check.error(f"every one of {len(timeline.samples)} scrapes during the load failed", evidence)
     failed_share = len(timeline.errors) / len(timeline.samples)
     if failed_share > MAX_SCRAPE_FAILURES:
-        return check.result(CheckStatus.WARN, f"{failed_share:.0%} of /metrics scrapes failed during the load: "
-                            "a dashboard would have gaps", value=len(taken), unit="samples",
-                            evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.WARN,
+            f"{failed_share:.0%} of /metrics scrapes failed during the load: a dashboard would have gaps",
+            value=len(taken),
+            unit="samples",
+            evidence=evidence,
+        )
     moved = (timeline.peak("running") or 0) > 0 or (timeline.increase("generation_tokens_total") or 0) > 0
     if not moved:
-        return check.result(CheckStatus.WARN, "the server's metrics did not move during the load: they may "
-                            "describe another replica (a load balancer in front?)", value=len(taken),
-                            unit="samples", evidence=evidence)  # fmt: skip
-    return check.result(CheckStatus.PASS, f"{len(taken)} /metrics samples taken during the load",
-                        value=len(taken), unit="samples", evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.WARN,
+            "the server's metrics did not move during the load: they may "
+            "describe another replica (a load balancer in front?)",
+            value=len(taken),
+            unit="samples",
+            evidence=evidence,
+        )
+    return check.result(
+        CheckStatus.PASS,
+        f"{len(taken)} /metrics samples taken during the load",
+        value=len(taken),
+        unit="samples",
+        evidence=evidence,
+    )
 
 
 HEALTH = Check(
-    "monitoring.health", Category.MONITORING, "/health answers and reflects readiness", check_health,
+    "monitoring.health",
+    Category.MONITORING,
+    "/health answers and reflects readiness",
+    check_health,
     reference="Kubernetes readiness probes; vLLM production-stack probes /health",
     remediation="Serve GET /health that answers 200 only once the model can generate (503 while loading), "
     "and point the orchestrator's readiness probe at it",
-)  # fmt: skip
+)
 METRICS = Check(
-    "monitoring.metrics", Category.MONITORING, "/metrics has latency, token and queue metrics", check_metrics,
+    "monitoring.metrics",
+    Category.MONITORING,
+    "/metrics has latency, token and queue metrics",
+    check_metrics,
     reference="vLLM docs/usage/metrics.md",
     remediation="Expose Prometheus /metrics (vLLM: on by default; llama.cpp: --metrics) with TTFT/E2E histograms, "
     "token counters and running/waiting gauges, and scrape it",
-)  # fmt: skip
+)
 METRICS_TIMELINE = Check(
-    "monitoring.metrics_timeline", Category.MONITORING, "/metrics can be followed during load", check_metrics_timeline,
+    "monitoring.metrics_timeline",
+    Category.MONITORING,
+    "/metrics can be followed during load",
+    check_metrics_timeline,
     remediation="Make /metrics answer quickly under load, from the replica that serves the traffic",
-)  # fmt: skip
+)
 
 MONITORING_CHECKS: list[Check] = [HEALTH, METRICS, METRICS_TIMELINE]

@@ -61,16 +61,28 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.key: m
     for m in (
-        Metric("ttft", "TTFT", lambda r: None if r.ttft_s is None else r.ttft_s * 1000,
-               "Cut queueing and prefill: more replicas or a lower per-replica concurrency, chunked prefill, "
-               "prefix caching, shorter prompts."),
-        Metric("tpot", "TPOT", lambda r: None if r.tpot_s is None else r.tpot_s * 1000,
-               "Speed up decode: a smaller batch per replica, a lower-bit weight format, speculative decoding, "
-               "or faster memory."),
-        Metric("e2e", "E2E latency", lambda r: None if r.e2e_s is None else r.e2e_s * 1000,
-               "Shorten whole requests: cap max_tokens, fix TTFT and TPOT first, add replicas."),
+        Metric(
+            "ttft",
+            "TTFT",
+            lambda r: None if r.ttft_s is None else r.ttft_s * 1000,
+            "Cut queueing and prefill: more replicas or a lower per-replica concurrency, chunked prefill, "
+            "prefix caching, shorter prompts.",
+        ),
+        Metric(
+            "tpot",
+            "TPOT",
+            lambda r: None if r.tpot_s is None else r.tpot_s * 1000,
+            "Speed up decode: a smaller batch per replica, a lower-bit weight format, speculative decoding, "
+            "or faster memory.",
+        ),
+        Metric(
+            "e2e",
+            "E2E latency",
+            lambda r: None if r.e2e_s is None else r.e2e_s * 1000,
+            "Shorten whole requests: cap max_tokens, fix TTFT and TPOT first, add replicas.",
+        ),
     )
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +111,13 @@ def judge_percentile(values: Sequence[float], q: float, limit: float, *, upper: 
     if inside:
         why = f"within the limit, but p{q:g} from {n} values is close to their maximum: run at least {need} requests"
         return Judgement(CheckStatus.WARN, point, ci, n, why)
-    return Judgement(CheckStatus.WARN, point, ci, n, "the limit falls inside the 95% interval: not enough evidence, "
-                     "run more requests")  # fmt: skip
+    return Judgement(
+        CheckStatus.WARN,
+        point,
+        ci,
+        n,
+        "the limit falls inside the 95% interval: not enough evidence, run more requests",
+    )
 
 
 def wilson_interval(successes: int, n: int) -> tuple[float, float]:
@@ -137,24 +154,38 @@ def _measured(ctx: CheckContext, check: Check, need_records: bool = False) -> Me
 
 
 def _interval_check(
-    ctx: CheckContext, check: Check, label: str, q: float, limit: float, unit: str, upper: bool,
+    ctx: CheckContext,
+    check: Check,
+    label: str,
+    q: float,
+    limit: float,
+    unit: str,
+    upper: bool,
     values_of: Callable[[Measurement], list[float]],
-) -> CheckResult:  # fmt: skip
+) -> CheckResult:
     m = _measured(ctx, check)
     if isinstance(m, CheckResult):
         return m
     values = values_of(m)
     j = judge_percentile(values, q, limit, upper=upper)
     if j is None:
-        return check.error(f"{label} not measurable: no successful request of {m.run_label} gave a value "
-                           f"({len(m.records)} measured requests)")  # fmt: skip
+        return check.error(
+            f"{label} not measurable: no successful request of {m.run_label} gave a value "
+            f"({len(m.records)} measured requests)"
+        )
     word = "at most" if upper else "at least"
     return check.result(
-        j.status, f"{label} is {figure(j.value, unit)} ({word} {figure(float(limit), unit)}): {j.verdict}",
-        value=j.value, threshold=limit, unit=unit,
-        evidence=[f"95% bootstrap interval {figure(j.interval[0], None)}-{figure(j.interval[1], unit)} "
-                  f"(seed {SUMMARY_SEED}, 1000 resamples)", f"{j.n} values from {m.run_label}"],
-    )  # fmt: skip
+        j.status,
+        f"{label} is {figure(j.value, unit)} ({word} {figure(float(limit), unit)}): {j.verdict}",
+        value=j.value,
+        threshold=limit,
+        unit=unit,
+        evidence=[
+            f"95% bootstrap interval {figure(j.interval[0], None)}-{figure(j.interval[1], unit)} "
+            f"(seed {SUMMARY_SEED}, 1000 resamples)",
+            f"{j.n} values from {m.run_label}",
+        ],
+    )
 
 
 def _percentile_fn(metric: Metric, q: int, limit: float) -> CheckFn:
@@ -169,8 +200,16 @@ def _percentile_fn(metric: Metric, q: int, limit: float) -> CheckFn:
 
 def _stream_rate_fn(limit: float) -> CheckFn:
     async def run(ctx: CheckContext, check: Check) -> CheckResult:
-        return _interval_check(ctx, check, "Median per-stream output rate", 50, limit, "tok/s", False,
-                               lambda m: stream_rates_tok_s(m.records))  # fmt: skip
+        return _interval_check(
+            ctx,
+            check,
+            "Median per-stream output rate",
+            50,
+            limit,
+            "tok/s",
+            False,
+            lambda m: stream_rates_tok_s(m.records),
+        )
 
     return run
 
@@ -187,11 +226,14 @@ def _error_rate_fn(limit: float) -> CheckFn:
         kinds = Counter(error_key(r) for r in failed)  # the summary's errors_by_kind keys
         status = CheckStatus.PASS if rate <= limit else CheckStatus.FAIL
         return check.result(
-            status, f"{len(failed)} of {n} requests failed ({rate:.2%}; at most {limit:.2%} allowed)",
-            value=rate, threshold=limit, unit="fraction",
+            status,
+            f"{len(failed)} of {n} requests failed ({rate:.2%}; at most {limit:.2%} allowed)",
+            value=rate,
+            threshold=limit,
+            unit="fraction",
             evidence=[f"Wilson 95% interval {low:.2%}-{high:.2%}", f"from {m.run_label}"]
             + [f"{kind}: {count}" for kind, count in sorted(kinds.items())],
-        )  # fmt: skip
+        )
 
     return run
 
@@ -205,15 +247,24 @@ def _goodput_fn(slo: Slo, limit: float) -> CheckFn:
         met = sum(slo.met_by(r) for r in m.records)
         share = met / n
         low, high = wilson_interval(met, n)
-        limits = ", ".join(f"{k} <= {v:g} ms" for k, v in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms),
-                                                            ("E2E", slo.e2e_ms)) if v is not None)  # fmt: skip
+        limits = ", ".join(
+            f"{k} <= {v:g} ms"
+            for k, v in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms), ("E2E", slo.e2e_ms))
+            if v is not None
+        )
         status = CheckStatus.PASS if share >= limit else CheckStatus.FAIL
         return check.result(
-            status, f"{met} of {n} requests met every per-request limit ({share:.1%}; at least {limit:.0%} needed)",
-            value=share, threshold=limit, unit="fraction",
-            evidence=[f"per-request limits: {limits}; failed requests count as missing them",
-                      f"Wilson 95% interval {low:.1%}-{high:.1%}", f"from {m.run_label}"],
-        )  # fmt: skip
+            status,
+            f"{met} of {n} requests met every per-request limit ({share:.1%}; at least {limit:.0%} needed)",
+            value=share,
+            threshold=limit,
+            unit="fraction",
+            evidence=[
+                f"per-request limits: {limits}; failed requests count as missing them",
+                f"Wilson 95% interval {low:.1%}-{high:.1%}",
+                f"from {m.run_label}",
+            ],
+        )
 
     return run
 
@@ -241,15 +292,24 @@ def _capacity_fn(profile: SloProfile) -> CheckFn:
             )
         best = m.max_rate_meeting_slo
         if best is None:
-            return check.result(CheckStatus.FAIL, f"no sweep rate met the SLO; {target:g} req/s was required",
-                                threshold=target, unit="req/s")  # fmt: skip
+            return check.result(
+                CheckStatus.FAIL,
+                f"no sweep rate met the SLO; {target:g} req/s was required",
+                threshold=target,
+                unit="req/s",
+            )
         status = CheckStatus.PASS if best >= target else CheckStatus.FAIL
         return check.result(
-            status, f"the highest rate meeting the SLO is {best:.3g} req/s (at least {target:g} req/s required)",
-            value=best, threshold=target, unit="req/s",
-            evidence=[f"per-request limits {wanted}; a step meets them when 95% of its requests do, none fail, "
-                      "and its self-check is valid"],
-        )  # fmt: skip
+            status,
+            f"the highest rate meeting the SLO is {best:.3g} req/s (at least {target:g} req/s required)",
+            value=best,
+            threshold=target,
+            unit="req/s",
+            evidence=[
+                f"per-request limits {wanted}; a step meets them when 95% of its requests do, none fail, "
+                "and its self-check is valid"
+            ],
+        )
 
     return run
 
@@ -267,30 +327,59 @@ def performance_checks(profile: SloProfile) -> list[Check]:
         if limit is None:
             continue
         metric = METRICS[metric_key]
-        checks.append(Check(
-            f"performance.{metric_key}_p{q}", perf, f"{metric.label} p{q} within {limit:g} ms",
-            _percentile_fn(metric, q, limit), ref, metric.remediation,
-        ))  # fmt: skip
+        checks.append(
+            Check(
+                f"performance.{metric_key}_p{q}",
+                perf,
+                f"{metric.label} p{q} within {limit:g} ms",
+                _percentile_fn(metric, q, limit),
+                ref,
+                metric.remediation,
+            )
+        )
     if profile.min_output_tok_s_per_stream is not None:
         rate = profile.min_output_tok_s_per_stream
-        checks.append(Check(
-            "performance.output_tok_s_per_stream", perf, f"Median per-stream output rate at least {rate:g} tok/s",
-            _stream_rate_fn(rate), ref, METRICS["tpot"].remediation,
-        ))  # fmt: skip
-    checks.append(Check(
-        "performance.error_rate", perf, f"Error rate at most {profile.max_error_rate:.2%}",
-        _error_rate_fn(profile.max_error_rate), ref,
-        "Read the failures by kind in the benchmark: 429/503 mean the server sheds load (add capacity or lower the "
-        "rate), timeouts mean queueing, 5xx mean server faults.",
-    ))  # fmt: skip
+        checks.append(
+            Check(
+                "performance.output_tok_s_per_stream",
+                perf,
+                f"Median per-stream output rate at least {rate:g} tok/s",
+                _stream_rate_fn(rate),
+                ref,
+                METRICS["tpot"].remediation,
+            )
+        )
+    checks.append(
+        Check(
+            "performance.error_rate",
+            perf,
+            f"Error rate at most {profile.max_error_rate:.2%}",
+            _error_rate_fn(profile.max_error_rate),
+            ref,
+            "Read the failures by kind in the benchmark: 429/503 mean the server sheds load (add capacity or lower the "
+            "rate), timeouts mean queueing, 5xx mean server faults.",
+        )
+    )
     slo = goodput_slo(profile)
     if profile.min_goodput_fraction is not None and slo is not None:
-        checks.append(Check(
-            "performance.goodput", perf, f"At least {profile.min_goodput_fraction:.0%} of requests within every limit",
-            _goodput_fn(slo, profile.min_goodput_fraction), ref, "Fix the latency lines above that fail or warn.",
-        ))  # fmt: skip
-    checks.append(Check(
-        "performance.capacity", perf, "The declared request rate is met within the SLO", _capacity_fn(profile), ref,
-        "Add replicas or a faster configuration (see the plan) until the sweep's best rate reaches the target.",
-    ))  # fmt: skip
+        checks.append(
+            Check(
+                "performance.goodput",
+                perf,
+                f"At least {profile.min_goodput_fraction:.0%} of requests within every limit",
+                _goodput_fn(slo, profile.min_goodput_fraction),
+                ref,
+                "Fix the latency lines above that fail or warn.",
+            )
+        )
+    checks.append(
+        Check(
+            "performance.capacity",
+            perf,
+            "The declared request rate is met within the SLO",
+            _capacity_fn(profile),
+            ref,
+            "Add replicas or a faster configuration (see the plan) until the sweep's best rate reaches the target.",
+        )
+    )
     return checks

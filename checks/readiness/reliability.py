@@ -113,21 +113,37 @@ async def check_cancel_storm(ctx: CheckContext, check: Check) -> CheckResult:
     evidence.append(tiny.evidence())
     if not _answers(tiny):
         if tiny.status is None and not (tiny.error or "").startswith("timeout"):
-            return check.result(CheckStatus.FAIL, f"the server is gone after {len(dropped)} client disconnects "
-                                f"({tiny.error})", evidence=evidence)  # fmt: skip
-        return check.result(CheckStatus.FAIL, f"the server stopped serving after {len(dropped)} client disconnects",
-                            evidence=evidence)  # fmt: skip
+            return check.result(
+                CheckStatus.FAIL,
+                f"the server is gone after {len(dropped)} client disconnects ({tiny.error})",
+                evidence=evidence,
+            )
+        return check.result(
+            CheckStatus.FAIL, f"the server stopped serving after {len(dropped)} client disconnects", evidence=evidence
+        )
     if not usable:
-        return check.result(CheckStatus.WARN, f"the server still answers after {len(dropped)} disconnects; whether "
-                            "it freed their slots and KV cache was not checked: no usable /metrics",
-                            evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.WARN,
+            f"the server still answers after {len(dropped)} disconnects; whether "
+            "it freed their slots and KV cache was not checked: no usable /metrics",
+            evidence=evidence,
+        )
     if recovered_s is None:
-        return check.result(CheckStatus.FAIL, f"{len(dropped)} dropped streams were not freed: {last} "
-                            f"{RECOVERY_DEADLINE_S:g} s later", threshold=RECOVERY_DEADLINE_S, unit="s",
-                            evidence=evidence)  # fmt: skip
-    return check.result(CheckStatus.PASS, f"after {len(dropped)} disconnects the server answers and freed their "
-                        f"slots in {recovered_s:.1f} s", value=round(recovered_s, 2), threshold=RECOVERY_DEADLINE_S,
-                        unit="s", evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.FAIL,
+            f"{len(dropped)} dropped streams were not freed: {last} {RECOVERY_DEADLINE_S:g} s later",
+            threshold=RECOVERY_DEADLINE_S,
+            unit="s",
+            evidence=evidence,
+        )
+    return check.result(
+        CheckStatus.PASS,
+        f"after {len(dropped)} disconnects the server answers and freed their slots in {recovered_s:.1f} s",
+        value=round(recovered_s, 2),
+        threshold=RECOVERY_DEADLINE_S,
+        unit="s",
+        evidence=evidence,
+    )
 
 
 def _capacity(ctx: CheckContext) -> tuple[int, str]:
@@ -163,8 +179,10 @@ async def check_queue_overflow(ctx: CheckContext, check: Check) -> CheckResult:
     margin = max(8, (max_queue + capacity) // 4)
     n = max_queue + capacity + margin
     if n > OVERFLOW_MAX_REQUESTS:
-        return check.skip(f"max_queue {max_queue} + {capacity} running needs {n} requests, over this check's "
-                          f"bound of {OVERFLOW_MAX_REQUESTS}")  # fmt: skip
+        return check.skip(
+            f"max_queue {max_queue} + {capacity} running needs {n} requests, over this check's "
+            f"bound of {OVERFLOW_MAX_REQUESTS}"
+        )
     evidence = [f"{n} concurrent requests = max_queue {max_queue} + {capacity} running ({said_by}) + {margin}"]
     body = stream_body(ctx.endpoint, OVERFLOW_MAX_TOKENS)
 
@@ -184,33 +202,57 @@ async def check_queue_overflow(ctx: CheckContext, check: Check) -> CheckResult:
         return check.error("no request of the burst got an answer: the target is unreachable", evidence)
     if found["timeout"] or found["other"]:
         bad = len(found["timeout"]) + len(found["other"])
-        return check.result(CheckStatus.FAIL, f"{bad} of {n} requests above the queue limit timed out or failed "
-                            "instead of getting 429/503", value=bad, threshold=0, unit="requests",
-                            evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.FAIL,
+            f"{bad} of {n} requests above the queue limit timed out or failed instead of getting 429/503",
+            value=bad,
+            threshold=0,
+            unit="requests",
+            evidence=evidence,
+        )
     if found["slow_shed"]:
-        return check.result(CheckStatus.FAIL, f"{len(found['slow_shed'])} requests were shed only after over "
-                            f"{QUICK_REJECT_S:g} s", value=len(found["slow_shed"]), threshold=0, unit="requests",
-                            evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.FAIL,
+            f"{len(found['slow_shed'])} requests were shed only after over {QUICK_REJECT_S:g} s",
+            value=len(found["slow_shed"]),
+            threshold=0,
+            unit="requests",
+            evidence=evidence,
+        )
     if shed == 0:
-        return check.result(CheckStatus.WARN, f"all {n} requests were served: the queue limit {max_queue} was not "
-                            "seen (larger capacity than assumed, or no limit)", evidence=evidence)  # fmt: skip
-    return check.result(CheckStatus.PASS, f"{shed} of {n} requests over the limit got 429/503 within "
-                        f"{QUICK_REJECT_S:g} s; none timed out", value=shed, unit="requests",
-                        evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.WARN,
+            f"all {n} requests were served: the queue limit {max_queue} was not "
+            "seen (larger capacity than assumed, or no limit)",
+            evidence=evidence,
+        )
+    return check.result(
+        CheckStatus.PASS,
+        f"{shed} of {n} requests over the limit got 429/503 within {QUICK_REJECT_S:g} s; none timed out",
+        value=shed,
+        unit="requests",
+        evidence=evidence,
+    )
 
 
 CANCEL_STORM = Check(
-    "reliability.cancel_storm", Category.RELIABILITY, "Client disconnects mid-generation free their slots",
-    check_cancel_storm, reference="OWASP LLM10 (unbounded consumption)",
+    "reliability.cancel_storm",
+    Category.RELIABILITY,
+    "Client disconnects mid-generation free their slots",
+    check_cancel_storm,
+    reference="OWASP LLM10 (unbounded consumption)",
     remediation="Abort a request when its client disconnects and free its KV blocks (vLLM and llama.cpp do; "
     "a gateway must pass the disconnect through)",
-)  # fmt: skip
+)
 QUEUE_OVERFLOW = Check(
-    "reliability.queue_overflow", Category.RELIABILITY, "A burst above the queue limit gets 429/503, not timeouts",
-    check_queue_overflow, reference="OWASP LLM10 (unbounded consumption); Google SRE launch checklist",
+    "reliability.queue_overflow",
+    Category.RELIABILITY,
+    "A burst above the queue limit gets 429/503, not timeouts",
+    check_queue_overflow,
+    reference="OWASP LLM10 (unbounded consumption); Google SRE launch checklist",
     remediation="Bound the waiting queue (vLLM: --max-num-seqs with a gateway limit; TGI: --max-concurrent-requests) "
     "and answer overflow with 429 or 503 and Retry-After",
-)  # fmt: skip
+)
 
 RELIABILITY_CHECKS: list[Check] = [CANCEL_STORM, SLOW_READER, QUEUE_OVERFLOW]
 # Checks that stop or damage the target: a runner runs these after every other check, in this order.

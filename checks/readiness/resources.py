@@ -72,8 +72,10 @@ def used_status(fraction: float) -> CheckStatus:
 
 
 def _remote_skip(check: Check) -> CheckResult:
-    return check.skip("the server is not on this machine (remote URL, no --server-pid): this machine's readings "
-                      "would say nothing about it")  # fmt: skip
+    return check.skip(
+        "the server is not on this machine (remote URL, no --server-pid): this machine's readings "
+        "would say nothing about it"
+    )
 
 
 # --- GPU memory -----------------------------------------------------------------------------------------
@@ -105,8 +107,11 @@ async def _gpu_memory(ctx: CheckContext, check: Check) -> CheckResult:
         if reader is None:
             return check.skip(f"no NVIDIA GPU readable on this machine: {note}")
         try:
-            peaks = {g.index: (g.name, g.memory_used_bytes, g.memory_total_bytes) for g in reader.read()
-                     if g.memory_used_bytes is not None and g.memory_total_bytes}  # fmt: skip
+            peaks = {
+                g.index: (g.name, g.memory_used_bytes, g.memory_total_bytes)
+                for g in reader.read()
+                if g.memory_used_bytes is not None and g.memory_total_bytes
+            }
         finally:
             reader.close()
         source = "NVML now (no benchmark timeline with GPU readings)"
@@ -115,11 +120,17 @@ async def _gpu_memory(ctx: CheckContext, check: Check) -> CheckResult:
     index, (name, used, total) = max(peaks.items(), key=lambda kv: kv[1][1] / kv[1][2])
     fraction = used / total
     return check.result(
-        used_status(fraction), f"GPU {index} ({name}) used {fraction:.0%} of its memory ({source})",
-        value=fraction * 100, threshold=USED_WARN * 100, unit="%",
-        evidence=[f"GPU {i} {n}: {u / GIB:.1f} of {t / GIB:.1f} GiB used, {(t - u) / GIB:.1f} GiB free for KV growth"
-                  for i, (n, u, t) in sorted(peaks.items())] + [f"server: {where}"],
-    )  # fmt: skip
+        used_status(fraction),
+        f"GPU {index} ({name}) used {fraction:.0%} of its memory ({source})",
+        value=fraction * 100,
+        threshold=USED_WARN * 100,
+        unit="%",
+        evidence=[
+            f"GPU {i} {n}: {u / GIB:.1f} of {t / GIB:.1f} GiB used, {(t - u) / GIB:.1f} GiB free for KV growth"
+            for i, (n, u, t) in sorted(peaks.items())
+        ]
+        + [f"server: {where}"],
+    )
 
 
 # --- host RAM -------------------------------------------------------------------------------------------
@@ -130,8 +141,10 @@ async def _host_ram(ctx: CheckContext, check: Check) -> CheckResult:
     if where is None:
         return _remote_skip(check)
     m = measurement(ctx)
-    readings = [(_get(s, "host_ram_used_bytes"), _get(s, "host_ram_total_bytes")) for s in
-                (m.resource_samples if m is not None else [])]  # fmt: skip
+    readings = [
+        (_get(s, "host_ram_used_bytes"), _get(s, "host_ram_total_bytes"))
+        for s in (m.resource_samples if m is not None else [])
+    ]
     readings = [(u, t) for u, t in readings if u is not None and t]
     if readings:
         used, total = max(readings, key=lambda r: r[0] / r[1])
@@ -141,10 +154,13 @@ async def _host_ram(ctx: CheckContext, check: Check) -> CheckResult:
         used, total, source = mem.total - mem.available, mem.total, "now (no benchmark timeline)"
     fraction = used / total
     return check.result(
-        used_status(fraction), f"host RAM {fraction:.0%} used ({source})",
-        value=fraction * 100, threshold=USED_WARN * 100, unit="%",
+        used_status(fraction),
+        f"host RAM {fraction:.0%} used ({source})",
+        value=fraction * 100,
+        threshold=USED_WARN * 100,
+        unit="%",
         evidence=[f"{used / GIB:.1f} of {total / GIB:.1f} GiB used (total - available)", f"server: {where}"],
-    )  # fmt: skip
+    )
 
 
 # --- disk -----------------------------------------------------------------------------------------------
@@ -192,11 +208,16 @@ async def _disk(ctx: CheckContext, check: Check) -> CheckResult:
     order = (CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL)
     status, label, _, _, free, total = max(rows, key=lambda r: (order.index(r[0]), -r[4]))  # worst, then least free
     return check.result(
-        status, f"{free / GIB:.1f} GiB free for the {label} ({free / total:.0%} of its file system)",
-        value=free / GIB, threshold=DISK_MIN_FREE_BYTES / GIB, unit="GiB",
-        evidence=[f"{lbl} {p} (measured at {probe}): {f / GIB:.1f} of {t / GIB:.1f} GiB free"
-                  for _, lbl, p, probe, f, t in rows],
-    )  # fmt: skip
+        status,
+        f"{free / GIB:.1f} GiB free for the {label} ({free / total:.0%} of its file system)",
+        value=free / GIB,
+        threshold=DISK_MIN_FREE_BYTES / GIB,
+        unit="GiB",
+        evidence=[
+            f"{lbl} {p} (measured at {probe}): {f / GIB:.1f} of {t / GIB:.1f} GiB free"
+            for _, lbl, p, probe, f, t in rows
+        ],
+    )
 
 
 # --- RSS growth -----------------------------------------------------------------------------------------
@@ -255,30 +276,52 @@ async def _rss_growth(ctx: CheckContext, check: Check) -> CheckResult:
         return check.skip(f"the benchmark's timeline did not watch process {ctx.server_pid}; rerun with it watched")
     g = rss_growth(points, m.measured_start_s)
     if g is None:
-        return check.skip(f"{len(points)} RSS readings after warm-up is too few to tell growth from noise "
-                          f"(need {RSS_MIN_POINTS}): run longer or sample more often")  # fmt: skip
+        return check.skip(
+            f"{len(points)} RSS readings after warm-up is too few to tell growth from noise "
+            f"(need {RSS_MIN_POINTS}): run longer or sample more often"
+        )
     per_min = g.bytes / MIB / (g.span_s / 60) if g.span_s > 0 else 0.0
     return check.result(
-        growth_status(g), f"server RSS grew {g.bytes / MIB:+.0f} MiB ({g.fraction:+.1%}) over the measured run",
-        value=g.bytes / MIB, threshold=RSS_WARN[1] / MIB, unit="MiB",
-        evidence=[f"median RSS first quarter {g.start_bytes / MIB:.0f} MiB, last quarter {g.end_bytes / MIB:.0f} MiB",
-                  f"{g.points} readings over {g.span_s:.0f} s after warm-up ({per_min:+.1f} MiB/min)",
-                  f"WARN at {RSS_WARN[0]:.0%} and {RSS_WARN[1] // MIB} MiB, FAIL at {RSS_FAIL[0]:.0%} and "
-                  f"{RSS_FAIL[1] // MIB} MiB"],
+        growth_status(g),
+        f"server RSS grew {g.bytes / MIB:+.0f} MiB ({g.fraction:+.1%}) over the measured run",
+        value=g.bytes / MIB,
+        threshold=RSS_WARN[1] / MIB,
+        unit="MiB",
+        evidence=[
+            f"median RSS first quarter {g.start_bytes / MIB:.0f} MiB, last quarter {g.end_bytes / MIB:.0f} MiB",
+            f"{g.points} readings over {g.span_s:.0f} s after warm-up ({per_min:+.1f} MiB/min)",
+            f"WARN at {RSS_WARN[0]:.0%} and {RSS_WARN[1] // MIB} MiB, FAIL at {RSS_FAIL[0]:.0%} and "
+            f"{RSS_FAIL[1] // MIB} MiB",
+        ],
         remediation="Run longer at a steady rate and watch RSS: growth that never levels off is a leak (request "
-                    "state kept after the request ends, an unbounded cache, a growing log buffer).",
-    )  # fmt: skip
+        "state kept after the request ends, an unbounded cache, a growing log buffer).",
+    )
 
 
 RES = Category.RESOURCES
 RESOURCE_CHECKS: list[Check] = [
-    Check("resources.gpu_memory", RES, "GPU memory below 85% used, with headroom for the KV cache", _gpu_memory,
-          remediation="Lower the memory the engine reserves (gpu_memory_utilization), a lower-bit weight format, "
-                      "or a GPU with more memory."),
-    Check("resources.host_ram", RES, "Host RAM below 85% used", _host_ram,
-          remediation="Free host memory or add RAM; check for swap activity and the OOM killer in the kernel log."),
-    Check("resources.disk", RES, "Disk headroom for the weights cache, reports and logs", _disk,
-          remediation="Free space on the file system, or point PREFLIGHT_CACHE_DIR / PREFLIGHT_HOME elsewhere."),
+    Check(
+        "resources.gpu_memory",
+        RES,
+        "GPU memory below 85% used, with headroom for the KV cache",
+        _gpu_memory,
+        remediation="Lower the memory the engine reserves (gpu_memory_utilization), a lower-bit weight format, "
+        "or a GPU with more memory.",
+    ),
+    Check(
+        "resources.host_ram",
+        RES,
+        "Host RAM below 85% used",
+        _host_ram,
+        remediation="Free host memory or add RAM; check for swap activity and the OOM killer in the kernel log.",
+    ),
+    Check(
+        "resources.disk",
+        RES,
+        "Disk headroom for the weights cache, reports and logs",
+        _disk,
+        remediation="Free space on the file system, or point PREFLIGHT_CACHE_DIR / PREFLIGHT_HOME elsewhere.",
+    ),
     Check("resources.rss_growth", RES, "Server memory does not grow during the run", _rss_growth),
     KV_CAPACITY,
-]  # fmt: skip
+]

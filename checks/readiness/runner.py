@@ -82,11 +82,19 @@ def benchmark_config(config: ChecklistConfig, slo: SloProfile) -> BenchmarkConfi
     limits = goodput_slo(slo)
     profile = config.profile or ("sweep" if config.target_qps else "concurrency:4")
     return BenchmarkConfig(
-        target=config.target, api_key=config.api_key, model=config.model, api=config.api, profile=profile,
-        requests=config.requests, input_len=config.input_len, output_len=config.output_len,
-        slo_ttft_ms=limits and limits.ttft_ms, slo_tpot_ms=limits and limits.tpot_ms,
-        slo_e2e_ms=limits and limits.e2e_ms, threads=config.threads,
-    )  # fmt: skip
+        target=config.target,
+        api_key=config.api_key,
+        model=config.model,
+        api=config.api,
+        profile=profile,
+        requests=config.requests,
+        input_len=config.input_len,
+        output_len=config.output_len,
+        slo_ttft_ms=limits and limits.ttft_ms,
+        slo_tpot_ms=limits and limits.tpot_ms,
+        slo_e2e_ms=limits and limits.e2e_ms,
+        threads=config.threads,
+    )
 
 
 async def run_one(check: Check, ctx: CheckContext) -> CheckResult:
@@ -125,10 +133,18 @@ def _not_run(check: Check, why: str) -> CheckResult:
 
 def _target_info(config: ChecklistConfig, target: BundledTarget | RemoteTarget, model: str | None) -> TargetInfo:
     if isinstance(target, BundledTarget):
-        return TargetInfo(kind="bundled", base_url=target.base_url, model=model, api=config.api, api_key_set=True,
-                          quant=target.options.quant, server_log=str(target.log_path))  # fmt: skip
-    return TargetInfo(kind="remote", base_url=config.target, model=model, api=config.api,
-                      api_key_set=config.api_key is not None)  # fmt: skip
+        return TargetInfo(
+            kind="bundled",
+            base_url=target.base_url,
+            model=model,
+            api=config.api,
+            api_key_set=True,
+            quant=target.options.quant,
+            server_log=str(target.log_path),
+        )
+    return TargetInfo(
+        kind="remote", base_url=config.target, model=model, api=config.api, api_key_set=config.api_key is not None
+    )
 
 
 class Checklist:
@@ -186,10 +202,16 @@ class Checklist:
         declared = declared_limits(c)
         if isinstance(target, BundledTarget) and declared.server_log is None:
             declared.server_log = target.log_path  # the bundled server's own log: where prompts would leak
-        return CheckContext(endpoint=endpoint, exposure=c.exposure, slo=self.slo, declared=declared,
-                            benchmark=self.given, bundled=target if isinstance(target, BundledTarget) else None,
-                            plan=self.plan,
-                            cancel=self.cancel)  # fmt: skip
+        return CheckContext(
+            endpoint=endpoint,
+            exposure=c.exposure,
+            slo=self.slo,
+            declared=declared,
+            benchmark=self.given,
+            bundled=target if isinstance(target, BundledTarget) else None,
+            plan=self.plan,
+            cancel=self.cancel,
+        )
 
     def _measure(self, ctx: CheckContext, target: BundledTarget | RemoteTarget) -> None:
         """Run the checklist's own benchmark when performance or resources are judged and none was handed over."""
@@ -199,13 +221,16 @@ class Checklist:
         if not {Category.PERFORMANCE, Category.RESOURCES} & set(self.categories):
             return
         bench = self.load
-        self.status(f"measuring: {bench.profile}, {bench.requests} requests of {bench.input_len} in / "
-                    f"{bench.output_len} out tokens")  # fmt: skip
+        self.status(
+            f"measuring: {bench.profile}, {bench.requests} requests of {bench.input_len} in / "
+            f"{bench.output_len} out tokens"
+        )
         scraper = MetricsScraper(ctx.endpoint)
         scraper.start()
         try:
-            ctx.benchmark = measure(bench, ctx.endpoint, target, progress=self._load_progress, cancel=self.cancel,
-                                    on_status=self.status)  # fmt: skip
+            ctx.benchmark = measure(
+                bench, ctx.endpoint, target, progress=self._load_progress, cancel=self.cancel, on_status=self.status
+            )
         except (ValueError, OSError) as exc:
             self.notes.append(f"the benchmark could not run: {exc}")
         finally:
@@ -213,8 +238,15 @@ class Checklist:
 
     def _load_progress(self, p: Progress) -> None:
         total = f"/{p.total}" if p.total else ""
-        self.progress(ChecklistProgress("load", 0, len(self.checks), f"measuring: {p.completed}{total} requests done, "
-                                        f"{p.failed} failed, {p.in_flight} in flight", None))  # fmt: skip
+        self.progress(
+            ChecklistProgress(
+                "load",
+                0,
+                len(self.checks),
+                f"measuring: {p.completed}{total} requests done, {p.failed} failed, {p.in_flight} in flight",
+                None,
+            )
+        )
 
     def _run_checks(self, ctx: CheckContext, target: BundledTarget | RemoteTarget) -> None:
         for check in self.checks:
@@ -236,16 +268,28 @@ class Checklist:
         source = None if benchmark is None else (str(c.from_path) if self.given else MEASURED_HERE)
         model = ctx.endpoint.model if ctx is not None else c.model
         return ReadinessReport(
-            tool=ToolInfo(version=__version__), started_at=started, finished_at=datetime.now(UTC),
-            environment=detect().to_dict(), target=_target_info(c, target, model), slo=self.slo,
-            exposure=c.exposure, categories=self.categories, plan=self.plan,
-            declared=DeclaredInfo(**{k: str(v) if isinstance(v, Path) else v
-                                     for k, v in asdict(ctx.declared if ctx else declared_limits(c)).items()}),
+            tool=ToolInfo(version=__version__),
+            started_at=started,
+            finished_at=datetime.now(UTC),
+            environment=detect().to_dict(),
+            target=_target_info(c, target, model),
+            slo=self.slo,
+            exposure=c.exposure,
+            categories=self.categories,
+            plan=self.plan,
+            declared=DeclaredInfo(
+                **{
+                    k: str(v) if isinstance(v, Path) else v
+                    for k, v in asdict(ctx.declared if ctx else declared_limits(c)).items()
+                }
+            ),
             benchmark=benchmark,
             benchmark_source=source,
             metrics_timeline=None if ctx is None else ctx.scratch.get(TIMELINE_KEY),
-            checks=self.results, verdict=decide(self.results), notes=self.notes,
-        )  # fmt: skip
+            checks=self.results,
+            verdict=decide(self.results),
+            notes=self.notes,
+        )
 
 
 def run_checklist(

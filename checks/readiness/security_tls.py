@@ -109,8 +109,11 @@ async def _check_https(check: Check, host: str, port: int) -> CheckResult:
     days_left = (ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400
     shown = [f"TLS handshake with {host}:{port} -> {version}, certificate verified, notAfter {cert['notAfter']}"]
     expiring = days_left < EXPIRY_WARN_DAYS
-    finding = (f"the certificate expires in {days_left:.1f} days" if expiring
-               else f"the certificate verifies and is valid for {days_left:.0f} more days")  # fmt: skip
+    finding = (
+        f"the certificate expires in {days_left:.1f} days"
+        if expiring
+        else f"the certificate verifies and is valid for {days_left:.0f} more days"
+    )
     return check.result(
         CheckStatus.WARN if expiring else CheckStatus.PASS,
         f"{version}; {finding}",

@@ -69,22 +69,38 @@ async def check_sigterm_drain(ctx: CheckContext, check: Check) -> CheckResult:
     evidence.append("exit code: still running" if code is None else f"exit code {code}")
     lost = [end for end in ends if not end.completed]
     if lost:
-        return check.result(CheckStatus.FAIL, f"SIGTERM lost {len(lost)} of {DRAIN_STREAMS} in-flight streams",
-                            value=len(lost), threshold=0, unit="streams", evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.FAIL,
+            f"SIGTERM lost {len(lost)} of {DRAIN_STREAMS} in-flight streams",
+            value=len(lost),
+            threshold=0,
+            unit="streams",
+            evidence=evidence,
+        )
     if code is None:
-        return check.result(CheckStatus.FAIL, f"the server did not exit within {EXIT_TIMEOUT_S:g} s of SIGTERM",
-                            evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.FAIL, f"the server did not exit within {EXIT_TIMEOUT_S:g} s of SIGTERM", evidence=evidence
+        )
     if code != 0:
         return check.result(CheckStatus.FAIL, f"the server exited {code} after SIGTERM, not 0", evidence=evidence)
     if in_flight == 0:
         return check.error("every stream had finished before SIGTERM arrived: the drain was not tested", evidence)
-    return check.result(CheckStatus.PASS, f"SIGTERM let all {in_flight} in-flight streams finish; exit code 0",
-                        value=0, threshold=0, unit="streams lost", evidence=evidence)  # fmt: skip
+    return check.result(
+        CheckStatus.PASS,
+        f"SIGTERM let all {in_flight} in-flight streams finish; exit code 0",
+        value=0,
+        threshold=0,
+        unit="streams lost",
+        evidence=evidence,
+    )
 
 
 SIGTERM_DRAIN = Check(
-    "reliability.sigterm_drain", Category.RELIABILITY, "SIGTERM during load loses no in-flight request",
-    check_sigterm_drain, reference="Google SRE launch checklist (graceful shutdown)",
+    "reliability.sigterm_drain",
+    Category.RELIABILITY,
+    "SIGTERM during load loses no in-flight request",
+    check_sigterm_drain,
+    reference="Google SRE launch checklist (graceful shutdown)",
     remediation="On SIGTERM stop accepting, let in-flight requests finish within a grace period (engine serve "
     "--grace-period; Kubernetes terminationGracePeriodSeconds above it), then exit 0",
-)  # fmt: skip
+)

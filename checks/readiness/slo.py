@@ -67,11 +67,14 @@ def scenario_profile(scenario: Scenario) -> SloProfile:
         source=(
             f"Preflight load scenario {scenario.name!r} (checks/load/scenarios.py SCENARIOS): TTFT target "
             f"{scenario.ttft_target_ms:g} ms from inference-optimisation guides' per-use figures, TPOT target "
-            + (f"{scenario.tpot_target_ms:g} ms from how fast the output is consumed" if scenario.tpot_target_ms
-               else "none (the output is used whole)")
+            + (
+                f"{scenario.tpot_target_ms:g} ms from how fast the output is consumed"
+                if scenario.tpot_target_ms
+                else "none (the output is used whole)"
+            )
             + f"; goodput {DEFAULT_ATTAINMENT:.0%}, the sweep's attainment (checks/load/sweep.py)"
         ),
-    )  # fmt: skip
+    )
 
 
 @cache

@@ -81,8 +81,9 @@ async def _normal_streams(endpoint: Endpoint) -> Phase:
 async def _beside_fast_reader(endpoint: Endpoint) -> tuple[Phase | None, str]:
     started = asyncio.Event()
     async with new_session(PHASE_BUDGET_S) as session:
-        long = asyncio.ensure_future(run_stream(session, endpoint, stream_body(endpoint, LONG_MAX_TOKENS),
-                                                first_chunk=started))  # fmt: skip
+        long = asyncio.ensure_future(
+            run_stream(session, endpoint, stream_body(endpoint, LONG_MAX_TOKENS), first_chunk=started)
+        )
         try:
             await asyncio.wait_for(started.wait(), START_TIMEOUT_S)
             if long.done():
@@ -96,8 +97,17 @@ async def _beside_fast_reader(endpoint: Endpoint) -> tuple[Phase | None, str]:
 async def _beside_slow_reader(endpoint: Endpoint) -> tuple[Phase | None, str]:
     started, done = asyncio.Event(), asyncio.Event()
     body = stream_body(endpoint, LONG_MAX_TOKENS)
-    reader = asyncio.ensure_future(slow_read(endpoint, body, read_bytes=SLOW_READ_BYTES, pause_s=SLOW_PAUSE_S,
-                                             until=done, budget_s=PHASE_BUDGET_S, started=started))  # fmt: skip
+    reader = asyncio.ensure_future(
+        slow_read(
+            endpoint,
+            body,
+            read_bytes=SLOW_READ_BYTES,
+            pause_s=SLOW_PAUSE_S,
+            until=done,
+            budget_s=PHASE_BUDGET_S,
+            started=started,
+        )
+    )
     began = time.perf_counter()
     try:
         await asyncio.wait_for(started.wait(), START_TIMEOUT_S)
@@ -124,8 +134,10 @@ async def check_slow_reader(ctx: CheckContext, check: Check) -> CheckResult:
         return check.error(f"the long stream sent nothing within {START_TIMEOUT_S:g} s: could not stage the baseline")
     evidence = [base_note]
     if baseline is None or not baseline.ok:
-        return check.error("the baseline could not be measured", evidence + ([baseline.describe("baseline")]
-                           if baseline is not None else []))  # fmt: skip
+        return check.error(
+            "the baseline could not be measured",
+            evidence + ([baseline.describe("baseline")] if baseline is not None else []),
+        )
     evidence.append(baseline.describe("beside a fast reader"))
     try:
         slowed, slow_note = await _beside_slow_reader(ctx.endpoint)
@@ -140,17 +152,30 @@ async def check_slow_reader(ctx: CheckContext, check: Check) -> CheckResult:
         return check.result(CheckStatus.FAIL, "normal streams failed while one client read slowly", evidence=evidence)
     ratio = slowed.median_e2e_s / baseline.median_e2e_s
     if slowed.median_e2e_s > limit_s:
-        return check.result(CheckStatus.FAIL, f"one slow reader stalled the other streams: median E2E {ratio:.1f}x "
-                            "the baseline", value=round(slowed.median_e2e_s * 1000), threshold=round(limit_s * 1000),
-                            unit="ms", evidence=evidence)  # fmt: skip
-    return check.result(CheckStatus.PASS, f"the other streams kept their pace beside a slow reader ({ratio:.2f}x "
-                        "the baseline E2E)", value=round(slowed.median_e2e_s * 1000), threshold=round(limit_s * 1000),
-                        unit="ms", evidence=evidence)  # fmt: skip
+        return check.result(
+            CheckStatus.FAIL,
+            f"one slow reader stalled the other streams: median E2E {ratio:.1f}x the baseline",
+            value=round(slowed.median_e2e_s * 1000),
+            threshold=round(limit_s * 1000),
+            unit="ms",
+            evidence=evidence,
+        )
+    return check.result(
+        CheckStatus.PASS,
+        f"the other streams kept their pace beside a slow reader ({ratio:.2f}x the baseline E2E)",
+        value=round(slowed.median_e2e_s * 1000),
+        threshold=round(limit_s * 1000),
+        unit="ms",
+        evidence=evidence,
+    )
 
 
 SLOW_READER = Check(
-    "reliability.slow_reader", Category.RELIABILITY, "A slow reader does not stall the other streams",
-    check_slow_reader, reference="OWASP LLM10 (unbounded consumption)",
+    "reliability.slow_reader",
+    Category.RELIABILITY,
+    "A slow reader does not stall the other streams",
+    check_slow_reader,
+    reference="OWASP LLM10 (unbounded consumption)",
     remediation="Write to each client asynchronously with a bounded per-connection buffer, and drop clients that "
     "stop reading (a proxy's send timeout), so one slow socket never holds the batch",
-)  # fmt: skip
+)

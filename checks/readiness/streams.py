@@ -186,8 +186,12 @@ async def slow_read(
         await asyncio.wait_for(loop.sock_connect(sock, address), budget_s)
         tls = ssl.create_default_context() if url.scheme == "https" else None
         reader, writer = await asyncio.open_connection(sock=sock, ssl=tls, server_hostname=host if tls else None)
-        head = [f"POST {url.path or '/'} HTTP/1.1", f"Host: {url.netloc}", "Connection: close",
-                f"Content-Length: {len(body)}"] + [f"{k}: {v}" for k, v in endpoint.headers().items()]  # fmt: skip
+        head = [
+            f"POST {url.path or '/'} HTTP/1.1",
+            f"Host: {url.netloc}",
+            "Connection: close",
+            f"Content-Length: {len(body)}",
+        ] + [f"{k}: {v}" for k, v in endpoint.headers().items()]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
         await writer.drain()
         while not until.is_set() and time.monotonic() < deadline:

@@ -134,8 +134,10 @@ class GGUFModelFile:
         if value is None:
             raise ModelFileError(f"GGUF metadata lacks {key}")
         if isinstance(value, list):
-            raise ModelFileError(f"{self.path.name}: {key} is a per-layer array ({len(value)} values); the bundled "
-                                 "engine runs models whose layers all have the same shape")  # fmt: skip
+            raise ModelFileError(
+                f"{self.path.name}: {key} is a per-layer array ({len(value)} values); the bundled "
+                "engine runs models whose layers all have the same shape"
+            )
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 2**31:
             raise ModelFileError(f"{self.path.name}: {key} must be a positive integer, found {value!r:.40}")
         return value

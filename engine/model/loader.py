@@ -201,9 +201,18 @@ def load_model(
         else:
             release_freed_memory()
             return LoadedModel(
-                model, tokenizer, config, fmt, dev, "cache", time.perf_counter() - t0,
-                module_weight_bytes(model), gguf_bytes, str(path), _kernel_notes(model),
-            )  # fmt: skip
+                model,
+                tokenizer,
+                config,
+                fmt,
+                dev,
+                "cache",
+                time.perf_counter() - t0,
+                module_weight_bytes(model),
+                gguf_bytes,
+                str(path),
+                _kernel_notes(model),
+            )
     mf = GGUFModelFile(path)
     tokenizer = Tokenizer.from_gguf(mf)
     model = build_from_gguf(mf, fmt, dev)
@@ -215,6 +224,15 @@ def load_model(
             notes.append(f"weight cache not written ({exc})")
     release_freed_memory()
     return LoadedModel(
-        model, tokenizer, mf.config, fmt, dev, "gguf", time.perf_counter() - t0,
-        module_weight_bytes(model), gguf_bytes, str(path), _kernel_notes(model) + notes,
-    )  # fmt: skip
+        model,
+        tokenizer,
+        mf.config,
+        fmt,
+        dev,
+        "gguf",
+        time.perf_counter() - t0,
+        module_weight_bytes(model),
+        gguf_bytes,
+        str(path),
+        _kernel_notes(model) + notes,
+    )

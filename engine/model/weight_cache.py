@@ -147,8 +147,11 @@ def save_entry(entry: CacheEntry, state: dict[str, torch.Tensor], manifest: dict
             try:
                 tensors_tmp = _new_temp(entry, temps)
                 save_file(contiguous, tensors_tmp)
-                full = {**manifest, "tensors_sha256": file_sha256(tensors_tmp),
-                        "tensors_bytes": tensors_tmp.stat().st_size}  # fmt: skip
+                full = {
+                    **manifest,
+                    "tensors_sha256": file_sha256(tensors_tmp),
+                    "tensors_bytes": tensors_tmp.stat().st_size,
+                }
                 manifest_tmp = _new_temp(entry, temps)
                 manifest_tmp.write_text(json.dumps(full))
                 os.replace(tensors_tmp, entry.tensors)

@@ -85,9 +85,12 @@ def create_app(
         app.add_middleware(AuthMiddleware, api_key=options.key, failures=failures)
     if options.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(options.cors_origins), allow_credentials=False,
-            allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
-        )  # fmt: skip
+            CORSMiddleware,
+            allow_origins=list(options.cors_origins),
+            allow_credentials=False,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     if options.key is None:  # with a key, a rebinding page has nothing to send
         app.add_middleware(HostCheckMiddleware, names=allowed_host_names(options.host, options.allowed_hosts))
     app.add_middleware(AccessLogMiddleware)
@@ -105,9 +108,16 @@ def uvicorn_config(app: FastAPI, options: ServerOptions) -> uvicorn.Config:
     import uvicorn
 
     return uvicorn.Config(
-        app, host=options.host, port=options.port, log_config=None, access_log=False, server_header=False,
-        timeout_graceful_shutdown=options.grace_period_s, lifespan="on", limit_concurrency=options.max_connections,
-    )  # fmt: skip
+        app,
+        host=options.host,
+        port=options.port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=options.grace_period_s,
+        lifespan="on",
+        limit_concurrency=options.max_connections,
+    )
 
 
 def run_server(options: ServerOptions) -> int:

@@ -111,9 +111,10 @@ class ServerOptions(BaseModel):
         10, ge=1, description="wrong API keys one client address may send per minute before 429 (with a key)"
     )
     allowed_hosts: tuple[str, ...] = Field(
-        (), description="extra Host name accepted without an API key (repeatable; '*': any); "
+        (),
+        description="extra Host name accepted without an API key (repeatable; '*': any); "
         "localhost, IP addresses and the bound host always are",
-    )  # fmt: skip
+    )
     max_messages: int = Field(_LIMITS.max_messages, ge=1, description="most chat messages in one request (400 above)")
     max_stop_chars: int = Field(
         _LIMITS.max_stop_chars, ge=1, description="longest stop string, in characters (400 above)"

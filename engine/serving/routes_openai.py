@@ -290,8 +290,12 @@ async def _serve(
     try:
         stream = await RequestStream.open(serving.loop, tokenizer, prompt_ids, params, arrival_s)
     except QueueFullError:
-        raise APIError(503, "the server is at capacity (waiting queue full): retry later", "queue_full",
-                       headers={"Retry-After": "1"}) from None  # fmt: skip
+        raise APIError(
+            503,
+            "the server is at capacity (waiting queue full): retry later",
+            "queue_full",
+            headers={"Retry-After": "1"},
+        ) from None
     except PromptError as exc:
         raise APIError(400, str(exc), "invalid_prompt") from None
     except EngineFailure as exc:

@@ -138,9 +138,12 @@ class HostCheckMiddleware:
             await self.app(scope, receive, send)
             return
         await send_error(
-            send, 400, "the Host header names no host this server answers to: use 127.0.0.1 or localhost, "
-            "or start the server with --allowed-host NAME", "invalid_host",
-        )  # fmt: skip
+            send,
+            400,
+            "the Host header names no host this server answers to: use 127.0.0.1 or localhost, "
+            "or start the server with --allowed-host NAME",
+            "invalid_host",
+        )
 
 
 # ---- API key ---------------------------------------------------------------------------------
@@ -167,9 +170,12 @@ class AuthMiddleware:
                 self.failures.acquire(client)
             why = "missing" if token is None else "invalid"
             await send_error(
-                send, 401, f"{why} API key: send the header 'Authorization: Bearer <key>'", "invalid_api_key",
+                send,
+                401,
+                f"{why} API key: send the header 'Authorization: Bearer <key>'",
+                "invalid_api_key",
                 {"WWW-Authenticate": "Bearer"},
-            )  # fmt: skip
+            )
             return
         await self.app(scope, receive, send)
 
@@ -357,6 +363,10 @@ class AccessLogMiddleware:
             client = client_address(scope)
             path = scope["path"][:200].encode("unicode_escape").decode("ascii")  # no log injection
             logger.info(
-                '%s "%s %s" %s %.1f ms', client, scope["method"], path, status or "-",
+                '%s "%s %s" %s %.1f ms',
+                client,
+                scope["method"],
+                path,
+                status or "-",
                 (time.perf_counter() - t0) * 1000,
-            )  # fmt: skip
+            )

@@ -102,15 +102,23 @@ class ServerState:
         info = engine.info
         logger.info(
             "model %s ready: %s on %s, max_model_len %d, %d KV blocks, loaded in %.1f s",
-            self.model_name, info.quant, info.device, llm.max_model_len,
-            llm.scheduler.config.num_kv_blocks, time.perf_counter() - t0,
-        )  # fmt: skip
+            self.model_name,
+            info.quant,
+            info.device,
+            llm.max_model_len,
+            llm.scheduler.config.num_kv_blocks,
+            time.perf_counter() - t0,
+        )
 
     def require(self) -> Serving:
         """The loaded engine, or a 503 that says why there is none."""
         if self.status is ServerStatus.LOADING:
-            raise APIError(503, "the model is still loading: retry when GET /health answers 200", "model_loading",
-                           headers={"Retry-After": "5"})  # fmt: skip
+            raise APIError(
+                503,
+                "the model is still loading: retry when GET /health answers 200",
+                "model_loading",
+                headers={"Retry-After": "5"},
+            )
         if self.status is ServerStatus.FAILED or self.serving is None:
             raise APIError(503, "the model failed to load; see the server log", "model_load_failed")
         if not self.serving.loop.alive:
@@ -120,9 +128,11 @@ class ServerState:
     def check_model(self, requested: str) -> None:
         if requested != self.model_name:
             raise APIError(
-                404, f"model {requested[:100]!r} does not exist: this server serves {self.model_name!r}",
-                "model_not_found", "model",
-            )  # fmt: skip
+                404,
+                f"model {requested[:100]!r} does not exist: this server serves {self.model_name!r}",
+                "model_not_found",
+                "model",
+            )
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
         if self.serving is not None and not self.serving.loop.stop(timeout_s):

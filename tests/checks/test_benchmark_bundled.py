@@ -80,8 +80,14 @@ def synthetic(tokenizer: EngineTokenizer) -> list[PromptRequest]:
     return requests
 
 
-def _run(endpoint: Endpoint, requests: list[PromptRequest], profile: str, limits: RunLimits,
-         max_concurrency: int | None = None, **kwargs: Any) -> RunResult:  # fmt: skip
+def _run(
+    endpoint: Endpoint,
+    requests: list[PromptRequest],
+    profile: str,
+    limits: RunLimits,
+    max_concurrency: int | None = None,
+    **kwargs: Any,
+) -> RunResult:
     parsed = LoadProfile.parse(profile, max_concurrency)
     return asyncio.run(run_load(endpoint, requests, parsed, limits, **kwargs))
 
@@ -113,8 +119,9 @@ def test_profile_runs_every_request_to_its_length(
     endpoint: Endpoint, synthetic: list[PromptRequest], tokenizer: EngineTokenizer, profile: str
 ) -> None:
     cap = 2 if profile.startswith("poisson") else None
-    result = _run(endpoint, synthetic, profile, RunLimits(requests=4, warmup_requests=1), tokenizer=tokenizer,
-                  max_concurrency=cap)  # fmt: skip
+    result = _run(
+        endpoint, synthetic, profile, RunLimits(requests=4, warmup_requests=1), tokenizer=tokenizer, max_concurrency=cap
+    )
     assert [r.request_id for r in result.records] == [0, 1, 2, 3, 4]
     assert [r.warmup for r in result.records] == [True, False, False, False, False]
     measured = _measured(result)
@@ -156,8 +163,9 @@ def test_profile_runs_every_request_to_its_length(
 def test_completions_api_counts_the_prompt_exactly(
     endpoint: Endpoint, synthetic: list[PromptRequest], tokenizer: EngineTokenizer
 ) -> None:
-    result = _run(replace(endpoint, api="completions"), synthetic, "concurrency:2", RunLimits(requests=2),
-                  tokenizer=tokenizer)  # fmt: skip
+    result = _run(
+        replace(endpoint, api="completions"), synthetic, "concurrency:2", RunLimits(requests=2), tokenizer=tokenizer
+    )
     _assert_all_ok(result.records)
     assert [(r.input_tokens, r.output_tokens) for r in result.records] == [(INPUT_LEN, OUTPUT_LEN)] * 2
 
@@ -170,7 +178,7 @@ def test_jsonl_file_of_prompts_and_messages(endpoint: Endpoint, tokenizer: Engin
                 {"role": "system", "content": "You answer briefly."},
                 {"role": "user", "content": "What is two plus two?"},
             ]
-        },  # fmt: skip
+        },
         {"prompt": "Write one word about the sea."},
     ]
     path = tmp_path / "prompts.jsonl"
@@ -201,15 +209,17 @@ def test_sharegpt_file_sets_output_length_from_the_reply(
                 {"from": "human", "value": "Count to three."},
                 {"from": "gpt", "value": "One, two, three."},
             ],
-        },  # fmt: skip
+        },
     ]
     path = tmp_path / "sharegpt.json"
     path.write_text(json.dumps(conversations))
     dataset = load_dataset(path, 16, tokenizer)
     assert (dataset.format, dataset.skipped) == ("sharegpt", 1)
     requests = list(dataset.requests)
-    assert [r.max_tokens for r in requests] == [len(tokenizer.encode("Hi there!")),
-                                                len(tokenizer.encode("One, two, three."))]  # fmt: skip
+    assert [r.max_tokens for r in requests] == [
+        len(tokenizer.encode("Hi there!")),
+        len(tokenizer.encode("One, two, three.")),
+    ]
     completions = replace(endpoint, api="completions")
     result = _run(completions, requests, "sync", RunLimits(requests=2), tokenizer=tokenizer, options=GREEDY)
     _assert_all_ok(result.records)
@@ -238,8 +248,10 @@ def test_chat_messages_on_the_completions_api_fail_before_any_load(
 
 
 def test_counts_without_usage_match_the_servers_usage(endpoint: Endpoint, tokenizer: EngineTokenizer) -> None:
-    requests = [PromptRequest("The three primary colours are", None, OUTPUT_LEN, None, True, "fixed#0"),
-                PromptRequest("def fibonacci(n):", None, OUTPUT_LEN, None, True, "fixed#1")]  # fmt: skip
+    requests = [
+        PromptRequest("The three primary colours are", None, OUTPUT_LEN, None, True, "fixed#0"),
+        PromptRequest("def fibonacci(n):", None, OUTPUT_LEN, None, True, "fixed#1"),
+    ]
     limits = RunLimits(requests=2)
     with_usage = _run(endpoint, requests, "sync", limits, tokenizer=tokenizer, options=GREEDY)
     no_usage = replace(endpoint, supports_stream_usage=False)
@@ -278,8 +290,15 @@ def test_server_killed_mid_run_ends_the_run_with_connection_failures(
 
         def drive() -> None:
             try:
-                outcome["result"] = _run(doomed, synthetic, "concurrency:2", RunLimits(duration_s=60.0),
-                                         tokenizer=tokenizer, progress=on_progress, origin=origin)  # fmt: skip
+                outcome["result"] = _run(
+                    doomed,
+                    synthetic,
+                    "concurrency:2",
+                    RunLimits(duration_s=60.0),
+                    tokenizer=tokenizer,
+                    progress=on_progress,
+                    origin=origin,
+                )
             except BaseException as exc:  # handed to the test thread, which fails with it
                 outcome["error"] = exc
 
@@ -314,14 +333,21 @@ def test_server_killed_mid_run_ends_the_run_with_connection_failures(
 
 def _remote_config(endpoint: Endpoint, **fields: object) -> BenchmarkConfig:
     """The shared server driven as a remote target, with its generated key."""
-    base = {"target": endpoint.base_url, "api_key": endpoint.api_key, "warmup_requests": 0, "input_len": 16,
-            "output_len": 4, "monitor_interval_s": 0.25}  # fmt: skip
+    base = {
+        "target": endpoint.base_url,
+        "api_key": endpoint.api_key,
+        "warmup_requests": 0,
+        "input_len": 16,
+        "output_len": 4,
+        "monitor_interval_s": 0.25,
+    }
     return BenchmarkConfig(**{**base, **fields})
 
 
 def test_sweep_on_tiny_settings(endpoint: Endpoint) -> None:
-    config = _remote_config(endpoint, profile="sweep", requests=3, sweep_rates=1, sweep_concurrency=2,
-                            slo_e2e_ms=600_000)  # fmt: skip
+    config = _remote_config(
+        endpoint, profile="sweep", requests=3, sweep_rates=1, sweep_concurrency=2, slo_e2e_ms=600_000
+    )
     result = run_benchmark(config)
     profiles = [run.profile for run in result.runs]
     assert profiles[:2] == ["sync", "concurrency:2"]

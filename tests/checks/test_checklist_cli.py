@@ -46,9 +46,29 @@ def test_clean_server_is_ready_and_every_file_is_written(
 ) -> None:
     out, junit, md, html = tmp_path / "r.json", tmp_path / "r.xml", tmp_path / "r.md", tmp_path / "r.html"
     with PlantedServer(api_key=SECRET, log_path=tmp_path / "server.log", **FAST) as server:
-        code = _run(["--target", server.base_url + "/v1", "--api-key", SECRET, *SMALL, "--rate-limit-rpm", "6000",
-                     "--server-log", str(server.log_path), "--out", str(out), "--junit", str(junit),
-                     "--markdown", str(md), "--html", str(html), "--label", "  release candidate 2 "])  # fmt: skip
+        code = _run(
+            [
+                "--target",
+                server.base_url + "/v1",
+                "--api-key",
+                SECRET,
+                *SMALL,
+                "--rate-limit-rpm",
+                "6000",
+                "--server-log",
+                str(server.log_path),
+                "--out",
+                str(out),
+                "--junit",
+                str(junit),
+                "--markdown",
+                str(md),
+                "--html",
+                str(html),
+                "--label",
+                "  release candidate 2 ",
+            ]
+        )
         server_log = server.log_path.read_text()
     printed = capsys.readouterr()
     report = _report(out)
@@ -65,8 +85,16 @@ def test_clean_server_is_ready_and_every_file_is_written(
     saved = History(preflight_env / "history").entries()  # every run is kept in the history, labelled
     assert [(e.id, e.label, e.verdict) for e in saved] == [(report.id, report.label, report.verdict.value)]
     assert f"saved in the history as {report.id}" in printed.err
-    everything = (out.read_text() + junit.read_text() + md.read_text() + html.read_text() + printed.out + printed.err
-                  + server_log + (preflight_env / "history" / f"{report.id}.json").read_text())  # fmt: skip
+    everything = (
+        out.read_text()
+        + junit.read_text()
+        + md.read_text()
+        + html.read_text()
+        + printed.out
+        + printed.err
+        + server_log
+        + (preflight_env / "history" / f"{report.id}.json").read_text()
+    )
     assert "POST /v1/chat/completions 200" in server_log  # the log is real and saw the checklist's requests
     assert SECRET not in everything  # redaction: the key is in no file, no console line, no log line
     assert report.target.api_key_set
@@ -74,8 +102,20 @@ def test_clean_server_is_ready_and_every_file_is_written(
 
 def test_a_planted_fault_is_not_ready_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with PlantedServer(Faults(no_auth=True, docs_exposed=True), **FAST) as server:
-        code = _run(["--target", server.base_url, "--api-key", "planted-key", "--only", "security",
-                     "--exposure", "public", "--out", str(tmp_path / "r.json")])  # fmt: skip
+        code = _run(
+            [
+                "--target",
+                server.base_url,
+                "--api-key",
+                "planted-key",
+                "--only",
+                "security",
+                "--exposure",
+                "public",
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
     report = _report(tmp_path / "r.json")
     assert code == 1 and report.verdict == Verdict.NOT_READY
     failed = {r.id for r in report.checks if r.status == CheckStatus.FAIL}
@@ -121,8 +161,20 @@ def test_from_a_saved_result_runs_no_load(tmp_path: Path) -> None:
     records = [record(i, i * 0.1, [i * 0.1 + 0.05 + k * 0.01 for k in range(5)]) for i in range(40)]
     saved = store.save(result_of([run_of(records)]), tmp_path / "bench.json")
     with PlantedServer(**FAST) as server:
-        code = _run(["--target", server.base_url, "--api-key", "planted-key", "--only", "performance",
-                     "--from", str(saved), "--out", str(tmp_path / "r.json")])  # fmt: skip
+        code = _run(
+            [
+                "--target",
+                server.base_url,
+                "--api-key",
+                "planted-key",
+                "--only",
+                "performance",
+                "--from",
+                str(saved),
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
     report = _report(tmp_path / "r.json")
     assert report.benchmark_source == str(saved) and report.metrics_timeline is None
     ttft = next(r for r in report.checks if r.id == "performance.ttft_p95")
@@ -220,8 +272,21 @@ def test_server_pid_of_a_url_target_is_watched_by_the_measured_run(tmp_path: Pat
     """
     out = tmp_path / "r.json"
     with PlantedServer(Faults(), **FAST) as server:
-        _run(["--target", server.base_url, "--api-key", "planted-key", "--only", "resources", *SMALL,
-              "--server-pid", str(os.getpid()), "--out", str(out)])  # fmt: skip
+        _run(
+            [
+                "--target",
+                server.base_url,
+                "--api-key",
+                "planted-key",
+                "--only",
+                "resources",
+                *SMALL,
+                "--server-pid",
+                str(os.getpid()),
+                "--out",
+                str(out),
+            ]
+        )
     report = _report(out)
     rss = next(r for r in report.checks if r.id == "resources.rss_growth")
     assert "did not watch" not in rss.message, rss.message
@@ -230,8 +295,9 @@ def test_server_pid_of_a_url_target_is_watched_by_the_measured_run(tmp_path: Pat
     assert any(s.proc_rss_bytes for s in samples), "the timeline must carry the watched process's RSS"
 
 
-def test_no_history_and_an_unwritable_history(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                              preflight_env: Path) -> None:  # fmt: skip
+def test_no_history_and_an_unwritable_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], preflight_env: Path
+) -> None:
     """--no-history saves nothing; a history that cannot be written warns but keeps the verdict's exit code."""
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

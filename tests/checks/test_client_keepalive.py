@@ -44,8 +44,11 @@ async def _run(drop_reused: bool) -> tuple[list, int, int]:
                 if served and drop_reused:
                     return  # the reused connection is closed with the request unanswered
                 body = _sse_body()
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\n"
-                             + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # fmt: skip
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: keep-alive\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
                 await writer.drain()
                 served += 1
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -77,8 +80,12 @@ def test_the_retry_does_not_hide_a_server_that_is_gone() -> None:
     async def run() -> list:
         server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        async with server, StreamClient(Endpoint(f"http://127.0.0.1:{port}", "m", request_timeout_s=5.0),
-                                        time.perf_counter()) as client:  # fmt: skip
+        async with (
+            server,
+            StreamClient(
+                Endpoint(f"http://127.0.0.1:{port}", "m", request_timeout_s=5.0), time.perf_counter()
+            ) as client,
+        ):
             return [await client.send(0, PROMPT, client.now())]
 
     (record,) = asyncio.run(run())

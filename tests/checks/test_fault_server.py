@@ -50,8 +50,11 @@ def test_health_and_models_then_unknown_routes() -> None:
         bad = client.post(CHAT_PATH, content=b"{not json", headers={"Content-Type": "application/json"})
         assert bad.status_code == 400
     assert [(r.method, r.path) for r in server.requests] == [
-        ("GET", "/health"), ("GET", "/v1/models"), ("GET", "/v1/nothing"), ("POST", CHAT_PATH)
-    ]  # fmt: skip
+        ("GET", "/health"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/nothing"),
+        ("POST", CHAT_PATH),
+    ]
     assert server.requests[-1].body == "{not json"
 
 
@@ -104,8 +107,9 @@ def test_every_kth_request_is_a_500() -> None:
     assert responses[2].text.rstrip().endswith("data: [DONE]")
 
 
-@pytest.mark.parametrize(("status", "kind"), [(401, "authentication_error"), (404, "not_found_error"),
-                                              (429, "rate_limit_error")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("status", "kind"), [(401, "authentication_error"), (404, "not_found_error"), (429, "rate_limit_error")]
+)
 def test_fixed_status_with_an_openai_error_body(status: int, kind: str) -> None:
     with FaultServer(Script(Behaviour.HTTP_STATUS, status=status)) as server:
         response = httpx.post(server.base_url + CHAT_PATH, json=CHAT)

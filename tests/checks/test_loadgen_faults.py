@@ -44,8 +44,11 @@ def max_overlap(records: list[RequestRecord]) -> int:
 
 
 def test_every_request_gets_a_record_and_failures_are_counted_by_kind() -> None:
-    result = run(Script(Behaviour.HTTP_500_EVERY_K, every_k=3, chunks=4, chunk_delay_s=0.01),
-                 "concurrency:4", RunLimits(requests=12))  # fmt: skip
+    result = run(
+        Script(Behaviour.HTTP_500_EVERY_K, every_k=3, chunks=4, chunk_delay_s=0.01),
+        "concurrency:4",
+        RunLimits(requests=12),
+    )
     assert [r.request_id for r in result.records] == list(range(12))
     assert not result.cancelled and result.stopped_early is None
     assert max_overlap(result.records) <= 4
@@ -72,8 +75,9 @@ def test_server_death_ends_the_run_with_connection_failures() -> None:
 
 
 def test_server_death_under_concurrency_does_not_hang() -> None:
-    result = run(Script(Behaviour.DIE_AFTER_N, ok_requests=2, chunk_delay_s=0.01), "concurrency:4",
-                 RunLimits(requests=12))  # fmt: skip
+    result = run(
+        Script(Behaviour.DIE_AFTER_N, ok_requests=2, chunk_delay_s=0.01), "concurrency:4", RunLimits(requests=12)
+    )
     assert len(result.records) == 12
     assert sum(r.ok for r in result.records) <= 2
     assert all(r.ok or r.error_kind is ErrorKind.CONNECTION for r in result.records)
@@ -87,8 +91,13 @@ def test_cancel_while_requests_stall(profile: str) -> None:
     started = time.perf_counter()
     timer.start()
     try:
-        result = run(Script(Behaviour.STALL, stall_s=STALL_S), profile, RunLimits(requests=10),
-                     timeout_s=2 * HANG_S, cancel=cancel)  # fmt: skip
+        result = run(
+            Script(Behaviour.STALL, stall_s=STALL_S),
+            profile,
+            RunLimits(requests=10),
+            timeout_s=2 * HANG_S,
+            cancel=cancel,
+        )
     finally:
         timer.cancel()
     assert time.perf_counter() - started < HANG_S  # neither the stall nor the request timeout was waited out
@@ -108,8 +117,9 @@ def test_cancel_before_the_run_sends_nothing() -> None:
     cancel.set()
     with FaultServer(FAST) as server:
         endpoint = Endpoint(server.base_url, "fault-model", request_timeout_s=TIMEOUT_S)
-        result = run_load_sync(endpoint, [PROMPT], LoadProfile.parse("concurrency:2"), RunLimits(requests=5),
-                               cancel=cancel)  # fmt: skip
+        result = run_load_sync(
+            endpoint, [PROMPT], LoadProfile.parse("concurrency:2"), RunLimits(requests=5), cancel=cancel
+        )
         assert server.requests == []
     assert result.cancelled and result.records == []
 
@@ -159,8 +169,12 @@ def test_duration_bound_run_ends_near_its_duration(profile: str, duration_s: flo
 
 def test_progress_callback_sees_sane_numbers() -> None:
     seen: list[Progress] = []
-    result = run(Script(chunks=4, chunk_delay_s=0.02), "concurrency:2", RunLimits(requests=12, warmup_requests=2),
-                 progress=seen.append)  # fmt: skip
+    result = run(
+        Script(chunks=4, chunk_delay_s=0.02),
+        "concurrency:2",
+        RunLimits(requests=12, warmup_requests=2),
+        progress=seen.append,
+    )
     assert len(result.records) == 14
     assert seen
     for p in seen:
@@ -179,8 +193,14 @@ def test_progress_callback_sees_sane_numbers() -> None:
 
 def test_a_request_that_raises_is_not_silently_dropped() -> None:
     """Chat messages cannot go to the completions API: the run raises instead of returning fewer records."""
-    chat = PromptRequest(None, ({"role": "user", "content": "hi"},), max_tokens=8, input_tokens=None,
-                         ignore_eos=False, source="test#chat")  # fmt: skip
+    chat = PromptRequest(
+        None,
+        ({"role": "user", "content": "hi"},),
+        max_tokens=8,
+        input_tokens=None,
+        ignore_eos=False,
+        source="test#chat",
+    )
     with FaultServer(FAST) as server:
         endpoint = Endpoint(server.base_url, "fault-model", api="completions", request_timeout_s=TIMEOUT_S)
         with pytest.raises(ValueError, match="chat messages, which cannot go to the completions API"):

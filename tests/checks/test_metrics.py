@@ -23,12 +23,22 @@ CI_KEYS = [f"p{q}_{m}_ms_ci95" for m in ("ttft", "tpot") for q in (50, 99)]
 def ok(request_id: int = 0, send: float = 0.0, chunks: tuple[float, ...] = (0.5,), **kw: object) -> RequestRecord:
     """A successful record: one token per chunk, ends on its last chunk, unless overridden."""
     fields: dict[str, object] = {
-        "request_id": request_id, "scheduled_s": None, "ready_s": send, "send_s": send,
-        "first_token_s": chunks[0] if chunks else None, "chunk_times_s": list(chunks),
-        "chunk_tokens": [1] * len(chunks), "end_s": chunks[-1] if chunks else None,
-        "input_tokens": 10, "output_tokens": len(chunks), "token_source": TokenSource.USAGE,
-        "ok": True, "http_status": 200, "error_kind": None, "error_excerpt": None,
-    }  # fmt: skip
+        "request_id": request_id,
+        "scheduled_s": None,
+        "ready_s": send,
+        "send_s": send,
+        "first_token_s": chunks[0] if chunks else None,
+        "chunk_times_s": list(chunks),
+        "chunk_tokens": [1] * len(chunks),
+        "end_s": chunks[-1] if chunks else None,
+        "input_tokens": 10,
+        "output_tokens": len(chunks),
+        "token_source": TokenSource.USAGE,
+        "ok": True,
+        "http_status": 200,
+        "error_kind": None,
+        "error_excerpt": None,
+    }
     fields.update(kw)
     return RequestRecord(**fields)  # type: ignore[arg-type]
 
@@ -37,9 +47,16 @@ def failed(
     request_id: int, kind: ErrorKind, send: float = 0.0, status: int | None = None, **kw: object
 ) -> RequestRecord:
     """A failed record that ended quickly and streamed nothing."""
-    fields: dict[str, object] = {"chunks": (), "ok": False, "error_kind": kind, "http_status": status,
-                                 "end_s": send + 0.01, "output_tokens": None, "token_source": None,
-                                 "error_excerpt": f"{kind} body"}  # fmt: skip
+    fields: dict[str, object] = {
+        "chunks": (),
+        "ok": False,
+        "error_kind": kind,
+        "http_status": status,
+        "end_s": send + 0.01,
+        "output_tokens": None,
+        "token_source": None,
+        "error_excerpt": f"{kind} body",
+    }
     fields.update(kw)
     return ok(request_id, send, **fields)  # type: ignore[arg-type]
 
@@ -276,10 +293,17 @@ def test_failures_counted_by_kind_and_kept_out_of_latency() -> None:
     s = summarize(bad[3:] + good + bad[:3])
     assert (s.completed, s.failed) == (3, 7)
     assert s.errors_by_kind == {
-        "http": 1, "http_429": 1, "http_500": 2, "malformed_stream": 1, "stream_error": 1, "timeout": 1,
-    }  # fmt: skip
-    assert s.first_errors[:2] == [ErrorSample(request_id=16, kind="http", excerpt="http body"),
-                                  ErrorSample(request_id=10, kind="http_500", excerpt="internal error")]  # fmt: skip
+        "http": 1,
+        "http_429": 1,
+        "http_500": 2,
+        "malformed_stream": 1,
+        "stream_error": 1,
+        "timeout": 1,
+    }
+    assert s.first_errors[:2] == [
+        ErrorSample(request_id=16, kind="http", excerpt="http body"),
+        ErrorSample(request_id=10, kind="http_500", excerpt="internal error"),
+    ]
     assert [e.request_id for e in s.first_errors] == [16, 10, 11, 12, 13]
     assert (s.mean_ttft_ms, s.p99_ttft_ms, s.mean_e2el_ms, s.mean_itl_ms, s.p99_itl_ms) == (500, 500, 1000, 500, 500)
     assert s.total_output_tokens == 6
@@ -299,8 +323,17 @@ def test_warmup_records_are_excluded() -> None:
 def test_nothing_measured_gives_none_not_zero(records) -> None:
     d = summarize(records, Slo(ttft_ms=100)).model_dump()
     assert (d["completed"], d["failed"]) == (0, 0)
-    measured = ["duration_s", "request_throughput", "output_throughput", "total_token_throughput",
-                "request_goodput", "peak_output_throughput", "mean_queue_ms", *LATENCY_KEYS, *CI_KEYS]  # fmt: skip
+    measured = [
+        "duration_s",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "request_goodput",
+        "peak_output_throughput",
+        "mean_queue_ms",
+        *LATENCY_KEYS,
+        *CI_KEYS,
+    ]
     assert {k: d[k] for k in measured} == dict.fromkeys(measured)
     assert d["warnings"][:2] == ["no measured requests (none ran, or all were warm-up)", "no successful requests"]
 
@@ -371,7 +404,19 @@ def test_summary_cis_match_bootstrap_and_round_trip_through_json() -> None:
     d = json.loads(s.model_dump_json())
     assert BenchmarkSummary.model_validate(d) == s  # intervals come back as tuples, errors as ErrorSamples
     assert list(d) == list(BenchmarkSummary.model_fields)
-    for key in ("completed", "failed", "request_throughput", "output_throughput", "total_token_throughput",
-                "request_goodput", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms",
-                "mean_itl_ms", "mean_e2el_ms", "p99_itl_ms"):  # fmt: skip
+    for key in (
+        "completed",
+        "failed",
+        "request_throughput",
+        "output_throughput",
+        "total_token_throughput",
+        "request_goodput",
+        "mean_ttft_ms",
+        "median_ttft_ms",
+        "p99_ttft_ms",
+        "mean_tpot_ms",
+        "mean_itl_ms",
+        "mean_e2el_ms",
+        "p99_itl_ms",
+    ):
         assert key in d

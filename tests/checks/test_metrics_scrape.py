@@ -212,8 +212,14 @@ http_requests_total{code="200"} 10
 process_open_fds 12
 """
 
-FIELDS_ORDER = ("running", "waiting", "kv_cache_usage", "prompt_tokens_total", "generation_tokens_total",
-                "preemptions_total")  # fmt: skip
+FIELDS_ORDER = (
+    "running",
+    "waiting",
+    "kv_cache_usage",
+    "prompt_tokens_total",
+    "generation_tokens_total",
+    "preemptions_total",
+)
 
 
 @pytest.mark.parametrize(
@@ -229,8 +235,9 @@ FIELDS_ORDER = ("running", "waiting", "kv_cache_usage", "prompt_tokens_total", "
     ],
     ids=["vllm-v1", "vllm-v0", "llamacpp", "llamacpp-old", "preflight", "sglang", "tgi"],
 )
-def test_each_dialect_maps_onto_one_vocabulary(text: str, source: str, expected: tuple,
-                                               histograms: bool | tuple[bool, bool]) -> None:  # fmt: skip
+def test_each_dialect_maps_onto_one_vocabulary(
+    text: str, source: str, expected: tuple, histograms: bool | tuple[bool, bool]
+) -> None:
     reading = read_metrics(text)
     assert reading.source == source
     assert tuple(reading.values[name] for name in FIELDS_ORDER) == expected
@@ -365,8 +372,12 @@ def odd_server() -> Iterator[str]:
         await asyncio.sleep(3)
         return PlainTextResponse("")
 
-    app = Starlette(routes=[Route(f"/{name}/metrics", fn) for name, fn in
-                            (("huge", huge), ("moved", moved), ("garbage", garbage), ("slow", slow))])  # fmt: skip
+    app = Starlette(
+        routes=[
+            Route(f"/{name}/metrics", fn)
+            for name, fn in (("huge", huge), ("moved", moved), ("garbage", garbage), ("slow", slow))
+        ]
+    )
     with in_process_server(app) as (url, _thread):
         yield url
 

@@ -59,8 +59,10 @@ def test_stream_and_usage(clean: PlantedServer) -> None:
 
 def test_rate_limit_gives_429_with_retry_after() -> None:
     with PlantedServer(rate_limit_rpm=60, rate_limit_burst=2) as server, httpx.Client(base_url=server.base_url) as c:
-        codes = [c.post("/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 1}, headers=KEY)
-                 for _ in range(4)]  # fmt: skip
+        codes = [
+            c.post("/v1/completions", json={"model": MODEL, "prompt": "a", "max_tokens": 1}, headers=KEY)
+            for _ in range(4)
+        ]
     assert [r.status_code for r in codes][:2] == [200, 200]
     assert codes[-1].status_code == 429 and codes[-1].headers["retry-after"].isdigit()
 
@@ -100,8 +102,11 @@ def test_faults_are_planted(tmp_path: Path) -> None:
         assert c.get("/health").status_code == 200
         assert c.post("/v1/chat/completions", json=CHAT).status_code == 503
         server.ready = True
-        system = {**CHAT, "max_tokens": 4, "messages": [{"role": "system", "content": "CANARY-1234 secret"},
-                                                        {"role": "user", "content": "say hi"}]}  # fmt: skip
+        system = {
+            **CHAT,
+            "max_tokens": 4,
+            "messages": [{"role": "system", "content": "CANARY-1234 secret"}, {"role": "user", "content": "say hi"}],
+        }
         reply = c.post("/v1/chat/completions", json=system).json()["choices"][0]["message"]["content"]
         assert "CANARY-1234" in reply
         bad = c.post("/v1/chat/completions", content=b"{oops")

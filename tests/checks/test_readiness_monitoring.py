@@ -158,7 +158,7 @@ def test_timeline_skips_when_no_benchmark_ran() -> None:
                 MetricsSample(t_s=1, running=0, generation_tokens_total=5),
             ],
             CheckStatus.WARN,
-        ),  # fmt: skip
+        ),
         (
             [
                 MetricsSample(t_s=0, running=0, generation_tokens_total=5),
@@ -166,7 +166,7 @@ def test_timeline_skips_when_no_benchmark_ran() -> None:
                 MetricsSample(t_s=2, running=2, generation_tokens_total=50),
             ],
             CheckStatus.WARN,
-        ),  # fmt: skip
+        ),
     ],
     ids=["all-failed", "did-not-move", "gaps"],
 )

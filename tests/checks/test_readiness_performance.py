@@ -15,8 +15,13 @@ from reports.records import ErrorKind
 from reports.slo_profile import SloProfile
 from reports.stats import min_samples
 
-PASS, WARN, FAIL, ERROR, SKIP = (CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.ERROR,
-                                 CheckStatus.SKIP)  # fmt: skip
+PASS, WARN, FAIL, ERROR, SKIP = (
+    CheckStatus.PASS,
+    CheckStatus.WARN,
+    CheckStatus.FAIL,
+    CheckStatus.ERROR,
+    CheckStatus.SKIP,
+)
 
 
 def profile(**limits: float) -> SloProfile:
@@ -101,21 +106,39 @@ def all_lines(p: SloProfile) -> list[str]:
     return [c.id for c in performance_checks(p)]
 
 
-FULL = dict(ttft_p50_ms=200, ttft_p95_ms=400, ttft_p99_ms=500, tpot_p50_ms=30, tpot_p99_ms=50, e2e_p99_ms=5000,
-            min_output_tok_s_per_stream=10, min_goodput_fraction=0.9)  # fmt: skip
+FULL = dict(
+    ttft_p50_ms=200,
+    ttft_p95_ms=400,
+    ttft_p99_ms=500,
+    tpot_p50_ms=30,
+    tpot_p99_ms=50,
+    e2e_p99_ms=5000,
+    min_output_tok_s_per_stream=10,
+    min_goodput_fraction=0.9,
+)
 
 
 def test_every_line_is_listed_for_a_full_profile() -> None:
     assert all_lines(profile(**FULL)) == [
-        "performance.ttft_p50", "performance.ttft_p95", "performance.ttft_p99", "performance.tpot_p50",
-        "performance.tpot_p99", "performance.e2e_p99", "performance.output_tok_s_per_stream",
-        "performance.error_rate", "performance.goodput", "performance.capacity",
-    ]  # fmt: skip
+        "performance.ttft_p50",
+        "performance.ttft_p95",
+        "performance.ttft_p99",
+        "performance.tpot_p50",
+        "performance.tpot_p99",
+        "performance.e2e_p99",
+        "performance.output_tok_s_per_stream",
+        "performance.error_rate",
+        "performance.goodput",
+        "performance.capacity",
+    ]
 
 
 def test_a_limit_not_set_makes_no_line() -> None:
-    assert all_lines(profile(e2e_p99_ms=60000)) == ["performance.e2e_p99", "performance.error_rate",
-                                                    "performance.capacity"]  # fmt: skip
+    assert all_lines(profile(e2e_p99_ms=60000)) == [
+        "performance.e2e_p99",
+        "performance.error_rate",
+        "performance.capacity",
+    ]
 
 
 def test_an_invalid_run_makes_every_line_error_never_pass() -> None:
@@ -150,20 +173,30 @@ def test_no_successful_request_is_error_not_pass() -> None:
 @pytest.mark.parametrize(("tpot_ms", "minimum", "status"), [(20, 25, PASS), (20, 100, FAIL), (50, 10, PASS)])
 def test_per_stream_output_rate(tpot_ms, minimum, status) -> None:
     doc = benchmark_doc([run_doc([record(i, 100, tpot_ms=tpot_ms + (i % 3)) for i in range(60)])])
-    result = run_check(check_named(profile(min_output_tok_s_per_stream=minimum), "performance.output_tok_s_per_stream"),
-                       context(doc))  # fmt: skip
+    result = run_check(
+        check_named(profile(min_output_tok_s_per_stream=minimum), "performance.output_tok_s_per_stream"), context(doc)
+    )
     assert result.status == status
     assert result.unit == "tok/s"
     assert result.value == pytest.approx(1000 / (tpot_ms + 1), rel=0.01)
 
 
-@pytest.mark.parametrize(("n_ok", "n_failed", "limit", "status"), [
-    (200, 0, 0.01, PASS), (200, 2, 0.01, PASS), (200, 3, 0.01, FAIL), (49, 1, 0.01, FAIL), (10, 0, 0.0, PASS),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("n_ok", "n_failed", "limit", "status"),
+    [
+        (200, 0, 0.01, PASS),
+        (200, 2, 0.01, PASS),
+        (200, 3, 0.01, FAIL),
+        (49, 1, 0.01, FAIL),
+        (10, 0, 0.0, PASS),
+    ],
+)
 def test_error_rate(n_ok, n_failed, limit, status) -> None:
     records = [record(i, 100) for i in range(n_ok)] + [failure(n_ok + i) for i in range(n_failed)]
-    result = run_check(check_named(profile(ttft_p95_ms=500, max_error_rate=limit), "performance.error_rate"),
-                       context(benchmark_doc([run_doc(records)])))  # fmt: skip
+    result = run_check(
+        check_named(profile(ttft_p95_ms=500, max_error_rate=limit), "performance.error_rate"),
+        context(benchmark_doc([run_doc(records)])),
+    )
     assert result.status == status
     assert result.value == pytest.approx(n_failed / (n_ok + n_failed))
     if n_failed:
@@ -209,8 +242,9 @@ CHAT_SLO = goodput_slo(CHAT)
 
 
 def sweep_doc(max_rate: float | None, slo: Slo | None = CHAT_SLO) -> dict:
-    return benchmark_doc([run_doc(FAST, "sync"), run_doc(FAST, "concurrency:32")], sweep=True,
-                         sweep_max_rate=max_rate, slo=slo)  # fmt: skip
+    return benchmark_doc(
+        [run_doc(FAST, "sync"), run_doc(FAST, "concurrency:32")], sweep=True, sweep_max_rate=max_rate, slo=slo
+    )
 
 
 @pytest.mark.parametrize(
@@ -261,7 +295,8 @@ def test_error_kinds_use_the_summary_keys() -> None:
     broken = failure(1)
     broken.error_kind, broken.http_status = ErrorKind.STREAM_ERROR, 200
     records = [record(0, 100), broken, failure(2, status=429)]
-    result = run_check(check_named(profile(ttft_p95_ms=500), "performance.error_rate"),
-                       context(benchmark_doc([run_doc(records)])))  # fmt: skip
+    result = run_check(
+        check_named(profile(ttft_p95_ms=500), "performance.error_rate"), context(benchmark_doc([run_doc(records)]))
+    )
     assert result.status == FAIL
     assert {"stream_error: 1", "http_429: 1"} <= set(result.evidence)

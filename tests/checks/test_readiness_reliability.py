@@ -60,7 +60,10 @@ def _planted(faults: Faults, **options: object) -> PlantedServer:
 
 def test_the_destructive_check_runs_last_and_apart() -> None:
     assert [c.id for c in RELIABILITY_CHECKS] == [
-        "reliability.cancel_storm", "reliability.slow_reader", "reliability.queue_overflow"]  # fmt: skip
+        "reliability.cancel_storm",
+        "reliability.slow_reader",
+        "reliability.queue_overflow",
+    ]
     assert FINAL_CHECKS == [SIGTERM_DRAIN]
     assert SIGTERM_DRAIN not in RELIABILITY_CHECKS
 

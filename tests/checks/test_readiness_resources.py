@@ -28,15 +28,27 @@ from planner.workload import RecommendOptions
 from reports.check_result import CheckStatus
 from reports.metrics_timeline import MetricsSample, MetricsTimeline
 
-PASS, WARN, FAIL, ERROR, SKIP = (CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.ERROR,
-                                 CheckStatus.SKIP)  # fmt: skip
+PASS, WARN, FAIL, ERROR, SKIP = (
+    CheckStatus.PASS,
+    CheckStatus.WARN,
+    CheckStatus.FAIL,
+    CheckStatus.ERROR,
+    CheckStatus.SKIP,
+)
 CHECKS = {c.id: c for c in RESOURCE_CHECKS}
 
 
 def sample(t_s: float, rss: int | None = None, ram_used: int = 8 * GIB, gpu_used: int | None = None) -> ResourceSample:
     gpus = () if gpu_used is None else (GpuSample(0, "NVIDIA H100 80GB HBM3", gpu_used, 80 * GIB, 50.0),)
-    return ResourceSample(t_s=t_s, host_cpu_percent=30.0, host_ram_used_bytes=ram_used, host_ram_total_bytes=32 * GIB,
-                          proc_rss_bytes=rss, proc_cpu_percent=100.0 if rss else None, gpus=gpus)  # fmt: skip
+    return ResourceSample(
+        t_s=t_s,
+        host_cpu_percent=30.0,
+        host_ram_used_bytes=ram_used,
+        host_ram_total_bytes=32 * GIB,
+        proc_rss_bytes=rss,
+        proc_cpu_percent=100.0 if rss else None,
+        gpus=gpus,
+    )
 
 
 def with_samples(samples: list[ResourceSample], **kw: object):
@@ -116,8 +128,9 @@ def test_gpu_memory_from_the_timeline_peak(used_gib, status) -> None:
     assert f"{80 - used_gib:.1f} GiB free for KV growth" in result.evidence[0]
 
 
-@pytest.mark.parametrize(("fraction", "status"), [(0.0, PASS), (0.8499, PASS), (0.85, WARN), (0.9499, WARN),
-                                                  (0.95, FAIL), (1.0, FAIL)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fraction", "status"), [(0.0, PASS), (0.8499, PASS), (0.85, WARN), (0.9499, WARN), (0.95, FAIL), (1.0, FAIL)]
+)
 def test_used_status_table(fraction, status) -> None:
     assert used_status(fraction) == status
 
@@ -224,9 +237,15 @@ def kv_context(declared: Declared, timeline: dict | None = None, plan: dict | No
 
 
 def usage_timeline(usage: float, running: int) -> MetricsTimeline:
-    return MetricsTimeline(source="preflight", interval_s=0.5, samples=[
-        MetricsSample(t_s=0.5, kv_cache_usage=0.01, running=1), MetricsSample(t_s=1.0, kv_cache_usage=usage,
-        running=running), MetricsSample(t_s=1.5, error="HTTP 503")])  # fmt: skip
+    return MetricsTimeline(
+        source="preflight",
+        interval_s=0.5,
+        samples=[
+            MetricsSample(t_s=0.5, kv_cache_usage=0.01, running=1),
+            MetricsSample(t_s=1.0, kv_cache_usage=usage, running=running),
+            MetricsSample(t_s=1.5, error="HTTP 503"),
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -250,8 +269,9 @@ def test_capacity_range_from_usage() -> None:
     assert cap is not None
     assert (cap.low_tokens, cap.high_tokens) == (1600, 2400)
     assert [capacity_status(cap, need) for need in (1600, 2000, 2401)] == [PASS, WARN, FAIL]
-    idle = MetricsTimeline(source="preflight", interval_s=1.0, samples=[MetricsSample(t_s=1.0, kv_cache_usage=0.0,
-                                                                                      running=0)])  # fmt: skip
+    idle = MetricsTimeline(
+        source="preflight", interval_s=1.0, samples=[MetricsSample(t_s=1.0, kv_cache_usage=0.0, running=0)]
+    )
     assert capacity_from_metrics(idle, 100.0, 50.0) is None  # nothing held: no estimate
     assert capacity_from_metrics(usage_timeline(0.25, 4), None, None) is None  # token counts unknown
 

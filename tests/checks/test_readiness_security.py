@@ -131,9 +131,9 @@ def test_cors_off_passes_and_a_wildcard_warns(locked: RemoteServer, open_server:
 
 
 @pytest.mark.parametrize(
-    "check_id", ["security.exposed_routes", "security.input.body_size", "security.input.context",
-                 "security.input.malformed"],
-)  # fmt: skip
+    "check_id",
+    ["security.exposed_routes", "security.input.body_size", "security.input.context", "security.input.malformed"],
+)
 def test_bundled_refuses_cleanly(locked: RemoteServer, check_id: str) -> None:
     result = run_check(bundled_ctx(locked), check_id)
     assert result.status == CheckStatus.PASS, result
@@ -251,8 +251,21 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make test certificates")
     d = Path(tmp_path_factory.mktemp("tls"))
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"),
-             "-days", "30", "-subj", "/CN=Preflight test CA")  # fmt: skip
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.pem"),
+        "-days",
+        "30",
+        "-subj",
+        "/CN=Preflight test CA",
+    )
     ext = d / "ext.cnf"
     ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nauthorityKeyIdentifier=keyid\n")
     files = {"ca": d / "ca.pem"}
@@ -261,8 +274,23 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         _openssl(
             "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost"
         )
-        _openssl("x509", "-req", "-in", str(csr), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-                 "-CAcreateserial", "-out", str(pem), "-days", days, "-extfile", str(ext))  # fmt: skip
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(d / "ca.pem"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-out",
+            str(pem),
+            "-days",
+            days,
+            "-extfile",
+            str(ext),
+        )
         files[name], files[name + "_key"] = pem, key
     return files
 

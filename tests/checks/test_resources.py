@@ -212,19 +212,36 @@ def test_summary_arithmetic() -> None:
         "peak_proc_rss_bytes": 300,
         "mean_proc_cpu_percent": 100.0,  # the None after exit is not averaged in as 0
         "gpus": [
-            {"index": 0, "name": "a", "peak_memory_used_bytes": 30, "memory_total_bytes": 80,
-             "mean_utilization_percent": 50.0, "sample_count": 3},
-            {"index": 1, "name": "b", "peak_memory_used_bytes": 7, "memory_total_bytes": 80,
-             "mean_utilization_percent": None, "sample_count": 3},
+            {
+                "index": 0,
+                "name": "a",
+                "peak_memory_used_bytes": 30,
+                "memory_total_bytes": 80,
+                "mean_utilization_percent": 50.0,
+                "sample_count": 3,
+            },
+            {
+                "index": 1,
+                "name": "b",
+                "peak_memory_used_bytes": 7,
+                "memory_total_bytes": 80,
+                "mean_utilization_percent": None,
+                "sample_count": 3,
+            },
         ],
-    }  # fmt: skip
+    }
 
 
 def test_summary_of_nothing_is_none_not_zero() -> None:
     assert summarize_resources([]).model_dump() == {
-        "sample_count": 0, "peak_host_cpu_percent": None, "peak_host_ram_used_bytes": None,
-        "host_ram_total_bytes": None, "peak_proc_rss_bytes": None, "mean_proc_cpu_percent": None, "gpus": [],
-    }  # fmt: skip
+        "sample_count": 0,
+        "peak_host_cpu_percent": None,
+        "peak_host_ram_used_bytes": None,
+        "host_ram_total_bytes": None,
+        "peak_proc_rss_bytes": None,
+        "mean_proc_cpu_percent": None,
+        "gpus": [],
+    }
     no_process = summarize_resources([sample(0.5, 1.0, 2, None, None)])
     assert no_process.peak_proc_rss_bytes is None and no_process.mean_proc_cpu_percent is None
 
@@ -234,8 +251,9 @@ def test_samples_round_trip_through_json() -> None:
     s = sample(0.5, 10.0, 400, 100, 50.0, [GpuSample(0, "a", 10, 80, None)])
     adapter = TypeAdapter(ResourceSample)
     data = json.loads(adapter.dump_json(s))
-    assert data["gpus"] == [{"index": 0, "name": "a", "memory_used_bytes": 10, "memory_total_bytes": 80,
-                             "utilization_percent": None}]  # fmt: skip
+    assert data["gpus"] == [
+        {"index": 0, "name": "a", "memory_used_bytes": 10, "memory_total_bytes": 80, "utilization_percent": None}
+    ]
     assert adapter.validate_python(data) == s
     with pytest.raises(ValidationError, match="Unexpected keyword argument"):
         adapter.validate_python({**data, "gpu_temp_c": 70})

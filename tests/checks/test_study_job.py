@@ -33,6 +33,8 @@ def test_stop_ends_the_study_at_its_next_point_with_nothing_kept() -> None:
     stop = threading.Event()
     stop.set()
     with pytest.raises(TargetCancelled, match="keeps no partial table"):
-        run_study(StudyConfig(name="kv", options={"device": "cpu", "threads": 1, "kv_lengths": (16,), "kv_tokens": 4}),
-                  cancel=stop)  # fmt: skip
+        run_study(
+            StudyConfig(name="kv", options={"device": "cpu", "threads": 1, "kv_lengths": (16,), "kv_tokens": 4}),
+            cancel=stop,
+        )
     assert STOPPED.startswith("stopped: ")

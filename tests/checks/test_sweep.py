@@ -19,8 +19,9 @@ def test_every_sweep_step_keeps_the_sweeps_limits_but_warmup_and_seed(stop_when_
     """A sweep asked not to stop when saturated keeps that at every step: the Poisson steps used to drop it."""
     limits = RunLimits(requests=5, duration_s=2.0, warmup_requests=3, seed=10, stop_when_saturated=stop_when_saturated)
     for step in range(4):  # 0 is the saturation step, then one per Poisson rate
-        assert step_limits(limits, step) == RunLimits(requests=5, duration_s=2.0, warmup_requests=0, seed=10 + step,
-                                                      stop_when_saturated=stop_when_saturated)  # fmt: skip
+        assert step_limits(limits, step) == RunLimits(
+            requests=5, duration_s=2.0, warmup_requests=0, seed=10 + step, stop_when_saturated=stop_when_saturated
+        )
 
 
 @pytest.mark.parametrize(

@@ -147,8 +147,14 @@ def test_server_with_compile_serves_only_after_compiling() -> None:
         alive = lambda: None if thread.is_alive() else 1  # noqa: E731
         wait_healthy(base, alive, 600, "the in-process server", lambda: "(in-process: see the test output)")
         assert engine.loaded.model.compiled and engine.info.compile_s is not None
-        body = {"model": app.state.server.model_name, "prompt": "The capital of France is", "max_tokens": 8,
-                "temperature": 0, "ignore_eos": True, "logprobs": 0}  # fmt: skip
+        body = {
+            "model": app.state.server.model_name,
+            "prompt": "The capital of France is",
+            "max_tokens": 8,
+            "temperature": 0,
+            "ignore_eos": True,
+            "logprobs": 0,
+        }
         r = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
         assert r.status_code == 200, r.text
         text = r.json()["choices"][0]["text"]

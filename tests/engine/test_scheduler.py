@@ -16,8 +16,14 @@ EOS = 2
 
 
 def make(**overrides: object) -> Scheduler:
-    cfg = {"max_num_batched_tokens": 64, "prefill_chunk_size": 64, "max_model_len": 128,
-           "block_size": 4, "num_kv_blocks": 64, "stop_token_ids": frozenset({EOS})}  # fmt: skip
+    cfg = {
+        "max_num_batched_tokens": 64,
+        "prefill_chunk_size": 64,
+        "max_model_len": 128,
+        "block_size": 4,
+        "num_kv_blocks": 64,
+        "stop_token_ids": frozenset({EOS}),
+    }
     cfg.update(overrides)
     return Scheduler(SchedulerConfig(**cfg))  # type: ignore[arg-type]
 

@@ -24,8 +24,16 @@ MAX_BODY_BYTES = 64 * 1024
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
     log = Path(tmp_path_factory.mktemp("server")) / "server.log"
     # The auth tests send dozens of wrong keys from one address: above the default --auth-failure-limit.
-    args = ["--quant", "fp32", "--max-model-len", str(MAX_MODEL_LEN), "--max-body-bytes", str(MAX_BODY_BYTES),
-            "--auth-failure-limit", "1000"]  # fmt: skip
+    args = [
+        "--quant",
+        "fp32",
+        "--max-model-len",
+        str(MAX_MODEL_LEN),
+        "--max-body-bytes",
+        str(MAX_BODY_BYTES),
+        "--auth-failure-limit",
+        "1000",
+    ]
     srv = start_server(args, log)
     yield srv
     srv.stop()
@@ -51,8 +59,13 @@ def completion(prompt: str, max_tokens: int = 8, **extra: object) -> dict:
 
 
 def chat(content: str, max_tokens: int = 8, **extra: object) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
-            "temperature": 0, **extra}  # fmt: skip
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        **extra,
+    }
 
 
 # ---- control routes and auth ------------------------------------------------------------
@@ -104,10 +117,21 @@ def test_key_in_query_string_is_not_accepted(server: RemoteServer) -> None:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/redoc"), ("GET", "/info"), ("GET", "/server_info"),
-     ("GET", "/is_paused"), ("GET", "/v1/metrics"), ("POST", "/invocations"), ("POST", "/inference/v1/generate"),
-     ("POST", "/generate"), ("POST", "/pooling"), ("POST", "/classify")],
-)  # fmt: skip
+    [
+        ("GET", "/docs"),
+        ("GET", "/openapi.json"),
+        ("GET", "/redoc"),
+        ("GET", "/info"),
+        ("GET", "/server_info"),
+        ("GET", "/is_paused"),
+        ("GET", "/v1/metrics"),
+        ("POST", "/invocations"),
+        ("POST", "/inference/v1/generate"),
+        ("POST", "/generate"),
+        ("POST", "/pooling"),
+        ("POST", "/classify"),
+    ],
+)
 def test_no_extra_routes_even_with_the_key(server: RemoteServer, method: str, path: str) -> None:
     r = httpx.request(method, server.url + path, json={} if method == "POST" else None, headers=server.headers)
     assert_openai_error(r, 404, "not_found")
@@ -171,8 +195,9 @@ def test_chat_non_streaming_and_streaming(server: RemoteServer) -> None:
     content = choice["logprobs"]["content"]
     assert len(content) == body["usage"]["completion_tokens"]
     assert {"token", "logprob", "bytes", "top_logprobs"} <= set(content[0])
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=chat("What is 2+2?", stream=True),
-                      headers=server.headers) as s:  # fmt: skip
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json=chat("What is 2+2?", stream=True), headers=server.headers
+    ) as s:
         events = list(sse_events(s.iter_lines()))
     chunks = [e for e in events if isinstance(e, dict)]
     assert chunks[0]["object"] == "chat.completion.chunk"
@@ -199,8 +224,11 @@ def test_stop_string_truncates_streamed_and_not(server: RemoteServer) -> None:
     cut = text[: text.index(stop)]
     r = server.post("/v1/completions", completion("The capital of France is", max_tokens=12, stop=[stop, "zzzz"]))
     assert r.json()["choices"][0] | {"logprobs": None} == {
-        "index": 0, "text": cut, "logprobs": None, "finish_reason": "stop"
-    }  # fmt: skip
+        "index": 0,
+        "text": cut,
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
     body = completion("The capital of France is", max_tokens=12, stop=stop, stream=True)
     with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=server.headers) as s:
         chunks = [e for e in sse_events(s.iter_lines()) if isinstance(e, dict)]
@@ -229,16 +257,26 @@ def test_openai_sdk_unchanged(server: RemoteServer) -> None:
     done = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0)
     assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 6
     reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-        max_completion_tokens=8, temperature=0, seed=1, user="tester", presence_penalty=0, logprobs=True,
-    )  # fmt: skip
+        model=MODEL,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_completion_tokens=8,
+        temperature=0,
+        seed=1,
+        user="tester",
+        presence_penalty=0,
+        logprobs=True,
+    )
     assert reply.choices[0].message.content
     assert reply.choices[0].logprobs.content[0].logprob <= 0
     pieces, usage = [], None
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-        max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True},
-    )  # fmt: skip
+        model=MODEL,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
@@ -249,7 +287,7 @@ def test_openai_sdk_unchanged(server: RemoteServer) -> None:
         c.choices[0].text
         for c in client.completions.create(
             model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0, stream=True
-        )  # fmt: skip
+        )
     )
     assert text == done.choices[0].text
 
@@ -274,8 +312,13 @@ ERROR_CASES = {
     "malformed json": ("/v1/completions", b'{"model": "x", "prompt": ', {}, 400, "invalid_json"),
     "not an object": ("/v1/completions", b"[1, 2]", {}, 400, "invalid_json"),
     "NaN literal": ("/v1/completions", b'{"model": "m", "prompt": "x", "temperature": NaN}', {}, 400, "invalid_json"),
-    "wrong content type": ("/v1/completions", b"model=x", {"Content-Type": "application/x-www-form-urlencoded"},
-                           400, "invalid_content_type"),
+    "wrong content type": (
+        "/v1/completions",
+        b"model=x",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        400,
+        "invalid_content_type",
+    ),
     "temperature hot": ("/v1/completions", completion("x", temperature="hot"), {}, 400, "invalid_parameter"),
     "temperature 5": ("/v1/completions", completion("x", temperature=5), {}, 400, "invalid_parameter"),
     "top_p 0": ("/v1/completions", completion("x", top_p=0), {}, 400, "invalid_parameter"),
@@ -288,28 +331,52 @@ ERROR_CASES = {
     "n 1000": ("/v1/chat/completions", chat("x", n=1000), {}, 400, "invalid_parameter"),
     "best_of": ("/v1/completions", completion("x", best_of=3), {}, 400, "invalid_parameter"),
     "top logprobs": ("/v1/completions", completion("x", logprobs=5), {}, 400, "invalid_parameter"),
-    "chat top_logprobs": ("/v1/chat/completions", chat("x", logprobs=True, top_logprobs=20), {}, 400,
-                          "invalid_parameter"),
+    "chat top_logprobs": (
+        "/v1/chat/completions",
+        chat("x", logprobs=True, top_logprobs=20),
+        {},
+        400,
+        "invalid_parameter",
+    ),
     "logit_bias": ("/v1/chat/completions", chat("x", logit_bias={"50256": -100}), {}, 400, "invalid_parameter"),
     "presence_penalty": ("/v1/completions", completion("x", presence_penalty=0.5), {}, 400, "invalid_parameter"),
     "empty stop": ("/v1/completions", completion("x", stop=[""]), {}, 400, "invalid_parameter"),
     "empty messages": ("/v1/chat/completions", chat("x") | {"messages": []}, {}, 400, "invalid_parameter"),
-    "bad role": ("/v1/chat/completions", chat("x") | {"messages": [{"role": "wizard", "content": "x"}]}, {}, 400,
-                 "invalid_parameter"),
-    "image part": ("/v1/chat/completions", chat("x") | {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://x"}}]}]}, {}, 400, "invalid_parameter"),
+    "bad role": (
+        "/v1/chat/completions",
+        chat("x") | {"messages": [{"role": "wizard", "content": "x"}]},
+        {},
+        400,
+        "invalid_parameter",
+    ),
+    "image part": (
+        "/v1/chat/completions",
+        chat("x")
+        | {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x"}}]}]},
+        {},
+        400,
+        "invalid_parameter",
+    ),
     "empty prompt": ("/v1/completions", completion(""), {}, 400, "invalid_prompt"),
     "batch of prompts": ("/v1/completions", completion("x") | {"prompt": ["a", "b"]}, {}, 400, "invalid_prompt"),
-    "token id out of range": ("/v1/completions", completion("x") | {"prompt": [1, 10**9]}, {}, 400,
-                              "invalid_prompt"),
-    "max_tokens 10M": ("/v1/completions", completion("x", max_tokens=10_000_000), {}, 400,
-                       "context_length_exceeded"),
-    "prompt twice the context": ("/v1/completions", completion(LONG_PROMPT, max_tokens=1), {}, 400,
-                                 "context_length_exceeded"),
-    "chat prompt too long": ("/v1/chat/completions", chat(LONG_PROMPT) | {"max_tokens": None}, {}, 400,
-                             "context_length_exceeded"),
+    "token id out of range": ("/v1/completions", completion("x") | {"prompt": [1, 10**9]}, {}, 400, "invalid_prompt"),
+    "max_tokens 10M": ("/v1/completions", completion("x", max_tokens=10_000_000), {}, 400, "context_length_exceeded"),
+    "prompt twice the context": (
+        "/v1/completions",
+        completion(LONG_PROMPT, max_tokens=1),
+        {},
+        400,
+        "context_length_exceeded",
+    ),
+    "chat prompt too long": (
+        "/v1/chat/completions",
+        chat(LONG_PROMPT) | {"max_tokens": None},
+        {},
+        400,
+        "context_length_exceeded",
+    ),
     "unknown model": ("/v1/completions", completion("x") | {"model": "gpt-4"}, {}, 404, "model_not_found"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", ERROR_CASES)
@@ -330,8 +397,12 @@ def test_context_error_gives_both_counts(server: RemoteServer) -> None:
 
 def test_body_over_the_limit_is_413(server: RemoteServer) -> None:
     big = json.dumps(completion("x" * (10 * 1024 * 1024))).encode()  # 10 MB, Content-Length known
-    r = httpx.post(server.url + "/v1/completions", content=big, timeout=30,
-                   headers={"Content-Type": "application/json"} | server.headers)  # fmt: skip
+    r = httpx.post(
+        server.url + "/v1/completions",
+        content=big,
+        timeout=30,
+        headers={"Content-Type": "application/json"} | server.headers,
+    )
     assert_openai_error(r, 413, "request_too_large")
 
     def chunked() -> Iterator[bytes]:  # no Content-Length: the server must count
@@ -340,8 +411,12 @@ def test_body_over_the_limit_is_413(server: RemoteServer) -> None:
             yield b"x" * (16 * 1024)
         yield b'"}'
 
-    r = httpx.post(server.url + "/v1/completions", content=chunked(), timeout=30,
-                   headers={"Content-Type": "application/json"} | server.headers)  # fmt: skip
+    r = httpx.post(
+        server.url + "/v1/completions",
+        content=chunked(),
+        timeout=30,
+        headers={"Content-Type": "application/json"} | server.headers,
+    )
     assert_openai_error(r, 413, "request_too_large")
     assert server.post("/v1/completions", completion("still fine", max_tokens=1)).status_code == 200
 
@@ -394,8 +469,9 @@ async def _stream_all(server: RemoteServer, prompts: list[str]) -> list[tuple[st
 
 def test_32_concurrent_streams_match_running_alone(server: RemoteServer) -> None:
     assert len(set(PROMPTS_32)) == 32
-    alone = [server.post("/v1/completions", completion(p, ignore_eos=True)).json()["choices"][0]["text"]
-             for p in PROMPTS_32]  # fmt: skip
+    alone = [
+        server.post("/v1/completions", completion(p, ignore_eos=True)).json()["choices"][0]["text"] for p in PROMPTS_32
+    ]
     together = asyncio.run(_stream_all(server, PROMPTS_32))
     assert [t for t, _ in together] == alone
     assert all(n == 8 for _, n in together)
@@ -414,7 +490,7 @@ def test_metrics_exposition(server: RemoteServer) -> None:
         "preflight:generation_tokens_total",
         "preflight:request_success_total{finish_reason=length}",
     ):
-        assert m[name] > 0, name  # fmt: skip
+        assert m[name] > 0, name
     for name in (
         "preflight:num_requests_running",
         "preflight:num_requests_waiting",
@@ -423,7 +499,7 @@ def test_metrics_exposition(server: RemoteServer) -> None:
         "preflight:prefix_cache_hit_rate",
         "preflight:spec_decode_acceptance_rate",
     ):
-        assert name in m, name  # fmt: skip
+        assert name in m, name
 
 
 def test_log_holds_no_key_prompt_or_output(server: RemoteServer) -> None:

@@ -34,8 +34,19 @@ PARAMS = SamplingParams(max_tokens=24, ignore_eos=True)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
     log = Path(tmp_path_factory.mktemp("engine-server")) / "server.log"
-    args = ["--quant", "fp32", "--speculative", "ngram", "--kv-cache-bytes", str(5 * BLOCK_BYTES),
-            "--max-model-len", "64", "--max-num-seqs", "4", "--log-prompts"]  # fmt: skip
+    args = [
+        "--quant",
+        "fp32",
+        "--speculative",
+        "ngram",
+        "--kv-cache-bytes",
+        str(5 * BLOCK_BYTES),
+        "--max-model-len",
+        "64",
+        "--max-num-seqs",
+        "4",
+        "--log-prompts",
+    ]
     srv = start_server(args, log)
     yield srv
     srv.stop()
@@ -52,8 +63,14 @@ def reference() -> Iterator[Engine]:
 
 
 def _body(prompt: str, stream: bool = False) -> dict:
-    return {"model": MODEL, "prompt": prompt, "max_tokens": PARAMS.max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": stream}  # fmt: skip
+    return {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": PARAMS.max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": stream,
+    }
 
 
 async def _complete_all(server: RemoteServer, prompts: list[str]) -> list[str]:
@@ -75,8 +92,9 @@ def test_preemption_under_a_tiny_pool_keeps_outputs_exact(server: RemoteServer, 
 
 def test_speculative_decoding_is_exact_when_streamed(server: RemoteServer, reference: Engine) -> None:
     expected = reference.generate(REPEAT, PARAMS).text
-    with httpx.stream("POST", server.url + "/v1/completions", json=_body(REPEAT, stream=True),
-                      headers=server.headers, timeout=60) as r:  # fmt: skip
+    with httpx.stream(
+        "POST", server.url + "/v1/completions", json=_body(REPEAT, stream=True), headers=server.headers, timeout=60
+    ) as r:
         chunks = [e for e in sse_events(r.iter_lines()) if isinstance(e, dict)]
     assert stream_text(chunks, chat=False) == expected
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"

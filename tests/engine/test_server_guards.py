@@ -42,8 +42,10 @@ def hold_body(url: str, sent_bytes: int = 64 * 1024) -> socket.socket:
     """A connection that declares a 1 MiB body, sends part of it and keeps the rest back."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    head = (f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {1024 * 1024}\r\n\r\n")  # fmt: skip
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {1024 * 1024}\r\n\r\n"
+    )
     sock.sendall(head.encode() + b"x" * sent_bytes)
     return sock
 
@@ -195,9 +197,19 @@ def test_wait_s_looks_without_taking_or_adding() -> None:
 
 @pytest.mark.parametrize(
     ("header", "name"),
-    [(b"127.0.0.1:8000", "127.0.0.1"), (b"LocalHost", "localhost"), (b"[::1]:8000", "::1"), (b"[::1]", "::1"),
-     (b"box.lan:80", "box.lan"), (b"a:b:c", None), (b"host:", None), (b"[::1]x", None), (b"", None), (None, None)],
-)  # fmt: skip
+    [
+        (b"127.0.0.1:8000", "127.0.0.1"),
+        (b"LocalHost", "localhost"),
+        (b"[::1]:8000", "::1"),
+        (b"[::1]", "::1"),
+        (b"box.lan:80", "box.lan"),
+        (b"a:b:c", None),
+        (b"host:", None),
+        (b"[::1]x", None),
+        (b"", None),
+        (None, None),
+    ],
+)
 def test_host_name_of_a_header(header: bytes | None, name: str | None) -> None:
     assert host_name(header) == name
 
@@ -211,9 +223,13 @@ def test_allowed_names_are_localhost_the_bound_host_and_the_configured_ones() ->
 
 @pytest.mark.parametrize(
     ("key", "message"),
-    [(" \n", "the API key is empty"), ("a" * 513, "longer than 512"), ("two words", "visible ASCII"),
-     ("clé", "visible ASCII")],
-)  # fmt: skip
+    [
+        (" \n", "the API key is empty"),
+        ("a" * 513, "longer than 512"),
+        ("two words", "visible ASCII"),
+        ("clé", "visible ASCII"),
+    ],
+)
 def test_keys_no_client_could_send_are_refused(key: str, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ServerOptions(api_key=key)

@@ -28,8 +28,18 @@ ENCODE_DEADLINE_S = 300.0
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
     log = Path(tmp_path_factory.mktemp("hostile")) / "server.log"
-    args = ["--quant", "fp32", "--max-model-len", "256", "--max-body-bytes", str(2 * 1024 * 1024),
-            "--max-messages", str(MAX_MESSAGES), "--max-stop-chars", str(MAX_STOP_CHARS)]  # fmt: skip
+    args = [
+        "--quant",
+        "fp32",
+        "--max-model-len",
+        "256",
+        "--max-body-bytes",
+        str(2 * 1024 * 1024),
+        "--max-messages",
+        str(MAX_MESSAGES),
+        "--max-stop-chars",
+        str(MAX_STOP_CHARS),
+    ]
     srv = start_server(args, log)
     yield srv
     srv.stop()
@@ -82,8 +92,13 @@ def test_a_stop_string_at_the_cap_streams_the_same_text(server: RemoteServer) ->
     plain = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
     expected = server.post("/v1/completions", plain).json()["choices"][0]["text"]
     long_stop = " " + "the " * ((MAX_STOP_CHARS - 1) // 4)
-    with httpx.stream("POST", server.url + "/v1/completions", json=plain | {"stream": True, "stop": [long_stop]},
-                      headers=server.headers, timeout=60) as r:  # fmt: skip
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/completions",
+        json=plain | {"stream": True, "stop": [long_stop]},
+        headers=server.headers,
+        timeout=60,
+    ) as r:
         assert r.status_code == 200
         events = list(sse_events(r.iter_lines()))
     assert stream_text(events, chat=False) == expected

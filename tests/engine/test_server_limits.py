@@ -25,17 +25,38 @@ BUCKET_REFILL_S = 0.6  # 5 tokens at 10 per second, with a margin
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
     log = Path(tmp_path_factory.mktemp("limits")) / "server.log"
-    args = ["--quant", "fp32", "--max-model-len", "256", "--max-num-seqs", "1", "--max-queue", "1",
-            "--rate-limit", "600", "--rate-limit-burst", "5", "--cors-origin", ORIGIN,
-            "--grace-period", "20"]  # fmt: skip
+    args = [
+        "--quant",
+        "fp32",
+        "--max-model-len",
+        "256",
+        "--max-num-seqs",
+        "1",
+        "--max-queue",
+        "1",
+        "--rate-limit",
+        "600",
+        "--rate-limit-burst",
+        "5",
+        "--cors-origin",
+        ORIGIN,
+        "--grace-period",
+        "20",
+    ]
     srv = start_server(args, log)
     yield srv
     srv.stop()
 
 
 def _body(max_tokens: int, stream: bool = False) -> dict:
-    return {"model": MODEL, "prompt": "Once upon a time", "max_tokens": max_tokens, "temperature": 0,
-            "ignore_eos": True, "stream": stream}  # fmt: skip
+    return {
+        "model": MODEL,
+        "prompt": "Once upon a time",
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": stream,
+    }
 
 
 def test_cors_allows_only_the_configured_origin(server: RemoteServer) -> None:
@@ -97,8 +118,9 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(server: RemoteServer) -
     first_chunk = threading.Event()
 
     def consume() -> None:
-        with httpx.stream("POST", server.url + "/v1/completions", json=_body(40, stream=True),
-                          headers=server.headers, timeout=60) as r:  # fmt: skip
+        with httpx.stream(
+            "POST", server.url + "/v1/completions", json=_body(40, stream=True), headers=server.headers, timeout=60
+        ) as r:
             for event in sse_events(r.iter_lines()):
                 events.append(event)
                 if isinstance(event, dict) and stream_text([event], chat=False):

@@ -64,8 +64,24 @@ def test_503_while_loading_then_after_a_failed_load(loading_server: tuple[str, B
 
 
 def test_serve_exits_1_when_the_engine_cannot_be_built() -> None:
-    cmd = [sys.executable, "-m", "engine", "serve", "--port", str(free_port()), "--quant", "fp32", "--device", "cpu",
-           "--threads", "1", "--kv-cache-bytes", "1000", "--max-model-len", "64"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "engine",
+        "serve",
+        "--port",
+        str(free_port()),
+        "--quant",
+        "fp32",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--kv-cache-bytes",
+        "1000",
+        "--max-model-len",
+        "64",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "error: the model failed to load: the KV pool (1 blocks x 16 tokens) cannot hold" in done.stderr

@@ -36,9 +36,18 @@ def test_model_id_from_file_name(file_name: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("[::1]", True), ("localhost", True),
-     ("0.0.0.0", False), ("::", False), ("192.168.1.5", False), ("example.com", False)],
-)  # fmt: skip
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.5", False),
+        ("example.com", False),
+    ],
+)
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
@@ -119,9 +128,20 @@ def test_openai_defaults_and_extensions_map_to_sampling_params() -> None:
     params = body.sampling_params(16)
     assert (params.temperature, params.top_p, params.max_tokens, params.logprobs) == (1.0, 1.0, 16, False)
     body = CompletionRequest.model_validate(
-        {"model": "m", "prompt": "x", "temperature": 0, "top_k": -1, "min_p": 0.1, "repetition_penalty": 1.1,
-         "stop": "\n", "seed": 3, "logprobs": 0, "ignore_eos": True, "stream_options": {"include_usage": True}}
-    )  # fmt: skip
+        {
+            "model": "m",
+            "prompt": "x",
+            "temperature": 0,
+            "top_k": -1,
+            "min_p": 0.1,
+            "repetition_penalty": 1.1,
+            "stop": "\n",
+            "seed": 3,
+            "logprobs": 0,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
     params = body.sampling_params(4)
     assert params.greedy and params.top_k == 0 and params.min_p == 0.1 and params.repetition_penalty == 1.1
     assert params.stop == ("\n",) and params.seed == 3 and params.logprobs and params.ignore_eos
@@ -130,12 +150,25 @@ def test_openai_defaults_and_extensions_map_to_sampling_params() -> None:
 
 def test_chat_body_accepts_what_the_sdk_sends() -> None:
     body = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
-                                    {"role": "user", "content": "hi", "name": "ann"}],
-         "max_completion_tokens": 5, "max_tokens": 9, "user": "u1", "presence_penalty": 0, "frequency_penalty": 0,
-         "stream": True, "stream_options": {"include_usage": True, "include_obfuscation": False},
-         "logprobs": True, "top_logprobs": 0, "n": 1, "seed": 1}
-    )  # fmt: skip
+        {
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": [{"type": "text", "text": "be brief"}]},
+                {"role": "user", "content": "hi", "name": "ann"},
+            ],
+            "max_completion_tokens": 5,
+            "max_tokens": 9,
+            "user": "u1",
+            "presence_penalty": 0,
+            "frequency_penalty": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True, "include_obfuscation": False},
+            "logprobs": True,
+            "top_logprobs": 0,
+            "n": 1,
+            "seed": 1,
+        }
+    )
     assert body.requested_max_tokens() == 5
     assert body.messages[0].as_template_message() == {"role": "system", "content": "be brief"}
     assert body.sampling_params(5).logprobs

@@ -122,10 +122,16 @@ def test_three_writers_and_a_reader_share_one_entry(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     roles = [("write", 16), ("write", 16), ("write", 16), ("read", 40)]
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, role, str(tmp_path), str(rounds)], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, role, str(tmp_path), str(rounds)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for role, rounds in roles
-    ]  # fmt: skip
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * len(roles), "\n".join(outputs)[-3000:]
     assert leftovers(tmp_path) == []

@@ -201,8 +201,14 @@ def test_gpu_frame_has_one_row_per_gpu_and_says_what_was_not_measured() -> None:
     frame = gpu_frame(detect(lambda: fake_pynvml([H100, second])))
     assert list(frame.columns) == ["index", "name", "memory total", "memory used", "compute capability", "source"]
     assert list(frame["index"]) == [0, 1]
-    first = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory total": "79.6 GiB", "memory used": "0.5 GiB",
-             "compute capability": "9.0", "source": "nvml"}  # fmt: skip
+    first = {
+        "index": 0,
+        "name": "NVIDIA H100 80GB HBM3",
+        "memory total": "79.6 GiB",
+        "memory used": "0.5 GiB",
+        "compute capability": "9.0",
+        "source": "nvml",
+    }
     assert frame.iloc[0].to_dict() == first
     assert frame.iloc[1]["compute capability"] == "not measured"
 
@@ -215,8 +221,10 @@ def test_the_gpu_story_is_a_sentence_for_each_case() -> None:
     two = detect(lambda: fake_pynvml([H100, H100]))
     if no_driver.cuda_available or no_driver.mps_available:
         pytest.skip("torch sees an accelerator on this machine")
-    expected = ("This machine has no GPU that Preflight can use: no NVIDIA driver is installed, so no NVIDIA GPU "
-                "can be used, and torch sees no CUDA")  # fmt: skip
+    expected = (
+        "This machine has no GPU that Preflight can use: no NVIDIA driver is installed, so no NVIDIA GPU "
+        "can be used, and torch sees no CUDA"
+    )
     assert gpu_story(no_driver).startswith(expected)
     assert "the NVIDIA driver 550.54.15 is installed but reports no GPU" in gpu_story(no_gpu)
     assert "the NVIDIA driver did not answer" in gpu_story(broken)

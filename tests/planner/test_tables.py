@@ -34,8 +34,9 @@ MEMORY_PARTS = ["weights", "activations", "runtime overhead", "KV cache", "unuse
 @pytest.fixture(scope="module")
 def plan_8b() -> Plan:
     """The Plan page's default: an 8B model on one H100, 32 streams, with a target rate for the capacity table."""
-    opts = RecommendOptions(model="llama-3.1-8b", gpu="h100-sxm", concurrency=32, input_tokens=1024,
-                            output_tokens=256, qps=2.0)  # fmt: skip
+    opts = RecommendOptions(
+        model="llama-3.1-8b", gpu="h100-sxm", concurrency=32, input_tokens=1024, output_tokens=256, qps=2.0
+    )
     return make_plan(opts)
 
 
@@ -54,8 +55,20 @@ def test_option_label_names_rank_engine_format_and_split(plan_8b: Plan) -> None:
 
 def test_options_frame_has_one_row_per_option_in_rank_order(plan_8b: Plan) -> None:
     frame = options_frame(plan_8b)
-    assert list(frame.columns) == ["rank", "engine", "format", "TP x PP", "replicas", "GiB per device", "batch",
-                                   "TTFT ms", "TPOT ms", "output tok/s", "meets SLO", "quality"]  # fmt: skip
+    assert list(frame.columns) == [
+        "rank",
+        "engine",
+        "format",
+        "TP x PP",
+        "replicas",
+        "GiB per device",
+        "batch",
+        "TTFT ms",
+        "TPOT ms",
+        "output tok/s",
+        "meets SLO",
+        "quality",
+    ]
     assert list(frame["rank"]) == [o.rank for o in plan_8b.options] == list(range(1, len(plan_8b.options) + 1))
     best, row = plan_8b.options[0], frame.iloc[0]
     assert (row["engine"], row["format"], row["TP x PP"]) == (best.engine_label, best.format_label, "1 x 1")
@@ -109,8 +122,13 @@ def test_comparison_frame_gives_the_error_in_percent_and_none_when_not_measured(
     rows = (ComparisonRow("decode", "tok/s", 90.0, 60.0), ComparisonRow("prefill", "tok/s", 100.0, None))
     frame = comparison_frame(Comparison(rows, "conditions"))
     assert list(frame.columns) == ["metric", "unit", "predicted", "measured", "error %"]
-    assert frame.iloc[0].to_dict() == {"metric": "decode", "unit": "tok/s", "predicted": 90.0, "measured": 60.0,
-                                       "error %": 50.0}  # fmt: skip
+    assert frame.iloc[0].to_dict() == {
+        "metric": "decode",
+        "unit": "tok/s",
+        "predicted": 90.0,
+        "measured": 60.0,
+        "error %": 50.0,
+    }
     assert frame["error %"].isna().tolist() == [False, True]
 
 

@@ -46,16 +46,32 @@ CLEAN_URL = "https://gateway.example:8443/v1"
 
 def _failed(rid: int, send: float) -> RequestRecord:
     return RequestRecord(
-        request_id=rid, scheduled_s=None, ready_s=send, send_s=send, first_token_s=None, chunk_times_s=[],
-        chunk_tokens=[], end_s=send + 0.01, input_tokens=None, output_tokens=None, token_source=None, ok=False,
-        http_status=500, error_kind=ErrorKind.HTTP, error_excerpt="internal error",
-    )  # fmt: skip
+        request_id=rid,
+        scheduled_s=None,
+        ready_s=send,
+        send_s=send,
+        first_token_s=None,
+        chunk_times_s=[],
+        chunk_tokens=[],
+        end_s=send + 0.01,
+        input_tokens=None,
+        output_tokens=None,
+        token_source=None,
+        ok=False,
+        http_status=500,
+        error_kind=ErrorKind.HTTP,
+        error_excerpt="internal error",
+    )
 
 
 @pytest.fixture
 def result() -> BenchmarkResult:
-    records = [record(0, 0.0, [0.05, 0.15, 0.25]), record(1, 0.1, [0.12, 0.31]), _failed(2, 0.2),
-               record(3, -1.0, [-0.5], warmup=True)]  # fmt: skip
+    records = [
+        record(0, 0.0, [0.05, 0.15, 0.25]),
+        record(1, 0.1, [0.12, 0.31]),
+        _failed(2, 0.2),
+        record(3, -1.0, [-0.5], warmup=True),
+    ]
     return result_of([run_of(records)])
 
 
@@ -115,21 +131,31 @@ def test_upgrade_leaves_other_data_alone(data: Any) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.update(schema_version=3),
-         "{path} has schema_version 3, written by a newer Preflight; this one reads up to 2"),
-        (lambda d: d.update(kind="preflight.readiness-report"),
-         "{path} is a 'preflight.readiness-report' document, not a preflight.benchmark-result"),
+        (
+            lambda d: d.update(schema_version=3),
+            "{path} has schema_version 3, written by a newer Preflight; this one reads up to 2",
+        ),
+        (
+            lambda d: d.update(kind="preflight.readiness-report"),
+            "{path} is a 'preflight.readiness-report' document, not a preflight.benchmark-result",
+        ),
         (lambda d: d.pop("kind"), "{path} is not a Preflight document (no 'kind'), not a preflight.benchmark-result"),
         (lambda d: d.update(speed="fast"), "{path}: speed: Extra inputs are not permitted"),
-        (lambda d: d["runs"][0]["records"][0].update(latency_ms=3),
-         "{path}: runs.0.records.0.latency_ms: Unexpected keyword argument"),
-        (lambda d: d["runs"][0]["summary"].update(p999_ttft_ms=3), "{path}: runs.0.summary.p999_ttft_ms: Extra inputs"
-         " are not permitted"),
-        (lambda d: d["runs"][0]["records"][0].update(chunk_tokens=[1]),  # RequestRecord.__post_init__ still runs
-         "{path}: runs.0.records.0: Value error, request 0: chunk_times_s has 3 entries but chunk_tokens has 1;"
-         " append one token count per content chunk"),
+        (
+            lambda d: d["runs"][0]["records"][0].update(latency_ms=3),
+            "{path}: runs.0.records.0.latency_ms: Unexpected keyword argument",
+        ),
+        (
+            lambda d: d["runs"][0]["summary"].update(p999_ttft_ms=3),
+            "{path}: runs.0.summary.p999_ttft_ms: Extra inputs are not permitted",
+        ),
+        (
+            lambda d: d["runs"][0]["records"][0].update(chunk_tokens=[1]),  # RequestRecord.__post_init__ still runs
+            "{path}: runs.0.records.0: Value error, request 0: chunk_times_s has 3 entries but chunk_tokens has 1;"
+            " append one token count per content chunk",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_documents_are_one_line(result: BenchmarkResult, tmp_path: Path, change: Any, message: str) -> None:
     data = json.loads(store.to_json(result))
     change(data)
@@ -158,12 +184,24 @@ def test_urls_lose_userinfo_and_query_everywhere(result: BenchmarkResult) -> Non
         Endpoint(base_url=SECRET_URL, model="m", api_key="sk-secret-3")
     with pytest.raises(ValueError, match="holds a user name or key"):
         BenchmarkConfig(target=SECRET_URL, api_key="sk-secret-3")
-    endpoint = EndpointDoc(base_url=SECRET_URL, model="m", api="chat", api_key_set=True, supports_ignore_eos=True,
-                           supports_stream_usage=True)  # fmt: skip
-    config = BenchmarkConfig.model_construct(**{**BenchmarkConfig().model_dump(), "target": SECRET_URL,
-                                                "api_key": "sk-secret-3"})  # fmt: skip
-    doc = result.model_copy(update={"config": config.redacted(), "endpoint": endpoint,
-                                    "target": RemoteTarget(SECRET_URL, "sk-secret-3", "m").describe()})  # fmt: skip
+    endpoint = EndpointDoc(
+        base_url=SECRET_URL,
+        model="m",
+        api="chat",
+        api_key_set=True,
+        supports_ignore_eos=True,
+        supports_stream_usage=True,
+    )
+    config = BenchmarkConfig.model_construct(
+        **{**BenchmarkConfig().model_dump(), "target": SECRET_URL, "api_key": "sk-secret-3"}
+    )
+    doc = result.model_copy(
+        update={
+            "config": config.redacted(),
+            "endpoint": endpoint,
+            "target": RemoteTarget(SECRET_URL, "sk-secret-3", "m").describe(),
+        }
+    )
     text = store.to_json(doc)
     assert "sk-secret" not in text and "alice" not in text and "frag" not in text
     data = json.loads(text)

@@ -102,9 +102,11 @@ def test_throughput_bins_add_up_to_the_tokens_of_the_window() -> None:
 
 @pytest.mark.parametrize(
     ("update", "reason"),
-    [({"workload": "synthetic: 512 in / 64 out tokens (fixed/fixed)"}, "different workload"),
-     ({"valid": False}, "B is INVALID")],
-)  # fmt: skip
+    [
+        ({"workload": "synthetic: 512 in / 64 out tokens (fixed/fixed)"}, "different workload"),
+        ({"valid": False}, "B is INVALID"),
+    ],
+)
 def test_runs_that_differ_in_what_was_asked_are_not_comparable(update, reason) -> None:
     c = compare(_result(planted_records(1)), _result(planted_records(2), **update))
     assert not c.comparable and any(reason in r for r in c.reasons), c.reasons
@@ -123,8 +125,11 @@ def test_different_profiles_and_models_are_named() -> None:
 def test_check_changes_and_verdicts_between_two_reports() -> None:
     fixture = Path(__file__).resolve().parents[1] / "fixtures" / "readiness-report.v1.json"
     a = store.load(fixture, ReadinessReport)
-    checks = [c.model_copy(update={"status": CheckStatus.FAIL}) if c.id == "monitoring.health" else c
-              for c in a.checks if c.id != "security.cors"]  # fmt: skip
+    checks = [
+        c.model_copy(update={"status": CheckStatus.FAIL}) if c.id == "monitoring.health" else c
+        for c in a.checks
+        if c.id != "security.cors"
+    ]
     b = a.model_copy(update={"checks": checks, "id": "b-report"})
     c = compare(a, b)
     assert {(x.id, x.a, x.b) for x in c.checks} == {

@@ -19,22 +19,45 @@ SCHEMA = xmlschema.XMLSchema(Path(__file__).resolve().parents[1] / "fixtures" / 
 
 
 def _check(i: int, status: CheckStatus, category: Category) -> CheckResult:
-    return CheckResult(id=f"{category.value}.c{i}", category=category, title=f"check {i} | piped", status=status,
-                       value=12345.678 if i == 0 else 0.5, threshold=500.0, unit="ms", evidence=[f"GET /x -> {i}"],
-                       message=f"finding {i}", remediation="do the fix" if status != CheckStatus.PASS else None,
-                       duration_s=0.25)  # fmt: skip
+    return CheckResult(
+        id=f"{category.value}.c{i}",
+        category=category,
+        title=f"check {i} | piped",
+        status=status,
+        value=12345.678 if i == 0 else 0.5,
+        threshold=500.0,
+        unit="ms",
+        evidence=[f"GET /x -> {i}"],
+        message=f"finding {i}",
+        remediation="do the fix" if status != CheckStatus.PASS else None,
+        duration_s=0.25,
+    )
 
 
 def _report() -> ReadinessReport:
-    checks = [_check(0, CheckStatus.PASS, Category.PERFORMANCE), _check(1, CheckStatus.WARN, Category.SECURITY),
-              _check(2, CheckStatus.FAIL, Category.SECURITY), _check(3, CheckStatus.SKIP, Category.RESOURCES),
-              _check(4, CheckStatus.ERROR, Category.MONITORING)]  # fmt: skip
+    checks = [
+        _check(0, CheckStatus.PASS, Category.PERFORMANCE),
+        _check(1, CheckStatus.WARN, Category.SECURITY),
+        _check(2, CheckStatus.FAIL, Category.SECURITY),
+        _check(3, CheckStatus.SKIP, Category.RESOURCES),
+        _check(4, CheckStatus.ERROR, Category.MONITORING),
+    ]
     now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
-    target = TargetInfo(kind="remote", base_url="https://u:sk-x@gw.example/v1?key=sk-x", model="m", api="chat",
-                        api_key_set=True)  # fmt: skip
-    return ReadinessReport(tool=ToolInfo(version="0.1.0"), started_at=now, finished_at=now, environment={},
-                           target=target, slo=load_profile("chat"), exposure=Exposure.PUBLIC,
-                           categories=list(Category), checks=checks, verdict=decide(checks))  # fmt: skip
+    target = TargetInfo(
+        kind="remote", base_url="https://u:sk-x@gw.example/v1?key=sk-x", model="m", api="chat", api_key_set=True
+    )
+    return ReadinessReport(
+        tool=ToolInfo(version="0.1.0"),
+        started_at=now,
+        finished_at=now,
+        environment={},
+        target=target,
+        slo=load_profile("chat"),
+        exposure=Exposure.PUBLIC,
+        categories=list(Category),
+        checks=checks,
+        verdict=decide(checks),
+    )
 
 
 def test_target_url_is_redacted_in_the_document() -> None:
@@ -65,12 +88,21 @@ def test_junit_marks_fail_error_skip_and_keeps_warn_as_a_pass(tmp_path: Path) ->
     xml = to_junit(_report())
     suites = _junit_suites(xml, tmp_path)
     assert {s.name for s in suites} == {f"preflight.{c.value}" for c in Category if c != Category.RELIABILITY}
-    assert (sum(s.tests for s in suites), sum(s.failures for s in suites), sum(s.errors for s in suites),
-            sum(s.skipped for s in suites)) == (5, 1, 1, 1)  # fmt: skip
+    assert (
+        sum(s.tests for s in suites),
+        sum(s.failures for s in suites),
+        sum(s.errors for s in suites),
+        sum(s.skipped for s in suites),
+    ) == (5, 1, 1, 1)
     cases = {c.name.split(":")[0]: c for s in suites for c in s}
     outcome = {name: [type(r).__name__ for r in case.result] for name, case in cases.items()}
-    assert outcome == {"performance.c0": [], "security.c1": [], "security.c2": ["Failure"],
-                       "resources.c3": ["Skipped"], "monitoring.c4": ["Error"]}  # fmt: skip
+    assert outcome == {
+        "performance.c0": [],
+        "security.c1": [],
+        "security.c2": ["Failure"],
+        "resources.c3": ["Skipped"],
+        "monitoring.c4": ["Error"],
+    }
     assert cases["security.c2"].result[0].message == "finding 2"
     text = cases["security.c2"].result[0].text
     assert "value: 0.5 ms" in text and "limit: 500.0 ms" in text and "fix: do the fix" in text
@@ -87,8 +119,9 @@ def test_junit_of_a_real_report_and_of_hostile_text_is_valid(tmp_path: Path) -> 
     assert sum(s.tests for s in suites) == len(real.checks)
     hostile = "bad \x1b[31m\x00 bytes ]]> </failure> & <x>"
     report = _report()
-    report = report.model_copy(update={"checks": [c.model_copy(update={"message": hostile, "evidence": [hostile]})
-                                                  for c in report.checks]})  # fmt: skip
+    report = report.model_copy(
+        update={"checks": [c.model_copy(update={"message": hostile, "evidence": [hostile]}) for c in report.checks]}
+    )
     cases = [c for s in _junit_suites(to_junit(report), tmp_path) for c in s]
     failure = next(r for c in cases for r in c.result if type(r).__name__ == "Failure")
     assert failure.message == "bad \\x1b[31m\\x00 bytes ]]> </failure> & <x>"

@@ -83,10 +83,19 @@ def parse(page: str) -> PageParser:
 
 
 def _check(i: int, status: CheckStatus, category: Category, message: str | None = None) -> CheckResult:
-    return CheckResult(id=f"{category.value}.c{i}", category=category, title=f"check {i}", status=status,
-                       value=100.0 + i, threshold=500.0, unit="ms", evidence=[f"GET /x -> {i}"],
-                       message=message or f"finding {i}", reference="OWASP LLM10:2025",
-                       remediation=f"fix {i}" if status != CheckStatus.PASS else None)  # fmt: skip
+    return CheckResult(
+        id=f"{category.value}.c{i}",
+        category=category,
+        title=f"check {i}",
+        status=status,
+        value=100.0 + i,
+        threshold=500.0,
+        unit="ms",
+        evidence=[f"GET /x -> {i}"],
+        message=message or f"finding {i}",
+        reference="OWASP LLM10:2025",
+        remediation=f"fix {i}" if status != CheckStatus.PASS else None,
+    )
 
 
 def _records(n: int) -> list[RequestRecord]:
@@ -97,40 +106,80 @@ def _records(n: int) -> list[RequestRecord]:
 
 
 def _timeline() -> MetricsTimeline:
-    samples = [MetricsSample(t_s=float(t), running=min(t, 4), waiting=max(0, t - 4), kv_cache_usage=t / 20)
-               for t in range(12)]  # fmt: skip
+    samples = [
+        MetricsSample(t_s=float(t), running=min(t, 4), waiting=max(0, t - 4), kv_cache_usage=t / 20) for t in range(12)
+    ]
     samples[5] = MetricsSample(t_s=5.0, error="HTTP 503")
     return MetricsTimeline(source="vllm", interval_s=1.0, samples=samples)
 
 
 def _resources() -> list[ResourceSample]:
-    return [ResourceSample(t_s=t * 0.5, host_cpu_percent=20.0 + t, host_ram_used_bytes=(40 + t) * GIB // 10,
-                           host_ram_total_bytes=16 * GIB, proc_rss_bytes=2 * GIB, proc_cpu_percent=150.0)
-            for t in range(10)]  # fmt: skip
+    return [
+        ResourceSample(
+            t_s=t * 0.5,
+            host_cpu_percent=20.0 + t,
+            host_ram_used_bytes=(40 + t) * GIB // 10,
+            host_ram_total_bytes=16 * GIB,
+            proc_rss_bytes=2 * GIB,
+            proc_cpu_percent=150.0,
+        )
+        for t in range(10)
+    ]
 
 
 def _benchmark(n: int = 200) -> BenchmarkResult:
     return benchmark_doc([run_doc(_records(n))], samples=_resources())
 
 
-def _report(checks: list[CheckResult] | None = None, benchmark: BenchmarkResult | None = None,
-            timeline: MetricsTimeline | None = None, model: str = "m") -> ReadinessReport:  # fmt: skip
+def _report(
+    checks: list[CheckResult] | None = None,
+    benchmark: BenchmarkResult | None = None,
+    timeline: MetricsTimeline | None = None,
+    model: str = "m",
+) -> ReadinessReport:
     if checks is None:
-        statuses = [CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL, CheckStatus.SKIP, CheckStatus.ERROR,
-                    CheckStatus.PASS]  # fmt: skip
-        categories = [Category.PERFORMANCE, Category.SECURITY, Category.SECURITY, Category.RESOURCES,
-                      Category.MONITORING, Category.RELIABILITY]  # fmt: skip
+        statuses = [
+            CheckStatus.PASS,
+            CheckStatus.WARN,
+            CheckStatus.FAIL,
+            CheckStatus.SKIP,
+            CheckStatus.ERROR,
+            CheckStatus.PASS,
+        ]
+        categories = [
+            Category.PERFORMANCE,
+            Category.SECURITY,
+            Category.SECURITY,
+            Category.RESOURCES,
+            Category.MONITORING,
+            Category.RELIABILITY,
+        ]
         checks = [_check(i, s, c) for i, (s, c) in enumerate(zip(statuses, categories, strict=True))]
     now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
-    target = TargetInfo(kind="remote", base_url="https://u:sk-x@gw.example/v1?key=sk-x", model=model, api="chat",
-                        api_key_set=True)  # fmt: skip
-    return ReadinessReport(tool=ToolInfo(version="0.1.0"), started_at=now, finished_at=now,
-                           environment={"cpu_model": "AMD EPYC", "ram_total_bytes": 16 * GIB, "isa": ["avx2"],
-                                        "gpus": [{"name": "H200", "memory_total_bytes": 141 * GIB}]},
-                           target=target, slo=load_profile("chat"), exposure=Exposure.PUBLIC,
-                           categories=list(Category), checks=checks, verdict=decide(checks), benchmark=benchmark,
-                           benchmark_source="measured by this run", metrics_timeline=timeline,
-                           notes=["a note for the reader"])  # fmt: skip
+    target = TargetInfo(
+        kind="remote", base_url="https://u:sk-x@gw.example/v1?key=sk-x", model=model, api="chat", api_key_set=True
+    )
+    return ReadinessReport(
+        tool=ToolInfo(version="0.1.0"),
+        started_at=now,
+        finished_at=now,
+        environment={
+            "cpu_model": "AMD EPYC",
+            "ram_total_bytes": 16 * GIB,
+            "isa": ["avx2"],
+            "gpus": [{"name": "H200", "memory_total_bytes": 141 * GIB}],
+        },
+        target=target,
+        slo=load_profile("chat"),
+        exposure=Exposure.PUBLIC,
+        categories=list(Category),
+        checks=checks,
+        verdict=decide(checks),
+        benchmark=benchmark,
+        benchmark_source="measured by this run",
+        metrics_timeline=timeline,
+        notes=["a note for the reader"],
+    )
 
 
 def _svgs(page: str) -> list[str]:
@@ -146,8 +195,15 @@ def test_report_page_shows_verdict_every_check_and_the_charts() -> None:
     assert "fix 2" in page and "fix 0" not in page  # remediation on non-PASS lines only
     assert "GET /x -&gt; 2" in page and "OWASP LLM10:2025" in page  # evidence and reference of findings
     titles = [re.search(r"<title>(.*?)</title>", svg).group(1) for svg in _svgs(page)]
-    assert titles == ["TTFT over 200 requests", "TPOT over 200 requests", "Output tokens per second (0.1 s bins)",
-                      "Running and waiting requests", "KV-cache usage", "CPU", "Memory"]  # fmt: skip
+    assert titles == [
+        "TTFT over 200 requests",
+        "TPOT over 200 requests",
+        "Output tokens per second (0.1 s bins)",
+        "Running and waiting requests",
+        "KV-cache usage",
+        "CPU",
+        "Memory",
+    ]
     assert parsed.tags.count("svg") == 7
     assert "1 failed (first: HTTP 503)" in page  # the failed scrape is explained, drawn as a gap
     assert "https://gw.example/v1" in page and "sk-x" not in page
@@ -176,14 +232,33 @@ def test_page_fetches_nothing() -> None:
 def test_hostile_strings_stay_text() -> None:
     excerpt = "</pre><img src=x onerror=alert(2)>"
     records = _records(20)
-    records.append(RequestRecord(
-        request_id=99, scheduled_s=None, ready_s=0.5, send_s=0.5, first_token_s=None, chunk_times_s=[],
-        chunk_tokens=[], end_s=0.6, input_tokens=8, output_tokens=None, token_source=None, ok=False,
-        http_status=None, error_kind=ErrorKind.STREAM_ERROR, error_excerpt=excerpt,
-    ))  # fmt: skip
+    records.append(
+        RequestRecord(
+            request_id=99,
+            scheduled_s=None,
+            ready_s=0.5,
+            send_s=0.5,
+            first_token_s=None,
+            chunk_times_s=[],
+            chunk_tokens=[],
+            end_s=0.6,
+            input_tokens=8,
+            output_tokens=None,
+            token_source=None,
+            ok=False,
+            http_status=None,
+            error_kind=ErrorKind.STREAM_ERROR,
+            error_excerpt=excerpt,
+        )
+    )
     bench = benchmark_doc([run_doc(records, profile="concurrency:2")])
-    bench = bench.model_copy(update={"server_log_tail": HOSTILE, "workload": HOSTILE,
-                                     "endpoint": bench.endpoint.model_copy(update={"model": HOSTILE})})  # fmt: skip
+    bench = bench.model_copy(
+        update={
+            "server_log_tail": HOSTILE,
+            "workload": HOSTILE,
+            "endpoint": bench.endpoint.model_copy(update={"model": HOSTILE}),
+        }
+    )
     checks = [_check(1, CheckStatus.FAIL, Category.SECURITY, message=HOSTILE)]
     checks[0] = checks[0].model_copy(update={"evidence": [HOSTILE], "title": HOSTILE})
     for doc in (_report(checks=checks, benchmark=bench, model=HOSTILE), bench):
@@ -197,8 +272,9 @@ def test_hostile_strings_stay_text() -> None:
 def test_empty_and_invalid_documents_render_with_notes() -> None:
     only_failures = benchmark_doc([run_doc([failure(0), failure(1)])])
     invalid = benchmark_doc([run_doc(_records(30), valid=False)])
-    all_failed_scrapes = MetricsTimeline(source=None, interval_s=1.0, note="no known metric names",
-                                         samples=[MetricsSample(t_s=0.0, error="timeout")])  # fmt: skip
+    all_failed_scrapes = MetricsTimeline(
+        source=None, interval_s=1.0, note="no known metric names", samples=[MetricsSample(t_s=0.0, error="timeout")]
+    )
     no_runs = invalid.model_copy(update={"runs": [], "valid": True})
     pages = {
         "bare": to_html(_report(checks=[])),
@@ -226,8 +302,9 @@ def test_a_sweep_shows_every_run() -> None:
 
 
 def test_five_thousand_records_stay_small() -> None:
-    samples = [MetricsSample(t_s=t * 0.5, running=t % 9, waiting=t % 5, kv_cache_usage=(t % 100) / 100)
-               for t in range(5000)]  # fmt: skip
+    samples = [
+        MetricsSample(t_s=t * 0.5, running=t % 9, waiting=t % 5, kv_cache_usage=(t % 100) / 100) for t in range(5000)
+    ]
     long_timeline = MetricsTimeline(source="preflight", interval_s=0.5, samples=samples)
     page = to_html(_report(benchmark=_benchmark(5000), timeline=long_timeline))
     parse(page)
@@ -259,8 +336,7 @@ def test_chart_primitives() -> None:
         histogram(Chart("t", "x", "y"), bin_values([]))
 
 
-@pytest.mark.parametrize("values", [[math.nan, 1.0, 2.0], [math.inf, -math.inf], [0.0, 1e-320], [-5.0, 1e300],
-                                    [3.0]])  # fmt: skip
+@pytest.mark.parametrize("values", [[math.nan, 1.0, 2.0], [math.inf, -math.inf], [0.0, 1e-320], [-5.0, 1e300], [3.0]])
 def test_odd_numbers_draw_or_explain_but_never_raise(values: list[float]) -> None:
     """A document that validates may still hold NaN, infinities or extreme spans (JSON from another tool)."""
     fig = latency_figure("TTFT", values, (math.nan, math.inf, None))

@@ -54,8 +54,11 @@ def test_v1_benchmark_result_gains_a_stable_id_and_keeps_everything_else() -> No
     assert doc.id == load_benchmark_result(path).id == id_from_content(raw)
     assert doc.label is None
     again = json.loads(store.to_json(doc))
-    assert _without_identity(again) == _without_identity(json.loads(store.to_json(BenchmarkResult.model_validate(
-        {**raw, "schema_version": 2, "id": doc.id, "label": None}))))  # fmt: skip
+    assert _without_identity(again) == _without_identity(
+        json.loads(
+            store.to_json(BenchmarkResult.model_validate({**raw, "schema_version": 2, "id": doc.id, "label": None}))
+        )
+    )
     assert len(doc.runs[0].records) == len(raw["runs"][0]["records"])
 
 
@@ -106,9 +109,11 @@ def test_steps_run_in_order_from_the_file_version() -> None:
 
 @pytest.mark.parametrize(
     ("model", "message"),
-    [(_Gap, "f.json: no migration of a preflight.test-doc from schema_version 1"),
-     (_Broken, "f.json: migrating from schema_version 1 did not reach 2")],
-)  # fmt: skip
+    [
+        (_Gap, "f.json: no migration of a preflight.test-doc from schema_version 1"),
+        (_Broken, "f.json: migrating from schema_version 1 did not reach 2"),
+    ],
+)
 def test_a_missing_or_broken_step_is_one_line(model: type[BaseModel], message: str) -> None:
     with pytest.raises(store.DocumentError) as info:
         store.parse('{"kind": "preflight.test-doc", "schema_version": 1, "a": 4}', model, "f.json")

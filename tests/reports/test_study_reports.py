@@ -60,8 +60,14 @@ def test_the_document_is_strict(study: StudyReport) -> None:
         store.from_data({**data, "schema_version": 2}, StudyReport, "f.json")
     engine_dict = {"schema_version": 9, "study": "kv", "conditions": {}, "rows": [], "notes": []}
     with pytest.raises(store.DocumentError, match="layout 9"):
-        StudyReport.from_study(engine_dict, title="t", command="c", started_at=study.started_at,
-                               finished_at=study.finished_at, tool_version="0")  # fmt: skip
+        StudyReport.from_study(
+            engine_dict,
+            title="t",
+            command="c",
+            started_at=study.started_at,
+            finished_at=study.finished_at,
+            tool_version="0",
+        )
 
 
 def test_markdown_holds_the_table_notes_conditions_and_command(study: StudyReport) -> None:
@@ -83,8 +89,9 @@ def test_html_draws_the_study_charts_and_escapes_its_text(study: StudyReport) ->
     assert "<script" not in page
 
 
-def test_a_study_has_no_junit_and_no_comparison(study: StudyReport, home: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_study_has_no_junit_and_no_comparison(
+    study: StudyReport, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert [f.name for f in formats_for(study)] == ["json", "html", "md"]
     with pytest.raises(store.DocumentError, match="a study document has no junit export; it has json, html, md"):
         export(study, "junit")
@@ -92,8 +99,9 @@ def test_a_study_has_no_junit_and_no_comparison(study: StudyReport, home: Path,
     assert "is an engine study: it has no request records to compare" in capsys.readouterr().err
 
 
-def test_reports_cli_lists_shows_and_exports_a_study(study: StudyReport, home: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_reports_cli_lists_shows_and_exports_a_study(
+    study: StudyReport, home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     History(home).save(study)
     assert main(["list", "--kind", "study"]) == 0
     assert study.id in capsys.readouterr().out

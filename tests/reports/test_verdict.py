@@ -11,8 +11,9 @@ P, W, F, S, E = CheckStatus.PASS, CheckStatus.WARN, CheckStatus.FAIL, CheckStatu
 
 
 def _r(status: CheckStatus, required: bool = True) -> CheckResult:
-    return CheckResult(id=f"t.{status.value}", category=Category.SECURITY, title="t", status=status,
-                       message="m", required=required)  # fmt: skip
+    return CheckResult(
+        id=f"t.{status.value}", category=Category.SECURITY, title="t", status=status, message="m", required=required
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,7 +38,9 @@ def test_an_optional_error_only_warns() -> None:
     assert decide([_r(P), _r(E, required=False)]) == Verdict.READY_WITH_WARNINGS
 
 
-@pytest.mark.parametrize(("verdict", "code"), [(Verdict.READY, 0), (Verdict.READY_WITH_WARNINGS, 0),
-                                               (Verdict.NOT_READY, 1), (Verdict.INCOMPLETE, 2)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("verdict", "code"),
+    [(Verdict.READY, 0), (Verdict.READY_WITH_WARNINGS, 0), (Verdict.NOT_READY, 1), (Verdict.INCOMPLETE, 2)],
+)
 def test_exit_codes(verdict: Verdict, code: int) -> None:
     assert exit_code(verdict) == code

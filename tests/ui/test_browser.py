@@ -162,8 +162,9 @@ def test_the_pre_launch_flow_from_quick_check_to_a_compared_report(server_url: s
     page.get_by_role("button", name="Quick check").click()
     verdict = re.compile(r"^(READY|READY WITH WARNINGS|NOT READY|INCOMPLETE):")
     expect(main.get_by_text(verdict)).to_be_visible(timeout=MODEL_DEADLINE_MS * 2)
-    expect(main.get_by_text(re.compile(r"5\. Checklist: (READY|READY_WITH_WARNINGS|NOT_READY|INCOMPLETE)"))
-           ).to_be_visible()  # the flow's status shows the new verdict  # fmt: skip
+    expect(
+        main.get_by_text(re.compile(r"5\. Checklist: (READY|READY_WITH_WARNINGS|NOT_READY|INCOMPLETE)"))
+    ).to_be_visible()  # the flow's status shows the new verdict
     expect(page.get_by_test_id("stException")).to_have_count(0)
     page.screenshot(path=SCREENSHOTS / "home.png", full_page=True)
 

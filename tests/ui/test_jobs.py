@@ -21,8 +21,14 @@ from tests.ui.app_session import open_app
 
 TIMEOUT_S = 120
 RUN_DEADLINE_S = 240.0
-TINY = {"target_threads": 1, "bench_input_len": 16, "bench_output_len": 4, "bench_concurrency": 2,
-        "bench_requests": 500, "bench_warmup": 0}  # fmt: skip
+TINY = {
+    "target_threads": 1,
+    "bench_input_len": 16,
+    "bench_output_len": 4,
+    "bench_concurrency": 2,
+    "bench_requests": 500,
+    "bench_warmup": 0,
+}
 
 
 @pytest.fixture(autouse=True)

@@ -107,8 +107,14 @@ def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
 
 
 def test_stop_keeps_what_finished(page: AppTest) -> None:
-    for key, value in (("target_threads", 1), ("bench_input_len", 16), ("bench_output_len", 4),
-                       ("bench_concurrency", 2), ("bench_requests", 500), ("bench_warmup", 0)):  # fmt: skip
+    for key, value in (
+        ("target_threads", 1),
+        ("bench_input_len", 16),
+        ("bench_output_len", 4),
+        ("bench_concurrency", 2),
+        ("bench_requests", 500),
+        ("bench_warmup", 0),
+    ):
         page.number_input(key=key).set_value(value)
     page.run()
     page.button(key="bench_run").click().run()
