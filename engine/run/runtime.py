@@ -158,6 +158,7 @@ class Generation:
                 prefill_s = time.perf_counter() - t0
             if token in stop_ids:
                 finish = "stop"
+                text.flush()  # the sequence ended: bytes of a cut-off character show as U+FFFD, as the server does
                 break
             ids.append(token)
             if lp is not None:
