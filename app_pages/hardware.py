@@ -54,6 +54,8 @@ else:
     cols[1].metric("fp32 matmul", f"{cpu.fp32_flops / 1e9:.0f} GFLOP/s")
     cols[2].metric("bf16 matmul", f"{cpu.bf16_flops / 1e9:.0f} GFLOP/s")
     cols[3].metric("Dispatch per op", f"{cpu.op_overhead_s * 1e6:.1f} us")
+    if note := cpu.bandwidth_note():
+        st.caption(note)
     st.caption(cpu.describe())
 
 st.subheader("Predicted vs measured")

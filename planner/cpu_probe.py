@@ -78,6 +78,28 @@ class CpuMeasurement:
 
         return interpolate_bandwidth(self.bandwidth_curve, working_set_bytes)
 
+    def bandwidth_note(self) -> str | None:
+        """What the two working sets mean, and what it says when the small one reads lower.
+
+        The small set fits in the last-level cache, so on a quiet machine it is the faster one
+        (150 against 42 GB/s on the 2-core EPYC this was written on); decode streams the weights
+        from main memory, which is the large set's figure, the one the planner uses. Its copies
+        take well under a millisecond, so other work sharing the CPU hurts it most."""
+        if len(self.bandwidth_curve) < 2:
+            return None
+        (small_ws, small), (large_ws, large) = self.bandwidth_curve[0], self.bandwidth_curve[-1]
+        sizes = f"{small_ws // 2**20} MiB fits in the CPU's cache, {large_ws // 2**20} MiB does not"
+        if small < large:
+            return (
+                f"The {small_ws // 2**20} MiB figure ({small / 1e9:.1f} GB/s) read lower than main memory's "
+                f"({large / 1e9:.1f} GB/s) although {sizes}: other work shared the CPU while its sub-millisecond "
+                "copies were timed. Measure again on a quiet machine; the planner uses the main-memory figure."
+            )
+        return (
+            f"{sizes}: {small / 1e9:.1f} GB/s is cache bandwidth, {large / 1e9:.1f} GB/s main memory's, the "
+            "one decode depends on (it streams every weight once per token) and the planner uses."
+        )
+
     def to_dict(self) -> dict:
         return asdict(self) | {"bandwidth_bytes_s": self.bandwidth_bytes_s}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -209,3 +210,14 @@ def test_cli_bad_input_is_one_line(argv: list[str], code: int, line: str, capsys
     assert main(["recommend", *argv]) == code
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [line] and captured.out == ""
+
+
+def test_the_bandwidth_note_explains_the_two_working_sets() -> None:
+    """Cache-sized copies are the faster ones on a quiet machine; if they read slower, the note says why."""
+    quiet = replace(FIXED_CPU, bandwidth_curve=((24 * 2**20, 150e9), (384 * 2**20, 42e9)))
+    busy = replace(FIXED_CPU, bandwidth_curve=((24 * 2**20, 20e9), (384 * 2**20, 40e9)))
+    assert quiet.bandwidth_note().startswith("24 MiB fits in the CPU's cache, 384 MiB does not: 150.0 GB/s is cache")
+    assert "main memory's, the one decode depends on" in quiet.bandwidth_note()
+    assert busy.bandwidth_note().startswith("The 24 MiB figure (20.0 GB/s) read lower than main memory's (40.0 GB/s)")
+    assert "Measure again on a quiet machine" in busy.bandwidth_note()
+    assert replace(FIXED_CPU, bandwidth_curve=((2**20, 1e9),)).bandwidth_note() is None
