@@ -12,7 +12,8 @@ Forms (w is an (N, K) weight: N outputs, K inputs):
   values saturate at +-448 (e4m3fn has no inf: an unclamped cast would give NaN).
 
 Kernel timings that decided the choices below (int8, int4 and fp8 kernels at decode and prefill
-shapes on a 2-core CPU) are in docs/BENCHMARKS.md, "Quantized matmul kernels on CPU".
+shapes on a 2-core CPU) are in docs/BENCHMARKS.md, "Quantized matmul kernels on CPU"; bench/quant_kernels.py
+re-times the modules each format uses.
 
 What the modules do with those timings:
 - int8: `_weight_int8pack_mm` below 8 rows when N < 8192; dynamic int8 (`torch._int_mm` on
