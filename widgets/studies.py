@@ -31,9 +31,13 @@ def _chart(doc: StudyReport, spec: StudyChart) -> alt.Chart:
     categorical = spec.x == "format"
     mark = alt.Chart(frame).mark_bar() if categorical else alt.Chart(frame).mark_line(point=True)
     colour = {"color": alt.Color("series:N", title=None)} if len(spec.ys) > 1 else {}
-    return mark.encode(
-        x=alt.X(spec.x, sort=None, title=spec.x_label), y=alt.Y(spec.y_label), tooltip=[spec.x, spec.y_label], **colour
-    ).properties(title=spec.title, height=260)
+    # The sizes a study ran are a handful of exact values (16, 32, ... tokens; batch 1, 2, 4): an ordinal axis
+    # labels each one as it was run, and a one-point study still shows its point (a quantitative axis over
+    # one value labelled it "3.000000" and clipped the point).
+    x = alt.X(f"{spec.x}:{'N' if categorical else 'O'}", sort=None, title=spec.x_label)
+    return mark.encode(x=x, y=alt.Y(f"{spec.y_label}:Q"), tooltip=[spec.x, spec.y_label], **colour).properties(
+        title=spec.title, height=260
+    )
 
 
 def study_view(doc: StudyReport) -> None:
