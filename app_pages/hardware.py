@@ -4,10 +4,14 @@ import json
 
 import streamlit as st
 
-from planner.entrypoints import compare_run
+from checks.load.calibration import SERVED_NOTE, measured_run, sync_runs
+from planner.entrypoints import compare_measured, compare_run
 from planner.errors import PlannerError
 from planner.hardware import describe_nvml, gpu_story
 from planner.tables import comparison_frame, gpu_frame
+from reports.history import History
+from reports.home import history_dir
+from reports.store import DocumentError
 from widgets.common import cached_hardware, machine_metrics
 
 st.title("Hardware")
@@ -60,16 +64,34 @@ else:
 
 st.subheader("Predicted vs measured")
 st.caption(
-    "Upload what `python -m engine generate --json --device cpu ...` printed; the planner predicts the same "
-    "run from this CPU's measurements and shows its error per metric."
+    "Pick a saved sync benchmark of the bundled engine, or upload what `python -m engine generate --json "
+    "--device cpu ...` printed; the planner predicts the same run from this CPU's measurements and shows its "
+    "error per metric."
 )
-run = st.file_uploader("Bundled-engine run (JSON)", type="json", key="hardware_run")
-if run is not None:
-    try:
+saved = sync_runs(History(history_dir()))
+choice = st.selectbox(
+    "A saved benchmark of the bundled engine (sync profile: one request at a time)",
+    [None, *saved],
+    format_func=lambda e: "none chosen" if e is None else f"{e.id} · {e.target} · {e.headline}",
+    key="hardware_saved_run",
+)
+run = st.file_uploader("...or a `python -m engine generate --json` result", type="json", key="hardware_run")
+try:
+    comparison, note = None, None
+    if choice is not None:
+        measured = measured_run(History(history_dir()).load(choice.id))
+        if measured is not None:
+            with st.spinner("Measuring this CPU and predicting the run..."):
+                comparison, note = compare_measured(measured), SERVED_NOTE
+    elif run is not None:
         with st.spinner("Measuring this CPU and predicting the run..."):
             comparison = compare_run(json.loads(run.getvalue()))
-    except (PlannerError, json.JSONDecodeError) as exc:
-        st.error(str(exc))
-    else:
+except (PlannerError, DocumentError, json.JSONDecodeError) as exc:
+    st.error(str(exc))
+else:
+    if comparison is not None:
         st.dataframe(comparison_frame(comparison), hide_index=True)
-        st.caption(comparison.conditions)
+        st.caption(comparison.conditions + (f"; {note}" if note else ""))
+    elif not saved:
+        st.caption("No sync benchmark of the bundled engine is saved yet: run one on the Benchmark page "
+                   "(load profile sync) and it appears here.")  # fmt: skip

@@ -41,7 +41,17 @@ def compare_run(
     measure: Callable[[], CpuMeasurement] | None = None,
 ) -> Comparison:
     """Prediction error per metric for a `python -m engine generate --json` result run on this CPU."""
+    return compare_measured(MeasuredRun.from_engine_json(data), model, catalog, hw, measure)
+
+
+def compare_measured(
+    run: MeasuredRun,
+    model: str = BUNDLED_MODEL,
+    catalog: Catalog | None = None,
+    hw: Hardware | None = None,
+    measure: Callable[[], CpuMeasurement] | None = None,
+) -> Comparison:
+    """Prediction error per metric for a measured bundled-engine run on this CPU, however it was measured."""
     cat = catalog or load_catalog()
-    run = MeasuredRun.from_engine_json(data)
     device = resolve_device("cpu", 1, cat, None, hw, measure)
     return compare(run, resolve_model(model, cat), device, cat)

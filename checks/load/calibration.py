@@ -1,0 +1,49 @@
+"""A saved benchmark of the bundled engine as a run the planner can predict: the Hardware page's
+"predicted vs measured" from the history, without a separate `python -m engine generate --json`.
+
+Only a `sync` run qualifies: one request at a time is what the planner's single-stream figures
+predict. Its prefill rate is the mean prompt over the median TTFT and its decode rate one over the
+median TPOT, both measured through the server, so they include what serving adds (HTTP,
+scheduling) and the comparison says so.
+"""
+
+from __future__ import annotations
+
+from planner.compare import MeasuredRun
+from reports.benchmark_result import BenchmarkResult, BundledTargetDoc
+from reports.history import Filters, History, HistoryEntry
+
+SERVED_NOTE = "measured through the bundled server (sync profile): includes HTTP and scheduling"
+
+
+def measured_run(doc: BenchmarkResult) -> MeasuredRun | None:
+    """The run the planner can predict, or None when `doc` is not a sync benchmark of the bundled engine."""
+    target = doc.target
+    run = doc.runs[0] if len(doc.runs) == 1 else None
+    if not isinstance(target, BundledTargetDoc) or run is None or run.profile != "sync":
+        return None
+    s = run.summary
+    done = s.completed
+    if not done or not s.total_input_tokens or not s.total_output_tokens:
+        return None
+    prompt, completion = s.total_input_tokens / done, s.total_output_tokens / done
+    prefill = prompt / (s.median_ttft_ms / 1000) if s.median_ttft_ms else None
+    decode = 1000 / s.median_tpot_ms if s.median_tpot_ms else None
+    return MeasuredRun(
+        quant=target.quant,
+        device=target.device,
+        prompt_tokens=round(prompt),
+        completion_tokens=round(completion),
+        prefill_tok_s=prefill,
+        decode_tok_s=decode,
+        weight_bytes=None,  # the server's weights are not in a benchmark result
+    )
+
+
+def sync_runs(history: History) -> list[HistoryEntry]:
+    """The saved benchmarks `measured_run` can use: the bundled engine, one sync run, newest first."""
+    return [
+        e
+        for e in history.entries(Filters(kind="benchmark"))
+        if e.unreadable is None and (e.target or "").startswith("bundled") and (e.headline or "").startswith("sync:")
+    ]

@@ -1,0 +1,39 @@
+"""A saved sync benchmark of the bundled engine as a run the planner predicts (checks/load/calibration.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from result_docs import record, result_of, run_of
+
+from checks.load.calibration import measured_run, sync_runs
+from reports.benchmark_result import BundledTargetDoc
+from reports.history import History
+
+BUNDLED = BundledTargetDoc(quant="int4", device="cpu", threads=2, max_num_seqs=1, api="chat", log_path="x.log")
+
+
+def _sync(send_gap: float = 1.0):
+    # three requests one after the other: TTFT 0.1 s, then a token every 20 ms (4 tokens)
+    records = [record(i, i * send_gap, [i * send_gap + 0.1 + 0.02 * k for k in range(4)]) for i in range(3)]
+    return result_of([run_of(records, "sync")]).model_copy(update={"target": BUNDLED})
+
+
+def test_a_sync_run_of_the_bundled_engine_becomes_a_measured_run() -> None:
+    run = measured_run(_sync())
+    assert run is not None and (run.quant, run.device) == ("int4", "cpu")
+    assert (run.prompt_tokens, run.completion_tokens) == (8, 4)
+    assert abs(run.prefill_tok_s - 8 / 0.1) < 1e-6  # mean prompt over the median TTFT
+    assert abs(run.decode_tok_s - 1000 / 20) < 1e-6  # one over the median TPOT
+    assert run.weight_bytes is None
+
+
+def test_other_runs_are_not_predicted_as_single_streams(tmp_path: Path) -> None:
+    remote = result_of([run_of([record(0, 0.0, [0.1, 0.12])], "sync")])
+    concurrent = _sync().model_copy(update={"runs": [run_of([record(0, 0.0, [0.1, 0.12])], "concurrency:2")]})
+    assert measured_run(remote) is None and measured_run(concurrent) is None
+    history = History(tmp_path)
+    for doc in (_sync(), remote, concurrent):
+        history.save(doc)
+    [entry] = sync_runs(history)
+    assert entry.target == "bundled:int4" and entry.headline.startswith("sync:")
