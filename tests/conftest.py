@@ -1,6 +1,7 @@
 """Shared fixtures: every test runs with Preflight's home in its own tmp dir.
 
-The converted-weights cache is the exception: one tmp dir for the whole session,
+The bundled int4 engine is shared by the whole session (`int4`). The converted-weights
+cache is the exception to the per-test home: one tmp dir for the whole session,
 set before any fixture of any scope runs (module-scoped engines included), so
 the model is converted from GGUF once per format and later loads hit the warm
 cache, and nothing is written to the user's real cache.
@@ -20,6 +21,15 @@ def weights_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PREFLIGHT_CACHE_DIR", str(path))
         yield path
+
+
+@pytest.fixture(scope="session")
+def int4(weights_cache_dir: Path):  # noqa: ANN201 - the engine type would import torch at collection
+    """The bundled engine in int4 on the CPU, loaded once for the whole session: the engine's own tests
+    and the planner's predicted-vs-measured tests share it (each generation starts from a fresh cache)."""
+    from engine.run.runtime import Engine, LoadOptions
+
+    return Engine.load(LoadOptions(quant="int4", device="cpu"))
 
 
 @pytest.fixture(autouse=True)

@@ -16,11 +16,6 @@ from engine.sampling import SamplingParams
 GREEDY = SamplingParams(max_tokens=12)
 
 
-@pytest.fixture(scope="module")
-def int4() -> Engine:
-    return Engine.load(LoadOptions(quant="int4", device="cpu"))
-
-
 def test_greedy_answer_is_paris(int4: Engine) -> None:
     result = int4.generate("The capital of France is", SamplingParams(max_tokens=4))
     assert result.text.strip().startswith("Paris")
@@ -135,7 +130,7 @@ def test_unknown_format_and_missing_gpu_are_clear_errors() -> None:
 
 @pytest.mark.slow
 def test_weight_cache_warm_load_and_corruption_rebuild(int4: Engine) -> None:
-    # The module fixture loaded int4 once, so an entry exists now.
+    # The session's int4 fixture (tests/conftest.py) loaded int4 once, so an entry exists now.
     warm = Engine.load(LoadOptions(quant="int4", device="cpu"))
     assert warm.info.source == "cache"
     assert (

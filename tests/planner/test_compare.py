@@ -54,25 +54,18 @@ def test_gpu_run_is_refused_for_the_cpu_prediction() -> None:
         compare_run(SAMPLE | {"load": SAMPLE["load"] | {"device": "cuda:0"}}, measure=lambda: measure(THREADS))
 
 
-@pytest.fixture(scope="module")
-def engine():  # noqa: ANN201
-    from engine.run.runtime import Engine, LoadOptions
-
-    return Engine.load(LoadOptions(quant="int4", device="cpu"))
-
-
-def test_cpu_prediction_within_2x_of_the_bundled_engine(engine) -> None:  # noqa: ANN001
+def test_cpu_prediction_within_2x_of_the_bundled_engine(int4) -> None:  # noqa: ANN001
     from engine.sampling import SamplingParams
 
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
-        runs = [engine.generate(PROMPT, SamplingParams(max_tokens=32, ignore_eos=True), chat=True) for _ in range(2)]
+        runs = [int4.generate(PROMPT, SamplingParams(max_tokens=32, ignore_eos=True), chat=True) for _ in range(2)]
         cpu = measure.__wrapped__(THREADS)  # measured now, under the same load as the runs
     finally:
         torch.set_num_threads(before)
     best = max(runs, key=lambda r: r.decode_tok_s or 0)
-    comparison = compare_run(engine_json(best, engine.info), measure=lambda: cpu)
+    comparison = compare_run(engine_json(best, int4.info), measure=lambda: cpu)
     print("\n".join(format_comparison(comparison)))
     rows = {r.metric: r for r in comparison.rows}
     assert rows["decode"].measured == best.decode_tok_s and best.completion_tokens == 32
@@ -80,7 +73,7 @@ def test_cpu_prediction_within_2x_of_the_bundled_engine(engine) -> None:  # noqa
     assert rows["weight memory"].within(1.1)
 
 
-def test_dispatch_calibration_still_holds(engine) -> None:  # noqa: ANN001
+def test_dispatch_calibration_still_holds(int4) -> None:  # noqa: ANN001
     """engines.json's ops per layer for the bundled engine, recounted over one int4 decode step."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -93,8 +86,8 @@ def test_dispatch_calibration_still_holds(engine) -> None:  # noqa: ANN001
             Count.ops += 1
             return func(*args, **(kwargs or {}))
 
-    model = engine.loaded.model
-    ids = engine.encode_prompt(PROMPT, chat=True)
+    model = int4.loaded.model
+    ids = int4.encode_prompt(PROMPT, chat=True)
     cache = KVCache(model.config, 1, len(ids) + 4, model.act_dtype, "cpu")
     with torch.inference_mode():
         model(torch.tensor([ids]), 0, cache)
