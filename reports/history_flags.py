@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from reports.documents import Document
-from reports.history import History
-from reports.home import history_dir
 from reports.identity import LABEL_MAX_CHARS
-from reports.store import DocumentError
+
+if TYPE_CHECKING:
+    from reports.documents import Document
 
 HISTORY_FLAGS = ("history", "no_history", "label")  # their `dest` names, for callers that echo their own args
 
@@ -44,6 +44,12 @@ def save_to_history(doc: Document, args: argparse.Namespace) -> None:
     since the run itself succeeded (and --out or --json, if given, holds it)."""
     if args.no_history:
         return
+    # Imported here: every `python -m engine` command builds a parser with these flags, and the
+    # documents' models cost ~0.1 s to import that `serve` and `generate` never need.
+    from reports.history import History
+    from reports.home import history_dir
+    from reports.store import DocumentError
+
     try:
         path = History(history_dir(args.history)).save(doc)
     except DocumentError as exc:
