@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from checks.load.endpoint import Api, Endpoint, check_target_url, root_url
-from checks.load.targets import TargetError, probe_stream
+from checks.load.targets import TargetError, model_ids, probe_stream
 from checks.presets import preset_for
 from checks.readiness.metrics_scrape import read_target_metrics
 from checks.readiness.probe import ProbeResponse, request
@@ -56,14 +56,6 @@ class ConnectionReport(BaseModel):
         return self.reachable and bool(self.streaming) and not self.problems
 
 
-def _models(resp: ProbeResponse) -> list[str] | None:
-    data = resp.json()
-    try:
-        return [str(m["id"]) for m in data["data"]]
-    except (KeyError, TypeError):
-        return None
-
-
 def _auth(with_key: ProbeResponse, without_key: ProbeResponse | None, key_given: bool) -> Auth:
     if with_key.status in (401, 403):
         return "refused" if key_given else "required: no key was given"
@@ -93,14 +85,15 @@ async def check_connection(
         report.problems.append(f"GET /v1/models answered {listed.status}: {what}")
         return report
     if listed.status == 200:
-        report.models = _models(listed) or []
-        if _models(listed) is None:
+        try:
+            report.models = model_ids(listed.json())
+        except (KeyError, TypeError):
             report.problems.append("GET /v1/models did not answer with an OpenAI model list")
     else:
         report.problems.append(f"GET /v1/models answered {listed.status}: is {base_url} an OpenAI-compatible base URL?")
     if not report.problems:
         try:
-            endpoint, record = await probe_stream(base_url, api_key, model, api)
+            endpoint, record = await probe_stream(base_url, api_key, model, api, models=report.models)
         except TargetError as exc:
             report.streaming = False
             report.problems.append(str(exc))
@@ -125,8 +118,11 @@ def connect(base_url: str, api_key: str | None = None, model: str | None = None,
     return asyncio.run(check_connection(base_url, api_key, model, api))
 
 
-def format_connection(report: ConnectionReport) -> str:
-    """The report as lines for a terminal: one fact per line, problems last."""
+def facts(report: ConnectionReport) -> list[tuple[str, str]]:
+    """What a reachable target answered, as (label, text) lines: the CLI prints them as a column, the
+    sidebar as a list, so both say the same thing the same way."""
+    if not report.reachable:
+        return []
 
     def ms(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.0f} ms"
@@ -134,20 +130,28 @@ def format_connection(report: ConnectionReport) -> str:
     def yes(value: bool | None) -> str:
         return "not tried" if value is None else "yes" if value else "no"
 
-    lines = [f"target        {report.base_url}", f"reachable     {yes(report.reachable)}"]
-    if report.reachable:
-        shown = ", ".join(report.models[:5]) + (f" (+{len(report.models) - 5})" if len(report.models) > 5 else "")
-        lines += [
-            f"models        {shown or 'none listed'} in {ms(report.models_ms)}",
-            f"API key       {'given' if report.key_given else 'not given'}; {report.auth}",
-            f"streaming     {yes(report.streaming)}"
-            + (f" ({report.model}, TTFT {ms(report.ttft_ms)})" if report.streaming else ""),
-            f"stream usage  {yes(report.stream_usage)}",
-            f"ignore_eos    {yes(report.ignore_eos)}",
-            f"/metrics      {report.metrics or 'not usable'}"
-            + (f" ({report.server})" if report.server else "")
-            + (f"; {report.metrics_note}" if report.metrics_note else ""),
-        ]
+    shown = ", ".join(report.models[:5]) + (f" (+{len(report.models) - 5})" if len(report.models) > 5 else "")
+    metrics = report.metrics or "not usable"
+    metrics += (f" ({report.server})" if report.server else "") + (
+        f"; {report.metrics_note}" if report.metrics_note else ""
+    )
+    return [
+        ("models", f"{shown or 'none listed'} in {ms(report.models_ms)}"),
+        ("API key", f"{report.auth} (a key was {'given' if report.key_given else 'not given'})"),
+        (
+            "streaming",
+            yes(report.streaming) + (f" ({report.model}, TTFT {ms(report.ttft_ms)})" if report.streaming else ""),
+        ),
+        ("stream usage", yes(report.stream_usage)),
+        ("ignore_eos", yes(report.ignore_eos)),
+        ("/metrics", metrics),
+    ]
+
+
+def format_connection(report: ConnectionReport) -> str:
+    """The report as lines for a terminal: one fact per line, problems last."""
+    lines = [f"target        {report.base_url}", f"reachable     {'yes' if report.reachable else 'no'}"]
+    lines += [f"{label:<14}{text}" for label, text in facts(report)]
     lines += [f"problem       {p}" for p in report.problems]
     lines.append("ready to measure" if report.ok else "not ready to measure")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from checks.connection import ConnectionReport, connect
+from checks.connection import ConnectionReport, connect, facts
 from checks.presets import PRESETS
 from engine.formats import WEIGHT_FORMATS
 
@@ -45,19 +45,7 @@ def _connection_view(report: ConnectionReport) -> None:
     else:
         st.error("Not ready: " + "; ".join(report.problems or ["the probe request did not complete"]))
     if report.reachable:
-        lines = [f"- models: {', '.join(report.models[:5]) or 'none listed'}", f"- API key: {report.auth}"]
-        if report.streaming:
-            lines.append(
-                f"- stream usage: {'yes' if report.stream_usage else 'no'}; "
-                f"ignore_eos: {'yes' if report.ignore_eos else 'no'}"
-            )
-        metrics = report.metrics or "not usable"
-        lines.append(
-            f"- /metrics: {metrics}"
-            + (f" ({report.server})" if report.server else "")
-            + (f"; {report.metrics_note}" if report.metrics_note else "")
-        )
-        st.markdown("\n".join(lines))
+        st.markdown("\n".join(f"- {label}: {text}" for label, text in facts(report)))
 
 
 VALUE_KEYS = (

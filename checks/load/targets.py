@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -121,6 +122,11 @@ def wait_healthy(
     raise TargetError(f"{what} was not ready within {deadline_s:g} s (last: {last}):\n{log_tail()}")
 
 
+def model_ids(data: Any) -> list[str]:
+    """The model ids of a parsed OpenAI `/v1/models` answer; KeyError or TypeError when it is not one."""
+    return [str(m["id"]) for m in data["data"]]
+
+
 async def _get_models(base_url: str, api_key: str | None) -> list[str]:
     url = root_url(base_url) + "/v1/models"
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -144,8 +150,7 @@ async def _get_models(base_url: str, api_key: str | None) -> list[str]:
     if len(body) > MODEL_LIST_BYTES:
         raise TargetError(f"{url} answered with more than {MODEL_LIST_BYTES} bytes: not an OpenAI model list")
     try:
-        data = json.loads(body)
-        return [str(m["id"]) for m in data["data"]]
+        return model_ids(json.loads(body))
     except (ValueError, KeyError, TypeError, RecursionError):
         detail = body_excerpt(body, content_type)
         raise TargetError(f"{url} did not answer with an OpenAI model list: {detail}") from None
@@ -167,10 +172,18 @@ async def probe(base_url: str, api_key: str | None, model: str | None, api: Api,
 
 
 async def probe_stream(
-    base_url: str, api_key: str | None, model: str | None, api: Api, server_pid: int | None = None
+    base_url: str,
+    api_key: str | None,
+    model: str | None,
+    api: Api,
+    server_pid: int | None = None,
+    models: list[str] | None = None,
 ) -> tuple[Endpoint, RequestRecord]:
-    """`probe`, also returning the record of the last (successful) probe request: its timings."""
-    models = await _get_models(base_url, api_key)
+    """`probe`, also returning the record of the last (successful) probe request: its timings.
+
+    `models`: the model list when the caller has just fetched it (a connection test), so it is not asked twice."""
+    if models is None:
+        models = await _get_models(base_url, api_key)
     if model is None:
         if not models:
             raise TargetError(f"{root_url(base_url)}/v1/models lists no models; name one with --model")
