@@ -26,6 +26,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from reports import documents, store
+from reports.benchmark_result import BenchmarkResult
 from reports.home import DIR_MODE, FILE_MODE
 from reports.identity import ID_PATTERN
 from reports.readiness_report import ReadinessReport
@@ -33,7 +34,7 @@ from reports.redaction import redact_url
 from reports.study_report import StudyReport
 
 INDEX_NAME = ".index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: entries carry `profile`; an index of an older version is rebuilt from the files
 
 
 class HistoryEntry(BaseModel):
@@ -50,6 +51,7 @@ class HistoryEntry(BaseModel):
     label: str | None = None
     verdict: str | None = None
     headline: str | None = None
+    profile: str | None = None  # a benchmark of one run: its load profile ('sync', 'concurrency:4', ...)
     unreadable: str | None = None
 
 
@@ -64,8 +66,13 @@ class _Cached(BaseModel):
 class _Index(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[1] = INDEX_VERSION
+    version: Literal[2] = INDEX_VERSION
     files: dict[str, _Cached] = {}
+
+
+def target_label(target: str) -> str:
+    """How the history names a target given as a run's `--target` ('bundled:int4' or a URL): URLs redacted."""
+    return target if target.startswith("bundled") else redact_url(target)
 
 
 def _target_of(doc: documents.Document) -> str:
@@ -73,9 +80,9 @@ def _target_of(doc: documents.Document) -> str:
         return doc.target
     if isinstance(doc, ReadinessReport):
         t = doc.target
-        return f"bundled:{t.quant}" if t.kind == "bundled" and t.quant else redact_url(t.base_url)
+        return target_label(f"bundled:{t.quant}" if t.kind == "bundled" and t.quant else t.base_url)
     t = doc.target
-    return f"bundled:{t.quant}" if t.kind == "bundled" else redact_url(t.base_url)
+    return target_label(f"bundled:{t.quant}" if t.kind == "bundled" else t.base_url)
 
 
 def _headline(doc: documents.Document) -> tuple[str | None, str]:
@@ -112,6 +119,7 @@ def entry_for(doc: documents.Document, file: str) -> HistoryEntry:
         label=doc.label,
         verdict=verdict,
         headline=headline,
+        profile=doc.runs[0].profile if isinstance(doc, BenchmarkResult) and len(doc.runs) == 1 else None,
     )
 
 

@@ -12,11 +12,10 @@ from __future__ import annotations
 import streamlit as st
 
 from checks.jobs import REGISTRY, JobBusy, JobKind, JobState, new_job
-from checks.readiness.config import quick_check_command, quick_check_config
+from checks.readiness.config import QUICK_CHECK, quick_check_command, quick_check_config
 from planner.hardware import Hardware, describe_accelerator
-from reports.history import History, HistoryEntry
+from reports.history import History, HistoryEntry, target_label
 from reports.home import history_dir
-from reports.redaction import redact_url
 from widgets.checklist import live_progress, verdict_banner
 from widgets.target import CONNECTION_KEY
 
@@ -26,9 +25,7 @@ JOB_KEY = "check_job"  # the Checklist page's job: a Quick check shows there too
 def history_target(values: dict) -> str | None:
     """The sidebar's target as the history names it ('bundled:int4', a redacted URL); None without a URL."""
     target = values.get("target") or ""
-    if not target:
-        return None
-    return target if target.startswith("bundled") else redact_url(target)
+    return target_label(target) if target else None
 
 
 def _when(entry: HistoryEntry) -> str:
@@ -94,7 +91,9 @@ def quick_check() -> None:
     busy = REGISTRY.running()
     if busy is not None and busy.kind == JobKind.CHECKLIST:
         st.session_state[JOB_KEY] = busy
-    st.caption(f"The bundled engine, 16 requests and every check: about a minute. Same as `{quick_check_command()}`.")
+    requests, profile = QUICK_CHECK["requests"], QUICK_CHECK["profile"]
+    st.caption(f"The bundled engine, {requests} requests ({profile}) and every check: about a minute. "
+               f"Same as `{quick_check_command()}`.")  # fmt: skip
     if st.button(
         "Quick check", type="primary", disabled=busy is not None, key="home_quick_check", icon=":material/bolt:"
     ):

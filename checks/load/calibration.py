@@ -45,5 +45,5 @@ def sync_runs(history: History) -> list[HistoryEntry]:
     return [
         e
         for e in history.entries(Filters(kind="benchmark"))
-        if e.unreadable is None and (e.target or "").startswith("bundled") and (e.headline or "").startswith("sync:")
+        if e.unreadable is None and (e.target or "").startswith("bundled") and e.profile == "sync"
     ]
