@@ -92,8 +92,10 @@ def quick_check() -> None:
     if busy is not None and busy.kind == JobKind.CHECKLIST:
         st.session_state[JOB_KEY] = busy
     requests, profile = QUICK_CHECK["requests"], QUICK_CHECK["profile"]
-    st.caption(f"The bundled engine, {requests} requests ({profile}) and every check: about a minute. "
-               f"Same as `{quick_check_command()}`.")  # fmt: skip
+    st.caption(
+        f"The bundled engine, {requests} requests ({profile}) and every check: about a minute. "
+        f"Same as `{quick_check_command()}`."
+    )
     if st.button(
         "Quick check", type="primary", disabled=busy is not None, key="home_quick_check", icon=":material/bolt:"
     ):
