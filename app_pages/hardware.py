@@ -93,5 +93,7 @@ else:
         st.dataframe(comparison_frame(comparison), hide_index=True)
         st.caption(comparison.conditions + (f"; {note}" if note else ""))
     elif not saved:
-        st.caption("No sync benchmark of the bundled engine is saved yet: run one on the Benchmark page "
-                   "(load profile sync) and it appears here.")  # fmt: skip
+        st.caption(
+            "No sync benchmark of the bundled engine is saved yet: run one on the Benchmark page "
+            "(load profile sync) and it appears here."
+        )
