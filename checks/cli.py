@@ -31,6 +31,7 @@ from checks.load.benchmark import BenchmarkConfig, config_error, make_target, me
 from checks.load.console import format_result
 from checks.load.loadgen import Progress
 from checks.load.targets import TargetError
+from checks.load.traces import TraceError, load_trace
 from checks.presets import PRESETS
 from checks.readiness.config import ChecklistConfig
 from checks.readiness.console import format_report
@@ -45,7 +46,7 @@ from reports.store import DocumentError, check_writable, save, write_text
 from reports.verdict import exit_code
 
 API_KEY_ENV = "PREFLIGHT_TARGET_API_KEY"
-SKIP_FLAGS = {"api_key", "duration_s"}  # spelled by hand below
+SKIP_FLAGS = {"api_key", "duration_s", "trace_window_s"}  # spelled by hand below
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 
 
@@ -108,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_duration,
         default=argparse.SUPPRESS,
         help="measured time per run, e.g. 60s or 2m (with --requests, whichever ends first)",
+    )
+    bench.add_argument(
+        "--trace-window",
+        dest="trace_window_s",
+        type=parse_duration,
+        default=argparse.SUPPRESS,
+        help="replay only this much of the trace's time, e.g. 10m (before --trace-speed)",
     )
     bench.add_argument(
         "--api-key",
@@ -216,6 +224,12 @@ def bench(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         print(f"error: {config_error(exc)}", file=sys.stderr)
         return 2
+    if config.trace:
+        try:  # a trace the run cannot replay fails here, before a server is started for it
+            load_trace(config.trace, limit=1, block_tokens=config.trace_block_tokens)
+        except TraceError as exc:
+            print(f"error: --trace: {exc}", file=sys.stderr)
+            return 2
     if args.out is not None:
         try:  # a long run must not end in a path it cannot write
             store.check_writable(args.out, overwrite=True)

@@ -17,7 +17,7 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +38,7 @@ from checks.load.sse import MAX_EVENT_BYTES, MAX_RESPONSE_BYTES
 from checks.load.sweep import SweepOptions, SweepResult, run_sweep
 from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
+from checks.load.traces import DEFAULT_BLOCK_TOKENS, load_trace, trace_requests
 from checks.load.workloads import SyntheticSpec, synthetic_requests
 from engine.formats import WEIGHT_FORMATS
 from reports.benchmark_result import (
@@ -81,6 +82,14 @@ class BenchmarkConfig(BaseModel):
     shared_prefix_len: int = Field(0, ge=0, description="tokens every synthetic prompt shares (prefix cache test)")
     dataset: str | None = Field(None, description="JSONL or ShareGPT JSON prompt file instead of synthetic prompts")
     scenario: str | None = Field(None, description=f"built-in scenario: {', '.join(SCENARIOS)}")
+    trace: str | None = Field(
+        None, description="replay a recorded trace (Azure LLM inference CSV or Mooncake JSONL): its times and lengths"
+    )
+    trace_speed: float = Field(1.0, gt=0, allow_inf_nan=False, description="replay the trace this many times faster")
+    trace_window_s: float | None = Field(None, gt=0, description="replay only this many seconds of the trace")
+    trace_block_tokens: int = Field(
+        DEFAULT_BLOCK_TOKENS, ge=1, description="tokens per hash id of a Mooncake trace (shared prefix blocks)"
+    )
     slo_ttft_ms: float | None = Field(None, gt=0, description="TTFT limit for goodput")
     slo_tpot_ms: float | None = Field(None, gt=0, description="TPOT limit for goodput")
     slo_e2e_ms: float | None = Field(None, gt=0, description="end-to-end latency limit for goodput")
@@ -111,11 +120,22 @@ class BenchmarkConfig(BaseModel):
             raise ValueError("bound the run: set requests, duration_s, or both")
         if self.dataset is not None and not self.dataset.strip():
             raise ValueError("no prompt file given: choose a JSONL or ShareGPT JSON file")
-        if self.dataset and self.scenario:
-            raise ValueError("choose a dataset or a scenario, not both")
+        if sum(bool(x) for x in (self.dataset, self.scenario, self.trace)) > 1:
+            raise ValueError("choose one workload: a dataset, a scenario or a trace")
+        if self.trace is not None and not self.trace.strip():
+            raise ValueError("no trace file given: choose an Azure CSV or Mooncake JSONL trace")
+        if self.trace and "profile" not in self.model_fields_set:
+            self.profile = "trace"  # a trace brings its arrival times unless a profile is asked for
+        if self.profile.strip() == "trace":
+            if not self.trace:
+                raise ValueError("the trace profile replays a trace's arrival times: give the trace file")
+            return self._check_target()
         if self.scenario and self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
         LoadProfile.parse(self.profile, self.max_concurrency)
+        return self._check_target()
+
+    def _check_target(self) -> BenchmarkConfig:
         self.bundled_quant()  # validates the target form
         return self
 
@@ -155,14 +175,46 @@ def config_error(exc: ValidationError) -> str:
     return first_problem(exc)
 
 
-def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[list[PromptRequest], str]:
-    """The workload's requests and a one-line description of where they came from."""
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What a run sends and when: the requests (warm-up first), where they came from, and the load profile."""
+
+    requests: list[PromptRequest]
+    description: str
+    profile: LoadProfile
+
+
+def build_workload(config: BenchmarkConfig, tokenizer: TextTokenizer) -> Workload:
+    """The workload's requests, a one-line description of where they came from, and its load profile.
+
+    A trace makes both: its rows are the requests, and (under the `trace`
+    profile) its arrival times are the schedule, the warm-up rows left out.
+    """
     n = (config.requests or 64) + config.warmup_requests
+    profile = None if config.profile.strip() == "trace" else LoadProfile.parse(config.profile, config.max_concurrency)
+    if config.trace:
+        window = config.trace_window_s
+        if config.requests is None and config.duration_s is not None:  # rows past the run's end are never sent
+            run_window = config.duration_s * config.trace_speed
+            window = run_window if window is None else min(window, run_window)
+        trace = load_trace(
+            Path(config.trace),
+            window_s=window,
+            limit=n if config.requests else None,
+            block_tokens=config.trace_block_tokens,
+        )
+        requests = trace_requests(trace, tokenizer, seed=config.seed)
+        if profile is None:
+            profile = trace.profile(config.trace_speed, skip=min(config.warmup_requests, len(requests) - 1))
+        return Workload(requests, trace.describe(), profile)
+    assert profile is not None  # the config refuses the trace profile without a trace
     if config.dataset:
         ds = load_dataset(Path(config.dataset), config.output_len, tokenizer, limit=n if config.requests else None)
-        return list(ds.requests), f"{ds.format} file {ds.path.name}: {len(ds.requests)} prompts"
+        return Workload(list(ds.requests), f"{ds.format} file {ds.path.name}: {len(ds.requests)} prompts", profile)
     if config.scenario:
-        return scenario_requests(config.scenario, n, tokenizer, config.seed), f"scenario {config.scenario}"
+        return Workload(
+            scenario_requests(config.scenario, n, tokenizer, config.seed), f"scenario {config.scenario}", profile
+        )
     spec = SyntheticSpec(
         config.input_len,
         config.output_len,
@@ -172,9 +224,10 @@ def build_requests(config: BenchmarkConfig, tokenizer: TextTokenizer) -> tuple[l
         shared_prefix_len=config.shared_prefix_len,
         seed=config.seed,
     )
-    return synthetic_requests(spec, n, tokenizer), (
+    description = (
         f"synthetic: {config.input_len} in / {config.output_len} out tokens ({config.input_dist}/{config.output_dist})"
     )
+    return Workload(synthetic_requests(spec, n, tokenizer), description, profile)
 
 
 def client_conditions() -> ClientDoc:
@@ -217,7 +270,7 @@ def run_doc(
 async def _drive(
     config: BenchmarkConfig,
     endpoint: Endpoint,
-    requests: list[PromptRequest],
+    workload: Workload,
     tokenizer: TextTokenizer,
     progress: ProgressCallback | None,
     cancel: threading.Event,
@@ -227,7 +280,7 @@ async def _drive(
         requests=config.requests, duration_s=config.duration_s, warmup_requests=config.warmup_requests, seed=config.seed
     )
     options = RequestOptions(temperature=config.temperature, seed=None)
-    profile = LoadProfile.parse(config.profile, config.max_concurrency)
+    requests, profile = workload.requests, workload.profile
     if profile.kind == "sweep":
         sweep = SweepOptions(rates=config.sweep_rates, saturation_concurrency=config.sweep_concurrency)
         return await run_sweep(
@@ -306,7 +359,7 @@ def measure(
     cancel = cancel or threading.Event()
     started = datetime.now(UTC).replace(microsecond=0)
     tokenizer = bundled_tokenizer()
-    requests, workload = build_requests(config, tokenizer)
+    workload = build_workload(config, tokenizer)
     warnings: list[str] = []
     if config.bundled_quant() is None and not config.dataset:
         warnings.append(
@@ -318,12 +371,12 @@ def measure(
         max_event_bytes=config.max_event_bytes,
         max_response_bytes=config.max_response_bytes,
     )
-    status(f"running {config.profile} on {endpoint.model}")
+    status(f"running {workload.profile.label} on {endpoint.model}")
     origin = time.perf_counter()
     monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)
     monitor.start()
     try:
-        outcome = asyncio.run(_drive(config, endpoint, requests, tokenizer, progress, cancel, origin))
+        outcome = asyncio.run(_drive(config, endpoint, workload, tokenizer, progress, cancel, origin))
     finally:
         samples = monitor.stop()
     server_log = target.log_tail(60) if isinstance(target, BundledTarget) else None
@@ -347,7 +400,7 @@ def measure(
         config=config.redacted(),
         target=target.describe(),
         endpoint=endpoint.redacted(),
-        workload=workload,
+        workload=workload.description,
         slo=None if slo is None else SloDoc(ttft_ms=slo.ttft_ms, tpot_ms=slo.tpot_ms, e2e_ms=slo.e2e_ms),
         client=client_conditions(),
         valid=valid,

@@ -253,8 +253,12 @@ async def _drive_schedule(run: _Run, profile: LoadProfile, total_warmup: int) ->
     run.phase, run.measure_start = "measure", run.client.now()
     gate = asyncio.Semaphore(profile.max_concurrency) if profile.max_concurrency else None
     n = run.limits.requests
-    if n is None:  # duration-bound: schedule enough arrivals to outlast the window
-        n = int((run.limits.duration_s or 0) * (profile.rate or 0) * 2) + 16
+    if n is None:  # duration-bound: schedule enough arrivals to outlast the window (a trace has its own)
+        n = (
+            len(profile.offsets)
+            if profile.offsets is not None
+            else int((run.limits.duration_s or 0) * (profile.rate or 0) * 2) + 16
+        )
     window_end = None if run.limits.duration_s is None else run.measure_start + run.limits.duration_s
     for offset in arrival_offsets(profile, n, run.limits.seed):
         due = run.measure_start + offset

@@ -5,7 +5,9 @@ A profile says when requests become due: `sync` (one at a time), `concurrency:N`
 `poisson:RPS[:BURSTINESS]` (gamma-distributed gaps; burstiness 1 is Poisson, below 1
 burstier, above 1 more regular, as in vLLM's `--burstiness`), and `sweep` (a ladder of
 rates, run by `checks.load.sweep`). Arrival offsets are computed before the run from a
-seed, so the schedule never depends on how fast the client happens to be.
+seed, so the schedule never depends on how fast the client happens to be. A `trace`
+profile carries its offsets, read from a recorded trace (`checks.load.traces`); it is
+built from the trace, never parsed from text.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-ProfileKind = Literal["sync", "concurrency", "constant", "poisson", "sweep"]
+ProfileKind = Literal["sync", "concurrency", "constant", "poisson", "sweep", "trace"]
 PROFILE_HELP = "sync | concurrency:N | constant:RPS | poisson:RPS[:BURSTINESS] | sweep"
 
 
@@ -29,8 +31,14 @@ class LoadProfile:
     rate: float | None = None  # requests per second
     burstiness: float = 1.0
     max_concurrency: int | None = None
+    offsets: tuple[float, ...] | None = None  # trace: seconds from the window's start of each measured request
+    name: str = ""  # trace: what was replayed, for the label ("azure code.csv x2")
 
     def __post_init__(self) -> None:
+        if (self.kind == "trace") != (self.offsets is not None):
+            raise ValueError("a trace profile needs its arrival offsets, and only a trace profile has them")
+        if self.offsets is not None and not self.offsets:
+            raise ValueError("the trace has no requests to replay")
         if self.kind == "concurrency" and (self.concurrency is None or self.concurrency < 1):
             raise ValueError("concurrency:N needs N >= 1 requests in flight")
         if self.kind in ("constant", "poisson") and (self.rate is None or not 0 < self.rate < math.inf):
@@ -45,6 +53,10 @@ class LoadProfile:
         """Read a profile from its CLI form; a clear ValueError names the accepted forms."""
         name, _, rest = text.strip().partition(":")
         args = rest.split(":") if rest else []
+        if name == "trace":
+            raise ValueError(
+                "the trace profile replays a recorded trace's arrival times: give the trace file (--trace)"
+            )
         try:
             if name == "sync" and not args:
                 return cls("sync", concurrency=1)
@@ -64,7 +76,7 @@ class LoadProfile:
     @property
     def is_rate(self) -> bool:
         """True when a schedule (not the client's completions) decides when requests go."""
-        return self.kind in ("constant", "poisson")
+        return self.kind in ("constant", "poisson", "trace")
 
     @property
     def label(self) -> str:
@@ -74,6 +86,8 @@ class LoadProfile:
             return f"constant:{self.rate:g}"
         if self.kind == "poisson":
             return f"poisson:{self.rate:g}" + (f":{self.burstiness:g}" if self.burstiness != 1.0 else "")
+        if self.kind == "trace":
+            return f"trace:{self.name}" if self.name else "trace"
         return self.kind
 
     def in_flight_limit(self) -> int | None:
@@ -86,7 +100,11 @@ class LoadProfile:
 
 
 def arrival_offsets(profile: LoadProfile, n: int, seed: int = 0) -> list[float]:
-    """Seconds from the start of the window at which each of `n` requests becomes due (rate profiles)."""
+    """Seconds from the start of the window at which each of `n` requests becomes due (rate profiles).
+
+    A trace gives at most its own requests: fewer than `n` when it is shorter."""
+    if profile.offsets is not None:
+        return list(profile.offsets[: max(0, n)])
     if not profile.is_rate or profile.rate is None:
         raise ValueError(f"profile {profile.label} has no arrival schedule")
     if n <= 0:

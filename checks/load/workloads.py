@@ -40,6 +40,7 @@ __all__ = [
     "load_jsonl",
     "load_sharegpt",
     "scenario_requests",
+    "prompts_of_lengths",
     "synthetic_requests",
 ]
 
@@ -124,7 +125,7 @@ def _sample_length(rng: random.Random, mean: int, dist: str, ratio: float, floor
 
 
 @dataclass(frozen=True, slots=True)
-class _Fitter:
+class TokenFitter:
     """Turns random token ids into text that re-encodes to an exact number of tokens."""
 
     tokenizer: TextTokenizer
@@ -159,15 +160,15 @@ class _Fitter:
         return best
 
 
-def _normal_ids(tokenizer: TextTokenizer) -> tuple[int, ...]:
+def normal_ids(tokenizer: TextTokenizer) -> tuple[int, ...]:
     pool = tuple(i for i in range(tokenizer.vocab_size) if i not in tokenizer.special_token_ids)
     if not pool:
         raise ValueError(f"tokenizer {tokenizer.name} has no normal tokens to build synthetic prompts from")
     return pool
 
 
-def _shared_prefix(fitter: _Fitter, length: int) -> list[int]:
-    """`length` token ids whose text re-encodes to themselves; [] when no prefix is asked for."""
+def stable_ids(fitter: TokenFitter, length: int) -> list[int]:
+    """`length` token ids whose text re-encodes to themselves; [] for 0 (a shared prefix, a trace's block)."""
     if length == 0:
         return []
     best: list[int] = []
@@ -178,7 +179,7 @@ def _shared_prefix(fitter: _Fitter, length: int) -> list[int]:
         if len(best) == length:
             break
     if not best:
-        raise ValueError(f"could not build a {length}-token shared prefix with tokenizer {fitter.tokenizer.name}")
+        raise ValueError(f"could not build {length} self-consistent tokens with tokenizer {fitter.tokenizer.name}")
     return best
 
 
@@ -206,9 +207,26 @@ def synthetic_requests(spec: SyntheticSpec, n: int, tokenizer: TextTokenizer) ->
         )
         for _ in range(n)
     ]
-    pool = _normal_ids(tokenizer)
-    fitter = _Fitter(tokenizer, pool, random.Random(f"tokens:{spec.seed}"))
-    prefix = _shared_prefix(fitter, spec.shared_prefix_len)
+    return prompts_of_lengths(lengths, tokenizer, seed=spec.seed, shared_prefix_len=spec.shared_prefix_len)
+
+
+def prompts_of_lengths(
+    lengths: list[tuple[int, int]],
+    tokenizer: TextTokenizer,
+    *,
+    seed: int = 0,
+    shared_prefix_len: int = 0,
+    source: str = "synthetic",
+) -> list[PromptRequest]:
+    """One random prompt per (input tokens, output tokens) pair, run to its output length with `ignore_eos`.
+
+    The lengths come from a distribution (`synthetic_requests`) or a recorded
+    trace (`checks.load.traces`); the prompts follow one rule either way: they
+    share exactly `shared_prefix_len` tokens and differ right after.
+    """
+    pool = normal_ids(tokenizer)
+    fitter = TokenFitter(tokenizer, pool, random.Random(f"tokens:{seed}"))
+    prefix = stable_ids(fitter, shared_prefix_len)
     cut = len(prefix)  # the position that must differ between prompts
     firsts = _first_tokens(pool, fitter.rng)
     used: set[int] = set()
@@ -223,7 +241,7 @@ def synthetic_requests(spec: SyntheticSpec, n: int, tokenizer: TextTokenizer) ->
             first = next(firsts, None)
             if first is None:
                 raise ValueError(
-                    f"cannot start {n} prompts with distinct tokens: tokenizer {tokenizer.name} has "
+                    f"cannot start {len(lengths)} prompts with distinct tokens: tokenizer {tokenizer.name} has "
                     f"{len(pool)} normal tokens; ask for fewer requests"
                 )
             start = [*prefix, first]
@@ -233,7 +251,7 @@ def synthetic_requests(spec: SyntheticSpec, n: int, tokenizer: TextTokenizer) ->
             if best is not None and len(best[1]) == input_len:
                 break
         if best is None:
-            raise ValueError(f"could not build synthetic prompt {index} with tokenizer {tokenizer.name}")
+            raise ValueError(f"could not build {source} prompt {index} with tokenizer {tokenizer.name}")
         text, ids = best
         used.add(ids[cut])
         requests.append(
@@ -243,7 +261,7 @@ def synthetic_requests(spec: SyntheticSpec, n: int, tokenizer: TextTokenizer) ->
                 max_tokens=output_len,
                 input_tokens=len(ids),
                 ignore_eos=True,
-                source=f"synthetic#{index}",
+                source=f"{source}#{index}",
             )
         )
     return requests

@@ -380,3 +380,34 @@ def test_result_file_round_trips_without_the_key(endpoint: Endpoint, tmp_path: P
     assert len(request_frame(loaded)) == 3
     assert loaded.resources.samples, "the resource monitor took no samples"
     assert loaded.resources.summary.sample_count == len(loaded.resources.samples)
+
+
+def test_mooncake_trace_replays_its_schedule_and_prefixes(endpoint: Endpoint, tmp_path: Path) -> None:
+    """A recorded trace through the whole benchmark: its times (sped up), its lengths, the server's own counts."""
+    rows = [
+        {"timestamp": 0, "input_length": 40, "output_length": 4, "hash_ids": [0, 1, 2]},
+        {"timestamp": 0, "input_length": 36, "output_length": 4, "hash_ids": [0, 1, 3]},
+        {"timestamp": 1500, "input_length": 30, "output_length": 4, "hash_ids": [0, 4]},
+        {"timestamp": 4000, "input_length": 20, "output_length": 4, "hash_ids": [5, 6]},
+    ]
+    trace = tmp_path / "mooncake.jsonl"
+    trace.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = _remote_config(
+        endpoint,
+        trace=str(trace),
+        trace_speed=4.0,
+        trace_block_tokens=16,
+        requests=3,
+        warmup_requests=1,
+        api="completions",  # the server's prompt count is then the prompt's alone, no chat template
+    )
+    result = run_benchmark(config)
+    (run,) = result.runs
+    assert run.profile == "trace:mooncake.jsonl x4" and result.config["profile"] == "trace"
+    assert "mooncake trace mooncake.jsonl: 4 requests" in result.workload
+    measured = [r for r in run.records if not r.warmup]
+    assert [r.ok for r in run.records] == [True] * 4
+    # the schedule is the trace's, from the first measured row, four times faster
+    assert [r.scheduled_s - measured[0].scheduled_s for r in measured] == pytest.approx([0.0, 0.375, 1.0])
+    assert all(r.token_source is TokenSource.USAGE and r.output_tokens == 4 for r in run.records)
+    assert all(abs(r.input_tokens - row["input_length"]) <= 2 for r, row in zip(run.records, rows, strict=True))

@@ -62,7 +62,10 @@ def test_bundled_run_prints_the_console_block_and_writes_json(
             ["--profile", "concurrency:x"],
             f"error: bad load profile 'concurrency:x': invalid literal for int() with base 10: 'x'; use {PROFILE_HELP}",
         ),
-        (["--dataset", "prompts.jsonl", "--scenario", "dialogue"], "error: choose a dataset or a scenario, not both"),
+        (
+            ["--dataset", "prompts.jsonl", "--scenario", "dialogue"],
+            "error: choose one workload: a dataset, a scenario or a trace",
+        ),
         (["--requests", "0"], "error: requests: Input should be greater than or equal to 1"),
         (
             ["--target", "ftp://example"],
@@ -133,6 +136,16 @@ def test_duration_alone_bounds_the_run(capsys: pytest.CaptureFixture[str]) -> No
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["bench", "--duration", "2s", "--target", url, "--quiet"]) == 1
     assert capsys.readouterr().err.startswith(f"error: cannot connect to {url}")
+
+
+def test_a_trace_replay_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--trace-window takes a duration; a trace that cannot be replayed stops the command before any target."""
+    args = build_parser().parse_args(["bench", "--trace", "t.csv", "--trace-window", "10m", "--trace-speed", "2"])
+    assert (args.trace, args.trace_window_s, args.trace_speed) == ("t.csv", 600.0, 2.0)
+    bad = tmp_path / "t.csv"
+    bad.write_text("when,in,out\n1,2,3\n")
+    assert main(["bench", "--trace", str(bad), "--target", "bundled", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("error: --trace: t.csv:1: an Azure trace's header has TIMESTAMP")
 
 
 def test_switches_are_bare_flags() -> None:

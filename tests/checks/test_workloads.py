@@ -15,7 +15,7 @@ from statistics import mean
 
 import pytest
 
-from checks.load.benchmark import BenchmarkConfig, build_requests
+from checks.load.benchmark import BenchmarkConfig, build_workload
 from checks.load.datasets import DatasetError
 from checks.load.tokenizer import ChatTokenizer, TextTokenizer, count_tokens
 from checks.load.workloads import (
@@ -421,7 +421,8 @@ def test_a_benchmark_reads_only_the_prompts_it_sends(tmp_path: Path, tok: TextTo
     path = tmp_path / "long.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"prompt {i}"}) + "\n" for i in range(5)) + "{broken\n")
     config = BenchmarkConfig(target="http://127.0.0.1:9", dataset=str(path), requests=3, warmup_requests=2)
-    requests, where = build_requests(config, tok)
-    assert [r.prompt for r in requests] == [f"prompt {i}" for i in range(5)] and "5 prompts" in where
+    workload = build_workload(config, tok)
+    assert [r.prompt for r in workload.requests] == [f"prompt {i}" for i in range(5)]
+    assert "5 prompts" in workload.description
     with pytest.raises(DatasetError, match="long.jsonl:6: not valid JSON"):
-        build_requests(config.model_copy(update={"requests": 10}), tok)
+        build_workload(config.model_copy(update={"requests": 10}), tok)
