@@ -23,6 +23,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from reports import store
 from reports.identity import DocumentId, Label, add_identity, new_document_id
+from reports.network import NetworkDoc
 from reports.records import RequestRecord
 from reports.redaction import redact_url
 from reports.resources import ResourceSample, ResourceSummary
@@ -157,6 +158,7 @@ class BenchmarkResult(BaseModel):
     runs: list[RunDoc]
     sweep: SweepDoc | None = None
     resources: ResourcesDoc
+    network: NetworkDoc | None = Field(None, description="round trip to the target, probed before and after the runs")
     server_log_tail: str | None = Field(None, description="end of the bundled server's log")
 
     @field_validator("config")

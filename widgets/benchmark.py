@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from checks.jobs import Job, JobState
+from checks.load.console import network_lines
 from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.load.scenarios import SCENARIOS
 from checks.readiness.slo import goodput_slo, load_profile, profile_names
@@ -197,3 +198,6 @@ def run_summaries(result: BenchmarkResult) -> None:
         c3.metric("Median TTFT ms", "-" if s.median_ttft_ms is None else f"{s.median_ttft_ms:.0f}")
         c4.metric("Goodput req/s", "-" if s.request_goodput is None else f"{s.request_goodput:.2f}")
         st.dataframe(summary_frame(run), hide_index=True)
+    network = network_lines(result)
+    if network:
+        st.caption("  \n".join(network))

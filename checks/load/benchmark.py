@@ -30,6 +30,7 @@ from checks.load.datasets import load_dataset
 from checks.load.endpoint import READ_TIMEOUT_S, Endpoint, check_target_url
 from checks.load.loadgen import ProgressCallback, RunLimits, RunResult, run_load
 from checks.load.metrics import Slo, summarize
+from checks.load.network import probe_rtt_sync
 from checks.load.profiles import PROFILE_HELP, LoadProfile
 from checks.load.prompts import PromptRequest
 from checks.load.resources import ResourceMonitor, summarize_resources
@@ -51,6 +52,7 @@ from reports.benchmark_result import (
     SweepDoc,
     ToolDoc,
 )
+from reports.network import NetworkDoc
 from reports.redaction import redact_url
 from reports.summary import BenchmarkSummary
 from reports.validation import first_problem
@@ -372,6 +374,7 @@ def measure(
         max_response_bytes=config.max_response_bytes,
     )
     status(f"running {workload.profile.label} on {endpoint.model}")
+    before = probe_rtt_sync(endpoint)
     origin = time.perf_counter()
     monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)
     monitor.start()
@@ -379,6 +382,7 @@ def measure(
         outcome = asyncio.run(_drive(config, endpoint, workload, tokenizer, progress, cancel, origin))
     finally:
         samples = monitor.stop()
+    network = NetworkDoc(before=before, after=probe_rtt_sync(endpoint))
     server_log = target.log_tail(60) if isinstance(target, BundledTarget) else None
     slo = config.slo()
     if isinstance(outcome, SweepResult):
@@ -409,5 +413,6 @@ def measure(
         runs=runs,
         sweep=sweep,
         resources=ResourcesDoc(summary=summarize_resources(samples), samples=samples, gpu_note=monitor.gpu_note),
+        network=network,
         server_log_tail=server_log,
     )

@@ -103,6 +103,31 @@ def format_run(run: RunDoc) -> str:
     return "\n".join(lines)
 
 
+def network_lines(result: BenchmarkResult) -> list[str]:
+    """The round trip beside TTFT, and TTFT without it as a separately labelled extra figure."""
+    network = result.network
+    if network is None:
+        return []
+    rtt = network.rtt_ms
+    if rtt is None:
+        errors = network.before.errors or (network.after.errors if network.after else [])
+        return [f"Network: round trip not measured ({errors[0] if errors else 'no sample'})"]
+    probes = [p for p in (network.before, network.after) if p is not None]
+    first = [p.first_byte_median_ms for p in probes if p.first_byte_median_ms is not None]
+    lines = [
+        f"Network: round trip {rtt:.2f} ms (fastest TCP handshake of {sum(len(p.tcp_connect_ms) for p in probes)}, "
+        "before and after the runs)" + (f"; a minimal request's first byte {min(first):.2f} ms" if first else "")
+    ]
+    for run in result.runs:
+        ttft = run.summary.median_ttft_ms
+        if ttft is not None:
+            lines.append(
+                f"  {run.profile}: median TTFT {ttft:.1f} ms, of which the network's round trip is "
+                f"{min(rtt, ttft):.2f} ms; less the network (extra figure): {max(0.0, ttft - rtt):.1f} ms"
+            )
+    return lines
+
+
 def format_result(result: BenchmarkResult) -> str:
     """The whole console output for a result document."""
     endpoint = result.endpoint
@@ -120,6 +145,7 @@ def format_result(result: BenchmarkResult) -> str:
         tail.append("Sweep: highest rate meeting the SLO: " + ("-" if best is None else f"{best:.2f} req/s"))
         if result.sweep.stopped:
             tail.append(f"Sweep ended early: {result.sweep.stopped}")
+    tail += network_lines(result)
     tail += [f"* {w}" for w in result.warnings]
     if not result.valid:
         tail.append("! INVALID: the client could not keep up; these latencies are not the server's (see self-check)")

@@ -411,3 +411,8 @@ def test_mooncake_trace_replays_its_schedule_and_prefixes(endpoint: Endpoint, tm
     assert [r.scheduled_s - measured[0].scheduled_s for r in measured] == pytest.approx([0.0, 0.375, 1.0])
     assert all(r.token_source is TokenSource.USAGE and r.output_tokens == 4 for r in run.records)
     assert all(abs(r.input_tokens - row["input_length"]) <= 2 for r, row in zip(run.records, rows, strict=True))
+    # the round trip is probed before and after, and shown beside TTFT as its own figure
+    assert result.network is not None and result.network.after is not None
+    assert len(result.network.before.tcp_connect_ms) == 5 and not result.network.before.errors
+    text = format_result(result)
+    assert "Network: round trip" in text and "less the network (extra figure)" in text

@@ -97,6 +97,7 @@ def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
     assert list(table["metric"]) == ["TTFT", "TPOT", "ITL", "E2E latency"]
     assert table["median"].notna().all()
     assert [d.proto.label for d in page.get("download_button")] == ["Download JSON", "Download HTML"]
+    assert any("Network: round trip" in c.value for c in page.caption), "the round trip is not shown beside TTFT"
     doc_id, exports = page.session_state["bench_exports"]
     text = exports["JSON"][0]
     assert doc_id == snap.result.id and parse_benchmark_result(text) == snap.result  # the file --out would write
