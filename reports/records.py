@@ -34,6 +34,10 @@ class ErrorKind(StrEnum):
     EMPTY_STREAM = "empty_stream"
     STREAM_ERROR = "stream_error"
     CANCELLED = "cancelled"
+    ABANDONED = "abandoned"  # given up on purpose by a cancellation load (--cancel-rate), as a user closing a tab
+
+
+NOT_TIMED = frozenset({ErrorKind.CANCELLED, ErrorKind.ABANDONED})  # counted apart: neither timed nor failures
 
 
 class TokenSource(StrEnum):
@@ -136,8 +140,9 @@ class RequestRecord:
 
 
 def is_measured(record: RequestRecord) -> bool:
-    """In the measured window: not warm-up, and not cancelled by a stop (those are neither timed nor failures).
+    """In the measured window: not warm-up, not cancelled by a stop and not abandoned on purpose by the
+    load (those are counted apart, neither timed nor failures).
 
     The one rule every figure uses: the summary, the checklist's lines, the comparison and the charts.
     """
-    return not record.warmup and record.error_kind != ErrorKind.CANCELLED
+    return not record.warmup and record.error_kind not in NOT_TIMED

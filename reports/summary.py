@@ -33,6 +33,9 @@ class BenchmarkSummary(BaseModel):
     completed: int
     failed: int
     cancelled: int = Field(description="stopped by a cancel before they finished: neither timed nor failures")
+    abandoned: int = Field(
+        0, description="given up on purpose by the load's client (--cancel-rate): neither timed nor failures"
+    )
     total_input_tokens: int | None
     total_output_tokens: int | None
     duration_s: float | None

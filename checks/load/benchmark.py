@@ -96,6 +96,12 @@ class BenchmarkConfig(BaseModel):
     slo_tpot_ms: float | None = Field(None, gt=0, description="TPOT limit for goodput")
     slo_e2e_ms: float | None = Field(None, gt=0, description="end-to-end latency limit for goodput")
     temperature: float | None = Field(None, ge=0, description="sampling temperature sent with every request")
+    cancel_rate: float = Field(
+        0.0, ge=0, le=1, description="share of measured requests the client abandons mid-answer (cancellation load)"
+    )
+    cancel_after_ms: float = Field(
+        500.0, gt=0, allow_inf_nan=False, description="how long after sending an abandoned request is closed"
+    )
     seed: int = Field(0, description="seed of the workload and of Poisson arrivals")
     threads: int | None = Field(None, ge=1, description="bundled target: torch threads of the server")
     device: str = Field("cpu", description="bundled target: cpu, cuda or auto")
@@ -279,7 +285,12 @@ async def _drive(
     origin: float,
 ) -> RunResult | SweepResult:
     limits = RunLimits(
-        requests=config.requests, duration_s=config.duration_s, warmup_requests=config.warmup_requests, seed=config.seed
+        requests=config.requests,
+        duration_s=config.duration_s,
+        warmup_requests=config.warmup_requests,
+        seed=config.seed,
+        abandon_rate=config.cancel_rate,
+        abandon_after_s=config.cancel_after_ms / 1000,
     )
     options = RequestOptions(temperature=config.temperature, seed=None)
     requests, profile = workload.requests, workload.profile

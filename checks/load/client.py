@@ -413,3 +413,12 @@ class StreamClient:
         base = dict(request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, warmup=warmup)
         send_s = self._sent_at.pop(request_id, self.now())
         return self._failed(base, send_s, ErrorKind.CANCELLED, None, "the run was stopped")
+
+    def abandoned(
+        self, request_id: int, ready_s: float, scheduled_s: float | None, warmup: bool, after_s: float
+    ) -> RequestRecord:
+        """The record of a request the cancellation load gave up on `after_s` seconds after sending it."""
+        base = dict(request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, warmup=warmup)
+        send_s = self._sent_at.pop(request_id, self.now())
+        detail = f"abandoned by the client {after_s * 1000:.0f} ms after sending (cancellation load)"
+        return self._failed(base, send_s, ErrorKind.ABANDONED, None, detail)

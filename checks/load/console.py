@@ -20,6 +20,7 @@ SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
             ("Completed", "completed", "{:d}"),
             ("Failed", "failed", "{:d}"),
             ("Cancelled", "cancelled", "{:d}"),
+            ("Abandoned by the load (--cancel-rate)", "abandoned", "{:d}"),
             ("Duration (s)", "duration_s", "{:.2f}"),
             ("Request throughput (req/s)", "request_throughput", "{:.2f}"),
             ("Request goodput (req/s)", "request_goodput", "{:.2f}"),

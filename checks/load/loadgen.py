@@ -17,6 +17,8 @@ records, finished ones are kept.
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 import statistics
 import threading
 import time
@@ -28,7 +30,7 @@ from checks.load.endpoint import Endpoint
 from checks.load.profiles import LoadProfile, arrival_offsets
 from checks.load.prompts import PromptRequest
 from checks.load.tokenizer import TextTokenizer
-from reports.records import ErrorKind, RequestRecord
+from reports.records import NOT_TIMED, ErrorKind, RequestRecord
 from reports.stats import percentile
 
 LOOP_PROBE_INTERVAL_S = 0.01
@@ -48,6 +50,8 @@ class RunLimits:
     warmup_requests: int = 0
     seed: int = 0
     stop_when_saturated: bool = True
+    abandon_rate: float = 0.0  # share of measured requests the client gives up on (a cancellation load)
+    abandon_after_s: float = 0.5  # ... this long after sending each of them
 
     def __post_init__(self) -> None:
         if self.requests is None and self.duration_s is None:
@@ -58,6 +62,17 @@ class RunLimits:
             raise ValueError("duration must be above 0 seconds")
         if self.warmup_requests < 0:
             raise ValueError("warm-up requests cannot be negative")
+        if not 0.0 <= self.abandon_rate <= 1.0:
+            raise ValueError("the cancel rate is a share of requests, from 0 to 1")
+        if not 0 < self.abandon_after_s < math.inf:
+            raise ValueError("the cancel delay must be a finite time above 0")
+
+    def abandons(self, request_id: int) -> bool:
+        """Whether the cancellation load gives up on this request: a seeded draw per request, so a rerun
+        with the same seed abandons the same ones. Warm-up requests are never abandoned."""
+        if self.abandon_rate <= 0 or request_id < self.warmup_requests:
+            return False
+        return random.Random(f"abandon:{self.seed}:{request_id}").random() < self.abandon_rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,9 +166,22 @@ class _Run:
         self, rid: int, ready_s: float, scheduled_s: float | None, warm: bool, gate: asyncio.Semaphore | None
     ) -> RequestRecord:
         if gate is None:
-            return await self.client.send(rid, self.request(rid), ready_s, scheduled_s, warm)
+            return await self._send(rid, ready_s, scheduled_s, warm)
         async with gate:
-            return await self.client.send(rid, self.request(rid), ready_s, scheduled_s, warm)
+            return await self._send(rid, ready_s, scheduled_s, warm)
+
+    async def _send(self, rid: int, ready_s: float, scheduled_s: float | None, warm: bool) -> RequestRecord:
+        """Send one request; under a cancellation load, close it unfinished after the set delay."""
+        sending = self.client.send(rid, self.request(rid), ready_s, scheduled_s, warm)
+        if not self.limits.abandons(rid):
+            return await sending
+        task = asyncio.ensure_future(sending)
+        done, _ = await asyncio.wait([task], timeout=self.limits.abandon_after_s)
+        if task in done:
+            return task.result()  # it finished before its time to be abandoned
+        task.cancel()  # closes the connection mid-answer: the server sees the client leave
+        await asyncio.gather(task, return_exceptions=True)
+        return self.client.abandoned(rid, ready_s, scheduled_s, warm, self.limits.abandon_after_s)
 
     def _done(self, task: asyncio.Task[RequestRecord]) -> None:
         rid, ready_s, scheduled_s, warm = self.in_flight.pop(task)
@@ -189,7 +217,7 @@ class _Run:
             Progress(
                 phase=self.phase,
                 completed=sum(r.ok for r in measured),
-                failed=sum(not r.ok for r in measured),
+                failed=sum(not r.ok and r.error_kind not in NOT_TIMED for r in measured),
                 in_flight=len(self.in_flight),
                 total=self.limits.requests,
                 elapsed_s=max(0.0, now - self.measure_start) if self.phase != "warmup" else 0.0,

@@ -130,6 +130,7 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
     """The summary of a run's measured (non-warm-up) records; failures are counted, not timed."""
     records = list(records)
     cancelled = [r for r in records if not r.warmup and r.error_kind == ErrorKind.CANCELLED]
+    abandoned = [r for r in records if not r.warmup and r.error_kind == ErrorKind.ABANDONED]
     measured = [r for r in records if is_measured(r)]
     good = [r for r in measured if r.ok]
     bad = [r for r in measured if not r.ok]
@@ -140,6 +141,11 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
         warnings.append("no successful requests")
     if cancelled:
         warnings.append(f"{len(cancelled)} requests were cancelled when the run was stopped (not counted as failures)")
+    if abandoned:
+        warnings.append(
+            f"{len(abandoned)} requests were abandoned on purpose by the client (cancellation load; "
+            "not counted as failures, not timed)"
+        )
 
     start_s = min((r.send_s for r in measured), default=None)
     end_s = max((r.end_s for r in measured if r.end_s is not None), default=None)
@@ -182,6 +188,7 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
         completed=len(good),
         failed=len(bad),
         cancelled=len(cancelled),
+        abandoned=len(abandoned),
         total_input_tokens=total_in,
         total_output_tokens=total_out,
         duration_s=duration_s,

@@ -416,3 +416,39 @@ def test_mooncake_trace_replays_its_schedule_and_prefixes(endpoint: Endpoint, tm
     assert len(result.network.before.tcp_connect_ms) == 5 and not result.network.before.errors
     text = format_result(result)
     assert "Network: round trip" in text and "less the network (extra figure)" in text
+
+
+def test_cancellation_load_abandons_the_drawn_requests_and_counts_them_apart(endpoint: Endpoint) -> None:
+    """--cancel-rate: the drawn requests are closed mid-answer, counted as abandoned (not failures, not timed),
+    and the server goes on serving the others and the next run."""
+    config = _remote_config(
+        endpoint, profile="concurrency:2", requests=6, output_len=48, cancel_rate=0.5, cancel_after_ms=40, seed=7
+    )
+    result = run_benchmark(config)
+    (run,) = result.runs
+    drawn = {i for i in range(6) if RunLimits(requests=6, seed=7, abandon_rate=0.5).abandons(i)}
+    assert 0 < len(drawn) < 6, drawn  # the seed draws some, not all (otherwise the test proves little)
+    abandoned = {r.request_id for r in run.records if r.error_kind is ErrorKind.ABANDONED}
+    assert abandoned == drawn
+    s = run.summary
+    assert (s.abandoned, s.failed, s.completed) == (len(drawn), 0, 6 - len(drawn))
+    for record in run.records:
+        if record.request_id in drawn:
+            assert not record.ok and record.end_s - record.send_s >= 0.04
+            assert "abandoned by the client 40 ms after sending" in record.error_excerpt
+    assert any("abandoned on purpose" in w for w in s.warnings)
+    assert "Abandoned by the load (--cancel-rate)" in format_result(result)
+    again = run_benchmark(_remote_config(endpoint, profile="concurrency:2", requests=2))
+    assert again.runs[0].summary.completed == 2  # the server recovered from the abandoned streams
+
+
+def test_abandon_draws_are_seeded_and_spare_the_warmup() -> None:
+    limits = RunLimits(requests=1000, warmup_requests=3, seed=1, abandon_rate=0.2)
+    drawn = [i for i in range(1003) if limits.abandons(i)]
+    assert drawn == [
+        i for i in range(1003) if RunLimits(requests=1, warmup_requests=3, seed=1, abandon_rate=0.2).abandons(i)
+    ]
+    assert all(i >= 3 for i in drawn) and 150 < len(drawn) < 250
+    assert not any(RunLimits(requests=5).abandons(i) for i in range(5))
+    with pytest.raises(ValueError, match="share of requests"):
+        RunLimits(requests=5, abandon_rate=1.5)
