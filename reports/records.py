@@ -82,6 +82,8 @@ class RequestRecord:
     error_excerpt: str | None  # at most ERROR_EXCERPT_CHARS characters; build it with excerpt()
     warmup: bool = False
     output_chars: int = 0
+    session: int | None = None  # multi-turn runs: which conversation this turn belongs to
+    turn: int | None = None  # ... and which turn of it (1 = the first, sent without history)
 
     def __post_init__(self) -> None:
         if len(self.chunk_times_s) != len(self.chunk_tokens):

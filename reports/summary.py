@@ -25,6 +25,18 @@ class ErrorSample(BaseModel):
     excerpt: str | None = Field(description="start of the response body or error text, at most 200 characters")
 
 
+class TurnFigures(BaseModel):
+    """TTFT of one turn position of multi-turn runs ('1', '2', ..., and '2+' for every later turn together)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    turn: str
+    requests: int = Field(description="successful requests at this turn")
+    median_ttft_ms: float | None
+    p90_ttft_ms: float | None
+    mean_input_tokens: float | None = Field(description="prompt tokens with the history, as the server counted them")
+
+
 class BenchmarkSummary(BaseModel):
     """Figures for the measured window. Latencies in ms over successful requests; None = not measurable."""
 
@@ -84,4 +96,7 @@ class BenchmarkSummary(BaseModel):
     max_schedule_lag_ms: float | None = None
     p99_schedule_lag_ms: float | None = None
     mean_queue_ms: float | None = None
+    ttft_by_turn: list[TurnFigures] = Field(
+        default_factory=list, description="multi-turn runs: TTFT per turn, so a prefix cache's effect shows"
+    )
     warnings: list[str] = Field(default_factory=list)

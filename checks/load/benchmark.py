@@ -12,6 +12,7 @@ so any figure can be recomputed.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import platform
 import threading
@@ -26,9 +27,9 @@ import psutil
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from checks.load.client import RequestOptions
-from checks.load.datasets import load_dataset
+from checks.load.datasets import load_dataset, load_sharegpt_conversations
 from checks.load.endpoint import READ_TIMEOUT_S, Endpoint, check_target_url
-from checks.load.loadgen import ProgressCallback, RunLimits, RunResult, run_load
+from checks.load.loadgen import ProgressCallback, RunLimits, RunResult, Sessions, run_load
 from checks.load.metrics import Slo, summarize
 from checks.load.network import probe_rtt_sync
 from checks.load.profiles import PROFILE_HELP, LoadProfile
@@ -40,7 +41,7 @@ from checks.load.sweep import SweepOptions, SweepResult, run_sweep
 from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 from checks.load.traces import DEFAULT_BLOCK_TOKENS, load_trace, trace_requests
-from checks.load.workloads import SyntheticSpec, synthetic_requests
+from checks.load.workloads import SyntheticSpec, synthetic_conversations, synthetic_requests
 from engine.formats import WEIGHT_FORMATS
 from reports.benchmark_result import (
     BenchmarkResult,
@@ -96,6 +97,12 @@ class BenchmarkConfig(BaseModel):
     slo_tpot_ms: float | None = Field(None, gt=0, description="TPOT limit for goodput")
     slo_e2e_ms: float | None = Field(None, gt=0, description="end-to-end latency limit for goodput")
     temperature: float | None = Field(None, ge=0, description="sampling temperature sent with every request")
+    turns: int = Field(
+        1, ge=1, le=256, description="turns per conversation, each sending the whole history (multi-turn sessions)"
+    )
+    think_time_ms: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="multi-turn: a user's pause between an answer and the next turn"
+    )
     cancel_rate: float = Field(
         0.0, ge=0, le=1, description="share of measured requests the client abandons mid-answer (cancellation load)"
     )
@@ -132,6 +139,15 @@ class BenchmarkConfig(BaseModel):
             raise ValueError("choose one workload: a dataset, a scenario or a trace")
         if self.trace is not None and not self.trace.strip():
             raise ValueError("no trace file given: choose an Azure CSV or Mooncake JSONL trace")
+        if self.turns > 1:
+            if self.scenario or self.trace:
+                raise ValueError("multi-turn sessions come from synthetic prompts or a ShareGPT file, not this")
+            if self.api != "chat":
+                raise ValueError("multi-turn sessions send the history as chat messages: use the chat API")
+            if self.profile.strip() == "sweep":
+                raise ValueError("a sweep runs single requests; give multi-turn sessions a concurrency or a rate")
+        elif self.think_time_ms:
+            raise ValueError("think time is the pause between turns: set turns above 1, or think time to 0")
         if self.trace and "profile" not in self.model_fields_set:
             self.profile = "trace"  # a trace brings its arrival times unless a profile is asked for
         if self.profile.strip() == "trace":
@@ -190,6 +206,7 @@ class Workload:
     requests: list[PromptRequest]
     description: str
     profile: LoadProfile
+    sessions: Sessions | None = None  # multi-turn: conversations instead of `requests`
 
 
 def build_workload(config: BenchmarkConfig, tokenizer: TextTokenizer) -> Workload:
@@ -216,6 +233,8 @@ def build_workload(config: BenchmarkConfig, tokenizer: TextTokenizer) -> Workloa
             profile = trace.profile(config.trace_speed, skip=min(config.warmup_requests, len(requests) - 1))
         return Workload(requests, trace.describe(), profile)
     assert profile is not None  # the config refuses the trace profile without a trace
+    if config.turns > 1:
+        return _session_workload(config, tokenizer, profile)
     if config.dataset:
         ds = load_dataset(Path(config.dataset), config.output_len, tokenizer, limit=n if config.requests else None)
         return Workload(list(ds.requests), f"{ds.format} file {ds.path.name}: {len(ds.requests)} prompts", profile)
@@ -236,6 +255,25 @@ def build_workload(config: BenchmarkConfig, tokenizer: TextTokenizer) -> Workloa
         f"synthetic: {config.input_len} in / {config.output_len} out tokens ({config.input_dist}/{config.output_dist})"
     )
     return Workload(synthetic_requests(spec, n, tokenizer), description, profile)
+
+
+def _session_workload(config: BenchmarkConfig, tokenizer: TextTokenizer, profile: LoadProfile) -> Workload:
+    """Conversations of `turns` turns: from a ShareGPT file's human turns, or synthetic user messages."""
+    think = config.think_time_ms / 1000
+    if config.dataset:
+        limit = (config.requests or 64) + config.warmup_requests
+        found = load_sharegpt_conversations(Path(config.dataset), config.turns, config.output_len, tokenizer, limit)
+        turns = sum(len(c.turns) for c in found)
+        description = f"sharegpt sessions from {Path(config.dataset).name}: {len(found)} conversations, {turns} turns"
+        return Workload([], description, profile, Sessions(tuple(found), think))
+    count = math.ceil((config.requests or 64) / config.turns) + config.warmup_requests
+    spec = SyntheticSpec(config.input_len, config.output_len, seed=config.seed)
+    conversations = synthetic_conversations(spec, count, config.turns, tokenizer)
+    description = (
+        f"synthetic sessions: {config.turns} turns of {config.input_len} in / {config.output_len} out tokens, "
+        f"each with the history; think time {config.think_time_ms:g} ms"
+    )
+    return Workload([], description, profile, Sessions(tuple(conversations), think))
 
 
 def client_conditions() -> ClientDoc:
@@ -318,6 +356,7 @@ async def _drive(
         progress=progress,
         cancel=cancel,
         origin=origin,
+        sessions=workload.sessions,
     )
 
 

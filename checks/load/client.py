@@ -216,6 +216,8 @@ class StreamClient:
         self._session: aiohttp.ClientSession | None = None
         self._fresh_session: aiohttp.ClientSession | None = None
         self._sent_at: dict[int, float] = {}  # requests on the wire now: their send times, for cancelled()
+        self.answers: dict[int, str] = {}  # kept answer texts (send(keep_answer=True)), taken by the caller
+        self._keep: set[int] = set()  # request ids whose answer text send() keeps
         self._headers = endpoint.headers()
 
     async def __aenter__(self) -> StreamClient:
@@ -248,10 +250,13 @@ class StreamClient:
         ready_s: float,
         scheduled_s: float | None = None,
         warmup: bool = False,
+        keep_answer: bool = False,
     ) -> RequestRecord:
         """Send one streaming request and return its record (a failure is a record, not an exception).
 
-        Cancellation (the run was stopped) propagates; the caller records it.
+        Cancellation (the run was stopped) propagates; the caller records it. With `keep_answer`, a
+        successful answer's text waits in `answers[request_id]` for the caller (a conversation's next
+        turn sends it back); records never hold text.
         """
         if self._session is None:
             raise RuntimeError("StreamClient.send() outside `async with StreamClient(...)`")
@@ -259,7 +264,12 @@ class StreamClient:
         base = dict(request_id=request_id, scheduled_s=scheduled_s, ready_s=ready_s, warmup=warmup)
         send_s = self._sent_at[request_id] = self.now()
         # A cancel propagates from here with _sent_at kept: cancelled() reads the real send time.
-        record = await self._exchange(request_id, request, data, base, send_s)
+        if keep_answer:
+            self._keep.add(request_id)
+        try:
+            record = await self._exchange(request_id, request, data, base, send_s)
+        finally:
+            self._keep.discard(request_id)
         self._sent_at.pop(request_id, None)
         return record
 
@@ -337,6 +347,8 @@ class StreamClient:
     ) -> RequestRecord:
         usage = stream.usage or {}
         text = "".join(stream.texts)
+        if base["request_id"] in self._keep:
+            self.answers[base["request_id"]] = text
         n_chunks = len(stream.texts)
         out_tokens = usage.get("completion_tokens")
         per_chunk = None if self.tokenizer is None else [max(1, len(self.tokenizer.encode(t))) for t in stream.texts]

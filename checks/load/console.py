@@ -82,6 +82,14 @@ def format_run(run: RunDoc) -> str:
         ("P99 TPOT (ms)", "p99_tpot_ms_ci95"),
     ):
         lines.append(f"{label:<36}{_ci(s, key):>24}")
+    if s.ttft_by_turn:
+        lines.append(" TTFT by turn (ms) ".center(WIDTH, "-"))
+        lines.append(f"{'Turn':<8}{'requests':>10}{'mean input tok':>16}{'median':>12}{'p90':>14}")
+        for t in s.ttft_by_turn:
+            tokens = "-" if t.mean_input_tokens is None else f"{t.mean_input_tokens:.0f}"
+            median = "-" if t.median_ttft_ms is None else f"{t.median_ttft_ms:.1f}"
+            p90 = "-" if t.p90_ttft_ms is None else f"{t.p90_ttft_ms:.1f}"
+            lines.append(f"{t.turn:<8}{t.requests:>10}{tokens:>16}{median:>12}{p90:>14}")
     check = run.self_check
     lines.append(" Client self-check ".center(WIDTH, "-"))
     lines.append(f"{'Valid':<44}{'yes' if check.valid else 'NO':>16}")

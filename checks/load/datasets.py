@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from checks.load.prompts import PromptRequest
+from checks.load.prompts import Conversation, PromptRequest
 from checks.load.tokenizer import TextTokenizer, count_tokens
 
 DatasetFormat = Literal["jsonl", "sharegpt"]
@@ -154,11 +154,14 @@ def _first_exchange(turns: list[_Turn]) -> tuple[str | None, str | None]:
     """The first human turn's text, and the reply right after it (None where absent or empty)."""
     for position, turn in enumerate(turns):
         if turn.speaker in HUMAN_ROLES:
-            prompt = turn.value if turn.value.strip() else None
-            after = turns[position + 1] if position + 1 < len(turns) else None
-            reply = after.value if after and after.speaker not in NON_REPLY_ROLES and after.value else None
-            return prompt, reply
+            return (turn.value if turn.value.strip() else None), _reply_after(turns, position)
     return None, None
+
+
+def _reply_after(turns: list[_Turn], position: int) -> str | None:
+    """The reply right after the human turn at `position`; None when the next turn is not one, or empty."""
+    after = turns[position + 1] if position + 1 < len(turns) else None
+    return after.value if after and after.speaker not in NON_REPLY_ROLES and after.value else None
 
 
 def _parse_sharegpt(
@@ -219,6 +222,63 @@ def load_sharegpt(
     _check_counts(default_max_tokens, max_conversations, "max_conversations")
     file, text = _read_text(path)
     return _parse_sharegpt(file, text, default_max_tokens, tokenizer, max_conversations)
+
+
+def _human_turns(turns: list[_Turn], max_turns: int) -> list[tuple[str, str | None]]:
+    """Each human turn's text and the reply after it, up to `max_turns` of them, stopping at an empty one."""
+    out: list[tuple[str, str | None]] = []
+    for position, turn in enumerate(turns):
+        if turn.speaker not in HUMAN_ROLES:
+            continue
+        if not turn.value.strip() or len(out) >= max_turns:
+            break
+        out.append((turn.value, _reply_after(turns, position)))
+    return out
+
+
+def load_sharegpt_conversations(
+    path: str | Path,
+    max_turns: int,
+    default_max_tokens: int,
+    tokenizer: TextTokenizer | None = None,
+    limit: int | None = None,
+) -> list[Conversation]:
+    """Multi-turn sessions from a ShareGPT file: every human turn (up to `max_turns`), in order.
+
+    Each turn's max_tokens is the recorded reply's token length when a tokenizer
+    is given (as for single prompts), else `default_max_tokens`; the history sent
+    with the next turn is the server's real answer. `limit` stops after that many
+    conversations; conversations without a human turn are skipped.
+    """
+    _check_counts(default_max_tokens, limit, "limit")
+    if max_turns < 1:
+        raise DatasetError(f"max_turns is {max_turns}: use at least 1 turn per conversation")
+    file, text = _read_text(path)
+    if text.lstrip()[:1] != "[":
+        raise DatasetError(f"{file}: multi-turn sessions come from a ShareGPT file (a JSON array of conversations)")
+    try:
+        raw: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    except RecursionError:
+        raise DatasetError(f"{file}: JSON nested too deeply to be a conversation list") from None
+    sessions: list[Conversation] = []
+    for index, entry in enumerate(raw):
+        if limit is not None and len(sessions) >= limit:
+            break
+        try:
+            conversation = _Conversation.model_validate(entry)
+        except ValidationError as exc:
+            raise DatasetError(f"{file}: conversation {index}: {_describe(exc)}") from exc
+        turns = [
+            (prompt, max(1, len(tokenizer.encode(reply))) if reply and tokenizer is not None else default_max_tokens)
+            for prompt, reply in _human_turns(conversation.conversations, max_turns)
+        ]
+        if turns:
+            sessions.append(Conversation(tuple(turns), ignore_eos=False, source=f"sharegpt:{file.name}#{index}"))
+    if not sessions:
+        raise DatasetError(f"{file}: none of its {len(raw)} conversations has a human turn to send")
+    return sessions
 
 
 def load_dataset(

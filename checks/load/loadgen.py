@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from checks.load.client import RequestOptions, StreamClient
 from checks.load.endpoint import Endpoint
 from checks.load.profiles import LoadProfile, arrival_offsets
-from checks.load.prompts import PromptRequest
+from checks.load.prompts import Conversation, PromptRequest
 from checks.load.tokenizer import TextTokenizer
 from reports.records import NOT_TIMED, ErrorKind, RequestRecord
 from reports.stats import percentile
@@ -115,6 +115,19 @@ class RunResult:
 ProgressCallback = Callable[[Progress], None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Launch:
+    """One request as launched: what `_done` needs to record it, whatever became of it."""
+
+    rid: int
+    ready_s: float
+    scheduled_s: float | None
+    warm: bool
+    request: PromptRequest
+    session: int | None = None
+    turn: int | None = None
+
+
 class _Run:
     """The mutable state of one run (one event loop)."""
 
@@ -132,7 +145,7 @@ class _Run:
         self.progress = progress
         self.cancel = cancel or threading.Event()
         self.records: list[RequestRecord] = []
-        self.in_flight: dict[asyncio.Task[RequestRecord], tuple[int, float, float | None, bool]] = {}
+        self.in_flight: dict[asyncio.Task[RequestRecord], _Launch] = {}
         self.next_id = 0
         self.phase = "warmup"
         self.measure_start = 0.0
@@ -154,25 +167,41 @@ class _Run:
             return False
         return not self.cancel.is_set() and self.stopped_early is None and self.error is None
 
-    def launch(self, ready_s: float, scheduled_s: float | None, gate: asyncio.Semaphore | None) -> None:
+    def launch(
+        self,
+        ready_s: float,
+        scheduled_s: float | None,
+        gate: asyncio.Semaphore | None,
+        turn: tuple[PromptRequest, int | None, int | None] | None = None,
+    ) -> asyncio.Task[RequestRecord]:
+        """Send the next request: the workload's, or one `turn` (request, session, turn number) of a session."""
         rid = self.next_id
         self.next_id += 1
-        warm = rid < self.limits.warmup_requests
-        task = asyncio.ensure_future(self._one(rid, ready_s, scheduled_s, warm, gate))
-        self.in_flight[task] = (rid, ready_s, scheduled_s, warm)
+        launch = _Launch(
+            rid,
+            ready_s,
+            scheduled_s,
+            rid < self.limits.warmup_requests,
+            self.request(rid) if turn is None else turn[0],
+            None if turn is None else turn[1],
+            None if turn is None else turn[2],
+        )
+        task = asyncio.ensure_future(self._one(launch, gate))
+        self.in_flight[task] = launch
         task.add_done_callback(self._done)
+        return task
 
-    async def _one(
-        self, rid: int, ready_s: float, scheduled_s: float | None, warm: bool, gate: asyncio.Semaphore | None
-    ) -> RequestRecord:
+    async def _one(self, launch: _Launch, gate: asyncio.Semaphore | None) -> RequestRecord:
         if gate is None:
-            return await self._send(rid, ready_s, scheduled_s, warm)
+            return await self._send(launch)
         async with gate:
-            return await self._send(rid, ready_s, scheduled_s, warm)
+            return await self._send(launch)
 
-    async def _send(self, rid: int, ready_s: float, scheduled_s: float | None, warm: bool) -> RequestRecord:
+    async def _send(self, launch: _Launch) -> RequestRecord:
         """Send one request; under a cancellation load, close it unfinished after the set delay."""
-        sending = self.client.send(rid, self.request(rid), ready_s, scheduled_s, warm)
+        rid, ready_s, scheduled_s, warm = launch.rid, launch.ready_s, launch.scheduled_s, launch.warm
+        keep = launch.session is not None  # a session's next turn sends this answer back
+        sending = self.client.send(rid, launch.request, ready_s, scheduled_s, warm, keep_answer=keep)
         if not self.limits.abandons(rid):
             return await sending
         task = asyncio.ensure_future(sending)
@@ -184,14 +213,18 @@ class _Run:
         return self.client.abandoned(rid, ready_s, scheduled_s, warm, self.limits.abandon_after_s)
 
     def _done(self, task: asyncio.Task[RequestRecord]) -> None:
-        rid, ready_s, scheduled_s, warm = self.in_flight.pop(task)
+        launch = self.in_flight.pop(task)
         if task.cancelled():
-            self.records.append(self.client.cancelled(rid, ready_s, scheduled_s, warm))
+            record = self.client.cancelled(launch.rid, launch.ready_s, launch.scheduled_s, launch.warm)
         elif task.exception() is not None:  # the client records every server fault, so this is our bug
             self.error = self.error or task.exception()
+            self.report()
+            return
         else:
-            self.records.append(task.result())
-            self.watch_connections(self.records[-1])
+            record = task.result()
+            self.watch_connections(record)
+        record.session, record.turn = launch.session, launch.turn
+        self.records.append(record)
         self.report()
 
     def watch_connections(self, record: RequestRecord) -> None:
@@ -299,6 +332,100 @@ async def _drive_schedule(run: _Run, profile: LoadProfile, total_warmup: int) ->
         run.launch(run.client.now(), due, gate)
 
 
+@dataclass(frozen=True, slots=True)
+class Sessions:
+    """Multi-turn load: conversations instead of single requests, and the pause a user takes between turns.
+
+    The profile applies to sessions: `concurrency:N` keeps N conversations going
+    (each has at most one request in flight, none while its user thinks), a rate
+    profile starts conversations on its schedule. Conversations are reused in
+    order when the run asks for more turns than they hold.
+    """
+
+    conversations: tuple[Conversation, ...]
+    think_time_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.conversations:
+            raise ValueError("a multi-turn run needs at least one conversation")
+        if not 0 <= self.think_time_s < math.inf:
+            raise ValueError("think time must be a finite number of seconds, 0 or more")
+
+
+async def _session(run: _Run, sid: int, conversation: Conversation, think_s: float, scheduled_s: float | None) -> None:
+    """One conversation: each turn sends the whole history (the server's own answers) and waits for its answer."""
+    history: tuple[dict[str, str], ...] = ()
+    for number, (text, max_tokens) in enumerate(conversation.turns, start=1):
+        if not run.window_open():
+            return
+        messages = (*history, {"role": "user", "content": text})
+        request = PromptRequest(
+            prompt=None,
+            messages=messages,
+            max_tokens=max_tokens,
+            input_tokens=None,
+            ignore_eos=conversation.ignore_eos,
+            source=f"{conversation.source}/turn{number}",
+        )
+        task = run.launch(run.client.now(), scheduled_s if number == 1 else None, None, (request, sid, number))
+        rid = run.in_flight[task].rid
+        await asyncio.wait({task})
+        record = None if task.cancelled() or task.exception() is not None else task.result()
+        answer = run.client.answers.pop(rid, None)
+        if record is None or not record.ok or answer is None:
+            return  # a turn that failed or was abandoned ends its conversation: the history is broken
+        history = (*messages, {"role": "assistant", "content": answer})
+        if think_s and number < len(conversation.turns):
+            await asyncio.sleep(think_s)
+
+
+async def _drive_sessions(run: _Run, profile: LoadProfile, sessions: Sessions, total_warmup: int) -> None:
+    """Warm-up (first turns, one at a time), then conversations at the profile's concurrency or schedule."""
+    convs = sessions.conversations
+    for i in range(total_warmup):
+        if run.cancel.is_set() or run.error is not None:
+            return
+        conversation = convs[i % len(convs)]
+        text, max_tokens = conversation.turns[0]
+        request = PromptRequest(None, ({"role": "user", "content": text},), max_tokens, None, True, conversation.source)
+        await asyncio.wait({run.launch(run.client.now(), None, None, (request, None, None))})
+    run.phase, run.measure_start = "measure", run.client.now()
+    active: set[asyncio.Task[None]] = set()
+    next_sid = 0
+
+    def start(scheduled_s: float | None) -> None:
+        nonlocal next_sid
+        conversation = convs[(total_warmup + next_sid) % len(convs)]
+        active.add(asyncio.ensure_future(_session(run, next_sid, conversation, sessions.think_time_s, scheduled_s)))
+        next_sid += 1
+
+    try:
+        if profile.is_rate:
+            n = run.limits.requests or int((run.limits.duration_s or 0) * (profile.rate or 0) * 2) + 16
+            for offset in arrival_offsets(profile, n, run.limits.seed):
+                delay = run.measure_start + offset - run.client.now()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if not run.window_open():
+                    break
+                start(offset)
+                active = {t for t in active if not t.done()}
+        else:
+            limit = profile.in_flight_limit() or 1
+            while run.window_open():
+                while len(active) < limit and run.window_open():
+                    start(None)
+                    await asyncio.sleep(0)  # let the new session send its first turn before counting again
+                if active:
+                    _done, pending = await asyncio.wait(active, return_when=asyncio.FIRST_COMPLETED)
+                    active = set(pending)
+        if active:
+            await asyncio.wait(active)
+    finally:
+        for task in active:
+            task.cancel()
+
+
 async def run_load(
     endpoint: Endpoint,
     requests: list[PromptRequest],
@@ -310,12 +437,17 @@ async def run_load(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     origin: float | None = None,
+    sessions: Sessions | None = None,
 ) -> RunResult:
-    """Run one profile against `endpoint` and return every record (warm-up included, flagged)."""
-    if not requests:
+    """Run one profile against `endpoint` and return every record (warm-up included, flagged).
+
+    With `sessions`, the load is conversations (`Sessions`) and `requests` is not used."""
+    if not requests and sessions is None:
         raise ValueError("the workload has no requests")
     if profile.kind == "sweep":
         raise ValueError("a sweep is several runs: use checks.load.sweep.run_sweep")
+    if sessions is not None and endpoint.api != "chat":
+        raise ValueError("multi-turn sessions send chat messages: use the chat API")
     chat = next((r for r in requests if r.is_chat), None) if endpoint.api == "completions" else None
     if chat is not None:
         raise ValueError(
@@ -330,7 +462,9 @@ async def run_load(
             helpers.append(asyncio.ensure_future(run.watch_saturation()))
         t0 = time.perf_counter()
         limit = profile.in_flight_limit()
-        if profile.is_rate:
+        if sessions is not None:
+            driver = asyncio.ensure_future(_drive_sessions(run, profile, sessions, limits.warmup_requests))
+        elif profile.is_rate:
             driver = asyncio.ensure_future(_drive_schedule(run, profile, limits.warmup_requests))
         else:
             driver = asyncio.ensure_future(_drive_concurrency(run, limit or 1, limits.warmup_requests))

@@ -23,7 +23,7 @@ import numpy as np
 
 from reports.records import ErrorKind, RequestRecord, TokenSource, is_measured
 from reports.stats import bootstrap_ci, min_samples, percentile
-from reports.summary import BenchmarkSummary, ErrorSample
+from reports.summary import BenchmarkSummary, ErrorSample, TurnFigures
 
 PERCENTILES = (50, 90, 95, 99)
 FEW_SAMPLES_FOR_P99 = min_samples(99)  # below this many values, p99 is close to the maximum: a warning says so
@@ -126,6 +126,31 @@ def _sample_warnings(samples: dict[str, tuple[int, str]], completed: int) -> lis
     return out
 
 
+def ttft_by_turn(good: list[RequestRecord]) -> list[TurnFigures]:
+    """TTFT per turn of multi-turn runs, then turns 2+ together: turn 1 has no history to reuse, later
+    turns resend theirs, so the gap between the rows is what a prefix cache saves. [] without turns."""
+    turns = sorted({r.turn for r in good if r.turn is not None})
+    if not turns:
+        return []
+    groups = [(str(t), [r for r in good if r.turn == t]) for t in turns]
+    if len(turns) > 2:
+        groups.append(("2+", [r for r in good if r.turn is not None and r.turn >= 2]))
+    out = []
+    for label, group in groups:
+        ttft = [r.ttft_s * 1000 for r in group if r.ttft_s is not None]
+        inputs = [r.input_tokens for r in group if r.input_tokens is not None]
+        out.append(
+            TurnFigures(
+                turn=label,
+                requests=len(group),
+                median_ttft_ms=percentile(ttft, 50),
+                p90_ttft_ms=percentile(ttft, 90),
+                mean_input_tokens=float(np.mean(inputs)) if inputs else None,
+            )
+        )
+    return out
+
+
 def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> BenchmarkSummary:
     """The summary of a run's measured (non-warm-up) records; failures are counted, not timed."""
     records = list(records)
@@ -209,5 +234,6 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
         max_schedule_lag_ms=max(lags, default=None),
         p99_schedule_lag_ms=percentile(lags, 99),
         mean_queue_ms=None if not queues else float(np.mean(queues)),
+        ttft_by_turn=ttft_by_turn(good),
         warnings=warnings,
     )

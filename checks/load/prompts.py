@@ -39,3 +39,24 @@ class PromptRequest:
     def is_chat(self) -> bool:
         """True for chat messages (send to /v1/chat/completions), False for a raw prompt."""
         return self.messages is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A multi-turn session: user messages sent one after another, each with the whole history before it.
+
+    The history holds the server's own answers, not recorded ones, so each turn
+    sends exactly what a chat client would (and a prefix cache can reuse it).
+    `turns` pairs each user message with its max_tokens.
+    """
+
+    turns: tuple[tuple[str, int], ...]
+    ignore_eos: bool
+    source: str  # "session#4", "sharegpt:file.json#12"
+
+    def __post_init__(self) -> None:
+        if not self.turns:
+            raise ValueError(f"{self.source}: a conversation needs at least one user turn")
+        for text, max_tokens in self.turns:
+            if not text or max_tokens < 1:
+                raise ValueError(f"{self.source}: every turn needs text and at least 1 output token")

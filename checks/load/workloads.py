@@ -23,7 +23,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Literal
 
 from checks.load.datasets import DatasetError, PromptDataset, load_dataset, load_jsonl, load_sharegpt
-from checks.load.prompts import PromptRequest
+from checks.load.prompts import Conversation, PromptRequest
 from checks.load.scenarios import SCENARIOS, Scenario, scenario_requests
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 
@@ -41,6 +41,7 @@ __all__ = [
     "load_sharegpt",
     "scenario_requests",
     "prompts_of_lengths",
+    "synthetic_conversations",
     "synthetic_requests",
 ]
 
@@ -208,6 +209,27 @@ def synthetic_requests(spec: SyntheticSpec, n: int, tokenizer: TextTokenizer) ->
         for _ in range(n)
     ]
     return prompts_of_lengths(lengths, tokenizer, seed=spec.seed, shared_prefix_len=spec.shared_prefix_len)
+
+
+def synthetic_conversations(
+    spec: SyntheticSpec, sessions: int, turns: int, tokenizer: TextTokenizer
+) -> list[Conversation]:
+    """`sessions` conversations of `turns` synthetic user messages each, every message of `spec`'s lengths.
+
+    The history each later turn carries is the server's answers, so turn k's
+    prompt grows by roughly (input + output) x (k - 1) tokens.
+    """
+    if turns < 1:
+        raise ValueError(f"turns is {turns}: a conversation has at least 1 turn")
+    prompts = synthetic_requests(spec, sessions * turns, tokenizer)
+    return [
+        Conversation(
+            tuple((p.prompt or "", p.max_tokens) for p in prompts[i * turns : (i + 1) * turns]),
+            ignore_eos=True,
+            source=f"session#{i}",
+        )
+        for i in range(sessions)
+    ]
 
 
 def prompts_of_lengths(

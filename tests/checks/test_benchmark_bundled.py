@@ -452,3 +452,43 @@ def test_abandon_draws_are_seeded_and_spare_the_warmup() -> None:
     assert not any(RunLimits(requests=5).abandons(i) for i in range(5))
     with pytest.raises(ValueError, match="share of requests"):
         RunLimits(requests=5, abandon_rate=1.5)
+
+
+def test_multi_turn_sessions_send_the_history_and_report_ttft_by_turn(endpoint: Endpoint) -> None:
+    """Each turn carries the server's own earlier answers: the prompt grows turn by turn, in order per session."""
+    config = _remote_config(endpoint, profile="concurrency:2", requests=6, turns=3, think_time_ms=20)
+    result = run_benchmark(config)
+    (run,) = result.runs
+    assert [r.ok for r in run.records] == [True] * 6
+    by_session: dict[int, list[RequestRecord]] = {}
+    for record in sorted(run.records, key=lambda r: r.send_s):
+        by_session.setdefault(record.session, []).append(record)
+    assert len(by_session) == 2 and all(len(turns) == 3 for turns in by_session.values())
+    for turns in by_session.values():
+        assert [r.turn for r in turns] == [1, 2, 3]
+        sizes = [r.input_tokens for r in turns]
+        # the history: the last prompt and its 4-token answer come back with a new 16-token message
+        assert sizes[1] >= sizes[0] + 16 + 4 and sizes[2] >= sizes[1] + 16 + 4, sizes
+        for earlier, later in zip(turns, turns[1:], strict=False):
+            assert later.send_s - earlier.end_s >= 0.02  # the user's think time
+    table = {t.turn: t for t in run.summary.ttft_by_turn}
+    assert list(table) == ["1", "2", "3", "2+"] and table["2+"].requests == 4
+    assert table["3"].mean_input_tokens > table["1"].mean_input_tokens
+    assert "TTFT by turn (ms)" in format_result(result)
+    assert "synthetic sessions: 3 turns of 16 in / 4 out tokens" in result.workload
+
+
+def test_sharegpt_conversations_replay_every_human_turn(endpoint: Endpoint, tmp_path: Path) -> None:
+    path = tmp_path / "multi.json"
+    turns = [
+        {"from": "human", "value": "Name a colour."},
+        {"from": "gpt", "value": "Blue."},
+        {"from": "human", "value": "And another one?"},
+        {"from": "gpt", "value": "Green, like grass."},
+    ]
+    path.write_text(json.dumps([{"id": "a", "conversations": turns}, {"id": "b", "conversations": turns[:2]}]))
+    result = run_benchmark(_remote_config(endpoint, profile="sync", requests=3, turns=4, dataset=str(path)))
+    (run,) = result.runs
+    assert [(r.session, r.turn) for r in run.records] == [(0, 1), (0, 2), (1, 1)]
+    assert all(r.ok for r in run.records)
+    assert "sharegpt sessions from multi.json: 2 conversations, 3 turns" in result.workload

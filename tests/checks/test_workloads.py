@@ -16,7 +16,7 @@ from statistics import mean
 import pytest
 
 from checks.load.benchmark import BenchmarkConfig, build_workload
-from checks.load.datasets import DatasetError
+from checks.load.datasets import DatasetError, load_sharegpt_conversations
 from checks.load.tokenizer import ChatTokenizer, TextTokenizer, count_tokens
 from checks.load.workloads import (
     SCENARIOS,
@@ -27,6 +27,7 @@ from checks.load.workloads import (
     load_jsonl,
     load_sharegpt,
     scenario_requests,
+    synthetic_conversations,
     synthetic_requests,
 )
 
@@ -426,3 +427,52 @@ def test_a_benchmark_reads_only_the_prompts_it_sends(tmp_path: Path, tok: TextTo
     assert "5 prompts" in workload.description
     with pytest.raises(DatasetError, match="long.jsonl:6: not valid JSON"):
         build_workload(config.model_copy(update={"requests": 10}), tok)
+
+
+# ---- multi-turn sessions (issue 20) -------------------------------------------------------------
+
+
+def test_sharegpt_conversations_take_human_turns_in_order(tmp_path: Path, tok: TextTokenizer) -> None:
+    path = tmp_path / "multi.json"
+    convo = [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "one"},
+        {"from": "gpt", "value": "reply one"},
+        {"from": "human", "value": "two"},
+        {"from": "human", "value": "three"},
+        {"from": "gpt", "value": "reply three"},
+        {"from": "human", "value": "  "},
+        {"from": "human", "value": "after an empty turn"},
+    ]
+    path.write_text(json.dumps([{"conversations": convo}, {"conversations": [{"from": "gpt", "value": "x"}]}]))
+    (found,) = load_sharegpt_conversations(path, 8, 33, tok)
+    assert [text for text, _ in found.turns] == ["one", "two", "three"]  # stops at the empty turn
+    assert [n for _, n in found.turns] == [len(tok.encode("reply one")), 33, len(tok.encode("reply three"))]
+    assert found.source == "sharegpt:multi.json#0" and not found.ignore_eos
+    (two,) = load_sharegpt_conversations(path, 2, 33, tok)
+    assert len(two.turns) == 2
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "hi"}\n')
+    with pytest.raises(DatasetError, match="multi-turn sessions come from a ShareGPT file"):
+        load_sharegpt_conversations(jsonl, 2, 8, tok)
+
+
+def test_synthetic_conversations_are_groups_of_distinct_prompts(tok: TextTokenizer) -> None:
+    conversations = synthetic_conversations(SyntheticSpec(12, 3), 2, 3, tok)
+    assert [len(c.turns) for c in conversations] == [3, 3]
+    texts = [text for c in conversations for text, _ in c.turns]
+    assert len(set(texts)) == 6 and all(n == 3 for c in conversations for _, n in c.turns)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"turns": 2, "scenario": "dialogue"}, "synthetic prompts or a ShareGPT file"),
+        ({"turns": 2, "api": "completions"}, "use the chat API"),
+        ({"turns": 2, "profile": "sweep"}, "give multi-turn sessions a concurrency or a rate"),
+        ({"think_time_ms": 100}, "set turns above 1"),
+    ],
+)
+def test_session_config_mistakes_are_named(fields: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BenchmarkConfig(target="http://127.0.0.1:9", **fields)
