@@ -4,6 +4,7 @@ this machine (`detected`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -49,11 +50,15 @@ def cpu_device(hw: Hardware, m: CpuMeasurement) -> Device:
     )
 
 
+def _names(pattern: str, gpu_name: str) -> bool:
+    """`pattern` appears in `gpu_name` as whole words: "NVIDIA L4" is not in "NVIDIA L40S"."""
+    return re.search(rf"(?<![a-z0-9]){re.escape(pattern.lower())}(?![a-z0-9])", gpu_name.lower()) is not None
+
+
 def match_gpu(name: str, catalog: Catalog) -> GpuSpec | None:
-    """The catalog entry whose NVML name pattern appears in a detected GPU's name; the longest pattern wins,
-    so "NVIDIA L40S" is the L40S, not the L40 whose pattern it also contains."""
-    lowered = name.lower()
-    hits = [(len(p), spec) for spec in catalog.gpus.values() for p in spec.nvml_names if p.lower() in lowered]
+    """The catalog entry whose NVML name pattern appears, as whole words, in a detected GPU's name; the
+    longest pattern wins ("A100-PCIE-40GB" over a generic "A100 40GB")."""
+    hits = [(len(p), spec) for spec in catalog.gpus.values() for p in spec.nvml_names if _names(p, name)]
     return max(hits, key=lambda hit: hit[0])[1] if hits else None
 
 
