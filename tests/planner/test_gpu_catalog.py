@@ -28,7 +28,7 @@ def _cited(figure: float, numbers: list[float]) -> bool:
 
 
 def test_the_cards_people_run_are_in_the_catalog() -> None:
-    assert WANTED <= {g.id for g in ENTRIES}
+    assert {g.id for g in ENTRIES} >= WANTED
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.id)
