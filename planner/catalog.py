@@ -98,16 +98,17 @@ class Tflops(_Strict):
 class GpuEntry(_Strict):
     id: str = Field(pattern=r"^[a-z0-9.\-]+$")
     name: str
-    vendor: Literal["nvidia", "amd"]
+    vendor: Literal["nvidia", "amd", "intel"]
     memory_gb: PositiveFloat
     usable_mib: PositiveInt
     bandwidth_gb_s: PositiveFloat
     tflops: Tflops
     compute_capability: str | None = Field(pattern=CC_PATTERN)
-    interconnect: Literal["nvlink", "pcie", "infinity-fabric"]
+    interconnect: Literal["nvlink", "pcie", "infinity-fabric", "roce"]
     price_per_hour: float = Field(ge=0)
     nvml_names: list[str]
     source: str = Field(min_length=1)
+    unsupported: str | None = None  # why no engine the planner models runs on it (kept for its figures)
 
 
 class GpusFile(_Strict):
@@ -131,6 +132,7 @@ class GpuSpec:
     price_per_hour: float
     nvml_names: tuple[str, ...] = ()
     source: str = ""
+    unsupported: str | None = None
 
 
 def _gpu_spec(e: GpuEntry) -> GpuSpec:
@@ -147,6 +149,7 @@ def _gpu_spec(e: GpuEntry) -> GpuSpec:
         e.price_per_hour,
         tuple(e.nvml_names),
         e.source,
+        e.unsupported,
     )
 
 

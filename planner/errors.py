@@ -78,3 +78,9 @@ class ModelFileError(PlannerError):
 
 class WorkloadError(PlannerError):
     """A workload that no hardware could serve as asked (context, lengths, concurrency)."""
+
+
+class CustomGpuError(PlannerError):
+    """A `--gpu custom:...` device that does not parse: bad input, so exit 2 like a bad argument."""
+
+    exit_code = 2

@@ -20,7 +20,16 @@ from planner.errors import WorkloadError
 from planner.launch import LaunchSpec, launch_command
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
-from planner.roofline import Device, Parallel, StepTime, cc_at_least, decode_step, prefill, ridge_point
+from planner.roofline import (
+    Device,
+    Parallel,
+    StepTime,
+    cc_at_least,
+    compute_kind,
+    decode_step,
+    prefill,
+    ridge_point,
+)
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
 from planner.workload import Workload
 
@@ -165,6 +174,12 @@ def _cannot_run(engine: EngineSpec, fmt: FormatSpec, model: ModelSpec, device: D
         return (
             f"{fmt.label} on {engine.label} needs compute capability >= {needed}; "
             f"{device.name} has {device.compute_capability}"
+        )
+    kind = compute_kind(device, fmt)
+    if device.kind == "gpu" and kind != "fp32" and not device.flops.get(kind):
+        # no compute capability to rule it out (AMD, custom GPUs) and no rate to time it with
+        return (
+            f"{device.name} has no {kind.upper()} tensor rate in its figures (gpus.json, or {kind}= for a custom GPU)"
         )
     return None
 

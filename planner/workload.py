@@ -20,7 +20,11 @@ class RecommendOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="catalog model id (e.g. llama-3.1-8b), or a path to a config.json or .gguf file")
-    gpu: str = Field("detected", description="catalog GPU id (e.g. h100-sxm), 'cpu', or 'detected' for this machine")
+    gpu: str = Field(
+        "detected",
+        description="catalog GPU id (e.g. h100-sxm), 'cpu', 'detected' for this machine, or a GPU given inline: "
+        "custom:mem=24GiB,bw=936GB/s,bf16=71TF (optional fp8=...TF, int8=...TOPS, vendor=amd)",
+    )
     gpus: int = Field(1, ge=1, le=1024, description="how many of those GPUs you have (ignored on CPU)")
     context: int = Field(8192, ge=16, description="--max-model-len: the longest request (prompt + output) allowed")
     concurrency: int = Field(1, ge=1, le=100_000, description="requests in flight at once, across all replicas")

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from checks.presets import PRESETS
 from planner.catalog import Catalog
-from planner.devices import device_choices
+from planner.custom_gpu import format_custom_gpu
+from planner.devices import CUSTOM_CHOICE, device_choices
 from planner.entrypoints import make_plan
 from planner.errors import PlannerError
 from planner.launch import serve_url
@@ -56,8 +57,8 @@ def plan_inputs(catalog: Catalog) -> dict:
         format_func=hardware.get,
         help=FIELDS["gpu"].description,
     )
-    gpus, price = 1, 0.0
-    if gpu != "cpu":  # a GPU count and price mean nothing for this CPU
+    gpus, price, choice = 1, 0.0, gpu
+    if choice != "cpu":  # a GPU count and price mean nothing for this CPU
         gpus = hardware_col.number_input("GPUs", 1, 1024, 1, key="plan_gpus", help=FIELDS["gpus"].description)
         catalog_price = catalog.gpus[gpu].price_per_hour if gpu in catalog.gpus else 0.0
         price = hardware_col.number_input(
@@ -65,7 +66,7 @@ def plan_inputs(catalog: Catalog) -> dict:
             0.0,
             1000.0,
             catalog_price,
-            key=f"plan_price_{gpu}",
+            key=f"plan_price_{choice}",
             help=FIELDS["price_per_hour"].description,
         )
     slo = slo_col.selectbox(
@@ -78,6 +79,8 @@ def plan_inputs(catalog: Catalog) -> dict:
         ),
     )
     qps = slo_col.number_input("Target req/s (0: none)", 0.0, 1e6, 0.0, key="plan_qps", help=FIELDS["qps"].description)
+    if choice == CUSTOM_CHOICE:
+        gpu = custom_gpu_text()
     context_col, concurrency_col, input_col, output_col = st.columns(4)
     context = context_col.number_input(
         "Context", 16, 1_000_000, 8192, key="plan_context", help=FIELDS["context"].description
@@ -101,8 +104,22 @@ def plan_inputs(catalog: Catalog) -> dict:
         "output_tokens": output_tokens,
         "slo": slo,
         "qps": qps or None,
-        "price_per_hour": price if gpu in catalog.gpus else None,
+        "price_per_hour": price if gpu in catalog.gpus or choice == CUSTOM_CHOICE else None,
     }
+
+
+def custom_gpu_text() -> str:
+    """A GPU the catalog lacks, from its datasheet: the three figures planning needs, and FP8/INT8 rates
+    where it has them, as the `--gpu custom:...` text the CLI takes (so both parse it one way)."""
+    st.caption("Custom GPU: dense figures per GPU (datasheets often print tensor rates with sparsity, 2x dense).")
+    mem, bw, bf16, fp8, int8 = st.columns(5)
+    return format_custom_gpu(
+        mem.number_input("Memory (GiB)", 1.0, 4096.0, 24.0, key="plan_custom_mem"),
+        bw.number_input("Bandwidth (GB/s)", 10.0, 100_000.0, 936.0, key="plan_custom_bw"),
+        bf16.number_input("BF16 TFLOPS", 0.1, 100_000.0, 71.0, key="plan_custom_bf16"),
+        fp8.number_input("FP8 TFLOPS (0: none)", 0.0, 100_000.0, 0.0, key="plan_custom_fp8"),
+        int8.number_input("INT8 TOPS (0: none)", 0.0, 100_000.0, 0.0, key="plan_custom_int8"),
+    )
 
 
 def plan_or_stop(values: dict) -> Plan:

@@ -191,9 +191,12 @@ def test_detected_gpu_maps_to_the_catalog() -> None:
 
 
 def test_detected_gpu_missing_from_the_catalog() -> None:
-    hw = detect(lambda: fake_pynvml([{"name": "NVIDIA B200", "total": 1, "used": 0, "cc": (10, 0)}]))
-    with pytest.raises(PlannerError, match="detected GPU 'NVIDIA B200' is not in planner/data/gpus.json"):
+    hw = detect(lambda: fake_pynvml([{"name": "NVIDIA GeForce RTX 5090", "total": 1, "used": 0, "cc": (12, 0)}]))
+    with pytest.raises(
+        PlannerError, match="detected GPU 'NVIDIA GeForce RTX 5090' is not in planner/data/gpus.json"
+    ) as e:
         resolve_device("detected", 1, load_catalog(), hw=hw)
+    assert str(e.value).endswith("give its figures inline: --gpu custom:mem=24GiB,bw=936GB/s,bf16=71TF")
 
 
 def test_gpu_frame_has_one_row_per_gpu_and_says_what_was_not_measured() -> None:

@@ -132,9 +132,11 @@ def test_comparison_frame_gives_the_error_in_percent_and_none_when_not_measured(
     assert frame["error %"].isna().tolist() == [False, True]
 
 
-def test_device_choices_offer_this_machine_this_cpu_then_the_catalog() -> None:
+def test_device_choices_offer_this_machine_this_cpu_the_catalog_then_a_custom_gpu() -> None:
     catalog = load_catalog()
     choices = device_choices(catalog)
     assert list(choices)[:2] == ["detected", "cpu"]
-    assert list(choices)[2:] == list(catalog.gpus)
+    plannable = [gpu_id for gpu_id, spec in catalog.gpus.items() if not spec.unsupported]
+    assert list(choices)[2:] == [*plannable, "custom"]
+    assert "gaudi2" in catalog.gpus and "gaudi2" not in plannable  # in the catalog for its figures only
     assert choices["h100-sxm"] == catalog.gpus["h100-sxm"].name

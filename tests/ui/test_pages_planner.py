@@ -132,3 +132,27 @@ def test_a_plan_option_becomes_the_target_of_a_benchmark_or_a_checklist(app: App
     assert not app.exception and app.title[0].value == "Benchmark"
     assert app.session_state["target_kind"] == "Bundled engine"
     assert any(m.value.startswith(f"**Target:** `bundled:{app.session_state['target_quant']}") for m in app.markdown)
+
+
+def test_plan_page_takes_a_custom_gpu(app: AppTest) -> None:
+    """Issue 22: a GPU the catalog lacks, by its figures; the plan names it, and a rate left at 0 rules its
+    format out with a reason instead of a traceback."""
+    app.switch_page("app_pages/plan.py").run()
+    app.selectbox(key="plan_gpu").set_value("custom").run()
+    assert [n.key for n in app.number_input if n.key.startswith("plan_custom_")] == [
+        "plan_custom_mem",
+        "plan_custom_bw",
+        "plan_custom_bf16",
+        "plan_custom_fp8",
+        "plan_custom_int8",
+    ]
+    app.number_input(key="plan_context").set_value(4096)
+    app.number_input(key="plan_concurrency").set_value(8).run()
+    assert not app.exception and not app.error
+    assert app.subheader[0].value.startswith("Best: ")
+    unfit = app.dataframe[-1].value
+    reasons = dict(zip(unfit["engine"] + " " + unfit["format"], unfit["why not"], strict=True))
+    assert reasons["vLLM FP8 (W8A8)"].startswith("custom GPU (24 GiB, 936 GB/s, 71 TF BF16) has no FP8 tensor rate")
+    app.number_input(key="plan_custom_fp8").set_value(142).run()
+    assert not app.exception and not app.error
+    assert "vLLM FP8 (W8A8)" not in set(app.dataframe[-1].value["engine"] + " " + app.dataframe[-1].value["format"])
