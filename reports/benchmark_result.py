@@ -56,6 +56,16 @@ class SelfCheckDoc(_Part):
     loop_lag_max_ms: float | None = None
 
 
+class WorkerDoc(_Part):
+    """One load-generator process of a run split over Ray workers, and how its clock was put on the driver's."""
+
+    worker: int = Field(description="1-based")
+    clock_offset_ms: float = Field(description="the worker's clock minus the driver's, from the fastest probe")
+    clock_round_trip_ms: float = Field(description="that probe's round trip: the offset is good to half of it")
+    records: int = Field(description="records it returned (all it took, for a worker that died)")
+    died: str | None = Field(None, description="why it stopped answering, if it did")
+
+
 class RunDoc(_Part):
     """One run of a load profile: what it measured and every request it sent (warm-up included, marked)."""
 
@@ -67,6 +77,7 @@ class RunDoc(_Part):
     wall_s: float
     meets_slo: bool | None = Field(None, description="sweep steps with an SLO only")
     why_not: str | None = Field(None, description="sweep steps: the first reason the SLO was missed")
+    workers: list[WorkerDoc] = Field(default_factory=list, description="--workers runs: each load generator")
     records: list[RequestRecord]
 
 

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from checks.load.client import RequestOptions
 from checks.load.datasets import load_dataset, load_sharegpt_conversations
+from checks.load.distributed import run_distributed
 from checks.load.endpoint import READ_TIMEOUT_S, Endpoint, check_target_url
 from checks.load.loadgen import ProgressCallback, RunLimits, RunResult, Sessions, run_load
 from checks.load.metrics import Slo, summarize
@@ -103,6 +104,12 @@ class BenchmarkConfig(BaseModel):
     think_time_ms: float = Field(
         0.0, ge=0, allow_inf_nan=False, description="multi-turn: a user's pause between an answer and the next turn"
     )
+    workers: int = Field(
+        1, ge=1, le=256, description="load-generator processes on Ray sharing the profile (more load than one core)"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster for --workers, e.g. ray://HOST:10001 (default: a local Ray instance)"
+    )
     cancel_rate: float = Field(
         0.0, ge=0, le=1, description="share of measured requests the client abandons mid-answer (cancellation load)"
     )
@@ -146,7 +153,17 @@ class BenchmarkConfig(BaseModel):
                 raise ValueError("multi-turn sessions send the history as chat messages: use the chat API")
             if self.profile.strip() == "sweep":
                 raise ValueError("a sweep runs single requests; give multi-turn sessions a concurrency or a rate")
-        elif self.think_time_ms:
+        if self.workers > 1 and self.turns > 1:
+            raise ValueError("--workers splits single requests; run multi-turn sessions with one worker")
+        if self.workers > 1:
+            kind, _, value = self.profile.strip().partition(":")
+            if kind in ("sync", "sweep"):
+                raise ValueError(f"--workers splits one run's load; a {kind} run takes one worker")
+            if kind == "concurrency" and value.isdigit() and int(value) < self.workers:
+                raise ValueError(f"concurrency {value} cannot keep {self.workers} workers busy: use at most {value}")
+        if self.ray_address is not None and self.workers == 1:
+            raise ValueError("--ray-address places --workers: set workers above 1, or leave the address out")
+        if self.turns == 1 and self.think_time_ms:
             raise ValueError("think time is the pause between turns: set turns above 1, or think time to 0")
         if self.trace and "profile" not in self.model_fields_set:
             self.profile = "trace"  # a trace brings its arrival times unless a profile is asked for
@@ -306,10 +323,22 @@ def run_doc(
         ),
         stopped_early=run.stopped_early,
         cancelled=run.cancelled,
+        workers=run.workers,
         wall_s=run.wall_s,
         meets_slo=meets_slo,
         why_not=why_not,
         records=run.records,
+    )
+
+
+def _limits(config: BenchmarkConfig) -> RunLimits:
+    return RunLimits(
+        requests=config.requests,
+        duration_s=config.duration_s,
+        warmup_requests=config.warmup_requests,
+        seed=config.seed,
+        abandon_rate=config.cancel_rate,
+        abandon_after_s=config.cancel_after_ms / 1000,
     )
 
 
@@ -322,14 +351,7 @@ async def _drive(
     cancel: threading.Event,
     origin: float,
 ) -> RunResult | SweepResult:
-    limits = RunLimits(
-        requests=config.requests,
-        duration_s=config.duration_s,
-        warmup_requests=config.warmup_requests,
-        seed=config.seed,
-        abandon_rate=config.cancel_rate,
-        abandon_after_s=config.cancel_after_ms / 1000,
-    )
+    limits = _limits(config)
     options = RequestOptions(temperature=config.temperature, seed=None)
     requests, profile = workload.requests, workload.profile
     if profile.kind == "sweep":
@@ -429,7 +451,20 @@ def measure(
     monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)
     monitor.start()
     try:
-        outcome = asyncio.run(_drive(config, endpoint, workload, tokenizer, progress, cancel, origin))
+        if config.workers > 1:
+            outcome = run_distributed(
+                endpoint,
+                workload.requests,
+                workload.profile,
+                _limits(config),
+                config.workers,
+                address=config.ray_address,
+                tokenizer=tokenizer,
+                cancel=cancel,
+                origin=origin,
+            )
+        else:
+            outcome = asyncio.run(_drive(config, endpoint, workload, tokenizer, progress, cancel, origin))
     finally:
         samples = monitor.stop()
     network = NetworkDoc(before=before, after=probe_rtt_sync(endpoint))

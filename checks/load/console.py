@@ -99,6 +99,12 @@ def format_run(run: RunDoc) -> str:
     ):
         lines.append(f"{label:<44}{_value(check, key, '{:.2f}'):>16}")
     lines += [f"  ! {reason}" for reason in check.reasons]
+    for w in run.workers:
+        fate = f", died: {w.died}" if w.died else ""
+        lines.append(
+            f"  worker {w.worker}: {w.records} records, clock offset {w.clock_offset_ms:+.2f} ms "
+            f"(probe round trip {w.clock_round_trip_ms:.2f} ms){fate}"
+        )
     if run.meets_slo is not None:
         lines.append(f"{'Meets SLO':<44}{'yes' if run.meets_slo else 'no':>16}")
         if run.why_not:

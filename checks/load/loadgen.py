@@ -30,6 +30,7 @@ from checks.load.endpoint import Endpoint
 from checks.load.profiles import LoadProfile, arrival_offsets
 from checks.load.prompts import Conversation, PromptRequest
 from checks.load.tokenizer import TextTokenizer
+from reports.benchmark_result import WorkerDoc
 from reports.records import NOT_TIMED, ErrorKind, RequestRecord
 from reports.stats import percentile
 
@@ -110,6 +111,7 @@ class RunResult:
     self_check: SelfCheck
     stopped_early: str | None = None
     cancelled: bool = False
+    workers: list[WorkerDoc] = field(default_factory=list)  # runs split over Ray workers
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -153,6 +155,7 @@ class _Run:
         self.stopped_early: str | None = None
         self.error: BaseException | None = None  # a bug in a request task: re-raised by run_load
         self.connection_failures = 0  # in a row
+        self.on_record: Callable[[RequestRecord], None] | None = None  # a Ray worker streams records out
         self._last_progress = 0.0
 
     def request(self, i: int) -> PromptRequest:
@@ -225,6 +228,8 @@ class _Run:
             self.watch_connections(record)
         record.session, record.turn = launch.session, launch.turn
         self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
         self.report()
 
     def watch_connections(self, record: RequestRecord) -> None:
@@ -438,10 +443,13 @@ async def run_load(
     cancel: threading.Event | None = None,
     origin: float | None = None,
     sessions: Sessions | None = None,
+    on_record: Callable[[RequestRecord], None] | None = None,
 ) -> RunResult:
     """Run one profile against `endpoint` and return every record (warm-up included, flagged).
 
-    With `sessions`, the load is conversations (`Sessions`) and `requests` is not used."""
+    With `sessions`, the load is conversations (`Sessions`) and `requests` is not used. `on_record`
+    sees each record as it is taken (a Ray worker hands them out as it goes, so a worker that dies
+    mid-run still leaves what it measured)."""
     if not requests and sessions is None:
         raise ValueError("the workload has no requests")
     if profile.kind == "sweep":
@@ -457,6 +465,7 @@ async def run_load(
     origin = time.perf_counter() if origin is None else origin
     async with StreamClient(endpoint, origin, tokenizer, options) as client:
         run = _Run(client, requests, limits, progress, cancel)
+        run.on_record = on_record
         helpers = [asyncio.ensure_future(run.probe_loop())]
         if profile.is_rate and limits.stop_when_saturated:
             helpers.append(asyncio.ensure_future(run.watch_saturation()))

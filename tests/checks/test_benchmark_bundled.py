@@ -26,6 +26,7 @@ from checks.load.benchmark import BenchmarkConfig, run_benchmark
 from checks.load.client import RequestOptions
 from checks.load.console import format_result
 from checks.load.datasets import load_dataset
+from checks.load.distributed import run_distributed
 from checks.load.endpoint import Endpoint
 from checks.load.frames import request_frame
 from checks.load.loadgen import CONNECTION_FAILURE_LIMIT, Progress, RunLimits, RunResult, run_load
@@ -492,3 +493,63 @@ def test_sharegpt_conversations_replay_every_human_turn(endpoint: Endpoint, tmp_
     assert [(r.session, r.turn) for r in run.records] == [(0, 1), (0, 2), (1, 1)]
     assert all(r.ok for r in run.records)
     assert "sharegpt sessions from multi.json: 2 conversations, 3 turns" in result.workload
+
+
+# ---- load from several processes on Ray (issue 20) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray instance for the module's worker tests, shut down after them."""
+    ray = pytest.importorskip("ray")
+    yield
+    ray.shutdown()
+
+
+def test_two_workers_merge_into_one_summary_on_the_drivers_clock(
+    endpoint: Endpoint, local_ray: None, tmp_path: Path
+) -> None:
+    config = _remote_config(endpoint, profile="poisson:6", requests=8, warmup_requests=1, workers=2, seed=5)
+    result = run_benchmark(config)
+    (run,) = result.runs
+    assert result.valid, run.self_check.reasons
+    assert [r.request_id for r in run.records] == list(range(9)) and run.records[0].warmup
+    measured = [r for r in run.records if not r.warmup]
+    assert all(r.ok for r in measured) and len(measured) == 8
+    # the two workers' arrivals, back on one clock, are the single-process Poisson schedule
+    planned = arrival_offsets(LoadProfile.parse("poisson:6"), 8, 5)
+    sent = sorted(r.scheduled_s for r in measured)
+    assert [t - sent[0] for t in sent] == pytest.approx(planned, abs=0.05)
+    assert all(r.send_s > run.records[0].end_s for r in measured)  # after the driver's warm-up, same clock
+    assert [w.records for w in run.workers] == [4, 4] and not any(w.died for w in run.workers)
+    assert all(abs(w.clock_offset_ms) <= w.clock_round_trip_ms for w in run.workers)  # one machine, one clock
+    assert "worker 2: 4 records, clock offset" in format_result(result)
+    # one summary, from the merged records, with the single-process code: it survives a file round trip
+    assert summarize(run.records, config.slo()) == run.summary
+    path = tmp_path / "ray.json"
+    store.save(result, path)
+    assert load_benchmark_result(path).runs[0].summary == run.summary
+
+
+def test_a_worker_that_dies_mid_run_is_named_and_its_records_kept(endpoint: Endpoint, local_ray: None) -> None:
+    def kill_second(actors: list, taken: list[int]) -> None:
+        """Once the driver holds two of worker 2's records, kill it: the rest of its share is never sent."""
+        import ray
+
+        if taken[1] >= 2:
+            ray.kill(actors[1], no_restart=True)
+
+    requests = synthetic_requests(SyntheticSpec(INPUT_LEN, 8), 24, bundled_tokenizer())
+    run = run_distributed(
+        replace(endpoint, api="completions"),
+        requests,
+        LoadProfile.parse("concurrency:2"),
+        RunLimits(requests=24),
+        2,
+        on_poll=kill_second,
+    )
+    assert not run.self_check.valid
+    (reason,) = [r for r in run.self_check.reasons if "worker 2 died mid-run" in r]
+    kept = int(reason.split("its ")[1].split(" records")[0])
+    assert 2 <= kept < 12, reason  # what it measured before it died, and it did die before the end
+    assert len(run.records) == 12 + kept and all(r.ok and r.send_s >= 0 for r in run.records)
