@@ -4,10 +4,6 @@ Kept beside `widgets.common` so that app_pages/benchmark.py stays a short runnin
 value is handed to `checks.load.benchmark.BenchmarkConfig`, which validates it.
 """
 
-import hashlib
-import os
-from pathlib import Path
-
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -17,27 +13,9 @@ from checks.load.frames import request_frame, summary_frame, sweep_frame, throug
 from checks.load.scenarios import SCENARIOS
 from checks.readiness.slo import goodput_slo, load_profile, profile_names
 from reports.benchmark_result import BenchmarkResult
-from reports.home import private_dir, prune, write_private
+from widgets.uploads import save_upload
 
 PROFILES = ["sync", "concurrency", "constant", "poisson", "sweep"]
-UPLOAD_DIR = "uploads"  # uploaded prompt files: a private folder under Preflight's home
-UPLOAD_KEEP = 10  # uploads kept; a run reads its file when it starts, so only the current ones matter
-UPLOAD_MAX_AGE_S = 24 * 3600  # an upload not used for a day is deleted (the page writes it again if still chosen)
-
-
-def save_upload(data: bytes, name: str) -> Path:
-    """Keep an uploaded prompt file where the benchmark child can read it: in Preflight's private uploads
-    folder (0700, the file 0600), named by its content (the user's file name is only kept for its suffix),
-    written once and pruned by age and count, so prompts never sit in a shared /tmp."""
-    folder = private_dir(UPLOAD_DIR)
-    suffix = ".json" if name.lower().endswith(".json") else ".jsonl"
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
-    if path.exists():
-        os.utime(path)  # in use again: the age limit counts from now
-    else:
-        write_private(path, data)
-    prune(folder, "*.json*", keep=UPLOAD_KEEP, max_age_s=UPLOAD_MAX_AGE_S)
-    return path
 
 
 def workload_inputs() -> dict:
