@@ -29,4 +29,4 @@ if snap.state == JobState.CANCELLED:
 verdict_banner(report)
 results_by_category(report)
 downloads(report, "check")
-saved_note(report)
+saved_note(report, snap.save_error)
