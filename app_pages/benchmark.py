@@ -42,4 +42,4 @@ result_charts(result)
 with st.expander("Console summary, warnings and self-check"):
     st.code(format_result(result), language=None)
 downloads(result, "bench")
-saved_note(result)
+saved_note(result, snap.save_error)

@@ -18,7 +18,10 @@ target_sidebar()
 target = current_target(benchmark=False)
 target_line(target)
 values = {**target, **judging_inputs()}
-HINT = "Choose an SLO profile and the exposure (the target is in the sidebar), then press Run checklist."
+HINT = (
+    "Choose an SLO profile and the exposure (the target is in the sidebar), measure now or pick a saved run, "
+    "then press Run checklist."
+)
 snap = run_panel("check", ChecklistConfig, values, "Run checklist", JobKind.CHECKLIST, HINT, live_progress)
 report = snap.result
 if snap.state == JobState.CANCELLED:
@@ -26,4 +29,4 @@ if snap.state == JobState.CANCELLED:
 verdict_banner(report)
 results_by_category(report)
 downloads(report, "check")
-saved_note(report)
+saved_note(report, snap.save_error)

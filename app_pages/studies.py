@@ -68,5 +68,5 @@ HINT = "Set the sizes (small values run in seconds, the defaults in minutes) and
 snap = run_panel("engine_study", StudyConfig, values, "Run", JobKind.STUDY, HINT, study_progress)
 doc = snap.result
 downloads(doc, "engine_study")
-saved_note(doc)
+saved_note(doc, snap.save_error)
 study_view(doc)

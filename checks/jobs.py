@@ -85,6 +85,7 @@ class JobSnapshot:
     elapsed_s: float
     result: Any  # BenchmarkResult or ReadinessReport
     error: str | None
+    save_error: DocumentError | None = None  # why the result is not in the history (a full disk, say); else None
 
 
 Work = Callable[..., BaseModel]
@@ -141,8 +142,8 @@ def _child(work: Work, config: BaseModel, out: Any, cancel_flag: Any) -> None:
     else:
         try:  # every run is kept, as from the CLI; a history that cannot be written costs the run nothing
             History(history_dir()).save(result)
-        except DocumentError as exc:
-            out.put(("status", f"not saved in the history: {exc}"))
+        except DocumentError as exc:  # the exception itself, so that the page can word its parts as a sentence
+            out.put(("unsaved", exc))
         out.put(("result", result))
 
 
@@ -160,6 +161,7 @@ class Job:
     _progress: Any = None
     _result: Any = None
     _error: str | None = None
+    _save_error: DocumentError | None = None
     _started: float = field(default_factory=time.monotonic)
     _ended: float | None = None
     _process: Any = None
@@ -197,6 +199,8 @@ class Job:
                 self._set(_progress=payload)
             elif kind == "status":
                 self._set(_status=payload)
+            elif kind == "unsaved":
+                self._set(_save_error=payload)
             elif kind == "error":
                 self._finish(JobState.FAILED, error=payload)
                 return
@@ -230,7 +234,13 @@ class Job:
         with self._lock:
             end = self._ended if self._ended is not None else time.monotonic()
             return JobSnapshot(
-                self._state, self._status, self._progress, end - self._started, self._result, self._error
+                self._state,
+                self._status,
+                self._progress,
+                end - self._started,
+                self._result,
+                self._error,
+                self._save_error,
             )
 
 

@@ -152,7 +152,9 @@ class History:
         try:
             self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         except OSError as exc:
-            raise store.DocumentError(f"cannot create the history folder {self.root}: {exc.strerror or exc}") from None
+            why = store.write_error(self.root, exc)
+            message = f"cannot create the history folder {self.root}: {why.reason}"
+            raise store.DocumentError(message, path=self.root, reason=why.reason, fix=why.fix) from None
         return store.save(doc, self.root / f"{doc.id}.json", mode=FILE_MODE)
 
     def delete(self, ref: str) -> Path:

@@ -12,6 +12,7 @@ a crash never leaves half a report; an existing file is kept unless `overwrite`.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -25,7 +26,36 @@ MAX_DOCUMENT_BYTES = 512 * 1024 * 1024  # a report with every record of a long r
 
 
 class DocumentError(Exception):
-    """A document cannot be saved or loaded; the message is one line that says why."""
+    """A document cannot be saved or loaded; the message is one line that says why.
+
+    A failed write also carries its parts, for a page that words it as a sentence: the `path`, the `reason`
+    in words ("the disk is full") and what to do (`fix`). They are attributes, not args, so the message stays
+    the one line and the error still pickles across the job's process boundary."""
+
+    def __init__(
+        self, message: str, *, path: Path | None = None, reason: str | None = None, fix: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.path, self.reason, self.fix = path, reason, fix
+
+
+# errno of a failed write -> (what happened, what to do), in words a person acts on
+WRITE_FAILURES: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("the disk is full", "free some space"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space"),
+    errno.EFBIG: ("the file is larger than this process may write", "raise the file size limit (ulimit -f)"),
+    errno.EROFS: ("the file system is read-only", "make the folder writable"),
+    errno.EACCES: ("permission denied", "make the folder writable"),
+}
+
+
+def write_error(path: Path, exc: OSError) -> DocumentError:
+    """One line for a write that failed, naming the cause in words; the system's own words follow in brackets."""
+    known = WRITE_FAILURES.get(exc.errno or 0)
+    system = exc.strerror or str(exc)
+    reason, fix = known or (system[:1].lower() + system[1:], "check the folder")
+    detail = f" ({system})" if known else ""
+    return DocumentError(f"cannot write {path}: {reason}{detail}", path=Path(path), reason=reason, fix=fix)
 
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]  # version n's JSON -> version n + 1's
@@ -62,7 +92,7 @@ def write_text(path: Path, text: str, *, overwrite: bool = False, mode: int = 0o
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise DocumentError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise write_error(path, exc) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -73,11 +103,14 @@ def write_text(path: Path, text: str, *, overwrite: bool = False, mode: int = 0o
             os.replace(tmp, path)
         else:
             _link_new(Path(tmp), path)
-    except OSError as exc:
-        raise DocumentError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except OSError as exc:  # ENOSPC or EFBIG land here, from write, flush or fsync: the temp file goes below
+        raise write_error(path, exc) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK}  # os.link's "not here"
 
 
 def _link_new(tmp: Path, path: Path) -> None:
@@ -86,10 +119,16 @@ def _link_new(tmp: Path, path: Path) -> None:
         os.link(tmp, path)
     except FileExistsError:
         raise DocumentError(f"{path} exists; choose another file or allow overwriting") from None
-    except OSError:  # no hard links here (some network and FUSE file systems): exclusive create, then replace
-        with open(path, "x", encoding="utf-8"):
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise  # a full disk, say: the caller removes the temp file, and no empty file is left under the name
+        with open(path, "x", encoding="utf-8"):  # some network and FUSE file systems: exclusive create, then replace
             pass
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            path.unlink(missing_ok=True)  # never an empty file where the document should be
+            raise
 
 
 def check_writable(path: Path, *, overwrite: bool = False) -> None:

@@ -4,10 +4,6 @@ Kept beside `widgets.common` so that app_pages/benchmark.py stays a short runnin
 value is handed to `checks.load.benchmark.BenchmarkConfig`, which validates it.
 """
 
-import hashlib
-import os
-from pathlib import Path
-
 import altair as alt
 import pandas as pd
 import streamlit as st
@@ -18,27 +14,9 @@ from checks.load.frames import request_frame, summary_frame, sweep_frame, throug
 from checks.load.scenarios import SCENARIOS
 from checks.readiness.slo import goodput_slo, load_profile, profile_names
 from reports.benchmark_result import BenchmarkResult
-from reports.home import private_dir, prune, write_private
+from widgets.uploads import save_upload
 
 PROFILES = ["sync", "concurrency", "constant", "poisson", "sweep"]
-UPLOAD_DIR = "uploads"  # uploaded prompt files: a private folder under Preflight's home
-UPLOAD_KEEP = 10  # uploads kept; a run reads its file when it starts, so only the current ones matter
-UPLOAD_MAX_AGE_S = 24 * 3600  # an upload not used for a day is deleted (the page writes it again if still chosen)
-
-
-def save_upload(data: bytes, name: str) -> Path:
-    """Keep an uploaded prompt file where the benchmark child can read it: in Preflight's private uploads
-    folder (0700, the file 0600), named by its content (the user's file name is only kept for its suffix),
-    written once and pruned by age and count, so prompts never sit in a shared /tmp."""
-    folder = private_dir(UPLOAD_DIR)
-    suffix = ".json" if name.lower().endswith(".json") else ".jsonl"
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
-    if path.exists():
-        os.utime(path)  # in use again: the age limit counts from now
-    else:
-        write_private(path, data)
-    prune(folder, "*.json*", keep=UPLOAD_KEEP, max_age_s=UPLOAD_MAX_AGE_S)
-    return path
 
 
 def workload_inputs() -> dict:
@@ -143,13 +121,14 @@ def latency_cdf(frame: pd.DataFrame, metric: str, title: str, colour: str = "run
     )
 
 
-def result_charts(result: BenchmarkResult) -> None:
-    """Histograms and CDFs of TTFT and TPOT, throughput over time, and latency against load for a sweep; every
-    axis says its unit. Altair's default theme follows Streamlit's light or dark theme."""
+def benchmark_charts(result: BenchmarkResult) -> dict[str, alt.Chart]:
+    """Every chart of a result by name: histograms and CDFs of TTFT and TPOT, throughput over time, and latency
+    against load for a sweep; every axis says its unit. Built apart from the layout so that a test reads their
+    specs. No colour of text or background is set here: Streamlit's theme colours them, light or dark."""
     requests = request_frame(result)
-    left, right = st.columns(2)
-    for col, metric, title in ((left, "ttft_ms", "TTFT (ms)"), (right, "tpot_ms", "TPOT (ms)")):
-        chart = (
+    charts: dict[str, alt.Chart] = {}
+    for metric, title in (("ttft_ms", "TTFT (ms)"), ("tpot_ms", "TPOT (ms)")):
+        charts[f"{metric}_histogram"] = (
             alt.Chart(requests.dropna(subset=[metric]))
             .mark_bar()
             .encode(
@@ -157,11 +136,11 @@ def result_charts(result: BenchmarkResult) -> None:
                 y=alt.Y("count()", title="requests"),
                 color=alt.Color("run:N", title=None),
             )
+            .properties(title=f"{title.split(' (')[0]} distribution", height=240)
         )
-        col.altair_chart(chart.properties(title=f"{title.split(' (')[0]} distribution", height=240))
-        col.altair_chart(latency_cdf(requests, metric, title))
+        charts[f"{metric}_cdf"] = latency_cdf(requests, metric, title)
     tput = throughput_frame(result, window_s=throughput_window_s(result))
-    line = (
+    charts["throughput"] = (
         alt.Chart(tput)
         .mark_line(point=True)
         .encode(
@@ -169,12 +148,12 @@ def result_charts(result: BenchmarkResult) -> None:
             y=alt.Y("output_tok_s", title="output tok/s"),
             color=alt.Color("run:N", title=None),
         )
+        .properties(title="Output tokens per second", height=240)
     )
-    st.altair_chart(line.properties(title="Output tokens per second", height=240))
     sweep = sweep_frame(result)
     if not sweep.empty:
         melted = sweep.melt("request_rate", ["p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms"], "metric", "ms")
-        chart = (
+        charts["sweep"] = (
             alt.Chart(melted)
             .mark_line(point=True)
             .encode(
@@ -182,8 +161,20 @@ def result_charts(result: BenchmarkResult) -> None:
                 y=alt.Y("ms", title="latency (ms)"),
                 color=alt.Color("metric:N", title=None),
             )
+            .properties(title="Latency vs load (sweep)", height=260)
         )
-        st.altair_chart(chart.properties(title="Latency vs load (sweep)", height=260))
+    return charts
+
+
+def result_charts(result: BenchmarkResult) -> None:
+    """The result's charts (`benchmark_charts`): TTFT and TPOT side by side, then throughput and the sweep."""
+    charts = benchmark_charts(result)
+    for col, metric in zip(st.columns(2), ("ttft_ms", "tpot_ms"), strict=True):
+        col.altair_chart(charts[f"{metric}_histogram"])
+        col.altair_chart(charts[f"{metric}_cdf"])
+    st.altair_chart(charts["throughput"])
+    if "sweep" in charts:
+        st.altair_chart(charts["sweep"])
 
 
 def run_summaries(result: BenchmarkResult) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import streamlit as st
 
 from checks.jobs import Job, JobState
-from checks.readiness.slo import profile_names
 from reports.check_result import Category, CheckResult, CheckStatus, Exposure
 from reports.markdown import figure
 from reports.readiness_report import ReadinessReport
 from reports.verdict import Verdict
+from widgets.checklist_files import benchmark_source, plan_input, slo_input
 
 STATUS_COLOURS = {
     CheckStatus.PASS: "green",
@@ -31,9 +31,10 @@ VERDICT_TEXT = {
 
 
 def judging_inputs() -> dict:
-    """SLO profile, exposure, categories, declared limits and the size of the measured run."""
+    """SLO profile, exposure, categories, the files to judge by, declared limits and the size of the measured run."""
     c1, c2 = st.columns(2)
-    slo = c1.selectbox("SLO profile", profile_names(), key="check_slo")
+    with c1:
+        slo = slo_input()
     exposure = c2.radio(
         "Exposure",
         [e.value for e in Exposure],
@@ -44,11 +45,15 @@ def judging_inputs() -> dict:
     chosen = st.multiselect(
         "Categories", [c.value for c in Category], default=[c.value for c in Category], key="check_categories"
     )
+    files = {**benchmark_source(), **plan_input()}
     with st.expander("Declared limits and load size"):
         d1, d2, d3 = st.columns(3)
         rpm = d1.number_input("Rate limit, requests/min (0 = not declared)", 0, 1_000_000, 0, key="check_rpm")
         queue = d2.number_input("Queue limit (0 = not declared)", 0, 100_000, 0, key="check_queue")
         qps = d3.number_input("Target QPS (0 = none; runs a sweep)", 0.0, 100_000.0, 0.0, key="check_qps")
+        k1, k2 = st.columns(2)
+        streams = k1.number_input("Concurrent streams to hold (0 = not declared)", 0, 100_000, 0, key="check_streams")
+        context = k2.number_input("Context tokens per stream (0 = not declared)", 0, 10_000_000, 0, key="check_context")
         l1, l2, l3 = st.columns(3)
         requests = l1.number_input("Measured requests", 1, 100_000, 40, key="check_requests")
         input_len = l2.number_input("Input tokens", 1, 8000, 128, key="check_input_len")
@@ -60,9 +65,12 @@ def judging_inputs() -> dict:
         "rate_limit_rpm": int(rpm) or None,
         "max_queue": int(queue) or None,
         "target_qps": qps or None,
+        "concurrency": int(streams) or None,
+        "context_tokens": int(context) or None,
         "requests": int(requests),
         "input_len": int(input_len),
         "output_len": int(output_len),
+        **files,
     }
 
 

@@ -9,6 +9,8 @@ from checks.jobs import REGISTRY, Job, JobBusy, JobKind, JobSnapshot, JobState, 
 from checks.load.benchmark import config_error
 from planner.hardware import Hardware, detect, gib
 
+PENDING = object()  # a form value still to be given (a file not chosen yet, or a bad one the page explains beside it)
+
 
 @st.cache_data(ttl=60, show_spinner="Detecting hardware...")
 def cached_hardware() -> Hardware:
@@ -46,6 +48,8 @@ def run_panel(
     config = None
     if "target" in values and not values["target"]:
         pass  # no remote URL yet: `target_line` already says where to enter it; not an error before any typing
+    elif any(v is PENDING for v in values.values()):
+        pass  # the page already says, beside the input, what to give or what is wrong with it
     else:
         try:
             config = model(**values)

@@ -13,6 +13,9 @@ from reports.documents import Document
 from reports.exports import export, formats_for
 from reports.history import History
 from reports.home import history_dir
+from reports.readiness_report import ReadinessReport
+from reports.store import DocumentError
+from reports.study_report import StudyReport
 
 
 def downloads(doc: Document, key: str) -> None:
@@ -29,11 +32,37 @@ def downloads(doc: Document, key: str) -> None:
         )
 
 
-def saved_note(doc: Document) -> None:
+def unsaved_sentence(doc: Document, exc: DocumentError) -> str:
+    """Why a run is not in the history, as a sentence with what to do: the store's reason, path and fix."""
+    noun = "study" if isinstance(doc, StudyReport) else "report" if isinstance(doc, ReadinessReport) else "result"
+    where = f" ({exc.path})" if exc.path is not None else ""
+    fix = exc.fix or "fix the history folder"
+    return (
+        f"Could not save the {noun}: {exc.reason or exc}{where}. The run is kept in this session (download it "
+        f"above); {fix} and press Save again."
+    )
+
+
+def saved_note(doc: Document, save_error: DocumentError | None = None) -> None:
     """Where the run went: its id in the history, when the file is there, and the way to the Reports page,
-    where earlier runs stay side by side (a new run never replaces an old one)."""
-    if (History(history_dir()).root / f"{doc.id}.json").is_file():
+    where earlier runs stay side by side (a new run never replaces an old one). When the job could not save
+    it (`save_error`: a full disk, say), the reason as a sentence and a Save again button."""
+    history = History(history_dir())
+    if (history.root / f"{doc.id}.json").is_file():
         st.caption(f"Saved in the history as `{doc.id}`; earlier runs stay there to open, compare and export.")
     else:
-        st.caption(f"Not in the history (`{doc.id}`): the history folder could not be written; download it above.")
+        retry_key = f"save_again_error_{doc.id}"
+        error = st.session_state.get(retry_key, save_error)  # the latest try's reason
+        if error is not None:
+            st.warning(unsaved_sentence(doc, error))
+        else:
+            st.caption(f"Not in the history (`{doc.id}`): press Save again to keep it there.")
+        if st.button("Save again", key=f"save_again_{doc.id}", icon=":material/save:"):
+            try:
+                history.save(doc)
+            except DocumentError as exc:
+                st.session_state[retry_key] = exc
+            else:
+                st.session_state.pop(retry_key, None)
+            st.rerun()
     st.page_link("app_pages/reports.py", label="Open the Reports page", icon=":material/history:")

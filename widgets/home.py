@@ -17,6 +17,7 @@ from planner.hardware import Hardware, describe_accelerator
 from reports.history import History, HistoryEntry, target_label
 from reports.home import history_dir
 from widgets.checklist import live_progress, verdict_banner
+from widgets.exports import saved_note
 from widgets.target import CONNECTION_KEY
 
 JOB_KEY = "check_job"  # the Checklist page's job: a Quick check shows there too, and blocks a second run
@@ -121,6 +122,8 @@ def quick_check() -> None:
         st.warning("Stopped before the bundled engine was ready: nothing was measured.")
     else:
         verdict_banner(snap.result)
+        if snap.save_error is not None:  # a full disk, say: the reason, and Save again
+            saved_note(snap.result, snap.save_error)
         st.page_link(
             "app_pages/checklist.py",
             label="See every check, its evidence and the downloads",

@@ -17,14 +17,12 @@ not measured.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from checks.load.benchmark import BenchmarkConfig, make_target, measure
 from checks.load.endpoint import Endpoint
@@ -32,15 +30,15 @@ from checks.load.loadgen import Progress
 from checks.load.targets import BundledTarget, RemoteTarget, TargetError
 from checks.readiness.check import Check, CheckContext, Declared
 from checks.readiness.config import ChecklistConfig
+from checks.readiness.inputs import load_inputs
 from checks.readiness.metrics_scrape import TIMELINE_KEY, MetricsScraper
 from checks.readiness.monitoring import MONITORING_CHECKS
 from checks.readiness.performance import performance_checks
 from checks.readiness.reliability import FINAL_CHECKS, RELIABILITY_CHECKS
 from checks.readiness.resources import RESOURCE_CHECKS
 from checks.readiness.security import SECURITY_CHECKS
-from checks.readiness.slo import goodput_slo, load_profile
+from checks.readiness.slo import goodput_slo
 from planner.hardware import detect
-from reports.benchmark_result import BenchmarkResult, load_benchmark_result
 from reports.check_result import Category, CheckResult
 from reports.readiness_report import MEASURED_HERE, DeclaredInfo, ReadinessReport, TargetInfo, ToolInfo
 from reports.slo_profile import SloProfile
@@ -109,19 +107,6 @@ async def run_one(check: Check, ctx: CheckContext) -> CheckResult:
     return result.model_copy(update={"duration_s": round(time.perf_counter() - start, 3)})
 
 
-def load_plan(path: Path) -> dict[str, Any]:
-    """A plan the planner wrote as JSON (`recommend --json`); ValueError with one line for anything else."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read the plan {path}: {exc.strerror or exc}") from None
-    except (ValueError, RecursionError):
-        raise ValueError(f"the plan {path} is not JSON; write it with python -m planner recommend --json") from None
-    if not isinstance(data, dict) or not isinstance(data.get("options"), list):
-        raise ValueError(f"the plan {path} has no 'options' list; write it with python -m planner recommend --json")
-    return data
-
-
 def declared_limits(config: ChecklistConfig) -> Declared:
     """What the operator declared, as the checks read it (the report keeps the same fields)."""
     return Declared(**{f.name: getattr(config, f.name) for f in fields(Declared)})
@@ -161,9 +146,9 @@ class Checklist:
         self.progress = progress or (lambda _p: None)
         self.cancel = cancel or threading.Event()
         self.status = on_status or (lambda _m: None)
-        self.slo = load_profile(config.slo)  # a bad profile is the user's input: ValueError before anything runs
-        self.given: BenchmarkResult | None = load_benchmark_result(config.from_path) if config.from_path else None
-        self.plan = load_plan(config.plan_path) if config.plan_path else None
+        # The files it is judged by, before anything runs: a bad one is the user's input, one line (inputs.py).
+        inputs = load_inputs(config.slo, config.from_path, config.plan_path)
+        self.slo, self.given, self.plan = inputs.slo, inputs.given, inputs.plan
         self.load = benchmark_config(config, self.slo)  # a bad --profile is a ValidationError here, before any run
         self.categories = config.categories()
         self.checks = checks_for(self.categories, self.slo)

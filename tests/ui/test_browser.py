@@ -5,6 +5,7 @@ The real engine, no mocks. `make test` installs /usr/bin/chromium when it is mis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -40,8 +41,9 @@ PLANTED_FAST = {"token_delay_s": 0.002, "max_running": 8, "rate_limit_rpm": 6000
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-@pytest.fixture
-def server_url(tmp_path: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def _dashboard(tmp_path: Path, *options: str) -> Iterator[str]:
+    """`streamlit run app.py` on a free port with `options`; its URL once it answers /_stcore/health."""
     port = free_port()
     log = tmp_path / "streamlit.log"
     cmd = [
@@ -58,6 +60,7 @@ def server_url(tmp_path: Path) -> Iterator[str]:
         "none",
         "--browser.gatherUsageStats",
         "false",
+        *options,
     ]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -72,6 +75,18 @@ def server_url(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def server_url(tmp_path: Path) -> Iterator[str]:
+    with _dashboard(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def dark_server_url(tmp_path: Path) -> Iterator[str]:
+    with _dashboard(tmp_path, "--theme.base", "dark") as url:
+        yield url
 
 
 LOCAL = re.compile(r"^(https?|wss?)://(127\.0\.0\.1|localhost)(:\d+)?/|^(data|blob|about):")
@@ -218,4 +233,48 @@ def test_a_deep_link_on_a_fresh_server_gets_the_real_navigation(server_url: str,
     for title in ("Home", "Engine studies", "Checklist", "Reports"):
         expect(nav.get_by_role("link", name=title)).to_be_visible()
     expect(nav.get_by_role("link", name=re.compile("^(app|engine chat|studies)$"))).to_have_count(0)
+    expect(page.get_by_test_id("stException")).to_have_count(0)
+
+
+# The text of every chart drawn now (Vega renders SVG), with its fill, and the app's background.
+CHART_TEXT_JS = """() => {
+  const shown = [...document.querySelectorAll('[data-testid="stVegaLiteChart"]')]
+    .filter(c => c.getBoundingClientRect().width > 0);
+  const texts = shown.flatMap(c => [...c.querySelectorAll('svg text')])
+    .filter(t => t.textContent.trim() && t.getBoundingClientRect().width > 0)
+    .map(t => [t.textContent, getComputedStyle(t).fill]);
+  const app = document.querySelector('[data-testid="stApp"]');
+  return {texts, background: getComputedStyle(app).backgroundColor};
+}"""
+
+
+def _luminance(css: str) -> float:
+    """WCAG relative luminance of an 'rgb(r, g, b)' or 'rgba(...)' colour."""
+    channels = [int(v) / 255 for v in re.findall(r"[\d.]+", css)[:3]]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def _contrast(a: str, b: str) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def test_charts_read_in_the_dark_theme(dark_server_url: str, page: Page) -> None:
+    """Every chart's labels, titles and legends in the dark theme, measured: the rendered SVG text's fill
+    against the app's background must reach WCAG's 4.5:1 (dark-on-dark would be near 1:1)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.goto(dark_server_url + "/plan")
+    expect(page.get_by_role("heading", name="Plan").first).to_be_visible(timeout=60_000)
+    for tab in ("Memory", "Roofline"):
+        page.get_by_role("tab", name=tab).click()
+        expect(page.locator('[data-testid="stVegaLiteChart"] svg text').first).to_be_attached(timeout=30_000)
+        page.wait_for_timeout(500)  # Vega draws after the element appears
+        drawn = page.evaluate(CHART_TEXT_JS)
+        assert _luminance(drawn["background"]) < 0.05, f"not the dark theme: background {drawn['background']}"
+        assert len(drawn["texts"]) > 5, drawn  # axis labels, titles and the legend
+        poor = [(text, fill) for text, fill in drawn["texts"] if _contrast(fill, drawn["background"]) < 4.5]
+        assert not poor, f"{tab}: text hard to read on {drawn['background']}: {poor[:5]}"
+        page.locator('[data-testid="stVegaLiteChart"]:visible').first.scroll_into_view_if_needed()
+        page.screenshot(path=SCREENSHOTS / f"plan-{tab.lower()}-dark.png")  # the chart, scrolled into view
     expect(page.get_by_test_id("stException")).to_have_count(0)

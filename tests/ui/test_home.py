@@ -18,7 +18,7 @@ from streamlit.testing.v1 import AppTest
 from checks.load.targets import BundledOptions, BundledTarget
 from reports.home import preflight_home, private_dir, prune, write_private
 from tests.ui.app_session import APP
-from widgets.benchmark import UPLOAD_KEEP, UPLOAD_MAX_AGE_S, save_upload
+from widgets.uploads import UPLOAD_KEEP, UPLOAD_MAX_AGE_S, save_upload
 
 PROMPTS = b'{"prompt": "Say hello."}\n{"prompt": "Name a colour."}\n'
 
