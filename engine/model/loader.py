@@ -1,8 +1,9 @@
 """Building a ready-to-run Transformer in a chosen weight format.
 
-Cold path: read the GGUF, dequantize (or keep Q4_1 blocks as they are for
-int4), fuse Q/K/V and gate/up, quantize into the target format, and write the
-result to the weight cache (a cache that cannot be written is a logged
+Cold path: read the GGUF, dequantize (or keep the file's blocks as they are:
+Q4_1 for int4, Q8_0 for int8 and for the tied table of int8 and int4), fuse
+Q/K/V and gate/up, quantize into the target format, and write the result to
+the weight cache (a cache that cannot be written is a logged
 warning and a note, never a failed load). Warm path: build the model on the `meta` device,
 then `load_state_dict(assign=True)` straight from the verified cache entry,
 so there is one copy of the weights and no quantization work.
@@ -23,13 +24,13 @@ from torch import nn
 from engine.errors import WeightCacheError
 from engine.formats import WEIGHT_FORMATS
 from engine.model.config import ModelConfig
-from engine.model.embedding import Embedding
+from engine.model.embedding import Embedding, table_storage
 from engine.model.gguf_file import GGUFModelFile, resolve_model_path
 from engine.model.tokenizer import Tokenizer
 from engine.model.transformer import Transformer
 from engine.model.weight_cache import CACHE_VERSION, CacheEntry, entry_key, file_sha256, load_entry, save_entry
-from engine.quant.functions import Q41Blocks, compute_dtype, dequantize_q4_1
-from engine.quant.linear import empty_linear, make_linear, module_weight_bytes
+from engine.quant.functions import Q41Blocks, Q80Blocks, compute_dtype
+from engine.quant.linear import Q80Linear, as_float, empty_linear, make_linear, module_weight_bytes
 
 logger = logging.getLogger("preflight.engine")
 
@@ -60,29 +61,38 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _concat(parts: list[torch.Tensor | Q41Blocks]) -> torch.Tensor | Q41Blocks:
-    """Stack weights along the output dim; Q4_1 blocks stay blocks when every part has them."""
+Source = torch.Tensor | Q41Blocks | Q80Blocks
+
+
+def _concat(parts: list[Source]) -> Source:
+    """Stack weights along the output dim; blocks stay blocks when every part has the same kind."""
     if all(isinstance(p, Q41Blocks) for p in parts):
         return Q41Blocks(
             q=torch.cat([p.q for p in parts]),
             scale=torch.cat([p.scale for p in parts]),
             min=torch.cat([p.min for p in parts]),
         )
-    return torch.cat([dequantize_q4_1(p) if isinstance(p, Q41Blocks) else p for p in parts])
+    if all(isinstance(p, Q80Blocks) for p in parts):
+        return Q80Blocks(q=torch.cat([p.q for p in parts]), scale=torch.cat([p.scale for p in parts]))
+    return torch.cat([as_float(p) for p in parts])
 
 
-def _source_weight(mf: GGUFModelFile, name: str, fmt: str) -> torch.Tensor | Q41Blocks:
-    """The int4 format keeps the file's own 4-bit codes; every other format starts from fp32."""
-    if fmt == "int4":
-        blocks = mf.q4_1_blocks(name)
-        if blocks is not None:
-            return blocks
-    return mf.tensor(name)
+def _source_weight(mf: GGUFModelFile, name: str, fmt: str) -> Source:
+    """int4 keeps the file's own Q4_1 codes and int8 its Q8_0 blocks; everything else starts from fp32."""
+    blocks = mf.q4_1_blocks(name) if fmt == "int4" else mf.q8_0_blocks(name) if fmt == "int8" else None
+    return mf.tensor(name) if blocks is None else blocks
 
 
-def _gguf_linear_sources(mf: GGUFModelFile, fmt: str) -> dict[str, torch.Tensor | Q41Blocks]:
+def _table_source(mf: GGUFModelFile, fmt: str) -> torch.Tensor | Q80Blocks:
+    """The tied table: its Q8_0 blocks when the format stores the table as Q8_0 and the file does too."""
+    name = "token_embd.weight"
+    blocks = mf.q8_0_blocks(name) if table_storage(fmt, mf.config.hidden_size) == Q80Linear.fmt else None
+    return mf.tensor(name) if blocks is None else blocks
+
+
+def _gguf_linear_sources(mf: GGUFModelFile, fmt: str) -> dict[str, Source]:
     """Map our fused parameter names to their GGUF tensors."""
-    sources: dict[str, torch.Tensor | Q41Blocks] = {}
+    sources: dict[str, Source] = {}
     for i in range(mf.config.n_layers):
         blk = f"blk.{i}"
         sources[f"layers.{i}.attention.wqkv"] = _concat(
@@ -129,7 +139,9 @@ def build_from_gguf(mf: GGUFModelFile, fmt: str, device: torch.device) -> Transf
     sources = _gguf_linear_sources(mf, fmt)
     modules = {name: make_linear(w, fmt, device=str(device)) for name, w in sources.items()}
     del sources
-    embedding = Embedding.from_float(mf.tensor("token_embd.weight").to(device), fmt, act)
+    table = _table_source(mf, fmt)
+    table = Q80Blocks(table.q.to(device), table.scale.to(device)) if isinstance(table, Q80Blocks) else table.to(device)
+    embedding = Embedding.from_source(table, fmt, act)
     model = Transformer(mf.config, embedding, lambda name, _i, _o: modules.pop(name), act, device)
     with torch.no_grad():
         for i, block in enumerate(model.layers):
@@ -150,7 +162,7 @@ def build_from_state(
     model = Transformer(
         config,
         embedding,
-        lambda _name, i, o: empty_linear(fmt, i, o, device="meta"),
+        lambda name, i, o: empty_linear(_stored_kind(state, name, fmt), i, o, device="meta"),
         act,
         device,
     )
@@ -158,6 +170,12 @@ def build_from_state(
     model.to(device)
     _post_load(model)
     return model.eval()
+
+
+def _stored_kind(state: dict[str, torch.Tensor], name: str, fmt: str) -> str:
+    """The storage a cached layer was converted to: a 3-D weight is Q8_0 (int8 keeps Q8_0 source tensors)."""
+    weight = state.get(f"{name}.weight")
+    return Q80Linear.fmt if weight is not None and weight.ndim == 3 else fmt
 
 
 def _manifest(mf_hash: str, fmt: str, config: ModelConfig, tokenizer: Tokenizer, gguf_bytes: int) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.errors import WeightCacheError
 
-CACHE_VERSION = "3"
+CACHE_VERSION = "4"  # 4: int8 / int4 keep the Q8_0 table (and int8 Q8_0 weights) as blocks
 """Bump when the converted layout changes: old entries then simply miss."""
 
 

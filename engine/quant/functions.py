@@ -40,6 +40,7 @@ from engine.formats import WEIGHT_FORMATS
 INT4_GROUP_SIZES = (32, 64, 128, 256)  # what the packed int4 kernels accept (powers of two)
 INT4_N_MULTIPLE = 16  # the CPU int4 packer needs N % 16 == 0 (modules pad rows)
 Q4_1_BLOCK = 32
+Q8_0_BLOCK = 32
 INT8_MAX = 127
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
 
@@ -55,6 +56,19 @@ class Q41Blocks:
     q: torch.Tensor
     scale: torch.Tensor
     min: torch.Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class Q80Blocks:
+    """A Q8_0 matrix kept in its native form: w = scale * q per 32-wide block (llama.cpp's Q8_0).
+
+    Shapes: q (out, in) int8; scale (out, in // 32) float16, the file's own block scales.
+    Dequantized, every element is the float32 product of an fp16 scale and an int8 code,
+    which float32 holds exactly (11 + 7 significant bits).
+    """
+
+    q: torch.Tensor
+    scale: torch.Tensor
 
 
 def check_format(fmt: str) -> str:
@@ -128,6 +142,58 @@ def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.float()[:, None]
+
+
+# -- Q8_0 blocks ------------------------------------------------------------------------
+
+
+def check_q8_0(blocks: Q80Blocks) -> Q80Blocks:
+    """`blocks` if its shapes and dtypes are a Q8_0 matrix, else ValueError."""
+    q, d = blocks.q, blocks.scale
+    if q.ndim != 2 or q.dtype != torch.int8 or q.shape[1] % Q8_0_BLOCK:
+        raise ValueError(
+            f"malformed Q8_0 blocks: q {tuple(q.shape)} {q.dtype} (expected int8 (out, in), in a multiple of 32)"
+        )
+    if d.shape != (q.shape[0], q.shape[1] // Q8_0_BLOCK) or d.dtype != torch.float16:
+        raise ValueError(f"malformed Q8_0 blocks: scale {tuple(d.shape)} {d.dtype} (expected float16 (out, in // 32))")
+    return blocks
+
+
+def quantize_q8_0(w: torch.Tensor) -> Q80Blocks:
+    """Q8_0 as llama.cpp's reference quantizer makes it: per 32-block d = max|w| / 127 (stored fp16), q = round(w / d).
+
+    For tables the file does not already store as Q8_0; K must be a multiple of 32.
+    """
+    w = _check_matrix(w, "quantize_q8_0")
+    n, k = w.shape
+    if k % Q8_0_BLOCK:
+        raise ValueError(f"quantize_q8_0 needs the input size to be a multiple of {Q8_0_BLOCK}, got {k}")
+    blocks = w.reshape(n, -1, Q8_0_BLOCK)
+    d = blocks.abs().amax(dim=-1) / INT8_MAX
+    inv = torch.where(d > 0, 1.0 / _safe_divisor(d), torch.zeros_like(d))
+    q = torch.round(blocks * inv[..., None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return Q80Blocks(q=q.reshape(n, k), scale=d.to(torch.float16))
+
+
+def dequantize_q8_0(blocks: Q80Blocks, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """fp16 scale x int8 code in float32 (exact), for every row or for the `rows` given (an index tensor)."""
+    q, d = (blocks.q, blocks.scale) if rows is None else (blocks.q[rows], blocks.scale[rows])
+    shape = q.shape
+    groups = q.reshape(*shape[:-1], -1, Q8_0_BLOCK).float()
+    return (groups * d.float()[..., None]).reshape(shape)
+
+
+def quantize_int8_blocks(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations (M, K) to int8 per 32-wide block, as llama.cpp quantizes them for a Q8_0 dot product.
+
+    Returns q int8 (M, K) and the float32 block scales (M, K // 32): x ~= q * d per block, d = max|x| / 127.
+    All-zero blocks get d = 0 and q = 0.
+    """
+    m, k = x.shape
+    blocks = x.float().reshape(m, -1, Q8_0_BLOCK)
+    d = blocks.abs().amax(dim=-1) / INT8_MAX
+    q = torch.round(blocks / _safe_divisor(d)[..., None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q.reshape(m, k), d
 
 
 # -- int4 -------------------------------------------------------------------------------

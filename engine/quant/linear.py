@@ -21,11 +21,16 @@ from engine.quant.functions import (
     FP8_MAX,
     INT8_MAX,
     Q4_1_BLOCK,
+    Q8_0_BLOCK,
     Q41Blocks,
+    Q80Blocks,
     check_format,
     check_group_size,
+    check_q8_0,
     dequantize_int4,
+    dequantize_int8,
     dequantize_q4_1,
+    dequantize_q8_0,
     fp8_to_float,
     int4_buffers,
     int4_from_q4_1,
@@ -34,6 +39,7 @@ from engine.quant.functions import (
     quantize_fp8,
     quantize_int4,
     quantize_int8,
+    quantize_int8_blocks,
     row_scale,
     unpack_int4,
 )
@@ -47,6 +53,8 @@ FP8_CPU_ROW_BLOCK = 2048  # rows dequantized at a time on CPU (~4.5 MiB of fp32 
 FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper and newer have FP8 tensor cores
 INT4_CUDA_MIN_CAPABILITY = (8, 0)  # the tinygemm int4 kernel needs Ampere or newer
 INT4_CUDA_INNER_K_TILES = (8, 4, 2)  # the CUDA packer's choices; K must be a multiple of 16 x tiles
+Q8_0_INT_MM_MAX_ROWS = 8  # Q8_0: int8 block products below this many rows, float32 row blocks from it
+Q8_0_ROW_BLOCK = 4096  # rows dequantized at a time on the float32 path (~9 MiB at K = 576)
 
 
 def _storage_key(t: torch.Tensor) -> tuple[Any, ...]:
@@ -89,6 +97,14 @@ class QuantLinear(nn.Module, ABC):
     def weight_bytes(self) -> int:
         return sum(_unique_bytes(self.resident_tensors()).values())
 
+    def dequantized(self) -> torch.Tensor:
+        """The float32 (N, K) weight this module multiplies by: what the fidelity audit compares with the file."""
+        raise NotImplementedError(f"{type(self).__name__} cannot read its weight back")
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Float32 rows `ids` of the weight (an embedding lookup through a table that is also the head)."""
+        return self.dequantized()[ids]
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kernel={self.kernel!r}"
 
@@ -107,6 +123,12 @@ class DenseLinear(nn.Linear, QuantLinear):
         dtype = fmt_options.pop("dtype", torch.bfloat16)
         _no_options("dense", fmt_options)
         return cls(in_features, out_features, device=device, dtype=dtype)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float()
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids].float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Accepts any float input (the model may keep its residual stream in fp32) and returns its dtype."""
@@ -168,6 +190,12 @@ class Int8Linear(QuantLinear):
 
     def _kernel_caches(self) -> list[torch.Tensor]:
         return [self._scale_bf16] if self._scale_bf16 is not None else []
+
+    def dequantized(self) -> torch.Tensor:
+        return dequantize_int8(self.weight, self.scale)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight[ids].float() * self.scale[ids].unsqueeze(-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._ready:
@@ -411,6 +439,12 @@ class Fp8Linear(QuantLinear):
         else:
             self.kernel = f"fp8: dequantize-on-the-fly ({reason or 'FP8 matmul disabled'})"
 
+    def dequantized(self) -> torch.Tensor:
+        return fp8_to_float(self.weight) * self.scale[:, None]
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return fp8_to_float(self.weight[ids]) * self.scale[ids].unsqueeze(-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._ready:
             raise RuntimeError("Fp8Linear.post_load() was not called after loading the weights")
@@ -436,6 +470,130 @@ class Fp8Linear(QuantLinear):
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
+# -- Q8_0 -------------------------------------------------------------------------------
+
+
+class Q80Linear(QuantLinear):
+    """llama.cpp's Q8_0 as the file stores it: int8 codes and one fp16 scale per 32-wide block.
+
+    State: `weight` int8 (G, N, 32) and `scale` float32 (G, N), G = K / 32, both group-major
+    (block g of every row side by side, so each block's matmul reads contiguous memory). The
+    scales are the file's fp16 values widened to float32, which is exact; the dequantized
+    weight is therefore ggml's, bit for bit. `dequantized()` and `rows()` give it back in
+    (N, K) form.
+
+    Kernels, on any device:
+    - below 8 rows (decode, draft verification): activations are quantized to int8 per 32-wide block, as
+      llama.cpp does for its own Q8_0 dot product, plus a second int8 term for the
+      remainder, and each block is one `torch._int_mm` (exact int32 sums); the block sums
+      are then scaled by activation x weight block scales in float32 and added. The
+      weight is never widened.
+    - from 8 rows (prefill, evaluation, wide batches): float32 row blocks of the exact weight and float32
+      activations, so long inputs cost one GEMM rather than 18 narrow ones.
+    The int8 path needs CPU `torch._int_mm`; on other devices every M takes the float32 path.
+    """
+
+    fmt = "q8_0"
+
+    def __init__(self, weight: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        groups, self.out_features, block = weight.shape
+        if block != Q8_0_BLOCK or weight.dtype != torch.int8 or scale.shape != (groups, self.out_features):
+            raise ValueError(
+                f"Q8_0 buffers {tuple(weight.shape)} {weight.dtype} / {tuple(scale.shape)} are not "
+                f"int8 (G, N, {Q8_0_BLOCK}) with scales (G, N)"
+            )
+        self.in_features = groups * Q8_0_BLOCK
+        self.register_buffer("weight", weight)
+        self.register_buffer("scale", scale)
+        self._int_mm = False
+        self.kernel = "q8_0: not prepared (call post_load)"
+
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, *, device: Any = "meta", **fmt_options: Any) -> Q80Linear:
+        _no_options("q8_0", fmt_options)
+        if in_features % Q8_0_BLOCK:
+            raise ValueError(f"Q8_0 needs the input size to be a multiple of {Q8_0_BLOCK}, got {in_features}")
+        groups = in_features // Q8_0_BLOCK
+        return cls(
+            torch.empty(groups, out_features, Q8_0_BLOCK, dtype=torch.int8, device=device),
+            torch.empty(groups, out_features, dtype=torch.float32, device=device),
+        )
+
+    @classmethod
+    def from_blocks(cls, blocks: Q80Blocks, device: Any = "cpu") -> Q80Linear:
+        """Adopt Q8_0 blocks (q int8 (N, K), scale fp16 (N, K / 32)) and prepare the module."""
+        check_q8_0(blocks)
+        n, k = blocks.q.shape
+        weight = blocks.q.reshape(n, k // Q8_0_BLOCK, Q8_0_BLOCK).transpose(0, 1).contiguous()
+        module = cls(weight.to(device), blocks.scale.float().T.contiguous().to(device))
+        module.post_load()
+        return module
+
+    def blocks(self) -> Q80Blocks:
+        """The Q8_0 blocks in the file's (N, K) / (N, K / 32) form."""
+        q = self.weight.transpose(0, 1).reshape(self.out_features, self.in_features)
+        return Q80Blocks(q=q, scale=self.scale.T.to(torch.float16))
+
+    def post_load(self) -> None:
+        self._int_mm = self.weight.device.type == "cpu"
+        if self._int_mm:
+            self.weight = _aligned(self.weight)
+            self.kernel = (
+                f"q8_0: int8 _int_mm per 32-wide block below {Q8_0_INT_MM_MAX_ROWS} rows "
+                "(activations as two int8 terms per block), float32 GEMM of the exact weight from there"
+            )
+        else:
+            self.kernel = "q8_0: float32 GEMM of the exact weight, dequantized in row blocks"
+
+    def dequantized(self) -> torch.Tensor:
+        return self.rows(torch.arange(self.out_features, device=self.weight.device))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        picked = self.weight[:, ids].float() * self.scale[:, ids].unsqueeze(-1)  # (G, *ids, 32)
+        return picked.movedim(0, -2).reshape(*ids.shape, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        y = self._block_int8(x2) if self._int_mm and x2.shape[0] < Q8_0_INT_MM_MAX_ROWS else self._float_rows(x2)
+        return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _block_int8(self, x2: torch.Tensor) -> torch.Tensor:
+        """Per 32-wide block g: exact int32 dot products, scaled by activation x weight block scales, summed.
+
+        Activations go in as two int8 terms per block, x ~= q1 * d1 + q2 * d2, the second
+        quantizing what the first left over (|error| <= max|x| / 64516 per block, finer than
+        bf16): one int8 term cost 4x the head's KL against fp32 on the evaluation text. The
+        second term is a second row of the same `_int_mm`, which reads the weight once either way.
+        """
+        m = x2.shape[0]
+        xf = x2.float()
+        q1, d1 = quantize_int8_blocks(xf)
+        rest = xf - (q1.float().view(m, -1, Q8_0_BLOCK) * d1[..., None]).view(m, -1)
+        q2, d2 = quantize_int8_blocks(rest)
+        xq = torch.cat([q1, q2])  # (2M, K): the first terms, then the remainders
+        groups = self.weight.shape[0]
+        sums = torch.empty(groups, 2 * m, self.out_features, dtype=torch.int32, device=x2.device)
+        for g in range(groups):
+            torch._int_mm(xq[:, g * Q8_0_BLOCK : (g + 1) * Q8_0_BLOCK], self.weight[g].T, out=sums[g])
+        weighted = sums.float().mul_(self.scale[:, None, :]).view(groups * 2 * m, self.out_features)
+        # y[i] = sum over g and both terms of x_scale * weighted: one small GEMM with a block-sparse mixer.
+        mixer = xf.new_zeros(m, groups, 2, m)
+        rows = torch.arange(m, device=x2.device)
+        mixer[rows, :, 0, rows] = d1
+        mixer[rows, :, 1, rows] = d2
+        return mixer.view(m, -1) @ weighted
+
+    def _float_rows(self, x2: torch.Tensor) -> torch.Tensor:
+        """x @ W.T in float32 with W dequantized a row block at a time (never the whole 113 MB table)."""
+        xf = x2.float()
+        y = xf.new_empty(xf.shape[0], self.out_features)
+        for r in range(0, self.out_features, Q8_0_ROW_BLOCK):
+            ids = torch.arange(r, min(r + Q8_0_ROW_BLOCK, self.out_features), device=xf.device)
+            torch.matmul(xf, self.rows(ids).T, out=y[:, r : r + ids.numel()])
+        return y
+
+
 # -- construction -----------------------------------------------------------------------
 
 
@@ -445,22 +603,25 @@ def _no_options(fmt: str, options: dict[str, Any]) -> None:
 
 
 def make_linear(
-    weight: torch.Tensor | Q41Blocks, fmt: str, *, device: Any = "cpu", group_size: int = 32
+    weight: torch.Tensor | Q41Blocks | Q80Blocks, fmt: str, *, device: Any = "cpu", group_size: int = 32
 ) -> QuantLinear:
     """A ready-to-run (post_load done) linear module holding `weight` in `fmt`.
 
-    `weight` is a float (N, K) tensor or Q4_1 blocks. int4 from Q4_1 at group 32 keeps the
-    file's codes (lossless); any other source or group size re-quantizes.
+    `weight` is a float (N, K) tensor, Q4_1 blocks or Q8_0 blocks. int4 from Q4_1 at group 32
+    and int8 from Q8_0 keep the file's codes and block scales (lossless); any other source or
+    group size re-quantizes.
     """
     check_format(fmt)
+    if fmt == "int8" and isinstance(weight, Q80Blocks):
+        return Q80Linear.from_blocks(weight, device=device)
     if fmt == "int4":
         check_group_size(group_size)
         if isinstance(weight, Q41Blocks) and group_size == Q4_1_BLOCK:
             q, scale, zero = int4_from_q4_1(weight)
         else:
-            q, scale, zero = quantize_int4(_as_float(weight).to(device), group_size)
+            q, scale, zero = quantize_int4(as_float(weight).to(device), group_size)
         return Int4Linear.from_codes(q.to(device), scale.to(device), zero.to(device), group_size)
-    w = _as_float(weight).to(device)
+    w = as_float(weight).to(device)
     if fmt in ("fp32", "bf16"):
         dense = empty_linear(fmt, w.shape[1], w.shape[0])
         dense.weight = nn.Parameter(w.to(dense.weight.dtype).contiguous(), requires_grad=False)
@@ -470,14 +631,23 @@ def make_linear(
     return module
 
 
-def _as_float(weight: torch.Tensor | Q41Blocks) -> torch.Tensor:
-    return dequantize_q4_1(weight) if isinstance(weight, Q41Blocks) else weight
+def as_float(weight: torch.Tensor | Q41Blocks | Q80Blocks) -> torch.Tensor:
+    """A weight source as float32 (N, K): block formats dequantized exactly as ggml does."""
+    if isinstance(weight, Q41Blocks):
+        return dequantize_q4_1(weight)
+    return dequantize_q8_0(weight) if isinstance(weight, Q80Blocks) else weight
 
 
 def empty_linear(
     fmt: str, in_features: int, out_features: int, *, device: Any = "meta", group_size: int = 32
 ) -> QuantLinear:
-    """An unloaded module with the right buffer shapes and dtypes for `load_state_dict(assign=True)`."""
+    """An unloaded module with the right buffer shapes and dtypes for `load_state_dict(assign=True)`.
+
+    Besides the weight formats, `fmt` may be "q8_0": the storage int8 uses for Q8_0 source
+    tensors and int8 / int4 use for the tied embedding table.
+    """
+    if fmt == Q80Linear.fmt:
+        return Q80Linear.empty(in_features, out_features, device=device)
     check_format(fmt)
     if fmt in ("fp32", "bf16"):
         dtype = torch.float32 if fmt == "fp32" else torch.bfloat16

@@ -196,7 +196,8 @@ def run_quant_study(options: StudyOptions, progress: Progress | None = None) -> 
             "The model file already stores its linear weights as Q4_1, so the fp32 reference is those 4-bit "
             "weights dequantized: the figures measure loss against this file, not against the original "
             "checkpoint. int4 keeps the file's own Q4_1 codes (only its scales and the activations entering its "
-            "matmuls are rounded to bf16), while int8 and fp8 re-quantize the dequantized weights."
+            "matmuls are rounded to bf16), while int8 and fp8 re-quantize the dequantized weights. int8 and int4 "
+            "both keep the Q8_0 embedding table and tied head exactly as the file stores it."
         )
     if not options.quant_cold_load:
         notes.append("Cold loads were not measured (quant_cold_load off): cold_load_s is null.")

@@ -436,3 +436,51 @@ def test_int8_accepts_unaligned_activations(rows):
     assert x.data_ptr() % 64 != 0
     ref = x.float() @ _reference_weight(module).T
     assert _normalized_error(module(x), ref) < TOLERANCE["int8"]
+
+
+# -- Q8_0 blocks ------------------------------------------------------------------------
+
+
+def test_quantize_q8_0_matches_ggufs_own_quantizer() -> None:
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from engine.quant.functions import dequantize_q8_0, quantize_q8_0
+
+    w = torch.randn(64, 96) * 0.1
+    ours = quantize_q8_0(w)
+    raw = gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q8_0).reshape(64, -1, 34)
+    assert np.array_equal(ours.scale.numpy(), raw[:, :, 0:2].copy().view(np.float16)[..., 0])
+    assert np.array_equal(ours.q.numpy(), raw[:, :, 2:].copy().view(np.int8).reshape(64, -1))
+    theirs = gguf.quants.dequantize(raw.reshape(64, -1), gguf.GGMLQuantizationType.Q8_0)
+    assert torch.equal(dequantize_q8_0(ours), torch.from_numpy(theirs))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 8, 40])
+def test_q8_0_linear_multiplies_by_the_exact_blocks(rows: int) -> None:
+    from engine.quant.functions import dequantize_q8_0, quantize_q8_0
+    from engine.quant.linear import Q80Linear
+
+    blocks = quantize_q8_0(torch.randn(200, 128) * 0.05)
+    module = Q80Linear.from_blocks(blocks)
+    exact = dequantize_q8_0(blocks)
+    assert torch.equal(module.dequantized(), exact)
+    ids = torch.tensor([[3, 0], [199, 3]])
+    assert torch.equal(module.rows(ids), exact[ids])
+    x = torch.randn(rows, 128)
+    want = x.double() @ exact.double().T
+    # below 8 rows the activations go in as two int8 terms per block: still within ~1e-4 of the exact product
+    assert ((module(x).double() - want).abs().max() / want.abs().max()).item() < 1e-4
+
+
+def test_q8_0_linear_round_trips_through_a_state_dict(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
+    from engine.quant.functions import quantize_q8_0
+    from engine.quant.linear import Q80Linear, empty_linear
+
+    module = Q80Linear.from_blocks(quantize_q8_0(torch.randn(48, 64)))
+    save_file(module.state_dict(), tmp_path / "q.safetensors")
+    again = empty_linear("q8_0", 64, 48)
+    again.load_state_dict(load_file(tmp_path / "q.safetensors"), assign=True)
+    again.post_load()
+    assert torch.equal(again.dequantized(), module.dequantized())
+    assert again.blocks().scale.dtype == torch.float16 and torch.equal(again.blocks().q, module.blocks().q)

@@ -19,11 +19,11 @@ import torch
 
 from engine.errors import WeightCacheError
 from engine.model.loader import load_model
-from engine.model.weight_cache import CacheEntry, load_entry, save_entry
+from engine.model.weight_cache import CACHE_VERSION, CacheEntry, load_entry, save_entry
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = {"w": torch.arange(1024, dtype=torch.float32)}
-MANIFEST = {"cache_version": "3", "format": "fp32"}
+MANIFEST = {"cache_version": CACHE_VERSION, "format": "fp32"}
 
 
 def leftovers(root: Path) -> list[str]:
@@ -96,7 +96,7 @@ import sys, time
 import torch
 from pathlib import Path
 from engine.errors import WeightCacheError
-from engine.model.weight_cache import CacheEntry, load_entry, save_entry
+from engine.model.weight_cache import CACHE_VERSION, CacheEntry, load_entry, save_entry
 
 role, root, rounds = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 entry = CacheEntry.for_key("shared", root)
@@ -105,7 +105,7 @@ failures = 0
 for _ in range(rounds):
     try:
         if role == "write":
-            save_entry(entry, state, {"cache_version": "3"})
+            save_entry(entry, state, {"cache_version": CACHE_VERSION})
         else:
             while not entry.exists():
                 time.sleep(0.01)
