@@ -103,20 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="benchmark a target under load and write the records as JSON")
     add_model_flags(bench, BenchmarkConfig, SKIP_FLAGS)
-    bench.add_argument(
-        "--duration",
-        dest="duration_s",
-        type=parse_duration,
-        default=argparse.SUPPRESS,
-        help="measured time per run, e.g. 60s or 2m (with --requests, whichever ends first)",
-    )
-    bench.add_argument(
-        "--trace-window",
-        dest="trace_window_s",
-        type=parse_duration,
-        default=argparse.SUPPRESS,
-        help="replay only this much of the trace's time, e.g. 10m (before --trace-speed)",
-    )
+    for flag, dest, help_text in (
+        ("--duration", "duration_s", "measured time per run, e.g. 60s or 2m (with --requests, whichever ends first)"),
+        ("--trace-window", "trace_window_s", "replay only this much trace time, e.g. 10m (before --trace-speed)"),
+    ):  # durations in words; the config keeps seconds
+        bench.add_argument(flag, dest=dest, type=parse_duration, default=argparse.SUPPRESS, help=help_text)
     bench.add_argument(
         "--api-key",
         dest="api_key",

@@ -9,6 +9,7 @@ variants, so only the parts we read are checked and extra keys are ignored.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -150,6 +151,28 @@ def load_jsonl(
     return _parse_jsonl(file, text, default_max_tokens, tokenizer, limit)
 
 
+def _conversation_list(file: Path, text: str) -> list[Any]:
+    """The JSON array a ShareGPT file holds; a clear DatasetError for anything else."""
+    try:
+        raw: Any = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    except RecursionError:
+        raise DatasetError(f"{file}: JSON nested too deeply to be a conversation list") from None
+    if not isinstance(raw, list):
+        raise DatasetError(f"{file}: ShareGPT is a JSON array of conversations, got {type(raw).__name__}")
+    return raw
+
+
+def _conversations(file: Path, raw: list[Any]) -> Iterator[tuple[int, _Conversation]]:
+    """Each entry, validated only when reached (a caller that stops early never parses the rest)."""
+    for index, entry in enumerate(raw):
+        try:
+            yield index, _Conversation.model_validate(entry)
+        except ValidationError as exc:
+            raise DatasetError(f"{file}: conversation {index}: {_describe(exc)}") from exc
+
+
 def _first_exchange(turns: list[_Turn]) -> tuple[str | None, str | None]:
     """The first human turn's text, and the reply right after it (None where absent or empty)."""
     for position, turn in enumerate(turns):
@@ -167,23 +190,12 @@ def _reply_after(turns: list[_Turn], position: int) -> str | None:
 def _parse_sharegpt(
     file: Path, text: str, default_max_tokens: int, tokenizer: TextTokenizer | None, limit: int | None
 ) -> PromptDataset:
-    try:
-        raw: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
-    except RecursionError:
-        raise DatasetError(f"{file}: JSON nested too deeply to be a conversation list") from None
-    if not isinstance(raw, list):
-        raise DatasetError(f"{file}: ShareGPT is a JSON array of conversations, got {type(raw).__name__}")
+    raw = _conversation_list(file, text)
     requests: list[PromptRequest] = []
     skipped = 0
-    for index, entry in enumerate(raw):
+    for index, conversation in _conversations(file, raw):
         if limit is not None and len(requests) >= limit:
             break
-        try:
-            conversation = _Conversation.model_validate(entry)
-        except ValidationError as exc:
-            raise DatasetError(f"{file}: conversation {index}: {_describe(exc)}") from exc
         prompt, reply = _first_exchange(conversation.conversations)
         if prompt is None:
             skipped += 1
@@ -256,20 +268,11 @@ def load_sharegpt_conversations(
     file, text = _read_text(path)
     if text.lstrip()[:1] != "[":
         raise DatasetError(f"{file}: multi-turn sessions come from a ShareGPT file (a JSON array of conversations)")
-    try:
-        raw: Any = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
-    except RecursionError:
-        raise DatasetError(f"{file}: JSON nested too deeply to be a conversation list") from None
+    raw = _conversation_list(file, text)
     sessions: list[Conversation] = []
-    for index, entry in enumerate(raw):
+    for index, conversation in _conversations(file, raw):
         if limit is not None and len(sessions) >= limit:
             break
-        try:
-            conversation = _Conversation.model_validate(entry)
-        except ValidationError as exc:
-            raise DatasetError(f"{file}: conversation {index}: {_describe(exc)}") from exc
         turns = [
             (prompt, max(1, len(tokenizer.encode(reply))) if reply and tokenizer is not None else default_max_tokens)
             for prompt, reply in _human_turns(conversation.conversations, max_turns)
