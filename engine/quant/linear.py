@@ -53,7 +53,9 @@ FP8_CPU_ROW_BLOCK = 2048  # rows dequantized at a time on CPU (~4.5 MiB of fp32 
 FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper and newer have FP8 tensor cores
 INT4_CUDA_MIN_CAPABILITY = (8, 0)  # the tinygemm int4 kernel needs Ampere or newer
 INT4_CUDA_INNER_K_TILES = (8, 4, 2)  # the CUDA packer's choices; K must be a multiple of 16 x tiles
-Q8_0_INT_MM_MAX_ROWS = 8  # Q8_0: int8 block products below this many rows, float32 row blocks from it
+Q8_0_INT_MM_MAX_ROWS = 64  # Q8_0: int8 block products below this many rows, float32 row blocks from it
+Q8_0_TILE_MIN_ROWS = 8  # ... in column tiles above this many rows (measured: tiles pay from 16 rows on)
+Q8_0_COLUMN_TILE = 8192  # output columns per tile: 2 x 16 rows x 8192 x 4 B = 1 MiB of products, in cache
 Q8_0_ROW_BLOCK = 4096  # rows dequantized at a time on the float32 path (~9 MiB at K = 576)
 
 
@@ -483,12 +485,13 @@ class Q80Linear(QuantLinear):
     (N, K) form.
 
     Kernels, on any device:
-    - below 8 rows (decode, draft verification): activations are quantized to int8 per 32-wide block, as
+    - below 64 rows (decode, batched decode, draft verification): activations are quantized to int8
+      per 32-wide block, as
       llama.cpp does for its own Q8_0 dot product, plus a second int8 term for the
       remainder, and each block is one `torch._int_mm` (exact int32 sums); the block sums
       are then scaled by activation x weight block scales in float32 and added. The
       weight is never widened.
-    - from 8 rows (prefill, evaluation, wide batches): float32 row blocks of the exact weight and float32
+    - from 64 rows (prefill, evaluation): float32 row blocks of the exact weight and float32
       activations, so long inputs cost one GEMM rather than 18 narrow ones.
     The int8 path needs CPU `torch._int_mm`; on other devices every M takes the float32 path.
     """
@@ -565,6 +568,11 @@ class Q80Linear(QuantLinear):
         quantizing what the first left over (|error| <= max|x| / 64516 per block, finer than
         bf16): one int8 term cost 4x the head's KL against fp32 on the evaluation text. The
         second term is a second row of the same `_int_mm`, which reads the weight once either way.
+
+        Each block's products are scaled and added into the output at once, never all blocks
+        kept (that buffer is G x 2M x N int32, 113 MB at 16 rows, and made a batched step 10x
+        slower than the old per-row head). Above Q8_0_TILE_MIN_ROWS rows the output is also
+        done in column tiles, so a block's products stay in cache while they are scaled.
         """
         m = x2.shape[0]
         xf = x2.float()
@@ -572,17 +580,25 @@ class Q80Linear(QuantLinear):
         rest = xf - (q1.float().view(m, -1, Q8_0_BLOCK) * d1[..., None]).view(m, -1)
         q2, d2 = quantize_int8_blocks(rest)
         xq = torch.cat([q1, q2])  # (2M, K): the first terms, then the remainders
+        dq = torch.cat([d1, d2])  # (2M, G): their block scales
         groups = self.weight.shape[0]
-        sums = torch.empty(groups, 2 * m, self.out_features, dtype=torch.int32, device=x2.device)
-        for g in range(groups):
-            torch._int_mm(xq[:, g * Q8_0_BLOCK : (g + 1) * Q8_0_BLOCK], self.weight[g].T, out=sums[g])
-        weighted = sums.float().mul_(self.scale[:, None, :]).view(groups * 2 * m, self.out_features)
-        # y[i] = sum over g and both terms of x_scale * weighted: one small GEMM with a block-sparse mixer.
-        mixer = xf.new_zeros(m, groups, 2, m)
-        rows = torch.arange(m, device=x2.device)
-        mixer[rows, :, 0, rows] = d1
-        mixer[rows, :, 1, rows] = d2
-        return mixer.view(m, -1) @ weighted
+        pieces = [xq[:, g * Q8_0_BLOCK : (g + 1) * Q8_0_BLOCK] for g in range(groups)]
+        x_scales = [dq[:, g : g + 1] for g in range(groups)]
+        tile = self.out_features if m <= Q8_0_TILE_MIN_ROWS else Q8_0_COLUMN_TILE
+        out = xf.new_zeros(2 * m, self.out_features)
+        sums = torch.empty(2 * m, tile, dtype=torch.int32, device=x2.device)
+        scaled = xf.new_empty(2 * m, tile)
+        for c in range(0, self.out_features, tile):
+            width = min(tile, self.out_features - c)
+            acc, weight, w_scale = out[:, c : c + width], self.weight[:, c : c + width], self.scale[:, c : c + width]
+            if width < tile:  # the last, narrower tile: _int_mm writes only whole contiguous outputs
+                sums, scaled = sums.new_empty(2 * m, width), scaled.new_empty(2 * m, width)
+            p, pf = sums, scaled
+            for g in range(groups):
+                torch._int_mm(pieces[g], weight[g].T, out=p)
+                torch.mul(p, x_scales[g], out=pf)
+                acc.addcmul_(pf, w_scale[g])
+        return out[:m] + out[m:]
 
     def _float_rows(self, x2: torch.Tensor) -> torch.Tensor:
         """x @ W.T in float32 with W dequantized a row block at a time (never the whole 113 MB table)."""
