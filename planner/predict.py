@@ -16,6 +16,7 @@ TTFT is one prompt on an idle replica: no queueing delay is modelled yet.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from planner.catalog import Catalog, EngineSpec, FormatSpec, SchedulerDefaults
@@ -181,7 +182,7 @@ class ConfigPrediction:
     requests_s: float = 0.0
     saturated: bool = False  # the request rate exceeds what the replicas can serve: the queue grows
     notes: list[str] = field(default_factory=list)
-    step_s: object = None  # Callable[[int], float]: TPOT at a batch, for the capacity table
+    step_s: Callable[[int], float] | None = None  # decode step time at a batch, for the capacity table
 
     @property
     def ttft_s(self) -> float:

@@ -189,8 +189,8 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
         opt.reason = cp.reason
         return opt
     opt.replicas = cp.replicas
-    dec, pre = cp.decode, cp.prefill
-    assert dec is not None and pre is not None
+    dec, pre, step = cp.decode, cp.prefill, cp.step_s
+    assert dec is not None and pre is not None and step is not None
     opt.prediction = Prediction(
         batch=cp.batch,
         ttft_ms=cp.ttft_s * 1e3,
@@ -222,7 +222,7 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
         opt.queues = True
         misses.append(f"holds {cp.batch} of {per_replica} concurrent requests per replica; the rest queue")
     opt.slo_misses, opt.meets_slo = misses, not misses
-    replica = Replica(cp.step_s, cp.ttft_s, cp.max_batch, par.devices)  # type: ignore[arg-type]
+    replica = Replica(step, cp.ttft_s, cp.max_batch, par.devices)
     tpot_target = slo.tpot_ms / 1e3 if slo.tpot_ms else None
     opt.capacity = plan_capacity(replica, w.output_tokens, dev.price_per_hour or None, tpot_target, w.qps)
     opt.score = p.output_tok_s * ctx.catalog.quality_weight(fmt.quality)

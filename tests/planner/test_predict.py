@@ -72,6 +72,7 @@ def test_low_concurrency_ranks_splits_by_latency() -> None:
 def test_saturated_throughput_includes_prefill() -> None:
     h100 = gpu_device(CAT.gpus["h100-sxm"])
     cp = predict_config(LLAMA_8B, h100, VLLM, BF16, Parallel(1), workload(concurrency=64), CAT)
+    assert cp.step_s is not None
     decode_only = cp.max_batch / cp.step_s(cp.max_batch)  # the old "out tok/s": batch / TPOT
     assert cp.max_output_tok_s < decode_only
     assert cp.output_tok_s <= cp.max_output_tok_s
