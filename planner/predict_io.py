@@ -206,11 +206,11 @@ def format_result(r: PredictResult) -> list[str]:
     lines = [
         f"{r.model} on {r.gpus} x {r.device}: {r.engine} {r.format}, TP {r.tp} x PP {r.pp}, {r.replicas} replica(s)",
         f"max_model_len {r.max_model_len}, {r.input_tokens} in / {r.output_tokens} out, {load}",
-        f"memory per GPU: {r.weights_gib:.2f} GiB weights, {r.kv_cache_gib:.2f} GiB KV cache = {r.kv_tokens} tokens, "
-        f"{r.max_concurrent_seqs} concurrent sequences",
+        f"memory per device: {r.weights_gib:.2f} GiB weights, {r.kv_cache_gib:.2f} GiB KV cache = "
+        f"{r.kv_tokens} tokens, {r.max_concurrent_seqs} concurrent sequences",
     ]
     if not r.fits:
-        return [*lines, f"does not fit: {r.reason}"]
+        return [*lines, r.reason or "does not fit"]
     lines += [
         f"TTFT {r.ttft_ms:.1f} ms, TPOT {r.tpot_ms:.2f} ms, E2E {r.e2e_ms:.0f} ms (means)",
         f"output {r.output_tok_s:.0f} tok/s at this load ({r.request_s:.2f} req/s, {r.busy_replicas} busy replica(s)); "
