@@ -1,5 +1,5 @@
-"""`python -m planner detect | recommend | compare`: what this machine offers, what to serve
-a model with, and how the planner's CPU prediction compares with a measured run.
+"""`python -m planner detect | recommend | predict | compare`: what this machine offers, what to serve
+a model with, one configuration predicted, and how the planner's CPU prediction compares with a measured run.
 
 Planner errors become one line on stderr and exit 1; bad arguments and unreadable model files exit 2.
 """
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from planner.errors import PlannerError, first_problem
 from planner.hardware import detect, summary_lines
+from planner.predict_io import PredictOptions
 from planner.workload import RecommendOptions
 
 # CLI flag -> RecommendOptions field; help text comes from the field's description.
@@ -31,6 +32,44 @@ RECOMMEND_FLAGS = {
     "--price-per-hour": ("price_per_hour", float),
     "--max-config-bytes": ("max_config_bytes", int),
 }
+
+# CLI flag -> PredictOptions field (bool fields get --flag / --no-flag).
+PREDICT_FLAGS = {
+    "--model": ("model", str),
+    "--gpu": ("gpu", str),
+    "--gpus": ("gpus", int),
+    "--tp": ("tp", int),
+    "--pp": ("pp", int),
+    "--engine": ("engine", str),
+    "--format": ("format", str),
+    "--kv-cache-dtype": ("kv_cache_dtype", str),
+    "--gpu-memory-utilization": ("gpu_memory_utilization", float),
+    "--max-num-seqs": ("max_num_seqs", int),
+    "--max-num-batched-tokens": ("max_num_batched_tokens", int),
+    "--max-model-len": ("max_model_len", int),
+    "--enable-chunked-prefill": ("enable_chunked_prefill", bool),
+    "--input-tokens": ("input_tokens", int),
+    "--output-tokens": ("output_tokens", int),
+    "--concurrency": ("concurrency", int),
+    "--qps": ("qps", float),
+    "--calibration": ("calibration", str),
+    "--max-config-bytes": ("max_config_bytes", int),
+}
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="memory, latency and throughput of one configuration (JSON with --json)")
+    fields = PredictOptions.model_fields
+    for flag, (name, kind) in PREDICT_FLAGS.items():
+        f = fields[name]
+        shown = "" if f.is_required() or f.default is None else f" (default: {f.default})"
+        if kind is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=f.description)
+            continue
+        p.add_argument(
+            flag, dest=name, type=kind, required=f.is_required(), default=None, help=f"{f.description}{shown}"
+        )
+    p.add_argument("--json", action="store_true", help="print the prediction as one JSON object")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
     p_rec.add_argument("--top", type=int, default=10, help="table rows to print (default: 10)")
     p_rec.add_argument("--json", action="store_true", help="print the whole plan as JSON")
+
+    _add_predict(sub)
 
     p_cmp = sub.add_parser("compare", help="predicted vs measured for a bundled-engine run on this CPU")
     p_cmp.add_argument(
@@ -89,6 +130,19 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from planner.entrypoints import predict_one
+    from planner.predict_io import format_result
+
+    values = {name: getattr(args, name) for name, _ in PREDICT_FLAGS.values() if getattr(args, name) is not None}
+    result = predict_one(PredictOptions(**values))
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print("\n".join(format_result(result)))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from planner.compare import format_comparison
     from planner.entrypoints import compare_run
@@ -108,7 +162,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"detect": _cmd_detect, "recommend": _cmd_recommend, "compare": _cmd_compare}
+    commands = {"detect": _cmd_detect, "recommend": _cmd_recommend, "predict": _cmd_predict, "compare": _cmd_compare}
     try:
         return commands[args.command](args)
     except ValidationError as exc:

@@ -219,16 +219,53 @@ class DistributedSpec(_Strict):
     source: str
 
 
+class ActivationPerToken(_Strict):
+    """Elements per batched token at the profiling pass's peak: ffn-sized (split by TP) and hidden-sized buffers."""
+
+    ffn: float = Field(ge=0)
+    hidden: float = Field(ge=0)
+    bytes: PositiveInt
+
+
 class VllmMemory(_Strict):
     block_size: PositiveInt
     gpu_memory_utilization: float = Field(gt=0, le=1)
-    max_num_batched_tokens: PositiveInt
-    max_num_seqs: PositiveInt
     overhead_min_gib: float = Field(ge=0)
     overhead_fraction: float = Field(ge=0, lt=1)
-    tp_overhead_gib: float = Field(ge=0)
     kv_free_fraction: float = Field(gt=0, le=1)
+    activation_per_token: ActivationPerToken
     source: str
+
+
+class TpRankOverhead(_Strict):
+    gib: float = Field(ge=0)
+    source: str = Field(min_length=1)
+
+
+class BatchLimits(_Strict):
+    max_num_seqs: PositiveInt
+    max_num_batched_tokens: PositiveInt
+
+
+class LargeMemoryLimits(BatchLimits):
+    min_gib: PositiveFloat
+    exclude_names: list[str] = []
+
+
+class CpuLimits(BatchLimits):
+    per_rank: bool = False  # multiplied by TP x PP (vLLM's CPU defaults scale with the world size)
+
+
+class SchedulerDefaults(_Strict):
+    """An engine's own batch limits when the user sets none, and where they come from."""
+
+    max_num_seqs: PositiveInt
+    max_num_batched_tokens: PositiveInt
+    chunked_prefill: bool
+    large_memory: LargeMemoryLimits | None = None
+    cpu: CpuLimits | None = None
+    version: str = Field(min_length=1)
+    source: str = Field(min_length=1)
 
 
 class TpEfficiency(_Strict):
@@ -248,6 +285,8 @@ class EnginesFile(_Strict):
     engines: list[EngineSpec]
     distributed: DistributedSpec
     vllm_memory: VllmMemory
+    tp_rank_overhead: TpRankOverhead
+    scheduler_defaults: dict[str, SchedulerDefaults]
     tensor_parallel_efficiency: TpEfficiency
     cpu_runtime_overhead_gib: float = Field(ge=0)
 

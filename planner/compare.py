@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from planner.catalog import Catalog
 from planner.errors import PlannerError
 from planner.model_spec import ModelSpec
-from planner.recommend import dispatch_overhead_s, kv_dtype_bytes
+from planner.predict import dispatch_overhead_s, kv_dtype_bytes
 from planner.roofline import Device, decode_step, prefill
 from planner.sizing import weight_bytes
 

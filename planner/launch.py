@@ -27,7 +27,7 @@ class LaunchSpec:
     tp: int = 1
     pp: int = 1
     context: int = 8192
-    max_seqs: int = 1
+    max_seqs: int | None = None  # None: the engine's own default (continuous-batching servers)
     gpu_memory_utilization: float = 0.9
     threads: int | None = None
 
@@ -64,7 +64,9 @@ def _vllm(spec: LaunchSpec, extra: list[str]) -> list[str]:
     ]
     if spec.pp > 1:
         args += ["--pipeline-parallel-size", str(spec.pp)]
-    args += ["--max-num-seqs", str(spec.max_seqs)] + extra
+    if spec.max_seqs is not None:
+        args += ["--max-num-seqs", str(spec.max_seqs)]
+    args += extra
     return comments + [" ".join(args)]
 
 
@@ -88,9 +90,9 @@ def _sglang(spec: LaunchSpec) -> list[str]:
         f"{spec.gpu_memory_utilization:g}",
         "--tp-size",
         str(spec.tp),
-        "--max-running-requests",
-        str(spec.max_seqs),
     ]
+    if spec.max_seqs is not None:
+        args += ["--max-running-requests", str(spec.max_seqs)]
     return comments + [" ".join(args)]
 
 
@@ -107,11 +109,10 @@ def _trtllm(spec: LaunchSpec) -> list[str]:
         str(spec.pp),
         "--max_seq_len",
         str(spec.context),
-        "--max_batch_size",
-        str(spec.max_seqs),
-        "--kv_cache_free_gpu_memory_fraction",
-        f"{spec.gpu_memory_utilization:g}",
     ]
+    if spec.max_seqs is not None:
+        args += ["--max_batch_size", str(spec.max_seqs)]
+    args += ["--kv_cache_free_gpu_memory_fraction", f"{spec.gpu_memory_utilization:g}"]
     return comments + [" ".join(args)]
 
 
@@ -121,7 +122,7 @@ def _llama_cpp(spec: LaunchSpec) -> list[str]:
         f"# GGUF_FILE: a {spec.fmt.label.removeprefix('GGUF ')} GGUF of {base} "
         "(convert_hf_to_gguf.py, then llama-quantize, or a published one)"
     ]
-    slots = max(1, spec.max_seqs)
+    slots = max(1, spec.max_seqs or 1)
     args = ["llama-server", "-m", '"$GGUF_FILE"', "-c", str(spec.context * slots), "-np", str(slots)]
     if spec.device_kind == "gpu":
         args += ["-ngl", "999"]
@@ -145,7 +146,7 @@ def _bundled(spec: LaunchSpec) -> list[str]:
         "--max-model-len",
         str(spec.context),
         "--max-num-seqs",
-        str(max(1, spec.max_seqs)),
+        str(max(1, spec.max_seqs or 1)),
         "--host",
         "127.0.0.1",
         "--port",

@@ -20,16 +20,8 @@ from planner.errors import WorkloadError
 from planner.launch import LaunchSpec, launch_command
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
-from planner.roofline import (
-    Device,
-    Parallel,
-    StepTime,
-    cc_at_least,
-    compute_kind,
-    decode_step,
-    prefill,
-    ridge_point,
-)
+from planner.predict import Knobs, memory_config, predict_config, scheduler_limits
+from planner.roofline import Device, Parallel, cc_at_least, compute_kind, ridge_point
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
 from planner.workload import Workload
 
@@ -40,13 +32,21 @@ MAX_NODES = 16
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """Predicted means for one replica decoding `batch` sequences; throughput covers all replicas."""
+    """Predicted means for one busy replica decoding `batch` sequences; rates cover all replicas.
+
+    `output_tok_s` is at the workload's concurrency (busy replicas only, prefill included);
+    `max_output_tok_s` is saturated: every replica at its largest batch, each request paying its prefill.
+    """
 
     batch: int
     ttft_ms: float
     tpot_ms: float
     e2e_ms: float
-    throughput_tok_s: float
+    output_tok_s: float
+    max_output_tok_s: float
+    busy_replicas: int
+    max_batch: int
+    decode_step_ms: float
     decode_bound: str
     prefill_bound: str
     decode_bytes: float
@@ -125,44 +125,13 @@ def resolve_model(name: str, catalog: Catalog, max_config_bytes: int = DEFAULT_M
     return model_from_file(name, max_config_bytes) if looks_like_path else catalog.model(name)
 
 
-def _memory_config(engine: EngineSpec, device: Device, catalog: Catalog) -> MemoryConfig:
-    vm = catalog.engines_file.vllm_memory
-    kv_bytes = kv_dtype_bytes(engine, device)
-    plain_overhead = (
-        int(catalog.engines_file.cpu_runtime_overhead_gib * GIB)
-        if device.kind == "cpu"
-        else max(int(vm.overhead_min_gib * GIB), int(vm.overhead_fraction * device.memory_bytes))
-    )
-    return MemoryConfig(
-        mode=engine.memory_model,
-        utilization=vm.gpu_memory_utilization,
-        kv_free_fraction=vm.kv_free_fraction,
-        block_size=vm.block_size,
-        max_num_batched_tokens=vm.max_num_batched_tokens,
-        max_num_seqs=vm.max_num_seqs,
-        overhead_min_bytes=int(vm.overhead_min_gib * GIB),
-        overhead_fraction=vm.overhead_fraction,
-        tp_overhead_bytes=int(vm.tp_overhead_gib * GIB),
-        fixed_overhead_bytes=plain_overhead,
-        kv_dtype_bytes=kv_bytes,
-    )
+def _memory_config(engine: EngineSpec, device: Device, catalog: Catalog, context: int, tp: int = 1) -> MemoryConfig:
+    """The memory budget `predict_config` would use, for the quick fits-at-this-TP questions."""
+    limits = scheduler_limits(engine, device, context, Parallel(tp), catalog, Knobs())
+    return memory_config(engine, device, catalog, limits, Knobs())
 
 
-def dispatch_overhead_s(engine: EngineSpec, device: Device, model: ModelSpec) -> float:
-    """Per-forward time a pure-PyTorch engine spends issuing ops: layers x ops per layer x time per op
-    (measured on CPU; an assumed launch cost on GPU). Zero for engines without the figure."""
-    if not engine.dispatch_ops_per_layer:
-        return 0.0
-    per_op = device.op_overhead_s if device.kind == "cpu" else (engine.gpu_op_overhead_us or 0) * 1e-6
-    return model.n_layers * engine.dispatch_ops_per_layer * (per_op or 0.0)
-
-
-def kv_dtype_bytes(engine: EngineSpec, device: Device) -> int:
-    """Bytes per cached K/V element: the bundled engine's CPU path computes (and caches) in fp32."""
-    return 4 if engine.id == "bundled" and device.kind == "cpu" else 2
-
-
-def _cannot_run(engine: EngineSpec, fmt: FormatSpec, model: ModelSpec, device: Device) -> str | None:
+def cannot_run(engine: EngineSpec, fmt: FormatSpec, model: ModelSpec, device: Device) -> str | None:
     if engine.architectures and (
         model.architecture not in engine.architectures or model.moe or model.uses_mla or model.sliding_window
     ):
@@ -204,78 +173,40 @@ class _Ctx:
 
 
 def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, engine_id: str) -> PlanOption:
-    """Memory, prediction, SLO check and capacity for one engine x format x parallelism."""
+    """What `predict_config` computes for one engine x format x parallelism, plus the SLO check,
+    capacity and launch command."""
     m, dev, w = ctx.model, ctx.device, ctx.workload
-    mem = plan_memory(
-        m, fmt, dev.memory_bytes, w.context, w.seq_tokens, _memory_config(engine, dev, ctx.catalog), par.tp, par.pp
-    )
+    cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog)
+    mem = cp.memory
     label = ctx.catalog.engines_file.distributed.label if engine_id == "vllm-ray" else engine.label
     opt = PlanOption(
         engine_id,
         label,
         fmt.id,
         fmt.label,
-        mem.fits,
+        cp.fits,
         tp=par.tp,
         pp=par.pp,
         memory=mem,
         quality=fmt.quality,
         quality_note=fmt.quality_note,
     )
-    if not mem.fits:
-        short = mem.shortfall_bytes() / GIB
-        if mem.kv_budget_bytes < 0:  # the weights alone overflow: no KV budget to speak of
-            room = f"needs {-mem.kv_budget_bytes / GIB:.1f} GiB more than the device has before any KV cache"
-        else:
-            room = f"leaves {mem.kv_budget_bytes / GIB:.1f} GiB for the KV cache"
-        opt.reason = (
-            f"does not fit: {mem.weights_bytes / GIB:.1f} GiB of weights per device {room}; one "
-            f"{w.context}-token sequence needs {short:.1f} GiB more per device"
-        )
+    if not cp.fits:
+        opt.reason = cp.reason
         return opt
-    opt.replicas = max(1, dev.count // par.devices) if dev.kind == "gpu" else 1
-    per_replica = math.ceil(w.concurrency / opt.replicas)
-    cap = {"single": 1, "slots": mem.max_seqs_at_context}.get(engine.batching, mem.max_seqs_at_workload)
-    batch = max(1, min(per_replica, cap))
-    eff = engine.efficiency["cpu" if dev.kind == "cpu" else "gpu"]
-    overhead = dispatch_overhead_s(engine, dev, m)
-    kv_bytes = kv_dtype_bytes(engine, dev)
-
-    def decode_at(b: int) -> StepTime:
-        return decode_step(
-            m,
-            fmt,
-            dev,
-            b,
-            w.decode_context,
-            bandwidth_efficiency=eff.decode_bandwidth,
-            flops_efficiency=eff.prefill_flops,
-            parallel=par,
-            overhead_s=overhead,
-            kv_dtype_bytes=kv_bytes,
-        )
-
-    def step(b: int) -> float:
-        return decode_at(b).seconds
-
-    dec = decode_at(batch)
-    pre = prefill(
-        m,
-        fmt,
-        dev,
-        w.input_tokens,
-        bandwidth_efficiency=eff.decode_bandwidth,
-        flops_efficiency=eff.prefill_flops,
-        parallel=par,
-        overhead_s=overhead,
-    )
-    tpot_s, ttft_s = dec.seconds, pre.seconds
+    opt.replicas = cp.replicas
+    dec, pre, step = cp.decode, cp.prefill, cp.step_s
+    assert dec is not None and pre is not None and step is not None
     opt.prediction = Prediction(
-        batch=batch,
-        ttft_ms=ttft_s * 1e3,
-        tpot_ms=tpot_s * 1e3,
-        e2e_ms=(ttft_s + (w.output_tokens - 1) * tpot_s) * 1e3,
-        throughput_tok_s=opt.replicas * batch / tpot_s,
+        batch=cp.batch,
+        ttft_ms=cp.ttft_s * 1e3,
+        tpot_ms=cp.tpot_s * 1e3,
+        e2e_ms=cp.e2e_s * 1e3,
+        output_tok_s=cp.output_tok_s,
+        max_output_tok_s=cp.max_output_tok_s,
+        busy_replicas=cp.busy_replicas,
+        max_batch=cp.max_batch,
+        decode_step_ms=dec.seconds * 1e3,
         decode_bound=dec.bound,
         prefill_bound=pre.bound,
         decode_bytes=dec.bytes_read,
@@ -292,14 +223,18 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
         misses.append(f"TPOT {p.tpot_ms:.1f} ms > {slo.tpot_ms:g} ms")
     if slo.e2e_ms is not None and p.e2e_ms > slo.e2e_ms:
         misses.append(f"E2E {p.e2e_ms:.0f} ms > {slo.e2e_ms:g} ms")
-    if batch < per_replica:
+    per_replica = math.ceil(w.concurrency / opt.replicas)
+    if cp.batch < per_replica:
         opt.queues = True
-        misses.append(f"holds {batch} of {per_replica} concurrent requests per replica; the rest queue")
+        misses.append(f"holds {cp.batch} of {per_replica} concurrent requests per replica; the rest queue")
     opt.slo_misses, opt.meets_slo = misses, not misses
-    replica = Replica(step, ttft_s, cap if engine.batching != "single" else 1, par.devices)
+    replica = Replica(step, cp.ttft_s, cp.max_batch, par.devices)
     tpot_target = slo.tpot_ms / 1e3 if slo.tpot_ms else None
     opt.capacity = plan_capacity(replica, w.output_tokens, dev.price_per_hour or None, tpot_target, w.qps)
-    opt.score = p.throughput_tok_s * ctx.catalog.quality_weight(fmt.quality)
+    opt.score = p.output_tok_s * ctx.catalog.quality_weight(fmt.quality)
+    # Continuous-batching servers keep their own --max-num-seqs default (the plan sized the KV cache for
+    # more than the workload's batch); slot servers and the one-at-a-time bundled engine need the number.
+    launch_seqs = None if engine.batching == "continuous" else cp.batch
     opt.launch = launch_command(
         LaunchSpec(
             engine_id,
@@ -309,7 +244,7 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
             par.tp,
             par.pp,
             w.context,
-            batch,
+            launch_seqs,
             ctx.catalog.engines_file.vllm_memory.gpu_memory_utilization,
             dev.threads,
         )
@@ -324,6 +259,8 @@ def _why(ctx: _Ctx, opt: PlanOption, engine: EngineSpec, mem: MemoryPlan, p: Pre
     lines = [
         f"memory per {unit}: {mem.weights_bytes / GIB:.1f} GiB weights + {mem.kv_budget_bytes / GIB:.1f} GiB KV cache "
         f"-> {mem.max_seqs_at_context} sequence(s) at {w.context} tokens, {mem.max_seqs_at_workload} at {w.seq_tokens}",
+        f"output {p.output_tok_s:.0f} tok/s at concurrency {w.concurrency}; saturated {p.max_output_tok_s:.0f} tok/s "
+        f"(batch {p.max_batch}, prefill included)",
         f"decode is {p.decode_bound}-bound at batch {p.batch}: {p.decode_bytes / 1e9:.2f} GB read per step, "
         f"{p.arithmetic_intensity:.0f} FLOP/byte vs the device's ridge at {p.ridge_point:.0f}",
         f"quality ({opt.quality}): {opt.quality_note}",
@@ -332,12 +269,24 @@ def _why(ctx: _Ctx, opt: PlanOption, engine: EngineSpec, mem: MemoryPlan, p: Pre
         split = f"TP {opt.tp}" + (f" x PP {opt.pp} across {opt.pp} nodes" if opt.pp > 1 else "")
         lines.append(
             f"{split}: of the splits that hold the weights and this workload's KV cache, the one "
-            "with the best predicted throughput"
+            "with the best predicted output rate at this concurrency (busy replicas only; below one "
+            "replica's batch that is the lowest latency)"
         )
     if opt.replicas > 1:
-        lines.append(f"{opt.replicas} replicas (data parallel) over {ctx.device.count} GPUs")
+        lines.append(
+            f"{opt.replicas} replicas (data parallel) over {ctx.device.count} GPUs; "
+            f"{p.busy_replicas} busy at concurrency {w.concurrency}"
+        )
     lines.append(f"{engine.label}: {engine.note}")
     return lines
+
+
+def tp_efficiency(engine: EngineSpec, device: Device, tp: int, pp: int, catalog: Catalog) -> float:
+    """Share of ideal scaling a TP x PP split keeps: the link's figure (llama.cpp's row split gains
+    nothing), times the multi-node figure when the pipeline spans nodes."""
+    effs = catalog.engines_file.tensor_parallel_efficiency
+    eff = 1.0 if tp == 1 else (1.0 / tp if engine.id == "llama.cpp" else effs.for_link(device.interconnect))
+    return eff * (effs.multi_node if pp > 1 else 1.0)
 
 
 def _best_parallel(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption:
@@ -345,11 +294,10 @@ def _best_parallel(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption
     concurrency, else among those that fit; unfit at every size: the largest tried, with the reason."""
     dev = ctx.device
     node = ctx.catalog.engines_file.distributed.gpus_per_node
-    link_eff = ctx.catalog.engines_file.tensor_parallel_efficiency
     limit = min(dev.count, node) if dev.kind == "gpu" else 1
     tried: list[PlanOption] = []
     for tp in _tp_candidates(engine, ctx.model, limit):
-        eff = 1.0 if tp == 1 else (1.0 / tp if engine.id == "llama.cpp" else link_eff.for_link(dev.interconnect))
+        eff = tp_efficiency(engine, dev, tp, 1, ctx.catalog)
         tried.append(_evaluate(ctx, engine, fmt, Parallel(tp, 1, eff), engine.id))
     fitting = [o for o in tried if o.fits]
     for wanted in (lambda o: o.meets_slo, lambda o: not o.queues, lambda o: True):
@@ -365,9 +313,9 @@ def _best_parallel(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption
 
 
 def _gpus_needed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, node: int) -> int | None:
-    cfg = _memory_config(engine, ctx.device, ctx.catalog)
     w = ctx.workload
     for tp in _tp_candidates(engine, ctx.model, node):
+        cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, tp)
         if plan_memory(ctx.model, fmt, ctx.device.memory_bytes, w.context, w.seq_tokens, cfg, tp).fits:
             return tp
     return None
@@ -381,8 +329,8 @@ def _distributed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption |
         return None
     effs = ctx.catalog.engines_file.tensor_parallel_efficiency
     eff = effs.for_link(ctx.device.interconnect) * effs.multi_node
-    cfg = _memory_config(engine, ctx.device, ctx.catalog)
     w = ctx.workload
+    cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, node)
     for nodes in range(2, MAX_NODES + 1):
         if plan_memory(ctx.model, fmt, ctx.device.memory_bytes, w.context, w.seq_tokens, cfg, node, nodes).fits:
             if ctx.device.count >= node * nodes:
@@ -464,7 +412,7 @@ def recommend(model: ModelSpec, device: Device, workload: Workload, catalog: Cat
             fmt = catalog.format(fmt_id)
             if fmt.id == "fp16" and device.flops.get("bf16") is not None:
                 continue  # same bytes and speed as BF16, which is listed
-            why_not = _cannot_run(engine, fmt, model, device)
+            why_not = cannot_run(engine, fmt, model, device)
             if why_not:
                 unfit.append(
                     PlanOption(engine.id, engine.label, fmt.id, fmt.label, False, why_not, quality=fmt.quality)
@@ -486,6 +434,8 @@ def _notes(device: Device, workload: Workload, skipped: list[str]) -> list[str]:
         f"TTFT is one {workload.input_tokens}-token prompt on an idle replica; TPOT at the batch shown with "
         f"{workload.decode_context} cached tokens per sequence; means, while the {workload.slo.label} SLO "
         f"targets are p{workload.slo.percentile}",
+        f"output tok/s is at concurrency {workload.concurrency}, counting busy replicas only and each request's "
+        "prefill; saturated tok/s (capacity) is every replica at its largest batch, prefill included",
         "engine efficiencies (fractions of peak bandwidth and FLOP/s) are assumptions in planner/data/engines.json",
     ]
     if device.measured:

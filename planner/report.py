@@ -25,7 +25,7 @@ def _row(o: PlanOption) -> str:
     return (
         f"{o.rank:>3}  {o.engine_label[:24]:<24} {o.format_label[:24]:<24} {split:<9} "
         f"{mem.weights_bytes / GIB:>7.1f} {p.batch:>5} {p.ttft_ms:>8.0f} {p.tpot_ms:>7.1f} "
-        f"{p.throughput_tok_s:>9.0f}  {slo:<4} {o.quality}"
+        f"{p.output_tok_s:>9.0f} {p.max_output_tok_s:>9.0f}  {slo:<4} {o.quality}"
     )
 
 
@@ -52,7 +52,7 @@ def format_plan(plan: Plan, top: int = 10, details: int = 3) -> list[str]:
         f"{'SLO':<14}{slo.label} (p{slo.percentile}): {targets}",
         RULE,
         f"{'#':>3}  {'engine':<24} {'format':<24} {'split':<9} {'GiB/dev':>7} {'batch':>5} {'TTFT ms':>8} "
-        f"{'TPOT ms':>7} {'out tok/s':>9}  {'SLO':<4} quality",
+        f"{'TPOT ms':>7} {'tok/s@load':>9} {'tok/s max':>9}  {'SLO':<4} quality",
     ]
     lines += [_row(o) for o in plan.options[:top]]
     if len(plan.options) > top:
@@ -69,5 +69,10 @@ def format_plan(plan: Plan, top: int = 10, details: int = 3) -> list[str]:
     if plan.unfit:
         lines += [RULE, "Cannot run here:"]
         lines += [f"  {o.engine_label}, {o.format_label}: {o.reason}" for o in plan.unfit]
-    lines += [RULE] + [f"note: {n}" for n in plan.notes]
+    lines += [
+        RULE,
+        "tok/s@load: output rate at this concurrency (busy replicas, prefill included); "
+        "tok/s max: saturated capacity, every replica at its largest batch, prefill included",
+    ]
+    lines += [f"note: {n}" for n in plan.notes]
     return lines

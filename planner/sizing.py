@@ -90,13 +90,17 @@ class MemoryConfig:
     utilization: float = 0.9
     kv_free_fraction: float = 0.9
     block_size: int = 16
-    max_num_batched_tokens: int = 8192
+    max_num_batched_tokens: int = 2048
     max_num_seqs: int = 256
+    chunked_prefill: bool = True
     overhead_min_bytes: int = GIB
     overhead_fraction: float = 0.02
-    tp_overhead_bytes: int = GIB // 4
+    tp_rank_overhead_bytes: int = 0
     fixed_overhead_bytes: int = GIB // 2
     kv_dtype_bytes: int = 2
+    act_ffn: float = 3.0
+    act_hidden: float = 3.0
+    act_bytes: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +127,21 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool:
-        """Weights fit and at least one full-context sequence has KV room."""
+        """Weights fit and at least one full-context sequence has KV room (vLLM refuses to start otherwise:
+        "The model's max seq len (N) is larger than the maximum number of tokens that can be stored in
+        KV cache (M)")."""
         return self.kv_budget_bytes > 0 and self.max_seqs_at_context >= 1
+
+    def refusal(self) -> str | None:
+        """vLLM's own words when the KV cache cannot hold one max_model_len sequence (None when it can,
+        or when the weights alone overflow and there is no KV cache to speak of)."""
+        if self.fits or self.kv_budget_bytes <= 0:
+            return None
+        return (
+            f"The model's max seq len ({self.context}) is larger than the maximum number of tokens that can be "
+            f"stored in KV cache ({self.kv_tokens}). Try increasing `gpu_memory_utilization` or decreasing "
+            "`max_model_len` when initializing the engine."
+        )
 
     def shortfall_bytes(self) -> int:
         """How much more memory per device one full-context sequence would need (0 when it fits)."""
@@ -134,20 +151,29 @@ class MemoryPlan:
         return max(0, one_seq - self.kv_budget_bytes)
 
 
-def activation_bytes(model: ModelSpec, tp: int, cfg: MemoryConfig) -> int:
-    """Peak activations of vLLM's profiling forward pass (an estimate).
+def profiled_tokens(context: int, cfg: MemoryConfig) -> int:
+    """Tokens in vLLM's profiling forward pass: the batched-token limit, or the whole max_model_len
+    when chunked prefill is off (a prompt then runs in one pass)."""
+    return cfg.max_num_batched_tokens if cfg.chunked_prefill else max(context, cfg.max_num_batched_tokens)
 
-    max_num_batched_tokens x (gate+up output 2 x ffn / TP + ~4 hidden-sized buffers) x 2 bytes,
-    plus fp32 logits for max_num_seqs sequences.
+
+def activation_bytes(model: ModelSpec, tp: int, cfg: MemoryConfig, context: int = 0) -> int:
+    """Peak activations of vLLM's profiling forward pass.
+
+    tokens x (ffn-sized buffers / TP + hidden-sized buffers) x bytes: the MLP's gate+up output and
+    activated product dominate. The fp32 logits of max_num_seqs rows come after the MLP buffers are
+    freed, so the peak is the larger of the two, not their sum (engines.json cites the log this fits).
     """
-    per_token = 2 * model.intermediate_size // tp + 4 * model.hidden_size
-    return cfg.max_num_batched_tokens * per_token * 2 + cfg.max_num_seqs * model.vocab_size * 4
+    per_token = cfg.act_ffn * model.intermediate_size / tp + cfg.act_hidden * model.hidden_size
+    mlp = int(profiled_tokens(context, cfg) * per_token * cfg.act_bytes)
+    return max(mlp, cfg.max_num_seqs * model.vocab_size * 4)
 
 
 def overhead_bytes(device_bytes: int, tp: int, cfg: MemoryConfig) -> int:
-    """Non-torch memory (CUDA context, cuBLAS, NCCL): max(1 GiB, 2% of VRAM) + 0.25 GiB x (TP-1) [VW]."""
+    """Non-torch memory (CUDA context, cuBLAS): max(1 GiB, 2% of VRAM) [VW], plus, on every rank of a
+    tensor-parallel group, the NCCL and custom all-reduce buffers (engines.json tp_rank_overhead)."""
     base = max(cfg.overhead_min_bytes, int(cfg.overhead_fraction * device_bytes))
-    return base + cfg.tp_overhead_bytes * (tp - 1)
+    return base + (cfg.tp_rank_overhead_bytes if tp > 1 else 0)
 
 
 def plan_memory(
@@ -172,7 +198,7 @@ def plan_memory(
         kv_budget = budget - weights - over
         block = 1
     else:
-        act = activation_bytes(model, tp, cfg)
+        act = activation_bytes(model, tp, cfg, context)
         over = overhead_bytes(device_bytes, tp, cfg)
         if cfg.mode == "utilization":
             budget = int(device_bytes * cfg.utilization)

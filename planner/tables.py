@@ -36,7 +36,9 @@ def options_frame(plan: Plan) -> pd.DataFrame:
                 "batch": p.batch,
                 "TTFT ms": round(p.ttft_ms, 1),
                 "TPOT ms": round(p.tpot_ms, 2),
-                "output tok/s": round(p.throughput_tok_s),
+                "busy replicas": p.busy_replicas,
+                "out tok/s at this load": round(p.output_tok_s),
+                "saturated out tok/s (prefill incl.)": round(p.max_output_tok_s),
                 "meets SLO": o.meets_slo,
                 "quality": o.quality,
             }
@@ -79,7 +81,7 @@ def roofline_frames(plan: Plan, top: int = 8) -> tuple[pd.DataFrame, pd.DataFram
             continue
         peak = p.ridge_point * d.bandwidth_bytes_s
         ridges[f"roof at {peak / 1e12:.3g} TFLOP/s"] = peak
-        achieved = p.decode_flops / (p.tpot_ms / 1e3) / max(1, o.tp * o.pp)
+        achieved = p.decode_flops / (p.decode_step_ms / 1e3) / max(1, o.tp * o.pp)
         points.append(
             {
                 "option": option_label(o),

@@ -145,11 +145,20 @@ def best_option(plan: Plan) -> None:
     best = plan.options[0]
     prediction = best.prediction
     st.subheader(f"Best: {best.engine_label}, {best.format_label}" + (f", TP {best.tp}" if best.tp > 1 else ""))
-    cols = st.columns(4)
+    cols = st.columns(5)
     cols[0].metric("TTFT", f"{prediction.ttft_ms:,.0f} ms")
     cols[1].metric("TPOT", f"{prediction.tpot_ms:,.1f} ms", help=f"at batch {prediction.batch}")
-    cols[2].metric("Output throughput", f"{prediction.throughput_tok_s:,.0f} tok/s")
-    cols[3].metric("Meets SLO", "yes" if best.meets_slo else "no", help="; ".join(best.slo_misses) or None)
+    cols[2].metric(
+        "Output tok/s at this load",
+        f"{prediction.output_tok_s:,.0f}",
+        help=f"at the form's concurrency; {prediction.busy_replicas} busy replica(s), each request's prefill included",
+    )
+    cols[3].metric(
+        "Saturated output tok/s",
+        f"{prediction.max_output_tok_s:,.0f}",
+        help=f"capacity: every replica at batch {prediction.max_batch}, each request's prefill included",
+    )
+    cols[4].metric("Meets SLO", "yes" if best.meets_slo else "no", help="; ".join(best.slo_misses) or None)
     st.dataframe(options_frame(plan), hide_index=True)
 
 

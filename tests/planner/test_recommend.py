@@ -76,7 +76,7 @@ def test_one_h100_8b_is_fp8_with_tensorrt_or_vllm() -> None:
     vllm = p.options[1]
     assert vllm.launch == (
         "vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8 --max-model-len 8192 "
-        "--gpu-memory-utilization 0.9 --tensor-parallel-size 1 --max-num-seqs 32"
+        "--gpu-memory-utilization 0.9 --tensor-parallel-size 1"
     )
     assert "ranked 2" in vllm.why[0] and "tie" in vllm.why[0]
     near_lossless = [o.quality for o in p.options if o.meets_slo][:6]
@@ -111,7 +111,7 @@ def test_8x_h100_405b_needs_fp8_or_two_nodes() -> None:
     assert (ray.format, ray.tp, ray.pp) == ("bf16", 8, 2)
     assert "ray start --head" in ray.launch
     assert ray.launch.splitlines()[-1].endswith(
-        "--tensor-parallel-size 8 --pipeline-parallel-size 2 --max-num-seqs 32 --distributed-executor-backend ray"
+        "--tensor-parallel-size 8 --pipeline-parallel-size 2 --distributed-executor-backend ray"
     )
 
 
@@ -157,7 +157,7 @@ def test_cli_recommend_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert out[6].split()[:5] == ["1", "TensorRT-LLM", "FP8", "(W8A8)", "TP1"]
     assert (
         "    vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8 --max-model-len 8192 "
-        "--gpu-memory-utilization 0.9 --tensor-parallel-size 1 --max-num-seqs 32" in out
+        "--gpu-memory-utilization 0.9 --tensor-parallel-size 1" in out
     )
 
 

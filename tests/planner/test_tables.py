@@ -65,7 +65,9 @@ def test_options_frame_has_one_row_per_option_in_rank_order(plan_8b: Plan) -> No
         "batch",
         "TTFT ms",
         "TPOT ms",
-        "output tok/s",
+        "busy replicas",
+        "out tok/s at this load",
+        "saturated out tok/s (prefill incl.)",
         "meets SLO",
         "quality",
     ]

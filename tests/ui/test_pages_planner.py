@@ -39,8 +39,14 @@ def test_plan_page_default_is_8b_on_one_h100(app: AppTest) -> None:
     app.switch_page("app_pages/plan.py").run()
     assert not app.exception and not app.error
     assert app.subheader[0].value == "Best: TensorRT-LLM, FP8 (W8A8)"
-    assert [m.label for m in app.metric] == ["TTFT", "TPOT", "Output throughput", "Meets SLO"]
-    assert app.metric[3].value == "yes"
+    assert [m.label for m in app.metric] == [
+        "TTFT",
+        "TPOT",
+        "Output tok/s at this load",
+        "Saturated output tok/s",
+        "Meets SLO",
+    ]
+    assert app.metric[4].value == "yes"
     table = app.dataframe[0].value
     assert list(table["engine"][:2]) == ["TensorRT-LLM", "vLLM"] and table["meets SLO"][0]
     assert app.code[0].value.splitlines()[-1].startswith('trtllm-serve "$FP8_CHECKPOINT" --backend pytorch')
