@@ -80,7 +80,8 @@ def roofline_frames(plan: Plan, top: int = 8) -> tuple[pd.DataFrame, pd.DataFram
         if p is None:
             continue
         peak = p.ridge_point * d.bandwidth_bytes_s
-        ridges[f"roof at {peak / 1e12:.3g} TFLOP/s"] = peak
+        tflops = peak / 1e12
+        ridges[f"roof at {tflops:,.0f} TFLOP/s" if tflops >= 100 else f"roof at {tflops:.3g} TFLOP/s"] = peak
         achieved = p.decode_flops / (p.decode_step_ms / 1e3) / max(1, o.tp * o.pp)
         points.append(
             {

@@ -15,6 +15,8 @@ from widgets.benchmark import latency_cdf, result_charts, run_summaries
 from widgets.checklist import results_by_category, verdict_banner
 from widgets.studies import study_view
 
+# Badge colours under white text: 5.1, 4.9 and 5.4 to 1, so the verdict reads the same in the light and the
+# dark theme (as text colour they fell to 3.5-3.9 to 1 on the dark background).
 GREEN, AMBER, RED = "#1a7f37", "#9a6700", "#cf222e"
 VERDICT_COLOURS = {
     "READY": GREEN,
@@ -28,7 +30,7 @@ VERDICT_COLOURS = {
 
 
 def history_table(entries: list[HistoryEntry]) -> None:
-    """The readable documents, newest first, the verdict cell in its colour."""
+    """The readable documents, newest first, the verdict cell a coloured badge."""
     rows = [
         {
             "id": e.id,
@@ -44,7 +46,10 @@ def history_table(entries: list[HistoryEntry]) -> None:
     ]
     frame = pd.DataFrame(rows)
     styled = frame.style.map(
-        lambda v: f"color: {VERDICT_COLOURS.get(v, 'inherit')}; font-weight: 600", subset=["verdict"]
+        lambda v: (
+            f"background-color: {VERDICT_COLOURS[v]}; color: #ffffff; font-weight: 600" if v in VERDICT_COLOURS else ""
+        ),
+        subset=["verdict"],
     )
     st.dataframe(styled, hide_index=True, key="reports_table")
 
