@@ -12,6 +12,7 @@ from checks.jobs import Job, JobState
 from checks.load.console import network_lines
 from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
 from checks.load.scenarios import SCENARIOS
+from checks.load.traces import DEFAULT_BLOCK_TOKENS
 from checks.readiness.slo import goodput_slo, load_profile, profile_names
 from reports.benchmark_result import BenchmarkResult
 from widgets.uploads import save_upload
@@ -19,29 +20,64 @@ from widgets.uploads import save_upload
 PROFILES = ["sync", "concurrency", "constant", "poisson", "sweep"]
 
 
+SOURCES = ["Synthetic", "Scenario", "Prompt file", "Recorded trace"]
+
+
 def workload_inputs() -> dict:
-    source = st.radio("Workload", ["Synthetic", "Scenario", "Prompt file"], horizontal=True, key="bench_source")
+    source = st.radio("Workload", SOURCES, horizontal=True, key="bench_source")
     if source == "Scenario":
         name = st.selectbox(
             "Scenario", list(SCENARIOS), key="bench_scenario", format_func=lambda n: f"{n}: {SCENARIOS[n].description}"
         )
         return {"scenario": name}
+    if source == "Recorded trace":
+        return _trace_inputs()
     if source == "Prompt file":
         upload = st.file_uploader("JSONL or ShareGPT JSON", type=["jsonl", "json"], key="bench_dataset")
-        if upload is None:
-            return {"dataset": ""}
-        return {"dataset": str(save_upload(upload.getvalue(), upload.name))}
+        files = {"dataset": "" if upload is None else str(save_upload(upload.getvalue(), upload.name))}
+        return {**files, **_session_inputs()}
     c1, c2, c3 = st.columns(3)
     return {
         "input_len": int(c1.number_input("Input tokens", 1, 8000, 256, key="bench_input_len")),
         "output_len": int(c2.number_input("Output tokens", 1, 4000, 64, key="bench_output_len")),
         "shared_prefix_len": int(c3.number_input("Shared prefix tokens", 0, 7999, 0, key="bench_prefix")),
+        **_session_inputs(),
     }
+
+
+def _trace_inputs() -> dict:
+    """An Azure LLM inference CSV or a Mooncake JSONL, replayed at its recorded times (checks.load.traces)."""
+    upload = st.file_uploader(
+        "Azure LLM inference trace (CSV) or Mooncake trace (JSONL)", type=["csv", "jsonl"], key="bench_trace"
+    )
+    c1, c2, c3 = st.columns(3)
+    speed = c1.number_input("Replay speed (x)", 0.01, 1000.0, 1.0, key="bench_trace_speed")
+    window = c2.number_input("Trace window s (0 = all)", 0.0, 10**7 * 1.0, 0.0, key="bench_trace_window")
+    block = c3.number_input("Tokens per hash id (Mooncake)", 1, 1 << 20, DEFAULT_BLOCK_TOKENS, key="bench_trace_block")
+    return {
+        "trace": "" if upload is None else str(save_upload(upload.getvalue(), upload.name)),
+        "trace_speed": speed,
+        "trace_window_s": window or None,
+        "trace_block_tokens": int(block),
+    }
+
+
+def _session_inputs() -> dict:
+    """Multi-turn sessions: each turn resends the history with the server's answers (checks.load.loadgen.Sessions)."""
+    c1, c2 = st.columns(2)
+    turns = int(c1.number_input("Turns per conversation (1 = single requests)", 1, 256, 1, key="bench_turns"))
+    think = c2.number_input("Think time between turns, ms", 0.0, 600000.0, 0.0, key="bench_think", disabled=turns == 1)
+    return {"turns": turns, "think_time_ms": think if turns > 1 else 0.0}
 
 
 def load_inputs() -> dict:
     c1, c2, c3, c4 = st.columns(4)
-    kind = c1.selectbox("Load profile", PROFILES, index=1, key="bench_profile")
+    replay = st.session_state.get("bench_source") == "Recorded trace"
+    kinds = ["trace", *PROFILES] if replay else PROFILES  # a trace brings its own arrival times
+    # its own key under a trace, so that choosing a trace starts on "trace" whatever was picked before
+    kind = c1.selectbox(
+        "Load profile", kinds, index=0 if replay else 1, key="bench_trace_profile" if replay else "bench_profile"
+    )
     profile = kind
     if kind == "concurrency":
         profile = f"concurrency:{int(c2.number_input('Concurrency', 1, 1024, 4, key='bench_concurrency'))}"
@@ -50,7 +86,19 @@ def load_inputs() -> dict:
     requests = int(c3.number_input("Requests (per run)", 1, 100000, 20, key="bench_requests"))
     warmup = int(c4.number_input("Warm-up requests", 0, 1000, 1, key="bench_warmup"))
     slo_inputs = _slo_inputs()
-    return {"profile": profile, "requests": requests, "warmup_requests": warmup, **slo_inputs}
+    return {"profile": profile, "requests": requests, "warmup_requests": warmup, **slo_inputs, **_client_inputs()}
+
+
+def _client_inputs() -> dict:
+    """What the client does beyond sending: abandon some requests mid-answer, or split itself over Ray workers."""
+    with st.expander("Cancellations and load-generator workers"):
+        c1, c2, c3 = st.columns(3)
+        rate = c1.number_input("Abandon this % of requests", 0.0, 100.0, 0.0, key="bench_cancel_pct")
+        after = c2.number_input("... this many ms after sending", 1.0, 600000.0, 500.0, key="bench_cancel_after")
+        workers = c3.number_input(
+            "Workers (Ray processes)", 1, 256, 1, key="bench_workers", help="more than 1 starts a local Ray instance"
+        )
+    return {"cancel_rate": rate / 100, "cancel_after_ms": after, "workers": int(workers)}
 
 
 SLO_FIELDS = {"ttft": "bench_slo_ttft", "tpot": "bench_slo_tpot", "e2e": "bench_slo_e2e"}

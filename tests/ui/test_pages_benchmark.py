@@ -59,6 +59,28 @@ def test_prompt_file_source_without_a_file_disables_run(page: AppTest) -> None:
     assert page.button(key="bench_run").disabled
 
 
+def test_a_recorded_trace_brings_its_own_schedule(page: AppTest) -> None:
+    page.radio(key="bench_source").set_value("Recorded trace").run()
+    assert not page.exception
+    assert page.selectbox(key="bench_trace_profile").value == "trace"
+    assert _errors(page) == ["no trace file given: choose an Azure CSV or Mooncake JSONL trace"]
+    assert page.button(key="bench_run").disabled
+
+
+def test_session_cancel_and_worker_options_reach_the_config(page: AppTest) -> None:
+    assert page.number_input(key="bench_think").disabled  # no think time without a second turn
+    page.number_input(key="bench_turns").set_value(3).run()
+    page.number_input(key="bench_think").set_value(250.0).run()
+    page.number_input(key="bench_cancel_pct").set_value(10.0).run()
+    assert not page.exception and not _errors(page)
+    page.number_input(key="bench_workers").set_value(2).run()
+    assert _errors(page) == ["--workers splits single requests; run multi-turn sessions with one worker"]
+    page.number_input(key="bench_turns").set_value(1).run()
+    page.number_input(key="bench_concurrency").set_value(1).run()
+    assert _errors(page) == ["concurrency 1 cannot keep 2 workers busy: use at most 1"]
+    assert page.button(key="bench_run").disabled
+
+
 def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
     page.number_input(key="target_threads").set_value(1)
     page.number_input(key="bench_input_len").set_value(16)
