@@ -61,8 +61,8 @@ class Share:
 
 def split_load(profile: LoadProfile, requests: list[PromptRequest], limits: RunLimits, workers: int) -> list[Share]:
     """Divide one run among `workers` actors so that together they send what one client would have."""
-    if workers < 2:
-        raise DistributedError("split a load over at least 2 workers")
+    if workers < 1:
+        raise DistributedError("give at least 1 worker")
     if profile.kind in ("sync", "sweep"):
         raise DistributedError(f"a {profile.kind} run is one stream of requests: run it with one worker")
     measured = [r for i, r in enumerate(requests) if i >= limits.warmup_requests] or requests
