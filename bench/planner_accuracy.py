@@ -1,11 +1,12 @@
 """The planner's predictions held against published measurements (planner/data/published.json).
 
-    .venv/bin/python bench/planner_accuracy.py [--points-only] [--summary-only]
+    .venv/bin/python bench/planner_accuracy.py [--summary-only]
 
 Each published point is predicted by `planner.entrypoints.predict_one`, the function behind
 `python -m planner predict`, with the point's own conditions: model, GPU and count, TP/PP, engine,
-format, KV-cache dtype, gpu_memory_utilization, max_model_len, batch limits, input/output lengths
-and load. Nothing here is fitted: the planner's catalog constants are used as they are, uncalibrated.
+format, KV-cache dtype, gpu_memory_utilization, max_model_len, batch limits, chunked prefill (where the
+source's engine version fixes it), input/output lengths and load. Nothing here is fitted: the planner's
+catalog constants are used as they are, uncalibrated. No GPU is needed: it runs in well under a second.
 
 Where a point's conditions do not map one-to-one onto `predict`'s options, the mapping is stated:
 - NVIDIA NIM serves these models with TensorRT-LLM, so a `nim` point is predicted as `tensorrt-llm`;
@@ -116,6 +117,7 @@ def options_for(point: PublishedPoint) -> tuple[PredictOptions, list[str]]:
         max_num_seqs=c.max_num_seqs,
         max_num_batched_tokens=c.max_num_batched_tokens,
         max_model_len=c.max_model_len,
+        enable_chunked_prefill=c.chunked_prefill,
         concurrency=c.concurrency,
         qps=c.request_rate,
         **lengths,
@@ -175,10 +177,13 @@ def predict_point(point: PublishedPoint, catalog: Catalog) -> tuple[list[Row], l
     rows = []
     for metric, published, predicted in _pairs(point, result):
         err = None if predicted is None else 100.0 * (predicted - published) / published
-        rows.append(Row(point.id, point.split, metric, published, predicted, err, problem if predicted is None else None))
+        rows.append(
+            Row(point.id, point.split, metric, published, predicted, err, problem if predicted is None else None)
+        )
     if point.measured.started is not None:
+        fits_problem = problem if result is None else None
         fits = None if result is None else float(result.fits)
-        rows.append(Row(point.id, point.split, "started", float(point.measured.started), fits, None, problem))
+        rows.append(Row(point.id, point.split, "started", float(point.measured.started), fits, None, fits_problem))
     return rows, notes
 
 
@@ -212,8 +217,11 @@ def median_abs(rows: list[Row]) -> tuple[float | None, int, int]:
 
 
 def summary_table(rows: list[Row]) -> str:
-    pooled = rows + [Row(r.point, r.split, "kv_capacity", r.published, r.predicted, r.error_pct, r.problem)
-                     for r in kv_capacity_rows(rows)]
+    """Median |error| per metric for each half and for all points, beside the issue's target."""
+    pooled = rows + [
+        Row(r.point, r.split, "kv_capacity", r.published, r.predicted, r.error_pct, r.problem)
+        for r in kv_capacity_rows(rows)
+    ]
     out = []
     for label, metrics, target_key in SUMMARY:
         cells = [label]
@@ -225,17 +233,17 @@ def summary_table(rows: list[Row]) -> str:
             cells.append("-" if med is None else f"{med:.1f}% (n={n}{f', {missing} none' if missing else ''})")
         med, n, _ = median_abs(all_errs)
         target = TARGETS.get(target_key) if target_key else None
-        cells.append("-" if med is None else f"{med:.1f}% (n={n})")
+        cells.append("no points" if not all_errs else ("-" if med is None else f"{med:.1f}% (n={n})"))
         cells.append("-" if target is None else f"<= {target:g}%")
         cells.append("-" if target is None or med is None else ("yes" if med <= target else "NO"))
-        if n or any(r.metric in metrics for r in pooled):
-            out.append(cells)
+        out.append(cells)
     started = [r for r in rows if r.metric == "started"]
-    for split in ("fit", "held_out"):
-        sel = [r for r in started if r.split == split]
-        if sel:
-            agree = sum(1 for r in sel if r.predicted == r.published)
-            out.append([f"started vs fits ({split})", f"{agree}/{len(sel)} agree", "", "", "-", "-"])
+    cells = ["started vs fits"]
+    for sel in ([r for r in started if r.split == "fit"], [r for r in started if r.split == "held_out"], started):
+        agree = sum(1 for r in sel if r.predicted == r.published)
+        cells.append(f"{agree}/{len(sel)} agree" if sel else "-")
+    all_agree = all(r.predicted == r.published for r in started)
+    out.append([*cells, "all agree", "-" if not started else ("yes" if all_agree else "NO")])
     header = ["metric", "fit half |err|", "held-out |err|", "all |err|", "target", "met?"]
     return format_table(header, out)
 
@@ -249,14 +257,23 @@ def _fmt(value: float | None, metric: str) -> str:
 
 
 def points_table(rows: list[Row]) -> str:
+    """One line per point and metric: published, predicted, signed error (match/MISMATCH for started)."""
     body = []
     for r in rows:
         if r.metric == "started":
             err = "-" if r.predicted is None else ("match" if r.predicted == r.published else "MISMATCH")
         else:
             err = "-" if r.error_pct is None else f"{r.error_pct:+.1f}%"
-        body.append([r.point, "held" if r.split == "held_out" else "fit", r.metric, _fmt(r.published, r.metric),
-                     _fmt(r.predicted, r.metric), err])
+        body.append(
+            [
+                r.point,
+                "held" if r.split == "held_out" else "fit",
+                r.metric,
+                _fmt(r.published, r.metric),
+                _fmt(r.predicted, r.metric),
+                err,
+            ]
+        )
     return format_table(["point", "half", "metric", "published", "predicted", "error"], body)
 
 
@@ -267,8 +284,10 @@ def main() -> int:
     published = load_published()
     rows, notes = predict_all()
     print(f"revision: {source_revision(('planner', 'bench'))}")
-    print(f"{len(published.points)} published points ({len(published.split('fit'))} fit, "
-          f"{len(published.split('held_out'))} held out), planner uncalibrated")
+    print(
+        f"{len(published.points)} published points ({len(published.split('fit'))} fit, "
+        f"{len(published.split('held_out'))} held out), planner uncalibrated"
+    )
     if not args.summary_only:
         print("\n" + points_table(rows))
         print("\nhow conditions were mapped:")
@@ -276,7 +295,7 @@ def main() -> int:
             print(f"  {point}: {'; '.join(point_notes)}")
         problems = {r.point: r.problem for r in rows if r.problem}
         if problems:
-            print("\nno prediction:")
+            print("\nno figure predicted (the planner's reason):")
             for point, why in problems.items():
                 print(f"  {point}: {why}")
     print("\n" + summary_table(rows))
