@@ -55,6 +55,9 @@ class Conditions(_Strict):
     kv_cache_free_gpu_mem_fraction: float | None = Field(None, gt=0, le=1, description="TensorRT-LLM's")
     max_num_seqs: PositiveInt | None = None
     max_num_batched_tokens: PositiveInt | None = None
+    chunked_prefill: bool | None = Field(
+        None, description="as the engine ran: a version's default when the source shows it; None: the planner's default"
+    )
     input_tokens: PositiveInt | None = None
     output_tokens: PositiveInt | None = None
     load: Load
