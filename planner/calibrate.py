@@ -3,12 +3,14 @@
 The fit predicts every run through `predict_one`, the code path `predict` and `recommend` use, with
 trial values, and minimizes the sum of squared ln(predicted / measured) over the measured TTFT,
 TPOT and output tok/s of the fit runs: a log residual weighs a 10% miss the same on a 5 ms TPOT
-and on a 500 ms TTFT. Three values are fitted, each within bounds a real engine can reach:
+and on a 500 ms TTFT. Four values are fitted, each within bounds a real engine can reach:
 
 - decode_bandwidth: fraction of peak memory bandwidth a decode step reaches,
 - prefill_flops: fraction of peak FLOP/s the matmuls reach (prefill, and decode once the batch
   makes it compute-bound),
-- step_overhead_ms: a fixed cost per forward pass (dispatch, scheduling, sampling, HTTP framing).
+- step_overhead_ms: a fixed cost per forward pass (dispatch, scheduling, sampling, HTTP framing),
+- ttft_wait_steps: decode steps of the running batch a new request waits before its first token (the
+  step in flight, then its prefill sharing a step with the others' decodes); 0 at concurrency 1.
 
 The search is Nelder-Mead on ln(value) (ln(1 + ms) for the overhead), each trial clamped into its
 bounds: three parameters and a handful of runs need nothing heavier, and no derivative of the
@@ -43,7 +45,12 @@ if TYPE_CHECKING:
     from planner.cpu_probe import CpuMeasurement
 
 # (low, high) per fitted value: efficiencies above 1 would mean beating the measured/datasheet peak.
-BOUNDS = {"decode_bandwidth": (0.02, 1.5), "prefill_flops": (0.005, 1.5), "step_overhead_ms": (0.0, 2000.0)}
+BOUNDS = {
+    "decode_bandwidth": (0.02, 1.5),
+    "prefill_flops": (0.005, 1.5),
+    "step_overhead_ms": (0.0, 2000.0),
+    "ttft_wait_steps": (0.0, 16.0),
+}
 MAX_ITERATIONS = 600
 TOLERANCE = 1e-9
 
@@ -106,16 +113,22 @@ def log_residuals(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics]) 
 
 
 def _to_values(x: Sequence[float]) -> FittedValues:
-    (blo, bhi), (flo, fhi), (olo, ohi) = BOUNDS.values()
+    (blo, bhi), (flo, fhi), (olo, ohi), (wlo, whi) = BOUNDS.values()
     return FittedValues(
         decode_bandwidth=min(bhi, max(blo, math.exp(x[0]))),
         prefill_flops=min(fhi, max(flo, math.exp(x[1]))),
         step_overhead_ms=min(ohi, max(olo, math.expm1(x[2]))),
+        ttft_wait_steps=min(whi, max(wlo, math.expm1(x[3]))),
     )
 
 
 def _to_x(v: FittedValues) -> list[float]:
-    return [math.log(v.decode_bandwidth), math.log(v.prefill_flops), math.log1p(v.step_overhead_ms)]
+    return [
+        math.log(v.decode_bandwidth),
+        math.log(v.prefill_flops),
+        math.log1p(v.step_overhead_ms),
+        math.log1p(v.ttft_wait_steps),
+    ]
 
 
 def nelder_mead(f: Callable[[list[float]], float], start: list[float], step: float = 0.5) -> list[float]:
@@ -205,6 +218,7 @@ def calibrate(
         decode_bandwidth=float(a["decode_bandwidth_efficiency"]),
         prefill_flops=float(a["prefill_flops_efficiency"]),
         step_overhead_ms=float(a["dispatch_overhead_ms"]),
+        ttft_wait_steps=0.5,  # half the step in flight: a start inside the bounds, not at one
     )
     before = [predict(r, None) for r in runs]
     values, rms = fit_values(runs, predict, start)
@@ -240,7 +254,8 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
         f"calibrated {doc.engine} on {doc.device} ({doc.device_kind}) from {len(doc.runs)} run(s)"
         + (f", {len(doc.held_out)} held out" if doc.held_out else ""),
         f"decode_bandwidth {v.decode_bandwidth:.4g}, prefill_flops {v.prefill_flops:.4g}, "
-        f"step_overhead_ms {v.step_overhead_ms:.4g} (RMS ln residual {e.rms_log_residual:.3f})",
+        f"step_overhead_ms {v.step_overhead_ms:.4g}, ttft_wait_steps {v.ttft_wait_steps:.3g} "
+        f"(RMS ln residual {e.rms_log_residual:.3f})",
         "median absolute error      TTFT     TPOT   output tok/s",
     ]
     rows = [("fit runs, before", e.fit_before), ("fit runs, after", e.fit_after)]

@@ -47,6 +47,9 @@ class Efficiency:
     decode_bandwidth: float
     prefill_flops: float
     step_overhead_s: float | None = None
+    # Decode steps at the load's batch a new request's first token waits for when others are running
+    # (the step in flight, then its prefill sharing a step with their decodes). 0: an idle replica.
+    ttft_wait_steps: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,9 +189,11 @@ class ConfigPrediction:
     notes: list[str] = field(default_factory=list)
     step_s: Callable[[int], float] | None = None  # decode step time at a batch, for the capacity table
 
+    ttft_wait_s: float = 0.0  # a calibrated wait for the running batch's steps (0: an idle replica)
+
     @property
     def ttft_s(self) -> float:
-        return self.prefill.seconds if self.prefill else 0.0
+        return (self.prefill.seconds if self.prefill else 0.0) + self.ttft_wait_s
 
     @property
     def tpot_s(self) -> float:
@@ -251,7 +256,9 @@ def predict_config(
         "chunked_prefill": limits.chunked_prefill,
         "batching": batching,
         "scheduler_defaults": limits.source,
-        "ttft": "one prompt on an idle replica (no queueing delay)",
+        "ttft": "one prompt on an idle replica (no queueing delay)"
+        if not eff.ttft_wait_steps
+        else f"one prompt, plus {eff.ttft_wait_steps:.3g} decode steps of the running batch (calibrated)",
         "tpot": f"decode step at {workload.decode_context} cached tokens per sequence, plus the other "
         "in-flight requests' prefill FLOPs spread over this request's output (chunked prefill)",
     }
@@ -298,8 +305,11 @@ def predict_config(
     def tpot_at(b: int) -> float:
         return step(b) + (b - 1) * prefill_work_s / n_out
 
+    def wait_at(b: int) -> float:
+        return eff.ttft_wait_steps * step(b) if b > 1 else 0.0
+
     def e2e_at(b: int) -> float:
-        return pre.seconds + (n_out - 1) * tpot_at(b)
+        return pre.seconds + wait_at(b) + (n_out - 1) * tpot_at(b)
 
     max_rps = replicas * cap / e2e_at(cap)
     if qps is None:
@@ -327,6 +337,7 @@ def predict_config(
     out.in_flight = in_flight
     out.decode, out.prefill = decode_at(batch), pre
     out.tpot_load_s = tpot_at(batch)
+    out.ttft_wait_s = wait_at(batch)
     out.saturated_tpot_s = tpot_at(cap)
     out.e2e_s = e2e
     out.requests_s = rps

@@ -40,7 +40,7 @@ CPU = CpuMeasurement(
     int4_gemv_weights_s=4e9,
     int4_gemm_weights_s=30e9,
 )
-TRUTH = FittedValues(decode_bandwidth=0.35, prefill_flops=0.2, step_overhead_ms=9.0)
+TRUTH = FittedValues(decode_bandwidth=0.35, prefill_flops=0.2, step_overhead_ms=9.0, ttft_wait_steps=1.5)
 assert GEMM_ROWS  # the gemm rate above is keyed by it
 
 
@@ -93,6 +93,7 @@ def test_the_fit_finds_the_values_the_runs_were_measured_with(tmp_path: Path) ->
     assert doc.engine == "bundled" and doc.device_kind == "cpu" and doc.max_num_seqs == 16
     assert e.fit_after.tpot_ms < 1 and e.fit_after.ttft_ms < 1 and e.fit_after.output_tok_s < 1
     assert e.held_out_after and e.held_out_after.tpot_ms < 1 and e.held_out_after.output_tok_s < 1
+    assert e.held_out_after.ttft_ms < 1
     assert e.held_out_before and e.held_out_before.tpot_ms > 10  # the catalog's figures were off
     assert doc.values.step_overhead_ms == pytest.approx(TRUTH.step_overhead_ms, rel=0.05)
     assert doc.cpu is not None and doc.cpu.fp32_flops == CPU.fp32_flops
