@@ -23,6 +23,7 @@ from planner.entrypoints import make_plan, predict_one
 from planner.errors import PlannerError
 from planner.hardware import detect
 from planner.predict_io import PredictOptions
+from planner.report import format_plan
 from planner.workload import RecommendOptions
 from reports.benchmark_result import BenchmarkResult, load_benchmark_result
 
@@ -174,6 +175,7 @@ def test_recommend_applies_the_calibration_to_its_engine_only(tmp_path: Path) ->
     assert bundled and all(o.calibrated and o.calibration for o in bundled)
     assert not any(o.calibrated for o in others)
     assert any(n.startswith("calibrated:") for n in plan.notes)
+    assert any(line.endswith("(calibrated)") for line in format_plan(plan))
 
 
 def test_cli_calibrate_then_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
