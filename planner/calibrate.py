@@ -89,14 +89,14 @@ def abs_pct(predicted: float | None, measured: float | None) -> float | None:
     return abs(predicted - measured) / measured * 100
 
 
-def error_row(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics]) -> ErrorRow:
-    """Median absolute % error per metric over `runs`."""
+def error_row(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics | None]) -> ErrorRow:
+    """Median absolute % error per metric over `runs` (a run without a prediction counts for none)."""
     cols: dict[str, float | None] = {}
     for metric in METRICS:
         errs = [
             e
             for run, p in zip(runs, predicted, strict=True)
-            if (e := abs_pct(getattr(p, metric), getattr(run.measured, metric))) is not None
+            if p is not None and (e := abs_pct(getattr(p, metric), getattr(run.measured, metric))) is not None
         ]
         cols[metric] = statistics.median(errs) if errs else None
     return ErrorRow(runs=len(runs), **cols)
@@ -220,13 +220,22 @@ def calibrate(
         step_overhead_ms=float(a["dispatch_overhead_ms"]),
         ttft_wait_steps=0.5,  # half the step in flight: a start inside the bounds, not at one
     )
-    before = [predict(r, None) for r in runs]
     values, rms = fit_values(runs, predict, start)
-    after = [predict(r, values) for r in runs]
-    error = FitError(fit_before=error_row(runs, before), fit_after=error_row(runs, after), rms_log_residual=rms)
+    runs = [
+        r.model_copy(update={"predicted_before": predict(r, None), "predicted_after": predict(r, values)}) for r in runs
+    ]
+    held_out = [
+        r.model_copy(update={"predicted_before": predict(r, None), "predicted_after": predict(r, values)})
+        for r in held_out
+    ]
+    error = FitError(
+        fit_before=error_row(runs, [r.predicted_before for r in runs]),
+        fit_after=error_row(runs, [r.predicted_after for r in runs]),
+        rms_log_residual=rms,
+    )
     if held_out:
-        error.held_out_before = error_row(held_out, [predict(r, None) for r in held_out])
-        error.held_out_after = error_row(held_out, [predict(r, values) for r in held_out])
+        error.held_out_before = error_row(held_out, [r.predicted_before for r in held_out])
+        error.held_out_after = error_row(held_out, [r.predicted_after for r in held_out])
     seqs = {r.max_num_seqs for r in runs}
     return CalibrationDoc(
         created_at=now(),
@@ -264,4 +273,16 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
     for name, row in rows:
         label = f"{name} ({row.runs})"
         lines.append(f"{label:<25} {_cell(row.ttft_ms):>6}  {_cell(row.tpot_ms):>7}  {_cell(row.output_tok_s):>10}")
+    lines.append("per run, measured / calibrated prediction: TTFT ms, TPOT ms, output tok/s")
+    for kind, group in (("fit", doc.runs), ("held out", doc.held_out)):
+        for r in group:
+            m, p = r.measured, r.predicted_after or Metrics()
+            cells = "  ".join(
+                f"{_num(getattr(m, k))} / {_num(getattr(p, k))}" for k in ("ttft_ms", "tpot_ms", "output_tok_s")
+            )
+            lines.append(f"  {kind:<8} c={r.concurrency:<3} {cells}")
     return lines
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"

@@ -55,6 +55,8 @@ class CalibrationRun(_Part):
     output_tokens: int = Field(ge=1, description="mean output tokens per request")
     concurrency: int = Field(ge=1)
     measured: Metrics
+    predicted_before: Metrics | None = Field(None, description="with the catalog's figures (filled by the fit)")
+    predicted_after: Metrics | None = Field(None, description="with the fitted values (filled by the fit)")
 
 
 class FittedValues(_Part):
