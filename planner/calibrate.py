@@ -9,8 +9,8 @@ and on a 500 ms TTFT. Four values are fitted, each within bounds a real engine c
 - prefill_flops: fraction of peak FLOP/s the matmuls reach (prefill, and decode once the batch
   makes it compute-bound),
 - step_overhead_ms: a fixed cost per forward pass (dispatch, scheduling, sampling, HTTP framing),
-- ttft_wait_steps: decode steps of the running batch a new request waits before its first token (the
-  step in flight, then its prefill sharing a step with the others' decodes); 0 at concurrency 1.
+- queued_prefills: the share of each other in-flight request's prefill a new request waits for before
+  its first token (closed-loop requests of equal length arrive in waves and queue); 0 at concurrency 1.
 
 The search is Nelder-Mead on ln(value) (ln(1 + ms) for the overhead), each trial clamped into its
 bounds: three parameters and a handful of runs need nothing heavier, and no derivative of the
@@ -49,7 +49,7 @@ BOUNDS = {
     "decode_bandwidth": (0.02, 1.5),
     "prefill_flops": (0.005, 1.5),
     "step_overhead_ms": (0.0, 2000.0),
-    "ttft_wait_steps": (0.0, 16.0),
+    "queued_prefills": (0.0, 2.0),
 }
 MAX_ITERATIONS = 600
 TOLERANCE = 1e-9
@@ -118,7 +118,7 @@ def _to_values(x: Sequence[float]) -> FittedValues:
         decode_bandwidth=min(bhi, max(blo, math.exp(x[0]))),
         prefill_flops=min(fhi, max(flo, math.exp(x[1]))),
         step_overhead_ms=min(ohi, max(olo, math.expm1(x[2]))),
-        ttft_wait_steps=min(whi, max(wlo, math.expm1(x[3]))),
+        queued_prefills=min(whi, max(wlo, math.expm1(x[3]))),
     )
 
 
@@ -127,7 +127,7 @@ def _to_x(v: FittedValues) -> list[float]:
         math.log(v.decode_bandwidth),
         math.log(v.prefill_flops),
         math.log1p(v.step_overhead_ms),
-        math.log1p(v.ttft_wait_steps),
+        math.log1p(v.queued_prefills),
     ]
 
 
@@ -218,7 +218,7 @@ def calibrate(
         decode_bandwidth=float(a["decode_bandwidth_efficiency"]),
         prefill_flops=float(a["prefill_flops_efficiency"]),
         step_overhead_ms=float(a["dispatch_overhead_ms"]),
-        ttft_wait_steps=0.5,  # half the step in flight: a start inside the bounds, not at one
+        queued_prefills=0.25,  # a start inside the bounds, not at one
     )
     values, rms = fit_values(runs, predict, start)
     runs = [
@@ -263,7 +263,7 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
         f"calibrated {doc.engine} on {doc.device} ({doc.device_kind}) from {len(doc.runs)} run(s)"
         + (f", {len(doc.held_out)} held out" if doc.held_out else ""),
         f"decode_bandwidth {v.decode_bandwidth:.4g}, prefill_flops {v.prefill_flops:.4g}, "
-        f"step_overhead_ms {v.step_overhead_ms:.4g}, ttft_wait_steps {v.ttft_wait_steps:.3g} "
+        f"step_overhead_ms {v.step_overhead_ms:.4g}, queued_prefills {v.queued_prefills:.3g} "
         f"(RMS ln residual {e.rms_log_residual:.3f})",
         "median absolute error      TTFT     TPOT   output tok/s",
     ]

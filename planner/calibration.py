@@ -65,8 +65,8 @@ class FittedValues(_Part):
     decode_bandwidth: float = Field(gt=0, le=2, description="fraction of peak memory bandwidth a decode step reaches")
     prefill_flops: float = Field(gt=0, le=2, description="fraction of peak FLOP/s a forward pass's matmuls reach")
     step_overhead_ms: float = Field(ge=0, le=10_000, description="fixed cost of one forward pass, in ms")
-    ttft_wait_steps: float = Field(
-        0.0, ge=0, le=16, description="decode steps of the running batch a new request waits before its first token"
+    queued_prefills: float = Field(
+        0.0, ge=0, le=16, description="share of each other in-flight prompt's prefill a new request waits for"
     )
 
 
@@ -182,5 +182,5 @@ def assumption_line(doc: CalibrationDoc, path: str | Path) -> str:
     return (
         f"from {path} (fitted on {len(doc.runs)} run(s) of {doc.engine} on {doc.device}): "
         f"decode_bandwidth_efficiency {v.decode_bandwidth:.3g}, prefill_flops_efficiency {v.prefill_flops:.3g}, "
-        f"dispatch_overhead_ms {v.step_overhead_ms:.3g}, ttft_wait_steps {v.ttft_wait_steps:.3g}{seqs}{pinned}"
+        f"dispatch_overhead_ms {v.step_overhead_ms:.3g}, queued_prefills {v.queued_prefills:.3g}{seqs}{pinned}"
     )

@@ -56,7 +56,7 @@ def make_plan(
 def efficiency_of(values: FittedValues) -> Efficiency:
     """Fitted values as predict_config takes them."""
     return Efficiency(
-        values.decode_bandwidth, values.prefill_flops, values.step_overhead_ms / 1e3, values.ttft_wait_steps
+        values.decode_bandwidth, values.prefill_flops, values.step_overhead_ms / 1e3, values.queued_prefills
     )
 
 

@@ -47,9 +47,10 @@ class Efficiency:
     decode_bandwidth: float
     prefill_flops: float
     step_overhead_s: float | None = None
-    # Decode steps at the load's batch a new request's first token waits for when others are running
-    # (the step in flight, then its prefill sharing a step with their decodes). 0: an idle replica.
-    ttft_wait_steps: float = 0.0
+    # Other in-flight requests' prompts prefilled before a new request's first token, per other request:
+    # closed-loop requests of equal length finish and arrive in waves, so a wave's prompts queue behind
+    # each other (about half of them, FCFS). 0: an idle replica, the uncalibrated figure.
+    queued_prefills: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +190,7 @@ class ConfigPrediction:
     notes: list[str] = field(default_factory=list)
     step_s: Callable[[int], float] | None = None  # decode step time at a batch, for the capacity table
 
-    ttft_wait_s: float = 0.0  # a calibrated wait for the running batch's steps (0: an idle replica)
+    ttft_wait_s: float = 0.0  # a calibrated wait for the other prompts' prefill (0: an idle replica)
 
     @property
     def ttft_s(self) -> float:
@@ -257,8 +258,8 @@ def predict_config(
         "batching": batching,
         "scheduler_defaults": limits.source,
         "ttft": "one prompt on an idle replica (no queueing delay)"
-        if not eff.ttft_wait_steps
-        else f"one prompt, plus {eff.ttft_wait_steps:.3g} decode steps of the running batch (calibrated)",
+        if not eff.queued_prefills
+        else f"one prompt, plus {eff.queued_prefills:.3g} of each other in-flight prompt's prefill (calibrated)",
         "tpot": f"decode step at {workload.decode_context} cached tokens per sequence, plus the other "
         "in-flight requests' prefill FLOPs spread over this request's output (chunked prefill)",
     }
@@ -306,7 +307,7 @@ def predict_config(
         return step(b) + (b - 1) * prefill_work_s / n_out
 
     def wait_at(b: int) -> float:
-        return eff.ttft_wait_steps * step(b) if b > 1 else 0.0
+        return eff.queued_prefills * (b - 1) * pre.seconds
 
     def e2e_at(b: int) -> float:
         return pre.seconds + wait_at(b) + (n_out - 1) * tpot_at(b)

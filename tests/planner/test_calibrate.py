@@ -41,7 +41,7 @@ CPU = CpuMeasurement(
     int4_gemv_weights_s=4e9,
     int4_gemm_weights_s=30e9,
 )
-TRUTH = FittedValues(decode_bandwidth=0.35, prefill_flops=0.2, step_overhead_ms=9.0, ttft_wait_steps=1.5)
+TRUTH = FittedValues(decode_bandwidth=0.35, prefill_flops=0.2, step_overhead_ms=9.0, queued_prefills=0.5)
 assert GEMM_ROWS  # the gemm rate above is keyed by it
 
 
