@@ -38,9 +38,7 @@ def make_plan(
     """Resolve the model, hardware and SLO named in `opts`, then rank every option."""
     cat = catalog or load_catalog()
     cal = load_calibration(opts.calibration) if opts.calibration else None
-    if cal is not None and cal.cpu is not None and measure is None:
-        pinned = pinned_measurement(cal.cpu)
-        measure = lambda: pinned  # noqa: E731 - the probe's signature: no arguments
+    measure = _pinned(cal, measure)
     model = resolve_model(opts.model, cat, opts.max_config_bytes)
     device = resolve_device(opts.gpu, opts.gpus, cat, opts.price_per_hour, hw, measure)
     inp, out = opts.lengths()
@@ -51,6 +49,16 @@ def make_plan(
         line = assumption_line(cal, opts.calibration or "")
         applied = AppliedCalibration(cal.engine, efficiency_of(cal.values), cal.max_num_seqs, line)
     return recommend(model, device, workload, cat, applied)
+
+
+def _pinned(
+    cal: CalibrationDoc | None, measure: Callable[[], CpuMeasurement] | None
+) -> Callable[[], CpuMeasurement] | None:
+    """The CPU measurement a calibration was fitted against, unless the caller brings its own."""
+    if cal is None or cal.cpu is None or measure is not None:
+        return measure
+    pinned = pinned_measurement(cal.cpu)
+    return lambda: pinned
 
 
 def efficiency_of(values: FittedValues) -> Efficiency:
@@ -82,9 +90,7 @@ def predict_one(
     as the fit does."""
     cat = catalog or load_catalog()
     cal = load_calibration(opts.calibration) if opts.calibration else None
-    if cal is not None and cal.cpu is not None and measure is None:
-        pinned = pinned_measurement(cal.cpu)
-        measure = lambda: pinned  # noqa: E731 - the probe's signature: no arguments
+    measure = _pinned(cal, measure)
     model = resolve_model(opts.model, cat, opts.max_config_bytes)
     device = resolve_device(opts.gpu, opts.gpus, cat, None, hw, measure)
     engine = resolve_engine(opts.engine, cat)
