@@ -1,5 +1,6 @@
-"""`python -m planner detect | recommend | predict | compare`: what this machine offers, what to serve
-a model with, one configuration predicted, and how the planner's CPU prediction compares with a measured run.
+"""`python -m planner detect | recommend | predict | calibrate | compare`: what this machine offers, what to
+serve a model with, one configuration predicted, the planner fitted to measured benchmark results, and how
+the planner's CPU prediction compares with a measured run.
 
 Planner errors become one line on stderr and exit 1; bad arguments and unreadable model files exit 2.
 """
@@ -30,6 +31,7 @@ RECOMMEND_FLAGS = {
     "--slo": ("slo", str),
     "--qps": ("qps", float),
     "--price-per-hour": ("price_per_hour", float),
+    "--calibration": ("calibration", str),
     "--max-config-bytes": ("max_config_bytes", int),
 }
 
@@ -72,6 +74,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the prediction as one JSON object")
 
 
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="fit predict's efficiencies and per-step cost to saved benchmark results")
+    p.add_argument("--measured", required=True, metavar="RESULT.json", help="a `python -m checks bench` result")
+    p.add_argument("--more", nargs="+", default=[], metavar="RESULT.json", help="more results to fit on")
+    p.add_argument("--hold-out", nargs="+", default=[], metavar="RESULT.json", help="results only checked, not fitted")
+    p.add_argument("--out", required=True, metavar="CALIBRATION.json", help="where to write the calibration")
+    p.add_argument("--model", help="remote targets: the model served (catalog id, config.json or .gguf)")
+    p.add_argument("--gpu", help="remote targets (and a bundled run on a GPU): the GPU it ran on")
+    p.add_argument("--engine", help="remote targets: the engine that served (vllm, sglang, ...)")
+    p.add_argument("--format", help="remote targets: the weight format served (bf16, awq-int4, ...)")
+    p.add_argument("--json", action="store_true", help="print the calibration document instead of the table")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m planner", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_rec.add_argument("--json", action="store_true", help="print the whole plan as JSON")
 
     _add_predict(sub)
+    _add_calibrate(sub)
 
     p_cmp = sub.add_parser("compare", help="predicted vs measured for a bundled-engine run on this CPU")
     p_cmp.add_argument(
@@ -143,6 +159,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from planner.calibrate import calibrate, format_fit
+    from planner.calibrate_cli import ServedBy, load_runs
+    from planner.calibration import save_calibration
+
+    served = ServedBy(args.model, args.gpu, args.engine, args.format)
+    runs = load_runs([args.measured, *args.more], served)
+    held_out = load_runs(args.hold_out, served)
+    doc = calibrate(runs, held_out)
+    out = save_calibration(doc, args.out)
+    if args.json:
+        print(doc.model_dump_json(indent=2))
+    else:
+        print("\n".join([*format_fit(doc), f"wrote {out}"]))
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from planner.compare import format_comparison
     from planner.entrypoints import compare_run
@@ -162,7 +195,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"detect": _cmd_detect, "recommend": _cmd_recommend, "predict": _cmd_predict, "compare": _cmd_compare}
+    commands = {
+        "detect": _cmd_detect,
+        "recommend": _cmd_recommend,
+        "predict": _cmd_predict,
+        "calibrate": _cmd_calibrate,
+        "compare": _cmd_compare,
+    }
     try:
         return commands[args.command](args)
     except ValidationError as exc:

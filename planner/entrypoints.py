@@ -5,22 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from planner.catalog import Catalog, load_catalog
+from planner.calibration import (
+    CalibrationDoc,
+    FittedValues,
+    assumption_line,
+    load_calibration,
+    pinned_measurement,
+)
+from planner.catalog import Catalog, EngineSpec, load_catalog
 from planner.compare import Comparison, MeasuredRun, compare
 from planner.devices import resolve_device
-from planner.errors import WorkloadError
+from planner.errors import PlannerError, WorkloadError
 from planner.hardware import Hardware
-from planner.predict import Knobs, predict_config
-from planner.predict_io import (
-    PredictOptions,
-    PredictResult,
-    build_result,
-    calibrated_efficiency,
-    load_calibration,
-    resolve_engine,
-    resolve_format,
-)
-from planner.recommend import Plan, cannot_run, recommend, resolve_model, tp_efficiency
+from planner.predict import Efficiency, Knobs, predict_config
+from planner.predict_io import PredictOptions, PredictResult, build_result, resolve_engine, resolve_format
+from planner.recommend import AppliedCalibration, Plan, cannot_run, recommend, resolve_model, tp_efficiency
 from planner.roofline import Parallel
 from planner.workload import RecommendOptions, Workload
 
@@ -38,11 +37,43 @@ def make_plan(
 ) -> Plan:
     """Resolve the model, hardware and SLO named in `opts`, then rank every option."""
     cat = catalog or load_catalog()
+    cal = load_calibration(opts.calibration) if opts.calibration else None
+    measure = _pinned(cal, measure)
     model = resolve_model(opts.model, cat, opts.max_config_bytes)
     device = resolve_device(opts.gpu, opts.gpus, cat, opts.price_per_hour, hw, measure)
     inp, out = opts.lengths()
     workload = Workload(opts.context, opts.concurrency, inp, out, cat.slo(opts.slo), opts.qps)
-    return recommend(model, device, workload, cat)
+    applied = None
+    if cal is not None:
+        check_calibration(cal, resolve_engine(cal.engine, cat), device.kind)
+        line = assumption_line(cal, opts.calibration or "")
+        applied = AppliedCalibration(cal.engine, efficiency_of(cal.values), cal.max_num_seqs, line)
+    return recommend(model, device, workload, cat, applied)
+
+
+def _pinned(
+    cal: CalibrationDoc | None, measure: Callable[[], CpuMeasurement] | None
+) -> Callable[[], CpuMeasurement] | None:
+    """The CPU measurement a calibration was fitted against, unless the caller brings its own."""
+    if cal is None or cal.cpu is None or measure is not None:
+        return measure
+    pinned = pinned_measurement(cal.cpu)
+    return lambda: pinned
+
+
+def efficiency_of(values: FittedValues) -> Efficiency:
+    """Fitted values as predict_config takes them."""
+    return Efficiency(
+        values.decode_bandwidth, values.prefill_flops, values.step_overhead_ms / 1e3, values.queued_prefills
+    )
+
+
+def check_calibration(doc: CalibrationDoc, engine: EngineSpec, device_kind: str) -> None:
+    """A calibration applies to the engine and kind of device it was fitted on, nothing else."""
+    if doc.engine != engine.id or doc.device_kind != device_kind:
+        raise PlannerError(
+            f"the calibration is for {doc.engine} on {doc.device_kind}, not {engine.id} on {device_kind}"
+        )
 
 
 def predict_one(
@@ -50,12 +81,22 @@ def predict_one(
     catalog: Catalog | None = None,
     hw: Hardware | None = None,
     measure: Callable[[], CpuMeasurement] | None = None,
+    values: FittedValues | None = None,
 ) -> PredictResult:
-    """One configuration predicted with the recommender's own code path (`predict_config`)."""
+    """One configuration predicted with the recommender's own code path (`predict_config`).
+
+    `opts.calibration` applies a calibration file (its values, its batch limit unless --max-num-seqs is
+    given, and on CPU the measurement it was fitted against); `values` applies trial values directly,
+    as the fit does."""
     cat = catalog or load_catalog()
+    cal = load_calibration(opts.calibration) if opts.calibration else None
+    measure = _pinned(cal, measure)
     model = resolve_model(opts.model, cat, opts.max_config_bytes)
     device = resolve_device(opts.gpu, opts.gpus, cat, None, hw, measure)
     engine = resolve_engine(opts.engine, cat)
+    if cal is not None:
+        check_calibration(cal, engine, device.kind)
+        values = cal.values
     fmt = resolve_format(opts.format, engine, cat)
     why_not = cannot_run(engine, fmt, model, device)
     if why_not:
@@ -76,17 +117,17 @@ def predict_one(
     knobs = Knobs(
         opts.kv_cache_dtype,
         opts.gpu_memory_utilization,
-        opts.max_num_seqs,
+        opts.max_num_seqs or (cal.max_num_seqs if cal else None),
         opts.max_num_batched_tokens,
         opts.enable_chunked_prefill,
     )
-    efficiency = None
-    if opts.calibration:
-        efficiency = calibrated_efficiency(load_calibration(opts.calibration), engine, device.kind)
+    efficiency = efficiency_of(values) if values is not None else None
     par = Parallel(opts.tp, opts.pp, tp_efficiency(engine, device, opts.tp, opts.pp, cat))
     cp = predict_config(model, device, engine, fmt, par, workload, cat, knobs, efficiency, opts.qps)
     names = {"model": model.name, "device": device.name, "engine": engine.label, "format": fmt.label}
-    return build_result(opts, names, cp, context, calibrated=efficiency is not None)
+    if cal is not None:
+        cp.assumptions["calibration"] = assumption_line(cal, opts.calibration or "")
+    return build_result(opts, names, cp, context, calibrated=cal is not None)
 
 
 def compare_run(

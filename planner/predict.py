@@ -41,10 +41,16 @@ class Knobs:
 
 @dataclass(frozen=True, slots=True)
 class Efficiency:
-    """Fractions of peak bandwidth (decode) and FLOP/s (prefill) the engine reaches on this device."""
+    """Fractions of peak bandwidth (decode) and FLOP/s (prefill) the engine reaches on this device, and,
+    from a calibration, the measured fixed cost of a forward pass that replaces the dispatch estimate."""
 
     decode_bandwidth: float
     prefill_flops: float
+    step_overhead_s: float | None = None
+    # Other in-flight requests' prompts prefilled before a new request's first token, per other request:
+    # closed-loop requests of equal length finish and arrive in waves, so a wave's prompts queue behind
+    # each other (about half of them, FCFS). 0: an idle replica, the uncalibrated figure.
+    queued_prefills: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,9 +190,11 @@ class ConfigPrediction:
     notes: list[str] = field(default_factory=list)
     step_s: Callable[[int], float] | None = None  # decode step time at a batch, for the capacity table
 
+    ttft_wait_s: float = 0.0  # a calibrated wait for the other prompts' prefill (0: an idle replica)
+
     @property
     def ttft_s(self) -> float:
-        return self.prefill.seconds if self.prefill else 0.0
+        return (self.prefill.seconds if self.prefill else 0.0) + self.ttft_wait_s
 
     @property
     def tpot_s(self) -> float:
@@ -229,7 +237,10 @@ def predict_config(
     mem = plan_memory(model, fmt, device.memory_bytes, workload.context, workload.seq_tokens, cfg, par.tp, par.pp)
     cat_eff = engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
     eff = efficiency or Efficiency(cat_eff.decode_bandwidth, cat_eff.prefill_flops)
-    overhead = dispatch_overhead_s(engine, device, model)
+    overhead = dispatch_overhead_s(engine, device, model) if eff.step_overhead_s is None else eff.step_overhead_s
+    batching = engine.batching
+    if batching == "single" and (knobs.max_num_seqs or 1) > 1:
+        batching = "continuous"  # `python -m engine serve --max-num-seqs N` batches continuously, chunking prefill
     kv_bytes = cfg.kv_dtype_bytes
     assumptions: dict[str, str | float | int | bool] = {
         "decode_bandwidth_efficiency": eff.decode_bandwidth,
@@ -244,8 +255,11 @@ def predict_config(
         "max_num_batched_tokens": limits.max_num_batched_tokens,
         "max_num_seqs": limits.max_num_seqs if limits.max_num_seqs is not None else "KV cache only",
         "chunked_prefill": limits.chunked_prefill,
+        "batching": batching,
         "scheduler_defaults": limits.source,
-        "ttft": "one prompt on an idle replica (no queueing delay)",
+        "ttft": "one prompt on an idle replica (no queueing delay)"
+        if not eff.queued_prefills
+        else f"one prompt, plus {eff.queued_prefills:.3g} of each other in-flight prompt's prefill (calibrated)",
         "tpot": f"decode step at {workload.decode_context} cached tokens per sequence, plus the other "
         "in-flight requests' prefill FLOPs spread over this request's output (chunked prefill)",
     }
@@ -282,18 +296,21 @@ def predict_config(
         parallel=par,
         overhead_s=overhead,
     )
-    kv_cap = {"single": 1, "slots": mem.max_seqs_at_context}.get(engine.batching, mem.max_seqs_at_workload)
+    kv_cap = {"single": 1, "slots": mem.max_seqs_at_context}.get(batching, mem.max_seqs_at_workload)
     cap = max(1, min(kv_cap, limits.max_num_seqs) if limits.max_num_seqs else kv_cap)
     n_out = workload.output_tokens
     # The other sequences' prompts share the steps (chunked prefill) or stall them: each of the b - 1
     # others adds its prefill FLOPs once over this sequence's n_out steps.
-    prefill_work_s = pre.compute_s if engine.batching == "continuous" else 0.0
+    prefill_work_s = pre.compute_s if batching == "continuous" else 0.0
 
     def tpot_at(b: int) -> float:
         return step(b) + (b - 1) * prefill_work_s / n_out
 
+    def wait_at(b: int) -> float:
+        return eff.queued_prefills * (b - 1) * pre.seconds
+
     def e2e_at(b: int) -> float:
-        return pre.seconds + (n_out - 1) * tpot_at(b)
+        return pre.seconds + wait_at(b) + (n_out - 1) * tpot_at(b)
 
     max_rps = replicas * cap / e2e_at(cap)
     if qps is None:
@@ -321,6 +338,7 @@ def predict_config(
     out.in_flight = in_flight
     out.decode, out.prefill = decode_at(batch), pre
     out.tpot_load_s = tpot_at(batch)
+    out.ttft_wait_s = wait_at(batch)
     out.saturated_tpot_s = tpot_at(cap)
     out.e2e_s = e2e
     out.requests_s = rps

@@ -1,6 +1,6 @@
-"""`python -m planner predict`: what the user asks (PredictOptions), the calibration file it may apply,
-and the one JSON object it prints (PredictResult). The math is planner.predict's, the same the
-recommender ranks; this module only names things and checks them.
+"""`python -m planner predict`: what the user asks (PredictOptions) and the one JSON object it prints
+(PredictResult); the calibration file it may apply is planner.calibration's. The math is
+planner.predict's, the same the recommender ranks; this module only names things and checks them.
 
 Memory keys are per GPU, as vLLM logs them. `request_s` is completed requests per second at the given
 load; `max_concurrency_at_max_model_len` is vLLM's "Maximum concurrency for N tokens per request".
@@ -8,16 +8,14 @@ load; `max_concurrency_at_max_model_len` is vLLM's "Maximum concurrency for N to
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner.catalog import Catalog, EngineSpec, FormatSpec
-from planner.errors import PlannerError, UnknownNameError, first_problem
+from planner.errors import PlannerError, UnknownNameError
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES
-from planner.predict import ConfigPrediction, Efficiency
+from planner.predict import ConfigPrediction
 from planner.sizing import GIB
 from planner.workload import DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS
 
@@ -48,7 +46,7 @@ class PredictOptions(BaseModel):
     concurrency: int | None = Field(None, ge=1, le=100_000, description="requests in flight (default: 1)")
     qps: float | None = Field(None, gt=0, description="request arrivals per second, instead of --concurrency")
     calibration: str | None = Field(
-        None, description="a calibration JSON file whose efficiencies replace the catalog's"
+        None, description="a file from `python -m planner calibrate`: its fitted values replace the catalog's"
     )
     max_config_bytes: int = Field(
         DEFAULT_MAX_CONFIG_BYTES, ge=1, description="the largest config.json read as --model (a GGUF is memory-mapped)"
@@ -64,39 +62,6 @@ class PredictOptions(BaseModel):
                 f"{self.max_model_len}"
             )
         return self
-
-
-class Calibration(BaseModel):
-    """Efficiencies fitted for one engine on one kind of device (written by a calibration run)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    engine: str
-    device_kind: Literal["gpu", "cpu"]
-    decode_bandwidth: float = Field(gt=0, le=2)
-    prefill_flops: float = Field(gt=0, le=2)
-    source: str = Field(min_length=1)
-
-
-def load_calibration(path: str) -> Calibration:
-    """Read and validate a calibration file; a bad one is one PlannerError line naming it."""
-    try:
-        data = json.loads(Path(path).expanduser().read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PlannerError(f"cannot read the calibration file {path}: {exc}") from exc
-    try:
-        return Calibration.model_validate(data)
-    except ValidationError as exc:
-        raise PlannerError(f"calibration file {path}: {first_problem(exc)}") from exc
-
-
-def calibrated_efficiency(cal: Calibration, engine: EngineSpec, device_kind: str) -> Efficiency:
-    """The calibration's efficiencies, refused when it was fitted for another engine or kind of device."""
-    if cal.engine != engine.id or cal.device_kind != device_kind:
-        raise PlannerError(
-            f"the calibration is for {cal.engine} on {cal.device_kind}, not {engine.id} on {device_kind}"
-        )
-    return Efficiency(cal.decode_bandwidth, cal.prefill_flops)
 
 
 def resolve_format(name: str, engine: EngineSpec, catalog: Catalog) -> FormatSpec:

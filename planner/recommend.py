@@ -20,7 +20,7 @@ from planner.errors import WorkloadError
 from planner.launch import LaunchSpec, launch_command
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
-from planner.predict import Knobs, memory_config, predict_config, scheduler_limits
+from planner.predict import Efficiency, Knobs, memory_config, predict_config, scheduler_limits
 from planner.roofline import Device, Parallel, cc_at_least, compute_kind, ridge_point
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
 from planner.workload import Workload
@@ -80,6 +80,8 @@ class PlanOption:
     rank: int | None = None
     why: list[str] = field(default_factory=list)
     launch: str = ""
+    calibrated: bool = False
+    calibration: str | None = None  # which values came from the calibration file
 
     @property
     def devices_per_replica(self) -> int:
@@ -165,18 +167,34 @@ def _tp_candidates(engine: EngineSpec, model: ModelSpec, limit: int) -> list[int
 
 
 @dataclass(frozen=True, slots=True)
+class AppliedCalibration:
+    """A calibration file's values for one engine on this device, and the line that labels them."""
+
+    engine_id: str
+    efficiency: Efficiency
+    max_num_seqs: int | None
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Ctx:
     model: ModelSpec
     device: Device
     workload: Workload
     catalog: Catalog
+    calibration: AppliedCalibration | None = None
 
 
 def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, engine_id: str) -> PlanOption:
     """What `predict_config` computes for one engine x format x parallelism, plus the SLO check,
     capacity and launch command."""
     m, dev, w = ctx.model, ctx.device, ctx.workload
-    cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog)
+    cal = ctx.calibration if ctx.calibration and ctx.calibration.engine_id == engine.id else None
+    if cal is not None:
+        knobs = Knobs(max_num_seqs=cal.max_num_seqs)
+        cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog, knobs, cal.efficiency)
+    else:
+        cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog)
     mem = cp.memory
     label = ctx.catalog.engines_file.distributed.label if engine_id == "vllm-ray" else engine.label
     opt = PlanOption(
@@ -190,6 +208,8 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
         memory=mem,
         quality=fmt.quality,
         quality_note=fmt.quality_note,
+        calibrated=cal is not None,
+        calibration=cal.label if cal else None,
     )
     if not cp.fits:
         opt.reason = cp.reason
@@ -393,14 +413,21 @@ def _rank(options: list[PlanOption], ctx: _Ctx) -> list[PlanOption]:
     return ranked
 
 
-def recommend(model: ModelSpec, device: Device, workload: Workload, catalog: Catalog) -> Plan:
-    """Every option for this model on this device, ranked, plus the ones that cannot run."""
+def recommend(
+    model: ModelSpec,
+    device: Device,
+    workload: Workload,
+    catalog: Catalog,
+    calibration: AppliedCalibration | None = None,
+) -> Plan:
+    """Every option for this model on this device, ranked, plus the ones that cannot run; a calibration
+    replaces its engine's efficiencies (and batch limit) and labels those options calibrated."""
     if workload.context > model.max_context:
         raise WorkloadError(
             f"context {workload.context} exceeds {model.name}'s maximum of {model.max_context} tokens: "
             f"use --context {model.max_context} or less"
         )
-    ctx = _Ctx(model, device, workload, catalog)
+    ctx = _Ctx(model, device, workload, catalog, calibration)
     fitting, unfit, skipped = [], [], []
     dist = catalog.engines_file.distributed
     for engine in catalog.engines.values():
@@ -426,6 +453,8 @@ def recommend(model: ModelSpec, device: Device, workload: Workload, catalog: Cat
     if not fitting and not unfit:
         raise WorkloadError(f"no engine in the catalog runs on {device.name}")
     notes = [*model.notes, *_notes(device, workload, skipped)]
+    if calibration is not None:
+        notes.append(f"calibrated: {calibration.engine_id} options use values {calibration.label}")
     return Plan(model, device, workload, _rank(fitting, ctx), unfit, notes)
 
 

@@ -26,6 +26,7 @@ def _row(o: PlanOption) -> str:
         f"{o.rank:>3}  {o.engine_label[:24]:<24} {o.format_label[:24]:<24} {split:<9} "
         f"{mem.weights_bytes / GIB:>7.1f} {p.batch:>5} {p.ttft_ms:>8.0f} {p.tpot_ms:>7.1f} "
         f"{p.output_tok_s:>9.0f} {p.max_output_tok_s:>9.0f}  {slo:<4} {o.quality}"
+        + ("  (calibrated)" if o.calibrated else "")
     )
 
 
@@ -60,6 +61,8 @@ def format_plan(plan: Plan, top: int = 10, details: int = 3) -> list[str]:
     for o in plan.options[:details]:
         lines += [RULE, f"#{o.rank} {o.engine_label}, {o.format_label}"]
         lines += [f"  - {why}" for why in o.why]
+        if o.calibration:
+            lines.append(f"  - calibrated: {o.calibration}")
         if o.slo_misses:
             lines.append(f"  - SLO misses: {'; '.join(o.slo_misses)}")
         cap = o.capacity

@@ -41,6 +41,7 @@ def options_frame(plan: Plan) -> pd.DataFrame:
                 "saturated out tok/s (prefill incl.)": round(p.max_output_tok_s),
                 "meets SLO": o.meets_slo,
                 "quality": o.quality,
+                "calibrated": o.calibrated,
             }
         )
     return pd.DataFrame(rows)

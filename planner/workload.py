@@ -37,6 +37,9 @@ class RecommendOptions(BaseModel):
     slo: str = Field("chat", description="SLO profile id from planner/data/slo_profiles.json")
     qps: float | None = Field(None, gt=0, description="target requests per second, for the capacity table")
     price_per_hour: float | None = Field(None, ge=0, description="$ per GPU-hour (default: the catalog's figure)")
+    calibration: str | None = Field(
+        None, description="a file from `python -m planner calibrate`: its engine's options use the fitted values"
+    )
     max_config_bytes: int = Field(
         DEFAULT_MAX_CONFIG_BYTES, ge=1, description="the largest config.json read as --model (a GGUF is memory-mapped)"
     )

@@ -33,8 +33,9 @@ ALLOWED: dict[str, set[str]] = {
     "checks": {"reports", "engine", "planner"},
 }
 # The engine's command line is a shell around the engine, like checks' and the pages: it keeps a study
-# in the history, so it (and only it) may use reports.
-SHELLS: dict[str, set[str]] = {"engine/cli.py": {"reports"}}
+# in the history, so it (and only it) may use reports. `python -m planner calibrate` reads saved benchmark
+# results through planner/calibrate_cli.py, the planner's one shell; the planner itself takes plain numbers.
+SHELLS: dict[str, set[str]] = {"engine/cli.py": {"reports"}, "planner/calibrate_cli.py": {"reports"}}
 ENGINE_CORE = (
     "engine.model",
     "engine.quant",

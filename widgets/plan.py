@@ -10,7 +10,10 @@ import altair as alt
 import streamlit as st
 from pydantic import ValidationError
 
+from checks.load.calibration import calibratable_runs, calibration_runs
 from checks.presets import PRESETS
+from planner.calibrate import calibrate, format_fit
+from planner.calibration import save_calibration
 from planner.catalog import Catalog
 from planner.custom_gpu import format_custom_gpu
 from planner.devices import CUSTOM_CHOICE, device_choices
@@ -20,6 +23,9 @@ from planner.launch import serve_url
 from planner.recommend import Plan, PlanOption
 from planner.tables import capacity_frame, memory_frame, option_label, options_frame, roofline_frames, unfit_frame
 from planner.workload import RecommendOptions
+from reports.history import History
+from reports.home import history_dir, private_dir
+from reports.store import DocumentError
 from reports.validation import pydantic_message
 from widgets.target import CUSTOM, KINDS
 
@@ -105,7 +111,45 @@ def plan_inputs(catalog: Catalog) -> dict:
         "slo": slo,
         "qps": qps or None,
         "price_per_hour": price if gpu in catalog.gpus or choice == CUSTOM_CHOICE else None,
+        "calibration": calibration_input(),
     }
+
+
+def calibration_input() -> str | None:
+    """ "Calibrate from a run": fit the bundled engine's values to saved benchmarks, or name a calibration
+    file; returns the file the plan applies (None: the catalog's figures)."""
+    with st.expander("Calibrate from a run"):
+        history = History(history_dir())
+        saved = {e.id: e for e in calibratable_runs(history) if e.id}
+        if not saved:
+            st.caption(
+                "No saved benchmark of the bundled engine at a fixed concurrency yet: run one on the Benchmark "
+                "page (load profile sync or concurrency:N) and it appears here."
+            )
+        else:
+            label = {i: f"{i} · {e.target} · {e.headline}" for i, e in saved.items()}
+            fit_col, held_col = st.columns(2)
+            fit = fit_col.multiselect("Fit on", list(saved), format_func=label.get, key="plan_cal_fit")
+            held = held_col.multiselect(
+                "Hold out (only checked)", list(saved), format_func=label.get, key="plan_cal_held"
+            )
+            if st.button("Calibrate", key="plan_calibrate", disabled=not fit):
+                try:
+                    with st.spinner("Measuring this CPU and fitting..."):
+                        doc = calibrate(calibration_runs(history, fit), calibration_runs(history, held))
+                    path = private_dir("calibrations") / f"{doc.created_at:%Y%m%d-%H%M%S}.json"
+                    st.session_state["plan_calibration"] = str(save_calibration(doc, path))
+                    st.session_state["plan_calibration_table"] = "\n".join(format_fit(doc))
+                except (PlannerError, DocumentError) as exc:
+                    st.error(str(exc))
+            if table := st.session_state.get("plan_calibration_table"):
+                st.code(table, language=None)
+        path = st.text_input(
+            "Calibration file (applies to its engine's options)",
+            key="plan_calibration",
+            help=FIELDS["calibration"].description,
+        )
+    return path.strip() or None
 
 
 def custom_gpu_text() -> str:

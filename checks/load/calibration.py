@@ -1,5 +1,6 @@
 """A saved benchmark of the bundled engine as a run the planner can predict: the Hardware page's
-"predicted vs measured" from the history, without a separate `python -m engine generate --json`.
+"predicted vs measured" from the history, without a separate `python -m engine generate --json`,
+and the saved benchmarks a calibration can be fitted on ("Calibrate from a run").
 
 Only a `sync` run qualifies: one request at a time is what the planner's single-stream figures
 predict. Its prefill rate is the mean prompt over the median TTFT and its decode rate one over the
@@ -9,6 +10,8 @@ scheduling) and the comparison says so.
 
 from __future__ import annotations
 
+from planner.calibrate_cli import ServedBy, concurrency_of, runs_of
+from planner.calibration import CalibrationRun
 from planner.compare import MeasuredRun
 from reports.benchmark_result import BenchmarkResult, BundledTargetDoc
 from reports.history import Filters, History, HistoryEntry
@@ -47,3 +50,18 @@ def sync_runs(history: History) -> list[HistoryEntry]:
         for e in history.entries(Filters(kind="benchmark"))
         if e.unreadable is None and (e.target or "").startswith("bundled") and e.profile == "sync"
     ]
+
+
+def calibratable_runs(history: History) -> list[HistoryEntry]:
+    """Saved benchmarks of the bundled engine at a fixed concurrency (sync counts as 1), newest first:
+    what `python -m planner calibrate` can fit without being told what served them."""
+    return [
+        e
+        for e in history.entries(Filters(kind="benchmark"))
+        if e.unreadable is None and (e.target or "").startswith("bundled") and concurrency_of(e.profile or "")
+    ]
+
+
+def calibration_runs(history: History, ids: list[str], served: ServedBy | None = None) -> list[CalibrationRun]:
+    """The runs of the saved results `ids`, as the planner's calibration takes them."""
+    return [run for doc_id in ids for run in runs_of(history.load(doc_id), f"history:{doc_id}", served or ServedBy())]

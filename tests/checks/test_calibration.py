@@ -6,7 +6,7 @@ from pathlib import Path
 
 from result_docs import record, result_of, run_of
 
-from checks.load.calibration import measured_run, sync_runs
+from checks.load.calibration import calibratable_runs, calibration_runs, measured_run, sync_runs
 from reports.benchmark_result import BundledTargetDoc
 from reports.history import History
 
@@ -37,3 +37,16 @@ def test_other_runs_are_not_predicted_as_single_streams(tmp_path: Path) -> None:
         history.save(doc)
     [entry] = sync_runs(history)
     assert entry.target == "bundled:int4" and entry.headline.startswith("sync:")
+
+
+def test_saved_concurrency_runs_of_the_bundled_engine_can_be_calibrated_on(tmp_path: Path) -> None:
+    remote = result_of([run_of([record(0, 0.0, [0.1, 0.12])], "sync")])
+    concurrent = _sync().model_copy(update={"runs": [run_of([record(0, 0.0, [0.1, 0.12])], "concurrency:2")]})
+    history = History(tmp_path)
+    for doc in (_sync(), remote, concurrent):
+        history.save(doc)
+    entries = calibratable_runs(history)
+    assert sorted(e.profile or "" for e in entries) == ["concurrency:2", "sync"]
+    runs = calibration_runs(history, [e.id for e in entries if e.id])
+    assert sorted(r.concurrency for r in runs) == [1, 2]
+    assert all((r.engine, r.gpu, r.format, r.threads) == ("bundled", "cpu", "int4", 2) for r in runs)

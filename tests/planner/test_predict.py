@@ -218,25 +218,6 @@ def test_predict_refuses_impossible_requests() -> None:
         PredictResult.model_validate({"extra": 1})
 
 
-def test_calibration_is_applied_and_labelled(tmp_path) -> None:  # noqa: ANN001
-    cal = tmp_path / "cal.json"
-    cal.write_text(
-        json.dumps(
-            {"engine": "vllm", "device_kind": "gpu", "decode_bandwidth": 0.4, "prefill_flops": 0.3, "source": "a test"}
-        )
-    )
-    base = predict(model="llama-3.1-8b", gpu="h100-sxm", max_model_len=8192)
-    fitted = predict(model="llama-3.1-8b", gpu="h100-sxm", max_model_len=8192, calibration=str(cal))
-    assert fitted.calibrated and not base.calibrated
-    assert fitted.assumptions["decode_bandwidth_efficiency"] == 0.4
-    assert fitted.tpot_ms > base.tpot_ms
-    with pytest.raises(PlannerError, match="not sglang on gpu"):
-        predict(model="llama-3.1-8b", gpu="h100-sxm", engine="sglang", calibration=str(cal))
-    cal.write_text("{}")
-    with pytest.raises(PlannerError, match="calibration file"):
-        predict(model="llama-3.1-8b", gpu="h100-sxm", calibration=str(cal))
-
-
 def test_cli_predict_json(capsys: pytest.CaptureFixture[str]) -> None:
     argv = [
         "predict",

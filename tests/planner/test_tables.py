@@ -70,7 +70,9 @@ def test_options_frame_has_one_row_per_option_in_rank_order(plan_8b: Plan) -> No
         "saturated out tok/s (prefill incl.)",
         "meets SLO",
         "quality",
+        "calibrated",
     ]
+    assert not frame["calibrated"].any()  # no calibration file given
     assert list(frame["rank"]) == [o.rank for o in plan_8b.options] == list(range(1, len(plan_8b.options) + 1))
     best, row = plan_8b.options[0], frame.iloc[0]
     assert (row["engine"], row["format"], row["TP x PP"]) == (best.engine_label, best.format_label, "1 x 1")

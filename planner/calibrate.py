@@ -1,0 +1,288 @@
+"""Fit predict's efficiencies and fixed per-step cost to measured runs (`python -m planner calibrate`).
+
+The fit predicts every run through `predict_one`, the code path `predict` and `recommend` use, with
+trial values, and minimizes the sum of squared ln(predicted / measured) over the measured TTFT,
+TPOT and output tok/s of the fit runs: a log residual weighs a 10% miss the same on a 5 ms TPOT
+and on a 500 ms TTFT. Four values are fitted, each within bounds a real engine can reach:
+
+- decode_bandwidth: fraction of peak memory bandwidth a decode step reaches,
+- prefill_flops: fraction of peak FLOP/s the matmuls reach (prefill, and decode once the batch
+  makes it compute-bound),
+- step_overhead_ms: a fixed cost per forward pass (dispatch, scheduling, sampling, HTTP framing),
+- queued_prefills: the share of each other in-flight request's prefill a new request waits for before
+  its first token (closed-loop requests of equal length arrive in waves and queue); 0 at concurrency 1.
+
+The search is Nelder-Mead on ln(value) (ln(1 + ms) for the overhead), each trial clamped into its
+bounds: three parameters and a handful of runs need nothing heavier, and no derivative of the
+planner's max()-shaped roofline is assumed. Held-out runs are predicted, never fitted.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from planner.calibration import (
+    METRICS,
+    CalibrationDoc,
+    CalibrationRun,
+    ErrorRow,
+    FitError,
+    FittedValues,
+    Metrics,
+    cpu_figures,
+    now,
+)
+from planner.catalog import Catalog, load_catalog
+from planner.entrypoints import predict_one
+from planner.errors import PlannerError
+from planner.hardware import Hardware, detect
+from planner.predict_io import PredictOptions
+
+if TYPE_CHECKING:
+    from planner.cpu_probe import CpuMeasurement
+
+# (low, high) per fitted value: efficiencies above 1 would mean beating the measured/datasheet peak.
+BOUNDS = {
+    "decode_bandwidth": (0.02, 1.5),
+    "prefill_flops": (0.005, 1.5),
+    "step_overhead_ms": (0.0, 2000.0),
+    "queued_prefills": (0.0, 2.0),
+}
+MAX_ITERATIONS = 600
+TOLERANCE = 1e-9
+
+Predictor = Callable[[CalibrationRun, FittedValues | None], Metrics]
+
+
+def run_options(run: CalibrationRun) -> PredictOptions:
+    """The predict question a measured run answers: its model, device, engine, lengths and load."""
+    return PredictOptions(
+        model=run.model,
+        gpu=run.gpu,
+        engine=run.engine,
+        format=run.format,
+        input_tokens=run.input_tokens,
+        output_tokens=run.output_tokens,
+        concurrency=run.concurrency,
+        max_num_seqs=run.max_num_seqs,
+    )
+
+
+def predictor(catalog: Catalog, hw: Hardware, measure: Callable[[], CpuMeasurement] | None) -> Predictor:
+    """Predict one run with given values (None: the catalog's), through predict_one."""
+
+    def predict(run: CalibrationRun, values: FittedValues | None) -> Metrics:
+        r = predict_one(run_options(run), catalog, hw, measure, values)
+        if not r.fits:
+            raise PlannerError(f"run {run.id} ({run.source}) does not fit as predicted: {r.reason}")
+        return Metrics(ttft_ms=r.ttft_ms, tpot_ms=r.tpot_ms, output_tok_s=r.output_tok_s)
+
+    return predict
+
+
+def abs_pct(predicted: float | None, measured: float | None) -> float | None:
+    if predicted is None or measured is None:
+        return None
+    return abs(predicted - measured) / measured * 100
+
+
+def error_row(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics | None]) -> ErrorRow:
+    """Median absolute % error per metric over `runs` (a run without a prediction counts for none)."""
+    cols: dict[str, float | None] = {}
+    for metric in METRICS:
+        errs = [
+            e
+            for run, p in zip(runs, predicted, strict=True)
+            if p is not None and (e := abs_pct(getattr(p, metric), getattr(run.measured, metric))) is not None
+        ]
+        cols[metric] = statistics.median(errs) if errs else None
+    return ErrorRow(runs=len(runs), **cols)
+
+
+def log_residuals(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics]) -> list[float]:
+    out = []
+    for run, p in zip(runs, predicted, strict=True):
+        for metric in METRICS:
+            got, want = getattr(p, metric), getattr(run.measured, metric)
+            if got is not None and want is not None:
+                out.append(math.log(max(got, 1e-12) / want))
+    return out
+
+
+def _to_values(x: Sequence[float]) -> FittedValues:
+    (blo, bhi), (flo, fhi), (olo, ohi), (wlo, whi) = BOUNDS.values()
+    return FittedValues(
+        decode_bandwidth=min(bhi, max(blo, math.exp(x[0]))),
+        prefill_flops=min(fhi, max(flo, math.exp(x[1]))),
+        step_overhead_ms=min(ohi, max(olo, math.expm1(x[2]))),
+        queued_prefills=min(whi, max(wlo, math.expm1(x[3]))),
+    )
+
+
+def _to_x(v: FittedValues) -> list[float]:
+    return [
+        math.log(v.decode_bandwidth),
+        math.log(v.prefill_flops),
+        math.log1p(v.step_overhead_ms),
+        math.log1p(v.queued_prefills),
+    ]
+
+
+def nelder_mead(f: Callable[[list[float]], float], start: list[float], step: float = 0.5) -> list[float]:
+    """Minimize f from `start` (standard reflection / expansion / contraction / shrink coefficients)."""
+    n = len(start)
+    simplex = [list(start)] + [[s + (step if i == j else 0.0) for j, s in enumerate(start)] for i in range(n)]
+    scores = [f(p) for p in simplex]
+    for _ in range(MAX_ITERATIONS):
+        order = sorted(range(n + 1), key=scores.__getitem__)
+        simplex, scores = [simplex[i] for i in order], [scores[i] for i in order]
+        if scores[-1] - scores[0] < TOLERANCE:
+            break
+        centroid = [sum(p[j] for p in simplex[:-1]) / n for j in range(n)]
+        worst = simplex[-1]
+
+        def toward(t: float, centroid: list[float] = centroid, worst: list[float] = worst) -> list[float]:
+            return [c + t * (w - c) for c, w in zip(centroid, worst, strict=True)]
+
+        reflected = toward(-1.0)
+        fr = f(reflected)
+        if fr < scores[0]:
+            expanded = toward(-2.0)
+            fe = f(expanded)
+            simplex[-1], scores[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < scores[-2]:
+            simplex[-1], scores[-1] = reflected, fr
+        else:
+            contracted = toward(0.5)
+            fc = f(contracted)
+            if fc < scores[-1]:
+                simplex[-1], scores[-1] = contracted, fc
+            else:
+                best = simplex[0]
+                simplex = [best] + [[b + 0.5 * (p - b) for b, p in zip(best, q, strict=True)] for q in simplex[1:]]
+                scores = [scores[0]] + [f(p) for p in simplex[1:]]
+    return simplex[min(range(n + 1), key=scores.__getitem__)]
+
+
+def fit_values(runs: Sequence[CalibrationRun], predict: Predictor, start: FittedValues) -> tuple[FittedValues, float]:
+    """The values that minimize the squared log residuals over `runs`, and the RMS log residual they leave."""
+
+    def cost(x: list[float]) -> float:
+        values = _to_values(x)
+        return sum(r * r for r in log_residuals(runs, [predict(run, values) for run in runs]))
+
+    best = _to_values(nelder_mead(cost, _to_x(start)))
+    residuals = log_residuals(runs, [predict(run, best) for run in runs])
+    return best, math.sqrt(sum(r * r for r in residuals) / max(1, len(residuals)))
+
+
+def _same(runs: Sequence[CalibrationRun], attr: str) -> str:
+    seen = {str(getattr(r, attr)) for r in runs}
+    if len(seen) > 1:
+        raise PlannerError(f"the runs differ in {attr} ({', '.join(sorted(seen))}): calibrate one {attr} at a time")
+    return seen.pop()
+
+
+def calibrate(
+    runs: Sequence[CalibrationRun],
+    held_out: Sequence[CalibrationRun] = (),
+    catalog: Catalog | None = None,
+    hw: Hardware | None = None,
+    measure: Callable[[], CpuMeasurement] | None = None,
+) -> CalibrationDoc:
+    """Fit on `runs`, check on `held_out`, and describe both in a calibration document.
+
+    All runs must share engine, device, format and (on CPU) threads: one calibration describes one
+    engine on one device. On CPU the device is measured once here, with the runs' thread count."""
+    if not runs:
+        raise PlannerError("calibrate needs at least one measured run")
+    everything = [*runs, *held_out]
+    engine, gpu = _same(everything, "engine"), _same(everything, "gpu")
+    _same(everything, "format")
+    threads = _same(everything, "threads")
+    cat = catalog or load_catalog()
+    hw = hw or detect()
+    if gpu == "cpu" and measure is None:
+        from planner.cpu_probe import measure as probe
+
+        m = probe(int(threads) if threads != "None" else None)
+        measure = lambda: m  # noqa: E731 - the probe's signature: no arguments
+    measurement = measure() if gpu == "cpu" and measure is not None else None
+    predict = predictor(cat, hw, measure)
+    first = predict_one(run_options(runs[0]), cat, hw, measure)
+    a = first.assumptions
+    start = FittedValues(
+        decode_bandwidth=float(a["decode_bandwidth_efficiency"]),
+        prefill_flops=float(a["prefill_flops_efficiency"]),
+        step_overhead_ms=float(a["dispatch_overhead_ms"]),
+        queued_prefills=0.25,  # a start inside the bounds, not at one
+    )
+    values, rms = fit_values(runs, predict, start)
+    runs = [
+        r.model_copy(update={"predicted_before": predict(r, None), "predicted_after": predict(r, values)}) for r in runs
+    ]
+    held_out = [
+        r.model_copy(update={"predicted_before": predict(r, None), "predicted_after": predict(r, values)})
+        for r in held_out
+    ]
+    error = FitError(
+        fit_before=error_row(runs, [r.predicted_before for r in runs]),
+        fit_after=error_row(runs, [r.predicted_after for r in runs]),
+        rms_log_residual=rms,
+    )
+    if held_out:
+        error.held_out_before = error_row(held_out, [r.predicted_before for r in held_out])
+        error.held_out_after = error_row(held_out, [r.predicted_after for r in held_out])
+    seqs = {r.max_num_seqs for r in runs}
+    return CalibrationDoc(
+        created_at=now(),
+        engine=engine,
+        device_kind="cpu" if gpu == "cpu" else "gpu",
+        device=first.device,
+        values=values,
+        max_num_seqs=seqs.pop() if len(seqs) == 1 else None,
+        cpu=cpu_figures(measurement) if measurement is not None else None,
+        runs=list(runs),
+        held_out=list(held_out),
+        error=error,
+        source=f"python -m planner calibrate: least squares on ln(predicted/measured) over {len(runs)} run(s)",
+    )
+
+
+def _cell(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}%"
+
+
+def format_fit(doc: CalibrationDoc) -> list[str]:
+    """Console lines: the fitted values, then median absolute % error before and after, fit and held out."""
+    v, e = doc.values, doc.error
+    lines = [
+        f"calibrated {doc.engine} on {doc.device} ({doc.device_kind}) from {len(doc.runs)} run(s)"
+        + (f", {len(doc.held_out)} held out" if doc.held_out else ""),
+        f"decode_bandwidth {v.decode_bandwidth:.4g}, prefill_flops {v.prefill_flops:.4g}, "
+        f"step_overhead_ms {v.step_overhead_ms:.4g}, queued_prefills {v.queued_prefills:.3g} "
+        f"(RMS ln residual {e.rms_log_residual:.3f})",
+        "median absolute error      TTFT     TPOT   output tok/s",
+    ]
+    rows = [("fit runs, before", e.fit_before), ("fit runs, after", e.fit_after)]
+    if e.held_out_before and e.held_out_after:
+        rows += [("held-out runs, before", e.held_out_before), ("held-out runs, after", e.held_out_after)]
+    for name, row in rows:
+        label = f"{name} ({row.runs})"
+        lines.append(f"{label:<25} {_cell(row.ttft_ms):>6}  {_cell(row.tpot_ms):>7}  {_cell(row.output_tok_s):>10}")
+    lines.append("per run, measured / calibrated prediction: TTFT ms, TPOT ms, output tok/s")
+    for kind, group in (("fit", doc.runs), ("held out", doc.held_out)):
+        for r in group:
+            m, p = r.measured, r.predicted_after or Metrics()
+            cells = "  ".join(
+                f"{_num(getattr(m, k))} / {_num(getattr(p, k))}" for k in ("ttft_ms", "tpot_ms", "output_tok_s")
+            )
+            lines.append(f"  {kind:<8} c={r.concurrency:<3} {cells}")
+    return lines
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"

@@ -1,0 +1,186 @@
+"""The calibration document: efficiencies and fixed costs fitted from the user's own measured runs.
+
+`python -m planner calibrate` writes it and `predict`/`recommend --calibration FILE` apply it, so the
+file is the one home of what a calibration holds: the fitted values, the device figures it was
+fitted against (a CPU is measured on each run, so a calibration pins the measurement it used; a
+fresh probe on a busy machine would otherwise move every calibrated figure), the runs it was fitted
+on and held out from, and the error before and after. Unknown fields are an error, and a file from
+another schema version is refused with one line rather than half-applied.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from planner.errors import PlannerError, first_problem
+
+if TYPE_CHECKING:  # cpu_probe imports torch; only a CPU calibration needs it
+    from planner.cpu_probe import CpuMeasurement
+
+KIND = "preflight.planner-calibration"
+SCHEMA_VERSION = 1
+METRICS = ("ttft_ms", "tpot_ms", "output_tok_s")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Metrics(_Part):
+    """The three figures a calibration fits and checks; None where a run did not measure one."""
+
+    ttft_ms: float | None = Field(None, gt=0, description="median time to first token")
+    tpot_ms: float | None = Field(None, gt=0, description="median time per output token")
+    output_tok_s: float | None = Field(None, gt=0, description="output tokens per second over the run")
+
+
+class CalibrationRun(_Part):
+    """One measured run as the planner predicts it: what ran, on what, at what load, and what it measured."""
+
+    id: str = Field(min_length=1, description="the benchmark result's id")
+    source: str = Field(description="the file it was read from")
+    profile: str = Field(description="the load profile, e.g. concurrency:8")
+    model: str
+    gpu: str = Field(description="'cpu' or a catalog GPU id, as --gpu takes it")
+    engine: str
+    format: str
+    threads: int | None = Field(None, ge=1, description="CPU threads the server ran with")
+    max_num_seqs: int | None = Field(None, ge=1, description="the server's batch limit")
+    input_tokens: int = Field(ge=1, description="mean prompt tokens per request, as the server counted them")
+    output_tokens: int = Field(ge=1, description="mean output tokens per request")
+    concurrency: int = Field(ge=1)
+    measured: Metrics
+    predicted_before: Metrics | None = Field(None, description="with the catalog's figures (filled by the fit)")
+    predicted_after: Metrics | None = Field(None, description="with the fitted values (filled by the fit)")
+
+
+class FittedValues(_Part):
+    """What predict uses in place of the catalog's figures for this engine on this kind of device."""
+
+    decode_bandwidth: float = Field(gt=0, le=2, description="fraction of peak memory bandwidth a decode step reaches")
+    prefill_flops: float = Field(gt=0, le=2, description="fraction of peak FLOP/s a forward pass's matmuls reach")
+    step_overhead_ms: float = Field(ge=0, le=10_000, description="fixed cost of one forward pass, in ms")
+    queued_prefills: float = Field(
+        0.0, ge=0, le=16, description="share of each other in-flight prompt's prefill a new request waits for"
+    )
+
+
+class ErrorRow(_Part):
+    """Median absolute % error per metric over a set of runs (None: no run measured it)."""
+
+    runs: int
+    ttft_ms: float | None
+    tpot_ms: float | None
+    output_tok_s: float | None
+
+
+class FitError(_Part):
+    """The prediction error before (catalog figures) and after (fitted ones), on the fit and held-out runs."""
+
+    fit_before: ErrorRow
+    fit_after: ErrorRow
+    held_out_before: ErrorRow | None = None
+    held_out_after: ErrorRow | None = None
+    rms_log_residual: float = Field(ge=0, description="what the fit minimized: RMS of ln(predicted / measured)")
+
+
+class CpuFigures(_Part):
+    """The CPU measurement the fit ran against (planner.cpu_probe.CpuMeasurement's fields)."""
+
+    threads: int
+    copy_bytes_s: float
+    triad_bytes_s: float
+    bandwidth_curve: list[tuple[int, float]]
+    fp32_flops: float
+    bf16_flops: float
+    op_overhead_s: float
+    int4_gemv_weights_s: float | None = None
+    int8_gemv_weights_s: float | None = None
+    int4_gemm_weights_s: float | None = None
+    int8_gemm_weights_s: float | None = None
+    fp8_gemv_weights_s: float | None = None
+    fp8_gemm_weights_s: float | None = None
+    matmul_n: int
+    repeats: int
+
+
+class CalibrationDoc(_Part):
+    """A whole calibration. `values` apply to `engine` on `device_kind` only; see the module docstring."""
+
+    kind: Literal["preflight.planner-calibration"] = KIND
+    schema_version: Literal[1] = SCHEMA_VERSION
+    created_at: AwareDatetime
+    engine: str = Field(description="catalog engine id the runs served with")
+    device_kind: Literal["gpu", "cpu"]
+    device: str = Field(description="the device's name, as predict shows it")
+    values: FittedValues
+    max_num_seqs: int | None = Field(None, ge=1, description="the batch limit the runs' server had")
+    cpu: CpuFigures | None = Field(None, description="CPU runs: the measurement the fit used, reused by predict")
+    runs: list[CalibrationRun] = Field(min_length=1, description="the runs fitted on")
+    held_out: list[CalibrationRun] = Field(default_factory=list, description="runs only checked, never fitted")
+    error: FitError
+    source: str = Field(min_length=1, description="how it was made, in one line")
+
+
+def load_calibration(path: str | Path) -> CalibrationDoc:
+    """Read and validate a calibration file; a bad one is one PlannerError line naming it."""
+    try:
+        data = json.loads(Path(path).expanduser().read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlannerError(f"cannot read the calibration file {path}: {exc}") from exc
+    if isinstance(data, dict) and data.get("kind") not in (None, KIND):
+        raise PlannerError(f"calibration file {path}: kind is {data.get('kind')!r}, not {KIND!r}")
+    if isinstance(data, dict) and data.get("schema_version") not in (None, SCHEMA_VERSION):
+        raise PlannerError(
+            f"calibration file {path}: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}; "
+            "calibrate again with this version"
+        )
+    try:
+        return CalibrationDoc.model_validate(data)
+    except ValidationError as exc:
+        raise PlannerError(f"calibration file {path}: {first_problem(exc)}") from exc
+
+
+def save_calibration(doc: CalibrationDoc, path: str | Path) -> Path:
+    """Write `doc` as indented JSON; the parent folder must exist."""
+    out = Path(path).expanduser()
+    try:
+        out.write_text(doc.model_dump_json(indent=2) + "\n")
+    except OSError as exc:
+        raise PlannerError(f"cannot write the calibration file {path}: {exc}") from exc
+    return out
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def cpu_figures(m: CpuMeasurement) -> CpuFigures:
+    """The measurement a CPU fit used, for the document."""
+    fields = {k: getattr(m, k) for k in CpuFigures.model_fields}
+    return CpuFigures.model_validate(fields | {"bandwidth_curve": [list(p) for p in m.bandwidth_curve]})
+
+
+def pinned_measurement(fig: CpuFigures) -> CpuMeasurement:
+    """The CpuMeasurement a calibration was fitted against, so predict reuses it instead of probing again."""
+    from planner.cpu_probe import CpuMeasurement
+
+    fields = fig.model_dump() | {"bandwidth_curve": tuple((int(s), float(b)) for s, b in fig.bandwidth_curve)}
+    return CpuMeasurement(**fields)
+
+
+def assumption_line(doc: CalibrationDoc, path: str | Path) -> str:
+    """What the assumption list says about a calibrated figure: which values came from which file."""
+    v = doc.values
+    pinned = "; CPU figures as measured when calibrated" if doc.cpu else ""
+    seqs = f"; max_num_seqs {doc.max_num_seqs}" if doc.max_num_seqs else ""
+    return (
+        f"from {path} (fitted on {len(doc.runs)} run(s) of {doc.engine} on {doc.device}): "
+        f"decode_bandwidth_efficiency {v.decode_bandwidth:.3g}, prefill_flops_efficiency {v.prefill_flops:.3g}, "
+        f"dispatch_overhead_ms {v.step_overhead_ms:.3g}, queued_prefills {v.queued_prefills:.3g}{seqs}{pinned}"
+    )

@@ -1,0 +1,195 @@
+"""`python -m planner calibrate` and `--calibration`: fitting predict's values to saved benchmark results.
+
+The results are real BenchmarkResult documents: one recorded from the bundled engine (int4, 1 thread,
+4 requests of 32 tokens in / 8 out, fixtures/bench_bundled_int4_c1.json), re-run through the model at
+other concurrencies with figures the planner itself predicts for known values, so a fit must find
+those values again. The CPU is a fixed measurement, so the numbers do not depend on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from planner.__main__ import main
+from planner.calibrate import calibrate, predictor
+from planner.calibrate_cli import ServedBy, concurrency_of, load_runs, runs_of
+from planner.calibration import CalibrationDoc, FittedValues, load_calibration, save_calibration
+from planner.catalog import load_catalog
+from planner.cpu_probe import GEMM_ROWS, CpuMeasurement
+from planner.entrypoints import make_plan, predict_one
+from planner.errors import PlannerError
+from planner.hardware import detect
+from planner.predict_io import PredictOptions
+from planner.report import format_plan
+from planner.workload import RecommendOptions
+from reports.benchmark_result import BenchmarkResult, load_benchmark_result
+
+FIXTURE = Path(__file__).parent / "fixtures" / "bench_bundled_int4_c1.json"
+CAT = load_catalog()
+HW = detect()
+CPU = CpuMeasurement(
+    threads=1,
+    copy_bytes_s=18e9,
+    triad_bytes_s=20e9,
+    bandwidth_curve=((3 * 8 * 2**20, 60e9), (3 * 128 * 2**20, 20e9)),
+    fp32_flops=80e9,
+    bf16_flops=40e9,
+    op_overhead_s=6e-6,
+    int4_gemv_weights_s=4e9,
+    int4_gemm_weights_s=30e9,
+)
+TRUTH = FittedValues(decode_bandwidth=0.35, prefill_flops=0.2, step_overhead_ms=9.0, queued_prefills=0.5)
+assert GEMM_ROWS  # the gemm rate above is keyed by it
+
+
+def measure() -> CpuMeasurement:
+    return CPU
+
+
+def result_at(concurrency: int, tmp_path: Path, values: FittedValues = TRUTH) -> Path:
+    """The recorded result, as if run at `concurrency` and measured as the planner predicts with `values`."""
+    doc = load_benchmark_result(FIXTURE)
+    run = doc.runs[0]
+    served = runs_of(doc, str(FIXTURE))[0].model_copy(update={"concurrency": concurrency})
+    got = predictor(CAT, HW, measure)(served, values)
+    summary = run.summary.model_copy(
+        update={"median_ttft_ms": got.ttft_ms, "median_tpot_ms": got.tpot_ms, "output_throughput": got.output_tok_s}
+    )
+    new_run = run.model_copy(update={"profile": f"concurrency:{concurrency}", "summary": summary})
+    data = doc.model_copy(update={"runs": [new_run], "id": f"{doc.id}-c{concurrency}"}).model_dump(mode="json")
+    path = tmp_path / f"c{concurrency}.json"
+    path.write_text(json.dumps(BenchmarkResult.model_validate(data).model_dump(mode="json")))
+    return path
+
+
+def test_a_recorded_result_becomes_a_run_with_what_it_ran_on() -> None:
+    (run,) = load_runs([str(FIXTURE)])
+    assert (run.model, run.gpu, run.engine, run.format, run.threads) == ("smollm2-135m", "cpu", "bundled", "int4", 1)
+    assert run.concurrency == 1 and run.max_num_seqs == 16 and run.output_tokens == 8
+    assert run.input_tokens > 32  # the chat template's tokens count too, as the server counted them
+    assert run.measured.tpot_ms and run.measured.ttft_ms and run.measured.output_tok_s
+    assert concurrency_of("sync") == 1 and concurrency_of("concurrency:8") == 8 and concurrency_of("poisson:2") is None
+
+
+def test_a_remote_result_needs_to_be_told_what_served_it(tmp_path: Path) -> None:
+    doc = load_benchmark_result(FIXTURE)
+    remote = {"kind": "remote", "base_url": "http://10.0.0.1:8000", "model": "m", "api": "chat", "api_key_set": False}
+    data = doc.model_dump(mode="json") | {"target": remote}
+    path = tmp_path / "remote.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlannerError, match="give --model, --gpu, --engine, --format"):
+        load_runs([str(path)])
+    (run,) = load_runs([str(path)], ServedBy("llama-3.1-8b", "h100-sxm", "vllm", "bf16"))
+    assert (run.model, run.gpu, run.engine, run.threads) == ("llama-3.1-8b", "h100-sxm", "vllm", None)
+
+
+def test_the_fit_finds_the_values_the_runs_were_measured_with(tmp_path: Path) -> None:
+    fit = load_runs([str(result_at(c, tmp_path)) for c in (1, 8)])
+    held = load_runs([str(result_at(c, tmp_path)) for c in (2, 4, 16)])
+    doc = calibrate(fit, held, CAT, HW, measure)
+    e = doc.error
+    assert doc.engine == "bundled" and doc.device_kind == "cpu" and doc.max_num_seqs == 16
+    assert e.fit_after.tpot_ms < 1 and e.fit_after.ttft_ms < 1 and e.fit_after.output_tok_s < 1
+    assert e.held_out_after and e.held_out_after.tpot_ms < 1 and e.held_out_after.output_tok_s < 1
+    assert e.held_out_after.ttft_ms < 1
+    assert e.held_out_before and e.held_out_before.tpot_ms > 10  # the catalog's figures were off
+    assert doc.values.step_overhead_ms == pytest.approx(TRUTH.step_overhead_ms, rel=0.05)
+    assert doc.cpu is not None and doc.cpu.fp32_flops == CPU.fp32_flops
+    assert [r.concurrency for r in doc.held_out] == [2, 4, 16]
+
+
+def test_the_fit_keeps_within_its_bounds(tmp_path: Path) -> None:
+    """Runs that would need an impossible efficiency get the bound, not a figure beyond the device's peak."""
+    fast = FittedValues.model_construct(decode_bandwidth=40.0, prefill_flops=40.0, step_overhead_ms=0.0)
+    doc = calibrate(load_runs([str(result_at(1, tmp_path, fast))]), (), CAT, HW, measure)
+    assert doc.values.decode_bandwidth <= 1.5 and doc.values.prefill_flops <= 1.5
+    assert doc.values.step_overhead_ms >= 0
+
+
+def _doc(tmp_path: Path) -> CalibrationDoc:
+    return calibrate(load_runs([str(result_at(c, tmp_path)) for c in (1, 8)]), (), CAT, HW, measure)
+
+
+def test_the_calibration_file_round_trips(tmp_path: Path) -> None:
+    doc = _doc(tmp_path)
+    path = save_calibration(doc, tmp_path / "cal.json")
+    assert load_calibration(path) == doc
+    data = json.loads(path.read_text())
+    assert data["kind"] == "preflight.planner-calibration" and data["schema_version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "cannot read the calibration file"),
+        ("[]", "calibration file"),
+        (json.dumps({"kind": "preflight.benchmark-result"}), "not 'preflight.planner-calibration'"),
+        (json.dumps({"kind": "preflight.planner-calibration", "schema_version": 7}), "calibrate again"),
+    ],
+)
+def test_a_corrupt_calibration_file_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "cal.json"
+    path.write_text(text)
+    with pytest.raises(PlannerError, match=message):
+        load_calibration(path)
+
+
+def test_an_unknown_field_or_a_bad_value_is_refused(tmp_path: Path) -> None:
+    data = json.loads(_doc(tmp_path).model_dump_json())
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps(data | {"surprise": 1}))
+    with pytest.raises(PlannerError, match="surprise"):
+        load_calibration(path)
+    data["values"]["decode_bandwidth"] = -1
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlannerError, match="decode_bandwidth"):
+        load_calibration(path)
+    with pytest.raises(PlannerError, match="cannot read"):
+        load_calibration(tmp_path / "missing.json")
+
+
+def test_predict_applies_the_calibration_and_labels_it(tmp_path: Path) -> None:
+    cal = save_calibration(_doc(tmp_path), tmp_path / "cal.json")
+    ask = {"model": "smollm2-135m", "gpu": "cpu", "engine": "bundled", "format": "int4", "concurrency": 4}
+    base = predict_one(PredictOptions(**ask), CAT, HW, measure)
+    fitted = predict_one(PredictOptions(**ask, calibration=str(cal)), CAT, HW)  # the pinned CPU, no probe
+    assert fitted.calibrated and not base.calibrated
+    assert "calibration" in fitted.assumptions and "calibration" not in base.assumptions
+    assert str(cal) in str(fitted.assumptions["calibration"])
+    assert fitted.assumptions["dispatch_overhead_ms"] == pytest.approx(TRUTH.step_overhead_ms, rel=0.05)
+    assert fitted.assumptions["batching"] == "continuous" and fitted.batch == 4  # the server's max_num_seqs 16
+    assert fitted.tpot_ms != pytest.approx(base.tpot_ms, rel=0.01)
+    with pytest.raises(PlannerError, match="not vllm on gpu"):
+        predict_one(PredictOptions(model="llama-3.1-8b", gpu="h100-sxm", calibration=str(cal)), CAT, HW)
+
+
+def test_recommend_applies_the_calibration_to_its_engine_only(tmp_path: Path) -> None:
+    cal = save_calibration(_doc(tmp_path), tmp_path / "cal.json")
+    ask = {"model": "smollm2-135m", "gpu": "cpu", "context": 2048, "concurrency": 2}
+    plan = make_plan(RecommendOptions(**ask, calibration=str(cal)), CAT, HW)
+    bundled = [o for o in plan.options if o.engine == "bundled"]
+    others = [o for o in plan.options if o.engine != "bundled"]
+    assert bundled and all(o.calibrated and o.calibration for o in bundled)
+    assert not any(o.calibrated for o in others)
+    assert any(n.startswith("calibrated:") for n in plan.notes)
+    assert any(line.endswith("(calibrated)") for line in format_plan(plan))
+
+
+def test_cli_calibrate_then_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fit = [str(result_at(c, tmp_path)) for c in (1, 8)]
+    out = tmp_path / "cal.json"
+    argv = ["calibrate", "--measured", fit[0], "--more", fit[1], "--hold-out", str(result_at(4, tmp_path))]
+    assert main([*argv, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fit runs, before (2)" in text and "held-out runs, after (1)" in text and f"wrote {out}" in text
+    ask = ["--model", "smollm2-135m", "--gpu", "cpu", "--engine", "bundled", "--format", "int4", "--json"]
+    assert main(["predict", *ask, "--calibration", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["calibrated"] is True
+    (tmp_path / "bad.json").write_text("{}")
+    assert main(["predict", *ask, "--calibration", str(tmp_path / "bad.json")]) == 1
+    assert "calibration file" in capsys.readouterr().err
+    assert main(["calibrate", "--measured", str(tmp_path / "nope.json"), "--out", str(out)]) == 1
+    assert "cannot use" in capsys.readouterr().err
