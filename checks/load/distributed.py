@@ -43,6 +43,7 @@ from reports.records import RequestRecord
 CLOCK_ROUND_TRIPS = 7  # the offset comes from the fastest of these
 START_MARGIN_S = 1.0  # actors are told to start this long after the driver decides, so all are ready
 POLL_S = 0.5  # how often the driver collects records from running actors
+PREPARE_TIMEOUT_S = 180.0  # workers not started and loaded by then are reported, never waited on for ever
 CLOCK_FIELDS = ("scheduled_s", "ready_s", "send_s", "first_token_s", "end_s")
 
 
@@ -293,9 +294,12 @@ def run_distributed(
         warm = [replace(r, warmup=True) for r in warm_run.records]
     start_ray(len(shares), address)
     cls = _worker_class()
-    states = [_WorkerState(cls.options(num_cpus=1).remote()) for _ in shares]
+    # No CPU reservation: a client is mostly waiting on sockets, and a reservation larger than what the Ray
+    # instance was started with (a second run with more workers in one process) would leave actors pending
+    # for ever. SPREAD places them on as many nodes of a cluster as it can.
+    states = [_WorkerState(cls.options(num_cpus=0, scheduling_strategy="SPREAD").remote()) for _ in shares]
     try:
-        ray.get([state.actor.prepare.remote() for state in states])
+        ray.get([state.actor.prepare.remote() for state in states], timeout=PREPARE_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - an actor that cannot even start: no load was sent
         for state in states:
             ray.kill(state.actor, no_restart=True)

@@ -553,3 +553,13 @@ def test_a_worker_that_dies_mid_run_is_named_and_its_records_kept(endpoint: Endp
     kept = int(reason.split("its ")[1].split(" records")[0])
     assert 2 <= kept < 12, reason  # what it measured before it died, and it did die before the end
     assert len(run.records) == 12 + kept and all(r.ok and r.send_s >= 0 for r in run.records)
+
+
+def test_more_workers_than_the_ray_instance_has_cpus_still_run(endpoint: Endpoint, local_ray: None) -> None:
+    """The instance the tests above started has 2 CPUs; 3 workers must not wait for CPUs that never come."""
+    requests = synthetic_requests(SyntheticSpec(INPUT_LEN, 4), 6, bundled_tokenizer())
+    run = run_distributed(
+        replace(endpoint, api="completions"), requests, LoadProfile.parse("concurrency:3"), RunLimits(requests=6), 3
+    )
+    assert run.self_check.valid, run.self_check.reasons
+    assert [w.records for w in run.workers] == [2, 2, 2] and all(r.ok for r in run.records)
