@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from planner.calibration import METRICS, CalibrationDoc
 from planner.compare import Comparison
 from planner.hardware import Hardware, gib
 from planner.recommend import Plan, PlanOption
@@ -141,6 +142,23 @@ def gpu_frame(hw: Hardware) -> pd.DataFrame:
             for g in hw.gpus
         ]
     )
+
+
+def calibration_frame(doc: CalibrationDoc) -> pd.DataFrame:
+    """One row per run, metric and stage (before / after the fit): measured against predicted, for the
+    predicted-vs-measured chart. Runs the fit used and runs held out are told apart."""
+    rows = []
+    for kind, runs in (("fit on", doc.runs), ("held out", doc.held_out)):
+        for run in runs:
+            for stage, predicted in (("before", run.predicted_before), ("after", run.predicted_after)):
+                for metric in METRICS:
+                    got, want = getattr(predicted, metric, None), getattr(run.measured, metric)
+                    if got is not None and want is not None:
+                        rows.append(
+                            {"run": run.profile, "runs": kind, "stage": stage, "metric": metric, "measured": want}
+                            | {"predicted": got}
+                        )
+    return pd.DataFrame(rows, columns=["run", "runs", "stage", "metric", "measured", "predicted"])
 
 
 def comparison_frame(comparison: Comparison) -> pd.DataFrame:

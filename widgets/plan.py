@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from checks.load.calibration import calibratable_runs, calibration_runs
 from checks.presets import PRESETS
 from planner.calibrate import calibrate, format_fit
-from planner.calibration import save_calibration
+from planner.calibration import CalibrationDoc, save_calibration
 from planner.catalog import Catalog
 from planner.custom_gpu import format_custom_gpu
 from planner.devices import CUSTOM_CHOICE, device_choices
@@ -21,7 +21,15 @@ from planner.entrypoints import make_plan
 from planner.errors import PlannerError
 from planner.launch import serve_url
 from planner.recommend import Plan, PlanOption
-from planner.tables import capacity_frame, memory_frame, option_label, options_frame, roofline_frames, unfit_frame
+from planner.tables import (
+    calibration_frame,
+    capacity_frame,
+    memory_frame,
+    option_label,
+    options_frame,
+    roofline_frames,
+    unfit_frame,
+)
 from planner.workload import RecommendOptions
 from reports.history import History
 from reports.home import history_dir, private_dir
@@ -140,10 +148,13 @@ def calibration_input() -> str | None:
                     path = private_dir("calibrations") / f"{doc.created_at:%Y%m%d-%H%M%S}.json"
                     st.session_state["plan_calibration"] = str(save_calibration(doc, path))
                     st.session_state["plan_calibration_table"] = "\n".join(format_fit(doc))
+                    st.session_state["plan_calibration_doc"] = doc
                 except (PlannerError, DocumentError) as exc:
                     st.error(str(exc))
             if table := st.session_state.get("plan_calibration_table"):
                 st.code(table, language=None)
+            if (doc := st.session_state.get("plan_calibration_doc")) is not None:
+                st.altair_chart(calibration_chart(doc))
         path = st.text_input(
             "Calibration file (applies to its engine's options)",
             key="plan_calibration",
@@ -239,6 +250,32 @@ def option_details(plan: Plan, formats: dict[str, str | None]) -> None:
         _measure(chosen, formats, "app_pages/benchmark.py")
     if right.button("Check this", key="plan_check", icon=":material/checklist:"):
         _measure(chosen, formats, "app_pages/checklist.py")
+
+
+CALIBRATION_UNITS = {"ttft_ms": "TTFT (ms)", "tpot_ms": "TPOT (ms)", "output_tok_s": "output tok/s"}
+
+
+def calibration_chart(doc: CalibrationDoc) -> alt.FacetChart:
+    """Predicted against measured for every run, before and after the fit, one panel per metric: on the
+    diagonal the prediction is right. Held-out runs have their own shape, so a fit that only explains
+    its own runs shows."""
+    frame = calibration_frame(doc)
+    frame["metric"] = frame["metric"].map(CALIBRATION_UNITS)
+    base = alt.Chart()  # a faceted layer takes its data at the top, none in the layers
+    diagonal = base.mark_line(strokeDash=[4, 4]).encode(x="measured:Q", y="measured:Q")
+    points = base.mark_point(size=70, filled=True).encode(
+        x=alt.X("measured:Q", title="measured (the panel's unit)"),
+        y=alt.Y("predicted:Q", title="predicted (the panel's unit)"),
+        color=alt.Color("stage:N", title="prediction", sort=["before", "after"]),
+        shape=alt.Shape("runs:N", title="runs"),
+        tooltip=["run", "runs", "stage", "metric", alt.Tooltip("measured:Q", format=".1f"), "predicted:Q"],
+    )
+    return (
+        alt.layer(diagonal, points, data=frame)
+        .properties(width=200, height=200)
+        .facet(column=alt.Column("metric:N", title=None))
+        .resolve_scale(x="independent", y="independent")
+    )
 
 
 def memory_chart(plan: Plan) -> alt.Chart:

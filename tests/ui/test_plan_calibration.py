@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from planner.tables import calibration_frame
 from reports.benchmark_result import load_benchmark_result
 from reports.history import History
 from reports.home import history_dir
@@ -29,6 +31,13 @@ def test_calibrate_from_saved_runs_labels_the_bundled_options(app: AppTest) -> N
     assert not app.exception and not app.error
     assert app.text_input(key="plan_calibration").value.endswith(".json")
     assert any("fit runs, after (2)" in c.value for c in app.code)
+    # the predicted-vs-measured chart: one panel per metric, both runs before and after the fit
+    specs = [json.loads(e.proto.spec) for e in app.get("vega_lite_chart")]
+    (spec,) = [s for s in specs if "facet" in s]
+    assert spec["facet"]["column"]["field"] == "metric"
+    rows = calibration_frame(app.session_state["plan_calibration_doc"])
+    assert set(rows["stage"]) == {"before", "after"} and set(rows["runs"]) == {"fit on"}
+    assert len(rows) == 2 * 2 * 3  # runs x stages x metrics
     table = app.dataframe[0].value
     bundled = table[table["engine"].str.startswith("Preflight bundled")]
     assert (
