@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from checks.load.client import RequestOptions
 from checks.load.datasets import load_dataset, load_sharegpt_conversations
-from checks.load.distributed import run_distributed
+from checks.load.distributed import check_split, run_distributed
 from checks.load.endpoint import READ_TIMEOUT_S, Endpoint, check_target_url
 from checks.load.loadgen import ProgressCallback, RunLimits, RunResult, Sessions, run_load
 from checks.load.metrics import Slo, summarize
@@ -155,12 +155,6 @@ class BenchmarkConfig(BaseModel):
                 raise ValueError("a sweep runs single requests; give multi-turn sessions a concurrency or a rate")
         if self.workers > 1 and self.turns > 1:
             raise ValueError("--workers splits single requests; run multi-turn sessions with one worker")
-        if self.workers > 1:
-            kind, _, value = self.profile.strip().partition(":")
-            if kind in ("sync", "sweep"):
-                raise ValueError(f"--workers splits one run's load; a {kind} run takes one worker")
-            if kind == "concurrency" and value.isdigit() and int(value) < self.workers:
-                raise ValueError(f"concurrency {value} cannot keep {self.workers} workers busy: use at most {value}")
         if self.ray_address is not None and self.workers == 1:
             raise ValueError("--ray-address places --workers: set workers above 1, or leave the address out")
         if self.turns == 1 and self.think_time_ms:
@@ -173,7 +167,9 @@ class BenchmarkConfig(BaseModel):
             return self._check_target()
         if self.scenario and self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; choose one of {', '.join(SCENARIOS)}")
-        LoadProfile.parse(self.profile, self.max_concurrency)
+        profile = LoadProfile.parse(self.profile, self.max_concurrency)
+        if self.workers > 1:
+            check_split(profile, self.workers)
         return self._check_target()
 
     def _check_target(self) -> BenchmarkConfig:

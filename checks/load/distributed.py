@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from checks.load.endpoint import Endpoint
-from checks.load.loadgen import RunLimits, RunResult, SelfCheck, run_load, self_check
+from checks.load.loadgen import RunLimits, RunResult, SelfCheck, run_load, scheduled_arrivals, self_check
 from checks.load.profiles import LoadProfile, arrival_offsets
 from checks.load.prompts import PromptRequest
 from checks.load.tokenizer import TextTokenizer
@@ -60,18 +60,24 @@ class Share:
     limits: RunLimits
 
 
-def split_load(profile: LoadProfile, requests: list[PromptRequest], limits: RunLimits, workers: int) -> list[Share]:
-    """Divide one run among `workers` actors so that together they send what one client would have."""
+def check_split(profile: LoadProfile, workers: int) -> None:
+    """Whether `profile` can be split over `workers`: the config checks it up front, split_load again."""
     if workers < 1:
         raise DistributedError("give at least 1 worker")
     if profile.kind in ("sync", "sweep"):
         raise DistributedError(f"a {profile.kind} run is one stream of requests: run it with one worker")
+    total = profile.concurrency or 1
+    if profile.kind == "concurrency" and total < workers:
+        raise DistributedError(f"concurrency {total} cannot keep {workers} workers busy: use at most {total}")
+
+
+def split_load(profile: LoadProfile, requests: list[PromptRequest], limits: RunLimits, workers: int) -> list[Share]:
+    """Divide one run among `workers` actors so that together they send what one client would have."""
+    check_split(profile, workers)
     measured = [r for i, r in enumerate(requests) if i >= limits.warmup_requests] or requests
     base = replace(limits, warmup_requests=0)
     if profile.kind == "concurrency":
         total = profile.concurrency or 1
-        if total < workers:
-            raise DistributedError(f"concurrency {total} cannot keep {workers} workers busy: use at most {total}")
         shares = []
         for k in range(workers):
             count = None if limits.requests is None else _part(limits.requests, workers, k)
@@ -87,14 +93,7 @@ def split_load(profile: LoadProfile, requests: list[PromptRequest], limits: RunL
             )
         return shares
     # a schedule: computed once here, its arrivals dealt out in turn
-    n = limits.requests
-    if n is None:
-        n = (
-            len(profile.offsets)
-            if profile.offsets is not None
-            else int((limits.duration_s or 0) * (profile.rate or 0) * 2) + 16
-        )
-    offsets = arrival_offsets(profile, n, limits.seed)
+    offsets = arrival_offsets(profile, scheduled_arrivals(profile, limits), limits.seed)
     cap = profile.in_flight_limit()
     shares = []
     for k in range(workers):

@@ -140,6 +140,7 @@ class _Run:
         limits: RunLimits,
         progress: ProgressCallback | None,
         cancel: threading.Event | None,
+        on_record: Callable[[RequestRecord], None] | None = None,
     ) -> None:
         self.client = client
         self.requests = requests
@@ -155,7 +156,7 @@ class _Run:
         self.stopped_early: str | None = None
         self.error: BaseException | None = None  # a bug in a request task: re-raised by run_load
         self.connection_failures = 0  # in a row
-        self.on_record: Callable[[RequestRecord], None] | None = None  # a Ray worker streams records out
+        self.on_record = on_record  # a Ray worker hands its records out as it takes them
         self._last_progress = 0.0
 
     def request(self, i: int) -> PromptRequest:
@@ -311,6 +312,16 @@ async def _drive_concurrency(run: _Run, limit: int, total_warmup: int) -> None:
     await fill(run.window_open)
 
 
+def scheduled_arrivals(profile: LoadProfile, limits: RunLimits) -> int:
+    """How many arrivals a rate run schedules: its request count, else (duration-bound) enough to outlast
+    the window; a trace has exactly its own."""
+    if limits.requests is not None:
+        return limits.requests
+    if profile.offsets is not None:
+        return len(profile.offsets)
+    return int((limits.duration_s or 0) * (profile.rate or 0) * 2) + 16
+
+
 async def _drive_schedule(run: _Run, profile: LoadProfile, total_warmup: int) -> None:
     """Warm-up one at a time, then send on the precomputed schedule; lateness is measured, not hidden."""
     while run.next_id < total_warmup and not run.cancel.is_set() and run.error is None:
@@ -318,13 +329,7 @@ async def _drive_schedule(run: _Run, profile: LoadProfile, total_warmup: int) ->
         await asyncio.wait(list(run.in_flight))
     run.phase, run.measure_start = "measure", run.client.now()
     gate = asyncio.Semaphore(profile.max_concurrency) if profile.max_concurrency else None
-    n = run.limits.requests
-    if n is None:  # duration-bound: schedule enough arrivals to outlast the window (a trace has its own)
-        n = (
-            len(profile.offsets)
-            if profile.offsets is not None
-            else int((run.limits.duration_s or 0) * (profile.rate or 0) * 2) + 16
-        )
+    n = scheduled_arrivals(profile, run.limits)
     window_end = None if run.limits.duration_s is None else run.measure_start + run.limits.duration_s
     for offset in arrival_offsets(profile, n, run.limits.seed):
         due = run.measure_start + offset
@@ -406,8 +411,7 @@ async def _drive_sessions(run: _Run, profile: LoadProfile, sessions: Sessions, t
 
     try:
         if profile.is_rate:
-            n = run.limits.requests or int((run.limits.duration_s or 0) * (profile.rate or 0) * 2) + 16
-            for offset in arrival_offsets(profile, n, run.limits.seed):
+            for offset in arrival_offsets(profile, scheduled_arrivals(profile, run.limits), run.limits.seed):
                 delay = run.measure_start + offset - run.client.now()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -464,8 +468,7 @@ async def run_load(
         )
     origin = time.perf_counter() if origin is None else origin
     async with StreamClient(endpoint, origin, tokenizer, options) as client:
-        run = _Run(client, requests, limits, progress, cancel)
-        run.on_record = on_record
+        run = _Run(client, requests, limits, progress, cancel, on_record)
         helpers = [asyncio.ensure_future(run.probe_loop())]
         if profile.is_rate and limits.stop_when_saturated:
             helpers.append(asyncio.ensure_future(run.watch_saturation()))

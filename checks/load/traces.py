@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import random
@@ -202,7 +203,7 @@ def load_trace(
         raise TraceError(f"{path.name}: the file is empty; give an Azure CSV or Mooncake JSONL trace")
     fmt: TraceFormat
     if first[1].startswith("{"):
-        fmt, rows = "mooncake", _mooncake_rows(path, _chain(first, lines))
+        fmt, rows = "mooncake", _mooncake_rows(path, itertools.chain([first], lines))
     else:
         fmt, rows = "azure", _azure_rows(path, lines, first[1])
     kept: list[TraceRow] = []
@@ -228,11 +229,6 @@ def load_trace(
     if not kept:
         raise TraceError(f"{path.name}: no request to replay (only a header?)")
     return Trace(path, fmt, tuple(kept), block_tokens)
-
-
-def _chain(first: tuple[int, str], rest: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
-    yield first
-    yield from rest
 
 
 def trace_requests(trace: Trace, tokenizer: TextTokenizer, *, seed: int = 0) -> list[PromptRequest]:
