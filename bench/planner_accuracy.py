@@ -15,7 +15,11 @@ Where a point's conditions do not map one-to-one onto `predict`'s options, the m
 - a weights-only point whose source names no GPU is predicted on a stand-in GPU (weights per rank do
   not depend on the card);
 - a point measured at saturation (no stated concurrency) is compared on `max_output_tok_s`, which
-  `predict` computes for any load.
+  `predict` computes for any load;
+- TensorRT-LLM's saturated points were measured with trtllm-bench, which sizes max_batch_size and
+  max_num_tokens from the KV memory and the sequence lengths by its own rule (tensorrt_llm/bench/build/
+  tuning.py: requests = 0.95 x (GPU memory - engine size) / (KV bytes per token x (ISL + OSL)), rounded
+  up as it rounds them) and runs with kv_cache_free_gpu_mem_fraction 0.95: the script applies that rule.
 
 The per-point table gives the signed error (predicted - published) / published. The summary gives the
 median absolute error per metric for the fit half and the held-out half (every third point, see
@@ -27,6 +31,7 @@ KV tokens (the log's token count, or # GPU blocks x block size), else the KV cac
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ from planner.entrypoints import predict_one  # noqa: E402
 from planner.errors import PlannerError  # noqa: E402
 from planner.predict_io import PredictOptions, PredictResult  # noqa: E402
 from planner.published import PublishedPoint, load_published  # noqa: E402
+from planner.recommend import resolve_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 # Models a published point names that the catalog lacks: the HF config.json figures they are sized from.
@@ -48,6 +54,7 @@ MODEL_FILES = {
     "meta-llama/Llama-2-70b-hf": DATA / "llama-2-70b-hf.config.json",
 }
 ENGINE_MAP = {"nim": "tensorrt-llm"}  # NIM's LLM containers run TensorRT-LLM
+TRTLLM_BENCH_KV_FRACTION = 0.95  # trtllm-bench's kv_cache_free_gpu_mem_fraction default
 WEIGHTS_ONLY_GPU = "h100-sxm"  # stand-in when the source names no GPU; weights per rank do not depend on it
 
 # The issue's uncalibrated targets: median absolute error, percent.
@@ -99,6 +106,20 @@ def options_for(point: PublishedPoint) -> tuple[PredictOptions, list[str]]:
     if gpu is None:
         gpu = WEIGHTS_ONLY_GPU
         notes.append(f"no GPU stated: weights predicted on {gpu}")
+    bench_limits: dict[str, float | int] = {}
+    if engine == "tensorrt-llm" and c.load == "saturated" and c.input_tokens and c.output_tokens:
+        seqs, tokens = trtllm_bench_limits(
+            c.model, c.gpu or WEIGHTS_ONLY_GPU, c.format, c.tp, c.pp, c.input_tokens, c.output_tokens
+        )
+        bench_limits = {
+            "max_num_seqs": c.max_num_seqs or seqs,
+            "max_num_batched_tokens": c.max_num_batched_tokens or tokens,
+            "gpu_memory_utilization": c.gpu_memory_utilization or TRTLLM_BENCH_KV_FRACTION,
+        }
+        notes.append(
+            f"trtllm-bench limits: max_batch_size {seqs}, max_num_tokens {tokens}, KV fraction "
+            f"{TRTLLM_BENCH_KV_FRACTION}"
+        )
     lengths = {}
     if c.input_tokens is not None:
         lengths["input_tokens"] = c.input_tokens
@@ -113,9 +134,9 @@ def options_for(point: PublishedPoint) -> tuple[PredictOptions, list[str]]:
         engine=engine,
         format=c.format,
         kv_cache_dtype=c.kv_cache_dtype,
-        gpu_memory_utilization=c.gpu_memory_utilization,
-        max_num_seqs=c.max_num_seqs,
-        max_num_batched_tokens=c.max_num_batched_tokens,
+        gpu_memory_utilization=bench_limits.get("gpu_memory_utilization", c.gpu_memory_utilization),
+        max_num_seqs=bench_limits.get("max_num_seqs", c.max_num_seqs),
+        max_num_batched_tokens=bench_limits.get("max_num_batched_tokens", c.max_num_batched_tokens),
         max_model_len=c.max_model_len,
         enable_chunked_prefill=c.chunked_prefill,
         concurrency=c.concurrency,
@@ -123,6 +144,35 @@ def options_for(point: PublishedPoint) -> tuple[PredictOptions, list[str]]:
         **lengths,
     )
     return opts, notes
+
+
+def trtllm_bench_limits(
+    model_name: str, gpu: str, fmt: str, tp: int, pp: int, input_tokens: int, output_tokens: int
+) -> tuple[int, int]:
+    """(max_batch_size, max_num_tokens) as trtllm-bench's tuning rule picks them for these lengths."""
+    cat = load_catalog()
+    model = resolve_model(model_name, cat)
+    weight_bytes = 1.0 if fmt == "fp8" else 2.0
+    kv_bytes = 1.0 if fmt == "fp8" else 2.0  # ModelOpt FP8 checkpoints quantize the KV cache too
+    per_token_gib = 2 * model.n_layers * max(tp, model.n_kv_heads) * model.head_dim * kv_bytes / 2**30
+    engine_gib = model.params_total * weight_bytes / 2**30
+    available = cat.gpus[gpu].memory_bytes / 2**30 * tp * pp - engine_gib
+    requests = available * TRTLLM_BENCH_KV_FRACTION / (per_token_gib * (input_tokens + output_tokens))
+    raw_bs = min(requests, 4096) / pp
+    raw_tokens = min(raw_bs * (1 + input_tokens / output_tokens), 32768)
+    if raw_bs < 256:
+        bs = max(64, 32 * math.ceil(raw_bs / 32))
+    elif raw_bs < 1024:
+        bs = 128 * math.ceil(raw_bs / 128)
+    else:
+        bs = 256 * math.ceil(raw_bs / 256)
+    if raw_tokens < 4096:
+        tokens = max(2048, 256 * math.ceil(raw_tokens / 256))
+    elif raw_tokens < 8192:
+        tokens = 512 * math.ceil(raw_tokens / 512)
+    else:
+        tokens = 1024 * math.ceil(raw_tokens / 1024)
+    return bs, tokens
 
 
 def _published_kv_tokens(point: PublishedPoint) -> float | None:

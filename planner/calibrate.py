@@ -217,7 +217,7 @@ def calibrate(
     start = FittedValues(
         decode_bandwidth=float(a["decode_bandwidth_efficiency"]),
         prefill_flops=float(a["prefill_flops_efficiency"]),
-        step_overhead_ms=float(a["dispatch_overhead_ms"]),
+        step_overhead_ms=float(a["step_overhead_ms"]),
         queued_prefills=0.25,  # a start inside the bounds, not at one
     )
     values, rms = fit_values(runs, predict, start)

@@ -182,5 +182,5 @@ def assumption_line(doc: CalibrationDoc, path: str | Path) -> str:
     return (
         f"from {path} (fitted on {len(doc.runs)} run(s) of {doc.engine} on {doc.device}): "
         f"decode_bandwidth_efficiency {v.decode_bandwidth:.3g}, prefill_flops_efficiency {v.prefill_flops:.3g}, "
-        f"dispatch_overhead_ms {v.step_overhead_ms:.3g}, queued_prefills {v.queued_prefills:.3g}{seqs}{pinned}"
+        f"step_overhead_ms {v.step_overhead_ms:.3g}, queued_prefills {v.queued_prefills:.3g}{seqs}{pinned}"
     )

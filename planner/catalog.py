@@ -190,8 +190,18 @@ class FormatsFile(_Strict):
 
 
 class Efficiency(_Strict):
+    """An engine's share of a device's peaks, and what each forward pass costs beyond them."""
+
     decode_bandwidth: float = Field(gt=0, le=1)
     prefill_flops: float = Field(gt=0, le=1)
+    prefill_flops_fp8: float | None = Field(None, gt=0, le=1, description="share of the FP8 peak; None: prefill_flops")
+    step_overhead_us: float = Field(0.0, ge=0, description="fixed cost of a forward pass: launch, schedule, sample")
+    seq_overhead_us: float = Field(0.0, ge=0, description="cost per sequence in the batch per forward pass")
+    source: str | None = None
+
+    def flops_for(self, compute: str) -> float:
+        """The FLOP/s share for a matmul precision: FP8 GEMMs reach less of their (doubled) peak."""
+        return self.prefill_flops_fp8 if compute == "fp8" and self.prefill_flops_fp8 else self.prefill_flops
 
 
 class EngineSpec(_Strict):
@@ -209,6 +219,9 @@ class EngineSpec(_Strict):
     format_min_cc: dict[str, str] | None = None  # this engine's own floor for a format
     dispatch_ops_per_layer: PositiveInt | None = None
     gpu_op_overhead_us: PositiveFloat | None = None
+    # The KV-cache dtype "auto" resolves to for a format's checkpoints, and why.
+    checkpoint_kv_cache_dtype: dict[str, Literal["fp8"]] | None = None
+    checkpoint_kv_cache_source: str | None = None
 
 
 class DistributedSpec(_Strict):
@@ -262,22 +275,38 @@ class SchedulerDefaults(_Strict):
     max_num_seqs: PositiveInt
     max_num_batched_tokens: PositiveInt
     chunked_prefill: bool
+    # With prefill unchunked, vLLM raises the batched-token limit to max_model_len; TensorRT-LLM keeps it.
+    unchunked_raises_to_context: bool = True
     large_memory: LargeMemoryLimits | None = None
     cpu: CpuLimits | None = None
     version: str = Field(min_length=1)
     source: str = Field(min_length=1)
 
 
+class AllReduceAlgorithm(_Strict):
+    """One all-reduce algorithm on a link: time = latency + 2 (tp - 1) / tp x bytes / bus bandwidth."""
+
+    latency_us: PositiveFloat
+    bus_gb_s: PositiveFloat
+
+
+class AllReduceLink(_Strict):
+    algorithms: list[AllReduceAlgorithm] = Field(min_length=1)  # the engine picks the fastest per message
+    source: str = Field(min_length=1)
+
+
 class TpEfficiency(_Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-    nvlink: float = Field(gt=0, le=1)
-    infinity_fabric: float = Field(gt=0, le=1, alias="infinity-fabric")
-    pcie: float = Field(gt=0, le=1)
+    """Tensor parallelism's cost: all-reduces priced per link, and the share of ideal scaling a pipeline
+    across nodes keeps (bubbles and the inter-node hop)."""
+
     multi_node: float = Field(gt=0, le=1)
+    allreduce: dict[Literal["nvlink", "infinity-fabric", "pcie"], AllReduceLink]
     source: str
 
-    def for_link(self, interconnect: str) -> float:
-        return {"nvlink": self.nvlink, "infinity-fabric": self.infinity_fabric, "pcie": self.pcie}[interconnect]
+    def links(self, interconnect: str) -> list[tuple[float, float]]:
+        """(latency s, bus bytes/s) of each algorithm on this link."""
+        link = self.allreduce.get(interconnect) or self.allreduce["pcie"]  # type: ignore[call-overload]
+        return [(a.latency_us * 1e-6, a.bus_gb_s * 1e9) for a in link.algorithms]
 
 
 class EnginesFile(_Strict):

@@ -6,11 +6,10 @@ table and the single prediction can never disagree.
 
 Load: `concurrency` requests in flight (a closed loop), or `qps` arrivals per second (Little's law:
 in flight = rate x end-to-end time). A replica decodes min(its share of the requests, the batch
-limit) sequences; only replicas with a request count ("busy replicas"). The output rate at load is
-in-flight requests x output tokens / end-to-end time, so below one replica's batch it is set by
-latency, never by idle replicas. The saturated rate charges every request its prefill, which stalls
-the batch, plus its share of decode steps at the largest batch: max_num_seqs and the KV cache allow.
-TTFT is one prompt on an idle replica: no queueing delay is modelled yet.
+limit) sequences; only replicas with a request count ("busy replicas"). How a batch turns into TTFT,
+TPOT and rates under load (mixed prefill/decode passes, the prefill queue, waiting for a slot past
+capacity, the batched-token budget) is planner.loaded's job; this module resolves the engine's
+limits, memory and efficiencies and hands them over.
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from planner.catalog import Catalog, EngineSpec, FormatSpec, SchedulerDefaults
+from planner.loaded import Budget, Loaded, StepCost, allreduce_s, at_batch, sustainable_batch
 from planner.model_spec import ModelSpec
-from planner.roofline import Device, Parallel, StepTime, decode_step, prefill
+from planner.roofline import Device, Parallel, StepTime, compute_kind, decode_step, prefill
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
 from planner.workload import Workload
 
@@ -47,10 +47,14 @@ class Efficiency:
     decode_bandwidth: float
     prefill_flops: float
     step_overhead_s: float | None = None
-    # Other in-flight requests' prompts prefilled before a new request's first token, per other request:
-    # closed-loop requests of equal length finish and arrive in waves, so a wave's prompts queue behind
-    # each other (about half of them, FCFS). 0: an idle replica, the uncalibrated figure.
+    # A calibrated extra wait before the first token, in shares of each other in-flight prompt's prefill
+    # (closed-loop requests of equal length can arrive in waves). 0: the M/D/1 prefill queue alone.
     queued_prefills: float = 0.0
+    prefill_flops_fp8: float | None = None  # share of the FP8 peak (None: prefill_flops)
+    seq_overhead_s: float = 0.0  # per sequence in the batch, per forward pass
+
+    def flops_for(self, compute: str) -> float:
+        return self.prefill_flops_fp8 if compute == "fp8" and self.prefill_flops_fp8 else self.prefill_flops
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +76,22 @@ def dispatch_overhead_s(engine: EngineSpec, device: Device, model: ModelSpec) ->
     return model.n_layers * engine.dispatch_ops_per_layer * (per_op or 0.0)
 
 
-def kv_dtype_bytes(engine: EngineSpec, device: Device, kv_cache_dtype: str = "auto") -> int:
+def resolved_kv_cache_dtype(engine: EngineSpec, kv_cache_dtype: str = "auto", fmt: FormatSpec | None = None) -> str:
+    """What "auto" means for this engine and format: the checkpoint's own KV quantization where the engine
+    follows it (TensorRT-LLM on ModelOpt FP8 checkpoints), else the model's 16-bit dtype."""
+    if kv_cache_dtype != "auto" or fmt is None or not engine.checkpoint_kv_cache_dtype:
+        return kv_cache_dtype
+    return engine.checkpoint_kv_cache_dtype.get(fmt.id, "auto")
+
+
+def kv_dtype_bytes(
+    engine: EngineSpec, device: Device, kv_cache_dtype: str = "auto", fmt: FormatSpec | None = None
+) -> int:
     """Bytes per cached K/V element: fp8 halves the 16-bit cache; the bundled engine's CPU path computes
     (and caches) in fp32."""
     if engine.id == "bundled" and device.kind == "cpu":
         return 4
-    return 1 if kv_cache_dtype == "fp8" else 2
+    return 1 if resolved_kv_cache_dtype(engine, kv_cache_dtype, fmt) == "fp8" else 2
 
 
 def _defaults_for(engine_id: str, catalog: Catalog) -> SchedulerDefaults:
@@ -117,7 +131,7 @@ def scheduler_limits(
     if knobs.max_num_batched_tokens is not None:
         tokens = knobs.max_num_batched_tokens
     else:
-        if not chunked:
+        if not chunked and d.unchunked_raises_to_context:
             tokens = max(context, tokens)
         tokens = min(seqs * context, tokens)
     if knobs.max_num_seqs is None:
@@ -128,9 +142,15 @@ def scheduler_limits(
 
 
 def memory_config(
-    engine: EngineSpec, device: Device, catalog: Catalog, limits: SchedulerLimits, knobs: Knobs
+    engine: EngineSpec,
+    device: Device,
+    catalog: Catalog,
+    limits: SchedulerLimits,
+    knobs: Knobs,
+    fmt: FormatSpec | None = None,
 ) -> MemoryConfig:
-    """How this engine budgets memory on this device, with the batch limits it runs with."""
+    """How this engine budgets memory on this device, with the batch limits it runs with. The user's memory
+    fraction is vLLM's --gpu-memory-utilization, or TensorRT-LLM's --kv_cache_free_gpu_memory_fraction."""
     ef = catalog.engines_file
     vm = ef.vllm_memory
     plain_overhead = (
@@ -141,8 +161,10 @@ def memory_config(
     act = vm.activation_per_token
     return MemoryConfig(
         mode=engine.memory_model,
-        utilization=knobs.gpu_memory_utilization or vm.gpu_memory_utilization,
-        kv_free_fraction=vm.kv_free_fraction,
+        utilization=(knobs.gpu_memory_utilization if engine.memory_model == "utilization" else None)
+        or vm.gpu_memory_utilization,
+        kv_free_fraction=(knobs.gpu_memory_utilization if engine.memory_model == "free_fraction" else None)
+        or vm.kv_free_fraction,
         block_size=vm.block_size,
         max_num_batched_tokens=limits.max_num_batched_tokens,
         max_num_seqs=limits.max_num_seqs or _defaults_for(engine.id, catalog).max_num_seqs,
@@ -151,7 +173,7 @@ def memory_config(
         overhead_fraction=vm.overhead_fraction,
         tp_rank_overhead_bytes=int(ef.tp_rank_overhead.gib * GIB),
         fixed_overhead_bytes=plain_overhead,
-        kv_dtype_bytes=kv_dtype_bytes(engine, device, knobs.kv_cache_dtype),
+        kv_dtype_bytes=kv_dtype_bytes(engine, device, knobs.kv_cache_dtype, fmt),
         act_ffn=act.ffn,
         act_hidden=act.hidden,
         act_bytes=act.bytes,
@@ -182,6 +204,7 @@ class ConfigPrediction:
     prefill: StepTime | None = None
     tpot_load_s: float = 0.0
     saturated_tpot_s: float = 0.0
+    saturated_e2e_s: float = 0.0  # one request's service with every slot busy (no queue)
     e2e_s: float = 0.0
     output_tok_s: float = 0.0
     max_output_tok_s: float = 0.0
@@ -190,11 +213,12 @@ class ConfigPrediction:
     notes: list[str] = field(default_factory=list)
     step_s: Callable[[int], float] | None = None  # decode step time at a batch, for the capacity table
 
-    ttft_wait_s: float = 0.0  # a calibrated wait for the other prompts' prefill (0: an idle replica)
+    prompt_s: float = 0.0  # the request's own prompt, chunk by chunk beside the batch's decodes
+    ttft_wait_s: float = 0.0  # waiting for the prompts ahead (M/D/1) and, past capacity, for a slot
 
     @property
     def ttft_s(self) -> float:
-        return (self.prefill.seconds if self.prefill else 0.0) + self.ttft_wait_s
+        return self.prompt_s + self.ttft_wait_s
 
     @property
     def tpot_s(self) -> float:
@@ -233,22 +257,41 @@ def predict_config(
     """Memory, latency and throughput for one configuration at `workload.concurrency` (or at `qps`
     arrivals per second when given). `efficiency` replaces the engine's catalog figures (calibration)."""
     limits = scheduler_limits(engine, device, workload.context, par, catalog, knobs)
-    cfg = memory_config(engine, device, catalog, limits, knobs)
+    cfg = memory_config(engine, device, catalog, limits, knobs, fmt)
     mem = plan_memory(model, fmt, device.memory_bytes, workload.context, workload.seq_tokens, cfg, par.tp, par.pp)
     cat_eff = engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
-    eff = efficiency or Efficiency(cat_eff.decode_bandwidth, cat_eff.prefill_flops)
-    overhead = dispatch_overhead_s(engine, device, model) if eff.step_overhead_s is None else eff.step_overhead_s
+    eff = efficiency or Efficiency(
+        cat_eff.decode_bandwidth,
+        cat_eff.prefill_flops,
+        prefill_flops_fp8=cat_eff.prefill_flops_fp8,
+        seq_overhead_s=cat_eff.seq_overhead_us * 1e-6,
+    )
+    if eff.step_overhead_s is None:
+        overhead = dispatch_overhead_s(engine, device, model) + cat_eff.step_overhead_us * 1e-6
+    else:
+        overhead = eff.step_overhead_s
+    flops_eff = eff.flops_for(compute_kind(device, fmt))
     batching = engine.batching
     if batching == "single" and (knobs.max_num_seqs or 1) > 1:
         batching = "continuous"  # `python -m engine serve --max-num-seqs N` batches continuously, chunking prefill
     kv_bytes = cfg.kv_dtype_bytes
+    links = catalog.engines_file.tensor_parallel_efficiency.links(device.interconnect)
+    layers_per_stage = math.ceil(model.n_layers / par.pp)
+
+    def comm(tokens: float) -> float:
+        return allreduce_s(tokens, model.hidden_size, par.tp, layers_per_stage, links)
+
     assumptions: dict[str, str | float | int | bool] = {
         "decode_bandwidth_efficiency": eff.decode_bandwidth,
-        "prefill_flops_efficiency": eff.prefill_flops,
+        "prefill_flops_efficiency": flops_eff,
+        "matmul_precision": compute_kind(device, fmt),
         "tensor_parallel_efficiency": par.efficiency,
-        "dispatch_overhead_ms": overhead * 1e3,
-        "gpu_memory_utilization": cfg.utilization,
+        "step_overhead_ms": overhead * 1e3,
+        "seq_overhead_us": eff.seq_overhead_s * 1e6,
+        "allreduce_ms_per_decode_token": comm(1) * 1e3,
+        "gpu_memory_utilization": cfg.utilization if cfg.mode == "utilization" else cfg.kv_free_fraction,
         "block_size": mem.block_size,
+        "kv_cache_dtype": resolved_kv_cache_dtype(engine, knobs.kv_cache_dtype, fmt),
         "kv_cache_dtype_bytes": kv_bytes,
         "activation_gib": mem.activation_bytes / GIB,
         "runtime_overhead_gib": mem.overhead_bytes / GIB,
@@ -257,11 +300,12 @@ def predict_config(
         "chunked_prefill": limits.chunked_prefill,
         "batching": batching,
         "scheduler_defaults": limits.source,
-        "ttft": "one prompt on an idle replica (no queueing delay)"
-        if not eff.queued_prefills
-        else f"one prompt, plus {eff.queued_prefills:.3g} of each other in-flight prompt's prefill (calibrated)",
-        "tpot": f"decode step at {workload.decode_context} cached tokens per sequence, plus the other "
-        "in-flight requests' prefill FLOPs spread over this request's output (chunked prefill)",
+        "efficiency_source": cat_eff.source or engine.source,
+        "ttft": "own prompt chunk by chunk beside the batch's decodes, plus an M/D/1 wait for the prompts ahead"
+        + (f", plus {eff.queued_prefills:.3g} of each other prompt (calibrated)" if eff.queued_prefills else "")
+        + "; past the replicas' capacity, the wait for a slot",
+        "tpot": f"decode step at {workload.decode_context} cached tokens per sequence; the steps that carry "
+        "the other sequences' replacement prompts cost their prefill FLOPs too",
     }
     replicas = max(1, device.count // par.devices) if device.kind == "gpu" else 1
     out = ConfigPrediction(mem.fits, None, mem, limits, replicas, eff, assumptions)
@@ -277,14 +321,11 @@ def predict_config(
             b,
             workload.decode_context,
             bandwidth_efficiency=eff.decode_bandwidth,
-            flops_efficiency=eff.prefill_flops,
+            flops_efficiency=flops_eff,
             parallel=par,
             overhead_s=overhead,
             kv_dtype_bytes=kv_bytes,
         )
-
-    def step(b: int) -> float:
-        return decode_at(b).seconds
 
     pre = prefill(
         model,
@@ -292,57 +333,73 @@ def predict_config(
         device,
         workload.input_tokens,
         bandwidth_efficiency=eff.decode_bandwidth,
-        flops_efficiency=eff.prefill_flops,
+        flops_efficiency=flops_eff,
         parallel=par,
         overhead_s=overhead,
     )
+    cost = StepCost(decode_at, pre, workload.input_tokens, overhead, eff.seq_overhead_s, comm)
     kv_cap = {"single": 1, "slots": mem.max_seqs_at_context}.get(batching, mem.max_seqs_at_workload)
     cap = max(1, min(kv_cap, limits.max_num_seqs) if limits.max_num_seqs else kv_cap)
-    n_out = workload.output_tokens
-    # The other sequences' prompts share the steps (chunked prefill) or stall them: each of the b - 1
-    # others adds its prefill FLOPs once over this sequence's n_out steps.
-    prefill_work_s = pre.compute_s if batching == "continuous" else 0.0
+    # One at a time, or slots: prompts are not chunked beside other sequences' decodes.
+    budget = Budget(limits.max_num_batched_tokens, limits.chunked_prefill and batching == "continuous")
+    n_in, n_out = workload.input_tokens, workload.output_tokens
+    sat_batch = sustainable_batch(cap, budget, n_in, n_out)
 
-    def tpot_at(b: int) -> float:
-        return step(b) + (b - 1) * prefill_work_s / n_out
-
-    def wait_at(b: int) -> float:
+    def extra_wait(b: int) -> float:
         return eff.queued_prefills * (b - 1) * pre.seconds
 
-    def e2e_at(b: int) -> float:
-        return pre.seconds + wait_at(b) + (n_out - 1) * tpot_at(b)
+    def loaded(b: int, arrivals_s: float | None = None) -> Loaded:
+        return at_batch(cost, budget, b, n_in, n_out, arrivals_s=arrivals_s, extra_wait=extra_wait)
 
-    max_rps = replicas * cap / e2e_at(cap)
+    # Saturated: every slot busy, no queue counted in the request's own service (the queue is the excess).
+    busy = loaded(sat_batch)
+    service_sat = busy.e2e_s - busy.queue_s + extra_wait(sat_batch)
+    max_rps = replicas * sat_batch / service_sat
+    capacity = replicas * sat_batch
     if qps is None:
-        batch = max(1, min(math.ceil(workload.concurrency / replicas), cap))
-        in_flight = float(min(workload.concurrency, replicas * cap))
+        clients = workload.concurrency
+        batch = max(1, min(math.ceil(clients / replicas), sat_batch))
+        state = loaded(batch)
+        in_flight = float(min(clients, capacity))
+        rps = min(in_flight / state.e2e_s, max_rps)
+        if clients > capacity:
+            # Closed loop past capacity: each client's cycle is clients / max_rps; the rest waits for a slot.
+            state = loaded(sat_batch)
+            slot_wait = max(0.0, clients / max_rps - service_sat)
+            state = Loaded(sat_batch, state.queue_s + slot_wait, state.prompt_s, state.tpot_s, state.e2e_s + slot_wait)
+            rps = max_rps
+            batch = sat_batch
     else:
+        per_replica = qps / replicas
+        out.saturated = qps > max_rps
         batch = 1
+        state = loaded(batch, per_replica)
         for _ in range(QPS_ITERATIONS):
-            wanted = max(1, min(math.ceil(qps * e2e_at(batch) / replicas), cap))
+            wanted = max(
+                1, min(math.ceil(per_replica * state.e2e_s) if math.isfinite(state.e2e_s) else sat_batch, sat_batch)
+            )
             if wanted == batch:
                 break
             batch = wanted
-        in_flight = min(qps * e2e_at(batch), float(replicas * cap))
-    e2e = e2e_at(batch)
-    rps = min(in_flight / e2e, max_rps)
-    if qps is not None:
-        out.saturated = qps > max_rps
+            state = loaded(batch, per_replica)
+        in_flight = min(qps * state.e2e_s, float(capacity)) if math.isfinite(state.e2e_s) else float(capacity)
         rps = min(qps, max_rps)
         if out.saturated:
             out.notes.append(
                 f"{qps:g} req/s exceeds the {max_rps:.2f} req/s these replicas serve: the queue grows without bound"
             )
-    out.kv_batch_limit, out.max_batch, out.batch = kv_cap, cap, batch
+    out.kv_batch_limit, out.max_batch, out.batch = kv_cap, sat_batch, batch
     out.busy_replicas = min(replicas, max(1, math.ceil(in_flight / batch)))
     out.in_flight = in_flight
     out.decode, out.prefill = decode_at(batch), pre
-    out.tpot_load_s = tpot_at(batch)
-    out.ttft_wait_s = wait_at(batch)
-    out.saturated_tpot_s = tpot_at(cap)
-    out.e2e_s = e2e
+    out.prompt_s = state.prompt_s
+    out.tpot_load_s = state.tpot_s
+    out.ttft_wait_s = state.queue_s
+    out.saturated_tpot_s = busy.tpot_s
+    out.saturated_e2e_s = service_sat
+    out.e2e_s = state.e2e_s
     out.requests_s = rps
     out.output_tok_s = rps * n_out
     out.max_output_tok_s = max_rps * n_out
-    out.step_s = step
+    out.step_s = cost
     return out

@@ -302,10 +302,11 @@ def _why(ctx: _Ctx, opt: PlanOption, engine: EngineSpec, mem: MemoryPlan, p: Pre
 
 
 def tp_efficiency(engine: EngineSpec, device: Device, tp: int, pp: int, catalog: Catalog) -> float:
-    """Share of ideal scaling a TP x PP split keeps: the link's figure (llama.cpp's row split gains
-    nothing), times the multi-node figure when the pipeline spans nodes."""
+    """Share of ideal scaling a TP x PP split keeps beyond its all-reduces (priced per pass in
+    planner.loaded): llama.cpp's row split gains nothing, and a pipeline across nodes keeps the
+    multi-node figure."""
     effs = catalog.engines_file.tensor_parallel_efficiency
-    eff = 1.0 if tp == 1 else (1.0 / tp if engine.id == "llama.cpp" else effs.for_link(device.interconnect))
+    eff = 1.0 / tp if engine.id == "llama.cpp" and tp > 1 else 1.0
     return eff * (effs.multi_node if pp > 1 else 1.0)
 
 
@@ -348,7 +349,7 @@ def _distributed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption |
     if node not in _tp_candidates(engine, ctx.model, node):
         return None
     effs = ctx.catalog.engines_file.tensor_parallel_efficiency
-    eff = effs.for_link(ctx.device.interconnect) * effs.multi_node
+    eff = effs.multi_node
     w = ctx.workload
     cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, node)
     for nodes in range(2, MAX_NODES + 1):

@@ -152,9 +152,9 @@ class MemoryPlan:
 
 
 def profiled_tokens(context: int, cfg: MemoryConfig) -> int:
-    """Tokens in vLLM's profiling forward pass: the batched-token limit, or the whole max_model_len
-    when chunked prefill is off (a prompt then runs in one pass)."""
-    return cfg.max_num_batched_tokens if cfg.chunked_prefill else max(context, cfg.max_num_batched_tokens)
+    """Tokens in the profiling forward pass: the batched-token limit as the engine resolved it
+    (planner.predict.scheduler_limits; vLLM raises it to max_model_len when chunked prefill is off)."""
+    return cfg.max_num_batched_tokens
 
 
 def activation_bytes(model: ModelSpec, tp: int, cfg: MemoryConfig, context: int = 0) -> int:

@@ -159,7 +159,7 @@ def test_predict_applies_the_calibration_and_labels_it(tmp_path: Path) -> None:
     assert fitted.calibrated and not base.calibrated
     assert "calibration" in fitted.assumptions and "calibration" not in base.assumptions
     assert str(cal) in str(fitted.assumptions["calibration"])
-    assert fitted.assumptions["dispatch_overhead_ms"] == pytest.approx(TRUTH.step_overhead_ms, rel=0.05)
+    assert fitted.assumptions["step_overhead_ms"] == pytest.approx(TRUTH.step_overhead_ms, rel=0.05)
     assert fitted.assumptions["batching"] == "continuous" and fitted.batch == 4  # the server's max_num_seqs 16
     assert fitted.tpot_ms != pytest.approx(base.tpot_ms, rel=0.01)
     with pytest.raises(PlannerError, match="not vllm on gpu"):

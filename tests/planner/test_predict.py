@@ -76,7 +76,9 @@ def test_saturated_throughput_includes_prefill() -> None:
     decode_only = cp.max_batch / cp.step_s(cp.max_batch)  # the old "out tok/s": batch / TPOT
     assert cp.max_output_tok_s < decode_only
     assert cp.output_tok_s <= cp.max_output_tok_s
-    assert cp.max_output_tok_s == pytest.approx(cp.max_batch * 256 / (cp.ttft_s + 255 * cp.saturated_tpot_s))
+    # every request's service at saturation: its own prompt beside the full batch, then 255 loaded steps
+    assert cp.saturated_e2e_s > 255 * cp.saturated_tpot_s
+    assert cp.max_output_tok_s == pytest.approx(cp.replicas * cp.max_batch * 256 / cp.saturated_e2e_s)
 
 
 def test_plan_table_labels_both_rates() -> None:

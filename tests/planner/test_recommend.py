@@ -78,7 +78,8 @@ def test_one_h100_8b_is_fp8_with_tensorrt_or_vllm() -> None:
         "vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8 --max-model-len 8192 "
         "--gpu-memory-utilization 0.9 --tensor-parallel-size 1"
     )
-    assert "ranked 2" in vllm.why[0] and "tie" in vllm.why[0]
+    # TensorRT-LLM's fitted efficiencies and its FP8 checkpoint's FP8 KV cache put it ahead
+    assert "ranked 2" in vllm.why[0] and "below #1" in vllm.why[0]
     near_lossless = [o.quality for o in p.options if o.meets_slo][:6]
     assert set(near_lossless) <= {"none", "negligible"}
 
