@@ -5,8 +5,10 @@
 Each published point is predicted by `planner.entrypoints.predict_one`, the function behind
 `python -m planner predict`, with the point's own conditions: model, GPU and count, TP/PP, engine,
 format, KV-cache dtype, gpu_memory_utilization, max_model_len, batch limits, chunked prefill (where the
-source's engine version fixes it), input/output lengths and load. Nothing here is fitted: the planner's
-catalog constants are used as they are, uncalibrated. No GPU is needed: it runs in well under a second.
+source's engine version fixes it), input/output lengths and load. Nothing is fitted here: the catalog's
+constants are used as they are, uncalibrated (TensorRT-LLM's GPU figures in engines.json were fitted on
+the fit half only, by bench/planner_fit_published.py; the held-out half is the honest figure). No GPU is
+needed: it runs in well under a second.
 
 Where a point's conditions do not map one-to-one onto `predict`'s options, the mapping is stated:
 - NVIDIA NIM serves these models with TensorRT-LLM, so a `nim` point is predicted as `tensorrt-llm`;
