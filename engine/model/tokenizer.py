@@ -27,7 +27,7 @@ from __future__ import annotations
 import codecs
 import re
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -230,8 +230,9 @@ class Tokenizer:
     """
 
     def __init__(self, state: TokenizerState) -> None:
-        self._state = state
         self._backend = BackendTokenizer.from_str(state.backend_json)
+        # The JSON is not kept (1.4 MiB for SmolLM2): the backend serializes itself when asked.
+        self._state = replace(state, backend_json="")
         self._plain_backend: BackendTokenizer | None = None  # built on first use (~0.1 s): see _plain
         self._plain_lock = threading.Lock()
         self.vocab_size = state.vocab_size
@@ -250,7 +251,7 @@ class Tokenizer:
 
     def to_state(self) -> dict[str, Any]:
         """A JSON-serialisable dict; `from_state` rebuilds the same tokenizer from it."""
-        state = asdict(self._state)
+        state = asdict(self._state) | {"backend_json": self._backend.to_str()}
         for key in ("control_token_ids", "user_token_ids", "stop_token_ids"):
             state[key] = list(state[key])
         return {"state_version": STATE_VERSION, **state}
@@ -306,7 +307,7 @@ class Tokenizer:
         """
         with self._plain_lock:
             if self._plain_backend is None:
-                plain = BackendTokenizer.from_str(self._state.backend_json)
+                plain = BackendTokenizer.from_str(self._backend.to_str())
                 plain.encode_special_tokens = True
                 self._plain_backend = plain
             return self._plain_backend

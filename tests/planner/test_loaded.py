@@ -81,11 +81,18 @@ def test_allreduce_takes_the_faster_algorithm_per_message() -> None:
     assert pcie > one_token
 
 
-def _nim_70b(concurrency: int, knobs: Knobs = Knobs()):  # noqa: ANN202 - a ConfigPrediction
+def _nim_70b(concurrency: int, knobs: Knobs | None = None):  # noqa: ANN202 - a ConfigPrediction
     work = Workload(8192, concurrency, 5000, 500, CAT.slo("chat"))
     two = gpu_device(H100, 2)
     return predict_config(
-        CAT.models["llama-3.1-70b"], two, CAT.engines["tensorrt-llm"], CAT.formats["fp8"], Parallel(2), work, CAT, knobs
+        CAT.models["llama-3.1-70b"],
+        two,
+        CAT.engines["tensorrt-llm"],
+        CAT.formats["fp8"],
+        Parallel(2),
+        work,
+        CAT,
+        knobs or Knobs(),
     )
 
 
