@@ -82,6 +82,9 @@ class PlanOption:
     launch: str = ""
     calibrated: bool = False
     calibration: str | None = None  # which values came from the calibration file
+    # predict_config's own list of every figure the prediction used (planner.assumptions shows it per figure)
+    assumptions: dict[str, str | float | int | bool] = field(default_factory=dict)
+    calibrated_keys: tuple[str, ...] = ()  # the keys of `assumptions` whose values the calibration set
 
     @property
     def devices_per_replica(self) -> int:
@@ -175,6 +178,15 @@ class AppliedCalibration:
     max_num_seqs: int | None
     label: str
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The assumption keys whose values come from the file: its efficiencies and fixed cost (its
+        Efficiency has no per-sequence cost, so seq_overhead_us is its zero), the TTFT line that names its
+        queued prefills, its batch limit where it has one, and the line naming the file."""
+        seqs = ("max_num_seqs",) if self.max_num_seqs else ()
+        fitted = ("decode_bandwidth_efficiency", "prefill_flops_efficiency", "step_overhead_ms", "seq_overhead_us")
+        return (*fitted, "ttft", *seqs, "calibration")
+
 
 @dataclass(frozen=True, slots=True)
 class _Ctx:
@@ -195,6 +207,8 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
         cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog, knobs, cal.efficiency)
     else:
         cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog)
+    if cal is not None:
+        cp.assumptions["calibration"] = cal.label  # as `predict --calibration` lists it
     mem = cp.memory
     label = ctx.catalog.engines_file.distributed.label if engine_id == "vllm-ray" else engine.label
     opt = PlanOption(
@@ -210,6 +224,8 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
         quality_note=fmt.quality_note,
         calibrated=cal is not None,
         calibration=cal.label if cal else None,
+        assumptions=cp.assumptions,
+        calibrated_keys=cal.keys if cal else (),
     )
     if not cp.fits:
         opt.reason = cp.reason

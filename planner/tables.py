@@ -1,13 +1,17 @@
 """The planner's results as data frames for the pages, built here so that they are tested without Streamlit.
 
-A Plan for the Plan page (options, memory breakdown, roofline, capacity, what cannot run);
+A Plan for the Plan page (options, memory breakdown, roofline, capacity, what cannot run, and the
+assumptions behind one option's figures);
 the detected GPUs and a predicted-vs-measured comparison for the Hardware page.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pandas as pd
 
+from planner.assumptions import assumption_rows
 from planner.calibration import METRICS, CalibrationDoc
 from planner.compare import Comparison
 from planner.hardware import Hardware, gib
@@ -46,6 +50,15 @@ def options_frame(plan: Plan) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+ASSUMPTION_COLUMNS = ["figure", "value", "assumption", "setting", "source"]
+
+
+def assumptions_frame(option: PlanOption) -> pd.DataFrame:
+    """How each figure of one option is predicted: one row per figure and assumption behind it, with the
+    setting the prediction used and whether it is calibrated or the catalog's (planner.assumptions)."""
+    return pd.DataFrame([asdict(r) for r in assumption_rows(option)], columns=ASSUMPTION_COLUMNS)
 
 
 def unfit_frame(plan: Plan) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from checks.load.calibration import calibratable_runs, calibration_runs
 from checks.presets import PRESETS
+from planner.assumptions import calibration_line
 from planner.calibrate import calibrate, format_fit
 from planner.calibration import CalibrationDoc, save_calibration
 from planner.catalog import Catalog
@@ -22,6 +23,7 @@ from planner.errors import PlannerError
 from planner.launch import serve_url
 from planner.recommend import Plan, PlanOption
 from planner.tables import (
+    assumptions_frame,
     calibration_frame,
     capacity_frame,
     memory_frame,
@@ -233,15 +235,25 @@ def _measure(option: PlanOption, formats: dict[str, str | None], page: str) -> N
     st.switch_page(page)
 
 
+def how_predicted(option: PlanOption) -> None:
+    """Whose figures these are (a calibration file, or the catalog's assumptions), then each shown figure
+    with the assumptions behind it, so a number on this page can be traced to the setting that made it."""
+    (st.success if option.calibrated else st.info)(calibration_line(option))
+    with st.expander("How each figure is predicted"):
+        st.dataframe(assumptions_frame(option), hide_index=True)
+
+
 def option_details(plan: Plan, formats: dict[str, str | None]) -> None:
-    """One chosen option: why it ranks where it does, its SLO misses, the command that launches it, and the
-    way on: benchmark it or check it (`formats`: format id -> the bundled engine's --quant, or None)."""
+    """One chosen option (the top one until another is picked): why it ranks where it does, its SLO misses,
+    how each figure is predicted, the command that launches it, and the way on: benchmark it or check it
+    (`formats`: format id -> the bundled engine's --quant, or None)."""
     # The options are picked by position: a plain int survives reruns and test drivers, a dataclass does not.
     index = st.selectbox(
         "Option", range(len(plan.options)), key="plan_option", format_func=lambda i: option_label(plan.options[i])
     )
     chosen = plan.options[index or 0]
     st.markdown("\n".join(f"- {why}" for why in chosen.why + [f"SLO miss: {miss}" for miss in chosen.slo_misses]))
+    how_predicted(chosen)
     st.code(chosen.launch, language="bash")
     if chosen.engine != "bundled":
         st.caption(f"Start it with the command above; Preflight will then measure {serve_url(chosen.engine)}.")

@@ -8,16 +8,35 @@ test_planner_recommend's and test_planner_sizing's job).
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
+from planner.assumptions import (
+    CALIBRATED,
+    CATALOG,
+    FIGURE_ASSUMPTIONS,
+    MEMORY,
+    MODEL,
+    OTHER_CATALOG,
+    TTFT,
+    calibration_line,
+    figure_values,
+    setting_text,
+)
+from planner.calibrate import calibrate
+from planner.calibrate_cli import load_runs
+from planner.calibration import save_calibration
 from planner.catalog import load_catalog
 from planner.compare import Comparison, ComparisonRow
 from planner.devices import device_choices
 from planner.entrypoints import make_plan
-from planner.recommend import Plan
+from planner.hardware import detect
+from planner.recommend import Plan, PlanOption
 from planner.sizing import GIB
 from planner.tables import (
+    ASSUMPTION_COLUMNS,
+    assumptions_frame,
     capacity_frame,
     comparison_frame,
     memory_frame,
@@ -27,6 +46,7 @@ from planner.tables import (
     unfit_frame,
 )
 from planner.workload import RecommendOptions
+from tests.planner.test_recommend import FIXED_CPU, plan
 
 MEMORY_PARTS = ["weights", "activations", "runtime overhead", "KV cache", "unused"]
 
@@ -44,6 +64,16 @@ def plan_8b() -> Plan:
 def plan_405b() -> Plan:
     """Too big for some options: 405B on eight H100s."""
     return make_plan(RecommendOptions(model="llama-3.1-405b", gpu="h100-sxm", gpus=8, slo="large-model"))
+
+
+@pytest.fixture(scope="module")
+def plan_calibrated(tmp_path_factory: pytest.TempPathFactory) -> Plan:
+    """SmolLM2 on this CPU (a fixed measurement) with a calibration fitted on the recorded bundled run:
+    the bundled options are calibrated, llama.cpp's are not."""
+    fixture = Path(__file__).parent / "fixtures" / "bench_bundled_int4_c1.json"
+    doc = calibrate(load_runs([str(fixture)]), (), load_catalog(), detect(), lambda: FIXED_CPU)
+    path = save_calibration(doc, tmp_path_factory.mktemp("calibration") / "cal.json")
+    return plan(model="smollm2-135m", gpu="cpu", context=2048, concurrency=2, calibration=str(path))
 
 
 def test_option_label_names_rank_engine_format_and_split(plan_8b: Plan) -> None:
@@ -145,3 +175,75 @@ def test_device_choices_offer_this_machine_this_cpu_the_catalog_then_a_custom_gp
     assert list(choices)[2:] == [*plannable, "custom"]
     assert "gaudi2" in catalog.gpus and "gaudi2" not in plannable  # in the catalog for its figures only
     assert choices["h100-sxm"] == catalog.gpus["h100-sxm"].name
+
+
+def _sources(option: PlanOption) -> dict[str, set[str]]:
+    frame = assumptions_frame(option)
+    return {key: set(frame[frame["assumption"] == key]["source"]) for key in set(frame["assumption"])}
+
+
+def test_assumptions_frame_lists_each_figure_with_the_settings_the_prediction_used(plan_8b: Plan) -> None:
+    best = plan_8b.options[0]
+    frame = assumptions_frame(best)
+    assert list(frame.columns) == ASSUMPTION_COLUMNS == ["figure", "value", "assumption", "setting", "source"]
+    values = figure_values(best)
+    assert list(dict.fromkeys(frame["figure"])) == list(FIGURE_ASSUMPTIONS) == list(values)
+    for figure, rows in frame.groupby("figure", sort=False):
+        assert set(rows["value"]) == {values[figure]}
+        assert list(rows["assumption"]) == [k for k in FIGURE_ASSUMPTIONS[figure] if k in best.assumptions]
+    for row in frame.itertuples():
+        assert row.setting == setting_text(best.assumptions[row.assumption])  # the prediction's own, not recomputed
+    assert set(frame["assumption"]) == set(best.assumptions)  # every figure the prediction used is shown
+    assert values[TTFT] == f"{best.prediction.ttft_ms:,.1f} ms"
+    assert frame[frame["assumption"] == "decode_bandwidth_efficiency"]["setting"].iloc[0] == (
+        f"{best.assumptions['decode_bandwidth_efficiency']:.3g}"
+    )
+
+
+def test_an_uncalibrated_option_says_its_figures_are_the_catalogs(plan_8b: Plan) -> None:
+    best = plan_8b.options[0]
+    assert not best.calibrated and "calibration" not in best.assumptions
+    sources = _sources(best)
+    assert CALIBRATED not in set().union(*sources.values())
+    assert sources["ttft"] == sources["tpot"] == {MODEL}
+    assert sources["matmul_precision"] == {OTHER_CATALOG["matmul_precision"]}
+    assert sources["decode_bandwidth_efficiency"] == {CATALOG}
+    assert calibration_line(best) == "uncalibrated: catalog assumptions (planner/data/engines.json)"
+
+
+def test_a_calibrated_option_labels_what_the_file_set(plan_calibrated: Plan) -> None:
+    bundled = [o for o in plan_calibrated.options if o.engine == "bundled"]
+    others = [o for o in plan_calibrated.options if o.engine != "bundled"]
+    assert bundled and others
+    for option in bundled:
+        assert option.calibrated and option.calibration and option.assumptions["calibration"] == option.calibration
+        line = calibration_line(option)
+        assert line.startswith("calibrated from ") and line.removeprefix("calibrated ") == option.calibration
+        assert "cal.json" in line
+        frame = assumptions_frame(option)
+        sources = _sources(option)
+        for key in ("decode_bandwidth_efficiency", "prefill_flops_efficiency", "step_overhead_ms", "calibration"):
+            assert sources[key] == {CALIBRATED}
+        assert sources["max_num_seqs"] == {CALIBRATED}  # the calibration pins the server's batch limit
+        assert sources["block_size"] == {CATALOG}
+        # the calibrated label itself is a row of every timing figure
+        label_rows = frame[frame["assumption"] == "calibration"]
+        assert set(label_rows["setting"]) == {option.calibration}
+        assert set(label_rows["figure"]) == set(FIGURE_ASSUMPTIONS) - {MEMORY}
+    for option in others:
+        assert CALIBRATED not in set(assumptions_frame(option)["source"])
+        assert calibration_line(option).startswith("uncalibrated: ")
+
+
+def test_absent_assumptions_are_skipped_not_invented(plan_8b: Plan, plan_405b: Plan) -> None:
+    best = plan_8b.options[0]
+    few = replace(best, assumptions={"block_size": 16, "tpot": "decode step"})
+    frame = assumptions_frame(few)
+    assert set(frame["assumption"]) == {"block_size", "tpot"}
+    assert list(frame["figure"]) == [MEMORY, "TPOT", "Saturated output tok/s"]
+    assert assumptions_frame(replace(best, assumptions={})).empty
+    # an option that cannot run has no timing figures: memory alone, or nothing without a memory plan
+    sized = [o for o in plan_405b.unfit if o.memory is not None]
+    assert sized and all(set(assumptions_frame(o)["figure"]) <= {MEMORY} for o in sized)
+    bare = [o for o in plan_405b.unfit if o.memory is None]
+    assert all(assumptions_frame(o).empty and list(assumptions_frame(o).columns) == ASSUMPTION_COLUMNS for o in bare)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 from streamlit.testing.v1 import AppTest
 
 from planner.hardware import describe_nvml, detect, gpu_story
@@ -55,6 +56,34 @@ def test_plan_page_default_is_8b_on_one_h100(app: AppTest) -> None:
     assert len(app.get("vega_lite_chart")) == 2  # memory breakdown and roofline
 
 
+def _how_predicted(app: AppTest) -> pd.DataFrame:
+    (expander,) = [e for e in app.expander if e.label == "How each figure is predicted"]
+    return expander.dataframe[0].value
+
+
+def test_plan_page_shows_how_each_figure_is_predicted(app: AppTest) -> None:
+    """Issue 22, Page: the top option, then any picked one, with each figure's assumptions and whose they are."""
+    app.switch_page("app_pages/plan.py").run()
+    assert not app.exception and not app.error
+    assert "uncalibrated: catalog assumptions (planner/data/engines.json)" in [i.value for i in app.info]
+    table = _how_predicted(app)
+    assert list(table.columns) == ["figure", "value", "assumption", "setting", "source"]
+    assert list(dict.fromkeys(table["figure"])) == [
+        "Memory per device",
+        "TTFT",
+        "TPOT",
+        "Output tok/s at this load",
+        "Saturated output tok/s",
+    ]
+    assert not table["source"].eq("calibrated").any()
+    options = app.dataframe[0].value
+    ttft = table[table["figure"] == "TTFT"]["value"].iloc[0]
+    assert ttft == f"{options['TTFT ms'][0]:,.1f} ms"  # the top option's, as the options table shows it
+    app.selectbox(key="plan_option").set_value(1).run()
+    ttft = _how_predicted(app)[lambda t: t["figure"] == "TTFT"]["value"].iloc[0]
+    assert ttft == f"{options['TTFT ms'][1]:,.1f} ms"  # now the picked option's
+
+
 def test_plan_page_405b_on_8_h100s_lists_what_cannot_run(app: AppTest) -> None:
     app.switch_page("app_pages/plan.py").run()
     app.selectbox(key="plan_model").set_value("llama-3.1-405b")
@@ -64,7 +93,7 @@ def test_plan_page_405b_on_8_h100s_lists_what_cannot_run(app: AppTest) -> None:
     unfit = app.dataframe[-1].value
     reasons = dict(zip(unfit["engine"] + " " + unfit["format"], unfit["why not"], strict=True))
     assert reasons["vLLM + Ray (multi-node) BF16"].startswith("needs 2 nodes x 8 GPUs = 16 GPUs")
-    capacity = app.dataframe[1].value
+    (capacity,) = [d.value for d in app.dataframe if "devices per replica" in d.value.columns]
     assert capacity["devices per replica"][0] == 8
 
 

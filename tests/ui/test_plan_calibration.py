@@ -43,3 +43,12 @@ def test_calibrate_from_saved_runs_labels_the_bundled_options(app: AppTest) -> N
     assert (
         len(bundled) and bundled["calibrated"].all() and not table[~table.index.isin(bundled.index)]["calibrated"].any()
     )
+    # the picked bundled option says whose figures these are, in its line and in its assumption table
+    app.selectbox(key="plan_option").set_value(int(bundled.index[0])).run()
+    (line,) = [s.value for s in app.success if s.value.startswith("calibrated from ")]
+    assert app.text_input(key="plan_calibration").value in line
+    (expander,) = [e for e in app.expander if e.label == "How each figure is predicted"]
+    how = expander.dataframe[0].value
+    calibrated = how[how["source"] == "calibrated"]
+    assert {"decode_bandwidth_efficiency", "step_overhead_ms", "calibration"} <= set(calibrated["assumption"])
+    assert set(how[how["assumption"] == "calibration"]["setting"]) == {line.removeprefix("calibrated ")}
