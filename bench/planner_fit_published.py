@@ -63,7 +63,6 @@ def with_efficiency(cat: Catalog, engine_id: str, values: dict[str, float]) -> C
         gpus_file=cat.gpus_file,
         formats_file=cat.formats_file,
         engines_file=ef.model_copy(update={"engines": engines}),
-        slo_file=cat.slo_file,
     )
 
 

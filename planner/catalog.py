@@ -1,4 +1,7 @@
-"""The catalogs under planner/data: models, GPUs, weight formats, engines, SLO profiles.
+"""The catalogs under planner/data: models, GPUs, weight formats, engines.
+
+SLO profiles are not here: they are shared with the readiness checklist, in one file read
+through `planner/slo_targets.py`.
 
 Each JSON file is validated by a pydantic schema with extra="forbid" (an unknown or
 misspelt field is an error), then turned into the frozen specs the math uses.
@@ -320,32 +323,16 @@ class EnginesFile(_Strict):
     cpu_runtime_overhead_gib: float = Field(ge=0)
 
 
-class SloProfile(_Strict):
-    id: str
-    label: str
-    ttft_ms: PositiveFloat | None
-    tpot_ms: PositiveFloat | None
-    e2e_ms: PositiveFloat | None
-    percentile: int = Field(ge=50, le=100)
-    source: str = Field(min_length=1)
-
-
-class SloFile(_Strict):
-    about: str
-    profiles: list[SloProfile]
-
-
 # -- the catalog ----------------------------------------------------------------------
 
 
 class Catalog(_Strict):
-    """All five files, cross-checked; look-ups raise UnknownNameError with suggestions."""
+    """All four files, cross-checked; look-ups raise UnknownNameError with suggestions."""
 
     models_file: ModelsFile
     gpus_file: GpusFile
     formats_file: FormatsFile
     engines_file: EnginesFile
-    slo_file: SloFile
 
     @model_validator(mode="after")
     def _cross_check(self) -> Catalog:
@@ -354,7 +341,6 @@ class Catalog(_Strict):
             ("gpu", self.gpus_file.gpus),
             ("format", self.formats_file.formats),
             ("engine", self.engines_file.engines),
-            ("SLO profile", self.slo_file.profiles),
         ):
             ids = [i.id for i in items]
             dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -383,27 +369,20 @@ class Catalog(_Strict):
     def engines(self) -> dict[str, EngineSpec]:
         return {e.id: e for e in self.engines_file.engines}
 
-    @cached_property
-    def slo_profiles(self) -> dict[str, SloProfile]:
-        return {p.id: p for p in self.slo_file.profiles}
-
     def quality_weight(self, tier: str) -> float:
         return float(getattr(self.formats_file.quality_tiers, tier))
 
     def model(self, name: str) -> ModelSpec:
-        return _lookup("model", name, self.models, lambda m: (m.name, m.hf_repo or ""))
+        return lookup("model", name, self.models, lambda m: (m.name, m.hf_repo or ""))
 
     def gpu(self, name: str) -> GpuSpec:
-        return _lookup("GPU", name, self.gpus, lambda g: (g.name,))
+        return lookup("GPU", name, self.gpus, lambda g: (g.name,))
 
     def format(self, name: str) -> FormatSpec:
-        return _lookup("weight format", name, self.formats, lambda f: (f.label,))
-
-    def slo(self, name: str) -> SloProfile:
-        return _lookup("SLO profile", name, self.slo_profiles, lambda p: (p.label,))
+        return lookup("weight format", name, self.formats, lambda f: (f.label,))
 
 
-def _lookup(kind: str, name: str, items: dict, aliases) -> object:  # noqa: ANN001
+def lookup(kind: str, name: str, items: dict, aliases) -> object:  # noqa: ANN001
     """By id, or case-insensitively by id, display name or alias; else suggest close ids."""
     if name in items:
         return items[name]
@@ -438,7 +417,6 @@ def load_catalog(data_dir: Path = DATA_DIR) -> Catalog:
         "gpus_file": _read(data_dir / "gpus.json", GpusFile),
         "formats_file": _read(data_dir / "formats.json", FormatsFile),
         "engines_file": _read(data_dir / "engines.json", EnginesFile),
-        "slo_file": _read(data_dir / "slo_profiles.json", SloFile),
     }
     try:
         cat = Catalog(**parts)
@@ -446,8 +424,3 @@ def load_catalog(data_dir: Path = DATA_DIR) -> Catalog:
         raise CatalogError(f"catalog under {data_dir}: {exc.errors()[0]['msg']}") from exc
     cat.models  # noqa: B018 - build (and so validate) every ModelSpec now, not at first use
     return cat
-
-
-def load_slo_profiles(path: Path = DATA_DIR / "slo_profiles.json") -> dict[str, SloProfile]:
-    """Just the SLO profiles (checks/ reads these without the rest of the catalog)."""
-    return {p.id: p for p in _read(path, SloFile).profiles}  # type: ignore[attr-defined]

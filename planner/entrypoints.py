@@ -21,6 +21,7 @@ from planner.predict import Efficiency, Knobs, predict_config
 from planner.predict_io import PredictOptions, PredictResult, build_result, resolve_engine, resolve_format
 from planner.recommend import AppliedCalibration, Plan, cannot_run, recommend, resolve_model, tp_efficiency
 from planner.roofline import Parallel
+from planner.slo_targets import DEFAULT_SLO, slo_targets
 from planner.workload import RecommendOptions, Workload
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ def make_plan(
     model = resolve_model(opts.model, cat, opts.max_config_bytes)
     device = resolve_device(opts.gpu, opts.gpus, cat, opts.price_per_hour, hw, measure)
     inp, out = opts.lengths()
-    workload = Workload(opts.context, opts.concurrency, inp, out, cat.slo(opts.slo), opts.qps)
+    workload = Workload(opts.context, opts.concurrency, inp, out, slo_targets(opts.slo), opts.qps)
     applied = None
     if cal is not None:
         check_calibration(cal, resolve_engine(cal.engine, cat), device.kind)
@@ -113,7 +114,7 @@ def predict_one(
         raise WorkloadError(f"max_model_len {context} exceeds {model.name}'s maximum of {model.max_context} tokens")
     if opts.input_tokens + opts.output_tokens > context:
         raise WorkloadError(f"input_tokens + output_tokens exceeds max_model_len {context}")
-    workload = Workload(context, opts.concurrency or 1, opts.input_tokens, opts.output_tokens, cat.slo("chat"))
+    workload = Workload(context, opts.concurrency or 1, opts.input_tokens, opts.output_tokens, slo_targets(DEFAULT_SLO))
     knobs = Knobs(
         opts.kv_cache_dtype,
         opts.gpu_memory_utilization,

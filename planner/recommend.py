@@ -117,7 +117,7 @@ class Plan:
         return {
             "model": asdict(self.model),
             "device": asdict(self.device),
-            "workload": asdict(self.workload) | {"slo": self.workload.slo.model_dump()},
+            "workload": asdict(self.workload),
             "options": [o.to_dict() for o in self.options],
             "unfit": [o.to_dict() for o in self.unfit],
             "notes": self.notes,
@@ -478,8 +478,8 @@ def recommend(
 def _notes(device: Device, workload: Workload, skipped: list[str]) -> list[str]:
     notes = [
         f"TTFT is one {workload.input_tokens}-token prompt on an idle replica; TPOT at the batch shown with "
-        f"{workload.decode_context} cached tokens per sequence; means, while the {workload.slo.label} SLO "
-        f"targets are p{workload.slo.percentile}",
+        f"{workload.decode_context} cached tokens per sequence; means, while the {workload.slo.name} SLO "
+        f"targets are {workload.slo.describe()}",
         f"output tok/s is at concurrency {workload.concurrency}, counting busy replicas only and each request's "
         "prefill; saturated tok/s (capacity) is every replica at its largest batch, prefill included",
         "engine efficiencies (fractions of peak bandwidth and FLOP/s) are assumptions in planner/data/engines.json",

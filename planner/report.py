@@ -34,15 +34,6 @@ def format_plan(plan: Plan, top: int = 10, details: int = 3) -> list[str]:
     """The plan as console lines: conditions, the ranked table, the top options' reasons and
     launch commands, what cannot run and why, and the assumptions."""
     w, m = plan.workload, plan.model
-    slo = w.slo
-    targets = (
-        ", ".join(
-            f"{name} {value:g} ms"
-            for name, value in (("TTFT", slo.ttft_ms), ("TPOT", slo.tpot_ms), ("E2E", slo.e2e_ms))
-            if value is not None
-        )
-        or "no latency targets"
-    )
     lines = [
         f"{'Model':<14}{m.name} ({m.params_total / 1e9:.2f}B params"
         + (f", {m.params_active / 1e9:.1f}B active" if m.params_active != m.params_total else "")
@@ -50,7 +41,7 @@ def format_plan(plan: Plan, top: int = 10, details: int = 3) -> list[str]:
         f"{'Hardware':<14}{_device_line(plan)}",
         f"{'Workload':<14}context {w.context}, {w.concurrency} concurrent, {w.input_tokens} in / {w.output_tokens} out"
         + (f", target {w.qps:g} req/s" if w.qps else ""),
-        f"{'SLO':<14}{slo.label} (p{slo.percentile}): {targets}",
+        f"{'SLO':<14}{w.slo.name}: {w.slo.describe()}",
         RULE,
         f"{'#':>3}  {'engine':<24} {'format':<24} {'split':<9} {'GiB/dev':>7} {'batch':>5} {'TTFT ms':>8} "
         f"{'TPOT ms':>7} {'tok/s@load':>9} {'tok/s max':>9}  {'SLO':<4} quality",

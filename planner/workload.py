@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from planner.catalog import SloProfile
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES
 
 DEFAULT_INPUT_TOKENS = 1024
@@ -34,7 +33,11 @@ class RecommendOptions(BaseModel):
     output_tokens: int | None = Field(
         None, ge=1, description=f"typical output length (default: {DEFAULT_OUTPUT_TOKENS}, within the context)"
     )
-    slo: str = Field("chat", description="SLO profile id from planner/data/slo_profiles.json")
+    slo: str = Field(
+        "chat",
+        description="SLO profile name from reports/data/slo_profiles.json, the same profiles the readiness "
+        "checklist uses (e.g. chat, batch, mlperf-llama3.1-8b-server)",
+    )
     qps: float | None = Field(None, gt=0, description="target requests per second, for the capacity table")
     price_per_hour: float | None = Field(None, ge=0, description="$ per GPU-hour (default: the catalog's figure)")
     calibration: str | None = Field(
@@ -62,6 +65,31 @@ class RecommendOptions(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
+class SloTargets:
+    """The latency limits the planner holds a configuration to, one per metric, with where each comes from.
+
+    Plain numbers, built from a shipped SLO profile by `planner.slo_targets` (the planner's math never reads
+    the profile schema itself). Each `*_at` says which percentile the profile states the limit at ("p95"),
+    because the planner predicts means and the plan says so next to them. None: no limit on that metric.
+    """
+
+    name: str
+    source: str
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    e2e_ms: float | None = None
+    ttft_at: str = ""
+    tpot_at: str = ""
+    e2e_at: str = ""
+
+    def describe(self) -> str:
+        """The limits in words: 'TTFT p95 500 ms, TPOT p99 50 ms, E2E p99 10000 ms'."""
+        limits = (("TTFT", self.ttft_ms, self.ttft_at), ("TPOT", self.tpot_ms, self.tpot_at))
+        parts = [f"{metric} {at} {ms:g} ms" for metric, ms, at in (*limits, ("E2E", self.e2e_ms, self.e2e_at)) if ms]
+        return ", ".join(parts) or "no latency limits"
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
     """Lengths, concurrency and latency targets for one deployment."""
 
@@ -69,7 +97,7 @@ class Workload:
     concurrency: int
     input_tokens: int
     output_tokens: int
-    slo: SloProfile
+    slo: SloTargets
     qps: float | None = None
 
     @property

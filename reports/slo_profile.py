@@ -1,7 +1,8 @@
 """`SloProfile`: the latency, throughput and reliability limits a deployment is held to.
 
-A profile is data, not code: Preflight ships some (checks/readiness/data/slo_profiles.json,
-plus one per load scenario) and an operator can write their own in YAML or JSON. Every
+A profile is data, not code: Preflight ships some (reports/data/slo_profiles.json, read by
+the planner and the checklist alike through `reports.shipped_slo`, plus one per load scenario in
+the checklist) and an operator can write their own in YAML or JSON. Every
 profile names its `source`, because a limit nobody can trace is a limit nobody trusts in a
 launch review.
 

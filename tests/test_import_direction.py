@@ -1,7 +1,7 @@
 """The dependency arrows of DESIGN.md, checked on the source: a wrong import fails here, not in review.
 
 `planner`, `reports` and `engine` depend on nothing else of ours (engine's command line may
-save to the reports history); `checks` may use
+save to the reports history; the planner's shells read saved results and the shipped SLO profiles); `checks` may use
 `reports` and `engine` (to start the bundled server and count tokens) but never the
 UI; no package imports the pages or widgets. Inside the engine, the core (model,
 quant, run, batch and the shared top-level modules) never imports serving, studies
@@ -34,8 +34,14 @@ ALLOWED: dict[str, set[str]] = {
 }
 # The engine's command line is a shell around the engine, like checks' and the pages: it keeps a study
 # in the history, so it (and only it) may use reports. `python -m planner calibrate` reads saved benchmark
-# results through planner/calibrate_cli.py, the planner's one shell; the planner itself takes plain numbers.
-SHELLS: dict[str, set[str]] = {"engine/cli.py": {"reports"}, "planner/calibrate_cli.py": {"reports"}}
+# results through planner/calibrate_cli.py, and reads the shipped SLO profiles (one file, one schema, shared with
+# the readiness checklist) through planner/slo_targets.py: the planner's two shells. The planner itself takes
+# plain numbers (CalibrationRun, SloTargets).
+SHELLS: dict[str, set[str]] = {
+    "engine/cli.py": {"reports"},
+    "planner/calibrate_cli.py": {"reports"},
+    "planner/slo_targets.py": {"reports"},
+}
 ENGINE_CORE = (
     "engine.model",
     "engine.quant",

@@ -22,6 +22,7 @@ from planner.entrypoints import make_plan
 from planner.errors import PlannerError
 from planner.launch import serve_url
 from planner.recommend import Plan, PlanOption
+from planner.slo_targets import slo_choices
 from planner.tables import (
     assumptions_frame,
     calibration_frame,
@@ -54,7 +55,7 @@ def _plan(options_json: str) -> Plan:
 
 def plan_inputs(catalog: Catalog) -> dict:
     """Model (catalog id or a file path), hardware, SLO and workload, as RecommendOptions' fields."""
-    models, slos, hardware = catalog.models, catalog.slo_profiles, device_choices(catalog)
+    models, slos, hardware = catalog.models, slo_choices(), device_choices(catalog)
     model_col, hardware_col, slo_col = st.columns(3)
     model = model_col.selectbox(
         "Model",
@@ -90,9 +91,7 @@ def plan_inputs(catalog: Catalog) -> dict:
         list(slos),
         key="plan_slo",
         help=FIELDS["slo"].description,
-        format_func=lambda slo_id: (
-            f"{slos[slo_id].label} (TTFT {slos[slo_id].ttft_ms}, TPOT {slos[slo_id].tpot_ms} ms)"
-        ),
+        format_func=lambda name: f"{name} ({slos[name].describe()})",
     )
     qps = slo_col.number_input("Target req/s (0: none)", 0.0, 1e6, 0.0, key="plan_qps", help=FIELDS["qps"].description)
     if choice == CUSTOM_CHOICE:

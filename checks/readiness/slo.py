@@ -1,8 +1,9 @@
 """Finding an SLO profile: a shipped name, or a YAML/JSON file an operator wrote.
 
-Shipped profiles come from two places, each figure from one: data/slo_profiles.json
-(chat, batch, MLPerf Inference) and the load scenarios in checks/load/scenarios.py,
-whose TTFT/TPOT targets become profiles here at load time rather than being copied.
+Shipped profiles come from two places, each figure from one: reports/data/slo_profiles.json
+(chat, batch, MLPerf Inference; the planner reads the same file, so a name means one thing in
+both) and the load scenarios in checks/load/scenarios.py, whose TTFT/TPOT targets become
+profiles here at load time rather than being copied.
 
 Every problem is one `SloProfileError` line that names what to fix: an unknown name
 lists the choices, a bad file says why it cannot be read, and a validation error names
@@ -21,10 +22,10 @@ from pydantic import ValidationError
 from checks.load.metrics import Slo
 from checks.load.scenarios import SCENARIOS, Scenario
 from checks.load.sweep import DEFAULT_ATTAINMENT
+from reports.shipped_slo import SHIPPED_FILE, shipped_file_profiles
 from reports.slo_profile import SloProfile
 from reports.validation import first_problem
 
-DATA_FILE = Path(__file__).parent / "data" / "slo_profiles.json"
 MAX_PROFILE_BYTES = 1024 * 1024  # a profile is a dozen lines; anything this big is the wrong file
 PROFILE_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -79,18 +80,14 @@ def scenario_profile(scenario: Scenario) -> SloProfile:
 
 @cache
 def shipped_profiles() -> dict[str, SloProfile]:
-    """Every shipped profile by name: the data file's, then one per load scenario. A clash is a packaging bug."""
+    """Every shipped profile by name: the shared file's, then one per load scenario. A clash is a packaging bug."""
     try:
-        doc = json.loads(DATA_FILE.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise SloProfileError(f"shipped SLO profiles {DATA_FILE} cannot be read: {exc}") from None
-    profiles: dict[str, SloProfile] = {}
-    for i, data in enumerate(doc.get("profiles", [])):
-        profile = _from_data(data, f"{DATA_FILE.name} profile #{i + 1}")
-        profiles[profile.name] = profile
+        profiles = dict(shipped_file_profiles())
+    except ValueError as exc:
+        raise SloProfileError(str(exc)) from None
     for scenario in SCENARIOS.values():
         if scenario.name in profiles:
-            raise SloProfileError(f"{DATA_FILE.name} defines {scenario.name!r}, which is a load scenario's name")
+            raise SloProfileError(f"{SHIPPED_FILE.name} defines {scenario.name!r}, which is a load scenario's name")
         profiles[scenario.name] = scenario_profile(scenario)
     return profiles
 

@@ -10,6 +10,7 @@ import pytest
 from checks.load.scenarios import SCENARIOS
 from checks.load.sweep import DEFAULT_ATTAINMENT
 from checks.readiness.slo import SloProfileError, goodput_slo, load_profile, profile_names, shipped_profiles
+from planner.slo_targets import slo_choices, slo_targets
 from reports.slo_profile import SloProfile
 
 # --- shipped profiles -----------------------------------------------------------------------------------
@@ -44,6 +45,29 @@ def test_shipped_limits(name, limits) -> None:
         assert getattr(profile, field) == ms
     if name.startswith("mlperf-"):
         assert "v5.1" in profile.source and "p99" in profile.source and "mlperf.conf" in profile.source
+
+
+def test_the_planner_offers_the_shipped_files_profiles() -> None:
+    assert list(slo_choices()) == [name for name in profile_names() if name not in SCENARIOS]
+
+
+@pytest.mark.parametrize("name", list(slo_choices()))
+def test_the_planner_and_the_checklist_resolve_a_name_to_the_same_figures(name) -> None:
+    """One name, one profile: each planner target is a limit the checklist's profile states, at the same
+    percentile, and no limit the checklist holds on that metric is stricter."""
+    profile, targets = load_profile(name), slo_targets(name)
+    assert targets.source == profile.source
+    stated = {
+        "ttft": {"p50": profile.ttft_p50_ms, "p95": profile.ttft_p95_ms, "p99": profile.ttft_p99_ms},
+        "tpot": {"p50": profile.tpot_p50_ms, "p99": profile.tpot_p99_ms},
+        "e2e": {"p99": profile.e2e_p99_ms},
+    }
+    for metric, limits in stated.items():
+        ms, at = getattr(targets, f"{metric}_ms"), getattr(targets, f"{metric}_at")
+        given = [v for v in limits.values() if v is not None]
+        assert (ms is None) == (not given), (name, metric)
+        if given:
+            assert limits[at] == ms == min(given), (name, metric)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from planner.catalog import DATA_DIR, load_catalog, load_slo_profiles
+from planner.catalog import DATA_DIR, load_catalog
 from planner.errors import CatalogError, ModelFileError, UnknownNameError
 from planner.model_files import model_from_file, model_from_gguf, model_from_hf_config
 
@@ -63,7 +63,6 @@ def test_catalog_validates_and_every_entry_cites_a_source() -> None:
         *cat.gpus_file.gpus,
         *cat.formats.values(),
         *cat.engines.values(),
-        *cat.slo_profiles.values(),
     ]:
         assert item.source.strip(), item.id
 
@@ -80,18 +79,6 @@ def test_exact_parameter_counts() -> None:
     assert (mixtral.params_total, mixtral.params_active) == (46_702_792_704, 12_879_925_248)
     ds = models["deepseek-v3"]
     assert (ds.params_total, ds.params_active, ds.uses_mla) == (671e9, 37e9, True)
-
-
-def test_slo_profiles_load_on_their_own() -> None:
-    profiles = load_slo_profiles()
-    assert (profiles["chat"].ttft_ms, profiles["chat"].tpot_ms, profiles["chat"].percentile) == (2000, 100, 99)
-    assert (profiles["interactive"].ttft_ms, profiles["interactive"].tpot_ms) == (450, 40)
-    assert {p: profiles[p].ttft_ms for p in ("dialogue", "search", "translation", "code-completion")} == {
-        "dialogue": 200,
-        "search": 100,
-        "translation": 500,
-        "code-completion": 50,
-    }
 
 
 def _copy_data(tmp_path: Path) -> Path:

@@ -12,6 +12,7 @@ from planner.catalog import load_catalog
 from planner.loaded import Budget, StepCost, allreduce_s, md1_wait_s, prompt_service_s, sustainable_batch, tpot_s
 from planner.predict import Knobs, predict_config
 from planner.roofline import Parallel, StepTime, gpu_device
+from planner.slo_targets import slo_targets
 from planner.workload import Workload
 
 CAT = load_catalog()
@@ -82,7 +83,7 @@ def test_allreduce_takes_the_faster_algorithm_per_message() -> None:
 
 
 def _nim_70b(concurrency: int, knobs: Knobs | None = None):  # noqa: ANN202 - a ConfigPrediction
-    work = Workload(8192, concurrency, 5000, 500, CAT.slo("chat"))
+    work = Workload(8192, concurrency, 5000, 500, slo_targets("chat"))
     two = gpu_device(H100, 2)
     return predict_config(
         CAT.models["llama-3.1-70b"],
@@ -105,7 +106,7 @@ def test_an_fp8_checkpoint_brings_an_fp8_kv_cache_to_tensorrt_llm() -> None:
         CAT.engines["vllm"],
         CAT.formats["fp8"],
         Parallel(2),
-        Workload(8192, 1, 5000, 500, CAT.slo("chat")),
+        Workload(8192, 1, 5000, 500, slo_targets("chat")),
         CAT,
     )
     assert vllm.assumptions["kv_cache_dtype"] == "auto" and vllm.assumptions["kv_cache_dtype_bytes"] == 2

@@ -17,6 +17,7 @@ from planner.predict import Knobs, predict_config, scheduler_limits
 from planner.predict_io import PredictOptions, PredictResult
 from planner.roofline import Device, Parallel, gpu_device
 from planner.sizing import GIB
+from planner.slo_targets import slo_targets
 from planner.workload import Workload
 from tests.planner.test_recommend import plan
 
@@ -37,7 +38,7 @@ RTX_3090 = Device(
 
 
 def workload(context: int = 8192, concurrency: int = 1, inp: int = 1024, out: int = 256) -> Workload:
-    return Workload(context, concurrency, inp, out, CAT.slo("chat"))
+    return Workload(context, concurrency, inp, out, slo_targets("chat"))
 
 
 def predict(**kw: object) -> PredictResult:

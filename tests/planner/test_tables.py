@@ -63,7 +63,9 @@ def plan_8b() -> Plan:
 @pytest.fixture(scope="module")
 def plan_405b() -> Plan:
     """Too big for some options: 405B on eight H100s."""
-    return make_plan(RecommendOptions(model="llama-3.1-405b", gpu="h100-sxm", gpus=8, slo="large-model"))
+    return make_plan(
+        RecommendOptions(model="llama-3.1-405b", gpu="h100-sxm", gpus=8, slo="mlperf-llama3.1-405b-server")
+    )
 
 
 @pytest.fixture(scope="module")

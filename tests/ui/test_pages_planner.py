@@ -88,7 +88,7 @@ def test_plan_page_405b_on_8_h100s_lists_what_cannot_run(app: AppTest) -> None:
     app.switch_page("app_pages/plan.py").run()
     app.selectbox(key="plan_model").set_value("llama-3.1-405b")
     app.number_input(key="plan_gpus").set_value(8)
-    app.selectbox(key="plan_slo").set_value("large-model").run()
+    app.selectbox(key="plan_slo").set_value("mlperf-llama3.1-405b-server").run()
     assert not app.exception and not app.error
     unfit = app.dataframe[-1].value
     reasons = dict(zip(unfit["engine"] + " " + unfit["format"], unfit["why not"], strict=True))
