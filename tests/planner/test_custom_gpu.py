@@ -19,7 +19,8 @@ from planner.workload import RecommendOptions
 def test_the_example_is_an_rtx_3090() -> None:
     spec = parse_custom_gpu(EXAMPLE)
     catalog_3090 = load_catalog().gpus["rtx-3090"]
-    assert spec.memory_bytes == 24 * 2**30 == catalog_3090.memory_bytes
+    assert spec.memory_bytes == 24 * 2**30  # the card's nominal size; the catalog keeps what CUDA reports
+    assert catalog_3090.memory_bytes == pytest.approx(spec.memory_bytes, rel=0.02)
     assert spec.bandwidth_bytes_s == 936e9 == catalog_3090.bandwidth_bytes_s
     assert spec.flops == {"fp16": 71e12, "bf16": 71e12, "fp8": None, "int8": None}
     assert (spec.vendor, spec.compute_capability, spec.interconnect) == ("nvidia", None, "pcie")
