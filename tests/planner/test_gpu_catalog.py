@@ -14,7 +14,7 @@ from planner.errors import PlannerError
 from planner.workload import RecommendOptions
 
 ENTRIES = load_catalog().gpus_file.gpus
-WANTED = {"rtx-3090", "rtx-a6000", "l40", "a100-40-pcie", "b200", "mi250x", "gaudi2"}
+WANTED = {"rtx-3090", "rtx-a6000", "l40", "a100-40-pcie", "b200", "mi250x", "gaudi2", "h100-nvl"}
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 
 

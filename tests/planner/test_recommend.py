@@ -187,7 +187,7 @@ def test_cli_recommend_json(capsys: pytest.CaptureFixture[str]) -> None:
         (
             ["--model", "llama-3.1-8b", "--gpu", "h100"],
             1,
-            "error: unknown GPU 'h100': did you mean h200, h100-sxm, h100-pcie?",
+            "error: unknown GPU 'h100': did you mean h200, h100-sxm, h100-nvl, h100-pcie?",
         ),
         (
             ["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--context", "200000"],
