@@ -148,6 +148,12 @@ def options_for(point: PublishedPoint) -> tuple[PredictOptions, list[str]]:
     return opts, notes
 
 
+def _round_up_in_bands(value: float, floor: int, bands: tuple[tuple[float, int], ...]) -> int:
+    """trtllm-bench's rounding: up to a multiple of the step of the first band `value` is below, at least `floor`."""
+    step = next(step for limit, step in bands if value < limit)
+    return max(floor, step * math.ceil(value / step))
+
+
 def trtllm_bench_limits(
     model_name: str, gpu: str, fmt: str, tp: int, pp: int, input_tokens: int, output_tokens: int
 ) -> tuple[int, int]:
@@ -162,18 +168,8 @@ def trtllm_bench_limits(
     requests = available * TRTLLM_BENCH_KV_FRACTION / (per_token_gib * (input_tokens + output_tokens))
     raw_bs = min(requests, 4096) / pp
     raw_tokens = min(raw_bs * (1 + input_tokens / output_tokens), 32768)
-    if raw_bs < 256:
-        bs = max(64, 32 * math.ceil(raw_bs / 32))
-    elif raw_bs < 1024:
-        bs = 128 * math.ceil(raw_bs / 128)
-    else:
-        bs = 256 * math.ceil(raw_bs / 256)
-    if raw_tokens < 4096:
-        tokens = max(2048, 256 * math.ceil(raw_tokens / 256))
-    elif raw_tokens < 8192:
-        tokens = 512 * math.ceil(raw_tokens / 512)
-    else:
-        tokens = 1024 * math.ceil(raw_tokens / 1024)
+    bs = _round_up_in_bands(raw_bs, 64, ((256, 32), (1024, 128), (math.inf, 256)))
+    tokens = _round_up_in_bands(raw_tokens, 2048, ((4096, 256), (8192, 512), (math.inf, 1024)))
     return bs, tokens
 
 
