@@ -157,10 +157,12 @@ def at_batch(
     for _ in range(FIXED_POINT_ITERATIONS):
         e2e = wait + prompt + decode
         new = md1_wait_s((batch - 1) / e2e, prompt) + extra
-        if not math.isfinite(new) or abs(new - wait) <= 1e-9 * max(1.0, e2e):
-            wait = new if math.isfinite(new) else wait
-            break
+        if not math.isfinite(new):
+            break  # the prompts alone fill the replica: keep the last finite wait
+        converged = abs(new - wait) <= 1e-9 * max(1.0, e2e)
         wait = new
+        if converged:
+            break
     return Loaded(batch, wait, prompt, tpot, wait + prompt + decode)
 
 

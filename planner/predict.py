@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from planner.catalog import Catalog, EngineSpec, FormatSpec, SchedulerDefaults
 from planner.loaded import Budget, Loaded, StepCost, allreduce_s, at_batch, sustainable_batch
@@ -270,7 +270,8 @@ def predict_config(
         overhead = dispatch_overhead_s(engine, device, model) + cat_eff.step_overhead_us * 1e-6
     else:
         overhead = eff.step_overhead_s
-    flops_eff = eff.flops_for(compute_kind(device, fmt))
+    precision = compute_kind(device, fmt)
+    flops_eff = eff.flops_for(precision)
     batching = engine.batching
     if batching == "single" and (knobs.max_num_seqs or 1) > 1:
         batching = "continuous"  # `python -m engine serve --max-num-seqs N` batches continuously, chunking prefill
@@ -284,7 +285,7 @@ def predict_config(
     assumptions: dict[str, str | float | int | bool] = {
         "decode_bandwidth_efficiency": eff.decode_bandwidth,
         "prefill_flops_efficiency": flops_eff,
-        "matmul_precision": compute_kind(device, fmt),
+        "matmul_precision": precision,
         "tensor_parallel_efficiency": par.efficiency,
         "step_overhead_ms": overhead * 1e3,
         "seq_overhead_us": eff.seq_overhead_s * 1e6,
@@ -359,16 +360,16 @@ def predict_config(
     if qps is None:
         clients = workload.concurrency
         batch = max(1, min(math.ceil(clients / replicas), sat_batch))
-        state = loaded(batch)
         in_flight = float(min(clients, capacity))
-        rps = min(in_flight / state.e2e_s, max_rps)
         if clients > capacity:
-            # Closed loop past capacity: each client's cycle is clients / max_rps; the rest waits for a slot.
-            state = loaded(sat_batch)
+            # Closed loop past capacity: every slot busy (the saturated state), and each client's cycle is
+            # clients / max_rps, so the rest of it is spent waiting for a slot.
             slot_wait = max(0.0, clients / max_rps - service_sat)
-            state = Loaded(sat_batch, state.queue_s + slot_wait, state.prompt_s, state.tpot_s, state.e2e_s + slot_wait)
+            state = replace(busy, queue_s=busy.queue_s + slot_wait, e2e_s=busy.e2e_s + slot_wait)
             rps = max_rps
-            batch = sat_batch
+        else:
+            state = loaded(batch)
+            rps = min(in_flight / state.e2e_s, max_rps)
     else:
         per_replica = qps / replicas
         out.saturated = qps > max_rps

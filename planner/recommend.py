@@ -477,7 +477,8 @@ def recommend(
 
 def _notes(device: Device, workload: Workload, skipped: list[str]) -> list[str]:
     notes = [
-        f"TTFT is one {workload.input_tokens}-token prompt on an idle replica; TPOT at the batch shown with "
+        f"TTFT is one {workload.input_tokens}-token prompt beside the batch's decodes plus the wait for the "
+        f"prompts ahead (and for a slot past capacity); TPOT at the batch shown with "
         f"{workload.decode_context} cached tokens per sequence; means, while the {workload.slo.name} SLO "
         f"targets are {workload.slo.describe()}",
         f"output tok/s is at concurrency {workload.concurrency}, counting busy replicas only and each request's "

@@ -7,7 +7,7 @@ the planner's one reader of it, a shell like `planner/calibrate_cli.py`: it may 
 (tests/test_import_direction.py), and hands the planner's math plain numbers (`SloTargets`).
 
 How a profile becomes targets. The planner predicts one figure per metric, a mean (TTFT of a
-prompt on an idle replica, TPOT at the planned batch), not a distribution; a profile states
+prompt at the planned load, TPOT at the planned batch), not a distribution; a profile states
 limits at percentiles (`ttft_p95_ms`). Each metric is held to the strictest limit the profile
 sets at any percentile, the one a typical request is most likely to break. A mean above a tail
 (p95, p99) limit puts the tail above it too (latencies skew upward), so that miss is real; a mean under it does not
