@@ -54,6 +54,7 @@ PREDICT_FLAGS = {
     "--output-tokens": ("output_tokens", int),
     "--concurrency": ("concurrency", int),
     "--qps": ("qps", float),
+    "--requests": ("requests", int),
     "--calibration": ("calibration", str),
     "--max-config-bytes": ("max_config_bytes", int),
 }

@@ -18,7 +18,9 @@ CATALOG = f"catalog assumption ({CATALOG_FILE})"
 # the one figure that comes from another catalog file: the format's compute precision on this device
 OTHER_CATALOG = {"matmul_precision": "catalog assumption (planner/data/formats.json)"}
 CALIBRATED = "calibrated"
-MODEL = "planner model (planner/loaded.py)"  # how TTFT and TPOT are composed, not a number to look up
+# how TTFT and TPOT are composed (and whether a closed loop is replayed), not a number to look up
+MODEL = "planner model (planner/loaded.py; planner/replay.py where closed_loop is replayed)"
+MODEL_KEYS = ("ttft", "tpot", "closed_loop")
 
 MEMORY = "Memory per device"
 TTFT = "TTFT"
@@ -39,7 +41,7 @@ _SPEED = (
     "calibration",
 )
 # How a replica schedules: how many sequences share a pass and how prompts are split among the decodes.
-_SCHEDULER = ("max_num_seqs", "max_num_batched_tokens", "chunked_prefill", "batching")
+_SCHEDULER = ("max_num_seqs", "max_num_batched_tokens", "chunked_prefill", "batching", "closed_loop")
 
 FIGURE_ASSUMPTIONS: dict[str, tuple[str, ...]] = {
     MEMORY: (
@@ -90,7 +92,7 @@ def source_of(option: PlanOption, key: str) -> str:
     TPOT descriptions; otherwise the catalog's assumption."""
     if option.calibrated and key in option.calibrated_keys:
         return CALIBRATED
-    return MODEL if key in ("ttft", "tpot") else OTHER_CATALOG.get(key, CATALOG)
+    return MODEL if key in MODEL_KEYS else OTHER_CATALOG.get(key, CATALOG)
 
 
 def setting_text(value: str | float | int | bool) -> str:

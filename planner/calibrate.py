@@ -1,20 +1,25 @@
-"""Fit predict's efficiencies and fixed per-step cost to measured runs (`python -m planner calibrate`).
+"""Fit predict's efficiencies and fixed costs to measured runs (`python -m planner calibrate`).
 
 The fit predicts every run through `predict_one`, the code path `predict` and `recommend` use, with
 trial values, and minimizes the sum of squared ln(predicted / measured) over the measured TTFT,
 TPOT and output tok/s of the fit runs: a log residual weighs a 10% miss the same on a 5 ms TPOT
-and on a 500 ms TTFT. Four values are fitted, each within bounds a real engine can reach:
+and on a 500 ms TTFT. These values are fitted, each within bounds a real engine can reach:
 
 - decode_bandwidth: fraction of peak memory bandwidth a decode step reaches,
 - prefill_flops: fraction of peak FLOP/s the matmuls reach (prefill, and decode once the batch
   makes it compute-bound),
 - step_overhead_ms: a fixed cost per forward pass (dispatch, scheduling, sampling, HTTP framing),
-- queued_prefills: the share of each other in-flight request's prefill a new request waits for before
-  its first token (closed-loop requests of equal length arrive in waves and queue); 0 at concurrency 1.
+- seq_overhead_us: a cost per sequence in a pass (its sampling, detokenizing and streaming; on the
+  bundled engine's CPU path about 3 ms: TPOT grows by that per sequence decoded together),
+- queued_prefills (engines whose closed loop is predicted analytically): the share of each other
+  in-flight request's prefill a new request waits for before its first token; an engine whose
+  scheduler is replayed (planner/replay.py) queues its prompts in the replay instead.
 
-The search is Nelder-Mead on ln(value) (ln(1 + ms) for the overhead), each trial clamped into its
-bounds: three parameters and a handful of runs need nothing heavier, and no derivative of the
-planner's max()-shaped roofline is assumed. Held-out runs are predicted, never fitted.
+The search is Nelder-Mead on ln(value) (ln(1 + value) for costs and shares that may be 0), each
+trial clamped into its bounds and restarted from its best point until a restart gains nothing (a
+simplex can collapse early): a handful of parameters and runs need nothing heavier, and no
+derivative of the planner's max()-shaped roofline or of a replay is assumed. Held-out runs are
+predicted, never fitted.
 """
 
 from __future__ import annotations
@@ -50,8 +55,10 @@ BOUNDS = {
     "prefill_flops": (0.005, 1.5),
     "step_overhead_ms": (0.0, 2000.0),
     "queued_prefills": (0.0, 2.0),
+    "seq_overhead_us": (0.0, 100_000.0),
 }
 MAX_ITERATIONS = 600
+RESTARTS = 6
 TOLERANCE = 1e-9
 
 Predictor = Callable[[CalibrationRun, FittedValues | None], Metrics]
@@ -68,6 +75,7 @@ def run_options(run: CalibrationRun) -> PredictOptions:
         output_tokens=run.output_tokens,
         concurrency=run.concurrency,
         max_num_seqs=run.max_num_seqs,
+        requests=run.requests,
     )
 
 
@@ -112,23 +120,23 @@ def log_residuals(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics]) 
     return out
 
 
-def _to_values(x: Sequence[float]) -> FittedValues:
-    (blo, bhi), (flo, fhi), (olo, ohi), (wlo, whi) = BOUNDS.values()
-    return FittedValues(
-        decode_bandwidth=min(bhi, max(blo, math.exp(x[0]))),
-        prefill_flops=min(fhi, max(flo, math.exp(x[1]))),
-        step_overhead_ms=min(ohi, max(olo, math.expm1(x[2]))),
-        queued_prefills=min(whi, max(wlo, math.expm1(x[3]))),
-    )
+# Fitted on ln(value); the rest (fixed costs and shares that may be 0) on ln(1 + value).
+LOG_SCALED = ("decode_bandwidth", "prefill_flops")
+ANALYTIC = ("decode_bandwidth", "prefill_flops", "step_overhead_ms", "seq_overhead_us", "queued_prefills")
+# A replayed scheduler (planner/replay.py) queues prompts itself: no share of other prompts is fitted.
+REPLAYED = ("decode_bandwidth", "prefill_flops", "step_overhead_ms", "seq_overhead_us")
 
 
-def _to_x(v: FittedValues) -> list[float]:
-    return [
-        math.log(v.decode_bandwidth),
-        math.log(v.prefill_flops),
-        math.log1p(v.step_overhead_ms),
-        math.log1p(v.queued_prefills),
-    ]
+def _to_values(x: Sequence[float], names: Sequence[str], base: FittedValues) -> FittedValues:
+    update = {}
+    for name, xi in zip(names, x, strict=True):
+        lo, hi = BOUNDS[name]
+        update[name] = min(hi, max(lo, math.exp(xi) if name in LOG_SCALED else math.expm1(xi)))
+    return base.model_copy(update=update)
+
+
+def _to_x(v: FittedValues, names: Sequence[str]) -> list[float]:
+    return [math.log(getattr(v, n)) if n in LOG_SCALED else math.log1p(getattr(v, n)) for n in names]
 
 
 def nelder_mead(f: Callable[[list[float]], float], start: list[float], step: float = 0.5) -> list[float]:
@@ -167,14 +175,25 @@ def nelder_mead(f: Callable[[list[float]], float], start: list[float], step: flo
     return simplex[min(range(n + 1), key=scores.__getitem__)]
 
 
-def fit_values(runs: Sequence[CalibrationRun], predict: Predictor, start: FittedValues) -> tuple[FittedValues, float]:
-    """The values that minimize the squared log residuals over `runs`, and the RMS log residual they leave."""
+def fit_values(
+    runs: Sequence[CalibrationRun], predict: Predictor, start: FittedValues, names: Sequence[str] = ANALYTIC
+) -> tuple[FittedValues, float]:
+    """The values `names` that minimize the squared log residuals over `runs` (the others stay as in
+    `start`), and the RMS log residual they leave."""
 
     def cost(x: list[float]) -> float:
-        values = _to_values(x)
+        values = _to_values(x, names, start)
         return sum(r * r for r in log_residuals(runs, [predict(run, values) for run in runs]))
 
-    best = _to_values(nelder_mead(cost, _to_x(start)))
+    x = _to_x(start, names)
+    score = cost(x)
+    for _ in range(RESTARTS):  # a fresh simplex around the best point: Nelder-Mead's simplex can collapse early
+        nxt = nelder_mead(cost, x)
+        got = cost(nxt)
+        if got >= score - TOLERANCE:
+            break
+        x, score = nxt, got
+    best = _to_values(x, names, start)
     residuals = log_residuals(runs, [predict(run, best) for run in runs])
     return best, math.sqrt(sum(r * r for r in residuals) / max(1, len(residuals)))
 
@@ -219,8 +238,12 @@ def calibrate(
         prefill_flops=float(a["prefill_flops_efficiency"]),
         step_overhead_ms=float(a["step_overhead_ms"]),
         queued_prefills=0.25,  # a start inside the bounds, not at one
+        seq_overhead_us=max(1.0, float(a["seq_overhead_us"])),
     )
-    values, rms = fit_values(runs, predict, start)
+    replayed = a.get("closed_loop") == "replayed"
+    if replayed:
+        start = start.model_copy(update={"queued_prefills": 0.0})
+    values, rms = fit_values(runs, predict, start, REPLAYED if replayed else ANALYTIC)
     runs = [
         r.model_copy(update={"predicted_before": predict(r, None), "predicted_after": predict(r, values)}) for r in runs
     ]
@@ -263,7 +286,8 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
         f"calibrated {doc.engine} on {doc.device} ({doc.device_kind}) from {len(doc.runs)} run(s)"
         + (f", {len(doc.held_out)} held out" if doc.held_out else ""),
         f"decode_bandwidth {v.decode_bandwidth:.4g}, prefill_flops {v.prefill_flops:.4g}, "
-        f"step_overhead_ms {v.step_overhead_ms:.4g}, queued_prefills {v.queued_prefills:.3g} "
+        f"step_overhead_ms {v.step_overhead_ms:.4g}, seq_overhead_us {v.seq_overhead_us:.4g}, "
+        f"queued_prefills {v.queued_prefills:.3g} "
         f"(RMS ln residual {e.rms_log_residual:.3f})",
         "median absolute error      TTFT     TPOT   output tok/s",
     ]

@@ -79,6 +79,7 @@ def _run(doc: BenchmarkResult, run: RunDoc, source: str, served: ServedBy) -> Ca
         input_tokens=round(s.total_input_tokens / s.completed),
         output_tokens=round(s.total_output_tokens / s.completed),
         concurrency=c,
+        requests=s.completed + s.failed,
         measured=Metrics(
             ttft_ms=s.median_ttft_ms or None,
             tpot_ms=s.median_tpot_ms or None,

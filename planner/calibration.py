@@ -54,6 +54,7 @@ class CalibrationRun(_Part):
     input_tokens: int = Field(ge=1, description="mean prompt tokens per request, as the server counted them")
     output_tokens: int = Field(ge=1, description="mean output tokens per request")
     concurrency: int = Field(ge=1)
+    requests: int | None = Field(None, ge=1, description="measured requests in the run (warm-up excluded)")
     measured: Metrics
     predicted_before: Metrics | None = Field(None, description="with the catalog's figures (filled by the fit)")
     predicted_after: Metrics | None = Field(None, description="with the fitted values (filled by the fit)")
@@ -67,6 +68,9 @@ class FittedValues(_Part):
     step_overhead_ms: float = Field(ge=0, le=10_000, description="fixed cost of one forward pass, in ms")
     queued_prefills: float = Field(
         0.0, ge=0, le=16, description="share of each other in-flight prompt's prefill a new request waits for"
+    )
+    seq_overhead_us: float = Field(
+        0.0, ge=0, le=1_000_000, description="cost of each sequence in a forward pass, beyond its KV reads, in us"
     )
 
 
@@ -182,5 +186,6 @@ def assumption_line(doc: CalibrationDoc, path: str | Path) -> str:
     return (
         f"from {path} (fitted on {len(doc.runs)} run(s) of {doc.engine} on {doc.device}): "
         f"decode_bandwidth_efficiency {v.decode_bandwidth:.3g}, prefill_flops_efficiency {v.prefill_flops:.3g}, "
-        f"step_overhead_ms {v.step_overhead_ms:.3g}, queued_prefills {v.queued_prefills:.3g}{seqs}{pinned}"
+        f"step_overhead_ms {v.step_overhead_ms:.3g}, seq_overhead_us {v.seq_overhead_us:.3g}, "
+        f"queued_prefills {v.queued_prefills:.3g}{seqs}{pinned}"
     )

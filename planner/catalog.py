@@ -282,8 +282,21 @@ class SchedulerDefaults(_Strict):
     unchunked_raises_to_context: bool = True
     large_memory: LargeMemoryLimits | None = None
     cpu: CpuLimits | None = None
+    # The budget is raised to max_num_seqs when that is larger (the bundled engine: max(512, seqs)).
+    budget_covers_seqs: bool = False
+    # Most prompt tokens one sequence computes per pass (None: the budget alone limits a chunk).
+    prefill_chunk_tokens: PositiveInt | None = None
+    # The planner knows this scheduling policy exactly and replays closed loops pass by pass
+    # (planner/replay.py); it needs chunked prefill and a chunk size.
+    replayed: bool = False
     version: str = Field(min_length=1)
     source: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _replay_needs_chunks(self) -> SchedulerDefaults:
+        if self.replayed and not (self.chunked_prefill and self.prefill_chunk_tokens):
+            raise ValueError("a replayed scheduler needs chunked_prefill and prefill_chunk_tokens")
+        return self
 
 
 class AllReduceAlgorithm(_Strict):

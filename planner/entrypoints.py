@@ -65,7 +65,11 @@ def _pinned(
 def efficiency_of(values: FittedValues) -> Efficiency:
     """Fitted values as predict_config takes them."""
     return Efficiency(
-        values.decode_bandwidth, values.prefill_flops, values.step_overhead_ms / 1e3, values.queued_prefills
+        values.decode_bandwidth,
+        values.prefill_flops,
+        values.step_overhead_ms / 1e3,
+        values.queued_prefills,
+        seq_overhead_s=values.seq_overhead_us * 1e-6,
     )
 
 
@@ -114,7 +118,14 @@ def predict_one(
         raise WorkloadError(f"max_model_len {context} exceeds {model.name}'s maximum of {model.max_context} tokens")
     if opts.input_tokens + opts.output_tokens > context:
         raise WorkloadError(f"input_tokens + output_tokens exceeds max_model_len {context}")
-    workload = Workload(context, opts.concurrency or 1, opts.input_tokens, opts.output_tokens, slo_targets(DEFAULT_SLO))
+    workload = Workload(
+        context,
+        opts.concurrency or 1,
+        opts.input_tokens,
+        opts.output_tokens,
+        slo_targets(DEFAULT_SLO),
+        requests=opts.requests,
+    )
     knobs = Knobs(
         opts.kv_cache_dtype,
         opts.gpu_memory_utilization,

@@ -19,13 +19,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from planner.catalog import Catalog, EngineSpec, FormatSpec, SchedulerDefaults
-from planner.loaded import Budget, Loaded, StepCost, allreduce_s, at_batch, sustainable_batch
+from planner.loaded import Budget, Loaded, StepCost, allreduce_s, at_batch, prompt_service_s, sustainable_batch
 from planner.model_spec import ModelSpec
+from planner.replay import STEADY_WAVES, ReplayLimits, ReplayResult, replay_closed_loop
 from planner.roofline import Device, Parallel, StepTime, compute_kind, decode_step, prefill
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
 from planner.workload import Workload
 
 QPS_ITERATIONS = 30  # fixed-point steps for the batch a request rate settles at
+# Output tokens a replay may step through (about 45k a second on 2 cores): beyond, the analytic model answers.
+REPLAY_MAX_TOKENS = 400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,8 @@ class SchedulerLimits:
     max_num_batched_tokens: int
     chunked_prefill: bool
     source: str
+    prefill_chunk_tokens: int | None = None  # most prompt tokens one sequence computes per pass
+    replayed: bool = False  # closed loops are replayed through this scheduler (planner/replay.py)
 
 
 def dispatch_overhead_s(engine: EngineSpec, device: Device, model: ModelSpec) -> float:
@@ -133,12 +138,19 @@ def scheduler_limits(
     else:
         if not chunked and d.unchunked_raises_to_context:
             tokens = max(context, tokens)
-        tokens = min(seqs * context, tokens)
+        tokens = max(tokens, seqs) if d.budget_covers_seqs else min(seqs * context, tokens)
     if knobs.max_num_seqs is None:
         seqs = min(seqs, tokens)
     cap = seqs if (own or knobs.max_num_seqs is not None) else None
     where = d.source if own else f"no verified defaults for {engine.label}: vLLM's used for activations"
-    return SchedulerLimits(cap, tokens, chunked, f"{d.version}: {where}" if own else where)
+    return SchedulerLimits(
+        cap,
+        tokens,
+        chunked,
+        f"{d.version}: {where}" if own else where,
+        d.prefill_chunk_tokens if own else None,
+        d.replayed and own and chunked,
+    )
 
 
 def memory_config(
@@ -224,6 +236,26 @@ class ConfigPrediction:
     def tpot_s(self) -> float:
         """Mean time per output token at this load: the decode step plus the other requests' prefill work."""
         return self.tpot_load_s
+
+
+def replayer(
+    cost: StepCost,
+    limits: SchedulerLimits,
+    cap: int,
+    batching: str,
+    n_in: int,
+    n_out: int,
+    clients: int,
+    requests: int | None,
+) -> Callable[[int, int | None], ReplayResult] | None:
+    """Closed loops through the engine's own scheduler, where the planner knows it and the replay stays
+    short (REPLAY_MAX_TOKENS); None elsewhere."""
+    if not (limits.replayed and batching == "continuous" and limits.prefill_chunk_tokens):
+        return None
+    if max(cap, clients) * STEADY_WAVES * n_out > REPLAY_MAX_TOKENS or (requests or 0) * n_out > REPLAY_MAX_TOKENS:
+        return None  # a replay this long would take minutes in Python: the analytic model answers instead
+    rl = ReplayLimits(cap, max(limits.max_num_batched_tokens, cap), limits.prefill_chunk_tokens)
+    return lambda clients, requests: replay_closed_loop(cost, rl, clients, n_in, n_out, requests)
 
 
 def _unfit_reason(mem: MemoryPlan, context: int) -> str:
@@ -352,12 +384,39 @@ def predict_config(
     def loaded(b: int, arrivals_s: float | None = None) -> Loaded:
         return at_batch(cost, budget, b, n_in, n_out, arrivals_s=arrivals_s, extra_wait=extra_wait)
 
-    # Saturated: every slot busy, no queue counted in the request's own service (the queue is the excess).
-    busy = loaded(sat_batch)
-    service_sat = busy.e2e_s - busy.queue_s + extra_wait(sat_batch)
-    max_rps = replicas * sat_batch / service_sat
     capacity = replicas * sat_batch
-    if qps is None:
+    replay = (
+        replayer(cost, limits, cap, batching, n_in, n_out, workload.concurrency, workload.requests)
+        if qps is None
+        else None
+    )
+    assumptions["closed_loop"] = "replayed" if replay is not None else "analytic"
+    if replay is not None:
+        # The engine's own scheduler, pass by pass: saturated = every slot's client sending.
+        sat = replay(sat_batch, None)
+        busy = Loaded(sat_batch, 0.0, sat.ttft_s, sat.tpot_s, sat.e2e_s)
+        service_sat, max_rps = sat.e2e_s, replicas * sat.requests_s
+    else:
+        # Saturated: every slot busy, no queue counted in the request's own service (the queue is the excess).
+        busy = loaded(sat_batch)
+        service_sat = busy.e2e_s - busy.queue_s + extra_wait(sat_batch)
+        max_rps = replicas * sat_batch / service_sat
+    if replay is not None:
+        clients = math.ceil(workload.concurrency / replicas)
+        same = clients == sat_batch and not workload.requests
+        r = sat if same else replay(clients, math.ceil(workload.requests / replicas) if workload.requests else None)
+        batch = max(1, min(round(r.mean_batch), sat_batch))
+        alone = prompt_service_s(cost, budget, batch - 1, n_in)
+        state = Loaded(batch, max(0.0, r.ttft_s - alone), min(alone, r.ttft_s), r.tpot_s, r.e2e_s)
+        in_flight = min(r.mean_batch * replicas, float(capacity))
+        rps = r.requests_s * replicas
+        assumptions["ttft"] = assumptions["tpot"] = (
+            f"the engine's scheduler replayed pass by pass ({limits.max_num_batched_tokens} tokens per pass, "
+            f"{limits.prefill_chunk_tokens} per prompt chunk, decodes first, prompts first come first served), "
+            f"{clients} closed-loop client(s) starting together, "
+            + (f"{workload.requests} requests" if workload.requests else "steady state after the first wave")
+        )
+    elif qps is None:
         clients = workload.concurrency
         batch = max(1, min(math.ceil(clients / replicas), sat_batch))
         in_flight = float(min(clients, capacity))

@@ -45,6 +45,13 @@ class PredictOptions(BaseModel):
     output_tokens: int = Field(DEFAULT_OUTPUT_TOKENS, ge=1, description="output tokens per request")
     concurrency: int | None = Field(None, ge=1, le=100_000, description="requests in flight (default: 1)")
     qps: float | None = Field(None, gt=0, description="request arrivals per second, instead of --concurrency")
+    requests: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="predict a benchmark of this many requests, first burst included (default: the steady state); "
+        "used where the engine's scheduler is replayed",
+    )
     calibration: str | None = Field(
         None, description="a file from `python -m planner calibrate`: its fitted values replace the catalog's"
     )

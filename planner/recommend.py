@@ -180,9 +180,9 @@ class AppliedCalibration:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """The assumption keys whose values come from the file: its efficiencies and fixed cost (its
-        Efficiency has no per-sequence cost, so seq_overhead_us is its zero), the TTFT line that names its
-        queued prefills, its batch limit where it has one, and the line naming the file."""
+        """The assumption keys whose values come from the file: its efficiencies and fixed costs per pass and
+        per sequence, the TTFT line that names its queued prefills, its batch limit where it has one, and
+        the line naming the file."""
         seqs = ("max_num_seqs",) if self.max_num_seqs else ()
         fitted = ("decode_bandwidth_efficiency", "prefill_flops_efficiency", "step_overhead_ms", "seq_overhead_us")
         return (*fitted, "ttft", *seqs, "calibration")

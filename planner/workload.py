@@ -99,6 +99,7 @@ class Workload:
     output_tokens: int
     slo: SloTargets
     qps: float | None = None
+    requests: int | None = None  # a benchmark of this many requests (None: the steady state)
 
     @property
     def seq_tokens(self) -> int:

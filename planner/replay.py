@@ -1,0 +1,157 @@
+"""A closed-loop benchmark replayed pass by pass through an engine's own scheduling policy.
+
+Why a replay and not a queueing formula: clients of a closed loop with equal request lengths do not
+arrive as a Poisson stream. A benchmark at concurrency C sends C requests at once; the prompts
+packed into one pass finish prefill together, decode together, end together and come back
+together, so the cohorts persist for the whole run. On the bundled engine (budget 512 tokens, 128-token
+prompts) the measured TTFT at concurrency 2, 4, 8 and 16 is the pass that carries a prompt's cohort
+and the passes ahead of it, which an M/D/1 wait misses by up to 35% (docs/BENCHMARKS.md, "Planner
+calibration"). Where the planner knows the policy exactly, because the engine is ours
+(engine/batch/scheduler.py), it replays it:
+
+- every pass gives each decoding sequence one token first, then continues partly prefilled prompts
+  in arrival order, then admits waiting requests first come first served while the batch has room,
+  each prompt chunk capped by the per-sequence chunk size and all of them by the token budget;
+- a pass costs StepCost(decoding sequences, prompt tokens), the same price the analytic model uses;
+- a prompt whose last chunk ran gets its first token at the end of that pass; a sequence with all its
+  output ends there, and its client sends the next request at once;
+- a request sent as a pass ends misses the pass that starts then (the HTTP round trip is longer than
+  the engine's turn-around); an idle engine wakes for the first request to arrive, so requests that
+  end together and come back one by one split (measured at concurrency 2: 269 / 535 ms TTFT pairs),
+  while the run's opening burst, sent in one go, is taken in together.
+
+The figures are computed the way the benchmark computes them (checks/load/metrics.py): median TTFT
+and TPOT over requests, output tokens over the time from the first send to the last end. With a
+request count the replay is that benchmark run, first burst included; without one it is the steady
+state: the first wave is left out of the figures.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass
+
+from planner.loaded import StepCost
+
+STEADY_WAVES = 4  # requests per client replayed for a steady-state figure (the first wave not counted)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayLimits:
+    """The scheduler's limits: sequences in the running batch, tokens per pass, prompt tokens per sequence per pass."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    prefill_chunk_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What a benchmark of the replayed run would report."""
+
+    ttft_s: float  # median
+    tpot_s: float  # median
+    e2e_s: float  # mean
+    output_tok_s: float
+    requests_s: float
+    mean_batch: float  # sequences in the running batch, time-weighted
+    requests: int  # counted in the figures
+
+
+@dataclass(slots=True)
+class _Request:
+    sent_s: float  # the client sends it (TTFT and E2E count from here, as the benchmark does)
+    opening: bool  # one of the run's first requests, sent in one go
+    first_s: float = 0.0
+    end_s: float = 0.0
+
+
+def replay_closed_loop(
+    cost: StepCost,
+    limits: ReplayLimits,
+    clients: int,
+    input_tokens: int,
+    output_tokens: int,
+    requests: int | None = None,
+) -> ReplayResult:
+    """Replay `clients` closed-loop clients sending `requests` requests in all (None: the steady state)."""
+    # The engine's scheduler is plain Python over token ids (no tensors), so the replay drives the real one.
+    from engine.batch.scheduler import Scheduler, SchedulerConfig
+    from engine.batch.sequence import Sequence
+    from engine.sampling import SamplingParams
+
+    if clients < 1 or input_tokens < 1 or output_tokens < 1:
+        raise ValueError("a replay needs at least one client, one prompt token and one output token")
+    total = requests if requests is not None else clients * STEADY_WAVES
+    skip = 0 if requests is not None else clients
+    length = input_tokens + output_tokens + 1
+    block = SchedulerConfig().block_size
+    sched = Scheduler(
+        SchedulerConfig(
+            max_num_seqs=limits.max_num_seqs,
+            max_num_batched_tokens=max(limits.max_num_batched_tokens, limits.max_num_seqs),
+            prefill_chunk_size=limits.prefill_chunk_tokens,
+            max_queue=max(1, clients),
+            max_model_len=length,
+            num_kv_blocks=(max(clients, limits.max_num_seqs) + 1) * -(-length // block),  # room for every client
+        )
+    )
+    params = SamplingParams(max_tokens=output_tokens, ignore_eos=True)
+    pending: deque[_Request] = deque()  # sent, not yet seen by the scheduler (in send order)
+    sent: list[_Request] = []
+
+    def send(at: float, opening: bool = False) -> None:
+        sent.append(_Request(at, opening))
+        pending.append(sent[-1])
+
+    def admit() -> None:
+        r = pending.popleft()
+        k = len(sent) - len(pending) - 1  # its index in send order: pending holds the last ones sent
+        # distinct prompts: no prefix-cache hit between requests, as with the benchmark's random prompts
+        ids = list(range(k * input_tokens + 1, (k + 1) * input_tokens + 1))
+        sched.add(Sequence(seq_id=k, prompt_token_ids=ids, params=params, arrival_s=r.sent_s))
+
+    for _ in range(min(clients, total)):
+        send(0.0, opening=True)
+    prices: dict[tuple[int, int], float] = {}
+    now = busy_area = 0.0
+    while pending or sched.has_unfinished:
+        # A request sent as a pass ends reaches the scheduler after the next pass has started (the HTTP
+        # round trip). An idle engine wakes for the first to arrive: the run's opening burst, sent in one
+        # go, arrives together; requests sent as their predecessors end arrive one by one, and the
+        # first starts a pass alone.
+        if not sched.has_unfinished and pending[0].sent_s >= now:
+            now = pending[0].sent_s
+            admit()
+            while pending and pending[0].opening and pending[0].sent_s <= now:
+                admit()
+        while pending and pending[0].sent_s < now:
+            admit()
+        out = sched.schedule()
+        key = (len(out.decodes), sum(item.num_tokens for item in out.prefills))
+        if key not in prices:
+            prices[key] = cost(*key)
+        busy_area += prices[key] * len(sched.running)
+        now += prices[key]
+        sampled = {item.seq.seq_id: [0] for item in out.items if item.samples}
+        for item in out.prefills:
+            if item.samples:
+                sent[item.seq.seq_id].first_s = now
+        for seq in sched.postprocess(out, sampled):
+            sent[seq.seq_id].end_s = now
+            if len(sent) < total:
+                send(now)
+    counted = sent[skip:]
+    start = min(r.sent_s for r in counted)
+    span = max(max(r.end_s for r in counted) - start, 1e-12)
+    tpots = [(r.end_s - r.first_s) / (output_tokens - 1) for r in counted] if output_tokens > 1 else [0.0]
+    return ReplayResult(
+        ttft_s=statistics.median(r.first_s - r.sent_s for r in counted),
+        tpot_s=statistics.median(tpots),
+        e2e_s=statistics.fmean(r.end_s - r.sent_s for r in counted),
+        output_tok_s=len(counted) * output_tokens / span,
+        requests_s=len(counted) / span,
+        mean_batch=busy_area / now if now else 0.0,
+        requests=len(counted),
+    )

@@ -1,0 +1,109 @@
+"""The closed-loop replay: the bundled engine's own scheduler driven pass by pass with a priced clock.
+
+The prices here are plain numbers (a pass costs a fixed part, a part per decoding sequence and a part
+per prompt token), so every expected figure is a sum written out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from planner.entrypoints import predict_one
+from planner.predict_io import PredictOptions
+from planner.replay import STEADY_WAVES, ReplayLimits, replay_closed_loop
+
+FIXED, PER_SEQ, PER_TOKEN = 0.010, 0.002, 0.001
+
+
+class Price:
+    """A pass of `b` decodes and `p` prompt tokens, and a record of every pass priced."""
+
+    def __init__(self) -> None:
+        self.passes: list[tuple[int, float]] = []
+
+    def __call__(self, b: int, p: float = 0.0) -> float:
+        self.passes.append((b, p))
+        return FIXED + PER_SEQ * b + PER_TOKEN * p
+
+
+def passes(b: int = 0, p: int = 0) -> float:
+    return FIXED + PER_SEQ * b + PER_TOKEN * p
+
+
+def test_one_client_is_one_prompt_pass_then_plain_decode_steps() -> None:
+    r = replay_closed_loop(Price(), ReplayLimits(16, 512, 256), 1, 100, 10, requests=3)
+    assert r.ttft_s == pytest.approx(passes(0, 100))
+    assert r.tpot_s == pytest.approx(passes(1))
+    e2e = passes(0, 100) + 9 * passes(1)
+    assert r.e2e_s == pytest.approx(e2e)
+    assert r.output_tok_s == pytest.approx(3 * 10 / (3 * e2e))
+    assert r.requests == 3 and r.mean_batch == pytest.approx(1.0)
+
+
+def test_a_long_prompt_is_chunked_by_the_per_sequence_cap() -> None:
+    r = replay_closed_loop(Price(), ReplayLimits(16, 512, 256), 1, 600, 2, requests=1)
+    assert r.ttft_s == pytest.approx(passes(0, 256) + passes(0, 256) + passes(0, 88))
+
+
+def test_the_opening_burst_shares_passes_up_to_the_token_budget() -> None:
+    """Five 128-token prompts sent together: four fill the first 512-token pass, the fifth waits for it."""
+    price = Price()
+    r = replay_closed_loop(price, ReplayLimits(16, 512, 256), 5, 128, 4, requests=5)
+    assert price.passes[0] == (0, 512)
+    assert price.passes[1] == (4, 128)  # the first four decode beside the fifth prompt
+    assert r.ttft_s == pytest.approx(passes(0, 512))  # the median of 4 x first pass and 1 x two passes
+
+
+def test_requests_returning_to_an_idle_engine_split_and_the_first_runs_alone() -> None:
+    """Two clients end together; the first to come back starts a pass alone and the other waits for it,
+    as measured on the bundled engine at concurrency 2 (TTFT pairs of about 270 and 530 ms)."""
+    price = Price()
+    replay_closed_loop(price, ReplayLimits(16, 512, 256), 2, 100, 3, requests=4)
+    prompt_passes = [p for _, p in price.passes if p]
+    assert prompt_passes == [200, 100, 100]  # the opening pair together, then one by one
+
+
+def test_more_clients_than_slots_wait_for_a_slot() -> None:
+    r = replay_closed_loop(Price(), ReplayLimits(1, 512, 256), 2, 100, 5, requests=2)
+    first = passes(0, 100) + 4 * passes(1)
+    assert r.e2e_s == pytest.approx((first + 2 * first) / 2)  # the second starts when the first ends
+
+
+def test_the_steady_state_leaves_the_opening_wave_out() -> None:
+    r = replay_closed_loop(Price(), ReplayLimits(16, 512, 256), 3, 100, 8)
+    assert r.requests == 3 * (STEADY_WAVES - 1)
+
+
+@pytest.mark.parametrize(("clients", "prompt", "output"), [(0, 1, 1), (1, 0, 1), (1, 1, 0)])
+def test_an_empty_replay_is_refused(clients: int, prompt: int, output: int) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        replay_closed_loop(Price(), ReplayLimits(16, 512, 256), clients, prompt, output)
+
+
+def test_predict_replays_the_bundled_engine_and_says_so() -> None:
+    """`predict` for the bundled engine with a batch goes through the replay, the assumptions name it, and
+    `--requests` predicts that benchmark (opening burst included) rather than the steady state."""
+    base = PredictOptions(
+        model="smollm2-135m", gpu="cpu", engine="bundled", format="int4", max_num_seqs=16, concurrency=16,
+        input_tokens=158, output_tokens=64,
+    )  # fmt: skip
+    steady = predict_one(base)
+    burst = predict_one(base.model_copy(update={"requests": 40}))
+    assert steady.assumptions["closed_loop"] == "replayed"
+    assert "512 tokens per pass, 256 per prompt chunk" in str(steady.assumptions["ttft"])
+    assert steady.assumptions["max_num_batched_tokens"] == 512
+    assert str(burst.assumptions["ttft"]).endswith("40 requests")
+    assert str(steady.assumptions["ttft"]).endswith("steady state after the first wave")
+    assert (burst.e2e_ms, burst.output_tok_s) != (steady.e2e_ms, steady.output_tok_s)
+    assert math.isclose(steady.output_tok_s, steady.request_s * 64, rel_tol=1e-9)
+    one_at_a_time = predict_one(base.model_copy(update={"max_num_seqs": None}))
+    assert one_at_a_time.assumptions["closed_loop"] == "analytic"  # `generate`: no batching to replay
+
+
+def test_a_replay_too_long_to_step_through_falls_back_to_the_analytic_model() -> None:
+    big = PredictOptions(
+        model="smollm2-135m", gpu="cpu", engine="bundled", format="int4", max_num_seqs=1024, concurrency=1024,
+        input_tokens=128, output_tokens=1024,
+    )  # fmt: skip
+    assert predict_one(big).assumptions["closed_loop"] == "analytic"
