@@ -1,7 +1,8 @@
 """The dependency arrows of DESIGN.md, checked on the source: a wrong import fails here, not in review.
 
 `planner`, `reports` and `engine` depend on nothing else of ours (engine's command line may
-save to the reports history; the planner's shells read saved results and the shipped SLO profiles); `checks` may use
+save to the reports history; the planner's shells read saved results and the shipped SLO profiles, and
+its replay drives the bundled engine's scheduler); `checks` may use
 `reports` and `engine` (to start the bundled server and count tokens) but never the
 UI; no package imports the pages or widgets. Inside the engine, the core (model,
 quant, run, batch and the shared top-level modules) never imports serving, studies
@@ -37,10 +38,14 @@ ALLOWED: dict[str, set[str]] = {
 # results through planner/calibrate_cli.py, and reads the shipped SLO profiles (one file, one schema, shared with
 # the readiness checklist) through planner/slo_targets.py: the planner's two shells. The planner itself takes
 # plain numbers (CalibrationRun, SloTargets).
+# planner/replay.py replays a closed loop of the bundled engine through that engine's own scheduler
+# (engine.batch: plain Python over token ids, imported lazily, only when a batched bundled engine is
+# predicted), so the scheduling policy has one home instead of a copy in the planner that could drift.
 SHELLS: dict[str, set[str]] = {
     "engine/cli.py": {"reports"},
     "planner/calibrate_cli.py": {"reports"},
     "planner/slo_targets.py": {"reports"},
+    "planner/replay.py": {"engine"},
 }
 ENGINE_CORE = (
     "engine.model",
