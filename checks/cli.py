@@ -79,8 +79,9 @@ def add_model_flags(
             continue
         flag = (renames or {}).get(name) or "--" + name.replace("_", "-")
         default = field.default
-        if isinstance(default, bool):  # an off-by-default switch: the flag alone turns it on
-            parser.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=field.description)
+        if isinstance(default, bool):  # off by default: the flag alone turns it on; on by default: --no-X turns it off
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            parser.add_argument(flag, dest=name, action=action, default=argparse.SUPPRESS, help=field.description)
             continue
         kind = {int: int, float: float}.get(type(default)) if default is not None else None
         if kind is None:

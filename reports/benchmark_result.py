@@ -23,6 +23,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from reports import store
 from reports.identity import DocumentId, Label, add_identity, new_document_id
+from reports.metrics_timeline import MetricsFollowUp, MetricsTimeline
 from reports.network import NetworkDoc
 from reports.records import RequestRecord
 from reports.redaction import redact_url
@@ -170,6 +171,12 @@ class BenchmarkResult(BaseModel):
     sweep: SweepDoc | None = None
     resources: ResourcesDoc
     network: NetworkDoc | None = Field(None, description="round trip to the target, probed before and after the runs")
+    metrics: MetricsTimeline | None = Field(
+        None, description="the target's /metrics scraped about every second during the runs (None: not scraped)"
+    )
+    metrics_follow_up: MetricsFollowUp | None = Field(
+        None, description="after a --cancel-rate load: whether running requests and KV-cache usage fell back"
+    )
     server_log_tail: str | None = Field(None, description="end of the bundled server's log")
 
     @field_validator("config")

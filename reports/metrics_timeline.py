@@ -61,3 +61,54 @@ class MetricsTimeline(BaseModel):
     @property
     def errors(self) -> list[MetricsSample]:
         return [s for s in self.samples if s.error is not None]
+
+    def describe(self) -> list[str]:
+        """What the scrapes saw, in a few lines: how many failed, the peaks, the server's token count.
+        One home for the wording the checklist's evidence and the benchmark's console share."""
+        errors = self.errors
+        lines = [
+            f"{len(self.samples)} scrapes every {self.interval_s:g} s of {self.source} metrics, "
+            f"{len(errors)} failed" + (f" (first: {errors[0].error} at {errors[0].t_s:.1f} s)" if errors else ""),
+            f"peak running {_shown(self.peak('running'))}, peak waiting {_shown(self.peak('waiting'))}, "
+            f"peak KV-cache usage {_shown(self.peak('kv_cache_usage'), percent=True)}",
+            "generation tokens counted by the server during the run: "
+            + _shown(self.increase("generation_tokens_total")),
+        ]
+        return lines + ([self.note] if self.note else [])
+
+
+def _shown(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "not exported"
+    return f"{value * 100:.1f}%" if percent else f"{value:g}"
+
+
+def usage_line(running: float | None, kv_cache_usage: float | None) -> str:
+    """Running requests and KV-cache usage as one reading reads out."""
+    return f"running {_shown(running)}, KV-cache usage {_shown(kv_cache_usage, percent=True)}"
+
+
+class MetricsFollowUp(BaseModel):
+    """After a load that abandons requests (--cancel-rate): did the server's running requests and KV-cache
+    usage fall back to what they were before the load? A server that keeps generating for a client that
+    left, or keeps its blocks, shows it here."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    baseline: str = Field(description="running and KV-cache usage before the load")
+    last: str = Field(description="the last reading taken after the load")
+    recovered_after_s: float | None = Field(
+        None, ge=0, description="seconds after the load until both were back at the baseline; None: not by the deadline"
+    )
+    deadline_s: float = Field(gt=0, description="how long the follow-up waited")
+
+    def line(self) -> str:
+        if self.recovered_after_s is not None:
+            return (
+                f"after the abandoned requests: back at the baseline ({self.baseline}) "
+                f"{self.recovered_after_s:.1f} s after the load"
+            )
+        return (
+            f"after the abandoned requests: NOT back at the baseline ({self.baseline}) {self.deadline_s:g} s "
+            f"after the load: {self.last}; abandoned requests may still hold their slots or KV blocks"
+        )

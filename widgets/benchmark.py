@@ -9,8 +9,15 @@ import pandas as pd
 import streamlit as st
 
 from checks.jobs import Job, JobState
-from checks.load.console import network_lines
-from checks.load.frames import request_frame, summary_frame, sweep_frame, throughput_frame, throughput_window_s
+from checks.load.console import metrics_lines, network_lines
+from checks.load.frames import (
+    request_frame,
+    server_metrics_frame,
+    summary_frame,
+    sweep_frame,
+    throughput_frame,
+    throughput_window_s,
+)
 from checks.load.scenarios import SCENARIOS
 from checks.load.traces import DEFAULT_BLOCK_TOKENS
 from checks.readiness.slo import goodput_slo, load_profile, profile_names
@@ -198,6 +205,18 @@ def benchmark_charts(result: BenchmarkResult) -> dict[str, alt.Chart]:
         )
         .properties(title="Output tokens per second", height=240)
     )
+    server = server_metrics_frame(result)
+    if not server.empty:
+        charts["server_metrics"] = (
+            alt.Chart(server)
+            .mark_line(point=True)
+            .encode(
+                x=alt.X("t_s", title="time since the run's start (s)"),
+                y=alt.Y("value", title=None),
+                color=alt.Color("series:N", title=None),
+            )
+            .properties(title=f"Server metrics ({result.metrics.source} /metrics)", height=240)
+        )
     sweep = sweep_frame(result)
     if not sweep.empty:
         melted = sweep.melt("request_rate", ["p50_ttft_ms", "p99_ttft_ms", "p50_tpot_ms"], "metric", "ms")
@@ -221,6 +240,8 @@ def result_charts(result: BenchmarkResult) -> None:
         col.altair_chart(charts[f"{metric}_histogram"])
         col.altair_chart(charts[f"{metric}_cdf"])
     st.altair_chart(charts["throughput"])
+    if "server_metrics" in charts:
+        st.altair_chart(charts["server_metrics"])
     if "sweep" in charts:
         st.altair_chart(charts["sweep"])
 
@@ -237,6 +258,6 @@ def run_summaries(result: BenchmarkResult) -> None:
         c3.metric("Median TTFT ms", "-" if s.median_ttft_ms is None else f"{s.median_ttft_ms:.0f}")
         c4.metric("Goodput req/s", "-" if s.request_goodput is None else f"{s.request_goodput:.2f}")
         st.dataframe(summary_frame(run), hide_index=True)
-    network = network_lines(result)
+    network = network_lines(result) + metrics_lines(result)
     if network:
         st.caption("  \n".join(network))

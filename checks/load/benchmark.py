@@ -43,6 +43,7 @@ from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 from checks.load.traces import DEFAULT_BLOCK_TOKENS, load_trace, trace_requests
 from checks.load.workloads import SyntheticSpec, synthetic_conversations, synthetic_requests
+from checks.readiness.metrics_scrape import FOLLOW_UP_DEADLINE_S, MetricsScraper, follow_up
 from engine.formats import WEIGHT_FORMATS
 from reports.benchmark_result import (
     BenchmarkResult,
@@ -126,6 +127,17 @@ class BenchmarkConfig(BaseModel):
     sweep_rates: int = Field(5, ge=1, description="sweep: Poisson rates between sync and saturation")
     sweep_concurrency: int = Field(32, ge=2, description="sweep: concurrency of the saturation step")
     monitor_interval_s: float = Field(0.5, gt=0, description="resource sampling interval")
+    scrape_metrics: bool = Field(
+        True,
+        description="scrape the target's /metrics about every second during the load (running, waiting, KV-cache "
+        "usage); after a --cancel-rate load, follow them until they are back where they started",
+    )
+    cancel_follow_up_s: float = Field(
+        FOLLOW_UP_DEADLINE_S,
+        gt=0,
+        le=600,
+        description="after a --cancel-rate load, how long the abandoned requests get to free their slots and KV blocks",
+    )
     read_timeout_s: float = Field(
         READ_TIMEOUT_S, gt=0, description="a request fails (timeout) when no byte of its answer comes for this long"
     )
@@ -446,6 +458,10 @@ def measure(
     origin = time.perf_counter()
     monitor = ResourceMonitor(pid=endpoint.server_pid, interval_s=config.monitor_interval_s, origin=origin)
     monitor.start()
+    scraper = MetricsScraper(endpoint, origin=origin) if config.scrape_metrics else None
+    if scraper is not None:
+        scraper.start()
+        scraper.wait_first()  # the baseline is read before any request is sent
     try:
         if config.workers > 1:
             outcome = run_distributed(
@@ -461,8 +477,18 @@ def measure(
             )
         else:
             outcome = asyncio.run(_drive(config, endpoint, workload, tokenizer, progress, cancel, origin))
+    except BaseException:
+        if scraper is not None:
+            scraper.stop()
+        raise
     finally:
         samples = monitor.stop()
+    followed = None
+    if scraper is not None and config.cancel_rate > 0 and not cancel.is_set():
+        followed = follow_up(scraper, time.perf_counter() - origin, config.cancel_follow_up_s)
+    timeline = None if scraper is None else scraper.stop()
+    if followed is not None and followed.recovered_after_s is None:
+        warnings.append(followed.line())
     network = NetworkDoc(before=before, after=probe_rtt_sync(endpoint))
     server_log = target.log_tail(60) if isinstance(target, BundledTarget) else None
     slo = config.slo()
@@ -495,5 +521,7 @@ def measure(
         sweep=sweep,
         resources=ResourcesDoc(summary=summarize_resources(samples), samples=samples, gpu_note=monitor.gpu_note),
         network=network,
+        metrics=timeline,
+        metrics_follow_up=followed,
         server_log_tail=server_log,
     )

@@ -143,6 +143,19 @@ def network_lines(result: BenchmarkResult) -> list[str]:
     return lines
 
 
+def metrics_lines(result: BenchmarkResult) -> list[str]:
+    """What the server's own /metrics said during the load, and after an abandoning load whether it recovered."""
+    timeline = result.metrics
+    if timeline is None:
+        return []
+    if timeline.source is None:
+        return [f"Server metrics: not read ({timeline.note or 'the server metrics were not recognised'})"]
+    lines = ["Server metrics: " + timeline.describe()[0], *(f"  {line}" for line in timeline.describe()[1:])]
+    if result.metrics_follow_up is not None:
+        lines.append("  " + result.metrics_follow_up.line())
+    return lines
+
+
 def format_result(result: BenchmarkResult) -> str:
     """The whole console output for a result document."""
     endpoint = result.endpoint
@@ -161,6 +174,7 @@ def format_result(result: BenchmarkResult) -> str:
         if result.sweep.stopped:
             tail.append(f"Sweep ended early: {result.sweep.stopped}")
     tail += network_lines(result)
+    tail += metrics_lines(result)
     tail += [f"* {w}" for w in result.warnings]
     if not result.valid:
         tail.append("! INVALID: the client could not keep up; these latencies are not the server's (see self-check)")

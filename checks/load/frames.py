@@ -64,6 +64,25 @@ def throughput_frame(result: BenchmarkResult, window_s: float = 1.0) -> pd.DataF
     return pd.DataFrame(rows, columns=["run", "t_s", "output_tok_s"])
 
 
+SERVER_SERIES = {"running": "running requests", "waiting": "waiting requests", "kv_cache_usage": "KV-cache usage %"}
+
+
+def server_metrics_frame(result: BenchmarkResult) -> pd.DataFrame:
+    """The target's own /metrics over the load, one row per scrape and series (KV usage in percent);
+    empty when nothing was scraped or the names were not recognised. Failed scrapes leave gaps."""
+    rows = []
+    timeline = result.metrics
+    if timeline is not None and timeline.source is not None:
+        for sample in timeline.samples:
+            for field, label in SERVER_SERIES.items():
+                value = getattr(sample, field)
+                if value is not None:
+                    rows.append(
+                        {"t_s": sample.t_s, "series": label, "value": value * (100 if field == "kv_cache_usage" else 1)}
+                    )
+    return pd.DataFrame(rows, columns=["t_s", "series", "value"])
+
+
 def throughput_window_s(result: BenchmarkResult, points: int = 20) -> float:
     """1-s windows for runs of 20 s or more; shorter runs get `points` windows (at least 0.1 s) so the
     throughput line has points to draw rather than a single sample."""

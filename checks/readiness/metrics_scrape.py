@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from checks.load.endpoint import Endpoint, root_url
 from checks.readiness.metrics_names import MetricsParseError, MetricsReading, read_metrics
 from checks.readiness.probe import ProbeResponse, request
-from reports.metrics_timeline import MetricsSample, MetricsSource, MetricsTimeline
+from reports.metrics_timeline import MetricsFollowUp, MetricsSample, MetricsSource, MetricsTimeline, usage_line
 
 DEFAULT_INTERVAL_S = 1.0
 SCRAPE_TIMEOUT_S = 5.0
@@ -34,6 +34,9 @@ UNKNOWN_NAMES = "no metric names of vLLM, SGLang, TGI, llama.cpp's server or Pre
 
 
 TIMELINE_KEY = "metrics_timeline"  # where the runner leaves the MetricsTimeline in CheckContext.scratch
+KV_TOLERANCE = 0.01  # KV usage may sit this far above the baseline (a block's rounding)
+FOLLOW_UP_DEADLINE_S = 15.0  # how long abandoned requests get to free their slots and blocks
+FOLLOW_UP_POLL_S = 0.25
 
 
 class ScrapeError(Exception):
@@ -104,6 +107,7 @@ class MetricsScraper:
         self._note: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._first = threading.Event()  # set once the first scrape is in (or scraping ended)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -113,6 +117,10 @@ class MetricsScraper:
             self.origin = time.perf_counter()
         self._thread = threading.Thread(target=self._run, name="preflight-metrics-scrape", daemon=True)
         self._thread.start()
+
+    def wait_first(self, timeout_s: float | None = None) -> bool:
+        """Block until the first scrape is in (a baseline taken before the load starts); False on timeout."""
+        return self._first.wait(self.timeout_s + 1.0 if timeout_s is None else timeout_s)
 
     def stop(self) -> MetricsTimeline:
         """Take a last scrape, stop (waiting at most one scrape's timeout) and return the timeline."""
@@ -151,7 +159,9 @@ class MetricsScraper:
                     self._keep(sample)
                 if final_note is not None:
                     self._note = final_note
+                    self._first.set()
                     return
+            self._first.set()
             if not last:
                 self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - began)))
 
@@ -209,3 +219,41 @@ async def read_target_metrics(endpoint: Endpoint, timeout_s: float = SCRAPE_TIME
     if reading.source is None:
         return TargetMetrics(resp, reading, f"GET /metrics has {reading.families} metric families but {UNKNOWN_NAMES}")
     return TargetMetrics(resp, reading, None)
+
+
+def at_baseline(running: float | None, kv: float | None, running0: float | None, kv0: float | None) -> bool:
+    """Whether a reading is back where the baseline was: no more running requests and no more KV-cache
+    usage (within a block's rounding); a figure the baseline lacks is not judged."""
+    return (running0 is None or (running is not None and running <= running0)) and (
+        kv0 is None or (kv is not None and kv <= kv0 + KV_TOLERANCE)
+    )
+
+
+def follow_up(
+    scraper: MetricsScraper,
+    since_s: float,
+    deadline_s: float = FOLLOW_UP_DEADLINE_S,
+    poll_s: float = FOLLOW_UP_POLL_S,
+) -> MetricsFollowUp | None:
+    """After a load that abandoned requests, watch the running scraper's samples (taken after `since_s` on
+    its clock) until running requests and KV-cache usage are back at the first sample's values, or the
+    deadline passes. None when the scrapes gave no baseline to compare with (no metrics, or neither figure)."""
+    ok = [s for s in scraper.timeline.samples if s.error is None]
+    if not ok or (ok[0].running is None and ok[0].kv_cache_usage is None):
+        return None
+    running0, kv0 = ok[0].running, ok[0].kv_cache_usage
+    start = time.perf_counter()
+    last = "no reading after the load"
+    while True:
+        after = [s for s in scraper.timeline.samples if s.error is None and s.t_s >= since_s]
+        if after:
+            s = after[-1]
+            last = usage_line(s.running, s.kv_cache_usage)
+            if at_baseline(s.running, s.kv_cache_usage, running0, kv0):
+                waited = max(0.0, s.t_s - since_s)
+                return MetricsFollowUp(
+                    baseline=usage_line(running0, kv0), last=last, recovered_after_s=waited, deadline_s=deadline_s
+                )
+        if time.perf_counter() - start > deadline_s:
+            return MetricsFollowUp(baseline=usage_line(running0, kv0), last=last, deadline_s=deadline_s)
+        time.sleep(poll_s)

@@ -203,23 +203,6 @@ async def check_metrics(ctx: CheckContext, check: Check) -> CheckResult:
     )
 
 
-def _timeline_evidence(timeline: MetricsTimeline) -> list[str]:
-    def show(value: float | None, percent: bool = False) -> str:
-        if value is None:
-            return "not exported"
-        return f"{value * 100:.1f}%" if percent else f"{value:g}"
-
-    errors = timeline.errors
-    lines = [
-        f"{len(timeline.samples)} scrapes every {timeline.interval_s:g} s of {timeline.source} metrics, "
-        f"{len(errors)} failed" + (f" (first: {errors[0].error} at {errors[0].t_s:.1f} s)" if errors else ""),
-        f"peak running {show(timeline.peak('running'))}, peak waiting {show(timeline.peak('waiting'))}, "
-        f"peak KV-cache usage {show(timeline.peak('kv_cache_usage'), percent=True)}",
-        f"generation tokens counted by the server during the run: {show(timeline.increase('generation_tokens_total'))}",
-    ]
-    return lines + ([timeline.note] if timeline.note else [])
-
-
 async def check_metrics_timeline(ctx: CheckContext, check: Check) -> CheckResult:
     timeline = ctx.scratch.get(TIMELINE_KEY)
     if timeline is None:
@@ -228,7 +211,7 @@ async def check_metrics_timeline(ctx: CheckContext, check: Check) -> CheckResult
         return check.error(f"ctx.scratch[{TIMELINE_KEY!r}] is a {type(timeline).__name__}, not a MetricsTimeline")
     if timeline.source is None:
         return check.skip(f"no metrics timeline: {timeline.note or 'the server metrics were not recognised'}")
-    evidence = _timeline_evidence(timeline)
+    evidence = timeline.describe()
     taken = [s for s in timeline.samples if s.error is None]
     if not taken:
         return check.error(f"every one of {len(timeline.samples)} scrapes during the load failed", evidence)

@@ -26,20 +26,20 @@ import time
 
 from checks.load.endpoint import Endpoint
 from checks.readiness.check import Check, CheckContext
-from checks.readiness.metrics_scrape import read_target_metrics
+from checks.readiness.metrics_scrape import FOLLOW_UP_DEADLINE_S, at_baseline, read_target_metrics
 from checks.readiness.probe import ProbeResponse, request, tiny_request
 from checks.readiness.shutdown import SIGTERM_DRAIN
 from checks.readiness.slow_reader import SLOW_READER
 from checks.readiness.streams import StreamEnd, new_session, run_stream, stream_body
 from reports.check_result import Category, CheckResult, CheckStatus
+from reports.metrics_timeline import usage_line
 
 STORM_STREAMS = 8
 STORM_MAX_TOKENS = 256  # long enough that every stream is still generating when it is dropped
 STORM_DROP_AFTER_CHUNKS = 2
 STORM_TIMEOUT_S = 120.0  # for a stream to reach its drop point (a queued one waits for a slot)
-RECOVERY_DEADLINE_S = 15.0
+RECOVERY_DEADLINE_S = FOLLOW_UP_DEADLINE_S
 RECOVERY_POLL_S = 0.25
-KV_TOLERANCE = 0.01  # KV usage may sit this far above the baseline (a block's rounding)
 TINY_TIMEOUT_S = 30.0
 OVERFLOW_MAX_REQUESTS = 100
 OVERFLOW_MAX_TOKENS = 16
@@ -58,11 +58,6 @@ def _answers(resp: ProbeResponse) -> bool:
     return resp.status == 200 and isinstance(body, dict) and bool(body.get("choices"))
 
 
-def _usage_line(running: float | None, kv: float | None) -> str:
-    kv_text = "not exported" if kv is None else f"{kv * 100:.1f}%"
-    return f"running {'not exported' if running is None else f'{running:g}'}, KV-cache usage {kv_text}"
-
-
 async def _wait_for_baseline(endpoint: Endpoint, running0: float | None, kv0: float | None) -> tuple[float | None, str]:
     """Seconds until running and KV usage are back at the baseline (None: past the deadline), and the last reading."""
     start = time.perf_counter()
@@ -71,11 +66,8 @@ async def _wait_for_baseline(endpoint: Endpoint, running0: float | None, kv0: fl
         got = await read_target_metrics(endpoint)
         if got.reading is not None and got.problem is None:
             running, kv = got.reading.values["running"], got.reading.values["kv_cache_usage"]
-            last = _usage_line(running, kv)
-            back = (running0 is None or (running is not None and running <= running0)) and (
-                kv0 is None or (kv is not None and kv <= kv0 + KV_TOLERANCE)
-            )
-            if back:
+            last = usage_line(running, kv)
+            if at_baseline(running, kv, running0, kv0):
                 return time.perf_counter() - start, last
         else:
             last = got.problem or "no reading"
@@ -91,7 +83,7 @@ async def check_cancel_storm(ctx: CheckContext, check: Check) -> CheckResult:
     running0, kv0 = values.get("running"), values.get("kv_cache_usage")
     usable = running0 is not None or kv0 is not None
     evidence = [
-        f"before: {_usage_line(running0, kv0)}" if usable else f"before: {before.problem or 'no usable metrics'}"
+        f"before: {usage_line(running0, kv0)}" if usable else f"before: {before.problem or 'no usable metrics'}"
     ]
     body = stream_body(endpoint, STORM_MAX_TOKENS)
     async with new_session(STORM_TIMEOUT_S) as session:

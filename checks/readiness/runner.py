@@ -31,7 +31,7 @@ from checks.load.targets import BundledTarget, RemoteTarget, TargetError
 from checks.readiness.check import Check, CheckContext, Declared
 from checks.readiness.config import ChecklistConfig
 from checks.readiness.inputs import load_inputs
-from checks.readiness.metrics_scrape import TIMELINE_KEY, MetricsScraper
+from checks.readiness.metrics_scrape import TIMELINE_KEY
 from checks.readiness.monitoring import MONITORING_CHECKS
 from checks.readiness.performance import performance_checks
 from checks.readiness.reliability import FINAL_CHECKS, RELIABILITY_CHECKS
@@ -202,6 +202,8 @@ class Checklist:
         """Run the checklist's own benchmark when performance or resources are judged and none was handed over."""
         if self.given is not None:
             self.notes.append(f"performance judged from {self.config.from_path}, measured earlier")
+            if self.given.metrics is not None:
+                ctx.scratch[TIMELINE_KEY] = self.given.metrics
             return
         if not {Category.PERFORMANCE, Category.RESOURCES} & set(self.categories):
             return
@@ -210,16 +212,15 @@ class Checklist:
             f"measuring: {bench.profile}, {bench.requests} requests of {bench.input_len} in / "
             f"{bench.output_len} out tokens"
         )
-        scraper = MetricsScraper(ctx.endpoint)
-        scraper.start()
         try:
             ctx.benchmark = measure(
                 bench, ctx.endpoint, target, progress=self._load_progress, cancel=self.cancel, on_status=self.status
             )
         except (ValueError, OSError) as exc:
             self.notes.append(f"the benchmark could not run: {exc}")
-        finally:
-            ctx.scratch[TIMELINE_KEY] = scraper.stop()
+            return
+        if ctx.benchmark.metrics is not None:  # the benchmark scrapes /metrics around its own load
+            ctx.scratch[TIMELINE_KEY] = ctx.benchmark.metrics
 
     def _load_progress(self, p: Progress) -> None:
         total = f"/{p.total}" if p.total else ""

@@ -41,6 +41,8 @@ from checks.load.workloads import SyntheticSpec, synthetic_requests
 from reports import store
 from reports.benchmark_result import RemoteTargetDoc, load_benchmark_result
 from reports.records import ErrorKind, RequestRecord, TokenSource
+from tests.planted_server import MODEL as PLANTED_MODEL
+from tests.planted_server import Faults, PlantedServer
 
 INPUT_LEN, OUTPUT_LEN = 32, 8
 GREEDY = RequestOptions(temperature=0.0)
@@ -439,6 +441,12 @@ def test_cancellation_load_abandons_the_drawn_requests_and_counts_them_apart(end
             assert "abandoned by the client 40 ms after sending" in record.error_excerpt
     assert any("abandoned on purpose" in w for w in s.warnings)
     assert "Abandoned by the load (--cancel-rate)" in format_result(result)
+    # the server's own /metrics were followed through the load and back to where they started
+    assert result.metrics is not None and result.metrics.source == "preflight"
+    assert result.metrics.peak("running") is not None and result.metrics.peak("running") >= 1
+    followed = result.metrics_follow_up
+    assert followed is not None and followed.recovered_after_s is not None, followed
+    assert "back at the baseline (running 0, KV-cache usage 0.0%)" in format_result(result)
     again = run_benchmark(_remote_config(endpoint, profile="concurrency:2", requests=2))
     assert again.runs[0].summary.completed == 2  # the server recovered from the abandoned streams
 
@@ -563,3 +571,25 @@ def test_more_workers_than_the_ray_instance_has_cpus_still_run(endpoint: Endpoin
     )
     assert run.self_check.valid, run.self_check.reasons
     assert [w.records for w in run.workers] == [2, 2, 2] and all(r.ok for r in run.records)
+
+
+def test_a_server_that_keeps_abandoned_requests_is_reported_by_the_follow_up() -> None:
+    """A remote server that keeps a disconnected stream's slot and KV blocks (planted fault): the benchmark
+    follows /metrics after the cancellation load and says, in a warning and the console, that they stayed."""
+    with PlantedServer(Faults(kv_leak_on_cancel=True)) as server:
+        leaky = Endpoint(server.base_url, PLANTED_MODEL, api="chat", api_key=server.api_key)
+        config = _remote_config(
+            leaky, profile="concurrency:2", requests=6, output_len=64, cancel_rate=0.5, cancel_after_ms=40, seed=7,
+            cancel_follow_up_s=2.0,
+        )  # fmt: skip
+        result = run_benchmark(config)
+    followed = result.metrics_follow_up
+    assert followed is not None and followed.recovered_after_s is None
+    assert followed.baseline == "running 0, KV-cache usage 0.0%" and followed.last != followed.baseline
+    assert any("NOT back at the baseline" in w for w in result.warnings)
+    assert "abandoned requests may still hold their slots or KV blocks" in format_result(result)
+    # and a run told not to scrape has no timeline
+    with PlantedServer(Faults()) as server:
+        plain = Endpoint(server.base_url, PLANTED_MODEL, api="chat", api_key=server.api_key)
+        quiet = run_benchmark(_remote_config(plain, profile="concurrency:1", requests=1, scrape_metrics=False))
+    assert quiet.metrics is None and quiet.metrics_follow_up is None

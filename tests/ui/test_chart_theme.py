@@ -21,6 +21,7 @@ from planner.entrypoints import make_plan
 from planner.workload import RecommendOptions
 from reports.benchmark_result import SweepDoc
 from reports.documents import load
+from reports.metrics_timeline import MetricsSample, MetricsTimeline
 from reports.study_report import STUDY_CHARTS, StudyReport
 from tests.result_docs import record, result_of, run_of
 from widgets.benchmark import benchmark_charts, latency_cdf
@@ -64,7 +65,9 @@ def theme_colours(spec: Any, path: str = "") -> Iterator[str]:
 def _benchmark_result_with_sweep() -> Any:
     fast = run_of([record(0, 0.0, [0.1, 0.2, 0.3]), record(1, 0.0, [0.2, 0.3])], profile="constant:1")
     slow = run_of([record(0, 0.0, [0.5, 0.9, 1.3]), record(1, 0.1, [0.7, 1.0])], profile="constant:2")
-    return result_of([fast, slow], SweepDoc(max_rate_meeting_slo=None, stopped=None, attainment=0.95))
+    result = result_of([fast, slow], SweepDoc(max_rate_meeting_slo=None, stopped=None, attainment=0.95))
+    scrapes = [MetricsSample(t_s=t, running=r, waiting=0, kv_cache_usage=r / 8) for t, r in ((0.0, 0), (1.0, 2))]
+    return result.model_copy(update={"metrics": MetricsTimeline(source="preflight", interval_s=1.0, samples=scrapes)})
 
 
 @cache
