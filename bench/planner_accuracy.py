@@ -12,8 +12,8 @@ needed: it runs in well under a second.
 
 Where a point's conditions do not map one-to-one onto `predict`'s options, the mapping is stated:
 - NVIDIA NIM serves these models with TensorRT-LLM, so a `nim` point is predicted as `tensorrt-llm`;
-- Llama-2-7b/70b are not in the catalog: they are predicted from the architecture figures of their
-  Hugging Face config.json, kept in bench/data/*.config.json;
+- Llama-2-7b/70b and Qwen2.5-0.5B-Instruct are not in the catalog: they are predicted from the
+  architecture figures of their Hugging Face config.json, kept in bench/data/*.config.json;
 - a weights-only point whose source names no GPU is predicted on a stand-in GPU (weights per rank do
   not depend on the card);
 - a point measured at saturation (no stated concurrency) is compared on `max_output_tok_s`, which
@@ -54,6 +54,7 @@ DATA = Path(__file__).resolve().parent / "data"
 MODEL_FILES = {
     "meta-llama/Llama-2-7b-hf": DATA / "llama-2-7b-hf.config.json",
     "meta-llama/Llama-2-70b-hf": DATA / "llama-2-70b-hf.config.json",
+    "Qwen/Qwen2.5-0.5B-Instruct": DATA / "qwen2.5-0.5b-instruct.config.json",
 }
 ENGINE_MAP = {"nim": "tensorrt-llm"}  # NIM's LLM containers run TensorRT-LLM
 TRTLLM_BENCH_KV_FRACTION = 0.95  # trtllm-bench's kv_cache_free_gpu_mem_fraction default

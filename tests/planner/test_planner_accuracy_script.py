@@ -60,3 +60,10 @@ def test_summary_names_every_metric_and_the_start_check(predicted: tuple[list, d
     for label, _, _ in SUMMARY:
         assert label in text
     assert "started vs fits" in text
+
+
+def test_e2e_is_predicted_and_summarised_per_half(predicted: tuple[list, dict]) -> None:
+    rows = [r for r in predicted[0] if r.metric == "e2e_ms"]
+    assert {r.split for r in rows if r.error_pct is not None} == {"fit", "held_out"}
+    e2e_line = next(line for line in summary_table(predicted[0]).splitlines() if line.startswith("e2e_ms"))
+    assert "no points" not in e2e_line and e2e_line.count("(n=") == 3

@@ -58,7 +58,14 @@ def test_every_figure_is_in_its_quote() -> None:
 def test_metric_counts() -> None:
     counts = PUBLISHED.metric_counts()
     assert counts["max_output_tok_s"] >= 20 and counts["ttft_ms"] >= 10 and counts["weights_gib"] >= 3
+    assert counts["e2e_ms"] >= 3
     assert sum(counts.values()) >= len(PUBLISHED.points)
+
+
+def test_e2e_is_measured_in_both_halves() -> None:
+    """An E2E figure only the fit half holds could not show a held-out error."""
+    for half in ("fit", "held_out"):
+        assert any(p.measured.e2e_ms is not None for p in PUBLISHED.split(half)), half
 
 
 def _broken(edit) -> str:  # noqa: ANN001
@@ -75,6 +82,22 @@ def test_a_latency_figure_without_lengths_is_rejected() -> None:
         del nim["conditions"]["input_tokens"]
 
     assert "ttft_ms, tpot_ms, output_tok_s need conditions input_tokens" in _broken(drop_lengths)
+
+
+def _first_e2e(data: dict) -> dict:
+    return next(p for p in data["points"] if "e2e_ms" in p["measured"])
+
+
+def test_an_e2e_figure_needs_lengths_and_a_load() -> None:
+    def drop_output(data: dict) -> None:
+        del _first_e2e(data)["conditions"]["output_tokens"]
+
+    def drop_load(data: dict) -> None:
+        _first_e2e(data)["conditions"]["concurrency"] = None
+
+    assert "e2e_ms need conditions output_tokens" in _broken(drop_output)
+    assert "latency figures need concurrency or request_rate" in _broken(drop_load)
+    assert "Input should be greater than 0" in _broken(lambda d: _first_e2e(d)["measured"].update(e2e_ms=0))
 
 
 def test_kv_figures_need_the_memory_setting() -> None:
