@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from engine.quant.roundtrip import PRECISION_SCHEMES
 from engine.studies.base import (
     StudyOptions,
     StudyResult,
@@ -30,6 +31,7 @@ from engine.studies.precision import run_precision_study
 from engine.studies.quant import run_quant_study
 
 __all__ = [
+    "PRECISION_SCHEMES",
     "STUDIES",
     "StudyOptions",
     "StudyResult",
