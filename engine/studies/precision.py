@@ -48,8 +48,10 @@ FP8_SCHEMES = ("fp8-e4m3", "fp8-e5m2")  # the schemes whose served format stores
 
 
 def linear_layers(model: nn.Module) -> dict[str, QuantLinear]:
-    """Every linear weight of the model by module name, blocks in order, the tied head last."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    """Every linear weight of the model by module name, blocks in order, the tied head last (the model registers
+    it first, as the embedding; last it closes the heatmap as it closes the forward pass)."""
+    found = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    return {name: m for name, m in found.items() if name != HEAD} | ({HEAD: found[HEAD]} if HEAD in found else {})
 
 
 def layer_label(name: str) -> str:
@@ -194,7 +196,7 @@ def _notes(options: StudyOptions, layer_rows: list[dict[str, object]], n_ids: in
     n_windows = len(eval_windows(n_ids, options.eval_window))
     schemes = options.precision_schemes
     tops = {s: most_sensitive(layer_rows, s) for s in schemes}
-    lossy = [t for t in tops.values() if t]
+    lossy = [t for t in tops.values() if len(t) == TOP_LAYERS]  # a scheme that lost on fewer layers ranks nothing
     shared = [layer for layer in lossy[0] if all(layer in t for t in lossy)] if len(lossy) > 1 else []
     notes = [
         f"Reference: {REFERENCE} (the GGUF's weights dequantized). Per layer: relative Frobenius and max absolute "

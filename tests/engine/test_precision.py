@@ -88,6 +88,7 @@ def test_precision_study_compares_every_layer_and_scheme(study: StudyResult) -> 
     text = format_study(study)
     assert "int4-g128" in text and "L0.wqkv" not in text.split("=" * 20)[1]  # the console keeps the model rows
     assert any(note.startswith("Most sensitive under int8") for note in study.notes)
+    assert any(note.startswith("Among the most sensitive under every scheme") for note in study.notes)
     assert study_command("precision", SMALL).endswith("--threads 1 --eval-tokens 48 --eval-window 48 --act-tokens 24")
 
 
