@@ -110,3 +110,20 @@ def test_studies_page_offers_precision_and_reports_page_draws_its_heatmap(study:
     model_table = next(t.value for t in at.dataframe if "most_sensitive" in t.value.columns)  # then the full frame
     assert model_table["scheme"].tolist() == ["fp32", *PRECISION_SCHEMES]
     assert "output_rel_err" in model_table.columns
+
+
+def test_fp8_e5m2_is_a_served_format_that_loads_from_the_cache_and_generates() -> None:
+    from engine.quant.linear import Fp8E5M2Linear
+    from engine.run.runtime import Engine, LoadOptions
+    from engine.sampling import SamplingParams
+
+    Engine.load(LoadOptions("fp8-e5m2", None, "cpu", True))  # converts from the GGUF and writes the cache entry
+    engine = Engine.load(LoadOptions("fp8-e5m2", None, "cpu", True))
+    assert engine.info.source == "cache" and engine.info.quant == "fp8-e5m2"
+    head = engine.loaded.model.embedding.head
+    wo = engine.loaded.model.layers[0].attention.wo
+    for module in (head, wo):
+        assert isinstance(module, Fp8E5M2Linear) and module.weight.dtype == torch.float8_e5m2
+        assert module.kernel.startswith("fp8-e5m2: dequantize-on-the-fly")
+    result = engine.stream("The capital of France is", SamplingParams(max_tokens=4, ignore_eos=True)).drain()
+    assert result.completion_tokens == 4 and result.text.strip()
