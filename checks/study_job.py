@@ -28,7 +28,7 @@ class StudyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["kv", "quant", "batch"]
+    name: Literal["kv", "quant", "batch", "precision"]
     options: dict[str, Any] = {}
 
     @classmethod

@@ -8,5 +8,5 @@ narrower. No torch here on purpose: checks and the widgets import this without l
 
 from typing import Literal, get_args
 
-WeightFormat = Literal["fp32", "bf16", "int8", "int4", "fp8"]
+WeightFormat = Literal["fp32", "bf16", "int8", "int4", "fp8", "fp8-e5m2"]
 WEIGHT_FORMATS: tuple[WeightFormat, ...] = get_args(WeightFormat)

@@ -16,6 +16,16 @@ from engine.studies.registry import StudyResult, format_study, study_frame
 from reports.study_report import STUDY_CHARTS, StudyChart, StudyReport
 
 QUALITY_COLUMNS = ["format", "perplexity", "mean_kl_nats", "top1_agreement", "scored_tokens"]
+PRECISION_COLUMNS = [
+    "scheme",
+    "weight_rel_fro",
+    "weight_max_abs",
+    "output_rel_err",
+    "perplexity",
+    "mean_kl_nats",
+    "top1_agreement",
+    "most_sensitive",
+]
 
 
 def study_result(doc: StudyReport) -> StudyResult:
@@ -40,6 +50,43 @@ def _chart(doc: StudyReport, spec: StudyChart) -> alt.Chart:
     )
 
 
+def precision_heatmap(doc: StudyReport) -> alt.Chart:
+    """Layers down, schemes across, colour = output error on real activations (log scale: the schemes differ 100x).
+
+    A layer a scheme reproduces exactly (int4-g32 on the file's own Q4_1 grid) has no logarithm: it is drawn
+    as an empty cell and its tooltip says 0.
+    """
+    rows = [r for r in doc.rows if r.get("scope") == "layer"]
+    frame = pd.DataFrame(
+        {
+            "layer": [r["layer"] for r in rows],
+            "scheme": [r["scheme"] for r in rows],
+            "output error": [r["output_rel_err"] for r in rows],
+            "colour": [r["output_rel_err"] if r["output_rel_err"] else None for r in rows],  # type: ignore[operator]
+        }
+    )
+    layers = list(dict.fromkeys(frame["layer"]))
+    schemes = list(dict.fromkeys(frame["scheme"]))
+    return (
+        alt.Chart(frame)
+        .mark_rect()
+        .encode(
+            x=alt.X("scheme:N", sort=schemes, title="scheme"),
+            y=alt.Y("layer:N", sort=layers, title="layer"),
+            color=alt.Color("colour:Q", scale=alt.Scale(type="log", scheme="viridis"), title="output rel err"),
+            tooltip=["layer", "scheme", alt.Tooltip("output error:Q", format=".2e")],
+        )
+        .properties(title="Output error per layer and scheme", height=max(260, 9 * len(layers)))
+    )
+
+
+def _precision_view(doc: StudyReport, frame: pd.DataFrame) -> None:
+    """The model rows (quality per scheme, most sensitive layers) and the per-layer heatmap."""
+    model = frame[frame["scope"] == "model"]
+    st.dataframe(model[[c for c in PRECISION_COLUMNS if c in model.columns]], hide_index=True)
+    st.altair_chart(precision_heatmap(doc))
+
+
 def study_view(doc: StudyReport) -> None:
     specs = STUDY_CHARTS.get(doc.study, ())
     for col, spec in zip(st.columns(len(specs)) if specs else [], specs, strict=True):
@@ -47,6 +94,8 @@ def study_view(doc: StudyReport) -> None:
     frame = study_frame(study_result(doc))
     if doc.study == "quant" and set(QUALITY_COLUMNS) <= set(frame.columns):
         st.dataframe(frame[QUALITY_COLUMNS], hide_index=True)
+    if doc.study == "precision" and "scope" in frame.columns:
+        _precision_view(doc, frame)
     st.dataframe(frame, hide_index=True)
     for note in doc.notes:
         st.caption(note)

@@ -6,7 +6,7 @@ table is a quant Linear (vocab x hidden) used as the head for `project`, and
 table is an output channel of the head, so both directions are exact views of
 one stored weight.
 
-Formats: fp32 / bf16 keep a dense table; fp8 keeps float8_e4m3fn rows; int8 and
+Formats: fp32 / bf16 keep a dense table; fp8 keeps float8_e4m3fn rows (fp8-e5m2: float8_e5m2); int8 and
 int4 keep Q8_0 blocks (int8 codes, one fp16 scale per 32 values). The bundled
 GGUF stores this tensor as Q8_0, and those blocks are kept as they are, so the
 lookup and the head compute with exactly the file's values; a table stored in
@@ -24,7 +24,7 @@ from torch import nn
 from engine.quant.functions import Q8_0_BLOCK, Q80Blocks, quantize_q8_0
 from engine.quant.linear import Q80Linear, QuantLinear, empty_linear, make_linear
 
-TABLE_FORMAT = {"fp32": "fp32", "bf16": "bf16", "int8": "q8_0", "int4": "q8_0", "fp8": "fp8"}
+TABLE_FORMAT = {"fp32": "fp32", "bf16": "bf16", "int8": "q8_0", "int4": "q8_0", "fp8": "fp8", "fp8-e5m2": "fp8-e5m2"}
 
 
 class Embedding(nn.Module):

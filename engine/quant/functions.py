@@ -9,7 +9,10 @@ Forms (w is an (N, K) weight: N outputs, K inputs):
   q in 0..15, the form PyTorch's packed int4 kernel uses. K need not be a multiple of the
   group size: the last group is then shorter (the module zero-pads activations to fit).
 - fp8: float8_e4m3fn with a per-row scale = max|w| / 448, w ~= q * scale; out-of-range
-  values saturate at +-448 (e4m3fn has no inf: an unclamped cast would give NaN).
+  values saturate at +-448 (e4m3fn has no inf: an unclamped cast would give NaN). The same
+  functions take float8_e5m2 (`dtype=`): per-row scale = max|w| / 57344, saturating at
+  +-57344 (e5m2 has inf, which an unclamped cast of a larger value would give). E5M2 trades
+  one mantissa bit for range, so on weights (which a per-row scale already fits) it is coarser.
 
 Kernel timings that decided the choices below (int8, int4 and fp8 kernels at decode and prefill
 shapes on a 2-core CPU) are in docs/BENCHMARKS.md, "Quantized matmul kernels on CPU"; bench/quant_kernels.py
@@ -43,6 +46,8 @@ Q4_1_BLOCK = 32
 Q8_0_BLOCK = 32
 INT8_MAX = 127
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
+FP8_E5M2_MAX = 57344.0  # largest finite float8_e5m2
+FP8_MAXES = {torch.float8_e4m3fn: FP8_MAX, torch.float8_e5m2: FP8_E5M2_MAX}
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,31 +309,38 @@ def int4_buffers(
 # -- fp8 --------------------------------------------------------------------------------
 
 
-def quantize_fp8(w: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """float8_e4m3fn (N, K) with a per-row f32 scale (N,); w ~= q * scale.
+def quantize_fp8(
+    w: torch.Tensor, scale: torch.Tensor | None = None, dtype: torch.dtype = torch.float8_e4m3fn
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp8 `dtype` (N, K), float8_e4m3fn unless float8_e5m2 is asked for, with a per-row f32 scale (N,).
 
-    The scale defaults to max|w| / 448 per row (an all-zero row gets scale 0 and q 0). A
-    caller-given scale may be too small: values beyond 448 * scale saturate to +-448.
+    w ~= q * scale. The scale defaults to max|w| / (the dtype's largest finite value) per row (an
+    all-zero row gets scale 0 and q 0). A caller-given scale may be too small: values beyond that
+    largest value times the scale saturate to it.
     """
+    if dtype not in FP8_MAXES:
+        raise ValueError(f"fp8 dtype must be one of {', '.join(map(str, FP8_MAXES))}, got {dtype}")
+    fp8_max = FP8_MAXES[dtype]
     w = _check_matrix(w, "quantize_fp8")
     if scale is None:
-        scale = w.abs().amax(dim=1) / FP8_MAX
+        scale = w.abs().amax(dim=1) / fp8_max
     elif scale.shape != (w.shape[0],) or bool((scale < 0).any()) or not bool(torch.isfinite(scale).all()):
         raise ValueError(f"fp8 scale must be finite, non-negative and of shape ({w.shape[0]},)")
     scale = scale.float()
-    q = (w / _safe_divisor(scale)[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    q = (w / _safe_divisor(scale)[:, None]).clamp_(-fp8_max, fp8_max).to(dtype)
     return q, scale
 
 
-_FP8_VALUES = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).float()  # code -> value
+# code -> value, one 256-entry table per fp8 dtype
+_FP8_VALUES = {dtype: torch.arange(256, dtype=torch.uint8).view(dtype).float() for dtype in FP8_MAXES}
 
 
 def fp8_to_float(q: torch.Tensor) -> torch.Tensor:
-    """float8_e4m3fn -> float32 by a 256-entry table: on CPU ~3x faster than `q.float()`."""
+    """float8 (either dtype) -> float32 by a 256-entry table: on CPU ~3x faster than `q.float()`."""
     if q.device.type != "cpu":
         return q.float()
     codes = q.view(torch.uint8).reshape(-1).to(torch.int32)
-    return _FP8_VALUES.index_select(0, codes).view(q.shape)
+    return _FP8_VALUES[q.dtype].index_select(0, codes).view(q.shape)
 
 
 def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

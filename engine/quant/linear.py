@@ -409,6 +409,7 @@ class Fp8Linear(QuantLinear):
     """
 
     fmt = "fp8"
+    fp8_dtype = torch.float8_e4m3fn
 
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor, *, fp8_matmul: bool | None = None) -> None:
         super().__init__()
@@ -418,14 +419,14 @@ class Fp8Linear(QuantLinear):
         self.fp8_matmul = fp8_matmul
         self._ready = False
         self._use_scaled_mm = False
-        self.kernel = "fp8: not prepared (call post_load)"
+        self.kernel = f"{self.fmt}: not prepared (call post_load)"
 
     @classmethod
     def empty(cls, in_features: int, out_features: int, *, device: Any = "meta", **fmt_options: Any) -> Fp8Linear:
         fp8_matmul = fmt_options.pop("fp8_matmul", None)
-        _no_options("fp8", fmt_options)
+        _no_options(cls.fmt, fmt_options)
         return cls(
-            torch.empty(out_features, in_features, dtype=torch.float8_e4m3fn, device=device),
+            torch.empty(out_features, in_features, dtype=cls.fp8_dtype, device=device),
             torch.empty(out_features, dtype=torch.float32, device=device),
             fp8_matmul=fp8_matmul,
         )
@@ -434,12 +435,15 @@ class Fp8Linear(QuantLinear):
         reason = fp8_matmul_unavailable_reason(self.weight.device)
         if reason is None and (self.in_features % FP8_MM_MULTIPLE or self.out_features % FP8_MM_MULTIPLE):
             reason = f"shape {self.out_features}x{self.in_features} is not a multiple of 16"
+        if reason is None and self.fp8_dtype != torch.float8_e4m3fn:
+            reason = "e5m2 weights run dequantized (the scaled-matmul path quantizes activations to e4m3 only)"
+            self.fp8_matmul = None
         self._use_scaled_mm = self.fp8_matmul if self.fp8_matmul is not None else reason is None
         self._ready = True
         if self._use_scaled_mm:
-            self.kernel = "fp8: torch._scaled_mm (rowwise scales, activations quantized per token)"
+            self.kernel = f"{self.fmt}: torch._scaled_mm (rowwise scales, activations quantized per token)"
         else:
-            self.kernel = f"fp8: dequantize-on-the-fly ({reason or 'FP8 matmul disabled'})"
+            self.kernel = f"{self.fmt}: dequantize-on-the-fly ({reason or 'FP8 matmul disabled'})"
 
     def dequantized(self) -> torch.Tensor:
         return fp8_to_float(self.weight) * self.scale[:, None]
@@ -470,6 +474,17 @@ class Fp8Linear(QuantLinear):
         else:
             y = (x2 @ self.weight.to(x.dtype).T) * self.scale.to(x.dtype)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+
+class Fp8E5M2Linear(Fp8Linear):
+    """The fp8 module with a float8_e5m2 weight (format `fp8-e5m2`): two mantissa bits, five exponent bits.
+
+    Same buffers and kernels as `Fp8Linear`, except that it always dequantizes: the scaled-matmul
+    path quantizes activations to e4m3, and this variant exists to compare the weight dtype alone.
+    """
+
+    fmt = "fp8-e5m2"
+    fp8_dtype = torch.float8_e5m2
 
 
 # -- Q8_0 -------------------------------------------------------------------------------
@@ -642,7 +657,11 @@ def make_linear(
         dense = empty_linear(fmt, w.shape[1], w.shape[0])
         dense.weight = nn.Parameter(w.to(dense.weight.dtype).contiguous(), requires_grad=False)
         return dense
-    module: QuantLinear = Int8Linear(*quantize_int8(w)) if fmt == "int8" else Fp8Linear(*quantize_fp8(w))
+    if fmt == "int8":
+        module: QuantLinear = Int8Linear(*quantize_int8(w))
+    else:
+        cls = Fp8E5M2Linear if fmt == Fp8E5M2Linear.fmt else Fp8Linear
+        module = cls(*quantize_fp8(w, dtype=cls.fp8_dtype))
     module.post_load()
     return module
 
@@ -670,7 +689,8 @@ def empty_linear(
         return DenseLinear.empty(in_features, out_features, device=device, dtype=dtype)
     if fmt == "int4":
         return Int4Linear.empty(in_features, out_features, device=device, group_size=group_size)
-    return (Int8Linear if fmt == "int8" else Fp8Linear).empty(in_features, out_features, device=device)
+    kinds: dict[str, type[QuantLinear]] = {"int8": Int8Linear, "fp8": Fp8Linear, "fp8-e5m2": Fp8E5M2Linear}
+    return kinds[fmt].empty(in_features, out_features, device=device)
 
 
 def module_weight_bytes(module: nn.Module) -> int:

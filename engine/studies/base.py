@@ -23,6 +23,7 @@ import psutil
 import torch
 
 from engine.formats import WEIGHT_FORMATS
+from engine.quant.roundtrip import PRECISION_SCHEMES
 
 SCHEMA_VERSION = 1
 Progress = Callable[[str], None]
@@ -35,7 +36,13 @@ def _opt(default: Any, help: str) -> Any:
 
 # Counts below these cannot be measured (a decode speed needs two tokens, a perplexity window two); one home
 # for the rule, which the Engine studies page also uses as its input boxes' minimum.
-MIN_COUNTS = {"kv_tokens": 2, "quant_decode_tokens": 2, "eval_window": 2, "eval_max_tokens": 2}
+MIN_COUNTS = {
+    "kv_tokens": 2,
+    "quant_decode_tokens": 2,
+    "eval_window": 2,
+    "eval_max_tokens": 2,
+    "precision_act_tokens": 1,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +65,24 @@ class StudyOptions:
     quant_cold_load: bool = _opt(True, "quant: also time a load that converts from the GGUF (cache off)")
     eval_max_tokens: int = _opt(1536, "quant: tokens of the evaluation text scored for quality")
     eval_window: int = _opt(512, "quant: tokens per forward pass over the evaluation text")
+    precision_schemes: tuple[str, ...] = _opt(PRECISION_SCHEMES, "precision: schemes compared with fp32")
+    precision_act_tokens: int = _opt(
+        256, "precision: tokens of the evaluation text whose activations feed each layer's output error"
+    )
 
     def __post_init__(self) -> None:
-        for name in ("kv_lengths", "batch_sizes", "quant_formats"):
+        for name in ("kv_lengths", "batch_sizes", "quant_formats", "precision_schemes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.quant not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format {self.quant!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
         unknown = [f for f in self.quant_formats if f not in WEIGHT_FORMATS]
         if unknown or not self.quant_formats:
             raise ValueError(f"quant formats must be some of {', '.join(WEIGHT_FORMATS)}, got {self.quant_formats}")
+        bad = [s for s in self.precision_schemes if s not in PRECISION_SCHEMES]
+        if bad or not self.precision_schemes:
+            raise ValueError(
+                f"precision schemes must be some of {', '.join(PRECISION_SCHEMES)}, got {self.precision_schemes}"
+            )
         if self.kv_tokens < MIN_COUNTS["kv_tokens"]:
             raise ValueError(f"kv tokens must be at least 2 (decode speed needs two tokens), got {self.kv_tokens}")
         if not self.kv_lengths or min(self.kv_lengths) <= self.kv_tokens:
@@ -78,7 +94,7 @@ class StudyOptions:
             raise ValueError(f"threads must be at least 1 (or unset for torch's default), got {self.threads}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch sizes must be positive, got {self.batch_sizes}")
-        for name in ("batch_prompt_tokens", "batch_steps", "quant_prompt_tokens"):
+        for name in ("batch_prompt_tokens", "batch_steps", "quant_prompt_tokens", "precision_act_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.quant_decode_tokens < MIN_COUNTS["quant_decode_tokens"]:
@@ -298,6 +314,14 @@ def parse_formats(text: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     if not parts or any(p not in WEIGHT_FORMATS for p in parts):
         raise ValueError(f"expected comma-separated weight formats from {', '.join(WEIGHT_FORMATS)}, got {text!r}")
+    return parts
+
+
+def parse_schemes(text: str) -> tuple[str, ...]:
+    """'int8,int4-g32' -> ('int8', 'int4-g32'), each a known precision scheme."""
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not parts or any(p not in PRECISION_SCHEMES for p in parts):
+        raise ValueError(f"expected comma-separated schemes from {', '.join(PRECISION_SCHEMES)}, got {text!r}")
     return parts
 
 

@@ -1,4 +1,4 @@
-"""Measured optimization studies of the bundled engine: `kv`, `quant` and `batch`.
+"""Measured optimization studies of the bundled engine: `kv`, `quant`, `batch` and `precision`.
 
 `STUDIES[name](StudyOptions(...), progress=print)` runs one on this machine
 and returns a `StudyResult`; `format_study` renders it as a fixed-width
@@ -9,10 +9,12 @@ functions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
 
+from engine.quant.roundtrip import PRECISION_SCHEMES
 from engine.studies.base import (
     StudyOptions,
     StudyResult,
@@ -20,13 +22,16 @@ from engine.studies.base import (
     eval_text,
     option_help,
     parse_formats,
+    parse_schemes,
     parse_sizes,
 )
 from engine.studies.batch import run_batch_study
 from engine.studies.kv import run_kv_study
+from engine.studies.precision import run_precision_study
 from engine.studies.quant import run_quant_study
 
 __all__ = [
+    "PRECISION_SCHEMES",
     "STUDIES",
     "StudyOptions",
     "StudyResult",
@@ -34,6 +39,7 @@ __all__ = [
     "format_study",
     "option_help",
     "parse_formats",
+    "parse_schemes",
     "parse_sizes",
     "study_frame",
 ]
@@ -42,12 +48,14 @@ STUDIES: dict[str, StudyRun] = {
     "kv": run_kv_study,
     "quant": run_quant_study,
     "batch": run_batch_study,
+    "precision": run_precision_study,
 }
 
 TITLES = {
     "kv": "KV cache study: decode with and without the cache as the sequence grows",
     "quant": "Weight format study: size, load, speed and quality against fp32",
     "batch": "Batch study: batched greedy decode over one KV cache",
+    "precision": "Precision study: every linear layer in FP8 E4M3/E5M2, INT8 and INT4 against fp32",
 }
 
 
@@ -92,7 +100,19 @@ COLUMNS = {
         Column("rss_peak_bytes", "RSS peak MiB", "mib"),
         Column("rss_peak_delta_bytes", "RSS delta MiB", "mib"),
     ),
+    "precision": (
+        Column("scheme", "scheme", "str"),
+        Column("weight_rel_fro", "weight rel fro", "f4"),
+        Column("weight_max_abs", "weight max abs", "f4"),
+        Column("output_rel_err", "output rel err", "f4"),
+        Column("perplexity", "perplexity", "f3"),
+        Column("mean_kl_nats", "mean KL", "f4"),
+        Column("top1_agreement", "top-1 agree", "f3"),
+    ),
 }
+# The console table of a study with more rows than a console shows (precision: one per layer and scheme)
+# keeps the rows this picks; --json and the page keep them all.
+CONSOLE_ROWS: dict[str, Callable[[dict[str, object]], bool]] = {"precision": lambda row: row.get("scope") == "model"}
 LABEL_WIDTH = 22
 
 
@@ -119,7 +139,8 @@ def _condition(value: object) -> str:
 def format_study(result: StudyResult) -> str:
     """A fixed-width console block: conditions (label, value), a rule, the table, a rule, the notes."""
     columns = COLUMNS.get(result.name) or tuple(Column(k, k, "str") for k in (result.rows[:1] or [{}])[0])
-    cells = [[_cell(row.get(c.key), c.kind) for c in columns] for row in result.rows]
+    keep = CONSOLE_ROWS.get(result.name, lambda _row: True)
+    cells = [[_cell(row.get(c.key), c.kind) for c in columns] for row in result.rows if keep(row)]
     widths = [max([len(c.header), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     table_width = sum(widths) + 2 * (len(widths) - 1)
     conditions = [f"{k.replace('_', ' '):<{LABEL_WIDTH}}{_condition(v)}" for k, v in result.conditions.items()]

@@ -263,7 +263,7 @@ def test_fp8_bad_scale_is_a_value_error(scale):
 # -- modules ----------------------------------------------------------------------------
 
 # fp32/bf16 only round the activations; int8 dynamic also quantizes them per token.
-TOLERANCE = {"fp32": 1e-5, "bf16": 0.01, "int8": 0.02, "int4": 0.01, "fp8": 0.01}
+TOLERANCE = {"fp32": 1e-5, "bf16": 0.01, "int8": 0.02, "int4": 0.01, "fp8": 0.01, "fp8-e5m2": 0.01}
 
 
 @pytest.mark.parametrize("rows", ROWS)
@@ -419,7 +419,7 @@ def test_module_weight_bytes_sums_quant_and_plain_and_counts_tied_once():
 def test_low_bit_memory_is_really_low(fmt):
     module = make_linear(_weight(256, 576), fmt)
     bits_per_weight = 8 * module.weight_bytes() / (256 * 576)
-    assert bits_per_weight <= {"fp32": 32, "bf16": 16, "int8": 8.1, "int4": 5.0, "fp8": 8.1}[fmt]
+    assert bits_per_weight <= {"fp32": 32, "bf16": 16, "int8": 8.1, "int4": 5.0, "fp8": 8.1, "fp8-e5m2": 8.1}[fmt]
 
 
 def test_fp8_table_lookup_equals_the_cast():
