@@ -37,10 +37,12 @@ def _checkpoint(spec: LaunchSpec) -> tuple[str, list[str]]:
     repo = spec.model.hf_repo
     fmt, engine = spec.fmt, spec.engine
     needs_export = fmt.id in ("awq", "gptq", "int8") or (engine == "tensorrt-llm" and fmt.id == "fp8")
-    if needs_export:
-        var = f"{fmt.id.upper()}_CHECKPOINT"
-        tool = "nvidia-modelopt" if engine == "tensorrt-llm" else "llm-compressor or AutoAWQ"
+    if needs_export or fmt.checkpoint_only:
+        var = f"{fmt.id.upper().replace('-', '_')}_CHECKPOINT"
         base = repo or "your model"
+        if fmt.checkpoint_only:
+            return f'"${var}"', [f"# {var}: the published {fmt.label} checkpoint of {base}"]
+        tool = "nvidia-modelopt" if engine == "tensorrt-llm" else "llm-compressor or AutoAWQ"
         return f'"${var}"', [f"# {var}: a {fmt.label} export of {base} (made with {tool}, or a published one)"]
     if repo is None:
         return '"$MODEL_DIR"', ["# MODEL_DIR: the folder holding this model's config.json and weights"]

@@ -93,6 +93,18 @@ class ModelSpec:
         return self.vocab_size * self.hidden_size
 
     @property
+    def attention_params(self) -> int:
+        """Q, K, V, O projections (and QKV bias) over all layers; MLA's latent projections are not counted here."""
+        return _attention_params(
+            self.n_layers, self.hidden_size, self.n_heads, self.n_kv_heads, self.head_dim, self.qkv_bias
+        )
+
+    @property
+    def dense_mlp_params_per_layer(self) -> int:
+        """Gate, up and down projections of one dense layer."""
+        return 3 * self.hidden_size * self.intermediate_size
+
+    @property
     def norm_params(self) -> int:
         return (2 * self.n_layers + 1) * self.hidden_size
 

@@ -22,7 +22,7 @@ from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
 from planner.predict import Efficiency, Knobs, memory_config, predict_config, scheduler_limits
 from planner.roofline import Device, Parallel, cc_at_least, compute_kind, ridge_point
-from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
+from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory, sixteen_bit_layout_problem
 from planner.workload import Workload
 
 NEAR_LOSSLESS = ("none", "negligible")
@@ -141,6 +141,9 @@ def cannot_run(engine: EngineSpec, fmt: FormatSpec, model: ModelSpec, device: De
         model.architecture not in engine.architectures or model.moe or model.uses_mla or model.sliding_window
     ):
         return f"{engine.label} runs dense {'/'.join(engine.architectures)}-architecture models only"
+    layout_problem = sixteen_bit_layout_problem(model, fmt)
+    if layout_problem:
+        return layout_problem
     if device.kind == "gpu" and fmt.compute == "bf16" and device.flops.get("bf16") is None:
         return f"{device.name} has no BF16: use FP16"
     needed = (engine.format_min_cc or {}).get(fmt.id, fmt.min_cc)
@@ -454,6 +457,8 @@ def recommend(
             continue
         for fmt_id in engine.formats:
             fmt = catalog.format(fmt_id)
+            if fmt.checkpoint_only:
+                continue  # a published checkpoint's layout: predicted when named, never proposed
             if fmt.id == "fp16" and device.flops.get("bf16") is not None:
                 continue  # same bytes and speed as BF16, which is listed
             why_not = cannot_run(engine, fmt, model, device)

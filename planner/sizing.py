@@ -30,12 +30,52 @@ class WeightBytes:
         return self.body + self.embedding
 
 
+EDGE_LAYERS = 2  # "edge_layers": the first and the last decoder layer
+
+
+def sixteen_bit_layout_problem(model: ModelSpec, fmt: FormatSpec) -> str | None:
+    """Why a mixed-precision layout cannot describe this model (None when it can, or the format has none).
+
+    The layouts name dense-layer parts (attention projections, whole first/last layers); MoE experts
+    and MLA's latent projections have no such split in them.
+    """
+    if fmt.sixteen_bit_parts and (model.moe is not None or model.uses_mla):
+        return f"{fmt.label} is a layout of dense checkpoints; {model.name} has MoE or MLA layers"
+    return None
+
+
+def sixteen_bit_params(model: ModelSpec, fmt: FormatSpec) -> int:
+    """Body parameters a mixed-precision checkpoint keeps at 16 bits, norms included (0 for a uniform format).
+
+    Meta's FP8 checkpoints quantize only the MLPs of the middle layers: every attention projection and
+    the first and last layers stay BF16 (formats.json fbgemm-fp8 cites the layout).
+    """
+    parts = set(fmt.sixteen_bit_parts)
+    if not parts:
+        return 0
+    problem = sixteen_bit_layout_problem(model, fmt)
+    if problem:
+        raise ValueError(problem)
+    attention_per_layer = model.attention_params // model.n_layers
+    edge = min(EDGE_LAYERS, model.n_layers)
+    kept = model.norm_params
+    if "attention" in parts:
+        kept += model.attention_params
+    if "edge_layers" in parts:
+        kept += edge * model.dense_mlp_params_per_layer
+        if "attention" not in parts:
+            kept += edge * attention_per_layer
+    return kept
+
+
 def weight_bytes(model: ModelSpec, fmt: FormatSpec) -> WeightBytes:
-    """params x bits / 8, with the table and untied head at the format's embedding bits."""
+    """params x bits / 8, with the table and untied head at the format's embedding bits, and the parts a
+    mixed-precision checkpoint keeps at 16 bits at 2 bytes."""
     emb_bits = fmt.embedding_bits or fmt.bits_per_weight
     body_params = model.params_total - model.embedding_params
+    kept = sixteen_bit_params(model, fmt)
     return WeightBytes(
-        body=math.ceil(body_params * fmt.bits_per_weight / 8),
+        body=math.ceil((body_params - kept) * fmt.bits_per_weight / 8) + 2 * kept,
         embedding=math.ceil(model.embedding_params * emb_bits / 8),
     )
 

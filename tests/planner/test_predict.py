@@ -13,6 +13,7 @@ from planner.catalog import load_catalog
 from planner.entrypoints import predict_one
 from planner.errors import PlannerError, WorkloadError
 from planner.hardware import detect
+from planner.launch import LaunchSpec, launch_command
 from planner.predict import Knobs, predict_config, scheduler_limits
 from planner.predict_io import PredictOptions, PredictResult
 from planner.roofline import Device, Parallel, gpu_device
@@ -219,6 +220,28 @@ def test_predict_refuses_impossible_requests() -> None:
         predict(model="llama-3.1-8b", gpu="h100-sxm", engine="vllm", format="gguf-q4_k_m")
     with pytest.raises(ValueError, match="Extra inputs"):
         PredictResult.model_validate({"extra": 1})
+
+
+def test_meta_fp8_checkpoint_is_predicted_when_named_and_never_proposed() -> None:
+    """fbgemm-fp8 is the layout of Meta's published FP8 checkpoints: predict takes it, recommend skips it."""
+    r = predict(model="llama-3.1-405b", gpu="h100-sxm", gpus=8, tp=8, format="fbgemm-fp8", max_model_len=8192)
+    uniform = predict(model="llama-3.1-405b", gpu="h100-sxm", gpus=8, tp=8, format="fp8", max_model_len=8192)
+    assert r.fits and r.weights_gib == pytest.approx(56.71, abs=0.01)  # by hand in test_sizing
+    assert r.weights_gib > uniform.weights_gib and r.kv_cache_gib < uniform.kv_cache_gib
+    p = plan(model="llama-3.1-405b", gpu="h100-sxm", gpus=8, context=8192, concurrency=32)
+    assert all(o.format != "fbgemm-fp8" for o in [*p.options, *p.unfit])
+    with pytest.raises(WorkloadError, match="layout of dense checkpoints"):
+        predict(model="mixtral-8x7b", gpu="h100-sxm", gpus=2, tp=2, format="fbgemm-fp8", max_model_len=8192)
+
+
+def test_meta_fp8_launch_names_the_published_checkpoint() -> None:
+    spec = LaunchSpec(
+        engine="vllm", fmt=CAT.formats["fbgemm-fp8"], model=CAT.models["llama-3.1-405b"], device_kind="gpu", tp=8
+    )
+    lines = launch_command(spec).splitlines()
+    repo = "meta-llama/Llama-3.1-405B-Instruct"
+    assert lines[0] == f"# FBGEMM_FP8_CHECKPOINT: the published FP8 FFN-only (Meta FBGEMM) checkpoint of {repo}"
+    assert lines[-1].startswith('vllm serve "$FBGEMM_FP8_CHECKPOINT" --quantization fbgemm_fp8 ')
 
 
 def test_cli_predict_json(capsys: pytest.CaptureFixture[str]) -> None:

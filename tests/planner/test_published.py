@@ -50,7 +50,7 @@ def test_every_figure_is_in_its_quote() -> None:
             value = getattr(point.measured, name)
             if isinstance(value, bool):
                 continue
-            shown = f"{value:g}"
+            shown = str(value) if isinstance(value, int) else f"{value:g}"  # :g writes 1192160 as 1.19216e+06
             zeros = "0*" if "." in shown else r"(?:\.0+)?"  # 57.7520 is 57.752; 51.0 is 51
             assert re.search(rf"(?<![\d.]){re.escape(shown)}{zeros}(?!\d)", quoted), (point.id, name, value)
 
@@ -66,6 +66,13 @@ def test_e2e_is_measured_in_both_halves() -> None:
     """An E2E figure only the fit half holds could not show a held-out error."""
     for half in ("fit", "held_out"):
         assert any(p.measured.e2e_ms is not None for p in PUBLISHED.split(half)), half
+
+
+def test_kv_capacity_is_measured_in_both_halves() -> None:
+    """A KV figure only the fit half holds could not show a held-out error."""
+    kv = ("kv_tokens", "gpu_blocks", "kv_cache_gib", "max_concurrency")
+    for half in ("fit", "held_out"):
+        assert any(any(getattr(p.measured, m) is not None for m in kv) for p in PUBLISHED.split(half)), half
 
 
 def _broken(edit) -> str:  # noqa: ANN001

@@ -25,6 +25,7 @@ from planner.sizing import (
     kv_bytes_per_token,
     kv_bytes_per_token_per_device,
     plan_memory,
+    sixteen_bit_params,
     weight_bytes,
 )
 
@@ -74,6 +75,25 @@ def test_sliding_window_keeps_only_the_window() -> None:
 )
 def test_weight_bytes_llama_8b(fmt: str, expected: int) -> None:
     assert weight_bytes(M["llama-3.1-8b"], F[fmt]).total == expected
+
+
+def test_meta_fp8_checkpoint_keeps_attention_and_edge_layers_16_bit() -> None:
+    """Llama-3.1-405B in Meta's FP8 layout: only the MLPs of layers 1..124 are FP8."""
+    model, fmt = M["llama-3.1-405b"], F["fbgemm-fp8"]
+    # norms 253 x 16384 = 4,145,152 + attention 126 x 570,425,344 = 71,873,593,344
+    # + layers 0 and 125's MLPs 2 x 3 x 16384 x 53248 = 5,234,491,392
+    assert sixteen_bit_params(model, fmt) == 77_112_229_888
+    wb = weight_bytes(model, fmt)
+    # FP8: 401,650,696,192 body - 77,112,229,888 kept = 324,538,466,304 (124 MLPs) x 1; kept x 2
+    assert wb.body == 324_538_466_304 + 2 * 77_112_229_888
+    assert wb.embedding == 2 * 4_202_692_608  # table and untied head, BF16
+    assert wb.total / 8 / 2**30 == pytest.approx(56.71, abs=0.01)  # per rank at TP 8; vLLM logged 57.752
+    assert wb.total > weight_bytes(model, F["fp8"]).total  # uniform FP8 is 17% lighter
+
+
+def test_a_dense_layout_refuses_moe_models() -> None:
+    with pytest.raises(ValueError, match="layout of dense checkpoints"):
+        weight_bytes(M["mixtral-8x7b"], F["fbgemm-fp8"])
 
 
 def test_vllm_block_arithmetic_llama_8b_bf16_on_h100() -> None:
