@@ -53,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
     gen.add_argument("--no-kv-cache", action="store_true", help="recompute the whole sequence every step")
     gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings)")
-    gen.add_argument("--compile", action="store_true", help="torch.compile the model first (slow start, fast decode)")
+    gen.add_argument(
+        "--compile",
+        action="store_true",
+        help="compiled decode step (about 1 min the first time on a machine, seconds after; faster decode)",
+    )
 
     info = sub.add_parser("info", help="architecture, sizes and weight formats of a model file")
     _add_model_args(info)

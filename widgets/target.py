@@ -80,7 +80,7 @@ def target_sidebar() -> None:
             st.selectbox("Weight format", WEIGHT_FORMATS, index=WEIGHT_FORMATS.index("int4"), key="target_quant")
             st.number_input("Server threads (0 = torch default)", 0, 64, 1, key="target_threads")
             st.checkbox(
-                "torch.compile the server (Benchmark only; its first start takes minutes)", key="target_compile"
+                "Compiled decode (Benchmark only; about a minute the first time, seconds after)", key="target_compile"
             )
             return
         st.selectbox("Server", [CUSTOM, *PRESET_NAMES], key="target_preset", on_change=_apply_preset)
@@ -133,7 +133,7 @@ def target_line(values: dict) -> None:
         threads = values.get("threads")
         shown += f", {threads} server thread{'s' * (threads != 1)}" if threads else ", torch's default threads"
         if values.get("compile"):
-            shown += ", torch.compile"
+            shown += ", compiled decode"
     elif values.get("model"):
         shown += f", model {values['model']}"
     st.markdown(f"**Target:** `{shown}` (change it in the sidebar)")

@@ -122,7 +122,7 @@ class BenchmarkConfig(BaseModel):
     device: str = Field("cpu", description="bundled target: cpu, cuda or auto")
     max_num_seqs: int = Field(16, ge=1, description="bundled target: sequences batched together")
     compile: bool = Field(
-        False, description="bundled target: serve --compile (torch.compile; 3-4 min first start, faster decode)"
+        False, description="bundled target: serve --compile (compiled decode; ~1 min the first time, seconds after)"
     )
     sweep_rates: int = Field(5, ge=1, description="sweep: Poisson rates between sync and saturation")
     sweep_concurrency: int = Field(32, ge=2, description="sweep: concurrency of the saturation step")

@@ -18,7 +18,6 @@ from engine.batch.paged_cache import PagedKVCache, build_batch
 from engine.batch.scheduler import Scheduler, SchedulerConfig
 from engine.batch.scheduler_io import ScheduledSeq
 from engine.batch.sequence import Sequence
-from engine.model.compiled import WARMUP_PROMPT_IDS
 from engine.model.loader import LoadedModel
 from engine.sampling import SamplingParams, argmax_ids, make_generator, sample_token
 
@@ -201,24 +200,6 @@ class BatchEngine:
             spec_acceptance_rate=s.spec_acceptance_rate,
             kv_cache_bytes=self.cache.nbytes,
         )
-
-
-def warm_up_compiled(loaded: LoadedModel) -> None:
-    """Trace the compiled decode-only graphs (one sequence, then several) before serving.
-
-    Runs on a throwaway BatchEngine with a small pool of its own, so the real engine's
-    prefix cache and statistics never see the warm-up. The pool size is a dynamic
-    dimension of the compiled graphs, so they are reused by the real pool.
-    """
-    block = BatchConfig().block_size
-    pool = 8 * PagedKVCache.bytes_per_block(loaded.config, block, loaded.model.act_dtype)
-    engine = BatchEngine(loaded, BatchConfig(max_num_seqs=2, max_model_len=64, kv_cache_bytes=pool, block_size=block))
-    params = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
-    for batch in (1, 2):
-        for i in range(batch):
-            engine.add_request([WARMUP_PROMPT_IDS[0] + i, *WARMUP_PROMPT_IDS[1:]], params)
-        while engine.has_unfinished:
-            engine.step()
 
 
 def _sample_rows(items: list[ScheduledSeq]) -> tuple[list[int], dict[ScheduledSeq, tuple[int, int]]]:

@@ -22,12 +22,14 @@ product: 0.82 ms vs 0.49 ms per layer for 16 sequences of ~200 positions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from engine.batch.scheduler_io import SchedulerOutput
+from engine.model.aot import AotExample
 from engine.model.attention import causal_mask, decode_attention
 from engine.model.config import ModelConfig
 
@@ -43,6 +45,14 @@ class PagedKVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.num_blocks, self.block_size = num_blocks, block_size
+
+    @classmethod
+    def over(cls, keys: list[torch.Tensor], values: list[torch.Tensor]) -> PagedKVCache:
+        """Existing pools seen as a cache (block size unknown, 0): what a compiled step traces."""
+        cache = cls.__new__(cls)
+        cache.keys, cache.values = keys, values
+        cache.num_blocks = cache.block_size = 0
+        return cache
 
     @property
     def nbytes(self) -> int:
@@ -88,10 +98,66 @@ class PagedBatch:
     segments: list[Segment]
     decode_only: bool = False  # every token is a single-token decode, in row order (no scatter needed)
 
-    @property
-    def compilable(self) -> bool:
-        """Decode-only steps have one regular shape; mixed steps loop over a varying list of segments."""
-        return self.decode_only
+    aot_kind = "paged-decode"
+
+    def aot_inputs(self, ids: torch.Tensor) -> list[torch.Tensor] | None:
+        """Decode-only steps have a compiled graph (any batch size); mixed steps loop over segments, eagerly.
+
+        One decode has no padding mask; the graph takes an all-False one, which masks nothing.
+        """
+        if not self.decode_only or self.decode_rows is None or self.decode_keys is None:
+            return None
+        n_kv = self.cache.keys[0].shape[1]
+        keys = self.decode_keys.view(self.decode_rows.shape[0], n_kv, -1)
+        padding = self.decode_padding
+        if padding is None:
+            padding = torch.zeros(keys.shape[0], 1, 1, keys.shape[2], dtype=torch.bool, device=keys.device)
+        return [self.slot_mapping, self.decode_rows, keys, padding, *self.cache.keys, *self.cache.values]
+
+    @classmethod
+    def aot_rebuild(cls, tensors: Sequence[torch.Tensor]) -> PagedBatch:
+        """The decode-only batch a compiled step traces (ids and positions are not read by `attend`)."""
+        slots, rows, keys, padding, *pools = tensors
+        half = len(pools) // 2
+        return cls(
+            cache=PagedKVCache.over(pools[:half], pools[half:]),
+            ids=rows,
+            positions=rows,
+            slot_mapping=slots,
+            decode_rows=rows,
+            decode_keys=keys.reshape(-1),
+            decode_padding=padding,
+            segments=[],
+            decode_only=True,
+        )
+
+    @classmethod
+    def aot_example(cls, config: ModelConfig, dtype: torch.dtype) -> AotExample:
+        """Three decodes of 20, 13 and 7 positions in a 64-slot pool filled with seeded noise."""
+        lengths, width, slots = [20, 13, 7], 20, 64
+        gen = torch.Generator().manual_seed(0)
+        shape = (slots, config.n_kv_heads, config.head_dim)
+        pools = [torch.randn(shape, generator=gen).to(dtype) for _ in range(2 * config.n_layers)]
+        key_slots = torch.tensor([[i * width + p if p < n else 0 for p in range(width)] for i, n in enumerate(lengths)])
+        n = len(lengths)
+        seqs = torch.export.Dim("seqs", min=1, max=4096)
+        keys = torch.export.Dim("keys", min=1, max=config.context_length)
+        pool = torch.export.Dim("slots", min=1, max=2**31 - 1)
+        length = torch.tensor(lengths)
+        return AotExample(
+            ids=torch.tensor([[17, 18, 19]]),
+            positions=length - 1,
+            cache=[
+                torch.tensor([i * width + m - 1 for i, m in enumerate(lengths)]),
+                torch.arange(n),
+                head_rows(key_slots, config.n_kv_heads).view(n, config.n_kv_heads, width),
+                (torch.arange(width)[None, :] >= length[:, None])[:, None, None, :],
+                *pools,
+            ],
+            tokens_dim=seqs,
+            cache_dims=[{0: seqs}, {0: seqs}, {0: seqs, 2: keys}, {0: seqs, 3: keys}]
+            + [{0: pool}] * (2 * config.n_layers),
+        )
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         _, n_tok, n_heads, dim = q.shape

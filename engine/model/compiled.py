@@ -1,30 +1,25 @@
-"""Opt-in `torch.compile` of the transformer blocks (`--compile`).
+"""`--compile`: the decode steps run as ahead-of-time compiled code (engine/model/aot.py).
 
 Why: at 135M parameters a decode step is ~1,600 small aten calls, and their
 dispatch, not arithmetic, is most of the step (12.7 ms eager on 2 cores, of
 which the int4 matmuls are ~4 ms). Inductor fuses the norms, RoPE, SwiGLU and
 residual adds into a few generated C++ loops and calls the int4 kernel
-directly: the same step took 7.1 ms (see docs/BENCHMARKS.md).
+directly, from generated C++ rather than Python.
 
-Why opt-in: compiling costs 3-4 minutes on 2 cores the first time (two graphs:
-prefill and decode for `generate`; decode of one and of several sequences for
-the server) and ~50 s in a later process, which reuses Inductor's on-disk cache
-under Preflight's cache directory but must still trace the model. The dashboard's
-default engine and the studies stay eager.
+How: each decode step kind (single-sequence over the contiguous cache for `generate`,
+decode-only batches of the paged cache for the server) is exported once and built into
+an AOTInductor package cached under Preflight's cache directory. The first process on a
+machine pays the build (about a minute per kind on 2 cores); every later one loads the
+package in seconds, with no tracing. `torch.compile` was used before: it re-traced the
+model in every process (~50-65 s of a warm start on 2 cores).
 
-What is compiled: the embedding lookup and the 30 blocks (`Transformer._run_blocks`),
-only where shapes are regular: the contiguous KVCache, and decode-only paged steps.
-Mixed prefill/decode paged steps, whose per-segment loop would recompile for
-every segment count, run eagerly; so does the no-KV-cache path, which the
-with/without-cache study must measure as written. Inductor's C++ wrapper is on:
-it calls the kernels from generated C++ instead of Python, which measured ~9%
-faster decode (124 -> 135 tok/s) for a slower first compile.
+What stays eager: prefill, mixed prefill/decode steps, speculative verification and the
+no-KV-cache path (which the with/without-cache study must measure as written).
 
-Numerics: fp32 matches eager to ~3e-5 in the logits. With bf16 activations
-(int4/int8/bf16) Inductor's fused RMSNorm sums in another order; a one-ulp
-difference can flip a later bf16 rounding, so logits drift by up to ~1 over 30
-layers, but quality against the fp32 model is unchanged (mean KL 0.0082 vs
-0.0083 nats, same top-1 agreement on the shipped evaluation text).
+Numerics: fp32 matches eager to ~1e-6. With bf16 activations (int4/int8/bf16) Inductor's
+fused RMSNorm sums in another order; a one-ulp difference can flip a later bf16 rounding,
+so hidden values drift slightly over 30 layers, while quality against the fp32 model is
+unchanged (docs/BENCHMARKS.md).
 
 CPU only for now: on CUDA the single-stream decode step already runs as a CUDA
 graph (engine/run/cuda_graph.py), and the compiled path has not been verified there.
@@ -34,7 +29,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -42,17 +37,16 @@ import torch
 from engine.errors import EngineError
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-WARMUP_PROMPT_IDS = list(range(16, 24))  # any 8 in-vocabulary ids: a warm-up traces shapes, not text
 
 
 def inductor_cache_dir() -> str:
-    """Where Inductor keeps generated kernels: beside the weight cache, so a warm compile is fast."""
+    """Where Inductor builds its C++ (and keeps what it can reuse): beside the weight cache."""
     from engine.model.weight_cache import cache_dir
 
     return str(cache_dir() / "inductor")
 
 
-def _use_preflight_cache_dir() -> None:
+def use_preflight_inductor_cache() -> None:
     """Point Inductor at Preflight's cache unless the user chose a directory.
 
     Torch writes its default into the environment variable the first time anything
@@ -78,19 +72,22 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
             "runs as a CUDA graph)"
         )
     if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
-        return "torch.compile on CPU needs a C++ compiler (g++ or clang++) on PATH; install one or drop --compile"
+        return "--compile on CPU needs a C++ compiler (g++ or clang++) on PATH; install one or drop --compile"
     return None
 
 
-def compile_function(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
-    """`fn` compiled by Inductor with dynamic shapes (token count, context length, batch).
+def compile_model(model: Any, kinds: Sequence[Any], device: torch.device) -> float:
+    """Switch `model` to compiled steps for the given cache kinds; returns the seconds it took.
 
-    Raises EngineError up front when the toolchain is missing, rather than on the
-    first request. Sizes 0 and 1 are still specialised by Dynamo, so single-token
-    decode and single-sequence batches get graphs of their own.
+    Raises EngineError up front when the toolchain is missing, and when a package cannot be
+    built, loaded or verified; the model is then left eager and working.
     """
+    from engine.model.aot import compile_steps
+
     reason = compile_unavailable_reason(device)
     if reason is not None:
         raise EngineError(reason)
-    _use_preflight_cache_dir()
-    return torch.compile(fn, dynamic=True, fullgraph=True, options={"cpp_wrapper": True})
+    use_preflight_inductor_cache()
+    blocks = compile_steps(model, kinds)
+    model.enable_compile(blocks)
+    return blocks.seconds

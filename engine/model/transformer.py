@@ -39,7 +39,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.shape = (dim,)
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
-        self._cast: torch.Tensor | None = None
+        # A buffer (not saved), so a compiled step takes it as an input like any weight
+        # instead of baking the traced model's values into its package.
+        self._cast: torch.Tensor | None
+        self.register_buffer("_cast", None, persistent=False)
 
     def post_load(self) -> None:
         self._cast = None
@@ -126,11 +129,9 @@ def _causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
 class AttentionCache(Protocol):
     """Where K/V live between steps: the contiguous `KVCache` or the paged cache of the server.
 
-    `compilable` says whether a step over this cache has regular enough shapes for
-    the torch.compile'd blocks (engine/model/compiled.py); the others run eagerly.
+    Which of a cache's steps run compiled under `--compile` is the cache's own call
+    (`aot_inputs`, engine/model/aot.py); the others run eagerly.
     """
-
-    compilable: bool
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """Store k, v (b, t, kv_heads, dim) for `layer` and return attention output (b, t, heads * dim)."""
@@ -193,19 +194,16 @@ class Transformer(nn.Module):
     def compiled(self) -> bool:
         return self._compiled_blocks is not None
 
-    def enable_compile(self) -> None:
-        """Run steps over a compilable cache through a torch.compile'd copy of the blocks.
+    def prepare_compile(self) -> None:
+        """Make every lazily built tensor now, so a compiled step sees the model's final layout."""
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.prepare(self.act_dtype)
 
-        Compilation itself happens on the first such step (see engine/model/compiled.py);
-        callers warm up before they measure or serve.
-        """
-        from engine.model.compiled import compile_function
-
-        if self._compiled_blocks is None:
-            for module in self.modules():
-                if isinstance(module, RMSNorm):
-                    module.prepare(self.act_dtype)
-            self._compiled_blocks = compile_function(self._run_blocks, self.rope.cos.device)
+    def enable_compile(self, blocks: Callable[..., torch.Tensor]) -> None:
+        """Run steps over a compilable cache through `blocks` (engine/model/compiled.py's compiled steps)."""
+        self.prepare_compile()
+        self._compiled_blocks = blocks
 
     def disable_compile(self) -> None:
         """Back to eager blocks (after a failed compile: the model must keep working)."""
@@ -249,7 +247,7 @@ class Transformer(nn.Module):
         return self._logits(h)
 
     def _blocks(self, ids: torch.Tensor, rope: RopeArgs, cache: AttentionCache | None) -> torch.Tensor:
-        if self._compiled_blocks is not None and cache is not None and cache.compilable:
+        if self._compiled_blocks is not None and cache is not None:
             return self._compiled_blocks(ids, rope, cache)
         return self._run_blocks(ids, rope, cache)
 

@@ -110,7 +110,7 @@ def _open_lock(entry: CacheEntry, exclusive: bool) -> int | None:
 
 
 @contextmanager
-def _locked(entry: CacheEntry, exclusive: bool) -> Iterator[None]:
+def locked(entry: CacheEntry, exclusive: bool) -> Iterator[None]:
     """Hold the entry's lock: exclusive to write, shared to read."""
     fd = _open_lock(entry, exclusive)
     if fd is None:
@@ -140,7 +140,7 @@ def save_entry(entry: CacheEntry, state: dict[str, torch.Tensor], manifest: dict
     contiguous = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     try:
         entry.tensors.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(entry, exclusive=True):
+        with locked(entry, exclusive=True):
             for stale in entry.tensors.parent.glob(entry.temp_prefix + "*.tmp"):  # a killed writer's leftovers
                 stale.unlink(missing_ok=True)
             temps: list[Path] = []
@@ -165,7 +165,7 @@ def save_entry(entry: CacheEntry, state: dict[str, torch.Tensor], manifest: dict
 
 def load_entry(entry: CacheEntry, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Verified state dict and manifest of an entry; WeightCacheError when anything is off."""
-    with _locked(entry, exclusive=False):
+    with locked(entry, exclusive=False):
         return _read_entry(entry, device)
 
 

@@ -32,8 +32,6 @@ def graph_capacity(needed: int, context_length: int) -> int:
 class StaticKVCache:
     """K/V buffers of one sequence whose decode step has static shapes (an `AttentionCache`)."""
 
-    compilable = False  # captured as a CUDA graph instead
-
     def __init__(self, config: ModelConfig, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
         shape = (1, config.n_kv_heads, capacity, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]

@@ -8,9 +8,12 @@ whole pre-allocated buffer cost 46% of a decode step on this model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
+from engine.model.aot import AotExample
 from engine.model.attention import causal_mask, decode_attention
 from engine.model.config import ModelConfig
 
@@ -18,7 +21,7 @@ from engine.model.config import ModelConfig
 class KVCache:
     """Per-layer K/V buffers plus the number of filled positions."""
 
-    compilable = True  # every step is (1, tokens) over a growing prefix: regular shapes
+    aot_kind = "contiguous-decode"
 
     def __init__(
         self,
@@ -74,3 +77,43 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+    # -- ahead-of-time compiled decode (engine/model/aot.py) ---------------------------
+
+    def aot_inputs(self, ids: torch.Tensor) -> list[torch.Tensor] | None:
+        """A single-sequence, single-token step has a compiled graph; prefill runs eagerly.
+
+        The filled length travels as the size of a throwaway tensor: a size is a dynamic
+        dimension of the graph, a Python int would be frozen into it.
+        """
+        if ids.shape != (1, 1) or self.keys[0].shape[0] != 1:
+            return None
+        return [torch.empty(self.length + 1, dtype=torch.uint8), *self.keys, *self.values]
+
+    @classmethod
+    def aot_rebuild(cls, tensors: Sequence[torch.Tensor]) -> KVCache:
+        """The cache a compiled step traces: the given buffers, `length` read from the probe's size."""
+        probe, buffers = tensors[0], list(tensors[1:])
+        half = len(buffers) // 2
+        cache = cls.__new__(cls)
+        cache.keys, cache.values = buffers[:half], buffers[half:]
+        cache.length = probe.shape[0] - 1
+        cache.capacity = probe.shape[0]  # the step writes position `length` and needs no more
+        return cache
+
+    @classmethod
+    def aot_example(cls, config: ModelConfig, dtype: torch.dtype) -> AotExample:
+        """One decode at position 8 of a 16-slot cache filled with seeded noise."""
+        length, capacity = 8, 16
+        gen = torch.Generator().manual_seed(0)
+        shape = (1, config.n_kv_heads, capacity, config.head_dim)
+        buffers = [torch.randn(shape, generator=gen).to(dtype) for _ in range(2 * config.n_layers)]
+        filled = torch.export.Dim("filled", min=1, max=config.context_length)
+        slots = torch.export.Dim("capacity", min=1, max=config.context_length)
+        return AotExample(
+            ids=torch.tensor([[17]]),
+            positions=torch.tensor([length]),
+            cache=[torch.empty(length + 1, dtype=torch.uint8), *buffers],
+            tokens_dim=None,
+            cache_dims=[{0: filled}] + [{2: slots}] * (2 * config.n_layers),
+        )

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from engine.batch.batch_engine import warm_up_compiled
+from engine.batch.paged_cache import PagedBatch
 from engine.errors import EngineError, PromptError
 from engine.model.chat_template import TemplateLimits
-from engine.model.compiled import WARMUP_PROMPT_IDS
+from engine.model.compiled import compile_model
 from engine.model.config import ModelConfig
 from engine.model.loader import LoadedModel, load_model
 from engine.run.cuda_graph import CudaGraphDecoder, graph_capacity
@@ -39,7 +39,7 @@ class LoadOptions:
     model_path: str | None = None
     device: str = "auto"
     use_cache: bool = True
-    compile: bool = False  # torch.compile the blocks (engine/model/compiled.py); Engine.load warms it up
+    compile: bool = False  # compiled decode steps (engine/model/compiled.py), loaded or built by Engine.load
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,27 +220,15 @@ class Engine:
         return engine
 
     def compile(self, serving: bool = False) -> float:
-        """Switch to the torch.compile'd blocks and compile them now; returns the seconds it took.
+        """Switch to compiled decode steps now (engine/model/compiled.py); returns the seconds it took.
 
-        Tracing happens on a graph's first run, so a short warm-up runs every graph
-        the caller will use: prefill and decode for `generate`, or, with `serving`,
-        decode-only batches of one and of several sequences (BatchEngine). The first
-        real request, and any timing of it, then runs compiled code, not the compiler.
+        `generate` decodes one sequence over the contiguous cache; the server (`serving`)
+        decodes batches over the paged cache: each gets the package of its own step kind,
+        loaded from the cache or built there first, and checked against the eager model
+        before any request runs on it.
         """
-        t0 = time.perf_counter()
-        model = self.loaded.model
-        model.enable_compile()
-        try:
-            if serving:
-                warm_up_compiled(self.loaded)
-            else:
-                warm = SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
-                self.stream_ids(WARMUP_PROMPT_IDS, warm).drain()
-        except Exception as exc:  # Dynamo/Inductor failures are long; the engine stays usable, eager
-            model.disable_compile()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EngineError(f"torch.compile failed ({first[:300]}); run without --compile") from exc
-        seconds = time.perf_counter() - t0
+        kinds = [PagedBatch] if serving else [KVCache]
+        seconds = compile_model(self.loaded.model, kinds, self.loaded.device)
         self.info = replace(self.info, compile_s=seconds)
         return seconds
 

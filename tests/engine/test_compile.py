@@ -1,20 +1,21 @@
-"""`--compile` (torch.compile of the blocks): same model, fewer dispatches.
+"""`--compile` (ahead-of-time compiled decode steps): same model, fewer dispatches.
 
-Compiling the 30-layer graph costs minutes on a 2-core machine (tracing time
-grows with depth), so these tests run the real model cut to its first
-LAYERS blocks: the same code, weights and kernels, a fraction of the trace. The
-full-depth figures (speed, quality against fp32) are in docs/BENCHMARKS.md.
-Four graphs are traced in all: int4 prefill and decode, fp32 paged decode for
-one and for two sequences.
+Building a package of the 30-layer model costs about a minute on a 2-core machine, so
+these tests run the real model cut to its first LAYERS blocks: the same code, weights
+and kernels, a fraction of the build. The full-depth figures (speed, quality against
+fp32, warm start) are in docs/BENCHMARKS.md. Two packages are built in all: int4 decode
+over the contiguous cache and fp32 decode-only batches over the paged cache.
 
 What must hold:
 - fp32 arithmetic is reproduced exactly enough that batched greedy outputs are
-  token-for-token those of eager mode;
+  token-for-token those of eager mode, for any batch size and with speculation;
 - int4 (bf16 activations) differs only by rounding: Inductor's fused norm sums
   in another order, and a one-ulp change can flip a later bf16 cast. Its next-token
   distributions stay within a small KL of eager's on the shipped evaluation text;
-- a new prompt length or context length never recompiles (that would stall a
-  request for tens of seconds).
+- the compiled step really runs (its call count grows) and a second engine of the same
+  shapes loads the package instead of building it (the warm start);
+- a damaged package is rebuilt, a broken toolchain is one clear error, and the engine
+  stays usable (eager) after any failure.
 """
 
 from __future__ import annotations
@@ -26,12 +27,18 @@ import pytest
 import torch
 from server_harness import in_process_server
 from torch import nn
-from torch._dynamo.utils import counters
 
 from checks.load.targets import wait_healthy
 from engine.batch.batch_engine import BatchConfig, BatchEngine
 from engine.errors import EngineError
-from engine.model.compiled import CACHE_ENV, compile_function, compile_unavailable_reason, inductor_cache_dir
+from engine.model.aot import AotBlocks, package_dir
+from engine.model.compiled import (
+    CACHE_ENV,
+    compile_model,
+    compile_unavailable_reason,
+    inductor_cache_dir,
+    use_preflight_inductor_cache,
+)
 from engine.run.kv_cache import KVCache
 from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
@@ -55,19 +62,28 @@ def _shallow(engine: Engine) -> Engine:
     return engine
 
 
-def _graphs() -> int:
-    return counters["stats"]["unique_graphs"]
+def _calls(engine: Engine) -> int:
+    """Steps run through compiled packages so far (0 when the model is eager)."""
+    blocks = engine.loaded.model._compiled_blocks
+    return sum(step.calls for step in blocks.steps.values()) if isinstance(blocks, AotBlocks) else 0
+
+
+def _packages() -> set[str]:
+    return {p.name for p in package_dir().glob("*.pt2")} if package_dir().exists() else set()
 
 
 def _teacher_forced(engine: Engine, ids: list[int]) -> torch.Tensor:
-    """Next-token log-probabilities over windows, each prefilled through a KV cache (the compiled path)."""
+    """Next-token log-probabilities over windows, each fed one token per step (the compiled decode path)."""
     model = engine.loaded.model
     parts = []
     with torch.inference_mode():
         for start, end in eval_windows(len(ids), WINDOW):
             cache = KVCache(model.config, 1, WINDOW, model.act_dtype, "cpu")
-            logits = model(torch.tensor([ids[start:end]]), 0, cache, last_only=False)[0, :-1]
-            parts.append(torch.log_softmax(logits.float(), dim=-1))
+            rows = []
+            for pos, token in enumerate(ids[start : end - 1]):
+                rows.append(model(torch.tensor([[token]]), pos, cache)[0, -1])
+                cache.advance(1)
+            parts.append(torch.log_softmax(torch.stack(rows).float(), dim=-1))
     return torch.cat(parts)
 
 
@@ -84,30 +100,40 @@ def test_int4_compiled_keeps_eager_quality(int4_pair: tuple[Engine, torch.Tensor
     engine, eager, compiled, ids = int4_pair
     assert engine.loaded.model.compiled
     assert engine.info.compile_s is not None and engine.info.compile_s > 0
+    assert _calls(engine) >= len(ids) - 2, "the decode steps did not run through the package"
     q = quality(compiled, eager, scored_targets(ids, WINDOW))
     assert q["mean_kl_nats"] < 0.02, q
     assert q["top1_agreement"] >= 0.9, q
 
 
-def test_int4_compiled_generates_without_recompiling(
+def test_int4_compiled_generates_and_a_second_engine_loads_the_package(
     int4_pair: tuple[Engine, torch.Tensor, torch.Tensor, list[int]],
 ) -> None:
+    """New prompt and context lengths run the same package; a second engine of the same shapes loads it."""
     engine = int4_pair[0]
-    before = _graphs()
+    packages = _packages()
     for prompt, n in (("The capital of France is", 24), ("Write a haiku about launch day, please.", 40)):
+        before = _calls(engine)
         result = engine.generate(prompt, SamplingParams(max_tokens=n, ignore_eos=True))
         assert result.completion_tokens == n
         assert result.text.strip()
-    assert _graphs() == before, "a new prompt or context length recompiled the model"
+        assert _calls(engine) - before == n - 1, "every decode step after the first token runs compiled"
+    second = _shallow(Engine.load(LoadOptions(quant="int4", device="cpu")))
+    second.compile()
+    step = next(iter(second.loaded.model._compiled_blocks.steps.values()))
+    assert not step.built, "the second engine rebuilt a package the first had written"
+    assert _packages() == packages
+    greedy = SamplingParams(max_tokens=16, ignore_eos=True)
+    assert second.generate("Hello there", greedy).token_ids == engine.generate("Hello there", greedy).token_ids
 
 
 def test_no_kv_cache_path_stays_eager(int4_pair: tuple[Engine, torch.Tensor, torch.Tensor, list[int]]) -> None:
-    """The with/without-cache study must measure the model as written, so cache=None never compiles."""
+    """The with/without-cache study must measure the model as written, so cache=None never runs compiled."""
     engine = int4_pair[0]
-    before = _graphs()
+    before = _calls(engine)
     result = engine.generate("Hello", SamplingParams(max_tokens=4, ignore_eos=True), use_kv_cache=False)
     assert result.completion_tokens == 4 and not result.kv_cache
-    assert _graphs() == before
+    assert _calls(engine) == before
 
 
 def test_fp32_compiled_batches_match_eager_token_for_token() -> None:
@@ -127,11 +153,11 @@ def test_fp32_compiled_batches_match_eager_token_for_token() -> None:
 
     eager = run()
     assert engine.compile(serving=True) > 0
-    before = _graphs()
+    before = _calls(engine)
     assert run() == eager
+    assert _calls(engine) > before, "decode-only batches did not run through the package"
     # n-gram speculation: verification steps run eagerly, plain decode steps compiled; still exact
     assert run(speculative_tokens=4) == eager
-    assert _graphs() == before, "the serving pool, batch size or speculation recompiled the decode step"
 
 
 def test_server_with_compile_serves_only_after_compiling() -> None:
@@ -166,7 +192,7 @@ def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
     reason = compile_unavailable_reason(torch.device("cpu"))
     assert reason is not None and "C++ compiler" in reason
     with pytest.raises(EngineError, match="C\\+\\+ compiler"):
-        compile_function(lambda x: x, torch.device("cpu"))
+        compile_model(None, [KVCache], torch.device("cpu"))
 
 
 def test_inductor_cache_goes_beside_the_weight_cache_unless_the_user_chose(
@@ -175,19 +201,33 @@ def test_inductor_cache_goes_beside_the_weight_cache_unless_the_user_chose(
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     monkeypatch.setenv(CACHE_ENV, default_cache_dir())  # what torch writes on first use
-    compile_function(lambda x: x, torch.device("cpu"))
+    use_preflight_inductor_cache()
     assert os.environ[CACHE_ENV] == inductor_cache_dir()
     assert inductor_cache_dir().startswith(os.environ["PREFLIGHT_CACHE_DIR"])
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
-    compile_function(lambda x: x, torch.device("cpu"))
+    use_preflight_inductor_cache()
     assert os.environ[CACHE_ENV] == str(tmp_path / "mine")
+
+
+def test_a_damaged_package_is_rebuilt(int4_pair: tuple[Engine, torch.Tensor, torch.Tensor, list[int]]) -> None:
+    """A truncated package (a full disk, a killed copy) is removed and built again, never run."""
+    step = next(iter(int4_pair[0].loaded.model._compiled_blocks.steps.values()))
+    good = step.path.read_bytes()
+    step.path.write_bytes(good[: len(good) // 3])
+    engine = _shallow(Engine.load(LoadOptions(quant="int4", device="cpu")))
+    engine.compile()
+    rebuilt = next(iter(engine.loaded.model._compiled_blocks.steps.values()))
+    assert rebuilt.built and rebuilt.path == step.path
+    assert rebuilt.path.stat().st_size > len(good) // 3
+    greedy = SamplingParams(max_tokens=8, ignore_eos=True)
+    assert engine.generate("Hello there", greedy).token_ids == int4_pair[0].generate("Hello there", greedy).token_ids
 
 
 def test_a_broken_toolchain_is_one_error_and_the_engine_stays_eager(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     """A compiler that exists but fails (a real broken install): EngineError, then eager generation still works.
 
-    bf16 is compiled nowhere else in this file, so nothing cached in this process can
-    stand in for the compiler; an empty Inductor cache does the same on disk.
+    The packages and Inductor's build cache go to empty directories, so nothing built
+    earlier can stand in for the compiler.
     """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -195,10 +235,11 @@ def test_a_broken_toolchain_is_one_error_and_the_engine_stays_eager(monkeypatch:
         fake = bin_dir / name
         fake.write_text("#!/bin/sh\necho 'broken toolchain' >&2\nexit 1\n")
         fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "inductor"))
     engine = _shallow(Engine.load(LoadOptions(quant="bf16", device="cpu")))
-    with pytest.raises(EngineError, match="torch.compile failed .*run without --compile"):
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("PREFLIGHT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "inductor"))
+    with pytest.raises(EngineError, match="compiling the contiguous-decode step failed .*run without --compile"):
         engine.compile()
     assert not engine.loaded.model.compiled and engine.info.compile_s is None
     result = engine.generate("Hello", SamplingParams(max_tokens=4, ignore_eos=True))
