@@ -187,11 +187,26 @@ class AotStep:
     calls: int = 0  # steps run through the package (evidence that it, not the eager path, ran)
 
     def __call__(
-        self, ids: torch.Tensor, rope: Any, cache: list[torch.Tensor], weights: dict[str, torch.Tensor]
+        self, ids: torch.Tensor, rope: Any, cache: list[torch.Tensor], weights: list[torch.Tensor]
     ) -> torch.Tensor:
+        """Run the package on flat inputs in the export's order (ids, cos, sin, cache..., weights...).
+
+        The loader's own `__call__` parses its input and output specs from JSON and walks the
+        pytree on every call (~300 weights); `flat_order_matches` checks once that this
+        order is the spec's, so each step skips that.
+        """
         self.calls += 1
-        out = self.runner(ids, rope[0], rope[1], cache, weights)
-        return out[0] if isinstance(out, (list, tuple)) else out
+        return self.runner.loader.boxed_run([ids, rope[0], rope[1], *cache, *weights])[0]
+
+    def flat_order_matches(self, example: list[Any]) -> bool:
+        """Whether the package's input spec flattens `example` (the export's argument tuple) in our order."""
+        from torch.utils import _pytree as pytree
+
+        spec = pytree.treespec_loads(self.runner.loader.get_call_spec()[0])
+        flat, got = pytree.tree_flatten((tuple(example), {}))
+        ids, cos, sin, cache, weights = example
+        ours = [ids, cos, sin, *cache, *weights.values()]
+        return got == spec and len(flat) == len(ours) and all(a is b for a, b in zip(flat, ours, strict=True))
 
 
 def _build(model: nn.Module, kind: type[AotStepKind], path: Path) -> None:
@@ -256,10 +271,13 @@ def verify(model: nn.Module, kind: type[AotStepKind], step: AotStep) -> None:
     """One example step through the package and through the eager blocks must agree (see VERIFY_RTOL)."""
     example = kind.aot_example(model.config, model.act_dtype)
     rope = (*_rope(model, example.positions), model.rope.half)
+    weights = _weights(model)
+    if not step.flat_order_matches([example.ids, rope[0], rope[1], example.cache, weights]):
+        raise EngineError(f"the {step.kind} package takes its inputs in another order ({step.path.name})")
     with torch.no_grad():
         eager = model._run_blocks(example.ids, rope, kind.aot_rebuild([t.clone() for t in example.cache]))
         try:
-            compiled = step(example.ids, rope, [t.clone() for t in example.cache], _weights(model))
+            compiled = step(example.ids, rope, [t.clone() for t in example.cache], list(weights.values()))
         except Exception as exc:
             raise EngineError(
                 f"the compiled {step.kind} step failed to run ({str(exc)[:300]}); run without --compile"
@@ -279,7 +297,7 @@ class AotBlocks:
     def __init__(self, model: nn.Module, steps: dict[type, AotStep]) -> None:
         self.model = model
         self.steps = steps
-        self.weights = _weights(model)
+        self.weights = list(_weights(model).values())
 
     def __call__(self, ids: torch.Tensor, rope: Any, cache: Any) -> torch.Tensor:
         step = self.steps.get(type(cache))
