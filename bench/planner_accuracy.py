@@ -3,8 +3,9 @@
     .venv/bin/python bench/planner_accuracy.py [--summary-only]
 
 Each published point is predicted by `planner.entrypoints.predict_one`, the function behind
-`python -m planner predict`, with the point's own conditions: model, GPU and count, TP/PP, engine,
-format, KV-cache dtype, gpu_memory_utilization, max_model_len, batch limits, chunked prefill (where the
+`python -m planner predict`, with the point's own conditions: model, GPU and count, TP/PP, engine and
+its version (vLLM's selects its memory rule; a point without one is planned with the catalog's default
+release), format, KV-cache dtype, gpu_memory_utilization, max_model_len, batch limits, chunked prefill (where the
 source's engine version fixes it), input/output lengths and load. Nothing is fitted here: the catalog's
 constants are used as they are, uncalibrated (TensorRT-LLM's GPU figures in engines.json were fitted on
 the fit half only, by bench/planner_fit_published.py; the held-out half is the honest figure). No GPU is
@@ -135,6 +136,7 @@ def options_for(point: PublishedPoint) -> tuple[PredictOptions, list[str]]:
         tp=c.tp,
         pp=c.pp,
         engine=engine,
+        engine_version=c.engine_version,
         format=c.format,
         kv_cache_dtype=c.kv_cache_dtype,
         gpu_memory_utilization=bench_limits.get("gpu_memory_utilization", c.gpu_memory_utilization),

@@ -43,6 +43,7 @@ PREDICT_FLAGS = {
     "--tp": ("tp", int),
     "--pp": ("pp", int),
     "--engine": ("engine", str),
+    "--engine-version": ("engine_version", str),
     "--format": ("format", str),
     "--kv-cache-dtype": ("kv_cache_dtype", str),
     "--gpu-memory-utilization": ("gpu_memory_utilization", float),

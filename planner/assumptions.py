@@ -51,6 +51,8 @@ FIGURE_ASSUMPTIONS: dict[str, tuple[str, ...]] = {
         "kv_cache_dtype_bytes",
         "activation_gib",
         "runtime_overhead_gib",
+        "vllm_memory_version",
+        "vllm_memory_rule",
         "max_num_batched_tokens",
         "max_num_seqs",
         "scheduler_defaults",

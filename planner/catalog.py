@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, V
 
 from planner.errors import CatalogError, UnknownNameError
 from planner.model_spec import Count, ModelSpec, MoeSpec, Size, build_model_spec
+from planner.vllm_memory import VllmVersions
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 QualityTier = Literal["none", "negligible", "small", "moderate", "large"]
@@ -336,6 +337,7 @@ class EnginesFile(_Strict):
     distributed: DistributedSpec
     vllm_memory: VllmMemory
     tp_rank_overhead: TpRankOverhead
+    vllm_versions: VllmVersions
     scheduler_defaults: dict[str, SchedulerDefaults]
     tensor_parallel_efficiency: TpEfficiency
     cpu_runtime_overhead_gib: float = Field(ge=0)

@@ -132,6 +132,7 @@ def predict_one(
         opts.max_num_seqs or (cal.max_num_seqs if cal else None),
         opts.max_num_batched_tokens,
         opts.enable_chunked_prefill,
+        opts.engine_version,
     )
     efficiency = efficiency_of(values) if values is not None else None
     par = Parallel(opts.tp, opts.pp, tp_efficiency(engine, device, opts.tp, opts.pp, cat))

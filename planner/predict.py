@@ -24,6 +24,7 @@ from planner.model_spec import ModelSpec
 from planner.replay import STEADY_WAVES, ReplayLimits, ReplayResult, replay_closed_loop
 from planner.roofline import Device, Parallel, StepTime, compute_kind, decode_step, prefill
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
+from planner.vllm_memory import rule_assumptions, rule_for_engine
 from planner.workload import Workload
 
 QPS_ITERATIONS = 30  # fixed-point steps for the batch a request rate settles at
@@ -40,6 +41,9 @@ class Knobs:
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     chunked_prefill: bool | None = None
+    # vLLM's release or engine generation ("0.10.1.1", "V0"): which memory rule its profile follows
+    # (planner.vllm_memory); None plans the catalog's default release. Other engines ignore it.
+    engine_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +175,17 @@ def memory_config(
         else max(int(vm.overhead_min_gib * GIB), int(vm.overhead_fraction * device.memory_bytes))
     )
     act = vm.activation_per_token
+    rule = rule_for_engine(engine.id, ef.vllm_versions, knobs.engine_version)
+    r = rule.regime if rule is not None else None
+    # A vLLM release's own profile terms; other engines keep MemoryConfig's (the V0 rule's) defaults.
+    version_terms: dict = {}
+    if r is not None:
+        version_terms = {
+            "sampler_bytes_per_logit": r.sampler_bytes_per_logit,
+            "sampler_holds_hidden": r.sampler_holds_hidden_states,
+            "non_torch_bytes": None if r.non_torch_gib is None else int(r.non_torch_gib * GIB),
+        }
+    rank_gib = ef.tp_rank_overhead.gib if r is None or r.tp_rank_gib is None else r.tp_rank_gib
     return MemoryConfig(
         mode=engine.memory_model,
         utilization=(knobs.gpu_memory_utilization if engine.memory_model == "utilization" else None)
@@ -183,12 +198,13 @@ def memory_config(
         chunked_prefill=limits.chunked_prefill,
         overhead_min_bytes=int(vm.overhead_min_gib * GIB),
         overhead_fraction=vm.overhead_fraction,
-        tp_rank_overhead_bytes=int(ef.tp_rank_overhead.gib * GIB),
+        tp_rank_overhead_bytes=int(rank_gib * GIB),
         fixed_overhead_bytes=plain_overhead,
         kv_dtype_bytes=kv_dtype_bytes(engine, device, knobs.kv_cache_dtype, fmt),
         act_ffn=act.ffn,
         act_hidden=act.hidden,
         act_bytes=act.bytes,
+        **version_terms,
     )
 
 
@@ -328,6 +344,7 @@ def predict_config(
         "kv_cache_dtype_bytes": kv_bytes,
         "activation_gib": mem.activation_bytes / GIB,
         "runtime_overhead_gib": mem.overhead_bytes / GIB,
+        **rule_assumptions(rule_for_engine(engine.id, catalog.engines_file.vllm_versions, knobs.engine_version)),
         "max_num_batched_tokens": limits.max_num_batched_tokens,
         "max_num_seqs": limits.max_num_seqs if limits.max_num_seqs is not None else "KV cache only",
         "chunked_prefill": limits.chunked_prefill,

@@ -136,6 +136,13 @@ class MemoryConfig:
     overhead_min_bytes: int = GIB
     overhead_fraction: float = 0.02
     tp_rank_overhead_bytes: int = 0
+    # A fixed non-torch charge (vLLM V1's profile) in place of max(minimum, fraction of VRAM); None: the fraction.
+    non_torch_bytes: int | None = None
+    # The profile's dummy sampler pass: bytes alive per logit (rows x vocabulary) at its peak (4: fp32 logits,
+    # the V0 rule, engines.json vllm_versions "v0"), and whether the profile pass's hidden states (batched
+    # tokens x hidden) are still held then (vLLM V1's profile_run).
+    sampler_bytes_per_logit: float = 4.0
+    sampler_holds_hidden: bool = False
     fixed_overhead_bytes: int = GIB // 2
     kv_dtype_bytes: int = 2
     act_ffn: float = 3.0
@@ -197,22 +204,42 @@ def profiled_tokens(context: int, cfg: MemoryConfig) -> int:
     return cfg.max_num_batched_tokens
 
 
+def sampler_rows(context: int, cfg: MemoryConfig) -> int:
+    """Rows of logits the profile samples: one per dummy request, min(max_num_seqs, batched tokens)
+    (vLLM V1's _dummy_run: 'num_reqs = min(num_tokens, max_num_reqs)')."""
+    return min(cfg.max_num_seqs, profiled_tokens(context, cfg))
+
+
+def sampler_peak_bytes(model: ModelSpec, cfg: MemoryConfig, context: int = 0) -> int:
+    """The dummy sampler pass at its peak: rows x full vocabulary x the bytes its sampler keeps alive per
+    logit (every rank samples the all-gathered vocabulary), plus the profile pass's hidden states where
+    the engine still holds them (engines.json vllm_versions names each buffer and its source)."""
+    tokens = profiled_tokens(context, cfg)
+    logits = sampler_rows(context, cfg) * model.vocab_size * cfg.sampler_bytes_per_logit
+    hidden = tokens * model.hidden_size * cfg.act_bytes if cfg.sampler_holds_hidden else 0
+    return int(logits + hidden)
+
+
 def activation_bytes(model: ModelSpec, tp: int, cfg: MemoryConfig, context: int = 0) -> int:
     """Peak activations of vLLM's profiling forward pass.
 
     tokens x (ffn-sized buffers / TP + hidden-sized buffers) x bytes: the MLP's gate+up output and
-    activated product dominate. The fp32 logits of max_num_seqs rows come after the MLP buffers are
-    freed, so the peak is the larger of the two, not their sum (engines.json cites the log this fits).
+    activated product dominate the forward pass. The sampler pass over the logits comes after the MLP
+    buffers are freed, so the peak is the larger of the two, not their sum (engines.json cites the logs).
     """
     per_token = cfg.act_ffn * model.intermediate_size / tp + cfg.act_hidden * model.hidden_size
     mlp = int(profiled_tokens(context, cfg) * per_token * cfg.act_bytes)
-    return max(mlp, cfg.max_num_seqs * model.vocab_size * 4)
+    return max(mlp, sampler_peak_bytes(model, cfg, context))
 
 
 def overhead_bytes(device_bytes: int, tp: int, cfg: MemoryConfig) -> int:
-    """Non-torch memory (CUDA context, cuBLAS): max(1 GiB, 2% of VRAM) [VW], plus, on every rank of a
-    tensor-parallel group, the NCCL and custom all-reduce buffers (engines.json tp_rank_overhead)."""
-    base = max(cfg.overhead_min_bytes, int(cfg.overhead_fraction * device_bytes))
+    """Non-torch memory (CUDA context, cuBLAS): max(minimum, share of VRAM) [VW], or the fixed figure an
+    engine version's profile charges (vLLM V1), plus, on every rank of a tensor-parallel group, the NCCL
+    and custom all-reduce buffers (engines.json tp_rank_overhead, or the version's own figure)."""
+    if cfg.non_torch_bytes is not None:
+        base = cfg.non_torch_bytes
+    else:
+        base = max(cfg.overhead_min_bytes, int(cfg.overhead_fraction * device_bytes))
     return base + (cfg.tp_rank_overhead_bytes if tp > 1 else 0)
 
 

@@ -129,7 +129,7 @@ def test_batch_is_capped_at_max_num_seqs() -> None:
 def test_llama_8b_at_29k_on_a_24gb_card_is_refused_as_vllm_does() -> None:
     # vLLM issue #10517: chunked prefill off, --max-model-len 29000 on an RTX 3090 -> refused;
     # profiled activations 17.98 - 14.99 = 2.99 GiB; 20000 tokens started (2.07 GiB of activations).
-    off = Knobs(chunked_prefill=False)
+    off = Knobs(chunked_prefill=False, engine_version="V0")  # the issue's log is V0's
     refused = predict_config(LLAMA_8B, RTX_3090, VLLM, BF16, Parallel(1), workload(context=29000), CAT, off)
     assert not refused.fits
     assert refused.memory.activation_bytes / GIB == pytest.approx(2.99, rel=0.02)
@@ -144,12 +144,21 @@ def test_llama_8b_at_29k_on_a_24gb_card_is_refused_as_vllm_does() -> None:
     assert predict_config(LLAMA_8B, RTX_3090, VLLM, BF16, Parallel(1), workload(context=29000), CAT).fits
 
 
-def test_tensor_parallel_charges_every_rank() -> None:
-    # vLLM PR #10511: non-torch memory per GPU 1.79 GiB at TP 1, 3.58 GiB at TP 2 (Llama-3-8B, H100).
+@pytest.mark.parametrize(
+    ("version", "per_rank_gib"),
+    [
+        # vLLM PR #10511 (V0): non-torch memory per GPU 1.79 GiB at TP 1, 3.58 GiB at TP 2 (Llama-3-8B, H100).
+        ("V0", 1.79),
+        # llm-d's V1 logs: 0.14 GiB at TP 1, 0.55 at TP 2 for the same Llama-3.3-70B (engines.json vllm_versions).
+        (None, 0.41),
+    ],
+)
+def test_tensor_parallel_charges_every_rank(version: str | None, per_rank_gib: float) -> None:
     two = gpu_device(CAT.gpus["h100-sxm"], 2)
-    tp1 = predict_config(LLAMA_8B, two, VLLM, BF16, Parallel(1), workload(), CAT)
-    tp2 = predict_config(LLAMA_8B, two, VLLM, BF16, Parallel(2), workload(), CAT)
-    assert (tp2.memory.overhead_bytes - tp1.memory.overhead_bytes) / GIB == pytest.approx(1.79)
+    knobs = Knobs(engine_version=version)
+    tp1 = predict_config(LLAMA_8B, two, VLLM, BF16, Parallel(1), workload(), CAT, knobs)
+    tp2 = predict_config(LLAMA_8B, two, VLLM, BF16, Parallel(2), workload(), CAT, knobs)
+    assert (tp2.memory.overhead_bytes - tp1.memory.overhead_bytes) / GIB == pytest.approx(per_rank_gib)
 
 
 def test_fp8_kv_cache_halves_kv_bytes() -> None:

@@ -97,19 +97,20 @@ def test_a_dense_layout_refuses_moe_models() -> None:
 
 
 def test_vllm_block_arithmetic_llama_8b_bf16_on_h100() -> None:
+    # MemoryConfig's defaults are the generic (V0-log) rule; vLLM's per-release rules are in test_vllm_memory.py.
     cfg = MemoryConfig(max_num_batched_tokens=8192)  # vLLM's default on an H100 (engines.json)
     plan = plan_memory(M["llama-3.1-8b"], F["bf16"], H100.memory_bytes, 8192, 1280, cfg)
-    assert plan.device_bytes == 85_520_809_984  # 81,559 MiB
-    assert plan.budget_bytes == 76_968_728_985  # x 0.9
+    assert plan.device_bytes == 85_018_542_080  # 81,080 MiB, the 79.18 GiB CUDA reports
+    assert plan.budget_bytes == 76_516_687_872  # x 0.9
     # max(8192 x (3 x 14336 + 3 x 4096) x 2, 256 x 128256 x 4 logits)
     assert plan.activation_bytes == 905_969_664
-    assert plan.overhead_bytes == 1_710_416_199  # max(1 GiB, 2% of 85.5 GB)
-    # 76,968,728,985 - 16,060,522,496 - 905,969,664 - 1,710,416,199
-    assert plan.kv_budget_bytes == 58_291_820_626
-    assert plan.num_blocks == 27_795  # // (16 x 131,072 = 2,097,152)
-    assert plan.kv_tokens == 444_720
-    assert plan.max_seqs_at_context == 54  # 27,795 // (8192 / 16 = 512 blocks)
-    assert plan.max_seqs_at_workload == 347  # 27,795 // 80
+    assert plan.overhead_bytes == 1_700_370_841  # max(1 GiB, 2% of 85.0 GB)
+    # 76,516,687,872 - 16,060,522,496 - 905,969,664 - 1,700,370,841
+    assert plan.kv_budget_bytes == 57_849_824_871
+    assert plan.num_blocks == 27_584  # // (16 x 131,072 = 2,097,152)
+    assert plan.kv_tokens == 441_344
+    assert plan.max_seqs_at_context == 53  # 27,584 // (8192 / 16 = 512 blocks)
+    assert plan.max_seqs_at_workload == 344  # 27,584 // 80
     assert plan.fits
 
 

@@ -1,0 +1,159 @@
+"""Which memory rule a vLLM release follows: its engine generation, what its start-up profile charges
+outside the weights, and where that rule came from (planner/data/engines.json `vllm_versions`).
+
+vLLM sizes its KV cache as total x gpu_memory_utilization - (weights + profiled peak + non-torch memory),
+but what the profile sees has changed between releases: the V0 engine's profile and the V1 engine's
+(gpu_worker.determine_available_memory with utils.memory_profiling) charge different non-torch memory,
+and V1's profile ends with a dummy sampler pass over max_num_seqs rows of logits whose peak depends on
+the sampler the release picks by default (FlashInfer's kernels, or PyTorch's sort). So the version is a
+condition of the prediction: `--engine-version` takes a release ("0.10.1.1") or a generation ("V0",
+"V1"); without one the catalog's default release is planned, and the assumptions say so.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
+
+from planner.errors import PlannerError
+
+_RELEASE = re.compile(r"(?<![\d.#])v?(\d+)\.(\d+)(?:\.(\d+))?(?:\.(\d+))?(?![\d])", re.IGNORECASE)
+_GENERATION = re.compile(r"\bV([01])(?![.\d\w])", re.IGNORECASE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SamplerBuffer(_Strict):
+    """One tensor alive at the dummy sampler pass's peak, in bytes per logit (per row x vocabulary entry)."""
+
+    what: str = Field(min_length=1)
+    bytes: PositiveFloat
+    source: str = Field(min_length=1)
+
+
+class VllmMemoryRegime(_Strict):
+    """The releases one memory rule holds for: from_version inclusive, until_version exclusive.
+
+    None for non_torch_gib / tp_rank_gib keeps the generic rule of engines.json (`vllm_memory`'s share of
+    VRAM, `tp_rank_overhead`), which was read off V0 logs."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$")
+    engine: Literal["V0", "V1"]
+    from_version: str | None = None
+    until_version: str | None = None
+    non_torch_gib: float | None = Field(None, ge=0, description="non-torch memory the profile charges at TP 1")
+    tp_rank_gib: float | None = Field(None, ge=0, description="added on every rank of a tensor-parallel group")
+    sampler: str = Field(min_length=1, description="the top-k/top-p path of the profile's dummy sampler pass")
+    sampler_buffers: list[SamplerBuffer] = Field(min_length=1)
+    sampler_holds_hidden_states: bool = Field(
+        description="the profile pass's hidden states (batched tokens x hidden) stay alive through the sampler"
+    )
+    source: str = Field(min_length=1)
+
+    @property
+    def sampler_bytes_per_logit(self) -> float:
+        return sum(b.bytes for b in self.sampler_buffers)
+
+    def covers(self, release: tuple[int, ...]) -> bool:
+        low = parse_release(self.from_version) if self.from_version else None
+        high = parse_release(self.until_version) if self.until_version else None
+        return (low is None or release >= low) and (high is None or release < high)
+
+
+class VllmVersions(_Strict):
+    """The regimes in release order, and the release planned when the user names none."""
+
+    default: str = Field(min_length=1)
+    default_source: str = Field(min_length=1)
+    regimes: list[VllmMemoryRegime] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ranges_tile(self) -> VllmVersions:
+        """Each regime starts where the previous ends, so every release has exactly one rule."""
+        for before, after in zip(self.regimes, self.regimes[1:], strict=False):
+            if before.until_version is None or before.until_version != after.from_version:
+                raise ValueError(f"vLLM regime {after.id} must start where {before.id} ends")
+        if self.regimes[0].from_version is not None or self.regimes[-1].until_version is not None:
+            raise ValueError("the first vLLM regime must be open below and the last open above")
+        if regime_for_release(self, parse_release(self.default)).engine != "V1":
+            raise ValueError("the default vLLM release must be a V1 one (the engine vLLM runs today)")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedVllmMemory:
+    """The rule a prediction uses, and the words the assumptions show for it."""
+
+    regime: VllmMemoryRegime
+    version: str  # as the user gave it, or the catalog default
+    given: bool  # False: the catalog's default release was planned
+
+    def label(self) -> str:
+        which = self.version if self.given else f"{self.version} (planner default: no --engine-version given)"
+        name = which if which.lower().startswith("vllm") else f"vLLM {which}"
+        return f"{name}: {self.regime.engine} engine, {self.regime.id} rule"
+
+
+def parse_release(text: str) -> tuple[int, ...]:
+    """'0.10.1.1' -> (0, 10, 1, 1); a missing part counts as 0, so '0.11' sorts as 0.11.0."""
+    m = _RELEASE.search(text)
+    if m is None:
+        raise ValueError(f"no vLLM release number in {text!r}")
+    parts = tuple(int(p) for p in m.groups() if p is not None)
+    return parts + (0,) * (4 - len(parts))
+
+
+def regime_for_release(table: VllmVersions, release: tuple[int, ...]) -> VllmMemoryRegime:
+    return next(r for r in table.regimes if r.covers(release))
+
+
+def resolve_vllm_memory(table: VllmVersions, version: str | None) -> ResolvedVllmMemory:
+    """The rule for a version as a user or a published source writes it.
+
+    A release number decides by range; a generation alone ("V0", "V1 engine") picks that generation
+    (V1 alone: the default release's rule); an explicit "V0" beside a release (a V0 engine run on a
+    release that also ships V1) keeps V0. Text with neither is an error, not a guess."""
+    if version is None or not version.strip():
+        return ResolvedVllmMemory(regime_for_release(table, parse_release(table.default)), table.default, False)
+    generation = _GENERATION.search(version)
+    has_release = _RELEASE.search(version) is not None
+    if generation and generation.group(1) == "0":
+        v0 = [r for r in table.regimes if r.engine == "V0"]
+        return ResolvedVllmMemory(v0[-1], version, True)
+    if has_release:
+        regime = regime_for_release(table, parse_release(version))
+        if generation and regime.engine != "V1":
+            regime = next(r for r in table.regimes if r.engine == "V1")  # V1 on an early release: its first rule
+        return ResolvedVllmMemory(regime, version, True)
+    if generation:  # V1 without a release: the default release's rule, named as such
+        default = regime_for_release(table, parse_release(table.default))
+        return ResolvedVllmMemory(default, f"{version} (planned as {table.default})", True)
+    raise PlannerError(
+        f"engine version {version!r}: give a vLLM release (e.g. {table.default}) or an engine generation (V0 or V1)"
+    )
+
+
+def rule_for_engine(engine_id: str, table: VllmVersions, version: str | None) -> ResolvedVllmMemory | None:
+    """vLLM's rule for the version asked (or the default); None for other engines, which keep the generic
+    rule of engines.json vllm_memory."""
+    return resolve_vllm_memory(table, version) if engine_id == "vllm" else None
+
+
+def rule_assumptions(rule: ResolvedVllmMemory | None) -> dict[str, str]:
+    """The assumptions a vLLM prediction lists for its memory: which release's rule, and what it charges."""
+    if rule is None:
+        return {}
+    r = rule.regime
+    non_torch = f"{r.non_torch_gib:g} GiB" if r.non_torch_gib is not None else "the V0 share of VRAM (vllm_memory)"
+    per_rank = f"{r.tp_rank_gib:g} GiB" if r.tp_rank_gib is not None else "tp_rank_overhead"
+    return {
+        "vllm_memory_version": rule.label(),
+        "vllm_memory_rule": f"non-torch {non_torch}, plus {per_rank} per rank under TP; activations: the larger "
+        f"of the MLP pass and the sampler pass; sampler: {r.sampler}, {r.sampler_bytes_per_logit:g} B per logit"
+        + (", the pass's hidden states still held" if r.sampler_holds_hidden_states else ""),
+    }
