@@ -117,7 +117,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help=h("template_timeout_s"),
     )
-    p.add_argument("--speculative", choices=("ngram", "none"), default="none", help=h("speculative"))
+    p.add_argument("--speculative", default="none", metavar="none|ngram|draft:FORMAT", help=h("speculative"))
     p.add_argument("--num-speculative-tokens", type=int, default=4, metavar="N", help=h("num_speculative_tokens"))
     p.add_argument(
         "--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN", help=h("cors_origins")

@@ -121,6 +121,23 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     return min(index, probs.shape[-1] - 1)
 
 
+def adjusted_logits(logits: torch.Tensor, params: SamplingParams, seen_ids: Sequence[int] = ()) -> torch.Tensor:
+    """fp32 logits after the repetition penalty: what both greedy picks and sampling start from."""
+    return apply_repetition_penalty(logits.float(), seen_ids, params.repetition_penalty)
+
+
+def token_probs(logits: torch.Tensor, params: SamplingParams, seen_ids: Sequence[int] = ()) -> torch.Tensor:
+    """The distribution a sampled (temperature > 0) token is drawn from: penalty, filters, softmax.
+
+    The one home of that distribution: `sample_token` draws from it, and speculative decoding
+    builds the draft's and the target's distributions with it, so acceptance compares exactly
+    what each would sample.
+    """
+    if params.greedy:
+        raise ValueError("greedy decoding has no distribution to draw from: take the argmax of adjusted_logits")
+    return filter_logits(adjusted_logits(logits, params, seen_ids), params).softmax(-1)
+
+
 def sample_token(
     logits: torch.Tensor,
     params: SamplingParams,
@@ -134,10 +151,9 @@ def sample_token(
     APIs report.
     """
     logits = logits.float()
-    adjusted = apply_repetition_penalty(logits, seen_ids, params.repetition_penalty)
     if params.greedy:
-        token = argmax_ids(adjusted[None])[0]
+        token = argmax_ids(adjusted_logits(logits, params, seen_ids)[None])[0]
     else:
-        token = draw(filter_logits(adjusted, params).softmax(-1), generator)
+        token = draw(token_probs(logits, params, seen_ids), generator)
     logprob = float(torch.log_softmax(logits, -1)[token]) if params.logprobs else None
     return token, logprob

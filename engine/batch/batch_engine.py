@@ -1,8 +1,9 @@
 """Continuous batching over the paged KV cache: `step()` is the core API.
 
-One call runs one scheduler step: draft (optional n-gram speculation), schedule,
-one model forward over every scheduled token of every sequence, sample, and
-hand the tokens back to the scheduler. The server's loop and tests call it;
+One call runs one scheduler step: draft (optional speculation: n-gram lookup, or
+the model itself in a cheaper format), schedule, one model forward over every
+scheduled token of every sequence, sample or verify drafts, and hand the tokens
+back to the scheduler. The server's loop and tests call it;
 it owns no thread and no I/O, so it is driven the same way everywhere.
 """
 
@@ -13,13 +14,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.batch.ngram_drafter import NgramDrafter, accept_drafts
+from engine.batch.draft_model import DraftModelDrafter, DraftProposal
+from engine.batch.draft_verifier import verify_drafts
+from engine.batch.ngram_drafter import NgramDrafter
 from engine.batch.paged_cache import PagedKVCache, build_batch
 from engine.batch.scheduler import Scheduler, SchedulerConfig
 from engine.batch.scheduler_io import ScheduledSeq
 from engine.batch.sequence import Sequence
 from engine.model.loader import LoadedModel
-from engine.sampling import SamplingParams, argmax_ids, make_generator, sample_token
+from engine.sampling import SamplingParams, make_generator, sample_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +36,16 @@ class BatchConfig:
     max_queue: int = 64
     block_size: int = 16
     kv_cache_bytes: int = 256 * 1024 * 1024
-    speculative_tokens: int = 0  # 0 disables n-gram speculation
+    speculative_tokens: int = 0  # drafts per step: n-gram lookup, or the draft model when one is given; 0: off
 
-    def num_blocks(self, loaded: LoadedModel) -> int:
+    def bytes_per_block(self, loaded: LoadedModel, draft: LoadedModel | None = None) -> int:
+        """One block of the target's pool, plus the draft's mirror block when a draft model runs."""
         per_block = PagedKVCache.bytes_per_block(loaded.config, self.block_size, loaded.model.act_dtype)
-        return max(1, self.kv_cache_bytes // per_block)
+        return per_block + (DraftModelDrafter.bytes_per_block(draft, self.block_size) if draft is not None else 0)
+
+    def num_blocks(self, loaded: LoadedModel, draft: LoadedModel | None = None) -> int:
+        """Blocks that fit `kv_cache_bytes`; with a draft model the budget holds both pools."""
+        return max(1, self.kv_cache_bytes // self.bytes_per_block(loaded, draft))
 
 
 @dataclass(slots=True)
@@ -72,18 +80,25 @@ class StepResult:
     num_decode_tokens: int = 0
     num_preempted: int = 0
     forward_s: float = 0.0
+    draft_s: float = 0.0  # the draft model's forwards (draft-model speculation only)
 
 
 class BatchEngine:
     """Many sequences sharing one model and one paged KV pool (the server's engine).
 
     `engine.run.runtime.Engine` is the single-stream one; `BatchLoop` (batch/loop.py)
-    drives this one from its own thread.
+    drives this one from its own thread. With `draft` (the same model file in another
+    weight format) and `speculative_tokens` > 0, the draft model proposes the drafts
+    and sampled requests are sped up too; without it, n-gram lookup drafts for greedy ones.
     """
 
-    def __init__(self, loaded: LoadedModel, config: BatchConfig | None = None) -> None:
+    def __init__(
+        self, loaded: LoadedModel, config: BatchConfig | None = None, draft: LoadedModel | None = None
+    ) -> None:
         self.loaded = loaded
         self.config = cfg = config or BatchConfig()
+        if draft is not None:
+            _check_draft(loaded, draft, cfg)
         model_len = min(cfg.max_model_len, loaded.config.context_length)
         self.scheduler = Scheduler(
             SchedulerConfig(
@@ -93,13 +108,18 @@ class BatchEngine:
                 max_queue=cfg.max_queue,
                 max_model_len=model_len,
                 block_size=cfg.block_size,
-                num_kv_blocks=cfg.num_blocks(loaded),
+                num_kv_blocks=cfg.num_blocks(loaded, draft),
                 stop_token_ids=loaded.tokenizer.stop_token_ids,
             )
         )
         sc = self.scheduler.config
         self.cache = PagedKVCache(loaded.config, sc.num_kv_blocks, sc.block_size, loaded.model.act_dtype, loaded.device)
-        self.drafter = NgramDrafter(cfg.speculative_tokens) if cfg.speculative_tokens > 0 else None
+        self.drafter = NgramDrafter(cfg.speculative_tokens) if cfg.speculative_tokens > 0 and draft is None else None
+        self.draft_model = (
+            DraftModelDrafter(draft, cfg.speculative_tokens, sc.num_kv_blocks, sc.block_size, sc.prefill_chunk_size)
+            if draft is not None
+            else None
+        )
         self._next_id = 0
         self._rngs: dict[int, torch.Generator] = {}
 
@@ -127,13 +147,17 @@ class BatchEngine:
 
     def _forget(self, seq_id: int) -> None:
         self._rngs.pop(seq_id, None)
+        if self.draft_model is not None:
+            self.draft_model.forget(seq_id)
 
     @property
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished
 
-    def _drafts(self) -> dict[int, list[int]] | None:
-        """Prompt-lookup drafts for greedy decoding sequences; sampling ones decode normally."""
+    def _drafts(self) -> dict[int, tuple[int, ...]] | dict[int, list[int]] | None:
+        """Drafts for the scheduler: a draft model's reservations, or prompt-lookup drafts for greedy sequences."""
+        if self.draft_model is not None:
+            return self.draft_model.reservations(self.scheduler.running)
         if self.drafter is None:
             return None
         drafts = {}
@@ -149,8 +173,17 @@ class BatchEngine:
         """Run one scheduler step; returns per-sequence new tokens and what finished."""
         out = self.scheduler.schedule(self._drafts())
         result = StepResult(num_preempted=len(out.preempted))
+        if self.draft_model is not None:
+            for seq in out.preempted:  # its blocks are gone, and its draft K/V with them
+                self.draft_model.forget(seq.seq_id)
         if out.is_empty:
             return result
+        proposals: dict[int, DraftProposal] = {}
+        if self.draft_model is not None:
+            t_draft = time.perf_counter()
+            proposals = self.draft_model.propose(out.decodes, self._rngs)
+            out.fill_drafts({seq_id: p.token_ids for seq_id, p in proposals.items()})
+            result.draft_s = time.perf_counter() - t_draft
         result.num_prefill_tokens, result.num_decode_tokens = out.num_prefill_tokens, out.num_decode_tokens
         t0 = time.perf_counter()
         batch = build_batch(out, self.cache, self.loaded.device)
@@ -163,7 +196,8 @@ class BatchEngine:
         sampled: dict[int, list[int]] = {}
         logprobs: dict[int, list[float]] = {}
         for item, (first, count) in owners.items():
-            sampled[item.seq.seq_id], logprobs[item.seq.seq_id] = self._pick(item, logits[first : first + count])
+            seq_id = item.seq.seq_id
+            sampled[seq_id], logprobs[seq_id] = self._pick(item, logits[first : first + count], proposals.get(seq_id))
         before = {item.seq.seq_id: item.seq.num_output_tokens for item in owners}
         finished = {s.seq_id: s for s in self.scheduler.postprocess(out, sampled)}
         for item in owners:
@@ -174,13 +208,20 @@ class BatchEngine:
             result.outputs.append(TokenOutput(seq.seq_id, new, lps, done, seq.finish_reason if done else None))
             if done:
                 self._forget(seq.seq_id)
+            elif self.draft_model is not None:
+                known_before = item.start + item.num_tokens - len(item.draft_token_ids)
+                self.draft_model.commit(seq.seq_id, known_before, len(sampled[seq.seq_id]) - 1)
         return result
 
-    def _pick(self, item: ScheduledSeq, rows: torch.Tensor) -> tuple[list[int], list[float]]:
-        """Sample one token, or verify drafts greedily (accepted prefix + the target's next token)."""
+    def _pick(
+        self, item: ScheduledSeq, rows: torch.Tensor, proposal: DraftProposal | None
+    ) -> tuple[list[int], list[float]]:
+        """Sample one token, or verify drafts (accepted prefix + one token from the target; draft_verifier.py)."""
         seq, params = item.seq, item.seq.params
         if item.draft_token_ids:
-            tokens = accept_drafts(list(item.draft_token_ids), argmax_ids(rows))
+            probs = proposal.probs if proposal is not None else None
+            rng = self._rngs.get(seq.seq_id)
+            tokens = verify_drafts(rows, item.draft_token_ids, probs, params, seq.all_token_ids, rng)
             if not params.logprobs:
                 return tokens, []
             lps = torch.log_softmax(rows[: len(tokens)], -1)
@@ -198,8 +239,21 @@ class BatchEngine:
             prefix_cache_hit_rate=s.prefix_cache_hit_rate,
             num_preemptions=s.num_preemptions,
             spec_acceptance_rate=s.spec_acceptance_rate,
-            kv_cache_bytes=self.cache.nbytes,
+            kv_cache_bytes=self.cache.nbytes + (self.draft_model.nbytes if self.draft_model is not None else 0),
         )
+
+
+def _check_draft(loaded: LoadedModel, draft: LoadedModel, config: BatchConfig) -> None:
+    """A draft model must be the served file in some format (same tokens, same K/V shape) on the same device."""
+    if config.speculative_tokens < 1:
+        raise ValueError("a draft model needs speculative_tokens >= 1 (drafts per step)")
+    if draft.gguf_path != loaded.gguf_path or draft.config != loaded.config:
+        raise ValueError(
+            f"the draft model must be the served model file in another weight format; got {draft.gguf_path} "
+            f"for a target loaded from {loaded.gguf_path}"
+        )
+    if draft.device != loaded.device:
+        raise ValueError(f"the draft model is on {draft.device}, the target on {loaded.device}: load both on one")
 
 
 def _sample_rows(items: list[ScheduledSeq]) -> tuple[list[int], dict[ScheduledSeq, tuple[int, int]]]:

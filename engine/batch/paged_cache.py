@@ -202,8 +202,22 @@ def _slots(block_table: list[int], start: int, end: int, block_size: int) -> lis
     return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Tokens of one sequence fed in a step: `token_ids` at positions start.., K/V in `block_table`'s slots."""
+
+    block_table: list[int]
+    start: int
+    token_ids: list[int]
+
+
 def build_batch(out: SchedulerOutput, cache: PagedKVCache, device: torch.device | str) -> PagedBatch:
     """Flatten a scheduler step into tensors: ids, positions, write slots and read layouts."""
+    return build_chunk_batch([Chunk(i.seq.block_table, i.start, i.token_ids) for i in out.items], cache, device)
+
+
+def build_chunk_batch(chunks: list[Chunk], cache: PagedKVCache, device: torch.device | str) -> PagedBatch:
+    """The layout of any list of chunks: the scheduler's step, or a draft model's steps over its own pool."""
     bs, n_kv = cache.block_size, cache.keys[0].shape[1]
     ids: list[int] = []
     positions: list[int] = []
@@ -211,19 +225,20 @@ def build_batch(out: SchedulerOutput, cache: PagedKVCache, device: torch.device 
     decode_rows: list[int] = []
     decode_keys: list[list[int]] = []
     segments: list[Segment] = []
-    for item in out.items:
-        row, end = len(ids), item.start + item.num_tokens
-        table = item.seq.block_table
-        ids.extend(item.token_ids)
-        positions.extend(range(item.start, end))
-        slot_mapping.extend(_slots(table, item.start, end, bs))
+    for chunk in chunks:
+        n = len(chunk.token_ids)
+        row, end = len(ids), chunk.start + n
+        table = chunk.block_table
+        ids.extend(chunk.token_ids)
+        positions.extend(range(chunk.start, end))
+        slot_mapping.extend(_slots(table, chunk.start, end, bs))
         keys = _slots(table, 0, end, bs)
-        if item.num_tokens == 1:
+        if n == 1:
             decode_rows.append(row)
             decode_keys.append(keys)
         else:
             key_rows = head_rows(torch.tensor(keys, dtype=torch.long, device=device), n_kv)
-            segments.append(Segment(row, item.num_tokens, end, key_rows))
+            segments.append(Segment(row, n, end, key_rows))
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
     dec_rows = dec_keys = dec_padding = None
     if decode_rows:

@@ -121,7 +121,11 @@ class Scheduler:
     # ---- one step -----------------------------------------------------------------------
 
     def schedule(self, drafts: Mapping[int, Seq[int]] | None = None) -> SchedulerOutput:
-        """Decide the next step. `drafts` maps seq_id to proposed draft tokens for decoding sequences."""
+        """Decide the next step. `drafts` maps seq_id to proposed draft tokens for decoding sequences.
+
+        Only their number matters here: a draft model passes placeholders and fills the
+        positions it was given after this returns (`SchedulerOutput.fill_drafts`).
+        """
         step = _StepBuilder(budget=self.config.max_num_batched_tokens)
         decoding = [s for s in self.running if s.is_decoding]
         for i, seq in enumerate(decoding):

@@ -6,7 +6,9 @@ Separate from `scheduler.py` so the model side and the server can read a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field, replace
 
 from engine.batch.sequence import Sequence
 
@@ -93,6 +95,24 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         return not self.decodes and not self.prefills
+
+    def fill_drafts(self, tokens: Mapping[int, Seq[int]]) -> None:
+        """Put real draft tokens where the scheduler reserved positions for them.
+
+        A draft model writes K/V for its own drafts, so it drafts after `schedule` has given
+        the sequence the slots: the scheduler is handed placeholder drafts (it only counts
+        them), and every reserved position is filled here before the target runs.
+        """
+        filled = []
+        for item in self.decodes:
+            draft = tokens.get(item.seq.seq_id, ())
+            if len(draft) != len(item.draft_token_ids):
+                raise ValueError(
+                    f"sequence {item.seq.seq_id} reserved {len(item.draft_token_ids)} draft positions, "
+                    f"got {len(draft)} draft tokens"
+                )
+            filled.append(replace(item, draft_token_ids=tuple(draft)) if draft else item)
+        self.decodes = filled
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,10 +15,10 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from engine.batch.speculative_method import SPECULATIVE_HELP, SpeculativeMethod, parse_speculative
 from engine.formats import WeightFormat
 from engine.model.chat_template import TemplateLimits
 from engine.serving.validation import pydantic_message
@@ -125,8 +125,10 @@ class ServerOptions(BaseModel):
     template_timeout_s: float = Field(
         _TEMPLATE.timeout_s, gt=0, description="seconds the chat template may run for one request (400 after)"
     )
-    speculative: Literal["ngram", "none"] = Field("none", description="n-gram (prompt lookup) speculative decoding")
-    num_speculative_tokens: int = Field(4, ge=1, le=16, description="drafts per step with --speculative ngram")
+    speculative: str = Field("none", description=f"speculative decoding: {SPECULATIVE_HELP}")
+    num_speculative_tokens: int = Field(
+        4, ge=1, le=16, description="drafts per step (k) with --speculative ngram or draft:FORMAT"
+    )
     cors_origins: tuple[str, ...] = Field((), description="allowed browser origin (repeatable); none: CORS off")
     log_prompts: bool = Field(False, description="log prompts and outputs (off: never logged)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
@@ -148,6 +150,11 @@ class ServerOptions(BaseModel):
         check_api_key(key)
         return SecretStr(key)
 
+    @field_validator("speculative")
+    @classmethod
+    def _check_speculative(cls, value: str) -> str:
+        return str(parse_speculative(value))
+
     @field_validator("allowed_hosts")
     @classmethod
     def _check_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -165,6 +172,10 @@ class ServerOptions(BaseModel):
     @property
     def key(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    @property
+    def speculative_method(self) -> SpeculativeMethod:
+        return parse_speculative(self.speculative)
 
     @property
     def request_limits(self) -> RequestLimits:

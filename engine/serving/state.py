@@ -16,8 +16,7 @@ from enum import Enum
 
 from engine.batch.batch_engine import BatchConfig, BatchEngine
 from engine.batch.loop import BatchLoop
-from engine.batch.paged_cache import PagedKVCache
-from engine.model.loader import LoadedModel
+from engine.model.loader import LoadedModel, load_model
 from engine.run.runtime import Engine
 from engine.serving.errors import APIError
 from engine.serving.metrics import ServerMetrics
@@ -26,13 +25,16 @@ from engine.serving.options import ServerOptions
 logger = logging.getLogger("preflight.server")
 
 
-def batch_config(options: ServerOptions, loaded: LoadedModel) -> BatchConfig:
-    """Serving limits for BatchEngine; the default KV pool always holds one full-length sequence."""
+def batch_config(options: ServerOptions, loaded: LoadedModel, draft: LoadedModel | None = None) -> BatchConfig:
+    """Serving limits for BatchEngine; the default KV pool always holds one full-length sequence.
+
+    With a draft model `--kv-cache-bytes` covers both pools (the draft's mirrors the target's blocks).
+    """
     ctx = loaded.config.context_length
     max_len = min(options.max_model_len or ctx, ctx)
     defaults = BatchConfig()
     block_size = defaults.block_size
-    per_block = PagedKVCache.bytes_per_block(loaded.config, block_size, loaded.model.act_dtype)
+    per_block = defaults.bytes_per_block(loaded, draft)
     kv_bytes = options.kv_cache_bytes or max(defaults.kv_cache_bytes, math.ceil(max_len / block_size) * per_block)
     return BatchConfig(
         max_num_seqs=options.max_num_seqs,
@@ -41,8 +43,22 @@ def batch_config(options: ServerOptions, loaded: LoadedModel) -> BatchConfig:
         max_queue=options.max_queue,
         block_size=block_size,
         kv_cache_bytes=kv_bytes,
-        speculative_tokens=options.num_speculative_tokens if options.speculative == "ngram" else 0,
+        speculative_tokens=options.num_speculative_tokens if options.speculative_method.kind != "none" else 0,
     )
+
+
+def load_draft(options: ServerOptions, target: LoadedModel) -> LoadedModel | None:
+    """The draft model of `--speculative draft:FORMAT`: the served file in FORMAT, on the target's device.
+
+    A draft in the target's own format shares the target's weights (no second copy).
+    """
+    fmt = options.speculative_method.draft_format
+    if fmt is None:
+        return None
+    if fmt == target.fmt:
+        logger.warning("the draft format is the target's own (%s): drafts cost as much as decoding, no speed-up", fmt)
+        return target
+    return load_model(options.model, fmt, str(target.device), options.use_weight_cache)
 
 
 class ServerStatus(Enum):
@@ -88,7 +104,8 @@ class ServerState:
             engine = self._load()
             if self.options.compile:  # before /health turns 200, so no request waits on the compiler
                 logger.info("compiled the decode step in %.1f s", engine.compile(serving=True))
-            llm = BatchEngine(engine.loaded, batch_config(self.options, engine.loaded))
+            draft = load_draft(self.options, engine.loaded)
+            llm = BatchEngine(engine.loaded, batch_config(self.options, engine.loaded, draft), draft)
             loop = BatchLoop(llm, self.metrics.on_step)
             loop.start()
         except Exception as exc:  # any load failure: one line, then the server exits non-zero
@@ -100,13 +117,15 @@ class ServerState:
         self.serving = Serving(engine, loop, llm.max_model_len)
         self.status = ServerStatus.READY
         info = engine.info
+        spec = self.options.speculative_method
         logger.info(
-            "model %s ready: %s on %s, max_model_len %d, %d KV blocks, loaded in %.1f s",
+            "model %s ready: %s on %s, max_model_len %d, %d KV blocks, speculative %s, loaded in %.1f s",
             self.model_name,
             info.quant,
             info.device,
             llm.max_model_len,
             llm.scheduler.config.num_kv_blocks,
+            f"{spec} k={llm.config.speculative_tokens}" if spec.kind != "none" else "off",
             time.perf_counter() - t0,
         )
 
