@@ -3,8 +3,9 @@
 Public names: `Engine` and `LoadOptions` (single-stream generation, `engine.run.runtime`),
 `SamplingParams` (`engine.sampling`) and `EngineError` (`engine.errors`). The sub-packages,
 innermost first: `quant` (weight formats), `model` (the GGUF file, tokenizer, transformer),
-`run` (single-stream Engine), `batch` (continuous batching), then `serving` (the HTTP server)
-and `studies`, which the first four never import.
+`run` (single-stream Engine), `batch` (continuous batching), then `serving` (the HTTP server),
+`studies` and `compress` (GPTQ, pruning, low-rank into a weights directory), which the first four
+never import.
 
 `Engine`, `LoadOptions` and `SamplingParams` are imported on first use, not here: checks and
 the widgets import `engine.formats` (and the errors) without paying for torch.

@@ -1,4 +1,4 @@
-"""`python -m engine ...`: generate, info, study and serve from a shell.
+"""`python -m engine ...`: generate, info, study, serve and compress from a shell.
 
 Every engine error becomes one line on stderr and exit code 1; bad
 arguments exit 2 (argparse's convention). No tracebacks for user mistakes.
@@ -31,13 +31,29 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-weight-cache", action="store_true", help="convert from the GGUF, skip the disk cache")
 
 
+def _add_weight_args(p: argparse.ArgumentParser, quant_help: str) -> None:
+    """--quant and --weights: a format to convert the GGUF to, or a directory of compressed weights."""
+    p.add_argument("--quant", choices=WEIGHT_FORMATS, default=None, help=f"{quant_help} (default: int4)")
+    p.add_argument(
+        "--weights",
+        metavar="DIR",
+        default=None,
+        help="directory from `python -m engine compress` (brings its own format; --quant, if given, must match it)",
+    )
+
+
+def _load_quant(args: argparse.Namespace) -> str | None:
+    """The format to load: the one asked for, none with --weights (the directory's), else the int4 default."""
+    return args.quant if args.quant is not None or args.weights is not None else "int4"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Preflight's bundled inference engine")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="generate text for one prompt")
     _add_model_args(gen)
-    gen.add_argument("--quant", choices=WEIGHT_FORMATS, default="int4", help="weight format (default: int4)")
+    _add_weight_args(gen, "weight format")
     gen.add_argument("--prompt", required=True, help="prompt text (with --chat: the user message)")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     gen.add_argument("--system", default=None, help="system message for --chat")
@@ -74,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (continuous batching)")
     _add_model_args(serve)
     _add_serve_args(serve)
+
+    from engine.compress.command import add_compress_parser
+
+    add_compress_parser(sub)
     return parser
 
 
@@ -81,7 +101,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     """Flags of `serve`; the help text comes from ServerOptions' field descriptions."""
     from engine.serving.options import option_help as h
 
-    p.add_argument("--quant", choices=WEIGHT_FORMATS, default="int4", help=h("quant"))
+    _add_weight_args(p, "weight format")
     p.add_argument("--host", default="127.0.0.1", help=h("host"))
     p.add_argument("--port", type=int, default=8000, help=h("port"))
     p.add_argument("--api-key", default=None, metavar="KEY", help=h("api_key"))
@@ -188,7 +208,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         logprobs=args.logprobs,
         ignore_eos=args.ignore_eos,
     )
-    engine = Engine.load(LoadOptions(args.quant, args.model, args.device, not args.no_weight_cache, args.compile))
+    engine = Engine.load(
+        LoadOptions(_load_quant(args), args.model, args.device, not args.no_weight_cache, args.compile, args.weights)
+    )
     prompt: str | list[dict] = args.prompt
     if args.chat:
         prompt = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -209,7 +231,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         rate = lambda v: f"{v:.1f}" if v is not None else "n/a"  # noqa: E731
         print(
-            f"[{engine.info.quant} on {engine.info.device}, load {engine.info.load_s:.2f}s ({engine.info.source}), "
+            f"[{engine.info.weights_label} on {engine.info.device}, "
+            f"load {engine.info.load_s:.2f}s ({engine.info.source}), "
             + (f"compile {engine.info.compile_s:.1f}s, " if engine.info.compile_s is not None else "")
             + f"prompt {result.prompt_tokens} tok at {rate(result.prefill_tok_s)} tok/s, "
             f"output {result.completion_tokens} tok at {rate(result.decode_tok_s)} tok/s, "
@@ -223,6 +246,8 @@ def _load_dict(engine: Engine) -> dict[str, object]:
     info = engine.info
     return {
         "quant": info.quant,
+        "weights_dir": info.weights_dir,
+        "recipe": info.recipe,
         "device": info.device,
         "source": info.source,
         "load_s": info.load_s,
@@ -324,7 +349,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from engine.serving.options import ServerOptions, describe_options_error
 
     fields = (
-        "quant",
         "host",
         "port",
         "insecure",
@@ -361,6 +385,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             api_key=args.api_key if args.api_key is not None else os.environ.get("PREFLIGHT_API_KEY"),
             cors_origins=tuple(args.cors_origins),
             allowed_hosts=tuple(args.allowed_hosts),
+            **({"quant": args.quant} if args.quant is not None else {}),
+            weights=args.weights,
             **{name: getattr(args, name) for name in fields},
             **{name: getattr(args, name) for name in limits if getattr(args, name) is not None},
         )
@@ -373,7 +399,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_server(options)
 
 
-COMMANDS = {"generate": _cmd_generate, "info": _cmd_info, "study": _cmd_study, "serve": _cmd_serve}
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from engine.compress.command import run_compress
+
+    return run_compress(args)
+
+
+COMMANDS = {
+    "generate": _cmd_generate,
+    "info": _cmd_info,
+    "study": _cmd_study,
+    "serve": _cmd_serve,
+    "compress": _cmd_compress,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

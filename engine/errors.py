@@ -25,3 +25,7 @@ class PromptError(EngineError):
 
 class WeightCacheError(EngineError):
     """A converted-weights cache entry is corrupt; callers rebuild it."""
+
+
+class WeightsDirError(EngineError):
+    """A weights directory (`--weights DIR`) is missing, corrupt, from another model file or in another format."""

@@ -97,6 +97,7 @@ class ResourcesDoc(_Part):
 class BundledTargetDoc(_Part):
     kind: Literal["bundled"] = "bundled"
     quant: str
+    weights_dir: str | None = Field(None, description="the compressed weights directory served (--weights), if any")
     device: str
     threads: int | None
     max_num_seqs: int

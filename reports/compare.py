@@ -302,7 +302,8 @@ def _environment(a: Measured, b: Measured) -> list[EnvDifference]:
             (f"client {k}", getattr(ba.client, k, None), getattr(bb.client, k, None))
             for k in ("host", "cpu_count", "python", "os")
         ]
-        pairs += [(k, ba.config.get(k), bb.config.get(k)) for k in ("threads", "device", "max_num_seqs", "compile")]
+        config_keys = ("threads", "device", "max_num_seqs", "compile", "weights")
+        pairs += [(k, ba.config.get(k), bb.config.get(k)) for k in config_keys]
         pairs.append(("weight format", getattr(ba.target, "quant", None), getattr(bb.target, "quant", None)))
         pairs.append(
             (

@@ -5,8 +5,8 @@ save to the reports history; the planner's shells read saved results and the shi
 its replay drives the bundled engine's scheduler); `checks` may use
 `reports` and `engine` (to start the bundled server and count tokens) but never the
 UI; no package imports the pages or widgets. Inside the engine, the core (model,
-quant, run, batch and the shared top-level modules) never imports serving, studies
-or the CLI, and never pandas. No module of ours is part of an import cycle.
+quant, run, batch and the shared top-level modules) never imports serving, studies,
+compress or the CLI, and never pandas. No module of ours is part of an import cycle.
 
 Imports are read with `ast`, so a lazy import inside a function counts, and so does
 one under `if TYPE_CHECKING:`: a cycle that only type checkers see still tangles the code.
@@ -58,7 +58,7 @@ ENGINE_CORE = (
     "engine.stop_strings",
     "engine.text_stream",
 )
-ENGINE_OUTER = ("engine.serving", "engine.studies", "engine.cli", "engine.__main__")
+ENGINE_OUTER = ("engine.serving", "engine.studies", "engine.compress", "engine.cli", "engine.__main__")
 CORE_FORBIDDEN_LIBRARIES = ("pandas",)
 
 

@@ -53,6 +53,7 @@ VALUE_KEYS = (
     "target_quant",
     "target_threads",
     "target_compile",
+    "target_weights",
     "target_preset",
     "target_url",
     "target_api_key",
@@ -81,6 +82,12 @@ def target_sidebar() -> None:
             st.number_input("Server threads (0 = torch default)", 0, 64, 1, key="target_threads")
             st.checkbox(
                 "Compiled decode (Benchmark only; about a minute the first time, seconds after)", key="target_compile"
+            )
+            st.text_input(
+                "Compressed weights directory (Benchmark only; optional)",
+                key="target_weights",
+                placeholder="written by python -m engine compress",
+                help="Serve this directory (--weights DIR) instead of converting the GGUF; it brings its own format.",
             )
             return
         st.selectbox("Server", [CUSTOM, *PRESET_NAMES], key="target_preset", on_change=_apply_preset)
@@ -113,6 +120,9 @@ def current_target(benchmark: bool) -> dict:
         }
         if benchmark:
             values["compile"] = bool(state.get("target_compile", False))
+            weights = str(state.get("target_weights", "")).strip()
+            if weights:
+                values["weights"] = weights
         return values
     model = str(state.get("target_model", "")).strip() or None
     return {
@@ -134,6 +144,8 @@ def target_line(values: dict) -> None:
         shown += f", {threads} server thread{'s' * (threads != 1)}" if threads else ", torch's default threads"
         if values.get("compile"):
             shown += ", compiled decode"
+        if values.get("weights"):
+            shown += f", weights {values['weights']} (their own format)"
     elif values.get("model"):
         shown += f", model {values['model']}"
     st.markdown(f"**Target:** `{shown}` (change it in the sidebar)")

@@ -39,7 +39,7 @@ from checks.load.resources import ResourceMonitor, summarize_resources
 from checks.load.scenarios import SCENARIOS, scenario_requests
 from checks.load.sse import MAX_EVENT_BYTES, MAX_RESPONSE_BYTES
 from checks.load.sweep import SweepOptions, SweepResult, run_sweep
-from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget
+from checks.load.targets import BundledOptions, BundledTarget, RemoteTarget, TargetError
 from checks.load.tokenizer import TextTokenizer, bundled_tokenizer
 from checks.load.traces import DEFAULT_BLOCK_TOKENS, load_trace, trace_requests
 from checks.load.workloads import SyntheticSpec, synthetic_conversations, synthetic_requests
@@ -124,6 +124,11 @@ class BenchmarkConfig(BaseModel):
     compile: bool = Field(
         False, description="bundled target: serve --compile (compiled decode; ~1 min the first time, seconds after)"
     )
+    weights: str | None = Field(
+        None,
+        description="bundled target: serve this directory from `python -m engine compress` (--weights DIR; "
+        "the directory's own weight format replaces the target's)",
+    )
     sweep_rates: int = Field(5, ge=1, description="sweep: Poisson rates between sync and saturation")
     sweep_concurrency: int = Field(32, ge=2, description="sweep: concurrency of the saturation step")
     monitor_interval_s: float = Field(0.5, gt=0, description="resource sampling interval")
@@ -185,7 +190,11 @@ class BenchmarkConfig(BaseModel):
         return self._check_target()
 
     def _check_target(self) -> BenchmarkConfig:
-        self.bundled_quant()  # validates the target form
+        quant = self.bundled_quant()  # validates the target form
+        if self.weights is not None and quant is None:
+            raise ValueError("a weights directory is served by the bundled engine: use a bundled target with it")
+        if self.weights is not None and not self.weights.strip():
+            raise ValueError("no weights directory given: name one, or leave it out")
         return self
 
     def bundled_quant(self) -> str | None:
@@ -399,16 +408,28 @@ def make_target(
         key = config.api_key.get_secret_value() if config.api_key else None
         status(f"probing {redact_url(config.target)}")
         return RemoteTarget(config.target, key, config.model, config.api)
+    weights_dir = None
+    if config.weights is not None:
+        from engine.errors import WeightsDirError  # torch: only once a bundled server is about to start anyway
+        from engine.model.weights_dir import stored_format
+
+        weights_dir = str(Path(config.weights).expanduser())
+        try:
+            quant = stored_format(Path(weights_dir))
+        except WeightsDirError as exc:
+            raise TargetError(str(exc)) from exc
     options = BundledOptions(
         quant=quant,
         device=config.device,
         threads=config.threads,
         max_num_seqs=config.max_num_seqs,
         api=config.api,
+        weights_dir=weights_dir,
     )
     if config.compile:
         options = replace(options, extra_args=("--compile",), startup_timeout_s=COMPILE_STARTUP_TIMEOUT_S)
-    how = f"{quant}, compiling first" if config.compile else quant
+    how = quant if weights_dir is None else f"{quant} from {weights_dir}"
+    how = f"{how}, compiling first" if config.compile else how
     status(f"starting the bundled engine ({how}) and waiting for /health")
     return BundledTarget(options, cancel)
 

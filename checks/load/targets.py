@@ -66,6 +66,7 @@ class BundledOptions:
     api: Api = "chat"
     extra_args: tuple[str, ...] = ()
     startup_timeout_s: float = 300.0
+    weights_dir: str | None = None  # serve a compressed weights directory (its format is `quant`)
     log_dir: Path | None = None  # where the server log is kept (default: LOG_DIR under Preflight's home, pruned)
     keep_logs: int = 20  # server logs kept in the default log folder; older ones are deleted at each start
 
@@ -286,8 +287,7 @@ class BundledTarget:
             "127.0.0.1",
             "--port",
             str(self.port),
-            "--quant",
-            o.quant,
+            *(["--weights", o.weights_dir] if o.weights_dir is not None else ["--quant", o.quant]),
             "--device",
             o.device,
             "--max-num-seqs",
@@ -355,6 +355,7 @@ class BundledTarget:
         o = self.options
         return BundledTargetDoc(
             quant=o.quant,
+            weights_dir=o.weights_dir,
             device=o.device,
             threads=o.threads,
             max_num_seqs=o.max_num_seqs,

@@ -50,6 +50,7 @@ SOURCES = (
     "engine/model/embedding.py",
     "engine/quant/linear.py",
     "engine/quant/functions.py",
+    "engine/quant/lowrank_linear.py",
     "engine/run/kv_cache.py",
     "engine/batch/paged_cache.py",
 )

@@ -7,6 +7,11 @@ the weight cache (a cache that cannot be written is a logged
 warning and a note, never a failed load). Warm path: build the model on the `meta` device,
 then `load_state_dict(assign=True)` straight from the verified cache entry,
 so there is one copy of the weights and no quantization work.
+
+A weights directory (`--weights DIR`, engine/model/weights_dir.py) loads like the warm path,
+except that each linear layer is rebuilt from the layout its manifest records (GPTQ int4 at
+another group size, low-rank factors) and that a bad directory is an error, not a rebuild.
+`save_weights` writes one from a loaded (and compressed) model.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ import ctypes
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from engine.errors import WeightCacheError
+from engine.errors import WeightCacheError, WeightsDirError
 from engine.formats import WEIGHT_FORMATS
 from engine.model.config import ModelConfig
 from engine.model.embedding import Embedding, table_storage
@@ -29,8 +36,10 @@ from engine.model.gguf_file import GGUFModelFile, resolve_model_path
 from engine.model.tokenizer import Tokenizer
 from engine.model.transformer import Transformer
 from engine.model.weight_cache import CACHE_VERSION, CacheEntry, entry_key, file_sha256, load_entry, save_entry
+from engine.model.weights_dir import PRODUCE_HINT, read_weights_dir, write_weights_dir
 from engine.quant.functions import Q41Blocks, Q80Blocks, compute_dtype
-from engine.quant.linear import Q80Linear, as_float, empty_linear, make_linear, module_weight_bytes
+from engine.quant.layouts import Layout, empty_from_layout, layout_of
+from engine.quant.linear import Q80Linear, QuantLinear, as_float, empty_linear, make_linear, module_weight_bytes
 
 logger = logging.getLogger("preflight.engine")
 
@@ -44,12 +53,15 @@ class LoadedModel:
     config: ModelConfig
     fmt: str
     device: torch.device
-    source: str  # "gguf" (cold: converted from the file) or "cache" (warm)
+    source: str  # "gguf" (cold: converted from the file), "cache" (warm) or "weights" (a weights directory)
     load_s: float
     weight_bytes: int
     gguf_bytes: int
     gguf_path: str
     kernel_notes: list[str] = field(default_factory=list)
+    source_sha256: str | None = None  # the GGUF file's SHA-256 (what a saved weights directory is tied to)
+    weights_dir: str | None = None  # the directory the weights came from (source "weights")
+    recipe: dict[str, Any] | None = None  # that directory's recipe.json: how the weights were made
 
 
 def resolve_device(device: str) -> torch.device:
@@ -154,18 +166,22 @@ def build_from_gguf(mf: GGUFModelFile, fmt: str, device: torch.device) -> Transf
 
 
 def build_from_state(
-    config: ModelConfig, fmt: str, state: dict[str, torch.Tensor], device: torch.device
+    config: ModelConfig,
+    fmt: str,
+    state: dict[str, torch.Tensor],
+    device: torch.device,
+    layouts: Mapping[str, Layout] | None = None,
 ) -> Transformer:
-    """Rebuild on meta with the format's empty modules, then adopt the cached tensors."""
+    """Rebuild on meta with empty modules (the `layouts` given, else the format's), then adopt the tensors."""
     act = compute_dtype(fmt, device)
     embedding = Embedding.empty(config.vocab_size, config.hidden_size, fmt, act, device="meta")
-    model = Transformer(
-        config,
-        embedding,
-        lambda name, i, o: empty_linear(_stored_kind(state, name, fmt), i, o, device="meta"),
-        act,
-        device,
-    )
+
+    def empty(name: str, in_features: int, out_features: int) -> QuantLinear:
+        if layouts is not None and name in layouts:
+            return empty_from_layout(layouts[name], in_features, out_features)
+        return empty_linear(_stored_kind(state, name, fmt), in_features, out_features, device="meta")
+
+    model = Transformer(config, embedding, empty, act, device)
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device)
     _post_load(model)
@@ -179,6 +195,7 @@ def _stored_kind(state: dict[str, torch.Tensor], name: str, fmt: str) -> str:
 
 
 def _manifest(mf_hash: str, fmt: str, config: ModelConfig, tokenizer: Tokenizer, gguf_bytes: int) -> dict[str, Any]:
+    """What a cache entry's (and a weights directory's) manifest says besides the tensors' own hash."""
     cfg = {k: v for k, v in asdict(config).items() if k != "head_dim"}
     return {
         "cache_version": CACHE_VERSION,
@@ -192,18 +209,105 @@ def _manifest(mf_hash: str, fmt: str, config: ModelConfig, tokenizer: Tokenizer,
 
 def load_model(
     model_path: str | None = None,
-    fmt: str = "int4",
+    fmt: str | None = "int4",
     device: str = "auto",
     use_cache: bool = True,
+    weights_dir: str | None = None,
 ) -> LoadedModel:
-    """Load a GGUF model in `fmt`, from the weight cache when a valid entry exists.
+    """Load a GGUF model in `fmt`, from the weight cache when a valid entry exists, or from a weights directory.
 
+    With `weights_dir` the format is the directory's; `fmt` may be None, or must name that format.
     The freed memory is handed back only once the loading frame has returned: while it runs, the
     GGUF reader, the cache's state dict and the tokenizer tables it parsed are still referenced, and
     trimming then left ~50 MiB of heap that was freed a moment later and never returned."""
-    loaded = _load_model(model_path, fmt, device, use_cache)
+    if weights_dir is not None:
+        loaded = _load_weights_dir(Path(weights_dir), model_path, fmt, device)
+    elif fmt is None:
+        raise ValueError("no weight format given: name one (or a weights directory)")
+    else:
+        loaded = _load_model(model_path, fmt, device, use_cache)
     release_freed_memory()
     return loaded
+
+
+def _load_weights_dir(directory: Path, model_path: str | None, fmt: str | None, device: str) -> LoadedModel:
+    """A model from a verified weights directory made from this GGUF file; WeightsDirError when it cannot be."""
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    path = resolve_model_path(model_path)
+    found = read_weights_dir(directory, "cpu")
+    manifest = found.manifest
+    source_hash = file_sha256(path)
+    if manifest.get("source_sha256") != source_hash:
+        raise WeightsDirError(
+            f"the weights in {directory} were made from another model file (SHA-256 "
+            f"{str(manifest.get('source_sha256'))[:12]}...) than {path} ({source_hash[:12]}...); "
+            "load them with that file (--model) or " + PRODUCE_HINT
+        )
+    stored = manifest.get("format")
+    if fmt is not None and fmt != stored:
+        raise WeightsDirError(
+            f"the weights in {directory} are in {stored}, not {fmt}: leave the weight format out or give {stored}"
+        )
+    try:
+        config = ModelConfig(**manifest["config"])
+        model = build_from_state(config, str(stored), found.state, dev, manifest["layers"])
+        tokenizer = Tokenizer.from_state(manifest["tokenizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise WeightsDirError(
+            f"weights directory {directory} does not fit this engine ({exc}); {PRODUCE_HINT}"
+        ) from exc
+    return LoadedModel(
+        model,
+        tokenizer,
+        config,
+        str(stored),
+        dev,
+        "weights",
+        time.perf_counter() - t0,
+        module_weight_bytes(model),
+        path.stat().st_size,
+        str(path),
+        _kernel_notes(model),
+        source_hash,
+        str(directory),
+        found.recipe,
+    )
+
+
+def linear_layouts(model: nn.Module) -> dict[str, Layout]:
+    """Every block (and untied head) linear's layout by parameter prefix; the tied table's follows from the format."""
+    return {
+        name: layout_of(m)
+        for name, m in model.named_modules()
+        if isinstance(m, QuantLinear) and not name.startswith("embedding.")
+    }
+
+
+def replace_linears(loaded: LoadedModel, modules: Mapping[str, QuantLinear], recipe: dict[str, Any]) -> LoadedModel:
+    """`loaded` with the named linear layers swapped for `modules` (prepared, on its device) and its weight bytes,
+    kernel notes and recipe brought up to date: a compressed model, to serve as it is or save with `save_weights`."""
+    for name, module in modules.items():
+        parent, _, child = name.rpartition(".")
+        if not isinstance(getattr(loaded.model.get_submodule(parent), child, None), QuantLinear):
+            raise ValueError(f"{name} is not a linear layer of the model")
+        setattr(loaded.model.get_submodule(parent), child, module)
+    return replace(
+        loaded,
+        source="compressed",
+        weight_bytes=module_weight_bytes(loaded.model),
+        kernel_notes=_kernel_notes(loaded.model),
+        recipe=recipe,
+    )
+
+
+def save_weights(loaded: LoadedModel, directory: Path, recipe: str) -> None:
+    """Write `loaded`'s model (compressed in place by the caller) with its recipe JSON as a weights directory."""
+    if loaded.source_sha256 is None:
+        raise ValueError("the loaded model does not know its source file's hash; load it with load_model")
+    manifest = _manifest(loaded.source_sha256, loaded.fmt, loaded.config, loaded.tokenizer, loaded.gguf_bytes)
+    manifest["layers"] = linear_layouts(loaded.model)
+    write_weights_dir(directory, loaded.model.state_dict(), manifest, recipe)
 
 
 def _load_model(model_path: str | None, fmt: str, device: str, use_cache: bool) -> LoadedModel:
@@ -239,6 +343,7 @@ def _load_model(model_path: str | None, fmt: str, device: str, use_cache: bool) 
                 gguf_bytes,
                 str(path),
                 _kernel_notes(model),
+                source_hash,
             )
     mf = GGUFModelFile(path)
     tokenizer = Tokenizer.from_gguf(mf)
@@ -261,4 +366,5 @@ def _load_model(model_path: str | None, fmt: str, device: str, use_cache: bool) 
         gguf_bytes,
         str(path),
         _kernel_notes(model) + notes,
+        source_hash,
     )

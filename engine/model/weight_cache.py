@@ -84,6 +84,15 @@ class CacheEntry:
         base = root or cache_dir()
         return cls(tensors=base / f"{key}.safetensors", manifest=base / f"{key}.json", lock=base / f"{key}.lock")
 
+    @classmethod
+    def in_directory(cls, directory: Path) -> CacheEntry:
+        """An entry that is a whole directory of its own: a weights directory (engine/model/weights_dir.py)."""
+        return cls(
+            tensors=directory / "weights.safetensors",
+            manifest=directory / "manifest.json",
+            lock=directory / "weights.lock",
+        )
+
     @property
     def temp_prefix(self) -> str:
         """Temp files of this entry are `<key>.<random>.tmp`, so a writer can find a crashed writer's leftovers."""
@@ -175,7 +184,10 @@ def _read_entry(entry: CacheEntry, device: str) -> tuple[dict[str, torch.Tensor]
     except (OSError, ValueError) as exc:
         raise WeightCacheError(f"cache manifest {entry.manifest} is unreadable: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("cache_version") != CACHE_VERSION:
-        raise WeightCacheError(f"cache manifest {entry.manifest} has the wrong version")
+        found = manifest.get("cache_version") if isinstance(manifest, dict) else None
+        raise WeightCacheError(
+            f"cache manifest {entry.manifest} has layout version {found!r}; this engine reads {CACHE_VERSION!r}"
+        )
     try:
         size = entry.tensors.stat().st_size
     except OSError as exc:

@@ -232,6 +232,17 @@ def quantize_int4(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch
     return q.reshape(n, -1)[:, :k].to(torch.uint8), scale, zero
 
 
+def int4_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """The nearest int4 codes (uint8, 0..15) for `w` on a given grid: w ~= (q - 8) * scale + zero, elementwise.
+
+    `scale` and `zero` broadcast against `w` (one column and its group's values, in GPTQ). A zero
+    scale (a constant group) gives code 8, which reproduces `zero`. `quantize_int4` chooses its grid
+    and codes in one pass; this is for callers that fix the grid first and pick codes later.
+    """
+    q = torch.round((w - zero) / _safe_divisor(scale)) + 8
+    return torch.where(scale > 0, q.clamp_(0, 15), torch.full_like(q, 8)).to(torch.uint8)
+
+
 def int4_from_q4_1(blocks: Q41Blocks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Map llama.cpp Q4_1 blocks (w = d * q + m, 32 wide) to int4 group-32 form, losslessly.
 

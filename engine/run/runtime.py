@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -33,13 +34,18 @@ def cuda_graphs_enabled() -> bool:
 
 @dataclass(frozen=True, slots=True)
 class LoadOptions:
-    """What to load and where. `model_path=None` means the bundled SmolLM2 file."""
+    """What to load and where. `model_path=None` means the bundled SmolLM2 file.
 
-    quant: str = "int4"
+    `weights_dir`: a directory written by `python -m engine compress`; the format is then the
+    directory's, and `quant` may be None or must name it.
+    """
+
+    quant: str | None = "int4"
     model_path: str | None = None
     device: str = "auto"
     use_cache: bool = True
     compile: bool = False  # compiled decode steps (engine/model/compiled.py), loaded or built by Engine.load
+    weights_dir: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,14 @@ class LoadInfo:
     model_name: str
     config: ModelConfig
     compile_s: float | None = None  # warm-up time of --compile (None: eager)
+    weights_dir: str | None = None  # where the weights came from when they are a compressed directory
+    recipe: dict[str, Any] | None = None  # that directory's recipe (method, settings, per-layer figures)
+
+    @property
+    def weights_label(self) -> str:
+        """The format, and with a weights directory the method that made it: 'int4 (gptq)'."""
+        method = (self.recipe or {}).get("settings", {}).get("method") if self.recipe else None
+        return f"{self.quant} ({method})" if method else self.quant
 
 
 @dataclass(slots=True)
@@ -209,12 +223,14 @@ class Engine:
             kernel_notes=tuple(lm.kernel_notes),
             model_name=lm.config.name,
             config=lm.config,
+            weights_dir=lm.weights_dir,
+            recipe=lm.recipe,
         )
 
     @classmethod
     def load(cls, options: LoadOptions | None = None) -> Engine:
         opts = options or LoadOptions()
-        engine = cls(load_model(opts.model_path, opts.quant, opts.device, opts.use_cache))
+        engine = cls(load_model(opts.model_path, opts.quant, opts.device, opts.use_cache, opts.weights_dir))
         if opts.compile:
             engine.compile()
         return engine

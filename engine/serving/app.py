@@ -61,7 +61,9 @@ def create_app(
 ) -> FastAPI:
     """The app; `load` (default: `Engine.load` with the options) runs on a background thread."""
     name = options.served_model_name or model_id(resolve_model_path(options.model))
-    load_options = LoadOptions(options.quant, options.model, options.device, options.use_weight_cache)
+    load_options = LoadOptions(
+        options.load_quant, options.model, options.device, options.use_weight_cache, weights_dir=options.weights
+    )
     state = ServerState(options, name, load or (lambda: Engine.load(load_options)), on_load_failed)
 
     @asynccontextmanager

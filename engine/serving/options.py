@@ -86,6 +86,9 @@ class ServerOptions(BaseModel):
 
     model: str | None = Field(None, description="GGUF file (default: the bundled SmolLM2)")
     quant: WeightFormat = Field("int4", description="weight format")
+    weights: str | None = Field(
+        None, description="directory of compressed weights from `python -m engine compress` (brings its own format)"
+    )
     device: str = Field("auto", description="auto, cpu or cuda")
     use_weight_cache: bool = True
     host: str = Field("127.0.0.1", description="address to bind; beyond loopback an API key is required")
@@ -168,6 +171,11 @@ class ServerOptions(BaseModel):
     def _check(self) -> ServerOptions:
         check_exposure(self.host, self.key, self.insecure)
         return self
+
+    @property
+    def load_quant(self) -> str | None:
+        """The format to ask the loader for: with --weights, none unless --quant was given (then it must match)."""
+        return None if self.weights is not None and "quant" not in self.model_fields_set else self.quant
 
     @property
     def key(self) -> str | None:

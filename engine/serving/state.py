@@ -121,7 +121,7 @@ class ServerState:
         logger.info(
             "model %s ready: %s on %s, max_model_len %d, %d KV blocks, speculative %s, loaded in %.1f s",
             self.model_name,
-            info.quant,
+            info.weights_label,
             info.device,
             llm.max_model_len,
             llm.scheduler.config.num_kv_blocks,
