@@ -32,6 +32,18 @@ def int4(weights_cache_dir: Path):  # noqa: ANN201 - the engine type would impor
     return Engine.load(LoadOptions(quant="int4", device="cpu"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module: two spinning OpenMP threads on a shared 2-core machine make each step
+    many times slower (the compression tests' matmuls over captured activations)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def preflight_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "preflight-home"

@@ -64,20 +64,25 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _group_flag(parser: argparse.ArgumentParser, settings: type[BaseModel]) -> None:
+    """`--group`: the int4 group size, for GPTQ and for the round-to-nearest baseline alike."""
+    parser.add_argument(
+        "--group",
+        dest="group_size",
+        type=int,
+        choices=INT4_GROUP_SIZES,
+        default=None,
+        help=_help(settings, "group_size"),
+    )
+
+
 def add_compress_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's subparsers action has no public type
     """The `compress` command and one sub-command per method."""
     compress = sub.add_parser("compress", help="write a GPTQ, pruned or low-rank model as a weights directory")
     methods = compress.add_subparsers(dest="method", required=True)
 
     gptq = methods.add_parser("gptq", help="GPTQ int4, fitted to the calibration text (engine/data/calibration.txt)")
-    gptq.add_argument(
-        "--group",
-        dest="group_size",
-        type=int,
-        choices=INT4_GROUP_SIZES,
-        default=None,
-        help=_help(GptqSettings, "group_size"),
-    )
+    _group_flag(gptq, GptqSettings)
     gptq.add_argument("--act-order", action="store_true", help=_help(GptqSettings, "act_order"))
     gptq.add_argument(
         "--damp", dest="damp_fraction", type=float, default=None, help=_help(GptqSettings, "damp_fraction")
@@ -88,14 +93,7 @@ def add_compress_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's subparse
     _common(gptq)
 
     rtn = methods.add_parser("rtn", help="round-to-nearest int4 (the baseline GPTQ is measured against)")
-    rtn.add_argument(
-        "--group",
-        dest="group_size",
-        type=int,
-        choices=INT4_GROUP_SIZES,
-        default=None,
-        help=_help(RtnSettings, "group_size"),
-    )
+    _group_flag(rtn, RtnSettings)
     _common(rtn)
 
     prune = methods.add_parser("prune", help="magnitude pruning: unstructured at a sparsity, or 2:4")

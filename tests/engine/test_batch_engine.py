@@ -11,6 +11,7 @@ import pytest
 from engine.batch.batch_engine import BatchConfig, BatchEngine
 from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
+from tests.engine.batch_helpers import run_until_done
 
 PROMPTS = [
     "The capital of France is",
@@ -30,20 +31,10 @@ def _alone(engine: Engine, prompt: str, params: SamplingParams = GREEDY) -> list
     return engine.generate(prompt, params).token_ids
 
 
-def _run(llm: BatchEngine, requests: dict[int, list[int]], max_steps: int = 2000) -> dict[int, list[int]]:
-    outputs: dict[int, list[int]] = {seq_id: [] for seq_id in requests}
-    for _ in range(max_steps):
-        if not llm.has_unfinished:
-            return outputs
-        for out in llm.step().outputs:
-            outputs[out.seq_id].extend(out.new_token_ids)
-    raise AssertionError("engine did not finish within the step bound")
-
-
 def test_concurrent_sequences_match_running_alone(engine: Engine) -> None:
     llm = BatchEngine(engine.loaded, BatchConfig(max_num_seqs=4, max_num_batched_tokens=64, prefill_chunk_size=8))
     ids = {llm.add_request(engine.encode_prompt(p), GREEDY): p for p in PROMPTS}
-    outputs = _run(llm, ids)
+    outputs = run_until_done(llm, ids)
     for seq_id, prompt in ids.items():
         assert outputs[seq_id] == _alone(engine, prompt), prompt
     assert llm.scheduler.block_manager.usage == 0.0
@@ -56,7 +47,7 @@ def test_preemption_under_a_tiny_block_pool(engine: Engine) -> None:
     llm = BatchEngine(engine.loaded, config)
     assert llm.scheduler.config.num_kv_blocks == 5
     ids = {llm.add_request(engine.encode_prompt(p), params): p for p in PROMPTS}
-    outputs = _run(llm, ids)
+    outputs = run_until_done(llm, ids)
     assert llm.scheduler.num_preemptions > 0
     for seq_id, prompt in ids.items():
         assert outputs[seq_id] == _alone(engine, prompt, params), prompt
@@ -67,7 +58,7 @@ def test_speculative_decoding_is_exact_and_accepts_drafts(engine: Engine) -> Non
     params = SamplingParams(max_tokens=24, ignore_eos=True)
     llm = BatchEngine(engine.loaded, BatchConfig(speculative_tokens=4))
     seq_id = llm.add_request(engine.encode_prompt(prompt), params)
-    outputs = _run(llm, {seq_id: []})
+    outputs = run_until_done(llm, {seq_id: []})
     assert outputs[seq_id] == _alone(engine, prompt, params)
     rate = llm.kv_stats().spec_acceptance_rate
     assert rate is not None and rate > 0
@@ -77,9 +68,9 @@ def test_shared_prefix_hits_the_cache(engine: Engine) -> None:
     system = "You are a meticulous assistant. " * 8
     llm = BatchEngine(engine.loaded, BatchConfig(block_size=16))
     first = llm.add_request(engine.encode_prompt(system + "Question one?"), SamplingParams(max_tokens=2))
-    _run(llm, {first: []})
+    run_until_done(llm, {first: []})
     second = llm.add_request(engine.encode_prompt(system + "Question two?"), SamplingParams(max_tokens=2))
-    _run(llm, {second: []})
+    run_until_done(llm, {second: []})
     rate = llm.kv_stats().prefix_cache_hit_rate
     assert rate is not None and rate > 0.3
 
@@ -101,5 +92,5 @@ def test_sampled_requests_are_reproducible_with_a_seed(engine: Engine) -> None:
     for _ in range(2):
         llm = BatchEngine(engine.loaded, BatchConfig())
         seq_id = llm.add_request(engine.encode_prompt(PROMPTS[2]), params)
-        runs.append(_run(llm, {seq_id: []})[seq_id])
+        runs.append(run_until_done(llm, {seq_id: []})[seq_id])
     assert runs[0] == runs[1]

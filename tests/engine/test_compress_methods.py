@@ -4,8 +4,6 @@ SVD factors that reproduce a layer at full rank; plus the layer layouts and the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from pydantic import ValidationError
@@ -28,13 +26,7 @@ BLOCK = 4
 LAYERS = [f"layers.{BLOCK}.attention.wo", f"layers.{BLOCK}.feed_forward.w13", f"layers.{BLOCK}.feed_forward.w2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: two spinning OpenMP threads on a shared 2-core machine make each step many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

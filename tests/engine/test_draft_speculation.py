@@ -10,7 +10,7 @@ the engine's acceptance rule, and does reject it for deliberately wrong rules
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from engine.sampling import SamplingParams, draw, token_probs
 from engine.serving.app import create_app
 from engine.serving.options import ServerOptions
 from engine.serving.state import load_draft
+from tests.engine.batch_helpers import run_until_done
 
 PROMPTS = [
     "The capital of France is",
@@ -48,16 +49,6 @@ def target() -> Engine:
 @pytest.fixture(scope="module")
 def draft(int4: Engine):  # noqa: ANN201 - LoadedModel; the session's int4 engine is the draft
     return int4.loaded
-
-
-def _run(llm: BatchEngine, seq_ids: Sequence[int], max_steps: int = 5000) -> dict[int, list[int]]:
-    outputs: dict[int, list[int]] = {seq_id: [] for seq_id in seq_ids}
-    for _ in range(max_steps):
-        if not llm.has_unfinished:
-            return outputs
-        for out in llm.step().outputs:
-            outputs[out.seq_id].extend(out.new_token_ids)
-    raise AssertionError("engine did not finish within the step bound")
 
 
 def chi_square(counts: Counter[int], probs: dict[int, float], draws: int) -> tuple[float, int]:
@@ -93,7 +84,7 @@ def test_greedy_output_is_identical_to_the_target_alone(target: Engine, draft, k
     penalised = SamplingParams(max_tokens=20, ignore_eos=True, repetition_penalty=1.3)
     requests = {llm.add_request(target.encode_prompt(p), GREEDY): (p, GREEDY) for p in PROMPTS}
     requests[llm.add_request(target.encode_prompt(PROMPTS[2]), penalised)] = (PROMPTS[2], penalised)
-    outputs = _run(llm, list(requests))
+    outputs = run_until_done(llm, list(requests))
     for seq_id, (prompt, params) in requests.items():
         assert outputs[seq_id] == target.generate(prompt, params).token_ids, (prompt, params)
     stats = llm.kv_stats()
@@ -107,7 +98,7 @@ def test_ngram_verification_applies_the_repetition_penalty(target: Engine) -> No
     params = SamplingParams(max_tokens=24, ignore_eos=True, repetition_penalty=1.3)
     llm = BatchEngine(target.loaded, BatchConfig(speculative_tokens=4))
     seq_id = llm.add_request(target.encode_prompt(PROMPTS[3]), params)
-    assert _run(llm, [seq_id])[seq_id] == target.generate(PROMPTS[3], params).token_ids
+    assert run_until_done(llm, [seq_id])[seq_id] == target.generate(PROMPTS[3], params).token_ids
 
 
 def test_greedy_stays_exact_when_preempted(target: Engine, draft) -> None:  # noqa: ANN001
@@ -118,7 +109,7 @@ def test_greedy_stays_exact_when_preempted(target: Engine, draft) -> None:  # no
     llm = BatchEngine(target.loaded, config, draft)
     assert llm.scheduler.config.num_kv_blocks == 5
     ids = {llm.add_request(target.encode_prompt(p), params): p for p in PROMPTS[:3]}
-    outputs = _run(llm, list(ids))
+    outputs = run_until_done(llm, list(ids))
     assert llm.scheduler.num_preemptions > 0
     for seq_id, prompt in ids.items():
         assert outputs[seq_id] == target.generate(prompt, params).token_ids, prompt
@@ -213,7 +204,7 @@ def test_sampled_output_follows_the_target_end_to_end(target: Engine, draft) -> 
     config = BatchConfig(max_num_seqs=100, max_num_batched_tokens=512, max_queue=requests, speculative_tokens=2)
     llm = BatchEngine(target.loaded, config, draft)
     seq_ids = [llm.add_request(prompt, replace(params, seed=seed)) for seed in range(requests)]
-    outputs = _run(llm, seq_ids)
+    outputs = run_until_done(llm, seq_ids)
     counts = Counter(tuple(outputs[s]) for s in seq_ids)
     assert all(len(t) == 4 for t in counts)
     assert llm.kv_stats().spec_acceptance_rate is not None
