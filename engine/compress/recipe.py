@@ -7,6 +7,7 @@ The settings models are also what the CLI builds from its flags: their field des
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -25,13 +26,13 @@ class _Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     @property
+    @abstractmethod
     def served_format(self) -> WeightFormat:
         """The engine format the compressed model runs in."""
-        raise NotImplementedError
 
+    @abstractmethod
     def describe(self) -> str:
         """The settings that matter, in a few words."""
-        raise NotImplementedError
 
 
 class _Int4Settings(_Settings):

@@ -158,14 +158,10 @@ class _Traced(nn.Module):
             return self.model._run_blocks(ids, (cos, sin, self.model.rope.half), self.kind.aot_rebuild(cache))
 
 
-def _rope(model: nn.Module, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return model.rope.gather(positions)
-
-
 def export_step(model: nn.Module, kind: type[AotStepKind]) -> Any:
     """torch.export of one step kind (non-strict: the blocks are plain Python over tensors)."""
     example = kind.aot_example(model.config, model.act_dtype)
-    cos, sin = _rope(model, example.positions)
+    cos, sin = model.rope.gather(example.positions)
     rows = {0: example.tokens_dim} if example.tokens_dim is not None else {}
     ids_dims = {1: example.tokens_dim} if example.tokens_dim is not None else {}
     weights = _weights(model)
@@ -271,7 +267,7 @@ def _load_or_build(model: nn.Module, kind: type[AotStepKind], path: Path, t0: fl
 def verify(model: nn.Module, kind: type[AotStepKind], step: AotStep) -> None:
     """One example step through the package and through the eager blocks must agree (see VERIFY_RTOL)."""
     example = kind.aot_example(model.config, model.act_dtype)
-    rope = (*_rope(model, example.positions), model.rope.half)
+    rope = (*model.rope.gather(example.positions), model.rope.half)
     weights = _weights(model)
     if not step.flat_order_matches([example.ids, rope[0], rope[1], example.cache, weights]):
         raise EngineError(f"the {step.kind} package takes its inputs in another order ({step.path.name})")
