@@ -514,13 +514,21 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
+def assert_kept_up_or_only_late(reasons: list[str]) -> None:
+    """No reason to call the run invalid but the client's own lateness (schedule or event-loop lag).
+
+    Lateness is a wall-clock figure: Ray's actors, the server and the driver share this machine's
+    cores with whatever else runs, so it is reported by the self-check but never asserted here."""
+    assert not [r for r in reasons if " late" not in r], reasons
+
+
 def test_two_workers_merge_into_one_summary_on_the_drivers_clock(
     endpoint: Endpoint, local_ray: None, tmp_path: Path
 ) -> None:
     config = _remote_config(endpoint, profile="poisson:6", requests=8, warmup_requests=1, workers=2, seed=5)
     result = run_benchmark(config)
     (run,) = result.runs
-    assert result.valid, run.self_check.reasons
+    assert_kept_up_or_only_late(run.self_check.reasons)
     assert [r.request_id for r in run.records] == list(range(9)) and run.records[0].warmup
     measured = [r for r in run.records if not r.warmup]
     assert all(r.ok for r in measured) and len(measured) == 8
@@ -569,7 +577,7 @@ def test_more_workers_than_the_ray_instance_has_cpus_still_run(endpoint: Endpoin
     run = run_distributed(
         replace(endpoint, api="completions"), requests, LoadProfile.parse("concurrency:3"), RunLimits(requests=6), 3
     )
-    assert run.self_check.valid, run.self_check.reasons
+    assert_kept_up_or_only_late(run.self_check.reasons)
     assert [w.records for w in run.workers] == [2, 2, 2] and all(r.ok for r in run.records)
 
 
