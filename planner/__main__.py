@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from planner.calibration import CalibrationRun
 from planner.errors import PlannerError, first_problem
 from planner.hardware import detect, summary_lines
 from planner.predict_io import PredictOptions
@@ -24,6 +25,7 @@ RECOMMEND_FLAGS = {
     "--model": ("model", str),
     "--gpu": ("gpu", str),
     "--gpus": ("gpus", int),
+    "--engine-version": ("engine_version", str),
     "--context": ("context", int),
     "--concurrency": ("concurrency", int),
     "--input-tokens": ("input_tokens", int),
@@ -86,6 +88,8 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gpu", help="remote targets (and a bundled run on a GPU): the GPU it ran on")
     p.add_argument("--engine", help="remote targets: the engine that served (vllm, sglang, ...)")
     p.add_argument("--format", help="remote targets: the weight format served (bf16, awq-int4, ...)")
+    version = CalibrationRun.model_fields["engine_version"].description
+    p.add_argument("--engine-version", help=f"remote targets: {version}")
     p.add_argument("--json", action="store_true", help="print the calibration document instead of the table")
 
 
@@ -166,7 +170,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from planner.calibrate_cli import ServedBy, load_runs
     from planner.calibration import save_calibration
 
-    served = ServedBy(args.model, args.gpu, args.engine, args.format)
+    served = ServedBy(args.model, args.gpu, args.engine, args.format, args.engine_version)
     runs = load_runs([args.measured, *args.more], served)
     held_out = load_runs(args.hold_out, served)
     doc = calibrate(runs, held_out)

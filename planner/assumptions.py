@@ -121,3 +121,9 @@ def calibration_line(option: PlanOption) -> str:
     if option.calibrated and option.calibration:
         return f"calibrated {option.calibration}"  # the label reads "from FILE (fitted on ...): values"
     return f"uncalibrated: catalog assumptions ({CATALOG_FILE})"
+
+
+def version_line(option: PlanOption) -> str | None:
+    """Which vLLM release's memory rule a vLLM option's figures assume; None for other engines."""
+    version = option.assumptions.get("vllm_memory_version")
+    return f"Figures assume {version}" if version else None

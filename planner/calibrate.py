@@ -70,6 +70,7 @@ def run_options(run: CalibrationRun) -> PredictOptions:
         model=run.model,
         gpu=run.gpu,
         engine=run.engine,
+        engine_version=run.engine_version,
         format=run.format,
         input_tokens=run.input_tokens,
         output_tokens=run.output_tokens,
@@ -214,13 +215,18 @@ def calibrate(
 ) -> CalibrationDoc:
     """Fit on `runs`, check on `held_out`, and describe both in a calibration document.
 
-    All runs must share engine, device, format and (on CPU) threads: one calibration describes one
-    engine on one device. On CPU the device is measured once here, with the runs' thread count."""
+    All runs must share engine, engine version, device, format and (on CPU) threads: one calibration
+    describes one engine (and, for vLLM, one release's memory rule) on one device. On CPU the device is
+    measured once here, with the runs' thread count."""
     if not runs:
         raise PlannerError("calibrate needs at least one measured run")
     everything = [*runs, *held_out]
     engine, gpu = _same(everything, "engine"), _same(everything, "gpu")
     _same(everything, "format")
+    version = runs[0].engine_version
+    _same(everything, "engine_version")
+    if version is not None and engine != "vllm":
+        raise PlannerError(f"an engine version names a vLLM release; these runs served with {engine}")
     threads = _same(everything, "threads")
     cat = catalog or load_catalog()
     hw = hw or detect()
@@ -263,6 +269,7 @@ def calibrate(
     return CalibrationDoc(
         created_at=now(),
         engine=engine,
+        engine_version=version,
         device_kind="cpu" if gpu == "cpu" else "gpu",
         device=first.device,
         values=values,
@@ -283,7 +290,7 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
     """Console lines: the fitted values, then median absolute % error before and after, fit and held out."""
     v, e = doc.values, doc.error
     lines = [
-        f"calibrated {doc.engine} on {doc.device} ({doc.device_kind}) from {len(doc.runs)} run(s)"
+        f"calibrated {doc.served} on {doc.device} ({doc.device_kind}) from {len(doc.runs)} run(s)"
         + (f", {len(doc.held_out)} held out" if doc.held_out else ""),
         f"decode_bandwidth {v.decode_bandwidth:.4g}, prefill_flops {v.prefill_flops:.4g}, "
         f"step_overhead_ms {v.step_overhead_ms:.4g}, seq_overhead_us {v.seq_overhead_us:.4g}, "

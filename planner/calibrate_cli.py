@@ -33,6 +33,7 @@ class ServedBy:
     gpu: str | None = None
     engine: str | None = None
     format: str | None = None
+    engine_version: str | None = None  # vLLM's release or generation: the memory rule the fit plans
 
 
 def concurrency_of(profile: str) -> int | None:
@@ -73,6 +74,7 @@ def _run(doc: BenchmarkResult, run: RunDoc, source: str, served: ServedBy) -> Ca
         model=model,
         gpu=gpu,
         engine=engine,
+        engine_version=served.engine_version,
         format=fmt,
         threads=threads,
         max_num_seqs=seqs,

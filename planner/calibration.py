@@ -48,6 +48,9 @@ class CalibrationRun(_Part):
     model: str
     gpu: str = Field(description="'cpu' or a catalog GPU id, as --gpu takes it")
     engine: str
+    engine_version: str | None = Field(
+        None, description="vLLM: the release or generation that served, as --engine-version takes it"
+    )
     format: str
     threads: int | None = Field(None, ge=1, description="CPU threads the server ran with")
     max_num_seqs: int | None = Field(None, ge=1, description="the server's batch limit")
@@ -120,6 +123,11 @@ class CalibrationDoc(_Part):
     schema_version: Literal[1] = SCHEMA_VERSION
     created_at: AwareDatetime
     engine: str = Field(description="catalog engine id the runs served with")
+    engine_version: str | None = Field(
+        None,
+        description="vLLM: the release or generation the runs served with, whose memory rule the fit planned "
+        "(None: the planner's default release); the values apply to that rule only",
+    )
     device_kind: Literal["gpu", "cpu"]
     device: str = Field(description="the device's name, as predict shows it")
     values: FittedValues
@@ -129,6 +137,11 @@ class CalibrationDoc(_Part):
     held_out: list[CalibrationRun] = Field(default_factory=list, description="runs only checked, never fitted")
     error: FitError
     source: str = Field(min_length=1, description="how it was made, in one line")
+
+    @property
+    def served(self) -> str:
+        """The engine the runs served with, and its release where one was recorded ("vllm 0.10.1.1")."""
+        return f"{self.engine} {self.engine_version}" if self.engine_version else self.engine
 
 
 def load_calibration(path: str | Path) -> CalibrationDoc:
@@ -184,7 +197,7 @@ def assumption_line(doc: CalibrationDoc, path: str | Path) -> str:
     pinned = "; CPU figures as measured when calibrated" if doc.cpu else ""
     seqs = f"; max_num_seqs {doc.max_num_seqs}" if doc.max_num_seqs else ""
     return (
-        f"from {path} (fitted on {len(doc.runs)} run(s) of {doc.engine} on {doc.device}): "
+        f"from {path} (fitted on {len(doc.runs)} run(s) of {doc.served} on {doc.device}): "
         f"decode_bandwidth_efficiency {v.decode_bandwidth:.3g}, prefill_flops_efficiency {v.prefill_flops:.3g}, "
         f"step_overhead_ms {v.step_overhead_ms:.3g}, seq_overhead_us {v.seq_overhead_us:.3g}, "
         f"queued_prefills {v.queued_prefills:.3g}{seqs}{pinned}"

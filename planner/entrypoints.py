@@ -22,6 +22,7 @@ from planner.predict_io import PredictOptions, PredictResult, build_result, reso
 from planner.recommend import AppliedCalibration, Plan, cannot_run, recommend, resolve_model, tp_efficiency
 from planner.roofline import Parallel
 from planner.slo_targets import DEFAULT_SLO, slo_targets
+from planner.vllm_memory import resolve_vllm_memory
 from planner.workload import RecommendOptions, Workload
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ def make_plan(
     """Resolve the model, hardware and SLO named in `opts`, then rank every option."""
     cat = catalog or load_catalog()
     cal = load_calibration(opts.calibration) if opts.calibration else None
+    version = planned_version(opts.engine_version, cal, cat)  # before the CPU is measured: one line if wrong
     measure = _pinned(cal, measure)
     model = resolve_model(opts.model, cat, opts.max_config_bytes)
     device = resolve_device(opts.gpu, opts.gpus, cat, opts.price_per_hour, hw, measure)
@@ -49,7 +51,7 @@ def make_plan(
         check_calibration(cal, resolve_engine(cal.engine, cat), device.kind)
         line = assumption_line(cal, opts.calibration or "")
         applied = AppliedCalibration(cal.engine, efficiency_of(cal.values), cal.max_num_seqs, line)
-    return recommend(model, device, workload, cat, applied)
+    return recommend(model, device, workload, cat, applied, version)
 
 
 def _pinned(
@@ -79,6 +81,25 @@ def check_calibration(doc: CalibrationDoc, engine: EngineSpec, device_kind: str)
         raise PlannerError(
             f"the calibration is for {doc.engine} on {doc.device_kind}, not {engine.id} on {device_kind}"
         )
+
+
+def planned_version(requested: str | None, cal: CalibrationDoc | None, catalog: Catalog) -> str | None:
+    """The vLLM version a prediction plans: the one asked for, else the one a vLLM calibration was fitted
+    on (None: the catalog's default release). An unreadable version is refused here, whichever engine is
+    planned; so is a vLLM calibration asked to serve a release whose memory rule differs from the one its
+    fit planned, since its efficiencies absorbed that rule's KV capacity. Calibrations of other engines
+    never touch vLLM's figures (they apply to their own engine's options only)."""
+    table = catalog.engines_file.vllm_versions
+    asked = resolve_vllm_memory(table, requested) if requested is not None else None
+    if cal is None or cal.engine != "vllm":
+        return requested
+    fitted = resolve_vllm_memory(table, cal.engine_version)
+    if asked is not None and asked.regime.id != fitted.regime.id:
+        raise PlannerError(
+            f"the calibration was fitted on {fitted.label()}; {asked.label()} reserves memory another way: "
+            f"plan {cal.engine_version or table.default} with it, or calibrate from runs of {requested}"
+        )
+    return requested if requested is not None else cal.engine_version
 
 
 def predict_one(
@@ -132,7 +153,7 @@ def predict_one(
         opts.max_num_seqs or (cal.max_num_seqs if cal else None),
         opts.max_num_batched_tokens,
         opts.enable_chunked_prefill,
-        opts.engine_version,
+        planned_version(opts.engine_version, cal, cat),
     )
     efficiency = efficiency_of(values) if values is not None else None
     par = Parallel(opts.tp, opts.pp, tp_efficiency(engine, device, opts.tp, opts.pp, cat))

@@ -2,7 +2,8 @@
 
 A format that needs a pre-quantized checkpoint (AWQ, GPTQ, INT8, TensorRT-LLM FP8,
 GGUF) names it with a shell variable and a comment line saying what to put there;
-nothing is downloaded or guessed.
+nothing is downloaded or guessed. A vLLM command says in a comment line which release's
+memory rule its KV cache was planned for.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class LaunchSpec:
     max_seqs: int | None = None  # None: the engine's own default (continuous-batching servers)
     gpu_memory_utilization: float = 0.9
     threads: int | None = None
+    # vLLM: which release's start-up memory rule the KV figures assume. vLLM has no flag that pins it, so
+    # the command says it in a comment line.
+    planned_for: str | None = None
 
 
 def _checkpoint(spec: LaunchSpec) -> tuple[str, list[str]]:
@@ -51,6 +55,8 @@ def _checkpoint(spec: LaunchSpec) -> tuple[str, list[str]]:
 
 def _vllm(spec: LaunchSpec, extra: list[str]) -> list[str]:
     model, comments = _checkpoint(spec)
+    if spec.planned_for:
+        comments = [*comments, f"# {spec.planned_for}"]
     args = ["vllm", "serve", model]
     if spec.fmt.vllm_quantization:
         args += ["--quantization", spec.fmt.vllm_quantization]

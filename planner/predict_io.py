@@ -17,6 +17,7 @@ from planner.errors import PlannerError, UnknownNameError
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES
 from planner.predict import ConfigPrediction
 from planner.sizing import GIB
+from planner.vllm_memory import EngineVersion
 from planner.workload import DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS
 
 # The names the issue and users write for a format, to the catalog's ids.
@@ -34,11 +35,7 @@ class PredictOptions(BaseModel):
     tp: int = Field(1, ge=1, le=64, description="tensor-parallel size of one replica")
     pp: int = Field(1, ge=1, le=64, description="pipeline-parallel size of one replica")
     engine: str = Field("vllm", description="vllm, sglang, tensorrt-llm, llama.cpp or bundled")
-    engine_version: str | None = Field(
-        None,
-        description="vLLM release (e.g. 0.10.1.1) or engine generation (V0, V1) whose memory rule to plan "
-        "(default: the catalog's release, named in the assumptions)",
-    )
+    engine_version: EngineVersion = None
     format: str = Field("bf16", description="weight format id (bf16, fp8, int8, awq-int4, gptq-int4, gguf-q4_k_m, ...)")
     kv_cache_dtype: Literal["auto", "fp8"] = Field("auto", description="KV cache dtype: fp8 halves its bytes")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM's --gpu-memory-utilization")

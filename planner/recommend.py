@@ -23,6 +23,7 @@ from planner.model_spec import ModelSpec
 from planner.predict import Efficiency, Knobs, memory_config, predict_config, scheduler_limits
 from planner.roofline import Device, Parallel, cc_at_least, compute_kind, ridge_point
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory, sixteen_bit_layout_problem
+from planner.vllm_memory import rule_for_engine
 from planner.workload import Workload
 
 NEAR_LOSSLESS = ("none", "negligible")
@@ -130,10 +131,13 @@ def resolve_model(name: str, catalog: Catalog, max_config_bytes: int = DEFAULT_M
     return model_from_file(name, max_config_bytes) if looks_like_path else catalog.model(name)
 
 
-def _memory_config(engine: EngineSpec, device: Device, catalog: Catalog, context: int, tp: int = 1) -> MemoryConfig:
+def _memory_config(
+    engine: EngineSpec, device: Device, catalog: Catalog, context: int, tp: int = 1, engine_version: str | None = None
+) -> MemoryConfig:
     """The memory budget `predict_config` would use, for the quick fits-at-this-TP questions."""
-    limits = scheduler_limits(engine, device, context, Parallel(tp), catalog, Knobs())
-    return memory_config(engine, device, catalog, limits, Knobs())
+    knobs = Knobs(engine_version=engine_version)
+    limits = scheduler_limits(engine, device, context, Parallel(tp), catalog, knobs)
+    return memory_config(engine, device, catalog, limits, knobs)
 
 
 def cannot_run(engine: EngineSpec, fmt: FormatSpec, model: ModelSpec, device: Device) -> str | None:
@@ -198,6 +202,7 @@ class _Ctx:
     workload: Workload
     catalog: Catalog
     calibration: AppliedCalibration | None = None
+    engine_version: str | None = None  # vLLM's release or generation (None: the catalog's default)
 
 
 def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, engine_id: str) -> PlanOption:
@@ -205,11 +210,8 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
     capacity and launch command."""
     m, dev, w = ctx.model, ctx.device, ctx.workload
     cal = ctx.calibration if ctx.calibration and ctx.calibration.engine_id == engine.id else None
-    if cal is not None:
-        knobs = Knobs(max_num_seqs=cal.max_num_seqs)
-        cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog, knobs, cal.efficiency)
-    else:
-        cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog)
+    knobs = Knobs(max_num_seqs=cal.max_num_seqs if cal else None, engine_version=ctx.engine_version)
+    cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog, knobs, cal.efficiency if cal else None)
     if cal is not None:
         cp.assumptions["calibration"] = cal.label  # as `predict --calibration` lists it
     mem = cp.memory
@@ -286,6 +288,7 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
             launch_seqs,
             ctx.catalog.engines_file.vllm_memory.gpu_memory_utilization,
             dev.threads,
+            _planned_for(ctx, engine),
         )
     )
     opt.why = _why(ctx, opt, engine, mem, p)
@@ -352,10 +355,16 @@ def _best_parallel(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption
     return last
 
 
+def _planned_for(ctx: _Ctx, engine: EngineSpec) -> str | None:
+    """vLLM's launch line naming the release whose memory rule the plan used; None for other engines."""
+    rule = rule_for_engine(engine.id, ctx.catalog.engines_file.vllm_versions, ctx.engine_version)
+    return rule.planned_for() if rule else None
+
+
 def _gpus_needed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, node: int) -> int | None:
     w = ctx.workload
     for tp in _tp_candidates(engine, ctx.model, node):
-        cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, tp)
+        cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, tp, ctx.engine_version)
         if plan_memory(ctx.model, fmt, ctx.device.memory_bytes, w.context, w.seq_tokens, cfg, tp).fits:
             return tp
     return None
@@ -370,7 +379,7 @@ def _distributed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption |
     effs = ctx.catalog.engines_file.tensor_parallel_efficiency
     eff = effs.multi_node
     w = ctx.workload
-    cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, node)
+    cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, node, ctx.engine_version)
     for nodes in range(2, MAX_NODES + 1):
         if plan_memory(ctx.model, fmt, ctx.device.memory_bytes, w.context, w.seq_tokens, cfg, node, nodes).fits:
             if ctx.device.count >= node * nodes:
@@ -439,15 +448,17 @@ def recommend(
     workload: Workload,
     catalog: Catalog,
     calibration: AppliedCalibration | None = None,
+    engine_version: str | None = None,
 ) -> Plan:
     """Every option for this model on this device, ranked, plus the ones that cannot run; a calibration
-    replaces its engine's efficiencies (and batch limit) and labels those options calibrated."""
+    replaces its engine's efficiencies (and batch limit) and labels those options calibrated.
+    `engine_version` is vLLM's release or generation, planned for its options as `predict` plans it."""
     if workload.context > model.max_context:
         raise WorkloadError(
             f"context {workload.context} exceeds {model.name}'s maximum of {model.max_context} tokens: "
             f"use --context {model.max_context} or less"
         )
-    ctx = _Ctx(model, device, workload, catalog, calibration)
+    ctx = _Ctx(model, device, workload, catalog, calibration, engine_version)
     fitting, unfit, skipped = [], [], []
     dist = catalog.engines_file.distributed
     for engine in catalog.engines.values():
@@ -475,6 +486,9 @@ def recommend(
     if not fitting and not unfit:
         raise WorkloadError(f"no engine in the catalog runs on {device.name}")
     notes = [*model.notes, *_notes(device, workload, skipped)]
+    vllm = catalog.engines.get("vllm")
+    if vllm is not None and vllm.label not in skipped and (line := _planned_for(ctx, vllm)):
+        notes.append(f"vLLM options: {line}; another release reserves different memory at start-up")
     if calibration is not None:
         notes.append(f"calibrated: {calibration.engine_id} options use values {calibration.label}")
     return Plan(model, device, workload, _rank(fitting, ctx), unfit, notes)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 
@@ -22,6 +22,15 @@ from planner.errors import PlannerError
 
 _RELEASE = re.compile(r"(?<![\d.#])v?(\d+)\.(\d+)(?:\.(\d+))?(?:\.(\d+))?(?![\d])", re.IGNORECASE)
 _GENERATION = re.compile(r"\bV([01])(?![.\d\w])", re.IGNORECASE)
+
+# The option predict and recommend (and the Plan page) take, with its one help text.
+EngineVersion = Annotated[
+    str | None,
+    Field(
+        description="vLLM release (e.g. 0.10.1.1) or engine generation (V0, V1) whose memory rule to plan "
+        "(default: the catalog's release, named in the assumptions); other engines ignore it"
+    ),
+]
 
 
 class _Strict(BaseModel):
@@ -94,9 +103,14 @@ class ResolvedVllmMemory:
     given: bool  # False: the catalog's default release was planned
 
     def label(self) -> str:
-        which = self.version if self.given else f"{self.version} (planner default: no --engine-version given)"
+        which = self.version if self.given else f"{self.version} (planner default: no engine version given)"
         name = which if which.lower().startswith("vllm") else f"vLLM {which}"
         return f"{name}: {self.regime.engine} engine, {self.regime.id} rule"
+
+    def planned_for(self) -> str:
+        """The line a vLLM launch command and a plan's notes carry (vLLM has no flag that pins its
+        start-up profile, so the command can only say which release it was planned for)."""
+        return f"KV cache planned for {self.label()}"
 
 
 def parse_release(text: str) -> tuple[int, ...]:
@@ -157,3 +171,23 @@ def rule_assumptions(rule: ResolvedVllmMemory | None) -> dict[str, str]:
         f"of the MLP pass and the sampler pass; sampler: {r.sampler}, {r.sampler_bytes_per_logit:g} B per logit"
         + (", the pass's hidden states still held" if r.sampler_holds_hidden_states else ""),
     }
+
+
+def _range_text(regime: VllmMemoryRegime) -> str:
+    low, high = regime.from_version, regime.until_version
+    if low and high:
+        return f"{low} to before {high}"
+    return f"{low} and later" if low else f"before {high}"
+
+
+def version_choices(table: VllmVersions) -> dict[str, str]:
+    """One version per memory rule, newest first, as a picker offers them: value (what --engine-version
+    takes) -> label. The default release stands for its own rule and is named as the default; a rule open
+    below is named by its engine generation."""
+    choices: dict[str, str] = {}
+    default = regime_for_release(table, parse_release(table.default))
+    for regime in reversed(table.regimes):
+        value = table.default if regime is default else regime.from_version or regime.engine
+        label = f"vLLM {_range_text(regime)}: {regime.engine} engine, {regime.id} rule"
+        choices[value] = f"{label} (planner default: {table.default})" if regime is default else label
+    return choices

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES
+from planner.vllm_memory import EngineVersion
 
 DEFAULT_INPUT_TOKENS = 1024
 DEFAULT_OUTPUT_TOKENS = 256
@@ -33,6 +34,7 @@ class RecommendOptions(BaseModel):
     output_tokens: int | None = Field(
         None, ge=1, description=f"typical output length (default: {DEFAULT_OUTPUT_TOKENS}, within the context)"
     )
+    engine_version: EngineVersion = None
     slo: str = Field(
         "chat",
         description="SLO profile name from reports/data/slo_profiles.json, the same profiles the readiness "

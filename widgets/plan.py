@@ -9,10 +9,11 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 from pydantic import ValidationError
+from streamlit.delta_generator import DeltaGenerator
 
 from checks.load.calibration import calibratable_runs, calibration_runs
 from checks.presets import PRESETS
-from planner.assumptions import calibration_line
+from planner.assumptions import calibration_line, version_line
 from planner.calibrate import calibrate, format_fit
 from planner.calibration import CalibrationDoc, save_calibration
 from planner.catalog import Catalog
@@ -33,6 +34,7 @@ from planner.tables import (
     roofline_frames,
     unfit_frame,
 )
+from planner.vllm_memory import version_choices
 from planner.workload import RecommendOptions
 from reports.history import History
 from reports.home import history_dir, private_dir
@@ -74,8 +76,8 @@ def plan_inputs(catalog: Catalog) -> dict:
         format_func=hardware.get,
         help=FIELDS["gpu"].description,
     )
-    gpus, price, choice = 1, 0.0, gpu
-    if choice != "cpu":  # a GPU count and price mean nothing for this CPU
+    gpus, price, choice, version = 1, 0.0, gpu, None
+    if choice != "cpu":  # a GPU count, price and vLLM release mean nothing for this CPU (vLLM needs a GPU)
         gpus = hardware_col.number_input("GPUs", 1, 1024, 1, key="plan_gpus", help=FIELDS["gpus"].description)
         catalog_price = catalog.gpus[gpu].price_per_hour if gpu in catalog.gpus else 0.0
         price = hardware_col.number_input(
@@ -86,6 +88,7 @@ def plan_inputs(catalog: Catalog) -> dict:
             key=f"plan_price_{choice}",
             help=FIELDS["price_per_hour"].description,
         )
+        version = engine_version_input(hardware_col, catalog)
     slo = slo_col.selectbox(
         "SLO profile",
         list(slos),
@@ -120,8 +123,25 @@ def plan_inputs(catalog: Catalog) -> dict:
         "slo": slo,
         "qps": qps or None,
         "price_per_hour": price if gpu in catalog.gpus or choice == CUSTOM_CHOICE else None,
+        "engine_version": version,
         "calibration": calibration_input(),
     }
+
+
+def engine_version_input(col: DeltaGenerator, catalog: Catalog) -> str | None:
+    """vLLM's release, one per memory rule of engines.json (`vllm_versions`); the planner default is
+    passed as no version, so the figures say "planner default" as the CLI's do without --engine-version."""
+    table = catalog.engines_file.vllm_versions
+    choices = version_choices(table)
+    picked = col.selectbox(
+        "vLLM version",
+        list(choices),
+        index=list(choices).index(table.default),
+        key="plan_engine_version",
+        format_func=choices.get,
+        help=FIELDS["engine_version"].description,
+    )
+    return None if picked == table.default else picked
 
 
 def calibration_input() -> str | None:
@@ -238,6 +258,8 @@ def how_predicted(option: PlanOption) -> None:
     """Whose figures these are (a calibration file, or the catalog's assumptions), then each shown figure
     with the assumptions behind it, so a number on this page can be traced to the setting that made it."""
     (st.success if option.calibrated else st.info)(calibration_line(option))
+    if line := version_line(option):
+        st.caption(line)
     with st.expander("How each figure is predicted"):
         st.dataframe(assumptions_frame(option), hide_index=True)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from planner.__main__ import main
-from planner.calibrate import calibrate, predictor
+from planner.calibrate import calibrate, format_fit, predictor
 from planner.calibrate_cli import ServedBy, concurrency_of, load_runs, runs_of
-from planner.calibration import CalibrationDoc, FittedValues, load_calibration, save_calibration
+from planner.calibration import CalibrationDoc, CalibrationRun, FittedValues, load_calibration, save_calibration
 from planner.catalog import load_catalog
 from planner.cpu_probe import GEMM_ROWS, CpuMeasurement
 from planner.entrypoints import make_plan, predict_one
@@ -164,6 +164,13 @@ def test_predict_applies_the_calibration_and_labels_it(tmp_path: Path) -> None:
     assert fitted.tpot_ms != pytest.approx(base.tpot_ms, rel=0.01)
     with pytest.raises(PlannerError, match="not vllm on gpu"):
         predict_one(PredictOptions(model="llama-3.1-8b", gpu="h100-sxm", calibration=str(cal)), CAT, HW)
+    # a CPU fit of the bundled engine never reaches vLLM's figures, whichever release is asked
+    vllm = PredictOptions(model="llama-3.1-8b", gpu="h100-sxm", engine_version="0.10.1.1", calibration=str(cal))
+    with pytest.raises(PlannerError, match="the calibration is for bundled on cpu, not vllm on gpu"):
+        predict_one(vllm, CAT, HW)
+    gpu_plan = RecommendOptions(model="llama-3.1-8b", gpu="h100-sxm", engine_version="0.10.1.1", calibration=str(cal))
+    with pytest.raises(PlannerError, match="the calibration is for bundled on cpu, not bundled on gpu"):
+        make_plan(gpu_plan, CAT, HW)
 
 
 def test_recommend_applies_the_calibration_to_its_engine_only(tmp_path: Path) -> None:
@@ -193,3 +200,70 @@ def test_cli_calibrate_then_predict(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "calibration file" in capsys.readouterr().err
     assert main(["calibrate", "--measured", str(tmp_path / "nope.json"), "--out", str(out)]) == 1
     assert "cannot use" in capsys.readouterr().err
+
+
+GPU_TRUTH = FittedValues(decode_bandwidth=0.7, prefill_flops=0.45, step_overhead_ms=2.0, queued_prefills=0.2)
+
+
+def _vllm_runs(tmp_path: Path, version: str) -> list[CalibrationRun]:
+    """The recorded result as a remote vLLM target on an H100 at concurrency 1 and 8, measured as the planner
+    predicts it with GPU_TRUTH under `version`'s memory rule."""
+    doc = load_benchmark_result(FIXTURE)
+    remote = {"kind": "remote", "base_url": "http://10.0.0.1:8000", "model": "m", "api": "chat", "api_key_set": False}
+    path = tmp_path / "remote.json"
+    path.write_text(json.dumps(doc.model_dump(mode="json") | {"target": remote}))
+    (run,) = load_runs([str(path)], ServedBy("llama-3.1-8b", "h100-sxm", "vllm", "bf16", version))
+    predict = predictor(CAT, HW, None)
+    runs = [run.model_copy(update={"concurrency": c, "id": f"{run.id}-c{c}"}) for c in (1, 8)]
+    return [r.model_copy(update={"measured": predict(r, GPU_TRUTH)}) for r in runs]
+
+
+def test_a_vllm_calibration_plans_the_release_it_was_fitted_on(tmp_path: Path) -> None:
+    """Issue 22: a calibration's efficiencies absorbed the KV capacity of the release its runs served with,
+    so it records that release, plans it when none is asked, and refuses a release whose rule differs."""
+    runs = _vllm_runs(tmp_path, "0.10.1.1")
+    assert all(r.engine_version == "0.10.1.1" for r in runs)
+    doc = calibrate(runs, (), CAT, HW)
+    assert (doc.engine, doc.engine_version, doc.device_kind) == ("vllm", "0.10.1.1", "gpu")
+    assert format_fit(doc)[0].startswith("calibrated vllm 0.10.1.1 on NVIDIA H100")
+    cal = save_calibration(doc, tmp_path / "vllm.json")
+    ask = {"model": "llama-3.1-8b", "gpu": "h100-sxm", "max_model_len": 8192}
+    label = "vLLM 0.10.1.1: V1 engine, v1-flashinfer-sampler rule"
+    fitted = predict_one(PredictOptions(**ask, calibration=str(cal)), CAT, HW)
+    assert fitted.calibrated and fitted.assumptions["vllm_memory_version"] == label
+    assert "run(s) of vllm 0.10.1.1 on" in str(fitted.assumptions["calibration"])
+    uncalibrated = predict_one(PredictOptions(**ask, engine_version="0.10.1.1"), CAT, HW)
+    assert fitted.kv_cache_gib == uncalibrated.kv_cache_gib  # the release's memory, not the default's
+    same_rule = predict_one(PredictOptions(**ask, engine_version="0.10.2", calibration=str(cal)), CAT, HW)
+    assert same_rule.calibrated and same_rule.kv_cache_gib == fitted.kv_cache_gib
+    with pytest.raises(PlannerError, match=f"fitted on {label}; vLLM 0.11.1: .* calibrate from runs of 0.11.1"):
+        predict_one(PredictOptions(**ask, engine_version="0.11.1", calibration=str(cal)), CAT, HW)
+    plan = make_plan(RecommendOptions(model="llama-3.1-8b", gpu="h100-sxm", calibration=str(cal)), CAT, HW)
+    vllm = [o for o in plan.options if o.engine == "vllm"]
+    assert vllm and all(o.calibrated and o.assumptions["vllm_memory_version"] == label for o in vllm)
+    with pytest.raises(PlannerError, match=f"fitted on {label}"):
+        make_plan(
+            RecommendOptions(model="llama-3.1-8b", gpu="h100-sxm", engine_version="V0", calibration=str(cal)), CAT, HW
+        )
+    # a file that names no release was fitted under the planner's default, and says so when refused
+    unnamed = save_calibration(doc.model_copy(update={"engine_version": None}), tmp_path / "unnamed.json")
+    with pytest.raises(PlannerError, match=r"fitted on vLLM 0\.11\.1 \(planner default"):
+        predict_one(PredictOptions(**ask, engine_version="0.10.1.1", calibration=str(unnamed)), CAT, HW)
+
+
+def test_cli_calibrate_records_the_vllm_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _vllm_runs(tmp_path, "0.10.1.1")  # writes remote.json
+    served = ["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--engine", "vllm", "--format", "bf16"]
+    out = tmp_path / "cal.json"
+    argv = ["calibrate", "--measured", str(tmp_path / "remote.json"), *served, "--out", str(out)]
+    assert main([*argv, "--engine-version", "0.10.1.1"]) == 0
+    assert "calibrated vllm 0.10.1.1 on" in capsys.readouterr().out
+    assert load_calibration(out).engine_version == "0.10.1.1"
+    assert main([*argv, "--engine-version", "newest"]) == 1
+    assert "engine version 'newest': give a vLLM release" in capsys.readouterr().err
+
+
+def test_only_vllm_runs_carry_a_release() -> None:
+    bundled = [r.model_copy(update={"engine_version": "0.10.1.1"}) for r in load_runs([str(FIXTURE)])]
+    with pytest.raises(PlannerError, match="an engine version names a vLLM release; these runs served with bundled"):
+        calibrate(bundled, (), CAT, HW, measure)

@@ -8,13 +8,18 @@ from dataclasses import replace
 import pytest
 
 from planner.__main__ import main
+from planner.catalog import load_catalog
 from planner.cpu_probe import CpuMeasurement
-from planner.entrypoints import make_plan
-from planner.errors import UnknownNameError, WorkloadError
+from planner.entrypoints import make_plan, predict_one
+from planner.errors import PlannerError, UnknownNameError, WorkloadError
 from planner.hardware import detect
-from planner.recommend import Plan
+from planner.predict_io import PredictOptions
+from planner.recommend import Plan, PlanOption
+from planner.sizing import GIB
 from planner.slo_targets import slo_choices
 from planner.workload import RecommendOptions
+
+VERSIONS = load_catalog().engines_file.vllm_versions
 
 # A fixed CPU so that CPU rankings do not depend on this machine's load.
 FIXED_CPU = CpuMeasurement(
@@ -76,10 +81,12 @@ def test_one_h100_8b_is_fp8_with_tensorrt_or_vllm() -> None:
     assert top(p, 3) == [("tensorrt-llm", "fp8"), ("vllm", "fp8"), ("sglang", "fp8")]
     assert all(o.meets_slo for o in p.options[:8])
     vllm = p.options[1]
-    assert vllm.launch == (
+    assert vllm.launch.splitlines() == [
+        "# KV cache planned for vLLM 0.11.1 (planner default: no engine version given): V1 engine, "
+        "v1-pytorch-sampler rule",
         "vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8 --max-model-len 8192 "
-        "--gpu-memory-utilization 0.9 --tensor-parallel-size 1"
-    )
+        "--gpu-memory-utilization 0.9 --tensor-parallel-size 1",
+    ]
     # TensorRT-LLM's fitted efficiencies and its FP8 checkpoint's FP8 KV cache put it ahead
     assert "ranked 2" in vllm.why[0] and "below #1" in vllm.why[0]
     near_lossless = [o.quality for o in p.options if o.meets_slo][:6]
@@ -204,6 +211,12 @@ def test_cli_recommend_json(capsys: pytest.CaptureFixture[str]) -> None:
             "error: input_tokens + output_tokens = 9000 exceeds context 8192: raise the context or shorten the request",
         ),
         (
+            ["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--engine-version", "latest"],
+            1,
+            f"error: engine version 'latest': give a vLLM release (e.g. {VERSIONS.default}) or an engine "
+            "generation (V0 or V1)",
+        ),
+        (
             ["--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--slo", "fast"],
             1,
             "error: unknown SLO profile 'fast': did you mean chat?",
@@ -230,3 +243,50 @@ def test_the_bandwidth_note_explains_the_two_working_sets() -> None:
     assert busy.bandwidth_note().startswith("The 24 MiB figure (20.0 GB/s) read lower than main memory's (40.0 GB/s)")
     assert "Measure again on a quiet machine" in busy.bandwidth_note()
     assert replace(FIXED_CPU, bandwidth_curve=((2**20, 1e9),)).bandwidth_note() is None
+
+
+def _vllm_bf16(options: list[PlanOption]) -> PlanOption:
+    return next(o for o in options if (o.engine, o.format) == ("vllm", "bf16"))
+
+
+def test_the_vllm_release_decides_whether_70b_bf16_fits_two_h100s() -> None:
+    """Recommend plans the release asked for, as predict does. Under 0.11.1's rule (PyTorch's sort in the
+    profile's sampler pass) Llama-3.1-70B BF16 at TP 2 leaves less KV than one 8192-token sequence, so two
+    H100s are not enough (TP 4); under 0.10.1.1's (FlashInfer's sampler) the same split fits."""
+    ask = {"model": "llama-3.1-70b", "gpu": "h100-sxm", "gpus": 2, "context": 8192, "concurrency": 1}
+    default, older = plan(**ask), plan(**ask, engine_version="0.10.1.1")
+    unfit = _vllm_bf16(default.unfit)
+    fits = _vllm_bf16(older.options)
+    assert unfit.reason == "needs 4 GPUs with tensor parallel (TP 4); you have 2"
+    assert unfit.tp == fits.tp == 2
+    new, old = unfit.memory, fits.memory
+    assert new is not None and old is not None
+    # The two rules differ in the sampler pass only: rows x vocabulary x the bytes per logit each names.
+    rules = {r.id: r for r in VERSIONS.regimes}
+    per_logit = (
+        rules["v1-pytorch-sampler"].sampler_bytes_per_logit - rules["v1-flashinfer-sampler"].sampler_bytes_per_logit
+    )
+    rows = min(int(fits.assumptions["max_num_seqs"]), int(fits.assumptions["max_num_batched_tokens"]))
+    assert new.activation_bytes - old.activation_bytes == rows * default.model.vocab_size * per_logit
+    assert (new.weights_bytes, new.overhead_bytes) == (old.weights_bytes, old.overhead_bytes)
+    assert old.kv_budget_bytes - new.kv_budget_bytes == new.activation_bytes - old.activation_bytes
+    assert new.max_seqs_at_context == 0 < old.max_seqs_at_context
+    # one code path: predict, asked the same split and release, computes the same memory
+    ask_one = {"model": "llama-3.1-70b", "gpu": "h100-sxm", "gpus": 2, "tp": 2, "max_model_len": 8192}
+    one = predict_one(PredictOptions(**ask_one, engine_version="0.10.1.1"), hw=detect())
+    assert one.fits and one.kv_cache_gib == round(old.kv_budget_bytes / GIB, 3)
+    assert one.assumptions["vllm_memory_version"] == fits.assumptions["vllm_memory_version"]
+    # the launch command and the notes say which release the KV cache was planned for; vLLM has no flag for it
+    label = "vLLM 0.10.1.1: V1 engine, v1-flashinfer-sampler rule"
+    assert fits.assumptions["vllm_memory_version"] == label
+    assert fits.launch.splitlines()[-2] == f"# KV cache planned for {label}"
+    assert "--engine-version" not in fits.launch.splitlines()[-1]
+    assert any(n.startswith(f"vLLM options: KV cache planned for {label}") for n in older.notes)
+    assert any(n.startswith("vLLM options:") and "planner default" in n for n in default.notes)
+
+
+def test_a_bad_engine_version_is_refused_even_where_vllm_does_not_run() -> None:
+    with pytest.raises(PlannerError, match="engine version 'newest': give a vLLM release"):
+        plan(model="smollm2-135m", gpu="cpu", context=2048, engine_version="newest")
+    cpu = plan(model="smollm2-135m", gpu="cpu", context=2048, engine_version="V0")
+    assert not any(n.startswith("vLLM options:") for n in cpu.notes)  # no vLLM on a CPU: nothing to plan for

@@ -18,7 +18,7 @@ from planner.published import load_published
 from planner.roofline import Parallel, gpu_device
 from planner.sizing import GIB
 from planner.slo_targets import slo_targets
-from planner.vllm_memory import parse_release, resolve_vllm_memory
+from planner.vllm_memory import parse_release, resolve_vllm_memory, version_choices
 from planner.workload import Workload
 
 CAT = load_catalog()
@@ -168,3 +168,14 @@ def test_predict_takes_the_version_and_other_engines_ignore_it(capsys: pytest.Ca
         PredictOptions(model="llama-3.1-8b", gpu="h100-sxm", engine="sglang", engine_version="0.4"), hw=detect()
     )
     assert "vllm_memory_version" not in sglang.assumptions
+
+
+def test_the_pickers_choices_are_one_version_per_rule_default_first() -> None:
+    """The Plan page's vLLM versions: every rule of engines.json once, newest first, each value resolving to
+    the rule its label names, the default release first and named as the default."""
+    choices = version_choices(TABLE)
+    assert list(choices)[0] == TABLE.default
+    assert choices[TABLE.default].endswith(f"(planner default: {TABLE.default})")
+    rules = [resolve_vllm_memory(TABLE, value).regime.id for value in choices]
+    assert rules == [r.id for r in reversed(TABLE.regimes)]
+    assert all(f"{rule} rule" in label for rule, label in zip(rules, choices.values(), strict=True))

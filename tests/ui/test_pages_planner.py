@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
+from planner.catalog import load_catalog
 from planner.hardware import describe_nvml, detect, gpu_story
+from planner.vllm_memory import version_choices
 from tests.model_file_cases import CASES, assert_message, write_gguf
 
 
@@ -52,7 +54,8 @@ def test_plan_page_default_is_8b_on_one_h100(app: AppTest) -> None:
     assert list(table["engine"][:2]) == ["TensorRT-LLM", "vLLM"] and table["meets SLO"][0]
     assert app.code[0].value.splitlines()[-1].startswith('trtllm-serve "$FP8_CHECKPOINT" --backend pytorch')
     app.selectbox(key="plan_option").set_value(1).run()  # the second option, by position
-    assert app.code[0].value.startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8")
+    last = app.code[0].value.splitlines()[-1]  # after the comment naming the release the KV cache was planned for
+    assert last.startswith("vllm serve meta-llama/Llama-3.1-8B-Instruct --quantization fp8")
     assert len(app.get("vega_lite_chart")) == 2  # memory breakdown and roofline
 
 
@@ -191,3 +194,34 @@ def test_plan_page_takes_a_custom_gpu(app: AppTest) -> None:
     app.number_input(key="plan_custom_fp8").set_value(142).run()
     assert not app.exception and not app.error
     assert "vLLM FP8 (W8A8)" not in set(app.dataframe[-1].value["engine"] + " " + app.dataframe[-1].value["format"])
+
+
+def _memory_rows(app: AppTest) -> pd.DataFrame:
+    table = _how_predicted(app)
+    return table[table["figure"] == "Memory per device"]
+
+
+def test_plan_page_plans_the_vllm_version_picked(app: AppTest) -> None:
+    """Issue 22: the page offers engines.json's vLLM releases, starts at the planner default and says so,
+    and plans the one picked through the same planner call; the figures name the release they assume."""
+    table = load_catalog().engines_file.vllm_versions
+    choices = version_choices(table)
+    app.switch_page("app_pages/plan.py").run()
+    box = app.selectbox(key="plan_engine_version")
+    assert box.value == table.default and box.options == list(choices.values())
+    assert box.options[0].endswith(f"(planner default: {table.default})")
+    app.selectbox(key="plan_option").set_value(1).run()  # vLLM FP8, second
+    assert app.selectbox(key="plan_option").options[1].startswith("#2 vLLM ")
+    default_line = f"Figures assume vLLM {table.default} (planner default"
+    assert any(c.value.startswith(default_line) for c in app.caption)
+    before = _memory_rows(app)
+    older = next(v for v in choices if v != table.default and not v.startswith("V"))
+    app.selectbox(key="plan_engine_version").set_value(older).run()
+    assert not app.exception and not app.error
+    options = app.selectbox(key="plan_option").options
+    app.selectbox(key="plan_option").set_value(next(i for i, o in enumerate(options) if " vLLM FP8" in o)).run()
+    after = _memory_rows(app)
+    version = after[after["assumption"] == "vllm_memory_version"]["setting"].iloc[0]
+    assert version.startswith(f"vLLM {older}: ") and f"Figures assume {version}" in [c.value for c in app.caption]
+    assert app.code[0].value.splitlines()[-2] == f"# KV cache planned for {version}"
+    assert after["value"].iloc[0] != before["value"].iloc[0]  # another release's sampler pass, another KV cache
