@@ -1,4 +1,4 @@
-"""Engine studies: measure the KV cache, the weight formats, batching and per-layer precision on this machine.
+"""Engine studies: measure the KV cache, the weight formats, batching, per-layer precision and compression here.
 
 Every finished study is kept in the reports history, like a checklist or benchmark run."""
 
@@ -9,7 +9,15 @@ from checks.jobs import JobKind
 from checks.study_job import StudyConfig
 from engine.formats import WEIGHT_FORMATS
 from engine.studies.base import MIN_COUNTS
-from engine.studies.registry import PRECISION_SCHEMES, STUDIES, TITLES, StudyOptions, option_help, parse_sizes
+from engine.studies.registry import (
+    COMPRESS_SETTINGS,
+    PRECISION_SCHEMES,
+    STUDIES,
+    TITLES,
+    StudyOptions,
+    option_help,
+    parse_sizes,
+)
 from widgets.common import run_panel
 from widgets.exports import downloads, saved_note
 from widgets.studies import study_progress, study_view
@@ -47,6 +55,12 @@ def _options(name: str) -> StudyOptions:
         act_tokens = _count(c2, "Activation tokens", "precision_act_tokens")
         eval_tokens = _count(c3, "Eval tokens", "eval_max_tokens")
         return StudyOptions(precision_schemes=schemes, precision_act_tokens=act_tokens, eval_max_tokens=eval_tokens)
+    if name == "compress":
+        key, help_ = "engine_study_compress_settings", option_help("compress_settings")
+        chosen = c1.multiselect("Settings", COMPRESS_SETTINGS, DEFAULTS.compress_settings, key=key, help=help_)
+        eval_tokens = _count(c2, "Eval tokens", "eval_max_tokens")
+        decode = _count(c3, "Decode tokens", "quant_decode_tokens")
+        return StudyOptions(compress_settings=tuple(chosen), eval_max_tokens=eval_tokens, quant_decode_tokens=decode)
     quant = c1.selectbox("Weight format", WEIGHT_FORMATS, WEIGHT_FORMATS.index("int4"), key="engine_study_quant")
     if name == "kv":
         return StudyOptions(

@@ -25,19 +25,13 @@ from bench._common import conditions, fmt_num, format_table  # noqa: E402
 
 
 def _configs(damp: float) -> dict[str, object]:
-    from engine.compress.recipe import GptqSettings, LowRankSettings, PruneSettings, RtnSettings
+    """The named settings of engine/compress/catalog.py (the compression study's list), GPTQ at `damp`."""
+    from engine.compress.catalog import CATALOG
+    from engine.compress.recipe import GptqSettings
 
     return {
-        "rtn-g128": RtnSettings(group_size=128),
-        "gptq-g128": GptqSettings(group_size=128, damp_fraction=damp),
-        "gptq-g128-act": GptqSettings(group_size=128, act_order=True, damp_fraction=damp),
-        "rtn-g32": RtnSettings(group_size=32),
-        "gptq-g32": GptqSettings(group_size=32, damp_fraction=damp),
-        "prune-0.25": PruneSettings(sparsity=0.25),
-        "prune-0.5": PruneSettings(sparsity=0.5),
-        "prune-2:4": PruneSettings(pattern="2:4"),
-        "rank-0.75": LowRankSettings(rank_fraction=0.75),
-        "rank-0.5": LowRankSettings(rank_fraction=0.5),
+        name: tuple(s.model_copy(update={"damp_fraction": damp}) if isinstance(s, GptqSettings) else s for s in chain)
+        for name, chain in CATALOG.items()
     }
 
 
@@ -65,8 +59,9 @@ def main() -> int:
 
     import torch
 
+    from engine.compress.catalog import produce
     from engine.compress.evaluate import EVAL_TOKENS, quality_against, reference_scores
-    from engine.compress.pipeline import compress, load_reference
+    from engine.compress.pipeline import load_reference
     from engine.model.loader import load_model
     from engine.run.runtime import Engine
 
@@ -89,9 +84,9 @@ def main() -> int:
     for name in names:
         print(f"{name}: compressing", file=sys.stderr)
         t0 = time.perf_counter()
-        compressed = compress(configs[name], reference)  # type: ignore[arg-type]
+        compressed, seconds = produce(configs[name], reference)  # type: ignore[arg-type]
         engine = Engine(compressed.loaded)
-        row = {"config": name, "weight_bytes": engine.info.weight_bytes, "compress_s": compressed.recipe.compress_s}
+        row = {"config": name, "weight_bytes": engine.info.weight_bytes, "compress_s": seconds}
         rows.append(row | quality_against(engine, scores) | {"layers": _layer_note(compressed.recipe)})
         print(f"{name}: {rows[-1]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         del compressed, engine

@@ -28,7 +28,7 @@ class StudyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Literal["kv", "quant", "batch", "precision"]
+    name: Literal["kv", "quant", "batch", "precision", "compress"]
     options: dict[str, Any] = {}
 
     @classmethod

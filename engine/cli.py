@@ -79,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(info)
     info.add_argument("--json", action="store_true")
 
-    study = sub.add_parser("study", help="run a measured optimization study: kv, quant, batch or precision")
+    study = sub.add_parser("study", help="run a measured optimization study: kv, quant, batch, precision or compress")
     _add_model_args(study)
-    study.add_argument("name", choices=("kv", "quant", "batch", "precision"))
+    study.add_argument("name", choices=("kv", "quant", "batch", "precision", "compress"))
     study.add_argument("--quant", choices=WEIGHT_FORMATS, default="int4", help="format for the kv and batch studies")
     study.add_argument("--json", metavar="OUT", type=Path, default=None, help="also write the result as JSON")
     _add_study_size_args(study)
@@ -166,6 +166,7 @@ STUDY_SIZE_FLAGS = {
     "--eval-window": ("eval_window", "N"),
     "--schemes": ("precision_schemes", "S,S,..."),
     "--act-tokens": ("precision_act_tokens", "N"),
+    "--settings": ("compress_settings", "S,S,..."),
 }
 
 
@@ -182,11 +183,12 @@ def _arg_type(parse: Callable[[str], object]) -> Callable[[str], object]:
 
 
 def _add_study_size_args(p: argparse.ArgumentParser) -> None:
-    from engine.studies.base import option_help, parse_formats, parse_schemes, parse_sizes
+    from engine.studies.base import option_help, parse_formats, parse_schemes, parse_settings, parse_sizes
 
     types = {"kv_lengths": _arg_type(parse_sizes), "batch_sizes": _arg_type(parse_sizes)}
     types["quant_formats"] = _arg_type(parse_formats)
     types["precision_schemes"] = _arg_type(parse_schemes)
+    types["compress_settings"] = _arg_type(parse_settings)
     for flag, (name, metavar) in STUDY_SIZE_FLAGS.items():
         p.add_argument(flag, dest=name, metavar=metavar, type=types.get(name, int), help=option_help(name))
     p.add_argument("--no-cold-load", action="store_true", help="quant: skip the cold (GGUF conversion) load timing")
@@ -285,7 +287,7 @@ def study_command(name: str, options: StudyOptions) -> str:
         argv += ["--device", options.device]
     if not options.use_cache:
         argv.append("--no-weight-cache")
-    if name not in ("quant", "precision") and options.quant != default.quant:
+    if name not in ("quant", "precision", "compress") and options.quant != default.quant:
         argv += ["--quant", options.quant]
     for flag, (field, _) in STUDY_SIZE_FLAGS.items():
         value = getattr(options, field)

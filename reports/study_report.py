@@ -1,4 +1,4 @@
-"""`StudyReport`: the saved document of one engine study (kv, quant or batch), for the history.
+"""`StudyReport`: the saved document of one engine study (kv, quant, batch, precision or compress), for the history.
 
 An engine study measures the bundled engine on this machine (`python -m engine study`, or
 the Engine studies page) and returns its conditions, one row per measured point, and
@@ -39,7 +39,7 @@ class StudyReport(BaseModel):
     id: DocumentId = Field(default_factory=new_document_id, description="names this study in the history")
     label: Label | None = Field(None, description="the user's name for this run")
     tool_version: str
-    study: StudyName = Field(description="which study: kv, quant or batch")
+    study: StudyName = Field(description="which study: kv, quant, batch, precision or compress")
     title: str = Field(description="what the study measures, as its console table is headed")
     started_at: AwareDatetime
     finished_at: AwareDatetime
@@ -122,5 +122,11 @@ STUDY_CHARTS: dict[str, tuple[StudyChart, ...]] = {
     "batch": (
         StudyChart("Aggregate decode tok/s", "batch_size", "batch size", (("aggregate_tok_s", "tok/s"),), "tok/s"),
         StudyChart("Per-token latency", "batch_size", "batch size", (("per_token_latency_ms", "ms/token"),), "ms"),
+    ),
+    # The page adds the two Pareto charts (quality against size and against speed): widgets/studies.py.
+    "compress": (
+        StudyChart("Weight memory", "setting", "setting", (("weight_bytes", "weights"),), "MiB", scale=1 / 2**20),
+        StudyChart("Decode tok/s", "setting", "setting", (("decode_tok_s", "decode tok/s"),), "tok/s"),
+        StudyChart("Mean KL against fp32", "setting", "setting", (("mean_kl_nats", "mean KL"),), "nats"),
     ),
 }

@@ -28,17 +28,33 @@ PRECISION_COLUMNS = [
 ]
 
 
+COMPRESS_COLUMNS = [
+    "setting",
+    "weight_mib",
+    "bytes_vs_fp32",
+    "load_s",
+    "prefill_tok_s",
+    "decode_tok_s",
+    "decode_vs_fp32",
+    "perplexity",
+    "mean_kl_nats",
+    "top1_agreement",
+    "pareto_size",
+    "pareto_speed",
+    "why_no_saving",
+]
+
+
 def study_result(doc: StudyReport) -> StudyResult:
     """The engine's view of a saved study, for the console table the CLI prints."""
     return StudyResult(doc.study, dict(doc.conditions), [dict(r) for r in doc.rows], list(doc.notes))
 
 
 def _chart(doc: StudyReport, spec: StudyChart) -> alt.Chart:
-    """Bars over a categorical x (weight formats), one line per series over a numeric one."""
-    frame = pd.DataFrame(
-        [{spec.x: x, spec.y_label: y, "series": label} for label, points in spec.series(doc) for x, y in points]
-    )
-    categorical = spec.x == "format"
+    """Bars over a categorical x (weight formats, settings), one line per series over a numeric one."""
+    series = spec.series(doc)
+    frame = pd.DataFrame([{spec.x: x, spec.y_label: y, "series": label} for label, points in series for x, y in points])
+    categorical = any(isinstance(x, str) for _, points in series for x, _ in points)
     mark = alt.Chart(frame).mark_bar() if categorical else alt.Chart(frame).mark_line(point=True)
     colour = {"color": alt.Color("series:N", title=None)} if len(spec.ys) > 1 else {}
     # The sizes a study ran are a handful of exact values (16, 32, ... tokens; batch 1, 2, 4): an ordinal axis
@@ -80,6 +96,48 @@ def precision_heatmap(doc: StudyReport) -> alt.Chart:
     )
 
 
+# The compression study's Pareto charts: quality (mean KL against fp32, less is better) against each cost, with
+# the frontier the study computed (engine/studies/pareto.py) drawn as a line through its settings.
+PARETO_CHARTS = (
+    ("weight_bytes", "pareto_size", "weights (MiB)", "Quality against size", 1 / 2**20),
+    ("decode_tok_s", "pareto_speed", "decode tok/s", "Quality against decode speed", 1.0),
+)
+
+
+def pareto_chart(doc: StudyReport, x_key: str, front_key: str, x_title: str, title: str, scale: float) -> alt.Chart:
+    """Every measured setting as a labelled point, the frontier's points joined in order of x.
+
+    KL spans 0 (fp32) to ~10 nats (a broken model), so the y axis is symlog: linear near 0, logarithmic beyond.
+    """
+    measured = [r for r in doc.rows if r.get(x_key) is not None and r.get("mean_kl_nats") is not None]
+    frame = pd.DataFrame(
+        {
+            "setting": [r["setting"] for r in measured],
+            "x": [float(r[x_key]) * scale for r in measured],  # type: ignore[arg-type]
+            "mean KL": [r["mean_kl_nats"] for r in measured],
+            "frontier": ["on the frontier" if r.get(front_key) else "dominated" for r in measured],
+        }
+    )
+    y = alt.Y("mean KL:Q", scale=alt.Scale(type="symlog", constant=0.01), title="mean KL vs fp32 (nats)")
+    x = alt.X("x:Q", title=x_title)
+    base = alt.Chart(frame).encode(x=x, y=y)
+    points = base.mark_point(filled=True, size=70).encode(
+        color=alt.Color("frontier:N", title=None), tooltip=["setting", alt.Tooltip("x:Q", title=x_title), "mean KL"]
+    )
+    labels = base.mark_text(align="left", dx=6, dy=-6, fontSize=10).encode(text="setting:N")
+    line = (
+        base.transform_filter(alt.datum.frontier == "on the frontier").mark_line(strokeDash=[4, 3]).encode(order="x:Q")
+    )
+    return (line + points + labels).properties(title=title, height=300)
+
+
+def _compress_view(doc: StudyReport, frame: pd.DataFrame) -> None:
+    """The Pareto charts, then the table a reader decides with: size, speed, quality and what saves nothing."""
+    for col, (x_key, front_key, x_title, title, scale) in zip(st.columns(2), PARETO_CHARTS, strict=True):
+        col.altair_chart(pareto_chart(doc, x_key, front_key, x_title, title, scale))
+    st.dataframe(frame[[c for c in COMPRESS_COLUMNS if c in frame.columns]], hide_index=True)
+
+
 def _precision_view(doc: StudyReport, frame: pd.DataFrame) -> None:
     """The model rows (quality per scheme, most sensitive layers) and the per-layer heatmap."""
     model = frame[frame["scope"] == "model"]
@@ -96,6 +154,8 @@ def study_view(doc: StudyReport) -> None:
         st.dataframe(frame[QUALITY_COLUMNS], hide_index=True)
     if doc.study == "precision" and "scope" in frame.columns:
         _precision_view(doc, frame)
+    if doc.study == "compress" and "setting" in frame.columns:
+        _compress_view(doc, frame)
     st.dataframe(frame, hide_index=True)
     for note in doc.notes:
         st.caption(note)

@@ -22,10 +22,13 @@ from typing import Any
 import psutil
 import torch
 
+from engine.compress.catalog import CATALOG, STUDY_DEFAULT
 from engine.formats import WEIGHT_FORMATS
 from engine.quant.roundtrip import PRECISION_SCHEMES
 
 SCHEMA_VERSION = 1
+# What the compression study can measure: every served weight format, and every named compression setting.
+COMPRESS_SETTINGS: tuple[str, ...] = (*WEIGHT_FORMATS, *CATALOG)
 Progress = Callable[[str], None]
 
 
@@ -60,18 +63,23 @@ class StudyOptions:
     batch_prompt_tokens: int = _opt(64, "batch: prompt tokens of every sequence")
     batch_steps: int = _opt(32, "batch: decode steps after the batched prefill")
     quant_formats: tuple[str, ...] = _opt(WEIGHT_FORMATS, "quant: weight formats (fp32 is always the reference)")
-    quant_prompt_tokens: int = _opt(256, "quant: prompt tokens for the prefill speed")
-    quant_decode_tokens: int = _opt(64, "quant: tokens decoded for the decode speed")
+    quant_prompt_tokens: int = _opt(256, "quant and compress: prompt tokens for the prefill speed")
+    quant_decode_tokens: int = _opt(64, "quant and compress: tokens decoded for the decode speed")
     quant_cold_load: bool = _opt(True, "quant: also time a load that converts from the GGUF (cache off)")
-    eval_max_tokens: int = _opt(1536, "quant: tokens of the evaluation text scored for quality")
-    eval_window: int = _opt(512, "quant: tokens per forward pass over the evaluation text")
+    eval_max_tokens: int = _opt(1536, "quant, precision and compress: tokens of the evaluation text scored for quality")
+    eval_window: int = _opt(512, "quant, precision and compress: tokens per forward pass over the evaluation text")
     precision_schemes: tuple[str, ...] = _opt(PRECISION_SCHEMES, "precision: schemes compared with fp32")
     precision_act_tokens: int = _opt(
         256, "precision: tokens of the evaluation text whose activations feed each layer's output error"
     )
+    compress_settings: tuple[str, ...] = _opt(
+        (*WEIGHT_FORMATS, *STUDY_DEFAULT),
+        "compress: weight formats and named compression settings (engine/compress/catalog.py); fp32 is always the "
+        "reference",
+    )
 
     def __post_init__(self) -> None:
-        for name in ("kv_lengths", "batch_sizes", "quant_formats", "precision_schemes"):
+        for name in ("kv_lengths", "batch_sizes", "quant_formats", "precision_schemes", "compress_settings"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.quant not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format {self.quant!r}: choose one of {', '.join(WEIGHT_FORMATS)}")
@@ -82,6 +90,11 @@ class StudyOptions:
         if bad or not self.precision_schemes:
             raise ValueError(
                 f"precision schemes must be some of {', '.join(PRECISION_SCHEMES)}, got {self.precision_schemes}"
+            )
+        odd = [s for s in self.compress_settings if s not in COMPRESS_SETTINGS]
+        if odd or not self.compress_settings:
+            raise ValueError(
+                f"compress settings must be some of {', '.join(COMPRESS_SETTINGS)}, got {self.compress_settings}"
             )
         if self.kv_tokens < MIN_COUNTS["kv_tokens"]:
             raise ValueError(f"kv tokens must be at least 2 (decode speed needs two tokens), got {self.kv_tokens}")
@@ -322,6 +335,14 @@ def parse_schemes(text: str) -> tuple[str, ...]:
     parts = tuple(p.strip() for p in text.split(",") if p.strip())
     if not parts or any(p not in PRECISION_SCHEMES for p in parts):
         raise ValueError(f"expected comma-separated schemes from {', '.join(PRECISION_SCHEMES)}, got {text!r}")
+    return parts
+
+
+def parse_settings(text: str) -> tuple[str, ...]:
+    """'fp32,rtn-g128' -> ('fp32', 'rtn-g128'), each a weight format or a named compression setting."""
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not parts or any(p not in COMPRESS_SETTINGS for p in parts):
+        raise ValueError(f"expected comma-separated settings from {', '.join(COMPRESS_SETTINGS)}, got {text!r}")
     return parts
 
 

@@ -92,7 +92,7 @@ def _cold_load_s(options: StudyOptions, fmt: str) -> float:
     return seconds
 
 
-def _warm_engine(options: StudyOptions, fmt: str) -> tuple[Engine, float | None]:
+def warm_engine(options: StudyOptions, fmt: str) -> tuple[Engine, float | None]:
     """Load from the weight cache; when there was no entry yet, that load wrote one, so load again."""
     engine, seconds = _load(options, fmt, use_cache=options.use_cache)
     if options.use_cache and engine.info.source != "cache":
@@ -103,7 +103,9 @@ def _warm_engine(options: StudyOptions, fmt: str) -> tuple[Engine, float | None]
     return engine, seconds if engine.info.source == "cache" else None
 
 
-def _speed(engine: Engine, prompt: list[int], tokens: int) -> tuple[float | None, float | None]:
+def measure_speed(engine: Engine, prompt: list[int], tokens: int) -> tuple[float | None, float | None]:
+    """Prefill and decode tok/s of one greedy run (`tokens` decoded after `prompt`), after a short warm-up run."""
+
     def run(p: list[int], n: int) -> tuple[float | None, float | None]:
         result = engine.stream_ids(p, SamplingParams(max_tokens=n, ignore_eos=True)).drain()
         return result.prefill_tok_s, result.decode_tok_s
@@ -120,7 +122,7 @@ def _tensor_types(engine: Engine) -> str:
 
 def _measure(engine: Engine, options: StudyOptions, prompt: list[int], ids: list[int]) -> dict[str, object]:
     """Speed on the fixed prompt, then the log-probabilities over the evaluation text (kept for scoring)."""
-    prefill_tok_s, decode_tok_s = _speed(engine, prompt, options.quant_decode_tokens)
+    prefill_tok_s, decode_tok_s = measure_speed(engine, prompt, options.quant_decode_tokens)
     t0 = time.perf_counter()
     logprobs = next_token_logprobs(engine, ids, options.eval_window)
     return {
@@ -146,7 +148,7 @@ def run_quant_study(options: StudyOptions, progress: Progress | None = None) -> 
             report(progress, f"quant: {fmt}: cold load (converting from the GGUF, no cache)")
             cold_s = _cold_load_s(options, fmt)
         report(progress, f"quant: {fmt}: warm load")
-        engine, warm_s = _warm_engine(options, fmt)
+        engine, warm_s = warm_engine(options, fmt)
         device = engine.loaded.device
         if not conditions:
             all_ids = eval_ids(engine.loaded.tokenizer, options.quant_prompt_tokens)

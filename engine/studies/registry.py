@@ -1,4 +1,4 @@
-"""Measured optimization studies of the bundled engine: `kv`, `quant`, `batch` and `precision`.
+"""Measured optimization studies of the bundled engine: `kv`, `quant`, `batch`, `precision` and `compress`.
 
 `STUDIES[name](StudyOptions(...), progress=print)` runs one on this machine
 and returns a `StudyResult`; `format_study` renders it as a fixed-width
@@ -16,6 +16,7 @@ import pandas as pd
 
 from engine.quant.roundtrip import PRECISION_SCHEMES
 from engine.studies.base import (
+    COMPRESS_SETTINGS,
     StudyOptions,
     StudyResult,
     StudyRun,
@@ -23,14 +24,17 @@ from engine.studies.base import (
     option_help,
     parse_formats,
     parse_schemes,
+    parse_settings,
     parse_sizes,
 )
 from engine.studies.batch import run_batch_study
+from engine.studies.compress import run_compress_study
 from engine.studies.kv import run_kv_study
 from engine.studies.precision import run_precision_study
 from engine.studies.quant import run_quant_study
 
 __all__ = [
+    "COMPRESS_SETTINGS",
     "PRECISION_SCHEMES",
     "STUDIES",
     "StudyOptions",
@@ -40,6 +44,7 @@ __all__ = [
     "option_help",
     "parse_formats",
     "parse_schemes",
+    "parse_settings",
     "parse_sizes",
     "study_frame",
 ]
@@ -49,6 +54,7 @@ STUDIES: dict[str, StudyRun] = {
     "quant": run_quant_study,
     "batch": run_batch_study,
     "precision": run_precision_study,
+    "compress": run_compress_study,
 }
 
 TITLES = {
@@ -56,6 +62,7 @@ TITLES = {
     "quant": "Weight format study: size, load, speed and quality against fp32",
     "batch": "Batch study: batched greedy decode over one KV cache",
     "precision": "Precision study: every linear layer in FP8 E4M3/E5M2, INT8 and INT4 against fp32",
+    "compress": "Compression study: GPTQ, pruning, low rank and every format; size, load, speed and quality",
 }
 
 
@@ -108,6 +115,21 @@ COLUMNS = {
         Column("perplexity", "perplexity", "f3"),
         Column("mean_kl_nats", "mean KL", "f4"),
         Column("top1_agreement", "top-1 agree", "f3"),
+    ),
+    "compress": (
+        Column("setting", "setting", "str"),
+        Column("weight_bytes", "weights MiB", "mib"),
+        Column("bytes_vs_fp32", "size x", "f2"),
+        Column("load_s", "load s", "f2"),
+        Column("prefill_tok_s", "prefill tok/s", "f1"),
+        Column("decode_tok_s", "decode tok/s", "f1"),
+        Column("decode_vs_fp32", "decode x", "f2"),
+        Column("perplexity", "perplexity", "f3"),
+        Column("mean_kl_nats", "mean KL", "f4"),
+        Column("top1_agreement", "top-1 agree", "f3"),
+        Column("pareto_size", "front size", "bool"),
+        Column("pareto_speed", "front speed", "bool"),
+        Column("saves_nothing_on", "saves nothing on", "str"),
     ),
 }
 # The console table of a study with more rows than a console shows (precision: one per layer and scheme)

@@ -38,3 +38,21 @@ def test_stop_ends_the_study_at_its_next_point_with_nothing_kept() -> None:
             cancel=stop,
         )
     assert STOPPED.startswith("stopped: ")
+
+
+@pytest.mark.slow
+def test_stop_reaches_into_a_compression_that_is_running() -> None:
+    """The compress study passes its progress to the compressor, so Stop ends it mid-method, not after it."""
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def status(message: str) -> None:
+        seen.append(message)
+        if message.startswith("compress: round-to-nearest"):  # the compressor's own first line
+            stop.set()
+
+    options = {"device": "cpu", "threads": 1, "compress_settings": ("fp32", "rtn-g128")}
+    options |= {"eval_max_tokens": 32, "eval_window": 32, "quant_prompt_tokens": 16, "quant_decode_tokens": 2}
+    with pytest.raises(TargetCancelled, match="keeps no partial table"):
+        run_study(StudyConfig(name="compress", options=options), cancel=stop, on_status=status)
+    assert seen[-1].startswith("compress: round-to-nearest")

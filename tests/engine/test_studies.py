@@ -267,6 +267,21 @@ def test_studies_page_rejects_bad_sizes_and_disables_run() -> None:
     assert at.button(key="engine_study_run").disabled
 
 
+def test_studies_page_offers_the_compression_study_as_a_job() -> None:
+    """The compress study: its settings (formats and catalog names, the study's defaults chosen), sizes, and Run."""
+    at = _studies_page()
+    at.selectbox(key="engine_study_name").set_value("compress").run()
+    assert not at.exception and not at.error
+    settings = at.multiselect(key="engine_study_compress_settings")
+    assert list(settings.value) == list(StudyOptions().compress_settings)
+    assert {"gptq-g128", "rtn-g128", "prune-2:4", "rank-0.5", "fp8"} <= set(settings.options)
+    settings.set_value(["fp32", "rtn-g128"]).run()
+    assert not at.button(key="engine_study_run").disabled
+    settings.set_value([]).run()  # nothing to measure: the study refuses it, so Run is off
+    assert "compress settings must be some of" in at.error[0].value
+    assert at.button(key="engine_study_run").disabled
+
+
 @pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """The page has no threads widget; run its study on one thread (see KV above) and restore."""
