@@ -1,14 +1,17 @@
 """Compression methods on the bundled model: weight bytes and quality against fp32, one process, one reference.
 
     .venv/bin/python bench/compress_quality.py [--configs rtn-g128,gptq-g128,...] [--threads N]
-        [--damp 0.01] [--eval-tokens 1536] [--json OUT]
+        [--damp 0.01] [--distill-minutes 3] [--eval-tokens 1536] [--json OUT]
 
 Each configuration compresses the fp32 reference (the GGUF's weights dequantized) with
 `engine.compress.pipeline.compress`, serves the result in memory exactly as `--weights DIR` would
 load it, and scores it on engine/data/eval.txt as the quant study does (perplexity, mean
 KL(fp32 || method), top-1 agreement; windows of 512 tokens). GPTQ is fitted to
-engine/data/calibration.txt, a separate text. Two anchor rows: fp32 itself and the served `int4`
-format (the file's own Q4_1 codes). Speed is not measured here: the later `study compress` does that.
+engine/data/calibration.txt, a separate text. A `+distill` configuration compresses as its base does,
+then trains that model's int4 grid toward fp32 on the calibration text for --distill-minutes
+(engine/compress/distill.py); its compress seconds are both parts together. Two anchor rows: fp32
+itself and the served `int4` format (the file's own Q4_1 codes). Speed is not measured here: the
+later `study compress` does that.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import conditions, fmt_num, format_table  # noqa: E402
 
 
-def _configs(damp: float) -> dict[str, object]:
-    from engine.compress.recipe import GptqSettings, LowRankSettings, PruneSettings, RtnSettings
+def _configs(damp: float, distill_minutes: float) -> dict[str, object]:
+    """Settings by name; a distilled configuration is (its base's settings, the distillation's)."""
+    from engine.compress.recipe import DistillSettings, GptqSettings, LowRankSettings, PruneSettings, RtnSettings
 
+    distilled = DistillSettings(minutes=distill_minutes)
     return {
         "rtn-g128": RtnSettings(group_size=128),
+        "rtn-g128+distill": (RtnSettings(group_size=128), distilled),
         "gptq-g128": GptqSettings(group_size=128, damp_fraction=damp),
+        "gptq-g128+distill": (GptqSettings(group_size=128, damp_fraction=damp), distilled),
         "gptq-g128-act": GptqSettings(group_size=128, act_order=True, damp_fraction=damp),
         "rtn-g32": RtnSettings(group_size=32),
         "gptq-g32": GptqSettings(group_size=32, damp_fraction=damp),
@@ -42,7 +49,11 @@ def _configs(damp: float) -> dict[str, object]:
 
 
 def _layer_note(recipe: object) -> str:
-    """What the layers came out as: sparsity, rank, or GPTQ's calibration error against round-to-nearest's."""
+    """What the layers came out as: sparsity, rank, or GPTQ's calibration error against round-to-nearest's; for a
+    distilled model what the training did (steps, tokens, training KL at the first and last step)."""
+    d = recipe.distillation  # type: ignore[attr-defined]
+    if d is not None:
+        return f"{d.steps} steps, {d.tokens_seen} tok, train KL {d.loss_first:.3f}->{d.loss_last:.3f}"
     layers = recipe.layers  # type: ignore[attr-defined]
     mean = lambda key: sum(getattr(r, key) for r in layers) / len(layers)  # noqa: E731
     if layers[0].sparsity is not None:
@@ -59,12 +70,14 @@ def main() -> int:
     parser.add_argument("--configs", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening for the gptq-* configs")
+    parser.add_argument("--distill-minutes", type=float, default=3.0, help="training budget of the +distill configs")
     parser.add_argument("--eval-tokens", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
     import torch
 
+    from engine.compress.distill import distill
     from engine.compress.evaluate import EVAL_TOKENS, quality_against, reference_scores
     from engine.compress.pipeline import compress, load_reference
     from engine.model.loader import load_model
@@ -72,7 +85,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    configs = _configs(args.damp)
+    configs = _configs(args.damp, args.distill_minutes)
     names = args.configs.split(",") if args.configs else list(configs)
     unknown = [n for n in names if n not in configs]
     if unknown:
@@ -89,9 +102,18 @@ def main() -> int:
     for name in names:
         print(f"{name}: compressing", file=sys.stderr)
         t0 = time.perf_counter()
-        compressed = compress(configs[name], reference)  # type: ignore[arg-type]
+        config = configs[name]
+        if isinstance(config, tuple):
+            base, settings = config
+            start = compress(base, reference)
+            compressed = distill(settings, reference, start, progress=lambda m: print(m, file=sys.stderr))
+            seconds = start.recipe.compress_s + compressed.recipe.compress_s
+            del start
+        else:
+            compressed = compress(config, reference)  # type: ignore[arg-type]
+            seconds = compressed.recipe.compress_s
         engine = Engine(compressed.loaded)
-        row = {"config": name, "weight_bytes": engine.info.weight_bytes, "compress_s": compressed.recipe.compress_s}
+        row = {"config": name, "weight_bytes": engine.info.weight_bytes, "compress_s": seconds}
         rows.append(row | quality_against(engine, scores) | {"layers": _layer_note(compressed.recipe)})
         print(f"{name}: {rows[-1]} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
         del compressed, engine
