@@ -50,7 +50,7 @@ def _help(model: type[BaseModel], name: str) -> str:
     field = model.model_fields[name]
     text = field.description or name
     default = field.default
-    if default is None or isinstance(default, bool):
+    if field.is_required() or default is None or isinstance(default, bool):
         return text
     return f"{text} (default: {','.join(default) if isinstance(default, tuple) else default})"
 
