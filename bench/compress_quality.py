@@ -1,14 +1,17 @@
 """Compression methods on the bundled model: weight bytes and quality against fp32, one process, one reference.
 
     .venv/bin/python bench/compress_quality.py [--configs rtn-g128,gptq-g128,...] [--threads N]
-        [--damp 0.01] [--eval-tokens 1536] [--json OUT]
+        [--damp 0.01] [--distill-minutes 3] [--eval-tokens 1536] [--json OUT]
 
 Each configuration compresses the fp32 reference (the GGUF's weights dequantized) with
 `engine.compress.pipeline.compress`, serves the result in memory exactly as `--weights DIR` would
 load it, and scores it on engine/data/eval.txt as the quant study does (perplexity, mean
 KL(fp32 || method), top-1 agreement; windows of 512 tokens). GPTQ is fitted to
-engine/data/calibration.txt, a separate text. Two anchor rows: fp32 itself and the served `int4`
-format (the file's own Q4_1 codes). Speed is not measured here: the later `study compress` does that.
+engine/data/calibration.txt, a separate text. A `+distill` configuration compresses as its base does,
+then trains that model's int4 grid toward fp32 on the calibration text for --distill-minutes
+(engine/compress/distill.py); its compress seconds are both parts together. Two anchor rows: fp32
+itself and the served `int4` format (the file's own Q4_1 codes). Speed is not measured here: the
+later `study compress` does that.
 """
 
 from __future__ import annotations
@@ -24,19 +27,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import conditions, fmt_num, format_table  # noqa: E402
 
 
-def _configs(damp: float) -> dict[str, object]:
-    """The named settings of engine/compress/catalog.py (the compression study's list), GPTQ at `damp`."""
+def _configs(damp: float, distill_minutes: float) -> dict[str, object]:
+    """The named settings of engine/compress/catalog.py (the compression study's list), GPTQ at `damp` and
+    each distillation within `distill_minutes`."""
     from engine.compress.catalog import CATALOG
-    from engine.compress.recipe import GptqSettings
+    from engine.compress.recipe import DistillSettings, GptqSettings
 
-    return {
-        name: tuple(s.model_copy(update={"damp_fraction": damp}) if isinstance(s, GptqSettings) else s for s in chain)
-        for name, chain in CATALOG.items()
-    }
+    def tuned(s: object) -> object:
+        if isinstance(s, GptqSettings):
+            return s.model_copy(update={"damp_fraction": damp})
+        if isinstance(s, DistillSettings):
+            return s.model_copy(update={"minutes": distill_minutes})
+        return s
+
+    return {name: tuple(tuned(s) for s in chain) for name, chain in CATALOG.items()}
 
 
 def _layer_note(recipe: object) -> str:
-    """What the layers came out as: sparsity, rank, or GPTQ's calibration error against round-to-nearest's."""
+    """What the layers came out as: sparsity, rank, or GPTQ's calibration error against round-to-nearest's; for a
+    distilled model what the training did (steps, tokens, training KL at the first and last step)."""
+    d = recipe.distillation  # type: ignore[attr-defined]
+    if d is not None:
+        return f"{d.steps} steps, {d.tokens_seen} tok, train KL {d.loss_first:.3f}->{d.loss_last:.3f}"
     layers = recipe.layers  # type: ignore[attr-defined]
     mean = lambda key: sum(getattr(r, key) for r in layers) / len(layers)  # noqa: E731
     if layers[0].sparsity is not None:
@@ -53,6 +65,7 @@ def main() -> int:
     parser.add_argument("--configs", default=None, help="comma-separated names (default: all)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening for the gptq-* configs")
+    parser.add_argument("--distill-minutes", type=float, default=3.0, help="training budget of the +distill configs")
     parser.add_argument("--eval-tokens", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -67,7 +80,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    configs = _configs(args.damp)
+    configs = _configs(args.damp, args.distill_minutes)
     names = args.configs.split(",") if args.configs else list(configs)
     unknown = [n for n in names if n not in configs]
     if unknown:

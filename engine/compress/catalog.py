@@ -4,23 +4,35 @@ A name stands for a chain of settings. The first is a method `pipeline.compress`
 reference; each later one refines the model the chain made so far, by the function `REFINERS` holds
 for its method (a refinement needs the reference too, e.g. as a teacher). A refined setting is then
 one more entry, `"rtn-g128+distill": (RtnSettings(group_size=128), DistillSettings(...))`, once its
-method is registered in `REFINERS`.
+method is registered in `REFINERS` (distillation is).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from engine.compress.distill import distill
 from engine.compress.pipeline import Compressed, Progress, compress
-from engine.compress.recipe import GptqSettings, LowRankSettings, PruneSettings, RtnSettings, Settings
+from engine.compress.recipe import (
+    DistillSettings,
+    GptqSettings,
+    LowRankSettings,
+    PruneSettings,
+    RtnSettings,
+    Settings,
+)
 from engine.model.loader import LoadedModel
 
 Chain = tuple[Settings, ...]
+# The distilled settings' training budget: what bench/compress_quality.py measured (docs/BENCHMARKS.md).
+DISTILL_MINUTES = 3.0
 Refiner = Callable[..., Compressed]  # (settings, reference, compressed so far, progress=...) -> Compressed
 
 CATALOG: dict[str, Chain] = {
     "rtn-g128": (RtnSettings(group_size=128),),
+    "rtn-g128+distill": (RtnSettings(group_size=128), DistillSettings(minutes=DISTILL_MINUTES)),
     "gptq-g128": (GptqSettings(group_size=128),),
+    "gptq-g128+distill": (GptqSettings(group_size=128), DistillSettings(minutes=DISTILL_MINUTES)),
     "gptq-g128-act": (GptqSettings(group_size=128, act_order=True),),
     "rtn-g32": (RtnSettings(group_size=32),),
     "gptq-g32": (GptqSettings(group_size=32),),
@@ -31,9 +43,19 @@ CATALOG: dict[str, Chain] = {
     "rank-0.5": (LowRankSettings(rank_fraction=0.5),),
 }
 # The compression study's default: GPTQ against round-to-nearest where they differ (group 128; at group 32
-# both re-find the file's own Q4_1 grid), both pruning kinds, and low rank below and above the break-even rank.
-STUDY_DEFAULT = ("rtn-g128", "gptq-g128", "prune-0.25", "prune-0.5", "prune-2:4", "rank-0.5", "rank-0.75")
-REFINERS: dict[str, Refiner] = {}
+# both re-find the file's own Q4_1 grid), round-to-nearest distilled toward fp32, both pruning kinds, and
+# low rank below and above the break-even rank.
+STUDY_DEFAULT = (
+    "rtn-g128",
+    "rtn-g128+distill",
+    "gptq-g128",
+    "prune-0.25",
+    "prune-0.5",
+    "prune-2:4",
+    "rank-0.5",
+    "rank-0.75",
+)
+REFINERS: dict[str, Refiner] = {"distill": distill}
 
 
 def describe_chain(chain: Chain) -> str:

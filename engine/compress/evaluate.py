@@ -33,6 +33,11 @@ class ReferenceScores:
 def reference_scores(reference: Engine, max_tokens: int = EVAL_TOKENS, window: int = EVAL_WINDOW) -> ReferenceScores:
     """The first `max_tokens` of the evaluation text (all of it when it is shorter, as in the quant study)."""
     ids = eval_ids(reference.loaded.tokenizer, MIN_COUNTS["eval_max_tokens"])[:max_tokens]
+    return scores_over(reference, ids, window)
+
+
+def scores_over(reference: Engine, ids: list[int], window: int) -> ReferenceScores:
+    """The reference's scores over any tokens: the evaluation text's, or the calibration windows a method trained on."""
     return ReferenceScores(ids, window, next_token_logprobs(reference, ids, window), scored_targets(ids, window))
 
 

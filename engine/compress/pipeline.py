@@ -7,7 +7,8 @@ so a study can load it once and compress it several ways. `Compressed.save(DIR)`
 directory that `--weights DIR` loads; `Engine(compressed.loaded)` serves it without a round trip.
 
 Only the block linears (wqkv, wo, w13, w2 of every layer) are compressed; the tied embedding / head and
-the norms stay as the served format keeps them.
+the norms stay as the served format keeps them. `load_compressed(DIR)` reads a directory back as a
+`Compressed`: where a distillation (engine/compress/distill.py) may start.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from engine.compress.calibration import (
@@ -61,6 +64,7 @@ BLOCK_PATHS: dict[Projection, str] = {
     "w2": "feed_forward.w2",
 }
 Progress = Callable[[str], None]
+_Module = TypeVar("_Module", bound=nn.Module)
 
 
 @dataclass(slots=True)
@@ -89,14 +93,34 @@ def load_reference(model_path: str | None = None, device: str = "cpu", use_cache
 
 def block_linears(model: nn.Module, projections: tuple[Projection, ...] = PROJECTIONS) -> dict[str, DenseLinear]:
     """The chosen projections of every block by parameter prefix, blocks in order ('layers.3.feed_forward.w2')."""
-    found: dict[str, DenseLinear] = {}
+    return block_modules(model, DenseLinear, "compression starts from dense weights", projections)
+
+
+def block_modules(
+    model: nn.Module, expected: type[_Module], needs: str, projections: tuple[Projection, ...] = PROJECTIONS
+) -> dict[str, _Module]:
+    """`block_linears` for any module type: ValueError saying what the caller `needs` when a layer is another kind."""
+    found: dict[str, _Module] = {}
     for i, block in enumerate(model.layers):  # type: ignore[attr-defined]
         for kind in projections:
-            module = block.get_submodule(BLOCK_PATHS[kind])
-            if not isinstance(module, DenseLinear):
-                raise ValueError(f"compression starts from dense weights; layers.{i}.{BLOCK_PATHS[kind]} is not")
-            found[f"layers.{i}.{BLOCK_PATHS[kind]}"] = module
+            name, module = f"layers.{i}.{BLOCK_PATHS[kind]}", block.get_submodule(BLOCK_PATHS[kind])
+            if not isinstance(module, expected):
+                raise ValueError(f"{needs}; {name} is {getattr(module, 'fmt', type(module).__name__)}")
+            found[name] = module
     return found
+
+
+def load_compressed(directory: Path, model_path: str | None = None, device: str = "cpu") -> Compressed:
+    """A weights directory loaded back as the `Compressed` it was saved from (a distillation starts from one)."""
+    loaded = load_model(model_path, None, device, weights_dir=str(directory))
+    try:
+        recipe = Recipe.model_validate(loaded.recipe)
+    except ValidationError as exc:
+        raise ValueError(
+            f"{directory}/recipe.json is not a recipe this engine reads ({exc.error_count()} problems: "
+            f"{exc.errors()[0]['msg']})"
+        ) from None
+    return Compressed(loaded, recipe)
 
 
 def compress(
@@ -107,7 +131,9 @@ def compress(
         raise ValueError(f"compression starts from the {REFERENCE} model, not {reference.fmt}")
     if reference.source_sha256 is None:
         raise ValueError("the reference model does not know its source file's hash; load it with load_reference")
-    _report(progress, f"compress: {settings.describe()}")
+    if settings.method not in METHODS:
+        raise ValueError(f"{settings.describe()} starts from a compressed model, not from the reference")
+    report(progress, f"compress: {settings.describe()}")
     t0 = time.perf_counter()
     with torch.no_grad():
         out = METHODS[settings.method](settings, reference, progress)
@@ -126,16 +152,17 @@ def compress(
     )
     served = load_model(reference.gguf_path, settings.served_format, str(reference.device), use_cache)
     loaded = replace_linears(served, out.modules, recipe.model_dump(mode="json"))
-    _report(progress, f"compress: done in {seconds:.1f} s; weights {loaded.weight_bytes / 2**20:.1f} MiB")
+    report(progress, f"compress: done in {seconds:.1f} s; weights {loaded.weight_bytes / 2**20:.1f} MiB")
     return Compressed(loaded, recipe)
 
 
-def _report(progress: Progress | None, message: str) -> None:
+def report(progress: Progress | None, message: str) -> None:
+    """Pass `message` on to `progress`, when there is one."""
     if progress is not None:
         progress(message)
 
 
-def _record(
+def layer_record(
     name: str, w: torch.Tensor, module: QuantLinear, wq: torch.Tensor | None = None, **figures: float | int | None
 ) -> LayerRecord:
     """A layer's record; `wq` is the weight the module multiplies by, when the caller has it at hand."""
@@ -160,7 +187,7 @@ def _rtn(settings: RtnSettings, reference: LoadedModel, progress: Progress | Non
         codes = rtn_codes(w, settings.group_size)
         module = Int4Linear.from_codes(codes.q, codes.scale, codes.zero, codes.group_size)
         out.modules[name] = module
-        out.layers.append(_record(name, w, module, codes.dequantized()))
+        out.layers.append(layer_record(name, w, module, codes.dequantized()))
     return out
 
 
@@ -172,7 +199,7 @@ def _prune(settings: PruneSettings, reference: LoadedModel, progress: Progress |
         module = make_linear(pruned, settings.format, device=str(reference.device))
         wq = module.dequantized()
         out.modules[name] = module
-        out.layers.append(_record(name, w, module, wq, sparsity=sparsity_of(wq)))
+        out.layers.append(layer_record(name, w, module, wq, sparsity=sparsity_of(wq)))
     return out
 
 
@@ -181,13 +208,13 @@ def _lowrank(settings: LowRankSettings, reference: LoadedModel, progress: Progre
     linears = block_linears(reference.model, settings.projections)
     for i, (name, linear) in enumerate(linears.items()):
         if i % 20 == 0:
-            _report(progress, f"compress: SVD of layer {i + 1} of {len(linears)}")
+            report(progress, f"compress: SVD of layer {i + 1} of {len(linears)}")
         w = linear.weight.float()
         rank = rank_for_fraction(w, settings.rank_fraction) if settings.rank_fraction is not None else None
         factors = svd_factors(w, rank=rank, energy=settings.energy)
         module = LowRankLinear.from_factors(factors.up, factors.down, settings.format)
         out.modules[name] = module
-        out.layers.append(_record(name, w, module, rank=factors.rank, energy_kept=factors.energy_kept))
+        out.layers.append(layer_record(name, w, module, rank=factors.rank, energy_kept=factors.energy_kept))
     return out
 
 
@@ -208,7 +235,7 @@ def _gptq(settings: GptqSettings, reference: LoadedModel, progress: Progress | N
     g = settings.group_size
     for i, block in enumerate(model.layers):
         if i % 5 == 0:
-            _report(progress, f"compress: GPTQ block {i + 1} of {len(model.layers)}")
+            report(progress, f"compress: GPTQ block {i + 1} of {len(model.layers)}")
         linears = {n: m for n, m in block_linears(model).items() if n.startswith(f"layers.{i}.")}
         hessians = Hessians()
         with capturing(linears, hessians):
@@ -229,7 +256,7 @@ def _gptq(settings: GptqSettings, reference: LoadedModel, progress: Progress | N
             quantized[name] = codes.dequantized()
             out.modules[name] = module
             out.layers.append(
-                _record(
+                layer_record(
                     name,
                     w,
                     module,

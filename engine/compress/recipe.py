@@ -2,6 +2,9 @@
 file and calibration text, and what each layer came out as. A typed document (pydantic, unknown fields refused,
 `schema_version`), so a study or a later engine reads it back without guessing.
 
+A distilled model's recipe also nests the recipe of the model it started from (`source`) and what the
+training did (`distillation`): a recipe always says the whole way from the GGUF file to the weights.
+
 The settings models are also what the CLI builds from its flags: their field descriptions are the `--help`.
 """
 
@@ -122,7 +125,35 @@ class LowRankSettings(_Settings):
         return f"low-rank, {target} of {', '.join(self.projections)}"
 
 
-Settings = Annotated[GptqSettings | RtnSettings | PruneSettings | LowRankSettings, Field(discriminator="method")]
+class DistillSettings(_Settings):
+    """Logit distillation of an int4 model toward fp32: its codes fixed, its group scales and zeros (and norms) trained
+    on the calibration text within a time budget (engine/compress/distill.py)."""
+
+    method: Literal["distill"] = "distill"
+    minutes: float = Field(gt=0, description="training time budget in minutes (a monotonic clock; the fp32 pass apart)")
+    learning_rate: float = Field(
+        2e-3, gt=0, lt=1, description="AdamW step, relative: log-scales, zeros in units of their scale, norm gains"
+    )
+    window: int = Field(256, ge=16, le=2048, description="calibration tokens per training step")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps even with budget left")
+    train_norms: bool = Field(True, description="also train the RMSNorm weights (stored in fp32, so served exactly)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decay of the relative offsets toward the start")
+    calibration_tokens: int | None = Field(
+        None, ge=16, description="tokens of the calibration text to train on (default: all of it)"
+    )
+    seed: int = Field(0, description="seed of the window order")
+
+    @property
+    def served_format(self) -> WeightFormat:
+        return "int4"
+
+    def describe(self) -> str:
+        return f"logit distillation toward fp32 ({self.minutes:g} min budget)"
+
+
+Settings = Annotated[
+    GptqSettings | RtnSettings | PruneSettings | LowRankSettings | DistillSettings, Field(discriminator="method")
+]
 
 
 class CalibrationRecord(BaseModel):
@@ -157,6 +188,27 @@ class LayerRecord(BaseModel):
     )
 
 
+class DistillationRecord(BaseModel):
+    """What a distillation did: against which teacher, for how long, and how the training loss moved."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teacher: str = Field(description="the weight format of the teacher, loaded from the same GGUF file")
+    trained: list[str] = Field(description="what was trained; the int4 codes never change")
+    trained_values: int = Field(description="number of trained values")
+    budget_s: float
+    stopped_by: Literal["budget", "max_steps"]
+    steps: int
+    tokens_seen: int = Field(description="calibration tokens through the student, repeats counted")
+    train_s: float = Field(description="seconds of the training loop (monotonic clock)")
+    teacher_s: float = Field(description="seconds of the one fp32 pass whose outputs every step reuses")
+    loss_first: float = Field(description="training KL(fp32 || student), nats per token, at the first step")
+    loss_last: float = Field(description="the same at the last step")
+    loss_per_pass: list[float] = Field(
+        description="mean training KL over each pass through the windows (the last may be partial)"
+    )
+
+
 class Recipe(BaseModel):
     """How a weights directory was made."""
 
@@ -173,7 +225,19 @@ class Recipe(BaseModel):
     compress_s: float = Field(description="seconds the compression took (model loads excluded)")
     torch_version: str
     device: str
+    source: Recipe | None = Field(None, description="a distilled model: the recipe of the model it started from")
+    distillation: DistillationRecord | None = None
+
+    @model_validator(mode="after")
+    def _distilled_from_something(self) -> Recipe:
+        distilled = isinstance(self.settings, DistillSettings)
+        if distilled != (self.source is not None) or distilled != (self.distillation is not None):
+            raise ValueError("a distilled model's recipe, and only that, records its source recipe and the training")
+        return self
 
     def summary(self) -> str:
-        """One line: the method with its settings, and the format it is served in."""
-        return f"{self.settings.describe()}, served as {self.format}"
+        """One line: the method with its settings (after its source's, when distilled), and the served format."""
+        made = self.settings.describe()
+        if self.source is not None:
+            made = f"{self.source.settings.describe()}, then {made}"
+        return f"{made}, served as {self.format}"
