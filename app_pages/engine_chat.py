@@ -1,4 +1,9 @@
-"""Engine: load the bundled SmolLM2 in a chosen weight format and chat with it."""
+"""Engine: load the bundled SmolLM2 in a chosen weight format and chat with it.
+
+Decode runs compiled by default wherever it works (engine/model/compiled.py), as in `generate` and
+`serve`; "Eager decode" opts out. The first load on a machine builds the compiled step (about a
+minute); the spinner says so, and only this page waits: the rest of the dashboard stays usable.
+"""
 
 import streamlit as st
 
@@ -8,9 +13,22 @@ from engine.run.runtime import Engine, GenerationResult, LoadOptions
 from engine.sampling import SamplingParams
 
 
-@st.cache_resource(show_spinner="Loading the model...")
-def _load(quant: str) -> Engine:
-    return Engine.load(LoadOptions(quant=quant))
+@st.cache_resource(show_spinner=False)
+def _load(quant: str, compiled: bool) -> Engine:
+    """The engine in `quant`, with the compiled decode step (the default wherever it works) unless not `compiled`."""
+    engine = Engine.load(LoadOptions(quant=quant))
+    if compiled:
+        engine.compile_by_default()  # eager where it cannot work; the page shows the reason from engine.info
+    return engine
+
+
+def _loading(compiled: bool) -> str:
+    if not compiled:
+        return "Loading the model..."
+    return (
+        "Loading the model and its compiled decode step: the first load on this machine builds the step "
+        "(about a minute; tick Eager decode to skip it), later loads take seconds..."
+    )
 
 
 def _stats(result: GenerationResult) -> str:
@@ -27,12 +45,20 @@ st.caption("The bundled pure-PyTorch engine serving SmolLM2-135M-Instruct from t
 st.page_link("app_pages/studies.py", label="Studies: KV cache, weight formats, batching", icon=":material/query_stats:")
 st.session_state.setdefault("engine_messages", [])
 
-left, right = st.columns([1, 3], vertical_alignment="bottom")
+left, middle, right = st.columns([1, 1, 2], vertical_alignment="bottom")
 quant = left.selectbox("Weight format", WEIGHT_FORMATS, index=WEIGHT_FORMATS.index("int4"), key="engine_quant")
+eager = middle.checkbox(
+    "Eager decode",
+    key="engine_eager",
+    help="Skip the compiled decode step. Compiled is the default wherever it works (a C++ compiler on the CPU): "
+    "built once per machine, about a minute; seconds after.",
+)
 if right.button("Load", key="engine_load", type="primary"):
     try:
-        _load(quant)
+        with st.spinner(_loading(not eager)):
+            _load(quant, not eager)
         st.session_state["engine_loaded"] = quant
+        st.session_state["engine_compiled"] = not eager
     except (EngineError, ValueError) as exc:
         st.error(f"Could not load {quant}: {exc}")
 
@@ -40,7 +66,9 @@ if "engine_loaded" not in st.session_state:
     st.info("Choose a weight format and press Load to chat with the model.")
     st.stop()
 
-eng = _load(st.session_state["engine_loaded"])
+compiled = st.session_state.get("engine_compiled", False)
+with st.spinner(_loading(compiled)):  # a cache hit unless Streamlit dropped the engine: then it loads again
+    eng = _load(st.session_state["engine_loaded"], compiled)
 info = eng.load_info
 cols = st.columns(4)
 cols[0].metric("Loaded format", f"{info.quant} on {info.device}")
@@ -56,6 +84,12 @@ for note in info.kernel_notes:
             f"Slow on this device: {note}. Every weight is widened to the compute type on every step, "
             "so decode runs at a fraction of int4's or bf16's speed here."
         )
+if info.compile_s is not None:
+    st.caption(f"Decode: compiled (the step was ready in {info.compile_s:.1f} s).")
+elif info.eager_reason is not None:
+    st.info(f"Decode: eager, because {info.eager_reason}")
+else:
+    st.caption("Decode: eager, as asked (untick Eager decode and Load for the compiled step).")
 with st.expander("Kernel notes"):
     st.markdown("\n".join(f"- {note}" for note in info.kernel_notes) or "none")
 

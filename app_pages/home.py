@@ -15,11 +15,12 @@ st.markdown(
 )
 hw = cached_hardware()
 
+target = current_target(benchmark=False)
 st.subheader("Quick check")
-quick_check()
+quick_check(eager=bool(target.get("eager")))
 
 st.subheader("The pre-launch flow")
-flow(current_target(benchmark=False), hw)
+flow(target, hw)
 
 st.subheader("This machine")
 st.markdown(f"**CPU:** {hw.cpu_model}")

@@ -103,14 +103,9 @@ async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace)
 
 
 def run_ours(levels: list[int], args: argparse.Namespace) -> dict[int, dict]:
-    extra = ("--compile",) if args.compile else ()
-    opts = BundledOptions(
-        quant="int4",
-        threads=args.threads,
-        max_num_seqs=max(levels),
-        extra_args=extra,
-        startup_timeout_s=900 if args.compile else 300,
-    )
+    # The bundled server decodes compiled by default; without --compile here it runs --eager, so that it
+    # matches the eager `generate` reference.
+    opts = BundledOptions(quant="int4", threads=args.threads, max_num_seqs=max(levels), eager=not args.compile)
     with BundledTarget(opts) as endpoint:
         return asyncio.run(drive(endpoint, levels, args))
 

@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"API key of a remote endpoint (or set {API_KEY_ENV}; never written to results)",
     )
+    bench.add_argument(
+        "--compile",
+        dest="legacy_compile",
+        action="store_true",
+        help="bundled target: compiled decode, the default now (kept so that old command lines work; --eager opts out)",
+    )
     bench.add_argument("--out", type=Path, default=None, help="write the result JSON (with every record) here")
     add_history_flags(bench)
     bench.add_argument("--quiet", action="store_true", help="no progress line")
@@ -206,7 +212,8 @@ STOPPED = "stopped by Ctrl-C: the requests measured until then are kept, marked 
 
 
 def bench(args: argparse.Namespace) -> int:
-    values = {k: v for k, v in vars(args).items() if k not in ("command", "out", "quiet", *HISTORY_FLAGS)}
+    skip = ("command", "out", "quiet", "legacy_compile", *HISTORY_FLAGS)
+    values = {k: v for k, v in vars(args).items() if k not in skip}
     if "api_key" not in values and os.environ.get(API_KEY_ENV):
         values["api_key"] = os.environ[API_KEY_ENV]
     if "duration_s" in values and "requests" not in values:

@@ -42,6 +42,23 @@ def _add_weight_args(p: argparse.ArgumentParser, quant_help: str) -> None:
     )
 
 
+def _add_decode_args(p: argparse.ArgumentParser, compile_help: str) -> None:
+    """--eager opts out of compiled decode, the default wherever it works; --compile stays for old command lines."""
+    p.add_argument(
+        "--eager",
+        dest="compile",
+        action="store_false",
+        help="eager decode: skip the compiled decode step (no build, slower decode)",
+    )
+    p.add_argument(
+        "--compile",
+        dest="compile",
+        action="store_true",
+        default=True,
+        help=compile_help + " (kept so that old command lines work)",
+    )
+
+
 def _load_quant(args: argparse.Namespace) -> str | None:
     """The format to load: the one asked for, none with --weights (the directory's), else the int4 default."""
     return args.quant if args.quant is not None or args.weights is not None else "int4"
@@ -69,10 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
     gen.add_argument("--no-kv-cache", action="store_true", help="recompute the whole sequence every step")
     gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings)")
-    gen.add_argument(
-        "--compile",
-        action="store_true",
-        help="compiled decode step (about 1 min the first time on a machine, seconds after; faster decode)",
+    _add_decode_args(
+        gen,
+        "compiled decode step: the default where it works (CPU with a C++ compiler; built once per machine, "
+        "about a minute, seconds after); elsewhere eager, with the reason on stderr",
     )
 
     info = sub.add_parser("info", help="architecture, sizes and weight formats of a model file")
@@ -144,7 +161,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-prompts", action="store_true", help=h("log_prompts"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help=h("threads"))
-    p.add_argument("--compile", action="store_true", help=h("compile"))
+    _add_decode_args(p, h("compile"))
     p.add_argument(
         "--grace-period", dest="grace_period_s", type=float, default=30.0, metavar="S", help=h("grace_period_s")
     )
@@ -211,8 +228,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         ignore_eos=args.ignore_eos,
     )
     engine = Engine.load(
-        LoadOptions(_load_quant(args), args.model, args.device, not args.no_weight_cache, args.compile, args.weights)
+        LoadOptions(_load_quant(args), args.model, args.device, not args.no_weight_cache, weights_dir=args.weights)
     )
+    if args.compile and not args.no_kv_cache:  # without the cache no step runs compiled: nothing to build
+        say = lambda line: print(line, file=sys.stderr)  # noqa: E731 - notes on stderr, the text on stdout
+        reason = engine.compile_by_default(on_build=say)
+        if reason is not None:
+            say(f"eager decode: {reason}")
     prompt: str | list[dict] = args.prompt
     if args.chat:
         prompt = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -253,7 +275,9 @@ def _load_dict(engine: Engine) -> dict[str, object]:
         "device": info.device,
         "source": info.source,
         "load_s": info.load_s,
+        "decode": info.decode,
         "compile_s": info.compile_s,
+        "eager_reason": info.eager_reason,
         "weight_bytes": info.weight_bytes,
         "gguf_bytes": info.gguf_bytes,
         "kernel_notes": list(info.kernel_notes),

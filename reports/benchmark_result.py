@@ -103,6 +103,13 @@ class BundledTargetDoc(_Part):
     max_num_seqs: int
     api: Literal["chat", "completions"]
     log_path: str
+    decode: Literal["compiled", "eager"] | None = Field(
+        None, description="how the server decoded, from its /health (None: not recorded, results before decode was)"
+    )
+    eager_reason: str | None = Field(
+        None,
+        description="why the server ran eager although compiled decode is its default (no compiler, a failed build)",
+    )
 
 
 class RemoteTargetDoc(_Part):

@@ -263,6 +263,20 @@ def _benchmark(doc: Measured) -> BenchmarkResult | None:
     return doc.benchmark if isinstance(doc, ReadinessReport) else doc
 
 
+def bundled_decode(result: BenchmarkResult) -> str | None:
+    """How a bundled server decoded: what it said (newer results), else what the config asked for; None remote.
+
+    Results from before compiled decode was the default keep `compile` in their config (off: eager).
+    """
+    if result.target.kind != "bundled":
+        return None
+    if result.target.decode is not None:
+        return result.target.decode
+    if "eager" in result.config:
+        return "eager" if result.config["eager"] else "compiled"
+    return "compiled" if result.config.get("compile") else "eager"
+
+
 # Beyond the workload line (prompt source and lengths): settings that change what each request asks for.
 WORKLOAD_KEYS = ("range_ratio", "shared_prefix_len", "temperature", "api")
 ENVIRONMENT_KEYS = ("cpu_model", "physical_cores", "torch_version", "driver_version", "os")
@@ -302,8 +316,9 @@ def _environment(a: Measured, b: Measured) -> list[EnvDifference]:
             (f"client {k}", getattr(ba.client, k, None), getattr(bb.client, k, None))
             for k in ("host", "cpu_count", "python", "os")
         ]
-        config_keys = ("threads", "device", "max_num_seqs", "compile", "weights")
+        config_keys = ("threads", "device", "max_num_seqs", "weights")
         pairs += [(k, ba.config.get(k), bb.config.get(k)) for k in config_keys]
+        pairs.append(("decode", bundled_decode(ba), bundled_decode(bb)))
         pairs.append(("weight format", getattr(ba.target, "quant", None), getattr(bb.target, "quant", None)))
         pairs.append(
             (

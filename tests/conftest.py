@@ -23,6 +23,25 @@ def weights_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         yield path
 
 
+_ALLOWED_PACKAGES: set[str] = set()  # compiled decode packages built by tests marked compiled_build
+
+
+@pytest.fixture(autouse=True)
+def no_compiled_build_outside_the_compile_tests(
+    request: pytest.FixtureRequest, weights_cache_dir: Path
+) -> Iterator[None]:
+    """Compiled decode is the engine's default, and this session's cache starts empty: a test that starts
+    `serve`, `generate`, the bundled target or the Engine page without --eager (eager=True) builds a
+    package, about a minute per step kind. Only tests marked `compiled_build` may; any other fails here
+    (a build in a module-scoped fixture too: it is caught at the first test's end)."""
+    yield
+    names = {p.name for p in (weights_cache_dir / "engine" / "aot").glob("*.pt2")}
+    built = sorted(names - _ALLOWED_PACKAGES)
+    _ALLOWED_PACKAGES.update(built)  # each is reported once
+    if request.node.get_closest_marker("compiled_build") is None:
+        assert not built, f"built compiled decode packages {built}: start the engine eager in this test"
+
+
 @pytest.fixture(scope="session")
 def int4(weights_cache_dir: Path):  # noqa: ANN201 - the engine type would import torch at collection
     """The bundled engine in int4 on the CPU, loaded once for the whole session: the engine's own tests

@@ -4,7 +4,9 @@ and `in_process_server` for tests that hand the app their own load function.
 Like vLLM's `RemoteOpenAIServer`: pick a free port, start the child, poll
 `/health` with a deadline, fail at once (with the log tail) if the child
 dies, and on teardown terminate, then kill. fp32 weights, so a batched
-greedy decode equals the same request run alone.
+greedy decode equals the same request run alone. Servers run `--eager`
+unless a test asks for the compiled default: the suite's cache starts
+empty, and a cold build of the compiled decode step costs about a minute.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ START_DEADLINE_S = 180.0
 class RemoteServer:
     """One server child; `url`, `headers`, `client()` and `metric()` for the tests."""
 
-    def __init__(self, args: Sequence[str], log_path: Path, api_key: str | None = "test-key") -> None:
+    def __init__(
+        self, args: Sequence[str], log_path: Path, api_key: str | None = "test-key", eager: bool = True
+    ) -> None:
         self.port = free_port()
         self.api_key = api_key
         self.log_path = log_path
@@ -56,6 +60,7 @@ class RemoteServer:
             "cpu",
             "--threads",
             "1",
+            *(["--eager"] if eager else []),
             *args,
         ]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -120,8 +125,10 @@ class RemoteServer:
         raise AssertionError(f"{name} stayed at {value} for {deadline_s} s")
 
 
-def start_server(args: Sequence[str], log_path: Path, api_key: str | None = "test-key") -> RemoteServer:
-    server = RemoteServer(args, log_path, api_key)
+def start_server(
+    args: Sequence[str], log_path: Path, api_key: str | None = "test-key", eager: bool = True
+) -> RemoteServer:
+    server = RemoteServer(args, log_path, api_key, eager)
     try:
         server.wait_ready()
     except BaseException:

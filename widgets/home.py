@@ -87,21 +87,25 @@ def flow(values: dict, hw: Hardware) -> None:
         _step(False, "6. Report", "every run is saved; they appear on Reports", "app_pages/reports.py", "Reports")
 
 
-def quick_check() -> None:
-    """The button, the live run (the Checklist page's job, so both pages see it), then the verdict."""
+def quick_check(eager: bool = False) -> None:
+    """The button, the live run (the Checklist page's job, so both pages see it), then the verdict.
+
+    `eager`: the sidebar's "Eager decode" choice; otherwise the bundled server builds its compiled
+    decode step first on a new machine (about a minute, once), which the caption says."""
     busy = REGISTRY.running()
     if busy is not None and busy.kind == JobKind.CHECKLIST:
         st.session_state[JOB_KEY] = busy
     requests, profile = QUICK_CHECK["requests"], QUICK_CHECK["profile"]
+    build = "" if eager else " (plus a one-time build of the compiled decode step on a new machine, about a minute)"
     st.caption(
-        f"The bundled engine, {requests} requests ({profile}) and every check: about a minute. "
-        f"Same as `{quick_check_command()}`."
+        f"The bundled engine, {requests} requests ({profile}) and every check: about a minute{build}. "
+        f"Same as `{quick_check_command(eager)}`."
     )
     if st.button(
         "Quick check", type="primary", disabled=busy is not None, key="home_quick_check", icon=":material/bolt:"
     ):
         try:
-            st.session_state[JOB_KEY] = REGISTRY.start(new_job(JobKind.CHECKLIST, quick_check_config()))
+            st.session_state[JOB_KEY] = REGISTRY.start(new_job(JobKind.CHECKLIST, quick_check_config(eager)))
             st.session_state["home_quick_started"] = True
         except JobBusy as exc:
             st.error(str(exc))

@@ -52,7 +52,7 @@ VALUE_KEYS = (
     "target_kind",
     "target_quant",
     "target_threads",
-    "target_compile",
+    "target_eager",
     "target_weights",
     "target_preset",
     "target_url",
@@ -81,7 +81,11 @@ def target_sidebar() -> None:
             st.selectbox("Weight format", WEIGHT_FORMATS, index=WEIGHT_FORMATS.index("int4"), key="target_quant")
             st.number_input("Server threads (0 = torch default)", 0, 64, 1, key="target_threads")
             st.checkbox(
-                "Compiled decode (Benchmark only; about a minute the first time, seconds after)", key="target_compile"
+                "Eager decode (skip the compiled decode step)",
+                key="target_eager",
+                help="The server decodes with a compiled step by default wherever it works (a C++ compiler on the "
+                "CPU): built once per machine, about a minute, while the server reports loading; seconds after. "
+                "Eager decode starts at once and decodes slower.",
             )
             st.text_input(
                 "Compressed weights directory (Benchmark only; optional)",
@@ -111,15 +115,15 @@ def target_sidebar() -> None:
 
 def current_target(benchmark: bool) -> dict:
     """The sidebar's target as config values (`BenchmarkConfig` or `ChecklistConfig` fields); an empty
-    "target" when a remote URL is still missing. `benchmark` adds the compile choice, which only it has."""
+    "target" when a remote URL is still missing. `benchmark` adds the weights directory, which only it has."""
     state = st.session_state
     if state.get("target_kind", KINDS[0]) == KINDS[0]:
         values: dict = {
             "target": f"bundled:{state.get('target_quant', 'int4')}",
             "threads": int(state.get("target_threads", 1)) or None,
+            "eager": bool(state.get("target_eager", False)),
         }
         if benchmark:
-            values["compile"] = bool(state.get("target_compile", False))
             weights = str(state.get("target_weights", "")).strip()
             if weights:
                 values["weights"] = weights
@@ -134,7 +138,7 @@ def current_target(benchmark: bool) -> dict:
 
 
 def target_line(values: dict) -> None:
-    """Which target this page measures, where to change it, and the compile note where it does not apply."""
+    """Which target this page measures and where to change it."""
     if not values.get("target"):
         st.info(TARGET_NEEDED)
         return
@@ -142,8 +146,8 @@ def target_line(values: dict) -> None:
     if shown.startswith("bundled"):
         threads = values.get("threads")
         shown += f", {threads} server thread{'s' * (threads != 1)}" if threads else ", torch's default threads"
-        if values.get("compile"):
-            shown += ", compiled decode"
+        if values.get("eager"):
+            shown += ", eager decode"
         if values.get("weights"):
             shown += f", weights {values['weights']} (their own format)"
     elif values.get("model"):

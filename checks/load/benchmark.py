@@ -61,7 +61,6 @@ from reports.summary import BenchmarkSummary
 from reports.validation import first_problem
 from reports.version import __version__
 
-COMPILE_STARTUP_TIMEOUT_S = 900.0  # a cold --compile takes 3-4 minutes on 2 cores, more on a busy machine
 Distribution = Literal["fixed", "uniform", "normal"]
 
 
@@ -121,8 +120,10 @@ class BenchmarkConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="bundled target: torch threads of the server")
     device: str = Field("cpu", description="bundled target: cpu, cuda or auto")
     max_num_seqs: int = Field(16, ge=1, description="bundled target: sequences batched together")
-    compile: bool = Field(
-        False, description="bundled target: serve --compile (compiled decode; ~1 min the first time, seconds after)"
+    eager: bool = Field(
+        False,
+        description="bundled target: serve --eager (skip the compiled decode step, the default wherever it works: "
+        "built once per machine, about a minute)",
     )
     weights: str | None = Field(
         None,
@@ -425,13 +426,12 @@ def make_target(
         max_num_seqs=config.max_num_seqs,
         api=config.api,
         weights_dir=weights_dir,
+        eager=config.eager,
     )
-    if config.compile:
-        options = replace(options, extra_args=("--compile",), startup_timeout_s=COMPILE_STARTUP_TIMEOUT_S)
     how = quant if weights_dir is None else f"{quant} from {weights_dir}"
-    how = f"{how}, compiling first" if config.compile else how
+    how += ", eager decode" if config.eager else ", compiled decode"
     status(f"starting the bundled engine ({how}) and waiting for /health")
-    return BundledTarget(options, cancel)
+    return BundledTarget(options, cancel, status)
 
 
 def run_benchmark(

@@ -158,11 +158,12 @@ def metrics_lines(result: BenchmarkResult) -> list[str]:
 
 def format_result(result: BenchmarkResult) -> str:
     """The whole console output for a result document."""
-    endpoint = result.endpoint
-    head = [
-        f"Target: {endpoint.base_url} ({result.target.kind}), model {endpoint.model}, {endpoint.api} API",
-        f"Workload: {result.workload}",
-    ]
+    endpoint, target = result.endpoint, result.target
+    kind = f"bundled, {target.decode} decode" if target.kind == "bundled" and target.decode else target.kind
+    head = [f"Target: {endpoint.base_url} ({kind}), model {endpoint.model}, {endpoint.api} API"]
+    if target.kind == "bundled" and target.eager_reason:
+        head.append(f"Eager decode: {target.eager_reason}")
+    head.append(f"Workload: {result.workload}")
     if result.slo is not None:
         limits = result.slo.model_dump(exclude_none=True)
         head.append("SLO: " + ", ".join(f"{name} <= {limit:g}" for name, limit in limits.items()))

@@ -40,6 +40,9 @@ from reports.records import ErrorKind, RequestRecord
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOG_DIR = "logs"  # the bundled server's logs: a private folder under reports.home.preflight_home()
 PROBE_TIMEOUT_S = 60.0
+STARTUP_TIMEOUT_S = 300.0  # an eager bundled server: load only
+COMPILE_STARTUP_TIMEOUT_S = 900.0  # compiled (the default): a cold build takes minutes on 2 cores, more when busy
+HEALTH_BODY_BYTES = 4096  # the start of a 503 /health body read for its "still loading: ..." message
 HEALTH_POLL_S = 0.25
 MODEL_LIST_BYTES = 4 * 2**20  # a /v1/models answer larger than this is not a model list
 # The health poll ignores HTTP(S)_PROXY as aiohttp (probe and load) does: one rule, see checks/load/endpoint.py.
@@ -64,8 +67,9 @@ class BundledOptions:
     threads: int | None = None
     max_num_seqs: int = 16
     api: Api = "chat"
+    eager: bool = False  # --eager: skip the compiled decode step (the server's default wherever it works)
     extra_args: tuple[str, ...] = ()
-    startup_timeout_s: float = 300.0
+    startup_timeout_s: float | None = None  # None: STARTUP_TIMEOUT_S eager, COMPILE_STARTUP_TIMEOUT_S compiled
     weights_dir: str | None = None  # serve a compressed weights directory (its format is `quant`)
     log_dir: Path | None = None  # where the server log is kept (default: LOG_DIR under Preflight's home, pruned)
     keep_logs: int = 20  # server logs kept in the default log folder; older ones are deleted at each start
@@ -91,14 +95,16 @@ def wait_healthy(
     log_tail: Callable[[], str],
     path: str = "/health",
     cancel: threading.Event | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> None:
     """Poll `base_url + path` until 200; TargetError at once if the server ends or `cancel` is set,
-    or at the deadline.
+    or at the deadline. `on_wait` hears each new message of the 503 answers (our server's says what
+    it is doing: loading, building the compiled decode step).
 
     `exit_code` says whether the server has ended (a child's `Popen.poll`, or a check on
     an in-process server's thread). Both errors carry the server's last log lines: a
     server that cannot start says why there. A Stop pressed while a server starts
-    (a cold --compile takes minutes) ends the wait at once: `TargetCancelled`.
+    (a cold build of the compiled decode step takes minutes) ends the wait at once: `TargetCancelled`.
     """
     deadline = time.monotonic() + deadline_s
     last = "no answer yet"
@@ -113,7 +119,11 @@ def wait_healthy(
                 if resp.status == 200:
                     return
         except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
+            message = _error_message(exc)
+            now = f"HTTP {exc.code}" + (f": {message}" if message else "")
+            if on_wait is not None and message and now != last:
+                on_wait(message)
+            last = now
         except (urllib.error.URLError, OSError) as exc:
             last = str(exc)
         if cancel is not None:
@@ -121,6 +131,25 @@ def wait_healthy(
         else:
             time.sleep(HEALTH_POLL_S)  # the poll interval of a bounded wait, not a stand-in for work
     raise TargetError(f"{what} was not ready within {deadline_s:g} s (last: {last}):\n{log_tail()}")
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str | None:
+    """The OpenAI-style `error.message` of an error answer, or None (a server that says nothing, or not JSON)."""
+    try:
+        message = json.loads(exc.read(HEALTH_BODY_BYTES))["error"]["message"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return message[:300] if isinstance(message, str) else None
+
+
+def read_health(base_url: str) -> dict[str, Any]:
+    """GET /health's JSON body once the server is ready (our server says how it decodes there); {} otherwise."""
+    try:
+        with _DIRECT.open(base_url + "/health", timeout=5.0) as resp:
+            data = json.loads(resp.read(HEALTH_BODY_BYTES))
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def model_ids(data: Any) -> list[str]:
@@ -257,9 +286,16 @@ class BundledTarget:
     `cancel`, when set, ends the wait for the server's /health early.
     """
 
-    def __init__(self, options: BundledOptions | None = None, cancel: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        options: BundledOptions | None = None,
+        cancel: threading.Event | None = None,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
         self.options = options or BundledOptions()
         self.cancel = cancel
+        self.on_status = on_status
+        self.health: dict[str, Any] = {}  # /health's answer once ready: how the server decodes
         self.api_key = secrets.token_urlsafe(24)
         self.port = free_port()
         if self.options.log_dir is not None:
@@ -297,6 +333,8 @@ class BundledTarget:
         ]
         if o.threads is not None:
             cmd += ["--threads", str(o.threads)]
+        if o.eager:
+            cmd.append("--eager")
         return cmd + list(o.extra_args)
 
     def start(self) -> Endpoint:
@@ -307,6 +345,7 @@ class BundledTarget:
             )
         try:
             self._wait_healthy()
+            self.health = read_health(self.base_url)
             return asyncio.run(probe(self.base_url, self.api_key, None, self.options.api, self.proc.pid))
         except BaseException:
             self.stop()
@@ -315,13 +354,17 @@ class BundledTarget:
     def _wait_healthy(self) -> None:
         if self.proc is None:
             raise TargetError("the bundled server was not started")
+        o = self.options
+        deadline = o.startup_timeout_s or (STARTUP_TIMEOUT_S if o.eager else COMPILE_STARTUP_TIMEOUT_S)
+        status = self.on_status
         wait_healthy(
             self.base_url,
             self.proc.poll,
-            self.options.startup_timeout_s,
+            deadline,
             "the bundled server",
             self.log_tail,
             cancel=self.cancel,
+            on_wait=None if status is None else lambda message: status(f"the bundled server: {message}"),
         )
 
     def log_tail(self, n: int = 30) -> str:
@@ -361,4 +404,6 @@ class BundledTarget:
             max_num_seqs=o.max_num_seqs,
             api=o.api,
             log_path=str(self.log_path),
+            decode=decode if (decode := self.health.get("decode")) in ("compiled", "eager") else None,
+            eager_reason=str(reason)[:500] if (reason := self.health.get("eager_reason")) else None,
         )

@@ -50,6 +50,7 @@ class ChecklistConfig(BaseModel):
     input_len: int = Field(128, ge=1, description="synthetic prompt tokens")
     output_len: int = Field(64, ge=2, description="synthetic output tokens")
     threads: int | None = Field(None, ge=1, description="bundled target: torch threads of the server")
+    eager: bool = Field(False, description="bundled target: serve --eager (skip the compiled decode step)")
 
     @field_validator("target")
     @classmethod
@@ -98,11 +99,12 @@ QUICK_CHECK: dict[str, object] = {
 }
 
 
-def quick_check_config() -> ChecklistConfig:
-    return ChecklistConfig(**QUICK_CHECK)  # type: ignore[arg-type]
+def quick_check_config(eager: bool = False) -> ChecklistConfig:
+    """The Quick check; `eager` skips the compiled decode step (the sidebar's choice for the bundled engine)."""
+    return ChecklistConfig(**QUICK_CHECK, eager=eager)  # type: ignore[arg-type]
 
 
-def quick_check_command() -> str:
+def quick_check_command(eager: bool = False) -> str:
     """The CLI run the Quick check equals."""
     flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK_CHECK.items())
-    return f"python -m checks run {flags}"
+    return f"python -m checks run {flags}" + (" --eager" if eager else "")

@@ -92,6 +92,7 @@ def benchmark_config(config: ChecklistConfig, slo: SloProfile) -> BenchmarkConfi
         slo_tpot_ms=limits and limits.tpot_ms,
         slo_e2e_ms=limits and limits.e2e_ms,
         threads=config.threads,
+        eager=config.eager,
     )
 
 

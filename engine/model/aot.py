@@ -1,4 +1,4 @@
-"""Ahead-of-time compiled decode steps (`--compile`): AOTInductor packages cached on disk.
+"""Ahead-of-time compiled decode steps (the default decode; `--eager` skips them): AOTInductor packages on disk.
 
 Why AOT: `torch.compile` re-traces the model in every new process (Dynamo and AOTAutograd
 took ~60 s of a warm start on 2 cores, even with every kernel in Inductor's cache). An
@@ -98,6 +98,24 @@ def package_dir() -> Path:
     from engine.model.weight_cache import cache_dir
 
     return cache_dir() / "aot"
+
+
+def package_path(model: nn.Module, kind: type[AotStepKind]) -> Path:
+    """Where the package of `kind` for this model lives (whether or not it has been built yet)."""
+    return package_dir() / f"{package_key(model, kind.aot_kind)}.pt2"
+
+
+def packages_cached(model: nn.Module, kinds: Sequence[type[AotStepKind]]) -> bool:
+    """Whether every kind's package is on disk already: `compile_steps` then loads in seconds, no build."""
+    _prepare(model)
+    return all(package_path(model, kind).exists() for kind in kinds)
+
+
+def _prepare(model: nn.Module) -> None:
+    """Let the model make its lazily built tensors first: they are part of the key and of the graph."""
+    prepare = getattr(model, "prepare_compile", None)
+    if callable(prepare):
+        prepare()
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +244,7 @@ def load_step(model: nn.Module, kind: type[AotStepKind]) -> AotStep:
     and built again, once. Errors of any kind come out as EngineError.
     """
     t0 = time.perf_counter()
-    path = package_dir() / f"{package_key(model, kind.aot_kind)}.pt2"
+    path = package_path(model, kind)
     step = _load_or_build(model, kind, path, t0)
     try:
         verify(model, kind, step)
@@ -260,7 +278,7 @@ def _load_or_build(model: nn.Module, kind: type[AotStepKind], path: Path, t0: fl
                 runner = torch._inductor.aoti_load_package(str(path))
     except Exception as exc:  # export, C++ build or load: long messages; the first line says what
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EngineError(f"compiling the {kind.aot_kind} step failed ({first[:300]}); run without --compile") from exc
+        raise EngineError(f"compiling the {kind.aot_kind} step failed ({first[:300]}); run with --eager") from exc
     return AotStep(kind.aot_kind, runner, path, built, time.perf_counter() - t0)
 
 
@@ -277,14 +295,14 @@ def verify(model: nn.Module, kind: type[AotStepKind], step: AotStep) -> None:
             compiled = step(example.ids, rope, [t.clone() for t in example.cache], list(weights.values()))
         except Exception as exc:
             raise EngineError(
-                f"the compiled {step.kind} step failed to run ({str(exc)[:300]}); run without --compile"
+                f"the compiled {step.kind} step failed to run ({str(exc)[:300]}); run with --eager"
             ) from exc
     scale = float(eager.abs().max()) or 1.0
     worst = float((eager.float() - compiled.float()).abs().max()) if compiled.shape == eager.shape else float("inf")
     if not worst <= VERIFY_RTOL * scale:
         raise EngineError(
             f"the compiled {step.kind} step disagrees with the eager model (max difference {worst:.3g} against values "
-            f"up to {scale:.3g}; package {step.path.name}); run without --compile"
+            f"up to {scale:.3g}; package {step.path.name}); run with --eager"
         )
 
 
@@ -310,7 +328,5 @@ class AotBlocks:
 
 def compile_steps(model: nn.Module, kinds: Sequence[type[AotStepKind]]) -> AotBlocks:
     """Load (or build) a package per cache kind and return the blocks that use them."""
-    prepare = getattr(model, "prepare_compile", None)
-    if callable(prepare):
-        prepare()
+    _prepare(model)
     return AotBlocks(model, {kind: load_step(model, kind) for kind in kinds})

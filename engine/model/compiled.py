@@ -1,4 +1,6 @@
-"""`--compile`: the decode steps run as ahead-of-time compiled code (engine/model/aot.py).
+"""Compiled decode, the default wherever it works: the decode steps run as ahead-of-time compiled code
+(engine/model/aot.py). `--eager` opts out; where it cannot work (no C++ compiler, not a CPU) the engine
+runs eager and says why.
 
 Why: at 135M parameters a decode step is ~1,600 small aten calls, and their
 dispatch, not arithmetic, is most of the step (12.7 ms eager on 2 cores, of
@@ -37,6 +39,8 @@ import torch
 from engine.errors import EngineError
 
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+BUILD_NOTE = "building the compiled decode step (once per machine, about a minute per step kind; --eager skips it)"
+"""What a caller shows while a cold cache builds a package: the one wait of the compiled default."""
 
 
 def inductor_cache_dir() -> str:
@@ -65,15 +69,27 @@ def use_preflight_inductor_cache() -> None:
 
 
 def compile_unavailable_reason(device: torch.device) -> str | None:
-    """Why `--compile` cannot work here, or None. CPU kernels need a C++ compiler on PATH."""
+    """Why compiled decode cannot work here, or None. CPU kernels need a C++ compiler on PATH.
+
+    The one rule for "wherever it works": the CLI, the server, the Engine page and the
+    bundled target all run compiled exactly when this is None (and `--eager` is not given).
+    """
     if device.type != "cpu":
         return (
-            f"--compile is CPU-only for now; on {device.type} drop it (on CUDA the decode step already "
-            "runs as a CUDA graph)"
+            f"compiled decode is CPU-only for now; on {device.type} the decode step runs eager "
+            "(on CUDA single-stream decode runs as a CUDA graph)"
         )
     if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
-        return "--compile on CPU needs a C++ compiler (g++ or clang++) on PATH; install one or drop --compile"
+        return "compiled decode on CPU needs a C++ compiler (g++ or clang++) on PATH; install one for faster decode"
     return None
+
+
+def compiled_steps_cached(model: Any, kinds: Sequence[Any]) -> bool:
+    """Whether `compile_model` will load every package from the cache (seconds) rather than build one (minutes)."""
+    from engine.model.aot import packages_cached
+
+    use_preflight_inductor_cache()
+    return packages_cached(model, kinds)
 
 
 def compile_model(model: Any, kinds: Sequence[Any], device: torch.device) -> float:

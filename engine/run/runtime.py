@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from engine.batch.paged_cache import PagedBatch
 from engine.errors import EngineError, PromptError
 from engine.model.chat_template import TemplateLimits
-from engine.model.compiled import compile_model
+from engine.model.compiled import BUILD_NOTE, compile_model, compile_unavailable_reason, compiled_steps_cached
 from engine.model.config import ModelConfig
 from engine.model.loader import LoadedModel, load_model
 from engine.run.cuda_graph import CudaGraphDecoder, graph_capacity
@@ -44,7 +44,10 @@ class LoadOptions:
     model_path: str | None = None
     device: str = "auto"
     use_cache: bool = True
-    compile: bool = False  # compiled decode steps (engine/model/compiled.py), loaded or built by Engine.load
+    # Compiled decode steps (engine/model/compiled.py), loaded or built by Engine.load; an error when they
+    # cannot be. Off for library callers (studies, tests) that measure or check the model as written; the
+    # CLI, the server and the Engine page use compiled decode by default through `Engine.compile_by_default`.
+    compile: bool = False
     weights_dir: str | None = None
 
 
@@ -62,9 +65,15 @@ class LoadInfo:
     kernel_notes: tuple[str, ...]
     model_name: str
     config: ModelConfig
-    compile_s: float | None = None  # warm-up time of --compile (None: eager)
+    compile_s: float | None = None  # time to load (or build) the compiled decode steps (None: eager)
+    eager_reason: str | None = None  # why the compiled default did not run here (None: compiled, or eager asked for)
     weights_dir: str | None = None  # where the weights came from when they are a compressed directory
     recipe: dict[str, Any] | None = None  # that directory's recipe (method, settings, per-layer figures)
+
+    @property
+    def decode(self) -> str:
+        """How the decode steps run: 'compiled' or 'eager' (shown by /health, `generate --json`, the Engine page)."""
+        return "eager" if self.compile_s is None else "compiled"
 
     @property
     def weights_label(self) -> str:
@@ -201,6 +210,11 @@ class Generation:
         )
 
 
+def _step_kinds(serving: bool) -> list[type]:
+    """The decode step kind compiled: batches over the paged cache (the server) or one sequence (`generate`)."""
+    return [PagedBatch] if serving else [KVCache]
+
+
 @dataclass(slots=True)
 class Engine:
     """A loaded model plus its tokenizer; one request at a time (the server adds batching)."""
@@ -243,10 +257,29 @@ class Engine:
         loaded from the cache or built there first, and checked against the eager model
         before any request runs on it.
         """
-        kinds = [PagedBatch] if serving else [KVCache]
-        seconds = compile_model(self.loaded.model, kinds, self.loaded.device)
+        seconds = compile_model(self.loaded.model, _step_kinds(serving), self.loaded.device)
         self.info = replace(self.info, compile_s=seconds)
         return seconds
+
+    def compile_by_default(self, serving: bool = False, on_build: Callable[[str], None] | None = None) -> str | None:
+        """The default decode: compiled wherever it works. None when compiled, else why it runs eager.
+
+        Where compiled decode cannot work (no C++ compiler, not a CPU) or its build fails, the
+        engine stays eager and working, and the reason is kept in `info.eager_reason` for the
+        caller to show as one line, not an error: eager decode is correct, only slower.
+        `on_build` hears `BUILD_NOTE` before a cold build, the one long wait (about a minute
+        per step kind on 2 cores); a warm cache loads in seconds and says nothing.
+        """
+        reason = compile_unavailable_reason(self.loaded.device)
+        if reason is None:
+            if on_build is not None and not compiled_steps_cached(self.loaded.model, _step_kinds(serving)):
+                on_build(BUILD_NOTE)
+            try:
+                self.compile(serving)
+            except EngineError as exc:
+                reason = f"the compiled decode step could not be used: {exc}"
+        self.info = replace(self.info, eager_reason=reason)
+        return reason
 
     @property
     def load_info(self) -> LoadInfo:

@@ -136,8 +136,10 @@ class ServerOptions(BaseModel):
     log_prompts: bool = Field(False, description="log prompts and outputs (off: never logged)")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     compile: bool = Field(
-        False,
-        description="compiled decode step, ready before /health turns 200 (about 1 min the first time, seconds after)",
+        True,
+        description="compiled decode step, the default where it works (CPU with a C++ compiler; elsewhere eager, "
+        "the reason in the log and /health): ready before /health turns 200, built once per machine "
+        "(about a minute), seconds after",
     )
     grace_period_s: float = Field(30.0, ge=0, description="seconds in-flight requests get to finish on SIGTERM")
     parent_pid: int | None = Field(

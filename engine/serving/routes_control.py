@@ -21,8 +21,7 @@ def _state(request: Request) -> ServerState:
 
 @control.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request) -> JSONResponse:
-    _state(request).require()
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(_state(request).health())
 
 
 @control.get("/version")

@@ -91,6 +91,7 @@ class ServerState:
         self.metrics = ServerMetrics(model_name)
         self.created = int(time.time())
         self.status = ServerStatus.LOADING
+        self.phase = "loading the weights"  # what the load thread is doing: /health's 503 says it
         self.serving: Serving | None = None
         self._load = load
         self._on_load_failed = on_load_failed
@@ -102,10 +103,12 @@ class ServerState:
         t0 = time.perf_counter()
         try:
             engine = self._load()
-            if self.options.compile:  # before /health turns 200, so no request waits on the compiler
-                logger.info("compiled the decode step in %.1f s", engine.compile(serving=True))
             draft = load_draft(self.options, engine.loaded)
             llm = BatchEngine(engine.loaded, batch_config(self.options, engine.loaded, draft), draft)
+            # After the serving limits are checked (a bad one fails in seconds, not after a build) and
+            # before /health turns 200, so that no request waits on the compiler.
+            if self.options.compile:
+                self._compile(engine)
             loop = BatchLoop(llm, self.metrics.on_step)
             loop.start()
         except Exception as exc:  # any load failure: one line, then the server exits non-zero
@@ -119,22 +122,50 @@ class ServerState:
         info = engine.info
         spec = self.options.speculative_method
         logger.info(
-            "model %s ready: %s on %s, max_model_len %d, %d KV blocks, speculative %s, loaded in %.1f s",
+            "model %s ready: %s on %s, %s decode, max_model_len %d, %d KV blocks, speculative %s, loaded in %.1f s",
             self.model_name,
             info.weights_label,
             info.device,
+            info.decode,
             llm.max_model_len,
             llm.scheduler.config.num_kv_blocks,
             f"{spec} k={llm.config.speculative_tokens}" if spec.kind != "none" else "off",
             time.perf_counter() - t0,
         )
 
+    def _compile(self, engine: Engine) -> None:
+        """The compiled default in the load thread: the HTTP server keeps answering (/health: 503 loading).
+
+        A cold build is said in the log and in /health's 503; where compiled decode cannot work or
+        its build fails, the server serves eager and says why in the log and in /health.
+        """
+
+        def on_build(note: str) -> None:
+            self.phase = note
+            logger.info("%s", note)
+
+        self.phase = "loading the compiled decode step"
+        reason = engine.compile_by_default(serving=True, on_build=on_build)
+        if reason is None:
+            logger.info("compiled decode step ready in %.1f s", engine.info.compile_s or 0.0)
+        else:
+            logger.info("serving with eager decode: %s", reason)  # correct, only slower: not an error
+
+    def health(self) -> dict[str, object]:
+        """GET /health's 200 body: ok and how the engine decodes (eager_reason: why the compiled default did not)."""
+        serving = self.require()
+        info = serving.engine.info
+        body: dict[str, object] = {"status": "ok", "decode": info.decode}
+        if info.eager_reason is not None:
+            body["eager_reason"] = info.eager_reason
+        return body
+
     def require(self) -> Serving:
         """The loaded engine, or a 503 that says why there is none."""
         if self.status is ServerStatus.LOADING:
             raise APIError(
                 503,
-                "the model is still loading: retry when GET /health answers 200",
+                f"the model is still loading: {self.phase}. Retry when GET /health answers 200",
                 "model_loading",
                 headers={"Retry-After": "5"},
             )

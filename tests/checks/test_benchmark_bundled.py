@@ -52,7 +52,7 @@ WAIT_S = 120.0
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
     """The shared server. Teardown checks that stopping it ended that process and nothing else."""
-    target = BundledTarget(BundledOptions(threads=1, log_dir=tmp_path_factory.mktemp("bundled")))
+    target = BundledTarget(BundledOptions(threads=1, log_dir=tmp_path_factory.mktemp("bundled"), eager=True))
     ep = target.start()
     assert target.proc is not None and ep.server_pid == target.proc.pid
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
@@ -280,7 +280,7 @@ def test_counts_without_usage_match_the_servers_usage(endpoint: Endpoint, tokeni
 def test_server_killed_mid_run_ends_the_run_with_connection_failures(
     synthetic: list[PromptRequest], tokenizer: EngineTokenizer, tmp_path: Path
 ) -> None:
-    target = BundledTarget(BundledOptions(threads=1, log_dir=tmp_path))
+    target = BundledTarget(BundledOptions(threads=1, log_dir=tmp_path, eager=True))
     try:
         doomed = target.start()
         first_done = threading.Event()

@@ -93,7 +93,7 @@ def test_queue_overflow_gets_503_quickly_on_the_bundled_server(server: RemoteSer
 
 @pytest.fixture
 def bundled_target(tmp_path: Path) -> Iterator[BundledTarget]:
-    target = BundledTarget(BundledOptions(quant="fp32", threads=1, max_num_seqs=4, log_dir=tmp_path))
+    target = BundledTarget(BundledOptions(quant="fp32", threads=1, max_num_seqs=4, log_dir=tmp_path, eager=True))
     yield target
     target.stop()
 

@@ -1,4 +1,5 @@
-"""`--compile` (ahead-of-time compiled decode steps): same model, fewer dispatches.
+"""Compiled decode (ahead-of-time compiled decode steps, the default; `--eager` opts out): same model, fewer
+dispatches.
 
 Building a package of the 30-layer model costs about a minute on a 2-core machine, so
 these tests run the real model cut to its first LAYERS blocks: the same code, weights
@@ -14,13 +15,18 @@ What must hold:
   distributions stay within a small KL of eager's on the shipped evaluation text;
 - the compiled step really runs (its call count grows) and a second engine of the same
   shapes loads the package instead of building it (the warm start);
-- a damaged package is rebuilt, a broken toolchain is one clear error, and the engine
-  stays usable (eager) after any failure.
+- the server builds in its load thread while /health answers 503 with what it is doing, then
+  says how it decodes;
+- a damaged package is rebuilt, a broken toolchain is one clear error (or, by default, eager
+  decode with the reason), and the engine stays usable (eager) after any failure.
+
+These are the only tests that may build packages (`compiled_build`; tests/conftest.py fails any other).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import httpx
 import pytest
@@ -28,14 +34,16 @@ import torch
 from server_harness import in_process_server
 from torch import nn
 
-from checks.load.targets import wait_healthy
 from engine.batch.batch_engine import BatchConfig, BatchEngine
+from engine.batch.paged_cache import PagedBatch
 from engine.errors import EngineError
 from engine.model.aot import AotBlocks, package_dir
 from engine.model.compiled import (
+    BUILD_NOTE,
     CACHE_ENV,
     compile_model,
     compile_unavailable_reason,
+    compiled_steps_cached,
     inductor_cache_dir,
     use_preflight_inductor_cache,
 )
@@ -47,9 +55,12 @@ from engine.serving.options import ServerOptions
 from engine.studies.base import eval_ids
 from engine.studies.quant import eval_windows, quality, scored_targets
 
-pytestmark = pytest.mark.skipif(
-    compile_unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler for Inductor"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        compile_unavailable_reason(torch.device("cpu")) is not None, reason="no C++ compiler for Inductor"
+    ),
+    pytest.mark.compiled_build,
+]
 
 WINDOW = 128
 LAYERS = 4
@@ -136,6 +147,43 @@ def test_no_kv_cache_path_stays_eager(int4_pair: tuple[Engine, torch.Tensor, tor
     assert _calls(engine) == before
 
 
+def test_the_default_server_builds_while_health_says_so_then_serves_compiled() -> None:
+    """`serve` with no flag: the load thread builds the paged-decode package while the HTTP server keeps
+    answering (/health: 503 with what it is doing), /health turns 200 saying "compiled", then requests are exact.
+
+    The app runs under a real uvicorn on loopback; its load function hands over the 4-block fp32 engine
+    (a fresh one: compilation is per model object). This test runs before the batch test below, so the
+    fp32 paged-decode package is built here, cold, in a session's empty cache.
+    """
+    engine = _shallow(Engine.load(LoadOptions(quant="fp32", device="cpu")))
+    expected = engine.generate("The capital of France is", SamplingParams(max_tokens=8, ignore_eos=True)).token_ids
+    cold = not compiled_steps_cached(engine.loaded.model, [PagedBatch])
+    app = create_app(ServerOptions(), load=lambda: engine)
+    phases: set[str] = set()
+    with in_process_server(app) as (base, thread):
+        while (r := httpx.get(f"{base}/health", timeout=30)).status_code == 503:  # answered while it builds
+            assert r.json()["error"]["code"] == "model_loading"
+            phases.add(r.json()["error"]["message"])
+            time.sleep(0.1)  # the poll interval of a wait bounded by the loop's own end (200 or failure)
+        assert r.json() == {"status": "ok", "decode": "compiled"}, r.text
+        assert engine.loaded.model.compiled and engine.info.compile_s is not None
+        if cold:
+            assert any(BUILD_NOTE in p for p in phases), phases
+        body = {
+            "model": app.state.server.model_name,
+            "prompt": "The capital of France is",
+            "max_tokens": 8,
+            "temperature": 0,
+            "ignore_eos": True,
+            "logprobs": 0,
+        }
+        r = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        text = r.json()["choices"][0]["text"]
+        assert text == engine.loaded.tokenizer.decode(expected)
+        assert thread.is_alive()
+
+
 def test_fp32_compiled_batches_match_eager_token_for_token() -> None:
     engine = _shallow(Engine.load(LoadOptions(quant="fp32", device="cpu")))
     prompts = ["The capital of France is", "def add(a, b):\n    ", "Three primary colours are"]
@@ -158,33 +206,6 @@ def test_fp32_compiled_batches_match_eager_token_for_token() -> None:
     assert _calls(engine) > before, "decode-only batches did not run through the package"
     # n-gram speculation: verification steps run eagerly, plain decode steps compiled; still exact
     assert run(speculative_tokens=4) == eager
-
-
-def test_server_with_compile_serves_only_after_compiling() -> None:
-    """`serve --compile`: the load thread compiles before /health turns 200, then requests are exact.
-
-    The app runs under a real uvicorn on loopback; its load function hands over the
-    4-block fp32 engine (a fresh one: compilation is per model object).
-    """
-    engine = _shallow(Engine.load(LoadOptions(quant="fp32", device="cpu")))
-    expected = engine.generate("The capital of France is", SamplingParams(max_tokens=8, ignore_eos=True)).token_ids
-    app = create_app(ServerOptions(compile=True), load=lambda: engine)
-    with in_process_server(app) as (base, thread):
-        alive = lambda: None if thread.is_alive() else 1  # noqa: E731
-        wait_healthy(base, alive, 600, "the in-process server", lambda: "(in-process: see the test output)")
-        assert engine.loaded.model.compiled and engine.info.compile_s is not None
-        body = {
-            "model": app.state.server.model_name,
-            "prompt": "The capital of France is",
-            "max_tokens": 8,
-            "temperature": 0,
-            "ignore_eos": True,
-            "logprobs": 0,
-        }
-        r = httpx.post(f"{base}/v1/completions", json=body, timeout=60)
-        assert r.status_code == 200, r.text
-        text = r.json()["choices"][0]["text"]
-        assert text == engine.loaded.tokenizer.decode(expected)
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -239,8 +260,12 @@ def test_a_broken_toolchain_is_one_error_and_the_engine_stays_eager(monkeypatch:
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setenv("PREFLIGHT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "inductor"))
-    with pytest.raises(EngineError, match="compiling the contiguous-decode step failed .*run without --compile"):
+    with pytest.raises(EngineError, match="compiling the contiguous-decode step failed .*run with --eager"):
         engine.compile()
     assert not engine.loaded.model.compiled and engine.info.compile_s is None
+    # The default (serve, generate, the Engine page): eager with the reason, not an error.
+    reason = engine.compile_by_default()
+    assert reason is not None and "compiling the contiguous-decode step failed" in reason
+    assert engine.info.eager_reason == reason and engine.info.decode == "eager"
     result = engine.generate("Hello", SamplingParams(max_tokens=4, ignore_eos=True))
     assert result.completion_tokens == 4

@@ -154,7 +154,18 @@ def test_generate_and_compress_take_weights_on_the_command_line(
     rtn: tuple[Compressed, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     compressed, directory = rtn
-    argv = ["generate", "--weights", str(directory), "--device", "cpu", "--prompt", PROMPT, "--max-tokens", "8"]
+    argv = [
+        "generate",
+        "--weights",
+        str(directory),
+        "--device",
+        "cpu",
+        "--eager",
+        "--prompt",
+        PROMPT,
+        "--max-tokens",
+        "8",
+    ]
     assert main([*argv, "--ignore-eos", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["token_ids"] == _tokens(Engine(compressed.loaded))
@@ -208,7 +219,7 @@ def test_the_benchmark_s_bundled_target_serves_a_weights_directory(lowrank: tupl
     from checks.load.targets import BundledTarget, TargetError
 
     _, directory = lowrank
-    config = BenchmarkConfig(target="bundled", weights=str(directory), threads=1, requests=4)
+    config = BenchmarkConfig(target="bundled", weights=str(directory), threads=1, requests=4, eager=True)
     target = make_target(config, lambda _msg: None)
     assert isinstance(target, BundledTarget)
     command = target.command()

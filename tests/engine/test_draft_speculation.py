@@ -271,7 +271,9 @@ def test_server_with_a_draft_model_is_exact_and_reports_acceptance(target: Engin
     """`serve --quant fp32 --speculative draft:int4` in process: the load thread adds the int4 draft."""
     prompt = PROMPTS[2]
     expected = target.generate(prompt, GREEDY).text
-    options = ServerOptions(quant="fp32", speculative="draft:int4", num_speculative_tokens=4, device="cpu")
+    options = ServerOptions(
+        quant="fp32", speculative="draft:int4", num_speculative_tokens=4, device="cpu", compile=False
+    )
     app = create_app(options, load=lambda: target)
     with in_process_server(app, options) as (base, thread):
         alive = lambda: None if thread.is_alive() else 1  # noqa: E731

@@ -72,7 +72,8 @@ def chat(content: str, max_tokens: int = 8, **extra: object) -> dict:
 
 
 def test_health_models_version(server: RemoteServer) -> None:
-    assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # no key needed
+    # no key needed; the harness starts it --eager, so no reason is given for eager decode
+    assert httpx.get(server.url + "/health").json() == {"status": "ok", "decode": "eager"}
     models = httpx.get(server.url + "/v1/models", headers=server.headers).json()
     assert models["object"] == "list"
     assert [(m["id"], m["max_model_len"]) for m in models["data"]] == [(MODEL, MAX_MODEL_LEN)]

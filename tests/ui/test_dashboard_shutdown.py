@@ -25,7 +25,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from checks.load.targets import free_port, wait_healthy
-from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.ui.test_browser import CHROMIUM, CHROMIUM_ARGS, SIDEBAR_EAGER, tick_eager
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "PREFLIGHT_TEST_MARK"
@@ -111,6 +111,7 @@ def test_killing_the_dashboard_mid_run_leaves_no_server_and_no_temp_dir(
                 page.goto(url + "/benchmark")
                 main = page.get_by_test_id("stMainBlockContainer")
                 expect(page.get_by_role("button", name="Run benchmark")).to_be_enabled(timeout=60_000)
+                tick_eager(page, page.get_by_test_id("stSidebar"), SIDEBAR_EAGER)
                 for label, value in (("Input tokens", "16"), ("Output tokens", "4"), ("Requests (per run)", "500")):
                     main.get_by_label(label).fill(value)
                     main.get_by_label(label).press("Enter")
@@ -134,7 +135,7 @@ def test_killing_the_dashboard_mid_run_leaves_no_server_and_no_temp_dir(
 HOLDER = """
 import sys, time
 from checks.load.targets import BundledOptions, BundledTarget
-target = BundledTarget(BundledOptions(threads=1))
+target = BundledTarget(BundledOptions(threads=1, eager=True))
 target.start()
 print(target.proc.pid, target.log_path, flush=True)
 time.sleep(600)

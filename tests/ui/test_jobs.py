@@ -54,7 +54,9 @@ def _engine_servers(job: Job) -> list[psutil.Process]:
 
 
 def test_stop_while_the_bundled_server_starts_ends_the_job_at_once() -> None:
-    job = REGISTRY.start(new_job(JobKind.BENCHMARK, BenchmarkConfig(target="bundled:int4", threads=1, requests=2)))
+    job = REGISTRY.start(
+        new_job(JobKind.BENCHMARK, BenchmarkConfig(target="bundled:int4", threads=1, requests=2, eager=True))
+    )
     job.cancel()  # torch alone takes seconds to import: the server is not ready yet
     assert job.wait(60.0), "Stop was ignored while the bundled server started"
     snap = job.snapshot()
@@ -87,7 +89,7 @@ def test_a_reloaded_page_sees_and_stops_the_running_job_and_a_second_one_is_refu
     assert other.button(key="check_run").disabled
     assert any("A benchmark is running" in i.value for i in other.info), [i.value for i in other.info]
     with pytest.raises(JobBusy, match=r"^a benchmark is already running .*: stop it or wait until it ends"):
-        REGISTRY.start(new_job(JobKind.CHECKLIST, ChecklistConfig(target="bundled:int4", threads=1)))
+        REGISTRY.start(new_job(JobKind.CHECKLIST, ChecklistConfig(target="bundled:int4", threads=1, eager=True)))
 
     reloaded.button(key="bench_stop").click().run()
     assert not reloaded.exception

@@ -81,7 +81,7 @@ def test_home_lists_the_flow_and_offers_the_quick_check(app: AppTest) -> None:
     assert "**5. Checklist**: no verdict for this target yet" in markdown
     assert "`bundled:int4`, started by Preflight" in markdown
     assert not app.button(key="home_quick_check").disabled
-    assert any(quick_check_command() in c.value for c in app.caption)
+    assert any(quick_check_command(eager=True) in c.value for c in app.caption)  # open_app ticks Eager decode
 
 
 def test_home_shows_the_last_verdict_of_the_sidebars_target(app: AppTest) -> None:

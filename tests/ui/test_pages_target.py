@@ -12,7 +12,7 @@ from tests.ui.app_session import open_app
 
 
 def _app(page: str = "app_pages/benchmark.py") -> AppTest:
-    return open_app(page)
+    return open_app(page, eager=False)  # these tests start no bundled engine: the sidebar as a user first sees it
 
 
 def _target_line(at: AppTest) -> str:
@@ -22,6 +22,9 @@ def _target_line(at: AppTest) -> str:
 def test_one_target_for_benchmark_and_checklist_kept_across_kind_switches() -> None:
     at = _app()
     assert _target_line(at) == "**Target:** `bundled:int4, 1 server thread` (change it in the sidebar)"
+    assert not at.checkbox(key="target_eager").value  # compiled decode is the default
+    at.checkbox(key="target_eager").check().run()
+    assert _target_line(at) == "**Target:** `bundled:int4, 1 server thread, eager decode` (change it in the sidebar)"
     at.radio(key="target_kind").set_value("Remote endpoint").run()
     at.text_input(key="target_url").input("http://127.0.0.1:8000/v1").run()
     at.text_input(key="target_api_key").input("sk-in-memory-only").run()
