@@ -73,6 +73,13 @@ class Column:
     kind: str  # int | f1 | f2 | f3 | f4 | mib | bool | str
 
 
+# Quality against fp32 on the evaluation text: the same three figures wherever a study scores a model.
+QUALITY_COLUMNS = (
+    Column("perplexity", "perplexity", "f3"),
+    Column("mean_kl_nats", "mean KL", "f4"),
+    Column("top1_agreement", "top-1 agree", "f3"),
+)
+
 COLUMNS = {
     "kv": (
         Column("seq_len", "seq_len", "int"),
@@ -93,9 +100,7 @@ COLUMNS = {
         Column("warm_load_s", "warm load s", "f2"),
         Column("prefill_tok_s", "prefill tok/s", "f1"),
         Column("decode_tok_s", "decode tok/s", "f1"),
-        Column("perplexity", "perplexity", "f3"),
-        Column("mean_kl_nats", "mean KL", "f4"),
-        Column("top1_agreement", "top-1 agree", "f3"),
+        *QUALITY_COLUMNS,
     ),
     "batch": (
         Column("batch_size", "batch", "int"),
@@ -112,9 +117,7 @@ COLUMNS = {
         Column("weight_rel_fro", "weight rel fro", "f4"),
         Column("weight_max_abs", "weight max abs", "f4"),
         Column("output_rel_err", "output rel err", "f4"),
-        Column("perplexity", "perplexity", "f3"),
-        Column("mean_kl_nats", "mean KL", "f4"),
-        Column("top1_agreement", "top-1 agree", "f3"),
+        *QUALITY_COLUMNS,
     ),
     "compress": (
         Column("setting", "setting", "str"),
@@ -124,9 +127,7 @@ COLUMNS = {
         Column("prefill_tok_s", "prefill tok/s", "f1"),
         Column("decode_tok_s", "decode tok/s", "f1"),
         Column("decode_vs_fp32", "decode x", "f2"),
-        Column("perplexity", "perplexity", "f3"),
-        Column("mean_kl_nats", "mean KL", "f4"),
-        Column("top1_agreement", "top-1 agree", "f3"),
+        *QUALITY_COLUMNS,
         Column("pareto_size", "front size", "bool"),
         Column("pareto_speed", "front speed", "bool"),
         Column("saves_nothing_on", "saves nothing on", "str"),

@@ -41,12 +41,13 @@ def test_concurrent_sequences_match_running_alone(engine: Engine) -> None:
 
 
 def test_preemption_under_a_tiny_block_pool(engine: Engine) -> None:
-    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    # Three prompts of two blocks each (prompt + 20 tokens > 16) in a pool of five: one is always preempted.
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
     block_bytes = 2 * 30 * 16 * 3 * 64 * 4  # K+V, 30 layers, 16 tokens, 3 KV heads, dim 64, fp32
     config = BatchConfig(max_num_seqs=4, max_model_len=64, block_size=16, kv_cache_bytes=5 * block_bytes)
     llm = BatchEngine(engine.loaded, config)
     assert llm.scheduler.config.num_kv_blocks == 5
-    ids = {llm.add_request(engine.encode_prompt(p), params): p for p in PROMPTS}
+    ids = {llm.add_request(engine.encode_prompt(p), params): p for p in PROMPTS[:3]}
     outputs = run_until_done(llm, ids)
     assert llm.scheduler.num_preemptions > 0
     for seq_id, prompt in ids.items():

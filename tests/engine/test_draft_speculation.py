@@ -76,7 +76,8 @@ def chi_square_p_value(stat: float, dof: int) -> float:
 # ---- greedy: token for token ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("k", [2, 8])
+# k = 8 (the longest drafts and rollbacks) here; k = 4 under preemption and in the server, k = 2 sampled end to end.
+@pytest.mark.parametrize("k", [8])
 def test_greedy_output_is_identical_to_the_target_alone(target: Engine, draft, k: int) -> None:  # noqa: ANN001
     # Small prefill chunks: the draft catches up on the prompts over several steps, in chunks.
     config = BatchConfig(max_num_seqs=4, max_num_batched_tokens=64, prefill_chunk_size=8, speculative_tokens=k)
@@ -192,7 +193,7 @@ def test_chi_square_p_value_matches_known_quantiles() -> None:
 
 
 def test_sampled_output_follows_the_target_end_to_end(target: Engine, draft) -> None:  # noqa: ANN001
-    """Hundreds of seeded requests through BatchEngine (k = 2): the first 4 tokens' joint frequencies.
+    """Two hundred seeded requests through BatchEngine (k = 2), one batch: the first 4 tokens' joint frequencies.
 
     The first token comes from the prompt's step, the next three from one speculative
     step (2 drafts and a bonus) or more. Expected: the product of the target's own
@@ -200,8 +201,8 @@ def test_sampled_output_follows_the_target_end_to_end(target: Engine, draft) -> 
     """
     params = SamplingParams(max_tokens=4, temperature=1.0, top_k=2, ignore_eos=True)
     prompt = target.encode_prompt("My favourite fruit is")
-    requests = 400
-    config = BatchConfig(max_num_seqs=100, max_num_batched_tokens=512, max_queue=requests, speculative_tokens=2)
+    requests = 200
+    config = BatchConfig(max_num_seqs=200, max_num_batched_tokens=1024, max_queue=requests, speculative_tokens=2)
     llm = BatchEngine(target.loaded, config, draft)
     seq_ids = [llm.add_request(prompt, replace(params, seed=seed)) for seed in range(requests)]
     outputs = run_until_done(llm, seq_ids)
