@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,6 +57,7 @@ SOURCES = (
 """Files whose code a step traces: a change to any of them is a new package."""
 
 VERIFY_RTOL = 0.02
+BuildNotice = Callable[[str], None]  # hears the step kind whose package is about to be built (minutes)
 """Largest difference from the eager blocks, relative to the largest hidden value.
 
 fp32 agrees to ~1e-6; bf16 activations differ by rounding only (Inductor sums a norm
@@ -235,37 +236,45 @@ def _build(model: nn.Module, kind: type[AotStepKind], path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_step(model: nn.Module, kind: type[AotStepKind]) -> AotStep:
+def load_step(model: nn.Module, kind: type[AotStepKind], on_build: BuildNotice | None = None) -> AotStep:
     """The package of `kind` for this model: loaded from the cache, or built there first.
 
     Building holds the package's lock, so two processes starting together compile once;
     the second waits and then loads. A cached package that cannot be loaded or disagrees
     with the eager model (a truncated file, a toolchain that changed under it) is removed
-    and built again, once. Errors of any kind come out as EngineError.
+    and built again, once. Errors of any kind come out as EngineError. `on_build` is called just
+    before a build starts (under the lock, so a package another process just built is not announced).
     """
     t0 = time.perf_counter()
     path = package_path(model, kind)
-    step = _load_or_build(model, kind, path, t0)
+    step = _load_or_build(model, kind, path, t0, on_build)
     try:
         verify(model, kind, step)
     except EngineError:
         if step.built:
             raise
         path.unlink(missing_ok=True)
-        step = _load_or_build(model, kind, path, t0)
+        step = _load_or_build(model, kind, path, t0, on_build)
         verify(model, kind, step)
     return step
 
 
-def _load_or_build(model: nn.Module, kind: type[AotStepKind], path: Path, t0: float) -> AotStep:
+def _load_or_build(
+    model: nn.Module, kind: type[AotStepKind], path: Path, t0: float, on_build: BuildNotice | None
+) -> AotStep:
     from engine.model.weight_cache import CacheEntry, locked
+
+    def build() -> None:
+        if on_build is not None:
+            on_build(kind.aot_kind)
+        _build(model, kind, path)
 
     built = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with locked(CacheEntry.for_key(path.stem, path.parent), exclusive=True):
             if not path.exists():
-                _build(model, kind, path)
+                build()
                 built = True
             try:
                 runner = torch._inductor.aoti_load_package(str(path))
@@ -273,7 +282,7 @@ def _load_or_build(model: nn.Module, kind: type[AotStepKind], path: Path, t0: fl
                 if built:
                     raise
                 path.unlink()  # unreadable: build it again, once
-                _build(model, kind, path)
+                build()
                 built = True
                 runner = torch._inductor.aoti_load_package(str(path))
     except Exception as exc:  # export, C++ build or load: long messages; the first line says what
@@ -326,7 +335,9 @@ class AotBlocks:
         return sum(s.seconds for s in self.steps.values())
 
 
-def compile_steps(model: nn.Module, kinds: Sequence[type[AotStepKind]]) -> AotBlocks:
+def compile_steps(
+    model: nn.Module, kinds: Sequence[type[AotStepKind]], on_build: BuildNotice | None = None
+) -> AotBlocks:
     """Load (or build) a package per cache kind and return the blocks that use them."""
     _prepare(model)
-    return AotBlocks(model, {kind: load_step(model, kind) for kind in kinds})
+    return AotBlocks(model, {kind: load_step(model, kind, on_build) for kind in kinds})

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -92,11 +92,14 @@ def compiled_steps_cached(model: Any, kinds: Sequence[Any]) -> bool:
     return packages_cached(model, kinds)
 
 
-def compile_model(model: Any, kinds: Sequence[Any], device: torch.device) -> float:
+def compile_model(
+    model: Any, kinds: Sequence[Any], device: torch.device, on_build: Callable[[str], None] | None = None
+) -> float:
     """Switch `model` to compiled steps for the given cache kinds; returns the seconds it took.
 
     Raises EngineError up front when the toolchain is missing, and when a package cannot be
-    built, loaded or verified; the model is then left eager and working.
+    built, loaded or verified; the model is then left eager and working. `on_build` hears the
+    step kind just before a package is built (the one long wait), never for a cached one.
     """
     from engine.model.aot import compile_steps
 
@@ -104,6 +107,6 @@ def compile_model(model: Any, kinds: Sequence[Any], device: torch.device) -> flo
     if reason is not None:
         raise EngineError(reason)
     use_preflight_inductor_cache()
-    blocks = compile_steps(model, kinds)
+    blocks = compile_steps(model, kinds, on_build)
     model.enable_compile(blocks)
     return blocks.seconds

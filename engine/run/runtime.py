@@ -18,7 +18,7 @@ import torch
 from engine.batch.paged_cache import PagedBatch
 from engine.errors import EngineError, PromptError
 from engine.model.chat_template import TemplateLimits
-from engine.model.compiled import BUILD_NOTE, compile_model, compile_unavailable_reason, compiled_steps_cached
+from engine.model.compiled import BUILD_NOTE, compile_model, compile_unavailable_reason
 from engine.model.config import ModelConfig
 from engine.model.loader import LoadedModel, load_model
 from engine.run.cuda_graph import CudaGraphDecoder, graph_capacity
@@ -249,15 +249,15 @@ class Engine:
             engine.compile()
         return engine
 
-    def compile(self, serving: bool = False) -> float:
+    def compile(self, serving: bool = False, on_build: Callable[[str], None] | None = None) -> float:
         """Switch to compiled decode steps now (engine/model/compiled.py); returns the seconds it took.
 
         `generate` decodes one sequence over the contiguous cache; the server (`serving`)
         decodes batches over the paged cache: each gets the package of its own step kind,
         loaded from the cache or built there first, and checked against the eager model
-        before any request runs on it.
+        before any request runs on it. `on_build` hears the step kind just before a package is built.
         """
-        seconds = compile_model(self.loaded.model, _step_kinds(serving), self.loaded.device)
+        seconds = compile_model(self.loaded.model, _step_kinds(serving), self.loaded.device, on_build)
         self.info = replace(self.info, compile_s=seconds)
         return seconds
 
@@ -267,15 +267,14 @@ class Engine:
         Where compiled decode cannot work (no C++ compiler, not a CPU) or its build fails, the
         engine stays eager and working, and the reason is kept in `info.eager_reason` for the
         caller to show as one line, not an error: eager decode is correct, only slower.
-        `on_build` hears `BUILD_NOTE` before a cold build, the one long wait (about a minute
-        per step kind on 2 cores); a warm cache loads in seconds and says nothing.
+        `on_build` hears `BUILD_NOTE` when the package loader starts a build, the one long wait (about
+        a minute per step kind on 2 cores); a warm cache loads in seconds and says nothing.
         """
         reason = compile_unavailable_reason(self.loaded.device)
         if reason is None:
-            if on_build is not None and not compiled_steps_cached(self.loaded.model, _step_kinds(serving)):
-                on_build(BUILD_NOTE)
+            notice = (lambda _kind: on_build(BUILD_NOTE)) if on_build is not None else None
             try:
-                self.compile(serving)
+                self.compile(serving, notice)
             except EngineError as exc:
                 reason = f"the compiled decode step could not be used: {exc}"
         self.info = replace(self.info, eager_reason=reason)
