@@ -10,6 +10,9 @@ CHROMIUM := /usr/bin/chromium
 PORT ?= 8501
 ADDRESS ?= 127.0.0.1
 PYTEST_ARGS ?=
+# Two pytest-xdist workers, one test file each at a time (module-scoped engines stay in one process):
+# the CI machine has 2 cores, and the suite is mostly one busy core per test. TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 
 .PHONY: run test bench lint chromium clean-venv
 
@@ -47,7 +50,7 @@ run: $(VENV)/.installed-run
 
 ## make test: set up and run the whole suite (installs Debian's chromium for the browser test)
 test: $(VENV)/.installed-test chromium
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5); treating that as a failure"; exit 1; fi; \
 	exit $$rc
 

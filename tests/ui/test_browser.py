@@ -172,6 +172,7 @@ def test_home_then_engine_chat(server_url: str, page: Page) -> None:
     for name in ("Hardware", "Plan", "Benchmark"):
         page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
         expect(page.get_by_role("heading", name=re.compile(name)).first).to_be_visible(timeout=60_000)
+        _settle(page)  # the page's figures, not just its heading, in the screenshot the README shows
         expect(page.get_by_test_id("stException")).to_have_count(0)
         page.screenshot(path=SCREENSHOTS / f"{name.lower()}.png", full_page=True)
     # The Benchmark page stops at its hint until a run is started; its form and Run button are there.
