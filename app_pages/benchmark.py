@@ -22,7 +22,7 @@ st.caption(
     "Definitions follow vLLM's bench serve (TTFT, TPOT, ITL, E2E, goodput)."
 )
 target_sidebar()
-target = current_target(benchmark=True)
+target = current_target()
 target_line(target)
 values = {**target, **workload_inputs(), **load_inputs()}
 HINT = "Choose a workload and a load profile (the target is in the sidebar), then press Run benchmark."

@@ -15,7 +15,7 @@ st.caption(
     "cannot measure says ERROR or SKIP, never PASS."
 )
 target_sidebar()
-target = current_target(benchmark=False)
+target = current_target()
 target_line(target)
 values = {**target, **judging_inputs()}
 HINT = (

@@ -15,7 +15,7 @@ st.markdown(
 )
 hw = cached_hardware()
 
-target = current_target(benchmark=False)
+target = current_target()
 st.subheader("Quick check")
 quick_check(eager=bool(target.get("eager")))
 

@@ -81,7 +81,7 @@ def _readiness(report: ReadinessReport) -> list[str]:
     overview = [
         ("Target", f"{t.base_url} ({t.kind}), {t.api} API, API key {'set' if t.api_key_set else 'not set'}"),
         ("Model", t.model),
-        ("Weight format", t.quant),
+        ("Weight format", t.weight_format),
         ("SLO profile", f"{report.slo.name} ({report.slo.source})"),
         ("Exposure", report.exposure.value),
         ("Checks", tally or "none"),

@@ -151,8 +151,8 @@ def _environment(report: ReadinessReport) -> list[str]:
         lines.append(f"- RAM: {env['ram_total_bytes'] / 2**30:.1f} GiB")
     gpus = [g for g in env.get("gpus") or [] if isinstance(g, dict)]
     lines += [f"- GPU {g.get('index')}: {cell(g.get('name'))}" for g in gpus]
-    if report.target.quant:
-        lines.append(f"- Weight format: {report.target.quant}")
+    if report.target.weight_format:
+        lines.append(f"- Weight format: {report.target.weight_format}")
     return ["", "## Environment", "", *lines] if lines else []
 
 
@@ -176,6 +176,8 @@ def reproduce_command(report: ReadinessReport) -> str:
         args += ["--model", t.model]
     if t.api != "chat":
         args += ["--api", t.api]
+    if t.kind == "bundled" and t.weights_dir:
+        args += ["--weights", t.weights_dir]
     if sorted(report.categories) != sorted(Category):
         args += [x for c in report.categories for x in ("--only", c.value)]
     flags = (
@@ -203,4 +205,6 @@ def reproduce_command(report: ReadinessReport) -> str:
             if c.get(key) is not None
             for x in (flag, str(c[key]))
         ]
+        if c.get("eager"):
+            args.append("--eager")  # the same decode path: compiled is the default
     return shlex.join(args)

@@ -44,12 +44,20 @@ class TargetInfo(BaseModel):
     api: Literal["chat", "completions"]
     api_key_set: bool
     quant: str | None = Field(None, description="bundled target: weight format")
+    weights_dir: str | None = Field(
+        None, description="bundled target: the weights directory it served (`python -m engine compress`), if any"
+    )
     server_log: str | None = Field(None, description="bundled target: where its log was kept")
 
     @field_validator("base_url")
     @classmethod
     def _redact(cls, url: str) -> str:
         return redact_url(url)
+
+    @property
+    def weight_format(self) -> str | None:
+        """The weight format as the exports show it, with the directory it came from where one was served."""
+        return f"{self.quant} from {self.weights_dir}" if self.quant and self.weights_dir else self.quant
 
 
 class DeclaredInfo(BaseModel):

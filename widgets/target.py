@@ -88,7 +88,7 @@ def target_sidebar() -> None:
                 "Eager decode starts at once and decodes slower.",
             )
             st.text_input(
-                "Compressed weights directory (Benchmark only; optional)",
+                "Compressed weights directory (optional)",
                 key="target_weights",
                 placeholder="written by python -m engine compress",
                 help="Serve this directory (--weights DIR) instead of converting the GGUF; it brings its own format.",
@@ -113,9 +113,9 @@ def target_sidebar() -> None:
             _connection_view(tested[1])
 
 
-def current_target(benchmark: bool) -> dict:
+def current_target() -> dict:
     """The sidebar's target as config values (`BenchmarkConfig` or `ChecklistConfig` fields); an empty
-    "target" when a remote URL is still missing. `benchmark` adds the weights directory, which only it has."""
+    "target" when a remote URL is still missing."""
     state = st.session_state
     if state.get("target_kind", KINDS[0]) == KINDS[0]:
         values: dict = {
@@ -123,10 +123,9 @@ def current_target(benchmark: bool) -> dict:
             "threads": int(state.get("target_threads", 1)) or None,
             "eager": bool(state.get("target_eager", False)),
         }
-        if benchmark:
-            weights = str(state.get("target_weights", "")).strip()
-            if weights:
-                values["weights"] = weights
+        weights = str(state.get("target_weights", "")).strip()
+        if weights:
+            values["weights"] = weights
         return values
     model = str(state.get("target_model", "")).strip() or None
     return {

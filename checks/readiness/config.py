@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from checks.load.benchmark import BenchmarkConfig
 from engine.formats import WEIGHT_FORMATS
@@ -51,6 +51,7 @@ class ChecklistConfig(BaseModel):
     output_len: int = Field(64, ge=2, description="synthetic output tokens")
     threads: int | None = Field(None, ge=1, description="bundled target: torch threads of the server")
     eager: bool = Field(False, description="bundled target: serve --eager (skip the compiled decode step)")
+    weights: str | None = Field(None, description=BenchmarkConfig.model_fields["weights"].description)
 
     @field_validator("target")
     @classmethod
@@ -58,6 +59,12 @@ class ChecklistConfig(BaseModel):
         """The Benchmark's rule for a target: 'bundled[:QUANT]' or an http(s) URL."""
         BenchmarkConfig.model_construct(target=target).bundled_quant()
         return target
+
+    @model_validator(mode="after")
+    def _weights(self) -> ChecklistConfig:
+        """The Benchmark's rule for a weights directory: a bundled target serves it, and it is named."""
+        BenchmarkConfig.model_construct(target=self.target, weights=self.weights)._check_target()
+        return self
 
     @field_validator("api")
     @classmethod

@@ -93,6 +93,7 @@ def benchmark_config(config: ChecklistConfig, slo: SloProfile) -> BenchmarkConfi
         slo_e2e_ms=limits and limits.e2e_ms,
         threads=config.threads,
         eager=config.eager,
+        weights=config.weights,
     )
 
 
@@ -126,6 +127,7 @@ def _target_info(config: ChecklistConfig, target: BundledTarget | RemoteTarget, 
             api=config.api,
             api_key_set=True,
             quant=target.options.quant,
+            weights_dir=target.options.weights_dir,
             server_log=str(target.log_path),
         )
     return TargetInfo(

@@ -191,6 +191,10 @@ def test_from_a_saved_result_runs_no_load(tmp_path: Path) -> None:
         (["--from", "/no/such/result.json"], "error: /no/such/result.json: no such file"),
         (["--bogus"], "error: unrecognized arguments: --bogus"),
         (["--profile", "bursty:9"], "error: unknown load profile 'bursty:9'; use sync"),
+        (
+            ["--target", "http://127.0.0.1:9/v1", "--weights", "/models/x"],
+            "error: a weights directory is served by the bundled engine: use a bundled target with it",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

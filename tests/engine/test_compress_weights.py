@@ -233,7 +233,29 @@ def test_the_benchmark_s_bundled_target_serves_a_weights_directory(lowrank: tupl
         make_target(BenchmarkConfig(target="bundled", weights=str(directory / "nope"), requests=4), print)
 
 
-def test_the_sidebar_takes_a_weights_directory_for_the_benchmark_only() -> None:
+def test_the_checklist_serves_a_weights_directory_and_its_report_names_it(
+    lowrank: tuple[Compressed, Path], tmp_path: Path
+) -> None:
+    from checks.cli import main
+    from reports import store
+    from reports.readiness_report import ReadinessReport
+
+    _, directory = lowrank
+    out, md = tmp_path / "r.json", tmp_path / "r.md"
+    args = ["run", "--target", "bundled", "--weights", str(directory), "--only", "performance", "--eager"]
+    args += ["--threads", "1", "--profile", "concurrency:1", "--requests", "3", "--input-len", "16"]
+    args += ["--output-len", "4", "--out", str(out), "--markdown", str(md), "--quiet"]
+    assert main(args) in (0, 1)  # ready or not against the chat SLO on this CPU: served either way
+    report = store.load(out, ReadinessReport)
+    assert report.target.quant == "fp32" and report.target.weights_dir == str(directory)
+    assert report.benchmark is not None and report.benchmark.target.weights_dir == str(directory)
+    text = md.read_text()
+    assert f"- Weight format: fp32 from {directory}" in text
+    again = next(line for line in text.splitlines() if line.startswith("python -m checks run"))
+    assert "--target bundled:fp32 " in again and f" --weights {directory} " in again and again.endswith(" --eager")
+
+
+def test_the_sidebar_takes_a_weights_directory_for_benchmark_and_checklist() -> None:
     from tests.ui.app_session import open_app
 
     at = open_app("app_pages/benchmark.py")
@@ -244,4 +266,4 @@ def test_the_sidebar_takes_a_weights_directory_for_the_benchmark_only() -> None:
     at.switch_page("app_pages/checklist.py").run()
     assert not at.exception
     line = next(m.value for m in at.markdown if m.value.startswith("**Target:**"))
-    assert "weights" not in line
+    assert "weights /models/gptq-g128 (their own format)" in line
