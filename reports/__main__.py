@@ -1,5 +1,7 @@
 """`python -m reports list | show | delete | export | compare | schema`: Preflight's saved documents.
 
+`export --format svg` writes a compress study's Pareto charts as SVG files for docs.
+
 Exit codes follow the checklist's: 0 done, 1 a regression found by `compare
 --fail-on-regression`, 2 bad input (a missing id, a corrupt file, an unwritable output).
 Every error is one `error:` line on stderr.
@@ -17,14 +19,16 @@ from pathlib import Path
 from reports import store
 from reports.compare import THRESHOLD_PCT, compare
 from reports.compare_markdown import comparison_to_markdown
-from reports.documents import SHORT_KINDS, Document
+from reports.documents import SHORT_KIND, SHORT_KINDS, Document
 from reports.exports import FORMATS, export
 from reports.history import Filters, History, HistoryEntry, dump_entries, entry_for
 from reports.home import history_dir
 from reports.readiness_report import ReadinessReport
 from reports.schema_files import SCHEMA_DIR, write_schemas
+from reports.study_export import pareto_svgs
 from reports.study_report import StudyReport
 
+SVG = "svg"  # not one of FORMATS: it writes a file per chart, not one document
 _RELATIVE = re.compile(r"^(\d+)([hdw])$")
 
 
@@ -107,8 +111,24 @@ def _cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_svgs(doc: Document, folder: Path, overwrite: bool) -> int:
+    """A study's Pareto charts as SVG files into `folder` (for docs): every file is checked before any is written."""
+    if not isinstance(doc, StudyReport):
+        raise store.DocumentError(f"a {SHORT_KIND[doc.KIND]} document has no svg export; a compress study has")
+    if folder.exists() and not folder.is_dir():
+        raise store.DocumentError(f"{folder} is a file; --out of the svg export is a folder")
+    files = {folder / name: svg for name, svg in pareto_svgs(doc).items()}
+    for path in files:
+        store.check_writable(path, overwrite=overwrite)
+    for path, svg in files.items():
+        print(f"wrote {store.write_text(path, svg, overwrite=overwrite)}", file=sys.stderr)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     doc = _load(args, args.ref)
+    if args.format == SVG:
+        return _export_svgs(doc, args.out, args.force)
     store.check_writable(args.out, overwrite=args.force)
     print(f"wrote {store.write_text(args.out, export(doc, args.format), overwrite=args.force)}", file=sys.stderr)
     return 0
@@ -162,15 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("ref", metavar="ID")
     delete.add_argument("--yes", action="store_true", help="do not ask")
 
-    out = sub.add_parser("export", parents=[home], help="write a document as HTML, Markdown, JUnit XML or JSON")
+    out = sub.add_parser(
+        "export", parents=[home], help="write a document as HTML, Markdown, JUnit XML or JSON, or charts as SVG"
+    )
     out.add_argument("ref", metavar="ID|FILE")
     out.add_argument(
         "--format",
-        choices=list(FORMATS),
+        choices=[*FORMATS, SVG],
         required=True,
-        help="html (self-contained, opens offline), md and junit (reports), json",
+        help="html (self-contained, opens offline), md and junit (reports), json; "
+        "svg: a compress study's two Pareto charts, pareto-size.svg and pareto-speed.svg, into the folder --out",
     )
-    out.add_argument("--out", type=Path, required=True)
+    out.add_argument("--out", type=Path, required=True, help="the file to write (svg: the folder)")
     out.add_argument("--force", action="store_true", help="overwrite --out")
 
     cmp_ = sub.add_parser("compare", parents=[home], help="A against B, with significance from the raw records")

@@ -1,9 +1,10 @@
 """An engine study as Markdown and as the body of the HTML export: conditions, table, charts, notes.
 
 A study is read as a table (one row per measured size or format), so both exports lead
-with it; the HTML export adds the charts of `STUDY_CHARTS`, the same ones the Engine
-studies page draws. Byte counts are shown in MiB, a figure that was not measured as
-"n/a", never 0.
+with it; the HTML export adds the charts of `STUDY_CHARTS` and `PARETO_CHARTS`, the same
+ones the Engine studies page draws. Markdown holds no picture, so of a Pareto chart it
+gives the settings on the front. Byte counts are shown in MiB, a figure that was not
+measured as "n/a", never 0.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from html import escape
 from reports.figures import BLUE, ORANGE, Figure
 from reports.html_parts import Markup, code, figure_html, listing, pairs, table
 from reports.markdown import cell, figure
-from reports.study_report import STUDY_CHARTS, Cell, StudyChart, StudyReport
-from reports.svg_charts import Chart, Series, bar_chart, line_chart
+from reports.store import DocumentError
+from reports.study_report import PARETO_CHARTS, STUDY_CHARTS, Cell, ParetoChart, StudyChart, StudyReport
+from reports.svg_charts import Chart, Dot, Series, bar_chart, line_chart, scatter_chart, standalone
 
 MIB = 2**20
 COLOURS = (BLUE, ORANGE)
+FRONT_LEGEND = ("on the front", "dominated")
 
 
 def header(key: str) -> str:
@@ -68,6 +71,12 @@ def study_markdown(doc: StudyReport) -> str:
         lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     else:
         lines.append("No point was measured.")
+    if doc.study in PARETO_CHARTS:
+        lines += ["", "## Pareto fronts", ""]
+        lines += [
+            f"- {spec.title} ({spec.x_label}; {spec.y_label}): {cell(front_text(doc, spec))}"
+            for spec in PARETO_CHARTS[doc.study]
+        ]
     if doc.notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in doc.notes)]
     lines += ["", "## Conditions", "", "| Condition | Value |", "|---|---|"]
@@ -93,10 +102,66 @@ def chart_figure(doc: StudyReport, spec: StudyChart) -> Figure:
     return Figure(spec.title, svg=line_chart(chart, lines))
 
 
+def _no_chart(doc: StudyReport, spec: ParetoChart) -> str | None:
+    """Why a Pareto chart cannot be drawn from this study, or None when it can."""
+    missing = spec.missing(doc)
+    if missing:
+        return f"No {', '.join(missing)} in this study's rows (saved before the study marked its fronts?)."
+    measured = len(spec.points(doc))
+    if measured < 2:
+        return f"{measured} setting(s) measured both {spec.x} and {spec.y}: a front needs at least 2."
+    return None
+
+
+def front_text(doc: StudyReport, spec: ParetoChart) -> str:
+    """The settings on the front as the study marked them, or why there is no chart."""
+    why = _no_chart(doc, spec)
+    if why is not None:
+        return why
+    points = spec.points(doc)
+    front = [p.label for p in points if p.on_front]
+    on = ", ".join(front) if front else "none marked"
+    return f"On the front: {on} (of {len(points)} measured settings)."
+
+
+def pareto_figure(doc: StudyReport, spec: ParetoChart) -> Figure:
+    """Every measured setting as a labelled dot, the front's (read from the saved rows) highlighted and joined."""
+    why = _no_chart(doc, spec)
+    if why is not None:
+        return Figure(spec.title, note=why)
+    chart = Chart(spec.title, spec.x_label, spec.y_label, height=300)
+    dots = [Dot(p.label, p.x, p.y, p.on_front) for p in spec.points(doc)]
+    svg = scatter_chart(chart, dots, FRONT_LEGEND, symlog_y=spec.symlog, colour=BLUE, highlight_colour=ORANGE)
+    return Figure(spec.title, svg=svg, note=front_text(doc, spec))
+
+
+def study_figures(doc: StudyReport) -> list[Figure]:
+    """The study's charts, then its Pareto charts, as the HTML export draws them (the page draws the same specs)."""
+    charts = [chart_figure(doc, spec) for spec in STUDY_CHARTS.get(doc.study, ())]
+    return charts + [pareto_figure(doc, spec) for spec in PARETO_CHARTS.get(doc.study, ())]
+
+
+def pareto_svgs(doc: StudyReport) -> dict[str, str]:
+    """The study's Pareto charts as SVG files of their own, by file name ('pareto-size.svg'), for docs.
+
+    A study with no Pareto chart, or whose charts cannot be drawn, is a DocumentError that says why."""
+    specs = PARETO_CHARTS.get(doc.study)
+    if not specs:
+        have = ", ".join(PARETO_CHARTS)
+        raise DocumentError(f"a {doc.study} study has no Pareto charts; {have} has them")
+    out = {}
+    for spec in specs:
+        fig = pareto_figure(doc, spec)
+        if fig.svg is None:
+            raise DocumentError(f"{spec.title}: {fig.note}")
+        out[f"{spec.name}.svg"] = standalone(fig.svg)
+    return out
+
+
 def study_html_body(doc: StudyReport) -> list[str]:
     """The HTML export's body (the page shell is `reports.html`'s)."""
     heads, rows = _rows(doc)
-    figures = [figure_html(chart_figure(doc, spec)) for spec in STUDY_CHARTS.get(doc.study, ())]
+    figures = [figure_html(fig) for fig in study_figures(doc)]
     out = [
         f"<h1>Preflight engine study: {escape(doc.study)}</h1>",
         f"<p>{escape(doc.title)}.</p>",

@@ -12,6 +12,7 @@ the engine fills them through `StudyReport.from_study(result.to_dict(), ...)`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -123,10 +124,90 @@ STUDY_CHARTS: dict[str, tuple[StudyChart, ...]] = {
         StudyChart("Aggregate decode tok/s", "batch_size", "batch size", (("aggregate_tok_s", "tok/s"),), "tok/s"),
         StudyChart("Per-token latency", "batch_size", "batch size", (("per_token_latency_ms", "ms/token"),), "ms"),
     ),
-    # The page adds the two Pareto charts (quality against size and against speed): widgets/studies.py.
+    # The compress study also has the two Pareto charts of `PARETO_CHARTS`.
     "compress": (
         StudyChart("Weight memory", "setting", "setting", (("weight_bytes", "weights"),), "MiB", scale=1 / 2**20),
         StudyChart("Decode tok/s", "setting", "setting", (("decode_tok_s", "decode tok/s"),), "tok/s"),
         StudyChart("Mean KL against fp32", "setting", "setting", (("mean_kl_nats", "mean KL"),), "nats"),
+    ),
+}
+
+
+def _number(value: Cell) -> float | None:
+    """A cell as a finite float; text, a flag, a list, None or NaN (a hand-edited file) is not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ParetoPoint:
+    """One measured setting of a Pareto chart: its name, cost (x, scaled), quality (y) and the study's mark."""
+
+    label: str
+    x: float
+    y: float
+    on_front: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ParetoChart:
+    """Quality (row key `y`, less is better) against one cost (row key `x`), with the frontier the study marked.
+
+    The frontier is read from the row key `front` that the study saved (engine/studies/pareto.py computed
+    it from the unrounded figures); drawing it never recomputes it, so a chart shows what the table says.
+    `name` is the chart's file name when it is exported on its own (docs/pareto-size.svg).
+    """
+
+    name: str
+    title: str
+    x: str
+    front: str
+    x_label: str  # says which way is better: the cost's direction differs per chart
+    scale: float = 1.0  # multiplies every x (bytes -> MiB)
+    y: str = "mean_kl_nats"
+    y_label: str = "mean KL vs fp32 (nats), lower is better"
+    symlog: float = 0.01  # y on a symlog axis: KL runs from 0 (fp32 itself) to ~10 nats (a broken model)
+    label: str = "setting"
+
+    def keys(self) -> tuple[str, ...]:
+        return (self.label, self.x, self.y, self.front)
+
+    def missing(self, doc: StudyReport) -> list[str]:
+        """The row keys this chart needs that no row of the study has (a study saved before it marked fronts)."""
+        have = set(doc.columns())
+        return [k for k in self.keys() if k not in have]
+
+    def points(self, doc: StudyReport) -> list[ParetoPoint]:
+        """The rows with both a cost and a quality figure, in the study's order; the others cannot be placed."""
+        out = []
+        for row in doc.rows:
+            x, y = _number(row.get(self.x)), _number(row.get(self.y))
+            if x is not None and y is not None:
+                name = row.get(self.label)
+                out.append(
+                    ParetoPoint("n/a" if name is None else str(name), x * self.scale, y, row.get(self.front) is True)
+                )
+        return out
+
+
+# The Pareto charts the page and the HTML export draw (quality against size and against decode speed).
+PARETO_CHARTS: dict[str, tuple[ParetoChart, ...]] = {
+    "compress": (
+        ParetoChart(
+            "pareto-size",
+            "Quality against size",
+            "weight_bytes",
+            "pareto_size",
+            "weights (MiB), fewer is better",
+            scale=1 / 2**20,
+        ),
+        ParetoChart(
+            "pareto-speed",
+            "Quality against decode speed",
+            "decode_tok_s",
+            "pareto_speed",
+            "decode tok/s, more is better",
+        ),
     ),
 }

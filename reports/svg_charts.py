@@ -1,8 +1,8 @@
-"""Chart primitives for the HTML export: a histogram and a line/step chart, drawn as inline SVG text.
+"""Chart primitives for the HTML export: histogram, line/step, bar and scatter charts, drawn as inline SVG text.
 
 Why our own: the export has to open offline from a file, so it cannot load a chart
-library, a font or an image, and it should run no script at all. Two chart kinds with
-axes, ticks, labels, percentile marks and a legend are a few dozen lines of SVG each.
+library, a font or an image, and it should run no script at all. A chart kind with
+axes, ticks, labels, percentile marks and a legend is a few dozen lines of SVG.
 
 Nothing here knows about documents. Callers bin or thin their data first (`bin_values`,
 `thin`), so a chart's size depends on its bins and points, never on how many requests a
@@ -55,6 +55,16 @@ class Marker:
 
 
 @dataclass(frozen=True, slots=True)
+class Dot:
+    """One labelled point of a scatter chart; `highlight` draws it in the second colour (e.g. a Pareto front)."""
+
+    label: str
+    x: float
+    y: float
+    highlight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Bins:
     """Equal-width bins: len(edges) == len(counts) + 1."""
 
@@ -83,6 +93,14 @@ def ticks(lo: float, hi: float, target: int = 5) -> tuple[list[float], float]:
     first = math.floor(lo / step) * step
     count = max(1, math.ceil((hi - first) / step - 1e-9))
     return [first + i * step for i in range(count + 1)], step
+
+
+def symlog_ticks(hi: float, constant: float) -> list[float]:
+    """0, then constant, 10 constant, 100 constant, ... up to the first at or above hi: a symlog axis's ticks."""
+    out = [0.0, constant]
+    while out[-1] < hi and len(out) < 40:  # 40: a hand-edited 1e300 still ends
+        out.append(out[-1] * 10)
+    return out
 
 
 def bin_values(values: Sequence[float], max_bins: int = 40) -> Bins:
@@ -123,19 +141,29 @@ def thin(points: Sequence[Point], max_points: int) -> list[Point]:
 
 @dataclass(frozen=True, slots=True)
 class _Frame:
-    """Data ranges mapped onto the plot area of a chart."""
+    """Data ranges mapped onto the plot area of a chart; y from y0 up, linear or symlog.
+
+    `symlog` (a constant c) maps y to log10(1 + y / c): linear near 0, logarithmic beyond, so 0 (a
+    setting identical to the reference) and 0.0003 and 10 all find a place on one axis."""
 
     chart: Chart
     x0: float
     x1: float
     y1: float
+    y0: float = 0.0
+    symlog: float | None = None
 
     def x(self, value: float) -> float:
         span = self.x1 - self.x0 or 1.0
         return LEFT + (value - self.x0) / span * (self.chart.width - LEFT - RIGHT)
 
+    def _scaled(self, value: float) -> float:
+        return value if self.symlog is None else math.log10(1 + value / self.symlog)
+
     def y(self, value: float) -> float:
-        return self.chart.height - BOTTOM - value / (self.y1 or 1.0) * (self.chart.height - TOP - BOTTOM)
+        span = self._scaled(self.y1) - self._scaled(self.y0) or 1.0
+        share = (self._scaled(value) - self._scaled(self.y0)) / span
+        return self.chart.height - BOTTOM - share * (self.chart.height - TOP - BOTTOM)
 
 
 def _num(value: float) -> str:
@@ -149,15 +177,20 @@ def _text(x: float, y: float, text: str, anchor: str = "middle", extra: str = ""
     )
 
 
-def _axes(frame: _Frame, x_ticks: list[float], x_step: float, y_ticks: list[float], y_step: float) -> list[str]:
-    """Grid, axis lines, tick labels and the three titles."""
+def _labelled(values: Sequence[float], step: float) -> list[tuple[float, str]]:
+    return [(v, tick_text(v, step)) for v in values]
+
+
+def _axes(frame: _Frame, x_ticks: list[float], x_step: float, y_ticks: Sequence[tuple[float, str]]) -> list[str]:
+    """Grid, axis lines, tick labels and the three titles; y ticks come with their text (a symlog axis's
+    ticks each need their own decimals)."""
     c = frame.chart
     bottom, right = c.height - BOTTOM, c.width - RIGHT
     out = [f"<title>{escape(c.title)}</title>", _text(c.width / 2, 18, c.title, extra=' font-weight="600"')]
-    for v in y_ticks:
+    for v, label in y_ticks:
         y = frame.y(v)
         out.append(f'<line x1="{LEFT}" y1="{_num(y)}" x2="{right}" y2="{_num(y)}" stroke="{GRID_COLOUR}"/>')
-        out.append(_text(LEFT - 6, y + 4, tick_text(v, y_step), anchor="end"))
+        out.append(_text(LEFT - 6, y + 4, label, anchor="end"))
     for v in x_ticks:
         if frame.x0 - 1e-9 <= v <= frame.x1 + 1e-9:
             x = frame.x(v)
@@ -202,7 +235,7 @@ def histogram(chart: Chart, bins: Bins, markers: Sequence[Marker] = (), colour: 
     y_ticks, y_step = ticks(0, max(max(bins.counts), 1))
     frame = _Frame(chart, x0, x1, y_ticks[-1])
     x_ticks, x_step = ticks(x0, x1, 6)
-    body = _axes(frame, x_ticks, x_step, y_ticks, y_step)
+    body = _axes(frame, x_ticks, x_step, _labelled(y_ticks, y_step))
     for lo, hi, n in zip(bins.edges, bins.edges[1:], bins.counts, strict=False):
         if n:
             left, top = frame.x(lo), frame.y(n)
@@ -234,12 +267,17 @@ def _path(frame: _Frame, series: Series) -> str:
     return " ".join(parts)
 
 
-def _legend(chart: Chart, series: Sequence[Series]) -> list[str]:
-    """Swatches and labels in the top-right corner, on a light backing so lines under it stay readable."""
-    width = 20 + LABEL_CHAR_PX * max(len(s.label) for s in series)
-    x = chart.width - RIGHT - width
+def _legend_width(series: Sequence[Series]) -> int:
+    return 20 + LABEL_CHAR_PX * max(len(s.label) for s in series)
+
+
+def _legend(chart: Chart, series: Sequence[Series], left: bool = False) -> list[str]:
+    """Swatches and labels in the top-right (or top-left) corner, on a light backing so lines under it stay
+    readable."""
+    box = _legend_box(chart, series, left)
+    x = box[0] + 4
     out = [
-        f'<rect x="{x - 4}" y="{TOP}" width="{width + 4}" height="{14 * len(series) + 6}" fill="#fff" '
+        f'<rect x="{box[0]}" y="{box[1]}" width="{box[2] - box[0]}" height="{box[3] - box[1]}" fill="#fff" '
         'fill-opacity="0.85"/>'
     ]
     for i, s in enumerate(series):
@@ -270,7 +308,7 @@ def line_chart(
     y_ticks, y_step = ticks(0, y_max if y_max is not None else max(max(ys), 1e-9))
     frame = _Frame(chart, x0, x1, y_ticks[-1])
     x_ticks, x_step = ticks(x0, x1, 6)
-    body = _axes(frame, x_ticks, x_step, y_ticks, y_step)
+    body = _axes(frame, x_ticks, x_step, _labelled(y_ticks, y_step))
     for s in series:
         body.append(f'<path d="{_path(frame, s)}" fill="none" stroke="{escape(s.colour)}" stroke-width="1.6"/>')
     if len(series) > 1:
@@ -285,7 +323,7 @@ def bar_chart(chart: Chart, bars: Sequence[tuple[str, float | None]], colour: st
         raise ValueError("a bar chart needs at least one measured bar; show a note instead")
     y_ticks, y_step = ticks(0, max(max(measured), 1e-9))
     frame = _Frame(chart, 0.0, float(len(bars)), y_ticks[-1])
-    body = _axes(frame, [], 1.0, y_ticks, y_step)
+    body = _axes(frame, [], 1.0, _labelled(y_ticks, y_step))
     slot = frame.x(1.0) - frame.x(0.0)
     bottom = chart.height - BOTTOM
     for i, (name, value) in enumerate(bars):
@@ -300,3 +338,117 @@ def bar_chart(chart: Chart, bars: Sequence[tuple[str, float | None]], colour: st
             f"{escape(tick_text(value, y_step / 10))}</title></rect>"
         )
     return _svg(chart, body)
+
+
+Box = tuple[float, float, float, float]  # left, top, right, bottom in px
+# Where a dot's name may go, in order of preference: (dx, dy of the baseline, text-anchor).
+LABEL_SPOTS = ((6, -6, "start"), (6, 14, "start"), (-6, -6, "end"), (-6, 14, "end"), (7, 4, "start"), (-7, 4, "end"))
+
+
+def _overlap(a: Box, b: Box) -> float:
+    w, h = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def _label_box(x: float, y: float, text: str, anchor: str) -> Box:
+    width = LABEL_CHAR_PX * len(text)
+    left = x if anchor == "start" else x - width
+    return (left, y - 9, left + width, y + 2)
+
+
+def _place_labels(frame: _Frame, named: Sequence[tuple[float, float, str]], taken: list[Box]) -> list[str]:
+    """Each dot's name at the first spot of `LABEL_SPOTS` that covers the least of the names placed before
+    it, the dots and the legend (`taken`) and of the space outside the plot area; close settings (two
+    formats of one size) then keep readable names. Names are placed in the order given."""
+    area = (LEFT, TOP, frame.chart.width - RIGHT, frame.chart.height - BOTTOM)
+    out = []
+    for px, py, text in named:
+
+        def cost(spot: tuple[int, int, str], px: float = px, py: float = py, text: str = text) -> float:
+            box = _label_box(px + spot[0], py + spot[1], text, spot[2])
+            outside = (box[2] - box[0]) * (box[3] - box[1]) - _overlap(box, area)
+            return sum(_overlap(box, t) for t in taken) + outside
+
+        dx, dy, anchor = min(LABEL_SPOTS, key=cost)  # the first of equal cost: the order is a preference
+        taken.append(_label_box(px + dx, py + dy, text, anchor))
+        out.append(_text(px + dx, py + dy, text, anchor=anchor))
+    return out
+
+
+def scatter_chart(
+    chart: Chart,
+    dots: Sequence[Dot],
+    legend: tuple[str, str] = ("highlighted", "other"),
+    symlog_y: float | None = None,
+    colour: str = "#3b6fb6",
+    highlight_colour: str = "#d9822b",
+) -> str:
+    """Labelled dots over x from 0 (or below) and y from 0 up; the highlighted dots are joined in order of x by
+    a dashed line in the second colour (a Pareto front), and `legend` names (highlighted, other).
+
+    `symlog_y` (a constant) draws y on a symlog axis, for figures that span orders of magnitude; a negative
+    y (not a KL, a hand-edited file) has no place on it, so the axis is linear then. Each dot's <title> says
+    its name, its figures and, when highlighted, the legend's first name.
+    """
+    dots = sorted((d for d in dots if math.isfinite(d.x) and math.isfinite(d.y)), key=lambda d: d.highlight)
+    if not dots:
+        raise ValueError("a scatter chart needs at least one measured point; show a note instead")
+    xs, ys = [d.x for d in dots], [d.y for d in dots]
+    x_ticks, x_step = ticks(min(0.0, *xs), max(max(xs), 1e-9), 6)
+    y_lo = min(0.0, *ys)
+    if symlog_y is not None and symlog_y > 0 and y_lo >= 0:
+        y_values = symlog_ticks(max(ys), symlog_y)
+        y_ticks = [(v, tick_text(v, v) if v else "0") for v in y_values]
+        frame = _Frame(chart, x_ticks[0], x_ticks[-1], y_values[-1], symlog=symlog_y)
+    else:
+        values, y_step = ticks(y_lo, max(max(ys), 1e-9))
+        y_ticks = _labelled(values, y_step)
+        frame = _Frame(chart, x_ticks[0], x_ticks[-1], values[-1], y0=values[0])
+    body = _axes(frame, x_ticks, x_step, y_ticks)
+    at = [(frame.x(d.x), frame.y(d.y)) for d in dots]
+    front = sorted((p for d, p in zip(dots, at, strict=True) if d.highlight), key=lambda p: (p[0], -p[1]))
+    if len(front) > 1:
+        path = " ".join(f"{'M' if i == 0 else 'L'}{_num(x)} {_num(y)}" for i, (x, y) in enumerate(front))
+        body.append(
+            f'<path d="{path}" fill="none" stroke="{escape(highlight_colour)}" stroke-width="1.4" '
+            'stroke-dasharray="4 3"/>'
+        )
+    for d, (px, py) in zip(dots, at, strict=True):  # sorted above: the highlighted ones on top
+        fill = highlight_colour if d.highlight else colour
+        tip = f"{d.label}: x {d.x:.4g}, y {d.y:.4g}" + (f" ({legend[0]})" if d.highlight else "")
+        body.append(
+            f'<circle cx="{_num(px)}" cy="{_num(py)}" r="{5 if d.highlight else 4}" fill="{escape(fill)}" '
+            f'stroke="#fff"><title>{escape(tip)}</title></circle>'
+        )
+    keys = [Series(legend[0], (), highlight_colour), Series(legend[1], (), colour)]
+    left = _crowded_right(chart, at, keys)
+    taken = [_legend_box(chart, keys, left)] + [(x - 5, y - 5, x + 5, y + 5) for x, y in at]
+    named = [(x, y, d.label) for d, (x, y) in zip(dots, at, strict=True)][::-1]  # the front's names first
+    return _svg(chart, body + _place_labels(frame, named, taken) + _legend(chart, keys, left=left))
+
+
+def _legend_box(chart: Chart, keys: Sequence[Series], left: bool) -> Box:
+    width = _legend_width(keys)
+    x = LEFT + 8 if left else chart.width - RIGHT - width
+    return (x - 4, TOP, x + width, TOP + 14 * len(keys) + 6)
+
+
+def _crowded_right(chart: Chart, at: Sequence[tuple[float, float]], keys: Sequence[Series]) -> bool:
+    """Whether fewer dots lie under a top-left legend than under a top-right one."""
+
+    def under(box: Box) -> int:
+        return sum(box[0] <= x <= box[2] and box[1] <= y <= box[3] for x, y in at)
+
+    return under(_legend_box(chart, keys, True)) < under(_legend_box(chart, keys, False))
+
+
+def standalone(svg: str) -> str:
+    """A chart of this module as an SVG file of its own (for docs): the XML namespace a file needs, and a
+    white ground, because the text is drawn dark for the white page of the HTML export."""
+    head, sep, rest = svg.partition(">")
+    if not head.startswith("<svg ") or not sep:
+        raise ValueError("not a chart drawn by reports.svg_charts")
+    ground = '<rect x="0" y="0" width="100%" height="100%" fill="#fff"/>'
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<svg xmlns="http://www.w3.org/2000/svg" {head[5:]}>{ground}{rest}\n'
+    )

@@ -1,8 +1,8 @@
 """How an engine study looks on a page: its charts, tables, conditions and downloads.
 
 The Engine studies page shows a fresh run with it and the Reports page a saved one, so
-both show the same thing. Which charts a study has is `reports.study_report.STUDY_CHARTS`,
-the same list the HTML export draws.
+both show the same thing. Which charts a study has is `reports.study_report.STUDY_CHARTS`
+and `PARETO_CHARTS`, the same lists the HTML export draws.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import streamlit as st
 
 from checks.jobs import Job, JobState
 from engine.studies.registry import StudyResult, format_study, study_frame
-from reports.study_report import STUDY_CHARTS, StudyChart, StudyReport
+from reports.study_report import PARETO_CHARTS, STUDY_CHARTS, ParetoChart, StudyChart, StudyReport
 
 QUALITY_COLUMNS = ["format", "perplexity", "mean_kl_nats", "top1_agreement", "scored_tokens"]
 PRECISION_COLUMNS = [
@@ -96,45 +96,40 @@ def precision_heatmap(doc: StudyReport) -> alt.Chart:
     )
 
 
-# The compression study's Pareto charts: quality (mean KL against fp32, less is better) against each cost, with
-# the frontier the study computed (engine/studies/pareto.py) drawn as a line through its settings.
-PARETO_CHARTS = (
-    ("weight_bytes", "pareto_size", "weights (MiB)", "Quality against size", 1 / 2**20),
-    ("decode_tok_s", "pareto_speed", "decode tok/s", "Quality against decode speed", 1.0),
-)
+def pareto_chart(doc: StudyReport, spec: ParetoChart) -> alt.Chart:
+    """Every measured setting as a labelled point, the frontier the study marked (engine/studies/pareto.py)
+    joined in order of x: the same points and marks as the HTML export's chart (`ParetoChart.points`).
 
-
-def pareto_chart(doc: StudyReport, x_key: str, front_key: str, x_title: str, title: str, scale: float) -> alt.Chart:
-    """Every measured setting as a labelled point, the frontier's points joined in order of x.
-
-    KL spans 0 (fp32) to ~10 nats (a broken model), so the y axis is symlog: linear near 0, logarithmic beyond.
+    The y axis is symlog (`ParetoChart.symlog`): linear near 0, logarithmic beyond.
     """
-    measured = [r for r in doc.rows if r.get(x_key) is not None and r.get("mean_kl_nats") is not None]
+    measured = spec.points(doc)
     frame = pd.DataFrame(
         {
-            "setting": [r["setting"] for r in measured],
-            "x": [float(r[x_key]) * scale for r in measured],  # type: ignore[arg-type]
-            "mean KL": [r["mean_kl_nats"] for r in measured],
-            "frontier": ["on the frontier" if r.get(front_key) else "dominated" for r in measured],
+            "setting": [p.label for p in measured],
+            "x": [p.x for p in measured],
+            "mean KL": [p.y for p in measured],
+            "frontier": ["on the frontier" if p.on_front else "dominated" for p in measured],
         }
     )
-    y = alt.Y("mean KL:Q", scale=alt.Scale(type="symlog", constant=0.01), title="mean KL vs fp32 (nats)")
-    x = alt.X("x:Q", title=x_title)
+    y = alt.Y("mean KL:Q", scale=alt.Scale(type="symlog", constant=spec.symlog), title=spec.y_label)
+    x = alt.X("x:Q", title=spec.x_label)
     base = alt.Chart(frame).encode(x=x, y=y)
     points = base.mark_point(filled=True, size=70).encode(
-        color=alt.Color("frontier:N", title=None), tooltip=["setting", alt.Tooltip("x:Q", title=x_title), "mean KL"]
+        color=alt.Color("frontier:N", title=None),
+        tooltip=["setting", alt.Tooltip("x:Q", title=spec.x_label), "mean KL"],
     )
     labels = base.mark_text(align="left", dx=6, dy=-6, fontSize=10).encode(text="setting:N")
     line = (
         base.transform_filter(alt.datum.frontier == "on the frontier").mark_line(strokeDash=[4, 3]).encode(order="x:Q")
     )
-    return (line + points + labels).properties(title=title, height=300)
+    return (line + points + labels).properties(title=spec.title, height=300)
 
 
 def _compress_view(doc: StudyReport, frame: pd.DataFrame) -> None:
     """The Pareto charts, then the table a reader decides with: size, speed, quality and what saves nothing."""
-    for col, (x_key, front_key, x_title, title, scale) in zip(st.columns(2), PARETO_CHARTS, strict=True):
-        col.altair_chart(pareto_chart(doc, x_key, front_key, x_title, title, scale))
+    specs = PARETO_CHARTS["compress"]
+    for col, spec in zip(st.columns(len(specs)), specs, strict=True):
+        col.altair_chart(pareto_chart(doc, spec))
     st.dataframe(frame[[c for c in COMPRESS_COLUMNS if c in frame.columns]], hide_index=True)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reports.documents import load
-from reports.study_report import STUDY_CHARTS, StudyReport
+from reports.study_report import PARETO_CHARTS, STUDY_CHARTS, StudyReport
 from widgets.studies import _chart, pareto_chart
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "engine-study.v1.json"
@@ -33,8 +33,8 @@ def test_the_compression_study_draws_its_pareto_frontier() -> None:
         {"setting": "slow", "weight_bytes": 2**26, "decode_tok_s": None, "mean_kl_nats": 0.5, "pareto_size": False},
     ]
     compress = doc.model_copy(update={"study": "compress", "rows": rows})
-    spec = pareto_chart(compress, "weight_bytes", "pareto_size", "weights (MiB)", "Quality against size", 1 / 2**20)
-    drawn = spec.to_dict()
+    by_size, by_speed = PARETO_CHARTS["compress"]
+    drawn = pareto_chart(compress, by_size).to_dict()
     [data] = drawn["datasets"].values()
     assert [(d["setting"], d["x"], d["frontier"]) for d in data] == [
         ("fp32", 512.0, "on the frontier"),
@@ -45,5 +45,5 @@ def test_the_compression_study_draws_its_pareto_frontier() -> None:
     line, points, labels = drawn["layer"]
     assert line["mark"]["type"] == "line" and "frontier" in line["transform"][0]["filter"]
     assert points["encoding"]["y"]["scale"]["type"] == "symlog" and labels["encoding"]["text"]["field"] == "setting"
-    by_speed = pareto_chart(compress, "decode_tok_s", "pareto_speed", "decode tok/s", "Quality against speed", 1.0)
-    assert [d["setting"] for d in by_speed.to_dict()["datasets"].popitem()[1]] == ["fp32", "int4", "prune"]
+    speed_points = pareto_chart(compress, by_speed).to_dict()["datasets"].popitem()[1]
+    assert [d["setting"] for d in speed_points] == ["fp32", "int4", "prune"]
