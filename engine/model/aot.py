@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,12 +226,19 @@ class AotStep:
         return got == spec and len(flat) == len(ours) and all(a is b for a, b in zip(flat, ours, strict=True))
 
 
+LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+
+
 def _build(model: nn.Module, kind: type[AotStepKind], path: Path) -> None:
     """Export and compile into a temp file beside `path`, then rename: readers never see half a package."""
-    program = export_step(model, kind)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.pt2")
     try:
-        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+        with warnings.catch_warnings():
+            # torch's export still copies a pytree class it has deprecated itself (torch 2.13): a FutureWarning
+            # about torch's own code amid a cold build's notes reads as if the build had gone wrong.
+            warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
+            program = export_step(model, kind)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
