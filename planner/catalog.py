@@ -1,4 +1,4 @@
-"""The catalogs under planner/data: models, GPUs, weight formats, engines.
+"""The catalogs under planner/data: models, GPUs, weight formats, engines, and the bundled formats' measured quality.
 
 SLO profiles are not here: they are shared with the readiness checklist, in one file read
 through `planner/slo_targets.py`.
@@ -198,6 +198,53 @@ class FormatsFile(_Strict):
     formats: list[FormatSpec]
 
 
+# -- measured quality of the bundled engine's formats ---------------------------------
+
+
+class MeasuredFormat(_Strict):
+    """One bundled format scored against the fp32 model on the shipped evaluation text (engine/studies/quant.py)."""
+
+    engine_quant: str = Field(pattern=r"^[a-z0-9][a-z0-9\-]*$")
+    perplexity: PositiveFloat
+    mean_kl_nats: float = Field(ge=0, description="mean KL(fp32 || format) over the scored positions, in nats")
+    top1_agreement: float = Field(ge=0, le=1, description="share of positions whose most likely token is fp32's")
+    positions: PositiveInt = Field(description="scored next-token positions")
+
+
+class MeasuredQualityFile(_Strict):
+    """planner/data/measured_quality.json: written by bench/planner_quality.py from one run of the quant study,
+    never by hand; the command, date and revision say how to reproduce it."""
+
+    schema_version: Literal[1]
+    about: str
+    model: str = Field(min_length=1, description="the model measured (the bundled GGUF)")
+    model_file: str = Field(min_length=1)
+    file_tensor_types: str
+    reference: str = Field(min_length=1)
+    eval_text: str = Field(min_length=1)
+    eval_tokens: PositiveInt
+    eval_window: PositiveInt
+    command: str = Field(min_length=1)
+    date_utc: str = Field(min_length=1)
+    revision: str = Field(min_length=1)
+    machine: str = Field(min_length=1)
+    formats: list[MeasuredFormat] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_row_each_and_the_reference(self) -> MeasuredQualityFile:
+        names = [f.engine_quant for f in self.formats]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate engine_quant rows: {', '.join(dupes)}")
+        if self.reference not in names:
+            raise ValueError(f"no row for the reference {self.reference!r}")
+        return self
+
+    @cached_property
+    def by_quant(self) -> dict[str, MeasuredFormat]:
+        return {f.engine_quant: f for f in self.formats}
+
+
 class Efficiency(_Strict):
     """An engine's share of a device's peaks, and what each forward pass costs beyond them."""
 
@@ -347,12 +394,13 @@ class EnginesFile(_Strict):
 
 
 class Catalog(_Strict):
-    """All four files, cross-checked; look-ups raise UnknownNameError with suggestions."""
+    """The catalog files, cross-checked; look-ups raise UnknownNameError with suggestions."""
 
     models_file: ModelsFile
     gpus_file: GpusFile
     formats_file: FormatsFile
     engines_file: EnginesFile
+    quality_file: MeasuredQualityFile
 
     @model_validator(mode="after")
     def _cross_check(self) -> Catalog:
@@ -371,6 +419,10 @@ class Catalog(_Strict):
             missing = [f for f in e.formats if f not in known]
             if missing:
                 raise ValueError(f"engine {e.id} lists unknown formats: {', '.join(missing)}")
+        measured = self.quality_file.by_quant
+        unmeasured = [f.id for f in self.formats_file.formats if f.engine_quant and f.engine_quant not in measured]
+        if unmeasured:
+            raise ValueError(f"formats without a row in measured_quality.json: {', '.join(unmeasured)}")
         return self
 
     @cached_property
@@ -437,6 +489,7 @@ def load_catalog(data_dir: Path = DATA_DIR) -> Catalog:
         "gpus_file": _read(data_dir / "gpus.json", GpusFile),
         "formats_file": _read(data_dir / "formats.json", FormatsFile),
         "engines_file": _read(data_dir / "engines.json", EnginesFile),
+        "quality_file": _read(data_dir / "measured_quality.json", MeasuredQualityFile),
     }
     try:
         cat = Catalog(**parts)

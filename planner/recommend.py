@@ -21,6 +21,7 @@ from planner.launch import LaunchSpec, launch_command
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
 from planner.predict import Efficiency, Knobs, memory_config, predict_config, scheduler_limits
+from planner.quality import quality_note
 from planner.roofline import Device, Parallel, cc_at_least, compute_kind, ridge_point
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory, sixteen_bit_layout_problem
 from planner.vllm_memory import rule_for_engine
@@ -226,7 +227,7 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
         pp=par.pp,
         memory=mem,
         quality=fmt.quality,
-        quality_note=fmt.quality_note,
+        quality_note=quality_note(fmt, ctx.catalog),
         calibrated=cal is not None,
         calibration=cal.label if cal else None,
         assumptions=cp.assumptions,

@@ -103,6 +103,17 @@ def _edit(path: Path, change) -> None:  # noqa: ANN001
         ("models.json", lambda d: d["models"].append(d["models"][0]), "duplicate model ids: smollm2-135m"),
         ("engines.json", lambda d: d["engines"][0]["formats"].append("q9"), "lists unknown formats: q9"),
         ("models.json", lambda d: d["models"][0].update(n_kv_heads=2), "9 heads are not a multiple of 2 KV heads"),
+        (
+            "measured_quality.json",
+            lambda d: d["formats"][2].update(kl=0.1),
+            "measured_quality.json: formats.2.kl: Extra inputs",
+        ),
+        (
+            "measured_quality.json",
+            lambda d: d["formats"].pop(2),
+            "formats without a row in measured_quality.json: bundled-int8",
+        ),
+        ("measured_quality.json", lambda d: d.update(reference="fp64"), "no row for the reference 'fp64'"),
     ],
 )
 def test_schema_rejects_bad_catalogs(tmp_path: Path, file: str, change, message: str) -> None:  # noqa: ANN001

@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from planner.catalog import load_catalog
 from planner.hardware import describe_nvml, detect, gpu_story
+from planner.quality import quality_note
 from planner.vllm_memory import version_choices
 from tests.model_file_cases import CASES, assert_message, write_gguf
 
@@ -123,6 +124,14 @@ def test_plan_page_for_this_cpu(app: AppTest) -> None:
     engines = set(app.dataframe[0].value["engine"])
     assert engines <= {"llama.cpp (llama-server)", "Preflight bundled engine"}
     assert any(c.value.startswith("CPU figures measured with torch") for c in app.caption)
+    # a bundled option's reasons quote its measured quality (planner/quality.py, issue 19)
+    options = app.selectbox(key="plan_option").options
+    app.selectbox(key="plan_option").set_value(next(i for i, o in enumerate(options) if "Preflight" in o)).run()
+    label = options[app.selectbox(key="plan_option").value]  # "#7 Preflight bundled engine bundled int4"
+    fmt = load_catalog().format(" ".join(label.split()[-2:]))
+    line = f"- quality ({fmt.quality}): {quality_note(fmt, load_catalog())}"
+    assert line.startswith("- quality (") and "measured on the bundled SmolLM2-135M-Instruct.Q4_1" in line
+    assert any(line in m.value.splitlines() for m in app.markdown)
 
 
 def test_plan_page_shows_each_bad_model_file_as_one_error(app: AppTest, tmp_path: Path) -> None:
