@@ -37,14 +37,16 @@ from checks.load.targets import free_port, probe, wait_healthy  # noqa: E402
 class StreamServer:
     """bench/_stream_server.py in a child process for the length of a `with` block."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_token_ms: float = 0.0, token_ms: float = 0.0) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pacing = ["--first-token-ms", str(first_token_ms), "--token-ms", str(token_ms)]
 
     def __enter__(self) -> StreamServer:
         script = Path(__file__).with_name("_stream_server.py")
-        self.proc = subprocess.Popen([sys.executable, str(script), "--port", str(self.port)], cwd=REPO_ROOT)
+        command = [sys.executable, str(script), "--port", str(self.port), *self.pacing]
+        self.proc = subprocess.Popen(command, cwd=REPO_ROOT)
         no_log = lambda: "(its output is on this console)"  # noqa: E731
         wait_healthy(self.base_url, self.proc.poll, 30.0, "the stream server", no_log)
         return self
