@@ -41,6 +41,8 @@ CATALOG: dict[str, Chain] = {
     "prune-2:4": (PruneSettings(pattern="2:4"),),
     "rank-0.75": (LowRankSettings(rank_fraction=0.75),),
     "rank-0.5": (LowRankSettings(rank_fraction=0.5),),
+    "arank-0.75": (LowRankSettings(rank_fraction=0.75, activation_aware=True),),
+    "arank-0.5": (LowRankSettings(rank_fraction=0.5, activation_aware=True),),
 }
 # The compression study's default: GPTQ against round-to-nearest where they differ (group 128; at group 32
 # both re-find the file's own Q4_1 grid), round-to-nearest distilled toward fp32, both pruning kinds, and

@@ -3,7 +3,8 @@
     python -m engine compress gptq --group 128 [--act-order] --out DIR
     python -m engine compress rtn --group 128 --out DIR
     python -m engine compress prune --sparsity 0.5 | --pattern 2:4 --out DIR
-    python -m engine compress lowrank --rank-fraction 0.5 | --energy 0.9 [--projections w13,w2] --out DIR
+    python -m engine compress lowrank --rank-fraction 0.5 | --energy 0.9 [--projections w13,w2]
+        [--activation-aware] --out DIR
     python -m engine compress distill --from DIR | rtn | gptq [--group 128] [--act-order] --minutes 3 --out DIR
 
 Each loads the fp32 reference, compresses every block linear, writes DIR (weights, manifest, recipe)
@@ -132,6 +133,10 @@ def add_compress_parser(sub: Any) -> None:  # noqa: ANN401 - argparse's subparse
         "--projections", type=_projections, default=None, metavar="P,P,...", help=_help(LowRankSettings, "projections")
     )
     lowrank.add_argument("--format", choices=get_args(DenseFormat), default=None, help=_help(LowRankSettings, "format"))
+    lowrank.add_argument(
+        "--activation-aware", action="store_true", default=None, help=_help(LowRankSettings, "activation_aware")
+    )
+    _calibration_flag(lowrank, LowRankSettings)
     _common(lowrank)
 
     distill = methods.add_parser(

@@ -37,7 +37,7 @@ from engine.compress.calibration import (
     hessian_output_error,
 )
 from engine.compress.gptq import gptq_quantize, rtn_codes
-from engine.compress.lowrank import rank_for_fraction, svd_factors
+from engine.compress.lowrank import activation_scales, rank_for_fraction, svd_factors
 from engine.compress.prune import magnitude_prune, prune_2_4, sparsity_of
 from engine.compress.recipe import (
     PROJECTIONS,
@@ -64,6 +64,9 @@ BLOCK_PATHS: dict[Projection, str] = {
     "w2": "feed_forward.w2",
 }
 Progress = Callable[[str], None]
+_Fit = Callable[[str, torch.Tensor, torch.Tensor], tuple[QuantLinear, torch.Tensor, LayerRecord]]
+"""(layer name, fp32 weight, its calibration Hessian) -> the compressed module, the weight it multiplies by, and
+the layer's record."""
 _Module = TypeVar("_Module", bound=nn.Module)
 
 
@@ -204,25 +207,74 @@ def _prune(settings: PruneSettings, reference: LoadedModel, progress: Progress |
 
 
 def _lowrank(settings: LowRankSettings, reference: LoadedModel, progress: Progress | None) -> _Output:
+    if settings.activation_aware:
+        fit = _lowrank_fit(settings)
+        return _calibrated(reference, settings.calibration_tokens, settings.projections, fit, progress)
     out = _Output({}, [])
     linears = block_linears(reference.model, settings.projections)
     for i, (name, linear) in enumerate(linears.items()):
         if i % 20 == 0:
             report(progress, f"compress: SVD of layer {i + 1} of {len(linears)}")
-        w = linear.weight.float()
-        rank = rank_for_fraction(w, settings.rank_fraction) if settings.rank_fraction is not None else None
-        factors = svd_factors(w, rank=rank, energy=settings.energy)
-        module = LowRankLinear.from_factors(factors.up, factors.down, settings.format)
+        module, _, record = _lowrank_fit(settings)(name, linear.weight.float(), None)
         out.modules[name] = module
-        out.layers.append(layer_record(name, w, module, rank=factors.rank, energy_kept=factors.energy_kept))
+        out.layers.append(record)
     return out
 
 
+def _lowrank_fit(settings: LowRankSettings) -> _Fit:
+    """One layer's factors at the settings' rank or energy; weighted by the channel RMS when a Hessian is given."""
+
+    def fit(name: str, w: torch.Tensor, hessian: torch.Tensor | None) -> tuple[QuantLinear, torch.Tensor, LayerRecord]:
+        rank = rank_for_fraction(w, settings.rank_fraction) if settings.rank_fraction is not None else None
+        scales = None if hessian is None else activation_scales(hessian.diagonal())
+        factors = svd_factors(w, rank=rank, energy=settings.energy, scales=scales)
+        module = LowRankLinear.from_factors(factors.up, factors.down, settings.format)
+        wq = module.dequantized()
+        calib = None if hessian is None else hessian_output_error(w, wq, hessian)
+        figures = {"rank": factors.rank, "energy_kept": factors.energy_kept, "calib_output_rel_err": calib}
+        return module, wq, layer_record(name, w, module, wq, **figures)
+
+    return fit
+
+
 def _gptq(settings: GptqSettings, reference: LoadedModel, progress: Progress | None) -> _Output:
-    """Block by block: capture each linear's Hessian on the block's real inputs, quantize, then feed the next block
-    the outputs of the *quantized* block, so later layers compensate for what earlier ones lost (as in the paper)."""
+    g = settings.group_size
+
+    def fit(name: str, w: torch.Tensor, hessian: torch.Tensor) -> tuple[QuantLinear, torch.Tensor, LayerRecord]:
+        codes = gptq_quantize(
+            w,
+            hessian,
+            g,
+            act_order=settings.act_order,
+            damp_fraction=settings.damp_fraction,
+            block_size=settings.block_size,
+        )
+        wq = codes.dequantized()
+        record = layer_record(
+            name,
+            w,
+            module := Int4Linear.from_codes(codes.q, codes.scale, codes.zero, g),
+            wq,
+            calib_output_rel_err=hessian_output_error(w, wq, hessian),
+            rtn_calib_output_rel_err=hessian_output_error(w, rtn_codes(w, g).dequantized(), hessian),
+        )
+        return module, wq, record
+
+    return _calibrated(reference, settings.calibration_tokens, PROJECTIONS, fit, progress)
+
+
+def _calibrated(
+    reference: LoadedModel,
+    calibration_tokens: int | None,
+    projections: tuple[Projection, ...],
+    fit: _Fit,
+    progress: Progress | None,
+) -> _Output:
+    """Block by block: capture each chosen linear's Hessian (mean x^T x) on the block's real inputs over the
+    calibration text, let `fit` compress the layer, then feed the next block the outputs of the *compressed* block,
+    so each layer is fitted to the inputs it will see when served (GPTQ's order, as in its paper)."""
     model, device = reference.model, reference.device
-    ids = calibration_ids(reference.tokenizer, settings.calibration_tokens)
+    ids = calibration_ids(reference.tokenizer, calibration_tokens)
     windows = calibration_windows(ids, CALIBRATION_WINDOW)
     hidden = [model.embedding.lookup(torch.tensor([w], device=device)).to(model.act_dtype) for w in windows]
     out = _Output(
@@ -232,40 +284,21 @@ def _gptq(settings: GptqSettings, reference: LoadedModel, progress: Progress | N
             file=CALIBRATION_FILE, sha256=calibration_sha256(), tokens=len(ids), window=CALIBRATION_WINDOW
         ),
     )
-    g = settings.group_size
+    chosen = block_linears(model, projections)
     for i, block in enumerate(model.layers):
         if i % 5 == 0:
-            report(progress, f"compress: GPTQ block {i + 1} of {len(model.layers)}")
-        linears = {n: m for n, m in block_linears(model).items() if n.startswith(f"layers.{i}.")}
+            report(progress, f"compress: calibrated block {i + 1} of {len(model.layers)}")
+        linears = {n: m for n, m in chosen.items() if n.startswith(f"layers.{i}.")}
         hessians = Hessians()
         with capturing(linears, hessians):
             for h in hidden:
                 block(h, _rope(model, h.shape[1]), None)
-        quantized: dict[str, torch.Tensor] = {}
+        fitted: dict[str, torch.Tensor] = {}
         for name, linear in linears.items():
-            w, hessian = linear.weight.float(), hessians.mean(name)
-            codes = gptq_quantize(
-                w,
-                hessian,
-                g,
-                act_order=settings.act_order,
-                damp_fraction=settings.damp_fraction,
-                block_size=settings.block_size,
-            )
-            module = Int4Linear.from_codes(codes.q, codes.scale, codes.zero, g)
-            quantized[name] = codes.dequantized()
+            module, fitted[name], record = fit(name, linear.weight.float(), hessians.mean(name))
             out.modules[name] = module
-            out.layers.append(
-                layer_record(
-                    name,
-                    w,
-                    module,
-                    quantized[name],
-                    calib_output_rel_err=hessian_output_error(w, quantized[name], hessian),
-                    rtn_calib_output_rel_err=hessian_output_error(w, rtn_codes(w, g).dequantized(), hessian),
-                )
-            )
-        with _weights(linears, quantized):
+            out.layers.append(record)
+        with _weights(linears, fitted):
             hidden = [block(h, _rope(model, h.shape[1]), None) for h in hidden]
     return out
 

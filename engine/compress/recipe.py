@@ -107,6 +107,14 @@ class LowRankSettings(_Settings):
     energy: float | None = Field(None, gt=0, le=1, description="keep this share of the squared singular values")
     projections: tuple[Projection, ...] = Field(PROJECTIONS, description="which block projections to factor")
     format: DenseFormat = Field("fp32", description="dtype of the two factors (and of the other layers)")
+    activation_aware: bool = Field(
+        False,
+        description="weight each input channel by its RMS on the calibration text before the SVD, "
+        "so the rank goes where the layer's output needs it (fitted block by block, as GPTQ is)",
+    )
+    calibration_tokens: int | None = Field(
+        None, ge=16, description="tokens of the calibration text to read (activation-aware only; default: all of it)"
+    )
 
     @model_validator(mode="after")
     def _one_target(self) -> LowRankSettings:
@@ -114,6 +122,8 @@ class LowRankSettings(_Settings):
             raise ValueError("give exactly one of a rank fraction or an energy threshold")
         if not self.projections or len(set(self.projections)) != len(self.projections):
             raise ValueError(f"choose one or more distinct projections from {', '.join(PROJECTIONS)}")
+        if self.calibration_tokens is not None and not self.activation_aware:
+            raise ValueError("plain SVD reads no calibration text: calibration tokens need activation_aware")
         return self
 
     @property
@@ -122,7 +132,8 @@ class LowRankSettings(_Settings):
 
     def describe(self) -> str:
         target = f"rank {self.rank_fraction:g}" if self.rank_fraction is not None else f"energy {self.energy:g}"
-        return f"low-rank, {target} of {', '.join(self.projections)}"
+        kind = "activation-aware low-rank" if self.activation_aware else "low-rank"
+        return f"{kind}, {target} of {', '.join(self.projections)}"
 
 
 class DistillSettings(_Settings):

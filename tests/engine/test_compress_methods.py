@@ -1,6 +1,7 @@
 """The compression algorithms (engine/compress/) on real layers of the bundled model and real activations:
 GPTQ against round-to-nearest on the same layer and calibration data, exact magnitude and 2:4 pruning,
-SVD factors that reproduce a layer at full rank; plus the layer layouts and the recipe document."""
+SVD factors that reproduce a layer at full rank, activation-aware SVD against plain SVD on the same layer and data;
+plus the layer layouts and the recipe document."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import torch
 from pydantic import ValidationError
 
 from engine.compress.calibration import calibration_ids, calibration_text, hessian_output_error
+from engine.compress.catalog import CATALOG
 from engine.compress.gptq import gptq_quantize, rtn_codes
-from engine.compress.lowrank import rank_for_energy, rank_for_fraction, svd_factors
+from engine.compress.lowrank import (
+    SCALE_FLOOR,
+    activation_scales,
+    rank_for_energy,
+    rank_for_fraction,
+    svd_factors,
+)
 from engine.compress.pipeline import block_linears, load_reference
 from engine.compress.prune import follows_2_4, magnitude_prune, prune_2_4, sparsity_of
 from engine.compress.recipe import GptqSettings, LowRankSettings, PruneSettings, Recipe, RtnSettings
@@ -135,6 +143,39 @@ def test_rank_and_energy_choose_the_factor_size(captured: dict[str, tuple[torch.
         svd_factors(w, rank=4, energy=0.5)
 
 
+def test_activation_aware_factors_have_less_output_error_than_plain_svd_at_the_same_rank(
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    for name, (w, x) in captured.items():
+        scales = activation_scales((x.double() ** 2).mean(0))  # the diagonal of X^T X / tokens
+        rank = rank_for_fraction(w, 0.5)
+        plain, aware = svd_factors(w, rank=rank), svd_factors(w, rank=rank, scales=scales)
+        assert aware.rank == plain.rank == rank and aware.down.shape == plain.down.shape
+        plain_err = output_error(w, plain.up @ plain.down, x)
+        aware_err = output_error(w, aware.up @ aware.down, x)
+        assert 0 < aware_err < 0.95 * plain_err, (name, aware_err, plain_err)
+    # Full rank: the scaling is folded back exactly, and the stored factors run on the same LowRankLinear.
+    w, x = captured[LAYERS[1]]  # w13, 3072 x 576: tall, so the SVD is taken of the scaled weight transposed
+    full = svd_factors(w, rank=min(w.shape), scales=activation_scales((x.double() ** 2).mean(0)))
+    y, ref = LowRankLinear.from_factors(full.up, full.down)(x), make_linear(w, "fp32")(x)
+    assert full.energy_kept == pytest.approx(1.0)
+    assert float((y - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_activation_scales_floor_silent_channels_and_refuse_bad_input() -> None:
+    scales = activation_scales(torch.tensor([0.0, 4.0, 4.0, 1e-12]))  # roots 0, 2, 2, 1e-6: mean ~1
+    assert scales[1:3].tolist() == [2.0, 2.0]
+    assert scales[0] == scales[3] == pytest.approx(SCALE_FLOOR * 1.0, rel=1e-5)
+    w = torch.randn(6, 4)
+    factors = svd_factors(w, rank=4, scales=scales)
+    assert torch.isfinite(factors.down).all() and torch.allclose(factors.up @ factors.down, w, atol=1e-4)
+    for bad in (torch.zeros(4), torch.tensor([1.0, -1.0]), torch.tensor([1.0, float("nan")]), torch.ones(2, 2)):
+        with pytest.raises(ValueError):
+            activation_scales(bad)
+    with pytest.raises(ValueError, match="positive channel scales"):
+        svd_factors(w, rank=2, scales=torch.ones(5))
+
+
 def test_layouts_rebuild_each_storage_and_refuse_malformed_ones() -> None:
     int4 = make_linear(torch.randn(40, 576), "int4", group_size=128)
     lowrank = LowRankLinear.from_factors(torch.randn(40, 8), torch.randn(8, 576), "bf16")
@@ -170,10 +211,14 @@ def test_settings_and_recipe_refuse_what_they_do_not_know() -> None:
         lambda: LowRankSettings(rank_fraction=0.5, energy=0.9),
         lambda: LowRankSettings(rank_fraction=0.5, projections=()),
         lambda: LowRankSettings(energy=0.9, projections=("wq",)),
+        lambda: LowRankSettings(rank_fraction=0.5, calibration_tokens=64),  # plain SVD reads no calibration
     ):
         with pytest.raises(ValidationError):
             bad()
     assert LowRankSettings(energy=0.9, format="bf16").served_format == "bf16"
+    aware = LowRankSettings(rank_fraction=0.5, activation_aware=True, calibration_tokens=64)
+    assert aware.describe() == "activation-aware low-rank, rank 0.5 of wqkv, wo, w13, w2"
+    assert CATALOG["arank-0.5"] == (LowRankSettings(rank_fraction=0.5, activation_aware=True),)
     recipe = {
         "schema_version": 1,
         "settings": {"method": "prune", "pattern": "2:4"},

@@ -96,6 +96,32 @@ def test_low_rank_factors_round_trip_and_generate_the_same_tokens(lowrank: tuple
     assert len(compressed.recipe.layers) == 60
 
 
+def test_activation_aware_low_rank_records_its_option_and_calibration(reference: LoadedModel, tmp_path: Path) -> None:
+    settings = LowRankSettings(rank_fraction=0.5, projections=("wo",), activation_aware=True, calibration_tokens=64)
+    compressed = compress(settings, reference)
+    recipe = compressed.recipe
+    assert recipe.settings == settings and recipe.summary().startswith("activation-aware low-rank, rank 0.5 of wo")
+    assert recipe.calibration is not None and recipe.calibration.tokens == 64
+    assert len(recipe.layers) == 30 and all(r.rank == 288 for r in recipe.layers)
+    assert all(r.calib_output_rel_err is not None and 0 < r.calib_output_rel_err < 1 for r in recipe.layers)
+    compressed.save(tmp_path)
+    written = Recipe.model_validate_json((tmp_path / "recipe.json").read_text())
+    assert written.settings.activation_aware and written == recipe  # type: ignore[union-attr]
+    assert isinstance(compressed.loaded.model.layers[2].attention.wo, LowRankLinear)  # the same storage as plain SVD
+
+
+def test_compress_lowrank_takes_the_activation_aware_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import build_parser
+    from engine.compress.command import settings_from_args
+
+    flags = ["compress", "lowrank", "--rank-fraction", "0.5", "--out", str(tmp_path)]
+    args = build_parser().parse_args([*flags, "--activation-aware", "--calibration-tokens", "64"])
+    assert settings_from_args(args) == LowRankSettings(rank_fraction=0.5, activation_aware=True, calibration_tokens=64)
+    assert settings_from_args(build_parser().parse_args(flags)) == LowRankSettings(rank_fraction=0.5)
+    assert main([*flags, "--calibration-tokens", "64"]) == 1  # refused before any model is loaded
+    assert "calibration tokens need activation_aware" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_2_4_pruning_in_bf16_keeps_its_pattern_through_the_directory(reference: LoadedModel, tmp_path: Path) -> None:
     compressed = compress(PruneSettings(pattern="2:4", format="bf16"), reference)
