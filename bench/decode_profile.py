@@ -114,6 +114,30 @@ def int4_kernels(engine: Engine, rows: int, repeats: int) -> dict[str, float]:
     }
 
 
+def table_rows(results: dict[int, dict[str, float]]) -> list[list[str]]:
+    """The printed table: each batch's parts of a step, its int4 kernels' bandwidth and the head alone."""
+    rows = []
+    for batch, r in results.items():
+        step = r["step_ms"]
+
+        def part(what: str, ms: float, step: float = step) -> tuple[str, str, str]:
+            return what, f"{ms:.2f}", f"{ms / step:.0%}"
+
+        linears = " / ".join(f"{r.get(k + '_ms', 0.0):.2f}" for k in ("wqkv", "wo", "w13", "w2"))
+        for line in (
+            part("int4 matmuls (kernels alone, 30 layers)", r["int4_ms"]),
+            ("  of which wqkv / wo / w13 / w2", linears, ""),
+            part("rest of the blocks (attention, norms, RoPE, adds)", r["blocks_ms"] - r["int4_ms"]),
+            part("Q8_0 head (outside the package)", r["head_ms"]),
+            part("scheduling, sampling, bookkeeping", step - r["blocks_ms"] - r["head_ms"]),
+            part("whole step", step),
+            ("int4 kernels' weight bandwidth", f"{r['int4_gb_s']:.1f} GB/s", ""),
+            ("head alone (model.logits)", f"{r['head_alone_ms']:.2f}", ""),
+        ):
+            rows.append([str(batch), *line])
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", default="1,16")
@@ -133,26 +157,7 @@ def main() -> int:
             lambda b=batch: engine.loaded.model.logits(torch.randn(b, engine.loaded.config.hidden_size)), repeats=20
         )
         results[batch] = {**split, **kernels, "head_alone_ms": head_alone}
-    rows = []
-    for batch, r in results.items():
-        step = r["step_ms"]
-        rest_blocks = r["blocks_ms"] - r["int4_ms"]
-        other = step - r["blocks_ms"] - r["head_ms"]
-        for what, ms in (
-            ("int4 matmuls (kernels alone, 30 layers)", r["int4_ms"]),
-            ("  of which wqkv / wo / w13 / w2", None),
-            ("rest of the blocks (attention, norms, RoPE, adds)", rest_blocks),
-            ("Q8_0 head (outside the package)", r["head_ms"]),
-            ("scheduling, sampling, bookkeeping", other),
-            ("whole step", step),
-        ):
-            if ms is None:
-                split = " / ".join(f"{r.get(k + '_ms', 0.0):.2f}" for k in ("wqkv", "wo", "w13", "w2"))
-                rows.append([str(batch), what, split, ""])
-            else:
-                rows.append([str(batch), what, f"{ms:.2f}", f"{ms / step:.0%}"])
-        rows.append([str(batch), "int4 kernels' weight bandwidth", f"{r['int4_gb_s']:.1f} GB/s", ""])
-        rows.append([str(batch), "head alone (model.logits)", f"{r['head_alone_ms']:.2f}", ""])
+    rows = table_rows(results)
     print(format_table(["batch", "part of a decode-only step", "ms", "share"], rows))
     if args.json:
         args.json.write_text(json.dumps({"conditions": conditions(), "results": results}, indent=2))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -198,6 +199,11 @@ class FormatsFile(_Strict):
     formats: list[FormatSpec]
 
 
+def _repeated(names: list[str]) -> list[str]:
+    """The names that appear more than once, sorted (each catalog list's ids must be unique)."""
+    return sorted(n for n, count in Counter(names).items() if count > 1)
+
+
 # -- measured quality of the bundled engine's formats ---------------------------------
 
 
@@ -233,7 +239,7 @@ class MeasuredQualityFile(_Strict):
     @model_validator(mode="after")
     def _one_row_each_and_the_reference(self) -> MeasuredQualityFile:
         names = [f.engine_quant for f in self.formats]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = _repeated(names)
         if dupes:
             raise ValueError(f"duplicate engine_quant rows: {', '.join(dupes)}")
         if self.reference not in names:
@@ -410,8 +416,7 @@ class Catalog(_Strict):
             ("format", self.formats_file.formats),
             ("engine", self.engines_file.engines),
         ):
-            ids = [i.id for i in items]
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            dupes = _repeated([i.id for i in items])
             if dupes:
                 raise ValueError(f"duplicate {kind} ids: {', '.join(dupes)}")
         known = {f.id for f in self.formats_file.formats}

@@ -15,7 +15,15 @@ from reports.figures import BLUE, ORANGE, Figure
 from reports.html_parts import Markup, code, figure_html, listing, pairs, table
 from reports.markdown import cell, figure
 from reports.store import DocumentError
-from reports.study_report import PARETO_CHARTS, STUDY_CHARTS, Cell, ParetoChart, StudyChart, StudyReport
+from reports.study_report import (
+    PARETO_CHARTS,
+    STUDY_CHARTS,
+    Cell,
+    ParetoChart,
+    ParetoPoint,
+    StudyChart,
+    StudyReport,
+)
 from reports.svg_charts import Chart, Dot, Series, bar_chart, line_chart, scatter_chart, standalone
 
 MIB = 2**20
@@ -102,37 +110,38 @@ def chart_figure(doc: StudyReport, spec: StudyChart) -> Figure:
     return Figure(spec.title, svg=line_chart(chart, lines))
 
 
-def _no_chart(doc: StudyReport, spec: ParetoChart) -> str | None:
-    """Why a Pareto chart cannot be drawn from this study, or None when it can."""
+def _drawable(doc: StudyReport, spec: ParetoChart) -> tuple[list[ParetoPoint], str | None]:
+    """The chart's points, and why it cannot be drawn from this study (None when it can)."""
     missing = spec.missing(doc)
     if missing:
-        return f"No {', '.join(missing)} in this study's rows (saved before the study marked its fronts?)."
-    measured = len(spec.points(doc))
-    if measured < 2:
-        return f"{measured} setting(s) measured both {spec.x} and {spec.y}: a front needs at least 2."
-    return None
-
-
-def front_text(doc: StudyReport, spec: ParetoChart) -> str:
-    """The settings on the front as the study marked them, or why there is no chart."""
-    why = _no_chart(doc, spec)
-    if why is not None:
-        return why
+        return [], f"No {', '.join(missing)} in this study's rows (saved before the study marked its fronts?)."
     points = spec.points(doc)
+    if len(points) < 2:
+        return points, f"{len(points)} setting(s) measured both {spec.x} and {spec.y}: a front needs at least 2."
+    return points, None
+
+
+def _front_line(points: list[ParetoPoint]) -> str:
     front = [p.label for p in points if p.on_front]
     on = ", ".join(front) if front else "none marked"
     return f"On the front: {on} (of {len(points)} measured settings)."
 
 
+def front_text(doc: StudyReport, spec: ParetoChart) -> str:
+    """The settings on the front as the study marked them, or why there is no chart."""
+    points, why = _drawable(doc, spec)
+    return why if why is not None else _front_line(points)
+
+
 def pareto_figure(doc: StudyReport, spec: ParetoChart) -> Figure:
     """Every measured setting as a labelled dot, the front's (read from the saved rows) highlighted and joined."""
-    why = _no_chart(doc, spec)
+    points, why = _drawable(doc, spec)
     if why is not None:
         return Figure(spec.title, note=why)
     chart = Chart(spec.title, spec.x_label, spec.y_label, height=300)
-    dots = [Dot(p.label, p.x, p.y, p.on_front) for p in spec.points(doc)]
+    dots = [Dot(p.label, p.x, p.y, p.on_front) for p in points]
     svg = scatter_chart(chart, dots, FRONT_LEGEND, symlog_y=spec.symlog, colour=BLUE, highlight_colour=ORANGE)
-    return Figure(spec.title, svg=svg, note=front_text(doc, spec))
+    return Figure(spec.title, svg=svg, note=_front_line(points))
 
 
 def study_figures(doc: StudyReport) -> list[Figure]:

@@ -267,8 +267,14 @@ def _path(frame: _Frame, series: Series) -> str:
     return " ".join(parts)
 
 
-def _legend_width(series: Sequence[Series]) -> int:
-    return 20 + LABEL_CHAR_PX * max(len(s.label) for s in series)
+Box = tuple[float, float, float, float]  # left, top, right, bottom in px
+
+
+def _legend_box(chart: Chart, keys: Sequence[Series], left: bool) -> Box:
+    """Where the legend's backing goes: the top-left or top-right corner, as wide as its longest label."""
+    width = 20 + LABEL_CHAR_PX * max(len(s.label) for s in keys)
+    x = LEFT + 8 if left else chart.width - RIGHT - width
+    return (x - 4, TOP, x + width, TOP + 14 * len(keys) + 6)
 
 
 def _legend(chart: Chart, series: Sequence[Series], left: bool = False) -> list[str]:
@@ -340,7 +346,6 @@ def bar_chart(chart: Chart, bars: Sequence[tuple[str, float | None]], colour: st
     return _svg(chart, body)
 
 
-Box = tuple[float, float, float, float]  # left, top, right, bottom in px
 # Where a dot's name may go, in order of preference: (dx, dy of the baseline, text-anchor).
 LABEL_SPOTS = ((6, -6, "start"), (6, 14, "start"), (-6, -6, "end"), (-6, 14, "end"), (7, 4, "start"), (-7, 4, "end"))
 
@@ -425,12 +430,6 @@ def scatter_chart(
     taken = [_legend_box(chart, keys, left)] + [(x - 5, y - 5, x + 5, y + 5) for x, y in at]
     named = [(x, y, d.label) for d, (x, y) in zip(dots, at, strict=True)][::-1]  # the front's names first
     return _svg(chart, body + _place_labels(frame, named, taken) + _legend(chart, keys, left=left))
-
-
-def _legend_box(chart: Chart, keys: Sequence[Series], left: bool) -> Box:
-    width = _legend_width(keys)
-    x = LEFT + 8 if left else chart.width - RIGHT - width
-    return (x - 4, TOP, x + width, TOP + 14 * len(keys) + 6)
 
 
 def _crowded_right(chart: Chart, at: Sequence[tuple[float, float]], keys: Sequence[Series]) -> bool:
