@@ -118,7 +118,7 @@ def run_method(
         k=method.k,
         decode_tok_s=decoded / decode_s if decode_s > 0 else None,
         acceptance_rate=stats.acceptance_rate,
-        tokens_per_step=1 + stats.mean_accepted_per_step if stats.mean_accepted_per_step is not None else None,
+        tokens_per_step=stats.tokens_per_target_step,
         draft_share=draft_s / decode_s if method.name.startswith("draft:") and decode_s > 0 else None,
         same_tokens=None if reference is None else matched_share(outputs, reference),
         outputs=outputs,

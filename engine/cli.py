@@ -20,7 +20,11 @@ from reports.history_flags import add_history_flags  # the CLI shell, not the en
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from engine.run.runtime import Engine
+    from engine.batch.batch_engine import BatchEngine
+    from engine.run.batch_generation import BatchGeneration, SpeculationFigures
+    from engine.run.runtime import Engine, Generation, GenerationResult
+    from engine.sampling import SamplingParams
+    from engine.serving.options import ServerOptions
     from engine.studies.base import StudyOptions, StudyResult
     from reports.study_report import StudyReport
 
@@ -85,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--logprobs", action="store_true", help="record the chosen tokens' logprobs")
     gen.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
     gen.add_argument("--no-kv-cache", action="store_true", help="recompute the whole sequence every step")
-    gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, timings)")
+    gen.add_argument(
+        "--json", action="store_true", help="print one JSON object (text, token ids, timings, speculation)"
+    )
+    _add_speculative_args(gen)
     _add_decode_args(
         gen,
         "compiled decode step: the default where it works (CPU with a C++ compiler; built once per machine, "
@@ -154,8 +161,7 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help=h("template_timeout_s"),
     )
-    p.add_argument("--speculative", default="none", metavar="none|ngram|draft:FORMAT", help=h("speculative"))
-    p.add_argument("--num-speculative-tokens", type=int, default=4, metavar="N", help=h("num_speculative_tokens"))
+    _add_speculative_args(p)
     p.add_argument(
         "--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN", help=h("cors_origins")
     )
@@ -166,6 +172,14 @@ def _add_serve_args(p: argparse.ArgumentParser) -> None:
         "--grace-period", dest="grace_period_s", type=float, default=30.0, metavar="S", help=h("grace_period_s")
     )
     p.add_argument("--parent-pid", type=int, default=None, metavar="PID", help=h("parent_pid"))
+
+
+def _add_speculative_args(p: argparse.ArgumentParser) -> None:
+    """--speculative and --num-speculative-tokens, for `serve` and `generate` alike: ServerOptions checks both."""
+    from engine.serving.options import option_help as h
+
+    p.add_argument("--speculative", default="none", metavar="none|ngram|draft:FORMAT", help=h("speculative"))
+    p.add_argument("--num-speculative-tokens", type=int, default=4, metavar="N", help=h("num_speculative_tokens"))
 
 
 # Study size flags -> StudyOptions fields; the help text comes from the field.
@@ -212,6 +226,7 @@ def _add_study_size_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    from engine.run.batch_generation import SpeculationFigures
     from engine.run.runtime import Engine, LoadOptions
     from engine.sampling import SamplingParams
 
@@ -227,12 +242,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         logprobs=args.logprobs,
         ignore_eos=args.ignore_eos,
     )
+    speculative = _speculative_options(args)  # checked before the weights load: a bad value fails in a moment
     engine = Engine.load(
         LoadOptions(_load_quant(args), args.model, args.device, not args.no_weight_cache, weights_dir=args.weights)
     )
     if args.compile and not args.no_kv_cache:  # without the cache no step runs compiled: nothing to build
         say = lambda line: print(line, file=sys.stderr)  # noqa: E731 - notes on stderr, the text on stdout
-        reason = engine.compile_by_default(on_build=say)
+        # With speculation the server's batch engine decodes: its step kind (the paged cache) is the one compiled.
+        reason = engine.compile_by_default(serving=speculative is not None, on_build=say)
         if reason is not None:
             say(f"eager decode: {reason}")
     prompt: str | list[dict] = args.prompt
@@ -240,7 +257,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompt = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}
         ]
-    gen = engine.stream(prompt, params, chat=args.chat, use_kv_cache=not args.no_kv_cache)
+    llm: BatchEngine | None = None
+    gen: Generation | BatchGeneration
+    if speculative is None:
+        gen = engine.stream(prompt, params, chat=args.chat, use_kv_cache=not args.no_kv_cache)
+    else:
+        gen, llm = _speculative_stream(engine, speculative, prompt, params, args.chat)
     for delta in gen:
         if not args.json:
             sys.stdout.write(delta)
@@ -248,22 +270,87 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     result = gen.result
     if result is None:
         raise EngineError("generation ended without a result")
-    if args.json:
-        out = result.to_dict() | {"load": _load_dict(engine)}
-        print(json.dumps(out, ensure_ascii=False))
-    else:
-        sys.stdout.write("\n")
-        rate = lambda v: f"{v:.1f}" if v is not None else "n/a"  # noqa: E731
-        print(
-            f"[{engine.info.weights_label} on {engine.info.device}, "
-            f"load {engine.info.load_s:.2f}s ({engine.info.source}), "
-            + (f"compile {engine.info.compile_s:.1f}s, " if engine.info.compile_s is not None else "")
-            + f"prompt {result.prompt_tokens} tok at {rate(result.prefill_tok_s)} tok/s, "
-            f"output {result.completion_tokens} tok at {rate(result.decode_tok_s)} tok/s, "
-            f"finish {result.finish_reason}]",
-            file=sys.stderr,
-        )
+    figures = SpeculationFigures.of(llm, speculative.speculative) if llm is not None and speculative else None
+    _report(args.json, engine, result, figures)
     return 0
+
+
+def _report(as_json: bool, engine: Engine, result: GenerationResult, figures: SpeculationFigures | None) -> None:
+    """After the text: one JSON object (--json), or a summary line (and one for speculation) on stderr."""
+    if as_json:
+        out = result.to_dict() | {"load": _load_dict(engine)}
+        out["speculative"] = figures.to_dict() if figures is not None else None
+        print(json.dumps(out, ensure_ascii=False))
+        return
+    sys.stdout.write("\n")
+    rate = lambda v: f"{v:.1f}" if v is not None else "n/a"  # noqa: E731
+    print(
+        f"[{engine.info.weights_label} on {engine.info.device}, "
+        f"load {engine.info.load_s:.2f}s ({engine.info.source}), "
+        + (f"compile {engine.info.compile_s:.1f}s, " if engine.info.compile_s is not None else "")
+        + f"prompt {result.prompt_tokens} tok at {rate(result.prefill_tok_s)} tok/s, "
+        f"output {result.completion_tokens} tok at {rate(result.decode_tok_s)} tok/s, "
+        f"finish {result.finish_reason}]",
+        file=sys.stderr,
+    )
+    if figures is not None:
+        print(_speculation_line(figures), file=sys.stderr)
+
+
+def _speculative_options(args: argparse.Namespace) -> ServerOptions | None:
+    """`generate --speculative` runs the server's batch engine, so the server's options say how (None: no speculation).
+
+    ServerOptions checks the method, the format of a draft and k by the rules, and with the messages,
+    of `serve`; one sequence at a time, nothing queued behind it.
+    """
+    from pydantic import ValidationError
+
+    from engine.serving.options import ServerOptions, describe_options_error
+
+    try:
+        options = ServerOptions(
+            model=args.model,
+            device=args.device,
+            use_weight_cache=not args.no_weight_cache,
+            **({"quant": args.quant} if args.quant is not None else {}),
+            weights=args.weights,
+            max_num_seqs=1,
+            max_queue=1,
+            compile=args.compile,
+            speculative=args.speculative,
+            num_speculative_tokens=args.num_speculative_tokens,
+        )
+    except ValidationError as exc:
+        raise ValueError(describe_options_error(exc)) from None
+    if options.speculative_method.kind == "none":
+        return None
+    if args.no_kv_cache:
+        raise ValueError(
+            "--no-kv-cache cannot go with --speculative: drafts are verified against the KV cache; drop one of them"
+        )
+    return options
+
+
+def _speculative_stream(
+    engine: Engine, options: ServerOptions, prompt: str | list[dict], params: SamplingParams, chat: bool
+) -> tuple[BatchGeneration, BatchEngine]:
+    """The request alone in a batch engine built as the server builds one, its KV pool sized for this request."""
+    from engine.run.batch_generation import BatchGeneration
+    from engine.serving.state import build_batch_engine
+
+    ids = engine.encode_prompt(prompt, chat)
+    engine.check_fits(len(ids), params.max_tokens)
+    llm = build_batch_engine(options.model_copy(update={"max_model_len": len(ids) + params.max_tokens}), engine.loaded)
+    return BatchGeneration(llm, ids, params), llm
+
+
+def _speculation_line(figures: SpeculationFigures) -> str:
+    """'speculative draft:int4 k=4: acceptance 97%, 3.9 tokens per target step' (stderr, after the text)."""
+    head = f"speculative {figures.method} k={figures.num_speculative_tokens}"
+    if figures.acceptance_rate is None or figures.tokens_per_target_step is None:
+        return f"{head}: no drafts proposed"
+    rate, per_step = figures.acceptance_rate, figures.tokens_per_target_step
+    return f"{head}: acceptance {rate:.0%}, {per_step:.1f} tokens per target step"
 
 
 def _load_dict(engine: Engine) -> dict[str, object]:

@@ -97,3 +97,9 @@ class SpecDecodeStats:
     @property
     def mean_accepted_per_step(self) -> float | None:
         return self.num_accepted / self.num_verify_steps if self.num_verify_steps else None
+
+    @property
+    def tokens_per_target_step(self) -> float | None:
+        """What one verifying target forward produced on average: its accepted drafts plus its own token."""
+        mean = self.mean_accepted_per_step
+        return None if mean is None else 1 + mean

@@ -61,6 +61,15 @@ def load_draft(options: ServerOptions, target: LoadedModel) -> LoadedModel | Non
     return load_model(options.model, fmt, str(target.device), options.use_weight_cache)
 
 
+def build_batch_engine(options: ServerOptions, target: LoadedModel) -> BatchEngine:
+    """The server's batch engine over a loaded target, with the draft model `--speculative draft:FORMAT` asks for.
+
+    The one way to build it: the server's load thread, and `generate --speculative` for its single request.
+    """
+    draft = load_draft(options, target)
+    return BatchEngine(target, batch_config(options, target, draft), draft)
+
+
 class ServerStatus(Enum):
     LOADING = "loading"
     READY = "ready"
@@ -103,8 +112,7 @@ class ServerState:
         t0 = time.perf_counter()
         try:
             engine = self._load()
-            draft = load_draft(self.options, engine.loaded)
-            llm = BatchEngine(engine.loaded, batch_config(self.options, engine.loaded, draft), draft)
+            llm = build_batch_engine(self.options, engine.loaded)
             # After the serving limits are checked (a bad one fails in seconds, not after a build) and
             # before /health turns 200, so that no request waits on the compiler.
             if self.options.compile:

@@ -67,9 +67,11 @@ def test_accept_drafts_needs_one_pick_per_position() -> None:
 def test_spec_stats() -> None:
     stats = SpecDecodeStats()
     assert stats.acceptance_rate is None and stats.mean_accepted_per_step is None
+    assert stats.tokens_per_target_step is None  # not measured, not 1
     stats.record(3, 2)
     stats.record(3, 0)
     assert stats.acceptance_rate == pytest.approx(2 / 6)
     assert stats.mean_accepted_per_step == pytest.approx(1.0)
+    assert stats.tokens_per_target_step == pytest.approx(2.0)  # each verify step adds the target's own token
     with pytest.raises(ValueError, match="impossible"):
         stats.record(1, 2)
