@@ -424,6 +424,15 @@ class Catalog(_Strict):
             missing = [f for f in e.formats if f not in known]
             if missing:
                 raise ValueError(f"engine {e.id} lists unknown formats: {', '.join(missing)}")
+        # engine_quant (the bundled engine's --quant) says which formats the bundled engine serves: its list
+        # in engines.json must name exactly those, so a format added to formats.json cannot go unplanned.
+        served = [f.id for f in self.formats_file.formats if f.engine_quant]
+        for e in self.engines_file.engines:
+            if e.id == "bundled" and sorted(e.formats) != sorted(served):
+                raise ValueError(
+                    f"engine bundled must list exactly the formats with an engine_quant ({', '.join(served)}); "
+                    f"it lists {', '.join(e.formats)}"
+                )
         measured = self.quality_file.by_quant
         unmeasured = [f.id for f in self.formats_file.formats if f.engine_quant and f.engine_quant not in measured]
         if unmeasured:

@@ -114,6 +114,11 @@ def _edit(path: Path, change) -> None:  # noqa: ANN001
             "formats without a row in measured_quality.json: bundled-int8",
         ),
         ("measured_quality.json", lambda d: d.update(reference="fp64"), "no row for the reference 'fp64'"),
+        (
+            "engines.json",
+            lambda d: next(e for e in d["engines"] if e["id"] == "bundled")["formats"].remove("bundled-fp8-e5m2"),
+            "engine bundled must list exactly the formats with an engine_quant",
+        ),
     ],
 )
 def test_schema_rejects_bad_catalogs(tmp_path: Path, file: str, change, message: str) -> None:  # noqa: ANN001

@@ -3,11 +3,14 @@ the notes the planner shows, and one figure measured again with the real engine.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from planner.catalog import FormatSpec, load_catalog
-from planner.entrypoints import make_plan
+from planner.entrypoints import make_plan, predict_one
 from planner.hardware import detect
+from planner.predict_io import PredictOptions
 from planner.quality import KL_TIER_BOUNDS, measured_quality, quality_note, tier_for_kl
 from planner.report import format_plan
 from planner.workload import RecommendOptions
@@ -80,12 +83,35 @@ def test_plans_show_the_measured_figures() -> None:
     options = RecommendOptions(model="smollm2-135m", gpu="cpu", context=2048, concurrency=1)
     plan = make_plan(options, hw=detect(), measure=lambda: FIXED_CPU)
     bundled = [o for o in plan.options if o.engine == "bundled"]
-    assert bundled
+    assert {o.format for o in bundled} == {f.id for f in BUNDLED}  # every format the engine serves is planned
     for o in bundled:
         note = quality_note(cat.formats[o.format], cat)
         assert o.quality_note == note and f"quality ({o.quality}): {note}" in o.why
     text = "\n".join(format_plan(plan, top=len(plan.options), details=len(plan.options)))
     assert text.count("measured on the bundled SmolLM2-135M-Instruct.Q4_1") == len(bundled)
+
+
+def test_fp8_e5m2_is_planned_at_e4m3s_cost_with_its_own_measured_quality() -> None:
+    """The engine's E5M2 format: as many bytes as E4M3 and, on a CPU, the same dequantizing code with another
+    256-entry table, so the probe's fp8 rate is its rate; its quality is its own measurement (one mantissa bit
+    fewer: moderate)."""
+    cat = load_catalog()
+    cpu = replace(FIXED_CPU, fp8_gemv_weights_s=4e9, fp8_gemm_weights_s=8e9)
+
+    def predict(fmt: str, measured=cpu):  # noqa: ANN001, ANN202
+        options = PredictOptions(model="smollm2-135m", gpu="cpu", engine="bundled", format=fmt, max_model_len=2048)
+        return predict_one(options, hw=detect(), measure=lambda: measured)
+
+    e5m2, e4m3 = predict("fp8-e5m2"), predict("fp8")
+    assert e5m2.fits and e5m2.format == "bundled fp8-e5m2" and e5m2.tpot_ms is not None
+    assert (e5m2.weights_gib, e5m2.ttft_ms, e5m2.tpot_ms) == (e4m3.weights_gib, e4m3.ttft_ms, e4m3.tpot_ms)
+    assert predict("fp8-e5m2", replace(cpu, fp8_gemv_weights_s=1e9)).tpot_ms > e5m2.tpot_ms  # the fp8 rate counts
+    fmt, row = cat.formats["bundled-fp8-e5m2"], cat.quality_file.by_quant["fp8-e5m2"]
+    assert fmt.quality == tier_for_kl(row.mean_kl_nats) == "moderate"
+    assert quality_note(fmt, cat).startswith(
+        "measured on the bundled SmolLM2-135M-Instruct.Q4_1 vs fp32 (1463 positions of engine/data/eval.txt): "
+        f"KL {row.mean_kl_nats:.3g} nats, top-1 {row.top1_agreement:.1%}, perplexity +12.4%; "
+    )
 
 
 @pytest.mark.slow
