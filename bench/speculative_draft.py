@@ -1,7 +1,7 @@
 """Draft-model speculative decoding against target-only decoding and n-gram speculation.
 
     .venv/bin/python bench/speculative_draft.py [--target fp32] [--draft int4] [--ks 2,4,8]
-        [--prompts 4] [--prompt-tokens 48] [--tokens 96] [--threads N] [--device cpu] [--json OUT]
+        [--prompts 4] [--prompt-tokens 48] [--tokens 96] [--threads N] [--device cpu] [--compile] [--json OUT]
 
 Every prompt is the opening of a paragraph of the shipped evaluation text
 (engine/data/eval.txt), continued greedily with EOS ignored, one request at a time
@@ -16,6 +16,10 @@ rounds the same way for 1 and k + 1 rows, as fp32 does on the CPU: `same tokens`
 it on every run (the share of the target's tokens matched before the first difference).
 A bf16 target's multi-row matmuls round differently, so a near-tie can flip there, for
 n-gram and draft speculation alike; the exit code is 1 only when an fp32 target differs.
+With --compile both models' decode-only steps run compiled, as the server runs them by
+default (engine/serving/state.py): the target alone then decodes compiled, while with
+speculation the target's k + 1-token verification stays eager and only the draft's
+single-token forwards are compiled.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from engine.batch.batch_engine import BatchConfig, BatchEngine  # noqa: E402
 from engine.batch.speculative_method import parse_speculative  # noqa: E402
 from engine.formats import WEIGHT_FORMATS  # noqa: E402
 from engine.model.loader import LoadedModel, load_model  # noqa: E402
+from engine.run.runtime import Engine  # noqa: E402
 from engine.sampling import SamplingParams  # noqa: E402
 from engine.studies.base import eval_text  # noqa: E402
 
@@ -172,6 +177,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=96, help="greedy tokens generated per prompt")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+    ap.add_argument("--compile", action="store_true", help="compiled decode-only steps for target and draft")
     ap.add_argument("--json", metavar="OUT", type=Path, default=None, help="also write conditions and every result")
     args = ap.parse_args()
     ks = [int(k) for k in args.ks.split(",") if k.strip()]
@@ -182,6 +188,11 @@ def main() -> int:
     spec = parse_speculative(f"draft:{args.draft}")
     target = load_model(None, args.target, args.device)
     draft = target if args.draft == args.target else load_model(None, args.draft, args.device)
+    if args.compile:
+        for model in {id(target): target, id(draft): draft}.values():
+            reason = Engine(model).compile_by_default(serving=True)
+            if reason is not None:
+                ap.error(f"--compile: {model.fmt} cannot run compiled here: {reason}")
     prompts = eval_prompts(target, args.prompts, args.prompt_tokens)
     methods = [Method("target", 0)] + [Method(name, k) for k in ks for name in ("ngram", str(spec))]
     results: list[RunResult] = []
@@ -195,6 +206,7 @@ def main() -> int:
         "device": str(target.device),
         "target": args.target,
         "draft": args.draft,
+        "decode": "compiled" if args.compile else "eager",
         "prompts": len(prompts),
         "prompt_tokens": statistics.mean(len(p) for p in prompts),
         "tokens_per_prompt": args.tokens,

@@ -263,6 +263,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         gen = engine.stream(prompt, params, chat=args.chat, use_kv_cache=not args.no_kv_cache)
     else:
         gen, llm = _speculative_stream(engine, speculative, prompt, params, args.chat)
+        if engine.loaded.model.compiled:  # the server's rule: a draft of its own compiles after the target
+            _compile_draft(llm)
     for delta in gen:
         if not args.json:
             sys.stdout.write(delta)
@@ -342,6 +344,15 @@ def _speculative_stream(
     engine.check_fits(len(ids), params.max_tokens)
     llm = build_batch_engine(options.model_copy(update={"max_model_len": len(ids) + params.max_tokens}), engine.loaded)
     return BatchGeneration(llm, ids, params), llm
+
+
+def _compile_draft(llm: BatchEngine) -> None:
+    """The draft model's compiled step, as the server builds it; why it drafts eagerly on stderr when it cannot."""
+    from engine.serving.state import compile_draft
+
+    reason = compile_draft(llm, on_build=lambda note: print(f"draft model: {note}", file=sys.stderr))
+    if reason is not None:
+        print(f"draft model: eager decode: {reason}", file=sys.stderr)
 
 
 def _speculation_line(figures: SpeculationFigures) -> str:

@@ -70,6 +70,25 @@ def build_batch_engine(options: ServerOptions, target: LoadedModel) -> BatchEngi
     return BatchEngine(target, batch_config(options, target, draft), draft)
 
 
+def draft_model(llm: BatchEngine) -> LoadedModel | None:
+    """The draft model with weights of its own, None without one (or when it shares the target's)."""
+    drafter = llm.draft_model
+    if drafter is None or drafter.draft is llm.loaded:
+        return None
+    return drafter.draft
+
+
+def compile_draft(llm: BatchEngine, on_build: Callable[[str], None] | None = None) -> str | None:
+    """Compile the draft model's decode step: None when compiled (or there is nothing to compile), else why not.
+
+    Its k - 1 single-token forwards per step are decode-only batches over its paged pool, the one
+    kind a compiled step runs (the target's verification of k + 1 tokens stays eager). Called once
+    the target compiled; a draft that cannot compile drafts eagerly, which is slower, never wrong.
+    """
+    draft = draft_model(llm)
+    return None if draft is None else Engine(draft).compile_by_default(serving=True, on_build=on_build)
+
+
 class ServerStatus(Enum):
     LOADING = "loading"
     READY = "ready"
@@ -116,7 +135,7 @@ class ServerState:
             # After the serving limits are checked (a bad one fails in seconds, not after a build) and
             # before /health turns 200, so that no request waits on the compiler.
             if self.options.compile:
-                self._compile(engine)
+                self._compile(engine, llm)
             loop = BatchLoop(llm, self.metrics.on_step)
             loop.start()
         except Exception as exc:  # any load failure: one line, then the server exits non-zero
@@ -141,11 +160,12 @@ class ServerState:
             time.perf_counter() - t0,
         )
 
-    def _compile(self, engine: Engine) -> None:
+    def _compile(self, engine: Engine, llm: BatchEngine) -> None:
         """The compiled default in the load thread: the HTTP server keeps answering (/health: 503 loading).
 
         A cold build is said in the log and in /health's 503; where compiled decode cannot work or
-        its build fails, the server serves eager and says why in the log and in /health.
+        its build fails, the server serves eager and says why in the log and in /health. A draft
+        model of its own compiles after the target (`compile_draft`).
         """
 
         def on_build(note: str) -> None:
@@ -158,6 +178,14 @@ class ServerState:
             logger.info("compiled decode step ready in %.1f s", engine.info.compile_s or 0.0)
         else:
             logger.info("serving with eager decode: %s", reason)  # correct, only slower: not an error
+            return
+        if draft_model(llm) is not None:
+            self.phase = "loading the draft model's compiled decode step"
+            reason = compile_draft(llm, on_build)
+            if reason is None:
+                logger.info("the draft model's compiled decode step is ready")
+            else:
+                logger.info("the draft model drafts with eager decode: %s", reason)
 
     def health(self) -> dict[str, object]:
         """GET /health's 200 body: ok and how the engine decodes (eager_reason: why the compiled default did not)."""

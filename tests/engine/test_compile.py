@@ -52,6 +52,7 @@ from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 from engine.serving.app import create_app
 from engine.serving.options import ServerOptions
+from engine.serving.state import compile_draft, draft_model
 from engine.studies.base import eval_ids
 from engine.studies.quant import eval_windows, quality, scored_targets
 
@@ -269,3 +270,36 @@ def test_a_broken_toolchain_is_one_error_and_the_engine_stays_eager(monkeypatch:
     assert engine.info.eager_reason == reason and engine.info.decode == "eager"
     result = engine.generate("Hello", SamplingParams(max_tokens=4, ignore_eos=True))
     assert result.completion_tokens == 4
+
+
+def test_a_compiled_draft_drafts_through_its_package_and_stays_exact() -> None:
+    """A draft model of its own compiles after the target (`compile_draft`, the server's and generate's one
+    path): its single-token forwards are decode-only batches. Greedy draft speculation stays token-for-token
+    the target's own output.
+
+    The draft here is a second fp32 copy of the 4-block model, so it loads the fp32 paged package the
+    tests above built (no build of its own); the target stays eager.
+    """
+    target = _shallow(Engine.load(LoadOptions(quant="fp32", device="cpu")))
+    drafter = _shallow(Engine.load(LoadOptions(quant="fp32", device="cpu")))
+    prompts = ["The capital of France is", "Three primary colours are"]
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+
+    def run(llm: BatchEngine) -> list[list[int]]:
+        ids = [llm.add_request(target.encode_prompt(p), params) for p in prompts]
+        out: dict[int, list[int]] = {i: [] for i in ids}
+        while llm.has_unfinished:
+            for step in llm.step().outputs:
+                out[step.seq_id].extend(step.new_token_ids)
+        return [out[i] for i in ids]
+
+    alone = run(BatchEngine(target.loaded, BatchConfig(max_num_seqs=2, max_num_batched_tokens=64)))
+    config = BatchConfig(max_num_seqs=2, max_num_batched_tokens=64, speculative_tokens=4)
+    speculating = BatchEngine(target.loaded, config, drafter.loaded)
+    assert draft_model(speculating) is drafter.loaded
+    assert compile_draft(speculating) is None
+    assert drafter.loaded.model.compiled and not target.loaded.model.compiled
+    assert run(speculating) == alone
+    assert _calls(drafter) > 0, "the draft's single-token forwards did not run through its package"
+    # A draft in the target's own format shares its weights: nothing of its own to compile.
+    assert draft_model(BatchEngine(target.loaded, config, target.loaded)) is None
