@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from checks.jobs import Job, JobState
+from checks.load.benchmark import BenchmarkConfig
 from checks.load.console import metrics_lines, network_lines
 from checks.load.frames import (
     request_frame,
@@ -57,14 +58,23 @@ def _trace_inputs() -> dict:
     upload = st.file_uploader(
         "Azure LLM inference trace (CSV) or Mooncake trace (JSONL)", type=["csv", "jsonl"], key="bench_trace"
     )
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     speed = c1.number_input("Replay speed (x)", 0.01, 1000.0, 1.0, key="bench_trace_speed")
     window = c2.number_input("Trace window s (0 = all)", 0.0, 10**7 * 1.0, 0.0, key="bench_trace_window")
-    block = c3.number_input("Tokens per hash id (Mooncake)", 1, 1 << 20, DEFAULT_BLOCK_TOKENS, key="bench_trace_block")
+    sample = c3.number_input(
+        "Keep this share of rows",
+        0.001,
+        1.0,
+        1.0,
+        key="bench_trace_sample",
+        help=BenchmarkConfig.model_fields["trace_sample"].description,
+    )
+    block = c4.number_input("Tokens per hash id (Mooncake)", 1, 1 << 20, DEFAULT_BLOCK_TOKENS, key="bench_trace_block")
     return {
         "trace": "" if upload is None else str(save_upload(upload.getvalue(), upload.name)),
         "trace_speed": speed,
         "trace_window_s": window or None,
+        "trace_sample": sample,
         "trace_block_tokens": int(block),
     }
 

@@ -91,6 +91,14 @@ class BenchmarkConfig(BaseModel):
     )
     trace_speed: float = Field(1.0, gt=0, allow_inf_nan=False, description="replay the trace this many times faster")
     trace_window_s: float | None = Field(None, gt=0, description="replay only this many seconds of the trace")
+    trace_sample: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="keep each trace row with this probability, seeded by --seed (0.05: about 1 in 20, at the "
+        "recorded times; after the window, before the speed)",
+    )
     trace_block_tokens: int = Field(
         DEFAULT_BLOCK_TOKENS, ge=1, description="tokens per hash id of a Mooncake trace (shared prefix blocks)"
     )
@@ -164,6 +172,8 @@ class BenchmarkConfig(BaseModel):
             raise ValueError("choose one workload: a dataset, a scenario or a trace")
         if self.trace is not None and not self.trace.strip():
             raise ValueError("no trace file given: choose an Azure CSV or Mooncake JSONL trace")
+        if self.trace_sample != 1.0 and not self.trace:
+            raise ValueError("a trace sample thins a trace's rows: give the trace file, or leave the sample at 1")
         if self.turns > 1:
             if self.scenario or self.trace:
                 raise ValueError("multi-turn sessions come from synthetic prompts or a ShareGPT file, not this")
@@ -262,6 +272,8 @@ def build_workload(config: BenchmarkConfig, tokenizer: TextTokenizer) -> Workloa
             window_s=window,
             limit=n if config.requests else None,
             block_tokens=config.trace_block_tokens,
+            sample=config.trace_sample,
+            seed=config.seed,
         )
         requests = trace_requests(trace, tokenizer, seed=config.seed)
         if profile is None:

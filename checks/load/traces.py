@@ -15,6 +15,11 @@ tokens of the recorded lengths (`checks.load.workloads`). Shared hash ids become
 really shared token blocks, so a server's prefix cache sees what it would see in
 production. Files are read line by line and reading stops at the window or the
 request limit, so a week-long trace costs only the part that is replayed.
+
+A trace can be thinned (`sample`): each row inside the window is kept on its own
+with that probability, from a generator seeded by the run's seed, so a machine that
+serves a few requests a second still sees the trace's bursts and mix of lengths at
+its recorded times, and two servers replayed with one seed get the same rows.
 """
 
 from __future__ import annotations
@@ -68,15 +73,23 @@ class Trace:
     format: TraceFormat
     rows: tuple[TraceRow, ...]
     block_tokens: int = DEFAULT_BLOCK_TOKENS
+    sample: float = 1.0  # the share of the window's rows that were kept (`load_trace(sample=...)`)
 
     @property
     def shares_prefixes(self) -> bool:
         return any(row.hash_ids for row in self.rows)
 
+    def sampling(self) -> str:
+        """'' for a whole trace, else ' 1 in N sampled' (N to three figures)."""
+        return "" if self.sample == 1.0 else f" 1 in {1 / self.sample:.3g} sampled"
+
     def describe(self) -> str:
         span = self.rows[-1].arrival_s - self.rows[0].arrival_s if self.rows else 0.0
         shared = f", shared prefixes in blocks of {self.block_tokens} tokens" if self.shares_prefixes else ""
-        return f"{self.format} trace {self.path.name}: {len(self.rows)} requests over {span:.1f} s of trace{shared}"
+        return (
+            f"{self.format} trace {self.path.name}: {len(self.rows)} requests{self.sampling()} "
+            f"over {span:.1f} s of trace{shared}"
+        )
 
     def profile(self, speed: float = 1.0, skip: int = 0) -> LoadProfile:
         """The arrival schedule of rows[skip:], `speed` times faster, starting at 0 with the first of them."""
@@ -87,7 +100,7 @@ class Trace:
             raise TraceError(f"{self.path.name}: no requests are left to replay after {skip} warm-up requests")
         start = rows[0].arrival_s
         offsets = tuple((row.arrival_s - start) / speed for row in rows)
-        name = self.path.name + (f" x{speed:g}" if speed != 1.0 else "")
+        name = self.path.name + self.sampling() + (f" x{speed:g}" if speed != 1.0 else "")
         return LoadProfile("trace", offsets=offsets, name=name)
 
 
@@ -178,17 +191,42 @@ def _mooncake_rows(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tup
         )
 
 
+def check_sample(fraction: float) -> float:
+    """`fraction` if it is a share of rows a thinned replay can keep (above 0, at most 1), else a TraceError."""
+    if not 0 < fraction <= 1:  # NaN fails both comparisons
+        raise TraceError(
+            f"trace sample {fraction!r}: give the share of rows to keep, above 0 and at most 1 "
+            "(0.05 keeps about 1 in 20; 1 keeps them all)"
+        )
+    return fraction
+
+
+def sample_draws(fraction: float, seed: int) -> Iterator[bool]:
+    """Keep-or-drop for each row in turn: True with probability `fraction`, the same sequence for the same seed.
+
+    One draw per row read, kept or not, so a row's fate depends only on its place in
+    the trace and the seed, never on a limit or on what another run replays.
+    """
+    check_sample(fraction)  # here, not in a generator body, so a bad fraction fails before any row is read
+    draws = random.Random(f"trace-sample:{seed}")
+    return (draws.random() < fraction for _ in itertools.count())  # random() < 1.0: a fraction of 1 keeps all
+
+
 def load_trace(
     path: str | Path,
     *,
     window_s: float | None = None,
     limit: int | None = None,
     block_tokens: int = DEFAULT_BLOCK_TOKENS,
+    sample: float = 1.0,
+    seed: int = 0,
 ) -> Trace:
-    """The first `limit` requests of the trace that arrive within `window_s` seconds of trace time.
+    """The first `limit` requests of the trace that arrive within `window_s` seconds of trace time,
+    each row of the window kept with probability `sample` (`sample_draws`, seeded by `seed`).
 
-    Rows must be in arrival order (both published formats are): reading stops
-    at the first row past the window, which is only right for a sorted file.
+    The window is trace time from the first row, kept or not, and the limit counts
+    kept rows. Rows must be in arrival order (both published formats are): reading
+    stops at the first row past the window, which is only right for a sorted file.
     """
     path = Path(path)
     if window_s is not None and not window_s > 0:
@@ -197,6 +235,7 @@ def load_trace(
         raise TraceError(f"trace limit {limit!r}: replay at least 1 request")
     if not 1 <= block_tokens <= MAX_TOKENS_PER_REQUEST:
         raise TraceError(f"block size {block_tokens!r}: give the trace's tokens per hash id (512 for Mooncake)")
+    keeps = sample_draws(sample, seed)
     lines = _lines(path)
     first = next(lines, None)
     if first is None:
@@ -208,6 +247,7 @@ def load_trace(
         fmt, rows = "azure", _azure_rows(path, lines, first[1])
     kept: list[TraceRow] = []
     start = previous = None
+    read = 0
     for number, seconds, row in rows:
         if previous is not None and seconds < previous:
             raise TraceError(
@@ -223,12 +263,20 @@ def load_trace(
                 f"{path.name}:{number}: {len(row.hash_ids)} hash ids of {block_tokens} tokens for a "
                 f"{row.input_len}-token prompt; is the block size right (--trace-block-tokens)?"
             )
+        read += 1
+        if not next(keeps):
+            continue
         kept.append(TraceRow(arrival, row.input_len, row.output_len, row.hash_ids))
         if limit is not None and len(kept) >= limit:
             break
+    if not kept and read:
+        raise TraceError(
+            f"{path.name}: a sample of {sample:g} kept none of the window's {read} rows; "
+            "raise it (--trace-sample) or widen the window"
+        )
     if not kept:
         raise TraceError(f"{path.name}: no request to replay (only a header?)")
-    return Trace(path, fmt, tuple(kept), block_tokens)
+    return Trace(path, fmt, tuple(kept), block_tokens, sample)
 
 
 def trace_requests(trace: Trace, tokenizer: TextTokenizer, *, seed: int = 0) -> list[PromptRequest]:

@@ -160,6 +160,17 @@ def test_a_trace_replay_from_the_command_line(tmp_path: Path, capsys: pytest.Cap
     assert capsys.readouterr().err.startswith("error: --trace: t.csv:1: an Azure trace's header has TIMESTAMP")
 
 
+def test_trace_sample_reaches_the_config_and_needs_a_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    """--trace-sample thins the replay (checks.load.traces.sample_draws); alone, or outside (0, 1], it is refused."""
+    args = build_parser().parse_args(["bench", "--trace", "t.csv", "--trace-sample", "0.05", "--seed", "4"])
+    assert (args.trace_sample, args.seed) == (0.05, 4)
+    assert main(["bench", "--trace-sample", "0.5", "--quiet"]) == 2
+    err = "error: a trace sample thins a trace's rows: give the trace file, or leave the sample at 1\n"
+    assert capsys.readouterr().err == err
+    assert main(["bench", "--trace", "t.csv", "--trace-sample", "0", "--quiet"]) == 2
+    assert capsys.readouterr().err == "error: trace_sample: Input should be greater than 0\n"
+
+
 def test_switches_are_bare_flags() -> None:
     """A bool field of BenchmarkConfig is a flag without a value; left out, the config default (off) holds.
 

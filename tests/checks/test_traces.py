@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -20,6 +21,8 @@ AZURE = """TIMESTAMP,ContextTokens,GeneratedTokens
 2023-11-16 18:15:53.0000000,91,0
 2023-11-16 18:16:10.5000000,1200,20
 """
+
+STORED_TRACE_SHA256 = "f1f033ff820b98089e0f9a73ec1b46e9d5319d41febfbd18a7ce8949f2bf2385"
 
 
 @pytest.fixture(scope="module")
@@ -164,3 +167,85 @@ def test_trace_profile_cannot_be_typed_or_empty() -> None:
         LoadProfile("trace", offsets=())
     with pytest.raises(ValueError, match="only a trace profile"):
         LoadProfile("poisson", rate=1.0, offsets=(0.0,))
+
+
+def _busy_azure(path: Path, rows: int) -> Path:
+    """`rows` requests 0.1 s apart, each of its own length, so kept rows can be told apart."""
+    lines = [
+        f"2023-11-16 18:{15 + i // 600:02d}:{i // 10 % 60:02d}.{i % 10}000000,{100 + i},{1 + i % 50}"
+        for i in range(rows)
+    ]
+    path.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def test_sampling_keeps_about_that_share_the_same_rows_for_a_seed(tmp_path: Path) -> None:
+    """Thinning: each row kept on its own with probability F, from the seed alone; F = 1 keeps every row."""
+    path = _busy_azure(tmp_path / "busy.csv", 20_000)
+    whole = load_trace(path)
+    assert load_trace(path, sample=1.0, seed=7).rows == whole.rows
+    thin = load_trace(path, sample=0.05, seed=7)
+    assert 0.04 < len(thin.rows) / len(whole.rows) < 0.06
+    assert load_trace(path, sample=0.05, seed=7).rows == thin.rows  # same seed, same rows: both servers see them
+    assert load_trace(path, sample=0.05, seed=8).rows != thin.rows
+    assert set(thin.rows) <= set(whole.rows)  # kept rows keep their recorded times and lengths
+    assert "1 in 20 sampled" in thin.describe() and "sampled" not in whole.describe()
+    assert thin.profile().label == "trace:busy.csv 1 in 20 sampled"
+
+
+def test_sampling_comes_after_the_window_and_the_limit_counts_kept_rows(tmp_path: Path) -> None:
+    path = _busy_azure(tmp_path / "busy.csv", 3000)  # 300 s of trace
+    windowed = load_trace(path, window_s=60, sample=0.2, seed=1)
+    # the window is trace time from the trace's first row, kept or not, and it is the same rows thinned
+    assert all(r.arrival_s <= 60 for r in windowed.rows)
+    assert windowed.rows == load_trace(path, sample=0.2, seed=1).rows[: len(windowed.rows)]
+    limited = load_trace(path, sample=0.2, seed=1, limit=25)
+    assert limited.rows == windowed.rows[:25]
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5, float("nan")])
+def test_a_sample_outside_0_to_1_is_refused(tmp_path: Path, fraction: float) -> None:
+    path = tmp_path / "code.csv"
+    path.write_text(AZURE)
+    with pytest.raises(TraceError, match=r"trace sample .*: give the share of rows to keep, above 0 and at most 1"):
+        load_trace(path, sample=fraction)
+    with pytest.raises(ValueError, match="trace_sample"):
+        BenchmarkConfig(target="http://127.0.0.1:9", trace=str(path), trace_sample=fraction)
+
+
+def test_a_sample_that_keeps_nothing_or_has_no_trace_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "code.csv"
+    path.write_text(AZURE)
+    with pytest.raises(TraceError, match="kept none of the window's 3 rows"):
+        load_trace(path, window_s=5, sample=0.001, seed=0)
+    with pytest.raises(ValueError, match="a trace sample thins a trace's rows: give the trace file"):
+        BenchmarkConfig(target="http://127.0.0.1:9", trace_sample=0.5)
+
+
+def test_benchmark_config_thins_the_trace_with_its_seed(tmp_path: Path, tok: TextTokenizer) -> None:
+    path = _busy_azure(tmp_path / "busy.csv", 2000)
+    config = BenchmarkConfig(
+        target="http://127.0.0.1:9",
+        trace=str(path),
+        trace_sample=0.1,
+        seed=3,
+        requests=None,
+        duration_s=60.0,
+        warmup_requests=0,
+    )
+    workload = build_workload(config, tok)
+    rows = load_trace(path, window_s=60.0, sample=0.1, seed=3).rows
+    assert [r.max_tokens for r in workload.requests] == [r.output_len for r in rows]
+    assert "1 in 10 sampled" in workload.description
+    assert [r.prompt for r in build_workload(config, tok).requests] == [r.prompt for r in workload.requests]
+
+
+def test_the_stored_public_trace_replays_its_first_ten_minutes() -> None:
+    """bench/data holds the first 10 minutes of Azure's 2023 conversation trace, byte for byte as published
+    (CRLF included; bench/data/TRACES.md gives the source and this hash)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / "data" / "azure-llm-conv-2023-first-10min.csv"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == STORED_TRACE_SHA256
+    trace = load_trace(path)
+    assert (trace.format, len(trace.rows), trace.rows[0].input_len) == ("azure", 2867, 374)
+    assert 599 < trace.rows[-1].arrival_s <= 600
+    assert load_trace(path, window_s=600).rows == trace.rows

@@ -65,6 +65,8 @@ def test_a_recorded_trace_brings_its_own_schedule(page: AppTest) -> None:
     assert page.selectbox(key="bench_trace_profile").value == "trace"
     assert _errors(page) == ["no trace file given: choose an Azure CSV or Mooncake JSONL trace"]
     assert page.button(key="bench_run").disabled
+    page.number_input(key="bench_trace_sample").set_value(0.05).run()  # thinning: BenchmarkConfig.trace_sample
+    assert not page.exception and page.number_input(key="bench_trace_sample").value == 0.05
 
 
 def test_session_cancel_and_worker_options_reach_the_config(page: AppTest) -> None:
