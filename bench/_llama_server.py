@@ -1,12 +1,13 @@
-"""llama.cpp's HTTP server (`llama-server`) as a peer for the serving benchmarks.
+"""llama.cpp's HTTP server (`llama-server`) and its `llama-bench` as peers for the benchmarks.
 
-    .venv/bin/python bench/_llama_server.py     # find or build it, print its path and --version
+    .venv/bin/python bench/_llama_server.py                  # find or build both; print the server's path, version
+    .venv/bin/python bench/_llama_server.py --build 0.3.36   # build both from that llama-cpp-python sdist
 
 Not a benchmark itself (`make bench` runs only bench/[!_]*.py). `find_or_build_llama_server()`
-returns the binary, building it once from the llama.cpp sources vendored in the
-llama-cpp-python sdist of the installed version, so the server and the in-process peer
-(llama-cpp-python) run the same llama.cpp. `LlamaServerProcess` runs it on loopback for
-one benchmark and stops it afterwards.
+and `find_or_build_llama_bench()` return the binaries, both built at once from the llama.cpp
+sources vendored in the llama-cpp-python sdist of the installed version, so the server, the
+bench tool and the in-process peer (llama-cpp-python) run the same llama.cpp.
+`LlamaServerProcess` runs the server on loopback for one benchmark and stops it afterwards.
 
 The build uses GGML_NATIVE=ON: the binary is tuned for the CPU it was built on, so a copied
 .venv needs `rm -r .venv/llama-server` on a different machine.
@@ -14,6 +15,7 @@ The build uses GGML_NATIVE=ON: the binary is tuned for the CPU it was built on, 
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -35,6 +37,8 @@ from checks.load.targets import TargetError, free_port, wait_healthy  # noqa: E4
 ENV_VAR = "PREFLIGHT_LLAMA_SERVER"
 DIST_NAME = "llama-cpp-python"
 TARGET = "llama-server"
+BENCH_TARGET = "llama-bench"  # built beside the server; $PREFLIGHT_LLAMA_SERVER's folder is searched for it too
+TARGETS = (TARGET, BENCH_TARGET)
 CACHE_ROOT = REPO_ROOT / ".venv" / "llama-server"
 
 # Wanted cache entries, in order. Any the vendored CMake files do not declare is dropped
@@ -119,8 +123,8 @@ def installed_version() -> str:
         ) from None
 
 
-def cached_binary(version: str) -> Path:
-    return CACHE_ROOT / version / "bin" / TARGET
+def cached_binary(version: str, tool: str = TARGET) -> Path:
+    return CACHE_ROOT / version / "bin" / tool
 
 
 def _is_executable(path: Path) -> bool:
@@ -129,20 +133,34 @@ def _is_executable(path: Path) -> bool:
 
 def find_or_build_llama_server() -> Path:
     """A llama-server executable: $PREFLIGHT_LLAMA_SERVER, the cached build, one on PATH, else a fresh build."""
+    return _find_or_build(TARGET)
+
+
+def find_or_build_llama_bench() -> Path:
+    """A llama-bench executable: beside $PREFLIGHT_LLAMA_SERVER, the cached build, one on PATH, else a fresh build."""
+    return _find_or_build(BENCH_TARGET)
+
+
+def _find_or_build(tool: str) -> Path:
     override = os.environ.get(ENV_VAR)
     if override:
         path = Path(override).expanduser()
         if not _is_executable(path):
             raise LlamaServerError(f"{ENV_VAR}={override} is not an executable file; fix it or unset it")
-        return path
+        beside = path.with_name(tool)
+        if _is_executable(beside):
+            return beside
+        raise LlamaServerError(
+            f"no {tool} beside {ENV_VAR}={override}; build both with `bench/_llama_server.py --build VERSION`"
+        )
     version = installed_version()
-    cached = cached_binary(version)
+    cached = cached_binary(version, tool)
     if _is_executable(cached):
         return cached
-    on_path = shutil.which(TARGET)
+    on_path = shutil.which(tool)
     if on_path:
         return Path(on_path)
-    return build_llama_server(version, cached)
+    return build_llama_tools(version, cached.parent)[tool]
 
 
 def _declared_cmake_options(source_dir: Path) -> set[str]:
@@ -188,13 +206,15 @@ def _extract_vendored_llama_cpp(sdist: Path, work: Path) -> Path:
     return found[0].parent
 
 
-def build_llama_server(version: str, dest: Path) -> Path:
-    """Build llama-server from the vendored llama.cpp of llama-cpp-python `version` and install it at `dest`."""
+def build_llama_tools(version: str, bin_dir: Path) -> dict[str, Path]:
+    """Build llama-server and llama-bench from the vendored llama.cpp of llama-cpp-python `version` into `bin_dir`."""
     for tool in ("cmake", "c++"):
         if not shutil.which(tool):
             raise LlamaServerError(f"building {TARGET} needs `{tool}` on PATH (Debian: apt-get install cmake g++)")
-    _say(f"building {TARGET} from llama-cpp-python {version}; this takes several minutes")
+    names = " and ".join(TARGETS)
+    _say(f"building {names} from llama-cpp-python {version}; this takes several minutes")
     t0 = time.perf_counter()
+    installed: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="preflight-llama-server-") as tmp:
         work = Path(tmp)
         source = _extract_vendored_llama_cpp(_download_sdist(version, work), work)
@@ -204,17 +224,20 @@ def build_llama_server(version: str, dest: Path) -> Path:
         configure = ["cmake", "-S", str(source), "-B", str(build), *options]
         _run_step("cmake configure", configure, work / "configure.log", CONFIGURE_TIMEOUT_S)
         jobs = str(os.cpu_count() or 1)
-        compile_cmd = ["cmake", "--build", str(build), "--target", TARGET, "--config", "Release", "--parallel", jobs]
-        _run_step(f"build {TARGET}", compile_cmd, work / "build.log", BUILD_TIMEOUT_S)
-        built = next((p for p in build.rglob(TARGET) if _is_executable(p)), None)
-        if built is None:
-            raise LlamaServerError(f"build {TARGET}: no {TARGET} executable under {build}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = dest.with_name(dest.name + ".partial")
-        shutil.copy2(built, staging)
-        os.replace(staging, dest)
-    _say(f"installed {dest} ({time.perf_counter() - t0:.0f} s in all)")
-    return dest
+        compile_cmd = ["cmake", "--build", str(build), "--target", *TARGETS, "--config", "Release", "--parallel", jobs]
+        _run_step(f"build {names}", compile_cmd, work / "build.log", BUILD_TIMEOUT_S)
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        for tool in TARGETS:
+            built = next((p for p in build.rglob(tool) if _is_executable(p)), None)
+            if built is None:
+                raise LlamaServerError(f"build {tool}: no {tool} executable under {build}")
+            dest = bin_dir / tool
+            staging = dest.with_name(dest.name + ".partial")
+            shutil.copy2(built, staging)
+            os.replace(staging, dest)
+            installed[tool] = dest
+    _say(f"installed {', '.join(map(str, installed.values()))} ({time.perf_counter() - t0:.0f} s in all)")
+    return installed
 
 
 def server_version(binary: Path) -> str:
@@ -237,6 +260,20 @@ def supported_flags(binary: Path, candidates: tuple[str, ...]) -> set[str]:
         raise LlamaServerError(f"{binary} --help: {exc}") from exc
     words = set(re.findall(r"--?[A-Za-z][\w-]*", proc.stdout + proc.stderr))
     return {flag for flag in candidates if flag in words}
+
+
+def no_repack_args(binary: Path) -> tuple[str, ...] | None:
+    """The arguments that turn llama.cpp's weight repacking off for this binary, None when it has no switch.
+
+    Its repacked (AVX-512 / AMX) layouts are the default; on a Xeon with AMX that path crashed in the
+    first prefill (docs/BENCHMARKS.md), so a peer that dies is run again with repacking off.
+    """
+    found = supported_flags(binary, ("--repack", "--no-repack"))
+    if "--no-repack" in found:
+        return ("--no-repack",)
+    if "--repack" in found:
+        return ("--repack", "0")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +340,11 @@ class LlamaServerProcess:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    @property
+    def exit_status(self) -> int | None:
+        """None while it runs; its exit status once it has died (negative: the signal that killed it)."""
+        return self._proc.poll() if self._proc is not None else None
+
     def log_tail(self, lines: int = TAIL_LINES) -> str:
         return _file_tail(self.log_path, lines) if self.log_path else "(not started)"
 
@@ -330,8 +372,18 @@ class LlamaServerProcess:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--build",
+        metavar="VERSION",
+        default=None,
+        help="build both tools from this llama-cpp-python version's sdist into the cache (no install of it needed)",
+    )
+    args = parser.parse_args()
     try:
-        binary = find_or_build_llama_server()
+        if args.build:
+            build_llama_tools(args.build, cached_binary(args.build).parent)
+        binary = find_or_build_llama_server() if not args.build else cached_binary(args.build)
         version = server_version(binary)
     except LlamaServerError as exc:
         print(f"error: {exc}", file=sys.stderr)

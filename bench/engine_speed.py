@@ -1,7 +1,7 @@
-"""Our engine against llama.cpp (llama-cpp-python) on the same GGUF file with the same threads.
+"""Our engine against llama.cpp (llama-cpp-python or llama-bench) on the same GGUF file with the same threads.
 
     .venv/bin/python bench/engine_speed.py [--threads N] [--tokens 128] [--repeats 3]
-        [--formats int4,int8,bf16] [--peer llama-cpp|none] [--json OUT] [--profile]
+        [--formats int4,int8,bf16] [--peer llama-cpp|llama-bench|none] [--json OUT] [--profile]
 
 Prints the conditions, then one table: single-stream decode tok/s, prefill tok/s on a
 512-token prompt, load time (cold and warm) and resident memory, each beside llama.cpp's
@@ -14,6 +14,12 @@ Both sides decode greedily with EOS ignored, count the tokens really produced an
 exclude the first token (it comes with prefill); each figure is the median of
 `--repeats` runs after one warm-up run. `--profile` adds a torch.profiler breakdown
 of our int4 decode step and 512-token prefill.
+
+`--peer llama-bench` times llama.cpp with its own tool (built beside llama-server by
+bench/_llama_server.py; no llama-cpp-python needed) in both weight layouts, repacking on
+(the default) and off, with a crash in either recorded, not fatal (bench/_llama_bench.py).
+The decode target, 1.3x, is against repacking off; the stretch, 1.0x, against the default.
+llama-bench decodes from an empty context and gives no load, memory or token figures.
 """
 
 from __future__ import annotations
@@ -251,6 +257,54 @@ def _speed_rows(res: dict, spec: dict, formats: list[str]) -> list[list[str]]:
     return rows
 
 
+def _llama_bench_peer(spec: dict, args: argparse.Namespace) -> list[dict]:
+    """llama-bench in both layouts (bench/_llama_bench.py), as plain dicts for the table and --json."""
+    from dataclasses import asdict
+
+    from bench._llama_bench import measure_layouts
+    from bench._llama_server import find_or_build_llama_bench
+
+    binary = find_or_build_llama_bench()
+    runs = measure_layouts(
+        binary, Path(spec["model_path"]), args.threads, args.tokens, args.prefill_tokens, args.repeats
+    )
+    return [asdict(r) | {"decode": r.decode, "prefill": r.prefill, "binary": str(binary)} for r in runs]
+
+
+# The issue's single-stream targets against llama-bench: decode 1.3x with repacking off, 1.0x (stretch) with the
+# default layout; prefill 1.5x against either.
+LLAMA_BENCH_NEEDS = {"default (repacking on)": (1.0, 1.5), "repacking off": (1.3, 1.5)}
+
+
+def _llama_bench_rows(runs: list[dict] | None, res: dict, spec: dict, formats: list[str]) -> list[list[str]]:
+    """Our int4 decode and prefill against each llama-bench layout; a crashed layout is a row saying so."""
+    if not runs:
+        return []
+    rows = []
+    for run in runs:
+        layout = run["layout"]
+        if run["crash"]:
+            crash = run["crash"].splitlines()[0][:80]
+            rows.append([f"llama-bench, {layout}", "-", "crashed", "-", "-", crash])
+            continue
+        needs = LLAMA_BENCH_NEEDS[layout]
+        for fmt in (f for f in formats if f in ("int4", "int4" + COMPILED)):
+            o = res[fmt]["warm"]
+            for what, ours, ref, need in (
+                (f"decode tok/s, {spec['tokens']} tokens", median(o["decode_tok_s"]), run["decode"], needs[0]),
+                (
+                    f"prefill tok/s, {len(spec['prefill_ids'])} tokens",
+                    median(o["prefill_tok_s"]),
+                    run["prefill"],
+                    needs[1],
+                ),
+            ):
+                r = ours / ref if ours and ref else None
+                met = verdict(None if r is None else r >= need, f"{r:.2f}x" if r else "")
+                rows.append(ratio_row(f"{what}, {fmt} vs llama-bench {layout}", ours, ref, 1, f">= {need:.1f}x", met))
+    return rows
+
+
 def _mib(worker: dict | None, stage: str, part: str = "rss", minus_base: bool = True) -> float | None:
     if worker is None or worker[f"mem_{stage}"][part] is None:
         return None
@@ -327,7 +381,9 @@ def main() -> None:
         default="int4,int4+compile,int8,bf16",
         help="our weight formats; '+compile' adds the compiled decode step (int4 and int4+compile carry the targets)",
     )
-    ap.add_argument("--peer", choices=("llama-cpp", "none"), default="llama-cpp", help="the peer to run beside ours")
+    ap.add_argument(
+        "--peer", choices=("llama-cpp", "llama-bench", "none"), default="llama-cpp", help="the peer to run beside ours"
+    )
     ap.add_argument("--json", metavar="OUT", help="also write conditions and every raw result here")
     ap.add_argument("--profile", action="store_true", help="add a torch.profiler breakdown of our int4 engine")
     ap.add_argument("--worker", choices=("ours", "theirs", "profile"), help=argparse.SUPPRESS)
@@ -351,6 +407,9 @@ def main() -> None:
         threads=args.threads,
         torch=torch.__version__,
         llama_cpp_python=metadata.version("llama_cpp_python") if args.peer == "llama-cpp" else "not run",
+        peer={"llama-cpp": "llama-cpp-python in-process", "llama-bench": "llama-bench (both layouts)"}.get(
+            args.peer, "none"
+        ),
         model=f"{model.name} ({model.stat().st_size / 1e6:.1f} MB)",
         decode=f"{len(spec['decode_ids'])}-token prompt, {args.tokens} tokens greedy, EOS ignored, batch 1",
         prefill=f"{len(spec['prefill_ids'])}-token prompt to first token, batch 1 (llama.cpp n_batch = n_ubatch = 512)",
@@ -385,6 +444,9 @@ def main() -> None:
                 res.setdefault(key[0], {})[key[1]] = out
             else:
                 res[key[0]] = out
+        if args.peer == "llama-bench":
+            print(f"[{len(jobs) + 1}/{len(jobs) + 1}] llama-bench, both layouts ...", file=sys.stderr, flush=True)
+            res["llama_bench"] = _llama_bench_peer(spec, args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -406,6 +468,7 @@ def main() -> None:
         )
     print()
     rows = _speed_rows(res, spec, formats) + (_load_mem_rows(res) if "int4" in res else [])
+    rows += _llama_bench_rows(res.get("llama_bench"), res, spec, formats)
     print(format_table(["metric", "ours", "llama.cpp", "ours/theirs", "target", "met?"], rows))
     agree = _agreement(res, formats)
     if agree:

@@ -16,7 +16,9 @@ package in seconds, with no tracing. `torch.compile` was used before: it re-trac
 model in every process (~50-65 s of a warm start on 2 cores).
 
 What stays eager: prefill, mixed prefill/decode steps, speculative verification and the
-no-KV-cache path (which the with/without-cache study must measure as written).
+no-KV-cache path (which the with/without-cache study must measure as written). A draft
+model of its own (`--speculative draft:FORMAT`) gets its own package: its single-token
+drafting forwards are decode-only batches (engine/serving/state.py `compile_draft`).
 
 Numerics: fp32 matches eager to ~1e-6. With bf16 activations (int4/int8/bf16) Inductor's
 fused RMSNorm sums in another order; a one-ulp difference can flip a later bf16 rounding,
