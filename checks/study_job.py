@@ -44,8 +44,8 @@ def run_study(
     on_status: Callable[[str], None] | None = None,
 ) -> StudyReport:
     """The job's work: the study on this machine, as the document the history keeps."""
-    from engine.cli import study_document
     from engine.studies.registry import STUDIES, StudyOptions
+    from engine.study_cli import study_document
 
     options = StudyOptions(**config.options)  # ValueError for a bad size: the job's error
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from engine.cli import study_command, study_document
 from engine.studies.base import COMPRESS_SETTINGS, StudyOptions, parse_settings
 from engine.studies.compress import compare_with_reference, mark_frontiers
 from engine.studies.pareto import pareto_front
 from engine.studies.registry import STUDIES, StudyResult, format_study
+from engine.study_cli import study_command, study_document
 from reports.history import History
 from reports.home import history_dir
 from reports.study_report import StudyReport

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 import pytest
 import torch
 
-from engine.cli import study_command, study_document
 from engine.model.gguf_file import GGUFModelFile
 from engine.quant.functions import FP8_E5M2_MAX, dequantize_fp8, fp8_to_float, quantize_fp8
 from engine.quant.roundtrip import PRECISION_SCHEMES, output_error, roundtrip, weight_errors
 from engine.studies.registry import STUDIES, StudyOptions, StudyResult, format_study
+from engine.study_cli import study_command, study_document
 from reports.history import History
 from reports.home import history_dir
 from tests.ui.app_session import open_app
