@@ -39,9 +39,7 @@ print(json.dumps(tests))
 def _stand_in(tmp_path: Path, *, crash_by_default: bool, repack_switch: bool = True) -> Path:
     path = tmp_path / "llama-bench"
     help_line = "--repack <0|1>  repack weights (default: 1)" if repack_switch else ""
-    path.write_text(
-        STAND_IN.format(python=sys.executable, repack_help=help_line, crash_by_default=crash_by_default)
-    )
+    path.write_text(STAND_IN.format(python=sys.executable, repack_help=help_line, crash_by_default=crash_by_default))
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return path
 
