@@ -22,10 +22,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._llama_server import supported_flags
+from bench._llama_server import no_repack_args
 
 RUN_TIMEOUT_S = 900.0
-NO_REPACK_FLAGS = ("--repack", "--no-repack")  # newer llama-bench: --repack <0|1>; some builds: -nr/--no-repack
 TAIL_CHARS = 1500
 
 
@@ -46,16 +45,6 @@ class LlamaBenchResult:
     @property
     def prefill(self) -> float | None:
         return statistics.median(self.prefill_tok_s) if self.prefill_tok_s else None
-
-
-def no_repack_args(binary: Path) -> list[str] | None:
-    """The arguments that turn repacking off for this llama-bench, None when it has no such switch."""
-    found = supported_flags(binary, NO_REPACK_FLAGS)
-    if "--repack" in found:
-        return ["--repack", "0"]
-    if "--no-repack" in found:
-        return ["--no-repack", "1"]
-    return None
 
 
 def _samples(entries: list[dict], *, prompt: bool) -> list[float]:
@@ -111,5 +100,5 @@ def measure_layouts(
     runs = [run_layout(binary, model, threads, tokens, prefill_tokens, repeats, [], "default (repacking on)")]
     off = no_repack_args(binary)
     if off is not None:
-        runs.append(run_layout(binary, model, threads, tokens, prefill_tokens, repeats, off, "repacking off"))
+        runs.append(run_layout(binary, model, threads, tokens, prefill_tokens, repeats, list(off), "repacking off"))
     return runs

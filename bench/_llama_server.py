@@ -265,6 +265,8 @@ def supported_flags(binary: Path, candidates: tuple[str, ...]) -> set[str]:
 def no_repack_args(binary: Path) -> tuple[str, ...] | None:
     """The arguments that turn llama.cpp's weight repacking off for this binary, None when it has no switch.
 
+    llama-server spells it `--no-repack`, llama-bench `--repack 0`; each binary's --help says which.
+
     Its repacked (AVX-512 / AMX) layouts are the default; on a Xeon with AMX that path crashed in the
     first prefill (docs/BENCHMARKS.md), so a peer that dies is run again with repacking off.
     """
