@@ -16,7 +16,7 @@ from pathlib import Path
 from bench._llama_bench import measure_layouts, no_repack_args
 
 STAND_IN = """#!{python}
-import json, os, signal, sys
+import json, os, resource, signal, sys
 args = sys.argv[1:]
 if "--help" in args:
     print("usage: llama-bench [options]\\n  -r, --repetitions <n>\\n  {repack_help}")
@@ -24,6 +24,7 @@ if "--help" in args:
 repack_off = "--repack" in args and args[args.index("--repack") + 1] == "0"
 if {crash_by_default} and not repack_off:
     print("load_tensors: repacking for AMX", file=sys.stderr, flush=True)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # die as the real one does, without leaving a core file
     os.kill(os.getpid(), signal.SIGSEGV)
 reps = int(args[args.index("-r") + 1])
 p, n = int(args[args.index("-p") + 1]), int(args[args.index("-n") + 1])
