@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench._llama_server import no_repack_args
+from bench._llama_server import DEFAULT_LAYOUT, NO_REPACK_LAYOUT, no_repack_args
 
 RUN_TIMEOUT_S = 900.0
 TAIL_CHARS = 1500
@@ -32,7 +32,7 @@ TAIL_CHARS = 1500
 class LlamaBenchResult:
     """One layout's figures, or why it has none."""
 
-    layout: str  # "default (repacking on)" or "repacking off"
+    layout: str  # DEFAULT_LAYOUT or NO_REPACK_LAYOUT
     args: list[str]
     decode_tok_s: list[float] = field(default_factory=list)  # per repeat
     prefill_tok_s: list[float] = field(default_factory=list)
@@ -50,7 +50,7 @@ class LlamaBenchResult:
 def _samples(entries: list[dict], *, prompt: bool) -> list[float]:
     """Tokens/s per repeat of the prefill (n_gen 0) or decode (n_prompt 0) test in llama-bench's JSON."""
     for entry in entries:
-        if (entry.get("n_gen") == 0) == prompt and (entry.get("n_prompt") == 0) != prompt:
+        if (entry.get("n_gen") == 0) == prompt:  # a prefill test generates nothing; a decode test has no prompt
             samples = entry.get("samples_ts") or [entry.get("avg_ts")]
             return [float(s) for s in samples if s]
     return []
@@ -97,8 +97,8 @@ def measure_layouts(
     binary: Path, model: Path, threads: int, tokens: int, prefill_tokens: int, repeats: int
 ) -> list[LlamaBenchResult]:
     """The default layout, then repacking off when this llama-bench can turn it off."""
-    runs = [run_layout(binary, model, threads, tokens, prefill_tokens, repeats, [], "default (repacking on)")]
+    runs = [run_layout(binary, model, threads, tokens, prefill_tokens, repeats, [], DEFAULT_LAYOUT)]
     off = no_repack_args(binary)
     if off is not None:
-        runs.append(run_layout(binary, model, threads, tokens, prefill_tokens, repeats, list(off), "repacking off"))
+        runs.append(run_layout(binary, model, threads, tokens, prefill_tokens, repeats, list(off), NO_REPACK_LAYOUT))
     return runs

@@ -262,6 +262,10 @@ def supported_flags(binary: Path, candidates: tuple[str, ...]) -> set[str]:
     return {flag for flag in candidates if flag in words}
 
 
+DEFAULT_LAYOUT = "default (repacking on)"  # llama.cpp's weights as it repacks them for the CPU's SIMD units
+NO_REPACK_LAYOUT = "repacking off"  # what no_repack_args asks for
+
+
 def no_repack_args(binary: Path) -> tuple[str, ...] | None:
     """The arguments that turn llama.cpp's weight repacking off for this binary, None when it has no switch.
 

@@ -49,6 +49,7 @@ from bench._common import (  # noqa: E402
     summarise_profile,
     verdict,
 )
+from bench._llama_server import DEFAULT_LAYOUT, NO_REPACK_LAYOUT  # noqa: E402
 
 DECODE_PROMPT = "The capital of France is"
 PREFILL_TEXT = (
@@ -235,25 +236,36 @@ def _build_spec(args: argparse.Namespace, threads: int) -> dict:
     }
 
 
+TARGETED = ("int4", "int4" + COMPILED)  # the formats the issue's speed targets are about; the others are context
+
+
+Pair = tuple[float | None, float | None]  # (decode, prefill)
+
+
+def _pair_rows(
+    ours: dict, spec: dict, ref: Pair, needs: tuple[float, float], tail: str, targeted: bool
+) -> list[list[str]]:
+    """Decode and prefill rows of one of our formats against one peer figure each, with the targets when `targeted`."""
+    rows = []
+    for what, mine, theirs, need in (
+        (f"decode tok/s, {spec['tokens']} tokens", median(ours["decode_tok_s"]), ref[0], needs[0]),
+        (f"prefill tok/s, {len(spec['prefill_ids'])} tokens", median(ours["prefill_tok_s"]), ref[1], needs[1]),
+    ):
+        r = mine / theirs if mine and theirs else None
+        ok = None if not targeted or r is None else r >= need
+        met = verdict(ok, f"{r:.2f}x, {100 * (1 - r / need):.0f}% short" if r else "")
+        target = f">= {need:.1f}x" if targeted else "context"
+        rows.append(ratio_row(f"{what}, {tail}", mine, theirs, 1, target, met))
+    return rows
+
+
 def _speed_rows(res: dict, spec: dict, formats: list[str]) -> list[list[str]]:
+    """Every format against llama-cpp-python (when it ran; llama-bench's rows carry their own targets)."""
     theirs = res.get("theirs")
-    t_dec = median(theirs["decode_tok_s"]) if theirs else None
-    t_pre = median(theirs["prefill_tok_s"]) if theirs else None
-    n, p = spec["tokens"], len(spec["prefill_ids"])
+    ref = (median(theirs["decode_tok_s"]), median(theirs["prefill_tok_s"])) if theirs else (None, None)
     rows = []
     for fmt in formats:
-        o = res[fmt]["warm"]
-        d, pf = median(o["decode_tok_s"]), median(o["prefill_tok_s"])
-        for label, ours, ref, need in (
-            (f"decode tok/s, {n} tokens", d, t_dec, 1.0),
-            (f"prefill tok/s, {p} tokens", pf, t_pre, 1.5),
-        ):
-            r = ours / ref if ours and ref else None
-            carries = fmt in ("int4", "int4" + COMPILED) and theirs is not None  # llama-bench's rows carry their own
-            ok = None if not carries or r is None else r >= need
-            met = verdict(ok, f"{r:.2f}x, {100 * (1 - r / need):.0f}% short" if r else "")
-            target = f">= {need:.1f}x" if carries else "context"
-            rows.append(ratio_row(f"{label}, {fmt}", ours, ref, 1, target, met))
+        rows += _pair_rows(res[fmt]["warm"], spec, ref, (1.0, 1.5), fmt, fmt in TARGETED and theirs is not None)
     return rows
 
 
@@ -273,35 +285,20 @@ def _llama_bench_peer(spec: dict, args: argparse.Namespace) -> list[dict]:
 
 # The issue's single-stream targets against llama-bench: decode 1.3x with repacking off, 1.0x (stretch) with the
 # default layout; prefill 1.5x against either.
-LLAMA_BENCH_NEEDS = {"default (repacking on)": (1.0, 1.5), "repacking off": (1.3, 1.5)}
+LLAMA_BENCH_NEEDS = {DEFAULT_LAYOUT: (1.0, 1.5), NO_REPACK_LAYOUT: (1.3, 1.5)}
 
 
 def _llama_bench_rows(runs: list[dict] | None, res: dict, spec: dict, formats: list[str]) -> list[list[str]]:
     """Our int4 decode and prefill against each llama-bench layout; a crashed layout is a row saying so."""
-    if not runs:
-        return []
     rows = []
-    for run in runs:
+    for run in runs or []:
         layout = run["layout"]
         if run["crash"]:
-            crash = run["crash"].splitlines()[0][:80]
-            rows.append([f"llama-bench, {layout}", "-", "crashed", "-", "-", crash])
+            rows.append([f"llama-bench, {layout}", "-", "crashed", "-", "-", run["crash"].splitlines()[0][:80]])
             continue
-        needs = LLAMA_BENCH_NEEDS[layout]
-        for fmt in (f for f in formats if f in ("int4", "int4" + COMPILED)):
-            o = res[fmt]["warm"]
-            for what, ours, ref, need in (
-                (f"decode tok/s, {spec['tokens']} tokens", median(o["decode_tok_s"]), run["decode"], needs[0]),
-                (
-                    f"prefill tok/s, {len(spec['prefill_ids'])} tokens",
-                    median(o["prefill_tok_s"]),
-                    run["prefill"],
-                    needs[1],
-                ),
-            ):
-                r = ours / ref if ours and ref else None
-                met = verdict(None if r is None else r >= need, f"{r:.2f}x" if r else "")
-                rows.append(ratio_row(f"{what}, {fmt} vs llama-bench {layout}", ours, ref, 1, f">= {need:.1f}x", met))
+        ref, needs = (run["decode"], run["prefill"]), LLAMA_BENCH_NEEDS[layout]
+        for fmt in (f for f in formats if f in TARGETED):
+            rows += _pair_rows(res[fmt]["warm"], spec, ref, needs, f"{fmt} vs llama-bench {layout}", True)
     return rows
 
 

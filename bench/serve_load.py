@@ -119,6 +119,8 @@ def run_theirs(levels: list[int], args: argparse.Namespace) -> tuple[dict[int, d
     whole run is repeated with repacking off: detected, not assumed from the CPU's flags.
     """
     from bench._llama_server import (
+        DEFAULT_LAYOUT,
+        NO_REPACK_LAYOUT,
         LlamaServerError,
         LlamaServerOptions,
         LlamaServerProcess,
@@ -130,14 +132,19 @@ def run_theirs(levels: list[int], args: argparse.Namespace) -> tuple[dict[int, d
 
     binary = find_or_build_llama_server()
     per_slot = args.input_len + args.output_len + 64  # chat template overhead
-    layouts = [("default (repacking on)", ())]
+    layouts: list[tuple[str, tuple[str, ...]]] = [(DEFAULT_LAYOUT, ())]
     off = no_repack_args(binary)
     if off is not None:
-        layouts.append(("repacking off, after the default crashed", off))
+        layouts.append((f"{NO_REPACK_LAYOUT}, after the default crashed", off))
     crashes = []
     for layout, extra in layouts:
         opts = LlamaServerOptions(
-            bundled_model_path(), args.threads, ctx=per_slot * max(levels), slots=max(levels), extra_args=extra
+            bundled_model_path(),
+            args.threads,
+            ctx=per_slot * max(levels),
+            slots=max(levels),
+            extra_args=extra,
+            binary=binary,  # found once above, not again per layout
         )
         try:
             with LlamaServerProcess(opts) as server:

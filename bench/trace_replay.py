@@ -65,29 +65,35 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _shared(target: str, args: argparse.Namespace) -> dict[str, object]:
+    """What both parts run with: the server, its limits and greedy decoding (every answer of its recorded length)."""
+    return {
+        "target": target,
+        "seed": args.seed,
+        "temperature": 0.0,
+        "threads": args.threads,
+        "max_num_seqs": args.max_num_seqs,
+        "eager": args.eager,
+        "scrape_metrics": False,
+    }
+
+
 def replay_config(target: str, args: argparse.Namespace, rows: int) -> BenchmarkConfig:
     """The trace replay: every sampled row of the window, the first --warmup of them sent alone and left out."""
     return BenchmarkConfig(
-        target=target,
         trace=str(TRACE),
         trace_window_s=args.minutes * 60.0,
         trace_sample=args.trace_sample,
         trace_speed=args.trace_speed,
-        seed=args.seed,
         requests=rows - args.warmup,
         warmup_requests=args.warmup,
-        temperature=0.0,
-        threads=args.threads,
-        max_num_seqs=args.max_num_seqs,
-        eager=args.eager,
-        scrape_metrics=False,
+        **_shared(target, args),
     )
 
 
 def session_config(target: str, args: argparse.Namespace) -> BenchmarkConfig:
     """Multi-turn: --sessions synthetic conversations of --turns turns at --session-concurrency."""
     return BenchmarkConfig(
-        target=target,
         profile=f"concurrency:{args.session_concurrency}",
         turns=args.turns,
         think_time_ms=args.think_time_ms,
@@ -95,12 +101,7 @@ def session_config(target: str, args: argparse.Namespace) -> BenchmarkConfig:
         warmup_requests=1,
         input_len=args.session_input_len,
         output_len=args.session_output_len,
-        seed=args.seed,
-        temperature=0.0,
-        threads=args.threads,
-        max_num_seqs=args.max_num_seqs,
-        eager=args.eager,
-        scrape_metrics=False,
+        **_shared(target, args),
     )
 
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -32,6 +32,7 @@ MARK = "PREFLIGHT_TEST_MARK"
 START_DEADLINE_S = 60
 RUN_DEADLINE_MS = 240_000
 GONE_DEADLINE_S = 120.0  # a hang detector: the graceful stop takes seconds
+POLL_S = 0.5  # how often a process list is read while waiting on it
 
 
 def _marked(mark: str) -> list[psutil.Process]:
@@ -57,12 +58,20 @@ def _engine_servers(procs: list[psutil.Process]) -> list[psutil.Process]:
     return out
 
 
+def _until(done: Callable[[], bool]) -> bool:
+    """Poll `done` every POLL_S until it holds or GONE_DEADLINE_S passes (a hang detector); whether it held."""
+    deadline = time.monotonic() + GONE_DEADLINE_S
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
+    return True
+
+
 def _wait_all_gone(mark: str) -> list[str]:
     """Poll until no marked process is left; returns the command lines of those still there at the deadline."""
-    deadline = time.monotonic() + GONE_DEADLINE_S
-    while (left := _marked(mark)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return [" ".join(p.cmdline()) for p in left if p.is_running()]
+    _until(lambda: not _marked(mark))
+    return [" ".join(p.cmdline()) for p in _marked(mark) if p.is_running()]
 
 
 def _ended(proc: psutil.Process) -> bool:
@@ -72,15 +81,14 @@ def _ended(proc: psutil.Process) -> bool:
     reads empty and `_marked` stops seeing it while it still shows as running for a moment
     (CI on 2 busy cores caught that window): the server's own pid is waited on as well.
     """
-    deadline = time.monotonic() + GONE_DEADLINE_S
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
-            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
-                return True
+            return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return True
-        time.sleep(0.2)
-    return False
+
+    return _until(gone)
 
 
 @pytest.fixture
