@@ -56,6 +56,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN", help=h("cors_origins")
     )
     p.add_argument("--log-prompts", action="store_true", help=h("log_prompts"))
+    p.add_argument("--step-log", default=None, metavar="FILE", help=h("step_log"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help=h("threads"))
     add_decode_args(p, h("compile"))
     p.add_argument(
@@ -86,6 +87,7 @@ def run_serve(args: argparse.Namespace) -> int:
         "speculative",
         "num_speculative_tokens",
         "log_prompts",
+        "step_log",
         "threads",
         "grace_period_s",
         "compile",

@@ -81,6 +81,8 @@ class StepResult:
     num_preempted: int = 0
     forward_s: float = 0.0
     draft_s: float = 0.0  # the draft model's forwards (draft-model speculation only)
+    started_s: float = 0.0  # time.monotonic() when the step began (0: nothing was scheduled)
+    step_s: float = 0.0  # the whole step: scheduling, drafting, forward, sampling, bookkeeping
 
 
 class BatchEngine:
@@ -171,6 +173,7 @@ class BatchEngine:
 
     def step(self) -> StepResult:
         """Run one scheduler step; returns per-sequence new tokens and what finished."""
+        started, t_start = time.monotonic(), time.perf_counter()
         out = self.scheduler.schedule(self._drafts())
         result = StepResult(num_preempted=len(out.preempted))
         if self.draft_model is not None:
@@ -211,6 +214,7 @@ class BatchEngine:
             elif self.draft_model is not None:
                 known_before = item.start + item.num_tokens - len(item.draft_token_ids)
                 self.draft_model.commit(seq.seq_id, known_before, len(sampled[seq.seq_id]) - 1)
+        result.started_s, result.step_s = started, time.perf_counter() - t_start
         return result
 
     def _pick(

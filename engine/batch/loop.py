@@ -85,9 +85,9 @@ StepObserver = Callable[[StepResult, EngineSnapshot], None]
 class BatchLoop:
     """The server's loop thread: runs `BatchEngine.step()`; handlers talk to it only through commands."""
 
-    def __init__(self, llm: BatchEngine, on_step: StepObserver | None = None) -> None:
+    def __init__(self, llm: BatchEngine, *observers: StepObserver) -> None:
         self.llm = llm
-        self._on_step = on_step
+        self._observers = observers  # called on the engine thread after every step (and when idle)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._sinks: dict[int, _Sink] = {}
@@ -240,8 +240,8 @@ class BatchLoop:
             spec_acceptance_rate=s.spec_acceptance_rate,
             num_preemptions=s.num_preemptions,
         )
-        if self._on_step is not None:
-            self._on_step(result, self.snapshot)
+        for observe in self._observers:
+            observe(result, self.snapshot)
 
 
 def _put_all(items: list[tuple[asyncio.Queue, object]]) -> None:

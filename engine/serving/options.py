@@ -134,6 +134,11 @@ class ServerOptions(BaseModel):
     )
     cors_origins: tuple[str, ...] = Field((), description="allowed browser origin (repeatable); none: CORS off")
     log_prompts: bool = Field(False, description="log prompts and outputs (off: never logged)")
+    step_log: str | None = Field(
+        None,
+        description="append one JSON line per engine step to this file: its time, tokens and sequences "
+        "(the server's own cost of each pass, for profiling and planner calibration)",
+    )
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     compile: bool = Field(
         True,

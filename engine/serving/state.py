@@ -21,6 +21,7 @@ from engine.run.runtime import Engine
 from engine.serving.errors import APIError
 from engine.serving.metrics import ServerMetrics
 from engine.serving.options import ServerOptions
+from engine.serving.step_log import StepLog
 
 logger = logging.getLogger("preflight.server")
 
@@ -117,6 +118,8 @@ class ServerState:
         self.options = options
         self.model_name = model_name
         self.metrics = ServerMetrics(model_name)
+        # Opened here, before the port is bound: a path that cannot be written is one line at start-up.
+        self.step_log = StepLog(options.step_log) if options.step_log else None
         self.created = int(time.time())
         self.status = ServerStatus.LOADING
         self.phase = "loading the weights"  # what the load thread is doing: /health's 503 says it
@@ -136,7 +139,7 @@ class ServerState:
             # before /health turns 200, so that no request waits on the compiler.
             if self.options.compile:
                 self._compile(engine, llm)
-            loop = BatchLoop(llm, self.metrics.on_step)
+            loop = BatchLoop(llm, self.metrics.on_step, *([self.step_log] if self.step_log is not None else []))
             loop.start()
         except Exception as exc:  # any load failure: one line, then the server exits non-zero
             self.status = ServerStatus.FAILED
@@ -223,6 +226,8 @@ class ServerState:
     def shutdown(self, timeout_s: float = 10.0) -> None:
         if self.serving is not None and not self.serving.loop.stop(timeout_s):
             logger.warning("the engine thread did not stop within %.0f s", timeout_s)
+        if self.step_log is not None:
+            self.step_log.close()
 
     def model_card(self) -> dict[str, object]:
         serving = self.require()

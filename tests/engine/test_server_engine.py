@@ -1,4 +1,4 @@
-"""Engine behaviour through HTTP: preemption under a tiny KV pool and exact speculative decoding.
+"""Engine behaviour through HTTP: preemption under a tiny KV pool, exact speculative decoding, the step log.
 
 One server child with n-gram speculation and a pool of 5 blocks of 16
 tokens (too small for 4 sequences of ~34 tokens, so some are preempted and
@@ -9,6 +9,8 @@ single-sequence path that shares neither the paged cache nor the scheduler.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,9 +34,16 @@ PARAMS = SamplingParams(max_tokens=24, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteServer]:
+def step_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("engine-steps")) / "steps.jsonl"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, step_log: Path) -> Iterator[RemoteServer]:
     log = Path(tmp_path_factory.mktemp("engine-server")) / "server.log"
     args = [
+        "--step-log",
+        str(step_log),
         "--quant",
         "fp32",
         "--speculative",
@@ -106,3 +115,19 @@ def test_request_longer_than_the_pool_context_is_400(server: RemoteServer) -> No
     r = server.post("/v1/completions", _body("word " * 70))
     assert r.status_code == 400
     assert "exceeds the model context of 64 tokens" in r.json()["error"]["message"]
+
+
+def test_the_step_log_has_a_line_per_step_of_a_request(server: RemoteServer, step_log: Path) -> None:
+    """`--step-log`: the request's prompt pass and its decode steps, each with its own time (other tests of the
+    module share the server, so only lines that start after this request was sent are read)."""
+    sent = time.monotonic()  # the server is a child on this machine: one monotonic clock
+    r = server.post("/v1/completions", _body("A line per step: the log records") | {"max_tokens": 6})
+    assert r.status_code == 200, r.text
+    lines = [json.loads(line) for line in step_log.read_text().splitlines()]
+    ours = [line for line in lines if line["t"] >= sent]
+    assert sum(line["tokens"] for line in ours) == 6
+    assert 0 < ours[0]["prefill_tokens"] <= r.json()["usage"]["prompt_tokens"] and ours[0]["sequences"] == 1
+    assert all(line["prefill_tokens"] == 0 and line["decode_tokens"] >= 1 for line in ours[1:])
+    assert all(0 < line["forward_ms"] <= line["step_ms"] for line in ours)
+    assert [line["t"] for line in ours] == sorted(line["t"] for line in ours)
+    assert ours[-1]["running"] == 0
