@@ -77,7 +77,8 @@ class KvStats:
 class StepResult:
     outputs: list[TokenOutput] = field(default_factory=list)
     num_prefill_tokens: int = 0
-    num_decode_tokens: int = 0
+    num_decode_tokens: int = 0  # tokens of decoding sequences, drafts included
+    num_decode_seqs: int = 0  # decoding sequences (without speculation, as many as their tokens)
     num_preempted: int = 0
     forward_s: float = 0.0
     draft_s: float = 0.0  # the draft model's forwards (draft-model speculation only)
@@ -188,6 +189,7 @@ class BatchEngine:
             out.fill_drafts({seq_id: p.token_ids for seq_id, p in proposals.items()})
             result.draft_s = time.perf_counter() - t_draft
         result.num_prefill_tokens, result.num_decode_tokens = out.num_prefill_tokens, out.num_decode_tokens
+        result.num_decode_seqs = len(out.decodes)
         t0 = time.perf_counter()
         batch = build_batch(out, self.cache, self.loaded.device)
         model = self.loaded.model

@@ -7,9 +7,9 @@ explained by the passes it sat through. Client timestamps cannot separate those;
 
 Each line: `t` (time.monotonic() at the step's start, s), `step_ms` (the whole step: scheduling,
 drafting, forward, sampling), `forward_ms` (the model's forward alone), `draft_ms` (a draft model's
-forwards), `prefill_tokens`, `decode_tokens` (tokens of decoding sequences, drafts included),
-`sequences` (sequences given tokens), `tokens` (tokens generated), `preempted`, and after the step
-`running`, `waiting` and `kv_usage` (0..1). Lines are written as steps end, line-buffered, so a log
+forwards), `prefill_tokens`, `decoding` (sequences decoding in it), `decode_tokens` (their tokens,
+drafts included), `sequences` (sequences given tokens), `tokens` (tokens generated), `preempted`, and
+after the step `running`, `waiting` and `kv_usage` (0..1). Lines are written as steps end, line-buffered, so a log
 read while the server runs is whole up to its last line. A write that fails (disk full, file
 removed) is said once in the server log and logging stops; the engine never fails because of it.
 """
@@ -48,6 +48,7 @@ class StepLog:
             "forward_ms": round(result.forward_s * 1e3, 3),
             "draft_ms": round(result.draft_s * 1e3, 3),
             "prefill_tokens": result.num_prefill_tokens,
+            "decoding": result.num_decode_seqs,
             "decode_tokens": result.num_decode_tokens,
             "sequences": len(result.outputs),
             "tokens": sum(len(o.new_token_ids) for o in result.outputs),
