@@ -53,6 +53,7 @@ FIGURE_ASSUMPTIONS: dict[str, tuple[str, ...]] = {
         "runtime_overhead_gib",
         "vllm_memory_version",
         "vllm_memory_rule",
+        "vllm_cuda_graph_reserve",
         "max_num_batched_tokens",
         "max_num_seqs",
         "scheduler_defaults",

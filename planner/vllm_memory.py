@@ -13,7 +13,7 @@ condition of the prediction: `--engine-version` takes a release ("0.10.1.1") or 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
@@ -74,11 +74,39 @@ class VllmMemoryRegime(_Strict):
         return (low is None or release >= low) and (high is None or release < high)
 
 
+class ObservedReserve(_Strict):
+    gib: PositiveFloat
+    source: str = Field(min_length=1)
+
+
+class CudaGraphReserve(_Strict):
+    """From `from_version` on, vLLM takes an estimate of its CUDA-graph memory out of the KV cache by default.
+
+    The estimate depends on the model, the capture sizes and the graph modes, and no public rule sizes it, so
+    the planner does not charge it: a plan for such a release says so, with the range published logs show
+    and the environment switch that gives back the planned KV cache."""
+
+    from_version: str
+    env: str = Field(pattern=r"^[A-Z][A-Z0-9_]*$")
+    source: str = Field(min_length=1)
+    observed: list[ObservedReserve] = Field(min_length=1)
+
+    def note(self) -> str:
+        low, high = min(o.gib for o in self.observed), max(o.gib for o in self.observed)
+        return (
+            f"vLLM {self.from_version} and later also take their estimate of CUDA-graph memory out of the KV "
+            f"cache ({self.env}, on by default): not planned here; published estimates {low:g}-{high:g} GiB per "
+            f"GPU, so expect up to that much less KV cache, or launch with {self.env}=0 for the planned one (the "
+            "graphs then come out of what --gpu-memory-utilization leaves)"
+        )
+
+
 class VllmVersions(_Strict):
     """The regimes in release order, and the release planned when the user names none."""
 
     default: str = Field(min_length=1)
     default_source: str = Field(min_length=1)
+    cuda_graph_reserve: CudaGraphReserve | None = None
     regimes: list[VllmMemoryRegime] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -101,6 +129,7 @@ class ResolvedVllmMemory:
     regime: VllmMemoryRegime
     version: str  # as the user gave it, or the catalog default
     given: bool  # False: the catalog's default release was planned
+    graph_reserve: CudaGraphReserve | None = None  # the release takes a CUDA-graph estimate out of the KV cache
 
     def label(self) -> str:
         which = self.version if self.given else f"{self.version} (planner default: no engine version given)"
@@ -110,7 +139,10 @@ class ResolvedVllmMemory:
     def planned_for(self) -> str:
         """The line a vLLM launch command and a plan's notes carry (vLLM has no flag that pins its
         start-up profile, so the command can only say which release it was planned for)."""
-        return f"KV cache planned for {self.label()}"
+        line = f"KV cache planned for {self.label()}"
+        if self.graph_reserve is not None:
+            line += f"; its CUDA-graph reserve is not planned: {self.graph_reserve.env}=0 gives this KV cache"
+        return line
 
 
 def parse_release(text: str) -> tuple[int, ...]:
@@ -127,6 +159,18 @@ def regime_for_release(table: VllmVersions, release: tuple[int, ...]) -> VllmMem
 
 
 def resolve_vllm_memory(table: VllmVersions, version: str | None) -> ResolvedVllmMemory:
+    """The rule for a version (see `_resolve`), with the CUDA-graph reserve its release takes, if any."""
+    resolved = _resolve(table, version)
+    reserve = table.cuda_graph_reserve
+    release = _RELEASE.search(resolved.version)
+    if reserve is None or resolved.regime.engine != "V1" or release is None:
+        return resolved
+    if parse_release(release.group(0)) < parse_release(reserve.from_version):
+        return resolved
+    return replace(resolved, graph_reserve=reserve)
+
+
+def _resolve(table: VllmVersions, version: str | None) -> ResolvedVllmMemory:
     """The rule for a version as a user or a published source writes it.
 
     A release number decides by range; a generation alone ("V0", "V1 engine") picks that generation
@@ -165,7 +209,9 @@ def rule_assumptions(rule: ResolvedVllmMemory | None) -> dict[str, str]:
     r = rule.regime
     non_torch = f"{r.non_torch_gib:g} GiB" if r.non_torch_gib is not None else "the V0 share of VRAM (vllm_memory)"
     per_rank = f"{r.tp_rank_gib:g} GiB" if r.tp_rank_gib is not None else "tp_rank_overhead"
+    reserve = {"vllm_cuda_graph_reserve": rule.graph_reserve.note()} if rule.graph_reserve is not None else {}
     return {
+        **reserve,
         "vllm_memory_version": rule.label(),
         "vllm_memory_rule": f"non-torch {non_torch}, plus {per_rank} per rank under TP; activations: the larger "
         f"of the MLP pass and the sampler pass; sampler: {r.sampler}, {r.sampler_bytes_per_logit:g} B per logit"

@@ -179,3 +179,31 @@ def test_the_pickers_choices_are_one_version_per_rule_default_first() -> None:
     rules = [resolve_vllm_memory(TABLE, value).regime.id for value in choices]
     assert rules == [r.id for r in reversed(TABLE.regimes)]
     assert all(f"{rule} rule" in label for rule, label in zip(rules, choices.values(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("text", "reserves"),
+    [("0.27.1", True), ("v0.21.0", True), ("0.20.2", False), ("0.11.1", False), (None, False), ("V1", False)],
+)
+def test_releases_from_0_21_reserve_cuda_graph_memory_and_the_plan_says_so(text: str | None, reserves: bool) -> None:
+    """vLLM 0.21.0 and later take an estimate of CUDA-graph memory out of the KV cache by default. No public rule
+    sizes it, so it is not charged: the assumption, the launch line and the notes name it and the switch."""
+    resolved = resolve_vllm_memory(TABLE, text)
+    assert (resolved.graph_reserve is not None) is reserves
+    if reserves:
+        note = resolved.graph_reserve.note()
+        assert "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0" in note and "0.17-4.38 GiB" in note
+        assert "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=0 gives this KV cache" in resolved.planned_for()
+    else:
+        assert "CUDA-graph" not in resolved.planned_for()
+
+
+def test_a_prediction_for_a_recent_release_lists_the_cuda_graph_reserve(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["predict", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--max-model-len", "8192", "--json"]
+    assert main([*args, "--engine-version", "0.27.1"]) == 0
+    recent = json.loads(capsys.readouterr().out)
+    assert main([*args, "--engine-version", "0.11.1"]) == 0
+    older = json.loads(capsys.readouterr().out)
+    assert "not planned here" in recent["assumptions"]["vllm_cuda_graph_reserve"]
+    assert "vllm_cuda_graph_reserve" not in older["assumptions"]
+    assert recent["kv_cache_gib"] == older["kv_cache_gib"]  # the same memory rule: the reserve is named, not charged
