@@ -106,7 +106,10 @@ async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace)
 def run_ours(levels: list[int], args: argparse.Namespace) -> dict[int, dict]:
     # The bundled server decodes compiled by default; without --compile here it runs --eager, so that it
     # matches the eager `generate` reference.
-    opts = BundledOptions(quant="int4", threads=args.threads, max_num_seqs=max(levels), eager=not args.compile)
+    step_log = ("--step-log", str(args.step_log)) if args.step_log else ()
+    opts = BundledOptions(
+        quant="int4", threads=args.threads, max_num_seqs=max(levels), eager=not args.compile, extra_args=step_log
+    )
     with BundledTarget(opts) as endpoint:
         return asyncio.run(drive(endpoint, levels, args))
 
@@ -168,6 +171,9 @@ def main() -> int:
     parser.add_argument("--requests-per-stream", type=int, default=2)
     parser.add_argument("--peer", choices=("llama-server", "none"), default="llama-server")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--step-log", type=Path, default=None, help="our server writes its step log here (bench/step_costs.py reads it)"
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile our server and generate (both)")
     parser.add_argument("--worker-generate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
