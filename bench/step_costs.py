@@ -54,13 +54,27 @@ def read_passes(paths: Sequence[Path]) -> list[Pass]:
     """Busy passes of one or more step logs (the last line of each log has no next pass: left out)."""
     out: list[Pass] = []
     for path in paths:
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = [_line(path, n, text) for n, text in enumerate(path.read_text().splitlines(), 1) if text.strip()]
         for line, nxt in zip(lines, lines[1:], strict=False):
             gap = nxt["t"] - line["t"]
             if gap > line["step_ms"] / 1e3 + IDLE_GAP_S:
                 continue
             out.append(Pass(line["decoding"], line["prefill_tokens"], gap))
     return out
+
+
+STEP_KEYS = ("t", "step_ms", "decoding", "prefill_tokens")
+
+
+def _line(path: Path, number: int, text: str) -> dict:
+    """One step line with the fields this script reads; anything else is one error naming the line."""
+    try:
+        line = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{path}:{number}: not a step-log line ({exc.msg})") from None
+    if not isinstance(line, dict) or any(not isinstance(line.get(k), int | float) for k in STEP_KEYS):
+        raise SystemExit(f"{path}:{number}: a step-log line needs numbers for {', '.join(STEP_KEYS)}")
+    return line
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,21 @@ def test_between_and_beyond_the_counts_prices_follow_a_line() -> None:
     assert _along({3: 7.0}, 9) == 7.0
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", r"steps.jsonl:2: not a step-log line"),
+        ('{"t": 1}', r"steps.jsonl:2: .*needs numbers for t, step_ms"),
+    ],
+)
+def test_a_line_that_is_not_a_step_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+    log = tmp_path / "steps.jsonl"
+    write_log(log, PASSES[:1])
+    log.write_text(log.read_text() + text + "\n")
+    with pytest.raises(SystemExit, match=message):
+        read_passes([log])
+
+
 def test_too_few_prompt_passes_is_one_clear_error() -> None:
     with pytest.raises(SystemExit, match="at least 3 passes with prompt tokens"):
         fit_prices([Pass(1, 0, 0.005), Pass(0, 32, 0.04)])
