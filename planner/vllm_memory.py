@@ -91,6 +91,11 @@ class CudaGraphReserve(_Strict):
     source: str = Field(min_length=1)
     observed: list[ObservedReserve] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _a_release(self) -> CudaGraphReserve:
+        parse_release(self.from_version)  # a ValueError here is pydantic's validation error
+        return self
+
     def note(self) -> str:
         low, high = min(o.gib for o in self.observed), max(o.gib for o in self.observed)
         return (
