@@ -57,6 +57,8 @@ class TokenOutput:
     logprobs: list[float] | None
     finished: bool
     finish_reason: str | None
+    # On a sequence's first output only: its prompt tokens the prefix cache served (not computed), for `usage`.
+    cached_prompt_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -210,7 +212,8 @@ class BatchEngine:
             new = seq.output_token_ids[before[seq.seq_id] :]
             lps = logprobs[seq.seq_id][: len(new)] if seq.params.logprobs else None
             done = seq.seq_id in finished
-            result.outputs.append(TokenOutput(seq.seq_id, new, lps, done, seq.finish_reason if done else None))
+            cached = seq.num_cached_prefix_tokens if before[seq.seq_id] == 0 else None
+            result.outputs.append(TokenOutput(seq.seq_id, new, lps, done, seq.finish_reason if done else None, cached))
             if done:
                 self._forget(seq.seq_id)
             elif self.draft_model is not None:

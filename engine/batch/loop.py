@@ -271,6 +271,7 @@ class RequestStream:
     queue: asyncio.Queue
     arrival_s: float
     completion_tokens: int = 0
+    cached_prompt_tokens: int | None = None  # prompt tokens the prefix cache served, once the first token is out
     finish_reason: str | None = None
     first_token_s: float | None = None
     last_token_s: float | None = None
@@ -317,6 +318,8 @@ class RequestStream:
                     self.done = True
                     raise item
                 now = time.monotonic()
+                if item.cached_prompt_tokens is not None:
+                    self.cached_prompt_tokens = item.cached_prompt_tokens
                 lps = item.logprobs or []
                 for i, token in enumerate(item.new_token_ids):
                     self._take(token, lps[i] if i < len(lps) else None, now)

@@ -174,12 +174,16 @@ class ChatFormat(_Format):
         return {"content": content, "refusal": None}
 
 
-def _usage(stream: RequestStream) -> dict[str, int]:
-    return {
+def _usage(stream: RequestStream) -> dict[str, object]:
+    """OpenAI's usage; `prompt_tokens_details.cached_tokens` is what the prefix cache served (0 when nothing)."""
+    usage: dict[str, object] = {
         "prompt_tokens": stream.prompt_tokens,
         "completion_tokens": stream.completion_tokens,
         "total_tokens": stream.prompt_tokens + stream.completion_tokens,
     }
+    if stream.cached_prompt_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": stream.cached_prompt_tokens}
+    return usage
 
 
 def _event(payload: dict) -> str:

@@ -246,7 +246,22 @@ def test_seeded_sampling_is_reproducible(server: RemoteServer) -> None:
 def test_prompt_as_token_ids(server: RemoteServer) -> None:
     for prompt in ([504, 3575, 282, 4649, 314], [[504, 3575, 282, 4649, 314]]):
         body = server.post("/v1/completions", completion("x", ignore_eos=True) | {"prompt": prompt}).json()
-        assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}
+        assert body["usage"]["prompt_tokens"] == 5 and body["usage"]["total_tokens"] == 13
+
+
+def test_usage_says_how_many_prompt_tokens_the_prefix_cache_served(server: RemoteServer) -> None:
+    """OpenAI's `usage.prompt_tokens_details.cached_tokens`: a prompt sent again finds its full 16-token blocks
+    cached (40 tokens: 32), streamed or not; its first sending computed every token."""
+    prompt = [1000 + 7 * i for i in range(40)]  # no other test sends these ids
+    body = completion("x", max_tokens=2, ignore_eos=True) | {"prompt": prompt}
+    first = server.post("/v1/completions", body).json()["usage"]
+    again = server.post("/v1/completions", body).json()["usage"]
+    assert first["prompt_tokens_details"] == {"cached_tokens": 0} and first["prompt_tokens"] == 40
+    assert again["prompt_tokens_details"] == {"cached_tokens": 32}
+    body |= {"stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, headers=server.headers) as r:
+        chunks = [e for e in sse_events(r.iter_lines()) if isinstance(e, dict)]
+    assert chunks[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 32}
 
 
 # ---- the official SDK ---------------------------------------------------------------------
