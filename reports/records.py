@@ -84,6 +84,8 @@ class RequestRecord:
     output_chars: int = 0
     session: int | None = None  # multi-turn runs: which conversation this turn belongs to
     turn: int | None = None  # ... and which turn of it (1 = the first, sent without history)
+    # input tokens the server says its prefix cache served (usage.prompt_tokens_details.cached_tokens); None: not said
+    cached_input_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.chunk_times_s) != len(self.chunk_tokens):

@@ -49,6 +49,11 @@ class BenchmarkSummary(BaseModel):
         0, description="given up on purpose by the load's client (--cancel-rate): neither timed nor failures"
     )
     total_input_tokens: int | None
+    cached_input_tokens: int | None = Field(
+        None,
+        description="of the input tokens, those the server said its prefix cache served "
+        "(usage.prompt_tokens_details.cached_tokens); None when no response said",
+    )
     total_output_tokens: int | None
     duration_s: float | None
     request_throughput: float | None

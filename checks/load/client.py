@@ -365,6 +365,11 @@ class StreamClient:
         in_tokens = usage.get("prompt_tokens")
         if not isinstance(in_tokens, int):
             in_tokens = self._prompt_tokens(request)
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        cached = cached if isinstance(cached, int) and not isinstance(cached, bool) and cached >= 0 else None
+        if cached is not None and isinstance(in_tokens, int):
+            cached = min(cached, in_tokens)  # a server cannot have cached more of the prompt than there was
         return RequestRecord(
             **base,
             send_s=send_s,
@@ -380,6 +385,7 @@ class StreamClient:
             error_kind=None,
             error_excerpt=None,
             output_chars=len(text),
+            cached_input_tokens=cached,
         )
 
     def _prompt_tokens(self, request: PromptRequest) -> int | None:

@@ -30,6 +30,7 @@ SECTIONS: list[tuple[str, list[tuple[str, str, str]]]] = [
         "Tokens",
         [
             ("Total input tokens", "total_input_tokens", "{:d}"),
+            ("Input tokens from the prefix cache", "cached_input_tokens", "{:d}"),
             ("Total output tokens", "total_output_tokens", "{:d}"),
             ("Output throughput (tok/s)", "output_throughput", "{:.1f}"),
             ("Peak output throughput (tok/s, 1 s)", "peak_output_throughput", "{:.1f}"),

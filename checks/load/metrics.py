@@ -182,6 +182,7 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
         return None if count is None or duration_s is None else count / duration_s
 
     total_in = _total(good, "input_tokens", warnings)
+    cached = [r.cached_input_tokens for r in good if r.cached_input_tokens is not None]
     total_out = _total(good, "output_tokens", warnings)
     goodput = None if slo is None else per_s(sum(slo.met_by(r) for r in good))
 
@@ -215,6 +216,7 @@ def summarize(records: Iterable[RequestRecord], slo: Slo | None = None) -> Bench
         cancelled=len(cancelled),
         abandoned=len(abandoned),
         total_input_tokens=total_in,
+        cached_input_tokens=sum(cached) if cached else None,
         total_output_tokens=total_out,
         duration_s=duration_s,
         request_throughput=per_s(len(good)),

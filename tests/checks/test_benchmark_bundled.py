@@ -200,6 +200,20 @@ def test_jsonl_file_of_prompts_and_messages(endpoint: Endpoint, tokenizer: Engin
             assert record.input_tokens == _chat_prompt_tokens(tokenizer, request.prompt or "")
 
 
+def test_prompt_tokens_served_from_the_prefix_cache_are_recorded(endpoint: Endpoint) -> None:
+    """The server's usage.prompt_tokens_details.cached_tokens reaches each record and the summary: a prompt sent
+    a second time finds every full 16-token block of it cached but the one holding its last token."""
+    prompt = "Recorded cache hits: " + " ".join(f"item {i}" for i in range(30))
+    request = PromptRequest(prompt, None, 2, None, True, "test#0")
+    result = _run(endpoint, [request, request], "sync", RunLimits(requests=2), options=GREEDY)
+    _assert_all_ok(result.records)
+    first, again = result.records
+    assert again.cached_input_tokens == (again.input_tokens - 1) // 16 * 16 > 0
+    assert first.cached_input_tokens is not None and first.cached_input_tokens < again.cached_input_tokens
+    summary = summarize(result.records)
+    assert summary.cached_input_tokens == first.cached_input_tokens + again.cached_input_tokens
+
+
 def test_sharegpt_file_sets_output_length_from_the_reply(
     endpoint: Endpoint, tokenizer: EngineTokenizer, tmp_path: Path
 ) -> None:
