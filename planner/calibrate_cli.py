@@ -79,6 +79,7 @@ def _run(doc: BenchmarkResult, run: RunDoc, source: str, served: ServedBy) -> Ca
         threads=threads,
         max_num_seqs=seqs,
         input_tokens=round(s.total_input_tokens / s.completed),
+        cached_input_tokens=round((s.cached_input_tokens or 0) / s.completed),
         output_tokens=round(s.total_output_tokens / s.completed),
         concurrency=c,
         requests=s.completed + s.failed,

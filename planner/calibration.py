@@ -55,6 +55,9 @@ class CalibrationRun(_Part):
     threads: int | None = Field(None, ge=1, description="CPU threads the server ran with")
     max_num_seqs: int | None = Field(None, ge=1, description="the server's batch limit")
     input_tokens: int = Field(ge=1, description="mean prompt tokens per request, as the server counted them")
+    cached_input_tokens: int = Field(
+        0, ge=0, description="of them, mean tokens the server's prefix cache served (computed by no prefill)"
+    )
     output_tokens: int = Field(ge=1, description="mean output tokens per request")
     concurrency: int = Field(ge=1)
     requests: int | None = Field(None, ge=1, description="measured requests in the run (warm-up excluded)")

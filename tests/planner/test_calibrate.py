@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from planner.__main__ import main
-from planner.calibrate import calibrate, format_fit, predictor
+from planner.calibrate import calibrate, format_fit, predictor, run_options
 from planner.calibrate_cli import ServedBy, concurrency_of, load_runs, runs_of
 from planner.calibration import CalibrationDoc, CalibrationRun, FittedValues, load_calibration, save_calibration
 from planner.catalog import load_catalog
@@ -72,6 +72,20 @@ def test_a_recorded_result_becomes_a_run_with_what_it_ran_on() -> None:
     assert run.input_tokens > 32  # the chat template's tokens count too, as the server counted them
     assert run.measured.tpot_ms and run.measured.ttft_ms and run.measured.output_tok_s
     assert concurrency_of("sync") == 1 and concurrency_of("concurrency:8") == 8 and concurrency_of("poisson:2") is None
+
+
+def test_prompt_tokens_the_prefix_cache_served_are_not_fitted_as_prefill(tmp_path: Path) -> None:
+    doc = load_benchmark_result(FIXTURE)
+    run = doc.runs[0]
+    hits = 16 * run.summary.completed  # the chat template's first block, served from the cache each time
+    summary = run.summary.model_copy(update={"cached_input_tokens": hits})
+    cached = doc.model_copy(update={"runs": [run.model_copy(update={"summary": summary})]})
+    path = tmp_path / "cached.json"
+    path.write_text(json.dumps(BenchmarkResult.model_validate(cached.model_dump(mode="json")).model_dump(mode="json")))
+    (plain,) = load_runs([str(FIXTURE)])
+    (served,) = load_runs([str(path)])
+    assert plain.cached_input_tokens == 0 and served.cached_input_tokens == 16
+    assert run_options(served).input_tokens == run_options(plain).input_tokens - 16 == served.input_tokens - 16
 
 
 def test_a_remote_result_needs_to_be_told_what_served_it(tmp_path: Path) -> None:
