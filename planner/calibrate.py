@@ -315,7 +315,9 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
             cells = "  ".join(
                 f"{_num(getattr(m, k))} / {_num(getattr(p, k))}" for k in ("ttft_ms", "tpot_ms", "output_tok_s")
             )
-            lines.append(f"  {kind:<8} c={r.concurrency:<3} {cells}")
+            hits = r.cached_input_tokens
+            cached = f"  ({hits} of {r.input_tokens} prompt tokens cached)" if hits else ""
+            lines.append(f"  {kind:<8} c={r.concurrency:<3} {cells}{cached}")
     return lines
 
 
