@@ -54,6 +54,7 @@ PREDICT_FLAGS = {
     "--max-model-len": ("max_model_len", int),
     "--enable-chunked-prefill": ("enable_chunked_prefill", bool),
     "--input-tokens": ("input_tokens", int),
+    "--cached-input-tokens": ("cached_input_tokens", int),
     "--output-tokens": ("output_tokens", int),
     "--concurrency": ("concurrency", int),
     "--qps": ("qps", float),

@@ -58,9 +58,9 @@ FIGURE_ASSUMPTIONS: dict[str, tuple[str, ...]] = {
         "max_num_seqs",
         "scheduler_defaults",
     ),
-    TTFT: ("ttft", *_SPEED, *_SCHEDULER),
-    TPOT: ("tpot", *_SPEED, "kv_cache_dtype_bytes", *_SCHEDULER),
-    OUTPUT: (*_SPEED, *_SCHEDULER),
+    TTFT: ("ttft", "cached_input_tokens", *_SPEED, *_SCHEDULER),
+    TPOT: ("tpot", "cached_input_tokens", *_SPEED, "kv_cache_dtype_bytes", *_SCHEDULER),
+    OUTPUT: ("cached_input_tokens", *_SPEED, *_SCHEDULER),
     # saturated: the largest batch the KV cache holds sets it too
     MAX_OUTPUT: (*_SPEED, *_SCHEDULER, "kv_cache_dtype_bytes", "gpu_memory_utilization", "block_size"),
 }

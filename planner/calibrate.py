@@ -67,16 +67,17 @@ Predictor = Callable[[CalibrationRun, FittedValues | None], Metrics]
 def run_options(run: CalibrationRun) -> PredictOptions:
     """The predict question a measured run answers: its model, device, engine, lengths and load.
 
-    The prompt is the part the engine computed: tokens its prefix cache served (a chat template's
-    shared first block, a repeated system prompt) cost no prefill, and fitting them as computed would
-    charge the prefill rate for work the run never did."""
+    Tokens its prefix cache served (a chat template's shared first block, a repeated system prompt)
+    are planned as cached: fitting them as computed would charge the prefill rate for work the run
+    never did."""
     return PredictOptions(
         model=run.model,
         gpu=run.gpu,
         engine=run.engine,
         engine_version=run.engine_version,
         format=run.format,
-        input_tokens=max(1, run.input_tokens - run.cached_input_tokens),
+        input_tokens=run.input_tokens,
+        cached_input_tokens=min(run.cached_input_tokens, run.input_tokens - 1),
         output_tokens=run.output_tokens,
         concurrency=run.concurrency,
         max_num_seqs=run.max_num_seqs,

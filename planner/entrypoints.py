@@ -146,6 +146,7 @@ def predict_one(
         opts.output_tokens,
         slo_targets(DEFAULT_SLO),
         requests=opts.requests,
+        cached_input_tokens=opts.cached_input_tokens,
     )
     knobs = Knobs(
         opts.kv_cache_dtype,

@@ -357,6 +357,11 @@ def predict_config(
         "tpot": f"decode step at {workload.decode_context} cached tokens per sequence; the steps that carry "
         "the other sequences' replacement prompts cost their prefill FLOPs too",
     }
+    if workload.cached_input_tokens:
+        assumptions["cached_input_tokens"] = (
+            f"{workload.cached_input_tokens} of each {workload.input_tokens}-token prompt served by the prefix cache: "
+            f"prefill computes {workload.computed_input_tokens}; the KV cache holds the whole prompt"
+        )
     replicas = max(1, device.count // par.devices) if device.kind == "gpu" else 1
     out = ConfigPrediction(mem.fits, None, mem, limits, replicas, eff, assumptions)
     if not mem.fits:
@@ -381,18 +386,18 @@ def predict_config(
         model,
         fmt,
         device,
-        workload.input_tokens,
+        workload.computed_input_tokens,
         bandwidth_efficiency=eff.decode_bandwidth,
         flops_efficiency=flops_eff,
         parallel=par,
         overhead_s=overhead,
     )
-    cost = StepCost(decode_at, pre, workload.input_tokens, overhead, eff.seq_overhead_s, comm)
+    cost = StepCost(decode_at, pre, workload.computed_input_tokens, overhead, eff.seq_overhead_s, comm)
     kv_cap = {"single": 1, "slots": mem.max_seqs_at_context}.get(batching, mem.max_seqs_at_workload)
     cap = max(1, min(kv_cap, limits.max_num_seqs) if limits.max_num_seqs else kv_cap)
     # One at a time, or slots: prompts are not chunked beside other sequences' decodes.
     budget = Budget(limits.max_num_batched_tokens, limits.chunked_prefill and batching == "continuous")
-    n_in, n_out = workload.input_tokens, workload.output_tokens
+    n_in, n_out = workload.computed_input_tokens, workload.output_tokens  # prefill work: cached tokens cost none
     sat_batch = sustainable_batch(cap, budget, n_in, n_out)
 
     def extra_wait(b: int) -> float:

@@ -102,6 +102,12 @@ class Workload:
     slo: SloTargets
     qps: float | None = None
     requests: int | None = None  # a benchmark of this many requests (None: the steady state)
+    cached_input_tokens: int = 0  # of each prompt, tokens the engine's prefix cache serves: no prefill for them
+
+    @property
+    def computed_input_tokens(self) -> int:
+        """Prompt tokens a request's prefill computes: the prompt less what the prefix cache served."""
+        return max(1, self.input_tokens - self.cached_input_tokens)
 
     @property
     def seq_tokens(self) -> int:

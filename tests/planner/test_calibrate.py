@@ -85,7 +85,12 @@ def test_prompt_tokens_the_prefix_cache_served_are_not_fitted_as_prefill(tmp_pat
     (plain,) = load_runs([str(FIXTURE)])
     (served,) = load_runs([str(path)])
     assert plain.cached_input_tokens == 0 and served.cached_input_tokens == 16
-    assert run_options(served).input_tokens == run_options(plain).input_tokens - 16 == served.input_tokens - 16
+    assert run_options(served).input_tokens == run_options(plain).input_tokens == served.input_tokens
+    assert (run_options(plain).cached_input_tokens, run_options(served).cached_input_tokens) == (0, 16)
+    faster = predict_one(run_options(served), CAT, HW, measure)
+    slower = predict_one(run_options(plain), CAT, HW, measure)
+    assert faster.ttft_ms < slower.ttft_ms and faster.kv_tokens == slower.kv_tokens  # prefill less, KV alike
+    assert "16 of each" in faster.assumptions["cached_input_tokens"]
 
 
 def test_a_remote_result_needs_to_be_told_what_served_it(tmp_path: Path) -> None:

@@ -229,6 +229,18 @@ def test_predict_refuses_impossible_requests() -> None:
         predict(model="llama-3.1-8b", gpu="h100-sxm", engine="vllm", format="gguf-q4_k_m")
     with pytest.raises(ValueError, match="Extra inputs"):
         PredictResult.model_validate({"extra": 1})
+    with pytest.raises(ValueError, match="must be below input_tokens 100"):
+        PredictOptions(model="llama-3.1-8b", input_tokens=100, cached_input_tokens=100)
+
+
+def test_a_cached_prompt_start_costs_no_prefill_and_keeps_its_kv() -> None:
+    """--cached-input-tokens: a shared prompt start the prefix cache serves shortens prefill, not the KV context."""
+    plain = predict(model="llama-3.1-8b", gpu="h100-sxm", input_tokens=2048, concurrency=8)
+    cached = predict(model="llama-3.1-8b", gpu="h100-sxm", input_tokens=2048, cached_input_tokens=1536, concurrency=8)
+    assert cached.ttft_ms < plain.ttft_ms and cached.tpot_ms <= plain.tpot_ms
+    assert (cached.kv_tokens, cached.max_concurrent_seqs) == (plain.kv_tokens, plain.max_concurrent_seqs)
+    assert "prefill computes 512" in cached.assumptions["cached_input_tokens"]
+    assert "cached_input_tokens" not in plain.assumptions
 
 
 def test_meta_fp8_checkpoint_is_predicted_when_named_and_never_proposed() -> None:
