@@ -29,6 +29,7 @@ RECOMMEND_FLAGS = {
     "--context": ("context", int),
     "--concurrency": ("concurrency", int),
     "--input-tokens": ("input_tokens", int),
+    "--cached-input-tokens": ("cached_input_tokens", int),
     "--output-tokens": ("output_tokens", int),
     "--slo": ("slo", str),
     "--qps": ("qps", float),

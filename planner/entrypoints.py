@@ -45,7 +45,9 @@ def make_plan(
     model = resolve_model(opts.model, cat, opts.max_config_bytes)
     device = resolve_device(opts.gpu, opts.gpus, cat, opts.price_per_hour, hw, measure)
     inp, out = opts.lengths()
-    workload = Workload(opts.context, opts.concurrency, inp, out, slo_targets(opts.slo), opts.qps)
+    slo = slo_targets(opts.slo)
+    cached = opts.cached_input_tokens
+    workload = Workload(opts.context, opts.concurrency, inp, out, slo, opts.qps, cached_input_tokens=cached)
     applied = None
     if cal is not None:
         check_calibration(cal, resolve_engine(cal.engine, cat), device.kind)

@@ -39,7 +39,9 @@ def format_plan(plan: Plan, top: int = 10, details: int = 3) -> list[str]:
         + (f", {m.params_active / 1e9:.1f}B active" if m.params_active != m.params_total else "")
         + ")",
         f"{'Hardware':<14}{_device_line(plan)}",
-        f"{'Workload':<14}context {w.context}, {w.concurrency} concurrent, {w.input_tokens} in / {w.output_tokens} out"
+        f"{'Workload':<14}context {w.context}, {w.concurrency} concurrent, {w.input_tokens} in"
+        + (f" ({w.cached_input_tokens} from the prefix cache)" if w.cached_input_tokens else "")
+        + f" / {w.output_tokens} out"
         + (f", target {w.qps:g} req/s" if w.qps else ""),
         f"{'SLO':<14}{w.slo.name}: {w.slo.describe()}",
         RULE,

@@ -34,6 +34,12 @@ class RecommendOptions(BaseModel):
     output_tokens: int | None = Field(
         None, ge=1, description=f"typical output length (default: {DEFAULT_OUTPUT_TOKENS}, within the context)"
     )
+    cached_input_tokens: int = Field(
+        0,
+        ge=0,
+        description="of the prompt, tokens the engine's prefix cache serves (a prompt start every request shares, "
+        "in whole cache blocks: 16 tokens on vLLM and the bundled engine); planned as costing no prefill",
+    )
     engine_version: EngineVersion = None
     slo: str = Field(
         "chat",
@@ -56,6 +62,11 @@ class RecommendOptions(BaseModel):
             raise ValueError(
                 f"input_tokens + output_tokens = {inp + out} exceeds context {self.context}: "
                 "raise the context or shorten the request"
+            )
+        if self.cached_input_tokens >= inp:
+            raise ValueError(
+                f"cached_input_tokens {self.cached_input_tokens} must be below the prompt's {inp} tokens: "
+                "an engine computes at least a prompt's last token"
             )
         return self
 

@@ -99,7 +99,7 @@ def plan_inputs(catalog: Catalog) -> dict:
     qps = slo_col.number_input("Target req/s (0: none)", 0.0, 1e6, 0.0, key="plan_qps", help=FIELDS["qps"].description)
     if choice == CUSTOM_CHOICE:
         gpu = custom_gpu_text()
-    context_col, concurrency_col, input_col, output_col = st.columns(4)
+    context_col, concurrency_col, input_col, cached_col, output_col = st.columns(5)
     context = context_col.number_input(
         "Context", 16, 1_000_000, 8192, key="plan_context", help=FIELDS["context"].description
     )
@@ -108,6 +108,14 @@ def plan_inputs(catalog: Catalog) -> dict:
     )
     input_tokens = input_col.number_input(
         "Input tokens", 1, 1_000_000, 1024, key="plan_input", help=FIELDS["input_tokens"].description
+    )
+    cached_tokens = cached_col.number_input(
+        "Cached prompt tokens",
+        0,
+        1_000_000,
+        0,
+        key="plan_cached_input",
+        help=FIELDS["cached_input_tokens"].description,
     )
     output_tokens = output_col.number_input(
         "Output tokens", 1, 1_000_000, 256, key="plan_output", help=FIELDS["output_tokens"].description
@@ -119,6 +127,7 @@ def plan_inputs(catalog: Catalog) -> dict:
         "context": context,
         "concurrency": concurrency,
         "input_tokens": input_tokens,
+        "cached_input_tokens": cached_tokens,
         "output_tokens": output_tokens,
         "slo": slo,
         "qps": qps or None,

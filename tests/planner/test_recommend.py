@@ -290,3 +290,21 @@ def test_a_bad_engine_version_is_refused_even_where_vllm_does_not_run() -> None:
         plan(model="smollm2-135m", gpu="cpu", context=2048, engine_version="newest")
     cpu = plan(model="smollm2-135m", gpu="cpu", context=2048, engine_version="V0")
     assert not any(n.startswith("vLLM options:") for n in cpu.notes)  # no vLLM on a CPU: nothing to plan for
+
+
+def test_recommend_plans_a_cached_prompt_start_as_predict_does() -> None:
+    """--cached-input-tokens reaches every option through predict's code path: less prefill, the same KV."""
+    kw = {"model": "llama-3.1-8b", "gpu": "h100-sxm", "input_tokens": 2048, "concurrency": 8}
+    plain, cached = plan(**kw), plan(**kw, cached_input_tokens=1536)
+    before = {(o.engine, o.format, o.tp, o.pp): o for o in plain.options}
+    compared = 0
+    for o in cached.options:
+        twin = before[(o.engine, o.format, o.tp, o.pp)]
+        if o.memory is not None and twin.memory is not None:
+            assert o.memory.kv_tokens == twin.memory.kv_tokens
+        if o.prediction is not None and twin.prediction is not None:
+            assert o.prediction.ttft_ms < twin.prediction.ttft_ms
+            compared += 1
+    assert compared > 0
+    with pytest.raises(ValueError, match="must be below the prompt's 2048 tokens"):
+        RecommendOptions(**kw, cached_input_tokens=2048)

@@ -115,6 +115,23 @@ def test_plan_page_bad_input_is_shown_not_raised(app: AppTest) -> None:
     assert app.error[0].value == "model file not found: /nonexistent/model.gguf"
 
 
+def test_plan_page_plans_a_cached_prompt_start(app: AppTest) -> None:
+    """"Cached prompt tokens": the prompt's start the prefix cache serves costs no prefill; a whole prompt
+    cached is one clear error, not an exception."""
+    app.switch_page("app_pages/plan.py").run()
+    plain = app.metric[0].value
+    app.number_input(key="plan_input").set_value(2048)
+    app.number_input(key="plan_cached_input").set_value(0).run()
+    uncached = app.metric[0].value
+    app.number_input(key="plan_cached_input").set_value(1536).run()
+    assert not app.exception and not app.error
+    assert float(app.metric[0].value.split()[0]) < float(uncached.split()[0]) and plain
+    assert "prefill computes 512" in " ".join(str(v) for v in _how_predicted(app).to_numpy().ravel())
+    app.number_input(key="plan_cached_input").set_value(2048).run()
+    assert not app.exception
+    assert app.error[0].value.startswith("cached_input_tokens 2048 must be below the prompt's 2048 tokens")
+
+
 def test_plan_page_for_this_cpu(app: AppTest) -> None:
     app.switch_page("app_pages/plan.py").run()
     app.selectbox(key="plan_model").set_value("smollm2-135m")
