@@ -116,8 +116,8 @@ def test_plan_page_bad_input_is_shown_not_raised(app: AppTest) -> None:
 
 
 def test_plan_page_plans_a_cached_prompt_start(app: AppTest) -> None:
-    """ "Cached prompt tokens": the prompt's start the prefix cache serves costs no prefill; a whole prompt
-    cached is one clear error, not an exception."""
+    """The "Cached prompt tokens" input: the prompt's start the prefix cache serves costs no prefill; a whole
+    prompt cached is one clear error, not an exception."""
     app.switch_page("app_pages/plan.py").run()
     plain = app.metric[0].value
     app.number_input(key="plan_input").set_value(2048)
