@@ -18,7 +18,7 @@ from planner.model_files import DEFAULT_MAX_CONFIG_BYTES
 from planner.predict import ConfigPrediction
 from planner.sizing import GIB
 from planner.vllm_memory import EngineVersion
-from planner.workload import DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS
+from planner.workload import DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS, CachedInputTokens, check_cached_input
 
 # The names the issue and users write for a format, to the catalog's ids.
 FORMAT_ALIASES = {"awq-int4": "awq", "gptq-int4": "gptq", "int8-w8a8": "int8", "fp8-w8a8": "fp8"}
@@ -44,12 +44,7 @@ class PredictOptions(BaseModel):
     max_model_len: int | None = Field(None, ge=16, description="--max-model-len (default: the model's, as vLLM does)")
     enable_chunked_prefill: bool | None = Field(None, description="chunked prefill (default: the engine's)")
     input_tokens: int = Field(DEFAULT_INPUT_TOKENS, ge=1, description="prompt tokens per request")
-    cached_input_tokens: int = Field(
-        0,
-        ge=0,
-        description="of them, tokens the engine's prefix cache serves (a prompt start every request shares, in "
-        "whole cache blocks: 16 tokens on vLLM and the bundled engine); planned as costing no prefill",
-    )
+    cached_input_tokens: CachedInputTokens = 0
     output_tokens: int = Field(DEFAULT_OUTPUT_TOKENS, ge=1, description="output tokens per request")
     concurrency: int | None = Field(None, ge=1, le=100_000, description="requests in flight (default: 1)")
     qps: float | None = Field(None, gt=0, description="request arrivals per second, instead of --concurrency")
@@ -71,11 +66,7 @@ class PredictOptions(BaseModel):
     def _one_load(self) -> PredictOptions:
         if self.concurrency is not None and self.qps is not None:
             raise ValueError("give --concurrency or --qps, not both")
-        if self.cached_input_tokens >= self.input_tokens:
-            raise ValueError(
-                f"cached_input_tokens {self.cached_input_tokens} must be below input_tokens {self.input_tokens}: "
-                "an engine computes at least a prompt's last token"
-            )
+        check_cached_input(self.cached_input_tokens, self.input_tokens, f"input_tokens {self.input_tokens}")
         if self.max_model_len is not None and self.input_tokens + self.output_tokens > self.max_model_len:
             raise ValueError(
                 f"input_tokens + output_tokens = {self.input_tokens + self.output_tokens} exceeds max_model_len "

@@ -4,6 +4,7 @@ page, their descriptions drive --help and tooltips) and the Workload the math us
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -12,6 +13,24 @@ from planner.vllm_memory import EngineVersion
 
 DEFAULT_INPUT_TOKENS = 1024
 DEFAULT_OUTPUT_TOKENS = 256
+
+CachedInputTokens = Annotated[
+    int,
+    Field(
+        ge=0,
+        description="of the prompt, tokens the engine's prefix cache serves (a prompt start every request shares, "
+        "in whole cache blocks: 16 tokens on vLLM and the bundled engine); planned as costing no prefill",
+    ),
+]
+
+
+def check_cached_input(cached: int, prompt_tokens: int, prompt: str) -> None:
+    """ValueError unless the cached start is shorter than the prompt (`prompt` names it in the message): an
+    engine computes at least a prompt's last token, whatever its cache holds."""
+    if cached >= prompt_tokens:
+        raise ValueError(
+            f"cached_input_tokens {cached} must be below {prompt}: an engine computes at least a prompt's last token"
+        )
 
 
 class RecommendOptions(BaseModel):
@@ -34,12 +53,7 @@ class RecommendOptions(BaseModel):
     output_tokens: int | None = Field(
         None, ge=1, description=f"typical output length (default: {DEFAULT_OUTPUT_TOKENS}, within the context)"
     )
-    cached_input_tokens: int = Field(
-        0,
-        ge=0,
-        description="of the prompt, tokens the engine's prefix cache serves (a prompt start every request shares, "
-        "in whole cache blocks: 16 tokens on vLLM and the bundled engine); planned as costing no prefill",
-    )
+    cached_input_tokens: CachedInputTokens = 0
     engine_version: EngineVersion = None
     slo: str = Field(
         "chat",
@@ -63,11 +77,7 @@ class RecommendOptions(BaseModel):
                 f"input_tokens + output_tokens = {inp + out} exceeds context {self.context}: "
                 "raise the context or shorten the request"
             )
-        if self.cached_input_tokens >= inp:
-            raise ValueError(
-                f"cached_input_tokens {self.cached_input_tokens} must be below the prompt's {inp} tokens: "
-                "an engine computes at least a prompt's last token"
-            )
+        check_cached_input(self.cached_input_tokens, inp, f"the prompt's {inp} tokens")
         return self
 
     def lengths(self) -> tuple[int, int]:
