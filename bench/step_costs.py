@@ -38,6 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
+
 from bench._common import format_table  # noqa: E402
 
 IDLE_GAP_S = 0.02  # a next pass that starts this long after one ends followed an idle engine: not a busy gap
@@ -94,14 +96,14 @@ class MeasuredPrices:
 def _along(table: dict[int, float], x: int) -> float:
     """Linear between the nearest counts in `table`; beyond its ends, along its first or last two points."""
     keys = sorted(table)
-    if len(keys) == 1:
-        return table[keys[0]]
-    if x in table:
-        return table[x]
-    lo = max((k for k in keys if k < x), default=keys[0])
-    hi = min((k for k in keys if k > x), default=keys[-1])
-    if lo == hi or x < keys[0] or x > keys[-1]:
-        lo, hi = (keys[0], keys[1]) if x < keys[0] else (keys[-2], keys[-1])
+    if x in table or len(keys) == 1:
+        return table.get(x, table[keys[0]])
+    if x < keys[0]:
+        lo, hi = keys[0], keys[1]
+    elif x > keys[-1]:
+        lo, hi = keys[-2], keys[-1]
+    else:
+        lo, hi = max(k for k in keys if k < x), min(k for k in keys if k > x)
     return max(1e-6, table[lo] + (table[hi] - table[lo]) * (x - lo) / (hi - lo))
 
 
@@ -118,30 +120,17 @@ def fit_prices(passes: Sequence[Pass], stat: str = "mean") -> MeasuredPrices:
 
 
 def _least_squares(mixed: Sequence[Pass]) -> tuple[float, float, float]:
-    """gap = a + b * prompt tokens + c * decoding sequences, by the normal equations (3 x 3)."""
-    rows = [(1.0, float(p.prompt_tokens), float(p.decoding)) for p in mixed]
-    ata = [[sum(r[i] * r[j] for r in rows) for j in range(3)] for i in range(3)]
-    aty = [sum(r[i] * p.gap_s for r, p in zip(rows, mixed, strict=True)) for i in range(3)]
-    if len({p.decoding for p in mixed}) == 1:  # no spread in sequences: that term cannot be told apart
-        ata[2] = [0.0, 0.0, 1.0]
-        aty[2] = 0.0
-        ata[0][2] = ata[1][2] = 0.0
-    return tuple(_solve(ata, aty))  # type: ignore[return-value]
-
-
-def _solve(a: list[list[float]], y: list[float]) -> list[float]:
-    n = len(y)
-    m = [row[:] + [y[i]] for i, row in enumerate(a)]
-    for col in range(n):
-        pivot = max(range(col, n), key=lambda r: abs(m[r][col]))
-        m[col], m[pivot] = m[pivot], m[col]
-        if abs(m[col][col]) < 1e-18:
-            raise SystemExit("the passes with prompt tokens do not determine a line (too few distinct sizes)")
-        for r in range(n):
-            if r != col:
-                f = m[r][col] / m[col][col]
-                m[r] = [x - f * z for x, z in zip(m[r], m[col], strict=True)]
-    return [m[i][n] / m[i][i] for i in range(n)]
+    """gap = a + b * prompt tokens + c * decoding sequences; c is 0 when every pass had as many sequences
+    (that term cannot be told apart from a then)."""
+    spread = len({p.decoding for p in mixed}) > 1
+    columns = [[1.0] * len(mixed), [float(p.prompt_tokens) for p in mixed]]
+    if spread:
+        columns.append([float(p.decoding) for p in mixed])
+    design = np.array(columns).T
+    coef, _, rank, _ = np.linalg.lstsq(design, np.array([p.gap_s for p in mixed]), rcond=None)
+    if rank < design.shape[1]:
+        raise SystemExit("the passes with prompt tokens do not determine a line (too few distinct sizes)")
+    return float(coef[0]), float(coef[1]), float(coef[2]) if spread else 0.0
 
 
 def pass_table(passes: Sequence[Pass]) -> list[list[str]]:
