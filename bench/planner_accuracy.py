@@ -139,6 +139,8 @@ def options_for(point: PublishedPoint) -> tuple[PredictOptions, list[str]]:
         engine_version=c.engine_version,
         format=c.format,
         kv_cache_dtype=c.kv_cache_dtype,
+        vllm_sampler=c.vllm_sampler,
+        tp_transport=c.tp_transport,
         gpu_memory_utilization=bench_limits.get("gpu_memory_utilization", c.gpu_memory_utilization),
         max_num_seqs=bench_limits.get("max_num_seqs", c.max_num_seqs),
         max_num_batched_tokens=bench_limits.get("max_num_batched_tokens", c.max_num_batched_tokens),

@@ -85,6 +85,43 @@ def run_options(run: CalibrationRun) -> PredictOptions:
     )
 
 
+# What identifies a measurement rather than its conditions: two runs equal in everything else are repeats.
+NOT_CONDITIONS = {"id", "source", "requests", "repeats", "measured", "predicted_before", "predicted_after"}
+
+
+def pool_repeats(runs: Sequence[CalibrationRun]) -> list[CalibrationRun]:
+    """Runs of the same conditions as one run each, in first-seen order: each figure the median over repeats.
+
+    On a shared or throttled machine the same run moves by more than a prediction should miss by (10%
+    from one minute to the next on a 2-core VM), so one run per concurrency cannot check a few-percent
+    model. Repeats measured in interleaved rounds see the machine alike at every concurrency, and the
+    median of each figure keeps one slow run from moving the point. Repeats are pooled, not weighted:
+    fitting five copies of one concurrency would let it outvote the others."""
+    groups: dict[str, list[CalibrationRun]] = {}
+    for run in runs:
+        groups.setdefault(run.model_dump_json(exclude=NOT_CONDITIONS), []).append(run)
+    return [_pooled(group) for group in groups.values()]
+
+
+def _pooled(group: list[CalibrationRun]) -> CalibrationRun:
+    if len(group) == 1:
+        return group[0]
+    medians = {}
+    for metric in METRICS:
+        seen = [v for r in group if (v := getattr(r.measured, metric)) is not None]
+        medians[metric] = statistics.median(seen) if seen else None
+    counted = [r.requests for r in group if r.requests is not None]
+    return group[0].model_copy(
+        update={
+            "id": ", ".join(r.id for r in group),
+            "source": ", ".join(r.source for r in group),
+            "requests": sum(counted) if counted else None,
+            "repeats": sum(r.repeats for r in group),
+            "measured": Metrics(**medians),
+        }
+    )
+
+
 def predictor(catalog: Catalog, hw: Hardware, measure: Callable[[], CpuMeasurement] | None) -> Predictor:
     """Predict one run with given values (None: the catalog's), through predict_one."""
 
@@ -220,11 +257,14 @@ def calibrate(
 ) -> CalibrationDoc:
     """Fit on `runs`, check on `held_out`, and describe both in a calibration document.
 
+    Repeats of one set of conditions count as one run (pool_repeats), in either list.
+
     All runs must share engine, engine version, device, format and (on CPU) threads: one calibration
     describes one engine (and, for vLLM, one release's memory rule) on one device. On CPU the device is
     measured once here, with the runs' thread count."""
     if not runs:
         raise PlannerError("calibrate needs at least one measured run")
+    runs, held_out = pool_repeats(runs), pool_repeats(held_out)
     everything = [*runs, *held_out]
     engine, gpu = _same(everything, "engine"), _same(everything, "gpu")
     _same(everything, "format")
@@ -295,8 +335,8 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
     """Console lines: the fitted values, then median absolute % error before and after, fit and held out."""
     v, e = doc.values, doc.error
     lines = [
-        f"calibrated {doc.served} on {doc.device} ({doc.device_kind}) from {len(doc.runs)} run(s)"
-        + (f", {len(doc.held_out)} held out" if doc.held_out else ""),
+        f"calibrated {doc.served} on {doc.device} ({doc.device_kind}) from {sum(r.repeats for r in doc.runs)} run(s)"
+        + (f", {sum(r.repeats for r in doc.held_out)} held out" if doc.held_out else ""),
         f"decode_bandwidth {v.decode_bandwidth:.4g}, prefill_flops {v.prefill_flops:.4g}, "
         f"step_overhead_ms {v.step_overhead_ms:.4g}, seq_overhead_us {v.seq_overhead_us:.4g}, "
         f"queued_prefills {v.queued_prefills:.3g} "
@@ -318,7 +358,8 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
             )
             hits = r.cached_input_tokens
             cached = f"  ({hits} of {r.input_tokens} prompt tokens cached)" if hits else ""
-            lines.append(f"  {kind:<8} c={r.concurrency:<3} {cells}{cached}")
+            repeats = f"  (median of {r.repeats} runs)" if r.repeats > 1 else ""
+            lines.append(f"  {kind:<8} c={r.concurrency:<3} {cells}{cached}{repeats}")
     return lines
 
 

@@ -61,6 +61,9 @@ class CalibrationRun(_Part):
     output_tokens: int = Field(ge=1, description="mean output tokens per request")
     concurrency: int = Field(ge=1)
     requests: int | None = Field(None, ge=1, description="measured requests in the run (warm-up excluded)")
+    repeats: int = Field(
+        1, ge=1, description="measured runs of these same conditions pooled into this one: each figure is their median"
+    )
     measured: Metrics
     predicted_before: Metrics | None = Field(None, description="with the catalog's figures (filled by the fit)")
     predicted_after: Metrics | None = Field(None, description="with the fitted values (filled by the fit)")

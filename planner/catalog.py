@@ -317,6 +317,17 @@ class TpRankOverhead(_Strict):
     source: str = Field(min_length=1)
 
 
+class TpTransport(_Strict):
+    """What a tensor-parallel group's GPUs exchange through decides whether per-rank GPU buffers exist."""
+
+    p2p: str = Field(min_length=1)
+    host: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+
+    def describe(self, kind: str) -> str:
+        return f"{kind}: {self.p2p if kind == 'p2p' else self.host}"
+
+
 class BatchLimits(_Strict):
     max_num_seqs: PositiveInt
     max_num_batched_tokens: PositiveInt
@@ -390,6 +401,7 @@ class EnginesFile(_Strict):
     distributed: DistributedSpec
     vllm_memory: VllmMemory
     tp_rank_overhead: TpRankOverhead
+    tp_transport: TpTransport
     vllm_versions: VllmVersions
     scheduler_defaults: dict[str, SchedulerDefaults]
     tensor_parallel_efficiency: TpEfficiency

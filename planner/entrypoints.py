@@ -157,6 +157,9 @@ def predict_one(
         opts.max_num_batched_tokens,
         opts.enable_chunked_prefill,
         planned_version(opts.engine_version, cal, cat),
+        opts.vllm_sampler,
+        opts.tp_transport,
+        opts.cuda_graph_reserve_gib,
     )
     efficiency = efficiency_of(values) if values is not None else None
     par = Parallel(opts.tp, opts.pp, tp_efficiency(engine, device, opts.tp, opts.pp, cat))

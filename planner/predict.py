@@ -44,6 +44,15 @@ class Knobs:
     # vLLM's release or engine generation ("0.10.1.1", "V0"): which memory rule its profile follows
     # (planner.vllm_memory); None plans the catalog's default release. Other engines ignore it.
     engine_version: str | None = None
+    # vLLM V1's top-k/top-p sampler when it is not the release's default ("flashinfer" | "pytorch").
+    vllm_sampler: str | None = None
+    # How a tensor-parallel group's GPUs exchange data: "p2p" (NVLink or PCIe peer-to-peer in one node) or
+    # "host" (through host memory or the network: no P2P, or a group spanning nodes). Only p2p keeps the
+    # per-rank GPU buffers of NCCL's P2P transport and vLLM's custom all-reduce.
+    tp_transport: str = "p2p"
+    # vLLM >= 0.21's CUDA-graph estimate as its start-up log printed it, taken out of the KV cache; None: not
+    # charged (no public rule sizes it; the assumptions say so).
+    cuda_graph_reserve_gib: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +184,9 @@ def memory_config(
         else max(int(vm.overhead_min_gib * GIB), int(vm.overhead_fraction * device.memory_bytes))
     )
     act = vm.activation_per_token
-    rule = rule_for_engine(engine.id, ef.vllm_versions, knobs.engine_version)
+    rule = rule_for_engine(
+        engine.id, ef.vllm_versions, knobs.engine_version, knobs.vllm_sampler, knobs.cuda_graph_reserve_gib
+    )
     r = rule.regime if rule is not None else None
     # A vLLM release's own profile terms; other engines keep MemoryConfig's (the V0 rule's) defaults.
     version_terms: dict = {}
@@ -184,8 +195,11 @@ def memory_config(
             "sampler_bytes_per_logit": r.sampler_bytes_per_logit,
             "sampler_holds_hidden": r.sampler_holds_hidden_states,
             "non_torch_bytes": None if r.non_torch_gib is None else int(r.non_torch_gib * GIB),
+            "graph_reserve_bytes": int((rule.graph_reserve_gib or 0) * GIB),
         }
     rank_gib = ef.tp_rank_overhead.gib if r is None or r.tp_rank_gib is None else r.tp_rank_gib
+    if knobs.tp_transport == "host":
+        rank_gib = 0.0  # engines.json tp_transport: the per-rank buffers exist only between peer-to-peer GPUs
     return MemoryConfig(
         mode=engine.memory_model,
         utilization=(knobs.gpu_memory_utilization if engine.memory_model == "utilization" else None)
@@ -344,7 +358,15 @@ def predict_config(
         "kv_cache_dtype_bytes": kv_bytes,
         "activation_gib": mem.activation_bytes / GIB,
         "runtime_overhead_gib": mem.overhead_bytes / GIB,
-        **rule_assumptions(rule_for_engine(engine.id, catalog.engines_file.vllm_versions, knobs.engine_version)),
+        **rule_assumptions(
+            rule_for_engine(
+                engine.id,
+                catalog.engines_file.vllm_versions,
+                knobs.engine_version,
+                knobs.vllm_sampler,
+                knobs.cuda_graph_reserve_gib,
+            )
+        ),
         "max_num_batched_tokens": limits.max_num_batched_tokens,
         "max_num_seqs": limits.max_num_seqs if limits.max_num_seqs is not None else "KV cache only",
         "chunked_prefill": limits.chunked_prefill,
@@ -357,6 +379,8 @@ def predict_config(
         "tpot": f"decode step at {workload.decode_context} cached tokens per sequence; the steps that carry "
         "the other sequences' replacement prompts cost their prefill FLOPs too",
     }
+    if par.tp > 1:
+        assumptions["tp_transport"] = catalog.engines_file.tp_transport.describe(knobs.tp_transport)
     if workload.cached_input_tokens:
         assumptions["cached_input_tokens"] = (
             f"{workload.cached_input_tokens} of each {workload.input_tokens}-token prompt served by the prefix cache: "

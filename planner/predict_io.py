@@ -17,7 +17,7 @@ from planner.errors import PlannerError, UnknownNameError
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES
 from planner.predict import ConfigPrediction
 from planner.sizing import GIB
-from planner.vllm_memory import EngineVersion
+from planner.vllm_memory import EngineVersion, TpTransportKind, VllmSampler
 from planner.workload import DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS, CachedInputTokens, check_cached_input
 
 # The names the issue and users write for a format, to the catalog's ids.
@@ -38,6 +38,15 @@ class PredictOptions(BaseModel):
     engine_version: EngineVersion = None
     format: str = Field("bf16", description="weight format id (bf16, fp8, int8, awq-int4, gptq-int4, gguf-q4_k_m, ...)")
     kv_cache_dtype: Literal["auto", "fp8"] = Field("auto", description="KV cache dtype: fp8 halves its bytes")
+    vllm_sampler: VllmSampler = None
+    tp_transport: TpTransportKind = "p2p"
+    cuda_graph_reserve_gib: float | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="vLLM >= 0.21: the CUDA-graph estimate its start-up log printed ('Estimated CUDA graph memory: "
+        "X GiB total'), taken out of the KV cache as vLLM does (default: not charged, and the plan says so)",
+    )
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM's --gpu-memory-utilization")
     max_num_seqs: int | None = Field(None, ge=1, description="--max-num-seqs (default: the engine's, by device)")
     max_num_batched_tokens: int | None = Field(None, ge=1, description="--max-num-batched-tokens (engine default)")

@@ -49,6 +49,12 @@ class Conditions(_Strict):
     pp: PositiveInt = 1
     format: str = Field(min_length=1, description="weight format id in planner/data/formats.json")
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
+    vllm_sampler: Literal["flashinfer", "pytorch"] | None = Field(
+        None, description="vLLM V1: the sampler the log names, where it is not the release's default"
+    )
+    tp_transport: Literal["p2p", "host"] = Field(
+        "p2p", description="host where the log says custom all-reduce is off for want of P2P or across nodes"
+    )
     block_size: PositiveInt | None = Field(None, description="KV block size in tokens, where gpu_blocks is given")
     max_model_len: PositiveInt | None = None
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM/SGLang memory fraction")

@@ -144,6 +144,8 @@ class MemoryConfig:
     sampler_bytes_per_logit: float = 4.0
     sampler_holds_hidden: bool = False
     fixed_overhead_bytes: int = GIB // 2
+    # vLLM >= 0.21: its CUDA-graph estimate, taken out of the KV budget (given by the user from a start-up log).
+    graph_reserve_bytes: int = 0
     kv_dtype_bytes: int = 2
     act_ffn: float = 3.0
     act_hidden: float = 3.0
@@ -269,6 +271,7 @@ def plan_memory(
         over = overhead_bytes(device_bytes, tp, cfg)
         if cfg.mode == "utilization":
             budget = int(device_bytes * cfg.utilization)
+            over += cfg.graph_reserve_bytes
             kv_budget = budget - weights - act - over
         else:
             budget = device_bytes

@@ -33,6 +33,28 @@ EngineVersion = Annotated[
 ]
 
 
+# The top-k/top-p path a V1 engine samples with: FlashInfer's kernels where FlashInfer is installed (the
+# default of the releases that prefer it), else PyTorch's sort. A V1 install without FlashInfer logs
+# "FlashInfer is not available. Falling back to the PyTorch-native implementation of top-p & top-k
+# sampling", and its profile's sampler pass keeps more bytes per logit alive: less KV cache.
+VllmSampler = Annotated[
+    Literal["flashinfer", "pytorch"] | None,
+    Field(
+        description="vLLM V1: the top-k/top-p sampler the server runs, when it is not the release's default "
+        "(pytorch: FlashInfer is not installed, the log says 'Falling back to the PyTorch-native implementation')"
+    ),
+]
+SamplerKind = Literal["v0", "flashinfer", "pytorch"]
+TpTransportKind = Annotated[
+    Literal["p2p", "host"],
+    Field(
+        description="how a tensor-parallel group's GPUs exchange data: p2p (NVLink or PCIe peer-to-peer in one "
+        "node) or host (no P2P, or a group spanning nodes: through host memory or the network); only p2p "
+        "keeps per-rank GPU buffers"
+    ),
+]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -57,6 +79,9 @@ class VllmMemoryRegime(_Strict):
     until_version: str | None = None
     non_torch_gib: float | None = Field(None, ge=0, description="non-torch memory the profile charges at TP 1")
     tp_rank_gib: float | None = Field(None, ge=0, description="added on every rank of a tensor-parallel group")
+    sampler_kind: SamplerKind = Field(
+        description="which sampler the profile's dummy pass runs, as --vllm-sampler names it"
+    )
     sampler: str = Field(min_length=1, description="the top-k/top-p path of the profile's dummy sampler pass")
     sampler_buffers: list[SamplerBuffer] = Field(min_length=1)
     sampler_holds_hidden_states: bool = Field(
@@ -95,6 +120,13 @@ class CudaGraphReserve(_Strict):
     def _a_release(self) -> CudaGraphReserve:
         parse_release(self.from_version)  # a ValueError here is pydantic's validation error
         return self
+
+    def charged_note(self, gib: float) -> str:
+        return (
+            f"vLLM {self.from_version} and later take their estimate of CUDA-graph memory out of the KV cache "
+            f"({self.env}, on by default): {gib:g} GiB per GPU charged as given (--cuda-graph-reserve-gib, "
+            "from the start-up log's 'Estimated CUDA graph memory: X GiB total' line)"
+        )
 
     def note(self) -> str:
         low, high = min(o.gib for o in self.observed), max(o.gib for o in self.observed)
@@ -135,17 +167,22 @@ class ResolvedVllmMemory:
     version: str  # as the user gave it, or the catalog default
     given: bool  # False: the catalog's default release was planned
     graph_reserve: CudaGraphReserve | None = None  # the release takes a CUDA-graph estimate out of the KV cache
+    sampler_from: str | None = None  # the regime whose sampler terms replaced the release's (--vllm-sampler)
+    graph_reserve_gib: float | None = None  # the CUDA-graph estimate the user read off a start-up log, charged
 
     def label(self) -> str:
         which = self.version if self.given else f"{self.version} (planner default: no engine version given)"
         name = which if which.lower().startswith("vllm") else f"vLLM {which}"
-        return f"{name}: {self.regime.engine} engine, {self.regime.id} rule"
+        swapped = f", with {self.sampler_from}'s sampler pass" if self.sampler_from else ""
+        return f"{name}: {self.regime.engine} engine, {self.regime.id} rule{swapped}"
 
     def planned_for(self) -> str:
         """The line a vLLM launch command and a plan's notes carry (vLLM has no flag that pins its
         start-up profile, so the command can only say which release it was planned for)."""
         line = f"KV cache planned for {self.label()}"
-        if self.graph_reserve is not None:
+        if self.graph_reserve_gib is not None:
+            line += f"; CUDA-graph reserve {self.graph_reserve_gib:g} GiB charged as given"
+        elif self.graph_reserve is not None:
             line += f"; its CUDA-graph reserve is not planned: {self.graph_reserve.env}=0 gives this KV cache"
         return line
 
@@ -201,10 +238,40 @@ def _resolve(table: VllmVersions, version: str | None) -> ResolvedVllmMemory:
     )
 
 
-def rule_for_engine(engine_id: str, table: VllmVersions, version: str | None) -> ResolvedVllmMemory | None:
-    """vLLM's rule for the version asked (or the default); None for other engines, which keep the generic
-    rule of engines.json vllm_memory."""
-    return resolve_vllm_memory(table, version) if engine_id == "vllm" else None
+def with_sampler(table: VllmVersions, resolved: ResolvedVllmMemory, sampler: str | None) -> ResolvedVllmMemory:
+    """The release's rule with another V1 sampler's profile terms, when the server samples with one the
+    release does not default to (an install without FlashInfer falls back to PyTorch's sort). Everything
+    else (non-torch memory, the per-rank charge, the CUDA-graph reserve) stays the release's."""
+    if sampler is None or sampler == resolved.regime.sampler_kind:
+        return resolved
+    if resolved.regime.engine != "V1":
+        raise PlannerError(f"--vllm-sampler {sampler}: the V0 engine has one sampler; it applies to V1 releases")
+    donor = next((r for r in table.regimes if r.engine == "V1" and r.sampler_kind == sampler), None)
+    if donor is None:
+        raise PlannerError(f"--vllm-sampler {sampler}: no vLLM memory rule in engines.json describes that sampler")
+    terms = {
+        k: getattr(donor, k) for k in ("sampler_kind", "sampler", "sampler_buffers", "sampler_holds_hidden_states")
+    }
+    return replace(resolved, regime=resolved.regime.model_copy(update=terms), sampler_from=donor.id)
+
+
+def rule_for_engine(
+    engine_id: str,
+    table: VllmVersions,
+    version: str | None,
+    sampler: str | None = None,
+    graph_reserve_gib: float | None = None,
+) -> ResolvedVllmMemory | None:
+    """vLLM's rule for the version asked (or the default), with the sampler asked and the CUDA-graph estimate
+    the user read off a log; None for other engines, which keep the generic rule of engines.json vllm_memory
+    (and refuse vLLM's own options)."""
+    if engine_id != "vllm":
+        for flag, value in (("--vllm-sampler", sampler), ("--cuda-graph-reserve-gib", graph_reserve_gib)):
+            if value is not None:
+                raise PlannerError(f"{flag} is a vLLM setting; this plan's engine is {engine_id}")
+        return None
+    resolved = with_sampler(table, resolve_vllm_memory(table, version), sampler)
+    return replace(resolved, graph_reserve_gib=graph_reserve_gib) if graph_reserve_gib is not None else resolved
 
 
 def rule_assumptions(rule: ResolvedVllmMemory | None) -> dict[str, str]:
@@ -214,7 +281,17 @@ def rule_assumptions(rule: ResolvedVllmMemory | None) -> dict[str, str]:
     r = rule.regime
     non_torch = f"{r.non_torch_gib:g} GiB" if r.non_torch_gib is not None else "the V0 share of VRAM (vllm_memory)"
     per_rank = f"{r.tp_rank_gib:g} GiB" if r.tp_rank_gib is not None else "tp_rank_overhead"
-    reserve = {"vllm_cuda_graph_reserve": rule.graph_reserve.note()} if rule.graph_reserve is not None else {}
+    reserve: dict[str, str] = {}
+    if rule.graph_reserve_gib is not None:
+        given = rule.graph_reserve_gib
+        said = (
+            rule.graph_reserve.charged_note(given)
+            if rule.graph_reserve is not None
+            else f"{given:g} GiB per GPU of CUDA-graph memory charged as given (--cuda-graph-reserve-gib)"
+        )
+        reserve = {"vllm_cuda_graph_reserve": said}
+    elif rule.graph_reserve is not None:
+        reserve = {"vllm_cuda_graph_reserve": rule.graph_reserve.note()}
     return {
         **reserve,
         "vllm_memory_version": rule.label(),

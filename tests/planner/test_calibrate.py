@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from planner.__main__ import main
-from planner.calibrate import calibrate, format_fit, predictor, run_options
+from planner.calibrate import calibrate, format_fit, pool_repeats, predictor, run_options
 from planner.calibrate_cli import ServedBy, concurrency_of, load_runs, runs_of
 from planner.calibration import CalibrationDoc, CalibrationRun, FittedValues, load_calibration, save_calibration
 from planner.catalog import load_catalog
@@ -118,6 +118,33 @@ def test_the_fit_finds_the_values_the_runs_were_measured_with(tmp_path: Path) ->
     assert doc.values.step_overhead_ms == pytest.approx(TRUTH.step_overhead_ms, rel=0.05)
     assert doc.cpu is not None and doc.cpu.fp32_flops == CPU.fp32_flops
     assert [r.concurrency for r in doc.held_out] == [2, 4, 16]
+
+
+def _scaled(run: CalibrationRun, factor: float, name: str) -> CalibrationRun:
+    m = run.measured
+    measured = m.model_copy(
+        update={"ttft_ms": m.ttft_ms * factor, "tpot_ms": m.tpot_ms * factor, "output_tok_s": m.output_tok_s / factor}
+    )
+    return run.model_copy(update={"id": name, "source": f"{name}.json", "measured": measured})
+
+
+def test_repeats_of_one_condition_are_one_point_at_their_median(tmp_path: Path) -> None:
+    """Three rounds of concurrency 1 (one slow) and one of 8: two points, the slow round outvoted."""
+    (c1,) = load_runs([str(result_at(1, tmp_path))])
+    (c8,) = load_runs([str(result_at(8, tmp_path))])
+    rounds = [_scaled(c1, 0.97, "r1"), _scaled(c8, 1.0, "r1c8"), _scaled(c1, 1.0, "r2"), _scaled(c1, 1.4, "r3")]
+    pooled, eight = pool_repeats(rounds)
+    assert pooled.repeats == 3 and eight.repeats == 1 and eight == rounds[1]
+    assert pooled.measured.tpot_ms == pytest.approx(c1.measured.tpot_ms)
+    assert pooled.measured.output_tok_s == pytest.approx(c1.measured.output_tok_s)
+    assert pooled.source == "r1.json, r2.json, r3.json" and pooled.requests == 3 * c1.requests
+    other_length = c1.model_copy(update={"output_tokens": c1.output_tokens + 1})
+    assert len(pool_repeats([c1, other_length])) == 2  # other conditions are not repeats
+    doc = calibrate(rounds, (), CAT, HW, measure)
+    assert [(r.concurrency, r.repeats) for r in doc.runs] == [(1, 3), (8, 1)]
+    assert doc.error.fit_after.tpot_ms < 1  # the median is the truth the runs were measured around
+    lines = format_fit(doc)
+    assert "from 4 run(s)" in lines[0] and any("(median of 3 runs)" in line for line in lines)
 
 
 def test_the_fit_keeps_within_its_bounds(tmp_path: Path) -> None:

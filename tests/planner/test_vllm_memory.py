@@ -113,6 +113,60 @@ def test_the_sampler_is_what_moves_between_v1_releases() -> None:
     assert flashinfer[1] == pytorch[1] == int(0.13 * GIB) < v0[1]
 
 
+def test_an_install_without_flashinfer_plans_the_sort_on_its_own_release() -> None:
+    """--vllm-sampler pytorch on 0.10.1.1 (its log: 'FlashInfer is not available. Falling back to the PyTorch-native
+    implementation'): the sort's sampler pass, everything else the release's own."""
+    a100 = gpu_device(CAT.gpus["a100-80"], 1)
+
+    def plan(sampler: str | None) -> tuple[int, int, str]:
+        knobs = Knobs(gpu_memory_utilization=0.25, engine_version="0.10.1.1", vllm_sampler=sampler)
+        cp = predict_config(QWEN_7B, a100, VLLM, BF16, Parallel(1), workload(16384), CAT, knobs)
+        return cp.memory.activation_bytes, cp.memory.overhead_bytes, str(cp.assumptions["vllm_memory_version"])
+
+    flashinfer, fallback = plan(None), plan("pytorch")
+    assert plan("flashinfer") == flashinfer  # the release's own sampler: nothing swapped
+    # 256 rows x 152,064 vocabulary x 38 B + the held hidden states 2048 x 3584 x 2 B
+    assert fallback[0] == 256 * 152_064 * 38 + 2048 * 3584 * 2 > flashinfer[0]
+    assert fallback[1] == flashinfer[1]  # non-torch memory stays the release's
+    assert fallback[2] == "vLLM 0.10.1.1: V1 engine, v1-flashinfer-sampler rule, with v1-pytorch-sampler's sampler pass"
+    with pytest.raises(PlannerError, match="V0 engine has one sampler"):
+        predict_config(
+            QWEN_7B,
+            a100,
+            VLLM,
+            BF16,
+            Parallel(1),
+            workload(4096),
+            CAT,
+            Knobs(engine_version="V0", vllm_sampler="pytorch"),
+        )
+    with pytest.raises(PlannerError, match="--vllm-sampler is a vLLM setting"):
+        predict_one(
+            PredictOptions(model="llama-3.1-8b", gpu="h100-sxm", engine="sglang", vllm_sampler="pytorch"), hw=detect()
+        )
+
+
+def test_tp_without_peer_to_peer_charges_no_per_rank_buffers(capsys: pytest.CaptureFixture[str]) -> None:
+    """Two A100 80GB without P2P (vLLM: 'Custom allreduce is disabled because your platform lacks GPU P2P
+    capability'), 0.10.1.1, utilization 0.25: vLLM logged 12.02 GiB of KV per GPU; the per-rank charge of 0.41 GiB
+    (NVLink logs) would leave 11.63."""
+    args = ["predict", "--model", "qwen2.5-7b", "--gpu", "a100-80", "--gpus", "2", "--tp", "2", "--engine-version"]
+    args += ["0.10.1.1", "--gpu-memory-utilization", "0.25", "--max-model-len", "16384", "--json"]
+    assert main(args) == 0
+    p2p = json.loads(capsys.readouterr().out)
+    assert main([*args, "--tp-transport", "host"]) == 0
+    host = json.loads(capsys.readouterr().out)
+    assert host["kv_cache_gib"] - p2p["kv_cache_gib"] == pytest.approx(0.41, abs=0.002)
+    assert host["kv_cache_gib"] == pytest.approx(12.02, abs=0.03)
+    assert host["assumptions"]["tp_transport"].startswith("host: ") and p2p["assumptions"]["tp_transport"].startswith(
+        "p2p: "
+    )
+    one = ["predict", "--model", "qwen2.5-7b", "--gpu", "a100-80", "--tp-transport", "host", "--json"]
+    assert main(one) == 0 and "tp_transport" not in json.loads(capsys.readouterr().out)["assumptions"]  # no group
+    assert main([*args, "--tp-transport", "nvlink"]) == 2
+    assert "tp_transport: Input should be 'p2p' or 'host'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("text", "rule"),
     [
@@ -207,3 +261,23 @@ def test_a_prediction_for_a_recent_release_lists_the_cuda_graph_reserve(capsys: 
     assert "not planned here" in recent["assumptions"]["vllm_cuda_graph_reserve"]
     assert "vllm_cuda_graph_reserve" not in older["assumptions"]
     assert recent["kv_cache_gib"] == older["kv_cache_gib"]  # the same memory rule: the reserve is named, not charged
+
+
+def test_a_cuda_graph_estimate_read_off_a_log_is_charged(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cuda-graph-reserve-gib X` takes X out of the KV cache, as vLLM >= 0.21 takes its estimate; the plan says
+    it was given, not found; other engines refuse it."""
+    args = ["predict", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--max-model-len", "8192", "--json"]
+    args += ["--engine-version", "0.27.1"]
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main([*args, "--cuda-graph-reserve-gib", "1.94"]) == 0
+    charged = json.loads(capsys.readouterr().out)
+    assert plain["kv_cache_gib"] - charged["kv_cache_gib"] == pytest.approx(1.94, abs=0.002)
+    assert "1.94 GiB per GPU charged as given" in charged["assumptions"]["vllm_cuda_graph_reserve"]
+    rule = resolve_vllm_memory(TABLE, "0.27.1")
+    assert "charged" not in rule.planned_for()
+    with pytest.raises(PlannerError, match="is a vLLM setting"):
+        predict_one(
+            PredictOptions(model="llama-3.1-8b", gpu="h100-sxm", engine="sglang", cuda_graph_reserve_gib=1.0),
+            hw=detect(),
+        )
