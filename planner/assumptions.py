@@ -54,6 +54,7 @@ FIGURE_ASSUMPTIONS: dict[str, tuple[str, ...]] = {
         "vllm_memory_version",
         "vllm_memory_rule",
         "vllm_cuda_graph_reserve",
+        "tp_transport",
         "max_num_batched_tokens",
         "max_num_seqs",
         "scheduler_defaults",
