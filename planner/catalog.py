@@ -112,6 +112,7 @@ class GpuEntry(_Strict):
     interconnect: Literal["nvlink", "pcie", "infinity-fabric", "roce"]
     price_per_hour: float = Field(ge=0)
     nvml_names: list[str]
+    peer_to_peer: bool = True  # False: the driver refuses peer access between two of them (GeForce RTX 40)
     source: str = Field(min_length=1)
     unsupported: str | None = None  # why no engine the planner models runs on it (kept for its figures)
 
@@ -138,6 +139,7 @@ class GpuSpec:
     nvml_names: tuple[str, ...] = ()
     source: str = ""
     unsupported: str | None = None
+    peer_to_peer: bool = True
 
 
 def _gpu_spec(e: GpuEntry) -> GpuSpec:
@@ -155,6 +157,7 @@ def _gpu_spec(e: GpuEntry) -> GpuSpec:
         tuple(e.nvml_names),
         e.source,
         e.unsupported,
+        e.peer_to_peer,
     )
 
 

@@ -46,10 +46,11 @@ class Knobs:
     engine_version: str | None = None
     # vLLM V1's top-k/top-p sampler when it is not the release's default ("flashinfer" | "pytorch").
     vllm_sampler: str | None = None
-    # How a tensor-parallel group's GPUs exchange data: "p2p" (NVLink or PCIe peer-to-peer in one node) or
-    # "host" (through host memory or the network: no P2P, or a group spanning nodes). Only p2p keeps the
-    # per-rank GPU buffers of NCCL's P2P transport and vLLM's custom all-reduce.
-    tp_transport: str = "p2p"
+    # How a tensor-parallel group's GPUs exchange data: "p2p" (NVLink or PCIe peer-to-peer in one node),
+    # "host" (through host memory or the network: no P2P, or a group spanning nodes), or "auto" (p2p unless
+    # the device has no peer-to-peer). Only p2p keeps the per-rank GPU buffers of NCCL's P2P transport and
+    # vLLM's custom all-reduce.
+    tp_transport: str = "auto"
     # vLLM >= 0.21's CUDA-graph estimate as its start-up log printed it, taken out of the KV cache; None: not
     # charged (no public rule sizes it; the assumptions say so).
     cuda_graph_reserve_gib: float | None = None
@@ -166,6 +167,13 @@ def scheduler_limits(
     )
 
 
+def tp_transport_of(knobs: Knobs, device: Device) -> str:
+    """The transport a tensor-parallel group uses: as asked, or for "auto" what the device allows."""
+    if knobs.tp_transport != "auto":
+        return knobs.tp_transport
+    return "p2p" if device.peer_to_peer else "host"
+
+
 def memory_config(
     engine: EngineSpec,
     device: Device,
@@ -198,7 +206,7 @@ def memory_config(
             "graph_reserve_bytes": int((rule.graph_reserve_gib or 0) * GIB),
         }
     rank_gib = ef.tp_rank_overhead.gib if r is None or r.tp_rank_gib is None else r.tp_rank_gib
-    if knobs.tp_transport == "host":
+    if tp_transport_of(knobs, device) == "host":
         rank_gib = 0.0  # engines.json tp_transport: the per-rank buffers exist only between peer-to-peer GPUs
     return MemoryConfig(
         mode=engine.memory_model,
@@ -380,7 +388,13 @@ def predict_config(
         "the other sequences' replacement prompts cost their prefill FLOPs too",
     }
     if par.tp > 1:
-        assumptions["tp_transport"] = catalog.engines_file.tp_transport.describe(knobs.tp_transport)
+        transport = tp_transport_of(knobs, device)
+        why = (
+            f" (auto: the {device.name} has no peer-to-peer)"
+            if knobs.tp_transport == "auto" and transport == "host"
+            else ""
+        )
+        assumptions["tp_transport"] = catalog.engines_file.tp_transport.describe(transport) + why
     if workload.cached_input_tokens:
         assumptions["cached_input_tokens"] = (
             f"{workload.cached_input_tokens} of each {workload.input_tokens}-token prompt served by the prefix cache: "

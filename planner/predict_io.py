@@ -39,7 +39,7 @@ class PredictOptions(BaseModel):
     format: str = Field("bf16", description="weight format id (bf16, fp8, int8, awq-int4, gptq-int4, gguf-q4_k_m, ...)")
     kv_cache_dtype: Literal["auto", "fp8"] = Field("auto", description="KV cache dtype: fp8 halves its bytes")
     vllm_sampler: VllmSampler = None
-    tp_transport: TpTransportKind = "p2p"
+    tp_transport: TpTransportKind = "auto"
     cuda_graph_reserve_gib: float | None = Field(
         None,
         ge=0,

@@ -52,8 +52,8 @@ class Conditions(_Strict):
     vllm_sampler: Literal["flashinfer", "pytorch"] | None = Field(
         None, description="vLLM V1: the sampler the log names, where it is not the release's default"
     )
-    tp_transport: Literal["p2p", "host"] = Field(
-        "p2p", description="host where the log says custom all-reduce is off for want of P2P or across nodes"
+    tp_transport: Literal["auto", "p2p", "host"] = Field(
+        "auto", description="host where the log says custom all-reduce is off for want of P2P or across nodes"
     )
     block_size: PositiveInt | None = Field(None, description="KV block size in tokens, where gpu_blocks is given")
     max_model_len: PositiveInt | None = None

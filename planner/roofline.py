@@ -33,6 +33,7 @@ class Device:
     count: int = 1
     compute_capability: str | None = None
     interconnect: str = "pcie"
+    peer_to_peer: bool = True  # two of these GPUs can reach each other's memory (see gpus.json)
     price_per_hour: float = 0.0
     op_overhead_s: float | None = None
     measured: str | None = None  # how the CPU figures were measured
@@ -70,6 +71,7 @@ def gpu_device(spec: GpuSpec, count: int = 1, price_per_hour: float | None = Non
         count=count,
         compute_capability=spec.compute_capability,
         interconnect=spec.interconnect,
+        peer_to_peer=spec.peer_to_peer,
         price_per_hour=spec.price_per_hour if price_per_hour is None else price_per_hour,
         gpu_id=spec.id,
     )

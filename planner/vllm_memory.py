@@ -46,11 +46,12 @@ VllmSampler = Annotated[
 ]
 SamplerKind = Literal["v0", "flashinfer", "pytorch"]
 TpTransportKind = Annotated[
-    Literal["p2p", "host"],
+    Literal["auto", "p2p", "host"],
     Field(
         description="how a tensor-parallel group's GPUs exchange data: p2p (NVLink or PCIe peer-to-peer in one "
-        "node) or host (no P2P, or a group spanning nodes: through host memory or the network); only p2p "
-        "keeps per-rank GPU buffers"
+        "node), host (no P2P, or a group spanning nodes: through host memory or the network), or auto (p2p "
+        "unless the GPU catalog says the card has no peer-to-peer, as the RTX 4090); only p2p keeps per-rank "
+        "GPU buffers"
     ),
 ]
 

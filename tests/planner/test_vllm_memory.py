@@ -164,7 +164,23 @@ def test_tp_without_peer_to_peer_charges_no_per_rank_buffers(capsys: pytest.Capt
     one = ["predict", "--model", "qwen2.5-7b", "--gpu", "a100-80", "--tp-transport", "host", "--json"]
     assert main(one) == 0 and "tp_transport" not in json.loads(capsys.readouterr().out)["assumptions"]  # no group
     assert main([*args, "--tp-transport", "nvlink"]) == 2
-    assert "tp_transport: Input should be 'p2p' or 'host'" in capsys.readouterr().err
+    assert "tp_transport: Input should be 'auto', 'p2p' or 'host'" in capsys.readouterr().err
+
+
+def test_auto_follows_the_catalog_where_a_card_has_no_peer_to_peer(capsys: pytest.CaptureFixture[str]) -> None:
+    """Two RTX 4090s cannot reach each other's memory (the driver refuses peer access): the default plans them
+    as host transport and says why; --tp-transport p2p still overrides, and NVLink cards stay p2p."""
+    assert CAT.gpus["rtx-4090"].peer_to_peer is False and CAT.gpus["h100-sxm"].peer_to_peer is True
+    args = ["predict", "--model", "llama-3.1-8b", "--gpu", "rtx-4090", "--gpus", "2", "--tp", "2", "--json"]
+    assert main(args) == 0
+    auto = json.loads(capsys.readouterr().out)
+    assert main([*args, "--tp-transport", "p2p"]) == 0
+    forced = json.loads(capsys.readouterr().out)
+    assert auto["assumptions"]["tp_transport"].endswith("(auto: the NVIDIA GeForce RTX 4090 has no peer-to-peer)")
+    assert auto["kv_cache_gib"] > forced["kv_cache_gib"]
+    h100 = ["predict", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--gpus", "2", "--tp", "2", "--json"]
+    assert main(h100) == 0
+    assert json.loads(capsys.readouterr().out)["assumptions"]["tp_transport"].startswith("p2p: ")
 
 
 @pytest.mark.parametrize(
