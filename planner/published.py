@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from planner.errors import CatalogError, first_problem
+from planner.vllm_memory import SamplerName, TpTransportName
 
 PUBLISHED_PATH = Path(__file__).resolve().parent / "data" / "published.json"
 SCHEMA_VERSION = 1
@@ -49,10 +50,10 @@ class Conditions(_Strict):
     pp: PositiveInt = 1
     format: str = Field(min_length=1, description="weight format id in planner/data/formats.json")
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
-    vllm_sampler: Literal["flashinfer", "pytorch"] | None = Field(
+    vllm_sampler: SamplerName | None = Field(
         None, description="vLLM V1: the sampler the log names, where it is not the release's default"
     )
-    tp_transport: Literal["auto", "p2p", "host"] = Field(
+    tp_transport: TpTransportName = Field(
         "auto", description="host where the log says custom all-reduce is off for want of P2P or across nodes"
     )
     block_size: PositiveInt | None = Field(None, description="KV block size in tokens, where gpu_blocks is given")

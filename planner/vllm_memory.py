@@ -37,16 +37,19 @@ EngineVersion = Annotated[
 # default of the releases that prefer it), else PyTorch's sort. A V1 install without FlashInfer logs
 # "FlashInfer is not available. Falling back to the PyTorch-native implementation of top-p & top-k
 # sampling", and its profile's sampler pass keeps more bytes per logit alive: less KV cache.
+SamplerName = Literal["flashinfer", "pytorch"]
 VllmSampler = Annotated[
-    Literal["flashinfer", "pytorch"] | None,
+    SamplerName | None,
     Field(
         description="vLLM V1: the top-k/top-p sampler the server runs, when it is not the release's default "
         "(pytorch: FlashInfer is not installed, the log says 'Falling back to the PyTorch-native implementation')"
     ),
 ]
 SamplerKind = Literal["v0", "flashinfer", "pytorch"]
+# How a tensor-parallel group's GPUs reach each other; "auto" asks the GPU catalog (peer_to_peer).
+TpTransportName = Literal["auto", "p2p", "host"]
 TpTransportKind = Annotated[
-    Literal["auto", "p2p", "host"],
+    TpTransportName,
     Field(
         description="how a tensor-parallel group's GPUs exchange data: p2p (NVLink or PCIe peer-to-peer in one "
         "node), host (no P2P, or a group spanning nodes: through host memory or the network), or auto (p2p "
