@@ -17,6 +17,10 @@ measurement prices every calibration below:
 On a VM whose speed drifts by 10% from one minute to the next, a single round cannot check a 4% model;
 the pooled row is the check. `--reuse` calibrates the results already in `--results-dir` without
 running anything (to re-read a measured set). Run it on a quiet machine: no tests, no helpers.
+
+The GPU path is calibrated the same way: `--device cuda --gpu h100-sxm` runs the bundled engine on the
+GPU and names the catalog GPU it ran on; `--target URL --model M --gpu G --engine E --format F`
+drives any OpenAI-compatible server and says what served it (calibrate's own flags).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import REPO_ROOT, conditions, format_table, source_revision  # noqa: E402
 from planner.calibrate import calibrate  # noqa: E402
-from planner.calibrate_cli import load_runs  # noqa: E402
+from planner.calibrate_cli import ServedBy, load_runs  # noqa: E402
 from planner.calibration import CalibrationDoc, ErrorRow  # noqa: E402
 from planner.catalog import load_catalog  # noqa: E402
 from planner.hardware import detect  # noqa: E402
@@ -47,14 +51,19 @@ def result_path(folder: Path, round_no: int, concurrency: int) -> Path:
 
 
 def measure_run(path: Path, concurrency: int, args: argparse.Namespace) -> None:
-    """One benchmark run of the bundled int4 engine, as the issue's recipe states it."""
+    """One benchmark run of the target (the bundled int4 engine by default), as the issue's recipe states it."""
+    bundled = args.target.startswith("bundled")
+    where = ["--threads", str(args.threads)] if bundled and args.device in (None, "cpu") else []
+    if bundled and args.device:
+        where += ["--device", args.device]
     cmd = [
         sys.executable,
         "-m",
         "checks",
         "bench",
         "--target",
-        "bundled:int4",
+        args.target,
+        *where,
         "--profile",
         f"concurrency:{concurrency}",
         "--requests",
@@ -65,8 +74,6 @@ def measure_run(path: Path, concurrency: int, args: argparse.Namespace) -> None:
         "64",
         "--seed",
         "1",
-        "--threads",
-        str(args.threads),
         "--out",
         str(path),
         "--no-history",
@@ -78,11 +85,12 @@ def measure_run(path: Path, concurrency: int, args: argparse.Namespace) -> None:
         raise SystemExit(f"run c={concurrency} failed (exit {done.returncode}):\n{tail}")
 
 
-def fit(folder: Path, rounds: list[int], measure: object) -> CalibrationDoc:
+def fit(folder: Path, rounds: list[int], measure: object, served: ServedBy) -> CalibrationDoc:
     """Calibrate on concurrency 1 and 8 of `rounds`, check on 2, 4 and 16 of the same rounds."""
     fit_paths = [str(result_path(folder, r, c)) for r in rounds for c in FIT]
     held_paths = [str(result_path(folder, r, c)) for r in rounds for c in HELD_OUT]
-    return calibrate(load_runs(fit_paths), load_runs(held_paths), load_catalog(), detect(), measure)  # type: ignore[arg-type]
+    fitted, held = load_runs(fit_paths, served), load_runs(held_paths, served)
+    return calibrate(fitted, held, load_catalog(), detect(), measure)  # type: ignore[arg-type]
 
 
 def _pct(row: ErrorRow | None, metric: str) -> str:
@@ -94,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests", type=int, default=40)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of a bundled target on the CPU")
+    p.add_argument("--target", default="bundled:int4", help="what checks bench drives: bundled:QUANT or a URL")
+    p.add_argument("--device", help="a bundled target's device (cpu, cuda): a GPU calibration needs --gpu too")
+    p.add_argument("--gpu", help="catalog GPU id the runs served on (a bundled target on a GPU, or a URL)")
+    p.add_argument("--model", help="a URL target: the model served (catalog id, config.json or .gguf)")
+    p.add_argument("--engine", help="a URL target: the engine that served (vllm, sglang, ...)")
+    p.add_argument("--format", help="a URL target: the weight format served")
+    p.add_argument("--engine-version", help="a URL target on vLLM: its release")
     p.add_argument("--results-dir", type=Path, default=Path("/tmp/preflight-calibration"))
     p.add_argument("--reuse", action="store_true", help="calibrate the results already in --results-dir")
     p.add_argument("--json", type=Path, help="write the tables' figures here")
@@ -113,12 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"missing results: {', '.join(missing)}")
 
-    from planner.cpu_probe import measure as probe
+    served = ServedBy(args.model, args.gpu, args.engine, args.format, args.engine_version)
+    measured_cpu = None
+    if load_runs([str(result_path(folder, 1, 1))], served)[0].gpu == "cpu":
+        from planner.cpu_probe import measure as probe
 
-    cpu = probe(args.threads)
-    measured_cpu = lambda: cpu  # noqa: E731 - one probe prices every calibration below
-    docs = {f"round {r} alone": fit(folder, [r], measured_cpu) for r in rounds}
-    docs[f"{args.rounds} rounds pooled (median per concurrency)"] = fit(folder, rounds, measured_cpu)
+        cpu = probe(args.threads)
+        measured_cpu = lambda: cpu  # noqa: E731 - one probe prices every calibration below
+    docs = {f"round {r} alone": fit(folder, [r], measured_cpu, served) for r in rounds}
+    docs[f"{args.rounds} rounds pooled (median per concurrency)"] = fit(folder, rounds, measured_cpu, served)
 
     print(f"revision {source_revision(('planner', 'engine'))}; {json.dumps(conditions())}")
     per_run = []
