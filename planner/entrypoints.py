@@ -53,7 +53,13 @@ def make_plan(
         check_calibration(cal, resolve_engine(cal.engine, cat), device.kind)
         line = assumption_line(cal, opts.calibration or "")
         applied = AppliedCalibration(cal.engine, efficiency_of(cal.values), cal.max_num_seqs, line)
-    return recommend(model, device, workload, cat, applied, version)
+    knobs = Knobs(
+        engine_version=version,
+        vllm_sampler=opts.vllm_sampler,
+        tp_transport=opts.tp_transport,
+        cuda_graph_reserve_gib=opts.cuda_graph_reserve_gib,
+    )
+    return recommend(model, device, workload, cat, applied, knobs)
 
 
 def _pinned(

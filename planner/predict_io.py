@@ -17,7 +17,7 @@ from planner.errors import PlannerError, UnknownNameError
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES
 from planner.predict import ConfigPrediction
 from planner.sizing import GIB
-from planner.vllm_memory import EngineVersion, TpTransportKind, VllmSampler
+from planner.vllm_memory import CudaGraphReserveGib, EngineVersion, TpTransportKind, VllmSampler
 from planner.workload import DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS, CachedInputTokens, check_cached_input
 
 # The names the issue and users write for a format, to the catalog's ids.
@@ -40,13 +40,7 @@ class PredictOptions(BaseModel):
     kv_cache_dtype: Literal["auto", "fp8"] = Field("auto", description="KV cache dtype: fp8 halves its bytes")
     vllm_sampler: VllmSampler = None
     tp_transport: TpTransportKind = "auto"
-    cuda_graph_reserve_gib: float | None = Field(
-        None,
-        ge=0,
-        le=1024,
-        description="vLLM >= 0.21: the CUDA-graph estimate its start-up log printed ('Estimated CUDA graph memory: "
-        "X GiB total'), taken out of the KV cache as vLLM does (default: not charged, and the plan says so)",
-    )
+    cuda_graph_reserve_gib: CudaGraphReserveGib = None
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="vLLM's --gpu-memory-utilization")
     max_num_seqs: int | None = Field(None, ge=1, description="--max-num-seqs (default: the engine's, by device)")
     max_num_batched_tokens: int | None = Field(None, ge=1, description="--max-num-batched-tokens (engine default)")

@@ -11,7 +11,7 @@ throughput x the format's quality weight. Options that cannot run are kept with 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from planner.capacity import Capacity, Replica, plan_capacity
@@ -132,13 +132,24 @@ def resolve_model(name: str, catalog: Catalog, max_config_bytes: int = DEFAULT_M
     return model_from_file(name, max_config_bytes) if looks_like_path else catalog.model(name)
 
 
+DEFAULT_KNOBS = Knobs()  # nothing pinned: every engine's own defaults, vLLM's default release
+
+
 def _memory_config(
-    engine: EngineSpec, device: Device, catalog: Catalog, context: int, tp: int = 1, engine_version: str | None = None
+    engine: EngineSpec, device: Device, catalog: Catalog, context: int, tp: int = 1, asked: Knobs = DEFAULT_KNOBS
 ) -> MemoryConfig:
     """The memory budget `predict_config` would use, for the quick fits-at-this-TP questions."""
-    knobs = Knobs(engine_version=engine_version)
+    knobs = knobs_for(engine, asked)
     limits = scheduler_limits(engine, device, context, Parallel(tp), catalog, knobs)
     return memory_config(engine, device, catalog, limits, knobs)
+
+
+def knobs_for(engine: EngineSpec, asked: Knobs) -> Knobs:
+    """The settings a plan asked for, as this engine takes them: vLLM's own (its sampler, a logged CUDA-graph
+    estimate) only reach vLLM options; the TP transport and the engine version (ignored elsewhere) reach all."""
+    if engine.id == "vllm":
+        return asked
+    return replace(asked, vllm_sampler=None, cuda_graph_reserve_gib=None)
 
 
 def cannot_run(engine: EngineSpec, fmt: FormatSpec, model: ModelSpec, device: Device) -> str | None:
@@ -203,7 +214,8 @@ class _Ctx:
     workload: Workload
     catalog: Catalog
     calibration: AppliedCalibration | None = None
-    engine_version: str | None = None  # vLLM's release or generation (None: the catalog's default)
+    # What the user pinned for every option: vLLM's release, sampler and CUDA-graph estimate, the TP transport.
+    knobs: Knobs = Knobs()
 
 
 def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, engine_id: str) -> PlanOption:
@@ -211,7 +223,7 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
     capacity and launch command."""
     m, dev, w = ctx.model, ctx.device, ctx.workload
     cal = ctx.calibration if ctx.calibration and ctx.calibration.engine_id == engine.id else None
-    knobs = Knobs(max_num_seqs=cal.max_num_seqs if cal else None, engine_version=ctx.engine_version)
+    knobs = replace(knobs_for(engine, ctx.knobs), max_num_seqs=cal.max_num_seqs if cal else None)
     cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog, knobs, cal.efficiency if cal else None)
     if cal is not None:
         cp.assumptions["calibration"] = cal.label  # as `predict --calibration` lists it
@@ -358,14 +370,16 @@ def _best_parallel(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption
 
 def _planned_for(ctx: _Ctx, engine: EngineSpec) -> str | None:
     """vLLM's launch line naming the release whose memory rule the plan used; None for other engines."""
-    rule = rule_for_engine(engine.id, ctx.catalog.engines_file.vllm_versions, ctx.engine_version)
+    k = knobs_for(engine, ctx.knobs)
+    table = ctx.catalog.engines_file.vllm_versions
+    rule = rule_for_engine(engine.id, table, k.engine_version, k.vllm_sampler, k.cuda_graph_reserve_gib)
     return rule.planned_for() if rule else None
 
 
 def _gpus_needed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, node: int) -> int | None:
     w = ctx.workload
     for tp in _tp_candidates(engine, ctx.model, node):
-        cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, tp, ctx.engine_version)
+        cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, tp, ctx.knobs)
         if plan_memory(ctx.model, fmt, ctx.device.memory_bytes, w.context, w.seq_tokens, cfg, tp).fits:
             return tp
     return None
@@ -380,7 +394,7 @@ def _distributed(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption |
     effs = ctx.catalog.engines_file.tensor_parallel_efficiency
     eff = effs.multi_node
     w = ctx.workload
-    cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, node, ctx.engine_version)
+    cfg = _memory_config(engine, ctx.device, ctx.catalog, w.context, node, ctx.knobs)
     for nodes in range(2, MAX_NODES + 1):
         if plan_memory(ctx.model, fmt, ctx.device.memory_bytes, w.context, w.seq_tokens, cfg, node, nodes).fits:
             if ctx.device.count >= node * nodes:
@@ -449,17 +463,18 @@ def recommend(
     workload: Workload,
     catalog: Catalog,
     calibration: AppliedCalibration | None = None,
-    engine_version: str | None = None,
+    knobs: Knobs = DEFAULT_KNOBS,
 ) -> Plan:
     """Every option for this model on this device, ranked, plus the ones that cannot run; a calibration
-    replaces its engine's efficiencies (and batch limit) and labels those options calibrated.
-    `engine_version` is vLLM's release or generation, planned for its options as `predict` plans it."""
+    replaces its engine's efficiencies (and batch limit) and labels those options calibrated. `knobs`
+    carries what the user pinned for every option (vLLM's release, sampler and CUDA-graph estimate, the
+    TP transport), planned as `predict` plans it."""
     if workload.context > model.max_context:
         raise WorkloadError(
             f"context {workload.context} exceeds {model.name}'s maximum of {model.max_context} tokens: "
             f"use --context {model.max_context} or less"
         )
-    ctx = _Ctx(model, device, workload, catalog, calibration, engine_version)
+    ctx = _Ctx(model, device, workload, catalog, calibration, knobs)
     fitting, unfit, skipped = [], [], []
     dist = catalog.engines_file.distributed
     for engine in catalog.engines.values():

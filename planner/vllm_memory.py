@@ -46,6 +46,15 @@ VllmSampler = Annotated[
     ),
 ]
 SamplerKind = Literal["v0", "flashinfer", "pytorch"]
+CudaGraphReserveGib = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=1024,
+        description="vLLM >= 0.21: the CUDA-graph estimate its start-up log printed ('Estimated CUDA graph memory: "
+        "X GiB total'), taken out of the KV cache as vLLM does (default: not charged, and the plan says so)",
+    ),
+]
 # How a tensor-parallel group's GPUs reach each other; "auto" asks the GPU catalog (peer_to_peer).
 TpTransportName = Literal["auto", "p2p", "host"]
 TpTransportKind = Annotated[

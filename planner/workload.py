@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES
-from planner.vllm_memory import EngineVersion
+from planner.vllm_memory import CudaGraphReserveGib, EngineVersion, TpTransportKind, VllmSampler
 
 DEFAULT_INPUT_TOKENS = 1024
 DEFAULT_OUTPUT_TOKENS = 256
@@ -55,6 +55,9 @@ class RecommendOptions(BaseModel):
     )
     cached_input_tokens: CachedInputTokens = 0
     engine_version: EngineVersion = None
+    vllm_sampler: VllmSampler = None
+    tp_transport: TpTransportKind = "auto"
+    cuda_graph_reserve_gib: CudaGraphReserveGib = None
     slo: str = Field(
         "chat",
         description="SLO profile name from reports/data/slo_profiles.json, the same profiles the readiness "

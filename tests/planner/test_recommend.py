@@ -292,6 +292,45 @@ def test_a_bad_engine_version_is_refused_even_where_vllm_does_not_run() -> None:
     assert not any(n.startswith("vLLM options:") for n in cpu.notes)  # no vLLM on a CPU: nothing to plan for
 
 
+def test_recommend_takes_predicts_vllm_and_tp_settings_for_every_option_they_apply_to() -> None:
+    """The sampler and a logged CUDA-graph estimate reach the vLLM options only; the TP transport every TP
+    option; each as predict plans it."""
+    ask = {"model": "llama-3.1-8b", "gpu": "h100-sxm", "gpus": 2, "context": 8192, "concurrency": 1}
+    base = plan(**ask)
+    pinned = plan(**ask, tp_transport="host", vllm_sampler="flashinfer", cuda_graph_reserve_gib=1.5)
+    before = {(o.engine, o.format, o.tp, o.pp): o for o in base.options}
+    vllm_seen = other_seen = 0
+    for o in pinned.options:
+        b = before[(o.engine, o.format, o.tp, o.pp)]
+        assert o.memory is not None and b.memory is not None
+        if o.engine == "vllm" and o.tp == 2:
+            assert "v1-flashinfer-sampler's sampler pass" in o.assumptions["vllm_memory_version"]
+            assert "charged as given (--cuda-graph-reserve-gib" in o.assumptions["vllm_cuda_graph_reserve"]
+            assert o.assumptions["tp_transport"].startswith("host: ")
+            vllm_seen += 1
+        elif o.engine != "vllm" and o.tp == 2:
+            assert "vllm_cuda_graph_reserve" not in o.assumptions and o.assumptions["tp_transport"].startswith("host")
+            assert o.memory.overhead_bytes < b.memory.overhead_bytes  # no per-rank buffers without P2P
+            other_seen += 1
+    assert vllm_seen and other_seen
+    assert any("CUDA-graph reserve 1.5 GiB charged as given" in n for n in pinned.notes)
+    one = predict_one(
+        PredictOptions(
+            model="llama-3.1-8b",
+            gpu="h100-sxm",
+            gpus=2,
+            tp=2,
+            max_model_len=8192,
+            tp_transport="host",
+            vllm_sampler="flashinfer",
+            cuda_graph_reserve_gib=1.5,
+        ),
+        hw=detect(),
+    )
+    (vllm_tp2,) = [o for o in pinned.options if o.engine == "vllm" and o.tp == 2 and o.format == "bf16"]
+    assert vllm_tp2.memory is not None and one.kv_cache_gib == round(vllm_tp2.memory.kv_budget_bytes / GIB, 3)
+
+
 def test_recommend_plans_a_cached_prompt_start_as_predict_does() -> None:
     """--cached-input-tokens reaches every option through predict's code path: less prefill, the same KV."""
     kw = {"model": "llama-3.1-8b", "gpu": "h100-sxm", "input_tokens": 2048, "concurrency": 8}
