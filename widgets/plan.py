@@ -77,6 +77,7 @@ def plan_inputs(catalog: Catalog) -> dict:
         help=FIELDS["gpu"].description,
     )
     gpus, price, choice, version = 1, 0.0, gpu, None
+    gpu_settings: dict[str, object] = {}
     if choice != "cpu":  # a GPU count, price and vLLM release mean nothing for this CPU (vLLM needs a GPU)
         gpus = hardware_col.number_input("GPUs", 1, 1024, 1, key="plan_gpus", help=FIELDS["gpus"].description)
         catalog_price = catalog.gpus[gpu].price_per_hour if gpu in catalog.gpus else 0.0
@@ -89,6 +90,7 @@ def plan_inputs(catalog: Catalog) -> dict:
             help=FIELDS["price_per_hour"].description,
         )
         version = engine_version_input(hardware_col, catalog)
+        gpu_settings = gpu_settings_input(hardware_col)
     slo = slo_col.selectbox(
         "SLO profile",
         list(slos),
@@ -133,8 +135,46 @@ def plan_inputs(catalog: Catalog) -> dict:
         "qps": qps or None,
         "price_per_hour": price if gpu in catalog.gpus or choice == CUSTOM_CHOICE else None,
         "engine_version": version,
+        **gpu_settings,
         "calibration": calibration_input(),
     }
+
+
+TP_TRANSPORT_LABELS = {
+    "auto": "auto (from the GPU catalog)",
+    "p2p": "peer-to-peer (NVLink / PCIe P2P)",
+    "host": "through host memory or network",
+}
+SAMPLER_LABELS = {None: "the release's default", "flashinfer": "FlashInfer", "pytorch": "PyTorch (no FlashInfer)"}
+
+
+def gpu_settings_input(col: DeltaGenerator) -> dict[str, object]:
+    """What a user can read off their own setup and vLLM's start-up log: how the TP group's GPUs reach each
+    other, the sampler vLLM fell back to, and the CUDA-graph estimate it printed (0: not charged)."""
+    with col.expander("TP links, vLLM sampler, CUDA-graph estimate"):
+        transport = st.selectbox(
+            "TP links",
+            list(TP_TRANSPORT_LABELS),
+            key="plan_tp_transport",
+            format_func=TP_TRANSPORT_LABELS.get,
+            help=FIELDS["tp_transport"].description,
+        )
+        sampler = st.selectbox(
+            "vLLM sampler",
+            list(SAMPLER_LABELS),
+            key="plan_vllm_sampler",
+            format_func=SAMPLER_LABELS.get,
+            help=FIELDS["vllm_sampler"].description,
+        )
+        graphs = st.number_input(
+            "vLLM CUDA-graph estimate (GiB, 0: not charged)",
+            0.0,
+            1024.0,
+            0.0,
+            key="plan_cuda_graph_reserve",
+            help=FIELDS["cuda_graph_reserve_gib"].description,
+        )
+    return {"tp_transport": transport, "vllm_sampler": sampler, "cuda_graph_reserve_gib": graphs or None}
 
 
 def engine_version_input(col: DeltaGenerator, catalog: Catalog) -> str | None:

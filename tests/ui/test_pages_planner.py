@@ -251,3 +251,20 @@ def test_plan_page_plans_the_vllm_version_picked(app: AppTest) -> None:
     assert version.startswith(f"vLLM {older}: ") and f"Figures assume {version}" in [c.value for c in app.caption]
     assert app.code[0].value.splitlines()[-2] == f"# KV cache planned for {version}"
     assert after["value"].iloc[0] != before["value"].iloc[0]  # another release's sampler pass, another KV cache
+
+
+def test_plan_page_takes_tp_links_the_vllm_sampler_and_a_logged_graph_estimate(app: AppTest) -> None:
+    """The settings a user reads off their own setup reach the plan as the CLI's flags do: two H100s planned
+    without peer-to-peer charge no per-rank buffers; a CUDA-graph estimate shows among vLLM's assumptions."""
+    app.switch_page("app_pages/plan.py").run()
+    app.number_input(key="plan_gpus").set_value(2).run()
+    app.selectbox(key="plan_tp_transport").set_value("host")
+    app.selectbox(key="plan_vllm_sampler").set_value("pytorch")
+    app.number_input(key="plan_cuda_graph_reserve").set_value(1.25).run()
+    assert not app.exception and not app.error
+    options = app.selectbox(key="plan_option").options
+    tp2 = next(i for i, o in enumerate(options) if " vLLM " in o and "TP2" in o)
+    app.selectbox(key="plan_option").set_value(tp2).run()
+    settings = " ".join(str(v) for v in _memory_rows(app)["setting"])
+    assert "host: " in settings and "1.25 GiB per GPU of CUDA-graph memory charged as given" in settings
+    assert "with v1-pytorch-sampler's sampler pass" not in settings  # the default release already sorts
