@@ -152,20 +152,8 @@ def gpu_settings_input(col: DeltaGenerator) -> dict[str, object]:
     """What a user can read off their own setup and vLLM's start-up log: how the TP group's GPUs reach each
     other, the sampler vLLM fell back to, and the CUDA-graph estimate it printed (0: not charged)."""
     with col.expander("TP links, vLLM sampler, CUDA-graph estimate"):
-        transport = st.selectbox(
-            "TP links",
-            list(TP_TRANSPORT_LABELS),
-            key="plan_tp_transport",
-            format_func=TP_TRANSPORT_LABELS.get,
-            help=FIELDS["tp_transport"].description,
-        )
-        sampler = st.selectbox(
-            "vLLM sampler",
-            list(SAMPLER_LABELS),
-            key="plan_vllm_sampler",
-            format_func=SAMPLER_LABELS.get,
-            help=FIELDS["vllm_sampler"].description,
-        )
+        transport = _labelled_choice("TP links", TP_TRANSPORT_LABELS, "tp_transport")
+        sampler = _labelled_choice("vLLM sampler", SAMPLER_LABELS, "vllm_sampler")
         graphs = st.number_input(
             "vLLM CUDA-graph estimate (GiB, 0: not charged)",
             0.0,
@@ -175,6 +163,13 @@ def gpu_settings_input(col: DeltaGenerator) -> dict[str, object]:
             help=FIELDS["cuda_graph_reserve_gib"].description,
         )
     return {"tp_transport": transport, "vllm_sampler": sampler, "cuda_graph_reserve_gib": graphs or None}
+
+
+def _labelled_choice(label: str, labels: dict, field: str) -> object:
+    """A select box over `labels`' keys, shown by their labels, keyed and explained by a RecommendOptions field."""
+    return st.selectbox(
+        label, list(labels), key=f"plan_{field}", format_func=labels.get, help=FIELDS[field].description
+    )
 
 
 def engine_version_input(col: DeltaGenerator, catalog: Catalog) -> str | None:
