@@ -24,7 +24,7 @@ from planner.model_spec import ModelSpec
 from planner.replay import STEADY_WAVES, ReplayLimits, ReplayResult, replay_closed_loop
 from planner.roofline import Device, Parallel, StepTime, compute_kind, decode_step, prefill
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
-from planner.vllm_memory import rule_assumptions, rule_for_engine
+from planner.vllm_memory import ResolvedVllmMemory, rule_assumptions, rule_for_engine
 from planner.workload import Workload
 
 QPS_ITERATIONS = 30  # fixed-point steps for the batch a request rate settles at
@@ -167,6 +167,13 @@ def scheduler_limits(
     )
 
 
+def vllm_rule_of(engine: EngineSpec, catalog: Catalog, knobs: Knobs) -> ResolvedVllmMemory | None:
+    """vLLM's memory rule as these settings pin it (release, sampler, logged CUDA-graph estimate); None
+    for other engines. The one call memory, assumptions and launch lines share."""
+    table = catalog.engines_file.vllm_versions
+    return rule_for_engine(engine.id, table, knobs.engine_version, knobs.vllm_sampler, knobs.cuda_graph_reserve_gib)
+
+
 def tp_transport_of(knobs: Knobs, device: Device) -> str:
     """The transport a tensor-parallel group uses: as asked, or for "auto" what the device allows."""
     if knobs.tp_transport != "auto":
@@ -192,9 +199,7 @@ def memory_config(
         else max(int(vm.overhead_min_gib * GIB), int(vm.overhead_fraction * device.memory_bytes))
     )
     act = vm.activation_per_token
-    rule = rule_for_engine(
-        engine.id, ef.vllm_versions, knobs.engine_version, knobs.vllm_sampler, knobs.cuda_graph_reserve_gib
-    )
+    rule = vllm_rule_of(engine, catalog, knobs)
     r = rule.regime if rule is not None else None
     # A vLLM release's own profile terms; other engines keep MemoryConfig's (the V0 rule's) defaults.
     version_terms: dict = {}
@@ -366,15 +371,7 @@ def predict_config(
         "kv_cache_dtype_bytes": kv_bytes,
         "activation_gib": mem.activation_bytes / GIB,
         "runtime_overhead_gib": mem.overhead_bytes / GIB,
-        **rule_assumptions(
-            rule_for_engine(
-                engine.id,
-                catalog.engines_file.vllm_versions,
-                knobs.engine_version,
-                knobs.vllm_sampler,
-                knobs.cuda_graph_reserve_gib,
-            )
-        ),
+        **rule_assumptions(vllm_rule_of(engine, catalog, knobs)),
         "max_num_batched_tokens": limits.max_num_batched_tokens,
         "max_num_seqs": limits.max_num_seqs if limits.max_num_seqs is not None else "KV cache only",
         "chunked_prefill": limits.chunked_prefill,

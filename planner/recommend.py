@@ -20,11 +20,10 @@ from planner.errors import WorkloadError
 from planner.launch import LaunchSpec, launch_command
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
-from planner.predict import Efficiency, Knobs, memory_config, predict_config, scheduler_limits
+from planner.predict import Efficiency, Knobs, memory_config, predict_config, scheduler_limits, vllm_rule_of
 from planner.quality import quality_note
 from planner.roofline import Device, Parallel, cc_at_least, compute_kind, ridge_point
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory, sixteen_bit_layout_problem
-from planner.vllm_memory import rule_for_engine
 from planner.workload import Workload
 
 NEAR_LOSSLESS = ("none", "negligible")
@@ -215,7 +214,7 @@ class _Ctx:
     catalog: Catalog
     calibration: AppliedCalibration | None = None
     # What the user pinned for every option: vLLM's release, sampler and CUDA-graph estimate, the TP transport.
-    knobs: Knobs = Knobs()
+    knobs: Knobs = DEFAULT_KNOBS
 
 
 def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, engine_id: str) -> PlanOption:
@@ -370,9 +369,7 @@ def _best_parallel(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec) -> PlanOption
 
 def _planned_for(ctx: _Ctx, engine: EngineSpec) -> str | None:
     """vLLM's launch line naming the release whose memory rule the plan used; None for other engines."""
-    k = knobs_for(engine, ctx.knobs)
-    table = ctx.catalog.engines_file.vllm_versions
-    rule = rule_for_engine(engine.id, table, k.engine_version, k.vllm_sampler, k.cuda_graph_reserve_gib)
+    rule = vllm_rule_of(engine, ctx.catalog, knobs_for(engine, ctx.knobs))
     return rule.planned_for() if rule else None
 
 
