@@ -14,6 +14,10 @@ measurement prices every calibration below:
 - all rounds pooled: `planner.calibrate.pool_repeats` makes the repeats of one concurrency one point,
   each figure the median over the rounds; fitted on 1 and 8, checked on 2, 4 and 16.
 
+Each calibration replays exact pass prices (calibrate's default); the row under it re-predicts the same
+held-out runs with each pass's time scattered by the sd of ln measured from its c=1 runs' inter-token
+gaps (`calibrate --pass-spread measured`).
+
 On a VM whose speed drifts by 10% from one minute to the next, a single round cannot check a 4% model;
 the pooled row is the check. `--reuse` calibrates the results already in `--results-dir` without
 running anything (to re-read a measured set). Run it on a quiet machine: no tests, no helpers.
@@ -34,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import REPO_ROOT, conditions, format_table, source_revision  # noqa: E402
-from planner.calibrate import calibrate  # noqa: E402
+from planner.calibrate import calibrate, error_row, measured_pass_spread, predictor  # noqa: E402
 from planner.calibrate_cli import ServedBy, load_runs  # noqa: E402
 from planner.calibration import CalibrationDoc, ErrorRow  # noqa: E402
 from planner.catalog import load_catalog  # noqa: E402
@@ -158,19 +162,20 @@ def main(argv: list[str] | None = None) -> int:
                 )
     print("\nmeasured / calibrated prediction")
     print(format_table(["calibration", "set", "c", "TTFT ms", "TPOT ms", "output tok/s"], per_run))
-    rows = [
-        [name, *(_pct(doc.error.held_out_after, k) for k in TARGETS)]
-        + [
-            f"{doc.values.decode_bandwidth:.3g}, {doc.values.prefill_flops:.3g}, "
-            f"{doc.values.step_overhead_ms:.3g}, {doc.values.seq_overhead_us:.4g}"
-        ]
-        for name, doc in docs.items()
-    ]
-    rows.append(["target", *(f"<= {v:g}%" for v in TARGETS.values()), ""])
+    predict = predictor(load_catalog(), detect(), measured_cpu)  # type: ignore[arg-type]
+    rows = []
+    for name, doc in docs.items():
+        v = doc.values
+        fitted = f"{v.decode_bandwidth:.3g}, {v.prefill_flops:.3g}, {v.step_overhead_ms:.3g}, {v.seq_overhead_us:.4g}"
+        rows.append([name, *(_pct(doc.error.held_out_after, k) for k in TARGETS), fitted, f"{v.pass_spread:.3g}"])
+        if spread := measured_pass_spread(doc.runs):  # the same values, each pass scattered as measured
+            scattered = v.model_copy(update={"pass_spread": spread})
+            row = error_row(doc.held_out, [predict(r, scattered) for r in doc.held_out])
+            rows.append(["  same, passes scattered", *(_pct(row, k) for k in TARGETS), "", f"{spread:.3g}"])
+    rows.append(["target", *(f"<= {v:g}%" for v in TARGETS.values()), "", ""])
     print("\nheld-out median absolute error after calibrating on concurrency 1 and 8")
-    print(
-        format_table(["calibration", "TTFT", "TPOT", "output tok/s", "decode_bw, prefill_flops, step_ms, seq_us"], rows)
-    )
+    head = ["calibration", "TTFT", "TPOT", "output tok/s", "decode_bw, prefill_flops, step_ms, seq_us", "pass spread"]
+    print(format_table(head, rows))
     if args.json:
         args.json.write_text(
             json.dumps({name: json.loads(doc.model_dump_json()) for name, doc in docs.items()}, indent=2)

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pydantic import ValidationError
 
@@ -86,6 +87,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the prediction as one JSON object")
 
 
+def _spread(text: str) -> float | Literal["measured"]:
+    if text == "measured":
+        return "measured"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'measured', not {text!r}") from None
+
+
 def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("calibrate", help="fit predict's efficiencies and per-step cost to saved benchmark results")
     p.add_argument("--measured", required=True, metavar="RESULT.json", help="a `python -m checks bench` result")
@@ -98,6 +108,14 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", help="remote targets: the weight format served (bf16, awq-int4, ...)")
     version = CalibrationRun.model_fields["engine_version"].description
     p.add_argument("--engine-version", help=f"remote targets: {version}")
+    p.add_argument(
+        "--pass-spread",
+        type=_spread,
+        default=0.0,
+        metavar="SD|measured",
+        help="scatter each replayed pass's time by this sd of ln, or by the fit runs' ('measured': their "
+        "inter-token gaps at the lowest concurrency); default 0, exact prices",
+    )
     p.add_argument("--json", action="store_true", help="print the calibration document instead of the table")
 
 
@@ -181,7 +199,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     served = ServedBy(args.model, args.gpu, args.engine, args.format, args.engine_version)
     runs = load_runs([args.measured, *args.more], served)
     held_out = load_runs(args.hold_out, served)
-    doc = calibrate(runs, held_out)
+    doc = calibrate(runs, held_out, pass_spread=args.pass_spread)
     out = save_calibration(doc, args.out)
     if args.json:
         print(doc.model_dump_json(indent=2))

@@ -8,7 +8,8 @@ A bundled target records what it ran (quant, device, threads, batch limit) and i
 bundled one; a remote target records only its URL and model name, so the user says what served it
 (--model, --gpu, --engine, --format). Each run of a result becomes one CalibrationRun: a fixed
 concurrency (sync counts as 1), its mean prompt and output tokens as the server counted them, and
-its median TTFT, median TPOT and output tok/s. Rate profiles (constant, poisson) set no concurrency
+its median TTFT, median TPOT and output tok/s, and the scatter of its gaps between one-token chunks
+(what a pass's time varies by: planner.calibrate.gap_spread). Rate profiles (constant, poisson) set no concurrency
 the planner can predict, so they are refused.
 """
 
@@ -17,9 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from planner.calibrate import gap_spread
 from planner.calibration import CalibrationRun, Metrics
 from planner.errors import PlannerError
 from reports.benchmark_result import BenchmarkResult, BundledTargetDoc, RunDoc, load_benchmark_result
+from reports.records import is_measured
 from reports.store import DocumentError
 
 BUNDLED_MODEL = "smollm2-135m"
@@ -44,6 +47,17 @@ def concurrency_of(profile: str) -> int | None:
     if kind == "concurrency" and value.isdigit() and int(value) >= 1:
         return int(value)
     return None
+
+
+def one_token_gaps(run: RunDoc) -> list[float]:
+    """Seconds between a measured request's consecutive chunks where the later one carries one token."""
+    return [
+        gap
+        for r in run.records
+        if r.ok and is_measured(r)
+        for gap, tokens in zip(r.itl_s, r.chunk_tokens[1:], strict=True)
+        if tokens == 1
+    ]
 
 
 def _run(doc: BenchmarkResult, run: RunDoc, source: str, served: ServedBy) -> CalibrationRun:
@@ -83,6 +97,7 @@ def _run(doc: BenchmarkResult, run: RunDoc, source: str, served: ServedBy) -> Ca
         output_tokens=round(s.total_output_tokens / s.completed),
         concurrency=c,
         requests=s.completed + s.failed,
+        gap_spread=gap_spread(one_token_gaps(run)),
         measured=Metrics(
             ttft_ms=s.median_ttft_ms or None,
             tpot_ms=s.median_tpot_ms or None,

@@ -64,6 +64,11 @@ class CalibrationRun(_Part):
     repeats: int = Field(
         1, ge=1, description="measured runs of these same conditions pooled into this one: each figure is their median"
     )
+    gap_spread: float | None = Field(
+        None,
+        ge=0,
+        description="robust sd of ln gap between one-token chunks over the run's requests (None: too few gaps)",
+    )
     measured: Metrics
     predicted_before: Metrics | None = Field(None, description="with the catalog's figures (filled by the fit)")
     predicted_after: Metrics | None = Field(None, description="with the fitted values (filled by the fit)")
@@ -80,6 +85,12 @@ class FittedValues(_Part):
     )
     seq_overhead_us: float = Field(
         0.0, ge=0, le=1_000_000, description="cost of each sequence in a forward pass, beyond its KV reads, in us"
+    )
+    pass_spread: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="sd of ln forward-pass time, measured from the runs' inter-token gaps (0: passes replayed exactly)",
     )
 
 
@@ -206,5 +217,5 @@ def assumption_line(doc: CalibrationDoc, path: str | Path) -> str:
         f"from {path} (fitted on {len(doc.runs)} run(s) of {doc.served} on {doc.device}): "
         f"decode_bandwidth_efficiency {v.decode_bandwidth:.3g}, prefill_flops_efficiency {v.prefill_flops:.3g}, "
         f"step_overhead_ms {v.step_overhead_ms:.3g}, seq_overhead_us {v.seq_overhead_us:.3g}, "
-        f"queued_prefills {v.queued_prefills:.3g}{seqs}{pinned}"
+        f"queued_prefills {v.queued_prefills:.3g}, pass_spread {v.pass_spread:.3g}{seqs}{pinned}"
     )

@@ -80,6 +80,7 @@ def efficiency_of(values: FittedValues) -> Efficiency:
         values.step_overhead_ms / 1e3,
         values.queued_prefills,
         seq_overhead_s=values.seq_overhead_us * 1e-6,
+        pass_spread=values.pass_spread,
     )
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from planner.catalog import Catalog, EngineSpec, FormatSpec, SchedulerDefaults
 from planner.loaded import Budget, Loaded, StepCost, allreduce_s, at_batch, prompt_service_s, sustainable_batch
 from planner.model_spec import ModelSpec
-from planner.replay import STEADY_WAVES, ReplayLimits, ReplayResult, replay_closed_loop
+from planner.replay import REPLAYS, STEADY_WAVES, ReplayLimits, ReplayResult, replay_closed_loop
 from planner.roofline import Device, Parallel, StepTime, compute_kind, decode_step, prefill
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory
 from planner.vllm_memory import ResolvedVllmMemory, rule_assumptions, rule_for_engine
@@ -69,6 +69,7 @@ class Efficiency:
     queued_prefills: float = 0.0
     prefill_flops_fp8: float | None = None  # share of the FP8 peak (None: prefill_flops)
     seq_overhead_s: float = 0.0  # per sequence in the batch, per forward pass
+    pass_spread: float = 0.0  # measured sd of ln pass time: a replay prices its passes with this scatter
 
     def flops_for(self, compute: str) -> float:
         return self.prefill_flops_fp8 if compute == "fp8" and self.prefill_flops_fp8 else self.prefill_flops
@@ -290,6 +291,7 @@ def replayer(
     n_out: int,
     clients: int,
     requests: int | None,
+    spread: float = 0.0,
 ) -> Callable[[int, int | None], ReplayResult] | None:
     """Closed loops through the engine's own scheduler, where the planner knows it and the replay stays
     short (REPLAY_MAX_TOKENS); None elsewhere."""
@@ -298,7 +300,7 @@ def replayer(
     if max(cap, clients) * STEADY_WAVES * n_out > REPLAY_MAX_TOKENS or (requests or 0) * n_out > REPLAY_MAX_TOKENS:
         return None  # a replay this long would take minutes in Python: the analytic model answers instead
     rl = ReplayLimits(cap, max(limits.max_num_batched_tokens, cap), limits.prefill_chunk_tokens)
-    return lambda clients, requests: replay_closed_loop(cost, rl, clients, n_in, n_out, requests)
+    return lambda clients, requests: replay_closed_loop(cost, rl, clients, n_in, n_out, requests, spread)
 
 
 def _unfit_reason(mem: MemoryPlan, context: int) -> str:
@@ -443,7 +445,7 @@ def predict_config(
 
     capacity = replicas * sat_batch
     replay = (
-        replayer(cost, limits, cap, batching, n_in, n_out, workload.concurrency, workload.requests)
+        replayer(cost, limits, cap, batching, n_in, n_out, workload.concurrency, workload.requests, eff.pass_spread)
         if qps is None
         else None
     )
@@ -472,6 +474,12 @@ def predict_config(
             f"{limits.prefill_chunk_tokens} per prompt chunk, decodes first, prompts first come first served), "
             f"{clients} closed-loop client(s) starting together, "
             + (f"{workload.requests} requests" if workload.requests else "steady state after the first wave")
+            + (
+                f"; each pass's time scattered by a measured sd of ln {eff.pass_spread:.3g}, "
+                f"{REPLAYS} seeded replays pooled"
+                if eff.pass_spread
+                else ""
+            )
         )
     elif qps is None:
         clients = workload.concurrency

@@ -24,10 +24,22 @@ The figures are computed the way the benchmark computes them (checks/load/metric
 and TPOT over requests, output tokens over the time from the first send to the last end. With a
 request count the replay is that benchmark run, first burst included; without one it is the steady
 state: the first wave is left out of the figures.
+
+A real machine does not run a pass in the same time twice. Where the timing of a pass decides which
+requests share the next one, that scatter changes the figures, not just their spread: at concurrency 2
+a request's first token comes either after its own prompt pass (~150 ms on the bundled CPU engine) or
+after its partner's and its own (~280 ms), and a deterministic replay locks every request into one of
+the two modes while the measured run mixes them (docs/BENCHMARKS.md, "Planner calibration"). With a
+`spread` (the standard deviation of ln pass time, measured from a run's inter-token gaps) each pass
+is priced times a lognormal factor of mean 1, and REPLAYS seeded replays are pooled: the figures are
+computed over all their requests, as if one long run, so the prediction is the mode mix's median and
+stays the same from one call to the next.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -35,6 +47,7 @@ from dataclasses import dataclass
 from planner.loaded import StepCost
 
 STEADY_WAVES = 4  # requests per client replayed for a steady-state figure (the first wave not counted)
+REPLAYS = 8  # seeded replays pooled when passes are priced with a spread
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +80,14 @@ class _Request:
     end_s: float = 0.0
 
 
+@dataclass(slots=True)
+class _Replayed:
+    counted: list[_Request]  # the requests the figures count
+    span_s: float  # first counted send to last counted end
+    busy_area: float  # running sequences x seconds
+    busy_s: float  # the replay's whole length
+
+
 def replay_closed_loop(
     cost: StepCost,
     limits: ReplayLimits,
@@ -74,15 +95,47 @@ def replay_closed_loop(
     input_tokens: int,
     output_tokens: int,
     requests: int | None = None,
+    spread: float = 0.0,
 ) -> ReplayResult:
-    """Replay `clients` closed-loop clients sending `requests` requests in all (None: the steady state)."""
+    """Replay `clients` closed-loop clients sending `requests` requests in all (None: the steady state),
+    each pass priced with a lognormal `spread` (0: exactly; otherwise REPLAYS seeded replays pooled)."""
+    if clients < 1 or input_tokens < 1 or output_tokens < 1:
+        raise ValueError("a replay needs at least one client, one prompt token and one output token")
+    if not 0.0 <= spread <= 2.0:
+        raise ValueError(f"a pass-time spread is a standard deviation of ln time between 0 and 2, not {spread}")
+    seeds = range(REPLAYS) if spread > 0 else range(1)
+    runs = [_replay(cost, limits, clients, input_tokens, output_tokens, requests, spread, seed) for seed in seeds]
+    counted = [r for run in runs for r in run.counted]
+    tpots = [(r.end_s - r.first_s) / (output_tokens - 1) for r in counted] if output_tokens > 1 else [0.0]
+    span = sum(run.span_s for run in runs)
+    busy_s = sum(run.busy_s for run in runs)
+    return ReplayResult(
+        ttft_s=statistics.median(r.first_s - r.sent_s for r in counted),
+        tpot_s=statistics.median(tpots),
+        e2e_s=statistics.fmean(r.end_s - r.sent_s for r in counted),
+        output_tok_s=len(counted) * output_tokens / span,
+        requests_s=len(counted) / span,
+        mean_batch=sum(run.busy_area for run in runs) / busy_s if busy_s else 0.0,
+        requests=len(counted) // len(runs),
+    )
+
+
+def _replay(
+    cost: StepCost,
+    limits: ReplayLimits,
+    clients: int,
+    input_tokens: int,
+    output_tokens: int,
+    requests: int | None,
+    spread: float,
+    seed: int,
+) -> _Replayed:
+    """One replay; with a spread, each pass's time is its price times exp(N(-spread^2/2, spread^2))."""
     # The engine's scheduler is plain Python over token ids (no tensors), so the replay drives the real one.
     from engine.batch.scheduler import Scheduler, SchedulerConfig
     from engine.batch.sequence import Sequence
     from engine.sampling import SamplingParams
 
-    if clients < 1 or input_tokens < 1 or output_tokens < 1:
-        raise ValueError("a replay needs at least one client, one prompt token and one output token")
     total = requests if requests is not None else clients * STEADY_WAVES
     skip = 0 if requests is not None else clients
     length = input_tokens + output_tokens + 1
@@ -115,6 +168,8 @@ def replay_closed_loop(
     for _ in range(min(clients, total)):
         send(0.0, opening=True)
     prices: dict[tuple[int, int], float] = {}
+    rng = random.Random(seed)
+    drift = -spread * spread / 2  # keeps a pass's mean time at its price: the price is what a fit measures
     now = busy_area = 0.0
     while pending or sched.has_unfinished:
         # A request sent as a pass ends reaches the scheduler after the next pass has started (the HTTP
@@ -132,8 +187,9 @@ def replay_closed_loop(
         key = (len(out.decodes), sum(item.num_tokens for item in out.prefills))
         if key not in prices:
             prices[key] = cost(*key)
-        busy_area += prices[key] * len(sched.running)
-        now += prices[key]
+        took = prices[key] * math.exp(rng.gauss(drift, spread)) if spread else prices[key]
+        busy_area += took * len(sched.running)
+        now += took
         sampled = {item.seq.seq_id: [0] for item in out.items if item.samples}
         for item in out.prefills:
             if item.samples:
@@ -145,13 +201,4 @@ def replay_closed_loop(
     counted = sent[skip:]
     start = min(r.sent_s for r in counted)
     span = max(max(r.end_s for r in counted) - start, 1e-12)
-    tpots = [(r.end_s - r.first_s) / (output_tokens - 1) for r in counted] if output_tokens > 1 else [0.0]
-    return ReplayResult(
-        ttft_s=statistics.median(r.first_s - r.sent_s for r in counted),
-        tpot_s=statistics.median(tpots),
-        e2e_s=statistics.fmean(r.end_s - r.sent_s for r in counted),
-        output_tok_s=len(counted) * output_tokens / span,
-        requests_s=len(counted) / span,
-        mean_batch=busy_area / now if now else 0.0,
-        requests=len(counted),
-    )
+    return _Replayed(counted, span, busy_area, now)

@@ -9,13 +9,15 @@ those values again. The CPU is a fixed measurement, so the numbers do not depend
 from __future__ import annotations
 
 import json
+import math
+import random
 from pathlib import Path
 
 import pytest
 
 from planner.__main__ import main
-from planner.calibrate import calibrate, format_fit, pool_repeats, predictor, run_options
-from planner.calibrate_cli import ServedBy, concurrency_of, load_runs, runs_of
+from planner.calibrate import calibrate, format_fit, gap_spread, pool_repeats, predictor, run_options
+from planner.calibrate_cli import ServedBy, concurrency_of, load_runs, one_token_gaps, runs_of
 from planner.calibration import CalibrationDoc, CalibrationRun, FittedValues, load_calibration, save_calibration
 from planner.catalog import load_catalog
 from planner.cpu_probe import GEMM_ROWS, CpuMeasurement
@@ -235,9 +237,13 @@ def test_cli_calibrate_then_predict(tmp_path: Path, capsys: pytest.CaptureFixtur
     fit = [str(result_at(c, tmp_path)) for c in (1, 8)]
     out = tmp_path / "cal.json"
     argv = ["calibrate", "--measured", fit[0], "--more", fit[1], "--hold-out", str(result_at(4, tmp_path))]
-    assert main([*argv, "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(out), "--pass-spread", "0.05"]) == 0
     text = capsys.readouterr().out
     assert "fit runs, before (2)" in text and "held-out runs, after (1)" in text and f"wrote {out}" in text
+    assert load_calibration(out).values.pass_spread == 0.05
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(out), "--pass-spread", "lots"])
+    assert "expected a number or 'measured'" in capsys.readouterr().err
     ask = ["--model", "smollm2-135m", "--gpu", "cpu", "--engine", "bundled", "--format", "int4", "--json"]
     assert main(["predict", *ask, "--calibration", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)["calibrated"] is True
@@ -313,3 +319,54 @@ def test_only_vllm_runs_carry_a_release() -> None:
     bundled = [r.model_copy(update={"engine_version": "0.10.1.1"}) for r in load_runs([str(FIXTURE)])]
     with pytest.raises(PlannerError, match="an engine version names a vLLM release; these runs served with bundled"):
         calibrate(bundled, (), CAT, HW, measure)
+
+
+def test_the_gap_spread_is_the_scatter_of_ln_gaps_and_ignores_the_tails() -> None:
+    """The interquartile estimate finds a lognormal's sd, and a few coalesced chunks (a gap near 0 then a
+    double one) or pauses do not move it as they would a plain sd; too few gaps say nothing."""
+    rng = random.Random(7)
+    gaps = [0.01 * math.exp(rng.gauss(0, 0.1)) for _ in range(4000)]
+    assert gap_spread(gaps) == pytest.approx(0.1, abs=0.008)
+    tails = gaps + [1e-5] * 100 + [0.5] * 100
+    assert gap_spread(tails) == pytest.approx(0.1, abs=0.015)
+    assert gap_spread([*gaps[:49], 0.0]) is None and gap_spread([]) is None
+
+
+def test_a_result_gives_its_one_token_gaps() -> None:
+    doc = load_benchmark_result(FIXTURE)
+    run = doc.runs[0]
+    gaps = one_token_gaps(run)
+    measured = [r for r in run.records if r.ok and not r.warmup]
+    assert gaps and len(gaps) <= sum(len(r.itl_s) for r in measured)
+    assert all(g in {x for r in measured for x in r.itl_s} for g in gaps)
+    assert load_runs([str(FIXTURE)])[0].gap_spread is None  # 4 requests of 8 tokens: too few gaps
+
+
+def test_a_measured_pass_spread_is_the_lowest_concurrencys_gap_spread(tmp_path: Path) -> None:
+    """The pass scatter is measured, never fitted: exact by default, the c=1 runs' gap spread (pooled
+    repeats at their median) with "measured", or a given figure; predictions through the calibration
+    replay with it and say so."""
+    (c1,) = load_runs([str(result_at(1, tmp_path))])
+    (c8,) = load_runs([str(result_at(8, tmp_path))])
+    rounds = [c1.model_copy(update={"gap_spread": g, "id": f"r{g}"}) for g in (0.08, 0.1, 0.3)]
+    runs = [*rounds, c8.model_copy(update={"gap_spread": 0.4})]
+    assert pool_repeats(runs)[0].gap_spread == pytest.approx(0.1)
+    exact = calibrate(runs, (), CAT, HW, measure)
+    assert exact.values.pass_spread == 0.0
+    assert "scatter by sd of ln 0.1: --pass-spread measured" in format_fit(exact)[2]
+    doc = calibrate(runs, (), CAT, HW, measure, pass_spread="measured")
+    assert doc.values.pass_spread == pytest.approx(0.1) and doc.values.step_overhead_ms == exact.values.step_overhead_ms
+    assert format_fit(doc)[2] == "pass_spread 0.1"
+    assert calibrate(runs, (), CAT, HW, measure, pass_spread=0.2).values.pass_spread == 0.2
+    with pytest.raises(PlannerError, match="between 0 and 2"):
+        calibrate(runs, (), CAT, HW, measure, pass_spread=-1.0)
+    path = save_calibration(doc, tmp_path / "cal.json")
+    two = run_options(c1).model_copy(update={"concurrency": 2, "requests": 20, "calibration": str(path)})
+    scattered = predict_one(two, CAT, HW, measure)
+    assert "sd of ln 0.1, 8 seeded replays pooled" in scattered.assumptions["ttft"]
+    assert "pass_spread 0.1" in scattered.assumptions["calibration"]
+    exact = save_calibration(doc.model_copy(update={"values": TRUTH}), tmp_path / "exact.json")
+    assert (
+        "scattered"
+        not in predict_one(two.model_copy(update={"calibration": str(exact)}), CAT, HW, measure).assumptions["ttft"]
+    )

@@ -107,3 +107,29 @@ def test_a_replay_too_long_to_step_through_falls_back_to_the_analytic_model() ->
         input_tokens=128, output_tokens=1024,
     )  # fmt: skip
     assert predict_one(big).assumptions["closed_loop"] == "analytic"
+
+
+def test_a_pass_time_spread_is_seeded_and_keeps_each_pass_at_its_price_on_average() -> None:
+    """With a spread, the pooled replays give the same figures on every call, and one stream's TPOT stays
+    at the decode pass's price: the scatter has mean 1, so a calibrated price keeps meaning the mean."""
+    limits = ReplayLimits(16, 512, 256)
+    one = replay_closed_loop(Price(), limits, 1, 100, 64, requests=20, spread=0.1)
+    assert one == replay_closed_loop(Price(), limits, 1, 100, 64, requests=20, spread=0.1)
+    assert one.tpot_s == pytest.approx(passes(1), rel=0.01)
+    assert one.requests == 20
+    with pytest.raises(ValueError, match="spread"):
+        replay_closed_loop(Price(), limits, 1, 100, 64, requests=20, spread=-0.1)
+
+
+def test_a_spread_mixes_the_two_ttft_modes_of_two_clients() -> None:
+    """Two clients: a request's first token comes after its own prompt pass (about 0.15 s here) or after
+    its partner's and its own (about 0.27 s). Exact prices lock the run so that the median lands on the
+    upper mode's edge; scattered ones, as a machine's are, move requests between the modes and put the
+    pooled median between them, as measured runs do (docs/BENCHMARKS.md, "Planner calibration")."""
+    limits = ReplayLimits(16, 512, 256)
+    exact = replay_closed_loop(Price(), limits, 2, 128, 64, requests=40)
+    scattered = replay_closed_loop(Price(), limits, 2, 128, 64, requests=40, spread=0.1)
+    own, after_partner = passes(0, 128), passes(0, 128) + passes(1, 128)
+    assert after_partner - 0.02 < exact.ttft_s <= after_partner  # the upper mode
+    assert own + 0.05 < scattered.ttft_s < exact.ttft_s - 0.01
+    assert scattered.output_tok_s == pytest.approx(exact.output_tok_s, rel=0.01)
