@@ -16,6 +16,7 @@ the planner can predict, so they are refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from planner.calibrate import gap_spread
@@ -49,15 +50,20 @@ def concurrency_of(profile: str) -> int | None:
     return None
 
 
+MAX_GAPS = 100_000  # plenty for a quartile; a million-token result would otherwise cost seconds of sorting
+
+
 def one_token_gaps(run: RunDoc) -> list[float]:
-    """Seconds between a measured request's consecutive chunks where the later one carries one token."""
-    return [
+    """Seconds between a measured request's consecutive chunks where the later one carries one token
+    (the first MAX_GAPS of them, in record order)."""
+    gaps = (
         gap
         for r in run.records
         if r.ok and is_measured(r)
         for gap, tokens in zip(r.itl_s, r.chunk_tokens[1:], strict=True)
         if tokens == 1
-    ]
+    )
+    return list(islice(gaps, MAX_GAPS))
 
 
 def _run(doc: BenchmarkResult, run: RunDoc, source: str, served: ServedBy) -> CalibrationRun:
