@@ -206,10 +206,22 @@ def calibration_input() -> str | None:
             held = held_col.multiselect(
                 "Hold out (only checked)", list(saved), format_func=label.get, key="plan_cal_held"
             )
+            scatter = st.checkbox(
+                "Scatter each replayed pass as the runs measured",
+                key="plan_cal_scatter",
+                help="calibrate --pass-spread measured: each pass of the replayed closed loop takes its time times "
+                "a factor with the sd of ln the fit runs' inter-token gaps show (lowest concurrency), over 8 "
+                "seeded replays. It predicts the mix of TTFT modes a run can settle in; off, passes take "
+                "exactly their price.",
+            )
             if st.button("Calibrate", key="plan_calibrate", disabled=not fit):
                 try:
                     with st.spinner("Measuring this CPU and fitting..."):
-                        doc = calibrate(calibration_runs(history, fit), calibration_runs(history, held))
+                        doc = calibrate(
+                            calibration_runs(history, fit),
+                            calibration_runs(history, held),
+                            pass_spread="measured" if scatter else 0.0,
+                        )
                     path = private_dir("calibrations") / f"{doc.created_at:%Y%m%d-%H%M%S}.json"
                     st.session_state["plan_calibration"] = str(save_calibration(doc, path))
                     st.session_state["plan_calibration_table"] = "\n".join(format_fit(doc))

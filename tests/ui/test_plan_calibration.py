@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from planner.calibrate_cli import runs_of
 from planner.tables import calibration_frame
 from reports.benchmark_result import load_benchmark_result
 from reports.history import History
@@ -17,6 +19,11 @@ FIXTURE = Path(__file__).parent.parent / "planner" / "fixtures" / "bench_bundled
 
 def test_calibrate_from_saved_runs_labels_the_bundled_options(app: AppTest) -> None:
     doc = load_benchmark_result(FIXTURE)
+    # the recorded requests fifteen times over: enough inter-token gaps to measure their scatter
+    records = [replace(r, request_id=k * 100 + r.request_id) for k in range(15) for r in doc.runs[0].records]
+    doc = doc.model_copy(update={"runs": [doc.runs[0].model_copy(update={"records": records})]})
+    measured = runs_of(doc, "fixture")[0].gap_spread
+    assert measured
     history = History(history_dir())
     history.save(doc)
     run = doc.runs[0].model_copy(update={"profile": "concurrency:2"})
@@ -27,8 +34,10 @@ def test_calibrate_from_saved_runs_labels_the_bundled_options(app: AppTest) -> N
     fit = app.multiselect(key="plan_cal_fit")
     assert len(fit.options) == 2
     fit.set_value([doc.id, f"{doc.id}-c2"]).run()
+    app.checkbox(key="plan_cal_scatter").check()  # calibrate --pass-spread measured
     app.button(key="plan_calibrate").click().run()
     assert not app.exception and not app.error
+    assert app.session_state["plan_calibration_doc"].values.pass_spread == round(measured, 4)
     assert app.text_input(key="plan_calibration").value.endswith(".json")
     assert any("fit runs, after (2)" in c.value for c in app.code)
     # the predicted-vs-measured chart: one panel per metric, both runs before and after the fit
