@@ -45,6 +45,7 @@ from planner.entrypoints import predict_one
 from planner.errors import PlannerError
 from planner.hardware import Hardware, detect
 from planner.predict_io import PredictOptions
+from planner.replay import MAX_SPREAD
 
 if TYPE_CHECKING:
     from planner.cpu_probe import CpuMeasurement
@@ -272,11 +273,11 @@ def fit_values(
 def measured_pass_spread(runs: Sequence[CalibrationRun]) -> float:
     """The fit runs' pass-time scatter: the gap spread of those at the lowest concurrency that has one,
     where a gap is one pass (at 8 streams a gap also holds other requests' prompt chunks). 0 without one."""
-    measured = [r for r in runs if r.gap_spread is not None]
-    if not measured:
+    seen = [(r.concurrency, r.gap_spread) for r in runs if r.gap_spread is not None]
+    if not seen:
         return 0.0
-    low = min(r.concurrency for r in measured)
-    return statistics.median(r.gap_spread for r in measured if r.concurrency == low and r.gap_spread is not None)
+    low = min(c for c, _ in seen)
+    return statistics.median(s for c, s in seen if c == low)
 
 
 def _same(runs: Sequence[CalibrationRun], attr: str) -> str:
@@ -309,8 +310,10 @@ def calibrate(
     measured once here, with the runs' thread count."""
     if not runs:
         raise PlannerError("calibrate needs at least one measured run")
-    if pass_spread != "measured" and not 0 <= pass_spread <= 2:
-        raise PlannerError(f"--pass-spread is a standard deviation of ln time between 0 and 2, not {pass_spread}")
+    if pass_spread != "measured" and not 0 <= pass_spread <= MAX_SPREAD:
+        raise PlannerError(
+            f"--pass-spread is a standard deviation of ln time between 0 and {MAX_SPREAD:g}, not {pass_spread}"
+        )
     runs, held_out = pool_repeats(runs), pool_repeats(held_out)
     everything = [*runs, *held_out]
     engine, gpu = _same(everything, "engine"), _same(everything, "gpu")

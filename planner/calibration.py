@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from planner.errors import PlannerError, first_problem
+from planner.replay import MAX_SPREAD
 
 if TYPE_CHECKING:  # cpu_probe imports torch; only a CPU calibration needs it
     from planner.cpu_probe import CpuMeasurement
@@ -89,7 +90,7 @@ class FittedValues(_Part):
     pass_spread: float = Field(
         0.0,
         ge=0,
-        le=2,
+        le=MAX_SPREAD,
         description="sd of ln forward-pass time, measured from the runs' inter-token gaps (0: passes replayed exactly)",
     )
 

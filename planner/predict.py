@@ -56,6 +56,9 @@ class Knobs:
     cuda_graph_reserve_gib: float | None = None
 
 
+DEFAULT_KNOBS = Knobs()  # nothing pinned: every engine's own defaults, vLLM's default release
+
+
 @dataclass(frozen=True, slots=True)
 class Efficiency:
     """Fractions of peak bandwidth (decode) and FLOP/s (prefill) the engine reaches on this device, and,
@@ -327,7 +330,7 @@ def predict_config(
     par: Parallel,
     workload: Workload,
     catalog: Catalog,
-    knobs: Knobs = Knobs(),
+    knobs: Knobs = DEFAULT_KNOBS,
     efficiency: Efficiency | None = None,
     qps: float | None = None,
 ) -> ConfigPrediction:

@@ -20,7 +20,15 @@ from planner.errors import WorkloadError
 from planner.launch import LaunchSpec, launch_command
 from planner.model_files import DEFAULT_MAX_CONFIG_BYTES, model_from_file
 from planner.model_spec import ModelSpec
-from planner.predict import Efficiency, Knobs, memory_config, predict_config, scheduler_limits, vllm_rule_of
+from planner.predict import (
+    DEFAULT_KNOBS,
+    Efficiency,
+    Knobs,
+    memory_config,
+    predict_config,
+    scheduler_limits,
+    vllm_rule_of,
+)
 from planner.quality import quality_note
 from planner.roofline import Device, Parallel, cc_at_least, compute_kind, ridge_point
 from planner.sizing import GIB, MemoryConfig, MemoryPlan, plan_memory, sixteen_bit_layout_problem
@@ -129,9 +137,6 @@ def resolve_model(name: str, catalog: Catalog, max_config_bytes: int = DEFAULT_M
     """A catalog id/name, or a path to a config.json or GGUF file."""
     looks_like_path = name.endswith((".json", ".gguf")) or ("/" in name and Path(name).expanduser().exists())
     return model_from_file(name, max_config_bytes) if looks_like_path else catalog.model(name)
-
-
-DEFAULT_KNOBS = Knobs()  # nothing pinned: every engine's own defaults, vLLM's default release
 
 
 def _memory_config(

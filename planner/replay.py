@@ -48,6 +48,7 @@ from planner.loaded import StepCost
 
 STEADY_WAVES = 4  # requests per client replayed for a steady-state figure (the first wave not counted)
 REPLAYS = 8  # seeded replays pooled when passes are priced with a spread
+MAX_SPREAD = 2.0  # sd of ln pass time: beyond it a pass would take e^2 = 7x its price one time in six
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +102,8 @@ def replay_closed_loop(
     each pass priced with a lognormal `spread` (0: exactly; otherwise REPLAYS seeded replays pooled)."""
     if clients < 1 or input_tokens < 1 or output_tokens < 1:
         raise ValueError("a replay needs at least one client, one prompt token and one output token")
-    if not 0.0 <= spread <= 2.0:
-        raise ValueError(f"a pass-time spread is a standard deviation of ln time between 0 and 2, not {spread}")
+    if not 0.0 <= spread <= MAX_SPREAD:
+        raise ValueError(f"a pass-time spread is a standard deviation of ln time in [0, {MAX_SPREAD:g}], not {spread}")
     seeds = range(REPLAYS) if spread > 0 else range(1)
     runs = [_replay(cost, limits, clients, input_tokens, output_tokens, requests, spread, seed) for seed in seeds]
     counted = [r for run in runs for r in run.counted]
