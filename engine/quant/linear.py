@@ -43,6 +43,7 @@ from engine.quant.functions import (
     row_scale,
     unpack_int4,
 )
+from engine.quant.native import q8_0_library, q8_0_matmul, q8_0_unavailable_reason
 
 INT8_PACK_K_MULTIPLE = 16  # _weight_int8pack_mm gives garbage or segfaults unless K % 16 == 0
 CPU_ALIGNMENT_BYTES = 64  # torch's CPU allocator alignment; clone() always meets it
@@ -509,6 +510,9 @@ class Q80Linear(QuantLinear):
     - from 64 rows (prefill, evaluation): float32 row blocks of the exact weight and float32
       activations, so long inputs cost one GEMM rather than 18 narrow ones.
     The int8 path needs CPU `torch._int_mm`; on other devices every M takes the float32 path.
+    Where the native kernel builds (engine/quant/native.py: AVX-512 VNNI and a C++ compiler), the
+    same two-term block products below 64 rows run in it instead of the per-block `_int_mm` calls,
+    reading the weight once at the memory's pace; an export trace (compiled decode) keeps torch's ops.
     """
 
     fmt = "q8_0"
@@ -525,6 +529,7 @@ class Q80Linear(QuantLinear):
         self.register_buffer("weight", weight)
         self.register_buffer("scale", scale)
         self._int_mm = False
+        self._native = False
         self.kernel = "q8_0: not prepared (call post_load)"
 
     @classmethod
@@ -555,11 +560,16 @@ class Q80Linear(QuantLinear):
 
     def post_load(self) -> None:
         self._int_mm = self.weight.device.type == "cpu"
+        self._native = False
         if self._int_mm:
             self.weight = _aligned(self.weight)
+            why_not = "the output size is odd" if self.out_features % 2 else q8_0_unavailable_reason()
+            self._native = why_not is None
+            small = "the native AVX-512 VNNI kernel" if self._native else "int8 _int_mm per 32-wide block"
+            off = "" if why_not is None else f"; native kernel off: {why_not}"
             self.kernel = (
-                f"q8_0: int8 _int_mm per 32-wide block below {Q8_0_INT_MM_MAX_ROWS} rows "
-                "(activations as two int8 terms per block), float32 GEMM of the exact weight from there"
+                f"q8_0: {small} below {Q8_0_INT_MM_MAX_ROWS} rows (activations as two int8 terms per block), "
+                f"float32 GEMM of the exact weight from there{off}"
             )
         else:
             self.kernel = "q8_0: float32 GEMM of the exact weight, dequantized in row blocks"
@@ -596,6 +606,10 @@ class Q80Linear(QuantLinear):
         q2, d2 = quantize_int8_blocks(rest)
         xq = torch.cat([q1, q2])  # (2M, K): the first terms, then the remainders
         dq = torch.cat([d1, d2])  # (2M, G): their block scales
+        if self._native and not torch.compiler.is_compiling():
+            library = q8_0_library()
+            if library is not None:
+                return q8_0_matmul(library, self.weight, self.scale, xq, dq)
         groups = self.weight.shape[0]
         pieces = [xq[:, g * Q8_0_BLOCK : (g + 1) * Q8_0_BLOCK] for g in range(groups)]
         x_scales = [dq[:, g : g + 1] for g in range(groups)]

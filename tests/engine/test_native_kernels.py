@@ -1,0 +1,140 @@
+"""The native Q8_0 kernel (engine/quant/q8_0_kernel.cpp): built here with the real compiler, held against
+torch's per-block `_int_mm` path and the exact float64 product of the file's blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.quant import native
+from engine.quant.functions import dequantize_q8_0, quantize_q8_0
+from engine.quant.linear import Q80Linear
+
+needs_native = pytest.mark.skipif(
+    native.q8_0_library() is None, reason=f"native Q8_0 kernel unavailable: {native.q8_0_unavailable_reason()}"
+)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def fresh_probe() -> Iterator[None]:
+    """Forget the cached answer before and after, so an environment change is seen and not left behind."""
+    native._q8_0.cache_clear()
+    yield
+    native._q8_0.cache_clear()
+
+
+def _module(n: int, k: int) -> Q80Linear:
+    w = torch.randn(n, k) * 0.05
+    w[0, :32] = 0.5  # a block with an outlier, and (below) one that quantizes to -128 .. 127 extremes
+    w[1, 32:64] = -w[1, 32:64].abs().max()
+    return Q80Linear.from_blocks(quantize_q8_0(w))
+
+
+@needs_native
+@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 17, 63])
+def test_native_head_agrees_with_torchs_blocks_and_the_exact_product(rows: int) -> None:
+    module = _module(1030, 576)  # 18 blocks, as the model's head; 1030 outputs: pairs, not a multiple of 64 x 2
+    assert "native AVX-512 VNNI" in module.kernel
+    x = torch.randn(rows, 576)
+    got = module(x)
+    module._native = False
+    torchs = module(x)
+    exact = x.double() @ dequantize_q8_0(module.blocks()).double().T
+    scale = exact.abs().max()
+    # the same integer block sums, summed in another float order: a few float32 ulps apart
+    assert ((got.double() - torchs.double()).abs().max() / scale).item() < 1e-5
+    assert ((got.double() - exact).abs().max() / scale).item() < 1e-4
+
+
+@needs_native
+def test_native_kernel_keeps_bf16_activations_and_batch_shape() -> None:
+    module = _module(64, 96)
+    x = torch.randn(2, 3, 96, dtype=torch.bfloat16)
+    y = module(x)
+    assert y.shape == (2, 3, 64) and y.dtype == torch.bfloat16
+    module._native = False
+    assert torch.allclose(y.float(), module(x).float(), rtol=1e-2, atol=1e-2)
+
+
+@needs_native
+def test_an_odd_output_size_stays_on_torchs_kernel() -> None:
+    module = _module(33, 64)
+    assert not module._native and "output size is odd" in module.kernel
+    x = torch.randn(1, 64)
+    exact = x.double() @ dequantize_q8_0(module.blocks()).double().T
+    assert ((module(x).double() - exact).abs().max() / exact.abs().max()).item() < 1e-4
+
+
+@needs_native
+def test_bad_buffers_are_refused_before_the_kernel_runs() -> None:
+    library = native.q8_0_library()
+    assert library is not None
+    weight = torch.zeros(2, 4, 32, dtype=torch.int8)
+    scale = torch.zeros(2, 4)
+    xq, dq = torch.zeros(2, 64, dtype=torch.int8), torch.zeros(2, 2)
+    assert native.q8_0_matmul(library, weight, scale, xq, dq).shape == (1, 4)
+    with pytest.raises(ValueError, match="Q8_0 shapes"):
+        native.q8_0_matmul(library, weight, scale, xq[:, :32], dq)
+    with pytest.raises(ValueError, match="Q8_0 shapes"):
+        native.q8_0_matmul(library, weight, scale.double(), xq, dq)
+    with pytest.raises(ValueError, match="odd"):
+        native.q8_0_matmul(library, weight[:, :3].contiguous(), scale[:, :3].contiguous(), xq, dq)
+
+
+@needs_native
+def test_the_library_is_cached_and_a_damaged_one_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFLIGHT_CACHE_DIR", str(tmp_path))
+    found = native._compiler()
+    assert found is not None
+    where = tmp_path / "engine" / "native" / f"q8_0-{native._library_key(*found)}.so"
+    where.parent.mkdir(parents=True)
+    where.write_bytes(b"not a shared library")  # a truncated or foreign file where the library should be
+    first = native._load_or_build(*found)
+    assert first.built and first.path == where and first.handle.preflight_q8_0_abi() == native.Q8_0_ABI
+    second = native._load_or_build(*found)
+    assert not second.built and second.path == where
+    assert not list(where.parent.glob("*.tmp.so"))  # no half-built file left behind
+
+
+def test_turned_off_by_the_environment(monkeypatch: pytest.MonkeyPatch, fresh_probe: None) -> None:
+    monkeypatch.setenv(native.NATIVE_ENV, "0")
+    assert native.q8_0_library() is None
+    assert native.q8_0_unavailable_reason() == f"native kernels turned off ({native.NATIVE_ENV}=0)"
+    module = _module(64, 64)
+    assert not module._native and "native kernel off: native kernels turned off" in module.kernel
+
+
+def test_without_a_compiler_torchs_kernel_runs(monkeypatch: pytest.MonkeyPatch, fresh_probe: None) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    reason = native.q8_0_unavailable_reason()
+    assert reason is not None and ("C++ compiler" in reason or "AVX-512" in reason)
+    module = _module(64, 64)
+    assert not module._native
+    x = torch.randn(3, 64)
+    exact = x.double() @ dequantize_q8_0(module.blocks()).double().T
+    assert ((module(x).double() - exact).abs().max() / exact.abs().max()).item() < 1e-4
+
+
+@needs_native
+def test_a_compiler_error_is_a_reason_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_probe: None
+) -> None:
+    broken = tmp_path / "broken.cpp"
+    broken.write_text("this is not C++\n")
+    monkeypatch.setenv("PREFLIGHT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "Q8_0_SOURCE", broken)
+    reason = native.q8_0_unavailable_reason()
+    assert reason is not None and reason.startswith("the native Q8_0 kernel could not be built")
+    assert not list((tmp_path / "cache" / "engine" / "native").glob("*.so"))
