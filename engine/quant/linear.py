@@ -501,18 +501,19 @@ class Q80Linear(QuantLinear):
     (N, K) form.
 
     Kernels, on any device:
-    - below 64 rows (decode, batched decode, draft verification): activations are quantized to int8
-      per 32-wide block, as
-      llama.cpp does for its own Q8_0 dot product, plus a second int8 term for the
-      remainder, and each block is one `torch._int_mm` (exact int32 sums); the block sums
-      are then scaled by activation x weight block scales in float32 and added. The
-      weight is never widened.
+    - below 64 rows (decode, batched decode, draft verification), where the native kernel builds
+      (engine/quant/native.py: AVX-512 VNNI and a C++ compiler): `post_load` turns the buffers
+      output-major, (N, G, 32) and (N, G), so that the table is one sequential stream, and the
+      kernel reads it at the memory's pace with activations quantized to int16 per block. The
+      state dict is group-major either way (the weight cache and every saved file stay portable).
+    - below 64 rows otherwise: activations are quantized to int8 per 32-wide block, as llama.cpp
+      does for its own Q8_0 dot product, plus a second int8 term for the remainder, and each
+      block is one `torch._int_mm` (exact int32 sums); the block sums are then scaled by
+      activation x weight block scales in float32 and added. The weight is never widened. An
+      export trace (compiled decode) of a native module takes this path too, over views.
     - from 64 rows (prefill, evaluation): float32 row blocks of the exact weight and float32
       activations, so long inputs cost one GEMM rather than 18 narrow ones.
     The int8 path needs CPU `torch._int_mm`; on other devices every M takes the float32 path.
-    Where the native kernel builds (engine/quant/native.py: AVX-512 VNNI and a C++ compiler), the
-    same two-term block products below 64 rows run in it instead of the per-block `_int_mm` calls,
-    reading the weight once at the memory's pace; an export trace (compiled decode) keeps torch's ops.
     """
 
     fmt = "q8_0"
@@ -529,7 +530,7 @@ class Q80Linear(QuantLinear):
         self.register_buffer("weight", weight)
         self.register_buffer("scale", scale)
         self._int_mm = False
-        self._native = False
+        self._native = False  # the native kernel runs, and the buffers are output-major
         self.kernel = "q8_0: not prepared (call post_load)"
 
     @classmethod
@@ -555,36 +556,69 @@ class Q80Linear(QuantLinear):
 
     def blocks(self) -> Q80Blocks:
         """The Q8_0 blocks in the file's (N, K) / (N, K / 32) form."""
-        q = self.weight.transpose(0, 1).reshape(self.out_features, self.in_features)
-        return Q80Blocks(q=q, scale=self.scale.T.to(torch.float16))
+        weight, scale = self._group_major()
+        q = weight.transpose(0, 1).reshape(self.out_features, self.in_features)
+        return Q80Blocks(q=q, scale=scale.T.to(torch.float16))
+
+    def _group_major(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`weight` (G, N, 32) and `scale` (G, N), as views when the buffers are output-major."""
+        if self._native:
+            return self.weight.transpose(0, 1), self.scale.T
+        return self.weight, self.scale
 
     def post_load(self) -> None:
         self._int_mm = self.weight.device.type == "cpu"
-        self._native = False
-        if self._int_mm:
-            self.weight = _aligned(self.weight)
-            why_not = "the output size is odd" if self.out_features % 2 else q8_0_unavailable_reason()
-            self._native = why_not is None
-            small = "the native AVX-512 VNNI kernel" if self._native else "int8 _int_mm per 32-wide block"
-            off = "" if why_not is None else f"; native kernel off: {why_not}"
-            self.kernel = (
-                f"q8_0: {small} below {Q8_0_INT_MM_MAX_ROWS} rows (activations as two int8 terms per block), "
-                f"float32 GEMM of the exact weight from there{off}"
-            )
-        else:
+        if not self._int_mm:
             self.kernel = "q8_0: float32 GEMM of the exact weight, dequantized in row blocks"
+            return
+        why_not = q8_0_unavailable_reason()
+        if why_not is None and not self._native:
+            self.weight = self.weight.transpose(0, 1).contiguous()  # (N, G, 32): one stream for the kernel
+            self.scale = self.scale.T.contiguous()
+            self._native = True
+        if not self._native:
+            self.weight = _aligned(self.weight)
+        small = (
+            "the native AVX-512 VNNI kernel (activations as int16 per block, output-major blocks)"
+            if self._native
+            else "int8 _int_mm per 32-wide block (activations as two int8 terms per block)"
+        )
+        off = "" if why_not is None else f"; native kernel off: {why_not}"
+        self.kernel = (
+            f"q8_0: {small} below {Q8_0_INT_MM_MAX_ROWS} rows, float32 GEMM of the exact weight from there{off}"
+        )
 
     def dequantized(self) -> torch.Tensor:
         return self.rows(torch.arange(self.out_features, device=self.weight.device))
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._native:
+            picked = self.weight[ids].float() * self.scale[ids].unsqueeze(-1)  # (*ids, G, 32)
+            return picked.reshape(*ids.shape, self.in_features)
         picked = self.weight[:, ids].float() * self.scale[:, ids].unsqueeze(-1)  # (G, *ids, 32)
         return picked.movedim(0, -2).reshape(*ids.shape, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        y = self._block_int8(x2) if self._int_mm and x2.shape[0] < Q8_0_INT_MM_MAX_ROWS else self._float_rows(x2)
+        y = None
+        if self._int_mm and x2.shape[0] < Q8_0_INT_MM_MAX_ROWS:
+            if self._native and not torch.compiler.is_compiling():
+                library = q8_0_library()
+                y = None if library is None else q8_0_matmul(library, self.weight, self.scale, x2.float())
+            if y is None:  # no native kernel, an export trace, or activations with an inf or NaN
+                y = self._block_int8(x2)
+        else:
+            y = self._float_rows(x2)
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        weight, scale = self._group_major()
+        destination[prefix + "weight"], destination[prefix + "scale"] = weight.contiguous(), scale.contiguous()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._native = False  # freshly loaded buffers are group-major
 
     def _block_int8(self, x2: torch.Tensor) -> torch.Tensor:
         """Per 32-wide block g: exact int32 dot products, scaled by activation x weight block scales, summed.
@@ -606,11 +640,8 @@ class Q80Linear(QuantLinear):
         q2, d2 = quantize_int8_blocks(rest)
         xq = torch.cat([q1, q2])  # (2M, K): the first terms, then the remainders
         dq = torch.cat([d1, d2])  # (2M, G): their block scales
-        if self._native and not torch.compiler.is_compiling():
-            library = q8_0_library()
-            if library is not None:
-                return q8_0_matmul(library, self.weight, self.scale, xq, dq)
-        groups = self.weight.shape[0]
+        blocks, block_scales = self._group_major()
+        groups = blocks.shape[0]
         pieces = [xq[:, g * Q8_0_BLOCK : (g + 1) * Q8_0_BLOCK] for g in range(groups)]
         x_scales = [dq[:, g : g + 1] for g in range(groups)]
         tile = self.out_features if m <= Q8_0_TILE_MIN_ROWS else Q8_0_COLUMN_TILE
@@ -619,7 +650,7 @@ class Q80Linear(QuantLinear):
         scaled = xf.new_empty(2 * m, tile)
         for c in range(0, self.out_features, tile):
             width = min(tile, self.out_features - c)
-            acc, weight, w_scale = out[:, c : c + width], self.weight[:, c : c + width], self.scale[:, c : c + width]
+            acc, weight, w_scale = out[:, c : c + width], blocks[:, c : c + width], block_scales[:, c : c + width]
             if width < tile:  # the last, narrower tile: _int_mm writes only whole contiguous outputs
                 sums, scaled = sums.new_empty(2 * m, width), scaled.new_empty(2 * m, width)
             p, pf = sums, scaled

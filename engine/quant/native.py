@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 
 Q8_0_SOURCE = Path(__file__).with_name("q8_0_kernel.cpp")
-Q8_0_ABI = 1  # what `preflight_q8_0_abi()` must answer; bump with the source's
+Q8_0_ABI = 2  # what `preflight_q8_0_abi()` must answer; bump with the source's
 NATIVE_ENV = "PREFLIGHT_NATIVE_KERNELS"  # "0" keeps every module on torch's kernels
 ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma")
 REQUIRED_CPU = ("avx512_f", "avx512_bw", "avx512_dq", "avx512_vl", "avx512_vnni")  # torch.cpu.get_capabilities()
 COMPILERS = (("g++", "-fopenmp"), ("c++", "-fopenmp"), ("clang++", "-fopenmp=libgomp"))
 BUILD_TIMEOUT_S = 180
-_ERRORS = {1: "the output size is odd", 2: "a size is not positive"}
+NON_FINITE = 3  # the kernel's answer when the activations hold an inf or NaN
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,45 +153,46 @@ def _open(path: Path) -> ctypes.CDLL:
     if abi != Q8_0_ABI:
         raise RuntimeError(f"{path.name} has ABI {abi}, expected {Q8_0_ABI}")
     c_ptr, c_i64 = ctypes.c_void_p, ctypes.c_int64
-    handle.preflight_q8_0_matmul.argtypes = [c_ptr, c_ptr, c_ptr, c_ptr, c_ptr, c_i64, c_i64, c_i64, ctypes.c_int]
+    handle.preflight_q8_0_matmul.argtypes = [c_ptr, c_ptr, c_ptr, c_ptr, c_i64, c_i64, c_i64, ctypes.c_int]
     handle.preflight_q8_0_matmul.restype = ctypes.c_int
     return handle
 
 
 def q8_0_matmul(
-    library: NativeLibrary, weight: torch.Tensor, scale: torch.Tensor, xq: torch.Tensor, dq: torch.Tensor
-) -> torch.Tensor:
-    """Sum over blocks of weight-scale x (both activation terms' scaled int8 block dot products): (M, N) float32.
+    library: NativeLibrary, weight: torch.Tensor, scale: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor | None:
+    """x @ W.T for Q8_0 blocks kept output-major: (M, N) float32, or None when x holds an inf or NaN.
 
-    weight int8 (G, N, 32) and scale float32 (G, N) as Q80Linear keeps them; xq int8 (2M, G * 32) and
-    dq float32 (2M, G): the first activation term's rows, then the second's. All on the CPU.
+    weight int8 (N, G, 32) and scale float32 (N, G) (Q80Linear's layout when this kernel runs), x float32
+    (M, G * 32), all on the CPU. None hands non-finite activations back to torch's kernel, which carries
+    them into the output as float arithmetic does (the native kernel quantizes x and cannot).
     """
-    groups, n, block = weight.shape
-    rows = xq.shape[0] // 2
+    n, groups, block = weight.shape
     if (
         weight.dtype != torch.int8
         or scale.dtype != torch.float32
-        or xq.dtype != torch.int8
-        or dq.dtype != torch.float32
-        or scale.shape != (groups, n)
-        or xq.shape != (2 * rows, groups * block)
-        or dq.shape != (2 * rows, groups)
+        or x.dtype != torch.float32
         or block != 32
+        or scale.shape != (n, groups)
+        or x.ndim != 2
+        or x.shape[1] != groups * block
+        or x.device.type != "cpu"
     ):
         raise ValueError("q8_0_matmul: buffers do not have the Q8_0 shapes and dtypes")
-    weight, scale, xq, dq = (t.contiguous() for t in (weight, scale, xq, dq))
-    out = torch.empty(rows, n, dtype=torch.float32)
+    weight, scale, x = weight.contiguous(), scale.contiguous(), x.contiguous()
+    out = torch.empty(x.shape[0], n, dtype=torch.float32)
     code = library.handle.preflight_q8_0_matmul(
         weight.data_ptr(),
         scale.data_ptr(),
-        xq.data_ptr(),
-        dq.data_ptr(),
+        x.data_ptr(),
         out.data_ptr(),
-        rows,
+        x.shape[0],
         n,
         groups,
         torch.get_num_threads(),
     )
+    if code == NON_FINITE:
+        return None
     if code:
-        raise ValueError(f"q8_0_matmul: {_ERRORS.get(code, f'error {code}')}")
+        raise ValueError(f"q8_0_matmul: the kernel refused its inputs (code {code})")
     return out
