@@ -19,7 +19,9 @@ memory or on disk), and one package serves any checkpoint with the same shapes. 
 
 A package is keyed by everything its code depends on: this module's version, the torch
 version, the CPU's vector ISA, the step kind, the model's tensor names, shapes and dtypes,
-and the bytes of the engine sources that the step traces. After loading, one step runs
+the kernels its modules chose (a package that calls the native `preflight::int4_mm` is never
+loaded where that operator is not registered), and the bytes of the engine sources that the
+step traces. After loading, one step runs
 beside the eager blocks on scratch buffers and must agree (`verify`), so a stale or
 broken package is an error the caller can fall back from, never wrong output.
 """
@@ -91,13 +93,14 @@ def package_key(model: nn.Module, kind: str) -> str:
         "kind": kind,
         "act_dtype": str(getattr(model, "act_dtype", "")),
         "layout": layout,
+        "kernels": sorted({k for m in model.modules() if isinstance(k := getattr(m, "kernel", None), str)}),
         "sources": _source_digest(root),
     }
     return f"{kind}-{hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]}"
 
 
 def package_dir() -> Path:
-    from engine.model.weight_cache import cache_dir
+    from engine.cache_files import cache_dir
 
     return cache_dir() / "aot"
 

@@ -47,7 +47,7 @@ BUILD_NOTE = "building the compiled decode step (once per machine, about a minut
 
 def inductor_cache_dir() -> str:
     """Where Inductor builds its C++ (and keeps what it can reuse): beside the weight cache."""
-    from engine.model.weight_cache import cache_dir
+    from engine.cache_files import cache_dir
 
     return str(cache_dir() / "inductor")
 

@@ -26,7 +26,6 @@ logs it and runs on the weights it has just converted.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -41,20 +40,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from engine.cache_files import cache_dir, file_lock
 from engine.errors import WeightCacheError
 
 CACHE_VERSION = "4"  # 4: int8 / int4 keep the Q8_0 table (and int8 Q8_0 weights) as blocks
 """Bump when the converted layout changes: old entries then simply miss."""
-
-
-def cache_dir() -> Path:
-    """PREFLIGHT_CACHE_DIR, else the user cache directory (platformdirs)."""
-    env = os.environ.get("PREFLIGHT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "engine"
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("preflight")) / "engine"
 
 
 def entry_key(source_sha256: str, fmt: str, device_type: str) -> str:
@@ -105,31 +95,11 @@ class CacheEntry:
             return False
 
 
-def _open_lock(entry: CacheEntry, exclusive: bool) -> int | None:
-    """The lock file's descriptor; None for a reader of a cache it cannot write that has no lock file."""
-    try:
-        return os.open(entry.lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        if exclusive:
-            raise
-    try:
-        return os.open(entry.lock, os.O_RDONLY)
-    except OSError:
-        return None  # nobody can write this directory, so there is no writer to wait for
-
-
 @contextmanager
 def locked(entry: CacheEntry, exclusive: bool) -> Iterator[None]:
     """Hold the entry's lock: exclusive to write, shared to read."""
-    fd = _open_lock(entry, exclusive)
-    if fd is None:
+    with file_lock(entry.lock, exclusive):
         yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _new_temp(entry: CacheEntry, temps: list[Path]) -> Path:

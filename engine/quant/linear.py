@@ -43,7 +43,7 @@ from engine.quant.functions import (
     row_scale,
     unpack_int4,
 )
-from engine.quant.native import q8_0_library, q8_0_matmul, q8_0_unavailable_reason
+from engine.quant.native import int4_op, int4_unavailable_reason, q8_0_library, q8_0_matmul, q8_0_unavailable_reason
 
 INT8_PACK_K_MULTIPLE = 16  # _weight_int8pack_mm gives garbage or segfaults unless K % 16 == 0
 CPU_ALIGNMENT_BYTES = 64  # torch's CPU allocator alignment; clone() always meets it
@@ -53,6 +53,7 @@ FP8_MM_MULTIPLE = 16  # torch._scaled_mm needs K and N multiples of 16
 FP8_CPU_ROW_BLOCK = 2048  # rows dequantized at a time on CPU (~4.5 MiB of fp32 at K = 576)
 FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper and newer have FP8 tensor cores
 INT4_CUDA_MIN_CAPABILITY = (8, 0)  # the tinygemm int4 kernel needs Ampere or newer
+INT4_NATIVE_N_MULTIPLE = 64  # the native one-row int4 kernel reads whole 64-output packed blocks
 INT4_CUDA_INNER_K_TILES = (8, 4, 2)  # the CUDA packer's choices; K must be a multiple of 16 x tiles
 Q8_0_INT_MM_MAX_ROWS = 64  # Q8_0: int8 block products below this many rows, float32 row blocks from it
 Q8_0_TILE_MIN_ROWS = 8  # ... in column tiles above this many rows (measured: tiles pay from 16 rows on)
@@ -262,6 +263,7 @@ class Int4Linear(QuantLinear):
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales_and_zeros", scales_and_zeros)
         self._packed_for: str | None = None  # "cpu" / "cuda" once repacked for that device's kernel
+        self._matmul: Any = None  # the packed kernel: torch's, or on CPU preflight::int4_mm (native.py)
         self.kernel = "int4: not prepared (call post_load)"
 
     @classmethod
@@ -315,7 +317,27 @@ class Int4Linear(QuantLinear):
             return
         act = str(self.scales_and_zeros.dtype).removeprefix("torch.")
         name = "_weight_int4pack_mm_for_cpu" if self._packed_for == "cpu" else "_weight_int4pack_mm (tinygemm)"
-        self.kernel = f"int4: {name} (group {self.group_size}, {act} activations)"
+        self._matmul = _int4_kernel(self._packed_for)
+        native = ""
+        if self._packed_for == "cpu":
+            why_not = self._native_unfit() or int4_unavailable_reason()
+            if why_not is None:
+                self._matmul = int4_op()
+                name = f"preflight::int4_mm (one row: native AVX-512 VNNI; more rows: {name})"
+            else:
+                native = f"; native kernel off: {why_not}"
+        self.kernel = f"int4: {name} (group {self.group_size}, {act} activations){native}"
+
+    def _native_unfit(self) -> str | None:
+        """Why these buffers do not fit the native one-row kernel (int4_kernel.cpp), or None."""
+        n16 = self.scales_and_zeros.shape[1]
+        if n16 % INT4_NATIVE_N_MULTIPLE:
+            return f"{n16} outputs are not a multiple of {INT4_NATIVE_N_MULTIPLE}"
+        if self.group_size % Q4_1_BLOCK:
+            return f"group {self.group_size} is not a multiple of {Q4_1_BLOCK}"
+        if self.scales_and_zeros.dtype != torch.bfloat16:
+            return f"its scales are {self.scales_and_zeros.dtype}, not bfloat16"
+        return None
 
     def _pack(self) -> str | None:
         """Repack `qweight` for this device's packed kernel; None on success, else why not."""
@@ -362,7 +384,7 @@ class Int4Linear(QuantLinear):
         if self._packed_for is not None:
             pad_k = self.scales_and_zeros.shape[0] * self.group_size - self.in_features
             x2 = F.pad(x2, (0, pad_k)) if pad_k else x2.contiguous()
-            y = _int4_kernel(self._packed_for)(x2, self.qweight, self.group_size, self.scales_and_zeros)
+            y = self._matmul(x2, self.qweight, self.group_size, self.scales_and_zeros)
             if y.shape[1] != self.out_features:
                 y = y[:, : self.out_features]
         elif self.qweight.device.type == "cpu":

@@ -1,18 +1,28 @@
 """Hand-written CPU kernels (engine/quant/*.cpp), built on this machine on first use and cached.
 
-Why: torch has no kernel for llama.cpp's Q8_0 blocks, and the int4 / int8 output head (a 28 MB
-Q8_0 table, ~30% of a decode step) through `torch._int_mm` per block plus float passes reads it
-at ~16 GB/s. `q8_0_kernel.cpp` reads it once, at the memory's pace (docs/BENCHMARKS.md).
+Why: at one activation row torch's kernels are far from the memory's pace on the two matmuls that
+make a decode step. The Q8_0 head (a 28 MB table, ~30% of a step) through `torch._int_mm` per
+block read at ~16 GB/s; `q8_0_kernel.cpp` reads it at ~60. The int4 layers' packed kernel widens
+every code to float (25 GB/s); `int4_kernel.cpp` keeps the codes bytes and uses VNNI. Figures:
+docs/BENCHMARKS.md.
 
-How: the source is compiled with the C++ compiler that compiled decode already needs (g++, c++ or
-clang++) into a shared library beside the weight cache, keyed by the source, the compiler, its
-flags and the torch version, under the cache's lock (two processes build once). Loading takes
-milliseconds and building about a second. The library runs its threads on torch's own OpenMP
-runtime (the process's libgomp), with torch's thread count, so the two never oversubscribe.
+Two kinds of library, one way to build them:
+- `q8_0`: a plain C function called through ctypes (the head runs outside compiled packages).
+- `int4`: a torch operator, `torch.ops.preflight.int4_mm`, taking exactly the arguments of
+  `aten._weight_int4pack_mm_for_cpu`, so that the compiled decode packages (AOTInductor) call it
+  like an aten op. After loading it is held against torch's kernel on random weights; a packed
+  layout other than the one it reads (another torch build) is a reason, never wrong numbers.
 
-Where it cannot work (a CPU without AVX-512 VNNI, no compiler, a failed build, or
-PREFLIGHT_NATIVE_KERNELS=0) `q8_0_unavailable_reason()` says why and the module keeps torch's path;
-that is a slower kernel, never an error.
+Each source is compiled with the C++ compiler compiled decode already needs (g++, c++ or clang++)
+into a shared library beside the weight cache, keyed by the source, the compiler, its flags and
+the torch version, under the cache's lock (two processes build once). Building takes about a
+second (q8_0) or ten (int4, torch's headers), once per machine; loading, milliseconds. The
+kernels run their threads on torch's own OpenMP runtime (the process's libgomp) with torch's
+thread count, so the two never oversubscribe.
+
+Where a kernel cannot work (a CPU without the AVX-512 features it needs, no compiler, a failed
+build, or PREFLIGHT_NATIVE_KERNELS=0) its `*_unavailable_reason()` says why and the module keeps
+torch's kernel: slower, never an error.
 """
 
 from __future__ import annotations
@@ -25,17 +35,50 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-Q8_0_SOURCE = Path(__file__).with_name("q8_0_kernel.cpp")
-Q8_0_ABI = 2  # what `preflight_q8_0_abi()` must answer; bump with the source's
+from engine.cache_files import cache_dir, file_lock
+
 NATIVE_ENV = "PREFLIGHT_NATIVE_KERNELS"  # "0" keeps every module on torch's kernels
-ISA_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma")
-REQUIRED_CPU = ("avx512_f", "avx512_bw", "avx512_dq", "avx512_vl", "avx512_vnni")  # torch.cpu.get_capabilities()
 COMPILERS = (("g++", "-fopenmp"), ("c++", "-fopenmp"), ("clang++", "-fopenmp=libgomp"))
-BUILD_TIMEOUT_S = 180
-NON_FINITE = 3  # the kernel's answer when the activations hold an inf or NaN
+BUILD_TIMEOUT_S = 300
+NON_FINITE = 3  # the Q8_0 kernel's answer when the activations hold an inf or NaN
+INT4_CHECK_TOLERANCE = 0.02  # largest difference from torch's int4 kernel, relative to the largest output
+
+
+@dataclass(frozen=True, slots=True)
+class KernelSource:
+    """One kernel library: its source, the CPU features its instructions need, and how it links."""
+
+    name: str
+    source: Path
+    abi_symbol: str
+    abi: int  # what `abi_symbol()` must answer; bump with the source's
+    isa_flags: tuple[str, ...]
+    required_cpu: tuple[str, ...]  # keys of torch.cpu.get_capabilities()
+    torch_op: bool  # includes torch's headers and registers operators (links libtorch)
+
+
+Q8_0 = KernelSource(
+    name="q8_0",
+    source=Path(__file__).with_name("q8_0_kernel.cpp"),
+    abi_symbol="preflight_q8_0_abi",
+    abi=2,
+    isa_flags=("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"),
+    required_cpu=("avx512_f", "avx512_bw", "avx512_dq", "avx512_vl", "avx512_vnni"),
+    torch_op=False,
+)
+INT4 = KernelSource(
+    name="int4",
+    source=Path(__file__).with_name("int4_kernel.cpp"),
+    abi_symbol="preflight_int4_abi",
+    abi=1,
+    isa_flags=("-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mavx512vbmi", "-mfma"),
+    required_cpu=("avx512_f", "avx512_bw", "avx512_dq", "avx512_vl", "avx512_vnni", "avx512_vbmi"),
+    torch_op=True,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,31 +98,30 @@ def _compiler() -> tuple[str, str] | None:
     return None
 
 
-def _build_command(compiler: str, openmp: str, source: Path, out: Path) -> list[str]:
-    torch_lib = str(Path(torch.__file__).parent / "lib")
-    return [
-        compiler,
-        "-O3",
-        "-std=c++17",
-        "-shared",
-        "-fPIC",
-        *ISA_FLAGS,
-        openmp,
-        str(source),
-        "-o",
-        str(out),
-        f"-L{torch_lib}",
-        f"-Wl,-rpath,{torch_lib}",
-    ]
+def _torch_lib() -> str:
+    return str(Path(torch.__file__).parent / "lib")
 
 
-def _library_key(compiler: str, openmp: str) -> str:
+def _build_command(kernel: KernelSource, compiler: str, openmp: str, out: Path) -> list[str]:
+    command = [compiler, "-O3", "-std=c++17", "-shared", "-fPIC", *kernel.isa_flags, openmp]
+    if kernel.torch_op:
+        from torch.utils.cpp_extension import include_paths
+
+        abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+        command += ["-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *(f"-I{path}" for path in include_paths())]
+    command += [str(kernel.source), "-o", str(out), f"-L{_torch_lib()}", f"-Wl,-rpath,{_torch_lib()}"]
+    if kernel.torch_op:
+        command += ["-ltorch_cpu", "-ltorch", "-lc10"]
+    return command
+
+
+def _library_key(kernel: KernelSource, compiler: str, openmp: str) -> str:
     try:
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         version = ""
-    parts = [Q8_0_SOURCE.read_text(), compiler, version.splitlines()[0] if version else "", openmp, *ISA_FLAGS]
-    parts.append(torch.__version__)
+    parts = [kernel.source.read_text(), compiler, version.splitlines()[0] if version else "", openmp]
+    parts += [*kernel.isa_flags, str(kernel.torch_op), torch.__version__]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -93,48 +135,77 @@ def q8_0_library() -> NativeLibrary | None:
     return _q8_0()[0]
 
 
+def int4_unavailable_reason() -> str | None:
+    """Why `torch.ops.preflight.int4_mm` cannot run here, or None when `int4_op()` gives it."""
+    return _int4()[1]
+
+
+def int4_op() -> Any | None:
+    """`torch.ops.preflight.int4_mm` (registered once per process), or None: see the reason."""
+    return _int4()[0]
+
+
 @functools.cache
 def _q8_0() -> tuple[NativeLibrary | None, str | None]:
+    library, reason = _library(Q8_0)
+    if library is not None:
+        c_ptr, c_i64 = ctypes.c_void_p, ctypes.c_int64
+        matmul = library.handle.preflight_q8_0_matmul
+        matmul.argtypes = [c_ptr, c_ptr, c_ptr, c_ptr, c_i64, c_i64, c_i64, ctypes.c_int]
+        matmul.restype = ctypes.c_int
+    return library, reason
+
+
+@functools.cache
+def _int4() -> tuple[Any | None, str | None]:
+    library, reason = _library(INT4)
+    if library is None:
+        return None, reason
+    op = torch.ops.preflight.int4_mm
+    disagreement = _int4_disagreement(op)
+    if disagreement is not None:
+        return None, f"the native int4 kernel disagrees with torch's on this build ({disagreement}); torch's runs"
+    return op, None
+
+
+def _library(kernel: KernelSource) -> tuple[NativeLibrary | None, str | None]:
     if os.environ.get(NATIVE_ENV, "1") == "0":
         return None, f"native kernels turned off ({NATIVE_ENV}=0)"
     capabilities = torch.cpu.get_capabilities()
-    missing = [flag for flag in REQUIRED_CPU if not capabilities.get(flag, False)]
+    missing = [flag for flag in kernel.required_cpu if not capabilities.get(flag, False)]
     if missing:
-        return None, f"the native Q8_0 kernel needs AVX-512 VNNI; this CPU lacks {', '.join(missing)}"
+        return None, f"the native {kernel.name} kernel needs AVX-512 VNNI; this CPU lacks {', '.join(missing)}"
     found = _compiler()
     if found is None:
-        return None, "the native Q8_0 kernel needs a C++ compiler (g++ or clang++) on PATH"
+        return None, f"the native {kernel.name} kernel needs a C++ compiler (g++ or clang++) on PATH"
     try:
-        library = _load_or_build(*found)
+        return _load_or_build(kernel, *found), None
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, f"the native Q8_0 kernel could not be built or loaded ({first[:300]})"
-    return library, None
+        return None, f"the native {kernel.name} kernel could not be built or loaded ({first[:300]})"
 
 
-def _load_or_build(compiler: str, openmp: str) -> NativeLibrary:
+def _load_or_build(kernel: KernelSource, compiler: str, openmp: str) -> NativeLibrary:
     """Load the cached library, building it first under the cache entry's lock when it is missing or unusable."""
-    from engine.model.weight_cache import CacheEntry, cache_dir, locked
-
     directory = cache_dir() / "native"
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"q8_0-{_library_key(compiler, openmp)}.so"
-    with locked(CacheEntry.for_key(path.stem, directory), exclusive=True):
+    path = directory / f"{kernel.name}-{_library_key(kernel, compiler, openmp)}.so"
+    with file_lock(path.with_suffix(".lock"), exclusive=True):
         if path.exists():
             try:
-                return NativeLibrary(path, _open(path), built=False)
+                return NativeLibrary(path, _open(kernel, path), built=False)
             except RuntimeError:
                 path.unlink()  # truncated or foreign: build it again, once
-        _build(compiler, openmp, path)
-        return NativeLibrary(path, _open(path), built=True)
+        _build(kernel, compiler, openmp, path)
+        return NativeLibrary(path, _open(kernel, path), built=True)
 
 
-def _build(compiler: str, openmp: str, path: Path) -> None:
+def _build(kernel: KernelSource, compiler: str, openmp: str, path: Path) -> None:
     """Compile into a temp file beside `path`, then rename: no process ever loads half a library."""
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.so")
     try:
         done = subprocess.run(
-            _build_command(compiler, openmp, Q8_0_SOURCE, tmp), capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+            _build_command(kernel, compiler, openmp, tmp), capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
         )
         if done.returncode != 0:
             errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines()
@@ -144,18 +215,37 @@ def _build(compiler: str, openmp: str, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _open(path: Path) -> ctypes.CDLL:
+def _open(kernel: KernelSource, path: Path) -> ctypes.CDLL:
+    """dlopen the library (which also registers a torch op library's operators) and check its ABI."""
     try:
         handle = ctypes.CDLL(str(path))
-        abi = handle.preflight_q8_0_abi()
+        abi = getattr(handle, kernel.abi_symbol)()
     except (OSError, AttributeError) as exc:
         raise RuntimeError(f"{path.name} cannot be loaded: {exc}") from exc
-    if abi != Q8_0_ABI:
-        raise RuntimeError(f"{path.name} has ABI {abi}, expected {Q8_0_ABI}")
-    c_ptr, c_i64 = ctypes.c_void_p, ctypes.c_int64
-    handle.preflight_q8_0_matmul.argtypes = [c_ptr, c_ptr, c_ptr, c_ptr, c_i64, c_i64, c_i64, ctypes.c_int]
-    handle.preflight_q8_0_matmul.restype = ctypes.c_int
+    if abi != kernel.abi:
+        raise RuntimeError(f"{path.name} has ABI {abi}, expected {kernel.abi}")
     return handle
+
+
+def _int4_disagreement(op: Any) -> str | None:
+    """None when the op gives torch's int4 result on random packed weights at one row, else how far off.
+
+    This is the check that the packed layout the kernel reads is the one this torch build writes.
+    """
+    generator = torch.Generator().manual_seed(0)
+    n, k, group = 128, 256, 32
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=generator)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    pairs = (torch.rand(k // group, n, 2, generator=generator) * 0.1).to(torch.bfloat16)
+    x = torch.randn(1, k, generator=generator).to(torch.bfloat16)
+    want = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, pairs).float()
+    try:
+        got = op(x, packed, group, pairs).float()
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0][:200]
+    worst = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
+    scale = float(want.abs().max()) or 1.0
+    return None if worst <= INT4_CHECK_TOLERANCE * scale else f"off by {worst:.3g} against outputs up to {scale:.3g}"
 
 
 def q8_0_matmul(

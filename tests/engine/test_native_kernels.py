@@ -1,8 +1,9 @@
-"""The native Q8_0 kernel (engine/quant/q8_0_kernel.cpp): built here with the real compiler, held against
-torch's per-block `_int_mm` path and the exact float64 product of the file's blocks."""
+"""The native kernels (engine/quant/q8_0_kernel.cpp, int4_kernel.cpp): built here with the real compiler,
+held against torch's own kernels and the exact float64 product of the weights they stand for."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,11 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.quant import native
-from engine.quant.functions import dequantize_q8_0, quantize_q8_0
-from engine.quant.linear import Q80Linear, empty_linear
+from engine.quant.functions import dequantize_q8_0, quantize_int4, quantize_q8_0
+from engine.quant.linear import Int4Linear, Q80Linear, empty_linear
 
 needs_native = pytest.mark.skipif(
     native.q8_0_library() is None, reason=f"native Q8_0 kernel unavailable: {native.q8_0_unavailable_reason()}"
+)
+needs_int4 = pytest.mark.skipif(
+    native.int4_op() is None, reason=f"native int4 kernel unavailable: {native.int4_unavailable_reason()}"
 )
 
 
@@ -120,12 +124,12 @@ def test_the_library_is_cached_and_a_damaged_one_rebuilt(tmp_path: Path, monkeyp
     monkeypatch.setenv("PREFLIGHT_CACHE_DIR", str(tmp_path))
     found = native._compiler()
     assert found is not None
-    where = tmp_path / "engine" / "native" / f"q8_0-{native._library_key(*found)}.so"
+    where = tmp_path / "engine" / "native" / f"q8_0-{native._library_key(native.Q8_0, *found)}.so"
     where.parent.mkdir(parents=True)
     where.write_bytes(b"not a shared library")  # a truncated or foreign file where the library should be
-    first = native._load_or_build(*found)
-    assert first.built and first.path == where and first.handle.preflight_q8_0_abi() == native.Q8_0_ABI
-    second = native._load_or_build(*found)
+    first = native._load_or_build(native.Q8_0, *found)
+    assert first.built and first.path == where and first.handle.preflight_q8_0_abi() == native.Q8_0.abi
+    second = native._load_or_build(native.Q8_0, *found)
     assert not second.built and second.path == where
     assert not list(where.parent.glob("*.tmp.so"))  # no half-built file left behind
 
@@ -157,7 +161,62 @@ def test_a_compiler_error_is_a_reason_not_a_crash(
     broken = tmp_path / "broken.cpp"
     broken.write_text("this is not C++\n")
     monkeypatch.setenv("PREFLIGHT_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(native, "Q8_0_SOURCE", broken)
+    monkeypatch.setattr(native, "Q8_0", dataclasses.replace(native.Q8_0, source=broken))
     reason = native.q8_0_unavailable_reason()
-    assert reason is not None and reason.startswith("the native Q8_0 kernel could not be built")
+    assert reason is not None and reason.startswith("the native q8_0 kernel could not be built")
     assert not list((tmp_path / "cache" / "engine" / "native").glob("*.so"))
+
+
+# -- int4 ---------------------------------------------------------------------------------
+
+
+def _int4(n: int, k: int, group: int) -> Int4Linear:
+    w = torch.randn(n, k) * 0.05
+    w[3, :40] = 0.6  # an outlier group
+    q, scale, zero = quantize_int4(w, group)
+    return Int4Linear.from_codes(q, scale, zero, group)
+
+
+@needs_int4
+@pytest.mark.parametrize(("n", "k", "group"), [(576, 576, 32), (192, 1536, 32), (128, 256, 64), (64, 640, 128)])
+def test_native_int4_row_agrees_with_torchs_kernel_and_the_exact_product(n: int, k: int, group: int) -> None:
+    module = _int4(n, k, group)
+    assert module.kernel.startswith("int4: preflight::int4_mm")
+    x = torch.randn(1, k, dtype=torch.bfloat16)
+    got = module(x)
+    torchs = torch.ops.aten._weight_int4pack_mm_for_cpu(x, module.qweight, group, module.scales_and_zeros)
+    exact = x.double() @ module.dequantized().double().T
+    # both round their output to bf16 (2^-9 relative); the native kernel's activations are finer than bf16
+    assert _relative(got, torchs) < 1e-2
+    assert _relative(got, exact) < 1e-2
+
+
+@needs_int4
+def test_native_int4_is_torchs_kernel_beyond_one_row_and_for_non_finite_rows() -> None:
+    module = _int4(128, 96, 32)
+    aten = torch.ops.aten._weight_int4pack_mm_for_cpu
+    pad = module.scales_and_zeros.shape[0] * 32 - 96
+    x = torch.randn(5, 96, dtype=torch.bfloat16)
+    want = aten(torch.nn.functional.pad(x, (0, pad)), module.qweight, 32, module.scales_and_zeros)[:, :128]
+    assert torch.equal(module(x), want)
+    nan_row = torch.full((1, 96), float("nan"), dtype=torch.bfloat16)
+    assert module(nan_row).isnan().all()
+
+
+@needs_int4
+def test_outputs_not_in_64_blocks_keep_torchs_int4_kernel() -> None:
+    module = _int4(48, 64, 32)  # 48 rows: the packer's 16-multiple, not the native kernel's 64
+    assert "native kernel off: 48 outputs are not a multiple of 64" in module.kernel
+    x = torch.randn(1, 64, dtype=torch.bfloat16)
+    assert _relative(module(x), x.double() @ module.dequantized().double().T) < 1e-2
+
+
+@needs_int4
+def test_the_int4_op_is_checked_against_torch_on_load() -> None:
+    assert native._int4_disagreement(native.int4_op()) is None
+    assert native._int4_disagreement(torch.ops.aten._weight_int4pack_mm_for_cpu) is None
+
+    def off_by_a_tenth(*args: object) -> torch.Tensor:
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(*args) * 1.1
+
+    assert (native._int4_disagreement(off_by_a_tenth) or "").startswith("off by")
