@@ -8,8 +8,9 @@ once per machine, about a minute, if the cache has none):
 - the server's decode-only step (`BatchEngine.step`, no HTTP) at each batch size, split into the
   compiled blocks (the AOTInductor package: 30 layers), the Q8_0 output head (run outside the
   package) and the rest (scheduling, sampling, bookkeeping), medians over `--steps` steps;
-- the packed int4 matmul kernel alone on each block linear's own weights at the same row counts,
-  summed over the 30 layers: the share of the blocks' time that is int4 matmul, and the bandwidth
+- each block linear's own int4 kernel (torch's packed kernel, or `preflight::int4_mm` at one row
+  where it builds) at the same row counts, all 30 layers back to back as a step runs them (so their
+  weights come from memory): the share of the blocks' time that is int4 matmul, and the bandwidth
   it reaches reading the packed weights (the memory-bound floor is the triad figure printed by
   `python -m planner detect`); what the blocks spend beyond it is attention, norms, RoPE and the
   residual adds;
@@ -93,24 +94,34 @@ def step_split(engine: Engine, batch: int, steps: int) -> dict[str, float]:
 
 
 def int4_kernels(engine: Engine, rows: int, repeats: int) -> dict[str, float]:
-    """The packed int4 kernel alone on every block linear's weights, summed over the layers."""
-    total_ms, weight_bytes, by_name = 0.0, 0, {}
-    kernel = torch.ops.aten._weight_int4pack_mm_for_cpu
+    """Every block linear's own int4 kernel, in the model's order and back to back, as a step runs them.
+
+    Back to back, so that each matmul's weights come from memory as they do inside a step (timing one
+    linear repeatedly would read them from cache). The kernel is the one the module runs: torch's packed
+    kernel, or `preflight::int4_mm` (engine/quant/native.py) where it builds. Medians over `repeats`.
+    """
+    linears = []
     for name, module in engine.loaded.model.named_modules():
-        if not isinstance(module, Int4Linear) or module._packed_for != "cpu":
-            continue
-        k = module.scales_and_zeros.shape[0] * module.group_size
-        x = torch.randn(rows, k, dtype=module.scales_and_zeros.dtype)
-        ms = median_ms(lambda m=module, x=x: kernel(x, m.qweight, m.group_size, m.scales_and_zeros), repeats)
-        total_ms += ms
-        weight_bytes += module.qweight.numel() * module.qweight.element_size()
-        weight_bytes += module.scales_and_zeros.numel() * module.scales_and_zeros.element_size()
-        kind = name.rsplit(".", 1)[-1]
-        by_name[kind] = by_name.get(kind, 0.0) + ms
+        if isinstance(module, Int4Linear) and module._packed_for == "cpu":
+            k = module.scales_and_zeros.shape[0] * module.group_size
+            linears.append((name.rsplit(".", 1)[-1], module, torch.randn(rows, k, dtype=module.scales_and_zeros.dtype)))
+    weight_bytes = sum(t.numel() * t.element_size() for _, m, _ in linears for t in (m.qweight, m.scales_and_zeros))
+    totals: list[float] = []
+    kinds: dict[str, list[float]] = {}
+    for _ in range(repeats + 1):  # the first pass warms up
+        spent: dict[str, float] = {}
+        for kind, m, x in linears:
+            t0 = time.perf_counter()
+            m._matmul(x, m.qweight, m.group_size, m.scales_and_zeros)
+            spent[kind] = spent.get(kind, 0.0) + (time.perf_counter() - t0) * 1e3
+        totals.append(sum(spent.values()))
+        for kind, ms in spent.items():
+            kinds.setdefault(kind, []).append(ms)
+    total_ms = statistics.median(totals[1:])
     return {
         "int4_ms": total_ms,
         "int4_gb_s": weight_bytes / (total_ms / 1e3) / 1e9,
-        **{f"{k}_ms": v for k, v in by_name.items()},
+        **{f"{k}_ms": statistics.median(v[1:]) for k, v in kinds.items()},
     }
 
 
@@ -125,7 +136,7 @@ def table_rows(results: dict[int, dict[str, float]]) -> list[list[str]]:
 
         linears = " / ".join(f"{r.get(k + '_ms', 0.0):.2f}" for k in ("wqkv", "wo", "w13", "w2"))
         for line in (
-            part("int4 matmuls (kernels alone, 30 layers)", r["int4_ms"]),
+            part("int4 matmuls (kernels back to back, 30 layers)", r["int4_ms"]),
             ("  of which wqkv / wo / w13 / w2", linears, ""),
             part("rest of the blocks (attention, norms, RoPE, adds)", r["blocks_ms"] - r["int4_ms"]),
             part("Q8_0 head (outside the package)", r["head_ms"]),

@@ -182,8 +182,10 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group_
   return out;
 }
 
+// Shapes only, for export and compile tracing: sizes stay symbolic (the server's batched decode step has a
+// dynamic row count; reading x.size(0) here would pin it to the example's).
 at::Tensor int4_mm_meta(const at::Tensor& x, const at::Tensor& packed, int64_t, const at::Tensor&) {
-  return at::empty({x.size(0), packed.size(0)}, x.options());
+  return at::empty_symint({x.sym_size(0), packed.sym_size(0)}, x.options());
 }
 
 }  // namespace
