@@ -130,6 +130,8 @@ class CpuFigures(_Part):
     int8_gemm_weights_s: float | None = None
     fp8_gemv_weights_s: float | None = None
     fp8_gemm_weights_s: float | None = None
+    q8_0_gemv_weights_s: float | None = None  # absent from calibrations made before the probe timed Q8_0
+    q8_0_gemm_weights_s: float | None = None
     matmul_n: int
     repeats: int
 

@@ -178,7 +178,7 @@ class FormatSpec(_Strict):
     vllm_quantization: str | None = None
     engine_quant: str | None = None
     cpu_kernel: Literal["int4", "int8", "fp8"] | None = None  # the weight-only GEMV the bundled engine calls on CPU
-    cpu_embedding_kernel: Literal["int4", "int8", "fp8"] | None = None
+    cpu_embedding_kernel: Literal["int4", "int8", "fp8", "q8_0"] | None = None
     # Parts of the transformer body a mixed-precision checkpoint keeps at 16 bits (planner.sizing):
     # attention = every layer's Q/K/V/O projections, edge_layers = the first and last layers whole.
     sixteen_bit_parts: list[Literal["attention", "edge_layers"]] = []

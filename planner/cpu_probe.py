@@ -9,10 +9,14 @@ count (about a second), with torch:
 - FLOP/s: a timed 1024^3 fp32 and bf16 matmul (2 x n^3 FLOPs);
 - dispatch: the time of one small ATen op issued from Python (reshape, slice, add, mul,
   a 64x64 linear, rms_norm, to), which bounds a pure-PyTorch engine at small model sizes;
-- weight-only kernels: weight-rows/s through torch's packed int4 (group 32) and int8 CPU
-  kernels, and the bundled engine's fp8 dequantize-on-the-fly path, at 1 row (decode) and
-  64 rows (prefill), over ~50 MiB of weights. Unpacking, not
-  DRAM, can bound these on few cores. None when this torch build lacks the kernel.
+- weight-only kernels: weight-rows/s through the kernels the bundled engine runs for int4
+  (group 32: its native one-row operator where that builds, engine/quant/native.py, else torch's
+  packed kernel), its Q8_0 table / head (the engine's own Q80Linear, native or torch's blocks),
+  torch's int8 CPU kernel and the engine's fp8 dequantize-on-the-fly path, at 1 row (decode) and
+  64 rows (prefill), over ~50 MiB of weights. Unpacking, not DRAM, can bound these on few cores.
+  None when this torch build lacks the kernel. The int4 and Q8_0 rates come from the engine's
+  own code (planner/cpu_probe.py is the planner's one door into engine.quant), so a kernel the
+  engine changes is the kernel the planner times.
 Each figure is the median of several repeats (after a warm-up), so other load on the
 machine slows it the way it slows a run of the engine being predicted.
 """
@@ -52,6 +56,8 @@ class CpuMeasurement:
     int8_gemm_weights_s: float | None = None
     fp8_gemv_weights_s: float | None = None  # dequantize-on-the-fly: no FP8 matmul units on a CPU
     fp8_gemm_weights_s: float | None = None
+    q8_0_gemv_weights_s: float | None = None  # the int4 / int8 formats' token table and head
+    q8_0_gemm_weights_s: float | None = None
     matmul_n: int = MATMUL_N
     repeats: int = REPEATS
 
@@ -69,6 +75,8 @@ class CpuMeasurement:
             f"int8@{GEMM_ROWS}": self.int8_gemm_weights_s,
             "fp8": self.fp8_gemv_weights_s,
             f"fp8@{GEMM_ROWS}": self.fp8_gemm_weights_s,
+            "q8_0": self.q8_0_gemv_weights_s,
+            f"q8_0@{GEMM_ROWS}": self.q8_0_gemm_weights_s,
         }
         return {k: v for k, v in rates.items() if v}
 
@@ -161,13 +169,29 @@ GEMM_ROWS = 64  # a prefill-sized activation block
 
 
 def _int4_mats() -> tuple[list, Callable]:
+    from engine.quant.native import int4_op
+
     mats = []
     for _ in range(GEMV_MATS):
         q = torch.randint(0, 16, (GEMV_N, GEMV_K), dtype=torch.int32)
         mats.append(
             (torch._convert_weight_to_int4pack_for_cpu(q, 1), torch.rand(GEMV_K // 32, GEMV_N, 2).to(torch.bfloat16))
         )
-    return mats, lambda x, m: torch._weight_int4pack_mm_for_cpu(x, m[0], 32, m[1])
+    kernel = int4_op() or torch._weight_int4pack_mm_for_cpu  # the bundled engine's choice, same arguments
+    return mats, lambda x, m: kernel(x, m[0], 32, m[1])
+
+
+def _q8_0_mats() -> tuple[list, Callable]:
+    """The bundled engine's Q8_0 module itself (it picks its kernel and layout in post_load)."""
+    from engine.quant.linear import Q80Linear
+
+    mats = []
+    for _ in range(GEMV_MATS):
+        blocks = torch.randint(-127, 128, (GEMV_K // 32, GEMV_N, 32), dtype=torch.int8)
+        module = Q80Linear(blocks, torch.rand(GEMV_K // 32, GEMV_N))
+        module.post_load()
+        mats.append(module)
+    return mats, lambda x, m: m(x)
 
 
 def _int8_mats() -> tuple[list, Callable]:
@@ -227,6 +251,7 @@ def measure(threads: int | None = None, repeats: int = REPEATS) -> CpuMeasuremen
         int4_gemv, int4_gemm = _kernel_rates(_int4_mats, repeats)
         int8_gemv, int8_gemm = _kernel_rates(_int8_mats, repeats)
         fp8_gemv, fp8_gemm = _kernel_rates(_fp8_mats, repeats)
+        q8_0_gemv, q8_0_gemm = _kernel_rates(_q8_0_mats, repeats)
         return CpuMeasurement(
             threads=torch.get_num_threads(),
             copy_bytes_s=copy_bw,
@@ -241,6 +266,8 @@ def measure(threads: int | None = None, repeats: int = REPEATS) -> CpuMeasuremen
             int8_gemm_weights_s=int8_gemm,
             fp8_gemv_weights_s=fp8_gemv,
             fp8_gemm_weights_s=fp8_gemm,
+            q8_0_gemv_weights_s=q8_0_gemv,
+            q8_0_gemm_weights_s=q8_0_gemm,
             repeats=repeats,
         )
     finally:

@@ -41,7 +41,10 @@ ALLOWED: dict[str, set[str]] = {
 # planner/replay.py replays a closed loop of the bundled engine through that engine's own scheduler
 # (engine.batch: plain Python over token ids, imported lazily, only when a batched bundled engine is
 # predicted), so the scheduling policy has one home instead of a copy in the planner that could drift.
+# planner/cpu_probe.py times the bundled engine's own int4 and Q8_0 kernels (engine.quant, imported lazily
+# while measuring), so that the kernel the engine picks on this CPU is the one the planner's rates describe.
 SHELLS: dict[str, set[str]] = {
+    "planner/cpu_probe.py": {"engine"},
     "engine/study_cli.py": {"reports"},
     "planner/calibrate_cli.py": {"reports"},
     "planner/slo_targets.py": {"reports"},

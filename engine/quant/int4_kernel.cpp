@@ -17,7 +17,9 @@
 // native.py): for each 64-output block, K rows of 32 bytes; byte j of row k holds output j's code
 // in its low nibble and output 32 + j's in its high nibble.
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_weight_int4pack_mm_for_cpu.h>  // per-operator headers: a third of ATen.h's build time
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <torch/library.h>

@@ -16,7 +16,7 @@ Two kinds of library, one way to build them:
 Each source is compiled with the C++ compiler compiled decode already needs (g++, c++ or clang++)
 into a shared library beside the weight cache, keyed by the source, the compiler, its flags and
 the torch version, under the cache's lock (two processes build once). Building takes about a
-second (q8_0) or ten (int4, torch's headers), once per machine; loading, milliseconds. The
+second (q8_0) or five (int4, torch's operator headers), once per machine; loading, milliseconds. The
 kernels run their threads on torch's own OpenMP runtime (the process's libgomp) with torch's
 thread count, so the two never oversubscribe.
 
