@@ -93,6 +93,7 @@ def _ours_worker(spec: dict, fmt: str, phase: str) -> dict:
         "mem_base": base,
         "mem_load": _mem(),
         "threads": torch.get_num_threads(),
+        "kernels": eng.info.kernel_notes,  # which kernels ran: torch's, or the native ones (engine/quant/native.py)
     }
     if phase == "load":
         return out
@@ -451,6 +452,10 @@ def main() -> None:
         f"{k.replace('theirs_first', 'llama.cpp 1st').replace('theirs', 'llama.cpp')} {v:.0f}%" for k, v in busy
     )
     worst = max(v for _, v in busy)
+    for fmt in formats:  # the kernels each of our formats ran with, so the table says what it measured
+        notes = res.get(fmt, {}).get("warm", {}).get("kernels")
+        if notes:
+            cond[f"kernels {fmt}"] = "; ".join(notes)
     print("Engine speed: ours (engine/) vs llama.cpp (llama-cpp-python) on the same GGUF")
     for k, v in cond.items():
         print(f"  {k:<17} {v}")
