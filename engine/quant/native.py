@@ -158,19 +158,34 @@ def _q8_0() -> tuple[NativeLibrary | None, str | None]:
 
 @functools.cache
 def _int4() -> tuple[Any | None, str | None]:
-    library, reason = _library(INT4)
-    if library is None:
-        return None, reason
-    op = torch.ops.preflight.int4_mm
+    op = _registered_int4() if _turned_off() is None else None
+    if op is None:  # not loaded in this process yet (a second library registering `preflight` would abort it)
+        library, reason = _library(INT4)
+        if library is None:
+            return None, reason
+        op = torch.ops.preflight.int4_mm
     disagreement = _int4_disagreement(op)
     if disagreement is not None:
         return None, f"the native int4 kernel disagrees with torch's on this build ({disagreement}); torch's runs"
     return op, None
 
 
+def _turned_off() -> str | None:
+    return f"native kernels turned off ({NATIVE_ENV}=0)" if os.environ.get(NATIVE_ENV, "1") == "0" else None
+
+
+def _registered_int4() -> Any | None:
+    """`torch.ops.preflight.int4_mm` when a library of ours registered it in this process already, else None."""
+    try:
+        return torch.ops.preflight.int4_mm
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _library(kernel: KernelSource) -> tuple[NativeLibrary | None, str | None]:
-    if os.environ.get(NATIVE_ENV, "1") == "0":
-        return None, f"native kernels turned off ({NATIVE_ENV}=0)"
+    off = _turned_off()
+    if off is not None:
+        return None, off
     capabilities = torch.cpu.get_capabilities()
     missing = [flag for flag in kernel.required_cpu if not capabilities.get(flag, False)]
     if missing:

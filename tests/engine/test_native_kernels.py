@@ -220,3 +220,17 @@ def test_the_int4_op_is_checked_against_torch_on_load() -> None:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(*args) * 1.1
 
     assert (native._int4_disagreement(off_by_a_tenth) or "").startswith("off by")
+
+
+@needs_int4
+def test_the_int4_op_is_registered_once_per_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Asked again with the cache forgotten and another cache directory, the op already loaded is reused:
+    a second library registering the `preflight` namespace would abort the process."""
+    first = native.int4_op()
+    monkeypatch.setenv("PREFLIGHT_CACHE_DIR", str(tmp_path))
+    native._int4.cache_clear()
+    try:
+        assert native.int4_op() is first
+        assert not (tmp_path / "engine" / "native").exists()  # nothing built for the new directory
+    finally:
+        native._int4.cache_clear()
