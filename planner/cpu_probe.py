@@ -10,7 +10,7 @@ count (about a second), with torch:
 - dispatch: the time of one small ATen op issued from Python (reshape, slice, add, mul,
   a 64x64 linear, rms_norm, to), which bounds a pure-PyTorch engine at small model sizes;
 - weight-only kernels: weight-rows/s through the kernels the bundled engine runs for int4
-  (group 32: its native one-row operator where that builds, engine/quant/native.py, else torch's
+  (group 32: its native few-row operator where that builds, engine/quant/native.py, else torch's
   packed kernel), its Q8_0 table / head (the engine's own Q80Linear, native or torch's blocks),
   torch's int8 CPU kernel and the engine's fp8 dequantize-on-the-fly path, at 1 row (decode) and
   64 rows (prefill), over ~50 MiB of weights. Unpacking, not DRAM, can bound these on few cores.

@@ -1,10 +1,11 @@
-// preflight::int4_mm(x, packed, group_size, scales_and_zeros): torch's packed int4 matmul, with one activation row done on AVX-512 VNNI.
+// preflight::int4_mm(x, packed, group_size, scales_and_zeros): torch's packed int4 matmul, with one or two activation rows done on
+// AVX-512 VNNI.
 //
 // Built and loaded by engine/quant/native.py, registered as a torch operator so that the compiled
 // decode packages (AOTInductor) call it like any aten op. It takes exactly the buffers of
 // `aten::_weight_int4pack_mm_for_cpu` (the packed weight that `_convert_weight_to_int4pack_for_cpu`
 // made and the (G, N, 2) bf16 scale / zero pairs, w = (q - 8) * scale + zero) and gives its result;
-// for more than one row it *is* that kernel, so nothing is stored twice.
+// for more than two rows it *is* that kernel, so nothing is stored twice.
 //
 // Why: at one row torch's kernel widens every 4-bit code to float before its FMA, so it is
 // compute-bound and streams a decode step's 66 MB of int4 weights at ~25 GB/s where the memory
@@ -34,7 +35,8 @@ namespace {
 constexpr int64_t kBlockN = 64;  // outputs per packed block
 constexpr int64_t kBlockK = 32;  // activation quantization block (and the smallest weight group)
 constexpr float kInt8Max = 127.0f;
-constexpr int64_t kCodesAhead = 2048;  // software prefetch distance in the packed codes, bytes
+constexpr int64_t kCodesAhead = 2048;
+constexpr int64_t kMaxNativeRows = 2;  // beyond two rows torch's kernel (its float FMAs shared by the rows) is as fast  // software prefetch distance in the packed codes, bytes
 
 // Two int8 terms per 32-wide block of one activation row, and each block's plain sum. Kept per thread and
 // reused, so a call allocates nothing but its output.
@@ -95,9 +97,11 @@ inline void store_bf16(uint16_t* out, __m512 v) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm512_cvtepi32_epi16(rounded));
 }
 
-// Outputs [64 nb, 64 nb + 64) of one row. packed: this block's K x 32 bytes; sz: (G, N, 2) bf16 as uint16.
-void block_row(const uint8_t* packed, const uint16_t* sz, const QuantizedRow& row, void* out, bool bf16_out,
-               int64_t nb, int64_t N, int64_t K, int64_t group_size) {
+// Outputs [64 nb, 64 nb + 64) of R rows (out: R x N). packed: this block's K x 32 bytes; sz: (G, N, 2) bf16 as
+// uint16. Each step's unpacked codes serve every row, so a second row costs its dot products, not the unpacking.
+template <int R>
+void block_rows(const uint8_t* packed, const uint16_t* sz, const QuantizedRow* const* rows, void* out, bool bf16_out,
+                int64_t nb, int64_t N, int64_t K, int64_t group_size) {
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512i high16 = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   const __m512 eight = _mm512_set1_ps(8.0f);
@@ -109,7 +113,13 @@ void block_row(const uint8_t* packed, const uint16_t* sz, const QuantizedRow& ro
     for (int j = 0; j < 4; ++j) first[4 * i + j] = static_cast<uint8_t>(32 * j + i), second[4 * i + j] = static_cast<uint8_t>(32 * j + 16 + i);
   const __m512i pick_first = _mm512_load_si512(first), pick_second = _mm512_load_si512(second);
 
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 acc[R][4];
+  const int8_t* q1[R];
+  const int8_t* q2[R];
+  for (int r = 0; r < R; ++r) {
+    q1[r] = rows[r]->q1.data(), q2[r] = rows[r]->q2.data();
+    for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
   const int64_t groups = K / group_size;
   for (int64_t g = 0; g < groups; ++g) {
     __m512 scale[4], mz[4];
@@ -124,8 +134,9 @@ void block_row(const uint8_t* packed, const uint16_t* sz, const QuantizedRow& ro
       mz[j] = _mm512_fnmadd_ps(eight, scale[j], _mm512_castsi512_ps(_mm512_and_si512(pairs, high16)));
     }
     for (int64_t b = g * group_size / kBlockK; b < (g + 1) * group_size / kBlockK; ++b) {
-      __m512i s1[4], s2[4];
-      for (int j = 0; j < 4; ++j) s1[j] = _mm512_setzero_si512(), s2[j] = _mm512_setzero_si512();
+      __m512i s1[R][4], s2[R][4];
+      for (int r = 0; r < R; ++r)
+        for (int j = 0; j < 4; ++j) s1[r][j] = _mm512_setzero_si512(), s2[r][j] = _mm512_setzero_si512();
       for (int64_t k = b * kBlockK; k < (b + 1) * kBlockK; k += 4) {
         // codes 2 KB ahead (measured: the step's int4 weights 2.2-2.3 ms without this, 1.8 with it)
         _mm_prefetch(reinterpret_cast<const char*>(packed + k * 32 + kCodesAhead), _MM_HINT_T0);
@@ -138,32 +149,40 @@ void block_row(const uint8_t* packed, const uint16_t* sz, const QuantizedRow& ro
                                   _mm512_permutex2var_epi8(lo0, pick_second, lo1),
                                   _mm512_permutex2var_epi8(hi0, pick_first, hi1),
                                   _mm512_permutex2var_epi8(hi0, pick_second, hi1)};
-        int32_t x1, x2;
-        std::memcpy(&x1, row.q1.data() + k, 4);
-        std::memcpy(&x2, row.q2.data() + k, 4);
-        const __m512i b1 = _mm512_set1_epi32(x1), b2 = _mm512_set1_epi32(x2);
-        for (int j = 0; j < 4; ++j) s1[j] = _mm512_dpbusd_epi32(s1[j], codes[j], b1), s2[j] = _mm512_dpbusd_epi32(s2[j], codes[j], b2);
+        for (int r = 0; r < R; ++r) {
+          int32_t x1, x2;
+          std::memcpy(&x1, q1[r] + k, 4);
+          std::memcpy(&x2, q2[r] + k, 4);
+          const __m512i b1 = _mm512_set1_epi32(x1), b2 = _mm512_set1_epi32(x2);
+          for (int j = 0; j < 4; ++j)
+            s1[r][j] = _mm512_dpbusd_epi32(s1[r][j], codes[j], b1), s2[r][j] = _mm512_dpbusd_epi32(s2[r][j], codes[j], b2);
+        }
       }
-      const __m512 d1 = _mm512_set1_ps(row.d1[b]), d2 = _mm512_set1_ps(row.d2[b]), sum = _mm512_set1_ps(row.block_sum[b]);
-      for (int j = 0; j < 4; ++j) {
-        const __m512 dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s2[j]), d2, _mm512_mul_ps(_mm512_cvtepi32_ps(s1[j]), d1));
-        acc[j] = _mm512_fmadd_ps(dot, scale[j], acc[j]);
-        acc[j] = _mm512_fmadd_ps(mz[j], sum, acc[j]);
+      for (int r = 0; r < R; ++r) {
+        const QuantizedRow& row = *rows[r];
+        const __m512 d1 = _mm512_set1_ps(row.d1[b]), d2 = _mm512_set1_ps(row.d2[b]), sum = _mm512_set1_ps(row.block_sum[b]);
+        for (int j = 0; j < 4; ++j) {
+          const __m512 dot =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(s2[r][j]), d2, _mm512_mul_ps(_mm512_cvtepi32_ps(s1[r][j]), d1));
+          acc[r][j] = _mm512_fmadd_ps(dot, scale[j], acc[r][j]);
+          acc[r][j] = _mm512_fmadd_ps(mz[j], sum, acc[r][j]);
+        }
       }
     }
   }
-  for (int j = 0; j < 4; ++j) {
-    const int64_t n = nb * kBlockN + 16 * j;
-    if (bf16_out) store_bf16(static_cast<uint16_t*>(out) + n, acc[j]);
-    else _mm512_storeu_ps(static_cast<float*>(out) + n, acc[j]);
-  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) {
+      const int64_t n = r * N + nb * kBlockN + 16 * j;
+      if (bf16_out) store_bf16(static_cast<uint16_t*>(out) + n, acc[r][j]);
+      else _mm512_storeu_ps(static_cast<float*>(out) + n, acc[r][j]);
+    }
 }
 
 at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group_size,
                    const at::Tensor& scales_and_zeros) {
   TORCH_CHECK(x.dim() == 2 && packed.dim() == 2 && scales_and_zeros.dim() == 3, "int4_mm: x (M, K), packed (N, K/2), scales (G, N, 2)");
   const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
-  const bool native = M == 1 && x.device().is_cpu() && packed.scalar_type() == at::kByte &&
+  const bool native = M >= 1 && M <= kMaxNativeRows && x.device().is_cpu() && packed.scalar_type() == at::kByte &&
                       scales_and_zeros.scalar_type() == at::kBFloat16 && N % kBlockN == 0 && K % group_size == 0 &&
                       group_size % kBlockK == 0 && packed.size(1) * 2 == K && scales_and_zeros.size(0) == K / group_size &&
                       scales_and_zeros.size(1) == N && scales_and_zeros.size(2) == 2;
@@ -171,15 +190,25 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& packed, int64_t group_
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   if (!bf16 && x.scalar_type() != at::kFloat) return at::_weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros);
   const at::Tensor xc = x.contiguous(), w = packed.contiguous(), sz = scales_and_zeros.contiguous();
-  thread_local QuantizedRow mine;
-  const QuantizedRow& row = mine;  // the workers read this thread's row (naming `mine` there would give theirs)
-  if (!quantize_row(xc.data_ptr(), bf16, K, mine)) return at::_weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros);
-  at::Tensor out = at::empty({1, N}, x.options());
+  // This thread's rows, reused call to call; the workers read them through `rows` (naming the thread_local
+  // there would give each worker its own, empty, copy).
+  thread_local QuantizedRow mine[kMaxNativeRows];
+  const QuantizedRow* rows[kMaxNativeRows];
+  const int64_t row_bytes = K * xc.element_size();
+  for (int64_t r = 0; r < M; ++r) {
+    if (!quantize_row(static_cast<const char*>(xc.data_ptr()) + r * row_bytes, bf16, K, mine[r]))
+      return at::_weight_int4pack_mm_for_cpu(x, packed, group_size, scales_and_zeros);
+    rows[r] = &mine[r];
+  }
+  at::Tensor out = at::empty({M, N}, x.options());
   const uint8_t* wp = w.data_ptr<uint8_t>();
   const uint16_t* szp = reinterpret_cast<const uint16_t*>(sz.data_ptr<at::BFloat16>());
   void* op = out.data_ptr();
   at::parallel_for(0, N / kBlockN, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nb = begin; nb < end; ++nb) block_row(wp + nb * K * 32, szp, row, op, bf16, nb, N, K, group_size);
+    for (int64_t nb = begin; nb < end; ++nb) {
+      if (M == 1) block_rows<1>(wp + nb * K * 32, szp, rows, op, bf16, nb, N, K, group_size);
+      else block_rows<2>(wp + nb * K * 32, szp, rows, op, bf16, nb, N, K, group_size);
+    }
   });
   return out;
 }

@@ -53,7 +53,7 @@ FP8_MM_MULTIPLE = 16  # torch._scaled_mm needs K and N multiples of 16
 FP8_CPU_ROW_BLOCK = 2048  # rows dequantized at a time on CPU (~4.5 MiB of fp32 at K = 576)
 FP8_MIN_CAPABILITY = (8, 9)  # Ada / Hopper and newer have FP8 tensor cores
 INT4_CUDA_MIN_CAPABILITY = (8, 0)  # the tinygemm int4 kernel needs Ampere or newer
-INT4_NATIVE_N_MULTIPLE = 64  # the native one-row int4 kernel reads whole 64-output packed blocks
+INT4_NATIVE_N_MULTIPLE = 64  # the native 1-2 row int4 kernel reads whole 64-output packed blocks
 INT4_CUDA_INNER_K_TILES = (8, 4, 2)  # the CUDA packer's choices; K must be a multiple of 16 x tiles
 Q8_0_INT_MM_MAX_ROWS = 64  # Q8_0: int8 block products below this many rows, float32 row blocks from it
 Q8_0_TILE_MIN_ROWS = 8  # ... in column tiles above this many rows (measured: tiles pay from 16 rows on)
@@ -323,13 +323,13 @@ class Int4Linear(QuantLinear):
             why_not = self._native_unfit() or int4_unavailable_reason()
             if why_not is None:
                 self._matmul = int4_op()
-                name = f"preflight::int4_mm (one row: native AVX-512 VNNI; more rows: {name})"
+                name = f"preflight::int4_mm (1-2 rows: native AVX-512 VNNI; more rows: {name})"
             else:
                 native = f"; native kernel off: {why_not}"
         self.kernel = f"int4: {name} (group {self.group_size}, {act} activations){native}"
 
     def _native_unfit(self) -> str | None:
-        """Why these buffers do not fit the native one-row kernel (int4_kernel.cpp), or None."""
+        """Why these buffers do not fit the native few-row kernel (int4_kernel.cpp), or None."""
         n16 = self.scales_and_zeros.shape[1]
         if n16 % INT4_NATIVE_N_MULTIPLE:
             return f"{n16} outputs are not a multiple of {INT4_NATIVE_N_MULTIPLE}"

@@ -243,7 +243,7 @@ def _open(kernel: KernelSource, path: Path) -> ctypes.CDLL:
 
 
 def _int4_disagreement(op: Any) -> str | None:
-    """None when the op gives torch's int4 result on random packed weights at one row, else how far off.
+    """None when the op gives torch's int4 result on random packed weights at one and two rows, else how far off.
 
     This is the check that the packed layout the kernel reads is the one this torch build writes.
     """
@@ -252,15 +252,18 @@ def _int4_disagreement(op: Any) -> str | None:
     codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=generator)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     pairs = (torch.rand(k // group, n, 2, generator=generator) * 0.1).to(torch.bfloat16)
-    x = torch.randn(1, k, generator=generator).to(torch.bfloat16)
-    want = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group, pairs).float()
-    try:
-        got = op(x, packed, group, pairs).float()
-    except RuntimeError as exc:
-        return str(exc).splitlines()[0][:200]
-    worst = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
-    scale = float(want.abs().max()) or 1.0
-    return None if worst <= INT4_CHECK_TOLERANCE * scale else f"off by {worst:.3g} against outputs up to {scale:.3g}"
+    x = torch.randn(2, k, generator=generator).to(torch.bfloat16)
+    for rows in (x[:1], x):
+        want = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group, pairs).float()
+        try:
+            got = op(rows, packed, group, pairs).float()
+        except RuntimeError as exc:
+            return str(exc).splitlines()[0][:200]
+        worst = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
+        scale = float(want.abs().max()) or 1.0
+        if not worst <= INT4_CHECK_TOLERANCE * scale:
+            return f"off by {worst:.3g} against outputs up to {scale:.3g} at {rows.shape[0]} row(s)"
+    return None
 
 
 def q8_0_matmul(

@@ -179,10 +179,11 @@ def _int4(n: int, k: int, group: int) -> Int4Linear:
 
 @needs_int4
 @pytest.mark.parametrize(("n", "k", "group"), [(576, 576, 32), (192, 1536, 32), (128, 256, 64), (64, 640, 128)])
-def test_native_int4_row_agrees_with_torchs_kernel_and_the_exact_product(n: int, k: int, group: int) -> None:
+def test_native_int4_rows_agree_with_torchs_kernel_and_the_exact_product(n: int, k: int, group: int) -> None:
     module = _int4(n, k, group)
     assert module.kernel.startswith("int4: preflight::int4_mm")
-    x = torch.randn(1, k, dtype=torch.bfloat16)
+    x = torch.randn(2, k, dtype=torch.bfloat16)  # two rows: the kernel's two-row path, and its one-row path below
+    assert torch.equal(module(x[1:]), module(x)[1:])
     got = module(x)
     torchs = torch.ops.aten._weight_int4pack_mm_for_cpu(x, module.qweight, group, module.scales_and_zeros)
     exact = x.double() @ module.dequantized().double().T
@@ -192,15 +193,16 @@ def test_native_int4_row_agrees_with_torchs_kernel_and_the_exact_product(n: int,
 
 
 @needs_int4
-def test_native_int4_is_torchs_kernel_beyond_one_row_and_for_non_finite_rows() -> None:
+def test_native_int4_is_torchs_kernel_beyond_two_rows_and_for_non_finite_rows() -> None:
     module = _int4(128, 96, 32)
     aten = torch.ops.aten._weight_int4pack_mm_for_cpu
     pad = module.scales_and_zeros.shape[0] * 32 - 96
     x = torch.randn(5, 96, dtype=torch.bfloat16)
     want = aten(torch.nn.functional.pad(x, (0, pad)), module.qweight, 32, module.scales_and_zeros)[:, :128]
     assert torch.equal(module(x), want)
-    nan_row = torch.full((1, 96), float("nan"), dtype=torch.bfloat16)
-    assert module(nan_row).isnan().all()
+    nan_rows = torch.randn(2, 96, dtype=torch.bfloat16)
+    nan_rows[1, 7] = float("nan")
+    assert module(nan_rows[1:]).isnan().all() and module(nan_rows)[1].isnan().all()
 
 
 @needs_int4
