@@ -132,6 +132,10 @@ class CpuFigures(_Part):
     fp8_gemm_weights_s: float | None = None
     q8_0_gemv_weights_s: float | None = None  # absent from calibrations made before the probe timed Q8_0
     q8_0_gemm_weights_s: float | None = None
+    kernel_curve: list[tuple[str, int, float]] = Field(
+        default_factory=list,
+        description="(kernel, rows, weight-rows/s) between 1 and 64 rows; absent before 2026-12-07",
+    )
     matmul_n: int
     repeats: int
 
@@ -200,14 +204,19 @@ def now() -> datetime:
 def cpu_figures(m: CpuMeasurement) -> CpuFigures:
     """The measurement a CPU fit used, for the document."""
     fields = {k: getattr(m, k) for k in CpuFigures.model_fields}
-    return CpuFigures.model_validate(fields | {"bandwidth_curve": [list(p) for p in m.bandwidth_curve]})
+    return CpuFigures.model_validate(
+        fields | {"bandwidth_curve": [list(p) for p in m.bandwidth_curve], "kernel_curve": list(m.kernel_curve)}
+    )
 
 
 def pinned_measurement(fig: CpuFigures) -> CpuMeasurement:
     """The CpuMeasurement a calibration was fitted against, so predict reuses it instead of probing again."""
     from planner.cpu_probe import CpuMeasurement
 
-    fields = fig.model_dump() | {"bandwidth_curve": tuple((int(s), float(b)) for s, b in fig.bandwidth_curve)}
+    fields = fig.model_dump() | {
+        "bandwidth_curve": tuple((int(s), float(b)) for s, b in fig.bandwidth_curve),
+        "kernel_curve": tuple((str(k), int(n), float(r)) for k, n, r in fig.kernel_curve),
+    }
     return CpuMeasurement(**fields)
 
 

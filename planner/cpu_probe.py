@@ -14,6 +14,10 @@ count (about a second), with torch:
   packed kernel), its Q8_0 table / head (the engine's own Q80Linear, native or torch's blocks),
   torch's int8 CPU kernel and the engine's fp8 dequantize-on-the-fly path, at 1 row (decode) and
   64 rows (prefill), over ~50 MiB of weights. Unpacking, not DRAM, can bound these on few cores.
+  The int4, Q8_0 and int8 kernels are also timed at 2, 4 and 16 rows (`kernel_curve`): a batched
+  decode step runs them at one row per sequence, and their time is far from linear in rows (the
+  engine's native int4 operator serves 1-2 rows for little more than one, torch's kernel 3 rows for
+  twice that), so the planner reads a batch's kernel time off this curve.
   None when this torch build lacks the kernel. The int4 and Q8_0 rates come from the engine's
   own code (planner/cpu_probe.py is the planner's one door into engine.quant), so a kernel the
   engine changes is the kernel the planner times.
@@ -58,6 +62,7 @@ class CpuMeasurement:
     fp8_gemm_weights_s: float | None = None
     q8_0_gemv_weights_s: float | None = None  # the int4 / int8 formats' token table and head
     q8_0_gemm_weights_s: float | None = None
+    kernel_curve: tuple[tuple[str, int, float], ...] = ()  # (kernel, rows, weight-rows/s) between 1 and GEMM_ROWS
     matmul_n: int = MATMUL_N
     repeats: int = REPEATS
 
@@ -77,7 +82,7 @@ class CpuMeasurement:
             f"fp8@{GEMM_ROWS}": self.fp8_gemm_weights_s,
             "q8_0": self.q8_0_gemv_weights_s,
             f"q8_0@{GEMM_ROWS}": self.q8_0_gemm_weights_s,
-        }
+        } | {f"{kernel}@{rows}": rate for kernel, rows, rate in self.kernel_curve}
         return {k: v for k, v in rates.items() if v}
 
     def bandwidth_at(self, working_set_bytes: float) -> float:
@@ -166,6 +171,8 @@ def _dispatch_s(repeats: int) -> float:
 
 GEMV_N, GEMV_K, GEMV_MATS = 12288, 576, 8  # 57M weights: ~35 MiB as int4, ~54 MiB as int8
 GEMM_ROWS = 64  # a prefill-sized activation block
+CURVE_ROWS = (2, 4, 16)  # batched decode: one row per sequence
+CURVE_KERNELS = ("int4", "q8_0", "int8")  # fp8's time is its dequantization, the same at any row count
 
 
 def _int4_mats() -> tuple[list, Callable]:
@@ -215,23 +222,25 @@ def _fp8_mats() -> tuple[list, Callable]:
     return mats, call
 
 
-def _kernel_rates(make: Callable[[], tuple[list, Callable]], repeats: int) -> tuple[float | None, float | None]:
-    """Weight-rows/s of a weight-only kernel at 1 row (decode) and GEMM_ROWS rows (prefill);
-    (None, None) when this torch build or CPU lacks it."""
+def _kernel_rates(
+    make: Callable[[], tuple[list, Callable]], repeats: int, rows: tuple[int, ...] = (1, GEMM_ROWS)
+) -> dict[int, float]:
+    """Weight-rows/s of a weight-only kernel at each row count (1 row: decode; GEMM_ROWS: prefill);
+    empty when this torch build or CPU lacks it."""
     try:
         mats, call = make()
-        rates = []
-        for rows in (1, GEMM_ROWS):
-            x = torch.rand(rows, GEMV_K).to(torch.bfloat16)
+        rates = {}
+        for n in rows:
+            x = torch.rand(n, GEMV_K).to(torch.bfloat16)
 
             def run(x: torch.Tensor = x) -> None:
                 for m in mats:
                     call(x, m)
 
-            rates.append(rows * GEMV_MATS * GEMV_N * GEMV_K / _median_s(run, repeats))
-        return rates[0], rates[1]
+            rates[n] = n * GEMV_MATS * GEMV_N * GEMV_K / _median_s(run, repeats)
+        return rates
     except (AttributeError, RuntimeError):  # no such kernel in this torch build or on this CPU
-        return None, None
+        return {}
 
 
 @lru_cache(maxsize=8)
@@ -248,10 +257,11 @@ def measure(threads: int | None = None, repeats: int = REPEATS) -> CpuMeasuremen
         fp32 = _matmul_flops(torch.float32, max(2, repeats // 2))
         bf16 = _matmul_flops(torch.bfloat16, 2)
         dispatch = _dispatch_s(repeats)
-        int4_gemv, int4_gemm = _kernel_rates(_int4_mats, repeats)
-        int8_gemv, int8_gemm = _kernel_rates(_int8_mats, repeats)
-        fp8_gemv, fp8_gemm = _kernel_rates(_fp8_mats, repeats)
-        q8_0_gemv, q8_0_gemm = _kernel_rates(_q8_0_mats, repeats)
+        makers = {"int4": _int4_mats, "int8": _int8_mats, "fp8": _fp8_mats, "q8_0": _q8_0_mats}
+        rates = {
+            name: _kernel_rates(make, repeats, (1, *CURVE_ROWS, GEMM_ROWS) if name in CURVE_KERNELS else (1, GEMM_ROWS))
+            for name, make in makers.items()
+        }
         return CpuMeasurement(
             threads=torch.get_num_threads(),
             copy_bytes_s=copy_bw,
@@ -260,14 +270,9 @@ def measure(threads: int | None = None, repeats: int = REPEATS) -> CpuMeasuremen
             fp32_flops=fp32,
             bf16_flops=bf16,
             op_overhead_s=dispatch,
-            int4_gemv_weights_s=int4_gemv,
-            int8_gemv_weights_s=int8_gemv,
-            int4_gemm_weights_s=int4_gemm,
-            int8_gemm_weights_s=int8_gemm,
-            fp8_gemv_weights_s=fp8_gemv,
-            fp8_gemm_weights_s=fp8_gemm,
-            q8_0_gemv_weights_s=q8_0_gemv,
-            q8_0_gemm_weights_s=q8_0_gemm,
+            **{f"{name}_gemv_weights_s": r.get(1) for name, r in rates.items()},
+            **{f"{name}_gemm_weights_s": r.get(GEMM_ROWS) for name, r in rates.items()},
+            kernel_curve=tuple((name, n, r[n]) for name, r in rates.items() for n in CURVE_ROWS if n in r),
             repeats=repeats,
         )
     finally:

@@ -179,18 +179,43 @@ def decode_weight_bytes(model: ModelSpec, fmt: FormatSpec, batch: int) -> float:
     return read
 
 
-def kernel_s(model: ModelSpec, fmt: FormatSpec, device: Device, tokens: int = 1) -> float:
-    """CPU time in the weight-only kernels the format calls: body weights x tokens at the measured
-    rate for that many rows (1 row for decode, the 64-row rate for prefill), plus the head once.
+def kernel_call_s(rates: dict[str, float], kernel: str, weights: float, rows: float) -> float:
+    """Time of one call of a weight-only kernel over `weights` weights at `rows` activation rows, read
+    off its measured rates ("int4" at 1 row, "int4@R" at R rows): linear in rows between two measured
+    row counts, at the largest count's per-row rate beyond it. 0 when the kernel was not measured.
+
+    Linear between points, not one rate times rows: the kernels' time is not proportional to rows
+    (the engine's native int4 operator serves 2 rows for ~1.2x one row's time, torch's packed kernel
+    3 rows for ~2.4x), so a batch of b sequences costs what was measured near b rows."""
+    points = sorted(
+        ([(1, rates[kernel])] if kernel in rates else [])
+        + [(int(k.rsplit("@", 1)[1]), v) for k, v in rates.items() if k.startswith(f"{kernel}@")]
+    )
+    if not points:
+        return 0.0
+    times = [(n, weights * n / rate) for n, rate in points]
+    if rows <= times[0][0]:
+        return times[0][1] * rows / times[0][0]
+    for (n0, t0), (n1, t1) in zip(times, times[1:], strict=False):
+        if rows <= n1:
+            return t0 + (t1 - t0) * (rows - n0) / (n1 - n0)
+    n, t = times[-1]
+    return t * rows / n
+
+
+def kernel_s(model: ModelSpec, fmt: FormatSpec, device: Device, tokens: int = 1, head_rows: int = 1) -> float:
+    """CPU time in the weight-only kernels the format calls: the body's weights at `tokens` rows (a
+    decode step's batch, or a prompt's tokens) and the head at `head_rows` (one per sequence decoding,
+    one per prompt: logits only for a prompt's last token), each read off the measured curve.
     0 when the format has no such kernel or this CPU's rate was not measured."""
     rates = device.kernel_weights_s
     if not fmt.cpu_kernel or not rates:
         return 0.0
-    body_key = fmt.cpu_kernel if tokens == 1 else next((k for k in rates if k.startswith(f"{fmt.cpu_kernel}@")), "")
-    body = (model.params_total - model.embedding_params) * tokens
-    head_key = fmt.cpu_embedding_kernel or fmt.cpu_kernel
-    t = body / rates[body_key] if body_key in rates else 0.0
-    return t + (model.head_params / rates[head_key] if head_key in rates else 0.0)
+    body = model.params_total - model.embedding_params
+    head_kernel = fmt.cpu_embedding_kernel or fmt.cpu_kernel
+    return kernel_call_s(rates, fmt.cpu_kernel, body, tokens) + kernel_call_s(
+        rates, head_kernel, model.head_params, head_rows
+    )
 
 
 def decode_step(
@@ -215,7 +240,7 @@ def decode_step(
     flops = decode_flops(model, batch, context)
     compute = flops / (peak_flops(device, fmt) * flops_efficiency * scale)
     if device.kind == "cpu":
-        compute = max(compute, kernel_s(model, fmt, device))
+        compute = max(compute, kernel_s(model, fmt, device, batch, head_rows=batch))
     return StepTime(
         memory_s=read / (device.bandwidth_at(read) * bandwidth_efficiency * scale),
         compute_s=compute,
