@@ -16,11 +16,8 @@ count (about a second), with torch:
   64 rows (prefill), over ~50 MiB of weights. Unpacking, not DRAM, can bound these on few cores.
   The int4, Q8_0 and int8 kernels are also timed at 2, 4 and 16 rows (`kernel_curve`): a batched
   decode step runs them at one row per sequence, and their time is far from linear in rows (the
-  engine's native int4 operator serves 1-2 rows for little more than one, torch's kernel 3 rows for
-  twice that), so the planner reads a batch's kernel time off this curve.
-  None when this torch build lacks the kernel. The int4 and Q8_0 rates come from the engine's
-  own code (planner/cpu_probe.py is the planner's one door into engine.quant), so a kernel the
-  engine changes is the kernel the planner times.
+  engine's native int4 operator serves 2 rows for ~1.2x one row's time, its Q8_0 head 2 rows for
+  one's), so the planner reads a batch's kernel time off this curve.
 Each figure is the median of several repeats (after a warm-up), so other load on the
 machine slows it the way it slows a run of the engine being predicted.
 """

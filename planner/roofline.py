@@ -185,8 +185,8 @@ def kernel_call_s(rates: dict[str, float], kernel: str, weights: float, rows: fl
     row counts, at the largest count's per-row rate beyond it. 0 when the kernel was not measured.
 
     Linear between points, not one rate times rows: the kernels' time is not proportional to rows
-    (the engine's native int4 operator serves 2 rows for ~1.2x one row's time, torch's packed kernel
-    3 rows for ~2.4x), so a batch of b sequences costs what was measured near b rows."""
+    (the engine's native int4 operator serves 2 rows for ~1.2x one row's time, its Q8_0 head 2 rows
+    for one's), so a batch of b sequences costs what was measured near b rows."""
     points = sorted(
         ([(1, rates[kernel])] if kernel in rates else [])
         + [(int(k.rsplit("@", 1)[1]), v) for k, v in rates.items() if k.startswith(f"{kernel}@")]

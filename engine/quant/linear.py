@@ -323,7 +323,7 @@ class Int4Linear(QuantLinear):
             why_not = self._native_unfit() or int4_unavailable_reason()
             if why_not is None:
                 self._matmul = int4_op()
-                name = f"preflight::int4_mm (1-2 rows: native AVX-512 VNNI; more rows: {name})"
+                name = f"preflight::int4_mm (1-16 rows: native AVX-512 VNNI; more rows: {name})"
             else:
                 native = f"; native kernel off: {why_not}"
         self.kernel = f"int4: {name} (group {self.group_size}, {act} activations){native}"

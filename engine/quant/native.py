@@ -243,7 +243,8 @@ def _open(kernel: KernelSource, path: Path) -> ctypes.CDLL:
 
 
 def _int4_disagreement(op: Any) -> str | None:
-    """None when the op gives torch's int4 result on random packed weights at one and two rows, else how far off.
+    """None when the op gives torch's int4 result on random packed weights at 1, 2, 3 and 16 rows (one row, one
+    pair, a pair and a single, eight pairs), else how far off.
 
     This is the check that the packed layout the kernel reads is the one this torch build writes.
     """
@@ -252,8 +253,8 @@ def _int4_disagreement(op: Any) -> str | None:
     codes = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=generator)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     pairs = (torch.rand(k // group, n, 2, generator=generator) * 0.1).to(torch.bfloat16)
-    x = torch.randn(2, k, generator=generator).to(torch.bfloat16)
-    for rows in (x[:1], x):
+    x = torch.randn(16, k, generator=generator).to(torch.bfloat16)
+    for rows in (x[:1], x[:2], x[:3], x):
         want = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, packed, group, pairs).float()
         try:
             got = op(rows, packed, group, pairs).float()

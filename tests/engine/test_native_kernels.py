@@ -182,8 +182,9 @@ def _int4(n: int, k: int, group: int) -> Int4Linear:
 def test_native_int4_rows_agree_with_torchs_kernel_and_the_exact_product(n: int, k: int, group: int) -> None:
     module = _int4(n, k, group)
     assert module.kernel.startswith("int4: preflight::int4_mm")
-    x = torch.randn(2, k, dtype=torch.bfloat16)  # two rows: the kernel's two-row path, and its one-row path below
-    assert torch.equal(module(x[1:]), module(x)[1:])
+    x = torch.randn(5, k, dtype=torch.bfloat16)  # two pairs and a single row; the one-row path below
+    assert torch.equal(module(x[1:2]), module(x[:2])[1:])  # a row's result does not depend on its partner
+    assert torch.equal(module(x[4:]), module(x)[4:])
     got = module(x)
     torchs = torch.ops.aten._weight_int4pack_mm_for_cpu(x, module.qweight, group, module.scales_and_zeros)
     exact = x.double() @ module.dequantized().double().T
@@ -193,11 +194,11 @@ def test_native_int4_rows_agree_with_torchs_kernel_and_the_exact_product(n: int,
 
 
 @needs_int4
-def test_native_int4_is_torchs_kernel_beyond_two_rows_and_for_non_finite_rows() -> None:
+def test_native_int4_is_torchs_kernel_beyond_sixteen_rows_and_for_non_finite_rows() -> None:
     module = _int4(128, 96, 32)
     aten = torch.ops.aten._weight_int4pack_mm_for_cpu
     pad = module.scales_and_zeros.shape[0] * 32 - 96
-    x = torch.randn(5, 96, dtype=torch.bfloat16)
+    x = torch.randn(17, 96, dtype=torch.bfloat16)
     want = aten(torch.nn.functional.pad(x, (0, pad)), module.qweight, 32, module.scales_and_zeros)[:, :128]
     assert torch.equal(module(x), want)
     nan_rows = torch.randn(2, 96, dtype=torch.bfloat16)

@@ -18,9 +18,8 @@ from planner.roofline import decode_step, kernel_call_s, kernel_s, prefill
 from tests.planner.test_recommend import FIXED_CPU
 
 CAT = load_catalog()
-# A CPU whose int4 kernel serves 2 rows for 1.2x one row's time and 4 rows for 2.6x (the engine's
-# native operator up to 2 rows, torch's beyond), and whose FLOP/s are so high that only the kernels
-# bound a step's compute.
+# A CPU whose int4 kernel serves 2 rows for 1.2x one row's time and 4 rows for 2.6x, and whose FLOP/s
+# are so high that only the kernels bound a step's compute.
 CURVED = replace(
     FIXED_CPU,
     fp32_flops=1e15,
