@@ -34,8 +34,16 @@ from engine.model.attention import causal_mask, decode_attention
 from engine.model.config import ModelConfig
 
 
+def _pool_bytes(keys: list[torch.Tensor], values: list[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in (*keys, *values))
+
+
 class PagedKVCache:
-    """Per-layer K and V pools shaped (slots, kv_heads, head_dim)."""
+    """Per-layer K and V pools shaped (slots, kv_heads, head_dim).
+
+    The pools never change size, so `nbytes` is counted once: the engine loop reads it after every step,
+    and summing 60 tensors' sizes there cost ~30 us a step (1% of a one-stream CPU decode step).
+    """
 
     def __init__(
         self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device | str
@@ -45,6 +53,7 @@ class PagedKVCache:
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.num_blocks, self.block_size = num_blocks, block_size
+        self.nbytes = _pool_bytes(self.keys, self.values)
 
     @classmethod
     def over(cls, keys: list[torch.Tensor], values: list[torch.Tensor]) -> PagedKVCache:
@@ -52,11 +61,8 @@ class PagedKVCache:
         cache = cls.__new__(cls)
         cache.keys, cache.values = keys, values
         cache.num_blocks = cache.block_size = 0
+        cache.nbytes = _pool_bytes(keys, values)
         return cache
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
     @staticmethod
     def bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
