@@ -347,6 +347,10 @@ class LlamaServerProcess:
         self.stop()
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def exit_status(self) -> int | None:
         """None while it runs; its exit status once it has died (negative: the signal that killed it)."""
         return self._proc.poll() if self._proc is not None else None

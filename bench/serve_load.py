@@ -16,7 +16,12 @@ aggregate tok/s at 16 >= 1.5x llama-server, TTFT p50 <= llama-server's at every 
 and one stream through the server at >= 0.95x the engine's own `generate` decode
 speed (measured in a fresh worker process with the same threads, right before and right
 after our server's run, the single stream being its first level). The load generator
-shares the cores with the server under test: both servers pay that equally.
+shares the cores with the server under test: both servers pay that equally. A second table says
+what each streamed token cost in CPU at each level (Linux): the load generator's (this process),
+the server process's (all threads, spinning OpenMP workers included) and the server's main thread's
+(ours: the event loop that writes every SSE chunk). On a 2-core machine the client's and the event
+loop's share is CPU the engine's two threads lose: what stands between one stream through the server
+and `generate` (docs/BENCHMARKS.md, "where a single stream's time goes").
 With --compile, our server and the `generate` reference both run torch.compile'd
 (engine/model/compiled.py); the compile happens before timing starts on both.
 """
@@ -26,6 +31,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -63,7 +70,46 @@ def generate_worker(threads: int, input_len: int, output_len: int, compile: bool
     return {"decode_tok_s": sorted(rates[1:])[len(rates[1:]) // 2]}
 
 
-async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace) -> dict[int, dict]:
+def server_cpu_s(pid: int | None) -> tuple[float, float] | None:
+    """CPU seconds (user + system) of process `pid` and of its main thread so far; None without /proc."""
+    if pid is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def read(path: str) -> float:
+        # The command name (field 2) may hold spaces: the fields after its closing parenthesis are fixed.
+        fields = Path(path).read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat(5)
+
+    try:
+        return read(f"/proc/{pid}/stat"), read(f"/proc/{pid}/task/{pid}/stat")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def client_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_per_token(
+    client: tuple[float, float], server: tuple[tuple[float, float] | None, tuple[float, float] | None], tokens: int
+) -> dict[str, float | None]:
+    """ms of CPU per streamed token over one level: the client's, the server process's, its main thread's."""
+    if tokens <= 0:
+        return {"client_cpu_ms_per_token": None, "server_cpu_ms_per_token": None, "server_main_cpu_ms_per_token": None}
+    start, end = server
+    both = start is not None and end is not None
+    return {
+        "client_cpu_ms_per_token": (client[1] - client[0]) * 1000 / tokens,
+        "server_cpu_ms_per_token": (end[0] - start[0]) * 1000 / tokens if both else None,  # type: ignore[index]
+        "server_main_cpu_ms_per_token": (end[1] - start[1]) * 1000 / tokens if both else None,  # type: ignore[index]
+    }
+
+
+async def drive(
+    endpoint: Endpoint, levels: list[int], args: argparse.Namespace, server_pid: int | None = None
+) -> dict[int, dict]:
     tokenizer = bundled_tokenizer()
     out: dict[int, dict] = {}
     for level in levels:
@@ -72,6 +118,7 @@ async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace)
         spec = SyntheticSpec(args.input_len, args.output_len, seed=level)
         requests = synthetic_requests(spec, n + warm, tokenizer)
         # Greedy on both servers (temperature 0), as `generate` decodes: the same work per token.
+        cpu_start, server_start = client_cpu_s(), server_cpu_s(server_pid)
         run = await run_load(
             endpoint,
             requests,
@@ -79,6 +126,8 @@ async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace)
             RunLimits(requests=n, warmup_requests=warm),
             options=GREEDY,
         )
+        cpu_end, server_end = client_cpu_s(), server_cpu_s(server_pid)
+        tokens = sum(r.output_tokens or 0 for r in run.records)  # warm-up included: the CPU was spent on it too
         s = summarize(run.records)
         out[level] = {
             "requests": n,
@@ -91,6 +140,7 @@ async def drive(endpoint: Endpoint, levels: list[int], args: argparse.Namespace)
             "valid": run.self_check.valid,
             "self_check": run.self_check.reasons,
             "errors": s.errors_by_kind,
+            **cpu_per_token((cpu_start, cpu_end), (server_start, server_end), tokens),
         }
         print(
             f"  concurrency {level}: {fmt_num(s.output_throughput)} tok/s, TTFT p50 {fmt_num(s.p50_ttft_ms)} ms,"
@@ -110,8 +160,9 @@ def run_ours(levels: list[int], args: argparse.Namespace) -> dict[int, dict]:
     opts = BundledOptions(
         quant="int4", threads=args.threads, max_num_seqs=max(levels), eager=not args.compile, extra_args=step_log
     )
-    with BundledTarget(opts) as endpoint:
-        return asyncio.run(drive(endpoint, levels, args))
+    target = BundledTarget(opts)
+    with target as endpoint:
+        return asyncio.run(drive(endpoint, levels, args, target.proc.pid if target.proc else None))
 
 
 def run_theirs(levels: list[int], args: argparse.Namespace) -> tuple[dict[int, dict], str, str]:
@@ -152,7 +203,7 @@ def run_theirs(levels: list[int], args: argparse.Namespace) -> tuple[dict[int, d
         try:
             with LlamaServerProcess(opts) as server:
                 endpoint = asyncio.run(probe(server.base_url, None, None, "chat", None))
-                out = asyncio.run(drive(endpoint, levels, args))
+                out = asyncio.run(drive(endpoint, levels, args, server.pid))
                 if server.exit_status is None:
                     return out, server_version(binary), layout
                 crashes.append(f"{layout}: died with status {server.exit_status}:\n{server.log_tail()}")
@@ -160,6 +211,19 @@ def run_theirs(levels: list[int], args: argparse.Namespace) -> tuple[dict[int, d
             crashes.append(f"{layout}: {exc}")
         print(f"  llama-server crashed ({layout}); {crashes[-1][:300]}", file=sys.stderr, flush=True)
     raise LlamaServerError("llama-server crashed in every layout:\n" + "\n".join(crashes))
+
+
+def cpu_table(levels: list[int], ours: dict[int, dict], theirs: dict[int, dict]) -> str:
+    """CPU ms per streamed token at each level: client, server process, server main thread, for both servers."""
+    keys = ("client_cpu_ms_per_token", "server_cpu_ms_per_token", "server_main_cpu_ms_per_token")
+    rows = []
+    for level in levels:
+        a, b = ours[level], theirs.get(level, {})
+        rows.append([str(level), *(fmt_num(a.get(k), 3) for k in keys), *(fmt_num(b.get(k), 3) for k in keys)])
+    header = ["conc", "client (ours)", "server", "server main", "client (llama)", "llama-server", "its main"]
+    return "CPU ms per streamed token (the server's total includes its spinning OpenMP workers)\n" + format_table(
+        header, rows
+    )
 
 
 def main() -> int:
@@ -240,6 +304,8 @@ def main() -> int:
         "failed o/l",
     ]
     print(format_table(header, rows))
+    print()
+    print(cpu_table(levels, ours, theirs))
     print()
     single = 1000 / ours[levels[0]]["tpot_p50_ms"] if levels[0] == 1 and ours[1]["tpot_p50_ms"] else None
     before, after = gen_before["decode_tok_s"], gen_after["decode_tok_s"]
