@@ -130,6 +130,22 @@ def _scaled(run: CalibrationRun, factor: float, name: str) -> CalibrationRun:
     return run.model_copy(update={"id": name, "source": f"{name}.json", "measured": measured})
 
 
+def test_pooled_repeats_are_predicted_as_one_run_of_their_length(tmp_path: Path) -> None:
+    """Identical repeats pool to a point predicted exactly as one of them: the replay is one run that long,
+    not a run of all their requests together (which would weigh the opening burst less)."""
+    (c16,) = load_runs([str(result_at(16, tmp_path))])
+    assert c16.requests is not None
+    repeats = [c16.model_copy(update={"id": f"r{i}", "source": f"r{i}.json"}) for i in range(4)]
+    (pooled,) = pool_repeats(repeats)
+    assert pooled.repeats == 4 and pooled.requests == c16.requests
+    predict = predictor(CAT, HW, measure)
+    assert predict(pooled, TRUTH) == predict(c16, TRUTH)
+    longer = c16.model_copy(update={"requests": 4 * c16.requests})
+    assert predict(longer, TRUTH) != predict(c16, TRUTH)  # the run's length is part of what is replayed
+    uneven = [c16.model_copy(update={"requests": n}) for n in (20, 40, 20, 80)]
+    assert pool_repeats(uneven)[0].requests == 20  # the lower median: a length one of the runs had
+
+
 def test_repeats_of_one_condition_are_one_point_at_their_median(tmp_path: Path) -> None:
     """Three rounds of concurrency 1 (one slow) and one of 8: two points, the slow round outvoted."""
     (c1,) = load_runs([str(result_at(1, tmp_path))])
@@ -139,7 +155,7 @@ def test_repeats_of_one_condition_are_one_point_at_their_median(tmp_path: Path) 
     assert pooled.repeats == 3 and eight.repeats == 1 and eight == rounds[1]
     assert pooled.measured.tpot_ms == pytest.approx(c1.measured.tpot_ms)
     assert pooled.measured.output_tok_s == pytest.approx(c1.measured.output_tok_s)
-    assert pooled.source == "r1.json, r2.json, r3.json" and pooled.requests == 3 * c1.requests
+    assert pooled.source == "r1.json, r2.json, r3.json" and pooled.requests == c1.requests  # one run's length
     other_length = c1.model_copy(update={"output_tokens": c1.output_tokens + 1})
     assert len(pool_repeats([c1, other_length])) == 2  # other conditions are not repeats
     doc = calibrate(rounds, (), CAT, HW, measure)
