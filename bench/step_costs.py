@@ -160,13 +160,16 @@ def replay_rows(prices: Sequence[MeasuredPrices], results: Sequence[Path]) -> li
         [run] = load_runs([str(path)], served)
         price = prices[i] if len(prices) > 1 else prices[0]
         context = run.input_tokens + run.output_tokens + 1
+        # Prompt tokens the prefix cache served (the chat template's first block) are never prefilled: the
+        # replay packs what the engine computed, as `predict` does (its `computed_input_tokens`).
+        computed = run.input_tokens - min(run.cached_input_tokens, run.input_tokens - 1)
         limits = scheduler_limits(engine, cpu, context, Parallel(), catalog, Knobs(max_num_seqs=run.max_num_seqs))
         replay = replayer(
             price,  # type: ignore[arg-type] - a StepCost in all but name: (sequences, prompt tokens) -> s
             limits,
             limits.max_num_seqs or run.concurrency,
             "continuous",
-            run.input_tokens,
+            computed,
             run.output_tokens,
             run.concurrency,
             run.requests,

@@ -15,6 +15,7 @@ import pytest
 
 from bench.step_costs import Pass, _along, fit_prices, main, read_passes, replay_rows
 from planner.calibrate_cli import load_runs
+from reports.benchmark_result import BenchmarkResult, load_benchmark_result
 
 FIXTURE = Path(__file__).parent.parent / "planner" / "fixtures" / "bench_bundled_int4_c1.json"
 
@@ -97,6 +98,24 @@ def test_the_replay_of_a_recorded_run_priced_from_the_log(tmp_path: Path, capsys
     assert tpot == pytest.approx(decode_s(1) * 1e3, abs=0.05)
     out = main_output(capsys, [str(log), "--measured", str(FIXTURE), "--each"])
     assert "replayed with these prices" in out and f"/ {tpot:.1f} (" in out
+
+
+def test_prompt_tokens_the_prefix_cache_served_are_not_replayed_as_prefill(tmp_path: Path) -> None:
+    """A chat run's template block comes from the prefix cache: the engine never prefills it, so the replay
+    must not pack it into passes (it did: 16 extra tokens a prompt put c16's waves a prompt out of step)."""
+    doc = load_benchmark_result(FIXTURE)
+    run = doc.runs[0]
+    summary = run.summary.model_copy(update={"cached_input_tokens": 16 * run.summary.completed})
+    cached = doc.model_copy(update={"runs": [run.model_copy(update={"summary": summary})]})
+    path = tmp_path / "cached.json"
+    path.write_text(json.dumps(BenchmarkResult.model_validate(cached.model_dump(mode="json")).model_dump(mode="json")))
+    [served] = load_runs([str(path)])
+    assert served.cached_input_tokens == 16
+    log = tmp_path / "steps.jsonl"
+    write_log(log, PASSES)
+    [row] = replay_rows([fit_prices(read_passes([log]))], [path])
+    ttft = float(row[1].split(" / ")[1].split()[0])
+    assert ttft == pytest.approx(prompt_s(served.input_tokens - 16, 0) * 1e3, abs=0.05)
 
 
 def main_output(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
