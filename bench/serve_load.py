@@ -17,7 +17,7 @@ and one stream through the server at >= 0.95x the engine's own `generate` decode
 speed (measured in a fresh worker process with the same threads, right before and right
 after our server's run, the single stream being its first level). The load generator
 shares the cores with the server under test: both servers pay that equally. A second table says
-what each streamed token cost in CPU at each level (Linux): the load generator's (this process),
+what each streamed token cost in CPU at each level (psutil): the load generator's (this process),
 the server process's (all threads, spinning OpenMP workers included) and the server's main thread's
 (ours: the event loop that writes every SSE chunk). On a 2-core machine the client's and the event
 loop's share is CPU the engine's two threads lose: what stands between one stream through the server
@@ -31,11 +31,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import resource
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,40 +70,33 @@ def generate_worker(threads: int, input_len: int, output_len: int, compile: bool
     return {"decode_tok_s": sorted(rates[1:])[len(rates[1:]) // 2]}
 
 
-def server_cpu_s(pid: int | None) -> tuple[float, float] | None:
-    """CPU seconds (user + system) of process `pid` and of its main thread so far; None without /proc."""
-    if pid is None:
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def read(path: str) -> float:
-        # The command name (field 2) may hold spaces: the fields after its closing parenthesis are fixed.
-        fields = Path(path).read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime: fields 14 and 15 of stat(5)
-
-    try:
-        return read(f"/proc/{pid}/stat"), read(f"/proc/{pid}/task/{pid}/stat")
-    except (OSError, ValueError, IndexError):
-        return None
+CPU_KEYS = ("client_cpu_ms_per_token", "server_cpu_ms_per_token", "server_main_cpu_ms_per_token")
 
 
-def client_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def cpu_now(server_pid: int | None) -> tuple[float | None, ...]:
+    """CPU seconds (user + system) so far of this process (the load generator), of the server process and of
+    its main thread, in CPU_KEYS' order; None for what cannot be read (no server, or it is gone)."""
+    mine = psutil.Process().cpu_times()
+    server: tuple[float | None, float | None] = (None, None)
+    if server_pid is not None:
+        try:
+            proc = psutil.Process(server_pid)
+            with proc.oneshot():
+                total = proc.cpu_times()
+                main = next((t for t in proc.threads() if t.id == server_pid), None)
+            server = (total.user + total.system, main.user_time + main.system_time if main else None)
+        except psutil.Error:
+            pass
+    return (mine.user + mine.system, *server)
 
 
 def cpu_per_token(
-    client: tuple[float, float], server: tuple[tuple[float, float] | None, tuple[float, float] | None], tokens: int
+    start: tuple[float | None, ...], end: tuple[float | None, ...], tokens: int
 ) -> dict[str, float | None]:
-    """ms of CPU per streamed token over one level: the client's, the server process's, its main thread's."""
-    if tokens <= 0:
-        return {"client_cpu_ms_per_token": None, "server_cpu_ms_per_token": None, "server_main_cpu_ms_per_token": None}
-    start, end = server
-    both = start is not None and end is not None
+    """ms of CPU per streamed token between two `cpu_now` readings, under CPU_KEYS."""
     return {
-        "client_cpu_ms_per_token": (client[1] - client[0]) * 1000 / tokens,
-        "server_cpu_ms_per_token": (end[0] - start[0]) * 1000 / tokens if both else None,  # type: ignore[index]
-        "server_main_cpu_ms_per_token": (end[1] - start[1]) * 1000 / tokens if both else None,  # type: ignore[index]
+        key: (b - a) * 1000 / tokens if a is not None and b is not None and tokens > 0 else None
+        for key, a, b in zip(CPU_KEYS, start, end, strict=True)
     }
 
 
@@ -118,7 +111,7 @@ async def drive(
         spec = SyntheticSpec(args.input_len, args.output_len, seed=level)
         requests = synthetic_requests(spec, n + warm, tokenizer)
         # Greedy on both servers (temperature 0), as `generate` decodes: the same work per token.
-        cpu_start, server_start = client_cpu_s(), server_cpu_s(server_pid)
+        cpu_start = cpu_now(server_pid)
         run = await run_load(
             endpoint,
             requests,
@@ -126,7 +119,7 @@ async def drive(
             RunLimits(requests=n, warmup_requests=warm),
             options=GREEDY,
         )
-        cpu_end, server_end = client_cpu_s(), server_cpu_s(server_pid)
+        cpu_end = cpu_now(server_pid)
         tokens = sum(r.output_tokens or 0 for r in run.records)  # warm-up included: the CPU was spent on it too
         s = summarize(run.records)
         out[level] = {
@@ -140,7 +133,7 @@ async def drive(
             "valid": run.self_check.valid,
             "self_check": run.self_check.reasons,
             "errors": s.errors_by_kind,
-            **cpu_per_token((cpu_start, cpu_end), (server_start, server_end), tokens),
+            **cpu_per_token(cpu_start, cpu_end, tokens),
         }
         print(
             f"  concurrency {level}: {fmt_num(s.output_throughput)} tok/s, TTFT p50 {fmt_num(s.p50_ttft_ms)} ms,"
@@ -215,11 +208,10 @@ def run_theirs(levels: list[int], args: argparse.Namespace) -> tuple[dict[int, d
 
 def cpu_table(levels: list[int], ours: dict[int, dict], theirs: dict[int, dict]) -> str:
     """CPU ms per streamed token at each level: client, server process, server main thread, for both servers."""
-    keys = ("client_cpu_ms_per_token", "server_cpu_ms_per_token", "server_main_cpu_ms_per_token")
     rows = []
     for level in levels:
         a, b = ours[level], theirs.get(level, {})
-        rows.append([str(level), *(fmt_num(a.get(k), 3) for k in keys), *(fmt_num(b.get(k), 3) for k in keys)])
+        rows.append([str(level), *(fmt_num(a.get(k), 3) for k in CPU_KEYS), *(fmt_num(b.get(k), 3) for k in CPU_KEYS)])
     header = ["conc", "client (ours)", "server", "server main", "client (llama)", "llama-server", "its main"]
     return "CPU ms per streamed token (the server's total includes its spinning OpenMP workers)\n" + format_table(
         header, rows

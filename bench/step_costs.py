@@ -150,6 +150,7 @@ def replay_rows(prices: Sequence[MeasuredPrices], results: Sequence[Path]) -> li
     from planner.catalog import load_catalog
     from planner.predict import Knobs, replayer, scheduler_limits
     from planner.roofline import Device, Parallel
+    from planner.workload import computed_input_tokens
 
     catalog = load_catalog()
     engine = catalog.engines["bundled"]
@@ -161,8 +162,8 @@ def replay_rows(prices: Sequence[MeasuredPrices], results: Sequence[Path]) -> li
         price = prices[i] if len(prices) > 1 else prices[0]
         context = run.input_tokens + run.output_tokens + 1
         # Prompt tokens the prefix cache served (the chat template's first block) are never prefilled: the
-        # replay packs what the engine computed, as `predict` does (its `computed_input_tokens`).
-        computed = run.input_tokens - min(run.cached_input_tokens, run.input_tokens - 1)
+        # replay packs what the engine computed, as `predict` does.
+        computed = computed_input_tokens(run.input_tokens, run.cached_input_tokens)
         limits = scheduler_limits(engine, cpu, context, Parallel(), catalog, Knobs(max_num_seqs=run.max_num_seqs))
         replay = replayer(
             price,  # type: ignore[arg-type] - a StepCost in all but name: (sequences, prompt tokens) -> s

@@ -115,6 +115,12 @@ class SloTargets:
         return ", ".join(parts) or "no latency limits"
 
 
+def computed_input_tokens(input_tokens: int, cached_input_tokens: int) -> int:
+    """Prompt tokens a request's prefill computes: the prompt less what the prefix cache served (at least
+    one: the last token is always computed, for its logits)."""
+    return max(1, input_tokens - cached_input_tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class Workload:
     """Lengths, concurrency and latency targets for one deployment."""
@@ -130,8 +136,7 @@ class Workload:
 
     @property
     def computed_input_tokens(self) -> int:
-        """Prompt tokens a request's prefill computes: the prompt less what the prefix cache served."""
-        return max(1, self.input_tokens - self.cached_input_tokens)
+        return computed_input_tokens(self.input_tokens, self.cached_input_tokens)
 
     @property
     def seq_tokens(self) -> int:
