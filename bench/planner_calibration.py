@@ -14,9 +14,12 @@ measurement prices every calibration below:
 - all rounds pooled: `planner.calibrate.pool_repeats` makes the repeats of one concurrency one point,
   each figure the median over the rounds; fitted on 1 and 8, checked on 2, 4 and 16.
 
-Each calibration replays exact pass prices (calibrate's default); the row under it re-predicts the same
-held-out runs with each pass's time scattered by the sd of ln measured from its c=1 runs' inter-token
-gaps (`calibrate --pass-spread measured`).
+A bundled target's server writes a step log per run (`checks bench --step-log`, beside the result as
+rN_cC.steps.jsonl), and each calibration is made twice: from the runs' figures alone, and with the pass
+prices fitted to the fit runs' step logs (`calibrate --step-log`; "step-log prices" rows). Each replays
+exact pass prices (calibrate's default); the row under it re-predicts the same held-out runs with each
+pass's time scattered by the sd of ln measured from its c=1 runs' inter-token gaps (`calibrate
+--pass-spread measured`). The last fitted figure is the server's intake time per request (ingest_ms).
 
 On a VM whose speed drifts by 10% from one minute to the next, a single round cannot check a 4% model;
 the pooled row is the check. `--reuse` calibrates the results already in `--results-dir` without
@@ -54,12 +57,21 @@ def result_path(folder: Path, round_no: int, concurrency: int) -> Path:
     return folder / f"r{round_no}_c{concurrency}.json"
 
 
+def step_log_path(result: Path) -> Path:
+    """The bundled server's step log of the run whose result is `result` (`checks bench --step-log`)."""
+    return result.with_suffix(".steps.jsonl")
+
+
 def measure_run(path: Path, concurrency: int, args: argparse.Namespace) -> None:
     """One benchmark run of the target (the bundled int4 engine by default), as the issue's recipe states it."""
     bundled = args.target.startswith("bundled")
     where = ["--threads", str(args.threads)] if bundled and args.device in (None, "cpu") else []
     if bundled and args.device:
         where += ["--device", args.device]
+    if bundled:
+        log = step_log_path(path)
+        log.unlink(missing_ok=True)  # the server appends: one run per log
+        where += ["--step-log", str(log)]
     cmd = [
         sys.executable,
         "-m",
@@ -89,12 +101,14 @@ def measure_run(path: Path, concurrency: int, args: argparse.Namespace) -> None:
         raise SystemExit(f"run c={concurrency} failed (exit {done.returncode}):\n{tail}")
 
 
-def fit(folder: Path, rounds: list[int], measure: object, served: ServedBy) -> CalibrationDoc:
-    """Calibrate on concurrency 1 and 8 of `rounds`, check on 2, 4 and 16 of the same rounds."""
+def fit(folder: Path, rounds: list[int], measure: object, served: ServedBy, logged: bool = False) -> CalibrationDoc:
+    """Calibrate on concurrency 1 and 8 of `rounds`, check on 2, 4 and 16 of the same rounds; `logged`: with
+    the pass prices fitted to the fit runs' step logs."""
     fit_paths = [str(result_path(folder, r, c)) for r in rounds for c in FIT]
     held_paths = [str(result_path(folder, r, c)) for r in rounds for c in HELD_OUT]
     fitted, held = load_runs(fit_paths, served), load_runs(held_paths, served)
-    return calibrate(fitted, held, load_catalog(), detect(), measure)  # type: ignore[arg-type]
+    logs = [str(step_log_path(result_path(folder, r, c))) for r in rounds for c in FIT] if logged else []
+    return calibrate(fitted, held, load_catalog(), detect(), measure, step_logs=logs)  # type: ignore[arg-type]
 
 
 def _pct(row: ErrorRow | None, metric: str) -> str:
@@ -139,8 +153,12 @@ def main(argv: list[str] | None = None) -> int:
 
         cpu = probe(args.threads)
         measured_cpu = lambda: cpu  # noqa: E731 - one probe prices every calibration below
-    docs = {f"round {r} alone": fit(folder, [r], measured_cpu, served) for r in rounds}
-    docs[f"{args.rounds} rounds pooled (median per concurrency)"] = fit(folder, rounds, measured_cpu, served)
+    logged = all(step_log_path(result_path(folder, r, c)).exists() for r in rounds for c in FIT)
+    docs: dict[str, CalibrationDoc] = {}
+    for name, which in [*((f"round {r} alone", [r]) for r in rounds), (f"{args.rounds} rounds pooled", rounds)]:
+        docs[name] = fit(folder, which, measured_cpu, served)
+        if logged:
+            docs[f"{name}, step-log prices"] = fit(folder, which, measured_cpu, served, logged=True)
 
     print(f"revision {source_revision(('planner', 'engine'))}; {json.dumps(conditions())}")
     per_run = []
@@ -166,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, doc in docs.items():
         v = doc.values
-        fitted = f"{v.decode_bandwidth:.3g}, {v.prefill_flops:.3g}, {v.step_overhead_ms:.3g}, {v.seq_overhead_us:.4g}"
+        fitted = (
+            f"{v.decode_bandwidth:.3g}, {v.prefill_flops:.3g}, {v.step_overhead_ms:.3g}, {v.seq_overhead_us:.4g}, "
+            f"{v.ingest_ms:.3g}"
+        )
         rows.append([name, *(_pct(doc.error.held_out_after, k) for k in TARGETS), fitted, f"{v.pass_spread:.3g}"])
         if spread := measured_pass_spread(doc.runs):  # the same values, each pass scattered as measured
             scattered = v.model_copy(update={"pass_spread": spread})
@@ -174,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(["  same, passes scattered", *(_pct(row, k) for k in TARGETS), "", f"{spread:.3g}"])
     rows.append(["target", *(f"<= {v:g}%" for v in TARGETS.values()), "", ""])
     print("\nheld-out median absolute error after calibrating on concurrency 1 and 8")
-    head = ["calibration", "TTFT", "TPOT", "output tok/s", "decode_bw, prefill_flops, step_ms, seq_us", "pass spread"]
+    head = ["calibration", "TTFT", "TPOT", "output tok/s", "decode_bw, prefill_flops, step_ms, seq_us, ingest_ms"]
+    head.append("pass spread")
     print(format_table(head, rows))
     if args.json:
         args.json.write_text(

@@ -2,14 +2,16 @@
 the scheduler predicts when it is given those measured prices (issue 22).
 
     .venv/bin/python bench/step_costs.py STEPS.jsonl [more.jsonl ...] [--measured c2.json c4.json ...]
-        [--each] [--stat mean|median]
+        [--each] [--stat mean|median] [--ingest-ms MS]
 
-Prints the passes the log holds, by decoding sequences and prompt tokens: how many, and the mean time
-from one pass's start to the next one's while the engine was busy (what a stream waits between its
-tokens: the step itself and the loop's turn-around). With `--measured` benchmark results of the same
-server (`python -m checks bench --target URL --out FILE`), each run is replayed through the planner's
-own replay of the bundled engine's scheduler (planner/replay.py, with the limits `predict` uses),
-each pass priced from the log instead of from the roofline, next to what the run measured:
+The log is read by the planner's own reader (planner/step_log.py, which `planner calibrate --step-log`
+fits its pass prices with). Prints the passes the log holds, by decoding sequences and prompt tokens:
+how many, and the mean time from one pass's start to the next one's while the engine was busy (what a
+stream waits between its tokens: the step itself and the loop's turn-around). With `--measured`
+benchmark results of the same server (`python -m checks bench --target URL --out FILE`), each run is
+replayed through the planner's own replay of the bundled engine's scheduler (planner/replay.py, with
+the limits `predict` uses), each pass priced from the log instead of from the roofline, next to what
+the run measured:
 
 - decode-only passes: the mean gap at that many sequences, linear between the counts the log holds
   (and along the last two counts' line beyond them);
@@ -18,7 +20,8 @@ each pass priced from the log instead of from the roofline, next to what the run
 With `--each`, the logs and the results pair up in order (one server, one log per run) and each run is
 priced from its own log: on a VM whose speed drifts between runs, pooled prices fit no run. `--stat
 median` prices decode-only passes at their median gap instead of the mean (a few slow passes move a
-mean; a request's median TPOT rarely sees them).
+mean; a request's median TPOT rarely sees them). `--ingest-ms` replays the server taking in each request
+that long after the one before it (planner/replay.py; `planner calibrate` fits it as ingest_ms).
 
 This separates the two halves of a calibrated prediction's error: with right prices, what is left is
 the replay's (the order and timing of passes); the gap between these prices and the calibrated ones
@@ -28,7 +31,6 @@ is the cost model's. Measure the log and the runs in one session on a quiet mach
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -41,42 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench._common import format_table  # noqa: E402
-
-IDLE_GAP_S = 0.02  # a next pass that starts this long after one ends followed an idle engine: not a busy gap
-
-
-@dataclass(frozen=True, slots=True)
-class Pass:
-    decoding: int  # sequences decoding in the pass
-    prompt_tokens: int
-    gap_s: float  # this pass's start to the next one's
-
-
-def read_passes(paths: Sequence[Path]) -> list[Pass]:
-    """Busy passes of one or more step logs (the last line of each log has no next pass: left out)."""
-    out: list[Pass] = []
-    for path in paths:
-        lines = [_line(path, n, text) for n, text in enumerate(path.read_text().splitlines(), 1) if text.strip()]
-        for line, nxt in zip(lines, lines[1:], strict=False):
-            gap = nxt["t"] - line["t"]
-            if gap > line["step_ms"] / 1e3 + IDLE_GAP_S:
-                continue
-            out.append(Pass(line["decoding"], line["prefill_tokens"], gap))
-    return out
-
-
-STEP_KEYS = ("t", "step_ms", "decoding", "prefill_tokens")
-
-
-def _line(path: Path, number: int, text: str) -> dict:
-    """One step line with the fields this script reads; anything else is one error naming the line."""
-    try:
-        line = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"{path}:{number}: not a step-log line ({exc.msg})") from None
-    if not isinstance(line, dict) or any(not isinstance(line.get(k), int | float) for k in STEP_KEYS):
-        raise SystemExit(f"{path}:{number}: a step-log line needs numbers for {', '.join(STEP_KEYS)}")
-    return line
+from planner.errors import PlannerError  # noqa: E402
+from planner.step_log import Pass, read_passes  # noqa: E402
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +112,9 @@ def pass_table(passes: Sequence[Pass]) -> list[list[str]]:
     ]
 
 
-def replay_rows(prices: Sequence[MeasuredPrices], results: Sequence[Path]) -> list[list[str]]:
-    """One row per run; `prices` has one entry for all runs, or one per result file."""
+def replay_rows(prices: Sequence[MeasuredPrices], results: Sequence[Path], ingest_s: float = 0.0) -> list[list[str]]:
+    """One row per run; `prices` has one entry for all runs, or one per result file. `ingest_s`: the
+    server's time to take in each request, one at a time (planner/replay.py)."""
     from planner.calibrate_cli import BUNDLED_MODEL, ServedBy, load_runs
     from planner.catalog import load_catalog
     from planner.predict import Knobs, replayer, scheduler_limits
@@ -174,6 +143,7 @@ def replay_rows(prices: Sequence[MeasuredPrices], results: Sequence[Path]) -> li
             run.output_tokens,
             run.concurrency,
             run.requests,
+            ingest_s=ingest_s,
         )
         if replay is None:
             raise SystemExit(f"{run.source}: the planner does not replay this run (too long, or not bundled)")
@@ -202,13 +172,19 @@ def main() -> int:
     ap.add_argument("--measured", nargs="*", type=Path, default=[], help="benchmark results of the same server")
     ap.add_argument("--each", action="store_true", help="price each result from the log at its position")
     ap.add_argument("--stat", choices=("mean", "median"), default="mean", help="decode-only pass price")
+    ap.add_argument(
+        "--ingest-ms", type=float, default=0.0, help="server time to take in each request, one at a time (replay)"
+    )
     args = ap.parse_args()
     if args.each and len(args.logs) != len(args.measured):
         ap.error(f"--each pairs logs with results: {len(args.logs)} log(s), {len(args.measured)} result(s)")
     groups = [[log] for log in args.logs] if args.each else [args.logs]
     prices = []
     for logs in groups:
-        passes = read_passes(logs)
+        try:
+            passes = read_passes(logs)
+        except PlannerError as exc:
+            raise SystemExit(str(exc)) from None
         print(f"{', '.join(str(p) for p in logs)}:")
         print(format_table(["decoding", "prompt tok", "passes", "mean ms", "median ms"], pass_table(passes)))
         price = fit_prices(passes, args.stat)
@@ -222,7 +198,7 @@ def main() -> int:
     if args.measured:
         print("replayed with these prices (measured / replayed):")
         head = ["concurrency", "TTFT p50 ms", "TPOT p50 ms", "output tok/s"]
-        print(format_table(head, replay_rows(prices, args.measured)))
+        print(format_table(head, replay_rows(prices, args.measured, args.ingest_ms / 1e3)))
     return 0
 
 

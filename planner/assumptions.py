@@ -15,8 +15,14 @@ from planner.sizing import GIB
 
 CATALOG_FILE = "planner/data/engines.json"
 CATALOG = f"catalog assumption ({CATALOG_FILE})"
-# the one figure that comes from another catalog file: the format's compute precision on this device
-OTHER_CATALOG = {"matmul_precision": "catalog assumption (planner/data/formats.json)"}
+UNCALIBRATED_ZERO = "0 until calibrated (python -m planner calibrate)"
+# figures from another catalog file (the format's compute precision on this device), and those that only a
+# calibration sets: the catalog has no figure for them and the planner charges nothing
+OTHER_CATALOG = {
+    "matmul_precision": "catalog assumption (planner/data/formats.json)",
+    "prompt_pass_overhead_ms": UNCALIBRATED_ZERO,
+    "ingest_ms": UNCALIBRATED_ZERO,
+}
 CALIBRATED = "calibrated"
 # how TTFT and TPOT are composed (and whether a closed loop is replayed), not a number to look up
 MODEL = "planner model (planner/loaded.py; planner/replay.py where closed_loop is replayed)"
@@ -36,6 +42,8 @@ _SPEED = (
     "tensor_parallel_efficiency",
     "step_overhead_ms",
     "seq_overhead_us",
+    "prompt_pass_overhead_ms",
+    "ingest_ms",
     "allreduce_ms_per_decode_token",
     "efficiency_source",
     "calibration",

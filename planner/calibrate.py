@@ -13,11 +13,17 @@ and on a 500 ms TTFT. These values are fitted, each within bounds a real engine 
   bundled engine's CPU path about 3 ms: TPOT grows by that per sequence decoded together),
 - queued_prefills (engines whose closed loop is predicted analytically): the share of each other
   in-flight request's prefill a new request waits for before its first token; an engine whose
-  scheduler is replayed (planner/replay.py) queues its prompts in the replay instead.
+  scheduler is replayed (planner/replay.py) queues its prompts in the replay instead;
+- ingest_ms (engines whose scheduler is replayed): the server's time to take in one request before
+  its scheduler sees it, one request at a time; scanned with the prices fixed (scan_ingest);
+- prompt_overhead_ms (only from step logs, `--step-log`): a pass that carries prompt tokens costs this
+  much beyond its FLOPs. With step logs the prices are fitted to the logged passes (fit_pass_prices)
+  and only what the server cannot see (the intake, a queued share) to the runs' figures.
 
 The search is Nelder-Mead on ln(value) (ln(1 + value) for costs and shares that may be 0), each
-trial clamped into its bounds and restarted from its best point until a restart gains nothing (a
-simplex can collapse early): a handful of parameters and runs need nothing heavier, and no
+trial clamped into its bounds (bounds_for: wider efficiencies on a CPU, whose peak is a probe's
+reading) and restarted from its best point until a restart gains nothing (a simplex can collapse
+early): a handful of parameters and runs need nothing heavier, and no
 derivative of the planner's max()-shaped roofline or of a replay is assumed. Held-out runs are
 predicted, never fitted.
 """
@@ -37,27 +43,46 @@ from planner.calibration import (
     FitError,
     FittedValues,
     Metrics,
+    PassFit,
+    PassRow,
     cpu_figures,
     now,
 )
 from planner.catalog import Catalog, load_catalog
-from planner.entrypoints import predict_one
+from planner.entrypoints import pass_cost, predict_one
 from planner.errors import PlannerError
 from planner.hardware import Hardware, detect
+from planner.loaded import StepCost
 from planner.predict_io import PredictOptions
 from planner.replay import MAX_SPREAD
+from planner.step_log import PassClass, pass_classes, read_passes
 
 if TYPE_CHECKING:
     from planner.cpu_probe import CpuMeasurement
 
-# (low, high) per fitted value: efficiencies above 1 would mean beating the measured/datasheet peak.
+# (low, high) per fitted value: efficiencies above 1 would mean beating the datasheet peak.
 BOUNDS = {
     "decode_bandwidth": (0.02, 1.5),
     "prefill_flops": (0.005, 1.5),
     "step_overhead_ms": (0.0, 2000.0),
     "queued_prefills": (0.0, 2.0),
     "seq_overhead_us": (0.0, 100_000.0),
+    "ingest_ms": (0.0, 50.0),
+    "prompt_overhead_ms": (0.0, 2000.0),
 }
+# On a CPU the peak is the probe's, measured at one moment of a machine whose speed drifts: on the 2-core VM
+# its int4 GEMM rate read 77-165 G weight-rows/s within one afternoon, so a run can need 3x the slow reading.
+CPU_EFFICIENCY_HIGH = 4.0
+Bounds = dict[str, tuple[float, float]]
+
+
+def bounds_for(device_kind: str) -> Bounds:
+    """BOUNDS, with room for a CPU probe that read low."""
+    if device_kind != "cpu":
+        return BOUNDS
+    return BOUNDS | {k: (BOUNDS[k][0], CPU_EFFICIENCY_HIGH) for k in ("decode_bandwidth", "prefill_flops")}
+
+
 MAX_ITERATIONS = 200
 RESTARTS = 3
 TOLERANCE = 1e-5
@@ -199,15 +224,19 @@ def log_residuals(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics]) 
 
 # Fitted on ln(value); the rest (fixed costs and shares that may be 0) on ln(1 + value).
 LOG_SCALED = ("decode_bandwidth", "prefill_flops")
-ANALYTIC = ("decode_bandwidth", "prefill_flops", "step_overhead_ms", "seq_overhead_us", "queued_prefills")
-# A replayed scheduler (planner/replay.py) queues prompts itself: no share of other prompts is fitted.
-REPLAYED = ("decode_bandwidth", "prefill_flops", "step_overhead_ms", "seq_overhead_us")
+PRICES = ("decode_bandwidth", "prefill_flops", "step_overhead_ms", "seq_overhead_us")  # what a pass costs
+# A step log prices prompt passes of many sizes, which tells a prompt pass's own fixed cost from its FLOPs.
+LOGGED_PRICES = (*PRICES, "prompt_overhead_ms")
+ANALYTIC = (*PRICES, "queued_prefills")
+# A replayed scheduler (planner/replay.py) queues prompts itself: no share of other prompts is fitted; the
+# server's time to take in each request (ingest_ms) is scanned, not searched (it moves requests between passes).
+REPLAYED = PRICES
 
 
-def _to_values(x: Sequence[float], names: Sequence[str], base: FittedValues) -> FittedValues:
+def _to_values(x: Sequence[float], names: Sequence[str], base: FittedValues, bounds: Bounds = BOUNDS) -> FittedValues:
     update = {}
     for name, xi in zip(names, x, strict=True):
-        lo, hi = BOUNDS[name]
+        lo, hi = bounds[name]
         update[name] = min(hi, max(lo, math.exp(xi) if name in LOG_SCALED else math.expm1(xi)))
     return base.model_copy(update=update)
 
@@ -252,27 +281,132 @@ def nelder_mead(f: Callable[[list[float]], float], start: list[float], step: flo
     return simplex[min(range(n + 1), key=scores.__getitem__)]
 
 
-def fit_values(
-    runs: Sequence[CalibrationRun], predict: Predictor, start: FittedValues, names: Sequence[str] = ANALYTIC
-) -> tuple[FittedValues, float]:
-    """The values `names` that minimize the squared log residuals over `runs` (the others stay as in
-    `start`), and the RMS log residual they leave."""
-
-    def cost(x: list[float]) -> float:
-        values = _to_values(x, names, start)
-        return sum(r * r for r in log_residuals(runs, [predict(run, values) for run in runs]))
-
-    x = _to_x(start, names)
+def _minimize(cost: Callable[[list[float]], float], x: list[float]) -> list[float]:
+    """Nelder-Mead from `x`, restarted around its best point until a restart gains nothing (a simplex can
+    collapse early)."""
     score = cost(x)
-    for _ in range(RESTARTS):  # a fresh simplex around the best point: Nelder-Mead's simplex can collapse early
+    for _ in range(RESTARTS):
         nxt = nelder_mead(cost, x)
         got = cost(nxt)
         if got >= score - TOLERANCE:
             break
         x, score = nxt, got
-    best = _to_values(x, names, start)
-    residuals = log_residuals(runs, [predict(run, best) for run in runs])
-    return best, math.sqrt(sum(r * r for r in residuals) / max(1, len(residuals)))
+    return x
+
+
+def rms_residual(runs: Sequence[CalibrationRun], predict: Predictor, values: FittedValues) -> float:
+    """What the fit minimizes, as an RMS: ln(predicted / measured) over the runs' figures."""
+    residuals = log_residuals(runs, [predict(run, values) for run in runs])
+    return math.sqrt(sum(r * r for r in residuals) / max(1, len(residuals)))
+
+
+def fit_values(
+    runs: Sequence[CalibrationRun],
+    predict: Predictor,
+    start: FittedValues,
+    names: Sequence[str] = ANALYTIC,
+    bounds: Bounds = BOUNDS,
+) -> tuple[FittedValues, float]:
+    """The values `names` that minimize the squared log residuals over `runs` (the others stay as in
+    `start`), and the RMS log residual they leave."""
+
+    def cost(x: list[float]) -> float:
+        values = _to_values(x, names, start, bounds)
+        return sum(r * r for r in log_residuals(runs, [predict(run, values) for run in runs]))
+
+    best = _to_values(_minimize(cost, _to_x(start, names)), names, start, bounds)
+    return best, rms_residual(runs, predict, best)
+
+
+Pricer = Callable[[FittedValues], StepCost]
+# The pass fit's cost is a weighted mean of squared ln residuals (~1e-3 at a 3% fit); scaled so that the
+# simplex's TOLERANCE stops it near 0.03% rather than 0.3%, where a prompt pass's fixed cost and its FLOPs
+# would still trade against each other.
+PASS_COST_SCALE = 1e3
+MIN_PROMPT_KINDS = 2  # kinds of pass with prompt tokens a step log needs before it can price prompts
+
+
+def fit_pass_prices(
+    classes: Sequence[PassClass], price: Pricer, start: FittedValues, bounds: Bounds = BOUNDS
+) -> tuple[FittedValues, float]:
+    """The LOGGED_PRICES values whose StepCost best matches a server's logged passes, and the RMS ln residual.
+
+    Each kind of pass (decoding sequences, prompt tokens) is one residual, ln(price / mean gap), weighted by
+    the engine time its passes took: a kind seen once weighs what it cost, and the decode passes a run
+    spends most of its time in are priced closest. A logged pass's gap is what a stream waited, so the
+    prices are in the units the replay charges."""
+    total = sum(c.busy_s for c in classes)
+
+    def cost(x: list[float]) -> float:
+        step = price(_to_values(x, LOGGED_PRICES, start, bounds))
+        return PASS_COST_SCALE * sum(c.busy_s * _log_gap(step, c) ** 2 for c in classes) / total
+
+    best = _to_values(_minimize(cost, _to_x(start, LOGGED_PRICES)), LOGGED_PRICES, start, bounds)
+    return best, math.sqrt(cost(_to_x(best, LOGGED_PRICES)) / PASS_COST_SCALE)
+
+
+def _log_gap(step: StepCost, c: PassClass) -> float:
+    return math.log(max(step(c.decoding, c.prompt_tokens), 1e-12) / c.mean_s)
+
+
+INGEST_POINTS = 48  # log-spaced candidates between INGEST_LOW_MS and the bound, then a linear refinement
+INGEST_LOW_MS = 0.05
+
+
+def scan_ingest(runs: Sequence[CalibrationRun], predict: Predictor, values: FittedValues) -> FittedValues:
+    """The server's per-request intake time (ingest_ms) that best predicts `runs`, with the other values fixed.
+
+    Why a scan: the intake decides which pass a request sent beside others lands in, so the predicted
+    figures jump where a request moves to the next pass; a simplex stalls on such steps. The scan tries 0
+    and log-spaced values up to the bound, then 10 evenly spaced ones between the best's neighbours; the
+    first best wins (the smallest intake that explains the runs)."""
+    hi = BOUNDS["ingest_ms"][1]
+
+    def cost(ms: float) -> float:
+        v = values.model_copy(update={"ingest_ms": ms})
+        return sum(r * r for r in log_residuals(runs, [predict(run, v) for run in runs]))
+
+    grid = [0.0] + [INGEST_LOW_MS * (hi / INGEST_LOW_MS) ** (i / (INGEST_POINTS - 1)) for i in range(INGEST_POINTS)]
+    scores = [cost(ms) for ms in grid]
+    i = min(range(len(grid)), key=scores.__getitem__)
+    lo_ms, hi_ms = grid[max(0, i - 1)], grid[min(len(grid) - 1, i + 1)]
+    fine = [lo_ms + (hi_ms - lo_ms) * k / 10 for k in range(11)]
+    best = min([(scores[i], grid[i])] + [(cost(ms), ms) for ms in fine])[1]
+    return values.model_copy(update={"ingest_ms": round(best, 3)})
+
+
+MAX_PASS_ROWS = 24
+
+
+def pass_fit(sources: Sequence[str], classes: Sequence[PassClass], step: StepCost, rms: float) -> PassFit:
+    """The step-log evidence a calibration keeps: the kinds of pass that took the most engine time, priced."""
+    kept = sorted(sorted(classes, key=lambda c: -c.busy_s)[:MAX_PASS_ROWS], key=lambda c: (c.decoding, c.prompt_tokens))
+    rows = [
+        PassRow(
+            decoding=c.decoding,
+            prompt_tokens=c.prompt_tokens,
+            passes=c.passes,
+            measured_ms=c.mean_s * 1e3,
+            fitted_ms=max(step(c.decoding, c.prompt_tokens), 1e-9) * 1e3,
+        )
+        for c in kept
+    ]
+    return PassFit(sources=list(sources), passes=sum(c.passes for c in classes), rms_log_residual=rms, rows=rows)
+
+
+def logged_classes(step_logs: Sequence[str]) -> list[PassClass]:
+    """The kinds of pass in the fit runs' step logs; a log that cannot price both decodes and prompts is
+    refused with one line (a fit would leave the missing kind to the start values)."""
+    classes = pass_classes(read_passes(step_logs))
+    decode = [c for c in classes if c.prompt_tokens == 0]
+    prompts = {c.prompt_tokens for c in classes if c.prompt_tokens}
+    if not decode or len(prompts) < MIN_PROMPT_KINDS:
+        raise PlannerError(
+            f"the step log(s) {', '.join(step_logs)} hold {sum(c.passes for c in decode)} decode-only busy passes and "
+            f"{len(prompts)} prompt size(s): a fit needs decode passes and at least {MIN_PROMPT_KINDS} prompt sizes "
+            "(log a run with several concurrent requests, e.g. concurrency 8)"
+        )
+    return classes
 
 
 def measured_pass_spread(runs: Sequence[CalibrationRun]) -> float:
@@ -299,6 +433,7 @@ def calibrate(
     hw: Hardware | None = None,
     measure: Callable[[], CpuMeasurement] | None = None,
     pass_spread: float | Literal["measured"] = 0.0,
+    step_logs: Sequence[str] = (),
 ) -> CalibrationDoc:
     """Fit on `runs`, check on `held_out`, and describe both in a calibration document.
 
@@ -309,6 +444,14 @@ def calibrate(
     fitted with exact prices either way. Exact is the default: on two sets of four interleaved rounds the
     measured scatter took the held-out TTFT error from 16.8% to 8.3% on one and from 2.2% to 12.9% on
     the other (docs/BENCHMARKS.md, "Planner calibration"), so it is a lens on a bistable run, not a fix.
+
+    `step_logs` are the fit runs' servers' own logs (`serve --step-log`): the pass prices are then fitted
+    to the logged passes (fit_pass_prices) and only what the server cannot see is fitted to the runs (the
+    intake time of a replayed engine, the queued share of an analytic one). Without them the prices are
+    fitted to the runs' figures, which a few figures cannot always separate (planner/step_log.py).
+
+    On a replayed engine the server's intake time (ingest_ms) is then scanned with the prices fixed
+    (scan_ingest); without step logs the prices are fitted once more around it.
 
     All runs must share engine, engine version, device, format and (on CPU) threads: one calibration
     describes one engine (and, for vLLM, one release's memory rule) on one device. On CPU the device is
@@ -346,10 +489,29 @@ def calibrate(
         queued_prefills=0.25,  # a start inside the bounds, not at one
         seq_overhead_us=max(1.0, float(a["seq_overhead_us"])),
     )
+    bounds = bounds_for("cpu" if gpu == "cpu" else "gpu")
     replayed = a.get("closed_loop") == "replayed"
     if replayed:
         start = start.model_copy(update={"queued_prefills": 0.0})
-    values, rms = fit_values(runs, predict, start, REPLAYED if replayed else ANALYTIC)
+    passes = None
+    if step_logs:
+        classes = logged_classes(step_logs)
+        options = run_options(runs[0])  # the passes are priced in the first fit run's workload (its context)
+
+        def price(v: FittedValues) -> StepCost:
+            return pass_cost(options, cat, hw, measure, v)
+
+        values, pass_rms = fit_pass_prices(classes, price, start, bounds)
+        passes = pass_fit(step_logs, classes, price(values), pass_rms)
+        if not replayed:
+            values, _ = fit_values(runs, predict, values, ("queued_prefills",), bounds)
+    else:
+        values, _ = fit_values(runs, predict, start, REPLAYED if replayed else ANALYTIC, bounds)
+    if replayed:
+        values = scan_ingest(runs, predict, values)
+        if not step_logs:
+            values, _ = fit_values(runs, predict, values, REPLAYED, bounds)
+    rms = rms_residual(runs, predict, values)
     spread = measured_pass_spread(runs) if pass_spread == "measured" else pass_spread
     values = values.model_copy(update={"pass_spread": round(spread, 4)})
     runs = [
@@ -380,7 +542,9 @@ def calibrate(
         runs=list(runs),
         held_out=list(held_out),
         error=error,
-        source=f"python -m planner calibrate: least squares on ln(predicted/measured) over {len(runs)} run(s)",
+        passes=passes,
+        source=f"python -m planner calibrate: least squares on ln(predicted/measured) over {len(runs)} run(s)"
+        + (f", pass prices on {passes.passes} logged passes" if passes else ""),
     )
 
 
@@ -396,7 +560,8 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
         + (f", {sum(r.repeats for r in doc.held_out)} held out" if doc.held_out else ""),
         f"decode_bandwidth {v.decode_bandwidth:.4g}, prefill_flops {v.prefill_flops:.4g}, "
         f"step_overhead_ms {v.step_overhead_ms:.4g}, seq_overhead_us {v.seq_overhead_us:.4g}, "
-        f"queued_prefills {v.queued_prefills:.3g} "
+        f"queued_prefills {v.queued_prefills:.3g}, prompt_overhead_ms {v.prompt_overhead_ms:.3g}, "
+        f"ingest_ms {v.ingest_ms:.3g} "
         f"(RMS ln residual {e.rms_log_residual:.3f})",
         f"pass_spread {v.pass_spread:.3g}" + _spread_hint(doc),
         "median absolute error      TTFT     TPOT   output tok/s",
@@ -408,6 +573,7 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
         label = f"{name} ({row.runs})"
         lines.append(f"{label:<25} {_cell(row.ttft_ms):>6}  {_cell(row.tpot_ms):>7}  {_cell(row.output_tok_s):>10}")
     lines.append("per run, measured / calibrated prediction: TTFT ms, TPOT ms, output tok/s")
+    lines += _pass_lines(doc)
     for kind, group in (("fit", doc.runs), ("held out", doc.held_out)):
         for r in group:
             m, p = r.measured, r.predicted_after or Metrics()
@@ -418,6 +584,22 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
             cached = f"  ({hits} of {r.input_tokens} prompt tokens cached)" if hits else ""
             repeats = f"  (median of {r.repeats} runs)" if r.repeats > 1 else ""
             lines.append(f"  {kind:<8} c={r.concurrency:<3} {cells}{cached}{repeats}")
+    return lines
+
+
+def _pass_lines(doc: CalibrationDoc) -> list[str]:
+    if doc.passes is None:
+        return []
+    p = doc.passes
+    lines = [
+        f"pass prices fitted to {p.passes} logged passes ({len(p.sources)} step log(s)), RMS ln residual "
+        f"{p.rms_log_residual:.3f} weighted by engine time; the kinds that took the most time, measured / fitted ms:"
+    ]
+    lines += [
+        f"  {r.decoding:>3} decoding + {r.prompt_tokens:>4} prompt tokens  x{r.passes:<5} "
+        f"{r.measured_ms:7.1f} / {r.fitted_ms:7.1f} ({(r.fitted_ms / r.measured_ms - 1) * 100:+.1f}%)"
+        for r in p.rows
+    ]
     return lines
 
 

@@ -78,14 +78,30 @@ class CalibrationRun(_Part):
 class FittedValues(_Part):
     """What predict uses in place of the catalog's figures for this engine on this kind of device."""
 
-    decode_bandwidth: float = Field(gt=0, le=2, description="fraction of peak memory bandwidth a decode step reaches")
-    prefill_flops: float = Field(gt=0, le=2, description="fraction of peak FLOP/s a forward pass's matmuls reach")
+    decode_bandwidth: float = Field(
+        gt=0, le=8, description="fraction of peak memory bandwidth a decode step reaches (on CPU, the probe's)"
+    )
+    prefill_flops: float = Field(
+        gt=0, le=8, description="fraction of peak FLOP/s a forward pass's matmuls reach (on CPU, the probe's)"
+    )
     step_overhead_ms: float = Field(ge=0, le=10_000, description="fixed cost of one forward pass, in ms")
     queued_prefills: float = Field(
         0.0, ge=0, le=16, description="share of each other in-flight prompt's prefill a new request waits for"
     )
     seq_overhead_us: float = Field(
         0.0, ge=0, le=1_000_000, description="cost of each sequence in a forward pass, beyond its KV reads, in us"
+    )
+    prompt_overhead_ms: float = Field(
+        0.0,
+        ge=0,
+        le=10_000,
+        description="extra cost of a forward pass that carries prompt tokens, in ms (fitted from step logs)",
+    )
+    ingest_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1_000,
+        description="server time to take in one request before its scheduler sees it, one request at a time, in ms",
     )
     pass_spread: float = Field(
         0.0,
@@ -112,6 +128,29 @@ class FitError(_Part):
     held_out_before: ErrorRow | None = None
     held_out_after: ErrorRow | None = None
     rms_log_residual: float = Field(ge=0, description="what the fit minimized: RMS of ln(predicted / measured)")
+
+
+class PassRow(_Part):
+    """One kind of forward pass in a server's step log: what it cost there, and what the fitted prices charge."""
+
+    decoding: int = Field(ge=0, description="sequences decoding in the pass")
+    prompt_tokens: int = Field(ge=0, description="prompt tokens computed in the pass")
+    passes: int = Field(ge=1)
+    measured_ms: float = Field(gt=0, description="mean time from the pass's start to the next one's")
+    fitted_ms: float = Field(gt=0, description="the fitted price of such a pass")
+
+
+class PassFit(_Part):
+    """Pass prices fitted to the fit runs' servers' own step logs (`calibrate --step-log`)."""
+
+    sources: list[str] = Field(min_length=1, description="the step logs read")
+    passes: int = Field(ge=1, description="busy passes in them")
+    rms_log_residual: float = Field(
+        ge=0, description="RMS of ln(fitted / measured) over the kinds of pass, each weighted by its engine time"
+    )
+    rows: list[PassRow] = Field(
+        description="the kinds of pass that took the most engine time, in (decoding, prompt) order"
+    )
 
 
 class CpuFigures(_Part):
@@ -160,6 +199,7 @@ class CalibrationDoc(_Part):
     runs: list[CalibrationRun] = Field(min_length=1, description="the runs fitted on")
     held_out: list[CalibrationRun] = Field(default_factory=list, description="runs only checked, never fitted")
     error: FitError
+    passes: PassFit | None = Field(None, description="pass prices fitted to step logs (None: to the runs alone)")
     source: str = Field(min_length=1, description="how it was made, in one line")
 
     @property
@@ -229,5 +269,7 @@ def assumption_line(doc: CalibrationDoc, path: str | Path) -> str:
         f"from {path} (fitted on {len(doc.runs)} run(s) of {doc.served} on {doc.device}): "
         f"decode_bandwidth_efficiency {v.decode_bandwidth:.3g}, prefill_flops_efficiency {v.prefill_flops:.3g}, "
         f"step_overhead_ms {v.step_overhead_ms:.3g}, seq_overhead_us {v.seq_overhead_us:.3g}, "
-        f"queued_prefills {v.queued_prefills:.3g}, pass_spread {v.pass_spread:.3g}{seqs}{pinned}"
+        f"queued_prefills {v.queued_prefills:.3g}, prompt_overhead_ms {v.prompt_overhead_ms:.3g}, "
+        f"ingest_ms {v.ingest_ms:.3g}, pass_spread {v.pass_spread:.3g}"
+        f"{seqs}{pinned}"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from planner.calibration import (
@@ -12,15 +13,17 @@ from planner.calibration import (
     load_calibration,
     pinned_measurement,
 )
-from planner.catalog import Catalog, EngineSpec, load_catalog
+from planner.catalog import Catalog, EngineSpec, FormatSpec, load_catalog
 from planner.compare import Comparison, MeasuredRun, compare
 from planner.devices import resolve_device
 from planner.errors import PlannerError, WorkloadError
 from planner.hardware import Hardware
-from planner.predict import Efficiency, Knobs, predict_config
+from planner.loaded import StepCost
+from planner.model_spec import ModelSpec
+from planner.predict import Efficiency, Knobs, pass_pricing, predict_config
 from planner.predict_io import PredictOptions, PredictResult, build_result, resolve_engine, resolve_format
 from planner.recommend import AppliedCalibration, Plan, cannot_run, recommend, resolve_model, tp_efficiency
-from planner.roofline import Parallel
+from planner.roofline import Device, Parallel
 from planner.slo_targets import DEFAULT_SLO, slo_targets
 from planner.vllm_memory import resolve_vllm_memory
 from planner.workload import RecommendOptions, Workload
@@ -81,6 +84,8 @@ def efficiency_of(values: FittedValues) -> Efficiency:
         values.queued_prefills,
         seq_overhead_s=values.seq_overhead_us * 1e-6,
         pass_spread=values.pass_spread,
+        ingest_s=values.ingest_ms / 1e3,
+        prompt_overhead_s=values.prompt_overhead_ms / 1e3,
     )
 
 
@@ -111,18 +116,30 @@ def planned_version(requested: str | None, cal: CalibrationDoc | None, catalog: 
     return requested if requested is not None else cal.engine_version
 
 
-def predict_one(
-    opts: PredictOptions,
-    catalog: Catalog | None = None,
-    hw: Hardware | None = None,
-    measure: Callable[[], CpuMeasurement] | None = None,
-    values: FittedValues | None = None,
-) -> PredictResult:
-    """One configuration predicted with the recommender's own code path (`predict_config`).
+@dataclass(frozen=True, slots=True)
+class _Question:
+    """What `PredictOptions` name, resolved against the catalog and the hardware."""
 
-    `opts.calibration` applies a calibration file (its values, its batch limit unless --max-num-seqs is
-    given, and on CPU the measurement it was fitted against); `values` applies trial values directly,
-    as the fit does."""
+    catalog: Catalog
+    calibration: CalibrationDoc | None
+    model: ModelSpec
+    device: Device
+    engine: EngineSpec
+    fmt: FormatSpec
+    par: Parallel
+    workload: Workload
+    knobs: Knobs
+    efficiency: Efficiency | None
+    context: int
+
+
+def _resolve(
+    opts: PredictOptions,
+    catalog: Catalog | None,
+    hw: Hardware | None,
+    measure: Callable[[], CpuMeasurement] | None,
+    values: FittedValues | None,
+) -> _Question:
     cat = catalog or load_catalog()
     cal = load_calibration(opts.calibration) if opts.calibration else None
     measure = _pinned(cal, measure)
@@ -170,11 +187,42 @@ def predict_one(
     )
     efficiency = efficiency_of(values) if values is not None else None
     par = Parallel(opts.tp, opts.pp, tp_efficiency(engine, device, opts.tp, opts.pp, cat))
-    cp = predict_config(model, device, engine, fmt, par, workload, cat, knobs, efficiency, opts.qps)
-    names = {"model": model.name, "device": device.name, "engine": engine.label, "format": fmt.label}
-    if cal is not None:
-        cp.assumptions["calibration"] = assumption_line(cal, opts.calibration or "")
-    return build_result(opts, names, cp, context, calibrated=cal is not None)
+    return _Question(cat, cal, model, device, engine, fmt, par, workload, knobs, efficiency, context)
+
+
+def predict_one(
+    opts: PredictOptions,
+    catalog: Catalog | None = None,
+    hw: Hardware | None = None,
+    measure: Callable[[], CpuMeasurement] | None = None,
+    values: FittedValues | None = None,
+) -> PredictResult:
+    """One configuration predicted with the recommender's own code path (`predict_config`).
+
+    `opts.calibration` applies a calibration file (its values, its batch limit unless --max-num-seqs is
+    given, and on CPU the measurement it was fitted against); `values` applies trial values directly,
+    as the fit does."""
+    q = _resolve(opts, catalog, hw, measure, values)
+    cp = predict_config(
+        q.model, q.device, q.engine, q.fmt, q.par, q.workload, q.catalog, q.knobs, q.efficiency, opts.qps
+    )
+    names = {"model": q.model.name, "device": q.device.name, "engine": q.engine.label, "format": q.fmt.label}
+    if q.calibration is not None:
+        cp.assumptions["calibration"] = assumption_line(q.calibration, opts.calibration or "")
+    return build_result(opts, names, cp, q.context, calibrated=q.calibration is not None)
+
+
+def pass_cost(
+    opts: PredictOptions,
+    catalog: Catalog | None = None,
+    hw: Hardware | None = None,
+    measure: Callable[[], CpuMeasurement] | None = None,
+    values: FittedValues | None = None,
+) -> StepCost:
+    """What `predict_one` would charge for one forward pass of this configuration, (decoding sequences,
+    prompt tokens) -> seconds: a calibration fits these prices to a server's logged passes."""
+    q = _resolve(opts, catalog, hw, measure, values)
+    return pass_pricing(q.model, q.device, q.engine, q.fmt, q.par, q.workload, q.catalog, q.knobs, q.efficiency).cost
 
 
 def compare_run(

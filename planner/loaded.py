@@ -49,6 +49,7 @@ class StepCost:
     fixed_s: float
     per_seq_s: float
     comm: Callable[[float], float]  # all-reduce time of a pass over this many tokens
+    prompt_fixed_s: float = 0.0  # a pass that carries prompt tokens costs this much more (fitted from step logs)
 
     def __call__(self, b: int, p: float = 0.0) -> float:
         share = p / self.input_tokens if self.input_tokens else 0.0
@@ -57,7 +58,8 @@ class StepCost:
         else:
             step = self.decode(b)
             memory, compute = step.memory_s, step.compute_s + self.prompt.compute_s * share
-        return max(memory, compute) + self.fixed_s + self.per_seq_s * max(b, 0) + self.comm(b + p)
+        extra = self.prompt_fixed_s if p > 0 else 0.0
+        return max(memory, compute) + self.fixed_s + extra + self.per_seq_s * max(b, 0) + self.comm(b + p)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,8 @@ class Efficiency:
     prefill_flops_fp8: float | None = None  # share of the FP8 peak (None: prefill_flops)
     seq_overhead_s: float = 0.0  # per sequence in the batch, per forward pass
     pass_spread: float = 0.0  # measured sd of ln pass time: a replay prices its passes with this scatter
+    ingest_s: float = 0.0  # server time per arriving request before its scheduler sees it (one at a time)
+    prompt_overhead_s: float = 0.0  # a pass carrying prompt tokens costs this much more than its FLOPs say
 
     def flops_for(self, compute: str) -> float:
         return self.prefill_flops_fp8 if compute == "fp8" and self.prefill_flops_fp8 else self.prefill_flops
@@ -295,6 +297,7 @@ def replayer(
     clients: int,
     requests: int | None,
     spread: float = 0.0,
+    ingest_s: float = 0.0,
 ) -> Callable[[int, int | None], ReplayResult] | None:
     """Closed loops through the engine's own scheduler, where the planner knows it and the replay stays
     short (REPLAY_MAX_TOKENS); None elsewhere."""
@@ -303,7 +306,7 @@ def replayer(
     if max(cap, clients) * STEADY_WAVES * n_out > REPLAY_MAX_TOKENS or (requests or 0) * n_out > REPLAY_MAX_TOKENS:
         return None  # a replay this long would take minutes in Python: the analytic model answers instead
     rl = ReplayLimits(cap, max(limits.max_num_batched_tokens, cap), limits.prefill_chunk_tokens)
-    return lambda clients, requests: replay_closed_loop(cost, rl, clients, n_in, n_out, requests, spread)
+    return lambda clients, requests: replay_closed_loop(cost, rl, clients, n_in, n_out, requests, spread, ingest_s)
 
 
 def _unfit_reason(mem: MemoryPlan, context: int) -> str:
@@ -320,6 +323,82 @@ def _unfit_reason(mem: MemoryPlan, context: int) -> str:
     )
     refusal = mem.refusal()
     return f"{text}. vLLM would refuse to start: {refusal}" if refusal and mem.block_size > 1 else text
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    """How one configuration prices a forward pass: the efficiencies and fixed cost in force, and the price."""
+
+    eff: Efficiency
+    overhead_s: float
+    precision: str  # the matmuls' compute kind (compute_kind)
+    flops_eff: float  # eff's FLOP/s share for that kind
+    comm: Callable[[float], float]  # all-reduce time of a pass over this many tokens
+    cost: StepCost
+
+
+def pass_pricing(
+    model: ModelSpec,
+    device: Device,
+    engine: EngineSpec,
+    fmt: FormatSpec,
+    par: Parallel,
+    workload: Workload,
+    catalog: Catalog,
+    knobs: Knobs = DEFAULT_KNOBS,
+    efficiency: Efficiency | None = None,
+) -> Pricing:
+    """The price of one forward pass of a replica (StepCost), with `efficiency` in place of the catalog's
+    figures. One home for it: `predict_config` prices its passes here, and a calibration fits a server's
+    logged passes against the same function (planner.calibrate)."""
+    cat_eff = engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
+    eff = efficiency or Efficiency(
+        cat_eff.decode_bandwidth,
+        cat_eff.prefill_flops,
+        prefill_flops_fp8=cat_eff.prefill_flops_fp8,
+        seq_overhead_s=cat_eff.seq_overhead_us * 1e-6,
+    )
+    if eff.step_overhead_s is None:
+        overhead = dispatch_overhead_s(engine, device, model) + cat_eff.step_overhead_us * 1e-6
+    else:
+        overhead = eff.step_overhead_s
+    precision = compute_kind(device, fmt)
+    flops_eff = eff.flops_for(precision)
+    kv_bytes = kv_dtype_bytes(engine, device, knobs.kv_cache_dtype, fmt)
+    links = catalog.engines_file.tensor_parallel_efficiency.links(device.interconnect)
+    layers_per_stage = math.ceil(model.n_layers / par.pp)
+
+    def comm(tokens: float) -> float:
+        return allreduce_s(tokens, model.hidden_size, par.tp, layers_per_stage, links)
+
+    def decode_at(b: int) -> StepTime:
+        return decode_step(
+            model,
+            fmt,
+            device,
+            b,
+            workload.decode_context,
+            bandwidth_efficiency=eff.decode_bandwidth,
+            flops_efficiency=flops_eff,
+            parallel=par,
+            overhead_s=overhead,
+            kv_dtype_bytes=kv_bytes,
+        )
+
+    pre = prefill(
+        model,
+        fmt,
+        device,
+        workload.computed_input_tokens,
+        bandwidth_efficiency=eff.decode_bandwidth,
+        flops_efficiency=flops_eff,
+        parallel=par,
+        overhead_s=overhead,
+    )
+    cost = StepCost(
+        decode_at, pre, workload.computed_input_tokens, overhead, eff.seq_overhead_s, comm, eff.prompt_overhead_s
+    )
+    return Pricing(eff, overhead, precision, flops_eff, comm, cost)
 
 
 def predict_config(
@@ -339,36 +418,22 @@ def predict_config(
     limits = scheduler_limits(engine, device, workload.context, par, catalog, knobs)
     cfg = memory_config(engine, device, catalog, limits, knobs, fmt)
     mem = plan_memory(model, fmt, device.memory_bytes, workload.context, workload.seq_tokens, cfg, par.tp, par.pp)
+    pricing = pass_pricing(model, device, engine, fmt, par, workload, catalog, knobs, efficiency)
+    eff, overhead, flops_eff, comm = pricing.eff, pricing.overhead_s, pricing.flops_eff, pricing.comm
     cat_eff = engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
-    eff = efficiency or Efficiency(
-        cat_eff.decode_bandwidth,
-        cat_eff.prefill_flops,
-        prefill_flops_fp8=cat_eff.prefill_flops_fp8,
-        seq_overhead_s=cat_eff.seq_overhead_us * 1e-6,
-    )
-    if eff.step_overhead_s is None:
-        overhead = dispatch_overhead_s(engine, device, model) + cat_eff.step_overhead_us * 1e-6
-    else:
-        overhead = eff.step_overhead_s
-    precision = compute_kind(device, fmt)
-    flops_eff = eff.flops_for(precision)
     batching = engine.batching
     if batching == "single" and (knobs.max_num_seqs or 1) > 1:
         batching = "continuous"  # `python -m engine serve --max-num-seqs N` batches continuously, chunking prefill
     kv_bytes = cfg.kv_dtype_bytes
-    links = catalog.engines_file.tensor_parallel_efficiency.links(device.interconnect)
-    layers_per_stage = math.ceil(model.n_layers / par.pp)
-
-    def comm(tokens: float) -> float:
-        return allreduce_s(tokens, model.hidden_size, par.tp, layers_per_stage, links)
-
     assumptions: dict[str, str | float | int | bool] = {
         "decode_bandwidth_efficiency": eff.decode_bandwidth,
         "prefill_flops_efficiency": flops_eff,
-        "matmul_precision": precision,
+        "matmul_precision": pricing.precision,
         "tensor_parallel_efficiency": par.efficiency,
         "step_overhead_ms": overhead * 1e3,
         "seq_overhead_us": eff.seq_overhead_s * 1e6,
+        "prompt_pass_overhead_ms": eff.prompt_overhead_s * 1e3,
+        "ingest_ms": eff.ingest_s * 1e3,
         "allreduce_ms_per_decode_token": comm(1) * 1e3,
         "gpu_memory_utilization": cfg.utilization if cfg.mode == "utilization" else cfg.kv_free_fraction,
         "block_size": mem.block_size,
@@ -408,31 +473,8 @@ def predict_config(
         out.reason = _unfit_reason(mem, workload.context)
         return out
 
-    def decode_at(b: int) -> StepTime:
-        return decode_step(
-            model,
-            fmt,
-            device,
-            b,
-            workload.decode_context,
-            bandwidth_efficiency=eff.decode_bandwidth,
-            flops_efficiency=flops_eff,
-            parallel=par,
-            overhead_s=overhead,
-            kv_dtype_bytes=kv_bytes,
-        )
-
-    pre = prefill(
-        model,
-        fmt,
-        device,
-        workload.computed_input_tokens,
-        bandwidth_efficiency=eff.decode_bandwidth,
-        flops_efficiency=flops_eff,
-        parallel=par,
-        overhead_s=overhead,
-    )
-    cost = StepCost(decode_at, pre, workload.computed_input_tokens, overhead, eff.seq_overhead_s, comm)
+    cost = pricing.cost
+    decode_at, pre = cost.decode, cost.prompt
     kv_cap = {"single": 1, "slots": mem.max_seqs_at_context}.get(batching, mem.max_seqs_at_workload)
     cap = max(1, min(kv_cap, limits.max_num_seqs) if limits.max_num_seqs else kv_cap)
     # One at a time, or slots: prompts are not chunked beside other sequences' decodes.
@@ -448,7 +490,18 @@ def predict_config(
 
     capacity = replicas * sat_batch
     replay = (
-        replayer(cost, limits, cap, batching, n_in, n_out, workload.concurrency, workload.requests, eff.pass_spread)
+        replayer(
+            cost,
+            limits,
+            cap,
+            batching,
+            n_in,
+            n_out,
+            workload.concurrency,
+            workload.requests,
+            eff.pass_spread,
+            eff.ingest_s,
+        )
         if qps is None
         else None
     )

@@ -207,7 +207,14 @@ class AppliedCalibration:
         per sequence, the TTFT line that names its queued prefills, its batch limit where it has one, and
         the line naming the file."""
         seqs = ("max_num_seqs",) if self.max_num_seqs else ()
-        fitted = ("decode_bandwidth_efficiency", "prefill_flops_efficiency", "step_overhead_ms", "seq_overhead_us")
+        fitted = (
+            "decode_bandwidth_efficiency",
+            "prefill_flops_efficiency",
+            "step_overhead_ms",
+            "seq_overhead_us",
+            "prompt_pass_overhead_ms",
+            "ingest_ms",
+        )
         return (*fitted, "ttft", *seqs, "calibration")
 
 

@@ -138,6 +138,11 @@ class BenchmarkConfig(BaseModel):
         description="bundled target: serve this directory from `python -m engine compress` (--weights DIR; "
         "the directory's own weight format replaces the target's)",
     )
+    step_log: str | None = Field(
+        None,
+        description="bundled target: the server appends one JSON line per engine step to this file (serve "
+        "--step-log): what each forward pass cost, which `python -m planner calibrate --step-log` fits prices to",
+    )
     sweep_rates: int = Field(5, ge=1, description="sweep: Poisson rates between sync and saturation")
     sweep_concurrency: int = Field(32, ge=2, description="sweep: concurrency of the saturation step")
     monitor_interval_s: float = Field(0.5, gt=0, description="resource sampling interval")
@@ -206,6 +211,10 @@ class BenchmarkConfig(BaseModel):
             raise ValueError("a weights directory is served by the bundled engine: use a bundled target with it")
         if self.weights is not None and not self.weights.strip():
             raise ValueError("no weights directory given: name one, or leave it out")
+        if self.step_log is not None and quant is None:
+            raise ValueError("a step log is written by the bundled engine's server: use a bundled target with it")
+        if self.step_log is not None and not self.step_log.strip():
+            raise ValueError("no step-log file given: name one, or leave it out")
         return self
 
     def bundled_quant(self) -> str | None:
@@ -439,6 +448,7 @@ def make_target(
         api=config.api,
         weights_dir=weights_dir,
         eager=config.eager,
+        extra_args=("--step-log", str(Path(config.step_log).expanduser())) if config.step_log else (),
     )
     how = quant if weights_dir is None else f"{quant} from {weights_dir}"
     how += ", eager decode" if config.eager else ", compiled decode"

@@ -67,19 +67,16 @@ def test_between_and_beyond_the_counts_prices_follow_a_line() -> None:
     assert _along({3: 7.0}, 9) == 7.0
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("{not json", r"steps.jsonl:2: not a step-log line"),
-        ('{"t": 1}', r"steps.jsonl:2: .*needs numbers for t, step_ms"),
-    ],
-)
-def test_a_line_that_is_not_a_step_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
+def test_a_line_that_is_not_a_step_stops_the_script_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The planner's reader (planner/step_log.py, tested there) names the line; the script exits with it."""
     log = tmp_path / "steps.jsonl"
     write_log(log, PASSES[:1])
-    log.write_text(log.read_text() + text + "\n")
-    with pytest.raises(SystemExit, match=message):
-        read_passes([log])
+    log.write_text(log.read_text() + "{not json\n")
+    monkeypatch.setattr("sys.argv", ["step_costs.py", str(log)])
+    with pytest.raises(SystemExit, match=r"steps.jsonl:2: not a step-log line"):
+        main()
 
 
 def test_too_few_prompt_passes_is_one_clear_error() -> None:

@@ -336,3 +336,22 @@ def test_the_second_ctrl_c_aborts() -> None:
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_bundled_benchmark_can_keep_its_servers_step_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`bench --step-log FILE` starts the bundled server with `--step-log FILE` (the passes a calibration
+    prices, `planner calibrate --step-log`); a remote server writes no such log, so it is refused there."""
+    from checks.load.benchmark import make_target
+    from checks.load.targets import BundledTarget
+
+    log = tmp_path / "steps.jsonl"
+    target = make_target(BenchmarkConfig(target="bundled", step_log=str(log), requests=4), lambda _msg: None)
+    assert isinstance(target, BundledTarget)
+    command = target.command()
+    assert command[command.index("--step-log") + 1] == str(log)
+    plain = make_target(BenchmarkConfig(target="bundled", requests=4), lambda _msg: None)
+    assert isinstance(plain, BundledTarget) and "--step-log" not in plain.command()
+    with pytest.raises(ValidationError, match="use a bundled target with it"):
+        BenchmarkConfig(target="http://127.0.0.1:9/v1", step_log=str(log))
+    assert main(["bench", "--target", "http://127.0.0.1:9/v1", "--step-log", str(log), "--quiet"]) == 2
+    assert "a step log is written by the bundled engine's server" in capsys.readouterr().err

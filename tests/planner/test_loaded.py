@@ -38,6 +38,16 @@ def test_a_pass_is_the_larger_of_reads_and_flops_plus_its_fixed_costs() -> None:
     assert cost(0, 1000) == pytest.approx(0.050 + 0.001)  # the prompt alone
 
 
+def test_a_prompt_pass_fixed_cost_is_charged_only_where_prompt_tokens_ride() -> None:
+    """A step log prices prompt passes above their FLOPs (on the bundled CPU engine ~25 ms a pass):
+    `prompt_fixed_s` charges it to passes with prompt tokens, never to plain decodes."""
+    plain = toy_cost()
+    cost = StepCost(plain.decode, plain.prompt, 1000, 0.001, 0.0, lambda tokens: 0.0, prompt_fixed_s=0.025)
+    assert cost(4) == pytest.approx(plain(4))
+    assert cost(4, 500) == pytest.approx(plain(4, 500) + 0.025)
+    assert cost(0, 1000) == pytest.approx(plain(0, 1000) + 0.025)
+
+
 def test_a_prompt_is_chunked_by_what_the_budget_leaves() -> None:
     cost = toy_cost()
     chunked = prompt_service_s(cost, Budget(512, chunked=True), others=12, input_tokens=1000)

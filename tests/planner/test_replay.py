@@ -17,7 +17,8 @@ FIXED, PER_SEQ, PER_TOKEN = 0.010, 0.002, 0.001
 
 
 class Price:
-    """A pass of `b` decodes and `p` prompt tokens, and a record of every pass priced."""
+    """A pass of `b` decodes and `p` prompt tokens, and a record of every kind of pass priced (the replay
+    prices each kind once)."""
 
     def __init__(self) -> None:
         self.passes: list[tuple[int, float]] = []
@@ -133,3 +134,31 @@ def test_a_spread_mixes_the_two_ttft_modes_of_two_clients() -> None:
     assert after_partner - 0.02 < exact.ttft_s <= after_partner  # the upper mode
     assert own + 0.05 < scattered.ttft_s < exact.ttft_s - 0.01
     assert scattered.output_tok_s == pytest.approx(exact.output_tok_s, rel=0.01)
+
+
+def test_one_clients_first_token_waits_for_the_servers_intake() -> None:
+    """A request reaches the scheduler one intake after it is sent (the opening one too, unless sent beside
+    others): at one stream the intake adds to TTFT and to each request's cycle, nothing else."""
+    intake = 0.004
+    plain = replay_closed_loop(Price(), ReplayLimits(16, 512, 256), 1, 100, 10, requests=3)
+    slow = replay_closed_loop(Price(), ReplayLimits(16, 512, 256), 1, 100, 10, requests=3, ingest_s=intake)
+    assert slow.ttft_s == pytest.approx(plain.ttft_s + intake)
+    assert slow.tpot_s == pytest.approx(plain.tpot_s)
+    assert slow.e2e_s == pytest.approx(plain.e2e_s + intake)
+
+
+TOGETHER = [(0, 200), (2, 100), (3, 0), (1, 0)]  # the kinds of pass priced, in first-seen order
+SPLIT = [*TOGETHER, (0, 100), (1, 199), (2, 1), (2, 0)]
+
+
+@pytest.mark.parametrize(("intake", "kinds"), [(0.0, TOGETHER), (0.005, TOGETHER), (0.008, SPLIT)])
+def test_requests_sent_together_reach_the_scheduler_one_intake_apart(intake: float, kinds: list) -> None:
+    """Three clients, room for two prompts a pass: the opening burst splits 2 + 1, so the pair ends one
+    decode pass (12 ms here) before the third. The pair's next requests are sent together and taken in one
+    at a time: if both are in before the third's last pass ends they share the next prompt pass (as at
+    intake 0 and 5 ms: no new kind of pass); at 8 ms the first runs alone (0, 100) and the second joins the
+    third's next request (199 tokens beside the first's decode: the budget is 200), and the cohorts change
+    (measured on the bundled engine at concurrency 4: 3 + 1 drifting to 2 + 2 and 1 + 3)."""
+    price = Price()
+    replay_closed_loop(price, ReplayLimits(16, 200, 256), 3, 100, 3, requests=6, ingest_s=intake)
+    assert price.passes == kinds
