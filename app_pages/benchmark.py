@@ -10,6 +10,7 @@ from widgets.benchmark import (
     load_inputs,
     result_charts,
     run_summaries,
+    server_inputs,
     workload_inputs,
 )
 from widgets.common import run_panel
@@ -24,7 +25,7 @@ st.caption(
 target_sidebar()
 target = current_target()
 target_line(target)
-values = {**target, **workload_inputs(), **load_inputs()}
+values = {**target, **workload_inputs(), **load_inputs(), **server_inputs(target)}
 HINT = "Choose a workload and a load profile (the target is in the sidebar), then press Run benchmark."
 snap = run_panel("bench", BenchmarkConfig, values, "Run benchmark", JobKind.BENCHMARK, HINT, live_progress)
 result = snap.result

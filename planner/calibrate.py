@@ -323,6 +323,7 @@ Pricer = Callable[[FittedValues], StepCost]
 # simplex's TOLERANCE stops it near 0.03% rather than 0.3%, where a prompt pass's fixed cost and its FLOPs
 # would still trade against each other.
 PASS_COST_SCALE = 1e3
+PROMPT_STARTS_MS = (0.0, 5.0, 25.0, 100.0)  # starting points of a prompt pass's fixed cost (fit_pass_prices)
 MIN_PROMPT_KINDS = 2  # kinds of pass with prompt tokens a step log needs before it can price prompts
 
 
@@ -341,8 +342,13 @@ def fit_pass_prices(
         step = price(_to_values(x, LOGGED_PRICES, start, bounds))
         return PASS_COST_SCALE * sum(c.busy_s * _log_gap(step, c) ** 2 for c in classes) / total
 
-    best = _to_values(_minimize(cost, _to_x(start, LOGGED_PRICES)), LOGGED_PRICES, start, bounds)
-    return best, math.sqrt(cost(_to_x(best, LOGGED_PRICES)) / PASS_COST_SCALE)
+    # A prompt pass's fixed cost and the FLOP rate trade along a shallow valley, and a simplex started at
+    # no fixed cost can stay there (on the 2-core VM one probe's fit found 21 ms, another 0 from the same
+    # logs): start from several and keep the best.
+    starts = [_to_x(start.model_copy(update={"prompt_overhead_ms": ms}), LOGGED_PRICES) for ms in PROMPT_STARTS_MS]
+    best_x = min((_minimize(cost, x) for x in starts), key=cost)
+    best = _to_values(best_x, LOGGED_PRICES, start, bounds)
+    return best, math.sqrt(cost(best_x) / PASS_COST_SCALE)
 
 
 def _log_gap(step: StepCost, c: PassClass) -> float:

@@ -10,6 +10,7 @@ import streamlit as st
 
 from checks.jobs import Job, JobState
 from checks.load.benchmark import BenchmarkConfig
+from checks.load.calibration import new_step_log_path
 from checks.load.console import metrics_lines, network_lines
 from checks.load.frames import (
     request_frame,
@@ -104,6 +105,21 @@ def load_inputs() -> dict:
     warmup = int(c4.number_input("Warm-up requests", 0, 1000, 1, key="bench_warmup"))
     slo_inputs = _slo_inputs()
     return {"profile": profile, "requests": requests, "warmup_requests": warmup, **slo_inputs, **_client_inputs()}
+
+
+def server_inputs(target: dict) -> dict:
+    """A bundled target's server can keep its step log (`checks bench --step-log`): what each forward pass
+    cost, which the Plan page's "Calibrate from a run" prices passes from. On by default: a log is ~1 MB for
+    a 40-request run at 16 streams, and the newest 50 are kept."""
+    if not str(target.get("target", "")).startswith("bundled"):
+        return {}
+    keep = st.checkbox(
+        "Keep the server's step log",
+        value=True,
+        key="bench_step_log",
+        help=BenchmarkConfig.model_fields["step_log"].description,
+    )
+    return {"step_log": str(new_step_log_path())} if keep else {}
 
 
 def _client_inputs() -> dict:

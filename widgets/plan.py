@@ -11,7 +11,7 @@ import streamlit as st
 from pydantic import ValidationError
 from streamlit.delta_generator import DeltaGenerator
 
-from checks.load.calibration import calibratable_runs, calibration_runs
+from checks.load.calibration import calibratable_runs, calibration_runs, calibration_step_logs
 from checks.presets import PRESETS
 from planner.assumptions import calibration_line, version_line
 from planner.calibrate import calibrate, format_fit
@@ -214,6 +214,14 @@ def calibration_input() -> str | None:
                 "seeded replays. It predicts the mix of TTFT modes a run can settle in; off, passes take "
                 "exactly their price.",
             )
+            logs = calibration_step_logs(history, fit)
+            priced = logs and st.checkbox(
+                f"Price the passes from the servers' step logs ({len(logs)} of {len(fit)} fit runs kept one)",
+                value=True,
+                key="plan_cal_step_logs",
+                help="calibrate --step-log: each kind of forward pass priced from what the server logged it cost "
+                "(with a prompt pass's own fixed cost), and only the server's intake time from the runs' figures.",
+            )
             if st.button("Calibrate", key="plan_calibrate", disabled=not fit):
                 try:
                     with st.spinner("Measuring this CPU and fitting..."):
@@ -221,6 +229,7 @@ def calibration_input() -> str | None:
                             calibration_runs(history, fit),
                             calibration_runs(history, held),
                             pass_spread="measured" if scatter else 0.0,
+                            step_logs=logs if priced else (),
                         )
                     path = private_dir("calibrations") / f"{doc.created_at:%Y%m%d-%H%M%S}.json"
                     st.session_state["plan_calibration"] = str(save_calibration(doc, path))

@@ -10,11 +10,15 @@ scheduling) and the comparison says so.
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
 from planner.calibrate_cli import ServedBy, concurrency_of, runs_of
 from planner.calibration import CalibrationRun
 from planner.compare import MeasuredRun
 from reports.benchmark_result import BenchmarkResult, BundledTargetDoc
 from reports.history import Filters, History, HistoryEntry
+from reports.home import private_dir
 
 SERVED_NOTE = "measured through the bundled server (sync profile): includes HTTP and scheduling"
 
@@ -65,3 +69,30 @@ def calibratable_runs(history: History) -> list[HistoryEntry]:
 def calibration_runs(history: History, ids: list[str], served: ServedBy | None = None) -> list[CalibrationRun]:
     """The runs of the saved results `ids`, as the planner's calibration takes them."""
     return [run for doc_id in ids for run in runs_of(history.load(doc_id), f"history:{doc_id}", served or ServedBy())]
+
+
+STEP_LOG_DIR = "step-logs"  # under Preflight's private home
+KEEP_STEP_LOGS = 50  # ~1 MB each for a 40-request run at 16 streams; older ones are deleted
+
+
+def new_step_log_path(folder: Path | None = None) -> Path:
+    """Where a bundled benchmark's server writes its step log (`BenchmarkConfig.step_log`): a fresh name in
+    Preflight's private folder, so that a calibration can later price passes from the run it came from.
+    The oldest logs beyond KEEP_STEP_LOGS are deleted here; a saved result whose log is gone calibrates
+    from its figures alone."""
+    folder = folder or private_dir(STEP_LOG_DIR)
+    logs = sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+    for old in logs[: max(0, len(logs) - (KEEP_STEP_LOGS - 1))]:
+        old.unlink(missing_ok=True)
+    return folder / f"steps-{uuid.uuid4().hex[:12]}.jsonl"
+
+
+def calibration_step_logs(history: History, ids: list[str]) -> list[str]:
+    """The step logs the saved results `ids` recorded (`config.step_log`) that still exist, in order."""
+    out = []
+    for doc_id in ids:
+        doc = history.load(doc_id)
+        path = doc.config.get("step_log") if isinstance(doc, BenchmarkResult) else None
+        if isinstance(path, str) and Path(path).is_file():
+            out.append(path)
+    return out

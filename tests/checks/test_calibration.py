@@ -6,7 +6,15 @@ from pathlib import Path
 
 from result_docs import record, result_of, run_of
 
-from checks.load.calibration import calibratable_runs, calibration_runs, measured_run, sync_runs
+from checks.load.calibration import (
+    KEEP_STEP_LOGS,
+    calibratable_runs,
+    calibration_runs,
+    calibration_step_logs,
+    measured_run,
+    new_step_log_path,
+    sync_runs,
+)
 from reports.benchmark_result import BundledTargetDoc
 from reports.history import History
 
@@ -50,3 +58,28 @@ def test_saved_concurrency_runs_of_the_bundled_engine_can_be_calibrated_on(tmp_p
     runs = calibration_runs(history, [e.id for e in entries if e.id])
     assert sorted(r.concurrency for r in runs) == [1, 2]
     assert all((r.engine, r.gpu, r.format, r.threads) == ("bundled", "cpu", "int4", 2) for r in runs)
+
+
+def test_a_saved_run_names_its_step_log_while_the_file_is_there(tmp_path: Path) -> None:
+    history = History(tmp_path / "history")
+    log = tmp_path / "steps.jsonl"
+    log.write_text("{}\n")
+    with_log = _sync().model_copy(update={"id": "with", "config": {"step_log": str(log)}})
+    gone = _sync().model_copy(update={"id": "gone", "config": {"step_log": str(tmp_path / "nope.jsonl")}})
+    without = _sync().model_copy(update={"id": "without"})
+    for doc in (with_log, gone, without):
+        history.save(doc)
+    assert calibration_step_logs(history, ["with", "gone", "without"]) == [str(log)]
+
+
+def test_new_step_logs_get_fresh_names_and_the_oldest_are_deleted(tmp_path: Path) -> None:
+    import os
+
+    for i in range(KEEP_STEP_LOGS + 5):
+        old = tmp_path / f"steps-{i:03d}.jsonl"
+        old.write_text("{}\n")
+        os.utime(old, (1_000_000 + i, 1_000_000 + i))
+    path = new_step_log_path(tmp_path)
+    kept = sorted(p.name for p in tmp_path.glob("*.jsonl"))
+    assert len(kept) == KEEP_STEP_LOGS - 1 and kept[0] == "steps-006.jsonl"  # room for the new one
+    assert path.parent == tmp_path and not path.exists() and path != new_step_log_path(tmp_path)

@@ -7,6 +7,7 @@ job, and the test reruns the page until the job ends, as the page's live fragmen
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -31,6 +32,7 @@ def test_renders_the_form_and_asks_for_a_run(page: AppTest) -> None:
     assert not _errors(page)
     assert "press Run benchmark" in page.info[0].value
     assert not page.button(key="bench_run").disabled
+    assert page.checkbox(key="bench_step_log").value  # a bundled server keeps its step log by default
 
 
 @pytest.mark.parametrize("url", ["not a url", "ftp://127.0.0.1:8000"])
@@ -43,6 +45,7 @@ def test_invalid_remote_url_shows_an_error_and_disables_run(page: AppTest, url: 
     page.text_input(key="target_url").input("http://127.0.0.1:8000/v1").run()
     assert not _errors(page)
     assert not page.button(key="bench_run").disabled
+    assert not [c for c in page.checkbox if c.key == "bench_step_log"]  # a remote server writes no step log
 
 
 def test_an_empty_remote_url_asks_for_one_without_an_error(page: AppTest) -> None:
@@ -99,6 +102,7 @@ def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
     job = page.session_state["bench_job"]
     assert isinstance(job, Job)
     assert job.config.profile == "concurrency:2" and job.config.threads == 1
+    assert job.config.step_log and job.config.step_log.endswith(".jsonl")
     assert (job.config.requests, job.config.input_len, job.config.output_len) == (2, 16, 4)
     deadline = time.monotonic() + RUN_DEADLINE_S
     while job.snapshot().state == JobState.RUNNING and time.monotonic() < deadline:
@@ -108,6 +112,10 @@ def test_tiny_bundled_run_shows_its_results(page: AppTest) -> None:
         assert not page.exception
     snap = job.snapshot()
     assert snap.state == JobState.DONE, (snap.state, snap.error)
+    # the server's step log, named in the saved config: what the Plan page's calibration prices passes from
+    assert snap.result.config["step_log"] == job.config.step_log
+    steps = Path(job.config.step_log).read_text().splitlines()
+    assert steps and all('"prefill_tokens"' in line for line in steps)
     page.run()
     assert not page.exception
     assert not _errors(page)

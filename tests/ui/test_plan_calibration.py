@@ -61,3 +61,34 @@ def test_calibrate_from_saved_runs_labels_the_bundled_options(app: AppTest) -> N
     calibrated = how[how["source"] == "calibrated"]
     assert {"decode_bandwidth_efficiency", "step_overhead_ms", "calibration"} <= set(calibrated["assumption"])
     assert set(how[how["assumption"] == "calibration"]["setting"]) == {line.removeprefix("calibrated ")}
+
+
+def _step_log(path: Path) -> Path:
+    """A server step log: decode passes at 1 and 8 sequences, prompt passes of two sizes (times in ms)."""
+    lines, t = [], 100.0
+    for decoding, prompt, ms, count in ((1, 0, 6.0, 60), (8, 0, 18.0, 30), (0, 142, 170.0, 4), (3, 426, 450.0, 3)):
+        for _ in range(count):
+            lines.append(json.dumps({"t": t, "step_ms": ms - 0.3, "decoding": decoding, "prefill_tokens": prompt}))
+            t += ms / 1e3
+    lines.append(json.dumps({"t": t, "step_ms": 6.0, "decoding": 1, "prefill_tokens": 0}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_calibrate_prices_passes_from_the_step_log_a_saved_run_kept(app: AppTest, tmp_path: Path) -> None:
+    """A saved bundled run whose server kept its step log (the Benchmark page's default) offers it, and the
+    calibration then prices passes from it (`calibrate --step-log`)."""
+    doc = load_benchmark_result(FIXTURE)
+    log = _step_log(tmp_path / "steps.jsonl")
+    History(history_dir()).save(doc.model_copy(update={"config": {**doc.config, "step_log": str(log)}}))
+    app.switch_page("app_pages/plan.py").run()
+    app.selectbox(key="plan_model").set_value("smollm2-135m")
+    app.selectbox(key="plan_gpu").set_value("cpu").run()
+    app.multiselect(key="plan_cal_fit").set_value([doc.id]).run()
+    offer = app.checkbox(key="plan_cal_step_logs")
+    assert offer.value and "(1 of 1 fit runs kept one)" in offer.label
+    app.button(key="plan_calibrate").click().run()
+    assert not app.exception and not app.error
+    fitted = app.session_state["plan_calibration_doc"]
+    assert fitted.passes is not None and fitted.passes.sources == [str(log)]
+    assert any("logged passes" in c.value for c in app.code)
