@@ -432,6 +432,10 @@ class StreamClient:
         send_s = self._sent_at.pop(request_id, self.now())
         return self._failed(base, send_s, ErrorKind.CANCELLED, None, "the run was stopped")
 
+    def sent_at(self, request_id: int) -> float | None:
+        """When a request in flight went on the wire (its latest try), on the run clock; None before that."""
+        return self._sent_at.get(request_id)
+
     def abandoned(
         self, request_id: int, ready_s: float, scheduled_s: float | None, warmup: bool, after_s: float
     ) -> RequestRecord:

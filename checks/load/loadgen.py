@@ -209,7 +209,17 @@ class _Run:
         if not self.limits.abandons(rid):
             return await sending
         task = asyncio.ensure_future(sending)
-        done, _ = await asyncio.wait([task], timeout=self.limits.abandon_after_s)
+        after = self.limits.abandon_after_s
+        done, _ = await asyncio.wait([task], timeout=after)
+        # The timer started before the task put the request on the wire (building the payload, the event
+        # loop's turn): wait out what is left of `after` from the recorded send, so that no request is
+        # closed sooner after sending than the load promises.
+        while task not in done:
+            sent = self.client.sent_at(rid)
+            left = after if sent is None else sent + after - self.client.now()
+            if left <= 0:
+                break
+            done, _ = await asyncio.wait([task], timeout=left)
         if task in done:
             return task.result()  # it finished before its time to be abandoned
         task.cancel()  # closes the connection mid-answer: the server sees the client leave
