@@ -17,9 +17,9 @@ measurement prices every calibration below:
 A bundled target's server writes a step log per run (`checks bench --step-log`, beside the result as
 rN_cC.steps.jsonl), and each calibration is made twice: from the runs' figures alone, and with the pass
 prices fitted to the fit runs' step logs (`calibrate --step-log`; "step-log prices" rows). Each replays
-exact pass prices (calibrate's default); the row under it re-predicts the same held-out runs with each
-pass's time scattered by the sd of ln measured from its c=1 runs' inter-token gaps (`calibrate
---pass-spread measured`). The last fitted figure is the server's intake time per request (ingest_ms).
+each pass's time scattered by the sd of ln measured from its c=1 runs' inter-token gaps (calibrate's
+default, `--pass-spread measured`); the row under it re-predicts the same held-out runs at exact pass
+prices (`--pass-spread 0`). The last fitted figure is the server's intake time per request (ingest_ms).
 
 On a VM whose speed drifts by 10% from one minute to the next, a single round cannot check a 4% model;
 the pooled row is the check. `--reuse` calibrates the results already in `--results-dir` without
@@ -41,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import REPO_ROOT, conditions, format_table, source_revision  # noqa: E402
-from planner.calibrate import calibrate, error_row, measured_pass_spread, predictor  # noqa: E402
+from planner.calibrate import calibrate, error_row, predictor  # noqa: E402
 from planner.calibrate_cli import ServedBy, load_runs  # noqa: E402
 from planner.calibration import CalibrationDoc, ErrorRow  # noqa: E402
 from planner.catalog import load_catalog  # noqa: E402
@@ -189,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{v.ingest_ms:.3g}"
         )
         rows.append([name, *(_pct(doc.error.held_out_after, k) for k in TARGETS), fitted, f"{v.pass_spread:.3g}"])
-        if spread := measured_pass_spread(doc.runs):  # the same values, each pass scattered as measured
-            scattered = v.model_copy(update={"pass_spread": spread})
-            row = error_row(doc.held_out, [predict(r, scattered) for r in doc.held_out])
-            rows.append(["  same, passes scattered", *(_pct(row, k) for k in TARGETS), "", f"{spread:.3g}"])
+        if v.pass_spread:  # the same values, each pass at exactly its price
+            exact = v.model_copy(update={"pass_spread": 0.0})
+            row = error_row(doc.held_out, [predict(r, exact) for r in doc.held_out])
+            rows.append(["  same, passes exact", *(_pct(row, k) for k in TARGETS), "", "0"])
     rows.append(["target", *(f"<= {v:g}%" for v in TARGETS.values()), "", ""])
     print("\nheld-out median absolute error after calibrating on concurrency 1 and 8")
     head = ["calibration", "TTFT", "TPOT", "output tok/s", "decode_bw, prefill_flops, step_ms, seq_us, ingest_ms"]

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
-from planner.calibration import CalibrationRun
+from planner.calibration import DEFAULT_PASS_SPREAD, CalibrationRun
 from planner.errors import PlannerError, first_problem
 from planner.hardware import detect, summary_lines
 from planner.predict_io import PredictOptions
@@ -111,10 +111,10 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pass-spread",
         type=_spread,
-        default=0.0,
+        default=DEFAULT_PASS_SPREAD,
         metavar="SD|measured",
-        help="scatter each replayed pass's time by this sd of ln, or by the fit runs' ('measured': their "
-        "inter-token gaps at the lowest concurrency); default 0, exact prices",
+        help="scatter each replayed pass's time by this sd of ln, or by the fit runs' ('measured', the default: "
+        "their inter-token gaps at the lowest concurrency); 0 replays exact prices",
     )
     p.add_argument(
         "--step-log",

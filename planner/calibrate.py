@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from planner.calibration import (
+    DEFAULT_PASS_SPREAD,
     METRICS,
     CalibrationDoc,
     CalibrationRun,
@@ -438,7 +439,7 @@ def calibrate(
     catalog: Catalog | None = None,
     hw: Hardware | None = None,
     measure: Callable[[], CpuMeasurement] | None = None,
-    pass_spread: float | Literal["measured"] = 0.0,
+    pass_spread: float | Literal["measured"] = DEFAULT_PASS_SPREAD,
     step_logs: Sequence[str] = (),
 ) -> CalibrationDoc:
     """Fit on `runs`, check on `held_out`, and describe both in a calibration document.
@@ -447,9 +448,9 @@ def calibrate(
 
     `pass_spread` scatters each replayed pass's time (planner/replay.py) by that sd of ln, or by the fit
     runs' own ("measured": measured_pass_spread); it is measured, never fitted, and the other values are
-    fitted with exact prices either way. Exact is the default: on two sets of four interleaved rounds the
-    measured scatter took the held-out TTFT error from 16.8% to 8.3% on one and from 2.2% to 12.9% on
-    the other (docs/BENCHMARKS.md, "Planner calibration"), so it is a lens on a bistable run, not a fix.
+    fitted with exact prices either way. The measured scatter is the default (DEFAULT_PASS_SPREAD): the
+    earlier evidence against it (16.8 -> 8.3% on one set, 2.2 -> 12.9% on another) came from pooled points
+    replayed at four times their length, a bug fixed since; re-read, it helps (DEFAULT_PASS_SPREAD).
 
     `step_logs` are the fit runs' servers' own logs (`serve --step-log`): the pass prices are then fitted
     to the logged passes (fit_pass_prices) and only what the server cannot see is fitted to the runs (the

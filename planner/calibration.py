@@ -27,6 +27,13 @@ KIND = "preflight.planner-calibration"
 SCHEMA_VERSION = 1
 METRICS = ("ttft_ms", "tpot_ms", "output_tok_s")
 
+# What `calibrate`, its CLI and the Plan page replay with unless told otherwise: each pass scattered by the
+# fit runs' own measured spread. On five pooled calibrations at 2026-12-07 17:58 (four sets, one of them
+# also with step-log prices) it lowered the held-out TTFT error on all five (8.3 -> 4.1, 4.0 -> 1.7, 5.0 ->
+# 1.3, 15.7 -> 11.4, 13.4 -> 10.4%) and TPOT on four (7.2 -> 5.0, 6.6 -> 5.2, 4.8 -> 3.3, 14.1 -> 13.0;
+# 11.4 -> 11.7), throughput within 0.3 points (docs/BENCHMARKS.md).
+DEFAULT_PASS_SPREAD: Literal["measured"] = "measured"
+
 
 class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -15,7 +15,7 @@ from checks.load.calibration import calibratable_runs, calibration_runs, calibra
 from checks.presets import PRESETS
 from planner.assumptions import calibration_line, version_line
 from planner.calibrate import calibrate, format_fit
-from planner.calibration import CalibrationDoc, save_calibration
+from planner.calibration import DEFAULT_PASS_SPREAD, CalibrationDoc, save_calibration
 from planner.catalog import Catalog
 from planner.custom_gpu import format_custom_gpu
 from planner.devices import CUSTOM_CHOICE, device_choices
@@ -208,11 +208,12 @@ def calibration_input() -> str | None:
             )
             scatter = st.checkbox(
                 "Scatter each replayed pass as the runs measured",
+                value=DEFAULT_PASS_SPREAD == "measured",
                 key="plan_cal_scatter",
                 help="calibrate --pass-spread measured: each pass of the replayed closed loop takes its time times "
                 "a factor with the sd of ln the fit runs' inter-token gaps show (lowest concurrency), over 8 "
-                "seeded replays. It predicts the mix of TTFT modes a run can settle in; off, passes take "
-                "exactly their price.",
+                "seeded replays (the default). It predicts the mix of TTFT modes a run can settle in; off, passes "
+                "take exactly their price.",
             )
             logs = calibration_step_logs(history, fit)
             priced = logs and st.checkbox(

@@ -28,7 +28,14 @@ from planner.calibrate import (
     run_options,
 )
 from planner.calibrate_cli import ServedBy, concurrency_of, load_runs, one_token_gaps, runs_of
-from planner.calibration import CalibrationDoc, CalibrationRun, FittedValues, load_calibration, save_calibration
+from planner.calibration import (
+    DEFAULT_PASS_SPREAD,
+    CalibrationDoc,
+    CalibrationRun,
+    FittedValues,
+    load_calibration,
+    save_calibration,
+)
 from planner.catalog import load_catalog
 from planner.cpu_probe import GEMM_ROWS, CpuMeasurement
 from planner.entrypoints import make_plan, pass_cost, predict_one
@@ -120,7 +127,7 @@ def test_a_remote_result_needs_to_be_told_what_served_it(tmp_path: Path) -> None
 def test_the_fit_finds_the_values_the_runs_were_measured_with(tmp_path: Path) -> None:
     fit = load_runs([str(result_at(c, tmp_path)) for c in (1, 8)])
     held = load_runs([str(result_at(c, tmp_path)) for c in (2, 4, 16)])
-    doc = calibrate(fit, held, CAT, HW, measure)
+    doc = calibrate(fit, held, CAT, HW, measure, pass_spread=0.0)
     e = doc.error
     assert doc.engine == "bundled" and doc.device_kind == "cpu" and doc.max_num_seqs == 16
     assert e.fit_after.tpot_ms < 1 and e.fit_after.ttft_ms < 1 and e.fit_after.output_tok_s < 1
@@ -168,7 +175,7 @@ def test_repeats_of_one_condition_are_one_point_at_their_median(tmp_path: Path) 
     assert pooled.source == "r1.json, r2.json, r3.json" and pooled.requests == c1.requests  # one run's length
     other_length = c1.model_copy(update={"output_tokens": c1.output_tokens + 1})
     assert len(pool_repeats([c1, other_length])) == 2  # other conditions are not repeats
-    doc = calibrate(rounds, (), CAT, HW, measure)
+    doc = calibrate(rounds, (), CAT, HW, measure, pass_spread=0.0)
     assert [(r.concurrency, r.repeats) for r in doc.runs] == [(1, 3), (8, 1)]
     assert doc.error.fit_after.tpot_ms < 1  # the median is the truth the runs were measured around
     lines = format_fit(doc)
@@ -180,7 +187,7 @@ def test_the_fit_keeps_within_its_bounds(tmp_path: Path) -> None:
     the peak is the probe's reading, which a drifting machine can take low, so the bound is wider there
     than a datasheet's 1.5."""
     fast = FittedValues.model_construct(decode_bandwidth=40.0, prefill_flops=40.0, step_overhead_ms=0.0)
-    doc = calibrate(load_runs([str(result_at(1, tmp_path, fast))]), (), CAT, HW, measure)
+    doc = calibrate(load_runs([str(result_at(1, tmp_path, fast))]), (), CAT, HW, measure, pass_spread=0.0)
     assert doc.values.decode_bandwidth <= CPU_EFFICIENCY_HIGH and doc.values.prefill_flops <= CPU_EFFICIENCY_HIGH
     assert doc.values.step_overhead_ms >= 0
     assert bounds_for("gpu") == BOUNDS and BOUNDS["prefill_flops"][1] == 1.5
@@ -188,7 +195,7 @@ def test_the_fit_keeps_within_its_bounds(tmp_path: Path) -> None:
 
 
 def _doc(tmp_path: Path) -> CalibrationDoc:
-    return calibrate(load_runs([str(result_at(c, tmp_path)) for c in (1, 8)]), (), CAT, HW, measure)
+    return calibrate(load_runs([str(result_at(c, tmp_path)) for c in (1, 8)]), (), CAT, HW, measure, pass_spread=0.0)
 
 
 def test_the_calibration_file_round_trips(tmp_path: Path) -> None:
@@ -313,7 +320,7 @@ def test_step_log_prices_are_fitted_to_the_passes_and_the_intake_to_the_runs(tmp
     fit = load_runs([str(result_at(c, tmp_path, TRUTH_LOGGED)) for c in (1, 8)])
     held = load_runs([str(result_at(c, tmp_path, TRUTH_LOGGED)) for c in (2, 4, 16)])
     log = step_log_at(TRUTH_LOGGED, fit[0], tmp_path / "steps.jsonl")
-    doc = calibrate(fit, held, CAT, HW, measure, step_logs=[str(log)])
+    doc = calibrate(fit, held, CAT, HW, measure, step_logs=[str(log)], pass_spread=0.0)
     assert doc.passes is not None and doc.passes.passes == sum(LOGGED.values())
     assert doc.passes.rms_log_residual < 0.01
     assert all(abs(r.fitted_ms / r.measured_ms - 1) < 0.02 for r in doc.passes.rows)
@@ -332,7 +339,7 @@ def test_step_log_prices_are_fitted_to_the_passes_and_the_intake_to_the_runs(tmp
 
 def test_without_step_logs_the_intake_is_scanned_after_the_prices(tmp_path: Path) -> None:
     fit = load_runs([str(result_at(c, tmp_path, TRUTH_INTAKE)) for c in (1, 8)])
-    doc = calibrate(fit, (), CAT, HW, measure)
+    doc = calibrate(fit, (), CAT, HW, measure, pass_spread=0.0)
     assert doc.passes is None and doc.values.ingest_ms > 0
     assert doc.error.fit_after.ttft_ms < 3 and doc.error.fit_after.tpot_ms < 3
 
@@ -341,7 +348,7 @@ def test_a_step_log_that_cannot_price_prompts_is_refused(tmp_path: Path) -> None
     fit = load_runs([str(result_at(c, tmp_path)) for c in (1, 8)])
     decode_only = step_log_at(TRUTH, fit[0], tmp_path / "steps.jsonl", {(1, 0): 50, (0, 142): 3})
     with pytest.raises(PlannerError, match="needs decode passes and at least 2 prompt sizes"):
-        calibrate(fit, (), CAT, HW, measure, step_logs=[str(decode_only)])
+        calibrate(fit, (), CAT, HW, measure, step_logs=[str(decode_only)], pass_spread=0.0)
 
 
 def test_cli_calibrate_reads_step_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -385,7 +392,7 @@ def test_a_vllm_calibration_plans_the_release_it_was_fitted_on(tmp_path: Path) -
     so it records that release, plans it when none is asked, and refuses a release whose rule differs."""
     runs = _vllm_runs(tmp_path, "0.10.1.1")
     assert all(r.engine_version == "0.10.1.1" for r in runs)
-    doc = calibrate(runs, (), CAT, HW)
+    doc = calibrate(runs, (), CAT, HW, pass_spread=0.0)
     assert (doc.engine, doc.engine_version, doc.device_kind) == ("vllm", "0.10.1.1", "gpu")
     assert format_fit(doc)[0].startswith("calibrated vllm 0.10.1.1 on NVIDIA H100")
     cal = save_calibration(doc, tmp_path / "vllm.json")
@@ -428,7 +435,7 @@ def test_cli_calibrate_records_the_vllm_release(tmp_path: Path, capsys: pytest.C
 def test_only_vllm_runs_carry_a_release() -> None:
     bundled = [r.model_copy(update={"engine_version": "0.10.1.1"}) for r in load_runs([str(FIXTURE)])]
     with pytest.raises(PlannerError, match="an engine version names a vLLM release; these runs served with bundled"):
-        calibrate(bundled, (), CAT, HW, measure)
+        calibrate(bundled, (), CAT, HW, measure, pass_spread=0.0)
 
 
 def test_the_gap_spread_is_the_scatter_of_ln_gaps_and_ignores_the_tails() -> None:
@@ -453,18 +460,19 @@ def test_a_result_gives_its_one_token_gaps() -> None:
 
 
 def test_a_measured_pass_spread_is_the_lowest_concurrencys_gap_spread(tmp_path: Path) -> None:
-    """The pass scatter is measured, never fitted: exact by default, the c=1 runs' gap spread (pooled
-    repeats at their median) with "measured", or a given figure; predictions through the calibration
+    """The pass scatter is measured, never fitted: the c=1 runs' gap spread (pooled repeats at their
+    median) by default ("measured"), exact with 0, or a given figure; predictions through the calibration
     replay with it and say so."""
     (c1,) = load_runs([str(result_at(1, tmp_path))])
     (c8,) = load_runs([str(result_at(8, tmp_path))])
     rounds = [c1.model_copy(update={"gap_spread": g, "id": f"r{g}"}) for g in (0.08, 0.1, 0.3)]
     runs = [*rounds, c8.model_copy(update={"gap_spread": 0.4})]
     assert pool_repeats(runs)[0].gap_spread == pytest.approx(0.1)
-    exact = calibrate(runs, (), CAT, HW, measure)
+    exact = calibrate(runs, (), CAT, HW, measure, pass_spread=0.0)
     assert exact.values.pass_spread == 0.0
     assert "scatter by sd of ln 0.1: --pass-spread measured" in format_fit(exact)[2]
-    doc = calibrate(runs, (), CAT, HW, measure, pass_spread="measured")
+    doc = calibrate(runs, (), CAT, HW, measure)
+    assert DEFAULT_PASS_SPREAD == "measured"
     assert doc.values.pass_spread == pytest.approx(0.1) and doc.values.step_overhead_ms == exact.values.step_overhead_ms
     assert format_fit(doc)[2] == "pass_spread 0.1"
     assert calibrate(runs, (), CAT, HW, measure, pass_spread=0.2).values.pass_spread == 0.2

@@ -73,7 +73,7 @@ def plan_calibrated(tmp_path_factory: pytest.TempPathFactory) -> Plan:
     """SmolLM2 on this CPU (a fixed measurement) with a calibration fitted on the recorded bundled run:
     the bundled options are calibrated, llama.cpp's are not."""
     fixture = Path(__file__).parent / "fixtures" / "bench_bundled_int4_c1.json"
-    doc = calibrate(load_runs([str(fixture)]), (), load_catalog(), detect(), lambda: FIXED_CPU)
+    doc = calibrate(load_runs([str(fixture)]), (), load_catalog(), detect(), lambda: FIXED_CPU, pass_spread=0.0)
     path = save_calibration(doc, tmp_path_factory.mktemp("calibration") / "cal.json")
     return plan(model="smollm2-135m", gpu="cpu", context=2048, concurrency=2, calibration=str(path))
 
