@@ -50,7 +50,7 @@ from planner.calibration import (
     now,
 )
 from planner.catalog import Catalog, load_catalog
-from planner.entrypoints import pass_cost, predict_one
+from planner.entrypoints import pass_pricer, predict_one
 from planner.errors import PlannerError
 from planner.hardware import Hardware, detect
 from planner.loaded import StepCost
@@ -307,16 +307,15 @@ def fit_values(
     start: FittedValues,
     names: Sequence[str] = ANALYTIC,
     bounds: Bounds = BOUNDS,
-) -> tuple[FittedValues, float]:
+) -> FittedValues:
     """The values `names` that minimize the squared log residuals over `runs` (the others stay as in
-    `start`), and the RMS log residual they leave."""
+    `start`); `rms_residual` says what they leave."""
 
     def cost(x: list[float]) -> float:
         values = _to_values(x, names, start, bounds)
         return sum(r * r for r in log_residuals(runs, [predict(run, values) for run in runs]))
 
-    best = _to_values(_minimize(cost, _to_x(start, names)), names, start, bounds)
-    return best, rms_residual(runs, predict, best)
+    return _to_values(_minimize(cost, _to_x(start, names)), names, start, bounds)
 
 
 Pricer = Callable[[FittedValues], StepCost]
@@ -503,21 +502,18 @@ def calibrate(
     passes = None
     if step_logs:
         classes = logged_classes(step_logs)
-        options = run_options(runs[0])  # the passes are priced in the first fit run's workload (its context)
-
-        def price(v: FittedValues) -> StepCost:
-            return pass_cost(options, cat, hw, measure, v)
-
+        # the passes are priced in the first fit run's workload (its context)
+        price = pass_pricer(run_options(runs[0]), cat, hw, measure)
         values, pass_rms = fit_pass_prices(classes, price, start, bounds)
         passes = pass_fit(step_logs, classes, price(values), pass_rms)
         if not replayed:
-            values, _ = fit_values(runs, predict, values, ("queued_prefills",), bounds)
+            values = fit_values(runs, predict, values, ("queued_prefills",), bounds)
     else:
-        values, _ = fit_values(runs, predict, start, REPLAYED if replayed else ANALYTIC, bounds)
+        values = fit_values(runs, predict, start, REPLAYED if replayed else ANALYTIC, bounds)
     if replayed:
         values = scan_ingest(runs, predict, values)
         if not step_logs:
-            values, _ = fit_values(runs, predict, values, REPLAYED, bounds)
+            values = fit_values(runs, predict, values, REPLAYED, bounds)
     rms = rms_residual(runs, predict, values)
     spread = measured_pass_spread(runs) if pass_spread == "measured" else pass_spread
     values = values.model_copy(update={"pass_spread": round(spread, 4)})

@@ -212,17 +212,22 @@ def predict_one(
     return build_result(opts, names, cp, q.context, calibrated=q.calibration is not None)
 
 
-def pass_cost(
+def pass_pricer(
     opts: PredictOptions,
     catalog: Catalog | None = None,
     hw: Hardware | None = None,
     measure: Callable[[], CpuMeasurement] | None = None,
-    values: FittedValues | None = None,
-) -> StepCost:
-    """What `predict_one` would charge for one forward pass of this configuration, (decoding sequences,
-    prompt tokens) -> seconds: a calibration fits these prices to a server's logged passes."""
-    q = _resolve(opts, catalog, hw, measure, values)
-    return pass_pricing(q.model, q.device, q.engine, q.fmt, q.par, q.workload, q.catalog, q.knobs, q.efficiency).cost
+) -> Callable[[FittedValues], StepCost]:
+    """What `predict_one` would charge for one forward pass of this configuration with given values,
+    (decoding sequences, prompt tokens) -> seconds: a calibration fits these prices to a server's logged
+    passes. The configuration is resolved once; each call only prices with its values."""
+    q = _resolve(opts, catalog, hw, measure, None)
+
+    def price(values: FittedValues) -> StepCost:
+        eff = efficiency_of(values)
+        return pass_pricing(q.model, q.device, q.engine, q.fmt, q.par, q.workload, q.catalog, q.knobs, eff).cost
+
+    return price
 
 
 def compare_run(

@@ -10,12 +10,14 @@ scheduling) and the comparison says so.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from pathlib import Path
 
 from planner.calibrate_cli import ServedBy, concurrency_of, runs_of
 from planner.calibration import CalibrationRun
 from planner.compare import MeasuredRun
+from reports import documents
 from reports.benchmark_result import BenchmarkResult, BundledTargetDoc
 from reports.history import Filters, History, HistoryEntry
 from reports.home import private_dir
@@ -88,11 +90,24 @@ def new_step_log_path(folder: Path | None = None) -> Path:
 
 
 def calibration_step_logs(history: History, ids: list[str]) -> list[str]:
-    """The step logs the saved results `ids` recorded (`config.step_log`) that still exist, in order."""
+    """The step logs the saved results `ids` recorded (`config.step_log`) that still exist, in order.
+
+    The Plan page asks on every rerun while fit runs are picked, so each result is read once per version
+    of its file (`_recorded_step_log`), not parsed again at each click."""
     out = []
     for doc_id in ids:
-        doc = history.load(doc_id)
-        path = doc.config.get("step_log") if isinstance(doc, BenchmarkResult) else None
-        if isinstance(path, str) and Path(path).is_file():
+        file = history.resolve(doc_id)
+        stat = file.stat()
+        path = _recorded_step_log(file, stat.st_mtime_ns, stat.st_size)
+        if path is not None and Path(path).is_file():
             out.append(path)
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _recorded_step_log(file: Path, mtime_ns: int, size: int) -> str | None:
+    """The step log a saved benchmark result names (None: none, or not a benchmark); keyed by the file's
+    version, since a result is only ever replaced whole."""
+    doc = documents.load(file)
+    path = doc.config.get("step_log") if isinstance(doc, BenchmarkResult) else None
+    return path if isinstance(path, str) else None

@@ -38,7 +38,7 @@ from planner.calibration import (
 )
 from planner.catalog import load_catalog
 from planner.cpu_probe import GEMM_ROWS, CpuMeasurement
-from planner.entrypoints import make_plan, pass_cost, predict_one
+from planner.entrypoints import make_plan, pass_pricer, predict_one
 from planner.errors import PlannerError
 from planner.hardware import detect
 from planner.predict_io import PredictOptions
@@ -302,7 +302,7 @@ LOGGED = {(1, 0): 200, (4, 0): 40, (8, 0): 100, (0, 142): 10, (3, 426): 5, (7, 6
 def step_log_at(values: FittedValues, run: CalibrationRun, path: Path, kinds: dict = LOGGED) -> Path:
     """A server's step log whose passes cost exactly what `values` price them at (each step 0.2 ms shorter
     than its gap: the loop's turn-around)."""
-    price = pass_cost(run_options(run), CAT, HW, measure, values)
+    price = pass_pricer(run_options(run), CAT, HW, measure)(values)
     t, lines = 100.0, []
     for (b, p), n in kinds.items():
         for _ in range(n):
