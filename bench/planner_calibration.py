@@ -20,6 +20,9 @@ prices fitted to the fit runs' step logs (`calibrate --step-log`; "step-log pric
 each pass's time scattered by the sd of ln measured from its c=1 runs' inter-token gaps (calibrate's
 default, `--pass-spread measured`); the row under it re-predicts the same held-out runs at exact pass
 prices (`--pass-spread 0`). The last fitted figure is the server's intake time per request (ingest_ms).
+"inside run CI" counts the held-out predictions that fall inside their run's own 95% interval of the
+median (the benchmark's bootstrap over its requests; a pooled point keeps the median of its rounds'
+bounds): a miss inside it is within what one run of that length can tell apart.
 
 On a VM whose speed drifts by 10% from one minute to the next, a single round cannot check a 4% model;
 the pooled row is the check. `--reuse` calibrates the results already in `--results-dir` without
@@ -41,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import REPO_ROOT, conditions, format_table, source_revision  # noqa: E402
-from planner.calibrate import calibrate, error_row, predictor  # noqa: E402
+from planner.calibrate import calibrate, error_row, format_inside, predictor  # noqa: E402
 from planner.calibrate_cli import ServedBy, load_runs  # noqa: E402
 from planner.calibration import CalibrationDoc, ErrorRow  # noqa: E402
 from planner.catalog import load_catalog  # noqa: E402
@@ -188,15 +191,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{v.decode_bandwidth:.3g}, {v.prefill_flops:.3g}, {v.step_overhead_ms:.3g}, {v.seq_overhead_us:.4g}, "
             f"{v.ingest_ms:.3g}"
         )
-        rows.append([name, *(_pct(doc.error.held_out_after, k) for k in TARGETS), fitted, f"{v.pass_spread:.3g}"])
+        after = doc.error.held_out_after
+        inside = format_inside(after.inside_ci95 if after else None)
+        rows.append([name, *(_pct(after, k) for k in TARGETS), inside, fitted, f"{v.pass_spread:.3g}"])
         if v.pass_spread:  # the same values, each pass at exactly its price
             exact = v.model_copy(update={"pass_spread": 0.0})
             row = error_row(doc.held_out, [predict(r, exact) for r in doc.held_out])
-            rows.append(["  same, passes exact", *(_pct(row, k) for k in TARGETS), "", "0"])
-    rows.append(["target", *(f"<= {v:g}%" for v in TARGETS.values()), "", ""])
+            inside = format_inside(row.inside_ci95)
+            rows.append(["  same, passes exact", *(_pct(row, k) for k in TARGETS), inside, "", "0"])
+    rows.append(["target", *(f"<= {v:g}%" for v in TARGETS.values()), "", "", ""])
     print("\nheld-out median absolute error after calibrating on concurrency 1 and 8")
-    head = ["calibration", "TTFT", "TPOT", "output tok/s", "decode_bw, prefill_flops, step_ms, seq_us, ingest_ms"]
-    head.append("pass spread")
+    head = ["calibration", "TTFT", "TPOT", "output tok/s", "inside run CI: TTFT, TPOT"]
+    head += ["decode_bw, prefill_flops, step_ms, seq_us, ingest_ms", "pass spread"]
     print(format_table(head, rows))
     if args.json:
         args.json.write_text(

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from planner.calibration import (
+    CI_METRICS,
     DEFAULT_PASS_SPREAD,
     METRICS,
     CalibrationDoc,
@@ -43,6 +44,8 @@ from planner.calibration import (
     ErrorRow,
     FitError,
     FittedValues,
+    InsideCi,
+    MedianIntervals,
     Metrics,
     PassFit,
     PassRow,
@@ -137,6 +140,7 @@ NOT_CONDITIONS = {
     "repeats",
     "gap_spread",
     "measured",
+    "measured_ci95",
     "predicted_before",
     "predicted_after",
 }
@@ -172,6 +176,7 @@ def _pooled(group: list[CalibrationRun]) -> CalibrationRun:
     spreads = [r.gap_spread for r in group if r.gap_spread is not None]
     return group[0].model_copy(
         update={
+            "measured_ci95": _pooled_intervals(group),
             "gap_spread": statistics.median(spreads) if spreads else None,
             "id": ", ".join(r.id for r in group),
             "source": ", ".join(r.source for r in group),
@@ -180,6 +185,18 @@ def _pooled(group: list[CalibrationRun]) -> CalibrationRun:
             "measured": Metrics(**medians),
         }
     )
+
+
+def _pooled_intervals(group: list[CalibrationRun]) -> MedianIntervals | None:
+    """The median of the repeats' bounds: the interval of one run as long as each of them, which is what a
+    prediction of such a run (planner/replay.py replays one) can be held to. Narrower intervals for the
+    median of the repeats would need their requests, which the runs no longer carry."""
+    bounds = {}
+    for metric in CI_METRICS:
+        seen = [ci for r in group if r.measured_ci95 is not None and (ci := getattr(r.measured_ci95, metric))]
+        if seen:
+            bounds[metric] = (statistics.median(lo for lo, _ in seen), statistics.median(hi for _, hi in seen))
+    return MedianIntervals(**bounds) if bounds else None
 
 
 def predictor(catalog: Catalog, hw: Hardware, measure: Callable[[], CpuMeasurement] | None) -> Predictor:
@@ -210,7 +227,22 @@ def error_row(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics | None
             if p is not None and (e := abs_pct(getattr(p, metric), getattr(run.measured, metric))) is not None
         ]
         cols[metric] = statistics.median(errs) if errs else None
-    return ErrorRow(runs=len(runs), **cols)
+    return ErrorRow(runs=len(runs), **cols, inside_ci95=inside_ci(runs, predicted))
+
+
+def inside_ci(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics | None]) -> InsideCi | None:
+    """Per median, how many predictions fall inside their run's own 95% interval, of the runs that have one."""
+    counts: dict[str, tuple[int, int]] = {}
+    for metric in CI_METRICS:
+        hits = []
+        for run, p in zip(runs, predicted, strict=True):
+            ci = getattr(run.measured_ci95, metric) if run.measured_ci95 is not None else None
+            got = getattr(p, metric) if p is not None else None
+            if ci is not None and got is not None:
+                hits.append(ci[0] <= got <= ci[1])
+        if hits:
+            counts[metric] = (sum(hits), len(hits))
+    return InsideCi(**counts) if counts else None
 
 
 def log_residuals(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics]) -> list[float]:
@@ -567,27 +599,43 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
         f"ingest_ms {v.ingest_ms:.3g} "
         f"(RMS ln residual {e.rms_log_residual:.3f})",
         f"pass_spread {v.pass_spread:.3g}" + _spread_hint(doc),
-        "median absolute error      TTFT     TPOT   output tok/s",
+        "median absolute error      TTFT     TPOT   output tok/s   inside the runs' 95% CI: TTFT, TPOT",
     ]
     rows = [("fit runs, before", e.fit_before), ("fit runs, after", e.fit_after)]
     if e.held_out_before and e.held_out_after:
         rows += [("held-out runs, before", e.held_out_before), ("held-out runs, after", e.held_out_after)]
     for name, row in rows:
         label = f"{name} ({row.runs})"
-        lines.append(f"{label:<25} {_cell(row.ttft_ms):>6}  {_cell(row.tpot_ms):>7}  {_cell(row.output_tok_s):>10}")
-    lines.append("per run, measured / calibrated prediction: TTFT ms, TPOT ms, output tok/s")
+        lines.append(
+            f"{label:<25} {_cell(row.ttft_ms):>6}  {_cell(row.tpot_ms):>7}  {_cell(row.output_tok_s):>10}"
+            + (f"   {format_inside(row.inside_ci95):>12}" if row.inside_ci95 else "")
+        )
+    lines.append("per run, measured [its median's 95% CI] / calibrated prediction: TTFT ms, TPOT ms, output tok/s")
     lines += _pass_lines(doc)
     for kind, group in (("fit", doc.runs), ("held out", doc.held_out)):
         for r in group:
             m, p = r.measured, r.predicted_after or Metrics()
             cells = "  ".join(
-                f"{_num(getattr(m, k))} / {_num(getattr(p, k))}" for k in ("ttft_ms", "tpot_ms", "output_tok_s")
+                f"{_num(getattr(m, k))}{_interval(r, k)} / {_num(getattr(p, k))}"
+                for k in ("ttft_ms", "tpot_ms", "output_tok_s")
             )
             hits = r.cached_input_tokens
             cached = f"  ({hits} of {r.input_tokens} prompt tokens cached)" if hits else ""
             repeats = f"  (median of {r.repeats} runs)" if r.repeats > 1 else ""
             lines.append(f"  {kind:<8} c={r.concurrency:<3} {cells}{cached}{repeats}")
     return lines
+
+
+def format_inside(inside: InsideCi | None) -> str:
+    """ "k/n" per median (TTFT, TPOT): predictions inside their run's own 95% interval; "-" where none has one."""
+    if inside is None:
+        return "-"
+    return ", ".join(f"{k[0]}/{k[1]}" if (k := getattr(inside, metric)) else "-" for metric in CI_METRICS)
+
+
+def _interval(run: CalibrationRun, metric: str) -> str:
+    ci = getattr(run.measured_ci95, metric, None) if run.measured_ci95 is not None else None
+    return "" if ci is None else f" [{ci[0]:.1f}-{ci[1]:.1f}]"
 
 
 def _pass_lines(doc: CalibrationDoc) -> list[str]:

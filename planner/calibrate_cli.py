@@ -7,10 +7,10 @@ predicts from plain numbers (planner.calibration.CalibrationRun) and never sees 
 A bundled target records what it ran (quant, device, threads, batch limit) and its model is the
 bundled one; a remote target records only its URL and model name, so the user says what served it
 (--model, --gpu, --engine, --format). Each run of a result becomes one CalibrationRun: a fixed
-concurrency (sync counts as 1), its mean prompt and output tokens as the server counted them, and
-its median TTFT, median TPOT and output tok/s, and the scatter of its gaps between one-token chunks
-(what a pass's time varies by: planner.calibrate.gap_spread). Rate profiles (constant, poisson) set no concurrency
-the planner can predict, so they are refused.
+concurrency (sync counts as 1), its mean prompt and output tokens as the server counted them, its
+median TTFT, median TPOT and output tok/s with the 95% intervals of the two medians, and the scatter
+of its gaps between one-token chunks (what a pass's time varies by: planner.calibrate.gap_spread).
+Rate profiles (constant, poisson) set no concurrency the planner can predict, so they are refused.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from itertools import islice
 from pathlib import Path
 
 from planner.calibrate import gap_spread
-from planner.calibration import CalibrationRun, Metrics
+from planner.calibration import CalibrationRun, MedianIntervals, Metrics
 from planner.errors import PlannerError
 from reports.benchmark_result import BenchmarkResult, BundledTargetDoc, RunDoc, load_benchmark_result
 from reports.records import is_measured
@@ -109,7 +109,17 @@ def _run(doc: BenchmarkResult, run: RunDoc, source: str, served: ServedBy) -> Ca
             tpot_ms=s.median_tpot_ms or None,
             output_tok_s=s.output_throughput or None,
         ),
+        measured_ci95=median_intervals(run),
     )
+
+
+def median_intervals(run: RunDoc) -> MedianIntervals | None:
+    """The result's 95% intervals of its median TTFT and TPOT, where it has them (None: neither)."""
+    s = run.summary
+    ttft, tpot = s.p50_ttft_ms_ci95, s.p50_tpot_ms_ci95
+    if ttft is None and tpot is None:
+        return None
+    return MedianIntervals(ttft_ms=ttft, tpot_ms=tpot)
 
 
 def runs_of(doc: BenchmarkResult, source: str, served: ServedBy = ServedBy()) -> list[CalibrationRun]:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # cpu_probe imports torch; only a CPU calibration needs it
 KIND = "preflight.planner-calibration"
 SCHEMA_VERSION = 1
 METRICS = ("ttft_ms", "tpot_ms", "output_tok_s")
+CI_METRICS = ("ttft_ms", "tpot_ms")  # the medians a benchmark result gives a 95% interval for
 
 # What `calibrate`, its CLI and the Plan page replay with unless told otherwise: each pass scattered by the
 # fit runs' own measured spread. On five pooled calibrations at 2026-12-07 17:58 (four sets, one of them
@@ -45,6 +46,18 @@ class Metrics(_Part):
     ttft_ms: float | None = Field(None, gt=0, description="median time to first token")
     tpot_ms: float | None = Field(None, gt=0, description="median time per output token")
     output_tok_s: float | None = Field(None, gt=0, description="output tokens per second over the run")
+
+
+class MedianIntervals(_Part):
+    """95% intervals of one run's median TTFT and TPOT: the benchmark's bootstrap over its requests.
+
+    Why a calibration keeps them: a prediction can miss a run's median by no less than the run's own
+    sampling error. On the 2-core CPU VM one 40-request run's median TPOT has an interval of -9 / +12% at
+    concurrency 2 and -2 / +3% at 16 (docs/BENCHMARKS.md), so an 8% miss at 2 says nothing while one at
+    16 does."""
+
+    ttft_ms: tuple[float, float] | None = None
+    tpot_ms: tuple[float, float] | None = None
 
 
 class CalibrationRun(_Part):
@@ -78,6 +91,11 @@ class CalibrationRun(_Part):
         description="robust sd of ln gap between one-token chunks over the run's requests (None: too few gaps)",
     )
     measured: Metrics
+    measured_ci95: MedianIntervals | None = Field(
+        None,
+        description="95% intervals of the measured medians (pooled repeats: the median of the repeats' bounds, "
+        "the interval of one run as long as each of them); None: the result has none",
+    )
     predicted_before: Metrics | None = Field(None, description="with the catalog's figures (filled by the fit)")
     predicted_after: Metrics | None = Field(None, description="with the fitted values (filled by the fit)")
 
@@ -89,7 +107,10 @@ class FittedValues(_Part):
         gt=0, le=8, description="fraction of peak memory bandwidth a decode step reaches (on CPU, the probe's)"
     )
     prefill_flops: float = Field(
-        gt=0, le=8, description="fraction of peak FLOP/s a forward pass's matmuls reach (on CPU, the probe's)"
+        gt=0,
+        le=8,
+        description="fraction of peak FLOP/s a forward pass's matmuls reach (on CPU, of the probe's readings, "
+        "its weight-only kernels' included)",
     )
     step_overhead_ms: float = Field(ge=0, le=10_000, description="fixed cost of one forward pass, in ms")
     queued_prefills: float = Field(
@@ -118,6 +139,13 @@ class FittedValues(_Part):
     )
 
 
+class InsideCi(_Part):
+    """Of the runs with a measured interval for a median, how many predictions fall inside it: (inside, of)."""
+
+    ttft_ms: tuple[int, int] | None = None
+    tpot_ms: tuple[int, int] | None = None
+
+
 class ErrorRow(_Part):
     """Median absolute % error per metric over a set of runs (None: no run measured it)."""
 
@@ -125,6 +153,9 @@ class ErrorRow(_Part):
     ttft_ms: float | None
     tpot_ms: float | None
     output_tok_s: float | None
+    inside_ci95: InsideCi | None = Field(
+        None, description="predictions inside the runs' own 95% intervals of their medians (None: no run has one)"
+    )
 
 
 class FitError(_Part):

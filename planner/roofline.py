@@ -231,19 +231,24 @@ def decode_step(
     overhead_s: float = 0.0,
     kv_dtype_bytes: int = 2,
 ) -> StepTime:
-    """Time of one decode step for `batch` sequences holding `context` tokens each."""
+    """Time of one decode step for `batch` sequences holding `context` tokens each.
+
+    On a CPU the compute is the larger of the FLOPs at the probe's matmul rate and the probe's own
+    weight-only kernels at this row count, and `flops_efficiency` scales both: every CPU rate is a
+    reading of the probe's, and a calibration fitted against a probe taken in a slow moment must be
+    able to scale its kernels as it scales its FLOP/s (tests/planner/test_kernel_curve.py)."""
     scale = parallel.devices * parallel.efficiency
     kv = batch * kv_bytes_per_sequence(model, context, kv_dtype_bytes)
     if model.uses_mla and parallel.tp > 1:
         kv *= parallel.tp  # every rank reads the whole latent
     read = decode_weight_bytes(model, fmt, batch) + kv
     flops = decode_flops(model, batch, context)
-    compute = flops / (peak_flops(device, fmt) * flops_efficiency * scale)
+    compute = flops / peak_flops(device, fmt)
     if device.kind == "cpu":
         compute = max(compute, kernel_s(model, fmt, device, batch, head_rows=batch))
     return StepTime(
         memory_s=read / (device.bandwidth_at(read) * bandwidth_efficiency * scale),
-        compute_s=compute,
+        compute_s=compute / (flops_efficiency * scale),
         overhead_s=overhead_s,
         flops=flops,
         bytes_read=read,
@@ -261,16 +266,17 @@ def prefill(
     parallel: Parallel = Parallel(),
     overhead_s: float = 0.0,
 ) -> StepTime:
-    """Time to first token for one prompt: compute-bound, but never faster than one weight read."""
+    """Time to first token for one prompt: compute-bound, but never faster than one weight read. On a CPU
+    `flops_efficiency` scales the probe's kernel time as well (decode_step)."""
     scale = parallel.devices * parallel.efficiency
     flops = prefill_flops(model, tokens)
     read = float(weight_bytes(model, fmt).total)
-    compute = flops / (peak_flops(device, fmt) * flops_efficiency * scale)
+    compute = flops / peak_flops(device, fmt)
     if device.kind == "cpu":
         compute = max(compute, kernel_s(model, fmt, device, tokens))
     return StepTime(
         memory_s=read / (device.bandwidth_at(read) * bandwidth_efficiency * scale),
-        compute_s=compute,
+        compute_s=compute / (flops_efficiency * scale),
         overhead_s=overhead_s,
         flops=flops,
         bytes_read=read,

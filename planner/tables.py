@@ -159,19 +159,24 @@ def gpu_frame(hw: Hardware) -> pd.DataFrame:
 
 def calibration_frame(doc: CalibrationDoc) -> pd.DataFrame:
     """One row per run, metric and stage (before / after the fit): measured against predicted, for the
-    predicted-vs-measured chart. Runs the fit used and runs held out are told apart."""
+    predicted-vs-measured chart, with the run's own 95% interval of the measured median where it has one
+    (a prediction inside it is as close as that run can tell). Runs the fit used and runs held out are
+    told apart."""
     rows = []
     for kind, runs in (("fit on", doc.runs), ("held out", doc.held_out)):
         for run in runs:
             for stage, predicted in (("before", run.predicted_before), ("after", run.predicted_after)):
                 for metric in METRICS:
                     got, want = getattr(predicted, metric, None), getattr(run.measured, metric)
+                    ci = getattr(run.measured_ci95, metric, None) if run.measured_ci95 is not None else None
+                    low, high = ci if ci is not None else (None, None)
                     if got is not None and want is not None:
                         rows.append(
                             {"run": run.profile, "runs": kind, "stage": stage, "metric": metric, "measured": want}
-                            | {"predicted": got}
+                            | {"measured_low": low, "measured_high": high, "predicted": got}
                         )
-    return pd.DataFrame(rows, columns=["run", "runs", "stage", "metric", "measured", "predicted"])
+    columns = ["run", "runs", "stage", "metric", "measured", "measured_low", "measured_high", "predicted"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def comparison_frame(comparison: Comparison) -> pd.DataFrame:

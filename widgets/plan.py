@@ -356,12 +356,15 @@ CALIBRATION_UNITS = {"ttft_ms": "TTFT (ms)", "tpot_ms": "TPOT (ms)", "output_tok
 
 def calibration_chart(doc: CalibrationDoc) -> alt.FacetChart:
     """Predicted against measured for every run, before and after the fit, one panel per metric: on the
-    diagonal the prediction is right. Held-out runs have their own shape, so a fit that only explains
-    its own runs shows."""
+    diagonal the prediction is right, and a horizontal bar is the run's own 95% interval of its median:
+    a point whose bar crosses the diagonal is as close as that run can tell. Held-out runs have their own
+    shape, so a fit that only explains its own runs shows."""
     frame = calibration_frame(doc)
     frame["metric"] = frame["metric"].map(CALIBRATION_UNITS)
     base = alt.Chart()  # a faceted layer takes its data at the top, none in the layers
     diagonal = base.mark_line(strokeDash=[4, 4]).encode(x="measured:Q", y="measured:Q")
+    # the run's own 95% interval of the measured median, drawn across at the prediction's height
+    interval = base.mark_rule().encode(x="measured_low:Q", x2="measured_high:Q", y="predicted:Q", color="stage:N")
     points = base.mark_point(size=70, filled=True).encode(
         x=alt.X("measured:Q", title="measured (the panel's unit)"),
         y=alt.Y("predicted:Q", title="predicted (the panel's unit)"),
@@ -370,7 +373,7 @@ def calibration_chart(doc: CalibrationDoc) -> alt.FacetChart:
         tooltip=["run", "runs", "stage", "metric", alt.Tooltip("measured:Q", format=".1f"), "predicted:Q"],
     )
     return (
-        alt.layer(diagonal, points, data=frame)
+        alt.layer(diagonal, interval, points, data=frame)
         .properties(width=200, height=200)
         .facet(column=alt.Column("metric:N", title=None))
         .resolve_scale(x="independent", y="independent")

@@ -21,6 +21,7 @@ from planner.calibrate import (
     CPU_EFFICIENCY_HIGH,
     bounds_for,
     calibrate,
+    error_row,
     format_fit,
     gap_spread,
     pool_repeats,
@@ -33,6 +34,8 @@ from planner.calibration import (
     CalibrationDoc,
     CalibrationRun,
     FittedValues,
+    MedianIntervals,
+    Metrics,
     load_calibration,
     save_calibration,
 )
@@ -182,6 +185,66 @@ def test_repeats_of_one_condition_are_one_point_at_their_median(tmp_path: Path) 
     assert "from 4 run(s)" in lines[0] and any("(median of 3 runs)" in line for line in lines)
 
 
+def test_a_run_keeps_the_intervals_of_its_medians(tmp_path: Path) -> None:
+    """The benchmark's bootstrap intervals of the median TTFT and TPOT travel with the run; a result
+    without them (an older one) gives none rather than a made-up width."""
+    (run,) = load_runs([str(FIXTURE)])
+    summary = load_benchmark_result(FIXTURE).runs[0].summary
+    assert run.measured_ci95 == MedianIntervals(ttft_ms=summary.p50_ttft_ms_ci95, tpot_ms=summary.p50_tpot_ms_ci95)
+    doc = load_benchmark_result(FIXTURE)
+    bare = doc.runs[0].summary.model_copy(update={"p50_ttft_ms_ci95": None, "p50_tpot_ms_ci95": None})
+    data = doc.model_copy(update={"runs": [doc.runs[0].model_copy(update={"summary": bare})]})
+    path = tmp_path / "bare.json"
+    path.write_text(json.dumps(data.model_dump(mode="json")))
+    (old,) = load_runs([str(path)])
+    assert old.measured_ci95 is None
+
+
+def test_pooled_repeats_keep_the_interval_of_one_run(tmp_path: Path) -> None:
+    """The pooled point is predicted as one run of the repeats' length, so it is held to one such run's
+    interval: the median of the repeats' bounds."""
+    (c1,) = load_runs([str(FIXTURE)])
+    bounds = [((90.0, 110.0), (9.0, 12.0)), ((95.0, 120.0), (8.0, 10.0)), ((80.0, 100.0), None)]
+    repeats = [
+        c1.model_copy(update={"id": f"r{i}", "measured_ci95": MedianIntervals(ttft_ms=t, tpot_ms=p)})
+        for i, (t, p) in enumerate(bounds)
+    ]
+    (pooled,) = pool_repeats([*repeats, c1.model_copy(update={"id": "r3", "measured_ci95": None})])
+    assert pooled.repeats == 4
+    assert pooled.measured_ci95 == MedianIntervals(ttft_ms=(90.0, 110.0), tpot_ms=(8.5, 11.0))
+
+
+def test_the_error_rows_count_the_predictions_inside_the_runs_own_intervals() -> None:
+    """A miss inside the run's own interval is within what the run could measure; the rows say how many."""
+    (c1,) = load_runs([str(FIXTURE)])
+    runs = [
+        c1.model_copy(update={"measured": Metrics(ttft_ms=100, tpot_ms=10), "measured_ci95": ci})
+        for ci in (
+            MedianIntervals(ttft_ms=(95.0, 105.0), tpot_ms=(9.0, 11.0)),
+            MedianIntervals(ttft_ms=(98.0, 102.0), tpot_ms=(9.5, 10.5)),
+            None,
+        )
+    ]
+    predicted = [Metrics(ttft_ms=104, tpot_ms=10.8), Metrics(ttft_ms=104, tpot_ms=10.2), Metrics(ttft_ms=104)]
+    row = error_row(runs, predicted)
+    assert row.ttft_ms == pytest.approx(4) and row.tpot_ms == pytest.approx(5)
+    assert row.inside_ci95 is not None
+    assert (row.inside_ci95.ttft_ms, row.inside_ci95.tpot_ms) == ((1, 2), (2, 2))
+    assert error_row(runs[2:], predicted[2:]).inside_ci95 is None  # no run with an interval: no count
+
+
+def test_the_calibration_prints_each_runs_interval_and_the_count_inside(tmp_path: Path) -> None:
+    doc = _doc(tmp_path)
+    lines = format_fit(doc)
+    ci = doc.runs[0].measured_ci95
+    assert ci is not None and ci.tpot_ms is not None
+    assert any(f"[{ci.tpot_ms[0]:.1f}-{ci.tpot_ms[1]:.1f}]" in line for line in lines)
+    assert "inside the runs' 95% CI" in lines[3]
+    inside = doc.error.fit_after.inside_ci95
+    assert inside is not None and inside.tpot_ms is not None and inside.tpot_ms[1] == 2
+    assert f"{inside.tpot_ms[0]}/2" in next(line for line in lines if line.startswith("fit runs, after"))
+
+
 def test_the_fit_keeps_within_its_bounds(tmp_path: Path) -> None:
     """Runs that would need an impossible efficiency get the bound, not a figure beyond reason: on a CPU
     the peak is the probe's reading, which a drifting machine can take low, so the bound is wider there
@@ -204,6 +267,15 @@ def test_the_calibration_file_round_trips(tmp_path: Path) -> None:
     assert load_calibration(path) == doc
     data = json.loads(path.read_text())
     assert data["kind"] == "preflight.planner-calibration" and data["schema_version"] == 1
+    # a calibration written before runs kept their medians' intervals still loads, without them
+    for run in data["runs"]:
+        del run["measured_ci95"]
+    for row in data["error"].values():
+        if isinstance(row, dict):
+            del row["inside_ci95"]
+    path.write_text(json.dumps(data))
+    old = load_calibration(path)
+    assert old.runs[0].measured_ci95 is None and old.error.fit_after.inside_ci95 is None
 
 
 @pytest.mark.parametrize(

@@ -81,3 +81,22 @@ def test_the_probe_times_the_engines_kernels_at_each_row_count() -> None:
     assert all(f"int4@{rows}" in m.kernel_weights_s for rows in (*CURVE_ROWS, GEMM_ROWS))
     assert "fp8@2" not in m.kernel_weights_s  # its time is its dequantization, at any row count
     assert "int4@2" in m.describe()
+
+
+def test_a_fitted_flop_efficiency_scales_the_kernels_time_too() -> None:
+    """On a CPU every compute rate is the probe's reading, the kernels' included: a calibration's FLOP
+    efficiency scales a kernel-bound pass as it scales a FLOP-bound one. Were the kernel curve a fixed
+    floor, a probe taken in a slow moment would put prompt passes above what the fit could reach, and
+    the fitted values would follow the probe's moment instead of the runs (on the same step logs, a probe
+    that read the int4 GEMM at 114 G weight-rows/s gave a pass fit of RMS 0.054 with no prompt fixed cost,
+    against 0.031 at 134-151; scaled, 0.031 at all of them, docs/BENCHMARKS.md)."""
+    model = CAT.model("smollm2-135m")
+    fmt = CAT.format("bundled-int4")
+    device = cpu_device(detect(), CURVED)  # FLOP/s so high that only the kernels bound compute
+    for efficiency in (0.5, 2.0):
+        assert prefill(model, fmt, device, 142, flops_efficiency=efficiency).compute_s == pytest.approx(
+            prefill(model, fmt, device, 142).compute_s / efficiency
+        )
+        assert decode_step(model, fmt, device, 4, 256, flops_efficiency=efficiency).compute_s == pytest.approx(
+            decode_step(model, fmt, device, 4, 256).compute_s / efficiency
+        )

@@ -47,6 +47,12 @@ def test_calibrate_from_saved_runs_labels_the_bundled_options(app: AppTest) -> N
     rows = calibration_frame(app.session_state["plan_calibration_doc"])
     assert set(rows["stage"]) == {"before", "after"} and set(rows["runs"]) == {"fit on"}
     assert len(rows) == 2 * 2 * 3  # runs x stages x metrics
+    # each run's own interval of its median TTFT and TPOT, for the bars; throughput has none
+    summary = doc.runs[0].summary
+    ttft = rows[(rows["metric"] == "ttft_ms") & (rows["run"] == "concurrency:1")].iloc[0]
+    assert (ttft["measured_low"], ttft["measured_high"]) == tuple(summary.p50_ttft_ms_ci95)
+    assert rows[rows["metric"] == "output_tok_s"]["measured_low"].isna().all()
+    assert any(layer["mark"]["type"] == "rule" for layer in spec["spec"]["layer"])
     table = app.dataframe[0].value
     bundled = table[table["engine"].str.startswith("Preflight bundled")]
     assert (
