@@ -387,6 +387,36 @@ def _log_gap(step: StepCost, c: PassClass) -> float:
     return math.log(max(step(c.decoding, c.prompt_tokens), 1e-12) / c.mean_s)
 
 
+def settle_undetermined(
+    values: FittedValues, start: FittedValues, evidence: Callable[[FittedValues], list[float | None]]
+) -> tuple[FittedValues, list[str]]:
+    """`values` with each price that nothing the fit saw depends on put back at its start (the catalog's),
+    and those prices' names.
+
+    Why: a value no prediction moves with is wherever the simplex left it, and it is not harmless. On the
+    2-core CPU VM every pass of SmolLM2-135M is compute-bound, so the runs say nothing of memory bandwidth
+    and the fitted decode_bandwidth landed anywhere from 0.6 to the bound, 4; a plan for an 8B model on the
+    same CPU, memory-bound, then predicted a TPOT of 191 or 106 ms from the same runs (uncalibrated: 148).
+    A price counts as undetermined when putting it back changes none of the evidence by more than a part
+    in a million."""
+    seen = evidence(values)
+    kept: list[str] = []
+    for name in PRICES:
+        if getattr(values, name) == getattr(start, name):
+            continue
+        trial = values.model_copy(update={name: getattr(start, name)})
+        if all(_same_number(a, b) for a, b in zip(seen, evidence(trial), strict=True)):
+            values = trial
+            kept.append(name)
+    return values, kept
+
+
+def _same_number(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= 1e-6 * max(abs(a), abs(b), 1e-12)
+
+
 INGEST_POINTS = 48  # log-spaced candidates between INGEST_LOW_MS and the bound, then a linear refinement
 INGEST_LOW_MS = 0.05
 
@@ -546,6 +576,16 @@ def calibrate(
         values = scan_ingest(runs, predict, values)
         if not step_logs:
             values = fit_values(runs, predict, values, REPLAYED, bounds)
+
+    def evidence(v: FittedValues) -> list[float | None]:
+        """Everything a fit can see: the fit runs' predicted figures and, with step logs, the logged passes' prices."""
+        figures = [getattr(predict(r, v), m) for r in runs for m in METRICS]
+        if not step_logs:
+            return figures
+        step = price(v)
+        return figures + [step(c.decoding, c.prompt_tokens) for c in classes]
+
+    values, undetermined = settle_undetermined(values, start, evidence)
     rms = rms_residual(runs, predict, values)
     spread = measured_pass_spread(runs) if pass_spread == "measured" else pass_spread
     values = values.model_copy(update={"pass_spread": round(spread, 4)})
@@ -578,6 +618,7 @@ def calibrate(
         held_out=list(held_out),
         error=error,
         passes=passes,
+        undetermined=undetermined,
         source=f"python -m planner calibrate: least squares on ln(predicted/measured) over {len(runs)} run(s)"
         + (f", pass prices on {passes.passes} logged passes" if passes else ""),
     )
@@ -590,6 +631,11 @@ def _cell(x: float | None) -> str:
 def format_fit(doc: CalibrationDoc) -> list[str]:
     """Console lines: the fitted values, then median absolute % error before and after, fit and held out."""
     v, e = doc.values, doc.error
+    kept = (
+        [f"kept at the catalog's, no prediction moved with it: {', '.join(doc.undetermined)}"]
+        if doc.undetermined
+        else []
+    )
     lines = [
         f"calibrated {doc.served} on {doc.device} ({doc.device_kind}) from {sum(r.repeats for r in doc.runs)} run(s)"
         + (f", {sum(r.repeats for r in doc.held_out)} held out" if doc.held_out else ""),
@@ -599,6 +645,7 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
         f"ingest_ms {v.ingest_ms:.3g} "
         f"(RMS ln residual {e.rms_log_residual:.3f})",
         f"pass_spread {v.pass_spread:.3g}" + _spread_hint(doc),
+        *kept,
         "median absolute error      TTFT     TPOT   output tok/s   inside the runs' 95% CI: TTFT, TPOT",
     ]
     rows = [("fit runs, before", e.fit_before), ("fit runs, after", e.fit_after)]

@@ -238,6 +238,11 @@ class CalibrationDoc(_Part):
     held_out: list[CalibrationRun] = Field(default_factory=list, description="runs only checked, never fitted")
     error: FitError
     passes: PassFit | None = Field(None, description="pass prices fitted to step logs (None: to the runs alone)")
+    undetermined: list[Literal["decode_bandwidth", "prefill_flops", "step_overhead_ms", "seq_overhead_us"]] = Field(
+        default_factory=list,
+        description="prices the runs could not determine (no prediction or logged pass moved with them), kept at "
+        "the catalog's: e.g. decode_bandwidth where every pass was compute-bound",
+    )
     source: str = Field(min_length=1, description="how it was made, in one line")
 
     @property
@@ -303,11 +308,12 @@ def assumption_line(doc: CalibrationDoc, path: str | Path) -> str:
     v = doc.values
     pinned = "; CPU figures as measured when calibrated" if doc.cpu else ""
     seqs = f"; max_num_seqs {doc.max_num_seqs}" if doc.max_num_seqs else ""
+    kept = f"; not determined by its runs, the catalog's: {', '.join(doc.undetermined)}" if doc.undetermined else ""
     return (
         f"from {path} (fitted on {len(doc.runs)} run(s) of {doc.served} on {doc.device}): "
         f"decode_bandwidth_efficiency {v.decode_bandwidth:.3g}, prefill_flops_efficiency {v.prefill_flops:.3g}, "
         f"step_overhead_ms {v.step_overhead_ms:.3g}, seq_overhead_us {v.seq_overhead_us:.3g}, "
         f"queued_prefills {v.queued_prefills:.3g}, prompt_overhead_ms {v.prompt_overhead_ms:.3g}, "
         f"ingest_ms {v.ingest_ms:.3g}, pass_spread {v.pass_spread:.3g}"
-        f"{seqs}{pinned}"
+        f"{seqs}{pinned}{kept}"
     )

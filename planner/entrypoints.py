@@ -55,7 +55,9 @@ def make_plan(
     if cal is not None:
         check_calibration(cal, resolve_engine(cal.engine, cat), device.kind)
         line = assumption_line(cal, opts.calibration or "")
-        applied = AppliedCalibration(cal.engine, efficiency_of(cal.values), cal.max_num_seqs, line)
+        applied = AppliedCalibration(
+            cal.engine, efficiency_of(cal.values), cal.max_num_seqs, line, tuple(cal.undetermined)
+        )
     knobs = Knobs(
         engine_version=version,
         vllm_sampler=opts.vllm_sampler,

@@ -200,22 +200,27 @@ class AppliedCalibration:
     efficiency: Efficiency
     max_num_seqs: int | None
     label: str
+    undetermined: tuple[str, ...] = ()  # fitted values' names the runs could not determine (the catalog's)
 
     @property
     def keys(self) -> tuple[str, ...]:
         """The assumption keys whose values come from the file: its efficiencies and fixed costs per pass and
-        per sequence, the TTFT line that names its queued prefills, its batch limit where it has one, and
-        the line naming the file."""
+        per sequence (less those its runs could not determine, which stay the catalog's), the TTFT line that
+        names its queued prefills, its batch limit where it has one, and the line naming the file."""
         seqs = ("max_num_seqs",) if self.max_num_seqs else ()
-        fitted = (
-            "decode_bandwidth_efficiency",
-            "prefill_flops_efficiency",
-            "step_overhead_ms",
-            "seq_overhead_us",
-            "prompt_pass_overhead_ms",
-            "ingest_ms",
-        )
+        fitted = tuple(key for name, key in FITTED_KEYS.items() if name not in self.undetermined)
         return (*fitted, "ttft", *seqs, "calibration")
+
+
+# A calibration's fitted values and the assumption keys that show them.
+FITTED_KEYS = {
+    "decode_bandwidth": "decode_bandwidth_efficiency",
+    "prefill_flops": "prefill_flops_efficiency",
+    "step_overhead_ms": "step_overhead_ms",
+    "seq_overhead_us": "seq_overhead_us",
+    "prompt_overhead_ms": "prompt_pass_overhead_ms",
+    "ingest_ms": "ingest_ms",
+}
 
 
 @dataclass(frozen=True, slots=True)

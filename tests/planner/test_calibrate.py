@@ -27,6 +27,7 @@ from planner.calibrate import (
     pool_repeats,
     predictor,
     run_options,
+    settle_undetermined,
 )
 from planner.calibrate_cli import ServedBy, concurrency_of, load_runs, one_token_gaps, runs_of
 from planner.calibration import (
@@ -239,7 +240,7 @@ def test_the_calibration_prints_each_runs_interval_and_the_count_inside(tmp_path
     ci = doc.runs[0].measured_ci95
     assert ci is not None and ci.tpot_ms is not None
     assert any(f"[{ci.tpot_ms[0]:.1f}-{ci.tpot_ms[1]:.1f}]" in line for line in lines)
-    assert "inside the runs' 95% CI" in lines[3]
+    assert any(line.startswith("median absolute error") and "inside the runs' 95% CI" in line for line in lines)
     inside = doc.error.fit_after.inside_ci95
     assert inside is not None and inside.tpot_ms is not None and inside.tpot_ms[1] == 2
     assert f"{inside.tpot_ms[0]}/2" in next(line for line in lines if line.startswith("fit runs, after"))
@@ -340,6 +341,36 @@ def test_recommend_applies_the_calibration_to_its_engine_only(tmp_path: Path) ->
     assert not any(o.calibrated for o in others)
     assert any(n.startswith("calibrated:") for n in plan.notes)
     assert any(line.endswith("(calibrated)") for line in format_plan(plan))
+
+
+def test_a_price_nothing_moves_with_stays_the_catalogs(tmp_path: Path) -> None:
+    """This CPU's kernels bound every pass, so the runs say nothing of memory bandwidth: the fitted value
+    would be wherever the search stopped, and a memory-bound plan (a bigger model on the same CPU) would
+    inherit it. The calibration keeps the catalog's, says so, and does not label that figure calibrated."""
+    doc = _doc(tmp_path)
+    start = predict_one(run_options(doc.runs[0]), CAT, HW, measure).assumptions["decode_bandwidth_efficiency"]
+    assert doc.undetermined == ["decode_bandwidth"] and doc.values.decode_bandwidth == float(start)
+    assert any(line.startswith("kept at the catalog's") and "decode_bandwidth" in line for line in format_fit(doc))
+    cal = save_calibration(doc, tmp_path / "cal.json")
+    assert load_calibration(cal).undetermined == ["decode_bandwidth"]
+    plan = make_plan(RecommendOptions(model="smollm2-135m", gpu="cpu", context=2048, calibration=str(cal)), CAT, HW)
+    (bundled, *_) = [o for o in plan.options if o.engine == "bundled"]
+    assert bundled.calibrated and "decode_bandwidth_efficiency" not in bundled.calibrated_keys
+    assert "step_overhead_ms" in bundled.calibrated_keys
+    r = predict_one(PredictOptions(model="smollm2-135m", gpu="cpu", engine="bundled", calibration=str(cal)), CAT, HW)
+    assert "not determined by its runs, the catalog's: decode_bandwidth" in r.assumptions["calibration"]
+
+
+def test_only_prices_the_evidence_does_not_depend_on_go_back_to_the_start() -> None:
+    start = FittedValues(decode_bandwidth=1.0, prefill_flops=1.0, step_overhead_ms=5.0)
+    fitted = start.model_copy(update={"decode_bandwidth": 3.7, "prefill_flops": 0.6, "step_overhead_ms": 4.0})
+
+    def evidence(v: FittedValues) -> list[float | None]:  # a compute-bound pass: no bandwidth in it
+        return [v.step_overhead_ms + 10 / v.prefill_flops, None]
+
+    settled, kept = settle_undetermined(fitted, start, evidence)
+    assert kept == ["decode_bandwidth"]
+    assert settled == fitted.model_copy(update={"decode_bandwidth": 1.0})
 
 
 def test_cli_calibrate_then_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
