@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from planner.calibration import (
     CI_METRICS,
@@ -49,6 +49,7 @@ from planner.calibration import (
     Metrics,
     PassFit,
     PassRow,
+    PriceName,
     cpu_figures,
     now,
 )
@@ -257,7 +258,7 @@ def log_residuals(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics]) 
 
 # Fitted on ln(value); the rest (fixed costs and shares that may be 0) on ln(1 + value).
 LOG_SCALED = ("decode_bandwidth", "prefill_flops")
-PRICES = ("decode_bandwidth", "prefill_flops", "step_overhead_ms", "seq_overhead_us")  # what a pass costs
+PRICES: tuple[str, ...] = get_args(PriceName)  # what a pass costs
 # A step log prices prompt passes of many sizes, which tells a prompt pass's own fixed cost from its FLOPs.
 LOGGED_PRICES = (*PRICES, "prompt_overhead_ms")
 ANALYTIC = (*PRICES, "queued_prefills")
@@ -674,7 +675,7 @@ def format_fit(doc: CalibrationDoc) -> list[str]:
 
 
 def format_inside(inside: InsideCi | None) -> str:
-    """ "k/n" per median (TTFT, TPOT): predictions inside their run's own 95% interval; "-" where none has one."""
+    """Per median (TTFT, then TPOT), the predictions inside their run's own 95% interval as k/n; "-" for none."""
     if inside is None:
         return "-"
     return ", ".join(f"{k[0]}/{k[1]}" if (k := getattr(inside, metric)) else "-" for metric in CI_METRICS)

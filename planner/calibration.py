@@ -36,6 +36,11 @@ CI_METRICS = ("ttft_ms", "tpot_ms")  # the medians a benchmark result gives a 95
 DEFAULT_PASS_SPREAD: Literal["measured"] = "measured"
 
 
+# The fitted values that price a forward pass (planner.calibrate fits them; one a fit cannot determine is
+# kept at the catalog's and named in CalibrationDoc.undetermined).
+PriceName = Literal["decode_bandwidth", "prefill_flops", "step_overhead_ms", "seq_overhead_us"]
+
+
 class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -238,7 +243,7 @@ class CalibrationDoc(_Part):
     held_out: list[CalibrationRun] = Field(default_factory=list, description="runs only checked, never fitted")
     error: FitError
     passes: PassFit | None = Field(None, description="pass prices fitted to step logs (None: to the runs alone)")
-    undetermined: list[Literal["decode_bandwidth", "prefill_flops", "step_overhead_ms", "seq_overhead_us"]] = Field(
+    undetermined: list[PriceName] = Field(
         default_factory=list,
         description="prices the runs could not determine (no prediction or logged pass moved with them), kept at "
         "the catalog's: e.g. decode_bandwidth where every pass was compute-bound",
