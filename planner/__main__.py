@@ -124,6 +124,14 @@ def _add_calibrate(sub: argparse._SubParsersAction) -> None:
         help="the fit runs' servers' step logs (`serve --step-log`, or `checks bench --step-log` on a bundled "
         "target): pass prices are fitted to the logged passes, the rest to the runs",
     )
+    p.add_argument(
+        "--hold-out-step-log",
+        nargs="+",
+        default=[],
+        metavar="STEPS.jsonl",
+        help="held-out runs' servers' step logs: their passes are priced at the fitted prices, which tells a "
+        "held-out miss in the prices from one in the arrangement of passes",
+    )
     p.add_argument("--json", action="store_true", help="print the calibration document instead of the table")
 
 
@@ -207,7 +215,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     served = ServedBy(args.model, args.gpu, args.engine, args.format, args.engine_version)
     runs = load_runs([args.measured, *args.more], served)
     held_out = load_runs(args.hold_out, served)
-    doc = calibrate(runs, held_out, pass_spread=args.pass_spread, step_logs=args.step_log)
+    doc = calibrate(
+        runs,
+        held_out,
+        pass_spread=args.pass_spread,
+        step_logs=args.step_log,
+        held_out_step_logs=args.hold_out_step_log,
+    )
     out = save_calibration(doc, args.out)
     if args.json:
         print(doc.model_dump_json(indent=2))

@@ -184,12 +184,18 @@ class PassRow(_Part):
 
 
 class PassFit(_Part):
-    """Pass prices fitted to the fit runs' servers' own step logs (`calibrate --step-log`)."""
+    """Logged passes against the fitted prices: the fit runs' servers' step logs the prices were fitted to
+    (`calibrate --step-log`), or held-out runs' logs they are checked on (`--hold-out-step-log`)."""
 
     sources: list[str] = Field(min_length=1, description="the step logs read")
     passes: int = Field(ge=1, description="busy passes in them")
     rms_log_residual: float = Field(
         ge=0, description="RMS of ln(fitted / measured) over the kinds of pass, each weighted by its engine time"
+    )
+    bias: float | None = Field(
+        None,
+        description="exp of the engine-time-weighted mean ln(fitted / measured), less 1: how much dearer (+) or "
+        "cheaper (-) the prices charge these passes overall",
     )
     rows: list[PassRow] = Field(
         description="the kinds of pass that took the most engine time, in (decoding, prompt) order"
@@ -243,6 +249,11 @@ class CalibrationDoc(_Part):
     held_out: list[CalibrationRun] = Field(default_factory=list, description="runs only checked, never fitted")
     error: FitError
     passes: PassFit | None = Field(None, description="pass prices fitted to step logs (None: to the runs alone)")
+    held_out_passes: PassFit | None = Field(
+        None,
+        description="the held-out runs' logged passes at the fitted prices: tells a miss in the prices from "
+        "one in how the runs' passes were arranged",
+    )
     undetermined: list[PriceName] = Field(
         default_factory=list,
         description="prices the runs could not determine (no prediction or logged pass moved with them), kept at "

@@ -361,7 +361,9 @@ def test_a_price_nothing_moves_with_stays_the_catalogs(tmp_path: Path) -> None:
     assert "not determined by its runs, the catalog's: decode_bandwidth" in r.assumptions["calibration"]
 
 
-def test_only_prices_the_evidence_does_not_depend_on_go_back_to_the_start() -> None:
+def test_only_prices_the_evidence_does_not_depend_on_go_back_toward_the_start() -> None:
+    """A price nothing depends on goes back to the catalog's; one the evidence bounds from one side goes to
+    the edge nearest the catalog's; one it pins stays."""
     start = FittedValues(decode_bandwidth=1.0, prefill_flops=1.0, step_overhead_ms=5.0)
     fitted = start.model_copy(update={"decode_bandwidth": 3.7, "prefill_flops": 0.6, "step_overhead_ms": 4.0})
 
@@ -371,6 +373,14 @@ def test_only_prices_the_evidence_does_not_depend_on_go_back_to_the_start() -> N
     settled, kept = settle_undetermined(fitted, start, evidence)
     assert kept == ["decode_bandwidth"]
     assert settled == fitted.model_copy(update={"decode_bandwidth": 1.0})
+
+    def memory_bound_below_5(v: FittedValues) -> list[float | None]:  # the runs only say: memory never bound
+        return [max(10 / v.decode_bandwidth, 2.0) + v.step_overhead_ms + 10 / v.prefill_flops]
+
+    fast = fitted.model_copy(update={"decode_bandwidth": 8.0})  # memory never bound in the fit
+    settled, kept = settle_undetermined(fast, start, memory_bound_below_5)
+    assert kept == [] and settled.decode_bandwidth == pytest.approx(5.0, abs=7 / 4096)  # the edge nearest 1
+    assert settled.decode_bandwidth >= 5.0 and settled.step_overhead_ms == 4.0  # a pinned price stays fitted
 
 
 def test_cli_calibrate_then_predict(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -423,8 +433,18 @@ def test_step_log_prices_are_fitted_to_the_passes_and_the_intake_to_the_runs(tmp
     fit = load_runs([str(result_at(c, tmp_path, TRUTH_LOGGED)) for c in (1, 8)])
     held = load_runs([str(result_at(c, tmp_path, TRUTH_LOGGED)) for c in (2, 4, 16)])
     log = step_log_at(TRUTH_LOGGED, fit[0], tmp_path / "steps.jsonl")
-    doc = calibrate(fit, held, CAT, HW, measure, step_logs=[str(log)], pass_spread=0.0)
+    # a held-out run's log whose compute cost 10% more than the truth's: its passes are checked, not fitted
+    dear = TRUTH_LOGGED.model_copy(update={"prefill_flops": TRUTH_LOGGED.prefill_flops / 1.1})
+    held_log = step_log_at(dear, fit[0], tmp_path / "held.jsonl", {(16, 0): 50, (12, 500): 2})
+    doc = calibrate(
+        fit, held, CAT, HW, measure, step_logs=[str(log)], pass_spread=0.0, held_out_step_logs=[str(held_log)]
+    )
     assert doc.passes is not None and doc.passes.passes == sum(LOGGED.values())
+    assert doc.passes.bias == pytest.approx(0, abs=0.01)
+    ho = doc.held_out_passes
+    assert ho is not None and ho.passes == 52 and ho.sources == [str(held_log)]
+    assert ho.bias is not None and -0.1 < ho.bias < -0.03  # the fitted prices charge these passes less
+    assert any(line.startswith("held-out runs: fitted prices on 52 logged passes") for line in format_fit(doc))
     assert doc.passes.rms_log_residual < 0.01
     assert all(abs(r.fitted_ms / r.measured_ms - 1) < 0.02 for r in doc.passes.rows)
     assert doc.values.ingest_ms == pytest.approx(30.0, rel=0.05)
@@ -472,6 +492,11 @@ def test_cli_calibrate_reads_step_logs(tmp_path: Path, capsys: pytest.CaptureFix
     (tmp_path / "bad.jsonl").write_text("garbage\n")
     assert main([*argv[:-1], str(tmp_path / "bad.jsonl")]) == 1
     assert "bad.jsonl:1: not a step-log line" in capsys.readouterr().err
+    assert main([*argv, "--hold-out-step-log", str(log)]) == 0  # a held-out run's log: priced, not fitted
+    assert "held-out runs: fitted prices on" in capsys.readouterr().out
+    assert load_calibration(out).held_out_passes is not None
+    assert main([*argv, "--hold-out-step-log", str(tmp_path / "missing.jsonl")]) == 1
+    assert "missing.jsonl" in capsys.readouterr().err
 
 
 GPU_TRUTH = FittedValues(decode_bandwidth=0.7, prefill_flops=0.45, step_overhead_ms=2.0, queued_prefills=0.2)
