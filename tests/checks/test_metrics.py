@@ -371,6 +371,16 @@ def test_few_samples_warn_and_enough_do_not() -> None:
     assert not [w for w in enough.warnings if "rests on" in w]
 
 
+def test_a_median_its_requests_cannot_pin_is_flagged() -> None:
+    """Two groups of requests (8 and 11 ms a token, as a closed loop's outputs with and without a partner's
+    prompt pass): the median sits between them and its interval spans both; one group alone pins it."""
+    split = [ok(i, send=float(i), chunks=(i + 0.1, i + 0.1 + (0.008 if i % 2 else 0.011))) for i in range(40)]
+    flagged = [w for w in summarize(split).warnings if w.startswith("median TPOT")]
+    assert len(flagged) == 1 and "(95% interval over its 40 requests)" in flagged[0]
+    steady = [ok(i, send=float(i), chunks=(i + 0.1, i + 0.11)) for i in range(40)]
+    assert not [w for w in summarize(steady).warnings if w.startswith("median")]
+
+
 def test_token_counts_fall_back_and_say_so() -> None:
     records = [
         ok(0, chunks=(0.5, 0.6), token_source=TokenSource.CHUNKS),
