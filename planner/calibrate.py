@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
 from planner.calibration import (
@@ -194,7 +195,7 @@ def _pooled_intervals(group: list[CalibrationRun]) -> MedianIntervals | None:
     median of the repeats would need their requests, which the runs no longer carry."""
     bounds = {}
     for metric in CI_METRICS:
-        seen = [ci for r in group if r.measured_ci95 is not None and (ci := getattr(r.measured_ci95, metric))]
+        seen = [ci for r in group if (ci := r.ci95(metric))]
         if seen:
             bounds[metric] = (statistics.median(lo for lo, _ in seen), statistics.median(hi for _, hi in seen))
     return MedianIntervals(**bounds) if bounds else None
@@ -237,8 +238,7 @@ def inside_ci(runs: Sequence[CalibrationRun], predicted: Sequence[Metrics | None
     for metric in CI_METRICS:
         hits = []
         for run, p in zip(runs, predicted, strict=True):
-            ci = getattr(run.measured_ci95, metric) if run.measured_ci95 is not None else None
-            got = getattr(p, metric) if p is not None else None
+            ci, got = run.ci95(metric), getattr(p, metric, None)
             if ci is not None and got is not None:
                 hits.append(ci[0] <= got <= ci[1])
         if hits:
@@ -362,8 +362,8 @@ MIN_PROMPT_KINDS = 2  # kinds of pass with prompt tokens a step log needs before
 
 def fit_pass_prices(
     classes: Sequence[PassClass], price: Pricer, start: FittedValues, bounds: Bounds = BOUNDS
-) -> tuple[FittedValues, float]:
-    """The LOGGED_PRICES values whose StepCost best matches a server's logged passes, and the RMS ln residual.
+) -> FittedValues:
+    """The LOGGED_PRICES values whose StepCost best matches a server's logged passes (pass_fit says how well).
 
     Each kind of pass (decoding sequences, prompt tokens) is one residual, ln(price / mean gap), weighted by
     the engine time its passes took: a kind seen once weighs what it cost, and the decode passes a run
@@ -380,8 +380,7 @@ def fit_pass_prices(
     # logs): start from several and keep the best.
     starts = [_to_x(start.model_copy(update={"prompt_overhead_ms": ms}), LOGGED_PRICES) for ms in PROMPT_STARTS_MS]
     best_x = min((_minimize(cost, x) for x in starts), key=cost)
-    best = _to_values(best_x, LOGGED_PRICES, start, bounds)
-    return best, math.sqrt(cost(best_x) / PASS_COST_SCALE)
+    return _to_values(best_x, LOGGED_PRICES, start, bounds)
 
 
 def _log_gap(step: StepCost, c: PassClass) -> float:
@@ -412,19 +411,30 @@ def settle_undetermined(
         if fitted == catalog:
             continue
 
-        base = values
-        at = [base.model_copy(update={name: catalog + (fitted - catalog) * t}) for t in (0.0, 1 - SETTLE_STEP)]
-        if same(at[0]):
-            values = at[0]
+        toward = _Toward(values, name, catalog, fitted)
+        if same(toward(0.0)):
+            values = toward(0.0)
             kept.append(name)
-        elif same(at[1]):  # free near the fit: find the edge of what the runs allow, from the catalog's side
+        elif same(toward(1 - SETTLE_STEP)):  # free near the fit: find the edge of what the runs allow
             lo, hi = 0.0, 1 - SETTLE_STEP  # at lo the evidence differs, at hi it does not
             for _ in range(SETTLE_BISECTIONS):
                 mid = (lo + hi) / 2
-                trial = base.model_copy(update={name: catalog + (fitted - catalog) * mid})
-                lo, hi = (lo, mid) if same(trial) else (mid, hi)
-            values = base.model_copy(update={name: catalog + (fitted - catalog) * hi})
+                lo, hi = (lo, mid) if same(toward(mid)) else (mid, hi)
+            values = toward(hi)
     return values, kept
+
+
+@dataclass(frozen=True, slots=True)
+class _Toward:
+    """`values` with one price `t` of the way from its catalog figure (0) to its fitted one (1)."""
+
+    values: FittedValues
+    name: str
+    catalog: float
+    fitted: float
+
+    def __call__(self, t: float) -> FittedValues:
+        return self.values.model_copy(update={self.name: self.catalog + (self.fitted - self.catalog) * t})
 
 
 SETTLE_STEP = 1e-3  # a price that moves the evidence this close to its fitted value is pinned by it
@@ -466,7 +476,7 @@ def scan_ingest(runs: Sequence[CalibrationRun], predict: Predictor, values: Fitt
 MAX_PASS_ROWS = 24
 
 
-def pass_fit(sources: Sequence[str], classes: Sequence[PassClass], step: StepCost, rms: float) -> PassFit:
+def pass_fit(sources: Sequence[str], classes: Sequence[PassClass], step: StepCost) -> PassFit:
     """The step-log evidence a calibration keeps: the kinds of pass that took the most engine time, priced."""
     kept = sorted(sorted(classes, key=lambda c: -c.busy_s)[:MAX_PASS_ROWS], key=lambda c: (c.decoding, c.prompt_tokens))
     rows = [
@@ -480,7 +490,9 @@ def pass_fit(sources: Sequence[str], classes: Sequence[PassClass], step: StepCos
         for c in kept
     ]
     total = sum(c.busy_s for c in classes)
-    bias = math.exp(sum(c.busy_s * _log_gap(step, c) for c in classes) / total) - 1 if total else None
+    logs = [(c.busy_s, _log_gap(step, c)) for c in classes]
+    rms = math.sqrt(sum(w * x * x for w, x in logs) / total)
+    bias = math.exp(sum(w * x for w, x in logs) / total) - 1
     return PassFit(
         sources=list(sources), passes=sum(c.passes for c in classes), rms_log_residual=rms, bias=bias, rows=rows
     )
@@ -494,9 +506,7 @@ def check_passes(sources: Sequence[str], step: StepCost) -> PassFit:
     classes = pass_classes(read_passes(sources))
     if not classes:
         raise PlannerError(f"the step log(s) {', '.join(sources)} hold no busy pass to check the prices on")
-    total = sum(c.busy_s for c in classes)
-    rms = math.sqrt(sum(c.busy_s * _log_gap(step, c) ** 2 for c in classes) / total)
-    return pass_fit(sources, classes, step, rms)
+    return pass_fit(sources, classes, step)
 
 
 def logged_classes(step_logs: Sequence[str]) -> list[PassClass]:
@@ -604,12 +614,13 @@ def calibrate(
     if replayed:
         start = start.model_copy(update={"queued_prefills": 0.0})
     passes = None
+    # logged passes are priced in the first fit run's workload (its context)
+    price = pass_pricer(run_options(runs[0]), cat, hw, measure) if step_logs or held_out_step_logs else None
     if step_logs:
+        assert price is not None
         classes = logged_classes(step_logs)
-        # the passes are priced in the first fit run's workload (its context)
-        price = pass_pricer(run_options(runs[0]), cat, hw, measure)
-        values, pass_rms = fit_pass_prices(classes, price, start, bounds)
-        passes = pass_fit(step_logs, classes, price(values), pass_rms)
+        values = fit_pass_prices(classes, price, start, bounds)
+        passes = pass_fit(step_logs, classes, price(values))
         if not replayed:
             values = fit_values(runs, predict, values, ("queued_prefills",), bounds)
     else:
@@ -630,7 +641,8 @@ def calibrate(
     values, undetermined = settle_undetermined(values, start, evidence)
     held_out_passes = None
     if held_out_step_logs:
-        held_out_passes = check_passes(held_out_step_logs, pass_pricer(run_options(runs[0]), cat, hw, measure)(values))
+        assert price is not None
+        held_out_passes = check_passes(held_out_step_logs, price(values))
     rms = rms_residual(runs, predict, values)
     spread = measured_pass_spread(runs) if pass_spread == "measured" else pass_spread
     values = values.model_copy(update={"pass_spread": round(spread, 4)})
@@ -727,7 +739,7 @@ def format_inside(inside: InsideCi | None) -> str:
 
 
 def _interval(run: CalibrationRun, metric: str) -> str:
-    ci = getattr(run.measured_ci95, metric, None) if run.measured_ci95 is not None else None
+    ci = run.ci95(metric)
     return "" if ci is None else f" [{ci[0]:.1f}-{ci[1]:.1f}]"
 
 

@@ -104,6 +104,10 @@ class CalibrationRun(_Part):
     predicted_before: Metrics | None = Field(None, description="with the catalog's figures (filled by the fit)")
     predicted_after: Metrics | None = Field(None, description="with the fitted values (filled by the fit)")
 
+    def ci95(self, metric: str) -> tuple[float, float] | None:
+        """The 95% interval of one measured median (None: the result has none, or the metric is no median)."""
+        return getattr(self.measured_ci95, metric, None) if self.measured_ci95 is not None else None
+
 
 class FittedValues(_Part):
     """What predict uses in place of the catalog's figures for this engine on this kind of device."""

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from planner.catalog import Catalog
 from planner.errors import PlannerError
 from planner.model_spec import ModelSpec
-from planner.predict import dispatch_overhead_s, kv_dtype_bytes
+from planner.predict import catalog_efficiency, dispatch_overhead_s, kv_dtype_bytes
 from planner.roofline import Device, decode_step, prefill
 from planner.sizing import weight_bytes
 
@@ -94,7 +94,7 @@ def predict_bundled(model: ModelSpec, device: Device, run: MeasuredRun, catalog:
     """The bundled engine's single-stream figures for the run's format and lengths on `device`."""
     engine = catalog.engines["bundled"]
     fmt = catalog.format(f"bundled-{run.quant}")
-    eff = engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
+    eff = catalog_efficiency(engine, device)
     overhead = dispatch_overhead_s(engine, device, model)
     pre = prefill(
         model,

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from planner.catalog import Catalog, EngineSpec, FormatSpec, SchedulerDefaults
+from planner.catalog import Efficiency as CatalogEfficiency
 from planner.loaded import Budget, Loaded, StepCost, allreduce_s, at_batch, prompt_service_s, sustainable_batch
 from planner.model_spec import ModelSpec
 from planner.replay import REPLAYS, STEADY_WAVES, ReplayLimits, ReplayResult, replay_closed_loop
@@ -337,6 +338,11 @@ class Pricing:
     cost: StepCost
 
 
+def catalog_efficiency(engine: EngineSpec, device: Device) -> CatalogEfficiency:
+    """The engine's catalog efficiencies and fixed costs for this kind of device."""
+    return engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
+
+
 def pass_pricing(
     model: ModelSpec,
     device: Device,
@@ -351,7 +357,7 @@ def pass_pricing(
     """The price of one forward pass of a replica (StepCost), with `efficiency` in place of the catalog's
     figures. One home for it: `predict_config` prices its passes here, and a calibration fits a server's
     logged passes against the same function (planner.calibrate)."""
-    cat_eff = engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
+    cat_eff = catalog_efficiency(engine, device)
     eff = efficiency or Efficiency(
         cat_eff.decode_bandwidth,
         cat_eff.prefill_flops,
@@ -420,7 +426,7 @@ def predict_config(
     mem = plan_memory(model, fmt, device.memory_bytes, workload.context, workload.seq_tokens, cfg, par.tp, par.pp)
     pricing = pass_pricing(model, device, engine, fmt, par, workload, catalog, knobs, efficiency)
     eff, overhead, flops_eff, comm = pricing.eff, pricing.overhead_s, pricing.flops_eff, pricing.comm
-    cat_eff = engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
+    cat_eff = catalog_efficiency(engine, device)
     batching = engine.batching
     if batching == "single" and (knobs.max_num_seqs or 1) > 1:
         batching = "continuous"  # `python -m engine serve --max-num-seqs N` batches continuously, chunking prefill

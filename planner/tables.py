@@ -168,8 +168,7 @@ def calibration_frame(doc: CalibrationDoc) -> pd.DataFrame:
             for stage, predicted in (("before", run.predicted_before), ("after", run.predicted_after)):
                 for metric in METRICS:
                     got, want = getattr(predicted, metric, None), getattr(run.measured, metric)
-                    ci = getattr(run.measured_ci95, metric, None) if run.measured_ci95 is not None else None
-                    low, high = ci if ci is not None else (None, None)
+                    low, high = run.ci95(metric) or (None, None)
                     if got is not None and want is not None:
                         rows.append(
                             {"run": run.profile, "runs": kind, "stage": stage, "metric": metric, "measured": want}
