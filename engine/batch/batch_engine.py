@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
+from engine.batch.decode_graphs import DecodeGraphs
 from engine.batch.draft_model import DraftModelDrafter, DraftProposal
 from engine.batch.draft_verifier import verify_drafts
 from engine.batch.ngram_drafter import NgramDrafter
@@ -22,6 +24,7 @@ from engine.batch.scheduler import Scheduler, SchedulerConfig
 from engine.batch.scheduler_io import ScheduledSeq
 from engine.batch.sequence import Sequence
 from engine.model.loader import LoadedModel
+from engine.run.cuda_graph import cuda_graphs_enabled
 from engine.sampling import SamplingParams, make_generator, sample_token
 
 
@@ -37,6 +40,10 @@ class BatchConfig:
     block_size: int = 16
     kv_cache_bytes: int = 256 * 1024 * 1024
     speculative_tokens: int = 0  # drafts per step: n-gram lookup, or the draft model when one is given; 0: off
+    # Decode-only steps from CUDA graphs (batch/decode_graphs.py). "auto": on a CUDA device unless
+    # PREFLIGHT_CUDA_GRAPHS=0; "off": eager; "uncaptured": the graphs' padded step run eagerly on any
+    # device (how CI checks the padding without a GPU).
+    decode_graphs: Literal["auto", "off", "uncaptured"] = "auto"
 
     def bytes_per_block(self, loaded: LoadedModel, draft: LoadedModel | None = None) -> int:
         """One block of the target's pool, plus the draft's mirror block when a draft model runs."""
@@ -118,7 +125,17 @@ class BatchEngine:
             )
         )
         sc = self.scheduler.config
-        self.cache = PagedKVCache(loaded.config, sc.num_kv_blocks, sc.block_size, loaded.model.act_dtype, loaded.device)
+        graphs = cfg.decode_graphs == "uncaptured" or (
+            cfg.decode_graphs == "auto" and loaded.device.type == "cuda" and cuda_graphs_enabled()
+        )
+        self.cache = PagedKVCache(
+            loaded.config, sc.num_kv_blocks, sc.block_size, loaded.model.act_dtype, loaded.device, scratch_block=graphs
+        )
+        self.graphs = (
+            DecodeGraphs(loaded.model, self.cache, sc.max_num_seqs, model_len, capture=cfg.decode_graphs == "auto")
+            if graphs
+            else None
+        )
         self.drafter = NgramDrafter(cfg.speculative_tokens) if cfg.speculative_tokens > 0 and draft is None else None
         self.draft_model = (
             DraftModelDrafter(draft, cfg.speculative_tokens, sc.num_kv_blocks, sc.block_size, sc.prefill_chunk_size)
@@ -193,12 +210,15 @@ class BatchEngine:
         result.num_prefill_tokens, result.num_decode_tokens = out.num_prefill_tokens, out.num_decode_tokens
         result.num_decode_seqs = len(out.decodes)
         t0 = time.perf_counter()
-        batch = build_batch(out, self.cache, self.loaded.device)
-        model = self.loaded.model
+        rows, owners = _sample_rows(out.items)
         with torch.inference_mode():
-            hidden = model.forward_flat(batch.ids, batch.positions, batch)
-            rows, owners = _sample_rows(out.items)
-            logits = model.logits(hidden[torch.tensor(rows, dtype=torch.long)]) if rows else None
+            if self.graphs is not None and not out.prefills and all(i.num_tokens == 1 for i in out.decodes):
+                logits = self.graphs.run(out.decodes)  # every decode samples: row i is decodes[i]
+            else:
+                batch = build_batch(out, self.cache, self.loaded.device)
+                model = self.loaded.model
+                hidden = model.forward_flat(batch.ids, batch.positions, batch)
+                logits = model.logits(hidden[torch.tensor(rows, dtype=torch.long)]) if rows else None
         result.forward_s = time.perf_counter() - t0
         sampled: dict[int, list[int]] = {}
         logprobs: dict[int, list[float]] = {}

@@ -46,13 +46,22 @@ class PagedKVCache:
     """
 
     def __init__(
-        self, config: ModelConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device | str
+        self,
+        config: ModelConfig,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        scratch_block: bool = False,
     ) -> None:
-        slots = num_blocks * block_size
+        """`scratch_block` adds one block past the `num_blocks` the block manager hands out (its index is
+        `scratch_block`): the padding rows of a CUDA-graph decode step write there (batch/decode_graphs.py)."""
+        slots = (num_blocks + scratch_block) * block_size
         shape = (slots, config.n_kv_heads, config.head_dim)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.num_blocks, self.block_size = num_blocks, block_size
+        self.scratch_block: int | None = num_blocks if scratch_block else None
         self.nbytes = _pool_bytes(self.keys, self.values)
 
     @classmethod
@@ -61,6 +70,7 @@ class PagedKVCache:
         cache = cls.__new__(cls)
         cache.keys, cache.values = keys, values
         cache.num_blocks = cache.block_size = 0
+        cache.scratch_block = None
         cache.nbytes = _pool_bytes(keys, values)
         return cache
 

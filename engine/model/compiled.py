@@ -25,8 +25,9 @@ fused RMSNorm sums in another order; a one-ulp difference can flip a later bf16 
 so hidden values drift slightly over 30 layers, while quality against the fp32 model is
 unchanged (docs/BENCHMARKS.md).
 
-CPU only for now: on CUDA the single-stream decode step already runs as a CUDA
-graph (engine/run/cuda_graph.py), and the compiled path has not been verified there.
+CPU only for now: on CUDA the decode steps already run as CUDA graphs (single-stream:
+engine/run/cuda_graph.py; the server's decode-only batches: engine/batch/decode_graphs.py),
+and the compiled path has not been verified there.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ CLI, the dashboard and the studies all go through here.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,15 +20,10 @@ from engine.model.chat_template import TemplateLimits
 from engine.model.compiled import BUILD_NOTE, compile_model, compile_unavailable_reason
 from engine.model.config import ModelConfig
 from engine.model.loader import LoadedModel, load_model
-from engine.run.cuda_graph import CudaGraphDecoder, graph_capacity
+from engine.run.cuda_graph import CudaGraphDecoder, cuda_graphs_enabled, graph_capacity
 from engine.run.kv_cache import KVCache
 from engine.sampling import SamplingParams, make_generator, sample_token
 from engine.text_stream import TextStream
-
-
-def cuda_graphs_enabled() -> bool:
-    """On by default; `PREFLIGHT_CUDA_GRAPHS=0` turns graph capture off (eager decode) for comparison."""
-    return os.environ.get("PREFLIGHT_CUDA_GRAPHS", "1") != "0"
 
 
 @dataclass(frozen=True, slots=True)

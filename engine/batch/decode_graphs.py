@@ -1,0 +1,189 @@
+"""Decode-only steps of continuous batching replayed from CUDA graphs, one graph per padded shape.
+
+Why: on a GPU a decode step of a small model is ~1,600 small kernels, and launching them
+from Python costs far more than running them. docs/BENCHMARKS.md measured it on an H200:
+single-stream eager decode at ~1% of the bandwidth bound, its graph replay 6.7-9.5x
+faster. The server's batched decode (`BatchEngine`) still launched every kernel of every
+step, so every stream count paid the launches that batching was meant to amortize.
+
+A graph replays fixed shapes at fixed addresses, so a step is padded to a *bucket*: the
+batch to the next size in `batch_buckets` (powers of two up to `max_num_seqs`), and the keys
+a row may see to a power of two >= 256 within `max_model_len` (`graph_capacity`, as for the
+single-stream graph). The host writes one small int64 tensor per step, each row's token id,
+position and block table padded to the width, and reads nothing back until sampling.
+Inside the graph everything else comes from those three:
+
+- the slot each token's K/V is written to, and the pool rows of the keys it reads, are
+  looked up in its block table;
+- keys past a row's own position are masked;
+- padding rows decode token 0 at position 0 in the pool's scratch block (a block the block
+  manager never hands out, `PagedKVCache(scratch_block=True)`), so their writes touch no
+  sequence's K/V, they all write the same values, and their attention (discarded) sees one
+  finite key rather than a row of -inf.
+
+Steps with a prompt chunk or speculative drafts stay eager, as on the CPU's compiled path:
+their token count is a different shape every step. `capture=False` runs the very same padded
+step eagerly on any device: CI holds it to the eager batch on CPU (tests/engine/test_decode_graphs.py),
+and a GPU run holds the captured replays to eager CUDA decoding (tests/engine/test_cuda.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.batch.paged_cache import PagedBatch, PagedKVCache, head_rows
+from engine.batch.scheduler_io import ScheduledSeq
+from engine.model.transformer import Transformer
+from engine.run.cuda_graph import graph_capacity
+
+PAD_TOKEN = 0
+"""What a padding row decodes (at position 0, in the scratch block): any valid id would do."""
+
+
+def batch_buckets(max_num_seqs: int) -> list[int]:
+    """Batch sizes a graph is captured for: powers of two below `max_num_seqs`, then `max_num_seqs` itself.
+
+    Powers of two keep the padding under half a batch with a handful of graphs (vLLM captures a similar
+    ladder); the last bucket is the limit itself, so a full batch is never padded past it.
+    """
+    sizes, size = [], 1
+    while size < max_num_seqs:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_num_seqs]
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """One padded shape: its static inputs, and once captured, its graph and output buffer."""
+
+    batch: int
+    width: int
+    inputs: torch.Tensor  # (batch, 2 + table blocks) int64: token id, position, block table
+    key_blocks: torch.Tensor  # (width,) which table entry holds each key position
+    key_offsets: torch.Tensor  # (width,) the position's offset inside its block
+    positions_ladder: torch.Tensor  # (width,) 0..width-1, for the mask
+    rows: torch.Tensor  # (batch,) 0..batch-1: every row is a decode
+    graph: torch.cuda.CUDAGraph | None = None
+    logits: torch.Tensor | None = None
+    replays: int = 0
+
+
+class DecodeGraphs:
+    """The decode-only steps of a `BatchEngine`, padded to buckets and replayed from captured CUDA graphs.
+
+    A bucket's graph is captured the first time a step needs it (a few hundred ms on a GPU, once
+    per shape), into one memory pool that every bucket shares: steps never overlap, so one
+    bucket's intermediates can reuse another's memory; each output buffer stays its own.
+    """
+
+    def __init__(
+        self, model: Transformer, cache: PagedKVCache, max_num_seqs: int, max_model_len: int, capture: bool = True
+    ) -> None:
+        device = model.rope.cos.device
+        if capture and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a model on a CUDA device, this one is on {device}")
+        if cache.scratch_block is None:
+            raise ValueError(
+                "padded decode steps need a KV pool with a scratch block (scratch_block=True)"
+            )
+        self.model, self.cache, self.device = model, cache, device
+        self.capture = capture
+        self.batch_sizes = batch_buckets(max_num_seqs)
+        self.max_model_len = max_model_len
+        self._buckets: dict[tuple[int, int], _Bucket] = {}
+        self._pool = torch.cuda.graph_pool_handle() if capture else None
+
+    def shape(self, num_seqs: int, needed: int) -> tuple[int, int]:
+        """The bucket (batch, width) of a step of `num_seqs` decodes whose longest sees `needed` positions."""
+        if num_seqs > self.batch_sizes[-1]:
+            raise ValueError(f"{num_seqs} decodes exceed max_num_seqs {self.batch_sizes[-1]}")
+        batch = next(size for size in self.batch_sizes if size >= num_seqs)
+        return batch, graph_capacity(needed, self.max_model_len)
+
+    @property
+    def replays(self) -> dict[tuple[int, int], int]:
+        """Steps run per bucket (batch, width): evidence that the graphs, not the eager path, decoded."""
+        return {key: bucket.replays for key, bucket in self._buckets.items() if bucket.replays}
+
+    def run(self, decodes: list[ScheduledSeq]) -> torch.Tensor:
+        """fp32 logits (len(decodes), vocab), one row per decode in order; the buffer is reused by the next run.
+
+        Every item must be a plain single-token decode (no drafts).
+        """
+        bucket = self._bucket(*self.shape(len(decodes), max(item.start for item in decodes) + 1))
+        table_len = bucket.inputs.shape[1] - 2
+        scratch = self.cache.scratch_block
+        rows = []
+        for item in decodes:
+            table = item.seq.block_table[:table_len]
+            rows.append([item.token_ids[0], item.start, *table, *[scratch] * (table_len - len(table))])
+        rows.extend([PAD_TOKEN, 0, *[scratch] * table_len] for _ in range(bucket.batch - len(decodes)))
+        bucket.inputs.copy_(torch.tensor(rows, dtype=torch.long))
+        bucket.replays += 1
+        return self._replay(bucket)[: len(decodes)]
+
+    def _bucket(self, batch: int, width: int) -> _Bucket:
+        bucket = self._buckets.get((batch, width))
+        if bucket is None:
+            bs, device = self.cache.block_size, self.device
+            ladder = torch.arange(width, device=device)
+            blocks = -(-width // bs)
+            bucket = self._buckets[(batch, width)] = _Bucket(
+                batch=batch,
+                width=width,
+                inputs=torch.zeros((batch, 2 + blocks), dtype=torch.long, device=device),
+                key_blocks=ladder // bs,
+                key_offsets=ladder % bs,
+                positions_ladder=ladder,
+                rows=torch.arange(batch, device=device),
+            )
+        return bucket
+
+    def _step(self, bucket: _Bucket) -> torch.Tensor:
+        """The padded step: K/V slots, key rows and mask from the inputs, then the blocks and the logits."""
+        ids, positions, tables = bucket.inputs[:, 0], bucket.inputs[:, 1], bucket.inputs[:, 2:]
+        key_slots = tables.index_select(1, bucket.key_blocks) * self.cache.block_size + bucket.key_offsets
+        batch = PagedBatch(
+            cache=self.cache,
+            ids=ids,
+            positions=positions,
+            slot_mapping=key_slots.gather(1, positions[:, None])[:, 0],
+            decode_rows=bucket.rows,
+            decode_keys=head_rows(key_slots, self.cache.keys[0].shape[1]),
+            decode_padding=(bucket.positions_ladder[None, :] > positions[:, None])[:, None, None, :],
+            segments=[],
+            decode_only=True,
+        )
+        model = self.model
+        cos, sin = model.rope.gather(positions)
+        hidden = model._run_blocks(ids[None], (cos, sin, model.rope.half), batch)
+        return model.logits(hidden[0])
+
+    def _replay(self, bucket: _Bucket) -> torch.Tensor:
+        if not self.capture:
+            return self._step(bucket)
+        if bucket.graph is None or bucket.logits is None:
+            bucket.graph, bucket.logits = self._capture(bucket)
+        bucket.graph.replay()
+        return bucket.logits
+
+    def _capture(self, bucket: _Bucket) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Warm up on a side stream (as PyTorch requires), then record one step into the shared pool.
+
+        The warm-up steps write this step's K/V into this step's slots, and so does the replay
+        that follows: the same values, so they change nothing. `thread_local` capture: the server's
+        other threads never touch CUDA, but a check that fails on their allocations would be wrong.
+        """
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for _ in range(2):
+                self._step(bucket)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            logits = self._step(bucket)
+        return graph, logits

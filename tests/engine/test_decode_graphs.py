@@ -1,0 +1,104 @@
+"""The batched CUDA-graph decode step's padding, run eagerly on CPU so CI checks it without a GPU.
+
+`BatchConfig(decode_graphs="uncaptured")` runs exactly the step a graph records: the batch padded
+to a bucket with rows that decode in the scratch block, keys padded to a power-of-two width and
+masked past each row's position, slots and key rows looked up from block tables on the device.
+fp32 weights, so every figure must match the eager batch (tokens exactly, logprobs to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from engine.batch.batch_engine import BatchConfig, BatchEngine
+from engine.batch.decode_graphs import DecodeGraphs, batch_buckets
+from engine.batch.paged_cache import PagedKVCache
+from engine.run.runtime import Engine, LoadOptions
+from engine.sampling import SamplingParams
+from engine.studies.base import eval_ids
+
+GREEDY = SamplingParams(max_tokens=16, ignore_eos=True, logprobs=True)
+SAMPLED = SamplingParams(max_tokens=16, ignore_eos=True, logprobs=True, temperature=0.8, top_p=0.9, seed=7)
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(LoadOptions(quant="fp32", device="cpu"))
+
+
+def _run(
+    engine: Engine, config: BatchConfig, prompts: list[list[int]], late: list[int] | None
+) -> tuple[dict, BatchEngine]:
+    """Tokens and logprobs per request; `late` joins after three steps (a prompt chunk beside decodes)."""
+    llm = BatchEngine(engine.loaded, config)
+    params = [GREEDY, SAMPLED, GREEDY]
+    ids = [llm.add_request(p, params[i % 3]) for i, p in enumerate(prompts)]
+    got: dict[int, tuple[list[int], list[float]]] = {}
+    for step in range(2000):
+        if step == 3 and late is not None:
+            ids.append(llm.add_request(late, GREEDY))
+        if not llm.has_unfinished and step > 3:
+            break
+        for out in llm.step().outputs:
+            tokens, lps = got.setdefault(out.seq_id, ([], []))
+            tokens.extend(out.new_token_ids)
+            lps.extend(out.logprobs or [])
+    return got, llm
+
+
+def test_buckets() -> None:
+    assert batch_buckets(1) == [1]
+    assert batch_buckets(16) == [1, 2, 4, 8, 16]
+    assert batch_buckets(12) == [1, 2, 4, 8, 12]
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_padded_steps_decode_as_the_eager_batch(engine: Engine, late: bool) -> None:
+    """Without `late`, the three sequences decode side by side from start to end, padded to 4 rows, the
+    first one in the pool's block 0 all along: a padding row writing anywhere but the scratch block shows."""
+    text = eval_ids(engine.loaded.tokenizer, 300)
+    # the 246-token prompt's keys cross the 256-wide bucket into 512
+    prompts = [text[:5], text[40:63], text[:246]]
+    joins = text[100:130] if late else None
+    config = dict(max_num_seqs=6, max_model_len=1024, max_num_batched_tokens=512, prefill_chunk_size=256)
+    want, _ = _run(engine, BatchConfig(**config, decode_graphs="off"), prompts, joins)
+    got, llm = _run(engine, BatchConfig(**config, decode_graphs="uncaptured"), prompts, joins)
+    assert set(got) == set(want)
+    for seq_id, (tokens, lps) in want.items():
+        assert got[seq_id][0] == tokens, seq_id
+        assert all(math.isclose(a, b, abs_tol=1e-4) for a, b in zip(got[seq_id][1], lps, strict=True)), seq_id
+    assert llm.graphs is not None
+    used = llm.graphs.replays
+    assert (4, 256) in used and (4, 512) in used, used  # padded rows, then the wider key bucket
+    assert llm.scheduler.block_manager.usage == 0.0
+
+
+def test_preemption_and_speculation_around_padded_steps(engine: Engine) -> None:
+    """Re-allocated block tables after preemption, and n-gram drafts (eager) between padded decode steps."""
+    text = eval_ids(engine.loaded.tokenizer, 100)
+    block_bytes = 2 * 30 * 16 * 3 * 64 * 4  # K+V, 30 layers, 16 tokens, 3 KV heads, dim 64, fp32
+    prompts = [text[:20], text[20:40], text[40:60]]
+    for extra in (dict(kv_cache_bytes=5 * block_bytes, max_model_len=64), dict(speculative_tokens=3)):
+        want, _ = _run(engine, BatchConfig(max_num_seqs=4, **extra, decode_graphs="off"), prompts, text[60:70])
+        got, llm = _run(engine, BatchConfig(max_num_seqs=4, **extra, decode_graphs="uncaptured"), prompts, text[60:70])
+        assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}, extra
+        assert llm.graphs is not None and llm.graphs.replays, extra
+        if "kv_cache_bytes" in extra:  # three 2-block sequences in a 5-block pool: one is always preempted
+            assert llm.scheduler.num_preemptions > 0
+
+
+def test_graphs_are_off_on_cpu_by_default_and_need_cuda_to_capture(engine: Engine) -> None:
+    assert BatchEngine(engine.loaded, BatchConfig()).graphs is None
+    loaded = engine.loaded
+    cache = PagedKVCache(loaded.config, 8, 16, loaded.model.act_dtype, "cpu", scratch_block=True)
+    with pytest.raises(ValueError, match="CUDA graphs need a model on a CUDA device"):
+        DecodeGraphs(loaded.model, cache, 4, 128)
+    plain = PagedKVCache(loaded.config, 8, 16, loaded.model.act_dtype, "cpu")
+    with pytest.raises(ValueError, match="scratch block"):
+        DecodeGraphs(loaded.model, plain, 4, 128, capture=False)
+    graphs = DecodeGraphs(loaded.model, cache, 4, 128, capture=False)
+    assert graphs.shape(3, 20) == (4, 128)  # the width never exceeds max_model_len
+    with pytest.raises(ValueError, match="exceed max_num_seqs 4"):
+        graphs.shape(5, 20)
