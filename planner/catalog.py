@@ -283,7 +283,10 @@ class EngineSpec(_Strict):
     architectures: list[str] | None = None
     format_min_cc: dict[str, str] | None = None  # this engine's own floor for a format
     dispatch_ops_per_layer: PositiveInt | None = None
-    gpu_op_overhead_us: PositiveFloat | None = None
+    gpu_op_overhead_us: PositiveFloat | None = None  # an op launched from Python on a GPU (eager passes)
+    # An op replayed inside a CUDA graph, which the engine uses for decode-only passes on a GPU: what is left
+    # per op is the GPU's own floor for a small kernel, not the launch.
+    gpu_graph_op_us: PositiveFloat | None = None
     # The KV-cache dtype "auto" resolves to for a format's checkpoints, and why.
     checkpoint_kv_cache_dtype: dict[str, Literal["fp8"]] | None = None
     checkpoint_kv_cache_source: str | None = None

@@ -95,7 +95,7 @@ def predict_bundled(model: ModelSpec, device: Device, run: MeasuredRun, catalog:
     engine = catalog.engines["bundled"]
     fmt = catalog.format(f"bundled-{run.quant}")
     eff = catalog_efficiency(engine, device)
-    overhead = dispatch_overhead_s(engine, device, model)
+    overhead = dispatch_overhead_s(engine, device, model, decode_only=True)
     pre = prefill(
         model,
         fmt,
@@ -103,7 +103,7 @@ def predict_bundled(model: ModelSpec, device: Device, run: MeasuredRun, catalog:
         run.prompt_tokens,
         bandwidth_efficiency=eff.decode_bandwidth,
         flops_efficiency=eff.prefill_flops,
-        overhead_s=overhead,
+        overhead_s=dispatch_overhead_s(engine, device, model),
     )
     context = run.prompt_tokens + run.completion_tokens // 2
     dec = decode_step(

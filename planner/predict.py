@@ -93,13 +93,18 @@ class SchedulerLimits:
     replayed: bool = False  # closed loops are replayed through this scheduler (planner/replay.py)
 
 
-def dispatch_overhead_s(engine: EngineSpec, device: Device, model: ModelSpec) -> float:
+def dispatch_overhead_s(engine: EngineSpec, device: Device, model: ModelSpec, decode_only: bool = False) -> float:
     """Per-forward time a pure-PyTorch engine spends issuing ops: layers x ops per layer x time per op
-    (measured on CPU; an assumed launch cost on GPU). Zero for engines without the figure."""
+    (measured on CPU; on a GPU the launch cost, or for a `decode_only` pass the in-graph cost of an op where
+    the engine replays decode from CUDA graphs). Zero for engines without the figure."""
     if not engine.dispatch_ops_per_layer:
         return 0.0
-    per_op = device.op_overhead_s if device.kind == "cpu" else (engine.gpu_op_overhead_us or 0) * 1e-6
-    return model.n_layers * engine.dispatch_ops_per_layer * (per_op or 0.0)
+    if device.kind == "cpu":
+        per_op = device.op_overhead_s or 0.0
+    else:
+        graphed = engine.gpu_graph_op_us if decode_only else None
+        per_op = (graphed or engine.gpu_op_overhead_us or 0.0) * 1e-6
+    return model.n_layers * engine.dispatch_ops_per_layer * per_op
 
 
 def resolved_kv_cache_dtype(engine: EngineSpec, kv_cache_dtype: str = "auto", fmt: FormatSpec | None = None) -> str:
@@ -365,9 +370,11 @@ def pass_pricing(
         seq_overhead_s=cat_eff.seq_overhead_us * 1e-6,
     )
     if eff.step_overhead_s is None:
-        overhead = dispatch_overhead_s(engine, device, model) + cat_eff.step_overhead_us * 1e-6
+        overhead = dispatch_overhead_s(engine, device, model, decode_only=True) + cat_eff.step_overhead_us * 1e-6
+        # a pass that carries prompt tokens runs eagerly where decode-only passes replay a graph
+        eager_extra = dispatch_overhead_s(engine, device, model) - dispatch_overhead_s(engine, device, model, True)
     else:
-        overhead = eff.step_overhead_s
+        overhead, eager_extra = eff.step_overhead_s, 0.0
     precision = compute_kind(device, fmt)
     flops_eff = eff.flops_for(precision)
     kv_bytes = kv_dtype_bytes(engine, device, knobs.kv_cache_dtype, fmt)
@@ -399,11 +406,10 @@ def pass_pricing(
         bandwidth_efficiency=eff.decode_bandwidth,
         flops_efficiency=flops_eff,
         parallel=par,
-        overhead_s=overhead,
+        overhead_s=overhead + eager_extra,
     )
-    cost = StepCost(
-        decode_at, pre, workload.computed_input_tokens, overhead, eff.seq_overhead_s, comm, eff.prompt_overhead_s
-    )
+    prompt_fixed = eff.prompt_overhead_s + eager_extra
+    cost = StepCost(decode_at, pre, workload.computed_input_tokens, overhead, eff.seq_overhead_s, comm, prompt_fixed)
     return Pricing(eff, overhead, precision, flops_eff, comm, cost)
 
 
@@ -438,7 +444,7 @@ def predict_config(
         "tensor_parallel_efficiency": par.efficiency,
         "step_overhead_ms": overhead * 1e3,
         "seq_overhead_us": eff.seq_overhead_s * 1e6,
-        "prompt_pass_overhead_ms": eff.prompt_overhead_s * 1e3,
+        "prompt_pass_overhead_ms": pricing.cost.prompt_fixed_s * 1e3,
         "ingest_ms": eff.ingest_s * 1e3,
         "allreduce_ms_per_decode_token": comm(1) * 1e3,
         "gpu_memory_utilization": cfg.utilization if cfg.mode == "utilization" else cfg.kv_free_fraction,

@@ -5,6 +5,7 @@ refuses to start, and --max-num-seqs 1 in the launch command."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -14,7 +15,7 @@ from planner.entrypoints import predict_one
 from planner.errors import PlannerError, WorkloadError
 from planner.hardware import detect
 from planner.launch import LaunchSpec, launch_command
-from planner.predict import Knobs, predict_config, scheduler_limits
+from planner.predict import Knobs, dispatch_overhead_s, predict_config, scheduler_limits
 from planner.predict_io import PredictOptions, PredictResult
 from planner.roofline import Device, Parallel, gpu_device
 from planner.sizing import GIB
@@ -299,3 +300,21 @@ def test_cli_predict_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert data["assumptions"]["chunked_prefill"] is False and data["assumptions"]["kv_cache_dtype_bytes"] == 1
     assert main(["predict", "--model", "llama-3.1-8b", "--gpu", "h100-sxm", "--qps", "2", "--concurrency", "2"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_bundled_engine_on_a_gpu_prices_decode_as_its_cuda_graphs_run() -> None:
+    """The engine replays decode-only passes from CUDA graphs on a GPU (engine/run/cuda_graph.py,
+    engine/batch/decode_graphs.py) and runs passes with prompt tokens eagerly: a decode step pays the
+    in-graph cost of its ops, a prompt pass their launches. Held to our H200 run (docs/BENCHMARKS.md):
+    int4 decode replayed as a graph at 547.4 tok/s, prefill of 256 tokens at 24,336 tok/s (10.5 ms)."""
+    r = predict(model="smollm2-135m", gpu="h200", engine="bundled", format="bundled-int4", input_tokens=256)
+    engine = CAT.engines["bundled"]
+    ops = CAT.models["smollm2-135m"].n_layers * engine.dispatch_ops_per_layer
+    assert r.assumptions["step_overhead_ms"] == pytest.approx(ops * engine.gpu_graph_op_us / 1e3)
+    eager_extra = ops * (engine.gpu_op_overhead_us - engine.gpu_graph_op_us) / 1e3
+    assert r.assumptions["prompt_pass_overhead_ms"] == pytest.approx(eager_extra)
+    assert 1000 / r.tpot_ms == pytest.approx(547.4, rel=0.05)
+    assert r.ttft_ms == pytest.approx(10.5, rel=0.5)
+    cpu = replace(RTX_3090, name="a CPU", kind="cpu", op_overhead_s=5e-6)  # no graphs: one dispatch cost for both
+    model = CAT.models["smollm2-135m"]
+    assert dispatch_overhead_s(engine, cpu, model, decode_only=True) == dispatch_overhead_s(engine, cpu, model)
