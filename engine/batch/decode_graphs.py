@@ -55,6 +55,14 @@ def batch_buckets(max_num_seqs: int) -> list[int]:
     return [*sizes, max_num_seqs]
 
 
+def width_buckets(max_model_len: int) -> list[int]:
+    """Every key width a step can need: `graph_capacity`'s powers of two from 256, the last capped at the limit."""
+    widths = [graph_capacity(1, max_model_len)]
+    while widths[-1] < max_model_len:
+        widths.append(graph_capacity(widths[-1] + 1, max_model_len))
+    return widths
+
+
 @dataclass(slots=True)
 class _Bucket:
     """One padded shape: its static inputs, and once captured, its graph and output buffer."""
@@ -74,9 +82,9 @@ class _Bucket:
 class DecodeGraphs:
     """The decode-only steps of a `BatchEngine`, padded to buckets and replayed from captured CUDA graphs.
 
-    A bucket's graph is captured the first time a step needs it (a few hundred ms on a GPU, once
-    per shape), into one memory pool that every bucket shares: steps never overlap, so one
-    bucket's intermediates can reuse another's memory; each output buffer stays its own.
+    The server captures every bucket at start-up (`capture_all`); elsewhere a bucket's graph is
+    captured the first time a step needs it. All go into one memory pool: steps never overlap, so
+    one bucket's intermediates can reuse another's memory; each output buffer stays its own.
     """
 
     def __init__(
@@ -86,9 +94,7 @@ class DecodeGraphs:
         if capture and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a model on a CUDA device, this one is on {device}")
         if cache.scratch_block is None:
-            raise ValueError(
-                "padded decode steps need a KV pool with a scratch block (scratch_block=True)"
-            )
+            raise ValueError("padded decode steps need a KV pool with a scratch block (scratch_block=True)")
         self.model, self.cache, self.device = model, cache, device
         self.capture = capture
         self.batch_sizes = batch_buckets(max_num_seqs)
@@ -116,14 +122,33 @@ class DecodeGraphs:
         bucket = self._bucket(*self.shape(len(decodes), max(item.start for item in decodes) + 1))
         table_len = bucket.inputs.shape[1] - 2
         scratch = self.cache.scratch_block
-        rows = []
+        rows = []  # one list, one tensor: per-row tensor writes would cost more than a GPU step at 32 rows
         for item in decodes:
             table = item.seq.block_table[:table_len]
             rows.append([item.token_ids[0], item.start, *table, *[scratch] * (table_len - len(table))])
-        rows.extend([PAD_TOKEN, 0, *[scratch] * table_len] for _ in range(bucket.batch - len(decodes)))
+        rows += [self._padding_row(table_len)] * (bucket.batch - len(decodes))
         bucket.inputs.copy_(torch.tensor(rows, dtype=torch.long))
         bucket.replays += 1
         return self._replay(bucket)[: len(decodes)]
+
+    def capture_all(self) -> int:
+        """Capture every bucket's graph now, so that no request waits on a capture (~0.1-0.3 s) mid-run.
+
+        Each bucket runs with padding rows only: they write the scratch block and nothing else, so this
+        is safe before any sequence exists. The widest, largest buckets go first: the graphs share one
+        memory pool, which the largest sizes. Returns how many graphs there are.
+        """
+        for width in reversed(width_buckets(self.max_model_len)):
+            for batch in reversed(self.batch_sizes):
+                bucket = self._bucket(batch, width)
+                bucket.inputs.copy_(torch.tensor([self._padding_row(bucket.inputs.shape[1] - 2)] * batch))
+                with torch.inference_mode():
+                    self._replay(bucket)
+        return len(self._buckets)
+
+    def _padding_row(self, table_len: int) -> list[int]:
+        """A row that decodes PAD_TOKEN at position 0 in the scratch block: it writes nothing a sequence owns."""
+        return [PAD_TOKEN, 0, *[self.cache.scratch_block] * table_len]
 
     def _bucket(self, batch: int, width: int) -> _Bucket:
         bucket = self._buckets.get((batch, width))

@@ -79,8 +79,8 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
     """
     if device.type != "cpu":
         return (
-            f"compiled decode is CPU-only for now; on {device.type} the decode step runs eager "
-            "(on CUDA single-stream decode runs as a CUDA graph)"
+            f"compiled decode is CPU-only for now; on {device.type} decode runs without it "
+            "(on CUDA decode steps replay CUDA graphs instead; PREFLIGHT_CUDA_GRAPHS=0 turns them off)"
         )
     if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
         return "compiled decode on CPU needs a C++ compiler (g++ or clang++) on PATH; install one for faster decode"

@@ -139,6 +139,7 @@ class ServerState:
             # before /health turns 200, so that no request waits on the compiler.
             if self.options.compile:
                 self._compile(engine, llm)
+            self._capture_graphs(llm)
             loop = BatchLoop(llm, self.metrics.on_step, *([self.step_log] if self.step_log is not None else []))
             loop.start()
         except Exception as exc:  # any load failure: one line, then the server exits non-zero
@@ -189,6 +190,24 @@ class ServerState:
                 logger.info("the draft model's compiled decode step is ready")
             else:
                 logger.info("the draft model drafts with eager decode: %s", reason)
+
+    def _capture_graphs(self, llm: BatchEngine) -> None:
+        """On CUDA: every decode-step graph captured before /health turns 200, as vLLM captures its own at start-up,
+        so that no request's step waits on a capture (batch/decode_graphs.py). A capture that fails leaves the
+        server decoding eagerly, slower and never wrong, and says so."""
+        graphs = llm.graphs
+        if graphs is None or not graphs.capture:
+            return
+        self.phase = "capturing the CUDA graphs of decode"
+        t0 = time.perf_counter()
+        try:
+            count = graphs.capture_all()
+        except Exception as exc:  # out of memory, or an op that cannot be captured: the eager step still works
+            llm.graphs = None
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            logger.warning("serving with eager batched decode: capturing its CUDA graphs failed (%s)", first[:300])
+            return
+        logger.info("captured %d CUDA graphs of decode in %.1f s", count, time.perf_counter() - t0)
 
     def health(self) -> dict[str, object]:
         """GET /health's 200 body: ok and how the engine decodes (eager_reason: why the compiled default did not)."""

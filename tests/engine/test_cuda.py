@@ -168,6 +168,7 @@ def test_batched_cuda_graph_decode_matches_eager_batching(fmt: str) -> None:
     eager = run(BatchEngine(engine.loaded, BatchConfig(**config, decode_graphs="off")))
     llm = BatchEngine(engine.loaded, BatchConfig(**config))
     assert llm.graphs is not None and llm.graphs.capture
+    assert llm.graphs.capture_all() == 4 * 3  # batches 1, 2, 4, 8 x widths 256, 512, 1024: the server's start-up
     for _ in range(2):
         got = run(llm)
         for g, want in zip(got, eager, strict=True):

@@ -9,11 +9,12 @@ fp32 weights, so every figure must match the eager batch (tokens exactly, logpro
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from engine.batch.batch_engine import BatchConfig, BatchEngine
-from engine.batch.decode_graphs import DecodeGraphs, batch_buckets
+from engine.batch.decode_graphs import DecodeGraphs, batch_buckets, width_buckets
 from engine.batch.paged_cache import PagedKVCache
 from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
@@ -52,6 +53,26 @@ def test_buckets() -> None:
     assert batch_buckets(1) == [1]
     assert batch_buckets(16) == [1, 2, 4, 8, 16]
     assert batch_buckets(12) == [1, 2, 4, 8, 12]
+    assert width_buckets(100) == [100]
+    assert width_buckets(300) == [256, 300]
+    assert width_buckets(8192) == [256, 512, 1024, 2048, 4096, 8192]
+
+
+def test_capturing_every_shape_up_front_writes_only_the_scratch_block(engine: Engine) -> None:
+    """What the server does on CUDA before it reports ready: every bucket's step runs on padding rows alone."""
+    config = BatchConfig(max_num_seqs=4, max_model_len=300, decode_graphs="uncaptured")
+    llm = BatchEngine(engine.loaded, config)
+    assert llm.graphs is not None and llm.graphs.capture_all() == 3 * 2  # batches 1, 2, 4 x widths 256, 300
+    scratch = llm.cache.scratch_block
+    assert scratch == llm.scheduler.config.num_kv_blocks  # past every block the block manager hands out
+    bs = llm.cache.block_size
+    for pool in (*llm.cache.keys, *llm.cache.values):
+        assert not pool[: scratch * bs].any()
+        assert pool[scratch * bs].any()  # the padding rows' one position
+    text = eval_ids(engine.loaded.tokenizer, 60)
+    want, _ = _run(engine, replace(config, decode_graphs="off"), [text[:20], text[20:50]], None)
+    got, _ = _run(engine, config, [text[:20], text[20:50]], None)
+    assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}
 
 
 @pytest.mark.parametrize("late", [False, True])
