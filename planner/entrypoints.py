@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from planner.calibration import (
@@ -13,17 +13,16 @@ from planner.calibration import (
     load_calibration,
     pinned_measurement,
 )
-from planner.catalog import Catalog, EngineSpec, FormatSpec, load_catalog
+from planner.catalog import Catalog, EngineSpec, load_catalog
 from planner.compare import Comparison, MeasuredRun, compare
 from planner.devices import resolve_device
 from planner.errors import PlannerError, WorkloadError
 from planner.hardware import Hardware
 from planner.loaded import StepCost
-from planner.model_spec import ModelSpec
-from planner.predict import Efficiency, Knobs, pass_pricing, predict_config
+from planner.predict import Efficiency, Knobs, PlannedConfig, pass_pricing, predict_config
 from planner.predict_io import PredictOptions, PredictResult, build_result, resolve_engine, resolve_format
 from planner.recommend import AppliedCalibration, Plan, cannot_run, recommend, resolve_model, tp_efficiency
-from planner.roofline import Device, Parallel
+from planner.roofline import Parallel
 from planner.slo_targets import DEFAULT_SLO, slo_targets
 from planner.vllm_memory import resolve_vllm_memory
 from planner.workload import RecommendOptions, Workload
@@ -122,17 +121,8 @@ def planned_version(requested: str | None, cal: CalibrationDoc | None, catalog: 
 class _Question:
     """What `PredictOptions` name, resolved against the catalog and the hardware."""
 
-    catalog: Catalog
+    config: PlannedConfig
     calibration: CalibrationDoc | None
-    model: ModelSpec
-    device: Device
-    engine: EngineSpec
-    fmt: FormatSpec
-    par: Parallel
-    workload: Workload
-    knobs: Knobs
-    efficiency: Efficiency | None
-    context: int
 
 
 def _resolve(
@@ -189,7 +179,7 @@ def _resolve(
     )
     efficiency = efficiency_of(values) if values is not None else None
     par = Parallel(opts.tp, opts.pp, tp_efficiency(engine, device, opts.tp, opts.pp, cat))
-    return _Question(cat, cal, model, device, engine, fmt, par, workload, knobs, efficiency, context)
+    return _Question(PlannedConfig(model, device, engine, fmt, par, workload, cat, knobs, efficiency), cal)
 
 
 def predict_one(
@@ -205,13 +195,12 @@ def predict_one(
     given, and on CPU the measurement it was fitted against); `values` applies trial values directly,
     as the fit does."""
     q = _resolve(opts, catalog, hw, measure, values)
-    cp = predict_config(
-        q.model, q.device, q.engine, q.fmt, q.par, q.workload, q.catalog, q.knobs, q.efficiency, opts.qps
-    )
-    names = {"model": q.model.name, "device": q.device.name, "engine": q.engine.label, "format": q.fmt.label}
+    c = q.config
+    cp = predict_config(c, opts.qps)
+    names = {"model": c.model.name, "device": c.device.name, "engine": c.engine.label, "format": c.fmt.label}
     if q.calibration is not None:
         cp.assumptions["calibration"] = assumption_line(q.calibration, opts.calibration or "")
-    return build_result(opts, names, cp, q.context, calibrated=q.calibration is not None)
+    return build_result(opts, names, cp, c.workload.context, calibrated=q.calibration is not None)
 
 
 def pass_pricer(
@@ -223,11 +212,10 @@ def pass_pricer(
     """What `predict_one` would charge for one forward pass of this configuration with given values,
     (decoding sequences, prompt tokens) -> seconds: a calibration fits these prices to a server's logged
     passes. The configuration is resolved once; each call only prices with its values."""
-    q = _resolve(opts, catalog, hw, measure, None)
+    config = _resolve(opts, catalog, hw, measure, None).config
 
     def price(values: FittedValues) -> StepCost:
-        eff = efficiency_of(values)
-        return pass_pricing(q.model, q.device, q.engine, q.fmt, q.par, q.workload, q.catalog, q.knobs, eff).cost
+        return pass_pricing(replace(config, efficiency=efficiency_of(values))).cost
 
     return price
 

@@ -82,6 +82,23 @@ class Efficiency:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedConfig:
+    """One configuration to plan (model x device x engine x format x split x load) with the catalog, the
+    user's knobs and any calibrated efficiency: what `predict_config` and `pass_pricing` both take, so
+    a configuration is named once and priced the same way by each."""
+
+    model: ModelSpec
+    device: Device
+    engine: EngineSpec
+    fmt: FormatSpec
+    par: Parallel
+    workload: Workload
+    catalog: Catalog
+    knobs: Knobs = DEFAULT_KNOBS
+    efficiency: Efficiency | None = None  # replaces the engine's catalog figures (calibration)
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulerLimits:
     """The batch limits a replica runs with: `max_num_seqs` None means only the KV cache limits it."""
 
@@ -348,20 +365,12 @@ def catalog_efficiency(engine: EngineSpec, device: Device) -> CatalogEfficiency:
     return engine.efficiency["cpu" if device.kind == "cpu" else "gpu"]
 
 
-def pass_pricing(
-    model: ModelSpec,
-    device: Device,
-    engine: EngineSpec,
-    fmt: FormatSpec,
-    par: Parallel,
-    workload: Workload,
-    catalog: Catalog,
-    knobs: Knobs = DEFAULT_KNOBS,
-    efficiency: Efficiency | None = None,
-) -> Pricing:
-    """The price of one forward pass of a replica (StepCost), with `efficiency` in place of the catalog's
-    figures. One home for it: `predict_config` prices its passes here, and a calibration fits a server's
-    logged passes against the same function (planner.calibrate)."""
+def pass_pricing(config: PlannedConfig) -> Pricing:
+    """The price of one forward pass of a replica (StepCost), with `config.efficiency` in place of the
+    catalog's figures. One home for it: `predict_config` prices its passes here, and a calibration fits a
+    server's logged passes against the same function (planner.calibrate)."""
+    model, device, engine, fmt, par = config.model, config.device, config.engine, config.fmt, config.par
+    workload, catalog, knobs, efficiency = config.workload, config.catalog, config.knobs, config.efficiency
     cat_eff = catalog_efficiency(engine, device)
     eff = efficiency or Efficiency(
         cat_eff.decode_bandwidth,
@@ -413,24 +422,15 @@ def pass_pricing(
     return Pricing(eff, overhead, precision, flops_eff, comm, cost)
 
 
-def predict_config(
-    model: ModelSpec,
-    device: Device,
-    engine: EngineSpec,
-    fmt: FormatSpec,
-    par: Parallel,
-    workload: Workload,
-    catalog: Catalog,
-    knobs: Knobs = DEFAULT_KNOBS,
-    efficiency: Efficiency | None = None,
-    qps: float | None = None,
-) -> ConfigPrediction:
-    """Memory, latency and throughput for one configuration at `workload.concurrency` (or at `qps`
-    arrivals per second when given). `efficiency` replaces the engine's catalog figures (calibration)."""
+def predict_config(config: PlannedConfig, qps: float | None = None) -> ConfigPrediction:
+    """Memory, latency and throughput for one configuration at `config.workload.concurrency` (or at `qps`
+    arrivals per second when given). `config.efficiency` replaces the engine's catalog figures (calibration)."""
+    model, device, engine, fmt, par = config.model, config.device, config.engine, config.fmt, config.par
+    workload, catalog, knobs = config.workload, config.catalog, config.knobs
     limits = scheduler_limits(engine, device, workload.context, par, catalog, knobs)
     cfg = memory_config(engine, device, catalog, limits, knobs, fmt)
     mem = plan_memory(model, fmt, device.memory_bytes, workload.context, workload.seq_tokens, cfg, par.tp, par.pp)
-    pricing = pass_pricing(model, device, engine, fmt, par, workload, catalog, knobs, efficiency)
+    pricing = pass_pricing(config)
     eff, overhead, flops_eff, comm = pricing.eff, pricing.overhead_s, pricing.flops_eff, pricing.comm
     cat_eff = catalog_efficiency(engine, device)
     batching = engine.batching

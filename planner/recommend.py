@@ -24,6 +24,7 @@ from planner.predict import (
     DEFAULT_KNOBS,
     Efficiency,
     Knobs,
+    PlannedConfig,
     memory_config,
     predict_config,
     scheduler_limits,
@@ -240,7 +241,8 @@ def _evaluate(ctx: _Ctx, engine: EngineSpec, fmt: FormatSpec, par: Parallel, eng
     m, dev, w = ctx.model, ctx.device, ctx.workload
     cal = ctx.calibration if ctx.calibration and ctx.calibration.engine_id == engine.id else None
     knobs = replace(knobs_for(engine, ctx.knobs), max_num_seqs=cal.max_num_seqs if cal else None)
-    cp = predict_config(m, dev, engine, fmt, par, w, ctx.catalog, knobs, cal.efficiency if cal else None)
+    config = PlannedConfig(m, dev, engine, fmt, par, w, ctx.catalog, knobs, cal.efficiency if cal else None)
+    cp = predict_config(config)
     if cal is not None:
         cp.assumptions["calibration"] = cal.label  # as `predict --calibration` lists it
     mem = cp.memory

@@ -10,7 +10,7 @@ import pytest
 
 from planner.catalog import load_catalog
 from planner.loaded import Budget, StepCost, allreduce_s, md1_wait_s, prompt_service_s, sustainable_batch, tpot_s
-from planner.predict import Knobs, predict_config
+from planner.predict import Knobs, PlannedConfig, predict_config
 from planner.roofline import Parallel, StepTime, gpu_device
 from planner.slo_targets import slo_targets
 from planner.workload import Workload
@@ -96,14 +96,16 @@ def _nim_70b(concurrency: int, knobs: Knobs | None = None):  # noqa: ANN202 - a 
     work = Workload(8192, concurrency, 5000, 500, slo_targets("chat"))
     two = gpu_device(H100, 2)
     return predict_config(
-        CAT.models["llama-3.1-70b"],
-        two,
-        CAT.engines["tensorrt-llm"],
-        CAT.formats["fp8"],
-        Parallel(2),
-        work,
-        CAT,
-        knobs or Knobs(),
+        PlannedConfig(
+            CAT.models["llama-3.1-70b"],
+            two,
+            CAT.engines["tensorrt-llm"],
+            CAT.formats["fp8"],
+            Parallel(2),
+            work,
+            CAT,
+            knobs or Knobs(),
+        ),
     )
 
 
@@ -111,13 +113,15 @@ def test_an_fp8_checkpoint_brings_an_fp8_kv_cache_to_tensorrt_llm() -> None:
     auto = _nim_70b(1)
     assert auto.assumptions["kv_cache_dtype"] == "fp8" and auto.assumptions["kv_cache_dtype_bytes"] == 1
     vllm = predict_config(
-        CAT.models["llama-3.1-70b"],
-        gpu_device(H100, 2),
-        CAT.engines["vllm"],
-        CAT.formats["fp8"],
-        Parallel(2),
-        Workload(8192, 1, 5000, 500, slo_targets("chat")),
-        CAT,
+        PlannedConfig(
+            CAT.models["llama-3.1-70b"],
+            gpu_device(H100, 2),
+            CAT.engines["vllm"],
+            CAT.formats["fp8"],
+            Parallel(2),
+            Workload(8192, 1, 5000, 500, slo_targets("chat")),
+            CAT,
+        ),
     )
     assert vllm.assumptions["kv_cache_dtype"] == "auto" and vllm.assumptions["kv_cache_dtype_bytes"] == 2
 

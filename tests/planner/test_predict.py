@@ -15,7 +15,7 @@ from planner.entrypoints import predict_one
 from planner.errors import PlannerError, WorkloadError
 from planner.hardware import detect
 from planner.launch import LaunchSpec, launch_command
-from planner.predict import Knobs, dispatch_overhead_s, predict_config, scheduler_limits
+from planner.predict import Knobs, PlannedConfig, dispatch_overhead_s, predict_config, scheduler_limits
 from planner.predict_io import PredictOptions, PredictResult
 from planner.roofline import Device, Parallel, gpu_device
 from planner.sizing import GIB
@@ -52,7 +52,7 @@ def predict(**kw: object) -> PredictResult:
 
 def test_idle_replicas_do_not_count_as_throughput() -> None:
     two = gpu_device(CAT.gpus["h100-sxm"], 2)
-    tp1 = predict_config(LLAMA_8B, two, VLLM, BF16, Parallel(1), workload(), CAT)
+    tp1 = predict_config(PlannedConfig(LLAMA_8B, two, VLLM, BF16, Parallel(1), workload(), CAT))
     assert tp1.replicas == 2 and tp1.busy_replicas == 1
     # one request in flight: its own rate, not replicas x batch / TPOT
     assert tp1.output_tok_s == pytest.approx(256 / tp1.e2e_s)
@@ -64,7 +64,7 @@ def test_low_concurrency_ranks_splits_by_latency() -> None:
     vllm = next(o for o in p.options if (o.engine, o.format) == ("vllm", "bf16"))
     assert vllm.tp == 2  # TP 2 halves the weight read per step: lower latency than TP 1 x 2 replicas
     two = gpu_device(CAT.gpus["h100-sxm"], 2)
-    tp1 = predict_config(LLAMA_8B, two, VLLM, BF16, Parallel(1), workload(), CAT)
+    tp1 = predict_config(PlannedConfig(LLAMA_8B, two, VLLM, BF16, Parallel(1), workload(), CAT))
     assert vllm.prediction.e2e_ms < tp1.e2e_s * 1e3
     assert vllm.prediction.output_tok_s > tp1.output_tok_s
 
@@ -74,7 +74,7 @@ def test_low_concurrency_ranks_splits_by_latency() -> None:
 
 def test_saturated_throughput_includes_prefill() -> None:
     h100 = gpu_device(CAT.gpus["h100-sxm"])
-    cp = predict_config(LLAMA_8B, h100, VLLM, BF16, Parallel(1), workload(concurrency=64), CAT)
+    cp = predict_config(PlannedConfig(LLAMA_8B, h100, VLLM, BF16, Parallel(1), workload(concurrency=64), CAT))
     assert cp.step_s is not None
     decode_only = cp.max_batch / cp.step_s(cp.max_batch)  # the old "out tok/s": batch / TPOT
     assert cp.max_output_tok_s < decode_only
@@ -116,10 +116,10 @@ def test_vllm_default_rules_for_chunked_prefill_off_and_user_values() -> None:
 def test_batch_is_capped_at_max_num_seqs() -> None:
     h100 = gpu_device(CAT.gpus["h100-sxm"])
     small = CAT.models["llama-3.2-1b"]
-    cp = predict_config(small, h100, VLLM, BF16, Parallel(1), workload(concurrency=5000), CAT)
+    cp = predict_config(PlannedConfig(small, h100, VLLM, BF16, Parallel(1), workload(concurrency=5000), CAT))
     assert cp.kv_batch_limit > 1024 and cp.max_batch == cp.batch == 1024
     capped = predict_config(
-        small, h100, VLLM, BF16, Parallel(1), workload(concurrency=5000), CAT, Knobs(max_num_seqs=64)
+        PlannedConfig(small, h100, VLLM, BF16, Parallel(1), workload(concurrency=5000), CAT, Knobs(max_num_seqs=64))
     )
     assert capped.batch == 64
 
@@ -131,18 +131,22 @@ def test_llama_8b_at_29k_on_a_24gb_card_is_refused_as_vllm_does() -> None:
     # vLLM issue #10517: chunked prefill off, --max-model-len 29000 on an RTX 3090 -> refused;
     # profiled activations 17.98 - 14.99 = 2.99 GiB; 20000 tokens started (2.07 GiB of activations).
     off = Knobs(chunked_prefill=False, engine_version="V0")  # the issue's log is V0's
-    refused = predict_config(LLAMA_8B, RTX_3090, VLLM, BF16, Parallel(1), workload(context=29000), CAT, off)
+    refused = predict_config(
+        PlannedConfig(LLAMA_8B, RTX_3090, VLLM, BF16, Parallel(1), workload(context=29000), CAT, off)
+    )
     assert not refused.fits
     assert refused.memory.activation_bytes / GIB == pytest.approx(2.99, rel=0.02)
     assert refused.reason is not None and (
         "The model's max seq len (29000) is larger than the maximum number of tokens that can be stored in KV cache"
         in refused.reason
     )
-    started = predict_config(LLAMA_8B, RTX_3090, VLLM, BF16, Parallel(1), workload(context=20000), CAT, off)
+    started = predict_config(
+        PlannedConfig(LLAMA_8B, RTX_3090, VLLM, BF16, Parallel(1), workload(context=20000), CAT, off)
+    )
     assert started.fits
     assert started.memory.activation_bytes / GIB == pytest.approx(2.07, rel=0.02)
     # With chunked prefill (vLLM's default now) the profiling pass is 2048 tokens and 29k fits.
-    assert predict_config(LLAMA_8B, RTX_3090, VLLM, BF16, Parallel(1), workload(context=29000), CAT).fits
+    assert predict_config(PlannedConfig(LLAMA_8B, RTX_3090, VLLM, BF16, Parallel(1), workload(context=29000), CAT)).fits
 
 
 @pytest.mark.parametrize(
@@ -157,8 +161,8 @@ def test_llama_8b_at_29k_on_a_24gb_card_is_refused_as_vllm_does() -> None:
 def test_tensor_parallel_charges_every_rank(version: str | None, per_rank_gib: float) -> None:
     two = gpu_device(CAT.gpus["h100-sxm"], 2)
     knobs = Knobs(engine_version=version)
-    tp1 = predict_config(LLAMA_8B, two, VLLM, BF16, Parallel(1), workload(), CAT, knobs)
-    tp2 = predict_config(LLAMA_8B, two, VLLM, BF16, Parallel(2), workload(), CAT, knobs)
+    tp1 = predict_config(PlannedConfig(LLAMA_8B, two, VLLM, BF16, Parallel(1), workload(), CAT, knobs))
+    tp2 = predict_config(PlannedConfig(LLAMA_8B, two, VLLM, BF16, Parallel(2), workload(), CAT, knobs))
     assert (tp2.memory.overhead_bytes - tp1.memory.overhead_bytes) / GIB == pytest.approx(per_rank_gib)
 
 

@@ -12,7 +12,7 @@ from planner.catalog import load_catalog
 from planner.entrypoints import predict_one
 from planner.errors import PlannerError
 from planner.hardware import detect
-from planner.predict import Knobs, predict_config
+from planner.predict import Knobs, PlannedConfig, predict_config
 from planner.predict_io import PredictOptions
 from planner.published import load_published
 from planner.roofline import Parallel, gpu_device
@@ -49,7 +49,7 @@ def test_v1_default_release_by_hand_llama_8b_on_h100() -> None:
     """The llm-d run's conditions (Llama-3.1-8B BF16, one H100, utilization 0.9, max_model_len 16000), planned
     with the default release's rule; vLLM logged 14.99 + 4.76 + 0.13 and 51.38 GiB of KV."""
     h100 = gpu_device(CAT.gpus["h100-sxm"], 1)
-    cp = predict_config(LLAMA_8B, h100, VLLM, BF16, Parallel(1), workload(16000), CAT)
+    cp = predict_config(PlannedConfig(LLAMA_8B, h100, VLLM, BF16, Parallel(1), workload(16000), CAT))
     mem = cp.memory
     assert cp.limits.max_num_seqs == 1024 and cp.limits.max_num_batched_tokens == 8192  # >= 70 GiB, not an A100
     assert mem.device_bytes == 85_018_542_080  # 81,080 MiB: the 79.18 GiB CUDA reports
@@ -70,7 +70,7 @@ def test_v1_flashinfer_release_by_hand_qwen_7b_on_a100() -> None:
     utilization 0.25; vLLM logged 14.2488 GiB of weights and 5.01 GiB / 93,872 tokens of KV."""
     a100 = gpu_device(CAT.gpus["a100-80"], 1)
     knobs = Knobs(gpu_memory_utilization=0.25, engine_version="0.10.1.1")
-    cp = predict_config(QWEN_7B, a100, VLLM, BF16, Parallel(1), workload(16384), CAT, knobs)
+    cp = predict_config(PlannedConfig(QWEN_7B, a100, VLLM, BF16, Parallel(1), workload(16384), CAT, knobs))
     mem = cp.memory
     assert cp.limits.max_num_seqs == 256 and cp.limits.max_num_batched_tokens == 2048  # an A100: the small defaults
     assert mem.device_bytes == 84_987_084_800  # 81,050 MiB: the 79.15 GiB CUDA reports
@@ -90,7 +90,9 @@ def test_v1_flashinfer_release_by_hand_qwen_7b_on_a100() -> None:
 def test_v0_rule_by_hand_llama_8b_tp2_on_h100() -> None:
     """V0's rule: 2% of VRAM plus 1.79 GiB per rank under TP, and the fp32 logits as the only sampler term."""
     two = gpu_device(CAT.gpus["h100-sxm"], 2)
-    cp = predict_config(LLAMA_8B, two, VLLM, BF16, Parallel(2), workload(8192), CAT, Knobs(engine_version="V0"))
+    cp = predict_config(
+        PlannedConfig(LLAMA_8B, two, VLLM, BF16, Parallel(2), workload(8192), CAT, Knobs(engine_version="V0"))
+    )
     mem = cp.memory
     assert mem.overhead_bytes == 1_700_370_841 + 1_921_997_864  # 2% of 85,018,542,080 + 1.79 GiB
     # max(MLP 8192 x (3 x 14336 / 2 + 3 x 4096) x 2 = 553,648,128, logits 1024 x 128,256 x 4 = 525,336,576)
@@ -104,7 +106,9 @@ def test_the_sampler_is_what_moves_between_v1_releases() -> None:
     h100 = gpu_device(CAT.gpus["h100-sxm"], 1)
 
     def plan(version: str) -> tuple[int, int]:
-        cp = predict_config(LLAMA_8B, h100, VLLM, BF16, Parallel(1), workload(8192), CAT, Knobs(engine_version=version))
+        cp = predict_config(
+            PlannedConfig(LLAMA_8B, h100, VLLM, BF16, Parallel(1), workload(8192), CAT, Knobs(engine_version=version))
+        )
         return cp.memory.activation_bytes, cp.memory.overhead_bytes
 
     v0, flashinfer, pytorch = plan("0.6.4"), plan("0.11.0"), plan("0.11.1")
@@ -120,7 +124,7 @@ def test_an_install_without_flashinfer_plans_the_sort_on_its_own_release() -> No
 
     def plan(sampler: str | None) -> tuple[int, int, str]:
         knobs = Knobs(gpu_memory_utilization=0.25, engine_version="0.10.1.1", vllm_sampler=sampler)
-        cp = predict_config(QWEN_7B, a100, VLLM, BF16, Parallel(1), workload(16384), CAT, knobs)
+        cp = predict_config(PlannedConfig(QWEN_7B, a100, VLLM, BF16, Parallel(1), workload(16384), CAT, knobs))
         return cp.memory.activation_bytes, cp.memory.overhead_bytes, str(cp.assumptions["vllm_memory_version"])
 
     flashinfer, fallback = plan(None), plan("pytorch")
@@ -131,14 +135,16 @@ def test_an_install_without_flashinfer_plans_the_sort_on_its_own_release() -> No
     assert fallback[2] == "vLLM 0.10.1.1: V1 engine, v1-flashinfer-sampler rule, with v1-pytorch-sampler's sampler pass"
     with pytest.raises(PlannerError, match="V0 engine has one sampler"):
         predict_config(
-            QWEN_7B,
-            a100,
-            VLLM,
-            BF16,
-            Parallel(1),
-            workload(4096),
-            CAT,
-            Knobs(engine_version="V0", vllm_sampler="pytorch"),
+            PlannedConfig(
+                QWEN_7B,
+                a100,
+                VLLM,
+                BF16,
+                Parallel(1),
+                workload(4096),
+                CAT,
+                Knobs(engine_version="V0", vllm_sampler="pytorch"),
+            ),
         )
     with pytest.raises(PlannerError, match="--vllm-sampler is a vLLM setting"):
         predict_one(
