@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from engine.batch.decode_graphs import DecodeGraphs
+from engine.batch.decode_graphs import DecodeGraphs, cuda_graphs_enabled
 from engine.batch.draft_model import DraftModelDrafter, DraftProposal
 from engine.batch.draft_verifier import verify_drafts
 from engine.batch.ngram_drafter import NgramDrafter
@@ -24,7 +24,6 @@ from engine.batch.scheduler import Scheduler, SchedulerConfig
 from engine.batch.scheduler_io import ScheduledSeq
 from engine.batch.sequence import Sequence
 from engine.model.loader import LoadedModel
-from engine.run.cuda_graph import cuda_graphs_enabled
 from engine.sampling import SamplingParams, make_generator, sample_token
 
 

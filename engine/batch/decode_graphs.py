@@ -29,6 +29,7 @@ and a GPU run holds the captured replays to eager CUDA decoding (tests/engine/te
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -36,10 +37,29 @@ import torch
 from engine.batch.paged_cache import PagedBatch, PagedKVCache, head_rows
 from engine.batch.scheduler_io import ScheduledSeq
 from engine.model.transformer import Transformer
-from engine.run.cuda_graph import graph_capacity
 
+GRAPH_CAPACITY_MIN = 256  # widths are rounded up to powers of two so a few graphs serve every request
 PAD_TOKEN = 0
 """What a padding row decodes (at position 0, in the scratch block): any valid id would do."""
+
+
+def cuda_graphs_enabled() -> bool:
+    """On by default; `PREFLIGHT_CUDA_GRAPHS=0` turns graph capture off (eager decode) for comparison.
+
+    One switch for both decoders: the server's batched one here and the single-stream one (run/cuda_graph.py).
+    """
+    return os.environ.get("PREFLIGHT_CUDA_GRAPHS", "1") != "0"
+
+
+def graph_capacity(needed: int, context_length: int) -> int:
+    """The key width (cache capacity) `needed` positions run in: a power of two >= 256, within the context.
+
+    Shared with the single-stream graph (run/cuda_graph.py): one ladder of captured shapes.
+    """
+    capacity = GRAPH_CAPACITY_MIN
+    while capacity < needed:
+        capacity *= 2
+    return min(capacity, context_length)
 
 
 def batch_buckets(max_num_seqs: int) -> list[int]:

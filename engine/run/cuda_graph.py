@@ -12,31 +12,11 @@ reads a value back to the host. Prefill (many tokens) stays eager.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from engine.model.attention import causal_mask
 from engine.model.config import ModelConfig
 from engine.model.transformer import Transformer
-
-GRAPH_CAPACITY_MIN = 256  # capacities are rounded up to powers of two so a few graphs serve every request
-
-
-def cuda_graphs_enabled() -> bool:
-    """On by default; `PREFLIGHT_CUDA_GRAPHS=0` turns graph capture off (eager decode) for comparison.
-
-    One switch for both decoders: the single-stream one here and the server's batched one (batch/decode_graphs.py).
-    """
-    return os.environ.get("PREFLIGHT_CUDA_GRAPHS", "1") != "0"
-
-
-def graph_capacity(needed: int, context_length: int) -> int:
-    """The cache capacity a request of `needed` positions runs in: a power of two >= 256, within the context."""
-    capacity = GRAPH_CAPACITY_MIN
-    while capacity < needed:
-        capacity *= 2
-    return min(capacity, context_length)
 
 
 class StaticKVCache:

@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
+from engine.batch.decode_graphs import cuda_graphs_enabled, graph_capacity
 from engine.batch.paged_cache import PagedBatch
 from engine.errors import EngineError, PromptError
 from engine.model.chat_template import TemplateLimits
 from engine.model.compiled import BUILD_NOTE, compile_model, compile_unavailable_reason
 from engine.model.config import ModelConfig
 from engine.model.loader import LoadedModel, load_model
-from engine.run.cuda_graph import CudaGraphDecoder, cuda_graphs_enabled, graph_capacity
+from engine.run.cuda_graph import CudaGraphDecoder
 from engine.run.kv_cache import KVCache
 from engine.sampling import SamplingParams, make_generator, sample_token
 from engine.text_stream import TextStream

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.run.cuda_graph import CudaGraphDecoder, graph_capacity
+from engine.batch.decode_graphs import graph_capacity
+from engine.run.cuda_graph import CudaGraphDecoder
 from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 
