@@ -123,3 +123,27 @@ def test_graphs_are_off_on_cpu_by_default_and_need_cuda_to_capture(engine: Engin
     assert graphs.shape(3, 20) == (4, 128)  # the width never exceeds max_model_len
     with pytest.raises(ValueError, match="exceed max_num_seqs 4"):
         graphs.shape(5, 20)
+
+
+def test_a_failed_capture_at_server_start_leaves_eager_decode(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """The server's start-up capture failing for real (here: no CUDA in this torch) is a warning, not a failed
+    load, and the engine then decodes eagerly with the same tokens."""
+    from engine.serving.options import ServerOptions
+    from engine.serving.state import ServerState
+
+    config = BatchConfig(max_num_seqs=2, max_model_len=128, decode_graphs="uncaptured")
+    llm = BatchEngine(engine.loaded, config)
+    assert llm.graphs is not None
+    llm.graphs.capture = True  # as on a GPU: the start-up capture runs, and fails on this CPU-only torch
+    state = ServerState(ServerOptions(), "m", load=lambda: engine)
+    with caplog.at_level("WARNING", logger="preflight.server"):
+        state._capture_graphs(llm)
+    assert llm.graphs is None
+    assert "serving with eager batched decode: capturing its CUDA graphs failed" in caplog.text
+    text = eval_ids(engine.loaded.tokenizer, 20)[:20]
+    want, _ = _run(engine, replace(config, decode_graphs="off"), [text], None)
+    seq = llm.add_request(text, GREEDY)
+    got: list[int] = []
+    while llm.has_unfinished:
+        got += [t for o in llm.step().outputs if o.seq_id == seq for t in o.new_token_ids]
+    assert got == want[0][0]
