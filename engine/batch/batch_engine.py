@@ -15,11 +15,11 @@ from typing import Literal
 
 import torch
 
-from engine.batch.decode_graphs import DecodeGraphs, cuda_graphs_enabled
+from engine.batch.decode_graphs import DecodeGraphs, GraphPlan, cuda_graphs_enabled
 from engine.batch.draft_model import DraftModelDrafter, DraftProposal
 from engine.batch.draft_verifier import verify_drafts
 from engine.batch.ngram_drafter import NgramDrafter
-from engine.batch.paged_cache import PagedKVCache, build_batch
+from engine.batch.paged_cache import PagedKVCache, build_batch, chunks_of
 from engine.batch.scheduler import Scheduler, SchedulerConfig
 from engine.batch.scheduler_io import ScheduledSeq
 from engine.batch.sequence import Sequence
@@ -124,20 +124,19 @@ class BatchEngine:
             )
         )
         sc = self.scheduler.config
-        graphs = cfg.decode_graphs == "uncaptured" or (
+        graphed = cfg.decode_graphs == "uncaptured" or (
             cfg.decode_graphs == "auto" and loaded.device.type == "cuda" and cuda_graphs_enabled()
         )
+        plan = GraphPlan(sc.max_num_seqs, model_len, capture=cfg.decode_graphs == "auto") if graphed else None
         self.cache = PagedKVCache(
-            loaded.config, sc.num_kv_blocks, sc.block_size, loaded.model.act_dtype, loaded.device, scratch_block=graphs
+            loaded.config, sc.num_kv_blocks, sc.block_size, loaded.model.act_dtype, loaded.device, scratch_block=graphed
         )
-        self.graphs = (
-            DecodeGraphs(loaded.model, self.cache, sc.max_num_seqs, model_len, capture=cfg.decode_graphs == "auto")
-            if graphs
-            else None
-        )
+        self.graphs = plan.build(loaded.model, self.cache) if plan is not None else None
         self.drafter = NgramDrafter(cfg.speculative_tokens) if cfg.speculative_tokens > 0 and draft is None else None
         self.draft_model = (
-            DraftModelDrafter(draft, cfg.speculative_tokens, sc.num_kv_blocks, sc.block_size, sc.prefill_chunk_size)
+            DraftModelDrafter(
+                draft, cfg.speculative_tokens, sc.num_kv_blocks, sc.block_size, sc.prefill_chunk_size, graphs=plan
+            )
             if draft is not None
             else None
         )
@@ -147,6 +146,18 @@ class BatchEngine:
     @property
     def max_model_len(self) -> int:
         return self.scheduler.config.max_model_len
+
+    @property
+    def decode_graphs(self) -> list[DecodeGraphs]:
+        """Every set of decode graphs this engine replays: the target's, and a draft model's own."""
+        draft = self.draft_model.graphs if self.draft_model is not None else None
+        return [g for g in (self.graphs, draft) if g is not None]
+
+    def drop_graphs(self) -> None:
+        """Decode eagerly from now on, the draft model too (a capture failed: slower, never wrong)."""
+        self.graphs = None
+        if self.draft_model is not None:
+            self.draft_model.graphs = None
 
     def add_request(self, prompt_ids: list[int], params: SamplingParams) -> int:
         """Queue a request; QueueFullError / PromptError come from the scheduler."""
@@ -212,7 +223,7 @@ class BatchEngine:
         rows, owners = _sample_rows(out.items)
         with torch.inference_mode():
             if self.graphs is not None and not out.prefills and all(i.num_tokens == 1 for i in out.decodes):
-                logits = self.graphs.run(out.decodes)  # every decode samples: row i is decodes[i]
+                logits = self.graphs.run(chunks_of(out.decodes))  # every decode samples: row i is decodes[i]
             else:
                 batch = build_batch(out, self.cache, self.loaded.device)
                 model = self.loaded.model

@@ -21,6 +21,9 @@ Inside the graph everything else comes from those three:
   sequence's K/V, they all write the same values, and their attention (discarded) sees one
   finite key rather than a row of -inf.
 
+A draft model (`--speculative draft:FORMAT`) gets graphs of its own over its own pool (`GraphPlan`
+builds both): its k - 1 one-token drafting forwards per step are the same padded step.
+
 Steps with a prompt chunk or speculative drafts stay eager, as on the CPU's compiled path:
 their token count is a different shape every step. `capture=False` runs the very same padded
 step eagerly on any device: CI holds it to the eager batch on CPU (tests/engine/test_decode_graphs.py),
@@ -34,8 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.batch.paged_cache import PagedBatch, PagedKVCache, head_rows
-from engine.batch.scheduler_io import ScheduledSeq
+from engine.batch.paged_cache import Chunk, PagedBatch, PagedKVCache, head_rows
 from engine.model.transformer import Transformer
 
 GRAPH_CAPACITY_MIN = 256  # widths are rounded up to powers of two so a few graphs serve every request
@@ -62,6 +64,11 @@ def graph_capacity(needed: int, context_length: int) -> int:
     return min(capacity, context_length)
 
 
+def single_decodes(chunks: list[Chunk]) -> bool:
+    """Whether a forward's chunks are all one-token decodes: the steps a graph replays."""
+    return bool(chunks) and all(len(chunk.token_ids) == 1 for chunk in chunks)
+
+
 def batch_buckets(max_num_seqs: int) -> list[int]:
     """Batch sizes a graph is captured for: powers of two below `max_num_seqs`, then `max_num_seqs` itself.
 
@@ -81,6 +88,18 @@ def width_buckets(max_model_len: int) -> list[int]:
     while widths[-1] < max_model_len:
         widths.append(graph_capacity(widths[-1] + 1, max_model_len))
     return widths
+
+
+@dataclass(frozen=True, slots=True)
+class GraphPlan:
+    """How a batch engine's decode graphs are made: the same for the target and a draft model's own pool."""
+
+    max_num_seqs: int
+    max_model_len: int
+    capture: bool  # False: the padded step runs eagerly (decode_graphs="uncaptured")
+
+    def build(self, model: Transformer, cache: PagedKVCache) -> DecodeGraphs:
+        return DecodeGraphs(model, cache, self.max_num_seqs, self.max_model_len, self.capture)
 
 
 @dataclass(slots=True)
@@ -134,18 +153,19 @@ class DecodeGraphs:
         """Steps run per bucket (batch, width): evidence that the graphs, not the eager path, decoded."""
         return {key: bucket.replays for key, bucket in self._buckets.items() if bucket.replays}
 
-    def run(self, decodes: list[ScheduledSeq]) -> torch.Tensor:
+    def run(self, decodes: list[Chunk]) -> torch.Tensor:
         """fp32 logits (len(decodes), vocab), one row per decode in order; the buffer is reused by the next run.
 
-        Every item must be a plain single-token decode (no drafts).
+        Every chunk must be one token (`is_single_decode`): the scheduler's plain decodes, or a draft model's
+        drafting forwards.
         """
-        bucket = self._bucket(*self.shape(len(decodes), max(item.start for item in decodes) + 1))
+        bucket = self._bucket(*self.shape(len(decodes), max(chunk.start for chunk in decodes) + 1))
         table_len = bucket.inputs.shape[1] - 2
         scratch = self.cache.scratch_block
         rows = []  # one list, one tensor: per-row tensor writes would cost more than a GPU step at 32 rows
-        for item in decodes:
-            table = item.seq.block_table[:table_len]
-            rows.append([item.token_ids[0], item.start, *table, *[scratch] * (table_len - len(table))])
+        for chunk in decodes:
+            table = chunk.block_table[:table_len]
+            rows.append([chunk.token_ids[0], chunk.start, *table, *[scratch] * (table_len - len(table))])
         rows += [self._padding_row(table_len)] * (bucket.batch - len(decodes))
         bucket.inputs.copy_(torch.tensor(rows, dtype=torch.long))
         bucket.replays += 1

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.batch.decode_graphs import GraphPlan, single_decodes
 from engine.batch.paged_cache import Chunk, PagedKVCache, build_chunk_batch
 from engine.batch.scheduler_io import ScheduledSeq
 from engine.batch.sequence import Sequence
@@ -66,7 +67,10 @@ class DraftModelDrafter:
         num_blocks: int,
         block_size: int,
         catch_up_tokens: int,
+        graphs: GraphPlan | None = None,
     ) -> None:
+        """`graphs`: replay the k - 1 one-token drafting forwards from CUDA graphs over the draft's own pool
+        (batch/decode_graphs.py), as the target's decode-only steps are."""
         if num_speculative_tokens < 1:
             raise ValueError(f"num_speculative_tokens must be >= 1, got {num_speculative_tokens}")
         if catch_up_tokens < 1:
@@ -74,7 +78,10 @@ class DraftModelDrafter:
         self.draft = draft
         self.num_speculative_tokens = num_speculative_tokens
         self.catch_up_tokens = catch_up_tokens
-        self.cache = PagedKVCache(draft.config, num_blocks, block_size, draft.model.act_dtype, draft.device)
+        self.cache = PagedKVCache(
+            draft.config, num_blocks, block_size, draft.model.act_dtype, draft.device, scratch_block=graphs is not None
+        )
+        self.graphs = graphs.build(draft.model, self.cache) if graphs is not None else None
         self._computed: dict[int, int] = {}  # seq_id -> leading positions with valid draft K/V
         self._fed: dict[int, int] = {}  # seq_id -> positions fed by this step's propose (not yet committed)
 
@@ -133,10 +140,13 @@ class DraftModelDrafter:
 
     def _forward(self, chunks: list[Chunk], rows: list[int]) -> torch.Tensor:
         model, device = self.draft.model, self.draft.device
-        batch = build_chunk_batch(chunks, self.cache, device)
+        picked = torch.tensor(rows, dtype=torch.long, device=device)
         with torch.inference_mode():
+            if self.graphs is not None and single_decodes(chunks):
+                return self.graphs.run(chunks)[picked]  # one row per chunk
+            batch = build_chunk_batch(chunks, self.cache, device)
             hidden = model.forward_flat(batch.ids, batch.positions, batch)
-            return model.logits(hidden[torch.tensor(rows, dtype=torch.long, device=device)])
+            return model.logits(hidden[picked])
 
     @staticmethod
     def _sample(d: _Drafting, row: torch.Tensor, generator: torch.Generator | None) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine.batch.scheduler_io import SchedulerOutput
+from engine.batch.scheduler_io import ScheduledSeq, SchedulerOutput
 from engine.model.aot import AotExample
 from engine.model.attention import causal_mask, decode_attention
 from engine.model.config import ModelConfig
@@ -227,9 +227,14 @@ class Chunk:
     token_ids: list[int]
 
 
+def chunks_of(items: Sequence[ScheduledSeq]) -> list[Chunk]:
+    """The scheduler's work items as chunks: what each feeds, where, through which block table."""
+    return [Chunk(i.seq.block_table, i.start, i.token_ids) for i in items]
+
+
 def build_batch(out: SchedulerOutput, cache: PagedKVCache, device: torch.device | str) -> PagedBatch:
     """Flatten a scheduler step into tensors: ids, positions, write slots and read layouts."""
-    return build_chunk_batch([Chunk(i.seq.block_table, i.start, i.token_ids) for i in out.items], cache, device)
+    return build_chunk_batch(chunks_of(out.items), cache, device)
 
 
 def build_chunk_batch(chunks: list[Chunk], cache: PagedKVCache, device: torch.device | str) -> PagedBatch:

@@ -195,15 +195,15 @@ class ServerState:
         """On CUDA: every decode-step graph captured before /health turns 200, as vLLM captures its own at start-up,
         so that no request's step waits on a capture (batch/decode_graphs.py). A capture that fails leaves the
         server decoding eagerly, slower and never wrong, and says so."""
-        graphs = llm.graphs
-        if graphs is None or not graphs.capture:
+        captured = [graphs for graphs in llm.decode_graphs if graphs.capture]
+        if not captured:
             return
         self.phase = "capturing the CUDA graphs of decode"
         t0 = time.perf_counter()
         try:
-            count = graphs.capture_all()
+            count = sum(graphs.capture_all() for graphs in captured)  # the target's, and a draft model's
         except Exception as exc:  # out of memory, or an op that cannot be captured: the eager step still works
-            llm.graphs = None
+            llm.drop_graphs()
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             logger.warning("serving with eager batched decode: capturing its CUDA graphs failed (%s)", first[:300])
             return

@@ -12,6 +12,7 @@ import math
 from dataclasses import replace
 
 import pytest
+import torch
 
 from engine.batch.batch_engine import BatchConfig, BatchEngine
 from engine.batch.decode_graphs import DecodeGraphs, batch_buckets, width_buckets
@@ -19,6 +20,7 @@ from engine.batch.paged_cache import PagedKVCache
 from engine.run.runtime import Engine, LoadOptions
 from engine.sampling import SamplingParams
 from engine.studies.base import eval_ids
+from tests.engine.batch_helpers import run_until_done
 
 GREEDY = SamplingParams(max_tokens=16, ignore_eos=True, logprobs=True)
 SAMPLED = SamplingParams(max_tokens=16, ignore_eos=True, logprobs=True, temperature=0.8, top_p=0.9, seed=7)
@@ -147,3 +149,33 @@ def test_a_failed_capture_at_server_start_leaves_eager_decode(engine: Engine, ca
     while llm.has_unfinished:
         got += [t for o in llm.step().outputs if o.seq_id == seq for t in o.new_token_ids]
     assert got == want[0][0]
+
+
+def test_a_draft_models_drafting_forwards_replay_its_own_graphs(engine: Engine) -> None:
+    """The draft keeps its own pool; its one-token drafting forwards go through padded steps over that pool.
+    The target itself as the draft proposes the target's own greedy tokens, so a draft K/V written to the
+    wrong slot, or read past its position, shows as a rejected draft."""
+    text = eval_ids(engine.loaded.tokenizer, 100)
+    prompts = [text[:20], text[20:45], text[45:52]]
+
+    def run(mode: str) -> tuple[dict, BatchEngine]:
+        config = BatchConfig(max_num_seqs=4, speculative_tokens=4, decode_graphs=mode)
+        llm = BatchEngine(engine.loaded, config, draft=engine.loaded)
+        ids = [llm.add_request(p, GREEDY) for p in prompts]
+        return run_until_done(llm, ids), llm
+
+    want, eager = run("off")
+    got, llm = run("uncaptured")
+    assert got == want
+    assert llm.draft_model is not None and llm.draft_model.graphs is not None
+    assert llm.draft_model.graphs.replays, "no drafting forward went through the padded step"
+    assert len(llm.decode_graphs) == 2
+    assert llm.kv_stats().spec_acceptance_rate == eager.kv_stats().spec_acceptance_rate == 1.0
+    # every draft K/V the eager run wrote, the padded steps wrote too, and nothing else outside the scratch block
+    slots = eager.draft_model.cache.num_blocks * eager.draft_model.cache.block_size
+    for mine, theirs in zip(
+        (*llm.draft_model.cache.keys, *llm.draft_model.cache.values),
+        (*eager.draft_model.cache.keys, *eager.draft_model.cache.values),
+        strict=True,
+    ):
+        torch.testing.assert_close(mine[:slots], theirs, atol=1e-4, rtol=1e-4)
