@@ -101,6 +101,7 @@ def main() -> int:
     cond["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
     print("\n".join(f"{k}: {v}" for k, v in cond.items()))
     rows, results = [], {}
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
     for fmt in args.formats.split(","):
         engine = Engine.load(LoadOptions(quant=fmt, device="cuda"))
         info = engine.load_info
@@ -111,7 +112,6 @@ def main() -> int:
         one = single_stream(engine, prompt[: args.prompt_tokens], args.tokens)
         one["eager_decode_tok_s"] = eager["decode_tok_s"]
         bound = bandwidth / info.weight_bytes
-        sizes = [int(x) for x in args.batch_sizes.split(",")]
         agg_eager = {b: batched(engine, prompt, b, 64, graphs=False) for b in sizes}
         agg = {b: batched(engine, prompt, b, 64, graphs=True) for b in sizes}
         results[fmt] = {
@@ -139,7 +139,6 @@ def main() -> int:
         )
         del engine
         torch.cuda.empty_cache()
-    sizes = args.batch_sizes.split(",")
     batch_cols = [*(f"agg eager @{b}" for b in sizes), *(f"agg graph @{b}" for b in sizes), f"graph/eager @{sizes[-1]}"]
     header = [
         "format",

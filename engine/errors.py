@@ -29,3 +29,10 @@ class WeightCacheError(EngineError):
 
 class WeightsDirError(EngineError):
     """A weights directory (`--weights DIR`) is missing, corrupt, from another model file or in another format."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """What a one-line message quotes of an exception: its first line (a compiler's or torch's messages run to
+    pages; the first says what), cut at `limit`, or its type's name when it has no text."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:limit]

@@ -379,9 +379,10 @@ def pass_pricing(config: PlannedConfig) -> Pricing:
         seq_overhead_s=cat_eff.seq_overhead_us * 1e-6,
     )
     if eff.step_overhead_s is None:
-        overhead = dispatch_overhead_s(engine, device, model, decode_only=True) + cat_eff.step_overhead_us * 1e-6
+        graphed = dispatch_overhead_s(engine, device, model, decode_only=True)
+        overhead = graphed + cat_eff.step_overhead_us * 1e-6
         # a pass that carries prompt tokens runs eagerly where decode-only passes replay a graph
-        eager_extra = dispatch_overhead_s(engine, device, model) - dispatch_overhead_s(engine, device, model, True)
+        eager_extra = dispatch_overhead_s(engine, device, model) - graphed
     else:
         overhead, eager_extra = eff.step_overhead_s, 0.0
     precision = compute_kind(device, fmt)

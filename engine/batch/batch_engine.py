@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from engine.batch.decode_graphs import DecodeGraphs, GraphPlan, cuda_graphs_enabled
+from engine.batch.decode_graphs import DecodeGraphs, GraphPlan, cuda_graphs_enabled, single_decodes
 from engine.batch.draft_model import DraftModelDrafter, DraftProposal
 from engine.batch.draft_verifier import verify_drafts
 from engine.batch.ngram_drafter import NgramDrafter
@@ -221,9 +221,10 @@ class BatchEngine:
         result.num_decode_seqs = len(out.decodes)
         t0 = time.perf_counter()
         rows, owners = _sample_rows(out.items)
+        decodes = chunks_of(out.decodes) if self.graphs is not None and not out.prefills else []
         with torch.inference_mode():
-            if self.graphs is not None and not out.prefills and all(i.num_tokens == 1 for i in out.decodes):
-                logits = self.graphs.run(chunks_of(out.decodes))  # every decode samples: row i is decodes[i]
+            if self.graphs is not None and single_decodes(decodes):
+                logits = self.graphs.run(decodes)  # every decode samples: row i is decodes[i]
             else:
                 batch = build_batch(out, self.cache, self.loaded.device)
                 model = self.loaded.model

@@ -41,7 +41,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from engine.errors import EngineError
+from engine.errors import EngineError, first_line
 
 AOT_VERSION = "1"
 """Bump when the way steps are exported changes: old packages then simply miss."""
@@ -297,8 +297,7 @@ def _load_or_build(
                 built = True
                 runner = torch._inductor.aoti_load_package(str(path))
     except Exception as exc:  # export, C++ build or load: long messages; the first line says what
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EngineError(f"compiling the {kind.aot_kind} step failed ({first[:300]}); run with --eager") from exc
+        raise EngineError(f"compiling the {kind.aot_kind} step failed ({first_line(exc)}); run with --eager") from exc
     return AotStep(kind.aot_kind, runner, path, built, time.perf_counter() - t0)
 
 

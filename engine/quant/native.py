@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from engine.cache_files import cache_dir, file_lock
+from engine.errors import first_line
 
 NATIVE_ENV = "PREFLIGHT_NATIVE_KERNELS"  # "0" keeps every module on torch's kernels
 COMPILERS = (("g++", "-fopenmp"), ("c++", "-fopenmp"), ("clang++", "-fopenmp=libgomp"))
@@ -196,8 +197,7 @@ def _library(kernel: KernelSource) -> tuple[NativeLibrary | None, str | None]:
     try:
         return _load_or_build(kernel, *found), None
     except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return None, f"the native {kernel.name} kernel could not be built or loaded ({first[:300]})"
+        return None, f"the native {kernel.name} kernel could not be built or loaded ({first_line(exc)})"
 
 
 def _load_or_build(kernel: KernelSource, compiler: str, openmp: str) -> NativeLibrary:

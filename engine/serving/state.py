@@ -16,6 +16,7 @@ from enum import Enum
 
 from engine.batch.batch_engine import BatchConfig, BatchEngine
 from engine.batch.loop import BatchLoop
+from engine.errors import first_line
 from engine.model.loader import LoadedModel, load_model
 from engine.run.runtime import Engine
 from engine.serving.errors import APIError
@@ -204,8 +205,7 @@ class ServerState:
             count = sum(graphs.capture_all() for graphs in captured)  # the target's, and a draft model's
         except Exception as exc:  # out of memory, or an op that cannot be captured: the eager step still works
             llm.drop_graphs()
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            logger.warning("serving with eager batched decode: capturing its CUDA graphs failed (%s)", first[:300])
+            logger.warning("serving with eager batched decode: capturing its CUDA graphs failed (%s)", first_line(exc))
             return
         logger.info("captured %d CUDA graphs of decode in %.1f s", count, time.perf_counter() - t0)
 

@@ -145,10 +145,7 @@ def test_a_failed_capture_at_server_start_leaves_eager_decode(engine: Engine, ca
     text = eval_ids(engine.loaded.tokenizer, 20)[:20]
     want, _ = _run(engine, replace(config, decode_graphs="off"), [text], None)
     seq = llm.add_request(text, GREEDY)
-    got: list[int] = []
-    while llm.has_unfinished:
-        got += [t for o in llm.step().outputs if o.seq_id == seq for t in o.new_token_ids]
-    assert got == want[0][0]
+    assert run_until_done(llm, [seq])[seq] == want[0][0]
 
 
 def test_a_draft_models_drafting_forwards_replay_its_own_graphs(engine: Engine) -> None:
