@@ -2,8 +2,10 @@
 # The CUDA checks, run on a borrowed GPU machine from the kit bench/gpu_kit.py built (see its docstring),
 # everything written to $OUT (a folder the device tool brings back: at most 8 files).
 #
-#   bash bench/gpu_check.sh             reassemble the GGUF, check its hash, then tests/engine/test_cuda.py and
-#                                       bench/cuda_speed.py (the tests under 4 minutes, the benchmark under 5)
+#   bash bench/gpu_check.sh             reassemble the GGUF, check its hash, then tests/engine/test_cuda.py,
+#                                       bench/decode_ops.py (each format's ops in a CUDA decode step, issue 22's
+#                                       per-format graph cost) and bench/cuda_speed.py (the tests under 220 s,
+#                                       the op count under 60 s, the benchmark under 270 s: one 600 s call)
 #   bash bench/gpu_check.sh calibrate   issue 22's GPU calibration, one round (bench/planner_calibration.py
 #                                       --device cuda), in a later call on the same warm machine
 set -u
@@ -35,11 +37,14 @@ fi
 
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee "$OUT/device.txt"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >> "$OUT/device.txt" 2>&1
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py tests/engine/test_decode_graphs.py \
+timeout 220 python3 -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py tests/engine/test_decode_graphs.py \
   > "$OUT/test_cuda.txt" 2>&1
 echo "pytest rc=$?" >> "$OUT/test_cuda.txt"
 tail -5 "$OUT/test_cuda.txt"
-timeout 300 python3 bench/cuda_speed.py --formats int4,bf16 --batch-sizes 1,8,32 --json "$OUT/cuda_speed.json" \
+timeout 60 python3 bench/decode_ops.py --device cuda --json "$OUT/decode_ops.json" > "$OUT/decode_ops.txt" 2>&1
+echo "decode_ops rc=$?" >> "$OUT/decode_ops.txt"
+tail -8 "$OUT/decode_ops.txt"
+timeout 270 python3 bench/cuda_speed.py --formats int4,bf16 --batch-sizes 1,8,32 --json "$OUT/cuda_speed.json" \
   > "$OUT/cuda_speed.txt" 2>&1
 echo "cuda_speed rc=$?" >> "$OUT/cuda_speed.txt"
 tail -12 "$OUT/cuda_speed.txt"

@@ -13,7 +13,7 @@ and the lease is minutes long, so all of it is prepared here:
 
 The calls then copy the kit to `/root/kit` one piece per call (a machine stays warm for about 30 s
 between calls) and the last runs `bench/gpu_check.sh`, which reassembles the GGUF, checks its hash
-and runs tests/engine/test_cuda.py and bench/cuda_speed.py into $OUT. `.gpu-kit/` is git-ignored:
+and runs tests/engine/test_cuda.py, bench/decode_ops.py and bench/cuda_speed.py into $OUT. `.gpu-kit/` is git-ignored:
 only `carry` sends it. The script prints each call's `carry` list and command.
 """
 

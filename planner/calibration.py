@@ -224,6 +224,10 @@ class CpuFigures(_Part):
     fp8_gemm_weights_s: float | None = None
     q8_0_gemv_weights_s: float | None = None  # absent from calibrations made before the probe timed Q8_0
     q8_0_gemm_weights_s: float | None = None
+    fp32_gemv_weights_s: float | None = None  # absent from calibrations made before the probe timed them (2026-12-08)
+    fp32_gemm_weights_s: float | None = None
+    bf16_gemv_weights_s: float | None = None
+    bf16_gemm_weights_s: float | None = None
     kernel_curve: list[tuple[str, int, float]] = Field(
         default_factory=list,
         description="(kernel, rows, weight-rows/s) between 1 and 64 rows; absent before 2026-12-07",

@@ -164,6 +164,10 @@ def _gpu_spec(e: GpuEntry) -> GpuSpec:
 # -- formats, engines, SLO profiles --------------------------------------------------
 
 
+CpuKernel = Literal["int4", "int8", "fp8", "q8_0", "fp32", "bf16"]
+"""The kernels planner.cpu_probe times on this CPU (its KERNEL_MAKERS), which a bundled format's layers call."""
+
+
 class FormatSpec(_Strict):
     id: str
     label: str
@@ -177,8 +181,8 @@ class FormatSpec(_Strict):
     quality_note: str
     vllm_quantization: str | None = None
     engine_quant: str | None = None
-    cpu_kernel: Literal["int4", "int8", "fp8"] | None = None  # the weight-only GEMV the bundled engine calls on CPU
-    cpu_embedding_kernel: Literal["int4", "int8", "fp8", "q8_0"] | None = None
+    cpu_kernel: CpuKernel | None = None  # the kernel the bundled engine's linear layers call on CPU
+    cpu_embedding_kernel: CpuKernel | None = None
     # Parts of the transformer body a mixed-precision checkpoint keeps at 16 bits (planner.sizing):
     # attention = every layer's Q/K/V/O projections, edge_layers = the first and last layers whole.
     sixteen_bit_parts: list[Literal["attention", "edge_layers"]] = []

@@ -1,7 +1,7 @@
 """Measure this CPU for the roofline: memory bandwidth, matmul FLOP/s, per-op dispatch time.
 
 Nothing about the CPU is hard-coded. `measure()` runs, once per process and thread
-count (about a second), with torch:
+count (a few seconds on 2 cores), with torch:
 - bandwidth: STREAM-like copy (a = b, 2 x bytes moved) and triad (a = b + s*c, 3 x bytes)
   at two working-set sizes, 3 x 8 MiB and 3 x 128 MiB float32 arrays; the best of copy and
   triad at each size gives a curve, read at the bytes a decode step touches (a server CPU's
@@ -12,9 +12,10 @@ count (about a second), with torch:
 - weight-only kernels: weight-rows/s through the kernels the bundled engine runs for int4
   (group 32: its native few-row operator where that builds, engine/quant/native.py, else torch's
   packed kernel), its Q8_0 table / head (the engine's own Q80Linear, native or torch's blocks),
-  torch's int8 CPU kernel and the engine's fp8 dequantize-on-the-fly path, at 1 row (decode) and
-  64 rows (prefill), over ~50 MiB of weights. Unpacking, not DRAM, can bound these on few cores.
-  The int4, Q8_0 and int8 kernels are also timed at 2, 4 and 16 rows (`kernel_curve`): a batched
+  torch's int8 CPU kernel, the engine's fp8 dequantize-on-the-fly path and torch's dense fp32 and
+  bf16 linear (the fp32 and bf16 formats), at 1 row (decode) and 64 rows (prefill), over ~35-220 MiB of
+  weights. Unpacking, or a GEMV that does not stream at the copy bandwidth, can bound these on few cores.
+  All but fp8 are also timed at 2, 4 and 16 rows (`kernel_curve`): a batched
   decode step runs them at one row per sequence, and their time is far from linear in rows (the
   engine's native int4 operator serves 2 rows for ~1.2x one row's time, its Q8_0 head 2 rows for
   one's), so the planner reads a batch's kernel time off this curve.
@@ -59,6 +60,10 @@ class CpuMeasurement:
     fp8_gemm_weights_s: float | None = None
     q8_0_gemv_weights_s: float | None = None  # the int4 / int8 formats' token table and head
     q8_0_gemm_weights_s: float | None = None
+    fp32_gemv_weights_s: float | None = None  # the fp32 and bf16 formats' dense linear (torch's GEMV / GEMM)
+    fp32_gemm_weights_s: float | None = None
+    bf16_gemv_weights_s: float | None = None
+    bf16_gemm_weights_s: float | None = None
     kernel_curve: tuple[tuple[str, int, float], ...] = ()  # (kernel, rows, weight-rows/s) between 1 and GEMM_ROWS
     matmul_n: int = MATMUL_N
     repeats: int = REPEATS
@@ -79,6 +84,10 @@ class CpuMeasurement:
             f"fp8@{GEMM_ROWS}": self.fp8_gemm_weights_s,
             "q8_0": self.q8_0_gemv_weights_s,
             f"q8_0@{GEMM_ROWS}": self.q8_0_gemm_weights_s,
+            "fp32": self.fp32_gemv_weights_s,
+            f"fp32@{GEMM_ROWS}": self.fp32_gemm_weights_s,
+            "bf16": self.bf16_gemv_weights_s,
+            f"bf16@{GEMM_ROWS}": self.bf16_gemm_weights_s,
         } | {f"{kernel}@{rows}": rate for kernel, rows, rate in self.kernel_curve}
         return {k: v for k, v in rates.items() if v}
 
@@ -169,7 +178,7 @@ def _dispatch_s(repeats: int) -> float:
 GEMV_N, GEMV_K, GEMV_MATS = 12288, 576, 8  # 57M weights: ~35 MiB as int4, ~54 MiB as int8
 GEMM_ROWS = 64  # a prefill-sized activation block
 CURVE_ROWS = (2, 4, 16)  # batched decode: one row per sequence
-CURVE_KERNELS = ("int4", "q8_0", "int8")  # fp8's time is its dequantization, the same at any row count
+CURVE_KERNELS = ("int4", "q8_0", "int8", "fp32", "bf16")  # fp8's time is its dequantization, the same at any rows
 
 
 def _int4_mats() -> tuple[list, Callable]:
@@ -219,6 +228,19 @@ def _fp8_mats() -> tuple[list, Callable]:
     return mats, call
 
 
+def _dense_mats(dtype: torch.dtype) -> Callable[[], tuple[list, Callable]]:
+    """The fp32 / bf16 formats' linear layers: torch's own dense kernel with activations in the weights'
+    dtype. At one row it is a GEMV that, on few cores, streams the weights well below the copy bandwidth
+    (fp32 at 15.7 against 42 GB/s on 2 EPYC cores, 2026-12-08), so the roofline's memory bound alone
+    overstates fp32 decode about twice."""
+
+    def make() -> tuple[list, Callable]:
+        mats = [torch.rand(GEMV_N, GEMV_K).to(dtype) for _ in range(GEMV_MATS)]
+        return mats, lambda x, m: F.linear(x.to(dtype), m)
+
+    return make
+
+
 def _kernel_rates(
     make: Callable[[], tuple[list, Callable]], repeats: int, rows: tuple[int, ...] = (1, GEMM_ROWS)
 ) -> dict[int, float]:
@@ -240,6 +262,17 @@ def _kernel_rates(
         return {}
 
 
+KERNEL_MAKERS: dict[str, Callable[[], tuple[list, Callable]]] = {
+    "int4": _int4_mats,
+    "int8": _int8_mats,
+    "fp8": _fp8_mats,
+    "q8_0": _q8_0_mats,
+    "fp32": _dense_mats(torch.float32),
+    "bf16": _dense_mats(torch.bfloat16),
+}
+"""Each kernel a bundled format can name as its `cpu_kernel` (planner.catalog.CpuKernel), and how to time it."""
+
+
 @lru_cache(maxsize=8)
 def measure(threads: int | None = None, repeats: int = REPEATS) -> CpuMeasurement:
     """Measure once per process (per thread count); later calls return the cached result."""
@@ -254,10 +287,9 @@ def measure(threads: int | None = None, repeats: int = REPEATS) -> CpuMeasuremen
         fp32 = _matmul_flops(torch.float32, max(2, repeats // 2))
         bf16 = _matmul_flops(torch.bfloat16, 2)
         dispatch = _dispatch_s(repeats)
-        makers = {"int4": _int4_mats, "int8": _int8_mats, "fp8": _fp8_mats, "q8_0": _q8_0_mats}
         rates = {
             name: _kernel_rates(make, repeats, (1, *CURVE_ROWS, GEMM_ROWS) if name in CURVE_KERNELS else (1, GEMM_ROWS))
-            for name, make in makers.items()
+            for name, make in KERNEL_MAKERS.items()
         }
         return CpuMeasurement(
             threads=torch.get_num_threads(),

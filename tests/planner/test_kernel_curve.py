@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import get_args
 
 import pytest
 
 from planner.calibration import CpuFigures, cpu_figures, pinned_measurement
-from planner.catalog import load_catalog
-from planner.cpu_probe import CURVE_ROWS, GEMM_ROWS, measure
+from planner.catalog import CpuKernel, load_catalog
+from planner.cpu_probe import CURVE_ROWS, GEMM_ROWS, KERNEL_MAKERS, measure
 from planner.devices import cpu_device
 from planner.hardware import detect
 from planner.roofline import decode_step, kernel_call_s, kernel_s, prefill
@@ -78,6 +79,8 @@ def test_the_probe_times_the_engines_kernels_at_each_row_count() -> None:
     measured = {(kernel, rows) for kernel, rows, rate in m.kernel_curve if rate > 0}
     assert {("int4", rows) for rows in CURVE_ROWS} <= measured
     assert {("q8_0", rows) for rows in CURVE_ROWS} <= measured
+    assert {(dense, rows) for dense in ("fp32", "bf16") for rows in CURVE_ROWS} <= measured
+    assert {"fp32", "bf16", f"fp32@{GEMM_ROWS}", f"bf16@{GEMM_ROWS}"} <= set(m.kernel_weights_s)
     assert all(f"int4@{rows}" in m.kernel_weights_s for rows in (*CURVE_ROWS, GEMM_ROWS))
     assert "fp8@2" not in m.kernel_weights_s  # its time is its dequantization, at any row count
     assert "int4@2" in m.describe()
@@ -100,3 +103,25 @@ def test_a_fitted_flop_efficiency_scales_the_kernels_time_too() -> None:
         assert decode_step(model, fmt, device, 4, 256, flops_efficiency=efficiency).compute_s == pytest.approx(
             decode_step(model, fmt, device, 4, 256).compute_s / efficiency
         )
+
+
+def test_every_kernel_a_format_can_name_is_one_the_probe_times() -> None:
+    assert set(get_args(CpuKernel)) == set(KERNEL_MAKERS)
+    named = {k for f in CAT.formats.values() for k in (f.cpu_kernel, f.cpu_embedding_kernel) if k is not None}
+    assert named <= set(KERNEL_MAKERS)
+
+
+def test_dense_formats_decode_at_the_probes_gemv_rate_not_at_the_copy_bandwidth() -> None:
+    """fp32 and bf16 run torch's dense linear, whose one-row GEMV on few cores streams the weights well below
+    the copy bandwidth (15.7 against 42 GB/s for fp32 on 2 EPYC cores): a step is priced at that measured rate,
+    and a slower rate makes a slower step (planned at +114% of a measured fp32 decode before, 2026-12-08)."""
+    model = CAT.models["smollm2-135m"]
+    fast = replace(FIXED_CPU, fp32_gemv_weights_s=100e9, bf16_gemv_weights_s=100e9)
+    slow = replace(FIXED_CPU, fp32_gemv_weights_s=2e9, bf16_gemv_weights_s=2e9)  # slower than its 12 GB/s copies
+    for fmt_id in ("bundled-fp32", "bundled-bf16"):
+        fmt = CAT.formats[fmt_id]
+        weights = model.params_total - model.embedding_params + model.head_params
+        step = decode_step(model, fmt, cpu_device(detect(), slow), 1, 128)
+        assert step.compute_s == pytest.approx(weights / 2e9)  # every linear at the measured one-row rate
+        assert step.bound == "compute"
+        assert step.seconds > decode_step(model, fmt, cpu_device(detect(), fast), 1, 128).seconds
