@@ -109,6 +109,19 @@ def _children_cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts (rounds, requests, threads): a bad one is a usage error before anything starts."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
+
+
 def median(values: Sequence[float]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None

@@ -74,7 +74,10 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=8, help="most frequent ops shown per format")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    results = [count_step(fmt, args.device) for fmt in args.formats.split(",")]
+    try:
+        results = [count_step(fmt, args.device) for fmt in args.formats.split(",")]
+    except ValueError as exc:  # an unknown format, or a device this machine does not have
+        parser.error(str(exc))
     print(f"revision: {conditions()['revision']}")
     rows = [
         [

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO_ROOT, RESULT_MARKER, conditions, fmt_num, format_table, physical_cores  # noqa: E402
+from bench._common import REPO_ROOT, RESULT_MARKER, conditions, fmt_num, format_table, physical_cores, positive_int  # noqa: E402
 from checks.load.client import RequestOptions  # noqa: E402
 from checks.load.endpoint import Endpoint  # noqa: E402
 from checks.load.loadgen import RunLimits, run_load  # noqa: E402
@@ -159,12 +159,12 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=physical_cores())
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--requests", type=int, default=1, help="streamed requests per round (one at a time)")
-    parser.add_argument("--runs", type=int, default=1, help="generate decodes per round (their median)")
-    parser.add_argument("--input-len", type=int, default=128)
-    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--threads", type=positive_int, default=physical_cores())
+    parser.add_argument("--rounds", type=positive_int, default=30)
+    parser.add_argument("--requests", type=positive_int, default=1, help="streamed requests per round (one at a time)")
+    parser.add_argument("--runs", type=positive_int, default=1, help="generate decodes per round (their median)")
+    parser.add_argument("--input-len", type=positive_int, default=128)
+    parser.add_argument("--output-len", type=positive_int, default=64)
     parser.add_argument("--eager", action="store_true", help="both sides eager (default: both compiled)")
     parser.add_argument(
         "--server-arg", action="append", default=[], metavar="ARG", help="one more `serve` argument (repeatable)"
