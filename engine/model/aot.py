@@ -59,14 +59,26 @@ SOURCES = (
 )
 """Files whose code a step traces: a change to any of them is a new package."""
 
-VERIFY_RTOL = 0.02
 BuildNotice = Callable[[str], None]  # hears the step kind whose package is about to be built (minutes)
-"""Largest difference from the eager blocks, relative to the largest hidden value.
+
+VERIFY_RTOL = 0.02
+"""Largest difference from the eager blocks, relative to the largest hidden value, for fp32 activations.
 
 fp32 agrees to ~1e-6; bf16 activations differ by rounding only (Inductor sums a norm
 in another order and one ulp can flip a later bf16 cast: 1.7 in 383 after six steps of
 int4, 0.4%). A wrong kernel or a stale package is off by the size of the values.
 """
+VERIFY_RTOL_BF16 = 0.1
+"""The same where matmuls round their activations to bf16 (every format but fp32): rounding alone then reaches
+several percent on the paged step's seeded example (three sequences over noise-filled pools, 30 layers). bf16
+weights, 2026-12-08: eager bf16 was 56 off the same weights computed in fp32 (values up to 344), the compiled
+step 52, and the two 17.5 (5%) apart, which failed the fp32 bound although the package was the closer one."""
+
+
+def verify_rtol(model: nn.Module) -> float:
+    """VERIFY_RTOL when every layer computes in fp32, else VERIFY_RTOL_BF16 (any `fmt` but fp32 rounds to bf16)."""
+    formats = {m.fmt for m in model.modules() if isinstance(getattr(m, "fmt", None), str)}
+    return VERIFY_RTOL if formats <= {"fp32"} else VERIFY_RTOL_BF16
 
 
 def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -302,7 +314,7 @@ def _load_or_build(
 
 
 def verify(model: nn.Module, kind: type[AotStepKind], step: AotStep) -> None:
-    """One example step through the package and through the eager blocks must agree (see VERIFY_RTOL)."""
+    """One example step through the package and through the eager blocks must agree (see verify_rtol)."""
     example = kind.aot_example(model.config, model.act_dtype)
     rope = (*model.rope.gather(example.positions), model.rope.half)
     weights = _weights(model)
@@ -318,7 +330,7 @@ def verify(model: nn.Module, kind: type[AotStepKind], step: AotStep) -> None:
             ) from exc
     scale = float(eager.abs().max()) or 1.0
     worst = float((eager.float() - compiled.float()).abs().max()) if compiled.shape == eager.shape else float("inf")
-    if not worst <= VERIFY_RTOL * scale:
+    if not worst <= verify_rtol(model) * scale:
         raise EngineError(
             f"the compiled {step.kind} step disagrees with the eager model (max difference {worst:.3g} against values "
             f"up to {scale:.3g}; package {step.path.name}); run with --eager"
