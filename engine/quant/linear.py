@@ -207,7 +207,10 @@ class Int8Linear(QuantLinear):
         x2 = x.reshape(-1, self.in_features)
         if not self._on_cpu:
             y = (x2 @ self.weight.to(x.dtype).T) * self.scale.to(x.dtype)
-        elif self._scale_bf16 is not None and x2.shape[0] < INT8_DYNAMIC_MIN_ROWS:
+        elif self._scale_bf16 is not None and (torch.compiler.is_compiling() or x2.shape[0] < INT8_DYNAMIC_MIN_ROWS):
+            # A compiled step is a decode step; in the server's it has a symbolic row count, and a branch on that
+            # is a guard the export refuses, so the package takes the weight-only kernel at every batch size
+            # (which, without per-token activation quantization, is the more exact of the two).
             y = torch.ops.aten._weight_int8pack_mm(_aligned(x2.to(torch.bfloat16)), self.weight, self._scale_bf16)
         else:
             xf = x2.float()

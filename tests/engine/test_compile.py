@@ -4,8 +4,8 @@ dispatches.
 Building a package of the 30-layer model costs about a minute on a 2-core machine, so
 these tests run the real model cut to its first LAYERS blocks: the same code, weights
 and kernels, a fraction of the build. The full-depth figures (speed, quality against
-fp32, warm start) are in docs/BENCHMARKS.md. Three packages are built in all: int4 and int8 decode
-over the contiguous cache and fp32 decode-only batches over the paged cache.
+fp32, warm start) are in docs/BENCHMARKS.md. Four packages are built in all: int4 and int8 decode
+over the contiguous cache and fp32 and int8 decode-only batches over the paged cache.
 
 What must hold:
 - fp32 arithmetic is reproduced exactly enough that batched greedy outputs are
@@ -224,6 +224,33 @@ def test_fp32_compiled_batches_match_eager_token_for_token() -> None:
     assert _calls(engine) > before, "decode-only batches did not run through the package"
     # n-gram speculation: verification steps run eagerly, plain decode steps compiled; still exact
     assert run(speculative_tokens=4) == eager
+
+
+def test_int8_batches_compile_and_decode_through_the_package() -> None:
+    """The server's int8 step: its layers branched on the batch's row count, a guard the export of a step with a
+    symbolic batch refused ("Constraints violated (seqs)"), so the server decoded int8 eager; the package now
+    takes the weight-only kernel at every batch size and passes the load-time check. Batches of 3 and 9 rows (the
+    eager step switches kernels at 8) run through it and decode the same text as eager for their first tokens."""
+    engine = _shallow(Engine.load(LoadOptions(quant="int8", device="cpu")))
+    params = SamplingParams(max_tokens=6, ignore_eos=True)
+
+    def run(prompts: list[str]) -> list[list[int]]:
+        llm = BatchEngine(engine.loaded, BatchConfig(max_num_seqs=16, max_num_batched_tokens=256))
+        ids = [llm.add_request(engine.encode_prompt(p), params) for p in prompts]
+        out: dict[int, list[int]] = {i: [] for i in ids}
+        while llm.has_unfinished:
+            for step in llm.step().outputs:
+                out[step.seq_id].extend(step.new_token_ids)
+        return [out[i] for i in ids]
+
+    prompts = [f"Item {i}: the colour of the sky is" for i in range(9)]
+    eager = {n: run(prompts[:n]) for n in (3, 9)}
+    assert engine.compile(serving=True) > 0
+    before = _calls(engine)
+    for n in (3, 9):
+        compiled = run(prompts[:n])
+        assert [c[:2] for c in compiled] == [e[:2] for e in eager[n]]
+    assert _calls(engine) > before, "decode-only batches did not run through the package"
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
