@@ -108,6 +108,16 @@ def _compiled_pair(quant: str) -> tuple[Engine, torch.Tensor, torch.Tensor, list
     return engine, eager, _teacher_forced(engine, ids), ids
 
 
+def _decode_batch(llm: BatchEngine, engine: Engine, prompts: list[str], params: SamplingParams) -> list[list[int]]:
+    """Every prompt's tokens (encoded by `engine`), all decoded together through the server's batch engine `llm`."""
+    ids = [llm.add_request(engine.encode_prompt(p), params) for p in prompts]
+    out: dict[int, list[int]] = {i: [] for i in ids}
+    while llm.has_unfinished:
+        for step in llm.step().outputs:
+            out[step.seq_id].extend(step.new_token_ids)
+    return [out[i] for i in ids]
+
+
 @pytest.fixture(scope="module")
 def int4_pair() -> tuple[Engine, torch.Tensor, torch.Tensor, list[int]]:
     return _compiled_pair("int4")
@@ -209,13 +219,7 @@ def test_fp32_compiled_batches_match_eager_token_for_token() -> None:
 
     def run(speculative_tokens: int = 0) -> list[list[int]]:
         config = BatchConfig(max_num_seqs=4, max_num_batched_tokens=64, speculative_tokens=speculative_tokens)
-        llm = BatchEngine(engine.loaded, config)
-        ids = [llm.add_request(engine.encode_prompt(p), params) for p in prompts]
-        out: dict[int, list[int]] = {i: [] for i in ids}
-        while llm.has_unfinished:
-            for step in llm.step().outputs:
-                out[step.seq_id].extend(step.new_token_ids)
-        return [out[i] for i in ids]
+        return _decode_batch(BatchEngine(engine.loaded, config), engine, prompts, params)
 
     eager = run()
     assert engine.compile(serving=True) > 0
@@ -235,13 +239,8 @@ def test_int8_batches_compile_and_decode_through_the_package() -> None:
     params = SamplingParams(max_tokens=6, ignore_eos=True)
 
     def run(prompts: list[str]) -> list[list[int]]:
-        llm = BatchEngine(engine.loaded, BatchConfig(max_num_seqs=16, max_num_batched_tokens=256))
-        ids = [llm.add_request(engine.encode_prompt(p), params) for p in prompts]
-        out: dict[int, list[int]] = {i: [] for i in ids}
-        while llm.has_unfinished:
-            for step in llm.step().outputs:
-                out[step.seq_id].extend(step.new_token_ids)
-        return [out[i] for i in ids]
+        config = BatchConfig(max_num_seqs=16, max_num_batched_tokens=256)
+        return _decode_batch(BatchEngine(engine.loaded, config), engine, prompts, params)
 
     prompts = [f"Item {i}: the colour of the sky is" for i in range(9)]
     eager = {n: run(prompts[:n]) for n in (3, 9)}
@@ -330,12 +329,7 @@ def test_a_compiled_draft_drafts_through_its_package_and_stays_exact() -> None:
     params = SamplingParams(max_tokens=12, ignore_eos=True)
 
     def run(llm: BatchEngine) -> list[list[int]]:
-        ids = [llm.add_request(target.encode_prompt(p), params) for p in prompts]
-        out: dict[int, list[int]] = {i: [] for i in ids}
-        while llm.has_unfinished:
-            for step in llm.step().outputs:
-                out[step.seq_id].extend(step.new_token_ids)
-        return [out[i] for i in ids]
+        return _decode_batch(llm, target, prompts, params)
 
     alone = run(BatchEngine(target.loaded, BatchConfig(max_num_seqs=2, max_num_batched_tokens=64)))
     config = BatchConfig(max_num_seqs=2, max_num_batched_tokens=64, speculative_tokens=4)
