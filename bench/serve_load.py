@@ -41,7 +41,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import conditions, emit_result, fmt_num, fmt_ratio, format_table, physical_cores, run_worker  # noqa: E402
-from checks.load.client import RequestOptions  # noqa: E402
+from bench._generate_ref import GREEDY, GenerateReference  # noqa: E402
 from checks.load.endpoint import Endpoint  # noqa: E402
 from checks.load.loadgen import RunLimits, run_load  # noqa: E402
 from checks.load.metrics import summarize  # noqa: E402
@@ -50,24 +50,11 @@ from checks.load.targets import BundledOptions, BundledTarget, probe  # noqa: E4
 from checks.load.tokenizer import bundled_tokenizer  # noqa: E402
 from checks.load.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
 
-GREEDY = RequestOptions(temperature=0.0)
-
 
 def generate_worker(threads: int, input_len: int, output_len: int, compile: bool) -> dict:
     """The engine's own single-stream decode speed, in this (fresh) process."""
-    import torch
-
-    from engine.run.runtime import Engine, LoadOptions
-    from engine.sampling import SamplingParams
-    from engine.studies.base import eval_ids
-
-    torch.set_num_threads(threads)
-    engine = Engine.load(LoadOptions(quant="int4", device="cpu", compile=compile))
-    prompt = eval_ids(engine.loaded.tokenizer, input_len)[:input_len]
-    params = SamplingParams(max_tokens=output_len, ignore_eos=True)
-    rates = []
-    for _ in range(3):  # first run warms up
-        rates.append(engine.stream_ids(prompt, params).drain().decode_tok_s)
+    ref = GenerateReference.load(threads, input_len, output_len, compile)
+    rates = [ref.decode_tok_s() for _ in range(3)]  # first run warms up
     return {"decode_tok_s": sorted(rates[1:])[len(rates[1:]) // 2]}
 
 

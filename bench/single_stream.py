@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import REPO_ROOT, RESULT_MARKER, conditions, fmt_num, format_table, physical_cores, positive_int  # noqa: E402
-from checks.load.client import RequestOptions  # noqa: E402
+from bench._generate_ref import GREEDY, GenerateReference  # noqa: E402
 from checks.load.endpoint import Endpoint  # noqa: E402
 from checks.load.loadgen import RunLimits, run_load  # noqa: E402
 from checks.load.metrics import summarize  # noqa: E402
@@ -43,27 +43,16 @@ from checks.load.targets import BundledOptions, BundledTarget  # noqa: E402
 from checks.load.tokenizer import bundled_tokenizer  # noqa: E402
 from checks.load.workloads import SyntheticSpec, synthetic_requests  # noqa: E402
 
-GREEDY = RequestOptions(temperature=0.0)
 TARGET = 0.95
 
 
 def worker(threads: int, input_len: int, output_len: int, compile: bool) -> int:
     """The `generate` side: load once, then one line of JSON per 'run N' line on stdin (N greedy decodes)."""
-    import torch
-
-    from engine.run.runtime import Engine, LoadOptions
-    from engine.sampling import SamplingParams
-    from engine.studies.base import eval_ids
-
-    torch.set_num_threads(threads)
-    engine = Engine.load(LoadOptions(quant="int4", device="cpu", compile=compile))
-    prompt = eval_ids(engine.loaded.tokenizer, input_len)[:input_len]
-    params = SamplingParams(max_tokens=output_len, ignore_eos=True)
-    engine.stream_ids(prompt, params).drain()  # warm-up
-    print(RESULT_MARKER + json.dumps({"ready": True, "decode": engine.info.decode}), flush=True)
+    ref = GenerateReference.load(threads, input_len, output_len, compile)
+    ref.decode_tok_s()  # warm-up
+    print(RESULT_MARKER + json.dumps({"ready": True, "decode": ref.engine.info.decode}), flush=True)
     for line in sys.stdin:
-        runs = int(line.split()[1])
-        rates = [engine.stream_ids(prompt, params).drain().decode_tok_s for _ in range(runs)]
+        rates = [ref.decode_tok_s() for _ in range(int(line.split()[1]))]
         print(RESULT_MARKER + json.dumps({"decode_tok_s": statistics.median(rates)}), flush=True)
     return 0
 
