@@ -158,6 +158,9 @@ def test_home_then_engine_chat(server_url: str, page: Page) -> None:
     expect(reply.get_by_test_id("stMarkdownContainer").first).not_to_be_empty()
     expect(page.get_by_test_id("stException")).to_have_count(0)
     expect(page.get_by_role("dialog")).to_have_count(0)
+    # The reply's run ends in st.rerun() (to enable the input again); a navigation clicked before that
+    # rerun is taken is folded into it and lost (Streamlit keeps the newer request's page): wait for it.
+    _settle(page)
     shot = SCREENSHOTS / "engine.png"
     page.screenshot(path=shot, full_page=True)
     assert shot.stat().st_size > 0
