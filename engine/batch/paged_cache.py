@@ -214,8 +214,31 @@ class PagedBatch:
         return out.reshape(1, n_tok, n_heads * dim)
 
 
-def _slots(block_table: list[int], start: int, end: int, block_size: int) -> list[int]:
-    return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]
+def key_slots(
+    tables: Sequence[list[int]], lengths: Sequence[int], block_size: int, device: torch.device | str
+) -> torch.Tensor:
+    """(sequences, longest length): the pool slot of each cached position of each sequence, 0 past its length.
+
+    Computed from the block tables in tensor ops: a Python list of every position's slot cost
+    O(context) interpreter work per sequence and step, 1.5 ms a step for 16 decodes of 1,024 positions
+    (6.6 ms for 32 of 2,048), with the GIL held while the event loop waits to stream.
+    """
+    width = max(lengths)
+    blocks = [-(-n // block_size) for n in lengths]
+    most = max(blocks)
+    table = torch.tensor([t[:k] + [0] * (most - k) for t, k in zip(tables, blocks, strict=True)], device=device)
+    offsets = torch.arange(block_size, device=device)
+    slots = (table[:, :, None] * block_size + offsets).view(len(lengths), -1)[:, :width]
+    return slots.masked_fill(past_end(lengths, device), 0) if min(lengths) < width else slots
+
+
+def past_end(lengths: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """(sequences, longest length): True at the positions past each sequence's length."""
+    return torch.arange(max(lengths), device=device)[None, :] >= _long(lengths, device)[:, None]
+
+
+def _long(values: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,37 +266,36 @@ def build_chunk_batch(chunks: list[Chunk], cache: PagedKVCache, device: torch.de
     ids: list[int] = []
     positions: list[int] = []
     slot_mapping: list[int] = []
+    decodes: list[Chunk] = []
     decode_rows: list[int] = []
-    decode_keys: list[list[int]] = []
     segments: list[Segment] = []
     for chunk in chunks:
         n = len(chunk.token_ids)
         row, end = len(ids), chunk.start + n
         table = chunk.block_table
         ids.extend(chunk.token_ids)
-        positions.extend(range(chunk.start, end))
-        slot_mapping.extend(_slots(table, chunk.start, end, bs))
-        keys = _slots(table, 0, end, bs)
         if n == 1:
+            positions.append(chunk.start)
+            slot_mapping.append(table[chunk.start // bs] * bs + chunk.start % bs)
+            decodes.append(chunk)
             decode_rows.append(row)
-            decode_keys.append(keys)
         else:
-            key_rows = head_rows(torch.tensor(keys, dtype=torch.long, device=device), n_kv)
-            segments.append(Segment(row, n, end, key_rows))
-    as_long = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
+            positions.extend(range(chunk.start, end))
+            keys = key_slots([table], [end], bs, device)[0]
+            slot_mapping.extend(keys[chunk.start :].tolist())
+            segments.append(Segment(row, n, end, head_rows(keys, n_kv)))
     dec_rows = dec_keys = dec_padding = None
-    if decode_rows:
-        width = max(len(k) for k in decode_keys)
-        dec_rows = as_long(decode_rows)
-        dec_keys = head_rows(as_long([k + [0] * (width - len(k)) for k in decode_keys]), n_kv)
-        if len(decode_rows) > 1:  # by count, not by "any padding": a compiled step must not switch graphs
-            lengths = as_long([len(k) for k in decode_keys])
-            dec_padding = (torch.arange(width, device=device)[None, :] >= lengths[:, None])[:, None, None, :]
+    if decodes:
+        lengths = [c.start + 1 for c in decodes]
+        dec_rows = _long(decode_rows, device)
+        dec_keys = head_rows(key_slots([c.block_table for c in decodes], lengths, bs, device), n_kv)
+        if len(decodes) > 1:  # by count, not by "any padding": a compiled step must not switch graphs
+            dec_padding = past_end(lengths, device)[:, None, None, :]
     return PagedBatch(
         cache=cache,
-        ids=as_long(ids),
-        positions=as_long(positions),
-        slot_mapping=as_long(slot_mapping),
+        ids=_long(ids, device),
+        positions=_long(positions, device),
+        slot_mapping=_long(slot_mapping, device),
         decode_rows=dec_rows,
         decode_keys=dec_keys,
         decode_padding=dec_padding,
