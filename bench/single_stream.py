@@ -1,7 +1,7 @@
 """One stream through our server against the engine's own `generate`, measured in interleaved pairs.
 
     .venv/bin/python bench/single_stream.py [--threads N] [--rounds 30] [--requests 1] [--runs 1]
-        [--input-len 128] [--output-len 64] [--eager] [--server-arg=--flag ...] [--json OUT]
+        [--input-len 128] [--output-len 64] [--eager] [--cpu-requests 12] [--server-arg=--flag ...] [--json OUT]
 
 Issue 23's target is one stream through `python -m engine serve` at >= 0.95x `generate`'s decode
 speed. `bench/serve_load.py` quotes it against one `generate` run before and one after a whole
@@ -17,7 +17,12 @@ the median over rounds with its range.
 Both sides decode the same prompt length and output length greedily, the worker with the same
 threads, the same weight format and the same compiled step as the server (`--eager`: both eager).
 The load generator runs in this process, on the same machine: the server pays for its client, as
-every co-located benchmark's does (serve_load.py's CPU table says how much).
+every co-located benchmark's does. So before the rounds it measures the CPU time the client (this
+process) and the server's event loop (its main thread, from Linux's /proc schedstat) spend per streamed
+token, at the margin: the difference between `--cpu-requests` requests and 2, one at a time, over the
+extra tokens. Where the engine's OpenMP threads already fill the cores that CPU comes out of the
+engine's time, so `gen / (gen + their CPU)` is about the best ratio the pair could show with a server
+that did nothing beside the engine (printed as "their CPU leaves").
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -97,41 +103,67 @@ class GenerateWorker:
         return float(self._read()["decode_tok_s"])
 
 
-async def server_tok_s(endpoint: Endpoint, args: argparse.Namespace, seed: int) -> float:
-    """1000 / the median TPOT of `--requests` requests sent one at a time (fresh prompts: no prefix-cache hits)."""
+async def server_tok_s(endpoint: Endpoint, args: argparse.Namespace, seed: int, count: int = 0) -> tuple[float, int]:
+    """1000 / the median TPOT of `count` (default `--requests`) requests sent one at a time (fresh prompts: no
+    prefix-cache hits), and the tokens they streamed."""
+    count = count or args.requests
     spec = SyntheticSpec(args.input_len, args.output_len, seed=seed)
-    requests = synthetic_requests(spec, args.requests, bundled_tokenizer())
+    requests = synthetic_requests(spec, count, bundled_tokenizer())
     run = await run_load(
         endpoint,
         requests,
         LoadProfile("concurrency", concurrency=1),
-        RunLimits(requests=args.requests, warmup_requests=0),
+        RunLimits(requests=count, warmup_requests=0),
         options=GREEDY,
     )
     s = summarize(run.records)
     if s.failed or not s.p50_tpot_ms:
         raise RuntimeError(f"round with seed {seed}: {s.failed} request(s) failed")
-    return 1000 / s.p50_tpot_ms
+    return 1000 / s.p50_tpot_ms, sum(r.output_tokens or 0 for r in run.records)
 
 
-def measure(args: argparse.Namespace) -> tuple[list[dict], str, str]:
-    """The rounds, and how each side decoded (compiled or eager, as each reported it)."""
+def _main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds of a process's main thread (the server's uvicorn event loop; its thread id is the process
+    id), in nanoseconds from schedstat: /proc's utime and stime count 10 ms ticks, coarser than a round."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def cpu_per_token(endpoint: Endpoint, args: argparse.Namespace, server_pid: int) -> dict[str, float]:
+    """CPU milliseconds per streamed token of the client and of the server's event loop, at the margin:
+    `--cpu-requests` requests against 2, so that what a run costs once (its set-up, its summary) cancels."""
+    spent = []
+    for count in (2, args.cpu_requests):
+        client0, loop0 = time.process_time(), _main_thread_cpu_s(server_pid)
+        _, tokens = asyncio.run(server_tok_s(endpoint, args, seed=20_000 + count, count=count))
+        spent.append((time.process_time() - client0, _main_thread_cpu_s(server_pid) - loop0, tokens))
+    (c_small, l_small, t_small), (c_big, l_big, t_big) = spent
+    extra = max(t_big - t_small, 1)
+    return {
+        "client_ms_per_token": 1000 * (c_big - c_small) / extra,
+        "loop_ms_per_token": 1000 * (l_big - l_small) / extra,
+    }
+
+
+def measure(args: argparse.Namespace) -> tuple[list[dict], dict[str, float], str, str]:
+    """The rounds, the CPU per token, and how each side decoded (compiled or eager, as each reported it)."""
     opts = BundledOptions(
         quant="int4", threads=args.threads, max_num_seqs=1, eager=args.eager, extra_args=args.server_arg
     )
     rounds: list[dict] = []
     target = BundledTarget(opts)
     with target as endpoint, GenerateWorker(args) as gen:
+        assert target.proc is not None
         asyncio.run(server_tok_s(endpoint, args, seed=10_000))  # warm-up: the first request's one-off costs
+        cpu = cpu_per_token(endpoint, args, target.proc.pid)
         for i in range(args.rounds):
             t0 = time.perf_counter()
             server_first = i % 4 in (1, 2)  # ABBA: gen-server, server-gen, server-gen, gen-server, ...
             if server_first:
-                served = asyncio.run(server_tok_s(endpoint, args, seed=i))
+                served, _ = asyncio.run(server_tok_s(endpoint, args, seed=i))
                 generated = gen.decode_tok_s(args.runs)
             else:
                 generated = gen.decode_tok_s(args.runs)
-                served = asyncio.run(server_tok_s(endpoint, args, seed=i))
+                served, _ = asyncio.run(server_tok_s(endpoint, args, seed=i))
             rounds.append(
                 {
                     "round": i + 1,
@@ -143,7 +175,13 @@ def measure(args: argparse.Namespace) -> tuple[list[dict], str, str]:
                 }
             )
             print(f"round {i + 1}: server {served:.1f} / generate {generated:.1f} tok/s", file=sys.stderr, flush=True)
-    return rounds, gen.decode, target.describe().decode or "?"
+    return rounds, cpu, gen.decode, target.describe().decode or "?"
+
+
+def cpu_leaves(generate_tok_s: float, cpu: dict[str, float]) -> float:
+    """generate's time a token over that time plus the client's and the event loop's CPU a token."""
+    gen_ms = 1000 / generate_tok_s
+    return gen_ms / (gen_ms + cpu["client_ms_per_token"] + cpu["loop_ms_per_token"])
 
 
 def main() -> int:
@@ -156,6 +194,9 @@ def main() -> int:
     parser.add_argument("--output-len", type=positive_int, default=64)
     parser.add_argument("--eager", action="store_true", help="both sides eager (default: both compiled)")
     parser.add_argument(
+        "--cpu-requests", type=positive_int, default=12, help="requests of the CPU-per-token measurement (vs 2)"
+    )
+    parser.add_argument(
         "--server-arg", action="append", default=[], metavar="ARG", help="one more `serve` argument (repeatable)"
     )
     parser.add_argument("--json", type=Path, default=None)
@@ -166,7 +207,7 @@ def main() -> int:
     args.server_arg = tuple(args.server_arg)
     cond = {**conditions(), "threads": args.threads}
     print("\n".join(f"{k}: {v}" for k, v in cond.items()), flush=True)
-    rounds, gen_decode, server_decode = measure(args)
+    rounds, cpu, gen_decode, server_decode = measure(args)
     rows = [
         [
             str(r["round"]),
@@ -186,8 +227,16 @@ def main() -> int:
         f"{args.threads} thread(s), {len(rounds)} rounds): median {median:.3f}x, quartiles {q1:.3f}-{q3:.3f}x, "
         f"range {min(ratios):.3f}-{max(ratios):.3f}x (target >= {TARGET}x: {'met' if median >= TARGET else 'missed'})"
     )
+    gen_tok_s = statistics.median(r["generate_tok_s"] for r in rounds)
+    leaves = cpu_leaves(gen_tok_s, cpu)
+    print(
+        f"CPU per streamed token ({args.cpu_requests} requests against 2): client {cpu['client_ms_per_token']:.3f} ms, "
+        f"the server's event loop {cpu['loop_ms_per_token']:.3f} ms, against {1000 / gen_tok_s:.3f} "
+        f"ms a token in generate: their CPU leaves {leaves:.3f}x on {os.cpu_count()} CPU(s) the engine's "
+        f"{args.threads} thread(s) share"
+    )
     if args.json:
-        summary = {"median_ratio": median, "quartiles": [q1, q3], "target": TARGET}
+        summary = {"median_ratio": median, "quartiles": [q1, q3], "target": TARGET, **cpu, "their_cpu_leaves": leaves}
         args.json.write_text(json.dumps({"conditions": cond, "rounds": rounds, **summary}, indent=2))
     return 0
 
