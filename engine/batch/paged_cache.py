@@ -281,9 +281,9 @@ def build_chunk_batch(chunks: list[Chunk], cache: PagedKVCache, device: torch.de
             decode_rows.append(row)
         else:
             positions.extend(range(chunk.start, end))
-            keys = key_slots([table], [end], bs, device)[0]
-            slot_mapping.extend(keys[chunk.start :].tolist())
-            segments.append(Segment(row, n, end, head_rows(keys, n_kv)))
+            # the chunk's own slots in Python (O(its tokens), no read back from a GPU); its keys as tensors
+            slot_mapping.extend(table[p // bs] * bs + p % bs for p in range(chunk.start, end))
+            segments.append(Segment(row, n, end, head_rows(key_slots([table], [end], bs, device)[0], n_kv)))
     dec_rows = dec_keys = dec_padding = None
     if decodes:
         lengths = [c.start + 1 for c in decodes]
