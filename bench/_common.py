@@ -109,6 +109,16 @@ def _children_cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def main_thread_cpu_s(pid: int) -> float | None:
+    """CPU seconds so far of a process's main thread (a server's event loop; its thread id is the process id),
+    from Linux's schedstat in nanoseconds: psutil's thread times are /proc's 10 ms ticks, coarser than one
+    request's work. None where it cannot be read (the process is gone, or not Linux)."""
+    try:
+        return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def positive_int(text: str) -> int:
     """argparse type for counts (rounds, requests, threads): a bad one is a usage error before anything starts."""
     import argparse

@@ -18,11 +18,11 @@ speed (measured in a fresh worker process with the same threads, right before an
 after our server's run, the single stream being its first level; on a VM whose speed drifts that bracket
 is wide, and bench/single_stream.py measures the same ratio in interleaved pairs). The load generator
 shares the cores with the server under test: both servers pay that equally. A second table says
-what each streamed token cost in CPU at each level (psutil): the load generator's (this process),
-the server process's (all threads, spinning OpenMP workers included) and the server's main thread's
-(ours: the event loop that writes every SSE chunk). On a 2-core machine the client's and the event
-loop's share is CPU the engine's two threads lose: what stands between one stream through the server
-and `generate` (docs/BENCHMARKS.md, "where a single stream's time goes").
+what each streamed token cost in CPU at each level (psutil; the main thread from schedstat): the load
+generator's (this process), the server process's (all threads, spinning OpenMP workers included) and
+the server's main thread's (ours: the event loop that writes every SSE chunk). On a 2-core machine
+the client's and the event loop's share is CPU the engine's two threads lose: what stands between one
+stream through the server and `generate` (docs/BENCHMARKS.md, "where a single stream's time goes").
 With --compile, our server and the `generate` reference both run torch.compile'd
 (engine/model/compiled.py); the compile happens before timing starts on both.
 """
@@ -40,7 +40,16 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import conditions, emit_result, fmt_num, fmt_ratio, format_table, physical_cores, run_worker  # noqa: E402
+from bench._common import (  # noqa: E402
+    conditions,
+    emit_result,
+    fmt_num,
+    fmt_ratio,
+    format_table,
+    main_thread_cpu_s,
+    physical_cores,
+    run_worker,
+)
 from bench._generate_ref import GREEDY, GenerateReference  # noqa: E402
 from checks.load.endpoint import Endpoint  # noqa: E402
 from checks.load.loadgen import RunLimits, run_load  # noqa: E402
@@ -69,10 +78,8 @@ def cpu_now(server_pid: int | None) -> tuple[float | None, ...]:
     if server_pid is not None:
         try:
             proc = psutil.Process(server_pid)
-            with proc.oneshot():
-                total = proc.cpu_times()
-                main = next((t for t in proc.threads() if t.id == server_pid), None)
-            server = (total.user + total.system, main.user_time + main.system_time if main else None)
+            total = proc.cpu_times()
+            server = (total.user + total.system, main_thread_cpu_s(server_pid))
         except psutil.Error:
             pass
     return (mine.user + mine.system, *server)

@@ -39,7 +39,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO_ROOT, RESULT_MARKER, conditions, fmt_num, format_table, physical_cores, positive_int  # noqa: E402
+from bench._common import (  # noqa: E402
+    REPO_ROOT,
+    RESULT_MARKER,
+    conditions,
+    fmt_num,
+    format_table,
+    main_thread_cpu_s,
+    physical_cores,
+    positive_int,
+)
 from bench._generate_ref import GREEDY, GenerateReference  # noqa: E402
 from checks.load.endpoint import Endpoint  # noqa: E402
 from checks.load.loadgen import RunLimits, run_load  # noqa: E402
@@ -122,10 +131,12 @@ async def server_tok_s(endpoint: Endpoint, args: argparse.Namespace, seed: int, 
     return 1000 / s.p50_tpot_ms, sum(r.output_tokens or 0 for r in run.records)
 
 
-def _main_thread_cpu_s(pid: int) -> float:
-    """CPU seconds of a process's main thread (the server's uvicorn event loop; its thread id is the process
-    id), in nanoseconds from schedstat: /proc's utime and stime count 10 ms ticks, coarser than a round."""
-    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+def _loop_cpu_s(server_pid: int) -> float:
+    """The server's event-loop CPU seconds so far; a reading that fails stops the run (its figure would be empty)."""
+    seconds = main_thread_cpu_s(server_pid)
+    if seconds is None:
+        raise RuntimeError(f"cannot read the server's main-thread CPU time (pid {server_pid}: Linux's schedstat)")
+    return seconds
 
 
 def cpu_per_token(endpoint: Endpoint, args: argparse.Namespace, server_pid: int) -> dict[str, float]:
@@ -133,9 +144,9 @@ def cpu_per_token(endpoint: Endpoint, args: argparse.Namespace, server_pid: int)
     `--cpu-requests` requests against 2, so that what a run costs once (its set-up, its summary) cancels."""
     spent = []
     for count in (2, args.cpu_requests):
-        client0, loop0 = time.process_time(), _main_thread_cpu_s(server_pid)
+        client0, loop0 = time.process_time(), _loop_cpu_s(server_pid)
         _, tokens = asyncio.run(server_tok_s(endpoint, args, seed=20_000 + count, count=count))
-        spent.append((time.process_time() - client0, _main_thread_cpu_s(server_pid) - loop0, tokens))
+        spent.append((time.process_time() - client0, _loop_cpu_s(server_pid) - loop0, tokens))
     (c_small, l_small, t_small), (c_big, l_big, t_big) = spent
     extra = max(t_big - t_small, 1)
     return {
